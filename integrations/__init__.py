@@ -1,0 +1,1 @@
+"""Tracker adapters (MLflow, W&B). Installed as ``sweeper.integrations``."""

@@ -1,0 +1,22 @@
+"""The ``sweeper`` command. Each subcommand lives in its own module."""
+
+from __future__ import annotations
+
+import click
+
+from sweeper import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sweeper")
+def main() -> None:
+    """Self-hosted hyperparameter sweeps with W&B sweep files."""
+
+
+def _register() -> None:
+    from sweeper.cli.validate import validate
+
+    main.add_command(validate)
+
+
+_register()

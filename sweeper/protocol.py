@@ -1,0 +1,95 @@
+"""What an agent and a coordinator say to each other.
+
+The embedded coordinator implements :class:`CoordinatorClient` directly; a remote one
+is reached through an HTTP client with the same methods. Only standard-library types,
+so an agent that imports this stays light.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sweeper.trials import MetricPoint, TrialState
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    """Who is asking. ``name`` is unique per agent process (host, pid, slot)."""
+
+    name: str
+    host: str
+    gpu: str | None = None
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """A trial to run now, under a lease the agent must keep renewing."""
+
+    sweep_id: str
+    trial_id: int
+    trial_number: int
+    lease_id: str
+    lease_seconds: float
+    config: Mapping[str, Any]
+    command: Sequence[str]  # the sweep's command template, macros not yet expanded
+    program: str | None
+    metric_name: str | None
+
+
+class NoTrialReason(enum.StrEnum):
+    DONE = "done"  # the sweep has nothing more to run: exit
+    WAIT = "wait"  # nothing now, maybe later (paused, running trials may need a retry): ask again
+    STOPPED = "stopped"  # the sweep was stopped or cancelled: exit
+
+
+@dataclass(frozen=True)
+class NoTrial:
+    reason: NoTrialReason
+    message: str
+    retry_after: float = 1.0
+
+    @property
+    def agent_should_exit(self) -> bool:
+        return self.reason is not NoTrialReason.WAIT
+
+
+@dataclass(frozen=True)
+class Directive:
+    """The coordinator's answer to a heartbeat or a metric report."""
+
+    stop: bool = False
+    reason: str | None = None
+
+
+CONTINUE = Directive()
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """How a trial ended, as the agent saw it."""
+
+    state: TrialState
+    exit_code: int | None = None
+    stderr_tail: str | None = None
+    stop_reason: str | None = None
+
+
+class LeaseLostError(Exception):
+    """The trial's lease expired or moved on: the agent must abandon the trial, not report it."""
+
+
+class SweepNotFoundError(LookupError):
+    pass
+
+
+class CoordinatorClient(Protocol):
+    def next_trial(self, sweep_id: str, agent: AgentInfo) -> Assignment | NoTrial: ...
+
+    def heartbeat(self, trial_id: int, lease_id: str) -> Directive: ...
+
+    def report_metrics(self, trial_id: int, lease_id: str, points: Sequence[MetricPoint]) -> Directive: ...
+
+    def finish_trial(self, trial_id: int, lease_id: str, outcome: TrialOutcome) -> None: ...

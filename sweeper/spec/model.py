@@ -1,0 +1,124 @@
+"""The frozen, typed form of a sweep file. Built once by :func:`sweeper.spec.parse_sweep`."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Distribution(enum.StrEnum):
+    CONSTANT = "constant"
+    CATEGORICAL = "categorical"
+    CATEGORICAL_W_PROBABILITIES = "categorical_w_probabilities"
+    INT_UNIFORM = "int_uniform"
+    UNIFORM = "uniform"
+    Q_UNIFORM = "q_uniform"
+    LOG_UNIFORM = "log_uniform"  # min/max are base-e exponents
+    LOG_UNIFORM_VALUES = "log_uniform_values"
+    INV_LOG_UNIFORM = "inv_log_uniform"  # min/max are base-e exponents
+    INV_LOG_UNIFORM_VALUES = "inv_log_uniform_values"
+    Q_LOG_UNIFORM = "q_log_uniform"  # min/max are base-e exponents
+    Q_LOG_UNIFORM_VALUES = "q_log_uniform_values"
+    NORMAL = "normal"
+    Q_NORMAL = "q_normal"
+    LOG_NORMAL = "log_normal"
+    Q_LOG_NORMAL = "q_log_normal"
+    BETA = "beta"
+    Q_BETA = "q_beta"
+
+
+class Goal(enum.StrEnum):
+    MINIMIZE = "minimize"
+    MAXIMIZE = "maximize"
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One leaf of the search space. Nested parameters are flattened; ``path`` keeps the nesting.
+
+    Only the fields that belong to ``distribution`` are meaningful; the others keep their
+    defaults (which are W&B's defaults: mu=0, sigma=1, a=b=1, q=1.0).
+    """
+
+    path: tuple[str, ...]
+    distribution: Distribution
+    value: Any = None  # constant
+    values: tuple[Any, ...] = ()  # categorical, categorical_w_probabilities
+    probabilities: tuple[float, ...] = ()
+    min: float | int | None = None
+    max: float | int | None = None
+    mu: float = 0.0
+    sigma: float = 1.0
+    a: float = 1.0
+    b: float = 1.0
+    q: float | int = 1.0  # an int q gives int results, as in W&B
+
+    @property
+    def name(self) -> str:
+        return ".".join(self.path)
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    goal: Goal = Goal.MINIMIZE
+    target: float | None = None
+    impute: str = "worst"  # latest | best | worst
+    impute_while_running: str = "false"  # latest | best | worst | false
+
+    def is_better(self, a: float, b: float) -> bool:
+        """True when ``a`` is strictly better than ``b`` for this goal."""
+        return a < b if self.goal is Goal.MINIMIZE else a > b
+
+    def reached_target(self, value: float) -> bool:
+        if self.target is None:
+            return False
+        return value <= self.target if self.goal is Goal.MINIMIZE else value >= self.target
+
+
+@dataclass(frozen=True)
+class Hyperband:
+    """``early_terminate: {type: hyperband, ...}`` exactly as W&B defines it."""
+
+    min_iter: int | None = None
+    max_iter: int | None = None
+    s: float | None = None
+    eta: float = 3.0
+    strict: bool = True
+
+
+@dataclass(frozen=True)
+class Options:
+    """Our own additions, under the ``sweeper:`` key of a sweep file. W&B keys keep their meaning."""
+
+    seed: int | None = None  # None: a random seed is drawn and stored with the sweep
+    max_retries: int = 1  # how often a failed or lost configuration is run again
+    sample_without_replacement: bool = True  # random search in a finite space never repeats a config
+
+
+DEFAULT_COMMAND: tuple[str, ...] = ("${env}", "${interpreter}", "${program}", "${args}")
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    method: str
+    parameters: tuple[Parameter, ...]
+    metric: Metric | None = None
+    early_terminate: Hyperband | None = None
+    command: tuple[str, ...] = DEFAULT_COMMAND
+    program: str | None = None
+    run_cap: int | None = None
+    name: str | None = None
+    description: str | None = None
+    project: str | None = None
+    entity: str | None = None
+    options: Options = field(default_factory=Options)
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False)  # the file as loaded
+
+    def parameter(self, name: str) -> Parameter:
+        for p in self.parameters:
+            if p.name == name:
+                return p
+        raise KeyError(name)

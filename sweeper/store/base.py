@@ -1,0 +1,146 @@
+"""The store contract. Every backend runs the same conformance suite (tests/store_conformance.py).
+
+The store is the one source of truth: strategies and coordinators rebuild everything
+from it. It owns state transitions and enforces them:
+
+* a trial leaves RUNNING once, into one terminal state, and never changes after that;
+* only the holder of a trial's current, unexpired lease may report metrics, renew the
+  lease or finish the trial (:class:`~sweeper.protocol.LeaseLostError` otherwise);
+* metric points are idempotent on ``(trial, seq, name)``: a batch sent twice counts once;
+* :meth:`Store.new_trial` reads the history and inserts the new trial in one
+  serialised transaction per sweep, so concurrent callers never both get the same slot.
+
+Implementations are safe to call from several threads and several processes.
+All times are seconds since the epoch, passed in by the caller (injected clock).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sweeper.trials import MetricPoint, Sweep, SweepState, Trial, TrialState
+
+
+class StoreError(Exception):
+    """Base class for store errors a caller can act on."""
+
+
+class InvalidTransitionError(StoreError):
+    """A state change the state machine forbids (for example changing a finished trial)."""
+
+
+class SchemaVersionError(StoreError):
+    """The database was written by another version of sweeper."""
+
+
+@dataclass(frozen=True)
+class TrialDraft:
+    """What a strategy decided to run next; the store turns it into a trial."""
+
+    config: Mapping[str, Any]
+    retry_of: int | None = None
+
+
+@dataclass(frozen=True)
+class Lease:
+    agent: str
+    host: str
+    lease_id: str
+    expires_at: float
+
+
+class Store(ABC):
+    # --- sweeps -------------------------------------------------------------
+
+    @abstractmethod
+    def create_sweep(
+        self, *, spec: Mapping[str, Any], method: str, name: str | None, seed: int, now: float
+    ) -> Sweep:
+        """Create a RUNNING sweep with a fresh short id."""
+
+    @abstractmethod
+    def get_sweep(self, sweep_id: str) -> Sweep:
+        """Raise :class:`~sweeper.protocol.SweepNotFoundError` when there is none."""
+
+    @abstractmethod
+    def list_sweeps(self) -> list[Sweep]:
+        """All sweeps, newest first."""
+
+    @abstractmethod
+    def set_sweep_state(self, sweep_id: str, state: SweepState, *, now: float) -> Sweep:
+        """Move a sweep along SWEEP_TRANSITIONS; setting the current state again is a no-op."""
+
+    # --- trials -------------------------------------------------------------
+
+    @abstractmethod
+    def new_trial(
+        self,
+        sweep_id: str,
+        decide: Callable[[Sweep, Sequence[Trial]], TrialDraft | None],
+        *,
+        lease: Lease,
+        now: float,
+    ) -> Trial | None:
+        """Atomically: lock the sweep, load its trials (summaries, no history), call ``decide``,
+        and insert what it returns as a RUNNING trial under ``lease``. ``None`` inserts nothing."""
+
+    @abstractmethod
+    def get_trial(self, trial_id: int, *, with_history: bool = False) -> Trial: ...
+
+    @abstractmethod
+    def list_trials(
+        self,
+        sweep_id: str,
+        *,
+        with_history: bool = False,
+        states: Sequence[TrialState] | None = None,
+    ) -> list[Trial]:
+        """Trials of a sweep in number order."""
+
+    @abstractmethod
+    def renew_lease(self, trial_id: int, lease_id: str, *, expires_at: float, now: float) -> Trial:
+        """Extend a lease still held; raise LeaseLostError otherwise."""
+
+    @abstractmethod
+    def add_metrics(
+        self, trial_id: int, lease_id: str, points: Sequence[MetricPoint], *, now: float
+    ) -> Trial:
+        """Append points (duplicates by (seq, name) ignored) and update the trial's summary
+        (the value at the highest (step, seq) of each metric). Renews nothing."""
+
+    @abstractmethod
+    def finish_trial(
+        self,
+        trial_id: int,
+        lease_id: str | None,
+        state: TrialState,
+        *,
+        now: float,
+        exit_code: int | None = None,
+        stderr_tail: str | None = None,
+        stop_reason: str | None = None,
+    ) -> Trial:
+        """End a RUNNING trial. ``lease_id`` None is for the coordinator itself (lease expiry,
+        cancellation); otherwise it must match the current, unexpired lease."""
+
+    @abstractmethod
+    def request_stop(self, trial_id: int, reason: str) -> Trial:
+        """Record a stop decision for a running trial; its agent learns of it on the next call."""
+
+    @abstractmethod
+    def expire_leases(self, *, now: float) -> list[Trial]:
+        """Mark every RUNNING trial whose lease ran out as LOST; return them."""
+
+    # --- lifecycle ----------------------------------------------------------
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

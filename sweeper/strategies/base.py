@@ -1,0 +1,66 @@
+"""The strategy contract.
+
+A strategy is a function of the data it is given: the frozen spec (at construction), the
+trial history (every trial, including running ones, so parallel agents do not get the same
+point) and a seeded rng. It keeps no state between calls; a coordinator restarted on the
+same store makes the same decisions.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from sweeper.spec.model import SweepSpec
+from sweeper.trials import Trial
+
+
+class SuggestionKind(enum.StrEnum):
+    RUN = "run"  # run ``config`` now
+    WAIT = "wait"  # nothing now; running trials may change that
+    DONE = "done"  # the search is complete
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    kind: SuggestionKind
+    config: Mapping[str, Any] | None = None
+    reason: str = ""
+
+    @classmethod
+    def run(cls, config: Mapping[str, Any]) -> Suggestion:
+        return cls(SuggestionKind.RUN, config=config)
+
+    @classmethod
+    def wait(cls, reason: str) -> Suggestion:
+        return cls(SuggestionKind.WAIT, reason=reason)
+
+    @classmethod
+    def done(cls, reason: str) -> Suggestion:
+        return cls(SuggestionKind.DONE, reason=reason)
+
+
+class Strategy(ABC):
+    """Subclass, set ``method``, and register with :func:`sweeper.strategies.register`."""
+
+    method: ClassVar[str]
+
+    def __init__(self, spec: SweepSpec) -> None:
+        self.spec = spec
+
+    @classmethod
+    def check_spec(cls, spec: SweepSpec) -> list[tuple[str, str]]:
+        """Problems with a spec for this method, as (key path, message). Empty when fine."""
+        return []
+
+    @abstractmethod
+    def suggest(self, trials: Sequence[Trial], rng: random.Random) -> Suggestion:
+        """The next configuration to run, given every trial of the sweep so far.
+
+        Retries of failed trials and ``run_cap`` are handled by the coordinator before this
+        is called; a strategy only decides what is new.
+        """

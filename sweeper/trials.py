@@ -1,0 +1,129 @@
+"""Trial and sweep records: the data every part of sweeper passes around.
+
+Plain frozen dataclasses and enums with no third-party imports, so the agent, the
+strategies, the store and the CLI can all share them without pulling in anything heavy.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class TrialState(enum.StrEnum):
+    """Where a trial is in its life. Terminal states never change again."""
+
+    RUNNING = "running"  # leased by an agent, which renews the lease
+    FINISHED = "finished"  # the command exited 0 (or the function returned)
+    FAILED = "failed"  # non-zero exit or an exception
+    STOPPED = "stopped"  # ended on purpose: early termination, a user, Ctrl-C
+    LOST = "lost"  # the agent stopped renewing its lease (killed, machine gone)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self is not TrialState.RUNNING
+
+    @property
+    def is_active(self) -> bool:
+        return self is TrialState.RUNNING
+
+
+TRIAL_TRANSITIONS: Mapping[TrialState, frozenset[TrialState]] = {
+    TrialState.RUNNING: frozenset(
+        {TrialState.FINISHED, TrialState.FAILED, TrialState.STOPPED, TrialState.LOST}
+    ),
+    TrialState.FINISHED: frozenset(),
+    TrialState.FAILED: frozenset(),
+    TrialState.STOPPED: frozenset(),
+    TrialState.LOST: frozenset(),
+}
+
+
+class SweepState(enum.StrEnum):
+    """A sweep hands out trials only while RUNNING."""
+
+    RUNNING = "running"
+    PAUSED = "paused"  # no new trials; running ones go on; can resume
+    FINISHED = "finished"  # the strategy has nothing left and every trial ended
+    STOPPED = "stopped"  # no new trials; running ones finish (can resume)
+    CANCELLED = "cancelled"  # no new trials; running ones are stopped
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (SweepState.FINISHED, SweepState.CANCELLED)
+
+    @property
+    def hands_out_trials(self) -> bool:
+        return self is SweepState.RUNNING
+
+
+SWEEP_TRANSITIONS: Mapping[SweepState, frozenset[SweepState]] = {
+    SweepState.RUNNING: frozenset(
+        {SweepState.PAUSED, SweepState.FINISHED, SweepState.STOPPED, SweepState.CANCELLED}
+    ),
+    SweepState.PAUSED: frozenset(
+        {SweepState.RUNNING, SweepState.STOPPED, SweepState.CANCELLED, SweepState.FINISHED}
+    ),
+    SweepState.STOPPED: frozenset({SweepState.RUNNING, SweepState.CANCELLED, SweepState.FINISHED}),
+    SweepState.FINISHED: frozenset(),
+    SweepState.CANCELLED: frozenset(),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class MetricPoint:
+    """One logged value. ``seq`` numbers the script's log calls, so a batch sent twice counts once."""
+
+    name: str
+    value: float
+    step: int
+    seq: int
+    time: float
+
+
+@dataclass(frozen=True)
+class Sweep:
+    id: str
+    name: str | None
+    method: str
+    state: SweepState
+    spec: Mapping[str, Any]  # the sweep file as given (W&B format plus our keys)
+    seed: int
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class Trial:
+    """A trial as the store holds it. ``history`` is filled only when asked for."""
+
+    id: int
+    sweep_id: str
+    number: int  # 1, 2, 3 ... within its sweep
+    config: Mapping[str, Any]  # nested, exactly what the script sees
+    state: TrialState
+    created_at: float
+    ended_at: float | None = None
+    retry_of: int | None = None  # number of the trial this one repeats
+    agent: str | None = None
+    host: str | None = None
+    lease_id: str | None = None
+    lease_expires_at: float | None = None
+    exit_code: int | None = None
+    stderr_tail: str | None = None
+    stop_reason: str | None = None
+    stop_requested: str | None = None  # a pending decision the agent has not carried out yet
+    summary: Mapping[str, float] = field(default_factory=dict)  # last value of each metric
+    history: tuple[MetricPoint, ...] | None = None
+
+    def metric(self, name: str) -> float | None:
+        return self.summary.get(name)
+
+    def curve(self, name: str) -> list[tuple[int, float]]:
+        """(step, value) pairs of one metric, in step order."""
+        if self.history is None:
+            raise ValueError("trial was loaded without its history")
+        points = sorted((p.step, p.seq, p.value) for p in self.history if p.name == name)
+        return [(step, value) for step, _, value in points]
