@@ -14,9 +14,12 @@ def main() -> None:
 
 
 def _register() -> None:
+    from sweeper.cli.inspect import status, trials
+    from sweeper.cli.run import run
     from sweeper.cli.validate import validate
 
-    main.add_command(validate)
+    for command in (validate, run, status, trials):
+        main.add_command(command)
 
 
 _register()

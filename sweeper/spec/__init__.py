@@ -1,0 +1,53 @@
+"""Sweep files (W&B's format, in full): parsed and checked once into a frozen SweepSpec.
+
+>>> from sweeper.spec import load_sweep_file, sample, describe
+"""
+
+from __future__ import annotations
+
+from sweeper.spec.distributions import sample
+from sweeper.spec.loader import load_sweep_file
+from sweeper.spec.model import (
+    DEFAULT_COMMAND,
+    Distribution,
+    Goal,
+    Hyperband,
+    Metric,
+    Options,
+    Parameter,
+    SweepSpec,
+)
+from sweeper.spec.parse import parse_sweep
+from sweeper.spec.problems import Problem, SpecError
+from sweeper.spec.space import (
+    build_config,
+    config_key,
+    describe,
+    flatten_config,
+    grid_problems,
+    grid_size,
+    grid_values,
+)
+
+__all__ = [
+    "DEFAULT_COMMAND",
+    "Distribution",
+    "Goal",
+    "Hyperband",
+    "Metric",
+    "Options",
+    "Parameter",
+    "Problem",
+    "SpecError",
+    "SweepSpec",
+    "build_config",
+    "config_key",
+    "describe",
+    "flatten_config",
+    "grid_problems",
+    "grid_size",
+    "grid_values",
+    "load_sweep_file",
+    "parse_sweep",
+    "sample",
+]

@@ -59,6 +59,11 @@ class Parameter:
     def name(self) -> str:
         return ".".join(self.path)
 
+    @property
+    def key_path(self) -> str:
+        """Where the parameter stands in the sweep file, for messages: ``parameters.opt.parameters.lr``."""
+        return "parameters." + ".parameters.".join(self.path)
+
 
 @dataclass(frozen=True)
 class Metric:

@@ -36,6 +36,13 @@ class SchemaVersionError(StoreError):
     """The database was written by another version of sweeper."""
 
 
+class TrialNotFoundError(StoreError, KeyError):
+    """No trial has this id. A KeyError (so a LookupError) as well as a StoreError."""
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes
+        return str(self.args[0]) if self.args else ""
+
+
 @dataclass(frozen=True)
 class TrialDraft:
     """What a strategy decided to run next; the store turns it into a trial."""
@@ -85,10 +92,13 @@ class Store(ABC):
         now: float,
     ) -> Trial | None:
         """Atomically: lock the sweep, load its trials (summaries, no history), call ``decide``,
-        and insert what it returns as a RUNNING trial under ``lease``. ``None`` inserts nothing."""
+        and insert what it returns as a RUNNING trial numbered max+1 under ``lease``.
+        ``None`` inserts nothing. A sweep that does not hand out trials (not RUNNING) gets
+        ``None`` without ``decide`` being called."""
 
     @abstractmethod
-    def get_trial(self, trial_id: int, *, with_history: bool = False) -> Trial: ...
+    def get_trial(self, trial_id: int, *, with_history: bool = False) -> Trial:
+        """Raise :class:`TrialNotFoundError` when there is none."""
 
     @abstractmethod
     def list_trials(
@@ -102,7 +112,7 @@ class Store(ABC):
 
     @abstractmethod
     def renew_lease(self, trial_id: int, lease_id: str, *, expires_at: float, now: float) -> Trial:
-        """Extend a lease still held; raise LeaseLostError otherwise."""
+        """Extend a lease still held (``now <= expires_at``); raise LeaseLostError otherwise."""
 
     @abstractmethod
     def add_metrics(
@@ -128,7 +138,8 @@ class Store(ABC):
 
     @abstractmethod
     def request_stop(self, trial_id: int, reason: str) -> Trial:
-        """Record a stop decision for a running trial; its agent learns of it on the next call."""
+        """Record a stop decision for a running trial; its agent learns of it on the next call.
+        The first reason recorded stays; a trial that already ended is returned unchanged."""
 
     @abstractmethod
     def expire_leases(self, *, now: float) -> list[Trial]:

@@ -1,0 +1,168 @@
+"""A trial's command as a process group that can be stopped as a whole.
+
+Each trial runs in its own session (and so its own process group), so a stop reaches every
+process it started: DDP/torchrun workers, shell pipelines, ``sleep`` grandchildren.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+
+#: Exit code for a command that could not be started, as a shell reports it.
+EXIT_CANNOT_START = 127
+
+_WAIT_STEP = 0.02
+
+
+class TrialProcess:
+    """A running (or finished) trial command. Create with :meth:`start`."""
+
+    def __init__(self, popen: subprocess.Popen[bytes] | None, *, returncode: int | None = None) -> None:
+        self._popen = popen
+        self._returncode = returncode
+        self._group_reaped = popen is None
+
+    @classmethod
+    def start(
+        cls,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        cwd: str | os.PathLike[str],
+        stdout_path: str | os.PathLike[str],
+        stderr_path: str | os.PathLike[str],
+    ) -> TrialProcess:
+        """Start ``argv``; a command that cannot start yields exit code 127 and says why in stderr."""
+        argv = [str(a) for a in argv]
+        with open(stdout_path, "ab") as out, open(stderr_path, "ab") as err:
+            if not argv:
+                err.write(b"sweeper: cannot start the trial: the command is empty\n")
+                return cls(None, returncode=EXIT_CANNOT_START)
+            try:
+                popen = subprocess.Popen(
+                    argv,
+                    env=dict(env),
+                    cwd=os.fspath(cwd),
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    start_new_session=True,
+                    close_fds=True,
+                )
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                err.write(f"sweeper: cannot start {argv[0]!r}: {reason}\n".encode())
+                return cls(None, returncode=EXIT_CANNOT_START)
+        return cls(popen)
+
+    @property
+    def pid(self) -> int | None:
+        """The main process's id (also its process group's id); None if it never started."""
+        return self._popen.pid if self._popen is not None else None
+
+    @property
+    def started(self) -> bool:
+        return self._popen is not None
+
+    def poll(self) -> int | None:
+        """The exit code once the main process has ended (negative: killed by that signal)."""
+        if self._popen is None:
+            return self._returncode
+        code = self._popen.poll()
+        if code is not None:
+            self._returncode = code
+            # Whatever the main process left behind must not outlive the trial.
+            self._kill_group()
+        return code
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Wait up to ``timeout`` seconds for the main process; its exit code or None."""
+        if self._popen is None:
+            return self._returncode
+        try:
+            self._popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        return self.poll()
+
+    def terminate(self, grace: float) -> int:
+        """SIGTERM the whole group, wait up to ``grace`` seconds, then SIGKILL it; the exit code."""
+        if self._popen is None:
+            return self._returncode if self._returncode is not None else EXIT_CANNOT_START
+        code = self._popen.poll()
+        if code is None:
+            self._signal_group(signal.SIGTERM)
+            deadline = time.monotonic() + max(grace, 0.0)
+            try:
+                code = self._popen.wait(max(grace, 0.0))
+            except subprocess.TimeoutExpired:
+                code = None
+            # Children that handle SIGTERM get the rest of the grace period too.
+            while code is not None and self._group_alive() and time.monotonic() < deadline:
+                time.sleep(_WAIT_STEP)
+            if code is None:
+                self._signal_group(signal.SIGKILL)
+                code = self._popen.wait()
+        self._returncode = code
+        self._kill_group()
+        return code
+
+    def kill(self) -> int:
+        """SIGKILL the whole group now."""
+        if self._popen is not None and self._popen.poll() is None:
+            self._signal_group(signal.SIGKILL)
+        return self.terminate(0.0)
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        assert self._popen is not None
+        try:
+            os.killpg(self._popen.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _group_alive(self) -> bool:
+        assert self._popen is not None
+        try:
+            os.killpg(self._popen.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+
+    def _kill_group(self) -> None:
+        # The group id stays reserved while any member lives, so it cannot name a stranger's group.
+        if not self._group_reaped:
+            self._signal_group(signal.SIGKILL)
+            self._group_reaped = True
+
+
+def stderr_tail(path: str | os.PathLike[str], max_lines: int = 40, max_bytes: int = 8192) -> str:
+    """The last lines of a log file (at most ``max_lines`` lines and about ``max_bytes`` bytes)."""
+    try:
+        with open(path, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            start = max(0, size - max_bytes)
+            fh.seek(start)
+            data = fh.read()
+    except FileNotFoundError:
+        return ""
+    if start > 0:
+        # Drop the first, probably partial, line.
+        newline = data.find(b"\n")
+        data = data[newline + 1 :] if newline >= 0 else data
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    return "\n".join(lines[-max_lines:]) if max_lines > 0 else ""
+
+
+def describe_exit(code: int) -> str:
+    """``exit code 3`` or ``killed by SIGKILL (exit code -9)``."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"killed by {name} (exit code {code})"
+    return f"exit code {code}"

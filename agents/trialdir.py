@@ -1,0 +1,128 @@
+"""A trial's folder on the agent's machine, and the environment its command runs in."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sweeper._context import run_id_for
+from sweeper.protocol import Assignment
+
+# Variables the agent itself may hold that a training script has no business seeing.
+_SECRET_MARKERS = ("TOKEN", "SECRET", "PASSWORD")
+
+
+@dataclass(frozen=True)
+class TrialDir:
+    """``<workdir>/.sweeper/trials/<sweep_id>/<trial_number>/`` and the files in it."""
+
+    path: Path
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def wandb_config_path(self) -> Path:
+        return self.path / "wandb-config.yaml"
+
+    @property
+    def args_json_path(self) -> Path:
+        return self.path / "args.json"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def stdout_path(self) -> Path:
+        return self.path / "stdout.log"
+
+    @property
+    def stderr_path(self) -> Path:
+        return self.path / "stderr.log"
+
+    @classmethod
+    def for_assignment(cls, workdir: Path, assignment: Assignment) -> TrialDir:
+        sweep_folder = Path(workdir) / ".sweeper" / "trials" / _safe(assignment.sweep_id)
+        return cls(sweep_folder / str(assignment.trial_number))
+
+    @classmethod
+    def create(cls, workdir: Path, assignment: Assignment) -> TrialDir:
+        """Make the folder and write the trial's config files; empty logs left by an earlier attempt."""
+        trial_dir = cls.for_assignment(workdir, assignment)
+        trial_dir.path.mkdir(parents=True, exist_ok=True)
+        config = plain(assignment.config)
+        _write_atomic(trial_dir.config_path, json.dumps(config, indent=2) + "\n")
+        _write_atomic(trial_dir.wandb_config_path, wandb_config_yaml(config))
+        for log_path in (trial_dir.metrics_path, trial_dir.stdout_path, trial_dir.stderr_path):
+            log_path.write_bytes(b"")
+        return trial_dir
+
+
+def plain(value: Any) -> Any:
+    """Nested mappings and sequences as dicts and lists, so JSON and safe YAML accept them."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+def wandb_config_yaml(config: Mapping[str, Any]) -> str:
+    """The config in the form ``wandb agent`` writes for ``WANDB_SWEEP_PARAM_PATH``."""
+    text = "wandb_version: 1"
+    if config:  # W&B leaves the body out when empty: an empty mapping would not parse back
+        body = {str(key): {"value": plain(value)} for key, value in config.items()}
+        text += "\n\n" + yaml.safe_dump(body, default_flow_style=False, allow_unicode=True, sort_keys=False)
+    return text
+
+
+def trial_env(
+    base: Mapping[str, str],
+    assignment: Assignment,
+    trial_dir: TrialDir,
+    *,
+    gpu: str | None = None,
+) -> dict[str, str]:
+    """The agent's environment, minus its secrets, plus what the trial needs to find its config."""
+    env = {k: v for k, v in base.items() if not _is_secret(k)}
+    env.update(
+        {
+            "SWEEPER_SWEEP_ID": assignment.sweep_id,
+            "SWEEPER_TRIAL_ID": str(assignment.trial_id),
+            "SWEEPER_TRIAL_NUMBER": str(assignment.trial_number),
+            "SWEEPER_TRIAL_DIR": os.fspath(trial_dir.path),
+            "SWEEPER_CONFIG_PATH": os.fspath(trial_dir.config_path),
+            "SWEEPER_METRICS_PATH": os.fspath(trial_dir.metrics_path),
+            "WANDB_SWEEP_ID": assignment.sweep_id,
+            "WANDB_RUN_ID": run_id_for(assignment.sweep_id, assignment.trial_number),
+            "WANDB_SWEEP_PARAM_PATH": os.fspath(trial_dir.wandb_config_path),
+        }
+    )
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    return env
+
+
+def _is_secret(name: str) -> bool:
+    upper = name.upper()
+    return upper.startswith("SWEEPER_") and any(marker in upper for marker in _SECRET_MARKERS)
+
+
+def _safe(part: str) -> str:
+    # A sweep id becomes one folder name, whatever it contains.
+    return re.sub(r"[^A-Za-z0-9._-]", "_", part) or "_"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

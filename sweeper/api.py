@@ -1,0 +1,64 @@
+"""The Python way to run a sweep, as W&B users know it::
+
+    sweep_id = sweeper.sweep({"method": "grid", "parameters": {...}})
+    sweeper.agent(sweep_id, function=train, count=10)
+
+Both work on the embedded store (``./.sweeper/sweeper.db`` unless ``db`` or SWEEPER_DB says
+otherwise).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+
+def _coordinator(db: str | None) -> Any:
+    from sweeper.coordinator import Coordinator
+    from sweeper.store import open_store
+
+    return Coordinator(open_store(db or os.environ.get("SWEEPER_DB")))
+
+
+def sweep(config: Mapping[str, Any] | str | os.PathLike[str], *, db: str | None = None) -> str:
+    """Create a sweep from a config dict or a sweep file; return its id.
+
+    Raises :class:`sweeper.spec.SpecError` listing every problem when the config is invalid.
+    """
+    from sweeper.spec import load_sweep_file, parse_sweep
+
+    if isinstance(config, Mapping):
+        spec = parse_sweep(config)
+    else:
+        spec = load_sweep_file(Path(config))
+    return _coordinator(db).create_sweep(spec).id
+
+
+def agent(
+    sweep_id: str,
+    function: Callable[[], object] | None = None,
+    count: int | None = None,
+    *,
+    db: str | None = None,
+    grace_period: float = 10.0,
+) -> str:
+    """Run trials of ``sweep_id`` here until the sweep is done or ``count`` trials have run.
+
+    With ``function``, each trial calls it in this process (it takes no arguments and calls
+    ``sweeper.init()`` for its config); without, each trial runs the sweep's command.
+    Returns the one-line reason the agent stopped.
+    """
+    from sweeper.local import LocalAgents
+
+    agents = LocalAgents(_coordinator(db), sweep_id, agents=1, count=count, function=function,
+                         grace_period=grace_period)
+    agents.start()
+    try:
+        reasons = agents.wait()
+    except KeyboardInterrupt:
+        agents.stop("interrupted by the user (Ctrl-C)")
+        agents.wait()
+        raise
+    return reasons[0] if reasons else "done"

@@ -1,0 +1,134 @@
+"""``sweeper status`` and ``sweeper trials``: looking at what a sweep has done."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+from sweeper.cli.common import db_option, open_store_or_fail
+from sweeper.cli.report import print_summary, state_counts
+from sweeper.protocol import SweepNotFoundError
+from sweeper.trials import Trial
+
+
+def _coordinator(db_url: str | None) -> Any:
+    from sweeper.coordinator import Coordinator
+
+    return Coordinator(open_store_or_fail(db_url))
+
+
+def _check_sweep(coordinator: Any, sweep_id: str) -> None:
+    try:
+        coordinator.store.get_sweep(sweep_id)
+    except SweepNotFoundError:
+        known = [s.id for s in coordinator.store.list_sweeps()[:5]]
+        hint = f" (recent sweeps: {', '.join(known)})" if known else " (this store has no sweeps)"
+        raise click.ClickException(f"no sweep with id {sweep_id!r} in this store{hint}") from None
+
+
+@click.command()
+@click.argument("sweep_id", required=False)
+@click.option("--top", default=5, show_default=True, type=click.IntRange(min=1), help="Rows in the leaderboard.")
+@db_option
+def status(sweep_id: str | None, top: int, db_url: str | None) -> None:
+    """State counts, the best trial and a leaderboard of SWEEP_ID (all sweeps when omitted)."""
+    coordinator = _coordinator(db_url)
+    if sweep_id is None:
+        sweeps = coordinator.store.list_sweeps()
+        if not sweeps:
+            click.echo("no sweeps yet: create one with 'sweeper run FILE'")
+        for sweep in sweeps:
+            created = datetime.fromtimestamp(sweep.created_at, UTC).strftime("%Y-%m-%d %H:%M")
+            trials = coordinator.trials(sweep.id)
+            click.echo(f"{sweep.id}  {sweep.method:<8} {sweep.state.value:<10} {created}  {state_counts(trials)}"
+                       f"{'  ' + sweep.name if sweep.name else ''}")
+        return
+    _check_sweep(coordinator, sweep_id)
+    print_summary(coordinator, sweep_id, top=top)
+
+
+@click.command()
+@click.argument("sweep_id")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@db_option
+def trials(sweep_id: str, fmt: str, db_url: str | None) -> None:
+    """Every trial of SWEEP_ID: config, state, final metrics (and metric curves in JSON)."""
+    coordinator = _coordinator(db_url)
+    _check_sweep(coordinator, sweep_id)
+    rows = coordinator.trials(sweep_id, with_history=(fmt == "json"))
+    if fmt == "json":
+        click.echo(json.dumps([trial_to_json(t) for t in rows], indent=2, default=_json_default))
+    elif fmt == "csv":
+        click.echo(trials_to_csv(rows), nl=False)
+    else:
+        _print_table(rows)
+
+
+def trial_to_json(trial: Trial) -> dict[str, Any]:
+    curves: dict[str, list[list[float]]] = {}
+    for point in trial.history or ():
+        curves.setdefault(point.name, []).append([point.step, _finite_or_str(point.value)])
+    return {
+        "number": trial.number,
+        "state": trial.state.value,
+        "config": trial.config,
+        "metrics": {k: _finite_or_str(v) for k, v in trial.summary.items()},
+        "curves": curves,
+        "exit_code": trial.exit_code,
+        "stop_reason": trial.stop_reason,
+        "stderr_tail": trial.stderr_tail,
+        "retry_of": trial.retry_of,
+        "agent": trial.agent,
+        "host": trial.host,
+        "created_at": trial.created_at,
+        "ended_at": trial.ended_at,
+    }
+
+
+def trials_to_csv(rows: Sequence[Trial]) -> str:
+    config_cols = sorted({k for t in rows for k in _flatten(t.config)})
+    metric_cols = sorted({k for t in rows for k in t.summary})
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["number", "state", *config_cols, *metric_cols, "exit_code", "stop_reason", "retry_of"])
+    for t in rows:
+        flat = _flatten(t.config)
+        writer.writerow([t.number, t.state.value, *(flat.get(c, "") for c in config_cols),
+                         *(t.summary.get(m, "") for m in metric_cols),
+                         "" if t.exit_code is None else t.exit_code, t.stop_reason or "",
+                         "" if t.retry_of is None else t.retry_of])
+    return out.getvalue()
+
+
+def _print_table(rows: Sequence[Trial]) -> None:
+    from sweeper.results import format_config
+
+    for t in rows:
+        metrics = " ".join(f"{k}={v:.6g}" for k, v in t.summary.items())
+        click.echo(f"{t.number:>4}  {t.state.value:<9} {format_config(t.config, limit=8)}  {metrics}")
+
+
+def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _finite_or_str(value: float) -> float | str:
+    # JSON has no NaN or infinity; keep them readable instead of emitting invalid JSON.
+    return value if math.isfinite(value) else str(value)
+
+
+def _json_default(value: Any) -> Any:
+    return str(value)

@@ -1,0 +1,70 @@
+"""Text for people: progress lines, state counts, the leaderboard."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from sweeper.results import format_config, ranked
+from sweeper.spec import SweepSpec
+from sweeper.trials import Trial, TrialState
+
+
+def describe_event(spec: SweepSpec, event: Any) -> str | None:
+    from sweeper.agents import TrialAbandoned, TrialEnded, TrialStarted
+
+    metric = spec.metric.name if spec.metric else None
+    if isinstance(event, TrialStarted):
+        return f"trial {event.assignment.trial_number} started   {format_config(event.assignment.config)}"
+    if isinstance(event, TrialEnded):
+        number = event.assignment.trial_number
+        outcome = event.outcome
+        value = event.summary.get(metric) if metric else None
+        shown = f"  {metric}={value:.6g}" if isinstance(value, int | float) else ""
+        if outcome.state is TrialState.FAILED:
+            last = (outcome.stderr_tail or "").strip().splitlines()[-1:] or ["(no stderr)"]
+            return f"trial {number} failed    exit {outcome.exit_code} after {event.seconds:.1f}s: {last[0]}"
+        if outcome.state is TrialState.STOPPED:
+            return f"trial {number} stopped   after {event.seconds:.1f}s ({outcome.stop_reason}){shown}"
+        return f"trial {number} finished  in {event.seconds:.1f}s{shown}"
+    if isinstance(event, TrialAbandoned):
+        return f"trial {event.assignment.trial_number} abandoned: {event.reason}"
+    return None
+
+
+def state_counts(trials: Sequence[Trial]) -> str:
+    counts = Counter(t.state for t in trials)
+    return ", ".join(f"{counts[s]} {s.value}" for s in TrialState if counts[s]) or "no trials yet"
+
+
+def leaderboard(spec: SweepSpec, trials: Sequence[Trial], top: int = 5) -> list[str]:
+    metric = spec.metric.name if spec.metric else None
+    rows = ranked(spec, trials)[:top] if metric else list(trials)[:top]
+    if not rows:
+        return []
+    header = f"{'trial':>5}  {'state':<9} {metric or '':>12}  config"
+    lines = [header]
+    for t in rows:
+        value = t.metric(metric) if metric else None
+        shown = f"{value:.6g}" if value is not None else "-"
+        lines.append(f"{t.number:>5}  {t.state.value:<9} {shown:>12}  {format_config(t.config, limit=8)}")
+    return lines
+
+
+def print_summary(coordinator: Any, sweep_id: str, top: int = 5) -> None:
+    sweep = coordinator.store.get_sweep(sweep_id)
+    spec = coordinator.spec_of(sweep_id)
+    trials = coordinator.trials(sweep_id)
+    click.echo(f"sweep {sweep.id} ({sweep.method}) is {sweep.state.value}: {state_counts(trials)}")
+    best = coordinator.best_trial(sweep_id)
+    if spec.metric and best is not None:
+        value = best.metric(spec.metric.name)
+        click.echo(
+            f"best: trial {best.number}  {spec.metric.name}={value:.6g} ({spec.metric.goal.value})  "
+            f"{format_config(best.config, limit=20)}"
+        )
+    for line in leaderboard(spec, trials, top=top):
+        click.echo(line)

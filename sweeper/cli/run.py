@@ -1,0 +1,118 @@
+"""``sweeper run FILE``: create a sweep and run it with local agents until it is done."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from types import FrameType
+
+import click
+
+from sweeper.cli.common import db_option, load_spec, open_store_or_fail, resolve_program
+from sweeper.cli.report import print_summary
+from sweeper.trials import SweepState
+
+EXIT_INTERRUPTED = 130
+
+
+@click.command()
+@click.argument("sweep_file", type=click.Path(dir_okay=False))
+@click.option("--agents", "n_agents", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Local agents, each running one trial at a time.")
+@click.option("--count", default=None, type=click.IntRange(min=1),
+              help="Run at most this many trials in total, then stop.")
+@click.option("--grace", default=10.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds a stopped trial gets between SIGTERM and SIGKILL.")
+@db_option
+def run(sweep_file: str, n_agents: int, count: int | None, grace: float, db_url: str | None) -> None:
+    """Create a sweep from SWEEP_FILE and run it here with local agents.
+
+    Progress is printed as trials start and end; the best trial is shown at the end.
+    Ctrl-C stops every running trial (SIGTERM to its process group, SIGKILL after --grace)
+    and records it as stopped.
+    """
+    from sweeper.coordinator import Coordinator
+    from sweeper.local import LocalAgents
+    from sweeper.spec import describe
+
+    spec = load_spec(sweep_file)
+    program = resolve_program(spec, sweep_file)
+    store = open_store_or_fail(db_url)
+    coordinator = Coordinator(store)
+    sweep = coordinator.create_sweep(spec)
+    click.echo(f"sweep {sweep.id}: {describe(spec)}")
+    if spec.method != "grid" and spec.run_cap is None and count is None:
+        click.echo("note: this search has no end of its own; pass --count N or set run_cap (Ctrl-C stops it)")
+
+    progress = Progress(spec)
+    agents = LocalAgents(
+        coordinator,
+        sweep.id,
+        agents=n_agents,
+        count=count,
+        program_override=program,
+        grace_period=grace,
+        on_event=progress.on_event,
+    )
+    interrupted = False
+    with _sigterm_as_interrupt():
+        agents.start()
+        try:
+            reasons = agents.wait()
+        except KeyboardInterrupt:
+            interrupted = True
+            click.echo(f"\ninterrupted: stopping running trials (SIGKILL after {grace:g}s)...", err=True)
+            agents.stop("interrupted by the user (Ctrl-C)")
+            reasons = _wait_ignoring_interrupts(agents)
+    if interrupted:
+        if not coordinator.store.get_sweep(sweep.id).state.is_terminal:
+            coordinator.set_sweep_state(sweep.id, SweepState.STOPPED)
+    if not interrupted and reasons:
+        click.echo(reasons[0])
+    print_summary(coordinator, sweep.id)
+    if interrupted:
+        sys.exit(EXIT_INTERRUPTED)
+
+
+def _wait_ignoring_interrupts(agents: object) -> list[str]:
+    while True:
+        try:
+            return agents.wait()  # type: ignore[attr-defined]
+        except KeyboardInterrupt:
+            click.echo("still stopping trials; they are killed when the grace period ends", err=True)
+
+
+class _sigterm_as_interrupt:
+    """SIGTERM to ``sweeper run`` stops it as cleanly as Ctrl-C does."""
+
+    def __enter__(self) -> None:
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+class Progress:
+    """Prints one line when a trial starts and one when it ends, from any agent thread."""
+
+    def __init__(self, spec: object) -> None:
+        self.spec = spec
+        self._lock = threading.Lock()
+        self._started = time.monotonic()
+
+    def on_event(self, event: object) -> None:
+        from sweeper.cli.report import describe_event
+
+        line = describe_event(self.spec, event)  # type: ignore[arg-type]
+        if line:
+            with self._lock:
+                click.echo(f"[{time.monotonic() - self._started:7.1f}s] {line}")

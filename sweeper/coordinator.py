@@ -1,0 +1,175 @@
+"""The coordinator: a thin layer over the store and the strategies.
+
+It implements :class:`sweeper.protocol.CoordinatorClient`, so embedded agents call it
+directly and the HTTP service only translates. It keeps no state of its own beyond caches
+of parsed specs: everything is read from, and written to, the store.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from sweeper.planning import Plan, plan_next
+from sweeper.results import best_of
+from sweeper.protocol import (
+    CONTINUE,
+    AgentInfo,
+    Assignment,
+    Directive,
+    NoTrial,
+    NoTrialReason,
+    TrialOutcome,
+)
+from sweeper.spec import SweepSpec, parse_sweep
+from sweeper.store.base import Lease, Store, TrialDraft
+from sweeper.strategies import Strategy, strategy_class
+from sweeper.trials import MetricPoint, Sweep, SweepState, Trial, TrialState
+
+DEFAULT_LEASE_SECONDS = 30.0
+
+
+class Coordinator:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Callable[[], float] = time.time,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.lease_seconds = lease_seconds
+        self._lock = threading.Lock()
+        self._specs: dict[str, tuple[SweepSpec, Strategy]] = {}
+
+    # --- sweeps -------------------------------------------------------------
+
+    def create_sweep(self, spec: SweepSpec) -> Sweep:
+        seed = spec.options.seed if spec.options.seed is not None else secrets.randbits(31)
+        return self.store.create_sweep(
+            spec=dict(spec.raw), method=spec.method, name=spec.name, seed=seed, now=self.clock()
+        )
+
+    def set_sweep_state(self, sweep_id: str, state: SweepState) -> Sweep:
+        sweep = self.store.set_sweep_state(sweep_id, state, now=self.clock())
+        if state is SweepState.CANCELLED:
+            for trial in self.store.list_trials(sweep_id, states=[TrialState.RUNNING]):
+                self.store.request_stop(trial.id, "sweep cancelled")
+        return sweep
+
+    def spec_of(self, sweep_id: str) -> SweepSpec:
+        return self._compiled(self.store.get_sweep(sweep_id))[0]
+
+    def _compiled(self, sweep: Sweep) -> tuple[SweepSpec, Strategy]:
+        with self._lock:
+            if sweep.id not in self._specs:
+                spec = parse_sweep(sweep.spec, source=f"sweep {sweep.id}")
+                self._specs[sweep.id] = (spec, strategy_class(spec.method)(spec))
+            return self._specs[sweep.id]
+
+    # --- the agent protocol -------------------------------------------------
+
+    def next_trial(self, sweep_id: str, agent: AgentInfo) -> Assignment | NoTrial:
+        now = self.clock()
+        self.store.expire_leases(now=now)
+        sweep = self.store.get_sweep(sweep_id)
+        spec, strategy = self._compiled(sweep)
+        if sweep.state is SweepState.FINISHED:
+            plan = plan_next(spec, strategy, self.store.list_trials(sweep_id), sweep.seed)
+            return NoTrial(NoTrialReason.DONE, f"sweep {sweep_id} is complete: {plan.reason}")
+        if (refusal := _refusal(sweep)) is not None:
+            return refusal
+        plans: list[Plan] = []
+
+        def decide(locked: Sweep, trials: Sequence[Trial]) -> TrialDraft | None:
+            plans.append(plan := plan_next(spec, strategy, trials, locked.seed))
+            return plan.draft
+
+        lease = Lease(agent=agent.name, host=agent.host, lease_id=secrets.token_hex(8),
+                      expires_at=now + self.lease_seconds)
+        trial = self.store.new_trial(sweep_id, decide, lease=lease, now=now)
+        if trial is not None:
+            return Assignment(
+                sweep_id=sweep_id,
+                trial_id=trial.id,
+                trial_number=trial.number,
+                lease_id=lease.lease_id,
+                lease_seconds=self.lease_seconds,
+                config=trial.config,
+                command=spec.command,
+                program=spec.program,
+                metric_name=spec.metric.name if spec.metric else None,
+            )
+        plan = plans[-1] if plans else None
+        if plan is None:  # the sweep changed state between the two reads
+            return _refusal(self.store.get_sweep(sweep_id)) or NoTrial(NoTrialReason.WAIT, "sweep busy")
+        if plan.done:
+            self._finish_sweep_if_complete(sweep_id)
+            return NoTrial(NoTrialReason.DONE, f"sweep {sweep_id} is complete: {plan.reason}")
+        return NoTrial(NoTrialReason.WAIT, plan.reason, retry_after=1.0)
+
+    def heartbeat(self, trial_id: int, lease_id: str) -> Directive:
+        now = self.clock()
+        trial = self.store.renew_lease(trial_id, lease_id, expires_at=now + self.lease_seconds, now=now)
+        return _directive(trial)
+
+    def report_metrics(self, trial_id: int, lease_id: str, points: Sequence[MetricPoint]) -> Directive:
+        now = self.clock()
+        self.store.add_metrics(trial_id, lease_id, points, now=now)
+        trial = self.store.renew_lease(trial_id, lease_id, expires_at=now + self.lease_seconds, now=now)
+        return _directive(trial)
+
+    def finish_trial(self, trial_id: int, lease_id: str, outcome: TrialOutcome) -> None:
+        trial = self.store.finish_trial(
+            trial_id,
+            lease_id,
+            outcome.state,
+            now=self.clock(),
+            exit_code=outcome.exit_code,
+            stderr_tail=outcome.stderr_tail,
+            stop_reason=outcome.stop_reason,
+        )
+        self._finish_sweep_if_complete(trial.sweep_id)
+
+    # --- reading ------------------------------------------------------------
+
+    def trials(self, sweep_id: str, *, with_history: bool = False) -> list[Trial]:
+        return self.store.list_trials(sweep_id, with_history=with_history)
+
+    def best_trial(self, sweep_id: str) -> Trial | None:
+        spec = self.spec_of(sweep_id)
+        return best_of(spec, self.store.list_trials(sweep_id))
+
+    # --- internals ----------------------------------------------------------
+
+    def _finish_sweep_if_complete(self, sweep_id: str) -> None:
+        sweep = self.store.get_sweep(sweep_id)
+        if sweep.state is not SweepState.RUNNING:
+            return
+        spec, strategy = self._compiled(sweep)
+        trials = self.store.list_trials(sweep_id)
+        if any(t.state.is_active for t in trials):
+            return
+        if plan_next(spec, strategy, trials, sweep.seed).done:
+            self.store.set_sweep_state(sweep_id, SweepState.FINISHED, now=self.clock())
+
+
+def _refusal(sweep: Sweep) -> NoTrial | None:
+    match sweep.state:
+        case SweepState.RUNNING:
+            return None
+        case SweepState.PAUSED:
+            return NoTrial(NoTrialReason.WAIT, f"sweep {sweep.id} is paused", retry_after=2.0)
+        case SweepState.FINISHED:
+            return NoTrial(NoTrialReason.DONE, f"sweep {sweep.id} is finished")
+        case _:
+            return NoTrial(NoTrialReason.STOPPED, f"sweep {sweep.id} was {sweep.state.value}")
+
+
+def _directive(trial: Trial) -> Directive:
+    if trial.stop_requested:
+        return Directive(stop=True, reason=trial.stop_requested)
+    return CONTINUE

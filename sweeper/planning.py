@@ -1,0 +1,88 @@
+"""What a sweep runs next, from its spec and trial history alone.
+
+Pure functions: the coordinator calls them inside the store's per-sweep transaction, and
+again when a trial ends to find out whether the sweep is complete. Rules that hold for every
+method (run_cap, metric target, retrying failed configurations) live here so strategies only
+decide what is new.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sweeper.spec import SweepSpec, config_key
+from sweeper.store.base import TrialDraft
+from sweeper.strategies import Strategy, Suggestion, SuggestionKind
+from sweeper.trials import Trial, TrialState
+
+_RETRYABLE = (TrialState.FAILED, TrialState.LOST)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Either a trial to create, or why there is none (``suggestion`` of kind WAIT or DONE)."""
+
+    draft: TrialDraft | None = None
+    suggestion: Suggestion | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.suggestion is not None and self.suggestion.kind is SuggestionKind.DONE
+
+    @property
+    def reason(self) -> str:
+        return self.suggestion.reason if self.suggestion else ""
+
+
+def suggestion_rng(seed: int, trials: Sequence[Trial]) -> random.Random:
+    """The same seed and the same history give the same suggestion, also after a restart."""
+    return random.Random(f"{seed}:{len(trials)}")
+
+
+def find_retry(trials: Sequence[Trial], max_retries: int) -> TrialDraft | None:
+    """The oldest configuration whose every attempt failed or was lost, with retries left."""
+    attempts: dict[str, list[Trial]] = {}
+    for trial in trials:
+        attempts.setdefault(config_key(trial.config), []).append(trial)
+    for tries in attempts.values():
+        if all(t.state in _RETRYABLE for t in tries) and len(tries) <= max_retries:
+            last = max(tries, key=lambda t: t.number)
+            return TrialDraft(config=last.config, retry_of=last.number)
+    return None
+
+
+def target_reached_by(spec: SweepSpec, trials: Sequence[Trial]) -> Trial | None:
+    metric = spec.metric
+    if metric is None or metric.target is None:
+        return None
+    for trial in trials:
+        value = trial.metric(metric.name)
+        if trial.state is TrialState.FINISHED and value is not None and metric.reached_target(value):
+            return trial
+    return None
+
+
+def plan_next(spec: SweepSpec, strategy: Strategy, trials: Sequence[Trial], seed: int) -> Plan:
+    active = sum(1 for t in trials if t.state.is_active)
+
+    def finished_or_wait(reason: str) -> Plan:
+        # Running trials may still fail and need a retry, so agents wait rather than leave.
+        if active:
+            return Plan(suggestion=Suggestion.wait(f"{reason}; waiting for {active} running trial(s)"))
+        return Plan(suggestion=Suggestion.done(reason))
+
+    if (hit := target_reached_by(spec, trials)) is not None:
+        return Plan(suggestion=Suggestion.done(f"trial {hit.number} reached the metric target"))
+    if spec.run_cap is not None and len(trials) >= spec.run_cap:
+        return Plan(suggestion=Suggestion.done(f"run_cap of {spec.run_cap} trials reached"))
+    if (retry := find_retry(trials, spec.options.max_retries)) is not None:
+        return Plan(draft=retry)
+    suggestion = strategy.suggest(trials, suggestion_rng(seed, trials))
+    if suggestion.kind is SuggestionKind.RUN:
+        assert suggestion.config is not None  # a RUN suggestion always carries a config
+        return Plan(draft=TrialDraft(config=suggestion.config))
+    if suggestion.kind is SuggestionKind.DONE:
+        return finished_or_wait(suggestion.reason)
+    return Plan(suggestion=suggestion)

@@ -1,0 +1,55 @@
+"""Reading results: ranking trials by the sweep's metric, and short text forms for people."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sweeper.spec import Goal, SweepSpec
+from sweeper.trials import Trial, TrialState
+
+def best_of(spec: SweepSpec, trials: Sequence[Trial]) -> Trial | None:
+    """The finished (or early-stopped) trial with the best final value of the sweep's metric."""
+    metric = spec.metric
+    if metric is None:
+        return None
+    best: Trial | None = None
+    for trial in trials:
+        value = trial.metric(metric.name)
+        if trial.state not in (TrialState.FINISHED, TrialState.STOPPED) or value is None or math.isnan(value):
+            continue
+        if best is None or metric.is_better(value, best.metric(metric.name)):  # type: ignore[arg-type]
+            best = trial
+    return best
+
+
+def ranked(spec: SweepSpec, trials: Sequence[Trial]) -> list[Trial]:
+    """Trials with a value of the sweep's metric, best first (NaN last)."""
+    metric = spec.metric
+    if metric is None:
+        return list(trials)
+    scored = [t for t in trials if t.metric(metric.name) is not None]
+    sign = 1.0 if metric.goal is Goal.MINIMIZE else -1.0
+
+    def key(t: Trial) -> tuple[bool, float]:
+        value = t.metric(metric.name)
+        assert value is not None  # filtered above
+        return (math.isnan(value), 0.0 if math.isnan(value) else sign * value)
+
+    return sorted(scored, key=key)
+
+
+def format_config(config: Mapping[str, Any], limit: int = 6) -> str:
+    """``lr=0.01 batch_size=32 ...`` for progress lines."""
+    flat: list[str] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                walk(f"{prefix}{k}.", v)
+        else:
+            flat.append(f"{prefix[:-1]}={value:.4g}" if isinstance(value, float) else f"{prefix[:-1]}={value}")
+
+    walk("", config)
+    return " ".join(flat[:limit]) + (" ..." if len(flat) > limit else "")

@@ -1,0 +1,346 @@
+"""The in-script API: ``sweeper.init()``, ``run.log()``, ``run.config``.
+
+One script works three ways:
+
+- as a trial subprocess started by an agent (``SWEEPER_CONFIG_PATH`` is set): the trial's values
+  override the defaults and each ``log`` call appends one JSON line to ``SWEEPER_METRICS_PATH``;
+- as a function called in-process by an agent: the same, fed straight to the agent;
+- on its own: the defaults, with the history kept in memory (``run.history``).
+
+Standard library only, so importing it inside a training script costs nothing.
+"""
+
+from __future__ import annotations
+
+import atexit
+import copy
+import json
+import logging
+import numbers
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, MutableMapping
+from pathlib import Path
+from typing import Any
+
+from sweeper import _context
+from sweeper._context import TrialContext, run_id_for
+
+__all__ = ["Config", "Run", "TrialStopped", "finish", "init", "log"]
+
+log_ = logging.getLogger(__name__)
+
+
+class TrialStopped(Exception):
+    """Raised by ``run.log`` in function mode once the coordinator has asked the trial to stop."""
+
+    def __init__(self, reason: str | None = None) -> None:
+        super().__init__(reason or "trial stopped")
+        self.reason = reason
+
+
+class Config(MutableMapping[str, Any]):
+    """A config read as ``config["lr"]`` or ``config.lr``; nested mappings read the same way."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, Any] | None = None) -> None:
+        object.__setattr__(self, "_data", dict(data or {}))
+
+    def __getitem__(self, key: str) -> Any:
+        value = self._data[key]
+        return Config._view(value) if isinstance(value, Mapping) else value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._data[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"config has no key {name!r}") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+    def __repr__(self) -> str:
+        return f"Config({self._data!r})"
+
+    def as_dict(self) -> dict[str, Any]:
+        """A deep, plain copy."""
+        return copy.deepcopy(_unwrap(self._data))
+
+    @classmethod
+    def _view(cls, data: Mapping[str, Any]) -> Config:
+        # A view shares the nested dict, so ``config.model.depth = 3`` changes the run's config.
+        view = cls.__new__(cls)
+        target = data._data if isinstance(data, Config) else data
+        object.__setattr__(view, "_data", target if isinstance(target, dict) else dict(target))
+        return view
+
+
+def _unwrap(value: Any) -> Any:
+    if isinstance(value, Config):
+        value = value._data
+    if isinstance(value, Mapping):
+        return {k: _unwrap(v) for k, v in value.items()}
+    return value
+
+
+def deep_merge(defaults: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``defaults`` with ``override`` on top; nested mappings merge key by key."""
+    merged: dict[str, Any] = {k: _unwrap(v) for k, v in defaults.items()}
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = _unwrap(value)
+    return merged
+
+
+class Run:
+    """One trial (or one standalone run) as the script sees it. Create with :func:`init`."""
+
+    def __init__(
+        self,
+        *,
+        config: Mapping[str, Any],
+        id: str,
+        sweep_id: str | None = None,
+        trial_number: int | None = None,
+        dir: Path | None = None,
+        metrics_path: Path | None = None,
+        context: TrialContext | None = None,
+    ) -> None:
+        self.config = Config(config)
+        self.id = id
+        self.sweep_id = sweep_id
+        self.trial_number = trial_number
+        self.dir = dir if dir is not None else Path.cwd()
+        self.summary: dict[str, Any] = {}
+        self.history: list[dict[str, Any]] = []
+        self._context = context
+        self._metrics_path = metrics_path
+        self._fd: int | None = None
+        self._seq = 0
+        self._step = 0
+        self._warned: set[str] = set()
+        self._lock = threading.Lock()
+        self._finished = False
+
+    @property
+    def step(self) -> int:
+        """The step the next ``log`` call without ``step=`` lands on."""
+        return self._step
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    @property
+    def in_sweep(self) -> bool:
+        return self.sweep_id is not None
+
+    def log(self, data: Mapping[str, Any], step: int | None = None) -> None:
+        """Record metric values at a step, as ``wandb.log`` does.
+
+        Without ``step`` the values land on the current step, which then moves on by one.
+        With ``step`` the current step becomes that step (a smaller one than the current step
+        is ignored with a warning, as W&B does), and stays there for further calls.
+        """
+        if self._context is not None and self._context.stop_requested:
+            raise TrialStopped(self._context.stop_reason)
+        if self._finished:
+            raise RuntimeError("this run has finished; call sweeper.init() for a new one")
+        with self._lock:
+            if step is not None:
+                step = int(step)
+                if step < self._step:
+                    log_.warning(
+                        "log(step=%d) is below the current step %d; these values are ignored",
+                        step,
+                        self._step,
+                    )
+                    return
+                self._step = step
+                at = step
+            else:
+                at = self._step
+                self._step += 1
+            metrics = self._numbers(data)
+            if not metrics:
+                return
+            record = {"seq": self._seq, "step": at, "time": time.time(), "metrics": metrics}
+            self._seq += 1
+            self.summary.update(metrics)
+            self._emit(record)
+
+    def _numbers(self, data: Mapping[str, Any]) -> dict[str, float | int | bool]:
+        out: dict[str, float | int | bool] = {}
+        for key, value in data.items():
+            number = _as_number(value)
+            if number is None:
+                if key not in self._warned:
+                    self._warned.add(key)
+                    log_.warning("sweeper.log: %r is not a number (%s); skipped", key, type(value).__name__)
+                continue
+            out[str(key)] = number
+        return out
+
+    def _emit(self, record: dict[str, Any]) -> None:
+        if self._context is not None:
+            self._context.sink(record)
+        elif self._metrics_path is not None:
+            if self._fd is None:
+                self._fd = os.open(self._metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            line = (json.dumps(record) + "\n").encode()
+            # One write on an O_APPEND fd: a reader sees whole lines, never two interleaved.
+            written = os.write(self._fd, line)
+            while written < len(line):  # only for very large lines
+                written += os.write(self._fd, line[written:])
+        else:
+            self.history.append(record)
+
+    def finish(self) -> None:
+        """End the run: later ``log`` calls fail. Called at interpreter exit if not before."""
+        with self._lock:
+            if self._finished:
+                return
+            self._finished = True
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+        global _current_run
+        if _current_run is self:
+            _current_run = None
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.finish()
+
+    def __repr__(self) -> str:
+        where = f"sweep {self.sweep_id} trial {self.trial_number}" if self.in_sweep else "standalone"
+        return f"<Run {self.id} ({where})>"
+
+
+def _as_number(value: Any) -> float | int | bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    item = getattr(value, "item", None)  # numpy and torch scalars, without importing either
+    if callable(item):
+        try:
+            inner = item()
+        except Exception:  # a many-element array, or an object whose item() means something else
+            return None
+        if isinstance(inner, numbers.Real):
+            return _as_number(inner)
+    return None
+
+
+_current_run: Run | None = None
+_atexit_registered = False
+
+
+def init(config: Mapping[str, Any] | None = None, **kwargs: Any) -> Run:
+    """Start a run and make it the current one. ``config`` holds the script's defaults.
+
+    Other keyword arguments (``project``, ``name``, ``tags``, ``mode`` ...) are accepted so
+    calls written for ``wandb.init`` work unchanged; they do not change what the run does.
+    """
+    global _current_run, _atexit_registered
+    if _current_run is not None:
+        _current_run.finish()
+    defaults = dict(config or {})
+    run = _run_from_context(defaults) or _run_from_env(defaults) or _standalone(defaults)
+    _current_run = run
+    if not _atexit_registered:
+        atexit.register(_finish_at_exit)
+        _atexit_registered = True
+    return run
+
+
+def _run_from_context(defaults: dict[str, Any]) -> Run | None:
+    ctx = _context.current()
+    if ctx is None:
+        return None
+    return Run(
+        config=deep_merge(defaults, ctx.config),
+        id=run_id_for(ctx.sweep_id, ctx.trial_number),
+        sweep_id=ctx.sweep_id,
+        trial_number=ctx.trial_number,
+        dir=ctx.trial_dir,
+        context=ctx,
+    )
+
+
+def _run_from_env(defaults: dict[str, Any]) -> Run | None:
+    config_path = os.environ.get("SWEEPER_CONFIG_PATH")
+    if not config_path:
+        return None
+    try:
+        with open(config_path, encoding="utf-8") as fh:
+            values = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise RuntimeError(f"sweeper.init: cannot read the trial's config at {config_path}: {exc}") from exc
+    sweep_id = os.environ.get("SWEEPER_SWEEP_ID", "")
+    number = int(os.environ.get("SWEEPER_TRIAL_NUMBER", "0"))
+    trial_dir = os.environ.get("SWEEPER_TRIAL_DIR")
+    metrics = os.environ.get("SWEEPER_METRICS_PATH")
+    return Run(
+        config=deep_merge(defaults, values),
+        id=run_id_for(sweep_id, number),
+        sweep_id=sweep_id,
+        trial_number=number,
+        dir=Path(trial_dir) if trial_dir else Path(config_path).parent,
+        metrics_path=Path(metrics) if metrics else None,
+    )
+
+
+def _standalone(defaults: dict[str, Any]) -> Run:
+    return Run(config=defaults, id=uuid.uuid4().hex[:8])
+
+
+def current_run() -> Run | None:
+    return _current_run
+
+
+def log(data: Mapping[str, Any], step: int | None = None) -> None:
+    """``run.log`` on the current run."""
+    if _current_run is None:
+        raise RuntimeError("sweeper.log() called before sweeper.init(): call run = sweeper.init() first")
+    _current_run.log(data, step=step)
+
+
+def finish() -> None:
+    """Finish the current run, if any."""
+    if _current_run is not None:
+        _current_run.finish()
+
+
+def end_context_runs(ctx: TrialContext) -> None:
+    """Finish the current run if it belongs to ``ctx``: the agent calls this after a function returns."""
+    run = _current_run
+    if run is not None and run._context is ctx:
+        run.finish()
+
+
+def _finish_at_exit() -> None:
+    if _current_run is not None:
+        _current_run.finish()

@@ -1,0 +1,177 @@
+"""The small top-level sections of a sweep file: metric, early_terminate, command, sweeper."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from sweeper.spec.fields import INVALID, boolean, choice, integer, number, show, string
+from sweeper.spec.model import Goal, Hyperband, Metric, Options
+from sweeper.spec.problems import Problem, closest, join, unknown_key
+
+MACROS = (
+    "env",
+    "interpreter",
+    "program",
+    "args",
+    "args_no_hyphens",
+    "args_no_boolean_flags",
+    "args_no_equals",
+    "args_json",
+    "args_json_file",
+    "args_append_hydra",
+    "args_override_hydra",
+)
+_MACRO_RE = re.compile(r"\$\{([^}]*)\}")
+_ENVVAR_RE = re.compile(r"envvar:[A-Za-z_][A-Za-z0-9_]*")
+_ALLOWED_MACROS = ", ".join([f"${{{m}}}" for m in MACROS] + ["${envvar:NAME}"])
+
+IMPUTE = ("latest", "best", "worst")
+
+
+def mapping(raw: Any, path: str, keys: tuple[str, ...], problems: list[Problem], what: str) -> bool:
+    """True when ``raw`` is a mapping; records a Problem for it or for each key not in ``keys``."""
+    if not isinstance(raw, Mapping):
+        problems.append(Problem(path, f"expected a mapping {what}, got {show(raw)}"))
+        return False
+    for key in raw:
+        if key not in keys:
+            problems.append(Problem(join(path, str(key)), unknown_key(str(key), keys)))
+    return True
+
+
+def parse_metric(raw: Any, problems: list[Problem]) -> Metric | None:
+    keys = ("name", "goal", "target", "impute", "impute_while_running")
+    if not mapping(raw, "metric", keys, problems, "such as {name: val_loss, goal: minimize}"):
+        return None
+    before = len(problems)
+    if "name" not in raw:
+        problems.append(Problem("metric.name", "required"))
+    else:
+        name = string(raw["name"], "metric.name", problems)
+        if name is not INVALID and not name.strip():
+            problems.append(Problem("metric.name", "expected a non-empty string, got ''"))
+    goal = choice(raw.get("goal", "minimize"), tuple(g.value for g in Goal), "metric.goal", problems)
+    target = number(raw["target"], "metric.target", problems) if raw.get("target") is not None else None
+    impute = choice(raw.get("impute", "worst"), IMPUTE, "metric.impute", problems)
+    running = raw.get("impute_while_running", "false")
+    if running is False:  # YAML reads the W&B value `false` as a bool
+        running = "false"
+    running = choice(running, IMPUTE + ("false",), "metric.impute_while_running", problems)
+    if len(problems) > before:
+        return None
+    return Metric(
+        name=raw["name"], goal=Goal(goal), target=target, impute=impute, impute_while_running=running
+    )
+
+
+def parse_early_terminate(raw: Any, problems: list[Problem]) -> Hyperband | None:
+    path = "early_terminate"
+    keys = ("type", "min_iter", "max_iter", "s", "eta", "strict")
+    if not mapping(raw, path, keys, problems, "such as {type: hyperband, min_iter: 3}"):
+        return None
+    before = len(problems)
+    if "type" not in raw:
+        problems.append(Problem("early_terminate.type", "required; expected hyperband"))
+    else:
+        choice(raw["type"], ("hyperband",), "early_terminate.type", problems)
+    fields: dict[str, Any] = {}
+    for key, low in (("min_iter", 1), ("max_iter", 1)):
+        if key in raw:
+            fields[key] = _at_least(integer, raw[key], f"{path}.{key}", problems, low, "an integer >= 1")
+    if "s" in raw:
+        fields["s"] = _above(raw["s"], "early_terminate.s", problems, 0)
+    if "eta" in raw:
+        fields["eta"] = _above(raw["eta"], "early_terminate.eta", problems, 1)
+    if "strict" in raw:
+        fields["strict"] = boolean(raw["strict"], "early_terminate.strict", problems)
+    if "min_iter" not in raw:
+        if "max_iter" in raw and "s" not in raw:
+            problems.append(Problem("early_terminate.s", "required with max_iter (or give min_iter instead)"))
+        elif "s" in raw and "max_iter" not in raw:
+            problems.append(Problem("early_terminate.max_iter", "required with s (or give min_iter instead)"))
+        elif "max_iter" not in raw:
+            problems.append(Problem(path, "hyperband needs min_iter, or max_iter and s"))
+    if len(problems) > before:
+        return None
+    return Hyperband(**fields)
+
+
+def _at_least(read: Any, raw: Any, path: str, problems: list[Problem], low: int, what: str) -> Any:
+    value = read(raw, path, problems, what=what)
+    if value is not INVALID and value < low:
+        problems.append(Problem(path, f"expected {what}, got {show(raw)}"))
+    return value
+
+
+def _above(raw: Any, path: str, problems: list[Problem], low: float) -> Any:
+    what = f"a number > {low}"
+    value = number(raw, path, problems, what=what)
+    if value is not INVALID and value <= low:
+        problems.append(Problem(path, f"expected {what}, got {show(raw)}"))
+    return value
+
+
+def parse_options(raw: Any, problems: list[Problem]) -> Options:
+    keys = ("seed", "max_retries", "sample_without_replacement")
+    if not mapping(raw, "sweeper", keys, problems, "of sweeper options such as {seed: 0}"):
+        return Options()
+    fields: dict[str, Any] = {}
+    if "seed" in raw and raw["seed"] is not None:
+        fields["seed"] = integer(raw["seed"], "sweeper.seed", problems)
+    if "max_retries" in raw:
+        what = "an integer >= 0"
+        fields["max_retries"] = _at_least(
+            integer, raw["max_retries"], "sweeper.max_retries", problems, 0, what
+        )
+    if "sample_without_replacement" in raw:
+        value = boolean(raw["sample_without_replacement"], "sweeper.sample_without_replacement", problems)
+        fields["sample_without_replacement"] = value
+    if INVALID in fields.values():
+        return Options()
+    return Options(**fields)
+
+
+def parse_command(raw: Any, problems: list[Problem]) -> tuple[str, ...] | None:
+    """The command as strings (ints become strings). Macros are checked, not expanded."""
+    if not isinstance(raw, list) or not raw:
+        problems.append(
+            Problem(
+                "command",
+                f"expected a non-empty list such as [${{env}}, python, ${{program}}, ${{args}}], "
+                f"got {show(raw)}",
+            )
+        )
+        return None
+    out = []
+    before = len(problems)
+    for i, item in enumerate(raw):
+        path = f"command[{i}]"
+        if isinstance(item, int) and not isinstance(item, bool):
+            item = str(item)
+        if not isinstance(item, str):
+            problems.append(Problem(path, f"expected a string, got {show(item)}"))
+            continue
+        _check_macros(item, path, problems)
+        out.append(item)
+    return tuple(out) if len(problems) == before else None
+
+
+def _check_macros(chunk: str, path: str, problems: list[Problem]) -> None:
+    for match in _MACRO_RE.finditer(chunk):
+        inner = match.group(1)
+        if _ENVVAR_RE.fullmatch(inner):
+            continue  # ${envvar:NAME} may stand anywhere in a chunk
+        if inner in MACROS:
+            if chunk != match.group(0):
+                problems.append(
+                    Problem(path, f"{match.group(0)} must be a whole item of the list, got {chunk!r}")
+                )
+            continue
+        if inner.startswith("envvar:"):
+            problems.append(Problem(path, f"${{envvar:NAME}} needs a variable name, got {match.group(0)!r}"))
+            continue
+        near = closest(inner, MACROS)
+        hint = f"; did you mean ${{{near}}}?" if near else ""
+        problems.append(Problem(path, f"unknown macro {match.group(0)}{hint} (allowed: {_ALLOWED_MACROS})"))

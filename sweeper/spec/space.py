@@ -1,0 +1,168 @@
+"""The search space as a whole: finite grids, the config a script sees, deduplication keys."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from sweeper.spec.model import Distribution, Parameter, SweepSpec
+
+D = Distribution
+
+GRID_DISTRIBUTIONS = frozenset({D.CONSTANT, D.CATEGORICAL, D.INT_UNIFORM, D.Q_UNIFORM})
+
+
+def grid_values(param: Parameter) -> tuple[Any, ...] | None:
+    """Every value ``param`` can take, or None when that set is not finite (or not listed here).
+
+    For ``q_uniform`` these are the multiples ``k*q`` for ``k`` from ``round(min/q)`` to
+    ``round(max/q)``: exactly what the sampler can return, so ``max`` is included when it is
+    on the lattice. W&B's own grid uses ``arange(min, max, q)``, which leaves ``max`` out.
+
+    ``categorical_w_probabilities`` gives its values, so random search knows the space is
+    finite; grid search still refuses it (see :func:`grid_problems`).
+    """
+    d = param.distribution
+    if d is D.CONSTANT:
+        return (param.value,)
+    if d in (D.CATEGORICAL, D.CATEGORICAL_W_PROBABILITIES):
+        return param.values
+    if d is D.INT_UNIFORM:
+        return tuple(range(param.min, param.max + 1))
+    if d is D.Q_UNIFORM:
+        q = param.q
+        ks = range(round(param.min / q), round(param.max / q) + 1)
+        return tuple(k * q for k in ks) if isinstance(q, int) else tuple(float(k * q) for k in ks)
+    return None
+
+
+def grid_size(spec: SweepSpec) -> int | None:
+    """How many distinct configurations the space holds, or None when it is not finite."""
+    size = 1
+    for p in spec.parameters:
+        n = _grid_len(p)
+        if n is None:
+            return None
+        size *= n
+    return size
+
+
+def _grid_len(p: Parameter) -> int | None:
+    # Counted, not listed: an int_uniform over 0..10**9 is finite but must not be built.
+    if p.distribution is D.INT_UNIFORM:
+        return p.max - p.min + 1
+    if p.distribution is D.Q_UNIFORM:
+        return round(p.max / p.q) - round(p.min / p.q) + 1
+    values = grid_values(p)
+    return None if values is None else len(values)
+
+
+def grid_problems(spec: SweepSpec) -> list[tuple[str, str]]:
+    """Why ``spec`` cannot be searched by grid, as (key path, message); W&B's rule."""
+    problems = []
+    for p in spec.parameters:
+        if p.distribution is D.CATEGORICAL_W_PROBABILITIES:
+            problems.append(
+                (join_key(p, "probabilities"), "grid search does not allow probabilities; drop them")
+            )
+        elif p.distribution not in GRID_DISTRIBUTIONS:
+            problems.append(
+                (
+                    p.key_path,
+                    f"grid search needs a finite set of values; {p.distribution} is continuous "
+                    "(use value, values, int_uniform or q_uniform)",
+                )
+            )
+    return problems
+
+
+def join_key(p: Parameter, key: str) -> str:
+    return f"{p.key_path}.{key}"
+
+
+def build_config(spec: SweepSpec, values: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
+    """The nested config a training script sees, from leaf values keyed by ``Parameter.path``.
+
+    Constants may be left out of ``values``; any other parameter must be there.
+    """
+    known = {p.path for p in spec.parameters}
+    extra = [".".join(path) for path in values if path not in known]
+    if extra:
+        raise ValueError(f"not parameters of this sweep: {', '.join(extra)}")
+    config: dict[str, Any] = {}
+    for p in spec.parameters:
+        if p.path in values:
+            value = values[p.path]
+        elif p.distribution is D.CONSTANT:
+            value = p.value
+        else:
+            raise KeyError(f"no value for parameter {p.name!r}")
+        node = config
+        for key in p.path[:-1]:
+            node = node.setdefault(key, {})
+        node[p.path[-1]] = value
+    return config
+
+
+def flatten_config(config: Mapping[str, Any], spec: SweepSpec | None = None) -> dict[tuple[str, ...], Any]:
+    """The inverse of :func:`build_config`: leaf paths to values.
+
+    Without ``spec`` every non-empty mapping is descended into. With it, only the nesting of the
+    spec's parameters is, so a parameter whose value is itself a dict stays one leaf.
+    """
+    prefixes = None if spec is None else {p.path[:i] for p in spec.parameters for i in range(1, len(p.path))}
+    out: dict[tuple[str, ...], Any] = {}
+
+    def walk(node: Mapping[str, Any], prefix: tuple[str, ...]) -> None:
+        for key, value in node.items():
+            path = prefix + (key,)
+            descend = isinstance(value, Mapping) and value and (prefixes is None or path in prefixes)
+            if descend:
+                walk(value, path)
+            else:
+                out[path] = value
+
+    walk(config, ())
+    return out
+
+
+def _canonical(value: Any) -> Any:
+    # 3.0 and 3 are the same configuration (a YAML "3e0" and a JSON 3 must not run twice).
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def config_key(config: Mapping[str, Any]) -> str:
+    """A canonical string for a config, equal for equal configurations: sorted-keys JSON with
+    integral floats written as ints, as W&B's grid deduplication does."""
+    return json.dumps(_canonical(config), sort_keys=True, separators=(",", ":"), default=str)
+
+
+def describe(spec: SweepSpec) -> str:
+    """One line about a spec, e.g. ``grid, 3 parameters (lr, bs, opt.name), 12 combinations,
+    metric val_acc (maximize)``."""
+    n = len(spec.parameters)
+    parts = [
+        spec.method,
+        f"{n} parameter{'s' if n != 1 else ''} ({', '.join(p.name for p in spec.parameters)})",
+    ]
+    size = grid_size(spec)
+    parts.append(f"{size} combination{'s' if size != 1 else ''}" if size is not None else "continuous space")
+    if spec.metric is not None:
+        parts.append(f"metric {spec.metric.name} ({spec.metric.goal})")
+    else:
+        parts.append("no metric")
+    if spec.early_terminate is not None:
+        h = spec.early_terminate
+        when = f"min_iter {h.min_iter}" if h.min_iter is not None else f"max_iter {h.max_iter}, s {h.s:g}"
+        parts.append(f"hyperband ({when}, eta {h.eta:g})")
+    if spec.run_cap is not None:
+        parts.append(f"run_cap {spec.run_cap}")
+    return ", ".join(parts)

@@ -1,0 +1,55 @@
+"""Transactions over one engine, safe across threads and forks, with errors a person can read."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import OperationalError
+
+from sweeper.store.base import StoreError
+from sweeper.store.engine import READ_ONLY
+
+
+class Database:
+    def __init__(self, engine: Engine, *, label: str) -> None:
+        self.engine = engine
+        self.label = label  # the URL with its password masked, for messages
+        self._pid = os.getpid()
+        self._fork_lock = threading.Lock()
+
+    def _engine_here(self) -> Engine:
+        # Pooled connections must not cross a fork: a child drops the parent's without closing them.
+        if os.getpid() != self._pid:
+            with self._fork_lock:
+                if os.getpid() != self._pid:
+                    self.engine.dispose(close=False)
+                    self._pid = os.getpid()
+        return self.engine
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A transaction that may write (on SQLite it holds the write lock from its start)."""
+        with self._errors(), self._engine_here().begin() as conn:
+            yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A transaction that only reads: one consistent snapshot, no write lock."""
+        with self._errors(), self._engine_here().connect() as conn:
+            conn.execution_options(**READ_ONLY)
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except OperationalError as exc:  # locked past the busy timeout, server gone, ...
+            raise StoreError(f"store {self.label}: {str(exc.orig).strip()}") from exc
+
+    def close(self) -> None:
+        self.engine.dispose()

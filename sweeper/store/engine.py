@@ -1,0 +1,107 @@
+"""Store URLs and the SQLAlchemy engines behind them (SQLite files and PostgreSQL)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+from sweeper.store.base import StoreError
+
+DEFAULT_PATH = Path(".sweeper") / "sweeper.db"
+BUSY_TIMEOUT_S = 30.0
+# Execution option for connections that only read: SQLite then opens a plain (deferred)
+# transaction instead of taking the write lock with BEGIN IMMEDIATE.
+READ_ONLY = {"sweeper_read_only": True}
+
+_SUPPORTED = "sqlite:///path/to/file.db, a plain file path, or postgresql://user:password@host:port/database"
+
+
+def mask(url: str | URL) -> str:
+    """The URL with any password replaced by ***, for messages."""
+    if isinstance(url, URL):
+        return url.render_as_string(hide_password=True)
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def resolve_url(url: str | None) -> URL:
+    """Turn what a person typed (or nothing) into a SQLAlchemy URL with the driver we use."""
+    if url is None:
+        path = Path.cwd() / DEFAULT_PATH
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return URL.create("sqlite", database=str(path))
+    text = url.strip()
+    if not text:
+        raise StoreError(f"empty store URL: use {_SUPPORTED}")
+    if "://" not in text:
+        return _sqlite_file(text, given=url)
+    try:
+        parsed = make_url(text)
+    except ArgumentError as exc:
+        raise StoreError(f"cannot read store URL {mask(text)!r} ({exc}): use {_SUPPORTED}") from None
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend == "sqlite" and driver in ("", "pysqlite"):
+        return _sqlite_file(parsed.database or "", given=url)
+    if backend in ("postgresql", "postgres") and driver in ("", "psycopg"):
+        return parsed.set(drivername="postgresql+psycopg")
+    raise StoreError(f"unsupported store URL {mask(parsed)!r}: use {_SUPPORTED}")
+
+
+def _sqlite_file(path: str, *, given: str) -> URL:
+    if path in ("", ":memory:") or path.startswith("file:"):
+        # Several processes must share the store, and an in-memory database is private to one.
+        raise StoreError(f"store URL {given!r} is not a file: SQLite stores need a file path")
+    file = Path(path).expanduser()
+    if not file.parent.is_dir():
+        raise StoreError(
+            f"cannot open SQLite store {str(file)!r}: folder {str(file.parent)!r} does not exist"
+        )
+    return URL.create("sqlite", database=str(file))
+
+
+def build_engine(url: URL) -> Engine:
+    if url.get_backend_name() == "sqlite":
+        return _sqlite_engine(url)
+    try:
+        return create_engine(
+            url,
+            pool_size=5,
+            max_overflow=5,
+            pool_pre_ping=True,  # a restarted server must not hand out dead connections
+            connect_args={"connect_timeout": 10},
+        )
+    except (NoSuchModuleError, ImportError):
+        raise StoreError(
+            f"cannot use {mask(url)!r}: PostgreSQL needs psycopg 3 (pip install 'sweeper[postgres]')"
+        ) from None
+
+
+def _sqlite_engine(url: URL) -> Engine:
+    # A pool per process; each connection may be used by any thread the pool hands it to.
+    engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event, not the driver, decide how transactions start.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        cursor.execute("PRAGMA journal_mode = WAL")  # readers never wait for the writer
+        cursor.execute("PRAGMA synchronous = NORMAL")  # safe in WAL mode, and far fewer fsyncs
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # BEGIN IMMEDIATE takes the write lock up front, so a read-decide-insert cannot
+        # interleave with another process's; it waits up to the busy timeout instead.
+        if conn.get_execution_options().get("sweeper_read_only"):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine

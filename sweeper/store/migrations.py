@@ -1,0 +1,105 @@
+"""Schema versions and the steps between them.
+
+Each step runs inside the one transaction that upgrades the database, so a step that
+fails leaves the database at the version it had. A fresh database runs every step from
+version 1, so a fresh database and an upgraded one end up the same.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, TextIO
+
+from sqlalchemy import Connection, Engine, func, insert, select, update
+
+from sweeper.store import schema
+from sweeper.store.base import SchemaVersionError, StoreError
+from sweeper.store.engine import READ_ONLY
+
+_VERSION_KEY = "schema_version"
+# Any constant will do: it keeps two processes from creating the tables at the same time.
+_PG_MIGRATION_LOCK = 0x5377_6565_7065_72
+
+
+class Migration(NamedTuple):
+    version: int
+    description: str
+    apply: Callable[[Connection], None]
+
+
+def _create_v1(conn: Connection) -> None:
+    # The tables as schema.py describes them. When a later version changes a table,
+    # freeze the version-1 definition here so old databases and new ones agree.
+    schema.metadata.create_all(conn, tables=list(schema.V1_TABLES))
+
+
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, "create sweeps, trials and metrics", _create_v1),)
+
+
+def latest_version(steps: Sequence[Migration] = MIGRATIONS) -> int:
+    return steps[-1].version if steps else 0
+
+
+def _check_steps(steps: Sequence[Migration]) -> None:
+    versions = [step.version for step in steps]
+    if versions != list(range(1, len(steps) + 1)):
+        raise StoreError(f"migration steps must be numbered 1, 2, 3 ... in order, got {versions}")
+
+
+def read_version(conn: Connection) -> int:
+    """The database's schema version; 0 for an empty database."""
+    if not conn.dialect.has_table(conn, schema.meta.name):
+        return 0
+    value = conn.execute(
+        select(schema.meta.c.value).where(schema.meta.c.key == _VERSION_KEY)
+    ).scalar_one_or_none()
+    return int(value) if value is not None else 0
+
+
+def _refuse_newer(found: int, latest: int) -> None:
+    if found > latest:
+        raise SchemaVersionError(
+            f"database schema version {found} is newer than this sweeper understands ({latest}): "
+            "upgrade sweeper"
+        )
+
+
+def migrate(
+    engine: Engine,
+    steps: Sequence[Migration] = MIGRATIONS,
+    *,
+    label: str = "the database",
+    log: TextIO | None = None,
+) -> int:
+    """Bring the database to the latest version of ``steps``; return that version."""
+    _check_steps(steps)
+    latest = latest_version(steps)
+    # A read first, so that opening an up-to-date database takes no write lock.
+    with engine.connect().execution_options(**READ_ONLY) as conn:
+        found = read_version(conn)
+    _refuse_newer(found, latest)
+    if found == latest:
+        return found
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(select(func.pg_advisory_xact_lock(_PG_MIGRATION_LOCK)))
+        found = read_version(conn)  # another process may have upgraded it meanwhile
+        _refuse_newer(found, latest)
+        if found == latest:
+            return found
+        schema.meta.create(conn, checkfirst=True)
+        for step in steps[found:]:
+            step.apply(conn)
+        if found == 0:
+            conn.execute(insert(schema.meta).values(key=_VERSION_KEY, value=str(latest)))
+        else:
+            conn.execute(
+                update(schema.meta).where(schema.meta.c.key == _VERSION_KEY).values(value=str(latest))
+            )
+    if found > 0:  # said once the upgrade is committed; a fresh database is created silently
+        print(
+            f"sweeper: upgraded the schema of {label} from version {found} to {latest}",
+            file=log or sys.stderr,
+        )
+    return latest

@@ -1,0 +1,80 @@
+"""Rows in, frozen records out: conversions between table rows and sweeper's records."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from sqlalchemy import Row
+
+from sweeper.trials import MetricPoint, Sweep, SweepState, Trial, TrialState
+
+
+def dumps(value: Any) -> str:
+    # allow_nan keeps NaN and infinity (written as NaN/Infinity, which json.loads reads back).
+    return json.dumps(value, allow_nan=True)
+
+
+def config_key(config: Mapping[str, Any]) -> str:
+    """The canonical text of a configuration, equal for equal configurations."""
+    return json.dumps(config, sort_keys=True, separators=(",", ":"))
+
+
+def sweep_from_row(row: Row[Any]) -> Sweep:
+    return Sweep(
+        id=row.id,
+        name=row.name,
+        method=row.method,
+        state=SweepState(row.state),
+        spec=json.loads(row.spec),
+        seed=row.seed,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def trial_from_row(row: Row[Any], history: Iterable[MetricPoint] | None = None) -> Trial:
+    return Trial(
+        id=row.id,
+        sweep_id=row.sweep_id,
+        number=row.number,
+        config=json.loads(row.config),
+        state=TrialState(row.state),
+        created_at=row.created_at,
+        ended_at=row.ended_at,
+        retry_of=row.retry_of,
+        agent=row.agent,
+        host=row.host,
+        lease_id=row.lease_id,
+        lease_expires_at=row.lease_expires_at,
+        exit_code=row.exit_code,
+        stderr_tail=row.stderr_tail,
+        stop_reason=row.stop_reason,
+        stop_requested=row.stop_requested,
+        summary=json.loads(row.summary),
+        history=None if history is None else tuple(history),
+    )
+
+
+def metric_value(stored: float | None) -> float:
+    # SQLite stores NaN as NULL; the column is otherwise never NULL.
+    return math.nan if stored is None else stored
+
+
+def point_from_row(row: Row[Any]) -> MetricPoint:
+    return MetricPoint(
+        name=row.name, value=metric_value(row.value), step=row.step, seq=row.seq, time=row.time
+    )
+
+
+def point_to_row(trial_id: int, point: MetricPoint) -> dict[str, Any]:
+    return {
+        "trial_id": trial_id,
+        "seq": int(point.seq),
+        "name": str(point.name),
+        "step": int(point.step),
+        "value": float(point.value),
+        "time": float(point.time),
+    }

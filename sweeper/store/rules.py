@@ -1,0 +1,33 @@
+"""The checks the store enforces before it changes a trial: leases and state transitions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Row
+
+from sweeper.protocol import LeaseLostError
+from sweeper.store.base import InvalidTransitionError
+from sweeper.trials import TRIAL_TRANSITIONS, TrialState
+
+
+def describe(row: Row[Any]) -> str:
+    return f"trial {row.id} (#{row.number} of sweep {row.sweep_id})"
+
+
+def check_lease(row: Row[Any], lease_id: str, now: float) -> None:
+    """Raise LeaseLostError unless ``lease_id`` is the trial's current lease and has not run out.
+
+    A lease is held while ``now <= expires_at``, the same bound expire_leases uses."""
+    if row.state != TrialState.RUNNING.value:
+        raise LeaseLostError(f"{describe(row)} is {row.state}: its lease is gone")
+    if row.lease_id != lease_id:
+        raise LeaseLostError(f"{describe(row)} is leased under another lease id, not {lease_id!r}")
+    if row.lease_expires_at is not None and row.lease_expires_at < now:
+        raise LeaseLostError(f"{describe(row)}: lease expired at {row.lease_expires_at:.3f} (now {now:.3f})")
+
+
+def check_trial_transition(row: Row[Any], state: TrialState) -> None:
+    current = TrialState(row.state)
+    if state not in TRIAL_TRANSITIONS[current]:
+        raise InvalidTransitionError(f"{describe(row)} is {current.value}: it cannot become {state.value}")

@@ -1,0 +1,298 @@
+"""The store over SQLAlchemy Core, for SQLite files and PostgreSQL.
+
+Every method runs in one transaction of its own. Writes lock what they decide on:
+PostgreSQL with ``SELECT ... FOR UPDATE``; SQLite takes the database write lock at
+``BEGIN IMMEDIATE`` (``with_for_update`` compiles to nothing there).
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Row, Select, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+
+from sweeper.protocol import SweepNotFoundError
+from sweeper.store import rows, rules
+from sweeper.store.base import (
+    InvalidTransitionError,
+    Lease,
+    Store,
+    StoreError,
+    TrialDraft,
+    TrialNotFoundError,
+)
+from sweeper.store.database import Database
+from sweeper.store.schema import metrics, sweeps, trials
+from sweeper.trials import SWEEP_TRANSITIONS, MetricPoint, Sweep, SweepState, Trial, TrialState
+
+_ID_ALPHABET = string.ascii_lowercase + string.digits
+_ID_LENGTH = 8
+_ID_ATTEMPTS = 5
+
+
+def new_sweep_id() -> str:
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(_ID_LENGTH))
+
+
+class SqlStore(Store):
+    def __init__(self, engine: Engine, *, label: str) -> None:
+        self._db = Database(engine, label=label)
+        self.label = label
+        dialect = engine.dialect.name
+        self._insert_ignore = postgresql.insert if dialect == "postgresql" else sqlite.insert
+
+    # --- sweeps -------------------------------------------------------------
+
+    def create_sweep(
+        self, *, spec: Mapping[str, Any], method: str, name: str | None, seed: int, now: float
+    ) -> Sweep:
+        values = {
+            "name": name,
+            "method": method,
+            "state": SweepState.RUNNING.value,
+            "spec": rows.dumps(spec),
+            "seed": int(seed),
+            "created_at": now,
+            "updated_at": now,
+        }
+        for attempt in range(_ID_ATTEMPTS):
+            sweep_id = new_sweep_id()
+            try:
+                with self._db.write() as conn:
+                    conn.execute(insert(sweeps).values(id=sweep_id, **values))
+                    return self._sweep(conn, sweep_id)
+            except IntegrityError:  # 36**8 ids: a clash is rare, two in a row rarer still
+                if attempt == _ID_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def get_sweep(self, sweep_id: str) -> Sweep:
+        with self._db.read() as conn:
+            return self._sweep(conn, sweep_id)
+
+    def list_sweeps(self) -> list[Sweep]:
+        with self._db.read() as conn:
+            result = conn.execute(select(sweeps).order_by(sweeps.c.created_at.desc(), sweeps.c.id))
+            return [rows.sweep_from_row(row) for row in result]
+
+    def set_sweep_state(self, sweep_id: str, state: SweepState, *, now: float) -> Sweep:
+        state = SweepState(state)
+        with self._db.write() as conn:
+            current = self._sweep(conn, sweep_id, lock=True)
+            if current.state is state:
+                return current
+            if state not in SWEEP_TRANSITIONS[current.state]:
+                raise InvalidTransitionError(
+                    f"sweep {sweep_id} is {current.state.value}: it cannot become {state.value}"
+                )
+            conn.execute(
+                update(sweeps).where(sweeps.c.id == sweep_id).values(state=state.value, updated_at=now)
+            )
+            return self._sweep(conn, sweep_id)
+
+    def _sweep(self, conn: Connection, sweep_id: str, *, lock: bool = False) -> Sweep:
+        query = select(sweeps).where(sweeps.c.id == sweep_id)
+        row = conn.execute(query.with_for_update() if lock else query).first()
+        if row is None:
+            raise SweepNotFoundError(f"no sweep with id {sweep_id!r}")
+        return rows.sweep_from_row(row)
+
+    # --- trials -------------------------------------------------------------
+
+    def new_trial(
+        self,
+        sweep_id: str,
+        decide: Callable[[Sweep, Sequence[Trial]], TrialDraft | None],
+        *,
+        lease: Lease,
+        now: float,
+    ) -> Trial | None:
+        with self._db.write() as conn:
+            sweep = self._sweep(conn, sweep_id, lock=True)
+            if not sweep.state.hands_out_trials:
+                return None
+            so_far = self._trials(conn, select(trials).where(trials.c.sweep_id == sweep_id), False)
+            draft = decide(sweep, so_far)
+            if draft is None:
+                return None
+            numbers = {t.number for t in so_far}
+            if draft.retry_of is not None and draft.retry_of not in numbers:
+                raise StoreError(f"sweep {sweep_id} has no trial #{draft.retry_of} to retry")
+            config = dict(draft.config)
+            trial_id = conn.execute(
+                insert(trials)
+                .values(
+                    sweep_id=sweep_id,
+                    number=max(numbers, default=0) + 1,
+                    state=TrialState.RUNNING.value,
+                    config=rows.dumps(config),
+                    config_key=rows.config_key(config),
+                    retry_of=draft.retry_of,
+                    agent=lease.agent,
+                    host=lease.host,
+                    lease_id=lease.lease_id,
+                    lease_expires_at=lease.expires_at,
+                    created_at=now,
+                    summary="{}",
+                )
+                .returning(trials.c.id)
+            ).scalar_one()
+            return self._trial(conn, trial_id)
+
+    def get_trial(self, trial_id: int, *, with_history: bool = False) -> Trial:
+        with self._db.read() as conn:
+            found = self._trials(conn, select(trials).where(trials.c.id == trial_id), with_history)
+        if not found:
+            raise TrialNotFoundError(f"no trial with id {trial_id}")
+        return found[0]
+
+    def list_trials(
+        self,
+        sweep_id: str,
+        *,
+        with_history: bool = False,
+        states: Sequence[TrialState] | None = None,
+    ) -> list[Trial]:
+        query = select(trials).where(trials.c.sweep_id == sweep_id)
+        if states is not None:
+            query = query.where(trials.c.state.in_([TrialState(s).value for s in states]))
+        with self._db.read() as conn:
+            found = self._trials(conn, query, with_history)
+            if not found:
+                self._sweep(conn, sweep_id)  # an unknown sweep is an error, an empty one is not
+            return found
+
+    def _trials(self, conn: Connection, query: Select[Any], with_history: bool) -> list[Trial]:
+        """Trials matching ``query`` in number order; their history in one more query, not one each."""
+        found = conn.execute(query.order_by(trials.c.number)).all()
+        if not with_history:
+            return [rows.trial_from_row(row) for row in found]
+        chosen = query.with_only_columns(trials.c.id).subquery()
+        points = conn.execute(
+            select(metrics)
+            .where(metrics.c.trial_id.in_(select(chosen.c.id)))
+            .order_by(metrics.c.trial_id, metrics.c.step, metrics.c.seq, metrics.c.name)
+        )
+        history: dict[int, list[MetricPoint]] = defaultdict(list)
+        for point in points:
+            history[point.trial_id].append(rows.point_from_row(point))
+        return [rows.trial_from_row(row, history.get(row.id, ())) for row in found]
+
+    def _trial(self, conn: Connection, trial_id: int) -> Trial:
+        return rows.trial_from_row(self._trial_row(conn, trial_id))
+
+    def _trial_row(self, conn: Connection, trial_id: int, *, lock: bool = False) -> Row[Any]:
+        query = select(trials).where(trials.c.id == trial_id)
+        row = conn.execute(query.with_for_update() if lock else query).first()
+        if row is None:
+            raise TrialNotFoundError(f"no trial with id {trial_id}")
+        return row
+
+    def _leased_row(self, conn: Connection, trial_id: int, lease_id: str, now: float) -> Row[Any]:
+        row = self._trial_row(conn, trial_id, lock=True)
+        rules.check_lease(row, lease_id, now)
+        return row
+
+    def renew_lease(self, trial_id: int, lease_id: str, *, expires_at: float, now: float) -> Trial:
+        with self._db.write() as conn:
+            self._leased_row(conn, trial_id, lease_id, now)
+            conn.execute(update(trials).where(trials.c.id == trial_id).values(lease_expires_at=expires_at))
+            return self._trial(conn, trial_id)
+
+    def add_metrics(
+        self, trial_id: int, lease_id: str, points: Sequence[MetricPoint], *, now: float
+    ) -> Trial:
+        with self._db.write() as conn:
+            row = self._leased_row(conn, trial_id, lease_id, now)
+            if not points:
+                return rows.trial_from_row(row)
+            values = [rows.point_to_row(trial_id, p) for p in points]
+            conn.execute(self._insert_ignore(metrics).on_conflict_do_nothing(), values)
+            summary = dict(rows.trial_from_row(row).summary)
+            for name in sorted({v["name"] for v in values}):
+                # The latest point overall, not of this batch: batches may arrive out of order.
+                latest = conn.execute(
+                    select(metrics.c.value)
+                    .where(metrics.c.trial_id == trial_id, metrics.c.name == name)
+                    .order_by(metrics.c.step.desc(), metrics.c.seq.desc())
+                    .limit(1)
+                ).first()
+                summary[name] = rows.metric_value(latest.value)
+            conn.execute(update(trials).where(trials.c.id == trial_id).values(summary=rows.dumps(summary)))
+            return self._trial(conn, trial_id)
+
+    def finish_trial(
+        self,
+        trial_id: int,
+        lease_id: str | None,
+        state: TrialState,
+        *,
+        now: float,
+        exit_code: int | None = None,
+        stderr_tail: str | None = None,
+        stop_reason: str | None = None,
+    ) -> Trial:
+        state = TrialState(state)
+        with self._db.write() as conn:
+            if lease_id is None:
+                row = self._trial_row(conn, trial_id, lock=True)
+            else:
+                row = self._leased_row(conn, trial_id, lease_id, now)
+            rules.check_trial_transition(row, state)
+            conn.execute(
+                update(trials)
+                .where(trials.c.id == trial_id)
+                .values(
+                    state=state.value,
+                    ended_at=now,
+                    exit_code=exit_code,
+                    stderr_tail=stderr_tail,
+                    stop_reason=stop_reason,
+                )
+            )
+            return self._trial(conn, trial_id)
+
+    def request_stop(self, trial_id: int, reason: str) -> Trial:
+        with self._db.write() as conn:
+            row = self._trial_row(conn, trial_id, lock=True)
+            if row.state == TrialState.RUNNING.value and row.stop_requested is None:
+                conn.execute(update(trials).where(trials.c.id == trial_id).values(stop_requested=reason))
+                return self._trial(conn, trial_id)
+            return rows.trial_from_row(row)
+
+    def expire_leases(self, *, now: float) -> list[Trial]:
+        with self._db.write() as conn:
+            expired = conn.execute(
+                select(trials.c.id, trials.c.agent, trials.c.host)
+                .where(trials.c.state == TrialState.RUNNING.value, trials.c.lease_expires_at < now)
+                .order_by(trials.c.id)  # one locking order, so two expirers cannot deadlock
+                .with_for_update()
+            ).all()
+            for row in expired:
+                conn.execute(
+                    update(trials)
+                    .where(trials.c.id == row.id)
+                    .values(
+                        state=TrialState.LOST.value,
+                        ended_at=now,
+                        stop_reason=f"lease expired (agent {row.agent} on {row.host} stopped heartbeating)",
+                    )
+                )
+            if not expired:
+                return []
+            ids = [row.id for row in expired]
+            return self._trials(conn, select(trials).where(trials.c.id.in_(ids)), False)
+
+    # --- lifecycle ----------------------------------------------------------
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __repr__(self) -> str:
+        return f"SqlStore({self.label!r})"

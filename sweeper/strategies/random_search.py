@@ -1,0 +1,48 @@
+"""Random search with W&B's distributions; in a finite space, without replacement by default."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from sweeper.spec import SweepSpec, build_config, config_key, grid_size, grid_values, sample
+from sweeper.strategies.base import Strategy, Suggestion
+from sweeper.strategies.registry import register
+from sweeper.trials import Trial
+
+# Rejection sampling is tried this often before falling back to listing what is left.
+_MAX_REJECTIONS = 64
+
+
+@register
+class RandomSearch(Strategy):
+    method = "random"
+
+    def __init__(self, spec: SweepSpec) -> None:
+        super().__init__(spec)
+        self._space_size = grid_size(spec)
+        self._unique = spec.options.sample_without_replacement and self._space_size is not None
+
+    def _draw(self, rng: random.Random) -> dict[str, Any]:
+        return build_config(self.spec, {p.path: sample(p, rng) for p in self.spec.parameters})
+
+    def suggest(self, trials: Sequence[Trial], rng: random.Random) -> Suggestion:
+        if not self._unique:
+            return Suggestion.run(self._draw(rng))
+        taken = {config_key(t.config) for t in trials}
+        if len(taken) >= self._space_size:
+            return Suggestion.done(f"all {self._space_size} configurations of the finite space have run")
+        for _ in range(_MAX_REJECTIONS):
+            config = self._draw(rng)
+            if config_key(config) not in taken:
+                return Suggestion.run(config)
+        # Nearly exhausted: pick uniformly among what is left, so the sweep still ends.
+        left = [config for config in self._all_configs() if config_key(config) not in taken]
+        return Suggestion.run(rng.choice(left))
+
+    def _all_configs(self) -> list[dict[str, Any]]:
+        paths = [p.path for p in self.spec.parameters]
+        axes = [grid_values(p) or () for p in self.spec.parameters]
+        return [build_config(self.spec, dict(zip(paths, c, strict=True))) for c in itertools.product(*axes)]

@@ -1,0 +1,449 @@
+"""The behaviour every store must show. A backend's test module subclasses
+:class:`StoreConformance` and provides a ``store_url`` fixture naming an empty store."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import queue
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytest
+
+from sweeper.protocol import LeaseLostError, SweepNotFoundError
+from sweeper.store import (
+    InvalidTransitionError,
+    Lease,
+    Store,
+    StoreError,
+    TrialDraft,
+    TrialNotFoundError,
+    open_store,
+)
+from sweeper.trials import SWEEP_TRANSITIONS, MetricPoint, Sweep, SweepState, Trial, TrialState
+
+SLOTS = 40
+FAR = 1e12  # a lease that never runs out in these tests
+
+
+def lease(agent: str = "agent-1", lease_id: str = "lease-1", expires_at: float = 100.0) -> Lease:
+    return Lease(agent=agent, host="box-1", lease_id=lease_id, expires_at=expires_at)
+
+
+def point(name: str, value: float, step: int, seq: int) -> MetricPoint:
+    return MetricPoint(name=name, value=value, step=step, seq=seq, time=10.0 + seq)
+
+
+def lowest_free_slot(sweep: Sweep, trials: Sequence[Trial]) -> TrialDraft | None:
+    """Like a grid strategy: the first slot no trial has taken, or None when all are."""
+    taken = {t.config["slot"] for t in trials}
+    free = [slot for slot in range(SLOTS) if slot not in taken]
+    return TrialDraft({"slot": free[0]}) if free else None
+
+
+def claim_until_full(url: str, sweep_id: str, worker: str, start: Any, results: Any) -> None:
+    """One process: its own store, claiming slots until none is left."""
+    store = open_store(url)
+    claimed: list[int] = []
+    try:
+        start.wait(60)
+        while True:
+            trial = store.new_trial(
+                sweep_id, lowest_free_slot, lease=lease(worker, f"{worker}-{len(claimed)}", FAR), now=1.0
+            )
+            if trial is None:
+                break
+            claimed.append(trial.config["slot"])
+        results.put((worker, claimed))
+    except BaseException as exc:
+        results.put((worker, repr(exc)))
+        raise
+    finally:
+        store.close()
+
+
+def open_and_create(url: str, worker: str, start: Any, results: Any) -> None:
+    """One process opening a store that may not exist yet, at the same time as others."""
+    try:
+        start.wait(60)
+        with open_store(url) as store:
+            sweep = store.create_sweep(spec={}, method="grid", name=worker, seed=0, now=1.0)
+        results.put((worker, sweep.id))
+    except BaseException as exc:
+        results.put((worker, repr(exc)))
+        raise
+
+
+def run_processes(target: Any, args_for: Sequence[tuple[Any, ...]]) -> dict[str, Any]:
+    """Start one spawned process per argument tuple together; collect what each put."""
+    ctx = multiprocessing.get_context("spawn")
+    start, results = ctx.Barrier(len(args_for)), ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*args, start, results)) for args in args_for]
+    for proc in procs:
+        proc.start()
+    found: dict[str, Any] = {}
+    try:
+        for _ in procs:
+            worker, value = results.get(timeout=120)
+            found[worker] = value
+    finally:
+        for proc in procs:
+            proc.join(30)
+    assert [proc.exitcode for proc in procs] == [0] * len(procs), found
+    return found
+
+
+class StoreConformance:
+    """Every store runs these. Subclasses provide the ``store_url`` fixture."""
+
+    @pytest.fixture
+    def store(self, store_url: str) -> Iterator[Store]:
+        with open_store(store_url) as store:
+            yield store
+
+    @pytest.fixture
+    def sweep(self, store: Store) -> Sweep:
+        return store.create_sweep(spec={"method": "grid"}, method="grid", name="demo", seed=7, now=1.0)
+
+    def started(self, store: Store, sweep: Sweep, config: dict[str, Any] | None = None, **kw: Any) -> Trial:
+        trial = store.new_trial(
+            sweep.id, lambda s, ts: TrialDraft(config or {"lr": 0.1}), lease=lease(**kw), now=2.0
+        )
+        assert trial is not None
+        return trial
+
+    # --- sweeps -------------------------------------------------------------
+
+    def test_create_and_get_sweep(self, store: Store) -> None:
+        spec = {
+            "method": "bayes",
+            "parameters": {"lr": {"min": 1e-5, "max": 0.1}},
+            "metric": {"name": "loss"},
+        }
+        made = store.create_sweep(spec=spec, method="bayes", name="first", seed=42, now=5.0)
+        assert re.fullmatch(r"[a-z0-9]{8}", made.id)
+        assert (made.name, made.method, made.state, made.seed) == ("first", "bayes", SweepState.RUNNING, 42)
+        assert (made.created_at, made.updated_at) == (5.0, 5.0)
+        assert made.spec == spec
+        assert store.get_sweep(made.id) == made
+
+    def test_list_sweeps_newest_first(self, store: Store) -> None:
+        assert store.list_sweeps() == []
+        ids = [
+            store.create_sweep(spec={}, method="grid", name=None, seed=0, now=t).id for t in (1.0, 3.0, 2.0)
+        ]
+        assert [s.id for s in store.list_sweeps()] == [ids[1], ids[2], ids[0]]
+
+    def test_unknown_sweep(self, store: Store) -> None:
+        for call in (
+            lambda: store.get_sweep("nosuch00"),
+            lambda: store.set_sweep_state("nosuch00", SweepState.PAUSED, now=1.0),
+            lambda: store.list_trials("nosuch00"),
+            lambda: store.new_trial("nosuch00", lowest_free_slot, lease=lease(), now=1.0),
+        ):
+            with pytest.raises(SweepNotFoundError, match="nosuch00"):
+                call()
+
+    def test_sweep_transitions(self, store: Store) -> None:
+        ways_to = {state: [state] for state in SweepState if state is not SweepState.RUNNING}
+        ways_to[SweepState.RUNNING] = []
+        for start, path in ways_to.items():
+            for target in SweepState:
+                sweep = store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
+                for step in path:
+                    store.set_sweep_state(sweep.id, step, now=2.0)
+                if target is start:
+                    assert store.set_sweep_state(sweep.id, target, now=3.0).updated_at == (
+                        2.0 if path else 1.0
+                    )
+                elif target in SWEEP_TRANSITIONS[start]:
+                    moved = store.set_sweep_state(sweep.id, target, now=3.0)
+                    assert (moved.state, moved.updated_at) == (target, 3.0)
+                else:
+                    with pytest.raises(InvalidTransitionError) as caught:
+                        store.set_sweep_state(sweep.id, target, now=3.0)
+                    for word in (sweep.id, start.value, target.value):
+                        assert word in str(caught.value)
+                    assert store.get_sweep(sweep.id).state is start
+
+    # --- new trials ---------------------------------------------------------
+
+    def test_new_trial_numbers_and_records(self, store: Store, sweep: Sweep) -> None:
+        seen: list[tuple[str, list[int]]] = []
+
+        def decide(locked: Sweep, trials: Sequence[Trial]) -> TrialDraft:
+            seen.append((locked.id, [t.number for t in trials]))
+            assert all(t.history is None for t in trials)
+            return TrialDraft({"opt": {"name": "adam", "lr": 0.01 * (len(trials) + 1)}, "layers": [64, 32]})
+
+        made = [
+            store.new_trial(sweep.id, decide, lease=lease(lease_id=f"l{i}"), now=2.0 + i) for i in range(3)
+        ]
+        assert seen == [(sweep.id, []), (sweep.id, [1]), (sweep.id, [1, 2])]
+        assert [t.number for t in made if t] == [1, 2, 3]
+        first = made[0]
+        assert first is not None
+        assert first.config == {"opt": {"name": "adam", "lr": 0.01}, "layers": [64, 32]}
+        assert (first.state, first.created_at, first.sweep_id) == (TrialState.RUNNING, 2.0, sweep.id)
+        assert (first.agent, first.host, first.lease_id, first.lease_expires_at) == (
+            "agent-1",
+            "box-1",
+            "l0",
+            100.0,
+        )
+        assert (first.ended_at, first.summary, first.stop_requested) == (None, {}, None)
+        assert store.get_trial(first.id) == first
+
+    def test_decide_none_inserts_nothing(self, store: Store, sweep: Sweep) -> None:
+        assert store.new_trial(sweep.id, lambda s, ts: None, lease=lease(), now=2.0) is None
+        assert store.list_trials(sweep.id) == []
+
+    def test_sweep_not_running_hands_out_nothing(self, store: Store, sweep: Sweep) -> None:
+        def must_not_run(s: Sweep, ts: Sequence[Trial]) -> TrialDraft:
+            raise AssertionError("decide called for a paused sweep")
+
+        store.set_sweep_state(sweep.id, SweepState.PAUSED, now=2.0)
+        assert store.new_trial(sweep.id, must_not_run, lease=lease(), now=3.0) is None
+        assert store.list_trials(sweep.id) == []
+
+    def test_retry_of(self, store: Store, sweep: Sweep) -> None:
+        first = self.started(store, sweep)
+        store.finish_trial(first.id, None, TrialState.LOST, now=3.0)
+        retry = store.new_trial(
+            sweep.id, lambda s, ts: TrialDraft(ts[0].config, retry_of=1), lease=lease(), now=4.0
+        )
+        assert retry is not None and (retry.number, retry.retry_of, retry.config) == (2, 1, first.config)
+        with pytest.raises(StoreError, match="#9"):
+            store.new_trial(sweep.id, lambda s, ts: TrialDraft({}, retry_of=9), lease=lease(), now=5.0)
+
+    def test_unknown_trial(self, store: Store) -> None:
+        with pytest.raises(TrialNotFoundError, match="12345") as caught:
+            store.get_trial(12345)
+        assert isinstance(caught.value, KeyError) and isinstance(caught.value, StoreError)
+        for call in (
+            lambda: store.renew_lease(12345, "x", expires_at=9.0, now=1.0),
+            lambda: store.add_metrics(12345, "x", [], now=1.0),
+            lambda: store.finish_trial(12345, None, TrialState.FAILED, now=1.0),
+            lambda: store.request_stop(12345, "why"),
+        ):
+            with pytest.raises(LookupError, match="12345"):
+                call()
+
+    # --- finishing ----------------------------------------------------------
+
+    def test_finish_records_the_outcome(self, store: Store, sweep: Sweep) -> None:
+        trial = self.started(store, sweep)
+        done = store.finish_trial(
+            trial.id, "lease-1", TrialState.FAILED, now=9.0, exit_code=3, stderr_tail="boom", stop_reason=None
+        )
+        assert (done.state, done.ended_at, done.exit_code, done.stderr_tail) == (
+            TrialState.FAILED,
+            9.0,
+            3,
+            "boom",
+        )
+        assert store.get_trial(trial.id) == done
+
+    def test_finished_trial_cannot_change(self, store: Store, sweep: Sweep) -> None:
+        trial = self.started(store, sweep)
+        done = store.finish_trial(trial.id, "lease-1", TrialState.FINISHED, now=5.0, exit_code=0)
+        with pytest.raises(InvalidTransitionError) as caught:
+            store.finish_trial(trial.id, None, TrialState.STOPPED, now=6.0, stop_reason="late")
+        for word in (f"trial {trial.id}", "finished", "stopped"):
+            assert word in str(caught.value)
+        for call in (
+            lambda: store.finish_trial(trial.id, "lease-1", TrialState.FAILED, now=6.0),
+            lambda: store.renew_lease(trial.id, "lease-1", expires_at=200.0, now=6.0),
+            lambda: store.add_metrics(trial.id, "lease-1", [point("loss", 1.0, 1, 1)], now=6.0),
+        ):
+            with pytest.raises(LeaseLostError):
+                call()
+        assert store.request_stop(trial.id, "too late") == done
+        assert store.get_trial(trial.id, with_history=True) == done.__class__(
+            **{**done.__dict__, "history": ()}
+        )
+
+    def test_cannot_finish_into_running(self, store: Store, sweep: Sweep) -> None:
+        trial = self.started(store, sweep)
+        with pytest.raises(InvalidTransitionError, match="running"):
+            store.finish_trial(trial.id, None, TrialState.RUNNING, now=3.0)
+
+    def test_coordinator_finishes_without_the_lease(self, store: Store, sweep: Sweep) -> None:
+        trial = self.started(store, sweep, expires_at=10.0)
+        done = store.finish_trial(trial.id, None, TrialState.STOPPED, now=50.0, stop_reason="sweep cancelled")
+        assert (done.state, done.stop_reason, done.ended_at) == (TrialState.STOPPED, "sweep cancelled", 50.0)
+
+    # --- leases -------------------------------------------------------------
+
+    def test_renew_lease(self, store: Store, sweep: Sweep) -> None:
+        trial = self.started(store, sweep, expires_at=100.0)
+        assert store.renew_lease(trial.id, "lease-1", expires_at=130.0, now=100.0).lease_expires_at == 130.0
+        assert store.get_trial(trial.id).lease_expires_at == 130.0
+
+    def test_lease_lost(self, store: Store, sweep: Sweep) -> None:
+        trial = self.started(store, sweep, expires_at=100.0)
+        with pytest.raises(LeaseLostError, match="another lease"):
+            store.renew_lease(trial.id, "stolen", expires_at=130.0, now=50.0)
+        with pytest.raises(LeaseLostError, match="expired"):
+            store.renew_lease(trial.id, "lease-1", expires_at=130.0, now=100.5)
+        with pytest.raises(LeaseLostError):
+            store.add_metrics(trial.id, "lease-1", [point("loss", 1.0, 1, 1)], now=101.0)
+        with pytest.raises(LeaseLostError):
+            store.finish_trial(trial.id, "lease-1", TrialState.FINISHED, now=101.0)
+        with pytest.raises(LeaseLostError):
+            store.finish_trial(trial.id, "stolen", TrialState.FINISHED, now=50.0)
+        assert store.get_trial(trial.id).state is TrialState.RUNNING
+        assert store.get_trial(trial.id, with_history=True).history == ()
+
+    # --- metrics ------------------------------------------------------------
+
+    def test_metrics_batch_sent_twice_counts_once(self, store: Store, sweep: Sweep) -> None:
+        trial = self.started(store, sweep)
+        batch = [point("loss", 1.0 / (i + 1), i, i) for i in range(5)] + [point("acc", 0.5, 4, 4)]
+        first = store.add_metrics(trial.id, "lease-1", batch, now=3.0)
+        again = store.add_metrics(trial.id, "lease-1", batch, now=4.0)
+        assert first.summary == again.summary == {"loss": 0.2, "acc": 0.5}
+        history = store.get_trial(trial.id, with_history=True).history
+        assert history is not None and len(history) == 6
+
+    def test_summary_follows_highest_step_and_seq(self, store: Store, sweep: Sweep) -> None:
+        trial = self.started(store, sweep)
+        late = [point("loss", float(10 - i), i, i) for i in range(5, 10)]
+        early = [point("loss", float(100 - i), i, i) for i in range(5)] + [point("acc", 0.9, 0, 0)]
+        store.add_metrics(trial.id, "lease-1", late, now=3.0)
+        assert store.add_metrics(trial.id, "lease-1", early, now=4.0).summary == {"loss": 1.0, "acc": 0.9}
+        # Same step, a later log call wins; names not in a batch keep their value.
+        same_step = [point("loss", 0.25, 9, 20), point("loss", 0.75, 9, 15)]
+        assert store.add_metrics(trial.id, "lease-1", same_step, now=5.0).summary == {
+            "loss": 0.25,
+            "acc": 0.9,
+        }
+        assert store.add_metrics(trial.id, "lease-1", [], now=6.0).summary == {"loss": 0.25, "acc": 0.9}
+
+    def test_nan_and_infinity_round_trip(self, store: Store, sweep: Sweep) -> None:
+        trial = self.started(store, sweep)
+        values = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf, "tiny": 5e-324}
+        batch = [point(name, value, 1, i) for i, (name, value) in enumerate(values.items())]
+        summary = store.add_metrics(trial.id, "lease-1", batch, now=3.0).summary
+        loaded = store.get_trial(trial.id, with_history=True)
+        for name, value in values.items():
+            for got in (
+                summary[name],
+                loaded.summary[name],
+                *(p.value for p in loaded.history or () if p.name == name),
+            ):
+                assert got == value or (math.isnan(got) and math.isnan(value)), (name, got)
+
+    def test_history_order_and_one_load_for_many_trials(self, store: Store, sweep: Sweep) -> None:
+        one = self.started(store, sweep, config={"n": 1})
+        two = self.started(store, sweep, config={"n": 2}, lease_id="lease-2")
+        quiet = self.started(store, sweep, config={"n": 3}, lease_id="lease-3")
+        store.add_metrics(
+            one.id, "lease-1", [point("b", 1.0, 2, 3), point("a", 2.0, 2, 3), point("a", 3.0, 1, 4)], now=3.0
+        )
+        store.add_metrics(one.id, "lease-1", [point("a", 4.0, 1, 2)], now=4.0)
+        store.add_metrics(two.id, "lease-2", [point("a", 5.0, 0, 1)], now=4.0)
+        listed = store.list_trials(sweep.id, with_history=True)
+        assert [t.id for t in listed] == [one.id, two.id, quiet.id]
+        history = listed[0].history or ()
+        assert [(p.step, p.seq, p.name) for p in history] == [
+            (1, 2, "a"),
+            (1, 4, "a"),
+            (2, 3, "a"),
+            (2, 3, "b"),
+        ]
+        assert listed[0].curve("a") == [(1, 4.0), (1, 3.0), (2, 2.0)]
+        assert [p.value for p in listed[1].history or ()] == [5.0]
+        assert listed[2].history == ()
+        assert all(t.history is None for t in store.list_trials(sweep.id))
+
+    def test_list_trials_by_state(self, store: Store, sweep: Sweep) -> None:
+        trials = [self.started(store, sweep, config={"n": i}, lease_id=f"l{i}") for i in range(4)]
+        store.finish_trial(trials[1].id, None, TrialState.FAILED, now=3.0)
+        store.finish_trial(trials[3].id, None, TrialState.FINISHED, now=3.0)
+        running = store.list_trials(sweep.id, states=[TrialState.RUNNING])
+        assert [t.number for t in running] == [1, 3]
+        ended = store.list_trials(
+            sweep.id, states=[TrialState.FINISHED, TrialState.FAILED], with_history=True
+        )
+        assert [t.number for t in ended] == [2, 4]
+        assert store.list_trials(sweep.id, states=[]) == []
+
+    # --- decisions and expiry ----------------------------------------------
+
+    def test_request_stop(self, store: Store, sweep: Sweep) -> None:
+        trial = self.started(store, sweep)
+        assert store.request_stop(trial.id, "asha: below the median at step 3").stop_requested == (
+            "asha: below the median at step 3"
+        )
+        assert (
+            store.request_stop(trial.id, "another reason").stop_requested
+            == "asha: below the median at step 3"
+        )
+        renewed = store.renew_lease(trial.id, "lease-1", expires_at=120.0, now=10.0)
+        assert (renewed.state, renewed.stop_requested) == (
+            TrialState.RUNNING,
+            "asha: below the median at step 3",
+        )
+
+    def test_expire_leases(self, store: Store, sweep: Sweep) -> None:
+        gone = self.started(store, sweep, agent="gpu-3", expires_at=50.0)
+        edge = self.started(store, sweep, lease_id="lease-2", expires_at=60.0)
+        alive = self.started(store, sweep, lease_id="lease-3", expires_at=500.0)
+        ended = self.started(store, sweep, lease_id="lease-4", expires_at=10.0)
+        store.finish_trial(ended.id, "lease-4", TrialState.FINISHED, now=5.0)
+        lost = store.expire_leases(now=60.0)
+        assert [t.id for t in lost] == [gone.id]
+        assert (lost[0].state, lost[0].ended_at) == (TrialState.LOST, 60.0)
+        assert lost[0].stop_reason == "lease expired (agent gpu-3 on box-1 stopped heartbeating)"
+        assert store.get_trial(gone.id) == lost[0]
+        assert store.expire_leases(now=60.0) == []
+        with pytest.raises(LeaseLostError):
+            store.renew_lease(gone.id, "lease-1", expires_at=200.0, now=60.0)
+        assert store.renew_lease(edge.id, "lease-2", expires_at=90.0, now=60.0).state is TrialState.RUNNING
+        assert store.get_trial(alive.id).state is TrialState.RUNNING
+        assert store.get_trial(ended.id).state is TrialState.FINISHED
+
+    # --- concurrency --------------------------------------------------------
+
+    def check_all_slots_once(self, store: Store, sweep: Sweep, claimed: Sequence[int]) -> None:
+        trials = store.list_trials(sweep.id)
+        assert sorted(t.config["slot"] for t in trials) == list(range(SLOTS))
+        assert [t.number for t in trials] == list(range(1, SLOTS + 1))
+        assert sorted(claimed) == list(range(SLOTS))
+
+    def test_threads_never_share_a_slot(self, store: Store, sweep: Sweep) -> None:
+        start, claimed, errors = threading.Barrier(8), queue.Queue[int](), queue.Queue[BaseException]()
+
+        def worker(name: str) -> None:
+            try:
+                start.wait(30)
+                n = 0
+                while t := store.new_trial(
+                    sweep.id, lowest_free_slot, lease=lease(name, f"{name}-{n}", FAR), now=2.0
+                ):
+                    claimed.put(t.config["slot"])
+                    n += 1
+            except BaseException as exc:
+                errors.put(exc)
+
+        threads = [threading.Thread(target=worker, args=(f"thread-{i}",)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert errors.empty(), errors.get()
+        self.check_all_slots_once(store, sweep, list(claimed.queue))
+
+    def test_processes_never_share_a_slot(self, store: Store, sweep: Sweep, store_url: str) -> None:
+        found = run_processes(claim_until_full, [(store_url, sweep.id, f"proc-{i}") for i in range(4)])
+        assert all(isinstance(slots, list) for slots in found.values()), found
+        self.check_all_slots_once(store, sweep, [slot for slots in found.values() for slot in slots])
+
+    def test_processes_create_the_schema_together(self, store_url: str) -> None:
+        found = run_processes(open_and_create, [(store_url, f"proc-{i}") for i in range(4)])
+        with open_store(store_url) as store:
+            assert sorted(s.id for s in store.list_sweeps()) == sorted(found.values())

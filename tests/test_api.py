@@ -1,0 +1,84 @@
+"""The Python API: sweeper.sweep() and sweeper.agent(function=...) on the embedded store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import sweeper
+from sweeper.spec import SpecError
+from sweeper.store import open_store
+from sweeper.trials import TrialState
+
+
+@pytest.fixture
+def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.chdir(tmp_path)  # trial folders go under ./.sweeper
+    return f"sqlite:///{tmp_path / 'api.db'}"
+
+
+def test_sweep_and_agent_with_a_function(db: str) -> None:
+    seen: list[dict] = []
+
+    def train() -> None:
+        run = sweeper.init(config={"lr": 1.0, "depth": 1})
+        seen.append(dict(run.config))
+        for step in range(3):
+            run.log({"loss": run.config["lr"] * (3 - step) + run.config.depth})
+        run.finish()
+
+    sweep_id = sweeper.sweep(
+        {"method": "grid", "metric": {"name": "loss"},
+         "parameters": {"lr": {"values": [0.1, 0.2]}, "depth": {"values": [2, 3]}}},
+        db=db,
+    )
+    reason = sweeper.agent(sweep_id, function=train, count=3, db=db)
+    assert "3" in reason
+    assert len(seen) == 3 and all(set(c) == {"lr", "depth"} for c in seen)
+
+    with open_store(db) as store:
+        trials = store.list_trials(sweep_id, with_history=True)
+    assert [t.state for t in trials] == [TrialState.FINISHED] * 3
+    assert [(t.config["lr"], t.config["depth"]) for t in trials] == [(0.1, 2), (0.1, 3), (0.2, 2)]
+    assert trials[0].curve("loss") == [(0, 0.1 * 3 + 2), (1, 0.1 * 2 + 2), (2, 0.1 + 2)]
+
+    # The last combination, then the agent leaves by itself.
+    reason = sweeper.agent(sweep_id, function=train, db=db)
+    assert "complete" in reason and len(seen) == 4
+
+
+def test_a_raising_function_is_a_failed_trial(db: str) -> None:
+    def train() -> None:
+        sweeper.init()
+        raise RuntimeError("diverged")
+
+    sweep_id = sweeper.sweep({"method": "grid", "parameters": {"x": {"value": 1}},
+                              "sweeper": {"max_retries": 0}}, db=db)
+    sweeper.agent(sweep_id, function=train, db=db)
+    with open_store(db) as store:
+        (trial,) = store.list_trials(sweep_id)
+    assert trial.state is TrialState.FAILED and "RuntimeError: diverged" in trial.stderr_tail
+
+
+def test_sweep_rejects_a_broken_config_with_every_problem(db: str) -> None:
+    with pytest.raises(SpecError) as err:
+        sweeper.sweep({"method": "grid", "parameters": {"lr": {"min": 1, "max": 0}}, "run_cap": 0}, db=db)
+    paths = {p.path for p in err.value.problems}
+    assert {"parameters.lr", "run_cap"} <= paths or {"parameters.lr.min", "run_cap"} <= paths
+
+
+def test_sweep_from_a_file(db: str, tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text("method: random\nrun_cap: 1\nparameters:\n  lr: {min: 1e-5, max: 1e-3}\n")
+    sweep_id = sweeper.sweep(path, db=db)
+
+    def train() -> None:
+        run = sweeper.init()
+        run.log({"lr": run.config["lr"]})
+
+    sweeper.agent(sweep_id, function=train, db=db)
+    with open_store(db) as store:
+        (trial,) = store.list_trials(sweep_id)
+    assert 1e-5 <= trial.config["lr"] <= 1e-3
+    assert trial.summary == {"lr": trial.config["lr"]}

@@ -1,0 +1,114 @@
+"""``sweeper validate``: one OK line per good file; every problem, exit 2, for a bad one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from sweeper.cli import main
+
+DATA = Path(__file__).parent / "data" / "sweeps"
+
+GRID = """\
+method: grid
+program: train.py
+metric: {name: val_acc, goal: maximize}
+parameters:
+  lr: {values: [1e-3, 1e-2, 1e-1]}
+  batch_size: {values: [32, 64]}
+  optimizer:
+    parameters:
+      name: {values: [adam, sgd]}
+"""
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, ["validate", *args])
+
+
+def write(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_valid_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "grid.yaml", GRID)
+    result = run(path)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (
+        f"{path}: OK: grid, 3 parameters (lr, batch_size, optimizer.name), 12 combinations, "
+        "metric val_acc (maximize)\n"
+    )
+    assert result.stderr == ""
+
+
+def test_several_valid_files() -> None:
+    files = [str(DATA / name) for name in ("wandb_bayes_nested.yaml", "hyperband_max_iter.json")]
+    result = run(*files)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert [line.split(": OK: ")[0] for line in lines] == files
+    assert "hyperband (max_iter 27, s 2, eta 3)" in lines[1]
+
+
+def test_broken_file_lists_every_problem(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "broken.yaml",
+        "method: grid\nprogram: t.py\nrun_cap: -3\nparameters:\n"
+        "  lr: {distribution: log_uniform_values, min: 0, max: 0.1}\n"
+        "  opt: {distribution: categorial, values: [adam]}\n",
+    )
+    result = run(path)
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert sorted(result.stderr.splitlines()) == sorted(
+        [
+            f"{path}: run_cap: expected an integer > 0, got -3",
+            f"{path}: parameters.lr.min: log_uniform_values needs min > 0, got 0",
+            f"{path}: parameters.opt.distribution: unknown distribution 'categorial'; "
+            "did you mean 'categorical'?",
+        ]
+    )
+    assert "Traceback" not in result.output
+
+
+def test_good_and_bad_together(tmp_path: Path) -> None:
+    good = write(tmp_path, "good.yaml", GRID)
+    bad = write(tmp_path, "bad.yaml", GRID.replace("method: grid", "method: grid\nparamters: {}"))
+    result = run(good, bad)
+    assert result.exit_code == 2
+    assert result.stdout.startswith(f"{good}: OK: ")
+    assert result.stderr == f"{bad}: paramters: unknown key; did you mean 'parameters'?\n"
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = str(tmp_path / "nope.yaml")
+    result = run(path)
+    assert result.exit_code == 2
+    assert result.stderr == f"{path}: file not found\n"
+
+
+def test_malformed_yaml_names_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "bad.yaml", "method: grid\nparameters:\n  a: {values: [1, 2]\n  b: {value: 1}\n")
+    result = run(path)
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"{path}: malformed YAML at line 4, column 3: ")
+    assert "Traceback" not in result.output
+
+
+def test_did_you_mean_for_misspelt_keys(tmp_path: Path) -> None:
+    text = GRID.replace("goal: maximize", "gaol: maximize").replace("values: [32, 64]", "vaules: [32, 64]")
+    path = write(tmp_path, "typo.yaml", text)
+    result = run(path)
+    assert result.exit_code == 2
+    assert f"{path}: metric.gaol: unknown key; did you mean 'goal'?" in result.stderr
+    assert f"{path}: parameters.batch_size.vaules: unknown key; did you mean 'values'?" in result.stderr
+
+
+def test_needs_a_file() -> None:
+    result = run()
+    assert result.exit_code == 2
+    assert "Missing argument" in result.output

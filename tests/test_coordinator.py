@@ -1,0 +1,153 @@
+"""The embedded coordinator over a real SQLite store, with a fake clock for leases."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from sweeper.coordinator import Coordinator
+from sweeper.protocol import AgentInfo, Assignment, LeaseLostError, NoTrial, NoTrialReason, TrialOutcome
+from sweeper.spec import parse_sweep
+from sweeper.store import open_store
+from sweeper.trials import MetricPoint, SweepState, TrialState
+
+AGENT = AgentInfo(name="host:1:0", host="host")
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def coordinator(tmp_path: Path, clock: FakeClock) -> Coordinator:
+    store = open_store(f"sqlite:///{tmp_path / 'c.db'}")
+    yield Coordinator(store, clock=clock, lease_seconds=30)
+    store.close()
+
+
+def grid(values: list, **extra: object) -> dict:
+    return {"method": "grid", "program": "t.py", "metric": {"name": "acc", "goal": "maximize"},
+            "parameters": {"x": {"values": values}}, **extra}
+
+
+def lease(c: Coordinator, sweep_id: str) -> Assignment:
+    got = c.next_trial(sweep_id, AGENT)
+    assert isinstance(got, Assignment), got
+    return got
+
+
+def finish(c: Coordinator, a: Assignment, state: TrialState = TrialState.FINISHED, acc: float = 0.5) -> None:
+    c.report_metrics(a.trial_id, a.lease_id, [MetricPoint("acc", acc, step=0, seq=0, time=0.0)])
+    c.finish_trial(a.trial_id, a.lease_id, TrialOutcome(state, exit_code=0 if state is TrialState.FINISHED else 1))
+
+
+def test_grid_runs_to_completion_and_the_sweep_finishes(coordinator: Coordinator) -> None:
+    sweep = coordinator.create_sweep(parse_sweep(grid([1, 2])))
+    a, b = lease(coordinator, sweep.id), lease(coordinator, sweep.id)
+    assert {a.config["x"], b.config["x"]} == {1, 2}
+    assert a.command == ("${env}", "${interpreter}", "${program}", "${args}") and a.program == "t.py"
+    waiting = coordinator.next_trial(sweep.id, AGENT)
+    assert isinstance(waiting, NoTrial) and waiting.reason is NoTrialReason.WAIT
+    finish(coordinator, a, acc=0.1)
+    finish(coordinator, b, acc=0.9)
+    done = coordinator.next_trial(sweep.id, AGENT)
+    assert isinstance(done, NoTrial) and done.reason is NoTrialReason.DONE and done.agent_should_exit
+    assert coordinator.store.get_sweep(sweep.id).state is SweepState.FINISHED
+    assert coordinator.best_trial(sweep.id).config == {"x": 2}
+
+
+def test_a_failed_configuration_is_retried_once_by_default(coordinator: Coordinator) -> None:
+    sweep = coordinator.create_sweep(parse_sweep(grid([1])))
+    first = lease(coordinator, sweep.id)
+    finish(coordinator, first, TrialState.FAILED)
+    retry = lease(coordinator, sweep.id)
+    assert retry.config == {"x": 1} and retry.trial_number == 2
+    assert coordinator.store.get_trial(retry.trial_id).retry_of == 1
+    finish(coordinator, retry, TrialState.FAILED)
+    assert coordinator.next_trial(sweep.id, AGENT).reason is NoTrialReason.DONE
+
+
+def test_max_retries_is_configurable(coordinator: Coordinator) -> None:
+    sweep = coordinator.create_sweep(parse_sweep(grid([1], sweeper={"max_retries": 0})))
+    finish(coordinator, lease(coordinator, sweep.id), TrialState.FAILED)
+    assert coordinator.next_trial(sweep.id, AGENT).reason is NoTrialReason.DONE
+
+
+def test_an_expired_lease_makes_the_trial_lost_and_it_runs_again(coordinator: Coordinator, clock: FakeClock) -> None:
+    sweep = coordinator.create_sweep(parse_sweep(grid([1])))
+    first = lease(coordinator, sweep.id)
+    clock.now += 31
+    again = lease(coordinator, sweep.id)  # the expiry is noticed when an agent asks
+    assert again.config == first.config
+    lost = coordinator.store.get_trial(first.trial_id)
+    assert lost.state is TrialState.LOST and "lease expired" in lost.stop_reason
+    with pytest.raises(LeaseLostError):
+        coordinator.report_metrics(first.trial_id, first.lease_id, [MetricPoint("acc", 1.0, 0, 0, 0.0)])
+    with pytest.raises(LeaseLostError):
+        coordinator.finish_trial(first.trial_id, first.lease_id, TrialOutcome(TrialState.FINISHED, 0))
+
+
+def test_heartbeats_keep_the_lease(coordinator: Coordinator, clock: FakeClock) -> None:
+    sweep = coordinator.create_sweep(parse_sweep(grid([1, 2])))
+    a = lease(coordinator, sweep.id)
+    for _ in range(5):
+        clock.now += 20
+        assert not coordinator.heartbeat(a.trial_id, a.lease_id).stop
+    lease(coordinator, sweep.id)
+    assert coordinator.store.get_trial(a.trial_id).state is TrialState.RUNNING
+
+
+def test_run_cap_and_metric_target_end_the_sweep(coordinator: Coordinator) -> None:
+    capped = coordinator.create_sweep(parse_sweep(grid([1, 2, 3], run_cap=1)))
+    finish(coordinator, lease(coordinator, capped.id))
+    got = coordinator.next_trial(capped.id, AGENT)
+    assert got.reason is NoTrialReason.DONE and "run_cap" in got.message
+
+    raw = grid([1, 2, 3])
+    raw["metric"]["target"] = 0.8
+    target = coordinator.create_sweep(parse_sweep(raw))
+    finish(coordinator, lease(coordinator, target.id), acc=0.95)
+    got = coordinator.next_trial(target.id, AGENT)
+    assert got.reason is NoTrialReason.DONE and "target" in got.message
+
+
+def test_paused_waits_cancelled_stops_running_trials(coordinator: Coordinator) -> None:
+    sweep = coordinator.create_sweep(parse_sweep(grid([1, 2, 3])))
+    a = lease(coordinator, sweep.id)
+    coordinator.set_sweep_state(sweep.id, SweepState.PAUSED)
+    assert coordinator.next_trial(sweep.id, AGENT).reason is NoTrialReason.WAIT
+    coordinator.set_sweep_state(sweep.id, SweepState.CANCELLED)
+    assert coordinator.next_trial(sweep.id, AGENT).reason is NoTrialReason.STOPPED
+    directive = coordinator.heartbeat(a.trial_id, a.lease_id)
+    assert directive.stop and directive.reason == "sweep cancelled"
+
+
+def test_concurrent_agents_never_share_a_grid_point(coordinator: Coordinator) -> None:
+    sweep = coordinator.create_sweep(parse_sweep(grid(list(range(30)))))
+    got: list[int] = []
+    lock = threading.Lock()
+
+    def agent(i: int) -> None:
+        me = AgentInfo(name=f"h:{i}", host="h")
+        while isinstance(a := coordinator.next_trial(sweep.id, me), Assignment):
+            with lock:
+                got.append(a.config["x"])
+            coordinator.finish_trial(a.trial_id, a.lease_id, TrialOutcome(TrialState.FINISHED, 0))
+
+    threads = [threading.Thread(target=agent, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got) == list(range(30))

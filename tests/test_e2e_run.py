@@ -1,0 +1,188 @@
+"""``sweeper run`` end to end: the installed command in a subprocess, real trial processes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+SCRIPTS = Path(__file__).parent / "scripts"
+SWEEPER = str(Path(sys.executable).parent / "sweeper")
+
+
+def write_sweep(tmp_path: Path, parameters: dict, **extra: object) -> Path:
+    sweep = {
+        "method": "grid",
+        "program": str(SCRIPTS / "e2e_trial.py"),
+        "metric": {"name": "score", "goal": "maximize"},
+        "parameters": parameters,
+        **extra,
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    return path
+
+
+def sweeper_cmd(tmp_path: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([SWEEPER, *args], cwd=tmp_path, capture_output=True, text=True, timeout=timeout)
+
+
+def sweep_id_of(output: str) -> str:
+    first = output.splitlines()[0]
+    assert first.startswith("sweep "), output
+    return first.split()[1].rstrip(":")
+
+
+def trials_json(tmp_path: Path, sweep_id: str) -> list[dict]:
+    out = sweeper_cmd(tmp_path, "trials", sweep_id, "--format", "json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_grid_of_12_with_3_agents_runs_each_combination_once(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path, {"x": {"values": [1, 2, 3]}, "y": {"values": [10, 20, 30, 40]},
+                                  "epochs": {"value": 3}})
+    result = sweeper_cmd(tmp_path, "run", str(path), "--agents", "3")
+    assert result.returncode == 0, result.stdout + result.stderr
+    sweep_id = sweep_id_of(result.stdout)
+    assert f"sweep {sweep_id} (grid) is finished: 12 finished" in result.stdout
+    assert "best: trial" in result.stdout and "x=3 y=40" in result.stdout
+
+    trials = trials_json(tmp_path, sweep_id)
+    assert len(trials) == 12
+    assert all(t["state"] == "finished" for t in trials)
+    combos = Counter((t["config"]["x"], t["config"]["y"]) for t in trials)
+    assert set(combos) == {(x, y) for x in (1, 2, 3) for y in (10, 20, 30, 40)}
+    assert set(combos.values()) == {1}
+    for t in trials:
+        x, y = t["config"]["x"], t["config"]["y"]
+        assert t["curves"]["score"] == [[e, x * 10 + y + e] for e in range(3)]
+        assert t["metrics"]["score"] == x * 10 + y + 2
+    assert len({t["agent"] for t in trials}) >= 2  # the work was shared
+
+
+def test_crashing_trial_is_recorded_and_retried_once_and_the_sweep_goes_on(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path, {"x": {"values": [1, 2, 3]}, "fail_when": {"value": 2}})
+    result = sweeper_cmd(tmp_path, "run", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "failed    exit 3" in result.stdout and "refusing x=2" in result.stdout
+    trials = trials_json(tmp_path, sweep_id_of(result.stdout))
+    by_state = Counter(t["state"] for t in trials)
+    assert by_state == {"finished": 2, "failed": 2}  # x=2 failed, was retried once, failed again
+    failed = [t for t in trials if t["state"] == "failed"]
+    assert all(t["exit_code"] == 3 and "refusing x=2" in t["stderr_tail"] for t in failed)
+    assert failed[1]["retry_of"] == failed[0]["number"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_sigint_stops_every_trial_and_leaves_no_process(tmp_path: Path) -> None:
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    path = write_sweep(tmp_path, {"x": {"values": [1, 2, 3, 4]}, "epochs": {"value": 1000},
+                                  "sleep": {"value": 0.2}, "pid_dir": {"value": str(pid_dir)}})
+    proc = subprocess.Popen([SWEEPER, "run", str(path), "--agents", "2", "--grace", "3"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while len(list(pid_dir.glob("*.pids"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    pids = [int(p) for f in pid_dir.glob("*.pids") for p in f.read_text().split()]
+    assert len(pids) == 4, "two trials, each with a grandchild, should be running"
+    time.sleep(0.5)  # let some metrics arrive
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    assert "interrupted" in err
+    assert [p for p in pids if _alive(p)] == []
+    trials = trials_json(tmp_path, sweep_id_of(out))
+    assert [t["state"] for t in trials] == ["stopped", "stopped"]
+    assert all("Ctrl-C" in t["stop_reason"] for t in trials)
+    assert all(t["curves"].get("score") for t in trials)
+    status = sweeper_cmd(tmp_path, "status", sweep_id_of(out))
+    assert "is stopped: 2 stopped" in status.stdout
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "bad.yaml: file not found"),
+        ("method: grid\nparameters: {x: {values: [1, 2]\n", "line"),
+        ("method: gird\nprogram: t.py\nparameters: {x: {values: [1]}}\n", "did you mean 'grid'"),
+    ],
+    ids=["missing-file", "malformed-yaml", "unknown-method"],
+)
+def test_bad_sweep_files_give_a_message_and_exit_2(tmp_path: Path, content: str | None, expected: str) -> None:
+    path = tmp_path / "bad.yaml"
+    if content is not None:
+        path.write_text(content)
+    result = sweeper_cmd(tmp_path, "run", str(path))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_program_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    path = tmp_path / "sweep.yaml"
+    path.write_text("method: grid\nprogram: nowhere.py\nparameters: {x: {values: [1]}}\n")
+    result = sweeper_cmd(tmp_path, "run", str(path))
+    assert result.returncode == 1
+    assert "program: 'nowhere.py' not found" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_sweep_id_is_a_clear_error(tmp_path: Path) -> None:
+    result = sweeper_cmd(tmp_path, "status", "nosuch")
+    assert result.returncode == 1
+    assert "no sweep with id 'nosuch'" in result.stderr
+
+
+def test_trials_csv_has_a_row_per_trial(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path, {"x": {"values": [1, 2]}, "y": {"value": 5}})
+    result = sweeper_cmd(tmp_path, "run", str(path))
+    out = sweeper_cmd(tmp_path, "trials", sweep_id_of(result.stdout), "--format", "csv")
+    lines = out.stdout.strip().splitlines()
+    assert lines[0].startswith("number,state,")
+    assert "score" in lines[0] and "x" in lines[0].split(",")
+    assert len(lines) == 3 and all(",finished," in line for line in lines[1:])
+
+
+def test_count_limits_the_trials_run(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path, {"x": {"values": [1, 2, 3, 4, 5]}})
+    result = sweeper_cmd(tmp_path, "run", str(path), "--count", "2", "--agents", "2")
+    assert result.returncode == 0, result.stderr
+    assert len(trials_json(tmp_path, sweep_id_of(result.stdout))) == 2
+
+
+def test_random_sweep_honours_run_cap_and_seed(tmp_path: Path) -> None:
+    params = {"x": {"distribution": "uniform", "min": 0, "max": 1}, "y": {"min": 1, "max": 100}}
+    path = write_sweep(tmp_path, params, method="random", run_cap=4, sweeper={"seed": 11})
+    first = sweeper_cmd(tmp_path, "run", str(path))
+    second = sweeper_cmd(tmp_path, "run", str(path))
+    assert first.returncode == 0 and second.returncode == 0
+    configs = [[t["config"] for t in trials_json(tmp_path, sweep_id_of(r.stdout))] for r in (first, second)]
+    assert len(configs[0]) == 4
+    assert configs[0] == configs[1]  # same seed, same suggestions
+
+
+def test_readme_example_runs(tmp_path: Path) -> None:
+    example = Path(__file__).parents[1] / "sweeps" / "digits-mlp" / "grid.yaml"
+    result = sweeper_cmd(tmp_path, "run", str(example), "--count", "2", "--agents", "2", timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    trials = trials_json(tmp_path, sweep_id_of(result.stdout))
+    assert len(trials) == 2 and all(t["state"] == "finished" for t in trials)
+    assert all(len(t["curves"]["val_acc"]) == 10 and t["metrics"]["val_acc"] > 0.5 for t in trials)  # chance is 0.1

@@ -1,0 +1,184 @@
+"""The store on SQLite files: the conformance suite, schema migrations, URLs and errors."""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Connection, event, text
+from store_conformance import StoreConformance, lease
+
+from sweeper.store import SchemaVersionError, StoreError, TrialDraft, open_store
+from sweeper.store.migrations import MIGRATIONS, Migration, latest_version
+from sweeper.trials import MetricPoint, TrialState
+
+
+class TestSqliteStore(StoreConformance):
+    @pytest.fixture
+    def store_url(self, sqlite_store_url: str) -> str:
+        return sqlite_store_url
+
+
+def version_of(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        return int(db.execute("SELECT value FROM sweeper_meta WHERE key = 'schema_version'").fetchone()[0])
+
+
+def columns_of(path: Path, table: str) -> list[str]:
+    with sqlite3.connect(path) as db:
+        return [row[1] for row in db.execute(f"PRAGMA table_info({table})")]
+
+
+def add_note(conn: Connection) -> None:
+    conn.execute(text("ALTER TABLE sweeps ADD COLUMN note TEXT NOT NULL DEFAULT 'kept'"))
+
+
+V2 = (*MIGRATIONS, Migration(2, "add sweeps.note", add_note))
+
+
+# --- schema versions ---------------------------------------------------------
+
+
+def test_fresh_database_is_created_at_the_latest_version(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with open_store(str(path)):
+        pass
+    assert version_of(path) == latest_version() == 1
+    with sqlite3.connect(path) as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"sweeper_meta", "sweeps", "trials", "metrics"} <= tables
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_upgrade_keeps_the_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "s.db"
+    with open_store(str(path)) as store:
+        sweep = store.create_sweep(spec={"method": "grid"}, method="grid", name="old", seed=1, now=1.0)
+        trial = store.new_trial(sweep.id, lambda s, ts: TrialDraft({"lr": 0.1}), lease=lease(), now=2.0)
+        assert trial is not None
+        store.add_metrics(trial.id, "lease-1", [MetricPoint("loss", 0.5, 1, 1, 3.0)], now=3.0)
+        before = store.get_trial(trial.id, with_history=True)
+    capsys.readouterr()
+
+    with open_store(str(path), migrations=V2) as store:
+        assert store.get_sweep(sweep.id) == sweep
+        assert store.get_trial(trial.id, with_history=True) == before
+    assert "from version 1 to 2" in capsys.readouterr().err
+    assert version_of(path) == 2
+    assert "note" in columns_of(path, "sweeps")
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT note FROM sweeps").fetchall() == [("kept",)]
+
+    with open_store(str(path), migrations=V2):
+        pass
+    assert capsys.readouterr().err == ""  # nothing to upgrade the second time
+
+
+def test_failed_upgrade_changes_nothing(tmp_path: Path) -> None:
+    def add_then_fail(conn: Connection) -> None:
+        add_note(conn)
+        raise RuntimeError("step 2 broke")
+
+    path = tmp_path / "s.db"
+    open_store(str(path)).close()
+    with pytest.raises(RuntimeError, match="step 2 broke"):
+        open_store(str(path), migrations=(*MIGRATIONS, Migration(2, "broken", add_then_fail)))
+    assert version_of(path) == 1
+    assert "note" not in columns_of(path, "sweeps")
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    open_store(str(path)).close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE sweeper_meta SET value = '3' WHERE key = 'schema_version'")
+    with pytest.raises(SchemaVersionError) as caught:
+        open_store(str(path))
+    assert str(caught.value) == (
+        "database schema version 3 is newer than this sweeper understands (1): upgrade sweeper"
+    )
+
+
+def test_history_is_one_query_for_all_trials(sqlite_store_url: str) -> None:
+    with open_store(sqlite_store_url) as store:
+        sweep = store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
+        for i in range(5):
+            trial = store.new_trial(
+                sweep.id, lambda s, ts: TrialDraft({"i": len(ts)}), lease=lease(), now=2.0
+            )
+            assert trial is not None
+            store.add_metrics(trial.id, "lease-1", [MetricPoint("loss", i, 1, 1, 3.0)], now=3.0)
+        statements: list[str] = []
+        engine = store._db.engine  # type: ignore[attr-defined]
+        event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+        listed = store.list_trials(sweep.id, with_history=True, states=[TrialState.RUNNING])
+        assert len(listed) == 5 and all(len(t.history or ()) == 1 for t in listed)
+        assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 2
+
+
+# --- where the store lives ---------------------------------------------------
+
+
+def test_default_store_is_under_dot_sweeper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with open_store() as store:
+        store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
+    assert version_of(tmp_path / ".sweeper" / "sweeper.db") == 1
+
+
+@pytest.mark.parametrize("form", ["./x.db", "x.db", "sqlite:///x.db", "sqlite+pysqlite:///x.db", "ABSOLUTE"])
+def test_file_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, form: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{tmp_path / 'x.db'}" if form == "ABSOLUTE" else form
+    with open_store(url) as store:
+        store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
+    assert version_of(tmp_path / "x.db") == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("mysql://root:hunter2@db/sweeps", "unsupported store URL 'mysql://root:***@db/sweeps'"),
+        ("postgresql+psycopg2://u:hunter2@db/s", "unsupported store URL"),
+        ("", "empty store URL"),
+        (":memory:", "not a file"),
+        ("sqlite://", "not a file"),
+        ("sqlite:///no/such/folder/x.db", "does not exist"),
+    ],
+)
+def test_bad_urls(url: str, expected: str) -> None:
+    with pytest.raises(StoreError, match=expected.replace("*", r"\*").replace("+", r"\+")) as caught:
+        open_store(url)
+    assert "hunter2" not in str(caught.value)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
+def test_unreachable_postgres(scheme: str) -> None:
+    url = f"{scheme}://sweeper:hunter2@127.0.0.1:{free_port()}/sweeper"
+    with pytest.raises(StoreError, match="cannot open store") as caught:
+        open_store(url)
+    message = str(caught.value)
+    assert "hunter2" not in message and "sweeper:***@127.0.0.1" in message
+
+
+def test_sqlite_file_that_is_not_a_database(tmp_path: Path) -> None:
+    path = tmp_path / "notes.db"
+    path.write_text("these are not the tables you are looking for\n" * 100)
+    with pytest.raises(StoreError, match="notes.db"):
+        open_store(str(path))
+
+
+def test_running_trial_survives_reopening(sqlite_store_url: str) -> None:
+    with open_store(sqlite_store_url) as store:
+        sweep = store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
+        trial = store.new_trial(sweep.id, lambda s, ts: TrialDraft({"a": 1}), lease=lease(), now=2.0)
+    with open_store(sqlite_store_url) as store:
+        assert store.list_trials(sweep.id) == [trial]
