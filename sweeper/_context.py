@@ -1,7 +1,8 @@
 """The link between an agent running a trial in-process (function mode) and ``sweeper.init``.
 
 The agent sets a :class:`TrialContext` before it calls the user's function and clears it after;
-``sweeper.init`` reads it instead of the environment. Standard library only.
+``sweeper.init`` reads it instead of the environment. Contexts are per thread, because several
+agents may run functions side by side in one process. Standard library only.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class TrialContext:
     config: Mapping[str, Any]
     sink: MetricSink
     trial_dir: Path | None = None
+    run: Any = None  # the sweeper.run.Run that init() made in this context
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _stop_reason: str | None = field(default=None, repr=False)
 
@@ -43,18 +45,30 @@ class TrialContext:
         return self._stop_reason
 
 
-_current: TrialContext | None = None
+_local = threading.local()
+_active: list[TrialContext] = []
 _lock = threading.Lock()
 
 
 def set_current(context: TrialContext | None) -> None:
-    global _current
+    """Set (or clear, with None) the calling thread's context."""
+    previous = getattr(_local, "context", None)
     with _lock:
-        _current = context
+        if previous is not None and previous in _active:
+            _active.remove(previous)
+        if context is not None:
+            _active.append(context)
+    _local.context = context
 
 
 def current() -> TrialContext | None:
-    return _current
+    """The calling thread's context; from another thread, the only one active, if just one is."""
+    context = getattr(_local, "context", None)
+    if context is not None:
+        return context
+    with _lock:
+        # A thread the user's function started (a logger, a data loader) still finds its trial.
+        return _active[0] if len(_active) == 1 else None
 
 
 def run_id_for(sweep_id: str, trial_number: int) -> str:

@@ -52,8 +52,9 @@ def agent(
     """
     from sweeper.local import LocalAgents
 
-    agents = LocalAgents(_coordinator(db), sweep_id, agents=1, count=count, function=function,
-                         grace_period=grace_period)
+    agents = LocalAgents(
+        _coordinator(db), sweep_id, agents=1, count=count, function=function, grace_period=grace_period
+    )
     agents.start()
     try:
         reasons = agents.wait()

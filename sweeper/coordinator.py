@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Sequence
 
 from sweeper.planning import Plan, plan_next
-from sweeper.results import best_of
 from sweeper.protocol import (
     CONTINUE,
     AgentInfo,
@@ -23,6 +22,7 @@ from sweeper.protocol import (
     NoTrialReason,
     TrialOutcome,
 )
+from sweeper.results import best_of
 from sweeper.spec import SweepSpec, parse_sweep
 from sweeper.store.base import Lease, Store, TrialDraft
 from sweeper.strategies import Strategy, strategy_class
@@ -88,8 +88,12 @@ class Coordinator:
             plans.append(plan := plan_next(spec, strategy, trials, locked.seed))
             return plan.draft
 
-        lease = Lease(agent=agent.name, host=agent.host, lease_id=secrets.token_hex(8),
-                      expires_at=now + self.lease_seconds)
+        lease = Lease(
+            agent=agent.name,
+            host=agent.host,
+            lease_id=secrets.token_hex(8),
+            expires_at=now + self.lease_seconds,
+        )
         trial = self.store.new_trial(sweep_id, decide, lease=lease, now=now)
         if trial is not None:
             return Assignment(

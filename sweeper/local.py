@@ -14,8 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sweeper.agents import Agent, AgentEvent
-from sweeper.protocol import AgentInfo, Assignment, CoordinatorClient, Directive, NoTrial, NoTrialReason
-from sweeper.protocol import TrialOutcome
+from sweeper.protocol import (
+    AgentInfo,
+    Assignment,
+    CoordinatorClient,
+    Directive,
+    NoTrial,
+    NoTrialReason,
+    TrialOutcome,
+)
 from sweeper.trials import MetricPoint
 
 

@@ -6,8 +6,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sweeper.spec import Goal, SweepSpec
+from sweeper.spec import Goal, SweepSpec, flatten_config
 from sweeper.trials import Trial, TrialState
+
 
 def best_of(spec: SweepSpec, trials: Sequence[Trial]) -> Trial | None:
     """The finished (or early-stopped) trial with the best final value of the sweep's metric."""
@@ -33,23 +34,16 @@ def ranked(spec: SweepSpec, trials: Sequence[Trial]) -> list[Trial]:
     sign = 1.0 if metric.goal is Goal.MINIMIZE else -1.0
 
     def key(t: Trial) -> tuple[bool, float]:
-        value = t.metric(metric.name)
-        assert value is not None  # filtered above
+        value = t.summary[metric.name]
         return (math.isnan(value), 0.0 if math.isnan(value) else sign * value)
 
     return sorted(scored, key=key)
 
 
 def format_config(config: Mapping[str, Any], limit: int = 6) -> str:
-    """``lr=0.01 batch_size=32 ...`` for progress lines."""
-    flat: list[str] = []
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, Mapping):
-            for k, v in value.items():
-                walk(f"{prefix}{k}.", v)
-        else:
-            flat.append(f"{prefix[:-1]}={value:.4g}" if isinstance(value, float) else f"{prefix[:-1]}={value}")
-
-    walk("", config)
-    return " ".join(flat[:limit]) + (" ..." if len(flat) > limit else "")
+    """``lr=0.01 batch_size=32 optimizer.name=adam ...`` for progress lines."""
+    parts = [
+        f"{'.'.join(path)}={value:.4g}" if isinstance(value, float) else f"{'.'.join(path)}={value}"
+        for path, value in flatten_config(config).items()
+    ]
+    return " ".join(parts[:limit]) + (" ..." if len(parts) > limit else "")

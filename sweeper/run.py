@@ -224,6 +224,8 @@ class Run:
         global _current_run
         if _current_run is self:
             _current_run = None
+        if self._context is not None and self._context.run is self:
+            self._context.run = None
 
     def __enter__(self) -> Run:
         return self
@@ -265,10 +267,18 @@ def init(config: Mapping[str, Any] | None = None, **kwargs: Any) -> Run:
     calls written for ``wandb.init`` work unchanged; they do not change what the run does.
     """
     global _current_run, _atexit_registered
+    defaults = dict(config or {})
+    ctx = _context.current()
+    if ctx is not None:
+        # Function mode: the run belongs to this trial's context, not to the process.
+        if ctx.run is not None:
+            ctx.run.finish()
+        run = _run_from_context(ctx, defaults)
+        ctx.run = run
+        return run
     if _current_run is not None:
         _current_run.finish()
-    defaults = dict(config or {})
-    run = _run_from_context(defaults) or _run_from_env(defaults) or _standalone(defaults)
+    run = _run_from_env(defaults) or _standalone(defaults)
     _current_run = run
     if not _atexit_registered:
         atexit.register(_finish_at_exit)
@@ -276,10 +286,7 @@ def init(config: Mapping[str, Any] | None = None, **kwargs: Any) -> Run:
     return run
 
 
-def _run_from_context(defaults: dict[str, Any]) -> Run | None:
-    ctx = _context.current()
-    if ctx is None:
-        return None
+def _run_from_context(ctx: TrialContext, defaults: dict[str, Any]) -> Run:
     return Run(
         config=deep_merge(defaults, ctx.config),
         id=run_id_for(ctx.sweep_id, ctx.trial_number),
@@ -318,27 +325,32 @@ def _standalone(defaults: dict[str, Any]) -> Run:
 
 
 def current_run() -> Run | None:
+    """The run ``sweeper.log`` writes to: this trial's in function mode, else the process's."""
+    ctx = _context.current()
+    if ctx is not None:
+        return ctx.run
     return _current_run
 
 
 def log(data: Mapping[str, Any], step: int | None = None) -> None:
     """``run.log`` on the current run."""
-    if _current_run is None:
+    run = current_run()
+    if run is None:
         raise RuntimeError("sweeper.log() called before sweeper.init(): call run = sweeper.init() first")
-    _current_run.log(data, step=step)
+    run.log(data, step=step)
 
 
 def finish() -> None:
     """Finish the current run, if any."""
-    if _current_run is not None:
-        _current_run.finish()
+    run = current_run()
+    if run is not None:
+        run.finish()
 
 
 def end_context_runs(ctx: TrialContext) -> None:
-    """Finish the current run if it belongs to ``ctx``: the agent calls this after a function returns."""
-    run = _current_run
-    if run is not None and run._context is ctx:
-        run.finish()
+    """Finish the run made in ``ctx``, if the function left it open: the agent calls this after it."""
+    if ctx.run is not None:
+        ctx.run.finish()
 
 
 def _finish_at_exit() -> None:

@@ -18,12 +18,18 @@ _ids = itertools.count(1)
 
 
 def make_trial(config: Mapping[str, Any], state: TrialState, number: int, **summary: float) -> Trial:
-    return Trial(id=next(_ids), sweep_id="s", number=number, config=config, state=state,
-                 created_at=0.0, summary=summary)
+    return Trial(
+        id=next(_ids),
+        sweep_id="s",
+        number=number,
+        config=config,
+        state=state,
+        created_at=0.0,
+        summary=summary,
+    )
 
 
-def drive(strategy: Strategy, spec: SweepSpec, steps: int, seed: int = 0,
-          finish: bool = True) -> list[Trial]:
+def drive(strategy: Strategy, spec: SweepSpec, steps: int, seed: int = 0, finish: bool = True) -> list[Trial]:
     """Ask for ``steps`` suggestions, recording each as a trial (finished, or left running)."""
     trials: list[Trial] = []
     for n in range(steps):
@@ -83,8 +89,10 @@ class StrategyConformance:
 
     def test_nan_results_do_not_break_it(self) -> None:
         assert self.spec.metric is not None, "conformance specs name a metric"
-        trials = [make_trial(t.config, TrialState.FINISHED, t.number, **{self.spec.metric.name: float("nan")})
-                  for t in drive(self.strategy(), self.spec, 3)]
+        trials = [
+            make_trial(t.config, TrialState.FINISHED, t.number, **{self.spec.metric.name: float("nan")})
+            for t in drive(self.strategy(), self.spec, 3)
+        ]
         suggestion = self.strategy().suggest(trials, random.Random(5))
         assert suggestion.kind in (SuggestionKind.RUN, SuggestionKind.DONE)
 

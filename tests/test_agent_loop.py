@@ -405,6 +405,28 @@ def test_function_mode_lease_lost_is_abandoned(tmp_path: Path) -> None:
     assert isinstance(events[-1], TrialAbandoned)
 
 
+def test_function_mode_agents_in_threads_keep_their_own_trials(tmp_path: Path) -> None:
+    both_inited = threading.Barrier(2, timeout=30)
+    both_logged = threading.Barrier(2, timeout=30)
+
+    def train() -> None:
+        run = sweeper.init({"x": 0})
+        both_inited.wait()  # both trials are open at once from here on
+        sweeper.log({"x": run.config.x})
+        both_logged.wait()
+        assert sweeper.run.current_run() is run
+
+    clients = [MemoryCoordinator([assignment(1, {"x": 1})]), MemoryCoordinator([assignment(1, {"x": 2})])]
+    agents = [make_agent(c, tmp_path / str(i), function=train) for i, c in enumerate(clients)]
+    threads = [threading.Thread(target=a.run) for a in agents]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert [c.finished[101].state for c in clients] == [TrialState.FINISHED] * 2
+    assert [[p.value for p in c.points()] for c in clients] == [[1.0], [2.0]]
+
+
 # -- W&B compatibility -----------------------------------------------------------------------------
 
 

@@ -29,8 +29,11 @@ def test_sweep_and_agent_with_a_function(db: str) -> None:
         run.finish()
 
     sweep_id = sweeper.sweep(
-        {"method": "grid", "metric": {"name": "loss"},
-         "parameters": {"lr": {"values": [0.1, 0.2]}, "depth": {"values": [2, 3]}}},
+        {
+            "method": "grid",
+            "metric": {"name": "loss"},
+            "parameters": {"lr": {"values": [0.1, 0.2]}, "depth": {"values": [2, 3]}},
+        },
         db=db,
     )
     reason = sweeper.agent(sweep_id, function=train, count=3, db=db)
@@ -53,8 +56,9 @@ def test_a_raising_function_is_a_failed_trial(db: str) -> None:
         sweeper.init()
         raise RuntimeError("diverged")
 
-    sweep_id = sweeper.sweep({"method": "grid", "parameters": {"x": {"value": 1}},
-                              "sweeper": {"max_retries": 0}}, db=db)
+    sweep_id = sweeper.sweep(
+        {"method": "grid", "parameters": {"x": {"value": 1}}, "sweeper": {"max_retries": 0}}, db=db
+    )
     sweeper.agent(sweep_id, function=train, db=db)
     with open_store(db) as store:
         (trial,) = store.list_trials(sweep_id)

@@ -37,8 +37,13 @@ def coordinator(tmp_path: Path, clock: FakeClock) -> Coordinator:
 
 
 def grid(values: list, **extra: object) -> dict:
-    return {"method": "grid", "program": "t.py", "metric": {"name": "acc", "goal": "maximize"},
-            "parameters": {"x": {"values": values}}, **extra}
+    return {
+        "method": "grid",
+        "program": "t.py",
+        "metric": {"name": "acc", "goal": "maximize"},
+        "parameters": {"x": {"values": values}},
+        **extra,
+    }
 
 
 def lease(c: Coordinator, sweep_id: str) -> Assignment:
@@ -49,7 +54,9 @@ def lease(c: Coordinator, sweep_id: str) -> Assignment:
 
 def finish(c: Coordinator, a: Assignment, state: TrialState = TrialState.FINISHED, acc: float = 0.5) -> None:
     c.report_metrics(a.trial_id, a.lease_id, [MetricPoint("acc", acc, step=0, seq=0, time=0.0)])
-    c.finish_trial(a.trial_id, a.lease_id, TrialOutcome(state, exit_code=0 if state is TrialState.FINISHED else 1))
+    c.finish_trial(
+        a.trial_id, a.lease_id, TrialOutcome(state, exit_code=0 if state is TrialState.FINISHED else 1)
+    )
 
 
 def test_grid_runs_to_completion_and_the_sweep_finishes(coordinator: Coordinator) -> None:
@@ -84,7 +91,9 @@ def test_max_retries_is_configurable(coordinator: Coordinator) -> None:
     assert coordinator.next_trial(sweep.id, AGENT).reason is NoTrialReason.DONE
 
 
-def test_an_expired_lease_makes_the_trial_lost_and_it_runs_again(coordinator: Coordinator, clock: FakeClock) -> None:
+def test_an_expired_lease_makes_the_trial_lost_and_it_runs_again(
+    coordinator: Coordinator, clock: FakeClock
+) -> None:
     sweep = coordinator.create_sweep(parse_sweep(grid([1])))
     first = lease(coordinator, sweep.id)
     clock.now += 31

@@ -49,8 +49,9 @@ def trials_json(tmp_path: Path, sweep_id: str) -> list[dict]:
 
 
 def test_grid_of_12_with_3_agents_runs_each_combination_once(tmp_path: Path) -> None:
-    path = write_sweep(tmp_path, {"x": {"values": [1, 2, 3]}, "y": {"values": [10, 20, 30, 40]},
-                                  "epochs": {"value": 3}})
+    path = write_sweep(
+        tmp_path, {"x": {"values": [1, 2, 3]}, "y": {"values": [10, 20, 30, 40]}, "epochs": {"value": 3}}
+    )
     result = sweeper_cmd(tmp_path, "run", str(path), "--agents", "3")
     assert result.returncode == 0, result.stdout + result.stderr
     sweep_id = sweep_id_of(result.stdout)
@@ -94,10 +95,22 @@ def _alive(pid: int) -> bool:
 def test_sigint_stops_every_trial_and_leaves_no_process(tmp_path: Path) -> None:
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()
-    path = write_sweep(tmp_path, {"x": {"values": [1, 2, 3, 4]}, "epochs": {"value": 1000},
-                                  "sleep": {"value": 0.2}, "pid_dir": {"value": str(pid_dir)}})
-    proc = subprocess.Popen([SWEEPER, "run", str(path), "--agents", "2", "--grace", "3"], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    path = write_sweep(
+        tmp_path,
+        {
+            "x": {"values": [1, 2, 3, 4]},
+            "epochs": {"value": 1000},
+            "sleep": {"value": 0.2},
+            "pid_dir": {"value": str(pid_dir)},
+        },
+    )
+    proc = subprocess.Popen(
+        [SWEEPER, "run", str(path), "--agents", "2", "--grace", "3"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 60
     while len(list(pid_dir.glob("*.pids"))) < 2 and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -126,7 +139,9 @@ def test_sigint_stops_every_trial_and_leaves_no_process(tmp_path: Path) -> None:
     ],
     ids=["missing-file", "malformed-yaml", "unknown-method"],
 )
-def test_bad_sweep_files_give_a_message_and_exit_2(tmp_path: Path, content: str | None, expected: str) -> None:
+def test_bad_sweep_files_give_a_message_and_exit_2(
+    tmp_path: Path, content: str | None, expected: str
+) -> None:
     path = tmp_path / "bad.yaml"
     if content is not None:
         path.write_text(content)
@@ -185,4 +200,6 @@ def test_readme_example_runs(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     trials = trials_json(tmp_path, sweep_id_of(result.stdout))
     assert len(trials) == 2 and all(t["state"] == "finished" for t in trials)
-    assert all(len(t["curves"]["val_acc"]) == 10 and t["metrics"]["val_acc"] > 0.5 for t in trials)  # chance is 0.1
+    assert all(
+        len(t["curves"]["val_acc"]) == 10 and t["metrics"]["val_acc"] > 0.5 for t in trials
+    )  # chance is 0.1

@@ -30,13 +30,22 @@ print(importlib.util.find_spec("sweeper.integrations").origin)
 
 
 def pip(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", *args],
-                   check=True, capture_output=True, text=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
 
 
 def probe(site_dir: Path, cwd: Path) -> list[str]:
-    out = subprocess.run([sys.executable, "-S", "-c", PROBE, str(site_dir)], cwd=cwd,
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", PROBE, str(site_dir)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return out.stdout.split()
 
 
@@ -59,7 +68,16 @@ def test_wheel_install(tmp_path: Path) -> None:
 
 def test_editable_install(tmp_path: Path) -> None:
     prefix = tmp_path / "prefix"
-    pip("install", "--no-deps", "--ignore-installed", "--no-build-isolation", "--prefix", str(prefix), "-e", str(REPO))
+    pip(
+        "install",
+        "--no-deps",
+        "--ignore-installed",
+        "--no-build-isolation",
+        "--prefix",
+        str(prefix),
+        "-e",
+        str(REPO),
+    )
     site_dir = prefix / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
     sweeper_file, agents_file, integrations_file = probe(site_dir, cwd=tmp_path)
     assert Path(sweeper_file) == REPO / "sweeper" / "__init__.py"

@@ -6,10 +6,10 @@ import random
 from collections import Counter
 
 import pytest
+from strategy_conformance import StrategyConformance, drive, make_trial
 
 from sweeper.spec import config_key, parse_sweep
 from sweeper.strategies import SuggestionKind, available_methods, strategy_class
-from strategy_conformance import StrategyConformance, drive, make_trial
 from sweeper.trials import TrialState
 
 NESTED_GRID = {
@@ -19,8 +19,12 @@ NESTED_GRID = {
     "parameters": {
         "lr": {"values": [0.1, 0.01]},
         "layers": {"min": 1, "max": 3},
-        "optimizer": {"parameters": {"name": {"values": ["adam", "sgd"]},
-                                     "momentum": {"distribution": "q_uniform", "min": 0.5, "max": 1.0, "q": 0.25}}},
+        "optimizer": {
+            "parameters": {
+                "name": {"values": ["adam", "sgd"]},
+                "momentum": {"distribution": "q_uniform", "min": 0.5, "max": 1.0, "q": 0.25},
+            }
+        },
         "seed": {"value": 7},
     },
 }
@@ -43,7 +47,9 @@ FINITE_RANDOM = {
 }
 
 
-@pytest.mark.parametrize("raw", [NESTED_GRID, MIXED_RANDOM, FINITE_RANDOM], ids=["grid", "random", "random-finite"])
+@pytest.mark.parametrize(
+    "raw", [NESTED_GRID, MIXED_RANDOM, FINITE_RANDOM], ids=["grid", "random", "random-finite"]
+)
 class TestConformance(StrategyConformance):
     @pytest.fixture(autouse=True)
     def _spec(self, raw: dict) -> None:

@@ -15,6 +15,7 @@ import click
 from sweeper.cli.common import db_option, open_store_or_fail
 from sweeper.cli.report import print_summary, state_counts
 from sweeper.protocol import SweepNotFoundError
+from sweeper.spec import flatten_config
 from sweeper.trials import Trial
 
 
@@ -35,7 +36,9 @@ def _check_sweep(coordinator: Any, sweep_id: str) -> None:
 
 @click.command()
 @click.argument("sweep_id", required=False)
-@click.option("--top", default=5, show_default=True, type=click.IntRange(min=1), help="Rows in the leaderboard.")
+@click.option(
+    "--top", default=5, show_default=True, type=click.IntRange(min=1), help="Rows in the leaderboard."
+)
 @db_option
 def status(sweep_id: str | None, top: int, db_url: str | None) -> None:
     """State counts, the best trial and a leaderboard of SWEEP_ID (all sweeps when omitted)."""
@@ -47,8 +50,10 @@ def status(sweep_id: str | None, top: int, db_url: str | None) -> None:
         for sweep in sweeps:
             created = datetime.fromtimestamp(sweep.created_at, UTC).strftime("%Y-%m-%d %H:%M")
             trials = coordinator.trials(sweep.id)
-            click.echo(f"{sweep.id}  {sweep.method:<8} {sweep.state.value:<10} {created}  {state_counts(trials)}"
-                       f"{'  ' + sweep.name if sweep.name else ''}")
+            click.echo(
+                f"{sweep.id}  {sweep.method:<8} {sweep.state.value:<10} {created}  {state_counts(trials)}"
+                f"{'  ' + sweep.name if sweep.name else ''}"
+            )
         return
     _check_sweep(coordinator, sweep_id)
     print_summary(coordinator, sweep_id, top=top)
@@ -56,7 +61,9 @@ def status(sweep_id: str | None, top: int, db_url: str | None) -> None:
 
 @click.command()
 @click.argument("sweep_id")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True
+)
 @db_option
 def trials(sweep_id: str, fmt: str, db_url: str | None) -> None:
     """Every trial of SWEEP_ID: config, state, final metrics (and metric curves in JSON)."""
@@ -100,10 +107,17 @@ def trials_to_csv(rows: Sequence[Trial]) -> str:
     writer.writerow(["number", "state", *config_cols, *metric_cols, "exit_code", "stop_reason", "retry_of"])
     for t in rows:
         flat = _flatten(t.config)
-        writer.writerow([t.number, t.state.value, *(flat.get(c, "") for c in config_cols),
-                         *(t.summary.get(m, "") for m in metric_cols),
-                         "" if t.exit_code is None else t.exit_code, t.stop_reason or "",
-                         "" if t.retry_of is None else t.retry_of])
+        writer.writerow(
+            [
+                t.number,
+                t.state.value,
+                *(flat.get(c, "") for c in config_cols),
+                *(t.summary.get(m, "") for m in metric_cols),
+                "" if t.exit_code is None else t.exit_code,
+                t.stop_reason or "",
+                "" if t.retry_of is None else t.retry_of,
+            ]
+        )
     return out.getvalue()
 
 
@@ -115,14 +129,8 @@ def _print_table(rows: Sequence[Trial]) -> None:
         click.echo(f"{t.number:>4}  {t.state.value:<9} {format_config(t.config, limit=8)}  {metrics}")
 
 
-def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+def _flatten(config: Mapping[str, Any]) -> dict[str, Any]:
+    return {".".join(path): value for path, value in flatten_config(config).items()}
 
 
 def _finite_or_str(value: float) -> float | str:

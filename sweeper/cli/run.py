@@ -19,12 +19,27 @@ EXIT_INTERRUPTED = 130
 
 @click.command()
 @click.argument("sweep_file", type=click.Path(dir_okay=False))
-@click.option("--agents", "n_agents", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Local agents, each running one trial at a time.")
-@click.option("--count", default=None, type=click.IntRange(min=1),
-              help="Run at most this many trials in total, then stop.")
-@click.option("--grace", default=10.0, show_default=True, type=click.FloatRange(min=0),
-              help="Seconds a stopped trial gets between SIGTERM and SIGKILL.")
+@click.option(
+    "--agents",
+    "n_agents",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Local agents, each running one trial at a time.",
+)
+@click.option(
+    "--count",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Run at most this many trials in total, then stop.",
+)
+@click.option(
+    "--grace",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds a stopped trial gets between SIGTERM and SIGKILL.",
+)
 @db_option
 def run(sweep_file: str, n_agents: int, count: int | None, grace: float, db_url: str | None) -> None:
     """Create a sweep from SWEEP_FILE and run it here with local agents.
