@@ -60,6 +60,12 @@ class Coordinator:
                 self.store.request_stop(trial.id, "sweep cancelled")
         return sweep
 
+    def get_sweep(self, sweep_id: str) -> Sweep:
+        return self.store.get_sweep(sweep_id)
+
+    def list_sweeps(self) -> list[Sweep]:
+        return self.store.list_sweeps()
+
     def spec_of(self, sweep_id: str) -> SweepSpec:
         return self._compiled(self.store.get_sweep(sweep_id))[0]
 

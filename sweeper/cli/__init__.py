@@ -1,10 +1,20 @@
-"""The ``sweeper`` command. Each subcommand lives in its own module."""
+"""The ``sweeper`` command. Each subcommand lives in its own module, listed in ``_COMMANDS``."""
 
 from __future__ import annotations
+
+import importlib
 
 import click
 
 from sweeper import __version__
+
+# (module, command names). Imported when the group is built; each module keeps its own
+# heavy imports inside the command functions so ``sweeper --help`` stays fast.
+_COMMANDS: list[tuple[str, tuple[str, ...]]] = [
+    ("sweeper.cli.validate", ("validate",)),
+    ("sweeper.cli.run", ("run",)),
+    ("sweeper.cli.inspect", ("status", "trials")),
+]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -13,13 +23,6 @@ def main() -> None:
     """Self-hosted hyperparameter sweeps with W&B sweep files."""
 
 
-def _register() -> None:
-    from sweeper.cli.inspect import status, trials
-    from sweeper.cli.run import run
-    from sweeper.cli.validate import validate
-
-    for command in (validate, run, status, trials):
-        main.add_command(command)
-
-
-_register()
+for _module, _names in _COMMANDS:
+    for _name in _names:
+        main.add_command(getattr(importlib.import_module(_module), _name))

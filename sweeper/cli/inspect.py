@@ -27,9 +27,9 @@ def _coordinator(db_url: str | None) -> Any:
 
 def _check_sweep(coordinator: Any, sweep_id: str) -> None:
     try:
-        coordinator.store.get_sweep(sweep_id)
+        coordinator.get_sweep(sweep_id)
     except SweepNotFoundError:
-        known = [s.id for s in coordinator.store.list_sweeps()[:5]]
+        known = [s.id for s in coordinator.list_sweeps()[:5]]
         hint = f" (recent sweeps: {', '.join(known)})" if known else " (this store has no sweeps)"
         raise click.ClickException(f"no sweep with id {sweep_id!r} in this store{hint}") from None
 
@@ -44,7 +44,7 @@ def status(sweep_id: str | None, top: int, db_url: str | None) -> None:
     """State counts, the best trial and a leaderboard of SWEEP_ID (all sweeps when omitted)."""
     coordinator = _coordinator(db_url)
     if sweep_id is None:
-        sweeps = coordinator.store.list_sweeps()
+        sweeps = coordinator.list_sweeps()
         if not sweeps:
             click.echo("no sweeps yet: create one with 'sweeper run FILE'")
         for sweep in sweeps:

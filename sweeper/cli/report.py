@@ -55,7 +55,7 @@ def leaderboard(spec: SweepSpec, trials: Sequence[Trial], top: int = 5) -> list[
 
 
 def print_summary(coordinator: Any, sweep_id: str, top: int = 5) -> None:
-    sweep = coordinator.store.get_sweep(sweep_id)
+    sweep = coordinator.get_sweep(sweep_id)
     spec = coordinator.spec_of(sweep_id)
     trials = coordinator.trials(sweep_id)
     click.echo(f"sweep {sweep.id} ({sweep.method}) is {sweep.state.value}: {state_counts(trials)}")

@@ -82,7 +82,7 @@ def run(sweep_file: str, n_agents: int, count: int | None, grace: float, db_url:
             agents.stop("interrupted by the user (Ctrl-C)")
             reasons = _wait_ignoring_interrupts(agents)
     if interrupted:
-        if not coordinator.store.get_sweep(sweep.id).state.is_terminal:
+        if not coordinator.get_sweep(sweep.id).state.is_terminal:
             coordinator.set_sweep_state(sweep.id, SweepState.STOPPED)
     if not interrupted and reasons:
         click.echo(reasons[0])
