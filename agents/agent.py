@@ -8,14 +8,16 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from sweeper.agents.command import expand_command
 from sweeper.agents.events import AgentEvent, TrialAbandoned, TrialEnded, TrialStarted
+from sweeper.agents.hooks import TrialHook, TrialHooks, default_hooks
 from sweeper.agents.metrics import MetricTailer, points_from_record
 from sweeper.agents.process import TrialProcess, describe_exit, stderr_tail
-from sweeper.agents.reporting import TrialReporter
+from sweeper.agents.reporting import TrialReporter, backoff_delay
+from sweeper.agents.spool import Spool
 from sweeper.agents.trialdir import TrialDir, trial_env
 
 from sweeper import _context
@@ -28,6 +30,8 @@ log = logging.getLogger(__name__)
 _TAIL_LINES = 40
 # Calls made after stop() get this many tries, so Ctrl-C never waits on a dead coordinator for long.
 _TRIES_WHEN_STOPPING = 3
+# How long an undeliverable end report is retried at least, before it is left on disk.
+_FINISH_RETRY_SECONDS = 600.0
 
 
 class _Abandon(Exception):
@@ -62,6 +66,8 @@ class Agent:
         finish_timeout: float | None = None,
         environ: Mapping[str, str] | None = None,
         interpreter: str = sys.executable,
+        spool: bool = True,
+        hooks: Sequence[TrialHook] | None = None,
     ) -> None:
         if count is not None and count < 1:
             raise ValueError(f"count must be at least 1, got {count}")
@@ -83,6 +89,9 @@ class Agent:
         self.finish_timeout = finish_timeout
         self.environ = environ
         self.interpreter = interpreter
+        self.spool = spool  # keep undelivered reports on disk in the trial folder
+        # None: the metric capture and the trackers named in each assignment's integrations block.
+        self.hooks = TrialHooks(default_hooks() if hooks is None else hooks)
         self.trials_run = 0
         self._stop_event = threading.Event()
         self._stop_reason: str | None = None
@@ -113,14 +122,22 @@ class Agent:
                 return f"ran {self.trials_run} trial(s), as many as asked for"
             try:
                 reply = self.client.next_trial(self.sweep_id, self.info)
+            except PermissionError:  # a refused token: waiting cannot fix it
+                raise
             except OSError as exc:  # connection refused, timeout: the coordinator may come back
                 failures += 1
-                delay = min(0.5 * 2 ** (failures - 1), self.max_backoff)
-                log.warning(
-                    "asking for a trial failed (%s: %s); retrying in %.1fs", type(exc).__name__, exc, delay
+                delay = backoff_delay(failures, base=0.5, cap=self.max_backoff)
+                # One line per outage, not one per try.
+                log.log(
+                    logging.WARNING if failures == 1 else logging.DEBUG,
+                    "%s: cannot reach the coordinator (%s); asking again with backoff until it is back",
+                    self.info.name,
+                    exc,
                 )
                 self._stop_event.wait(delay)
                 continue
+            if failures:
+                log.warning("%s: the coordinator is reachable again", self.info.name)
             failures = 0
             if isinstance(reply, NoTrial):
                 if reply.agent_should_exit:
@@ -137,29 +154,27 @@ class Agent:
 
     def _run_assignment(self, assignment: Assignment) -> None:
         started = self.clock()
-        reporter = TrialReporter(
-            self.client,
-            assignment,
-            clock=self.clock,
-            report_interval=self.report_interval,
-            heartbeat_interval=self.heartbeat_interval,
-            max_backoff=self.max_backoff,
-        )
+        spool: Spool | None = None
         try:
             trial_dir = TrialDir.create(self.workdir, assignment)
+            if self.spool:
+                spool = Spool.create(trial_dir.path, assignment)
         except OSError as exc:
             message = f"sweeper: cannot prepare the trial folder: {exc}"
             outcome = TrialOutcome(TrialState.FAILED, stderr_tail=message)
-            self._finish(assignment, reporter, outcome, started)
+            self._finish(assignment, self._reporter(assignment), outcome, started)
             return
+        reporter = self._reporter(assignment, spool)
         try:
             if self.function is not None:
                 outcome = self._run_function(assignment, trial_dir, reporter)
             else:
                 outcome = self._run_process(assignment, trial_dir, reporter)
         except _Abandon as exc:
+            self.hooks.end(assignment, TrialOutcome(TrialState.LOST, stop_reason=str(exc)), trial_dir)
             self._emit(TrialAbandoned(assignment, str(exc)))
             return
+        self.hooks.end(assignment, outcome, trial_dir)
         self._finish(assignment, reporter, outcome, started)
 
     def _run_process(
@@ -178,9 +193,11 @@ class Agent:
             )
         except (OSError, TypeError, ValueError) as exc:
             return TrialOutcome(TrialState.FAILED, stderr_tail=f"sweeper: cannot build the command: {exc}")
+        env = trial_env(environ, assignment, trial_dir, gpu=self.gpu)
+        env.update(self.hooks.start(assignment, trial_dir, env))
         proc = TrialProcess.start(
             argv,
-            env=trial_env(environ, assignment, trial_dir, gpu=self.gpu),
+            env=env,
             cwd=self.workdir,
             stdout_path=trial_dir.stdout_path,
             stderr_path=trial_dir.stderr_path,
@@ -190,7 +207,7 @@ class Agent:
         stop_reason: str | None = None
         while True:
             code = proc.poll()
-            reporter.add(tailer.read_points())
+            self._forward(assignment, reporter, tailer.read_records())
             if code is not None:
                 break
             if self.stopping:
@@ -209,7 +226,7 @@ class Agent:
         tail_path = trial_dir.stderr_path
         if stop_reason is not None and proc.poll() is None:
             code = proc.terminate(self.grace_period)
-            reporter.add(tailer.read_points())
+            self._forward(assignment, reporter, tailer.read_records())
             return TrialOutcome(
                 TrialState.STOPPED,
                 exit_code=code,
@@ -218,7 +235,7 @@ class Agent:
             )
         code = proc.poll()
         assert code is not None
-        reporter.add(tailer.read_points())
+        self._forward(assignment, reporter, tailer.read_records())
         if code == 0:
             return TrialOutcome(TrialState.FINISHED, exit_code=0)
         tail = stderr_tail(tail_path, _TAIL_LINES)
@@ -235,7 +252,7 @@ class Agent:
             trial_id=assignment.trial_id,
             trial_number=assignment.trial_number,
             config=assignment.config,
-            sink=lambda record: reporter.add(points_from_record(record)),
+            sink=lambda record: self._forward(assignment, reporter, [record]),
             trial_dir=trial_dir.path,
         )
         lease_lost: list[str] = []
@@ -253,6 +270,7 @@ class Agent:
                 if directive is not None and directive.stop:
                     ctx.request_stop(directive.reason or "stopped by the coordinator")
 
+        self.hooks.start(assignment, trial_dir, dict(os.environ))
         self._active_context = ctx
         if self.stopping:
             ctx.request_stop(self._stop_reason or "stopped")
@@ -290,15 +308,38 @@ class Agent:
             return TrialOutcome(TrialState.FAILED, exit_code=code, stderr_tail=tail)
         return TrialOutcome(TrialState.FINISHED)
 
+    def _reporter(self, assignment: Assignment, spool: Spool | None = None) -> TrialReporter:
+        return TrialReporter(
+            self.client,
+            assignment,
+            clock=self.clock,
+            report_interval=self.report_interval,
+            heartbeat_interval=self.heartbeat_interval,
+            max_backoff=self.max_backoff,
+            queue=spool,
+        )
+
     # -- reporting the end -------------------------------------------------------------------
 
     def _finish(
         self, assignment: Assignment, reporter: TrialReporter, outcome: TrialOutcome, started: float
     ) -> None:
-        """Send the remaining points, then the outcome; retried with backoff while the coordinator is away."""
+        """Send the remaining points, then the outcome; retried with backoff while the coordinator is away.
+
+        Policy: the outcome is written to the trial folder first, then retried for ``finish_timeout``
+        seconds (default: twice the lease, at least 10 minutes), or 3 tries once the agent is
+        stopping. A report still undelivered then stays on disk, and the next agent started in the
+        same folder delivers it (:func:`~sweeper.agents.reporting.deliver_leftovers`).
+        """
+        spool = reporter.queue if isinstance(reporter.queue, Spool) else None
+        if spool is not None:
+            try:
+                spool.keep_outcome(outcome)
+            except OSError as exc:
+                log.warning("trial %s: cannot keep the outcome on disk: %s", assignment.trial_number, exc)
         timeout = self.finish_timeout
         if timeout is None:
-            timeout = max(2 * assignment.lease_seconds, 60.0)
+            timeout = max(2 * assignment.lease_seconds, _FINISH_RETRY_SECONDS)
         deadline = self.clock() + timeout
         tries = 0
         while True:
@@ -308,31 +349,33 @@ class Agent:
                 self.client.finish_trial(assignment.trial_id, assignment.lease_id, outcome)
                 break
             except LeaseLostError as exc:
+                if spool is not None:
+                    spool.abandon(f"lease lost: {exc}")
                 self._emit(TrialAbandoned(assignment, f"lease lost: {exc}"))
                 return
             except Exception as exc:
                 delay = reporter.record_failure(exc)
                 give_up = self.clock() >= deadline or (self.stopping and tries >= _TRIES_WHEN_STOPPING)
                 if give_up:
-                    self._emit(
-                        TrialAbandoned(assignment, f"could not report the end to the coordinator: {exc}")
-                    )
+                    kept = f"; kept in {spool.folder} for the next agent" if spool is not None else ""
+                    reason = f"could not report the end to the coordinator: {exc}{kept}"
+                    self._emit(TrialAbandoned(assignment, reason))
                     return
                 # Once stopping, the stop event is set; wait on a fresh one so the retries still pause.
                 (threading.Event() if self.stopping else self._stop_event).wait(delay)
+        if spool is not None:
+            spool.delivered()
         self._emit(TrialEnded(assignment, outcome, self.clock() - started, dict(reporter.summary)))
+
+    def _forward(self, assignment: Assignment, reporter: TrialReporter, records: list) -> None:
+        """New metric records go to the coordinator (through the reporter) and to the hooks."""
+        reporter.add([point for record in records for point in points_from_record(record)])
+        self.hooks.metrics(assignment, records)
 
     def _give_back(self, assignment: Assignment) -> None:
         """An assignment that came as the agent was stopping: end it now, so nobody waits for its lease."""
         outcome = TrialOutcome(TrialState.STOPPED, stop_reason=self._stop_reason or "stopped")
-        reporter = TrialReporter(
-            self.client,
-            assignment,
-            clock=self.clock,
-            report_interval=self.report_interval,
-            heartbeat_interval=self.heartbeat_interval,
-        )
-        self._finish(assignment, reporter, outcome, self.clock())
+        self._finish(assignment, self._reporter(assignment), outcome, self.clock())
 
     def _emit(self, event: AgentEvent) -> None:
         if self.on_event is None:

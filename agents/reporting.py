@@ -2,20 +2,75 @@
 
 Points stay queued until a report that carried them succeeds, so an unreachable coordinator
 delays them but never loses them; a retried batch carries the same seqs, which the store
-counts once.
+counts once. With a :class:`~sweeper.agents.spool.Spool` the queue is on disk, so an agent
+crash does not lose them either.
+
+Retry policy (every coordinator call an agent makes): exponential backoff from the report
+interval, doubled per consecutive failure, capped at ``max_backoff``, with jitter so agents
+cut off together do not all come back in the same instant.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import random
 import threading
 from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Protocol
 
 from sweeper.protocol import CONTINUE, Assignment, CoordinatorClient, Directive, LeaseLostError
 from sweeper.trials import MetricPoint
 
 log = logging.getLogger(__name__)
+
+_jitter = random.Random()  # its own generator: never the global one, never seeded from the sweep
+
+
+def backoff_delay(failures: int, *, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """Seconds to wait after ``failures`` consecutive failures: between half and all of
+    ``min(base * 2**(failures-1), cap)``."""
+    ceiling = min(base * 2 ** max(failures - 1, 0), cap)
+    return ceiling * (0.5 + 0.5 * (rng or _jitter).random())
+
+
+class PointQueue(Protocol):
+    """Where a reporter keeps points until the coordinator acknowledges them."""
+
+    def append(self, points: Iterable[MetricPoint]) -> None: ...
+
+    def unacked(self, limit: int | None = None) -> list[MetricPoint]: ...
+
+    def ack(self, count: int) -> None: ...
+
+    @property
+    def pending(self) -> int: ...
+
+
+class MemoryQueue:
+    """A :class:`PointQueue` in memory, for callers that want no files."""
+
+    def __init__(self) -> None:
+        self._points: list[MetricPoint] = []
+        self._lock = threading.Lock()
+
+    def append(self, points: Iterable[MetricPoint]) -> None:
+        with self._lock:
+            self._points.extend(points)
+
+    def unacked(self, limit: int | None = None) -> list[MetricPoint]:
+        with self._lock:
+            return list(self._points if limit is None else self._points[:limit])
+
+    def ack(self, count: int) -> None:
+        with self._lock:
+            del self._points[:count]  # only appends happen meanwhile: the batch is still the head
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._points)
 
 
 class TrialReporter:
@@ -34,6 +89,7 @@ class TrialReporter:
         heartbeat_interval: float,
         max_backoff: float = 30.0,
         max_batch: int = 1000,
+        queue: PointQueue | None = None,
     ) -> None:
         self._client = client
         self._assignment = assignment
@@ -45,7 +101,7 @@ class TrialReporter:
         self._base_backoff = max(report_interval, 0.1)
         self._max_backoff = max_backoff
         self._max_batch = max_batch
-        self._pending: list[MetricPoint] = []
+        self._queue: PointQueue = queue if queue is not None else MemoryQueue()
         self._lock = threading.Lock()
         now = clock()
         self._last_report = -math.inf
@@ -56,15 +112,21 @@ class TrialReporter:
         self.sent = 0
 
     def add(self, points: Iterable[MetricPoint]) -> None:
+        points = list(points)
+        if not points:
+            return
         with self._lock:
+            self._queue.append(points)  # on disk first, when the queue is a spool
             for point in points:
-                self._pending.append(point)
                 self.summary[point.name] = point.value
 
     @property
     def pending(self) -> int:
-        with self._lock:
-            return len(self._pending)
+        return self._queue.pending
+
+    @property
+    def queue(self) -> PointQueue:
+        return self._queue
 
     @property
     def failures(self) -> int:
@@ -98,16 +160,13 @@ class TrialReporter:
         """Send every queued point now, in batches; raises whatever the client raises."""
         result = CONTINUE
         while True:
-            with self._lock:
-                batch = list(self._pending[: self._max_batch])
+            batch = self._queue.unacked(self._max_batch)
             if not batch:
                 return result
             directive = self._client.report_metrics(
                 self._assignment.trial_id, self._assignment.lease_id, batch
             )
-            with self._lock:
-                # Only add() touched the list meanwhile, and it appends: the batch is still its head.
-                del self._pending[: len(batch)]
+            self._queue.ack(len(batch))
             self.sent += len(batch)
             self._succeeded()
             if directive.stop:
@@ -116,7 +175,7 @@ class TrialReporter:
     def record_failure(self, exc: BaseException) -> float:
         """Note a failed call; returns the seconds to wait before the next try."""
         self._failures += 1
-        delay = min(self._base_backoff * 2 ** (self._failures - 1), self._max_backoff)
+        delay = backoff_delay(self._failures, base=self._base_backoff, cap=self._max_backoff)
         self._retry_at = self._clock() + delay
         level = logging.WARNING if self._failures == 1 else logging.DEBUG
         log.log(
@@ -136,3 +195,33 @@ class TrialReporter:
         self._failures = 0
         self._retry_at = None
         self._last_contact = self._clock()
+
+
+def deliver_leftovers(client: CoordinatorClient, workdir: Path, sweep_id: str | None = None) -> int:
+    """Send what earlier agents in ``workdir`` left undelivered (points, then a kept end state).
+
+    Safe while other agents run in the same folder: points are idempotent, and a spool whose
+    trial has no kept end state is only drained, never finished. Returns the trials whose
+    reports were completed. Raises OSError while the coordinator is unreachable.
+    """
+    from sweeper.agents.spool import leftover_spools
+
+    completed = 0
+    for spool in leftover_spools(workdir, sweep_id):
+        outcome = spool.kept_outcome()
+        try:
+            while batch := spool.unacked(1000):
+                client.report_metrics(spool.trial_id, spool.lease_id, batch)
+                spool.ack(len(batch))
+            if outcome is not None:
+                client.finish_trial(spool.trial_id, spool.lease_id, outcome)
+                spool.delivered()
+                completed += 1
+                log.warning("delivered the end of trial id %s that an earlier agent left", spool.trial_id)
+        except LeaseLostError as exc:
+            spool.abandon(f"lease lost: {exc}")
+        except OSError:
+            raise  # unreachable: try again later, keep everything
+        except Exception as exc:  # the coordinator refuses these reports (trial gone or ended)
+            spool.abandon(f"{type(exc).__name__}: {exc}")
+    return completed

@@ -42,6 +42,11 @@ class TrialDir:
         return self.path / "metrics.jsonl"
 
     @property
+    def artifacts_path(self) -> Path:
+        """One JSON line per file the script marked with ``run.log_artifact``."""
+        return self.path / "artifacts.jsonl"
+
+    @property
     def stdout_path(self) -> Path:
         return self.path / "stdout.log"
 

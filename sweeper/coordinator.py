@@ -24,11 +24,13 @@ from sweeper.protocol import (
 )
 from sweeper.results import best_of
 from sweeper.spec import SweepSpec, parse_sweep
+from sweeper.stopping import build_rule, decide_for
 from sweeper.store.base import Lease, Store, TrialDraft
 from sweeper.strategies import Strategy, strategy_class
 from sweeper.trials import MetricPoint, Sweep, SweepState, Trial, TrialState
 
 DEFAULT_LEASE_SECONDS = 30.0
+_EXPIRY_INTERVAL = 1.0  # seconds between lease-expiry passes, at most
 
 
 class Coordinator:
@@ -44,6 +46,7 @@ class Coordinator:
         self.lease_seconds = lease_seconds
         self._lock = threading.Lock()
         self._specs: dict[str, tuple[SweepSpec, Strategy]] = {}
+        self._last_expiry: float | None = None
 
     # --- sweeps -------------------------------------------------------------
 
@@ -80,7 +83,7 @@ class Coordinator:
 
     def next_trial(self, sweep_id: str, agent: AgentInfo) -> Assignment | NoTrial:
         now = self.clock()
-        self.store.expire_leases(now=now)
+        self._expire_leases(now)
         sweep = self.store.get_sweep(sweep_id)
         spec, strategy = self._compiled(sweep)
         if sweep.state is SweepState.FINISHED:
@@ -112,6 +115,7 @@ class Coordinator:
                 command=spec.command,
                 program=spec.program,
                 metric_name=spec.metric.name if spec.metric else None,
+                integrations=spec.raw.get("integrations"),
             )
         plan = plans[-1] if plans else None
         if plan is None:  # the sweep changed state between the two reads
@@ -130,7 +134,17 @@ class Coordinator:
         now = self.clock()
         self.store.add_metrics(trial_id, lease_id, points, now=now)
         trial = self.store.renew_lease(trial_id, lease_id, expires_at=now + self.lease_seconds, now=now)
+        trial = self._apply_stopping_rule(trial, points)
         return _directive(trial)
+
+    def _apply_stopping_rule(self, trial: Trial, points: Sequence[MetricPoint]) -> Trial:
+        """Ask the sweep's stopping rule about a trial that just reported; record a stop it decides,
+        so the directive of this very response carries it."""
+        if trial.stop_requested or not points:
+            return trial
+        rule = build_rule(self._compiled(self.store.get_sweep(trial.sweep_id))[0])
+        decision = decide_for(rule, self.store, trial, points) if rule is not None else None
+        return self.store.request_stop(trial.id, decision.reason) if decision is not None else trial
 
     def finish_trial(self, trial_id: int, lease_id: str, outcome: TrialOutcome) -> None:
         trial = self.store.finish_trial(
@@ -155,10 +169,21 @@ class Coordinator:
 
     # --- internals ----------------------------------------------------------
 
+    def _expire_leases(self, now: float) -> None:
+        # A write transaction on every lease request serialises busy fleets; a pass at most every
+        # _EXPIRY_INTERVAL finds the same lost trials (a lease only runs out as time passes).
+        interval = min(_EXPIRY_INTERVAL, self.lease_seconds / 10)
+        if self._last_expiry is not None and 0 <= now - self._last_expiry < interval:
+            return
+        self._last_expiry = now
+        self.store.expire_leases(now=now)
+
     def _finish_sweep_if_complete(self, sweep_id: str) -> None:
         sweep = self.store.get_sweep(sweep_id)
         if sweep.state is not SweepState.RUNNING:
             return
+        if self.store.list_trials(sweep_id, states=[TrialState.RUNNING]):
+            return  # the common case in a busy sweep, answered without loading every trial
         spec, strategy = self._compiled(sweep)
         trials = self.store.list_trials(sweep_id)
         if any(t.state.is_active for t in trials):

@@ -6,12 +6,15 @@ them talking to one in-process :class:`~sweeper.coordinator.Coordinator`.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sweeper.agents import Agent, AgentEvent
 from sweeper.protocol import (
@@ -24,6 +27,8 @@ from sweeper.protocol import (
     TrialOutcome,
 )
 from sweeper.trials import MetricPoint
+
+log = logging.getLogger(__name__)
 
 
 class TrialBudget:
@@ -72,40 +77,56 @@ class LocalAgents:
     function: Callable[[], object] | None = None
     grace_period: float = 10.0
     on_event: Callable[[AgentEvent], None] | None = None
+    # One agent per entry, each seeing only that GPU (CUDA_VISIBLE_DEVICES); replaces ``agents``.
+    gpus: Sequence[str] | None = None
+    max_backoff: float = 30.0  # longest wait between retries while the coordinator is unreachable
     _agents: list[Agent] = field(default_factory=list, init=False)
     _threads: list[threading.Thread] = field(default_factory=list, init=False)
     _reasons: list[str] = field(default_factory=list, init=False)
     _errors: list[BaseException] = field(default_factory=list, init=False)
+    _done: list[threading.Event] = field(default_factory=list, init=False)
+    _recorder: Any = field(default=None, init=False)  # the sweep's tracker record, if it names trackers
 
     def start(self) -> None:
         budget = TrialBudget(self.client, self.count)
-        for slot in range(self.agents):
+        self._recorder = _sweep_recorder(self.client, self.sweep_id)
+        slots: list[str | None] = list(self.gpus) if self.gpus else [None] * self.agents
+        for slot, gpu in enumerate(slots):
             agent = Agent(
                 budget,
                 self.sweep_id,
-                info=agent_info(slot),
+                info=agent_info(slot, gpu),
                 workdir=self.workdir,
                 function=self.function,
                 program_override=self.program_override,
                 grace_period=self.grace_period,
-                on_event=self.on_event,
+                on_event=self._on_event if self._recorder is not None else self.on_event,
+                max_backoff=self.max_backoff,
             )
-            thread = threading.Thread(target=self._run, args=(agent,), name=f"agent-{slot}", daemon=True)
+            done = threading.Event()
+            thread = threading.Thread(target=self._run, args=(agent, done), name=f"agent-{slot}", daemon=True)
+            self._done.append(done)
             self._agents.append(agent)
             self._threads.append(thread)
             thread.start()
 
-    def _run(self, agent: Agent) -> None:
+    def _run(self, agent: Agent, done: threading.Event) -> None:
         try:
             self._reasons.append(agent.run())
         except BaseException as exc:  # surfaced by wait(), never lost in a thread
             self._errors.append(exc)
+        finally:
+            done.set()
 
-    def wait(self, poll: float = 0.2) -> list[str]:
-        """Join the agents, staying responsive to KeyboardInterrupt in the main thread."""
+    def wait(self, poll: float = 0.05) -> list[str]:
+        """Wait for the agents, staying responsive to KeyboardInterrupt in the main thread."""
+        # Not Thread.join: on CPython 3.11 a KeyboardInterrupt inside join() can mark a thread that
+        # is still running as ended, and the process would exit with its trial unreported.
+        while not all(done.is_set() for done in self._done):
+            time.sleep(poll)
         for thread in self._threads:
-            while thread.is_alive():
-                thread.join(poll)
+            thread.join()
+        self._end_tracking()
         if self._errors:
             raise self._errors[0]
         return list(self._reasons)
@@ -113,3 +134,35 @@ class LocalAgents:
     def stop(self, reason: str) -> None:
         for agent in self._agents:
             agent.stop(reason)
+
+    def _on_event(self, event: AgentEvent) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
+        self._recorder.on_event(event)
+
+    def _end_tracking(self) -> None:
+        """Every agent is done: bring the sweep's record up to date and flush the trackers."""
+        if self._recorder is None:
+            return
+        recorder, self._recorder = self._recorder, None
+        stopped = any(agent.stopping for agent in self._agents)
+        try:
+            recorder.finish("stopped" if stopped else None)
+        finally:
+            from sweeper.integrations.session import close_all
+
+            close_all()
+
+
+def _sweep_recorder(client: object, sweep_id: str) -> Any:
+    """The sweep-level tracker record for ``sweeper run`` and ``sweeper.agent``; None when none is set."""
+    from sweeper.integrations.sweep import SweepRecorder
+
+    try:
+        recorder = SweepRecorder.for_sweep(getattr(client, "_client", client), sweep_id)
+        if recorder is not None:
+            recorder.start()
+        return recorder
+    except Exception as exc:  # trackers never stop a sweep
+        log.error("sweep %s: tracker logging is off: %s: %s", sweep_id, type(exc).__name__, exc)
+        return None

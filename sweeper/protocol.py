@@ -10,9 +10,12 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from sweeper.trials import MetricPoint, TrialState
+from sweeper.trials import MetricPoint, Sweep, SweepState, Trial, TrialState
+
+if TYPE_CHECKING:
+    from sweeper.spec import SweepSpec
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,8 @@ class Assignment:
     command: Sequence[str]  # the sweep's command template, macros not yet expanded
     program: str | None
     metric_name: str | None
+    # The sweep file's ``integrations:`` block, so every agent logs its trials to the same trackers.
+    integrations: Mapping[str, Any] | None = None
 
 
 class NoTrialReason(enum.StrEnum):
@@ -93,3 +98,21 @@ class CoordinatorClient(Protocol):
     def report_metrics(self, trial_id: int, lease_id: str, points: Sequence[MetricPoint]) -> Directive: ...
 
     def finish_trial(self, trial_id: int, lease_id: str, outcome: TrialOutcome) -> None: ...
+
+
+class CoordinatorService(CoordinatorClient, Protocol):
+    """What the CLI needs from a coordinator: the embedded one and the HTTP client both provide it."""
+
+    def create_sweep(self, spec: SweepSpec) -> Sweep: ...
+
+    def get_sweep(self, sweep_id: str) -> Sweep: ...
+
+    def list_sweeps(self) -> list[Sweep]: ...
+
+    def set_sweep_state(self, sweep_id: str, state: SweepState) -> Sweep: ...
+
+    def trials(self, sweep_id: str, *, with_history: bool = False) -> list[Trial]: ...
+
+    def spec_of(self, sweep_id: str) -> SweepSpec: ...
+
+    def best_trial(self, sweep_id: str) -> Trial | None: ...

@@ -28,7 +28,7 @@ from typing import Any
 from sweeper import _context
 from sweeper._context import TrialContext, run_id_for
 
-__all__ = ["Config", "Run", "TrialStopped", "finish", "init", "log"]
+__all__ = ["Config", "Run", "TrialStopped", "finish", "init", "log", "log_artifact"]
 
 log_ = logging.getLogger(__name__)
 
@@ -138,6 +138,7 @@ class Run:
         self._warned: set[str] = set()
         self._lock = threading.Lock()
         self._finished = False
+        self.artifacts: list[Path] = []  # files marked with log_artifact
 
     @property
     def step(self) -> int:
@@ -211,6 +212,23 @@ class Run:
                 written += os.write(self._fd, line[written:])
         else:
             self.history.append(record)
+
+    def log_artifact(self, path: str | os.PathLike[str]) -> Path:
+        """Mark a file (or folder) for the sweep's trackers: they attach it to this trial's run.
+
+        In a trial, one line ``{"path": ..., "time": ...}`` is appended to ``artifacts.jsonl`` in the
+        trial folder, which the agent reads when the trial ends; the file must still be there then.
+        """
+        full = Path(path).resolve()
+        if not full.exists():
+            raise FileNotFoundError(f"log_artifact: {full} does not exist")
+        with self._lock:
+            self.artifacts.append(full)
+            if self.in_sweep and self.dir is not None:
+                line = json.dumps({"path": os.fspath(full), "time": time.time()}) + "\n"
+                with open(Path(self.dir) / "artifacts.jsonl", "a", encoding="utf-8") as fh:
+                    fh.write(line)
+        return full
 
     def finish(self) -> None:
         """End the run: later ``log`` calls fail. Called at interpreter exit if not before."""
@@ -338,6 +356,14 @@ def log(data: Mapping[str, Any], step: int | None = None) -> None:
     if run is None:
         raise RuntimeError("sweeper.log() called before sweeper.init(): call run = sweeper.init() first")
     run.log(data, step=step)
+
+
+def log_artifact(path: str | os.PathLike[str]) -> Path:
+    """``run.log_artifact`` on the current run."""
+    run = current_run()
+    if run is None:
+        raise RuntimeError("sweeper.log_artifact() called before sweeper.init()")
+    return run.log_artifact(path)
 
 
 def finish() -> None:

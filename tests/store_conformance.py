@@ -407,6 +407,46 @@ class StoreConformance:
         assert store.get_trial(alive.id).state is TrialState.RUNNING
         assert store.get_trial(ended.id).state is TrialState.FINISHED
 
+    def test_extend_running_leases(self, store: Store, sweep: Sweep) -> None:
+        ran_out = self.started(store, sweep, expires_at=50.0)
+        later = self.started(store, sweep, lease_id="lease-2", expires_at=500.0)
+        ended = self.started(store, sweep, lease_id="lease-3", expires_at=10.0)
+        store.finish_trial(ended.id, "lease-3", TrialState.FAILED, now=5.0)
+        extended = store.extend_running_leases(expires_at=200.0)
+        assert sorted((t.id, t.lease_expires_at) for t in extended) == [
+            (ran_out.id, 200.0),
+            (later.id, 500.0),
+        ]
+        assert store.expire_leases(now=150.0) == []
+        assert (
+            store.renew_lease(ran_out.id, "lease-1", expires_at=300.0, now=150.0).state is TrialState.RUNNING
+        )
+        assert store.get_trial(ended.id).lease_expires_at == 10.0
+
+    def test_metric_curves_of_a_sweep(self, store: Store, sweep: Sweep) -> None:
+        first = self.started(store, sweep)
+        second = self.started(store, sweep, {"lr": 0.2}, lease_id="lease-2")
+        self.started(store, sweep, {"lr": 0.3}, lease_id="lease-3")  # logs nothing
+        other = store.create_sweep(spec={"method": "grid"}, method="grid", name="other", seed=1, now=1.0)
+        elsewhere = self.started(store, other, lease_id="lease-4")
+        # Out of order, with another metric, a NaN and a batch sent twice.
+        batch = [point("loss", 0.5, 2, 3), point("acc", 0.9, 2, 4), point("loss", 0.9, 1, 1)]
+        store.add_metrics(first.id, "lease-1", batch, now=3.0)
+        store.add_metrics(first.id, "lease-1", batch, now=3.0)
+        store.add_metrics(first.id, "lease-1", [point("loss", 0.7, 1, 2)], now=3.0)
+        store.add_metrics(second.id, "lease-2", [point("loss", float("nan"), 0, 1)], now=3.0)
+        store.add_metrics(elsewhere.id, "lease-4", [point("loss", 0.1, 0, 1)], now=3.0)
+        curves = store.metric_curves(sweep.id, "loss")
+        assert sorted(curves) == [first.number, second.number]
+        assert [(p.step, p.seq, p.value) for p in curves[first.number]] == [
+            (1, 1, 0.9),
+            (1, 2, 0.7),
+            (2, 3, 0.5),
+        ]
+        assert curves[first.number][0] == point("loss", 0.9, 1, 1)
+        assert math.isnan(curves[second.number][0].value)
+        assert store.metric_curves(sweep.id, "nothing") == {}
+
     # --- concurrency --------------------------------------------------------
 
     def check_all_slots_once(self, store: Store, sweep: Sweep, claimed: Sequence[int]) -> None:

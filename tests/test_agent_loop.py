@@ -59,6 +59,7 @@ class MemoryCoordinator:
         # Knobs a test turns:
         self.stop_when: Callable[[int, list[MetricPoint]], str | None] = lambda trial_id, points: None
         self.lost: set[int] = set()
+        self.lose_when: Callable[[int], bool] = lambda trial_id: False  # lose a lease once this holds
         self.failures_left = 0  # trial calls that raise ConnectionError before doing anything
         self.fail_only: set[str] | None = None  # limit those failures to these calls
         self.failed: list[str] = []
@@ -76,7 +77,7 @@ class MemoryCoordinator:
                 self.failures_left -= 1
                 self.failed.append(name)
                 raise ConnectionError("coordinator unreachable")
-            if trial_id in self.lost:
+            if trial_id in self.lost or self.lose_when(trial_id):
                 raise LeaseLostError(f"trial {trial_id}: lease expired")
 
     def _directive(self, trial_id: int) -> Directive:
@@ -226,7 +227,8 @@ def test_lease_lost_kills_the_process_and_moves_on_without_finishing(tmp_path: P
     client = MemoryCoordinator(
         [assignment(1, {"steps": 1, "hang": True, "child": True}), assignment(2, {"steps": 1})]
     )
-    client.lost.add(101)
+    # The lease goes once the trial has started its grandchild, so the test can look for it afterwards.
+    client.lose_when = lambda trial_id: trial_id == 101 and (trial_dir(tmp_path, 1) / "child.pid").exists()
     events: list = []
     make_agent(client, tmp_path, events).run()
 

@@ -47,8 +47,34 @@ FINITE_RANDOM = {
 }
 
 
+MIXED_BAYES = MIXED_RANDOM | {"method": "bayes", "metric": {"name": "acc", "goal": "maximize"}}
+FINITE_BAYES = FINITE_RANDOM | {"method": "bayes"}
+MIXED_TPE = MIXED_RANDOM | {"method": "tpe"}
+FINITE_TPE = FINITE_RANDOM | {"method": "tpe"}
+MODEL_BASED = [MIXED_BAYES, FINITE_BAYES, MIXED_TPE, FINITE_TPE]
+MODEL_BASED_IDS = ["bayes", "bayes-finite", "tpe", "tpe-finite"]
+
+
+HYPERBAND = {
+    **MIXED_RANDOM,
+    "method": "hyperband",
+    "parameters": {**MIXED_RANDOM["parameters"], "epochs": {"value": 27}},
+    "sweeper": {"resource": "epochs"},
+}
+BOHB = {**HYPERBAND, "method": "bohb"}
+FINITE_BOHB = {
+    **FINITE_RANDOM,
+    "method": "bohb",
+    "parameters": {**FINITE_RANDOM["parameters"], "epochs": {"value": 9}},
+    "sweeper": {"resource": {"name": "epochs", "min": 1, "eta": 3}},
+}
+MULTI_FIDELITY = {"hyperband": HYPERBAND, "bohb": BOHB, "bohb-finite": FINITE_BOHB}
+
+
 @pytest.mark.parametrize(
-    "raw", [NESTED_GRID, MIXED_RANDOM, FINITE_RANDOM], ids=["grid", "random", "random-finite"]
+    "raw",
+    [NESTED_GRID, MIXED_RANDOM, FINITE_RANDOM, *MODEL_BASED, *MULTI_FIDELITY.values()],
+    ids=["grid", "random", "random-finite", *MODEL_BASED_IDS, *MULTI_FIDELITY],
 )
 class TestConformance(StrategyConformance):
     @pytest.fixture(autouse=True)

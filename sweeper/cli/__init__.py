@@ -13,7 +13,9 @@ from sweeper import __version__
 _COMMANDS: list[tuple[str, tuple[str, ...]]] = [
     ("sweeper.cli.validate", ("validate",)),
     ("sweeper.cli.run", ("run",)),
+    ("sweeper.cli.agent", ("agent",)),
     ("sweeper.cli.inspect", ("status", "trials")),
+    ("sweeper.cli.service", ("server", "sweep", "stop", "pause", "resume", "cancel")),
 ]
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,3 +76,49 @@ def resolve_program(spec: SweepSpec, sweep_file: str) -> str | None:
 
 def cwd() -> Path:
     return Path(os.getcwd())
+
+
+# --- reaching a coordinator (remote over HTTP, or embedded on --db) ------------
+
+coordinator_option = click.option(
+    "--coordinator",
+    "coordinator_url",
+    envvar="SWEEPER_COORDINATOR",
+    default=None,
+    metavar="URL",
+    help="A sweeper server, http(s)://host:port; without one, the --db store [env SWEEPER_COORDINATOR]",
+)
+
+token_option = click.option(
+    "--token",
+    envvar="SWEEPER_TOKEN",
+    default=None,
+    show_envvar=False,
+    help="The server's token [env SWEEPER_TOKEN]",
+)
+
+
+def connect_or_fail(coordinator_url: str | None, token: str | None, db_url: str | None) -> Any:
+    """A coordinator for the CLI: remote when a URL is given, else embedded; failures as ClickException."""
+    from sweeper.connect import connect
+    from sweeper.store import StoreError
+
+    try:
+        return connect(coordinator_url, token=token, db=db_url)
+    except (StoreError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@contextlib.contextmanager
+def coordinator_errors() -> Iterator[None]:
+    """Turn a coordinator call that failed in a way a person can act on into a one-line error."""
+    from sweeper.client import AuthenticationError, CoordinatorError
+    from sweeper.protocol import SweepNotFoundError
+    from sweeper.store import StoreError
+
+    try:
+        yield
+    except (AuthenticationError, CoordinatorError, StoreError, SweepNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:  # refused, timed out, 5xx
+        raise click.ClickException(f"{exc} (is `sweeper server` running there?)") from None

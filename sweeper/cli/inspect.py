@@ -12,17 +12,17 @@ from typing import Any
 
 import click
 
-from sweeper.cli.common import db_option, open_store_or_fail
+from sweeper.cli.common import (
+    connect_or_fail,
+    coordinator_errors,
+    coordinator_option,
+    db_option,
+    token_option,
+)
 from sweeper.cli.report import print_summary, state_counts
 from sweeper.protocol import SweepNotFoundError
 from sweeper.spec import flatten_config
 from sweeper.trials import Trial
-
-
-def _coordinator(db_url: str | None) -> Any:
-    from sweeper.coordinator import Coordinator
-
-    return Coordinator(open_store_or_fail(db_url))
 
 
 def _check_sweep(coordinator: Any, sweep_id: str) -> None:
@@ -39,10 +39,19 @@ def _check_sweep(coordinator: Any, sweep_id: str) -> None:
 @click.option(
     "--top", default=5, show_default=True, type=click.IntRange(min=1), help="Rows in the leaderboard."
 )
+@coordinator_option
+@token_option
 @db_option
-def status(sweep_id: str | None, top: int, db_url: str | None) -> None:
+def status(
+    sweep_id: str | None, top: int, coordinator_url: str | None, token: str | None, db_url: str | None
+) -> None:
     """State counts, the best trial and a leaderboard of SWEEP_ID (all sweeps when omitted)."""
-    coordinator = _coordinator(db_url)
+    coordinator = connect_or_fail(coordinator_url, token, db_url)
+    with coordinator_errors():
+        _status(coordinator, sweep_id, top)
+
+
+def _status(coordinator: Any, sweep_id: str | None, top: int) -> None:
     if sweep_id is None:
         sweeps = coordinator.list_sweeps()
         if not sweeps:
@@ -64,12 +73,17 @@ def status(sweep_id: str | None, top: int, db_url: str | None) -> None:
 @click.option(
     "--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True
 )
+@coordinator_option
+@token_option
 @db_option
-def trials(sweep_id: str, fmt: str, db_url: str | None) -> None:
+def trials(
+    sweep_id: str, fmt: str, coordinator_url: str | None, token: str | None, db_url: str | None
+) -> None:
     """Every trial of SWEEP_ID: config, state, final metrics (and metric curves in JSON)."""
-    coordinator = _coordinator(db_url)
-    _check_sweep(coordinator, sweep_id)
-    rows = coordinator.trials(sweep_id, with_history=(fmt == "json"))
+    coordinator = connect_or_fail(coordinator_url, token, db_url)
+    with coordinator_errors():
+        _check_sweep(coordinator, sweep_id)
+        rows = coordinator.trials(sweep_id, with_history=(fmt == "json"))
     if fmt == "json":
         click.echo(json.dumps([trial_to_json(t) for t in rows], indent=2, default=_json_default))
     elif fmt == "csv":

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 import time
-from types import FrameType
 
 import click
 
 from sweeper.cli.common import db_option, load_spec, open_store_or_fail, resolve_program
+from sweeper.cli.interrupt import EXIT_INTERRUPTED, run_until_done_or_interrupted
 from sweeper.cli.report import print_summary
+from sweeper.integrations.cli import mlflow_option, wandb_option, with_trackers
 from sweeper.trials import SweepState
-
-EXIT_INTERRUPTED = 130
 
 
 @click.command()
@@ -41,7 +39,17 @@ EXIT_INTERRUPTED = 130
     help="Seconds a stopped trial gets between SIGTERM and SIGKILL.",
 )
 @db_option
-def run(sweep_file: str, n_agents: int, count: int | None, grace: float, db_url: str | None) -> None:
+@mlflow_option
+@wandb_option
+def run(
+    sweep_file: str,
+    n_agents: int,
+    count: int | None,
+    grace: float,
+    db_url: str | None,
+    mlflow_uri: str | None = None,
+    wandb_on: bool = False,
+) -> None:
     """Create a sweep from SWEEP_FILE and run it here with local agents.
 
     Progress is printed as trials start and end; the best trial is shown at the end.
@@ -52,7 +60,7 @@ def run(sweep_file: str, n_agents: int, count: int | None, grace: float, db_url:
     from sweeper.local import LocalAgents
     from sweeper.spec import describe
 
-    spec = load_spec(sweep_file)
+    spec = with_trackers(load_spec(sweep_file), mlflow_uri, wandb_on)
     program = resolve_program(spec, sweep_file)
     store = open_store_or_fail(db_url)
     coordinator = Coordinator(store)
@@ -71,16 +79,7 @@ def run(sweep_file: str, n_agents: int, count: int | None, grace: float, db_url:
         grace_period=grace,
         on_event=progress.on_event,
     )
-    interrupted = False
-    with _sigterm_as_interrupt():
-        agents.start()
-        try:
-            reasons = agents.wait()
-        except KeyboardInterrupt:
-            interrupted = True
-            click.echo(f"\ninterrupted: stopping running trials (SIGKILL after {grace:g}s)...", err=True)
-            agents.stop("interrupted by the user (Ctrl-C)")
-            reasons = _wait_ignoring_interrupts(agents)
+    reasons, interrupted = run_until_done_or_interrupted(agents, grace)
     if interrupted:
         if not coordinator.get_sweep(sweep.id).state.is_terminal:
             coordinator.set_sweep_state(sweep.id, SweepState.STOPPED)
@@ -89,31 +88,6 @@ def run(sweep_file: str, n_agents: int, count: int | None, grace: float, db_url:
     print_summary(coordinator, sweep.id)
     if interrupted:
         sys.exit(EXIT_INTERRUPTED)
-
-
-def _wait_ignoring_interrupts(agents: object) -> list[str]:
-    while True:
-        try:
-            return agents.wait()  # type: ignore[attr-defined]
-        except KeyboardInterrupt:
-            click.echo("still stopping trials; they are killed when the grace period ends", err=True)
-
-
-class _sigterm_as_interrupt:
-    """SIGTERM to ``sweeper run`` stops it as cleanly as Ctrl-C does."""
-
-    def __enter__(self) -> None:
-        self._previous = None
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
 
 
 class Progress:

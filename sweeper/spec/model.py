@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 
 class Distribution(enum.StrEnum):
@@ -89,9 +89,40 @@ class Hyperband:
 
     min_iter: int | None = None
     max_iter: int | None = None
-    s: float | None = None
+    s: int | None = None  # W&B counts bands with range(s), so an int
     eta: float = 3.0
     strict: bool = True
+
+    type: ClassVar[str] = "hyperband"
+
+
+@dataclass(frozen=True)
+class Asha:
+    """``early_terminate: {type: asha, ...}``: asynchronous successive halving (our own type).
+
+    Rungs stand at iterations ``min_iter * eta**k`` below ``max_iter`` (no limit when None); at each,
+    a trial goes on only when it is in the top ``1/eta`` of the trials that reached the rung before it.
+    """
+
+    min_iter: int = 1
+    eta: float = 3.0
+    max_iter: int | None = None
+
+    type: ClassVar[str] = "asha"
+
+
+@dataclass(frozen=True)
+class Resource:
+    """``sweeper: {resource: ...}``: the integer parameter that methods hyperband and bohb allocate.
+
+    Every trial's config sets ``name`` to ``max``; the method stops trials at rungs
+    ``min * eta**k`` counted in logged values of the metric (one per epoch, say).
+    """
+
+    name: str  # the parameter's name, dotted when nested
+    min: int = 1
+    max: int | None = None  # None: the value of the (constant) parameter
+    eta: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -101,6 +132,7 @@ class Options:
     seed: int | None = None  # None: a random seed is drawn and stored with the sweep
     max_retries: int = 1  # how often a failed or lost configuration is run again
     sample_without_replacement: bool = True  # random search in a finite space never repeats a config
+    resource: Resource | None = None  # methods hyperband and bohb: the budget each trial gets
 
 
 DEFAULT_COMMAND: tuple[str, ...] = ("${env}", "${interpreter}", "${program}", "${args}")
@@ -111,7 +143,7 @@ class SweepSpec:
     method: str
     parameters: tuple[Parameter, ...]
     metric: Metric | None = None
-    early_terminate: Hyperband | None = None
+    early_terminate: Hyperband | Asha | None = None
     command: tuple[str, ...] = DEFAULT_COMMAND
     program: str | None = None
     run_cap: int | None = None

@@ -189,7 +189,19 @@ def _read_fields(dist: Distribution, body: Mapping[str, Any], path: str, problem
     for key in ("mu", "a", "b", "sigma", "q"):
         if key in KEYS[dist] and key in body:
             out[key] = _parameter_number(key, body[key], join(path, key), problems)
+    _check_lattice(out, path, problems)
     return out
+
+
+def _check_lattice(fields: dict, path: str, problems: list[Problem]) -> None:
+    """A q so small against the bounds that value / q overflows cannot be rounded to."""
+    q, lo, hi = fields.get("q"), fields.get("min"), fields.get("max")
+    if any(v is None or v is INVALID for v in (q, lo, hi)) or q <= 0:
+        return
+    if not math.isfinite(max(abs(float(lo)), abs(float(hi))) / float(q)):
+        problems.append(
+            Problem(join(path, "q"), f"q {show(q)} is too small for the bounds {show(lo)}..{show(hi)}")
+        )
 
 
 def _parameter_number(key: str, raw: Any, path: str, problems: list[Problem]) -> Any:
@@ -231,6 +243,9 @@ def _bounds(dist: Distribution, body: Mapping[str, Any], path: str, problems: li
         problems.append(Problem(join(path, "min"), f"{dist} needs min > 0, got {show(body['min'])}"))
     elif lo >= hi:
         problems.append(Problem(path, f"min must be less than max, got min {show(lo)}, max {show(hi)}"))
+    elif not math.isfinite(float(hi) - float(lo)):
+        # Sampling would give infinities that no script and no JSON can take.
+        problems.append(Problem(path, f"the range min {show(lo)} to max {show(hi)} is too wide to sample"))
     elif dist in _EXPONENT_BOUNDS and max(abs(lo), abs(hi)) > _MAX_EXPONENT:
         # The bounds are exponents; values such as 1000 are almost always meant as the values themselves.
         key = "max" if abs(hi) >= abs(lo) else "min"

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sweeper.spec.fields import INVALID, choice, integer, show, string
+from sweeper.spec.integrations import check_integrations
 from sweeper.spec.model import DEFAULT_COMMAND, Options, SweepSpec
 from sweeper.spec.parameters import parse_parameters
 from sweeper.spec.problems import Problem, SpecError, closest, join, unknown_key
@@ -122,8 +123,8 @@ def _run_cap(data: Mapping[str, Any], problems: list[Problem]) -> int | None:
 
 def _check_reserved(data: Mapping[str, Any], problems: list[Problem]) -> None:
     """Keys accepted for W&B compatibility or for tracker adapters, but not used by the search."""
-    if "integrations" in data and not isinstance(data["integrations"], Mapping):
-        problems.append(Problem("integrations", f"expected a mapping, got {show(data['integrations'])}"))
+    if "integrations" in data:
+        check_integrations(data["integrations"], problems)
     if "kind" in data:
         choice(data["kind"], ("sweep",), "kind", problems)
     if "controller" in data:

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sweeper.spec.fields import INVALID, boolean, choice, integer, number, show, string
-from sweeper.spec.model import Goal, Hyperband, Metric, Options
+from sweeper.spec.model import Asha, Goal, Hyperband, Metric, Options, Resource
 from sweeper.spec.problems import Problem, closest, join, unknown_key
 
 MACROS = (
@@ -66,36 +66,125 @@ def parse_metric(raw: Any, problems: list[Problem]) -> Metric | None:
     )
 
 
-def parse_early_terminate(raw: Any, problems: list[Problem]) -> Hyperband | None:
+EARLY_TERMINATE_KEYS = {
+    "hyperband": ("type", "min_iter", "max_iter", "s", "eta", "strict"),
+    "asha": ("type", "min_iter", "max_iter", "eta"),
+}
+
+
+def parse_early_terminate(raw: Any, problems: list[Problem]) -> Hyperband | Asha | None:
     path = "early_terminate"
-    keys = ("type", "min_iter", "max_iter", "s", "eta", "strict")
-    if not mapping(raw, path, keys, problems, "such as {type: hyperband, min_iter: 3}"):
+    types = tuple(EARLY_TERMINATE_KEYS)
+    if not isinstance(raw, Mapping):
+        problems.append(
+            Problem(path, f"expected a mapping such as {{type: hyperband, min_iter: 3}}, got {show(raw)}")
+        )
         return None
     before = len(problems)
     if "type" not in raw:
-        problems.append(Problem("early_terminate.type", "required; expected hyperband"))
+        problems.append(Problem("early_terminate.type", f"required; expected {' or '.join(types)}"))
+        kind = INVALID
     else:
-        choice(raw["type"], ("hyperband",), "early_terminate.type", problems)
+        kind = choice(raw["type"], types, "early_terminate.type", problems)
+    # Keys are checked against the type's own keys once the type is known, against all otherwise.
+    allowed = EARLY_TERMINATE_KEYS[kind] if kind is not INVALID else EARLY_TERMINATE_KEYS["hyperband"]
+    for key in raw:
+        if key not in allowed:
+            problems.append(Problem(join(path, str(key)), _unknown_stopping_key(str(key), kind, allowed)))
     fields: dict[str, Any] = {}
-    for key, low in (("min_iter", 1), ("max_iter", 1)):
+    for key in ("min_iter", "max_iter"):
         if key in raw:
-            fields[key] = _at_least(integer, raw[key], f"{path}.{key}", problems, low, "an integer >= 1")
-    if "s" in raw:
-        fields["s"] = _above(raw["s"], "early_terminate.s", problems, 0)
+            fields[key] = _at_least(integer, raw[key], f"{path}.{key}", problems, 1, "an integer >= 1")
     if "eta" in raw:
         fields["eta"] = _above(raw["eta"], "early_terminate.eta", problems, 1)
+    if kind == "asha":
+        return _asha(fields, problems, before)
+    if "s" in raw:
+        fields["s"] = _at_least(integer, raw["s"], "early_terminate.s", problems, 1, "an integer >= 1")
     if "strict" in raw:
         fields["strict"] = boolean(raw["strict"], "early_terminate.strict", problems)
-    if "min_iter" not in raw:
-        if "max_iter" in raw and "s" not in raw:
-            problems.append(Problem("early_terminate.s", "required with max_iter (or give min_iter instead)"))
-        elif "s" in raw and "max_iter" not in raw:
-            problems.append(Problem("early_terminate.max_iter", "required with s (or give min_iter instead)"))
-        elif "max_iter" not in raw:
-            problems.append(Problem(path, "hyperband needs min_iter, or max_iter and s"))
+    # W&B uses max_iter and s whenever max_iter is given, min_iter otherwise.
+    if "max_iter" in raw and "s" not in raw:
+        problems.append(Problem("early_terminate.s", "required with max_iter (or give min_iter alone)"))
+    elif "s" in raw and "max_iter" not in raw:
+        problems.append(Problem("early_terminate.max_iter", "required with s (or give min_iter instead)"))
+    elif "min_iter" not in raw and "max_iter" not in raw:
+        problems.append(Problem(path, "hyperband needs min_iter, or max_iter and s"))
     if len(problems) > before:
         return None
+    if "max_iter" in fields and fields["max_iter"] / fields.get("eta", 3.0) < 1:
+        eta = fields.get("eta", 3.0)
+        problems.append(
+            Problem(
+                "early_terminate.max_iter",
+                f"max_iter {fields['max_iter']} / eta {eta:g} is below 1, so hyperband has no band "
+                f"to stop at; raise max_iter to at least {eta:g} or lower eta",
+            )
+        )
+        return None
     return Hyperband(**fields)
+
+
+def _asha(fields: dict[str, Any], problems: list[Problem], before: int) -> Asha | None:
+    if len(problems) > before:
+        return None
+    low, high = fields.get("min_iter", 1), fields.get("max_iter")
+    if high is not None and high <= low:
+        problems.append(
+            Problem(
+                "early_terminate.max_iter",
+                f"expected an integer > min_iter ({low}), got {high}: asha needs a rung below max_iter",
+            )
+        )
+        return None
+    return Asha(**fields)
+
+
+def _unknown_stopping_key(key: str, kind: Any, allowed: tuple[str, ...]) -> str:
+    if kind is not INVALID and any(key in keys for keys in EARLY_TERMINATE_KEYS.values()):
+        return f"not a key of type {kind}; expected one of {', '.join(sorted(allowed))}"
+    return unknown_key(key, allowed)
+
+
+RESOURCE_KEYS = ("name", "min", "max", "eta")
+
+
+def parse_resource(raw: Any, problems: list[Problem]) -> Resource | None:
+    """``sweeper.resource``: a parameter name, or {name, min, max, eta}. The parameter itself is
+    checked against ``parameters`` by the methods that use it."""
+    path = "sweeper.resource"
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    what = "such as epochs or {name: epochs, min: 1, max: 81, eta: 3}"
+    if not mapping(raw, path, RESOURCE_KEYS, problems, what):
+        return None
+    before = len(problems)
+    fields: dict[str, Any] = {}
+    if "name" not in raw:
+        problems.append(Problem(f"{path}.name", "required: the integer parameter to allocate, e.g. epochs"))
+    else:
+        name = string(raw["name"], f"{path}.name", problems)
+        if name is not INVALID and not name.strip():
+            problems.append(Problem(f"{path}.name", "expected a parameter name, got ''"))
+        fields["name"] = name
+    for key in ("min", "max"):
+        if key in raw:
+            fields[key] = _at_least(integer, raw[key], f"{path}.{key}", problems, 1, "an integer >= 1")
+    if "eta" in raw:
+        fields["eta"] = _above(raw["eta"], f"{path}.eta", problems, 1)
+    if len(problems) > before:
+        return None
+    resource = Resource(**fields)
+    if resource.max is not None and resource.max < resource.min * resource.eta:
+        problems.append(
+            Problem(
+                path,
+                f"max ({resource.max}) must be at least min * eta ({resource.min} * {resource.eta:g}) "
+                "so there is a rung to stop at",
+            )
+        )
+        return None
+    return resource
 
 
 def _at_least(read: Any, raw: Any, path: str, problems: list[Problem], low: int, what: str) -> Any:
@@ -114,7 +203,7 @@ def _above(raw: Any, path: str, problems: list[Problem], low: float) -> Any:
 
 
 def parse_options(raw: Any, problems: list[Problem]) -> Options:
-    keys = ("seed", "max_retries", "sample_without_replacement")
+    keys = ("seed", "max_retries", "sample_without_replacement", "resource")
     if not mapping(raw, "sweeper", keys, problems, "of sweeper options such as {seed: 0}"):
         return Options()
     fields: dict[str, Any] = {}
@@ -128,6 +217,8 @@ def parse_options(raw: Any, problems: list[Problem]) -> Options:
     if "sample_without_replacement" in raw:
         value = boolean(raw["sample_without_replacement"], "sweeper.sample_without_replacement", problems)
         fields["sample_without_replacement"] = value
+    if "resource" in raw:
+        fields["resource"] = parse_resource(raw["resource"], problems) or INVALID
     if INVALID in fields.values():
         return Options()
     return Options(**fields)

@@ -59,9 +59,22 @@ def _grid_len(p: Parameter) -> int | None:
     return None if values is None else len(values)
 
 
+# Grid search lists its combinations; past this many a sampled search is the right tool.
+MAX_GRID_SIZE = 1_000_000
+
+
 def grid_problems(spec: SweepSpec) -> list[tuple[str, str]]:
-    """Why ``spec`` cannot be searched by grid, as (key path, message); W&B's rule."""
+    """Why ``spec`` cannot be searched by grid, as (key path, message); W&B's rule plus a size cap."""
     problems = []
+    size = grid_size(spec)
+    if size is not None and size > MAX_GRID_SIZE:
+        problems.append(
+            (
+                "parameters",
+                f"the grid has {size:,} combinations, more than the {MAX_GRID_SIZE:,} grid search lists; "
+                "use method: random or bayes for a space this large",
+            )
+        )
     for p in spec.parameters:
         if p.distribution is D.CATEGORICAL_W_PROBABILITIES:
             problems.append(

@@ -145,6 +145,25 @@ class Store(ABC):
     def expire_leases(self, *, now: float) -> list[Trial]:
         """Mark every RUNNING trial whose lease ran out as LOST; return them."""
 
+    @abstractmethod
+    def extend_running_leases(self, *, expires_at: float) -> list[Trial]:
+        """Move the lease end of every RUNNING trial to at least ``expires_at``, even one that ran
+        out but was not expired yet; return those trials. A coordinator calls this when it starts,
+        so agents that kept running while it was down are not declared lost."""
+
+    # --- reading curves -----------------------------------------------------
+
+    def metric_curves(self, sweep_id: str, name: str) -> dict[int, list[MetricPoint]]:
+        """Every point of metric ``name`` of every trial of the sweep that logged it, keyed by trial
+        number, each list in (step, seq) order. Stopping rules read this on every report, so
+        backends answer it with one query; this default loads full histories."""
+        curves: dict[int, list[MetricPoint]] = {}
+        for trial in self.list_trials(sweep_id, with_history=True):
+            points = sorted((p for p in trial.history or () if p.name == name), key=lambda p: (p.step, p.seq))
+            if points:
+                curves[trial.number] = points
+        return curves
+
     # --- lifecycle ----------------------------------------------------------
 
     @abstractmethod

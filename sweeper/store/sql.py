@@ -289,6 +289,31 @@ class SqlStore(Store):
             ids = [row.id for row in expired]
             return self._trials(conn, select(trials).where(trials.c.id.in_(ids)), False)
 
+    def extend_running_leases(self, *, expires_at: float) -> list[Trial]:
+        with self._db.write() as conn:
+            running = trials.c.state == TrialState.RUNNING.value
+            conn.execute(
+                update(trials)
+                .where(running)
+                .where((trials.c.lease_expires_at < expires_at) | trials.c.lease_expires_at.is_(None))
+                .values(lease_expires_at=expires_at)
+            )
+            return self._trials(conn, select(trials).where(running).order_by(trials.c.sweep_id), False)
+
+    def metric_curves(self, sweep_id: str, name: str) -> dict[int, list[MetricPoint]]:
+        # One indexed query: ix_metrics_curve serves (trial_id, name) and the (step, seq) order.
+        query = (
+            select(trials.c.number, metrics)
+            .join(metrics, metrics.c.trial_id == trials.c.id)
+            .where(trials.c.sweep_id == sweep_id, metrics.c.name == name)
+            .order_by(trials.c.number, metrics.c.step, metrics.c.seq)
+        )
+        curves: dict[int, list[MetricPoint]] = defaultdict(list)
+        with self._db.read() as conn:
+            for row in conn.execute(query):
+                curves[row.number].append(rows.point_from_row(row))
+        return dict(curves)
+
     # --- lifecycle ----------------------------------------------------------
 
     def close(self) -> None:

@@ -13,6 +13,10 @@ from sweeper.strategies.registry import available_methods, register, strategy_cl
 # Importing the modules registers the built-in strategies.
 from sweeper.strategies import grid as _grid  # noqa: E402,F401  isort: skip
 from sweeper.strategies import random_search as _random  # noqa: E402,F401  isort: skip
+from sweeper.strategies import hyperband as _hyperband  # noqa: E402,F401  isort: skip
+from sweeper.strategies import bohb as _bohb  # noqa: E402,F401  isort: skip
+from sweeper.strategies import bayes as _bayes  # noqa: E402,F401  isort: skip
+from sweeper.strategies import tpe as _tpe  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "Strategy",

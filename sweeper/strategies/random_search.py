@@ -14,6 +14,8 @@ from sweeper.trials import Trial
 
 # Rejection sampling is tried this often before falling back to listing what is left.
 _MAX_REJECTIONS = 64
+# Finite spaces up to this size may be listed to find the configurations not yet run.
+_MAX_LISTED = 100_000
 
 
 @register
@@ -38,6 +40,9 @@ class RandomSearch(Strategy):
             config = self._draw(rng)
             if config_key(config) not in taken:
                 return Suggestion.run(config)
+        if self._space_size > _MAX_LISTED:
+            # Too large to list; rejection keeps succeeding in practice, so take the last draw.
+            return Suggestion.run(config)
         # Nearly exhausted: pick uniformly among what is left, so the sweep still ends.
         left = [config for config in self._all_configs() if config_key(config) not in taken]
         return Suggestion.run(rng.choice(left))

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
 _REGISTRY: dict[str, type[Strategy]] = {}
 
 # Methods W&B defines that a sweep file may name even before sweeper implements them.
-WANDB_METHODS = ("grid", "random", "bayes")
+WANDB_METHODS = ("grid", "random", "bayes", "custom")
 
 S = TypeVar("S", bound="type[Strategy]")
 

@@ -1,0 +1,94 @@
+"""Trial hooks: small callbacks an agent calls as each trial starts, logs and ends.
+
+Trackers plug in here (``sweeper.integrations``), and so does the metric capture that lets a script
+which logs only to W&B or MLflow feed the coordinator. A hook that raises is logged and ignored:
+no hook can fail or hold up a trial.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from sweeper.agents.trialdir import TrialDir
+
+from sweeper.protocol import Assignment, TrialOutcome
+
+log = logging.getLogger(__name__)
+
+#: Put first on a trial's PYTHONPATH: its ``sitecustomize`` arms the capture in the trial process.
+CAPTURE_PATH = Path(__file__).resolve().parent / "pythonpath"
+
+
+class TrialHook(Protocol):
+    def on_start(
+        self, assignment: Assignment, trial_dir: TrialDir, env: Mapping[str, str]
+    ) -> Mapping[str, str]:
+        """Called before the trial runs; returns variables to add to its environment."""
+        ...
+
+    def on_metrics(self, assignment: Assignment, records: Sequence[Mapping[str, Any]]) -> None:
+        """New metrics.jsonl records (``seq``, ``step``, ``time``, ``metrics``, optional ``source``)."""
+        ...
+
+    def on_end(self, assignment: Assignment, outcome: TrialOutcome, trial_dir: TrialDir) -> None: ...
+
+
+class CaptureHook:
+    """Makes ``wandb.log`` and ``mlflow.log_metric(s)`` in the trial also reach metrics.jsonl."""
+
+    def on_start(
+        self, assignment: Assignment, trial_dir: TrialDir, env: Mapping[str, str]
+    ) -> Mapping[str, str]:
+        if env.get("SWEEPER_CAPTURE") == "0":
+            return {}
+        current = env.get("PYTHONPATH", "")
+        return {"PYTHONPATH": os.pathsep.join(p for p in (os.fspath(CAPTURE_PATH), current) if p)}
+
+    def on_metrics(self, assignment: Assignment, records: Sequence[Mapping[str, Any]]) -> None:
+        pass
+
+    def on_end(self, assignment: Assignment, outcome: TrialOutcome, trial_dir: TrialDir) -> None:
+        pass
+
+
+def default_hooks() -> list[TrialHook]:
+    """The capture, and the trackers named in each assignment's ``integrations`` block."""
+    from sweeper.integrations.hook import TrackerHook  # light: trackers load only when configured
+
+    return [CaptureHook(), TrackerHook()]
+
+
+class TrialHooks:
+    """Calls every hook in turn, each one shielded from the others and from the agent."""
+
+    def __init__(self, hooks: Sequence[TrialHook]) -> None:
+        self.hooks = list(hooks)
+
+    def start(self, assignment: Assignment, trial_dir: TrialDir, env: Mapping[str, str]) -> dict[str, str]:
+        extra: dict[str, str] = {}
+        for hook in self.hooks:
+            try:
+                extra.update(hook.on_start(assignment, trial_dir, {**env, **extra}) or {})
+            except Exception:
+                log.exception("trial %s: hook %r failed at the start", assignment.trial_number, hook)
+        return extra
+
+    def metrics(self, assignment: Assignment, records: Sequence[Mapping[str, Any]]) -> None:
+        if not records:
+            return
+        for hook in self.hooks:
+            try:
+                hook.on_metrics(assignment, records)
+            except Exception:
+                log.exception("trial %s: hook %r failed on metrics", assignment.trial_number, hook)
+
+    def end(self, assignment: Assignment, outcome: TrialOutcome, trial_dir: TrialDir) -> None:
+        for hook in self.hooks:
+            try:
+                hook.on_end(assignment, outcome, trial_dir)
+            except Exception:
+                log.exception("trial %s: hook %r failed at the end", assignment.trial_number, hook)

@@ -1,0 +1,1 @@
+"""A folder the agent puts first on a trial's PYTHONPATH (see :mod:`sweeper.agents.capture`)."""

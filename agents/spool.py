@@ -1,0 +1,188 @@
+"""A trial's undelivered reports, kept on disk until the coordinator has them.
+
+Metric points are appended to ``spool.jsonl`` in the trial folder *before* they are sent, and
+the number of points the coordinator acknowledged is kept in ``spool.acked``; the end state
+goes to ``finish.json`` before it is sent and is removed once delivered. A coordinator outage
+delays reports and an agent crash leaves them on disk; neither loses them, and resending is
+harmless because the store counts a point once per ``(trial, seq, name)``.
+
+The first line of the spool names the trial and its lease, so an agent started later in the
+same folder can deliver what an earlier one left (:func:`leftover_spools`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from sweeper.protocol import Assignment, TrialOutcome
+from sweeper.trials import MetricPoint, TrialState
+
+log = logging.getLogger(__name__)
+
+SPOOL_NAME = "spool.jsonl"
+ACKED_NAME = "spool.acked"
+FINISH_NAME = "finish.json"
+ABANDONED_NAME = "spool.abandoned"
+
+
+class Spool:
+    """Append-only record of one trial's points plus the count acknowledged so far. Thread safe."""
+
+    def __init__(self, folder: Path, trial_id: int, lease_id: str, sweep_id: str = "") -> None:
+        self.folder = Path(folder)
+        self.trial_id = trial_id
+        self.lease_id = lease_id
+        self.sweep_id = sweep_id
+        self._lock = threading.Lock()
+        self._points: list[MetricPoint] = []
+        self._acked = 0
+
+    # -- creating and reopening ------------------------------------------------------------
+
+    @classmethod
+    def create(cls, folder: Path, assignment: Assignment) -> Spool:
+        """A fresh spool for a new lease; whatever an earlier attempt left in the folder is dropped."""
+        spool = cls(folder, assignment.trial_id, assignment.lease_id, assignment.sweep_id)
+        header = {
+            "trial_id": assignment.trial_id,
+            "lease_id": assignment.lease_id,
+            "sweep_id": assignment.sweep_id,
+        }
+        _write_atomic(spool.path, json.dumps(header) + "\n")
+        _write_atomic(spool.acked_path, "0\n")
+        for stale in (spool.finish_path, spool.folder / ABANDONED_NAME):
+            stale.unlink(missing_ok=True)
+        return spool
+
+    @classmethod
+    def open(cls, folder: Path) -> Spool:
+        """Reload a spool an agent left behind; raises OSError or ValueError when it is unreadable."""
+        folder = Path(folder)
+        lines = (folder / SPOOL_NAME).read_bytes().split(b"\n")
+        header = json.loads(lines[0])
+        spool = cls(folder, int(header["trial_id"]), str(header["lease_id"]), str(header.get("sweep_id", "")))
+        for raw in lines[1:]:
+            try:
+                p = json.loads(raw)
+                spool._points.append(
+                    MetricPoint(p["name"], float(p["value"]), p["step"], p["seq"], p["time"])
+                )
+            except (ValueError, KeyError, TypeError):
+                continue  # an empty last line, or one cut short by a crash: its point was never sent
+        try:
+            spool._acked = min(int(spool.acked_path.read_text().strip() or 0), len(spool._points))
+        except (OSError, ValueError):
+            spool._acked = 0  # resending is harmless; losing is not
+        return spool
+
+    # -- points ----------------------------------------------------------------------------
+
+    @property
+    def path(self) -> Path:
+        return self.folder / SPOOL_NAME
+
+    @property
+    def acked_path(self) -> Path:
+        return self.folder / ACKED_NAME
+
+    @property
+    def finish_path(self) -> Path:
+        return self.folder / FINISH_NAME
+
+    def append(self, points: Iterable[MetricPoint]) -> None:
+        """Write the points to disk (flushed to the OS, so they outlive this process), then queue them."""
+        points = list(points)
+        if not points:
+            return
+        text = "".join(json.dumps(asdict(p), allow_nan=True) + "\n" for p in points)
+        with self._lock:
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(text)
+            self._points.extend(points)
+
+    def unacked(self, limit: int | None = None) -> list[MetricPoint]:
+        with self._lock:
+            end = len(self._points) if limit is None else min(len(self._points), self._acked + limit)
+            return self._points[self._acked : end]
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._points) - self._acked
+
+    def ack(self, count: int) -> None:
+        """The coordinator has the next ``count`` points."""
+        with self._lock:
+            self._acked = min(self._acked + count, len(self._points))
+            acked = self._acked
+        _write_atomic(self.acked_path, f"{acked}\n")
+
+    # -- the end state ---------------------------------------------------------------------
+
+    def keep_outcome(self, outcome: TrialOutcome) -> None:
+        _write_atomic(self.finish_path, json.dumps(_outcome_to_json(outcome)) + "\n")
+
+    def kept_outcome(self) -> TrialOutcome | None:
+        try:
+            data = json.loads(self.finish_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        return TrialOutcome(
+            state=TrialState(data["state"]),
+            exit_code=data.get("exit_code"),
+            stderr_tail=data.get("stderr_tail"),
+            stop_reason=data.get("stop_reason"),
+        )
+
+    def delivered(self) -> None:
+        """Everything reached the coordinator: nothing is left to resend."""
+        self.finish_path.unlink(missing_ok=True)
+        self.path.unlink(missing_ok=True)
+        self.acked_path.unlink(missing_ok=True)
+
+    def abandon(self, reason: str) -> None:
+        """The coordinator will never take these reports (the lease is gone): keep them, stop resending."""
+        _write_atomic(self.folder / ABANDONED_NAME, reason + "\n")
+
+    @property
+    def is_abandoned(self) -> bool:
+        return (self.folder / ABANDONED_NAME).exists()
+
+
+def leftover_spools(workdir: Path, sweep_id: str | None = None) -> Iterator[Spool]:
+    """Spools that an earlier agent in ``workdir`` did not finish delivering."""
+    root = Path(workdir) / ".sweeper" / "trials"
+    for path in sorted(root.glob(f"*/*/{SPOOL_NAME}")):
+        folder = path.parent
+        if (folder / ABANDONED_NAME).exists():
+            continue
+        try:
+            spool = Spool.open(folder)
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("cannot read the spool in %s (%s); leaving it there", folder, exc)
+            continue
+        if sweep_id is None or spool.sweep_id == sweep_id:
+            yield spool
+
+
+def _outcome_to_json(outcome: TrialOutcome) -> dict[str, Any]:
+    return {
+        "state": TrialState(outcome.state).value,
+        "exit_code": outcome.exit_code,
+        "stderr_tail": outcome.stderr_tail,
+        "stop_reason": outcome.stop_reason,
+    }
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)

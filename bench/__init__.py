@@ -1,0 +1,1 @@
+"""Benchmarks: search quality and speed, side by side with other tools (see bench/README.md)."""

@@ -1,0 +1,210 @@
+"""Load: many agents doing whole trial lifecycles at once: `sweeper server` vs Optuna's RDB storage.
+
+A sweeper lifecycle is what a real agent does over HTTP: lease a trial (``next_trial``), report
+5 metric points one call each, finish. An Optuna lifecycle on the same kind of database is
+``study.ask()``, ``trial.report()`` x5, ``study.tell()``, with every worker sharing one
+``RDBStorage`` (Optuna's way of running distributed workers). Both run in the same process, one
+after the other, for the same time, with the same number of worker threads.
+
+    nice python bench/load.py --agents 64 --seconds 15 [--postgres URL]
+
+Writes bench/results/load.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))  # server_helpers: a real server subprocess on a free port
+
+SPEC = {
+    "method": "random",
+    "parameters": {
+        "lr": {"distribution": "log_uniform_values", "min": 1e-5, "max": 1e-1},
+        "depth": {"min": 1, "max": 8},
+    },
+}
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def drive(workers: int, seconds: float, lifecycle: Callable[[list[float]], None]) -> dict[str, float]:
+    """Run ``lifecycle`` in a loop on ``workers`` threads for ``seconds``; throughput and call latency."""
+    latencies: list[list[float]] = [[] for _ in range(workers)]
+    counts = [0] * workers
+    errors = [0] * workers
+    stop = threading.Event()
+
+    def work(i: int) -> None:
+        while not stop.is_set():
+            try:
+                lifecycle(latencies[i])
+                counts[i] += 1
+            except Exception:
+                errors[i] += 1
+
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(workers)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    calls = [x for lat in latencies for x in lat]
+    return {
+        "lifecycles": sum(counts),
+        "lifecycles_per_s": sum(counts) / elapsed,
+        "errors": sum(errors),
+        "calls": len(calls),
+        "p50_ms": _percentile(calls, 0.50) * 1000,
+        "p99_ms": _percentile(calls, 0.99) * 1000,
+        "mean_ms": statistics.fmean(calls) * 1000 if calls else float("nan"),
+    }
+
+
+def timed(latencies: list[float], call: Callable[[], object]) -> object:
+    t0 = time.perf_counter()
+    result = call()
+    latencies.append(time.perf_counter() - t0)
+    return result
+
+
+def sweeper_run(db_url: str, workdir: Path, workers: int, seconds: float) -> dict[str, float]:
+    from server_helpers import start_server
+
+    from sweeper.protocol import AgentInfo, Assignment, TrialOutcome
+    from sweeper.spec import parse_sweep
+    from sweeper.trials import MetricPoint, TrialState
+
+    server = start_server(db_url, workdir, extra_args=("--log-level", "warning"))
+    try:
+        sweep_id = server.client().create_sweep(parse_sweep(SPEC)).id
+        clients = [server.client() for _ in range(workers)]
+        slot = threading.local()
+        ids = iter(range(workers))
+        lock = threading.Lock()
+
+        def lifecycle(lat: list[float]) -> None:
+            if not hasattr(slot, "n"):
+                with lock:
+                    slot.n = next(ids)
+            client = clients[slot.n]
+            info = AgentInfo(name=f"bench:{slot.n}", host="bench")
+            got = timed(lat, lambda: client.next_trial(sweep_id, info))
+            if not isinstance(got, Assignment):
+                raise RuntimeError(f"no trial: {got}")
+            for step in range(5):
+                point = MetricPoint("loss", 1.0 / (step + 1), step, step, time.time())
+                timed(lat, lambda p=point: client.report_metrics(got.trial_id, got.lease_id, [p]))
+            outcome = TrialOutcome(TrialState.FINISHED, exit_code=0)
+            timed(lat, lambda: client.finish_trial(got.trial_id, got.lease_id, outcome))
+
+        return drive(workers, seconds, lifecycle)
+    finally:
+        server.stop()
+
+
+def optuna_run(db_url: str, workers: int, seconds: float) -> dict[str, float]:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    storage = optuna.storages.RDBStorage(db_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    study = optuna.create_study(storage=storage, study_name=f"bench-{time.time_ns()}", direction="minimize")
+
+    def lifecycle(lat: list[float]) -> None:
+        trial = timed(lat, study.ask)
+        trial.suggest_float("lr", 1e-5, 1e-1, log=True)
+        trial.suggest_int("depth", 1, 8)
+        for step in range(5):
+            timed(lat, lambda s=step: trial.report(1.0 / (s + 1), s))
+        timed(lat, lambda: study.tell(trial, 0.2))
+
+    return drive(workers, seconds, lifecycle)
+
+
+def fresh_postgres(url: str) -> tuple[str, str, Callable[[], None]]:
+    """Two empty databases on the server at ``url`` (one per system), dropped afterwards."""
+    import secrets
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    base = make_url(url).set(drivername="postgresql+psycopg")
+    names = [f"bench_{secrets.token_hex(4)}" for _ in range(2)]
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        for name in names:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            for name in names:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    urls = [base.set(database=n).render_as_string(hide_password=False) for n in names]
+    return urls[0].replace("+psycopg", ""), urls[1].replace("+psycopg", ""), drop
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--agents", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--postgres", default=None, help="a PostgreSQL URL whose user may create databases")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "load.json")
+    args = parser.parse_args()
+
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        backends = [
+            ("sqlite", f"sqlite:///{folder / 'sweeper.db'}", f"sqlite:///{folder / 'optuna.db'}", None)
+        ]
+        if args.postgres:
+            backends.append(("postgresql", *fresh_postgres(args.postgres)))
+        for name, sweeper_url, optuna_url, cleanup in backends:
+            try:
+                ours = sweeper_run(sweeper_url, folder / f"server-{name}", args.agents, args.seconds)
+                theirs = optuna_run(optuna_url, args.agents, args.seconds)
+            finally:
+                if cleanup:
+                    cleanup()
+            row = {
+                "database": name,
+                "agents": args.agents,
+                "seconds": args.seconds,
+                "sweeper": ours,
+                "optuna": theirs,
+                "throughput_ratio": ours["lifecycles_per_s"] / max(theirs["lifecycles_per_s"], 1e-9),
+            }
+            results.append(row)
+            print(json.dumps(row), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"results": results}, indent=2) + "\n")
+    print("\n| database | system | lifecycles/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|---|")
+    for row in results:
+        for system in ("sweeper", "optuna"):
+            r = row[system]
+            print(
+                f"| {row['database']} | {system} | {r['lifecycles_per_s']:.1f} | {r['p50_ms']:.1f} | "
+                f"{r['p99_ms']:.1f} | {r['errors']} |"
+            )
+        print(f"| {row['database']} | ratio sweeper/optuna | {row['throughput_ratio']:.2f}x | | | |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,407 @@
+"""Multi-fidelity benchmark: stopping rules and Hyperband-style methods on learning-curve problems.
+
+    python -m bench.multifidelity [--quick] [--seeds 10]
+
+Each sweep is replayed in simulated time by an event-driven simulator with a fake clock: workers
+run trials epoch by epoch (each epoch costs its configuration's simulated seconds), and every
+value is reported to the method under test as it arrives, so 8 asynchronous workers take seconds.
+sweeper's rules and strategies are driven directly (the same objects the coordinator runs);
+Optuna through ask/report/should_prune; W&B's hyperband rule through the ``sweeps`` package.
+
+Figures, per problem and method, over seeds: median and IQR of log10 regret (true final loss of
+the best configuration that completed the full budget, minus the best in the space) at fixed
+fractions of the budget; the share of full-budget random search's resource a method needed to
+reach random search's final regret (goal: at most 0.2); and the simulated wall time of 8
+asynchronous workers against 1 for the same resource (goal: at least 6x faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import heapq
+import json
+import math
+import os
+import random
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from bench.curves import CurveProblem, problems
+from sweeper.planning import suggestion_rng
+from sweeper.spec import parse_sweep
+from sweeper.stopping import StoppingRule, TrialCurve, build_rule
+from sweeper.strategies import Strategy, SuggestionKind, strategy_class
+from sweeper.trials import MetricPoint, Trial, TrialState
+
+RESULTS = Path(__file__).parent / "results"
+ETA = 3
+FRACTIONS = (0.25, 0.5, 1.0)
+FULL_TRIALS = 40  # full-budget random search runs this many trials; every method gets its resource
+
+
+# --- the methods under test: each answers ask() with a config and report() with stop or not ---
+
+
+class Runner:
+    name: str
+
+    def ask(self) -> tuple[Any, dict[str, Any]] | None: ...
+
+    def report(self, key: Any, epoch: int, value: float) -> bool: ...
+
+    def end(self, key: Any, stopped: bool) -> None: ...
+
+
+class SweeperRunner(Runner):
+    """sweeper's strategy and stopping rule, fed the same records the coordinator keeps."""
+
+    def __init__(self, name: str, raw: Mapping[str, Any], seed: int, with_history: bool) -> None:
+        self.name = name
+        self.spec = parse_sweep(raw)
+        self.strategy: Strategy = strategy_class(self.spec.method)(self.spec)
+        self.rule: StoppingRule | None = build_rule(self.spec)
+        self.seed = seed
+        self.trials: list[Trial] = []
+        self.curves: dict[int, TrialCurve] = {}
+        self.with_history = with_history  # BOHB reads budgets from loaded histories
+        self.clock = 0.0
+
+    def ask(self) -> tuple[Any, dict[str, Any]] | None:
+        suggestion = self.strategy.suggest(self.trials, suggestion_rng(self.seed, self.trials))
+        if suggestion.kind is not SuggestionKind.RUN:
+            return None
+        number = len(self.trials) + 1
+        history = () if self.with_history else None
+        self.trials.append(
+            Trial(
+                id=number,
+                sweep_id="b",
+                number=number,
+                config=suggestion.config,
+                state=TrialState.RUNNING,
+                created_at=0.0,
+                history=history,
+            )
+        )
+        self.curves[number] = TrialCurve(number, ())
+        return number, dict(suggestion.config)
+
+    def report(self, key: Any, epoch: int, value: float) -> bool:
+        point = MetricPoint("loss", value, step=epoch, seq=epoch, time=self.clock)
+        curve = self.curves[key] = TrialCurve(key, (*self.curves[key].points, point))
+        trial = self.trials[key - 1]
+        history = (*trial.history, point) if trial.history is not None else None
+        self.trials[key - 1] = dataclasses.replace(trial, summary={"loss": value}, history=history)
+        if self.rule is None:
+            return False
+        decision = self.rule.decide(curve, list(self.curves.values()))
+        if decision is not None:
+            self.trials[key - 1] = dataclasses.replace(self.trials[key - 1], stop_requested=decision.reason)
+        return decision is not None
+
+    def end(self, key: Any, stopped: bool) -> None:
+        trial = self.trials[key - 1]
+        state = TrialState.STOPPED if stopped else TrialState.FINISHED
+        self.trials[key - 1] = dataclasses.replace(trial, state=state, stop_reason=trial.stop_requested)
+
+
+class WandbRunner(Runner):
+    """Random configurations; W&B's own hyperband rule (the ``sweeps`` package) on each report."""
+
+    def __init__(self, raw: Mapping[str, Any], seed: int) -> None:
+        from sweeps.hyperband_stopping import hyperband_stop_runs
+
+        from sweeps import RunState, SweepRun
+
+        self.name = "W&B sweeps: hyperband rule"
+        self._stop, self._run_cls, self._running = hyperband_stop_runs, SweepRun, RunState
+        self.config = {**raw, "method": "random"}
+        self.inner = SweeperRunner("random", {**raw, "method": "random"}, seed, False)
+        self.runs: dict[int, Any] = {}
+
+    def ask(self) -> tuple[Any, dict[str, Any]] | None:
+        got = self.inner.ask()
+        if got is not None:
+            self.runs[got[0]] = self._run_cls(name=str(got[0]), state=self._running.running, history=[])
+        return got
+
+    def report(self, key: Any, epoch: int, value: float) -> bool:
+        run = self.runs[key]
+        run.history.append({"loss": value})
+        stop = self._stop([r for r in self.runs.values() if r.history], self.config)
+        return any(r.name == run.name for r in stop)
+
+    def end(self, key: Any, stopped: bool) -> None:
+        self.runs[key].state = self._running.killed if stopped else self._running.finished
+
+
+class OptunaRunner(Runner):
+    def __init__(self, name: str, problem: CurveProblem, seed: int, sampler: str, pruner: str) -> None:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.name = name
+        self.optuna = optuna
+        samplers = {"random": optuna.samplers.RandomSampler, "tpe": optuna.samplers.TPESampler}
+        r = problem.max_epochs
+        pruners = {
+            "sha": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=ETA),
+            "hyperband": lambda: optuna.pruners.HyperbandPruner(
+                min_resource=1, max_resource=r, reduction_factor=ETA
+            ),
+        }
+        self.study = optuna.create_study(sampler=samplers[sampler](seed=seed), pruner=pruners[pruner]())
+        self.distributions = _optuna_space(optuna, problem.parameters)
+        self.trials: dict[int, Any] = {}
+        self.last: dict[int, float] = {}
+
+    def ask(self) -> tuple[Any, dict[str, Any]] | None:
+        trial = self.study.ask(self.distributions)
+        self.trials[trial.number] = trial
+        return trial.number, dict(trial.params)
+
+    def report(self, key: Any, epoch: int, value: float) -> bool:
+        trial = self.trials[key]
+        trial.report(value, step=epoch)
+        self.last[key] = value
+        return trial.should_prune()
+
+    def end(self, key: Any, stopped: bool) -> None:
+        trial = self.trials[key]
+        if stopped:
+            self.study.tell(trial, state=self.optuna.trial.TrialState.PRUNED)
+        else:
+            self.study.tell(trial, self.last[key])
+
+
+def _optuna_space(optuna: Any, parameters: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for name, p in parameters.items():
+        if "values" in p:
+            out[name] = optuna.distributions.CategoricalDistribution(p["values"])
+        elif p["distribution"] == "log_uniform_values":
+            out[name] = optuna.distributions.FloatDistribution(p["min"], p["max"], log=True)
+        elif p["distribution"] == "uniform":
+            out[name] = optuna.distributions.FloatDistribution(p["min"], p["max"])
+        elif p["distribution"] == "int_uniform":
+            out[name] = optuna.distributions.IntDistribution(p["min"], p["max"])
+        else:
+            raise ValueError(f"{name}: no Optuna form for {p['distribution']}")
+    return out
+
+
+# --- the simulator ---
+
+
+@dataclasses.dataclass
+class Trace:
+    resource: list[float]  # epochs used when each full-budget result arrived
+    wall: list[float]  # simulated seconds at that moment
+    regret: list[float]  # regret of the incumbent after it
+    total_resource: float
+    total_wall: float
+
+
+def simulate(runner: Runner, problem: CurveProblem, workers: int, budget: float, seed: int) -> Trace:
+    """Replay a sweep: ``workers`` asynchronous workers, until ``budget`` epochs are spent."""
+    rng = random.Random(f"curves:{seed}")
+    clock, used = 0.0, 0.0
+    best_seen, incumbent_regret = math.inf, math.inf
+    trace = Trace([], [], [], 0.0, 0.0)
+    events: list[tuple[float, int, int]] = []  # (time, worker, trial slot)
+    running: dict[int, tuple[Any, dict[str, Any], list[float], int]] = {}
+
+    def start(worker: int) -> None:
+        nonlocal used
+        if used >= budget:
+            return
+        got = runner.ask()
+        if got is None:
+            return
+        key, config = got
+        running[worker] = (key, config, problem.curve(config, rng), 0)
+        used += 1
+        heapq.heappush(events, (clock + problem.epoch_cost(config), worker, 0))
+
+    for w in range(workers):
+        start(w)
+    while events:
+        clock, worker, _ = heapq.heappop(events)
+        if isinstance(runner, SweeperRunner):
+            runner.clock = clock
+        key, config, curve, done = running[worker]
+        done += 1
+        stop = runner.report(key, done, curve[done - 1])
+        if done == problem.max_epochs or stop:
+            runner.end(key, stopped=stop and done < problem.max_epochs)
+            if done == problem.max_epochs and curve[-1] < best_seen:
+                best_seen = curve[-1]
+                incumbent_regret = max(problem.final(config) - problem.best, 0.0)
+                trace.resource.append(used)
+                trace.wall.append(clock)
+                trace.regret.append(incumbent_regret)
+            del running[worker]
+            start(worker)
+        elif used < budget:
+            running[worker] = (key, config, curve, done)
+            used += 1
+            heapq.heappush(events, (clock + problem.epoch_cost(config), worker, 0))
+        else:
+            del running[worker]  # the budget is spent: the trial is cut here
+    trace.total_resource, trace.total_wall = used, clock
+    return trace
+
+
+def regret_at(trace: Trace, resource: float) -> float:
+    regret = math.inf
+    for used, r in zip(trace.resource, trace.regret, strict=True):
+        if used > resource:
+            break
+        regret = r
+    return regret
+
+
+def resource_to_reach(trace: Trace, target: float) -> float:
+    for used, r in zip(trace.resource, trace.regret, strict=True):
+        if r <= target:
+            return used
+    return math.inf
+
+
+# --- the methods and the table ---
+
+
+def sweep_file(problem: CurveProblem, method: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    parameters = dict(problem.parameters)
+    raw: dict[str, Any] = {"method": method, "metric": {"name": "loss", "goal": "minimize"}}
+    if method in ("hyperband", "bohb"):
+        parameters["epochs"] = {"value": problem.max_epochs}
+        raw["sweeper"] = {"resource": {"name": "epochs", "min": 1, "eta": ETA}}
+    raw["parameters"] = parameters
+    return {**raw, **(extra or {})}
+
+
+def methods(problem: CurveProblem) -> dict[str, Callable[[int], Runner]]:
+    r = problem.max_epochs
+    hb = {"early_terminate": {"type": "hyperband", "min_iter": 1, "eta": ETA}}
+    asha = {"early_terminate": {"type": "asha", "min_iter": 1, "eta": ETA, "max_iter": r}}
+    return {
+        "random (full budget)": lambda s: SweeperRunner("random", sweep_file(problem, "random"), s, False),
+        "sweeper: random + hyperband rule": lambda s: SweeperRunner(
+            "hb", sweep_file(problem, "random", hb), s, False
+        ),
+        "sweeper: random + asha rule": lambda s: SweeperRunner(
+            "asha", sweep_file(problem, "random", asha), s, False
+        ),
+        "sweeper: method hyperband": lambda s: SweeperRunner(
+            "m-hb", sweep_file(problem, "hyperband"), s, False
+        ),
+        "sweeper: method bohb": lambda s: SweeperRunner("bohb", sweep_file(problem, "bohb"), s, True),
+        "W&B sweeps: random + hyperband rule": lambda s: WandbRunner(sweep_file(problem, "random", hb), s),
+        "Optuna: random + SHA pruner": lambda s: OptunaRunner("o-r-sha", problem, s, "random", "sha"),
+        "Optuna: TPE + SHA pruner": lambda s: OptunaRunner("o-t-sha", problem, s, "tpe", "sha"),
+        "Optuna: TPE + Hyperband pruner": lambda s: OptunaRunner("o-t-hb", problem, s, "tpe", "hyperband"),
+    }
+
+
+def _log(x: float) -> float:
+    return math.log10(max(x, 1e-4)) if math.isfinite(x) else math.inf
+
+
+def _median_iqr(values: list[float]) -> tuple[float, float, float]:
+    finite = sorted(values)
+    q = statistics.quantiles(finite, n=4, method="inclusive") if len(finite) > 1 else [finite[0]] * 3
+    return q[1], q[0], q[2]
+
+
+def run(seeds: int, full_trials: int, workers: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"seeds": seeds, "workers": workers, "full_trials": full_trials, "problems": {}}
+    for problem in problems():
+        budget = full_trials * problem.max_epochs
+        table: dict[str, Any] = {}
+        traces: dict[str, list[Trace]] = {}
+        for name, make in methods(problem).items():
+            started = time.perf_counter()
+            traces[name] = [simulate(make(s), problem, workers, budget, s) for s in range(seeds)]
+            table[name] = {"cpu_seconds": round(time.perf_counter() - started, 2)}
+        targets = [t.regret[-1] if t.regret else math.inf for t in traces["random (full budget)"]]
+        for name, ts in traces.items():
+            row = table[name]
+            for f in FRACTIONS:
+                med, lo, hi = _median_iqr([_log(regret_at(t, f * budget)) for t in ts])
+                row[f"log10_regret@{f:g}"] = {"median": med, "q1": lo, "q3": hi}
+            shares = [resource_to_reach(t, target) / budget for t, target in zip(ts, targets, strict=True)]
+            row["share_of_random_resource_to_reach_its_final_regret"] = _median_iqr(shares)[0]
+        one = {
+            n: [simulate(methods(problem)[n](s), problem, 1, budget, s) for s in range(min(seeds, 3))]
+            for n in ("sweeper: random + asha rule", "sweeper: method hyperband")
+        }
+        for n, ts in one.items():
+            many = traces[n][: len(ts)]
+            speedups = [a.total_wall / b.total_wall for a, b in zip(ts, many, strict=True)]
+            table[n][f"wall_speedup_{workers}_vs_1"] = statistics.median(speedups)
+        out["problems"][problem.name] = {
+            "budget_epochs": budget,
+            "best_final_loss": problem.best,
+            "methods": table,
+        }
+        print(markdown_problem(problem.name, out["problems"][problem.name], workers), flush=True)
+    return out
+
+
+def _fmt(x: float) -> str:
+    return "inf" if not math.isfinite(x) else f"{x:.2f}"
+
+
+def markdown_problem(name: str, result: Mapping[str, Any], workers: int) -> str:
+    head = "| method | " + " | ".join(f"log10 regret @{f:g} budget" for f in FRACTIONS)
+    head += f" | resource to reach random's final regret | wall {workers} vs 1 worker | cpu s |"
+    lines = [
+        f"### {name} (budget {result['budget_epochs']} epochs)",
+        "",
+        head,
+        "|" + " --- |" * (len(FRACTIONS) + 4),
+    ]
+    for method, row in result["methods"].items():
+        cells = []
+        for f in FRACTIONS:
+            r = row[f"log10_regret@{f:g}"]
+            cells.append(f"{_fmt(r['median'])} [{_fmt(r['q1'])}, {_fmt(r['q3'])}]")
+        share = row["share_of_random_resource_to_reach_its_final_regret"]
+        speed = row.get(f"wall_speedup_{workers}_vs_1")
+        speed_cell = f"{speed:.2f}x" if speed is not None else ""
+        lines.append(
+            f"| {method} | " + " | ".join(cells) + f" | {_fmt(share)} | {speed_cell} | {row['cpu_seconds']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 seeds, a smaller budget: a smoke run")
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=8)
+    args = parser.parse_args()
+    seeds = 2 if args.quick else args.seeds
+    full = 15 if args.quick else FULL_TRIALS
+    result = run(seeds, full, args.workers)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = "multifidelity-quick" if args.quick else "multifidelity"
+    md = [
+        f"# Multi-fidelity benchmark ({seeds} seeds, {args.workers} workers, "
+        f"random search: {full} full trials)",
+        "",
+    ]
+    md += [markdown_problem(name, r, args.workers) for name, r in result["problems"].items()]
+    for suffix, text in ((".json", json.dumps(result, indent=2, default=str)), (".md", "\n".join(md))):
+        tmp = RESULTS / f"{stem}{suffix}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, RESULTS / f"{stem}{suffix}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""Search quality and suggestion speed: sweeper's bayes, tpe and random beside Optuna and W&B's engine.
+
+    python -m bench.search [--quick] [--seeds 10] [--out bench/results/search.json]
+
+Every method runs on the same problems with the same seeds. Quality is log10 regret of the best
+loss found after 20/40/60 trials (median and interquartile range over seeds); speed is the time of
+one suggestion with 100 and 1000 finished trials in the history, every tool timed in the same run.
+"""
+
+from __future__ import annotations
+
+import os
+
+# One BLAS/torch thread for every tool: fair, and faster for matrices this small.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from bench.adapters import METHODS  # noqa: E402
+from bench.latency import LATENCY_METHODS, measure_latency  # noqa: E402
+from bench.problems import Problem, all_problems  # noqa: E402
+
+BUDGETS = (20, 40, 60)
+QUICK_BUDGETS = (10, 20, 30)
+REFERENCE = ("optuna GP", "optuna TPE", "wandb bayes")
+RANDOMS = ("sweeper random", "optuna random", "wandb random")
+
+
+def log_regret(best: float, reference: float, floor: float) -> float:
+    return math.log10(max(best - reference, floor))
+
+
+def run_all(problems: list[Problem], methods: list[str], seeds: int, budget: int) -> dict:
+    losses: dict[str, dict[str, list[list[float]]]] = {}
+    seconds: dict[str, float] = {}
+    for problem in problems:
+        losses[problem.name] = {}
+        for method in methods:
+            start = time.perf_counter()
+            losses[problem.name][method] = [METHODS[method](problem, budget, seed) for seed in range(seeds)]
+            seconds[f"{problem.name}/{method}"] = time.perf_counter() - start
+            print(
+                f"  {problem.name:<12} {method:<15} {seconds[f'{problem.name}/{method}']:6.1f} s",
+                file=sys.stderr,
+            )
+    return {"losses": losses, "seconds": seconds}
+
+
+def summarise(problems: list[Problem], losses: dict, budgets: tuple[int, ...]) -> dict:
+    """{problem: {method: {budget: [q25, median, q75]}}} of log10 regret."""
+    out: dict = {}
+    for problem in problems:
+        runs = losses[problem.name]
+        if problem.optimum is not None:
+            reference, floor = problem.optimum, 1e-8
+        else:  # real task: the best any method found, and regrets below 1e-3 count as found
+            reference, floor = min(min(r) for per in runs.values() for r in per), 1e-3
+        out[problem.name] = {}
+        for method, per_seed in runs.items():
+            row = {}
+            for b in budgets:
+                r = [log_regret(min(vals[:b]), reference, floor) for vals in per_seed]
+                row[str(b)] = [float(np.percentile(r, 25)), float(np.median(r)), float(np.percentile(r, 75))]
+            out[problem.name][method] = row
+    return out
+
+
+def goals(summary: dict, budget: int) -> dict:
+    """Where sweeper's bayes median is no worse than the best reference tool, and than random search."""
+    out = {}
+    for name, per_method in summary.items():
+        med = {m: v[str(budget)][1] for m, v in per_method.items()}
+        if "sweeper bayes" not in med:
+            continue
+        refs = [med[m] for m in REFERENCE if m in med]
+        rands = [med[m] for m in RANDOMS if m in med]
+        out[name] = {
+            "vs_best_model_based": bool(not refs or med["sweeper bayes"] <= min(refs) + 1e-9),
+            "vs_random": bool(not rands or med["sweeper bayes"] <= min(rands) + 1e-9),
+        }
+    return out
+
+
+def markdown(summary: dict, budgets: tuple[int, ...], methods: list[str], latency: dict, seeds: int) -> str:
+    lines = []
+    for b in budgets:
+        lines.append(
+            f"\n**log10 regret after {b} trials** (median [IQR] over {seeds} seeds, lower is better)\n"
+        )
+        lines.append("| problem | " + " | ".join(methods) + " |")
+        lines.append("| --- |" + " --- |" * len(methods))
+        for name, per_method in summary.items():
+            meds = {m: per_method[m][str(b)][1] for m in methods}
+            best = min(meds.values())
+            cells = []
+            for m in methods:
+                q25, med, q75 = per_method[m][str(b)]
+                cell = f"{med:.2f} [{q25:.2f}, {q75:.2f}]"
+                cells.append(f"**{cell}**" if med <= best + 1e-9 else cell)
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if latency:
+        sizes = sorted({int(k) for per in latency.values() for k in per})
+        lines.append("\n**seconds per suggestion** (median of repeats; same machine, same run)\n")
+        lines.append("| method | " + " | ".join(f"{n} trials" for n in sizes) + " |")
+        lines.append("| --- |" + " --- |" * len(sizes))
+        for m, per in latency.items():
+            cells = [f"{per[str(n)]:.3f}" if str(n) in per else "-" for n in sizes]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
+        f.write(text)
+    os.replace(f.name, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.search", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="4 problems, 3 seeds, 30 trials, latency at 100")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per problem and method (default 10)")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/search.json"))
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of the methods")
+    parser.add_argument("--problems", default="", help="comma-separated subset of the problems")
+    parser.add_argument("--no-latency", action="store_true")
+    parser.add_argument("--no-plots", action="store_true")
+    args = parser.parse_args(argv)
+    seeds = args.seeds or (3 if args.quick else 10)
+    budgets = QUICK_BUDGETS if args.quick else BUDGETS
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        parser.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    problems = all_problems(args.quick)
+    if args.problems:
+        wanted = {p.strip() for p in args.problems.split(",")}
+        problems = [p for p in problems if p.name in wanted]
+        if not problems:
+            parser.error(f"no problem named {', '.join(sorted(wanted))}; see bench/problems/")
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+    started = time.perf_counter()
+    raw = run_all(problems, methods, seeds, max(budgets))
+    summary = summarise(problems, raw["losses"], budgets)
+    latency = {}
+    if not args.no_latency:
+        sizes = (100,) if args.quick else (100, 1000)
+        latency = measure_latency([m for m in LATENCY_METHODS if m in methods], sizes)
+    result = {
+        "seeds": seeds,
+        "budgets": list(budgets),
+        "methods": methods,
+        "summary": summary,
+        "goals": goals(summary, max(budgets)),
+        "latency": latency,
+        "seconds": raw["seconds"],
+        "losses": raw["losses"],
+        "wall_seconds": time.perf_counter() - started,
+    }
+    table = markdown(summary, budgets, methods, latency, seeds)
+    write_atomic(args.out, json.dumps(result, indent=1))
+    write_atomic(args.out.with_suffix(".md"), table)
+    if not args.no_plots:
+        from bench.plots import best_so_far
+
+        best_so_far(problems, raw["losses"], args.out.with_name(args.out.stem + "_best_so_far.png"))
+    print(table)
+    g = result["goals"]
+    met = sum(v["vs_best_model_based"] for v in g.values())
+    print(
+        f"bayes no worse than the best of {', '.join(REFERENCE)} on {met}/{len(g)} problems; "
+        f"no worse than random search on {sum(v['vs_random'] for v in g.values())}/{len(g)}"
+    )
+    print(f"wrote {args.out} and {args.out.with_suffix('.md')} in {result['wall_seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

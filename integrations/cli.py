@@ -1,0 +1,67 @@
+"""``sweeper run --mlflow [URI] --wandb``: the flags become the sweep's ``integrations`` block.
+
+Stored with the sweep, the block reaches every agent in its assignments, so agents on other
+machines log to the same trackers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import click
+
+from sweeper.spec import SweepSpec
+from sweeper.spec.integrations import check_integrations
+from sweeper.spec.problems import Problem
+
+#: ``--mlflow`` given without a URI: MLFLOW_TRACKING_URI, else ./mlflow.db.
+FROM_ENV = "-"
+
+mlflow_option = click.option(
+    "--mlflow",
+    "mlflow_uri",
+    is_flag=False,
+    flag_value=FROM_ENV,
+    default=None,
+    metavar="[URI]",
+    help="Log to MLflow: a parent run per sweep, a child run per trial. "
+    "URI default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here (what `mlflow ui` opens).",
+)
+wandb_option = click.option(
+    "--wandb",
+    "wandb_on",
+    is_flag=True,
+    default=False,
+    help="Log to W&B: a run per trial grouped by sweep (WANDB_PROJECT, WANDB_ENTITY, WANDB_MODE apply).",
+)
+
+
+def with_trackers(spec: SweepSpec, mlflow_uri: str | None, wandb_on: bool) -> SweepSpec:
+    """``spec`` with the flags merged into its ``integrations`` block (flags win)."""
+    if mlflow_uri is None and not wandb_on:
+        return spec
+    block: dict[str, Any] = dict(spec.raw.get("integrations") or {})
+    if mlflow_uri is not None:
+        mlflow = _settings(block.get("mlflow"))
+        mlflow.pop("enabled", None)
+        if mlflow_uri != FROM_ENV:
+            mlflow["tracking_uri"] = mlflow_uri
+        block["mlflow"] = mlflow
+    if wandb_on:
+        wandb = _settings(block.get("wandb"))
+        wandb.pop("enabled", None)
+        for key in ("project", "entity"):  # the W&B keys of the sweep file itself
+            if getattr(spec, key) and key not in wandb:
+                wandb[key] = getattr(spec, key)
+        block["wandb"] = wandb
+    problems: list[Problem] = []
+    check_integrations(block, problems)
+    if problems:
+        raise click.UsageError("; ".join(str(p) for p in problems))
+    return dataclasses.replace(spec, raw={**spec.raw, "integrations": block})
+
+
+def _settings(value: object) -> dict[str, Any]:
+    return dict(value) if isinstance(value, Mapping) else {}

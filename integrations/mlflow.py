@@ -1,0 +1,243 @@
+"""MLflow adapter: a parent run per sweep, a nested child run per trial.
+
+Parent run: the sweep file (``sweep.yaml``), the method, ``best_<metric>`` with step = trial number,
+``leaderboard.csv``/``.json`` and ``best_so_far.png``. Child run (tag ``mlflow.parentRunId``): every
+parameter (nested names joined with dots), every metric at its step (``log_batch``), the sweep and
+trial tags, the trial's stdout/stderr under ``logs/``, the files the script marked under
+``artifacts/``, and a status that matches the trial. The child run exists before the trial starts;
+its id goes to the script as MLFLOW_RUN_ID, so ``mlflow.start_run()`` there logs into it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from sweeper.integrations.base import Leaderboard, SweepInfo, Tracker, TrialEnd, TrialInfo
+from sweeper.integrations.leaderboard import flat, write_board_files
+from sweeper.integrations.settings import MlflowSettings, mlflow_settings
+
+from sweeper.trials import MetricPoint, TrialState
+
+log = logging.getLogger("sweeper.integrations")
+
+STATUS = {
+    TrialState.FINISHED: "FINISHED",
+    TrialState.FAILED: "FAILED",
+    TrialState.STOPPED: "KILLED",
+    TrialState.LOST: "KILLED",
+    TrialState.RUNNING: "RUNNING",
+}
+# The agent's own calls fail fast and are retried by SafeTracker; the trial gets MLflow's defaults.
+_AGENT_HTTP = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+_PERMANENT = {
+    "INVALID_PARAMETER_VALUE",
+    "RESOURCE_ALREADY_EXISTS",
+    "RESOURCE_DOES_NOT_EXIST",
+    "INVALID_STATE",
+}
+_MAX_METRICS, _MAX_PARAMS = 1000, 100  # per log_batch call, MLflow's own limits
+_BAD_KEY = re.compile(r"[^\w\-. /]")
+
+
+def _key(name: str) -> str:
+    return _BAD_KEY.sub("_", name)[:250] or "_"
+
+
+class MlflowTracker(Tracker):
+    name = "MLflow"
+
+    def __init__(self, settings: MlflowSettings) -> None:
+        import mlflow  # noqa: F401  (fails early, with an ImportError the session reports)
+        from mlflow.tracking import MlflowClient
+
+        self.settings = settings
+        self.help = (
+            f"check that the MLflow tracking server at {settings.tracking_uri} is up and that "
+            "MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN are right"
+        )
+        self._child_http = self._fail_fast()
+        self.client = MlflowClient(tracking_uri=settings.tracking_uri)
+        self._experiment_id: str | None = settings.experiment_id
+        self._parents: dict[str, str] = {}
+        self._runs: dict[int, str] = {}
+        self._logged_best: dict[str, set[int]] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_block(cls, block: Mapping[str, Any]) -> MlflowTracker:
+        return cls(mlflow_settings(block))
+
+    @staticmethod
+    def _fail_fast() -> dict[str, str]:
+        from mlflow import environment_variables as ev
+
+        child = {}
+        for name, value in _AGENT_HTTP.items():
+            child[name] = os.environ.get(name) or str(getattr(ev, name).default)
+            os.environ.setdefault(name, value)
+        return child
+
+    def is_transient(self, exc: BaseException) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        if isinstance(exc, MlflowException):
+            return exc.error_code not in _PERMANENT
+        return True  # connection errors, a locked SQLite file, timeouts
+
+    # -- experiment and parent run -------------------------------------------------------------
+
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            from mlflow.exceptions import MlflowException
+
+            name = self.settings.experiment or "sweeper"
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                try:
+                    self._experiment_id = self.client.create_experiment(name)
+                except MlflowException as exc:  # another agent made it first
+                    found = self.client.get_experiment_by_name(name)
+                    if found is None:
+                        raise exc from None
+                    self._experiment_id = found.experiment_id
+            else:
+                self._experiment_id = found.experiment_id
+        return self._experiment_id
+
+    def parent_run(self, sweep_id: str, name: str | None = None) -> str:
+        """The sweep's parent run: found by its tags (agents on other machines share it), else made."""
+        with self._lock:
+            if sweep_id in self._parents:
+                return self._parents[sweep_id]
+            experiment = self.experiment_id()
+            query = f"tags.`sweeper.sweep_id` = '{sweep_id}' and tags.`sweeper.role` = 'sweep'"
+            found = self.client.search_runs(
+                [experiment], query, order_by=["attributes.start_time ASC"], max_results=1
+            )
+            if found:
+                run_id = found[0].info.run_id
+            else:
+                tags = {"sweeper.sweep_id": sweep_id, "sweeper.role": "sweep"}
+                run_id = self.client.create_run(
+                    experiment, tags=tags, run_name=name or f"sweep-{sweep_id}"
+                ).info.run_id
+            self._parents[sweep_id] = run_id
+            return run_id
+
+    def sweep_started(self, sweep: SweepInfo) -> None:
+        from mlflow.entities import Param, RunTag
+
+        run_id = self.parent_run(sweep.sweep_id, sweep.name)
+        params = [Param("method", sweep.method)]
+        if sweep.metric_name:
+            params += [Param("metric", sweep.metric_name), Param("goal", sweep.goal)]
+        tags = [RunTag("sweeper.method", sweep.method)]
+        self.client.log_batch(run_id, params=params, tags=tags)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "sweep.yaml"
+            path.write_text(yaml.safe_dump(dict(sweep.spec), sort_keys=False), encoding="utf-8")
+            self.client.log_artifact(run_id, os.fspath(path))
+
+    def leaderboard(self, board: Leaderboard) -> None:
+        from mlflow.entities import Metric
+
+        run_id = self.parent_run(board.sweep_id)
+        logged = self._logged_best.setdefault(board.sweep_id, set())
+        now = int(time.time() * 1000)
+        metrics = []
+        if board.metric_name:
+            name = _key(board.metric_name)
+            values = {r.number: r.value for r in board.rows}
+            for number, best in board.best_so_far():
+                if number not in logged:
+                    metrics.append(Metric(f"best_{name}", best, now, number))
+                    if values.get(number) is not None:
+                        metrics.append(Metric(name, values[number], now, number))
+        for i in range(0, len(metrics), _MAX_METRICS):
+            self.client.log_batch(run_id, metrics=metrics[i : i + _MAX_METRICS])
+        logged.update(m.step for m in metrics)
+        with tempfile.TemporaryDirectory() as tmp:
+            write_board_files(board, Path(tmp))
+            self.client.log_artifacts(run_id, tmp)
+
+    def sweep_ended(self, sweep_id: str, state: str) -> None:
+        run_id = self.parent_run(sweep_id)
+        status = "KILLED" if state in ("stopped", "cancelled") else "FINISHED"
+        self.client.set_tag(run_id, "sweeper.state", state)
+        self.client.set_terminated(run_id, status)
+
+    # -- trials --------------------------------------------------------------------------------
+
+    def trial_started(self, trial: TrialInfo) -> Mapping[str, str]:
+        from mlflow.entities import Param
+
+        parent = self.parent_run(trial.sweep_id)
+        tags = {
+            "mlflow.parentRunId": parent,
+            "sweeper.sweep_id": trial.sweep_id,
+            "sweeper.trial_id": str(trial.trial_id),
+            "sweeper.trial_number": str(trial.trial_number),
+            "sweeper.role": "trial",
+            "sweeper.state": TrialState.RUNNING.value,
+            **{f"sweeper.{k}": str(v) for k, v in trial.tags.items()},
+        }
+        run = self.client.create_run(
+            self.experiment_id(), tags=tags, run_name=f"{trial.sweep_id}-{trial.trial_number}"
+        )
+        run_id = run.info.run_id
+        self._runs[trial.trial_id] = run_id
+        params = [Param(_key(k), str(v)[:6000]) for k, v in flat(dict(trial.config)).items()]
+        for i in range(0, len(params), _MAX_PARAMS):
+            self.client.log_batch(run_id, params=params[i : i + _MAX_PARAMS])
+        return {
+            "MLFLOW_RUN_ID": run_id,
+            "MLFLOW_TRACKING_URI": self.settings.tracking_uri,
+            "MLFLOW_EXPERIMENT_ID": self.experiment_id(),
+            **self._child_http,
+        }
+
+    def trial_metrics(self, trial: TrialInfo, points: Sequence[MetricPoint], source: str) -> None:
+        from mlflow.entities import Metric
+
+        if source == "mlflow":  # the script logged these into this very run already
+            return
+        run_id = self._runs.get(trial.trial_id)
+        if run_id is None:
+            return
+        metrics = [Metric(_key(p.name), p.value, int(p.time * 1000), p.step) for p in points]
+        for i in range(0, len(metrics), _MAX_METRICS):
+            self.client.log_batch(run_id, metrics=metrics[i : i + _MAX_METRICS])
+
+    def trial_ended(self, trial: TrialInfo, end: TrialEnd) -> None:
+        from mlflow.entities import RunTag
+
+        run_id = self._runs.get(trial.trial_id)
+        if run_id is None:
+            return
+        for path in end.logs:
+            self.client.log_artifact(run_id, os.fspath(path), "logs")
+        for path in end.artifacts:
+            if path.is_dir():
+                self.client.log_artifacts(run_id, os.fspath(path), f"artifacts/{path.name}")
+            elif path.exists():
+                self.client.log_artifact(run_id, os.fspath(path), "artifacts")
+        tags = [RunTag("sweeper.state", end.state.value)]
+        if end.stop_reason:
+            tags.append(RunTag("sweeper.stop_reason", end.stop_reason[:5000]))
+        if end.exit_code is not None:
+            tags.append(RunTag("sweeper.exit_code", str(end.exit_code)))
+        self.client.log_batch(run_id, tags=tags)
+        self.client.set_terminated(run_id, STATUS[end.state])
+        self._runs.pop(trial.trial_id, None)

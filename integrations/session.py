@@ -1,0 +1,81 @@
+"""The trackers of one process: built once per sweep, shared by its agents and its sweep record.
+
+Building an adapter imports its tracker's package, so it happens only for a sweep that names it.
+Everything waiting is sent (within a bound) when the process ends, or on :func:`close_all`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from sweeper.integrations.base import SafeTracker, Tracker
+
+log = logging.getLogger("sweeper.integrations")
+
+_lock = threading.Lock()
+_sessions: dict[tuple[str, str], list[SafeTracker]] = {}
+_atexit = False
+#: How long the last records may take to reach a tracker when the process ends.
+CLOSE_TIMEOUT = 30.0
+
+
+def _build_mlflow(settings: Mapping[str, Any]) -> Tracker:
+    from sweeper.integrations.mlflow import MlflowTracker
+
+    return MlflowTracker.from_block(settings)
+
+
+def _build_wandb(settings: Mapping[str, Any]) -> Tracker:
+    from sweeper.integrations.wandb import WandbTracker
+
+    return WandbTracker.from_block(settings)
+
+
+BUILDERS: dict[str, Callable[[Mapping[str, Any]], Tracker]] = {"mlflow": _build_mlflow, "wandb": _build_wandb}
+_EXTRAS = {"mlflow": "pip install 'sweeper[mlflow]'", "wandb": "pip install 'sweeper[wandb]'"}
+
+
+def trackers_for(sweep_id: str, block: Mapping[str, Any] | None) -> list[SafeTracker]:
+    """The trackers the sweep's ``integrations`` block switches on, made once per process."""
+    from sweeper.spec.integrations import enabled_trackers
+
+    if not block:
+        return []
+    key = (sweep_id, json.dumps(block, sort_keys=True, default=str))
+    with _lock:
+        if key in _sessions:
+            return _sessions[key]
+        made: list[SafeTracker] = []
+        for name, settings in enabled_trackers(block).items():
+            try:
+                made.append(SafeTracker(BUILDERS[name](settings)))
+            except ImportError as exc:
+                log.error(
+                    "%s logging is off for sweep %s: %s (install it: %s)", name, sweep_id, exc, _EXTRAS[name]
+                )
+            except Exception as exc:
+                log.error("%s logging is off for sweep %s: %s: %s", name, sweep_id, type(exc).__name__, exc)
+        _sessions[key] = made
+        _register_atexit()
+        return made
+
+
+def _register_atexit() -> None:
+    global _atexit
+    if not _atexit:
+        atexit.register(close_all)
+        _atexit = True
+
+
+def close_all(timeout: float = CLOSE_TIMEOUT) -> None:
+    """Send what is waiting to every tracker (for at most ``timeout`` seconds each), then close them."""
+    with _lock:
+        trackers = [t for ts in _sessions.values() for t in ts]
+        _sessions.clear()
+    for tracker in trackers:
+        tracker.close(timeout)

@@ -1,0 +1,61 @@
+"""Tracker settings: the sweep file's ``integrations`` block first, then the trackers' own variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+#: ``sweeper run --mlflow`` with no URI and no MLFLOW_TRACKING_URI: the file ``mlflow ui`` opens by default.
+DEFAULT_MLFLOW_URI = "sqlite:///mlflow.db"
+DEFAULT_EXPERIMENT = "sweeper"
+DEFAULT_WANDB_PROJECT = "sweeper"
+
+
+@dataclass(frozen=True)
+class MlflowSettings:
+    tracking_uri: str
+    experiment: str | None  # a name; None with experiment_id set
+    experiment_id: str | None = None
+
+
+@dataclass(frozen=True)
+class WandbSettings:
+    project: str
+    entity: str | None
+    mode: str | None  # None: wandb decides (WANDB_MODE, login state)
+    tags: tuple[str, ...] = ()
+
+
+def absolute_uri(uri: str, base: Path | None = None) -> str:
+    """A local store's path made absolute, so a trial running elsewhere (another cwd) finds it."""
+    base = base or Path.cwd()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        rest = uri[len("sqlite:///") :]
+        if rest and rest != ":memory:":
+            return "sqlite:///" + os.fspath((base / rest).resolve())
+    if uri.startswith("file:") or "://" in uri:
+        return uri
+    return (base / uri).resolve().as_uri()  # a bare folder such as ./mlruns
+
+
+def mlflow_settings(block: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> MlflowSettings:
+    env = os.environ if environ is None else environ
+    uri = block.get("tracking_uri") or env.get("MLFLOW_TRACKING_URI") or DEFAULT_MLFLOW_URI
+    name = block.get("experiment") or env.get("MLFLOW_EXPERIMENT_NAME")
+    experiment_id = None if name else env.get("MLFLOW_EXPERIMENT_ID")
+    if not name and not experiment_id:
+        name = DEFAULT_EXPERIMENT
+    return MlflowSettings(tracking_uri=absolute_uri(uri), experiment=name, experiment_id=experiment_id)
+
+
+def wandb_settings(block: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> WandbSettings:
+    env = os.environ if environ is None else environ
+    return WandbSettings(
+        project=block.get("project") or env.get("WANDB_PROJECT") or DEFAULT_WANDB_PROJECT,
+        entity=block.get("entity") or env.get("WANDB_ENTITY") or None,
+        mode=block.get("mode") or env.get("WANDB_MODE") or None,
+        tags=tuple(block.get("tags") or ()),
+    )

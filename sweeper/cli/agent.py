@@ -1,0 +1,155 @@
+"""``sweeper agent SWEEP_ID``: run a sweep's trials on this machine, one per GPU or slot."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sweeper.cli.common import connect_or_fail, coordinator_option, db_option, token_option
+from sweeper.cli.interrupt import EXIT_INTERRUPTED, run_until_done_or_interrupted
+
+# Tries (with backoff) before a coordinator that cannot be reached at start is reported.
+_START_TRIES = 5
+_START_BACKOFF = 0.5
+
+
+@click.command()
+@click.argument("sweep_id")
+@click.option(
+    "--count", default=None, type=click.IntRange(min=1), help="Run at most this many trials, then exit."
+)
+@click.option(
+    "--gpus",
+    default=None,
+    metavar="all|0,1,...",
+    help="One trial per GPU at a time, each seeing only its GPU (CUDA_VISIBLE_DEVICES).",
+)
+@click.option(
+    "--slots",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Trials to run at once without GPUs [default: 1].",
+)
+@coordinator_option
+@token_option
+@db_option
+@click.option(
+    "--grace",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds a stopped trial gets between SIGTERM and SIGKILL.",
+)
+@click.option(
+    "--max-backoff",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Longest wait between retries while the coordinator is unreachable.",
+)
+def agent(
+    sweep_id: str,
+    count: int | None,
+    gpus: str | None,
+    slots: int | None,
+    coordinator_url: str | None,
+    token: str | None,
+    db_url: str | None,
+    grace: float,
+    max_backoff: float,
+) -> None:
+    """Run trials of SWEEP_ID here until the sweep is done.
+
+    Exits 0 with one line saying why once the sweep is finished, stopped or cancelled, or
+    --count trials have run. While the coordinator is unreachable, trials keep running and
+    their reports wait on disk. Ctrl-C or SIGTERM stops the running trials (SIGTERM to each
+    trial's process group, SIGKILL after --grace) and exits 130.
+    """
+    from sweeper.agents.gpus import GpuSelectionError, select_gpus
+    from sweeper.local import LocalAgents
+
+    if gpus is not None and slots is not None:
+        raise click.UsageError("pass either --gpus or --slots, not both")
+    gpu_list: list[str] | None = None
+    if gpus is not None:
+        try:
+            chosen = select_gpus(gpus)
+        except GpuSelectionError as exc:
+            raise click.UsageError(str(exc)) from None
+        gpu_list = [g.index for g in chosen]
+        click.echo(f"using {len(chosen)} GPU(s): " + ", ".join(str(g) for g in chosen))
+
+    logging.basicConfig(level=logging.WARNING, format="sweeper agent: %(message)s")
+    client = connect_or_fail(coordinator_url, token, db_url)
+    spec = _check_sweep(client, sweep_id, coordinator_url)
+    _deliver_leftovers(client, sweep_id)
+
+    from sweeper.cli.run import Progress
+
+    agents = LocalAgents(
+        client,
+        sweep_id,
+        agents=slots or 1,
+        gpus=gpu_list,
+        count=count,
+        grace_period=grace,
+        on_event=Progress(spec).on_event,
+        max_backoff=max_backoff,
+    )
+    click.echo(f"agent on sweep {sweep_id}: {len(gpu_list) if gpu_list else slots or 1} trial(s) at a time")
+    reasons, interrupted = run_until_done_or_interrupted(agents, grace)
+    if interrupted:
+        sys.exit(EXIT_INTERRUPTED)
+    click.echo(_exit_line(reasons))
+
+
+def _check_sweep(client: Any, sweep_id: str, coordinator: str | None) -> Any:
+    """The sweep's spec; a clear error for an unknown sweep, a refused token or no coordinator."""
+    from sweeper.agents.reporting import backoff_delay
+    from sweeper.protocol import SweepNotFoundError
+
+    where = coordinator or "the local store"
+    for attempt in range(1, _START_TRIES + 1):
+        try:
+            client.get_sweep(sweep_id)
+            return client.spec_of(sweep_id)
+        except SweepNotFoundError:
+            raise click.ClickException(
+                f"no sweep {sweep_id!r} at {where} (sweeper status lists them)"
+            ) from None
+        except PermissionError as exc:
+            raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            if attempt == _START_TRIES:
+                raise click.ClickException(
+                    f"cannot reach the coordinator at {where} after {attempt} tries: {exc}; "
+                    "is `sweeper server` running there, and is the URL right?"
+                ) from None
+            time.sleep(backoff_delay(attempt, base=_START_BACKOFF, cap=4.0))
+    raise AssertionError("unreachable")
+
+
+def _deliver_leftovers(client: Any, sweep_id: str) -> None:
+    from sweeper.agents.reporting import deliver_leftovers
+
+    try:
+        deliver_leftovers(client, Path.cwd(), sweep_id)
+    except OSError as exc:
+        click.echo(
+            f"could not deliver reports an earlier agent left here yet ({exc}); they stay on disk", err=True
+        )
+
+
+def _exit_line(reasons: list[str]) -> str:
+    # Every slot says why it stopped; the sweep's own reason beats "count reached" when both occur.
+    if not reasons:
+        return "no agent ran"
+    for reason in reasons:
+        if "count" not in reason:
+            return reason
+    return reasons[0]

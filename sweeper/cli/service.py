@@ -1,0 +1,145 @@
+"""``sweeper server``, ``sweeper sweep`` and ``sweeper stop|pause|resume|cancel``.
+
+Every command but ``server`` works on a remote coordinator (``--coordinator URL``) or, without
+one, on the store ``--db`` directly: both go through :func:`sweeper.connect.connect`.
+"""
+
+from __future__ import annotations
+
+import click
+
+from sweeper.cli.common import (
+    connect_or_fail,
+    coordinator_errors,
+    coordinator_option,
+    db_option,
+    load_spec,
+    open_store_or_fail,
+    token_option,
+)
+from sweeper.trials import SweepState
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", default=8765, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free one."
+)
+@db_option
+@click.option(
+    "--token", envvar="SWEEPER_TOKEN", default=None, help="Clients must send it [env SWEEPER_TOKEN]."
+)
+@click.option("--insecure", is_flag=True, help="Allow a non-loopback address without a token.")
+@click.option(
+    "--ssl-certfile", type=click.Path(exists=True, dir_okay=False), help="Serve HTTPS with this cert."
+)
+@click.option("--ssl-keyfile", type=click.Path(exists=True, dir_okay=False), help="The certificate's key.")
+@click.option(
+    "--lease-seconds",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=1.0),
+    help="A trial whose agent stays silent this long is lost.",
+)
+@click.option("--max-body-bytes", default=1 << 20, show_default=True, type=click.IntRange(min=1024))
+@click.option(
+    "--max-batch", default=1000, show_default=True, type=click.IntRange(min=1), help="Points per report."
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+)
+def server(
+    host: str,
+    port: int,
+    db_url: str | None,
+    token: str | None,
+    insecure: bool,
+    ssl_certfile: str | None,
+    ssl_keyfile: str | None,
+    lease_seconds: float,
+    max_body_bytes: int,
+    max_batch: int,
+    log_level: str,
+) -> None:
+    """Run the coordinator as an HTTP service for remote agents (Ctrl-C stops it)."""
+    try:
+        from sweeper.server import ServerOptions, UnsafeBindError, serve
+    except ImportError as exc:
+        raise click.ClickException(
+            f"the server needs the 'server' extra ({exc.name} is missing): pip install 'sweeper[server]'"
+        ) from None
+    options = ServerOptions(
+        host=host,
+        port=port,
+        token=token or None,
+        insecure=insecure,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
+        lease_seconds=lease_seconds,
+        max_body_bytes=max_body_bytes,
+        max_batch=max_batch,
+        log_level=log_level,
+    )
+    try:
+        from sweeper.server.main import check_bind
+
+        check_bind(options)  # before the store is touched
+        if bool(ssl_certfile) != bool(ssl_keyfile):
+            raise click.UsageError("TLS needs both --ssl-certfile and --ssl-keyfile")
+        store = open_store_or_fail(db_url)
+        with store:
+            serve(store, options)
+    except UnsafeBindError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:  # the port is taken, the certificate cannot be read, ...
+        raise click.ClickException(f"cannot serve on {host}:{port}: {exc}") from None
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@coordinator_option
+@token_option
+@db_option
+def sweep(file: str, coordinator_url: str | None, token: str | None, db_url: str | None) -> None:
+    """Create a sweep from FILE and print its id; agents then run it (`sweeper agent ID`)."""
+    spec = load_spec(file)
+    coordinator = connect_or_fail(coordinator_url, token, db_url)
+    with coordinator_errors():
+        created = coordinator.create_sweep(spec)
+    click.echo(created.id)
+    where = f" --coordinator {coordinator_url}" if coordinator_url else ""
+    click.echo(f"start agents with: sweeper agent {created.id}{where}", err=True)
+
+
+def _state_command(name: str, state: SweepState, summary: str) -> click.Command:
+    @click.command(name=name, help=summary)
+    @click.argument("sweep_id")
+    @coordinator_option
+    @token_option
+    @db_option
+    def command(sweep_id: str, coordinator_url: str | None, token: str | None, db_url: str | None) -> None:
+        coordinator = connect_or_fail(coordinator_url, token, db_url)
+        with coordinator_errors():
+            changed = coordinator.set_sweep_state(sweep_id, state)
+        click.echo(f"sweep {changed.id} is {changed.state.value}")
+
+    return command
+
+
+stop = _state_command(
+    "stop", SweepState.STOPPED, "Stop SWEEP_ID: no new trials; running ones finish. `resume` undoes it."
+)
+pause = _state_command(
+    "pause",
+    SweepState.PAUSED,
+    "Pause SWEEP_ID: no new trials until `resume`; agents wait; running ones go on.",
+)
+resume = _state_command("resume", SweepState.RUNNING, "Resume a paused or stopped SWEEP_ID.")
+cancel = _state_command(
+    "cancel",
+    SweepState.CANCELLED,
+    "Cancel SWEEP_ID for good: running trials are stopped at their next heartbeat.",
+)

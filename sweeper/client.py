@@ -1,0 +1,280 @@
+"""A coordinator reached over HTTP, with the same methods as the embedded one.
+
+Standard library only (urllib, json, ssl): an agent machine imports this without a web
+framework, SQLAlchemy or numpy. Failures map onto exceptions the agent already handles:
+
+* the network or the server is down (refused, reset, timeout, 5xx): an ``OSError``
+  (:class:`CoordinatorUnavailableError`), which the agent retries with backoff;
+* 401: :class:`AuthenticationError` (a ``PermissionError``, so an ``OSError`` too: catch it first);
+* 404 for a sweep: :class:`~sweeper.protocol.SweepNotFoundError`; for a trial: :class:`TrialNotFoundError`;
+* 409 ``lease_lost``: :class:`~sweeper.protocol.LeaseLostError`;
+* any other refusal: :class:`CoordinatorError` with the server's code and message.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import ssl
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from sweeper.protocol import (
+    AgentInfo,
+    Assignment,
+    Directive,
+    LeaseLostError,
+    NoTrial,
+    NoTrialReason,
+    SweepNotFoundError,
+    TrialOutcome,
+)
+from sweeper.trials import MetricPoint, Sweep, SweepState, Trial, TrialState
+
+if TYPE_CHECKING:
+    from sweeper.spec import SweepSpec
+
+API = "/api/v1"
+_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+class CoordinatorError(Exception):
+    """The coordinator refused a request (a 4xx other than the ones with their own class)."""
+
+    def __init__(self, message: str, *, status: int, code: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class CoordinatorUnavailableError(ConnectionError):
+    """The coordinator could not be reached or failed to answer; worth retrying later."""
+
+
+class AuthenticationError(PermissionError):
+    """The coordinator wants a token this client did not give, or a different one."""
+
+
+class TrialNotFoundError(LookupError):
+    pass
+
+
+def encode_float(value: float) -> float | str:
+    """JSON has no NaN or infinity: send them as the strings the API names."""
+    if math.isfinite(value):
+        return value
+    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+
+
+def decode_float(value: float | str) -> float:
+    if isinstance(value, str):
+        return _NON_FINITE[value]
+    return float(value)
+
+
+class HttpCoordinator:
+    """Implements :class:`sweeper.protocol.CoordinatorService` over the server's ``/api/v1`` routes."""
+
+    def __init__(
+        self, url: str, *, token: str | None = None, timeout: float = 10.0, ca_file: str | None = None
+    ) -> None:
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ValueError(
+                f"coordinator URL must look like http://host:port or https://host:port, got {url!r}"
+            )
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self._token = token or None
+        self._context = ssl.create_default_context(cafile=ca_file) if parsed.scheme == "https" else None
+
+    def __repr__(self) -> str:  # never shows the token
+        return f"HttpCoordinator({self.url!r})"
+
+    # --- the agent protocol -------------------------------------------------
+
+    def next_trial(self, sweep_id: str, agent: AgentInfo) -> Assignment | NoTrial:
+        body = {"name": agent.name, "host": agent.host, "gpu": agent.gpu}
+        answer = self._call("POST", f"/sweeps/{_segment(sweep_id)}/next", body)
+        if answer.get("no_trial") is not None:
+            no = answer["no_trial"]
+            return NoTrial(NoTrialReason(no["reason"]), no["message"], retry_after=float(no["retry_after"]))
+        a = answer["assignment"]
+        return Assignment(
+            sweep_id=a["sweep_id"],
+            trial_id=int(a["trial_id"]),
+            trial_number=int(a["trial_number"]),
+            lease_id=a["lease_id"],
+            lease_seconds=float(a["lease_seconds"]),
+            config=a["config"],
+            command=tuple(a["command"]),
+            program=a["program"],
+            metric_name=a["metric_name"],
+        )
+
+    def heartbeat(self, trial_id: int, lease_id: str) -> Directive:
+        return _directive(self._call("POST", f"/trials/{int(trial_id)}/heartbeat", {"lease_id": lease_id}))
+
+    def report_metrics(self, trial_id: int, lease_id: str, points: Sequence[MetricPoint]) -> Directive:
+        body = {
+            "lease_id": lease_id,
+            "points": [
+                {"name": p.name, "value": encode_float(p.value), "step": p.step, "seq": p.seq, "time": p.time}
+                for p in points
+            ],
+        }
+        return _directive(self._call("POST", f"/trials/{int(trial_id)}/metrics", body))
+
+    def finish_trial(self, trial_id: int, lease_id: str, outcome: TrialOutcome) -> None:
+        body = {
+            "lease_id": lease_id,
+            "state": TrialState(outcome.state).value,
+            "exit_code": outcome.exit_code,
+            "stderr_tail": outcome.stderr_tail,
+            "stop_reason": outcome.stop_reason,
+        }
+        self._call("POST", f"/trials/{int(trial_id)}/finish", body)
+
+    # --- sweeps -------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        return self._call("GET", "/health")
+
+    def create_sweep(self, spec: SweepSpec) -> Sweep:
+        return _sweep(self._call("POST", "/sweeps", dict(spec.raw)))
+
+    def get_sweep(self, sweep_id: str) -> Sweep:
+        return _sweep(self._call("GET", f"/sweeps/{_segment(sweep_id)}"))
+
+    def list_sweeps(self) -> list[Sweep]:
+        return [_sweep(s) for s in self._call("GET", "/sweeps")]
+
+    def set_sweep_state(self, sweep_id: str, state: SweepState) -> Sweep:
+        body = {"state": SweepState(state).value}
+        return _sweep(self._call("POST", f"/sweeps/{_segment(sweep_id)}/state", body))
+
+    def trials(self, sweep_id: str, *, with_history: bool = False) -> list[Trial]:
+        query = "?history=true" if with_history else ""
+        return [_trial(t) for t in self._call("GET", f"/sweeps/{_segment(sweep_id)}/trials{query}")]
+
+    def spec_of(self, sweep_id: str) -> SweepSpec:
+        from sweeper.spec import parse_sweep
+
+        return parse_sweep(self.get_sweep(sweep_id).spec, source=f"sweep {sweep_id}")
+
+    def best_trial(self, sweep_id: str) -> Trial | None:
+        from sweeper.results import best_of
+
+        return best_of(self.spec_of(sweep_id), self.trials(sweep_id))
+
+    # --- transport ----------------------------------------------------------
+
+    def _call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
+        data = None if body is None else json.dumps(body, allow_nan=False).encode()
+        request = urllib.request.Request(f"{self.url}{API}{path}", data=data, method=method)
+        request.add_header("Accept", "application/json")
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        if self._token:
+            request.add_header("Authorization", f"Bearer {self._token}")
+        where = f"{method} {self.url}{API}{path}"
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout, context=self._context) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as exc:  # an OSError subclass: translate before the clause below
+            raise self._refusal(exc, where) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+            if isinstance(reason, ssl.SSLCertVerificationError):  # a set-up mistake: retrying cannot help
+                raise CoordinatorError(
+                    f"{where}: the server's certificate is not trusted ({reason.verify_message}); "
+                    "pass the CA file that signed it (ca_file)",
+                    status=0,
+                    code="untrusted_certificate",
+                ) from None
+            raise CoordinatorUnavailableError(f"coordinator {self.url} unreachable: {reason}") from exc
+        try:
+            return json.loads(raw) if raw else None
+        except ValueError as exc:
+            raise CoordinatorUnavailableError(f"{where}: the answer is not JSON ({exc})") from None
+
+    def _refusal(self, exc: urllib.error.HTTPError, where: str) -> Exception:
+        try:
+            payload = json.loads(exc.read() or b"{}")
+        except (ValueError, OSError):
+            payload = {}
+        if not isinstance(payload, dict):
+            payload = {}
+        code = str(payload.get("code", ""))
+        detail = str(payload.get("detail") or exc.reason)
+        status = exc.code
+        if status == 401:
+            return AuthenticationError(
+                f"{self.url} refused the request: {detail}. Pass the server's token with --token or the "
+                "SWEEPER_TOKEN environment variable"
+            )
+        if status >= 500 or status == 408 or status == 429:
+            return CoordinatorUnavailableError(f"{where}: {status} {detail}")
+        if code == "lease_lost":
+            return LeaseLostError(detail)
+        if code == "sweep_not_found":
+            return SweepNotFoundError(detail)
+        if code == "trial_not_found":
+            return TrialNotFoundError(detail)
+        problems = payload.get("problems") or []
+        if problems:
+            detail += "".join(f"\n  {p.get('path') or '(top level)'}: {p.get('message')}" for p in problems)
+        return CoordinatorError(f"{detail}", status=status, code=code or f"http_{status}")
+
+
+def _segment(value: str) -> str:
+    return urllib.parse.quote(str(value), safe="")
+
+
+def _directive(answer: Mapping[str, Any]) -> Directive:
+    return Directive(stop=bool(answer["stop"]), reason=answer.get("reason"))
+
+
+def _sweep(s: Mapping[str, Any]) -> Sweep:
+    return Sweep(
+        id=s["id"],
+        name=s["name"],
+        method=s["method"],
+        state=SweepState(s["state"]),
+        spec=s["spec"],
+        seed=int(s["seed"]),
+        created_at=float(s["created_at"]),
+        updated_at=float(s["updated_at"]),
+    )
+
+
+def _trial(t: Mapping[str, Any]) -> Trial:
+    history = None
+    if t.get("history") is not None:
+        history = tuple(
+            MetricPoint(p["name"], decode_float(p["value"]), int(p["step"]), int(p["seq"]), float(p["time"]))
+            for p in t["history"]
+        )
+    return Trial(
+        id=int(t["id"]),
+        sweep_id=t["sweep_id"],
+        number=int(t["number"]),
+        config=t["config"],
+        state=TrialState(t["state"]),
+        created_at=float(t["created_at"]),
+        ended_at=t["ended_at"],
+        retry_of=t["retry_of"],
+        agent=t["agent"],
+        host=t["host"],
+        lease_id=t["lease_id"],
+        lease_expires_at=t["lease_expires_at"],
+        exit_code=t["exit_code"],
+        stderr_tail=t["stderr_tail"],
+        stop_reason=t["stop_reason"],
+        stop_requested=t["stop_requested"],
+        summary={k: decode_float(v) for k, v in t["summary"].items()},
+        history=history,
+    )

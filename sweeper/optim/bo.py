@@ -1,0 +1,133 @@
+"""One step of Bayesian optimisation over a mixed space: which row to evaluate next.
+
+The first trials fill the space (the candidate farthest from every trial so far, pending ones
+included); after that a GP on the one-hot encoding is fitted to the warped losses and log EI is
+maximised by random and local candidates, all on the lattice the parameters can take. Pending
+trials are believed to score max(posterior mean, incumbent): the GP treats them as known, so their
+neighbourhood loses its appeal and parallel workers spread out (a kriging believer that never
+believes a pending point improves).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sweeper.optim.acquisition import log_expected_improvement
+from sweeper.optim.encoding import SpaceCodec
+from sweeper.optim.gp import GaussianProcess, fit_gp
+from sweeper.optim.history import Observations, row_key
+
+FIT_ROWS = 150  # hyperparameters are fitted on at most this many rows ...
+CONDITION_ROWS = 400  # ... and the posterior conditions on at most this many
+N_RANDOM = 1024
+N_LOCAL_STARTS = 8
+N_LOCAL = 64
+REFINE_STEPS = (0.1, 0.03, 0.01)
+
+
+def n_initial(codec: SpaceCodec) -> int:
+    return int(np.clip(codec.n_params + 2, 5, 10))
+
+
+def warp(y: np.ndarray) -> np.ndarray:
+    """Losses centred on their median and scaled, with the bad tail compressed by log1p.
+
+    A few disastrous trials otherwise dominate the GP's fit and flatten the region that matters.
+    """
+    med = np.median(y)
+    q25, q75 = np.percentile(y, [25, 75])
+    scale = (q75 - q25) or (np.std(y) or 1.0)
+    z = (y - med) / scale
+    return np.where(z > 0, np.log1p(np.maximum(z, 0.0)), z)
+
+
+def _fill_missing(rows: np.ndarray, codec: SpaceCodec, gen: np.random.Generator) -> np.ndarray:
+    missing = np.isnan(rows)
+    if missing.any():
+        rows = rows.copy()
+        rows[missing] = codec.sample(len(rows), gen)[missing]
+    return rows
+
+
+def space_filling(codec: SpaceCodec, obs: Observations, gen: np.random.Generator) -> np.ndarray:
+    """The prior draw, out of 256, farthest from every trial so far (maximin in the one-hot cube)."""
+    candidates = codec.sample(256, gen)
+    existing = np.vstack([obs.X, obs.pending])
+    if len(existing) == 0:
+        return candidates[0]
+    a, b = codec.one_hot(candidates), codec.one_hot(_fill_missing(existing, codec, gen))
+    d = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1).min(1)
+    for i in np.argsort(-d):
+        if row_key(candidates[i]) not in obs.taken:
+            return candidates[i]
+    return candidates[int(np.argmax(d))]
+
+
+def _training_rows(y: np.ndarray, cap: int, gen: np.random.Generator) -> np.ndarray:
+    """All rows, or when there are too many the best third, the most recent sixth and a random rest."""
+    n = len(y)
+    if n <= cap:
+        return np.arange(n)
+    chosen = set(np.argsort(y, kind="stable")[: cap // 3].tolist())
+    chosen |= set(range(n - cap // 6, n))
+    rest = np.array(sorted(set(range(n)) - chosen))
+    chosen |= set(gen.choice(rest, size=cap - len(chosen), replace=False).tolist())
+    return np.array(sorted(chosen))
+
+
+def _perturb(rows: np.ndarray, scale: float, codec: SpaceCodec, gen: np.random.Generator) -> np.ndarray:
+    out = rows + gen.normal(0.0, scale, rows.shape)
+    flip = gen.random(rows.shape) < max(scale, 1.0 / max(codec.n_params, 1))
+    fresh = codec.sample(len(rows), gen)
+    for j, c in enumerate(codec.codecs):
+        if c.is_categorical:
+            out[:, j] = np.where(flip[:, j], fresh[:, j], rows[:, j])
+    return codec.snap(np.clip(out, 0.0, 1.0))
+
+
+def fit_model(codec: SpaceCodec, obs: Observations, gen: np.random.Generator) -> GaussianProcess:
+    X = codec.one_hot(_fill_missing(obs.X, codec, gen))
+    y = warp(obs.y)
+    rows = _training_rows(y, CONDITION_ROWS, gen)
+    sub = _training_rows(y[rows], FIT_ROWS, gen)
+    return fit_gp(X[rows], y[rows], gen, fit_rows=sub)
+
+
+def propose(codec: SpaceCodec, obs: Observations, gen: np.random.Generator) -> np.ndarray | None:
+    """The next row to evaluate; None when every candidate found is already in the history."""
+    if obs.n < n_initial(codec):
+        return space_filling(codec, obs, gen)
+    gp = fit_model(codec, obs, gen)
+    y = warp(obs.y)
+    best = float(y.min())
+    if len(obs.pending):
+        P = codec.one_hot(_fill_missing(obs.pending, codec, gen))
+        mean, _ = gp.predict(P)
+        gp = gp.condition(P, np.maximum(mean, best))
+
+    def score(rows: np.ndarray) -> np.ndarray:
+        mean, var = gp.predict(codec.one_hot(rows))
+        return log_expected_improvement(mean, var, best)
+
+    known = _fill_missing(obs.X, codec, gen)
+    starts = known[np.argsort(y, kind="stable")[:N_LOCAL_STARTS]]
+    pool = [codec.sample(N_RANDOM, gen), _perturb(np.repeat(starts, N_LOCAL, 0), 0.1, codec, gen)]
+    pool_scores = [score(pool[0]), score(pool[1])]
+    allrows, allscores = np.vstack(pool), np.concatenate(pool_scores)
+    # Local refinement: greedy steps with shrinking radius from the best few candidates.
+    current = allrows[np.argsort(-allscores)[:N_LOCAL_STARTS]]
+    current_scores = np.sort(allscores)[::-1][:N_LOCAL_STARTS]
+    for radius in REFINE_STEPS:
+        trial = _perturb(np.repeat(current, N_LOCAL, 0), radius, codec, gen)
+        s = score(trial).reshape(len(current), N_LOCAL)
+        pool.append(trial)
+        pool_scores.append(s.ravel())
+        j = s.argmax(1)
+        better = s[np.arange(len(current)), j] > current_scores
+        current[better] = trial.reshape(len(current), N_LOCAL, -1)[better, j[better]]
+        current_scores = np.where(better, s[np.arange(len(current)), j], current_scores)
+    allrows, allscores = np.vstack(pool), np.concatenate(pool_scores)
+    for i in np.argsort(-allscores, kind="stable"):
+        if row_key(allrows[i]) not in obs.taken:
+            return allrows[i]
+    return None

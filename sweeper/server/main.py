@@ -1,0 +1,103 @@
+"""Starting the service: the safety checks, the restart rule for leases, and uvicorn."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import sys
+import time
+from dataclasses import dataclass
+
+from sweeper.coordinator import DEFAULT_LEASE_SECONDS, Coordinator
+from sweeper.server.app import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, create_app
+from sweeper.store import Store
+
+
+class UnsafeBindError(Exception):
+    """Listening where others can reach the server, with nothing to keep them out."""
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    token: str | None = None
+    insecure: bool = False
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_batch: int = DEFAULT_MAX_BATCH
+    log_level: str = "info"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def check_bind(options: ServerOptions) -> None:
+    if options.token or options.insecure or is_loopback(options.host):
+        return
+    raise UnsafeBindError(
+        f"refusing to listen on {options.host} without a token: anyone who can reach it could run "
+        "commands on your agents. Pass --token (or set SWEEPER_TOKEN) and give agents the same token, "
+        "or bind to 127.0.0.1, or pass --insecure on a network you trust"
+    )
+
+
+def revive_leases(store: Store, lease_seconds: float, *, now: float) -> int:
+    """A restarted coordinator gives every running trial one lease period from now: agents that
+    kept working while it was down find their leases held, instead of their trials lost."""
+    return len(store.extend_running_leases(expires_at=now + lease_seconds))
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before uvicorn starts, so ``--port 0`` gives a free port we can print."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host.strip("[]"), port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(store: Store, options: ServerOptions) -> None:
+    """Run until interrupted. Prints one line, ``sweeper server listening on URL``, once it accepts."""
+    import uvicorn
+
+    check_bind(options)
+    if bool(options.ssl_certfile) != bool(options.ssl_keyfile):
+        raise ValueError("TLS needs both --ssl-certfile and --ssl-keyfile")
+    revived = revive_leases(store, options.lease_seconds, now=time.time())
+    coordinator = Coordinator(store, lease_seconds=options.lease_seconds)
+    app = create_app(
+        coordinator, token=options.token, max_body_bytes=options.max_body_bytes, max_batch=options.max_batch
+    )
+    sock = bind(options.host, options.port)
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app,
+        ssl_certfile=options.ssl_certfile,
+        ssl_keyfile=options.ssl_keyfile,
+        log_level=options.log_level,
+        timeout_graceful_shutdown=5,
+    )
+    config.load()  # a missing or unreadable certificate fails here, before the "listening" line
+    server = uvicorn.Server(config)
+    scheme = "https" if options.ssl_certfile else "http"
+    shown = f"[{options.host}]" if ":" in options.host else options.host
+
+    if revived:
+        print(f"sweeper server: {revived} running trial(s) keep their leases", file=sys.stderr, flush=True)
+    # The socket already listens: a client that connects now waits in its backlog until uvicorn accepts.
+    print(f"sweeper server listening on {scheme}://{shown}:{port}", flush=True)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()

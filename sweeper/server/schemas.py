@@ -1,0 +1,287 @@
+"""Request and response bodies of the HTTP API, and their conversion to sweeper's records.
+
+Everything a client sends is checked here (lengths, characters, integer ranges), so a
+mistake gets a 422 naming the field instead of reaching the store. Non-finite metric
+values travel as the strings "NaN", "Infinity" and "-Infinity": JSON has no such numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat
+
+from sweeper.client import decode_float, encode_float
+from sweeper.protocol import Assignment, Directive, NoTrial, NoTrialReason
+from sweeper.spec import Problem
+from sweeper.spec.problems import join
+from sweeper.trials import MetricPoint, Sweep, SweepState, Trial, TrialState
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # sweep ids and lease ids
+MAX_NAME = 256
+MAX_TAIL = 65536
+
+
+def _storable(value: str) -> str:
+    # A lone surrogate cannot be encoded, and PostgreSQL text cannot hold NUL: refuse both here.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+def _free_text(value: str) -> str:
+    # stderr may hold NUL bytes; keep the rest of it rather than refuse the report.
+    return _storable(value.replace("\x00", "\ufffd"))
+
+
+# A name people and tools read: printable, no control characters.
+Name = Annotated[
+    str, Field(min_length=1, max_length=MAX_NAME, pattern=r"^[^\x00-\x1f\x7f]+$"), AfterValidator(_storable)
+]
+LeaseId = Annotated[str, Field(pattern=ID_PATTERN)]
+Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+NonFinite = Literal["NaN", "Infinity", "-Infinity"]
+MetricValue = StrictFloat | NonFinite  # strict: the string "nan" must not pass as a number
+FreeText = Annotated[str, Field(max_length=MAX_TAIL), AfterValidator(_free_text)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- errors -------------------------------------------------------------------
+
+
+class ProblemOut(Model):
+    path: str
+    message: str
+
+
+class ErrorOut(Model):
+    code: str
+    detail: str
+    problems: list[ProblemOut] | None = None
+
+
+# --- sweeps -------------------------------------------------------------------
+
+
+class SweepOut(Model):
+    id: str
+    name: str | None
+    method: str
+    state: SweepState
+    spec: dict[str, Any]
+    seed: int
+    created_at: float
+    updated_at: float
+
+    @classmethod
+    def of(cls, sweep: Sweep) -> SweepOut:
+        return cls(
+            id=sweep.id,
+            name=sweep.name,
+            method=sweep.method,
+            state=sweep.state,
+            spec=dict(sweep.spec),
+            seed=sweep.seed,
+            created_at=sweep.created_at,
+            updated_at=sweep.updated_at,
+        )
+
+
+class SweepStateIn(Model):
+    state: SweepState
+
+
+# --- trials -------------------------------------------------------------------
+
+
+class PointIn(Model):
+    name: Name
+    value: MetricValue
+    step: Int64
+    seq: Int64
+    time: FiniteFloat
+
+    def point(self) -> MetricPoint:
+        return MetricPoint(
+            name=self.name, value=decode_float(self.value), step=self.step, seq=self.seq, time=self.time
+        )
+
+
+class PointOut(Model):
+    name: str
+    value: MetricValue
+    step: int
+    seq: int
+    time: float
+
+
+class TrialOut(Model):
+    id: int
+    sweep_id: str
+    number: int
+    config: dict[str, Any]
+    state: TrialState
+    created_at: float
+    ended_at: float | None
+    retry_of: int | None
+    agent: str | None
+    host: str | None
+    lease_id: str | None
+    lease_expires_at: float | None
+    exit_code: int | None
+    stderr_tail: str | None
+    stop_reason: str | None
+    stop_requested: str | None
+    summary: dict[str, MetricValue]
+    history: list[PointOut] | None
+
+    @classmethod
+    def of(cls, trial: Trial) -> TrialOut:
+        history = None
+        if trial.history is not None:
+            history = [
+                PointOut(name=p.name, value=encode_float(p.value), step=p.step, seq=p.seq, time=p.time)
+                for p in trial.history
+            ]
+        return cls(
+            id=trial.id,
+            sweep_id=trial.sweep_id,
+            number=trial.number,
+            config=dict(trial.config),
+            state=trial.state,
+            created_at=trial.created_at,
+            ended_at=trial.ended_at,
+            retry_of=trial.retry_of,
+            agent=trial.agent,
+            host=trial.host,
+            lease_id=trial.lease_id,
+            lease_expires_at=trial.lease_expires_at,
+            exit_code=trial.exit_code,
+            stderr_tail=trial.stderr_tail,
+            stop_reason=trial.stop_reason,
+            stop_requested=trial.stop_requested,
+            summary={k: encode_float(v) for k, v in trial.summary.items()},
+            history=history,
+        )
+
+
+# --- the agent protocol -------------------------------------------------------
+
+
+class AgentIn(Model):
+    name: Name
+    host: Name
+    gpu: Name | None = None
+
+
+class AssignmentOut(Model):
+    sweep_id: str
+    trial_id: int
+    trial_number: int
+    lease_id: str
+    lease_seconds: float
+    config: dict[str, Any]
+    command: list[str]
+    program: str | None
+    metric_name: str | None
+
+
+class NoTrialOut(Model):
+    reason: NoTrialReason
+    message: str
+    retry_after: float
+
+
+class NextTrialOut(Model):
+    """Exactly one of ``assignment`` and ``no_trial`` is set."""
+
+    assignment: AssignmentOut | None = None
+    no_trial: NoTrialOut | None = None
+
+    @classmethod
+    def of(cls, answer: Assignment | NoTrial) -> NextTrialOut:
+        if isinstance(answer, NoTrial):
+            return cls(
+                no_trial=NoTrialOut(
+                    reason=answer.reason, message=answer.message, retry_after=answer.retry_after
+                )
+            )
+        return cls(
+            assignment=AssignmentOut(
+                sweep_id=answer.sweep_id,
+                trial_id=answer.trial_id,
+                trial_number=answer.trial_number,
+                lease_id=answer.lease_id,
+                lease_seconds=answer.lease_seconds,
+                config=dict(answer.config),
+                command=list(answer.command),
+                program=answer.program,
+                metric_name=answer.metric_name,
+            )
+        )
+
+
+class LeaseIn(Model):
+    lease_id: LeaseId
+
+
+class MetricsIn(Model):
+    lease_id: LeaseId
+    points: list[PointIn]
+
+
+class FinishIn(Model):
+    lease_id: LeaseId
+    state: Literal[TrialState.FINISHED, TrialState.FAILED, TrialState.STOPPED]
+    exit_code: Annotated[int, Field(ge=-(2**31), le=2**31 - 1)] | None = None
+    stderr_tail: FreeText | None = None
+    stop_reason: Annotated[str, Field(max_length=4096), AfterValidator(_free_text)] | None = None
+
+
+class DirectiveOut(Model):
+    stop: bool
+    reason: str | None = None
+
+    @classmethod
+    def of(cls, directive: Directive) -> DirectiveOut:
+        return cls(stop=directive.stop, reason=directive.reason)
+
+
+class HealthOut(Model):
+    status: Literal["ok"]
+    version: str
+
+
+def spec_problems(value: Any, path: str = "") -> list[Problem]:
+    """What keeps a sweep file out of the store before it is parsed: NaN or infinite numbers
+    (JSON has none), integers past 64 bits (no database integer holds them), NUL characters and
+    lone surrogates (no database text column holds them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [Problem(path, f"{value} is not a number JSON can carry; write a finite value")]
+    if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
+        return [
+            Problem(path, "integer too large: it must fit in 64 bits (write it as a float if it is a bound)")
+        ]
+    if isinstance(value, str):
+        try:
+            _storable(value)
+        except ValueError as exc:
+            return [Problem(path, str(exc))]
+        return [Problem(path, "text must not contain NUL characters")] if "\x00" in value else []
+    found: list[Problem] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = join(path, key)
+            found += spec_problems(key, where) + spec_problems(item, where)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found += spec_problems(item, f"{path}[{index}]")
+    return found

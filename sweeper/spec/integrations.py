@@ -1,0 +1,75 @@
+"""The ``integrations:`` block of a sweep file: which trackers log the sweep, and where.
+
+::
+
+    integrations:
+      mlflow: {tracking_uri: http://mlflow:5000, experiment: digits}   # or mlflow: true
+      wandb: {project: digits, entity: my-team, mode: offline}        # or wandb: true
+
+A missing value falls back to the tracker's own environment variables where the agent runs
+(MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME, WANDB_PROJECT, WANDB_ENTITY, WANDB_MODE).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sweeper.spec.fields import boolean, choice, show, string
+from sweeper.spec.problems import Problem, join, unknown_key
+
+TRACKER_KEYS: dict[str, tuple[str, ...]] = {
+    "mlflow": ("tracking_uri", "experiment", "enabled"),
+    "wandb": ("project", "entity", "mode", "tags", "enabled"),
+}
+WANDB_MODES = ("online", "offline", "disabled")
+
+
+def check_integrations(raw: Any, problems: list[Problem], path: str = "integrations") -> None:
+    """Record a Problem, with its key path, for everything wrong in an ``integrations`` block."""
+    if not isinstance(raw, Mapping):
+        problems.append(Problem(path, f"expected a mapping such as {{mlflow: true}}, got {show(raw)}"))
+        return
+    for tracker, settings in raw.items():
+        where = join(path, str(tracker))
+        if tracker not in TRACKER_KEYS:
+            problems.append(Problem(where, unknown_key(str(tracker), TRACKER_KEYS)))
+            continue
+        if isinstance(settings, bool) or settings is None:
+            continue  # `mlflow: true` (or empty): every setting from the environment
+        if not isinstance(settings, Mapping):
+            problems.append(
+                Problem(where, f"expected true, false or a mapping of settings, got {show(settings)}")
+            )
+            continue
+        for key, value in settings.items():
+            at = join(where, str(key))
+            if key not in TRACKER_KEYS[tracker]:
+                problems.append(Problem(at, unknown_key(str(key), TRACKER_KEYS[tracker])))
+            elif key == "enabled":
+                boolean(value, at, problems)
+            elif key == "mode":
+                choice(value, WANDB_MODES, at, problems)
+            elif key == "tags":
+                _tags(value, at, problems)
+            elif string(value, at, problems) is value and not value.strip():
+                problems.append(Problem(at, "expected a non-empty string"))
+
+
+def _tags(value: Any, path: str, problems: list[Problem]) -> None:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        problems.append(Problem(path, f"expected a list of non-empty strings, got {show(value)}"))
+
+
+def enabled_trackers(raw: Any) -> dict[str, dict[str, Any]]:
+    """``{tracker: settings}`` for each tracker switched on in a checked block."""
+    out: dict[str, dict[str, Any]] = {}
+    if not isinstance(raw, Mapping):
+        return out
+    for tracker, settings in raw.items():
+        if settings is False or tracker not in TRACKER_KEYS:
+            continue
+        settings = dict(settings) if isinstance(settings, Mapping) else {}
+        if settings.pop("enabled", True):
+            out[str(tracker)] = settings
+    return out

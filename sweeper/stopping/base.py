@@ -1,0 +1,100 @@
+"""The stopping-rule contract: decide from the objective metric's curves whether a trial stops now.
+
+A rule is a function of the data it is given (the trial that just reported and every trial of
+its sweep, each with the points of the objective metric), so a coordinator restarted on the
+same store makes the same decisions.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+from sweeper.spec.model import Goal, Metric
+from sweeper.trials import MetricPoint
+
+
+@dataclass(frozen=True)
+class TrialCurve:
+    """One trial's points of the objective metric, in (step, seq) order, as they were logged."""
+
+    number: int  # the trial's number within its sweep
+    points: tuple[MetricPoint, ...]
+
+    def iterations(self) -> list[MetricPoint]:
+        """The points that count as iterations: W&B drops NaN and infinite values before counting."""
+        return [p for p in self.points if math.isfinite(p.value)]
+
+
+@dataclass(frozen=True)
+class StopDecision:
+    """Why a trial stops. ``reason`` is what the trial records; the fields say the same for code."""
+
+    reason: str
+    rule: str
+    iteration: int  # the n-th finite value of the metric the decision looked at
+    rung: int  # 1-based index of the rung (band) among the rule's rungs
+    value: float  # the trial's value that was compared, in the metric's own sign
+    threshold: float  # the value it had to match or beat
+    rank: int  # 1 is best; ties share the better rank
+    competitors: int  # how many trials had a value at that rung, the trial included
+
+
+class StoppingRule(ABC):
+    """Subclasses set ``name`` and implement :meth:`decide`."""
+
+    name: ClassVar[str]
+
+    def __init__(self, metric: Metric) -> None:
+        self.metric = metric
+
+    @abstractmethod
+    def decide(self, trial: TrialCurve, trials: Sequence[TrialCurve]) -> StopDecision | None:
+        """A decision to stop the running ``trial`` now, or None to let it go on.
+
+        ``trials`` holds every trial of the sweep that logged the metric (``trial`` among them),
+        whatever its state: finished and stopped trials set the bar for running ones.
+        """
+
+    # Helpers shared by the rules: values are compared as losses (smaller is better).
+
+    def loss(self, value: float) -> float:
+        return -value if self.metric.goal is Goal.MAXIMIZE else value
+
+    def describe(
+        self,
+        *,
+        label: str,
+        iteration: int,
+        rung: int,
+        value: float,
+        threshold: float,
+        rank: int,
+        competitors: int,
+        eta: float,
+        what: str = "",
+    ) -> StopDecision:
+        """A decision with its reason in words, values shown in the metric's own sign."""
+        name = self.metric.name
+        reason = (
+            f"{label}: at iteration {iteration} (rung {rung}) {what}{name}={value:.4g} is worse than "
+            f"the threshold {threshold:.4g} (rank {rank} of {competitors}; keeps the top 1/{eta:g})"
+        )
+        return StopDecision(
+            reason=reason,
+            rule=self.name,
+            iteration=iteration,
+            rung=rung,
+            value=value,
+            threshold=threshold,
+            rank=rank,
+            competitors=competitors,
+        )
+
+
+def rank_of(loss: float, losses: Sequence[float]) -> int:
+    """1 + how many of ``losses`` are strictly better (smaller) than ``loss``."""
+    return 1 + sum(1 for other in losses if other < loss)

@@ -1,0 +1,84 @@
+"""``method: bayes``: Gaussian-process Bayesian optimisation over mixed, nested spaces.
+
+The maths lives in :mod:`sweeper.optim` and is imported inside the methods, so importing the
+strategies (and so the coordinator) does not need numpy or scipy.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from sweeper.spec import SweepSpec, build_config, config_key, grid_size
+from sweeper.strategies.base import Strategy, Suggestion
+from sweeper.strategies.registry import register
+from sweeper.trials import Trial
+
+
+def metric_problems(spec: SweepSpec) -> list[tuple[str, str]]:
+    if spec.metric is None:
+        return [("metric", f"required for method {spec.method}: the search needs a value to optimise")]
+    return []
+
+
+def numpy_rng(rng: random.Random) -> Any:
+    import numpy as np
+
+    return np.random.default_rng(rng.getrandbits(128))
+
+
+def space_is_exhausted(spec: SweepSpec, trials: Sequence[Trial]) -> int | None:
+    """The size of a finite space every configuration of which has a trial, else None."""
+    size = grid_size(spec)
+    if size is not None and len({config_key(t.config) for t in trials}) >= size:
+        return size
+    return None
+
+
+def missing_search_extra(method: str) -> ImportError:
+    return ImportError(
+        f"method {method} needs numpy and scipy: pip install 'sweeper[search]'",
+    )
+
+
+@register
+class BayesSearch(Strategy):
+    """GP with a Matern-5/2 ARD kernel, log expected improvement, pending trials believed."""
+
+    method = "bayes"
+
+    def __init__(self, spec: SweepSpec) -> None:
+        super().__init__(spec)
+        self._codec: Any = None  # built on first use: it needs numpy
+
+    @classmethod
+    def check_spec(cls, spec: SweepSpec) -> list[tuple[str, str]]:
+        return metric_problems(spec)
+
+    def _space(self) -> Any:
+        if self._codec is None:
+            try:
+                from sweeper.optim.encoding import SpaceCodec
+            except ImportError as e:
+                raise missing_search_extra(self.method) from e
+            self._codec = SpaceCodec(self.spec.parameters)
+        return self._codec
+
+    def suggest(self, trials: Sequence[Trial], rng: random.Random) -> Suggestion:
+        if self.spec.metric is None:
+            raise ValueError("method bayes needs a metric (metric: {name: ..., goal: ...})")
+        if (size := space_is_exhausted(self.spec, trials)) is not None:
+            return Suggestion.done(f"all {size} configurations of the finite space have been tried")
+        codec = self._space()
+        from sweeper.optim.bo import propose
+        from sweeper.optim.history import observations
+        from sweeper.optim.threads import one_blas_thread
+
+        gen = numpy_rng(rng)
+        obs = observations(trials, codec, self.spec.metric)
+        with one_blas_thread():
+            row = propose(codec, obs, gen)
+        if row is None:  # every candidate found repeats a trial: take a fresh prior draw
+            row = codec.sample(1, gen)[0]
+        return Suggestion.run(build_config(self.spec, codec.decode(row)))

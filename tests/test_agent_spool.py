@@ -1,0 +1,162 @@
+"""Reports kept on disk: the spool, the kept end state, and delivering what an agent left behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sweeper.agents.reporting import TrialReporter, backoff_delay, deliver_leftovers
+from sweeper.agents.spool import Spool, leftover_spools
+
+from sweeper.coordinator import Coordinator
+from sweeper.protocol import AgentInfo, Assignment, TrialOutcome
+from sweeper.spec import parse_sweep
+from sweeper.store import open_store
+from sweeper.trials import MetricPoint, TrialState
+
+INFO = AgentInfo(name="spool-test", host="localhost")
+
+
+def points(seqs: range) -> list[MetricPoint]:
+    return [MetricPoint("loss", 1.0 / (s + 1), s, s, 1700000000.0 + s) for s in seqs]
+
+
+@pytest.fixture
+def coordinator(sqlite_store_url: str):
+    store = open_store(sqlite_store_url)
+    yield Coordinator(store, lease_seconds=60.0)
+    store.close()
+
+
+def lease(coordinator: Coordinator, n: int = 3) -> Assignment:
+    sweep = coordinator.create_sweep(
+        parse_sweep({"method": "grid", "parameters": {"x": {"values": list(range(n))}}})
+    )
+    got = coordinator.next_trial(sweep.id, INFO)
+    assert isinstance(got, Assignment)
+    return got
+
+
+def folder_for(workdir: Path, a: Assignment) -> Path:
+    path = workdir / ".sweeper" / "trials" / a.sweep_id / str(a.trial_number)
+    path.mkdir(parents=True)
+    return path
+
+
+def test_points_are_on_disk_before_they_are_sent_and_acks_survive_a_reopen(
+    tmp_path: Path, coordinator
+) -> None:
+    a = lease(coordinator)
+    spool = Spool.create(folder_for(tmp_path, a), a)
+    spool.append(points(range(5)))
+    spool.ack(2)
+    again = Spool.open(spool.folder)
+    assert (again.trial_id, again.lease_id, again.sweep_id) == (a.trial_id, a.lease_id, a.sweep_id)
+    assert [p.seq for p in again.unacked()] == [2, 3, 4]
+    assert again.pending == 3
+
+
+def test_a_line_cut_short_by_a_crash_is_skipped(tmp_path: Path, coordinator) -> None:
+    a = lease(coordinator)
+    spool = Spool.create(folder_for(tmp_path, a), a)
+    spool.append(points(range(2)))
+    with open(spool.path, "a") as fh:
+        fh.write('{"name": "loss", "val')  # the agent died in the middle of this write
+    assert [p.seq for p in Spool.open(spool.folder).unacked()] == [0, 1]
+
+
+def test_leftovers_are_delivered_once_and_the_trial_ends(tmp_path: Path, coordinator) -> None:
+    a = lease(coordinator)
+    spool = Spool.create(folder_for(tmp_path, a), a)
+    spool.append(points(range(4)))
+    spool.ack(1)  # the first point reached the coordinator before the agent died
+    coordinator.report_metrics(a.trial_id, a.lease_id, points(range(1)))
+    spool.keep_outcome(TrialOutcome(TrialState.FINISHED, exit_code=0))
+
+    assert deliver_leftovers(coordinator, tmp_path, a.sweep_id) == 1
+    trial = coordinator.store.get_trial(a.trial_id, with_history=True)
+    assert trial.state is TrialState.FINISHED and trial.exit_code == 0
+    assert sorted(p.seq for p in trial.history or ()) == [0, 1, 2, 3]
+    assert list(leftover_spools(tmp_path)) == []
+    assert deliver_leftovers(coordinator, tmp_path, a.sweep_id) == 0
+
+
+def test_a_running_trials_spool_is_drained_but_never_finished(tmp_path: Path, coordinator) -> None:
+    """Another agent in the same folder may still be running it."""
+    a = lease(coordinator)
+    spool = Spool.create(folder_for(tmp_path, a), a)
+    spool.append(points(range(3)))
+    assert deliver_leftovers(coordinator, tmp_path) == 0
+    trial = coordinator.store.get_trial(a.trial_id, with_history=True)
+    assert trial.state is TrialState.RUNNING and len(trial.history or ()) == 3
+    assert Spool.open(spool.folder).pending == 0
+
+
+def test_a_lost_lease_abandons_the_spool_and_keeps_its_file(tmp_path: Path, coordinator) -> None:
+    a = lease(coordinator)
+    spool = Spool.create(folder_for(tmp_path, a), a)
+    spool.append(points(range(2)))
+    spool.keep_outcome(TrialOutcome(TrialState.FINISHED, exit_code=0))
+    coordinator.store.finish_trial(a.trial_id, None, TrialState.LOST, now=0.0)
+    assert deliver_leftovers(coordinator, tmp_path) == 0
+    assert spool.is_abandoned and spool.path.exists()
+    assert list(leftover_spools(tmp_path)) == []
+
+
+def test_leftovers_of_other_sweeps_are_left_alone(tmp_path: Path, coordinator) -> None:
+    a = lease(coordinator)
+    spool = Spool.create(folder_for(tmp_path, a), a)
+    spool.keep_outcome(TrialOutcome(TrialState.FINISHED, exit_code=0))
+    assert deliver_leftovers(coordinator, tmp_path, "another") == 0
+    assert coordinator.store.get_trial(a.trial_id).state is TrialState.RUNNING
+
+
+class Unreachable:
+    """A coordinator that cannot be reached for its first ``n`` metric reports."""
+
+    def __init__(self, inner: Coordinator, n: int) -> None:
+        self.inner, self.n, self.calls = inner, n, 0
+
+    def report_metrics(self, trial_id, lease_id, pts):
+        self.calls += 1
+        if self.calls <= self.n:
+            raise ConnectionRefusedError("coordinator down")
+        return self.inner.report_metrics(trial_id, lease_id, pts)
+
+    def heartbeat(self, trial_id, lease_id):
+        return self.inner.heartbeat(trial_id, lease_id)
+
+
+def test_reporter_on_a_spool_delivers_each_point_once_after_an_outage(tmp_path: Path, coordinator) -> None:
+    a = lease(coordinator)
+    spool = Spool.create(folder_for(tmp_path, a), a)
+    client = Unreachable(coordinator, 3)
+    now = [0.0]
+    reporter = TrialReporter(
+        client,
+        a,
+        clock=lambda: now[0],
+        report_interval=0.1,
+        heartbeat_interval=1.0,
+        max_backoff=1.0,
+        queue=spool,
+    )
+    for s in range(6):
+        reporter.add(points(range(s, s + 1)))
+        now[0] += 2.0  # past any backoff
+        reporter.pump()
+    reporter.send_all()
+    assert client.calls > 3 and spool.pending == 0
+    history = coordinator.store.get_trial(a.trial_id, with_history=True).history or ()
+    assert sorted(p.seq for p in history) == list(range(6))
+
+
+def test_backoff_doubles_is_capped_and_jittered() -> None:
+    import random
+
+    rng = random.Random(1)
+    delays = [backoff_delay(n, base=0.5, cap=4.0, rng=rng) for n in range(1, 9)]
+    for n, d in enumerate(delays, start=1):
+        ceiling = min(0.5 * 2 ** (n - 1), 4.0)
+        assert ceiling / 2 <= d <= ceiling
+    assert len({round(d, 6) for d in delays[4:]}) > 1  # capped ones still differ

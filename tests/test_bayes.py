@@ -1,0 +1,111 @@
+"""method: bayes: metric rules, mixed spaces, pending trials, failures, and search quality."""
+
+from __future__ import annotations
+
+import random
+import statistics
+
+import pytest
+from model_search_problems import run, sphere, sphere_spec
+from strategy_conformance import assert_in_space, make_trial
+
+from sweeper.spec import SpecError, flatten_config, parse_sweep
+from sweeper.strategies import SuggestionKind, strategy_class
+from sweeper.trials import TrialState
+
+
+def test_bayes_requires_a_metric() -> None:
+    with pytest.raises(SpecError, match="metric: required for method bayes"):
+        parse_sweep({"method": "bayes", "parameters": {"x": {"min": 0.0, "max": 1.0}}})
+
+
+def test_bayes_beats_random_search_on_a_shifted_sphere_with_a_categorical() -> None:
+    def regrets(method: str) -> list[float]:
+        return [
+            min(t.summary["loss"] for t in run(method, sphere, sphere_spec(method), 40, s)) for s in range(4)
+        ]
+
+    bayes, rand = statistics.median(regrets("bayes")), statistics.median(regrets("random"))
+    assert bayes < 0.25 * rand, (bayes, rand)
+
+
+def test_bayes_finds_the_one_good_category() -> None:
+    spec = sphere_spec("bayes")
+    trials = run("bayes", sphere, spec, 30, seed=1)
+    late = [t.config["kind"] for t in trials[-10:]]
+    assert late.count("c") >= 5, late  # random search would pick it 2 times in 10
+    assert min(trials, key=lambda t: t.summary["loss"]).config["kind"] == "c"
+
+
+def test_maximize_is_searched_upwards() -> None:
+    raw = {
+        "method": "bayes",
+        "metric": {"name": "acc", "goal": "maximize"},
+        "parameters": {"x": {"min": 0.0, "max": 1.0}, "y": {"min": 0.0, "max": 1.0}},
+    }
+    spec = parse_sweep(raw)
+    trials = run("bayes", lambda c: -((c["x"] - 0.8) ** 2) - (c["y"] - 0.2) ** 2, spec, 20, 0, metric="acc")
+    best = max(trials, key=lambda t: t.summary["acc"]).config
+    assert abs(best["x"] - 0.8) < 0.1 and abs(best["y"] - 0.2) < 0.1
+
+
+def test_a_running_trial_is_not_suggested_again() -> None:
+    spec = sphere_spec("bayes")
+    trials = run("bayes", sphere, spec, 12, seed=2)
+    strategy = strategy_class("bayes")(spec)
+    first = strategy.suggest(trials, random.Random(7)).config
+    pending = [*trials, make_trial(first, TrialState.RUNNING, 13)]
+    second = strategy.suggest(pending, random.Random(7)).config  # same rng: only the pending trial differs
+    a, b = flatten_config(first), flatten_config(second)
+    assert a != b
+    distance = sum((a[k] - b[k]) ** 2 for k in a if k != ("kind",)) ** 0.5
+    assert distance > 0.05 or a[("kind",)] != b[("kind",)]
+
+
+def test_failed_nan_and_infinite_results_do_not_break_it() -> None:
+    spec = sphere_spec("bayes")
+    trials = run("bayes", sphere, spec, 8, seed=3)
+    bad = [
+        make_trial(trials[0].config, TrialState.FAILED, 9),
+        make_trial(trials[1].config, TrialState.FINISHED, 10, loss=float("nan")),
+        make_trial(trials[2].config, TrialState.FINISHED, 11, loss=float("inf")),
+        make_trial(trials[3].config, TrialState.LOST, 12),
+    ]
+    for history in (bad, trials + bad):
+        suggestion = strategy_class("bayes")(spec).suggest(history, random.Random(0))
+        assert suggestion.kind is SuggestionKind.RUN
+        assert_in_space(spec, suggestion.config)
+
+
+def test_integer_quantised_and_log_parameters_stay_on_their_lattice() -> None:
+    raw = {
+        "method": "bayes",
+        "metric": {"name": "loss"},
+        "parameters": {
+            "lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-1},
+            "units": {"min": 8, "max": 64},
+            "width": {"distribution": "q_uniform", "min": 0.0, "max": 2.0, "q": 0.5},
+            "batch": {"distribution": "q_log_uniform_values", "min": 16, "max": 256, "q": 16},
+        },
+    }
+    spec = parse_sweep(raw)
+    objective = lambda c: (c["units"] - 40) ** 2 / 100 + (c["width"] - 1.5) ** 2 + abs(c["batch"] - 64) / 64  # noqa: E731
+    for t in run("bayes", objective, spec, 16, seed=4):
+        c = t.config
+        assert isinstance(c["units"], int) and 8 <= c["units"] <= 64
+        assert c["width"] in (0.0, 0.5, 1.0, 1.5, 2.0)
+        assert isinstance(c["batch"], int) and c["batch"] % 16 == 0 and 16 <= c["batch"] <= 256
+        assert 1e-4 <= c["lr"] <= 1e-1
+
+
+def test_a_finite_space_ends_when_every_configuration_has_run() -> None:
+    spec = parse_sweep(
+        {
+            "method": "bayes",
+            "metric": {"name": "loss"},
+            "parameters": {"a": {"values": [1, 2, 3]}, "b": {"min": 0, "max": 1}},
+        }
+    )
+    trials = run("bayes", lambda c: c["a"] + c["b"], spec, 6, seed=0)
+    assert len({(t.config["a"], t.config["b"]) for t in trials}) == 6
+    assert strategy_class("bayes")(spec).suggest(trials, random.Random(0)).kind is SuggestionKind.DONE

@@ -1,0 +1,139 @@
+"""``sweeper agent``: in-process with click's runner on an embedded store; signals with a real process."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import sweeper.cli.agent as agent_cli
+from sweeper.cli import main
+from sweeper.coordinator import Coordinator
+from sweeper.spec import parse_sweep
+from sweeper.store import open_store
+from sweeper.trials import SweepState, TrialState
+
+SCRIPTS = Path(__file__).parent / "scripts"
+SWEEPER = str(Path(sys.executable).parent / "sweeper")
+
+
+def make_sweep(db: str, parameters: dict, program: str = "e2e_trial.py", **extra: object) -> str:
+    raw = {"method": "grid", "program": str(SCRIPTS / program), "parameters": parameters, **extra}
+    with open_store(db) as store:
+        return Coordinator(store).create_sweep(parse_sweep(raw)).id
+
+
+@pytest.fixture
+def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    for name in ("SWEEPER_COORDINATOR", "SWEEPER_TOKEN", "SWEEPER_DB"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path
+
+
+def test_runs_the_sweep_to_the_end_and_says_why_it_exits(here: Path, sqlite_store_url: str) -> None:
+    sweep_id = make_sweep(sqlite_store_url, {"x": {"values": [1, 2, 3, 4]}})
+    result = CliRunner().invoke(main, ["agent", sweep_id, "--db", sqlite_store_url, "--slots", "2"])
+    assert result.exit_code == 0, result.output
+    assert (
+        result.output.strip().splitlines()[-1]
+        == f"sweep {sweep_id} is complete: all 4 grid combinations have run"
+    )
+    with open_store(sqlite_store_url) as store:
+        trials = store.list_trials(sweep_id)
+        assert sorted(t.config["x"] for t in trials) == [1, 2, 3, 4]
+        assert {t.state for t in trials} == {TrialState.FINISHED}
+        assert store.get_sweep(sweep_id).state is SweepState.FINISHED
+    # Delivered reports leave nothing behind to resend.
+    assert not list(here.glob(".sweeper/trials/*/*/spool.jsonl"))
+
+
+def test_count_caps_the_trials_of_this_process(here: Path, sqlite_store_url: str) -> None:
+    sweep_id = make_sweep(sqlite_store_url, {"x": {"values": [1, 2, 3, 4, 5]}})
+    result = CliRunner().invoke(
+        main, ["agent", sweep_id, "--db", sqlite_store_url, "--count", "2", "--slots", "3"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "count of 2" in result.output.strip().splitlines()[-1]
+    with open_store(sqlite_store_url) as store:
+        assert len(store.list_trials(sweep_id)) == 2
+
+
+def test_a_stopped_sweep_sends_the_agent_home(here: Path, sqlite_store_url: str) -> None:
+    sweep_id = make_sweep(sqlite_store_url, {"x": {"values": [1, 2]}})
+    with open_store(sqlite_store_url) as store:
+        Coordinator(store).set_sweep_state(sweep_id, SweepState.CANCELLED)
+    result = CliRunner().invoke(main, ["agent", sweep_id, "--db", sqlite_store_url])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1] == f"sweep {sweep_id} was cancelled"
+
+
+def test_unknown_sweep_is_a_clear_error(here: Path, sqlite_store_url: str) -> None:
+    make_sweep(sqlite_store_url, {"x": {"values": [1]}})
+    result = CliRunner().invoke(main, ["agent", "nosuch", "--db", sqlite_store_url])
+    assert result.exit_code == 1
+    assert "no sweep 'nosuch'" in result.output
+
+
+def test_gpus_and_slots_together_are_refused(here: Path, sqlite_store_url: str) -> None:
+    result = CliRunner().invoke(main, ["agent", "x", "--db", sqlite_store_url, "--gpus", "0", "--slots", "2"])
+    assert result.exit_code == 2 and "either --gpus or --slots" in result.output
+
+
+def test_unreachable_coordinator_at_start_fails_after_retries(here: Path, monkeypatch) -> None:
+    monkeypatch.setattr(agent_cli, "_START_BACKOFF", 0.01)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = CliRunner().invoke(main, ["agent", "abc", "--coordinator", f"http://127.0.0.1:{port}"])
+    assert result.exit_code == 1
+    assert f"cannot reach the coordinator at http://127.0.0.1:{port} after 5 tries" in result.output
+
+
+def test_malformed_coordinator_url_is_refused(here: Path) -> None:
+    result = CliRunner().invoke(main, ["agent", "abc", "--coordinator", "localhost:8765"])
+    assert result.exit_code != 0 and "http://host:port" in result.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_the_trials_and_exits_130(
+    here: Path, sqlite_store_url: str, sig: signal.Signals
+) -> None:
+    sweep_id = make_sweep(
+        sqlite_store_url,
+        {"n": {"values": [1, 2]}, "hang": {"value": True}, "child": {"value": True}},
+        "trial.py",
+    )
+    agent = subprocess.Popen(
+        [SWEEPER, "agent", sweep_id, "--db", sqlite_store_url, "--slots", "2", "--grace", "2"],
+        cwd=here,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    pid_files = [here / ".sweeper" / "trials" / sweep_id / str(n) / "child.pid" for n in (1, 2)]
+    deadline = time.monotonic() + 60
+    while not all(p.exists() for p in pid_files):
+        assert agent.poll() is None and time.monotonic() < deadline, agent.communicate()
+        time.sleep(0.05)
+    grandchildren = [int(p.read_text()) for p in pid_files]
+    agent.send_signal(sig)
+    out, err = agent.communicate(timeout=60)
+    assert agent.returncode == 130, out + err
+    assert "interrupted: stopping running trials" in err
+    with open_store(sqlite_store_url) as store:
+        trials = store.list_trials(sweep_id)
+    assert [t.state for t in trials] == [TrialState.STOPPED, TrialState.STOPPED], out + err
+    assert all("interrupted" in (t.stop_reason or "") for t in trials)
+    for pid in grandchildren:  # they ignore SIGTERM: only the SIGKILL after --grace ends them
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]:
+            assert time.monotonic() < deadline, f"trial grandchild {pid} outlived the agent"
+            time.sleep(0.05)

@@ -1,0 +1,130 @@
+"""``sweeper sweep|stop|pause|resume|cancel`` on the embedded store, and against a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from server_helpers import TOKEN, serving
+
+from sweeper.cli import main
+from sweeper.protocol import AgentInfo, Assignment
+from sweeper.store import open_store
+from sweeper.trials import SweepState
+
+SWEEP_FILE = """\
+method: grid
+name: cli
+program: train.py
+metric: {name: acc, goal: maximize}
+parameters:
+  lr: {values: [0.1, 0.01]}
+"""
+
+
+@pytest.fixture
+def sweep_file(tmp_path: Path) -> Path:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(SWEEP_FILE)
+    return path
+
+
+def invoke(*args: str, env: dict[str, str] | None = None) -> object:
+    return CliRunner().invoke(
+        main, list(args), env={"SWEEPER_COORDINATOR": "", "SWEEPER_TOKEN": "", **(env or {})}
+    )
+
+
+def test_sweep_prints_the_id_and_a_hint(sweep_file: Path, sqlite_store_url: str) -> None:
+    result = invoke("sweep", str(sweep_file), "--db", sqlite_store_url)
+    assert result.exit_code == 0, result.output
+    sweep_id = result.stdout.strip()
+    assert f"sweeper agent {sweep_id}" in result.stderr
+    with open_store(sqlite_store_url) as store:
+        sweep = store.get_sweep(sweep_id)
+    assert (sweep.name, sweep.state, sweep.spec["parameters"]) == (
+        "cli",
+        SweepState.RUNNING,
+        {"lr": {"values": [0.1, 0.01]}},
+    )
+
+
+def test_an_invalid_sweep_file_exits_2_and_stores_nothing(tmp_path: Path, sqlite_store_url: str) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("method: gird\nparameters: {lr: {min: 1, max: 0}}\n")
+    result = invoke("sweep", str(bad), "--db", sqlite_store_url)
+    assert result.exit_code == 2
+    assert "method" in result.output and "parameters.lr" in result.output
+    with open_store(sqlite_store_url) as store:
+        assert store.list_sweeps() == []
+
+
+def test_state_commands_follow_the_sweep_state_machine(sweep_file: Path, sqlite_store_url: str) -> None:
+    sweep_id = invoke("sweep", str(sweep_file), "--db", sqlite_store_url).stdout.strip()
+    for command, state in [
+        ("pause", "paused"),
+        ("resume", "running"),
+        ("stop", "stopped"),
+        ("resume", "running"),
+    ]:
+        result = invoke(command, sweep_id, "--db", sqlite_store_url)
+        assert (result.exit_code, result.output) == (0, f"sweep {sweep_id} is {state}\n")
+    result = invoke("cancel", sweep_id, "--db", sqlite_store_url)
+    assert result.exit_code == 0
+    result = invoke("resume", sweep_id, "--db", sqlite_store_url)
+    assert result.exit_code == 1 and "cancelled: it cannot become running" in result.output
+    result = invoke("pause", "nosuch", "--db", sqlite_store_url)
+    assert result.exit_code == 1 and "no sweep with id 'nosuch'" in result.output
+
+
+def test_cancel_stops_running_trials_at_their_next_heartbeat(sweep_file: Path, sqlite_store_url: str) -> None:
+    from sweeper.connect import connect
+
+    sweep_id = invoke("sweep", str(sweep_file), "--db", sqlite_store_url).stdout.strip()
+    coordinator = connect(db=sqlite_store_url)
+    trial = coordinator.next_trial(sweep_id, AgentInfo("a", "h"))
+    assert isinstance(trial, Assignment)
+    assert coordinator.heartbeat(trial.trial_id, trial.lease_id).stop is False
+    assert invoke("cancel", sweep_id, "--db", sqlite_store_url).exit_code == 0
+    directive = coordinator.heartbeat(trial.trial_id, trial.lease_id)
+    assert directive.stop and directive.reason == "sweep cancelled"
+
+
+def test_an_unreachable_coordinator_is_one_clear_line(sweep_file: Path) -> None:
+    result = invoke("sweep", str(sweep_file), "--coordinator", "http://127.0.0.1:9")
+    assert result.exit_code == 1
+    assert "coordinator http://127.0.0.1:9 unreachable" in result.output and "Traceback" not in result.output
+
+
+def sweeper(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sweeper", *args], capture_output=True, text=True, env=env, timeout=60
+    )
+
+
+def test_the_commands_against_a_server(sweep_file: Path, tmp_path: Path) -> None:
+    with serving(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "server") as server:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SWEEPER_")}
+        env |= {
+            "SWEEPER_COORDINATOR": server.url,
+            "SWEEPER_TOKEN": TOKEN,
+            "SWEEPER_DB": "sqlite:///nowhere.db",
+        }
+        created = sweeper("sweep", str(sweep_file), env=env)
+        assert created.returncode == 0, created.stderr
+        sweep_id = created.stdout.strip()
+        assert f"sweeper agent {sweep_id}" in created.stderr
+        assert sweeper("pause", sweep_id, env=env).stdout == f"sweep {sweep_id} is paused\n"
+        status = sweeper("status", sweep_id, env=env)
+        assert status.returncode == 0 and f"sweep {sweep_id} (grid) is paused: no trials yet" in status.stdout
+        listed = sweeper("trials", sweep_id, "--format", "json", env=env)
+        assert listed.returncode == 0 and json.loads(listed.stdout) == []
+        no_token = sweeper("status", env={**env, "SWEEPER_TOKEN": ""})
+        assert no_token.returncode == 1 and "--token or the SWEEPER_TOKEN" in no_token.stderr
+        assert not Path("nowhere.db").exists()  # the server's store was used, not a local one
+        assert [s.id for s in server.client().list_sweeps()] == [sweep_id]

@@ -1,0 +1,129 @@
+"""HttpCoordinator's failure modes on real sockets, connect(), and the light import."""
+
+from __future__ import annotations
+
+import http.server
+import inspect
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sweeper.client import CoordinatorError, CoordinatorUnavailableError, HttpCoordinator
+from sweeper.connect import connect
+from sweeper.coordinator import Coordinator
+from sweeper.protocol import AgentInfo, CoordinatorService
+
+
+class Misbehaving(http.server.BaseHTTPRequestHandler):
+    """A server that fails the way real ones do: by path."""
+
+    def do_GET(self) -> None:  # noqa: N802 (the name http.server calls)
+        if "/sweeps/reset" in self.path:
+            self.connection.shutdown(socket.SHUT_RDWR)  # closed without an answer
+            return
+        if "/sweeps/hang" in self.path:
+            self.server.release.wait(30)  # type: ignore[attr-defined]
+            return
+        status, body = {
+            "/api/v1/sweeps/e500": (500, b"Internal Server Error"),
+            "/api/v1/sweeps/e503": (503, b'{"code": "store_unavailable", "detail": "database is locked"}'),
+            "/api/v1/sweeps/text": (200, b"<html>not json</html>"),
+            "/api/v1/sweeps/e418": (418, b'{"code": "teapot", "detail": "short and stout"}'),
+        }.get(self.path, (404, b"{}"))
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def misbehaving() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Misbehaving)
+    server.release = threading.Event()  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.release.set()  # type: ignore[attr-defined]
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("sweep_id", ["e500", "e503", "reset", "text"])
+def test_server_faults_are_oserrors_the_agent_retries(misbehaving: str, sweep_id: str) -> None:
+    with pytest.raises(OSError) as caught:
+        HttpCoordinator(misbehaving).get_sweep(sweep_id)
+    assert isinstance(caught.value, CoordinatorUnavailableError)
+
+
+def test_a_silent_server_times_out_as_an_oserror(misbehaving: str) -> None:
+    with pytest.raises(OSError, match="unreachable"):
+        HttpCoordinator(misbehaving, timeout=0.3).get_sweep("hang")
+
+
+def test_a_refused_connection_names_the_url() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, not listening: connections are refused
+        url = f"http://127.0.0.1:{port}"
+        with pytest.raises(ConnectionError, match=f"coordinator {url} unreachable"):
+            HttpCoordinator(url).next_trial("abc", AgentInfo("a", "h"))
+
+
+def test_other_refusals_keep_the_servers_code(misbehaving: str) -> None:
+    with pytest.raises(CoordinatorError, match="short and stout") as caught:
+        HttpCoordinator(misbehaving).get_sweep("e418")
+    assert (caught.value.status, caught.value.code) == (418, "teapot")
+    assert not isinstance(caught.value, OSError)  # not worth retrying
+
+
+def test_bad_urls_and_secret_tokens() -> None:
+    with pytest.raises(ValueError, match="http://host:port"):
+        HttpCoordinator("localhost:8765")
+    client = HttpCoordinator("http://127.0.0.1:1/", token="s3cret")
+    assert "s3cret" not in repr(client) and client.url == "http://127.0.0.1:1"
+
+
+def test_connect_picks_http_or_embedded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("SWEEPER_COORDINATOR", raising=False)
+    monkeypatch.setenv("SWEEPER_TOKEN", "from-env")
+    remote = connect("http://127.0.0.1:9")
+    assert isinstance(remote, HttpCoordinator) and remote._token == "from-env"
+    assert connect("http://127.0.0.1:9", token="given")._token == "given"  # type: ignore[attr-defined]
+    monkeypatch.setenv("SWEEPER_COORDINATOR", "https://coord.example:8765")
+    assert connect().url == "https://coord.example:8765"  # type: ignore[attr-defined]
+    monkeypatch.delenv("SWEEPER_COORDINATOR")
+    monkeypatch.setenv("SWEEPER_DB", f"sqlite:///{tmp_path / 'env.db'}")
+    embedded = connect()
+    assert isinstance(embedded, Coordinator) and (tmp_path / "env.db").exists()
+    embedded.store.close()
+    other = connect(db=f"sqlite:///{tmp_path / 'arg.db'}")
+    assert isinstance(other, Coordinator) and (tmp_path / "arg.db").exists()
+    other.store.close()
+
+
+def test_both_coordinators_have_the_service_methods() -> None:
+    methods = [name for name in dir(CoordinatorService) if not name.startswith("_")]
+    assert {"next_trial", "finish_trial", "create_sweep", "trials", "best_trial"} <= set(methods)
+    for name in methods:
+        wanted = list(inspect.signature(getattr(CoordinatorService, name)).parameters)
+        for cls in (Coordinator, HttpCoordinator):
+            assert list(inspect.signature(getattr(cls, name)).parameters) == wanted, (cls, name)
+
+
+def test_the_client_imports_nothing_heavy() -> None:
+    code = (
+        "import sys, sweeper.client, sweeper.connect, sweeper.protocol\n"
+        "heavy = [m for m in ('fastapi', 'starlette', 'pydantic', 'httpx', 'sqlalchemy', 'numpy', 'uvicorn')"
+        " if m in sys.modules]\n"
+        "print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

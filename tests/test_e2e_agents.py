@@ -1,0 +1,242 @@
+"""Remote agents end to end: a real ``sweeper server`` on 127.0.0.1, real ``sweeper agent`` processes,
+real trial processes, and the faults a fleet meets: an agent killed, the server killed, the network gone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from server_helpers import TOKEN, ServerProcess, start_server
+
+from sweeper.spec import parse_sweep
+from sweeper.trials import SweepState, Trial, TrialState
+
+pytestmark = pytest.mark.slow
+
+SCRIPTS = Path(__file__).parent / "scripts"
+SWEEPER = str(Path(sys.executable).parent / "sweeper")
+SHORT_LEASE = ("--lease-seconds", "3", "--log-level", "warning")
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"gave up waiting: {what}"
+        time.sleep(0.05)
+
+
+def create_sweep(server: ServerProcess, parameters: dict) -> str:
+    raw = {
+        "method": "grid",
+        "program": str(SCRIPTS / "e2e_trial.py"),
+        "metric": {"name": "score", "goal": "maximize"},
+        "parameters": parameters,
+    }
+    return server.client().create_sweep(parse_sweep(raw)).id
+
+
+class AgentProcess:
+    """``sweeper agent`` in a folder of its own, as on a machine of its own."""
+
+    def __init__(self, server: ServerProcess, sweep_id: str, folder: Path, *args: str) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        self.sweep_id = sweep_id
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SWEEPER_")}
+        self.process = subprocess.Popen(
+            [
+                SWEEPER,
+                "agent",
+                sweep_id,
+                "--coordinator",
+                server.url,
+                "--token",
+                TOKEN,
+                "--max-backoff",
+                "1",
+                *args,
+            ],
+            cwd=folder,
+            env=env,
+            stdout=open(folder / "agent.out", "w"),  # noqa: SIM115 - closed with the process
+            stderr=open(folder / "agent.err", "w"),  # noqa: SIM115
+        )
+
+    def output(self) -> str:
+        return (self.folder / "agent.out").read_text() + (self.folder / "agent.err").read_text()
+
+    def wait(self, timeout: float = 120.0) -> int:
+        return self.process.wait(timeout)
+
+    def trial_dirs(self) -> list[Path]:
+        return sorted((self.folder / ".sweeper" / "trials" / self.sweep_id).glob("*"))
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(30)
+
+
+def trials_of(server: ServerProcess, sweep_id: str, history: bool = False) -> list[Trial]:
+    return server.client().trials(sweep_id, with_history=history)
+
+
+def configs(trials: list[Trial], *keys: str) -> Counter:
+    return Counter(tuple(t.config[k] for k in keys) for t in trials)
+
+
+@pytest.fixture
+def stopped_at_end() -> list:
+    """Servers and agents a test started, stopped however the test ends."""
+    started: list = []
+    yield started
+    for thing in reversed(started):
+        thing.kill()
+
+
+def grid_of_20_with_three_agents(db_url: str, tmp_path: Path, started: list) -> None:
+    server = start_server(db_url, tmp_path / "server", extra_args=SHORT_LEASE)
+    started.append(server)
+    sweep_id = create_sweep(server, {"x": {"values": [1, 2, 3, 4]}, "y": {"values": [10, 20, 30, 40, 50]}})
+    agents = [
+        AgentProcess(server, sweep_id, tmp_path / "a1", "--slots", "2"),
+        AgentProcess(server, sweep_id, tmp_path / "a2"),
+        AgentProcess(server, sweep_id, tmp_path / "a3"),
+    ]
+    started.extend(agents)
+    for agent in agents:
+        assert agent.wait() == 0, agent.output()
+        assert f"sweep {sweep_id} is complete" in agent.output().strip().splitlines()[-1]
+    trials = trials_of(server, sweep_id)
+    assert len(trials) == 20 and {t.state for t in trials} == {TrialState.FINISHED}
+    assert set(configs(trials, "x", "y").values()) == {1}
+    assert server.client().get_sweep(sweep_id).state is SweepState.FINISHED
+    assert len({t.agent for t in trials}) >= 3  # the work was shared (the two slots count apart)
+
+
+def test_three_agents_one_with_two_slots_run_a_grid_of_20_once_each(
+    tmp_path: Path, stopped_at_end: list
+) -> None:
+    grid_of_20_with_three_agents(f"sqlite:///{tmp_path / 'sweeper.db'}", tmp_path, stopped_at_end)
+
+
+@pytest.mark.postgres
+def test_three_agents_over_postgresql(postgres_store_url: str, tmp_path: Path, stopped_at_end: list) -> None:
+    grid_of_20_with_three_agents(postgres_store_url, tmp_path, stopped_at_end)
+
+
+def _trial_pids(pid_dir: Path) -> list[int]:
+    return [int(p.read_text().split()[0]) for p in pid_dir.glob("*.pids")]
+
+
+def test_an_agent_killed_mid_trial_loses_it_and_its_config_runs_once_more(
+    tmp_path: Path, stopped_at_end: list
+) -> None:
+    server = start_server(f"sqlite:///{tmp_path / 'sweeper.db'}", tmp_path / "server", extra_args=SHORT_LEASE)
+    stopped_at_end.append(server)
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    sweep_id = create_sweep(
+        server,
+        {
+            "x": {"values": [1, 2, 3]},
+            "epochs": {"value": 4},
+            "sleep": {"value": 0.3},
+            "pid_dir": {"value": str(pid_dir)},
+        },
+    )
+    doomed = AgentProcess(server, sweep_id, tmp_path / "doomed")
+    stopped_at_end.append(doomed)
+    wait_for(lambda: bool(_trial_pids(pid_dir)), "the first trial to start")
+    victim = _trial_pids(pid_dir)[0]
+    # The machine is gone: the agent and everything its trial started die at once.
+    os.kill(doomed.process.pid, signal.SIGKILL)
+    os.killpg(victim, signal.SIGKILL)
+    doomed.process.wait(30)
+
+    survivor = AgentProcess(server, sweep_id, tmp_path / "survivor")
+    stopped_at_end.append(survivor)
+    assert survivor.wait() == 0, survivor.output()
+    trials = trials_of(server, sweep_id)
+    states = Counter(t.state for t in trials)
+    assert states == {TrialState.FINISHED: 3, TrialState.LOST: 1}, trials
+    lost = next(t for t in trials if t.state is TrialState.LOST)
+    rerun = [t for t in trials if t.retry_of == lost.number]
+    assert len(rerun) == 1 and rerun[0].config == lost.config and rerun[0].state is TrialState.FINISHED
+    assert configs([t for t in trials if t.state is TrialState.FINISHED], "x") == {(1,): 1, (2,): 1, (3,): 1}
+
+
+def test_the_server_killed_mid_sweep_and_restarted_loses_nothing_and_repeats_nothing(
+    tmp_path: Path, stopped_at_end: list
+) -> None:
+    server = start_server(f"sqlite:///{tmp_path / 'sweeper.db'}", tmp_path / "server", extra_args=SHORT_LEASE)
+    stopped_at_end.append(server)
+    sweep_id = create_sweep(
+        server, {"x": {"values": [1, 2, 3, 4, 5, 6]}, "epochs": {"value": 4}, "sleep": {"value": 0.25}}
+    )
+    agents = [AgentProcess(server, sweep_id, tmp_path / f"a{i}") for i in (1, 2)]
+    stopped_at_end.extend(agents)
+    wait_for(lambda: sum(len(a.trial_dirs()) for a in agents) >= 3, "a few trials to start")
+    finished_before = {t.number: t for t in trials_of(server, sweep_id) if t.state is TrialState.FINISHED}
+    server.kill()
+    time.sleep(1.0)  # agents notice: heartbeats and reports fail while trials go on
+    server = server.restart()
+    stopped_at_end.append(server)
+    for agent in agents:
+        assert agent.wait() == 0, agent.output()
+    trials = trials_of(server, sweep_id, history=True)
+    assert {t.state for t in trials} == {TrialState.FINISHED}, trials
+    assert configs(trials, "x") == {(x,): 1 for x in range(1, 7)}
+    for number, before in finished_before.items():
+        after = next(t for t in trials if t.number == number)
+        assert after.state is TrialState.FINISHED and after.summary == before.summary
+    for t in trials:  # every epoch's score arrived, once
+        assert [p.seq for p in t.history or () if p.name == "score"] == [0, 1, 2, 3]
+
+
+def _logged(trial_dir: Path) -> Counter:
+    lines = (trial_dir / "metrics.jsonl").read_text().splitlines()
+    return Counter(
+        (rec["seq"], name, value) for rec in map(json.loads, lines) for name, value in rec["metrics"].items()
+    )
+
+
+def test_agents_cut_off_for_ten_seconds_deliver_every_metric_once_afterwards(
+    tmp_path: Path, stopped_at_end: list
+) -> None:
+    # The lease outlasts the outage: agents cut off for less than a lease keep their trials.
+    server = start_server(
+        f"sqlite:///{tmp_path / 'sweeper.db'}", tmp_path / "server", extra_args=("--lease-seconds", "30")
+    )
+    stopped_at_end.append(server)
+    sweep_id = create_sweep(
+        server, {"x": {"values": [1, 2, 3, 4]}, "epochs": {"value": 8}, "sleep": {"value": 0.5}}
+    )
+    agents = [AgentProcess(server, sweep_id, tmp_path / f"a{i}", "--slots", "2") for i in (1, 2)]
+    stopped_at_end.extend(agents)
+    wait_for(lambda: sum(len(a.trial_dirs()) for a in agents) >= 4, "every trial to start")
+    os.kill(server.process.pid, signal.SIGSTOP)  # no answers for 10 s, as if the network were cut
+    try:
+        time.sleep(10)
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+    for agent in agents:
+        assert agent.wait() == 0, agent.output()
+    trials = {t.number: t for t in trials_of(server, sweep_id, history=True)}
+    assert {t.state for t in trials.values()} == {TrialState.FINISHED}
+    seen = 0
+    for agent in agents:
+        for trial_dir in agent.trial_dirs():
+            stored = Counter((p.seq, p.name, p.value) for p in trials[int(trial_dir.name)].history or ())
+            assert stored == _logged(trial_dir), trial_dir  # each logged value once, nothing else
+            seen += 1
+    assert seen == len(trials) == 4

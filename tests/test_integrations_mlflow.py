@@ -1,0 +1,155 @@
+"""The MLflow adapter against a real `mlflow server`, read back through MlflowClient."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sweeper.store import open_store
+from sweeper.trials import TrialState
+
+mlflow = pytest.importorskip("mlflow")
+from mlflow.tracking import MlflowClient  # noqa: E402
+from trackers_support import TRIAL_SCRIPT, MlflowServer, run_sweep  # noqa: E402
+
+SCRIPTS = Path(__file__).parent / "scripts"
+SWEEPER = str(Path(sys.executable).with_name("sweeper"))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    srv = MlflowServer(tmp_path_factory.mktemp("mlflow"))
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def runs_of(client: MlflowClient, experiment: str) -> tuple[object, list]:
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"experiment {experiment} was not created"
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags.get("sweeper.role") == "sweep"]
+    assert len(parents) == 1, [r.data.tags for r in runs]
+    children = [r for r in runs if r.data.tags.get("sweeper.role") != "sweep"]
+    return parents[0], children
+
+
+def artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
+    return {a.path for a in client.list_artifacts(run_id, path)}
+
+
+def test_sweep_with_finished_failed_and_stopped_trials(server: MlflowServer, tmp_path: Path) -> None:
+    program = tmp_path / "train.py"
+    program.write_text(TRIAL_SCRIPT)
+    sweep = {
+        "method": "grid",
+        "metric": {"name": "loss", "goal": "minimize"},
+        "parameters": {
+            "mode": {"values": ["ok", "fail", "hang"]},
+            "model": {"parameters": {"lr": {"value": 0.5}}},
+        },
+        "sweeper": {"max_retries": 0},
+        "integrations": {"mlflow": {"tracking_uri": server.uri, "experiment": "three-ends"}},
+    }
+    # The script reads cfg.lr at the top level; the nested one checks parameter flattening.
+    coordinator, sweep_id, trials = run_sweep(tmp_path, sweep, program)
+    by_mode = {t.config["mode"]: t for t in trials}
+    assert {m: t.state for m, t in by_mode.items()} == {
+        "ok": TrialState.FINISHED,
+        "fail": TrialState.FAILED,
+        "hang": TrialState.STOPPED,
+    }
+
+    client = MlflowClient(server.uri)
+    parent, children = runs_of(client, "three-ends")
+    assert parent.data.tags["sweeper.sweep_id"] == sweep_id
+    assert parent.data.params["method"] == "grid" and parent.data.tags["sweeper.method"] == "grid"
+    assert parent.info.status == "FINISHED"
+    assert {"sweep.yaml", "leaderboard.csv", "leaderboard.json", "best_so_far.png"} <= artifacts(
+        client, parent.info.run_id
+    )
+    best = client.get_metric_history(parent.info.run_id, "best_loss")
+    assert sorted((m.step, m.value) for m in best)[-1][1] == pytest.approx(0.1 / 3)
+    board = json.loads(
+        Path(client.download_artifacts(parent.info.run_id, "leaderboard.json", str(tmp_path))).read_text()
+    )
+    assert {row["trial"] for row in board["trials"]} == {t.number for t in trials}
+
+    assert len(children) == 3
+    status = {"ok": "FINISHED", "fail": "FAILED", "hang": "KILLED"}
+    for child in children:
+        trial = next(t for t in trials if str(t.number) == child.data.tags["sweeper.trial_number"])
+        mode = trial.config["mode"]
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.data.tags["sweeper.sweep_id"] == sweep_id
+        assert child.data.tags["sweeper.trial_id"] == str(trial.id)
+        assert child.data.tags["sweeper.state"] == trial.state.value
+        assert child.data.tags["sweeper.host"]
+        assert child.info.status == status[mode]
+        assert child.data.params == {"mode": mode, "model.lr": "0.5"}
+        history = sorted((m.step, m.value) for m in client.get_metric_history(child.info.run_id, "loss"))
+        assert history == trial.curve("loss") == [(s, 0.1 / (s + 1)) for s in range(3)]
+        assert artifacts(client, child.info.run_id, "logs") == {"logs/stdout.log", "logs/stderr.log"}
+        assert artifacts(client, child.info.run_id, "artifacts") == {"artifacts/model.txt"}
+        stdout = client.download_artifacts(child.info.run_id, "logs/stdout.log", str(tmp_path / mode))
+        assert f"stdout of trial {mode}" in Path(stdout).read_text()
+    failed = next(c for c in children if c.info.status == "FAILED")
+    assert failed.data.tags["sweeper.exit_code"] == "3"
+    stopped = next(c for c in children if c.info.status == "KILLED")
+    assert stopped.data.tags["sweeper.stop_reason"] == "test: stopped on purpose"
+
+
+def test_unchanged_mlflow_script_under_sweeper_run(server: MlflowServer, tmp_path: Path) -> None:
+    """`sweeper run --mlflow URI` on a script that only knows mlflow: its metrics reach the coordinator
+    step by step while it runs, and land once, in the trial's pre-created child run."""
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(
+        f"program: {SCRIPTS / 'mlflow_script.py'}\n"
+        "method: grid\n"
+        "metric: {name: loss, goal: minimize}\n"
+        "early_terminate: {type: hyperband, min_iter: 1, eta: 2}\n"
+        "parameters:\n  lr: {values: [0.1, 0.2, 0.4, 0.8]}\n  epochs: {value: 6}\n  pause: {value: 0.2}\n"
+    )
+    db = f"sqlite:///{tmp_path / 'sweeper.db'}"
+    env = {**os.environ, "MLFLOW_EXPERIMENT_NAME": "unchanged-script"}
+    done = subprocess.run(
+        [SWEEPER, "run", str(sweep_file), "--agents", "2", "--db", db, "--mlflow", server.uri],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    store = open_store(db)
+    (sweep,) = store.list_sweeps()
+    trials = store.list_trials(sweep.id, with_history=True)
+    assert len(trials) == 4
+    client = MlflowClient(server.uri)
+    parent, children = runs_of(client, "unchanged-script")
+    assert len(children) == 4
+    for trial in trials:
+        lr = trial.config["lr"]
+        curve = trial.curve("loss")
+        assert curve, f"trial {trial.number}: the coordinator got none of the script's metrics"
+        # Every step the coordinator holds is one the script logged, in order, with its value.
+        assert curve == [(s, lr * (6 - s)) for s in range(len(curve))]
+        if trial.state is TrialState.FINISHED:
+            assert len(curve) == 6
+        else:
+            assert trial.state is TrialState.STOPPED and trial.stop_reason, trial
+        child = next(c for c in children if c.data.tags["sweeper.trial_number"] == str(trial.number))
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.data.tags["script"] == "mlflow_script"  # the script logged into the pre-created run
+        logged = sorted((m.step, m.value) for m in client.get_metric_history(child.info.run_id, "loss"))
+        assert logged[: len(curve)] == curve and len(logged) == len(set(logged))  # once, not twice
+        assert child.info.status == ("FINISHED" if trial.state is TrialState.FINISHED else "KILLED")
+    stops = [t for t in trials if t.state is TrialState.STOPPED]
+    print(f"hyperband stopped {len(stops)} of {len(trials)} trial(s):", [t.stop_reason for t in stops])

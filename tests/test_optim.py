@@ -1,0 +1,179 @@
+"""The numeric core: encoding, the GP, log EI, the Parzen estimators."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from sweeper.optim.acquisition import log_expected_improvement, log_h
+from sweeper.optim.encoding import SpaceCodec
+from sweeper.optim.gp import _neg_log_posterior, fit_gp
+from sweeper.optim.history import observations
+from sweeper.optim.tpe import Parzen, TPEOptions
+from sweeper.spec import flatten_config, parse_sweep
+from sweeper.spec.model import Metric
+from sweeper.trials import Trial, TrialState
+
+SPACE = parse_sweep(
+    {
+        "method": "random",
+        "metric": {"name": "loss"},
+        "parameters": {
+            "lr": {"distribution": "log_uniform_values", "min": 1e-5, "max": 1e-1},
+            "wd": {"distribution": "log_uniform", "min": -9, "max": -2},
+            "drop": {"distribution": "inv_log_uniform_values", "min": 0.01, "max": 0.5},
+            "units": {"min": 16, "max": 256},
+            "width": {"distribution": "q_uniform", "min": 0, "max": 1, "q": 0.25},
+            "batch": {"distribution": "q_log_uniform_values", "min": 16, "max": 512, "q": 8},
+            "init": {"distribution": "normal", "mu": 1.0, "sigma": 2.0},
+            "beta": {"distribution": "beta", "a": 2, "b": 5},
+            "act": {"values": ["relu", "tanh", "gelu"]},
+            "seed": {"value": 3},
+            "opt": {"parameters": {"name": {"values": ["adam", "sgd"]}, "m": {"min": 0.5, "max": 0.99}}},
+        },
+    }
+)
+
+
+def test_constants_are_skipped_and_nested_paths_kept() -> None:
+    codec = SpaceCodec(SPACE.parameters)
+    assert ("seed",) not in codec.paths
+    assert ("opt", "name") in codec.paths and ("opt", "m") in codec.paths
+    assert codec.width == codec.n_params - 2 + 3 + 2  # two categoricals become 3 + 2 one-hot columns
+
+
+def test_log_parameters_are_modelled_in_log_space() -> None:
+    codec = SpaceCodec(SPACE.parameters)
+    lr = codec.codecs[codec.paths.index(("lr",))]
+    assert lr.encode(1e-3) == pytest.approx(0.5)  # the geometric middle of 1e-5 .. 1e-1
+    wd = codec.codecs[codec.paths.index(("wd",))]
+    assert wd.encode(math.exp(-5.5)) == pytest.approx(0.5)  # bounds are base-e exponents
+    drop = codec.codecs[codec.paths.index(("drop",))]
+    assert drop.encode(math.sqrt(0.01 * 0.5)) == pytest.approx(0.5)
+
+
+def test_decoded_values_are_on_the_lattice_and_inside_the_bounds() -> None:
+    codec = SpaceCodec(SPACE.parameters)
+    rows = codec.sample(500, np.random.default_rng(0))
+    rows += np.random.default_rng(1).normal(0, 0.3, rows.shape)  # and off-lattice rows
+    for row in codec.snap(np.clip(rows, 0, 1)):
+        flat = codec.decode(row)
+        assert isinstance(flat[("units",)], int) and 16 <= flat[("units",)] <= 256
+        assert flat[("width",)] in (0.0, 0.25, 0.5, 0.75, 1.0)
+        assert (
+            isinstance(flat[("batch",)], int) and flat[("batch",)] % 8 == 0 and 16 <= flat[("batch",)] <= 512
+        )
+        assert 1e-5 <= flat[("lr",)] <= 1e-1 * (1 + 1e-9)
+        assert 0.0 <= flat[("beta",)] <= 1.0
+        assert flat[("act",)] in ("relu", "tanh", "gelu")
+        again = codec.encode(flat)  # a decoded value encodes back to the same lattice point
+        assert np.allclose(codec.decode(again)[("units",)], flat[("units",)])
+
+
+def test_categories_are_one_hot_with_no_order() -> None:
+    codec = SpaceCodec(SPACE.parameters)
+    j = codec.paths.index(("act",))
+    rows = np.tile(codec.sample(1, np.random.default_rng(0)), (3, 1))
+    rows[:, j] = [0, 1, 2]
+    X = codec.one_hot(rows)
+    d = ((X[:, None, :] - X[None, :, :]) ** 2).sum(-1)
+    assert d[0, 1] == d[0, 2] == d[1, 2] == 2.0  # every pair of categories equally far apart
+
+
+def test_gp_gradient_matches_finite_differences() -> None:
+    gen = np.random.default_rng(0)
+    X = gen.random((25, 3))
+    z = np.sin(5 * X[:, 0]) + X[:, 1]
+    z = (z - z.mean()) / z.std()
+    theta = gen.normal(0, 0.5, 5)
+    _, grad = _neg_log_posterior(theta, X, z)
+    eye = np.eye(5) * 1e-6
+    num = [
+        (_neg_log_posterior(theta + e, X, z)[0] - _neg_log_posterior(theta - e, X, z)[0]) / 2e-6 for e in eye
+    ]
+    assert np.allclose(grad, num, rtol=1e-4, atol=1e-6)
+
+
+def test_gp_fits_a_known_function() -> None:
+    gen = np.random.default_rng(1)
+    X = gen.random((40, 2))
+    f = np.sin(6 * X[:, 0]) + (X[:, 1] - 0.3) ** 2
+    gp = fit_gp(X, f, gen)
+    mean, var = gp.predict(X)
+    assert np.max(np.abs(mean - f)) < 0.05
+    test = gen.random((50, 2))
+    mean_t, _ = gp.predict(test)
+    assert np.sqrt(np.mean((mean_t - (np.sin(6 * test[:, 0]) + (test[:, 1] - 0.3) ** 2)) ** 2)) < 0.1
+    _, var_far = gp.predict(np.array([[3.0, 3.0]]))  # far from every training point
+    assert var.max() < 0.01 * var_far[0]
+
+
+def test_conditioning_on_a_point_collapses_its_variance() -> None:
+    gen = np.random.default_rng(2)
+    X = gen.random((15, 2))
+    gp = fit_gp(X, X.sum(1), gen)
+    p = np.array([[0.9, 0.05]])
+    _, before = gp.predict(p)
+    _, after = gp.condition(p, np.array([0.95])).predict(p)
+    assert after[0] < 0.1 * before[0]
+
+
+def test_log_ei_matches_the_closed_form_and_stays_finite_far_out() -> None:
+    from scipy.stats import norm
+
+    mean, var, best = np.array([0.0, 1.0, -0.5]), np.array([1.0, 0.25, 4.0]), 0.2
+    sd = np.sqrt(var)
+    z = (best - mean) / sd
+    exact = sd * (z * norm.cdf(z) + norm.pdf(z))
+    assert np.allclose(np.exp(log_expected_improvement(mean, var, best)), exact)
+    far = log_h(np.array([-10.0, -40.0, -400.0]))
+    assert np.all(np.isfinite(far)) and far[0] > far[1] > far[2]
+
+
+def _trial(number: int, config: dict, state: TrialState, **summary: float) -> Trial:
+    return Trial(number, "s", number, config, state, 0.0, summary=summary)
+
+
+def test_failed_and_nan_trials_get_the_worst_value_and_running_ones_are_pending() -> None:
+    spec = parse_sweep(
+        {
+            "method": "random",
+            "metric": {"name": "acc", "goal": "maximize"},
+            "parameters": {"x": {"min": 0.0, "max": 1.0}},
+        }
+    )
+    codec = SpaceCodec(spec.parameters)
+    trials = [
+        _trial(1, {"x": 0.1}, TrialState.FINISHED, acc=0.9),
+        _trial(2, {"x": 0.2}, TrialState.FINISHED, acc=0.5),
+        _trial(3, {"x": 0.3}, TrialState.FAILED),
+        _trial(4, {"x": 0.4}, TrialState.FINISHED, acc=float("nan")),
+        _trial(5, {"x": 0.5}, TrialState.RUNNING),
+    ]
+    obs = observations(trials, codec, spec.metric)
+    assert obs.y.tolist() == [-0.9, -0.5, -0.5, -0.5]  # maximised: negated; worst imputed
+    assert obs.pending.shape == (1, 1)
+    best = observations(trials, codec, Metric("acc", spec.metric.goal, impute="best"))
+    assert best.y.tolist() == [-0.9, -0.5, -0.9, -0.9]
+
+
+def test_parzen_estimator_puts_its_mass_near_its_points_and_handles_absent_parameters() -> None:
+    codec = SpaceCodec(SPACE.parameters)
+    gen = np.random.default_rng(3)
+    centres = np.tile(codec.sample(1, gen), (8, 1))
+    centres[:4, codec.paths.index(("opt", "m"))] = np.nan  # absent in half the trials
+    parzen = Parzen(codec, centres, TPEOptions())
+    near = codec.snap(centres[4:] + 0.01)
+    far = codec.sample(200, gen)
+    assert np.median(parzen.log_pdf(near)) > np.median(parzen.log_pdf(far))
+    drawn = parzen.sample(100, gen)
+    assert not np.isnan(drawn).any()
+    assert np.all(codec.snap(drawn) == drawn)
+
+
+def test_flatten_config_round_trip_through_the_codec() -> None:
+    codec = SpaceCodec(SPACE.parameters)
+    flat = codec.decode(codec.sample(1, np.random.default_rng(4))[0])
+    assert np.allclose(codec.encode(flat), codec.encode(flatten_config({**{"x": 1}, **{}}) | flat))

@@ -1,0 +1,158 @@
+"""Tokens, TLS, refusing an open bind, request limits and input checks, on a real server."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from server_helpers import TOKEN, ServerProcess, make_certificate, serving
+
+from sweeper.cli import main
+from sweeper.client import AuthenticationError, CoordinatorError
+from sweeper.protocol import AgentInfo, Assignment
+from sweeper.spec import parse_sweep
+from sweeper.trials import MetricPoint
+
+SPEC = {"method": "grid", "parameters": {"x": {"values": [1, 2, 3]}}}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    folder = tmp_path_factory.mktemp("secure")
+    args = ["--max-body-bytes", "4096", "--max-batch", "10"]
+    with serving(f"sqlite:///{folder / 's.db'}", folder, extra_args=args) as running:
+        yield running
+
+
+def request(
+    server: ServerProcess, method: str, path: str, body: object = None, token: str | None = TOKEN
+) -> tuple[int, dict]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(f"{server.url}/api/v1{path}", data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    if token is not None:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as answer:
+            return answer.status, json.loads(answer.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def test_every_route_but_health_needs_the_token(server: ServerProcess) -> None:
+    assert request(server, "GET", "/health", token=None)[0] == 200
+    for token in (None, "wrong-token", TOKEN + "x", "tøken"):
+        status, body = request(server, "GET", "/sweeps", token=token)
+        assert (status, body["code"]) == (401, "unauthorized"), token
+        status, body = request(server, "POST", "/sweeps", SPEC, token=token)
+        assert status == 401
+        status, _ = request(server, "POST", "/trials/1/heartbeat", {"lease_id": "x"}, token=token)
+        assert status == 401
+    assert request(server, "GET", "/sweeps")[0] == 200
+
+
+def test_the_client_says_how_to_pass_the_token(server: ServerProcess) -> None:
+    for client in (server.client(token=False), server.client(token="wrong")):
+        with pytest.raises(AuthenticationError, match="--token or the SWEEPER_TOKEN") as caught:
+            client.list_sweeps()
+        assert isinstance(caught.value, PermissionError)
+
+
+def test_tokens_never_reach_the_log(server: ServerProcess) -> None:
+    client = server.client()
+    sweep = client.create_sweep(parse_sweep(SPEC))
+    client.next_trial(sweep.id, AgentInfo("a", "h"))
+    request(server, "GET", "/sweeps", token="wrong-token-77")
+    log = server.log()
+    assert "POST /api/v1/sweeps" in log and "401" in log  # the access log is there, and was read
+    assert TOKEN not in log and "wrong-token-77" not in log
+
+
+def test_a_public_bind_without_a_token_is_refused(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 's.db'}"
+    result = CliRunner().invoke(main, ["server", "--host", "0.0.0.0", "--port", "0", "--db", db], env={})
+    assert result.exit_code == 1
+    assert "refusing to listen on 0.0.0.0 without a token" in result.output
+    assert "--token" in result.output and "--insecure" in result.output
+    assert not (tmp_path / "s.db").exists()  # refused before touching the store
+
+
+def test_tls(tmp_path: Path) -> None:
+    cert, key = make_certificate(tmp_path)
+    args = ["--ssl-certfile", str(cert), "--ssl-keyfile", str(key)]
+    with serving(f"sqlite:///{tmp_path / 's.db'}", tmp_path, extra_args=args, ca_file=str(cert)) as server:
+        assert server.url.startswith("https://127.0.0.1:")
+        client = server.client()
+        sweep = client.create_sweep(parse_sweep(SPEC))
+        assert [s.id for s in client.list_sweeps()] == [sweep.id]
+        untrusting = type(client)(server.url, token=TOKEN)
+        with pytest.raises(CoordinatorError, match="certificate is not trusted"):
+            untrusting.list_sweeps()
+        plain = server.url.replace("https://", "http://")
+        with pytest.raises(OSError):
+            type(client)(plain, token=TOKEN, timeout=3).list_sweeps()
+
+
+def test_bodies_over_the_limit_are_refused(server: ServerProcess) -> None:
+    big = dict(SPEC, description="x" * 5000)
+    status, body = request(server, "POST", "/sweeps", big)
+    assert (status, body["code"]) == (413, "body_too_large") and "4096 bytes" in body["detail"]
+    # The same body sent in chunks, without a Content-Length, is cut off too.
+    conn = http.client.HTTPConnection(server.url.split("//")[1], timeout=10)
+    payload = json.dumps(big).encode()
+    chunks = iter([payload[i : i + 1000] for i in range(0, len(payload), 1000)])
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    conn.request("POST", "/api/v1/sweeps", body=chunks, headers=headers, encode_chunked=True)
+    answer = conn.getresponse()
+    assert answer.status == 413 and json.loads(answer.read())["code"] == "body_too_large"
+    conn.close()
+
+
+def test_metric_batches_over_the_limit_are_refused(server: ServerProcess) -> None:
+    client = server.client()
+    sweep = client.create_sweep(parse_sweep(SPEC))
+    trial = client.next_trial(sweep.id, AgentInfo("a", "h"))
+    assert isinstance(trial, Assignment)
+    points = [MetricPoint("m", 1.0, i, i, 1.0) for i in range(11)]
+    with pytest.raises(CoordinatorError, match="at most 10 points") as caught:
+        client.report_metrics(trial.trial_id, trial.lease_id, points)
+    assert (caught.value.status, caught.value.code) == (413, "batch_too_large")
+    assert client.report_metrics(trial.trial_id, trial.lease_id, points[:10]).stop is False
+
+
+def raw_point(**fields: object) -> dict[str, object]:
+    return {"name": "m", "value": 1.0, "step": 1, "seq": 1, "time": 1.0, **fields}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/sweeps/bad$id", None),
+        ("GET", "/sweeps/" + "a" * 65, None),
+        ("POST", "/trials/0/heartbeat", {"lease_id": "x"}),
+        ("POST", f"/trials/{2**63}/heartbeat", {"lease_id": "x"}),
+        ("POST", "/trials/1/heartbeat", {"lease_id": "no spaces"}),
+        ("POST", "/trials/1/metrics", {"lease_id": "x", "points": [raw_point(name="a\nb")]}),
+        ("POST", "/trials/1/metrics", {"lease_id": "x", "points": [raw_point(name="")]}),
+        ("POST", "/trials/1/metrics", {"lease_id": "x", "points": [raw_point(step=2**63)]}),
+        ("POST", "/trials/1/metrics", {"lease_id": "x", "points": [raw_point(value="nan")]}),
+        ("POST", "/trials/1/metrics", {"lease_id": "x", "points": [raw_point(time=float("inf"))]}),
+        ("POST", "/trials/1/finish", {"lease_id": "x", "state": "running"}),
+        ("POST", "/sweeps/abc/next", {"name": "a" * 300, "host": "h"}),
+        ("POST", "/sweeps", {"method": "grid", "parameters": {"x": {"values": ["a\x00b"]}}}),
+        ("POST", "/sweeps", [1, 2]),
+        ("POST", "/sweeps", {"method": "grid", "parameters": {"x": {"values": [2**70]}}}),
+    ],
+)  # fmt: skip
+def test_malformed_requests_get_422_naming_the_field(
+    server: ServerProcess, method: str, path: str, body: object
+) -> None:
+    status, answer = request(server, method, path, body)
+    assert status == 422, answer
+    assert answer["code"] in ("invalid_request", "invalid_sweep") and answer["problems"], answer

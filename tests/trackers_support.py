@@ -1,0 +1,138 @@
+"""Helpers for the tracker tests: a real MLflow server, a trial script, and a sweep run in-process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from sweeper.coordinator import Coordinator
+from sweeper.local import LocalAgents
+from sweeper.spec import parse_sweep
+from sweeper.store import open_store
+from sweeper.trials import Trial
+
+MLFLOW = str(Path(sys.executable).with_name("mlflow"))
+
+# A script that logs with sweeper, marks a file, and fails or hangs when its config says so.
+TRIAL_SCRIPT = """
+import pathlib, signal, sys, time
+import sweeper
+run = sweeper.init({"mode": "ok", "lr": 0.1, "steps": 3})
+cfg = run.config
+for step in range(cfg.steps):
+    run.log({"loss": cfg.lr / (step + 1), "acc": step / 10}, step=step)
+out = pathlib.Path(str(run.dir)) / "model.txt"
+out.write_text(f"weights for lr={cfg.lr}")
+run.log_artifact(out)
+print("stdout of trial", cfg.mode, flush=True)
+print("stderr of trial", cfg.mode, file=sys.stderr, flush=True)
+if cfg.mode == "fail":
+    sys.exit(3)
+if cfg.mode == "hang":
+    (pathlib.Path(str(run.dir)) / "hanging").write_text("1")
+    signal.pause()
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    """``mlflow server`` on 127.0.0.1 with a SQLite backend and a local artifact root."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            MLFLOW,
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{self.folder / 'mlflow.db'}",
+            "--default-artifact-root",
+            str(self.folder / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+        ]
+        log = open(self.folder / "server.log", "ab")
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"mlflow server exited: {(self.folder / 'server.log').read_text()[-2000:]}"
+                )
+            try:
+                with urllib.request.urlopen(self.uri + "/health", timeout=2) as reply:
+                    if reply.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError("mlflow server did not answer within 120s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # as a crash would: no clean shutdown
+            self.proc.wait()
+        self.proc = None
+
+
+def run_sweep(
+    tmp_path: Path,
+    sweep: Mapping[str, Any],
+    program: Path,
+    *,
+    agents: int = 3,
+    on_event: Callable[[object], None] | None = None,
+    stop_when_hanging: bool = True,
+) -> tuple[Coordinator, str, list[Trial]]:
+    """Run a sweep with local agents in this process; stop each trial that says it hangs."""
+    coordinator = Coordinator(open_store(f"sqlite:///{tmp_path / 'sweeper.db'}"))
+    sweep_id = coordinator.create_sweep(parse_sweep(dict(sweep))).id
+    done = threading.Event()
+
+    def stopper() -> None:
+        stopped: set[int] = set()
+        while not done.wait(0.1):
+            for trial in coordinator.trials(sweep_id):
+                folder = tmp_path / ".sweeper" / "trials" / sweep_id / str(trial.number)
+                if trial.id not in stopped and (folder / "hanging").exists() and trial.state.is_active:
+                    coordinator.store.request_stop(trial.id, "test: stopped on purpose")
+                    stopped.add(trial.id)
+
+    watcher = threading.Thread(target=stopper, daemon=True)
+    if stop_when_hanging:
+        watcher.start()
+    local = LocalAgents(
+        coordinator,
+        sweep_id,
+        agents=agents,
+        workdir=tmp_path,
+        program_override=str(program),
+        grace_period=5.0,
+        on_event=on_event,
+    )
+    local.start()
+    local.wait()
+    done.set()
+    return coordinator, sweep_id, coordinator.trials(sweep_id, with_history=True)
