@@ -10,15 +10,15 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Run", "TrialStopped", "agent", "init", "log", "sweep", "__version__"]
+__all__ = ["Run", "TrialStopped", "agent", "init", "log", "log_artifact", "sweep", "__version__"]
 
 if TYPE_CHECKING:
     from sweeper.api import agent, sweep
-    from sweeper.run import Run, TrialStopped, init, log
+    from sweeper.run import Run, TrialStopped, init, log, log_artifact
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("init", "log", "Run", "TrialStopped"):
+    if name in ("init", "log", "log_artifact", "Run", "TrialStopped"):
         from sweeper import run
 
         return getattr(run, name)

@@ -113,6 +113,7 @@ class HttpCoordinator:
             command=tuple(a["command"]),
             program=a["program"],
             metric_name=a["metric_name"],
+            integrations=a.get("integrations"),
         )
 
     def heartbeat(self, trial_id: int, lease_id: str) -> Directive:

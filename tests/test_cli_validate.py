@@ -50,7 +50,7 @@ def test_several_valid_files() -> None:
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert [line.split(": OK: ")[0] for line in lines] == files
-    assert "hyperband (max_iter 27, s 2, eta 3)" in lines[1]
+    assert "hyperband early termination (max_iter 27, s 2, eta 3)" in lines[1]
 
 
 def test_broken_file_lists_every_problem(tmp_path: Path) -> None:

@@ -219,3 +219,13 @@ def post(server: ServerProcess, path: str, body: object, token: str | None = Non
             return answer.status, json.loads(answer.read() or b"{}")
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"{}")
+
+
+def test_an_assignment_carries_the_sweeps_tracker_settings(server: ServerProcess) -> None:
+    # Remote agents set up the same trackers as the process that created the sweep.
+    client = server.client()
+    integrations = {"mlflow": {"tracking_uri": "http://127.0.0.1:5999", "experiment": "digits"}}
+    sweep = client.create_sweep(parse_sweep(GRID | {"integrations": integrations}))
+    assert lease(client, sweep.id).integrations == integrations
+    plain = client.create_sweep(parse_sweep(GRID))
+    assert lease(client, plain.id).integrations is None

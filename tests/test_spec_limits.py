@@ -45,3 +45,36 @@ def test_a_huge_finite_random_space_samples_without_listing_it() -> None:
     spec = parse_sweep({"method": "random", "parameters": {"x": {"min": 0, "max": 10**18}}})
     suggestion = strategy_class("random")(spec).suggest([], random.Random(0))
     assert 0 <= suggestion.config["x"] <= 10**18
+
+
+@pytest.mark.parametrize(
+    ("extra", "path", "message"),
+    [
+        ({"early_terminate": {"type": "hyperband", "min_iter": 1}}, "early_terminate", "needs a metric"),
+        (
+            {"metric": {"name": "loss"}, "sweeper": {"resource": "epochs"}},
+            "sweeper.resource",
+            "method random would ignore it",
+        ),
+    ],
+    ids=["stopping-without-metric", "resource-with-random"],
+)
+def test_settings_that_would_do_nothing_together_are_refused(extra: dict, path: str, message: str) -> None:
+    raw = {"method": "random", "parameters": {"epochs": {"value": 9}, "x": {"min": 0.0, "max": 1.0}}} | extra
+    with pytest.raises(SpecError) as err:
+        parse_sweep(raw)
+    assert [(p.path, message in p.message) for p in err.value.problems] == [(path, True)]
+
+
+def test_describe_names_the_early_termination_rule() -> None:
+    from sweeper.spec import describe
+
+    spec = parse_sweep(
+        {
+            "method": "random",
+            "metric": {"name": "loss"},
+            "parameters": {"x": {"min": 0.0, "max": 1.0}},
+            "early_terminate": {"type": "asha", "min_iter": 2, "eta": 2},
+        }
+    )
+    assert "asha early termination (min_iter 2, eta 2)" in describe(spec)

@@ -192,6 +192,7 @@ class AssignmentOut(Model):
     command: list[str]
     program: str | None
     metric_name: str | None
+    integrations: dict[str, Any] | None = None  # the sweep's tracker settings, for the agent's adapters
 
 
 class NoTrialOut(Model):
@@ -225,6 +226,7 @@ class NextTrialOut(Model):
                 command=list(answer.command),
                 program=answer.program,
                 metric_name=answer.metric_name,
+                integrations=dict(answer.integrations) if answer.integrations else None,
             )
         )
 

@@ -82,9 +82,34 @@ def parse_sweep(data: Mapping[str, Any], *, source: str = "<dict>") -> SweepSpec
     from sweeper.strategies.registry import strategy_class
 
     problems = [Problem(path, message) for path, message in strategy_class(method).check_spec(spec)]
+    problems += _cross_section_problems(spec)
     if problems:
         raise SpecError(problems, source)
     return spec
+
+
+# Methods that allocate ``sweeper.resource`` themselves.
+_RESOURCE_METHODS = ("hyperband", "bohb")
+
+
+def _cross_section_problems(spec: SweepSpec) -> list[Problem]:
+    """Settings that are each valid but would silently do nothing together."""
+    problems = []
+    if spec.early_terminate is not None and spec.metric is None:
+        problems.append(
+            Problem(
+                "early_terminate", "needs a metric to judge trials by; add metric: {name: ..., goal: ...}"
+            )
+        )
+    if spec.options.resource is not None and spec.method not in _RESOURCE_METHODS:
+        problems.append(
+            Problem(
+                "sweeper.resource",
+                f"only methods {' and '.join(_RESOURCE_METHODS)} allocate a resource; "
+                f"method {spec.method} would ignore it",
+            )
+        )
+    return problems
 
 
 def _method(data: Mapping[str, Any], problems: list[Problem]) -> Any:

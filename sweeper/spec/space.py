@@ -173,9 +173,13 @@ def describe(spec: SweepSpec) -> str:
     else:
         parts.append("no metric")
     if spec.early_terminate is not None:
-        h = spec.early_terminate
-        when = f"min_iter {h.min_iter}" if h.min_iter is not None else f"max_iter {h.max_iter}, s {h.s:g}"
-        parts.append(f"hyperband ({when}, eta {h.eta:g})")
+        rule = spec.early_terminate
+        when = (
+            f"min_iter {rule.min_iter}"
+            if rule.min_iter is not None
+            else f"max_iter {rule.max_iter}, s {getattr(rule, 's', None)}"
+        )
+        parts.append(f"{rule.type} early termination ({when}, eta {rule.eta:g})")
     if spec.run_cap is not None:
         parts.append(f"run_cap {spec.run_cap}")
     return ", ".join(parts)
