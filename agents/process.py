@@ -90,17 +90,28 @@ class TrialProcess:
         return self.poll()
 
     def terminate(self, grace: float) -> int:
-        """SIGTERM the whole group, wait up to ``grace`` seconds, then SIGKILL it; the exit code."""
+        """SIGTERM the trial, then its whole group, SIGKILL the group after ``grace`` seconds; the exit code.
+
+        The script itself is signalled first and gets up to half the grace period alone, so helpers
+        it relies on to shut down cleanly (a tracker's service process flushing the run, a
+        launcher forwarding the signal to its workers) are still there while it does.
+        """
         if self._popen is None:
             return self._returncode if self._returncode is not None else EXIT_CANNOT_START
         code = self._popen.poll()
         if code is None:
-            self._signal_group(signal.SIGTERM)
             deadline = time.monotonic() + max(grace, 0.0)
             try:
-                code = self._popen.wait(max(grace, 0.0))
+                self._popen.send_signal(signal.SIGTERM)
+                code = self._popen.wait(max(grace, 0.0) / 2)
             except subprocess.TimeoutExpired:
                 code = None
+            self._signal_group(signal.SIGTERM)
+            if code is None:
+                try:
+                    code = self._popen.wait(max(deadline - time.monotonic(), 0.0))
+                except subprocess.TimeoutExpired:
+                    code = None
             # Children that handle SIGTERM get the rest of the grace period too.
             while code is not None and self._group_alive() and time.monotonic() < deadline:
                 time.sleep(_WAIT_STEP)

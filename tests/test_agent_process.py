@@ -104,6 +104,27 @@ def test_sigterm_handler_gets_to_exit_cleanly(tmp_path: Path) -> None:
     assert proc.terminate(grace=30) == 0
 
 
+def test_the_script_is_signalled_before_its_helpers(tmp_path: Path) -> None:
+    # A helper process (as wandb's service is) must outlive the script's own SIGTERM handling.
+    code = (
+        "import os, signal, subprocess, sys, time\n"
+        "helper = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(1000)'])\n"
+        "def on_term(*a):\n"
+        "    time.sleep(0.3)\n"
+        "    state = 'alive' if helper.poll() is None else 'gone'\n"
+        "    open('helper_at_exit.txt', 'w').write(state)\n"
+        "    sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, on_term)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(1000)\n"
+    )
+    proc = start(tmp_path, [sys.executable, "-c", code])
+    assert wait_until(lambda: (tmp_path / "stdout.log").read_text() == "ready\n")
+    assert proc.terminate(grace=10) == 0
+    assert (tmp_path / "helper_at_exit.txt").read_text() == "alive"
+    assert not proc._group_alive()  # and the helper went with the group afterwards
+
+
 def test_leftover_children_die_when_the_leader_exits_by_itself(tmp_path: Path) -> None:
     pid_file = tmp_path / "grandchild.pid"
     proc = start(tmp_path, [sys.executable, str(SCRIPTS / "group_leader.py"), str(pid_file), "exit"])

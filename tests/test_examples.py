@@ -36,16 +36,50 @@ class Example:
     api: str  # how the script reports: "sweeper", "wandb" or "mlflow"
     standalone_args: tuple[str, ...] = field(default=())
     curve_length: int = 1  # metric values each smoke trial logs
+    needs: tuple[str, ...] = ("sklearn",)  # modules the script imports beyond sweeper
 
 
 EXAMPLES = [
     Example("digits-mlp", "grid.yaml", {"epochs": 1}, "sweeper"),
-    Example("mlp-core", "random.yaml", {"epochs": 2}, "sweeper", ("--epochs=1", "--l1=1e-5"), curve_length=2),
-    Example("cnn-digits", "random.yaml", {"epochs": 1}, "sweeper", ("--epochs=1", "--conv_layers=3")),
-    Example("transformer-sequence", "random.yaml", {"epochs": 1}, "sweeper", ("--epochs=1",)),
-    Example("rnn-sequence", "grid.yaml", {"epochs": 1}, "wandb", ("--epochs=1", "--bidirectional=True")),
-    Example("sklearn-classic", "grid.yaml", {"folds": 2}, "mlflow", ("--folds=2", "--kernel=poly"), 2),
+    Example("mlp-core", "random.yaml", {"epochs": 2}, "sweeper", ("--epochs=1", "--l1=1e-5"), 2, ("torch",)),
+    Example(
+        "cnn-digits",
+        "random.yaml",
+        {"epochs": 1},
+        "sweeper",
+        ("--epochs=1", "--conv_layers=3"),
+        needs=("torch",),
+    ),
+    Example(
+        "transformer-sequence", "random.yaml", {"epochs": 1}, "sweeper", ("--epochs=1",), needs=("torch",)
+    ),
+    Example(
+        "rnn-sequence",
+        "grid.yaml",
+        {"epochs": 1},
+        "wandb",
+        ("--epochs=1", "--bidirectional=True"),
+        needs=("torch", "wandb"),
+    ),
+    Example(
+        "sklearn-classic",
+        "grid.yaml",
+        {"folds": 2},
+        "mlflow",
+        ("--folds=2", "--kernel=poly"),
+        2,
+        ("sklearn", "mlflow"),
+    ),
 ]
+
+
+def require(modules: tuple[str, ...]) -> None:
+    """Skip an example whose libraries are not installed here; in CI, which installs them, fail."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing and os.environ.get("CI"):
+        pytest.fail(f"{', '.join(missing)} not installed, but CI installs them (see .ci/run)")
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)} (pip install torch, or the extras in pyproject.toml)")
 
 
 def test_every_example_folder_has_a_script_and_two_sweep_files() -> None:
@@ -138,6 +172,7 @@ def run_sweeper(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("example", EXAMPLES, ids=[e.folder for e in EXAMPLES])
 def test_example_smoke_runs_two_trials(example: Example, tmp_path: Path) -> None:
+    require(example.needs)
     sweep_file = tiny_copy(example, tmp_path)
     result = run_sweeper(tmp_path, "run", str(sweep_file), "--count", "2")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -193,6 +228,7 @@ def check_mlflow_runs(tmp_path: Path, trials: list[dict[str, Any]], metric: str,
     ids=[e.folder for e in EXAMPLES if e.standalone_args],
 )
 def test_example_script_runs_standalone(example: Example, tmp_path: Path) -> None:
+    require(example.needs)
     script = SWEEPS / example.folder / "train.py"
     env = {k: v for k, v in trial_env(tmp_path).items() if not k.startswith("SWEEPER_")}
     result = subprocess.run(
