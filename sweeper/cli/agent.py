@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from sweeper.cli.common import connect_or_fail, coordinator_option, db_option, token_option
+from sweeper.cli.common import connect_or_fail, coordinator_option, db_option, grace_option, token_option
 from sweeper.cli.interrupt import EXIT_INTERRUPTED, run_until_done_or_interrupted
 
 # Tries (with backoff) before a coordinator that cannot be reached at start is reported.
@@ -38,13 +38,7 @@ _START_BACKOFF = 0.5
 @coordinator_option
 @token_option
 @db_option
-@click.option(
-    "--grace",
-    default=10.0,
-    show_default=True,
-    type=click.FloatRange(min=0),
-    help="Seconds a stopped trial gets between SIGTERM and SIGKILL.",
-)
+@grace_option
 @click.option(
     "--max-backoff",
     default=30.0,

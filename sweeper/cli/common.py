@@ -15,6 +15,14 @@ from sweeper.spec import SpecError, SweepSpec, load_sweep_file
 # A user mistake in a sweep file exits 2 (like click's usage errors); a runtime failure exits 1.
 EXIT_SPEC_ERROR = 2
 
+grace_option = click.option(
+    "--grace",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds a stopped trial gets between SIGTERM and SIGKILL.",
+)
+
 db_option = click.option(
     "--db",
     "db_url",

@@ -8,7 +8,7 @@ import time
 
 import click
 
-from sweeper.cli.common import db_option, load_spec, open_store_or_fail, resolve_program
+from sweeper.cli.common import db_option, grace_option, load_spec, open_store_or_fail, resolve_program
 from sweeper.cli.interrupt import EXIT_INTERRUPTED, run_until_done_or_interrupted
 from sweeper.cli.report import print_summary
 from sweeper.integrations.cli import mlflow_option, wandb_option, with_trackers
@@ -31,13 +31,7 @@ from sweeper.trials import SweepState
     type=click.IntRange(min=1),
     help="Run at most this many trials in total, then stop.",
 )
-@click.option(
-    "--grace",
-    default=10.0,
-    show_default=True,
-    type=click.FloatRange(min=0),
-    help="Seconds a stopped trial gets between SIGTERM and SIGKILL.",
-)
+@grace_option
 @db_option
 @mlflow_option
 @wandb_option
