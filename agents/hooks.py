@@ -56,10 +56,12 @@ class CaptureHook:
 
 
 def default_hooks() -> list[TrialHook]:
-    """The capture, and the trackers named in each assignment's ``integrations`` block."""
+    """The capture, checkpoints (method pbt), and the trackers named in each assignment's
+    ``integrations`` block."""
+    from sweeper.agents.checkpoints import CheckpointHook
     from sweeper.integrations.hook import TrackerHook  # light: trackers load only when configured
 
-    return [CaptureHook(), TrackerHook()]
+    return [CaptureHook(), CheckpointHook(), TrackerHook()]
 
 
 class TrialHooks:

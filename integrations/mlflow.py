@@ -154,11 +154,15 @@ class MlflowTracker(Tracker):
         from mlflow.entities import Metric
 
         run_id = self.parent_run(board.sweep_id)
-        logged = self._logged_best.setdefault(board.sweep_id, set())
         now = int(time.time() * 1000)
         metrics = []
+        logged: set[int] = set()
         if board.metric_name:
             name = _key(board.metric_name)
+            if board.sweep_id not in self._logged_best:  # what an earlier process logged (a restart)
+                history = self.client.get_metric_history(run_id, f"best_{name}")
+                self._logged_best[board.sweep_id] = {m.step for m in history}
+            logged = self._logged_best[board.sweep_id]
             values = {r.number: r.value for r in board.rows}
             for number, best in board.best_so_far():
                 if number not in logged:

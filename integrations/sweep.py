@@ -1,17 +1,20 @@
 """The sweep-level record: started, brought up to date as trials end, ended.
 
-Runs in the process that runs the sweep's agents (``sweeper run``, ``sweeper.agent``) or next to
-a coordinator; it reads the trials from the coordinator and hands the trackers a whole leaderboard
-each time, so a tracker that was away catches up with one call.
+Runs in the process that runs the sweep's agents (``sweeper run``, ``sweeper.agent``), or in
+``sweeper server`` for every sweep it serves (:class:`SweepRecords`); it reads the trials from the
+coordinator and hands the trackers a whole leaderboard each time, so a tracker that was away
+catches up with one call.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import Any
 
 from sweeper.integrations.base import Leaderboard, LeaderRow, SafeTracker, SweepInfo
-from sweeper.integrations.session import trackers_for
+from sweeper.integrations.session import close_all, trackers_for
 
 log = logging.getLogger("sweeper.integrations")
 
@@ -93,3 +96,99 @@ class SweepRecorder:
             goal=metric.goal.value if metric else "minimize",
             rows=rows,
         )
+
+
+class SweepRecords:
+    """The sweep-level records of every sweep a coordinator serves: what ``sweeper server`` runs.
+
+    :meth:`changed` is the coordinator's ``on_sweep_changed`` listener: it notes the sweep's id and
+    returns, so no request waits on a tracker. One background thread does the rest: the first time
+    a sweep changes it builds the sweep's :class:`SweepRecorder` (none for a sweep without an
+    ``integrations`` block) and starts it; each change brings the record up to date (several
+    changes to one sweep while the thread is busy become one update); once the sweep is finished or
+    cancelled and no trial of it runs, its record ends.
+    """
+
+    def __init__(self) -> None:
+        self._coordinator: Any = None
+        self._recorders: dict[str, SweepRecorder | None] = {}
+        self._ended: set[str] = set()
+        self._waiting: dict[str, None] = {}  # sweep ids in the order they changed, each once
+        self._busy = False
+        self._closing = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._work, name="sweeper-records", daemon=True)
+
+    def start(self, coordinator: Any) -> None:
+        """Begin recording; changes noted before this wait for it."""
+        self._coordinator = coordinator
+        self._thread.start()
+
+    def changed(self, sweep_id: str) -> None:
+        with self._cond:
+            if not self._closing:
+                self._waiting[sweep_id] = None
+                self._cond.notify_all()
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Wait until every noted change has been handed to the trackers; False if the time ran out."""
+        end = time.monotonic() + timeout
+        with self._cond:
+            while self._waiting or self._busy:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.2))
+        return True
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Handle the changes noted so far, then send what waits for the trackers (for at most
+        ``timeout`` seconds each) and close them."""
+        with self._cond:
+            if self._closing:
+                return
+            self._closing = True
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        close_all(timeout)
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                self._busy = False
+                while not self._waiting and not self._closing:
+                    self._cond.notify_all()
+                    self._cond.wait()
+                if not self._waiting:
+                    self._cond.notify_all()
+                    return
+                sweep_id = next(iter(self._waiting))
+                del self._waiting[sweep_id]
+                self._busy = True
+            try:
+                self._bring_up_to_date(sweep_id)
+            except Exception as exc:  # the store is busy or away: the sweep's next change catches up
+                log.warning(
+                    "sweep %s: cannot update its tracker record: %s: %s", sweep_id, type(exc).__name__, exc
+                )
+
+    def _bring_up_to_date(self, sweep_id: str) -> None:
+        if sweep_id not in self._recorders:
+            recorder = SweepRecorder.for_sweep(self._coordinator, sweep_id)
+            if recorder is not None:
+                recorder.start()
+            self._recorders[sweep_id] = recorder
+        recorder = self._recorders[sweep_id]
+        if recorder is None:
+            return
+        state = self._coordinator.get_sweep(sweep_id).state
+        if (
+            state.is_terminal
+            and sweep_id not in self._ended
+            and not any(t.state.is_active for t in self._coordinator.trials(sweep_id))
+        ):
+            recorder.finish(state.value)
+            self._ended.add(sweep_id)
+        else:
+            recorder.update()

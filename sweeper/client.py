@@ -114,6 +114,8 @@ class HttpCoordinator:
             program=a["program"],
             metric_name=a["metric_name"],
             integrations=a.get("integrations"),
+            restore_from=a.get("restore_from"),
+            checkpoint_to=a.get("checkpoint_to"),
         )
 
     def heartbeat(self, trial_id: int, lease_id: str) -> Directive:
@@ -268,6 +270,8 @@ def _trial(t: Mapping[str, Any]) -> Trial:
         created_at=float(t["created_at"]),
         ended_at=t["ended_at"],
         retry_of=t["retry_of"],
+        member=t.get("member"),
+        restore_from=t.get("restore_from"),
         agent=t["agent"],
         host=t["host"],
         lease_id=t["lease_id"],

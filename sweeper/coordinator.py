@@ -2,16 +2,19 @@
 
 It implements :class:`sweeper.protocol.CoordinatorClient`, so embedded agents call it
 directly and the HTTP service only translates. It keeps no state of its own beyond caches
-of parsed specs: everything is read from, and written to, the store.
+of what a sweep's spec compiles to (a spec never changes once stored): everything else is
+read from, and written to, the store.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
 
+from sweeper.checkpoints import checkpoint_location
 from sweeper.planning import Plan, plan_next
 from sweeper.protocol import (
     CONTINUE,
@@ -24,13 +27,16 @@ from sweeper.protocol import (
 )
 from sweeper.results import best_of
 from sweeper.spec import SweepSpec, parse_sweep
-from sweeper.stopping import build_rule, decide_for
+from sweeper.spec.model import DEFAULT_CHECKPOINTS
+from sweeper.stopping import StoppingRule, build_rule, decide_for
 from sweeper.store.base import Lease, Store, TrialDraft
 from sweeper.strategies import Strategy, strategy_class
 from sweeper.trials import MetricPoint, Sweep, SweepState, Trial, TrialState
 
 DEFAULT_LEASE_SECONDS = 30.0
 _EXPIRY_INTERVAL = 1.0  # seconds between lease-expiry passes, at most
+
+log = logging.getLogger(__name__)
 
 
 class Coordinator:
@@ -40,27 +46,35 @@ class Coordinator:
         *,
         clock: Callable[[], float] = time.time,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        on_sweep_changed: Sequence[Callable[[str], None]] = (),
     ) -> None:
+        """``on_sweep_changed``: called with a sweep's id after the store write, when the sweep is
+        created or changes state, or one of its trials ends (finished, failed, stopped, lost). Called on
+        the request's thread: a listener must return at once; one that raises is logged and ignored."""
         self.store = store
         self.clock = clock
         self.lease_seconds = lease_seconds
         self._lock = threading.Lock()
-        self._specs: dict[str, tuple[SweepSpec, Strategy]] = {}
+        self._specs: dict[str, tuple[SweepSpec, Strategy, StoppingRule | None]] = {}
         self._last_expiry: float | None = None
+        self._on_sweep_changed = tuple(on_sweep_changed)
 
     # --- sweeps -------------------------------------------------------------
 
     def create_sweep(self, spec: SweepSpec) -> Sweep:
         seed = spec.options.seed if spec.options.seed is not None else secrets.randbits(31)
-        return self.store.create_sweep(
+        sweep = self.store.create_sweep(
             spec=dict(spec.raw), method=spec.method, name=spec.name, seed=seed, now=self.clock()
         )
+        self._sweep_changed(sweep.id)
+        return sweep
 
     def set_sweep_state(self, sweep_id: str, state: SweepState) -> Sweep:
         sweep = self.store.set_sweep_state(sweep_id, state, now=self.clock())
         if state is SweepState.CANCELLED:
             for trial in self.store.list_trials(sweep_id, states=[TrialState.RUNNING]):
                 self.store.request_stop(trial.id, "sweep cancelled")
+        self._sweep_changed(sweep_id)
         return sweep
 
     def get_sweep(self, sweep_id: str) -> Sweep:
@@ -72,25 +86,27 @@ class Coordinator:
     def spec_of(self, sweep_id: str) -> SweepSpec:
         return self._compiled(self.store.get_sweep(sweep_id))[0]
 
-    def _compiled(self, sweep: Sweep) -> tuple[SweepSpec, Strategy]:
+    def _compiled(self, sweep: Sweep) -> tuple[SweepSpec, Strategy, StoppingRule | None]:
         with self._lock:
             if sweep.id not in self._specs:
                 spec = parse_sweep(sweep.spec, source=f"sweep {sweep.id}")
-                self._specs[sweep.id] = (spec, strategy_class(spec.method)(spec))
+                self._specs[sweep.id] = (spec, strategy_class(spec.method)(spec), build_rule(spec))
             return self._specs[sweep.id]
+
+    def _compiled_by_id(self, sweep_id: str) -> tuple[SweepSpec, Strategy, StoppingRule | None]:
+        """As :meth:`_compiled`, reading the sweep only the first time (its spec never changes)."""
+        with self._lock:
+            found = self._specs.get(sweep_id)
+        return found if found is not None else self._compiled(self.store.get_sweep(sweep_id))
 
     # --- the agent protocol -------------------------------------------------
 
     def next_trial(self, sweep_id: str, agent: AgentInfo) -> Assignment | NoTrial:
         now = self.clock()
         self._expire_leases(now)
-        sweep = self.store.get_sweep(sweep_id)
-        spec, strategy = self._compiled(sweep)
-        if sweep.state is SweepState.FINISHED:
-            plan = plan_next(spec, strategy, self.store.list_trials(sweep_id), sweep.seed)
-            return NoTrial(NoTrialReason.DONE, f"sweep {sweep_id} is complete: {plan.reason}")
-        if (refusal := _refusal(sweep)) is not None:
-            return refusal
+        # The sweep's state is read under new_trial's lock; a sweep that hands out no trials
+        # is answered from a fresh read below.
+        spec, strategy, _ = self._compiled_by_id(sweep_id)
         plans: list[Plan] = []
 
         def decide(locked: Sweep, trials: Sequence[Trial]) -> TrialDraft | None:
@@ -116,10 +132,16 @@ class Coordinator:
                 program=spec.program,
                 metric_name=spec.metric.name if spec.metric else None,
                 integrations=spec.raw.get("integrations"),
+                restore_from=trial.restore_from,
+                checkpoint_to=_checkpoint_to(spec, trial),
             )
         plan = plans[-1] if plans else None
-        if plan is None:  # the sweep changed state between the two reads
-            return _refusal(self.store.get_sweep(sweep_id)) or NoTrial(NoTrialReason.WAIT, "sweep busy")
+        if plan is None:  # the sweep does not hand out trials (or stopped doing so since it was read)
+            sweep = self.store.get_sweep(sweep_id)
+            if sweep.state is SweepState.FINISHED:
+                plan = plan_next(spec, strategy, self.store.list_trials(sweep_id), sweep.seed)
+                return NoTrial(NoTrialReason.DONE, f"sweep {sweep_id} is complete: {plan.reason}")
+            return _refusal(sweep) or NoTrial(NoTrialReason.WAIT, "sweep busy")
         if plan.done:
             self._finish_sweep_if_complete(sweep_id)
             return NoTrial(NoTrialReason.DONE, f"sweep {sweep_id} is complete: {plan.reason}")
@@ -132,8 +154,9 @@ class Coordinator:
 
     def report_metrics(self, trial_id: int, lease_id: str, points: Sequence[MetricPoint]) -> Directive:
         now = self.clock()
-        self.store.add_metrics(trial_id, lease_id, points, now=now)
-        trial = self.store.renew_lease(trial_id, lease_id, expires_at=now + self.lease_seconds, now=now)
+        trial = self.store.report_metrics(
+            trial_id, lease_id, points, expires_at=now + self.lease_seconds, now=now
+        )
         trial = self._apply_stopping_rule(trial, points)
         return _directive(trial)
 
@@ -142,7 +165,7 @@ class Coordinator:
         so the directive of this very response carries it."""
         if trial.stop_requested or not points:
             return trial
-        rule = build_rule(self._compiled(self.store.get_sweep(trial.sweep_id))[0])
+        rule = self._compiled_by_id(trial.sweep_id)[2]
         decision = decide_for(rule, self.store, trial, points) if rule is not None else None
         return self.store.request_stop(trial.id, decision.reason) if decision is not None else trial
 
@@ -157,6 +180,7 @@ class Coordinator:
             stop_reason=outcome.stop_reason,
         )
         self._finish_sweep_if_complete(trial.sweep_id)
+        self._sweep_changed(trial.sweep_id)
 
     # --- reading ------------------------------------------------------------
 
@@ -176,7 +200,9 @@ class Coordinator:
         if self._last_expiry is not None and 0 <= now - self._last_expiry < interval:
             return
         self._last_expiry = now
-        self.store.expire_leases(now=now)
+        lost = self.store.expire_leases(now=now)
+        for sweep_id in dict.fromkeys(trial.sweep_id for trial in lost):
+            self._sweep_changed(sweep_id)
 
     def _finish_sweep_if_complete(self, sweep_id: str) -> None:
         sweep = self.store.get_sweep(sweep_id)
@@ -184,12 +210,20 @@ class Coordinator:
             return
         if self.store.list_trials(sweep_id, states=[TrialState.RUNNING]):
             return  # the common case in a busy sweep, answered without loading every trial
-        spec, strategy = self._compiled(sweep)
+        spec, strategy, _ = self._compiled(sweep)
         trials = self.store.list_trials(sweep_id)
         if any(t.state.is_active for t in trials):
             return
         if plan_next(spec, strategy, trials, sweep.seed).done:
             self.store.set_sweep_state(sweep_id, SweepState.FINISHED, now=self.clock())
+            self._sweep_changed(sweep_id)
+
+    def _sweep_changed(self, sweep_id: str) -> None:
+        for listener in self._on_sweep_changed:
+            try:
+                listener(sweep_id)
+            except Exception:  # a listener never fails the write it follows
+                log.exception("sweep %s: a change listener failed", sweep_id)
 
 
 def _refusal(sweep: Sweep) -> NoTrial | None:
@@ -202,6 +236,14 @@ def _refusal(sweep: Sweep) -> NoTrial | None:
             return NoTrial(NoTrialReason.DONE, f"sweep {sweep.id} is finished")
         case _:
             return NoTrial(NoTrialReason.STOPPED, f"sweep {sweep.id} was {sweep.state.value}")
+
+
+def _checkpoint_to(spec: SweepSpec, trial: Trial) -> str | None:
+    """Where a trial of a sweep that keeps checkpoints (method pbt) publishes its checkpoint folder."""
+    if spec.options.pbt is None and spec.method != "pbt":
+        return None
+    root = spec.options.pbt.checkpoints if spec.options.pbt is not None else DEFAULT_CHECKPOINTS
+    return checkpoint_location(root, trial.sweep_id, trial.number)
 
 
 def _directive(trial: Trial) -> Directive:

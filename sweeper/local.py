@@ -155,11 +155,16 @@ class LocalAgents:
 
 
 def _sweep_recorder(client: object, sweep_id: str) -> Any:
-    """The sweep-level tracker record for ``sweeper run`` and ``sweeper.agent``; None when none is set."""
+    """The sweep-level tracker record for ``sweeper run`` and ``sweeper.agent``; None when none is set,
+    and None for agents of a ``sweeper server``, which keeps the record of its sweeps itself."""
+    from sweeper.client import HttpCoordinator
     from sweeper.integrations.sweep import SweepRecorder
 
+    coordinator = getattr(client, "_client", client)
+    if isinstance(coordinator, HttpCoordinator):
+        return None
     try:
-        recorder = SweepRecorder.for_sweep(getattr(client, "_client", client), sweep_id)
+        recorder = SweepRecorder.for_sweep(coordinator, sweep_id)
         if recorder is not None:
             recorder.start()
         return recorder

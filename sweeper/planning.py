@@ -43,13 +43,17 @@ def suggestion_rng(seed: int, trials: Sequence[Trial]) -> random.Random:
 
 def find_retry(trials: Sequence[Trial], max_retries: int) -> TrialDraft | None:
     """The oldest configuration whose every attempt failed or was lost, with retries left."""
+    if not any(t.state in _RETRYABLE for t in trials):
+        return None  # the common case, answered without a key for every trial
     attempts: dict[str, list[Trial]] = {}
     for trial in trials:
         attempts.setdefault(config_key(trial.config), []).append(trial)
     for tries in attempts.values():
         if all(t.state in _RETRYABLE for t in tries) and len(tries) <= max_retries:
             last = max(tries, key=lambda t: t.number)
-            return TrialDraft(config=last.config, retry_of=last.number)
+            return TrialDraft(
+                config=last.config, retry_of=last.number, member=last.member, restore_from=last.restore_from
+            )
     return None
 
 
@@ -82,7 +86,10 @@ def plan_next(spec: SweepSpec, strategy: Strategy, trials: Sequence[Trial], seed
     suggestion = strategy.suggest(trials, suggestion_rng(seed, trials))
     if suggestion.kind is SuggestionKind.RUN:
         assert suggestion.config is not None  # a RUN suggestion always carries a config
-        return Plan(draft=TrialDraft(config=suggestion.config))
+        draft = TrialDraft(
+            config=suggestion.config, member=suggestion.member, restore_from=suggestion.restore_from
+        )
+        return Plan(draft=draft)
     if suggestion.kind is SuggestionKind.DONE:
         return finished_or_wait(suggestion.reason)
     return Plan(suggestion=suggestion)

@@ -42,6 +42,10 @@ class Assignment:
     metric_name: str | None
     # The sweep file's ``integrations:`` block, so every agent logs its trials to the same trackers.
     integrations: Mapping[str, Any] | None = None
+    # Population-based training: the checkpoint to start from (a folder, relative to the agent's
+    # working folder, or a URL), and where this trial's ``run.checkpoint_dir`` is published.
+    restore_from: str | None = None
+    checkpoint_to: str | None = None
 
 
 class NoTrialReason(enum.StrEnum):

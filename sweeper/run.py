@@ -150,6 +150,34 @@ class Run:
         return self._finished
 
     @property
+    def checkpoint_dir(self) -> Path:
+        """A folder (created on first use) for this trial's checkpoint.
+
+        In a ``method: pbt`` sweep the agent publishes what it holds after each ``log`` call and when
+        the trial ends, so another member can restart from it: save before you log. Outside a sweep
+        it is ``$SWEEPER_CHECKPOINT_DIR``, else ``./checkpoint``.
+        """
+        if self.in_sweep:
+            path = Path(self.dir) / "checkpoint"
+        else:
+            path = Path(os.environ.get("SWEEPER_CHECKPOINT_DIR") or Path.cwd() / "checkpoint")
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def restore_from(self) -> Path | None:
+        """A folder holding the checkpoint this trial starts from, or None to start afresh.
+
+        In a ``method: pbt`` sweep, a member restarted from a better member holds a copy of that
+        member's ``checkpoint_dir`` here. Outside a sweep it is ``$SWEEPER_RESTORE_FROM`` when set.
+        """
+        if self.in_sweep:
+            path = Path(self.dir) / "restore"
+            return path if path.is_dir() else None
+        found = os.environ.get("SWEEPER_RESTORE_FROM")
+        return Path(found) if found and Path(found).is_dir() else None
+
+    @property
     def in_sweep(self) -> bool:
         return self.sweep_id is not None
 

@@ -107,6 +107,8 @@ class Trial:
     created_at: float
     ended_at: float | None = None
     retry_of: int | None = None  # number of the trial this one repeats
+    member: int | None = None  # population-based training: the population slot (0, 1, ...)
+    restore_from: str | None = None  # checkpoint location the trial starts from (a folder or URL)
     agent: str | None = None
     host: str | None = None
     lease_id: str | None = None

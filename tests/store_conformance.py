@@ -372,6 +372,72 @@ class StoreConformance:
         assert [t.number for t in ended] == [2, 4]
         assert store.list_trials(sweep.id, states=[]) == []
 
+    def test_report_metrics_adds_points_and_renews_the_lease(self, store: Store, sweep: Sweep) -> None:
+        trial = self.started(store, sweep, expires_at=100.0)
+        batch = [point("loss", 0.5, 1, 1), point("loss", 0.25, 2, 2), point("acc", 0.9, 2, 3)]
+        reported = store.report_metrics(trial.id, "lease-1", batch, expires_at=130.0, now=100.0)
+        assert (reported.lease_expires_at, reported.summary) == (130.0, {"loss": 0.25, "acc": 0.9})
+        assert store.get_trial(trial.id) == reported
+        again = store.report_metrics(trial.id, "lease-1", batch[:1], expires_at=140.0, now=110.0)
+        assert (again.lease_expires_at, again.summary) == (140.0, {"loss": 0.25, "acc": 0.9})
+        renewed = store.report_metrics(trial.id, "lease-1", [], expires_at=150.0, now=120.0)
+        assert (renewed.lease_expires_at, renewed.summary) == (150.0, {"loss": 0.25, "acc": 0.9})
+        history = store.get_trial(trial.id, with_history=True).history
+        assert history is not None and len(history) == 3
+
+    def test_report_metrics_without_the_lease_changes_nothing(self, store: Store, sweep: Sweep) -> None:
+        trial = self.started(store, sweep, expires_at=100.0)
+        with pytest.raises(LeaseLostError, match="another lease"):
+            store.report_metrics(trial.id, "stolen", [point("loss", 1.0, 1, 1)], expires_at=130.0, now=50.0)
+        with pytest.raises(LeaseLostError, match="expired"):
+            store.report_metrics(trial.id, "lease-1", [point("loss", 1.0, 1, 1)], expires_at=130.0, now=101.0)
+        store.finish_trial(trial.id, None, TrialState.STOPPED, now=60.0)
+        with pytest.raises(LeaseLostError, match="stopped"):
+            store.report_metrics(trial.id, "lease-1", [point("loss", 1.0, 1, 1)], expires_at=130.0, now=70.0)
+        loaded = store.get_trial(trial.id, with_history=True)
+        assert (loaded.lease_expires_at, loaded.summary, loaded.history) == (100.0, {}, ())
+        with pytest.raises(TrialNotFoundError):
+            store.report_metrics(10**9, "lease-1", [], expires_at=130.0, now=70.0)
+
+    def test_new_trial_sees_every_change_since_its_last_read(
+        self, store: Store, sweep: Sweep, store_url: str
+    ) -> None:
+        """``decide`` gets what a full read gives, also after changes made through another store
+        (another coordinator on the same database) and by metrics, stops, ends and lease expiry."""
+        given: list[list[Trial]] = []
+
+        def record(_sweep: Sweep, so_far: Sequence[Trial]) -> TrialDraft:
+            given.append(list(so_far))
+            return TrialDraft({"n": len(so_far)})
+
+        def lease_one(on: Store, name: str, expires_at: float = FAR) -> Trial:
+            before = store.list_trials(sweep.id)
+            trial = on.new_trial(sweep.id, record, lease=lease(name, name, expires_at), now=2.0)
+            assert trial is not None and given[-1] == before
+            return trial
+
+        a = lease_one(store, "a")
+        b = lease_one(store, "b", expires_at=50.0)
+        c = lease_one(store, "c")
+        with open_store(store_url) as other:
+            other.add_metrics(a.id, "a", [point("loss", 0.5, 1, 1)], now=3.0)
+            other.finish_trial(a.id, "a", TrialState.FINISHED, now=4.0)
+            other.request_stop(c.id, "asha")
+            d = lease_one(other, "d")
+            lease_one(store, "e")
+            other.expire_leases(now=60.0)
+            other.finish_trial(d.id, "d", TrialState.FAILED, now=61.0, exit_code=1)
+            lease_one(store, "f")
+            other.report_metrics(c.id, "c", [point("loss", 0.7, 1, 1)], expires_at=FAR, now=62.0)
+            store.finish_trial(c.id, "c", TrialState.STOPPED, now=63.0)
+            lease_one(other, "g")
+            lease_one(store, "h")
+        states = [t.state for t in given[-1]]
+        assert [t.number for t in given[-1]] == list(range(1, 8))
+        assert given[-1][1] == store.get_trial(b.id)
+        assert states[:4] == [TrialState.FINISHED, TrialState.LOST, TrialState.STOPPED, TrialState.FAILED]
+        assert given[-1][2].summary == {"loss": 0.7}
+
     # --- decisions and expiry ----------------------------------------------
 
     def test_request_stop(self, store: Store, sweep: Sweep) -> None:

@@ -5,6 +5,7 @@ A strategy module adds itself by listing a sweep in ``SPECS`` of tests/test_stra
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from collections.abc import Mapping, Sequence
@@ -39,7 +40,10 @@ def drive(strategy: Strategy, spec: SweepSpec, steps: int, seed: int = 0, finish
         state = TrialState.FINISHED if finish else TrialState.RUNNING
         value = float(n % 7)
         metric = {spec.metric.name: value} if spec.metric else {}
-        trials.append(make_trial(suggestion.config, state, n + 1, **metric))
+        trial = make_trial(suggestion.config, state, n + 1, **metric)
+        # Population slots and checkpoints travel with the trial, as the store keeps them.
+        trial = dataclasses.replace(trial, member=suggestion.member, restore_from=suggestion.restore_from)
+        trials.append(trial)
     return trials
 
 

@@ -35,7 +35,8 @@ def add_note(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE sweeps ADD COLUMN note TEXT NOT NULL DEFAULT 'kept'"))
 
 
-V2 = (*MIGRATIONS, Migration(2, "add sweeps.note", add_note))
+NEXT = latest_version() + 1
+WITH_NOTE = (*MIGRATIONS, Migration(NEXT, "add sweeps.note", add_note))
 
 
 # --- schema versions ---------------------------------------------------------
@@ -45,7 +46,7 @@ def test_fresh_database_is_created_at_the_latest_version(tmp_path: Path) -> None
     path = tmp_path / "s.db"
     with open_store(str(path)):
         pass
-    assert version_of(path) == latest_version() == 1
+    assert version_of(path) == latest_version() == 2
     with sqlite3.connect(path) as db:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"sweeper_meta", "sweeps", "trials", "metrics"} <= tables
@@ -62,18 +63,46 @@ def test_upgrade_keeps_the_data(tmp_path: Path, capsys: pytest.CaptureFixture[st
         before = store.get_trial(trial.id, with_history=True)
     capsys.readouterr()
 
-    with open_store(str(path), migrations=V2) as store:
+    with open_store(str(path), migrations=WITH_NOTE) as store:
         assert store.get_sweep(sweep.id) == sweep
         assert store.get_trial(trial.id, with_history=True) == before
-    assert "from version 1 to 2" in capsys.readouterr().err
-    assert version_of(path) == 2
+    assert f"from version {NEXT - 1} to {NEXT}" in capsys.readouterr().err
+    assert version_of(path) == NEXT
     assert "note" in columns_of(path, "sweeps")
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT note FROM sweeps").fetchall() == [("kept",)]
 
-    with open_store(str(path), migrations=V2):
+    with open_store(str(path), migrations=WITH_NOTE):
         pass
     assert capsys.readouterr().err == ""  # nothing to upgrade the second time
+
+
+def test_a_version_1_store_upgrades_to_version_2_and_keeps_its_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "v1.db"
+    with sqlite3.connect(path) as db:  # written by sweeper at schema version 1
+        db.executescript((Path(__file__).parent / "data" / "store_v1.sql").read_text())
+    assert version_of(path) == 1 and "member" not in columns_of(path, "trials")
+    with open_store(str(path)) as store:
+        sweep = store.get_sweep("mwbeliwt")
+        (old,) = store.list_trials(sweep.id, with_history=True)
+        assert (sweep.name, sweep.seed, old.config, old.state) == ("old", 7, {"lr": 0.5}, TrialState.FINISHED)
+        assert [(p.step, p.value) for p in old.history or ()] == [(0, 0.25), (1, 0.125)]
+        assert old.summary == {"loss": 0.125} and (old.member, old.restore_from) == (None, None)
+        new = store.new_trial(
+            sweep.id,
+            lambda s, ts: TrialDraft({"lr": 0.4}, member=3, restore_from=".sweeper/checkpoints/x/1"),
+            lease=lease(),
+            now=9.0,
+        )
+        assert new is not None and (new.member, new.restore_from) == (3, ".sweeper/checkpoints/x/1")
+    assert "from version 1 to 2" in capsys.readouterr().err
+    assert version_of(path) == 2
+    assert {"member", "restore_from"} <= set(columns_of(path, "trials"))
+    fresh = tmp_path / "fresh.db"
+    open_store(str(fresh)).close()
+    assert columns_of(fresh, "trials") == columns_of(path, "trials")  # upgraded and fresh agree
 
 
 def test_failed_upgrade_changes_nothing(tmp_path: Path) -> None:
@@ -84,8 +113,8 @@ def test_failed_upgrade_changes_nothing(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     open_store(str(path)).close()
     with pytest.raises(RuntimeError, match="step 2 broke"):
-        open_store(str(path), migrations=(*MIGRATIONS, Migration(2, "broken", add_then_fail)))
-    assert version_of(path) == 1
+        open_store(str(path), migrations=(*MIGRATIONS, Migration(NEXT, "broken", add_then_fail)))
+    assert version_of(path) == NEXT - 1
     assert "note" not in columns_of(path, "sweeps")
 
 
@@ -93,11 +122,11 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     open_store(str(path)).close()
     with sqlite3.connect(path) as db:
-        db.execute("UPDATE sweeper_meta SET value = '3' WHERE key = 'schema_version'")
+        db.execute(f"UPDATE sweeper_meta SET value = '{NEXT}' WHERE key = 'schema_version'")
     with pytest.raises(SchemaVersionError) as caught:
         open_store(str(path))
     assert str(caught.value) == (
-        "database schema version 3 is newer than this sweeper understands (1): upgrade sweeper"
+        f"database schema version {NEXT} is newer than this sweeper understands ({NEXT - 1}): upgrade sweeper"
     )
 
 
@@ -125,7 +154,7 @@ def test_default_store_is_under_dot_sweeper(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.chdir(tmp_path)
     with open_store() as store:
         store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
-    assert version_of(tmp_path / ".sweeper" / "sweeper.db") == 1
+    assert version_of(tmp_path / ".sweeper" / "sweeper.db") == latest_version()
 
 
 @pytest.mark.parametrize("form", ["./x.db", "x.db", "sqlite:///x.db", "sqlite+pysqlite:///x.db", "ABSOLUTE"])
@@ -134,7 +163,7 @@ def test_file_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, form: str) -
     url = f"sqlite:///{tmp_path / 'x.db'}" if form == "ABSOLUTE" else form
     with open_store(url) as store:
         store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
-    assert version_of(tmp_path / "x.db") == 1
+    assert version_of(tmp_path / "x.db") == latest_version()
 
 
 @pytest.mark.parametrize(

@@ -69,12 +69,15 @@ FINITE_BOHB = {
     "sweeper": {"resource": {"name": "epochs", "min": 1, "eta": 3}},
 }
 MULTI_FIDELITY = {"hyperband": HYPERBAND, "bohb": BOHB, "bohb-finite": FINITE_BOHB}
+PBT = {**MIXED_RANDOM, "method": "pbt", "sweeper": {"pbt": {"population": 4, "perturbation_interval": 2}}}
+FINITE_PBT = {**FINITE_RANDOM, "method": "pbt", "sweeper": {"pbt": {"population": 3}}}
+POPULATION = {"pbt": PBT, "pbt-finite": FINITE_PBT}
 
 
 @pytest.mark.parametrize(
     "raw",
-    [NESTED_GRID, MIXED_RANDOM, FINITE_RANDOM, *MODEL_BASED, *MULTI_FIDELITY.values()],
-    ids=["grid", "random", "random-finite", *MODEL_BASED_IDS, *MULTI_FIDELITY],
+    [NESTED_GRID, MIXED_RANDOM, FINITE_RANDOM, *MODEL_BASED, *MULTI_FIDELITY.values(), *POPULATION.values()],
+    ids=["grid", "random", "random-finite", *MODEL_BASED_IDS, *MULTI_FIDELITY, *POPULATION],
 )
 class TestConformance(StrategyConformance):
     @pytest.fixture(autouse=True)

@@ -106,6 +106,8 @@ def trial_to_json(trial: Trial) -> dict[str, Any]:
         "stop_reason": trial.stop_reason,
         "stderr_tail": trial.stderr_tail,
         "retry_of": trial.retry_of,
+        "member": trial.member,
+        "restore_from": trial.restore_from,
         "agent": trial.agent,
         "host": trial.host,
         "created_at": trial.created_at,

@@ -51,7 +51,7 @@ def _fill_missing(rows: np.ndarray, codec: SpaceCodec, gen: np.random.Generator)
 
 def space_filling(codec: SpaceCodec, obs: Observations, gen: np.random.Generator) -> np.ndarray:
     """The prior draw, out of 256, farthest from every trial so far (maximin in the one-hot cube)."""
-    candidates = codec.sample(256, gen)
+    candidates = codec.sample(16, gen)
     existing = np.vstack([obs.X, obs.pending])
     if len(existing) == 0:
         return candidates[0]
@@ -85,12 +85,53 @@ def _perturb(rows: np.ndarray, scale: float, codec: SpaceCodec, gen: np.random.G
     return codec.snap(np.clip(out, 0.0, 1.0))
 
 
+def _discrete_neighbours(rows: np.ndarray, codec: SpaceCodec) -> np.ndarray:
+    """Every row with one categorical set to each of its other choices, or one lattice parameter
+    moved one step up or down: moves a Gaussian perturbation of ``u`` rarely or never makes."""
+    out = []
+    for j, c in enumerate(codec.codecs):
+        if c.is_categorical:
+            for k in range(c.n_choices):
+                moved = rows.copy()
+                moved[:, j] = k
+                out.append(moved[rows[:, j] != k])
+        elif (cell := _lattice_step(c)) > 0:
+            for step in (-cell, cell):
+                moved = rows.copy()
+                moved[:, j] = rows[:, j] + step
+                out.append(codec.snap(np.clip(moved, 0.0, 1.0)))
+    return np.vstack(out) if out else rows[:0]
+
+
+def _lattice_step(c) -> float:
+    """The distance in ``u`` between neighbouring lattice points of a finite lattice, else 0."""
+    if c.param.distribution.value == "int_uniform":
+        return 1.0 / (c.param.max - c.param.min + 1)
+    lo, hi = c._k_bounds()
+    if np.isfinite(lo) and np.isfinite(hi) and c.param.distribution.value in ("q_uniform", "q_beta"):
+        return 1.0 / max(hi - lo, 1)
+    return 0.0
+
+
+def _discrete_step(current, current_scores, score, codec: SpaceCodec):
+    """Each row moved to its best discrete neighbour (every choice of every categorical tried),
+    when that scores higher."""
+    for i in range(len(current)):
+        near = _discrete_neighbours(current[i : i + 1], codec)
+        if len(near):
+            s = score(near)
+            k = int(np.argmax(s))
+            if s[k] > current_scores[i]:
+                current[i], current_scores[i] = near[k], s[k]
+    return current, current_scores
+
+
 def fit_model(codec: SpaceCodec, obs: Observations, gen: np.random.Generator) -> GaussianProcess:
     X = codec.one_hot(_fill_missing(obs.X, codec, gen))
     y = warp(obs.y)
     rows = _training_rows(y, CONDITION_ROWS, gen)
     sub = _training_rows(y[rows], FIT_ROWS, gen)
-    return fit_gp(X[rows], y[rows], gen, fit_rows=sub)
+    return fit_gp(X[rows], y[rows], gen, fit_rows=sub, groups=codec.groups)
 
 
 def propose(codec: SpaceCodec, obs: Observations, gen: np.random.Generator) -> np.ndarray | None:
@@ -126,6 +167,9 @@ def propose(codec: SpaceCodec, obs: Observations, gen: np.random.Generator) -> n
         better = s[np.arange(len(current)), j] > current_scores
         current[better] = trial.reshape(len(current), N_LOCAL, -1)[better, j[better]]
         current_scores = np.where(better, s[np.arange(len(current)), j], current_scores)
+        current, current_scores = _discrete_step(current, current_scores, score, codec)
+        pool.append(current.copy())
+        pool_scores.append(current_scores.copy())
     allrows, allscores = np.vstack(pool), np.concatenate(pool_scores)
     for i in np.argsort(-allscores, kind="stable"):
         if row_key(allrows[i]) not in obs.taken:

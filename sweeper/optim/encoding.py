@@ -169,6 +169,8 @@ class SpaceCodec:
         self.offsets = np.concatenate([[0], np.cumsum(widths)]).astype(int)
         self.n_params = len(self.codecs)
         self.width = int(self.offsets[-1])  # columns of the one-hot form
+        # The parameter each one-hot column belongs to (a categorical's columns share a length scale).
+        self.groups = np.repeat(np.arange(self.n_params), widths).astype(int)
 
     @property
     def paths(self) -> list[tuple[str, ...]]:

@@ -1,6 +1,10 @@
 """A Gaussian process with a Matern-5/2 ARD kernel, hyperparameters by maximum a posteriori.
 
 Inputs live in the unit cube (see :mod:`sweeper.optim.encoding`); targets are standardised here.
+Input columns may be tied into groups that share one length scale: the one-hot columns of a
+categorical parameter form one group, so the kernel sees how many categories differ (a Hamming
+distance) rather than which, and a category seen in a few lucky trials cannot claim a short scale
+of its own.
 The log marginal likelihood and its gradient are written out, so L-BFGS needs no finite
 differences; weak log-normal priors keep length scales and noise away from degenerate fits.
 """
@@ -79,10 +83,15 @@ def _build(X, y, scales, signal, noise, y_mean, y_std) -> GaussianProcess:
     return GaussianProcess(X, scales, signal, noise, y_mean, y_std, L, alpha)
 
 
-def _neg_log_posterior(theta: np.ndarray, X: np.ndarray, z: np.ndarray) -> tuple[float, np.ndarray]:
-    n, dim = X.shape
+def _neg_log_posterior(
+    theta: np.ndarray, X: np.ndarray, z: np.ndarray, groups: np.ndarray | None = None
+) -> tuple[float, np.ndarray]:
+    """Negative log posterior of (log scales per group, log signal, log noise) and its gradient."""
+    n = X.shape[0]
+    groups = np.arange(X.shape[1]) if groups is None else groups
+    dim = len(theta) - 2  # number of length scales (groups)
     log_scales, log_signal, log_noise = theta[:dim], theta[dim], theta[dim + 1]
-    scales, signal, noise = np.exp(log_scales), math.exp(log_signal), math.exp(log_noise)
+    scales, signal, noise = np.exp(log_scales)[groups], math.exp(log_signal), math.exp(log_noise)
     r = np.sqrt(_sq_dists(X, X, 1.0 / scales))
     e = np.exp(-_SQRT5 * r)
     M = (1.0 + _SQRT5 * r + (5.0 / 3.0) * r * r) * e
@@ -99,7 +108,8 @@ def _neg_log_posterior(theta: np.ndarray, X: np.ndarray, z: np.ndarray) -> tuple
     # d K / d log(scale_d) = signal * 5/3 (1 + sqrt5 r) exp(-sqrt5 r) * (x_d - x'_d)^2 / scale_d^2
     A = W * (signal * (5.0 / 3.0) * (1.0 + _SQRT5 * r) * e)
     Xs = X / scales
-    grad[:dim] = 0.5 * (2.0 * (Xs * Xs * A.sum(1)[:, None]).sum(0) - 2.0 * (Xs * (A @ Xs)).sum(0))
+    per_column = (Xs * Xs * A.sum(1)[:, None]).sum(0) - (Xs * (A @ Xs)).sum(0)
+    grad[:dim] = np.bincount(groups, weights=per_column, minlength=dim)
     grad[dim] = 0.5 * (W * (signal * M)).sum()
     grad[dim + 1] = 0.5 * noise * np.trace(W)
     # Priors (negative log densities, up to constants).
@@ -122,15 +132,19 @@ def fit_gp(
     restarts: int = 2,
     maxiter: int = 60,
     fit_rows: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
 ) -> GaussianProcess:
     """Fit length scales, signal and noise by L-BFGS from a default start and ``restarts`` random ones.
 
     ``fit_rows`` picks the rows the hyperparameters are fitted on (a subset keeps large histories
-    fast); the returned process is conditioned on every row.
+    fast); the returned process is conditioned on every row. ``groups[c]`` is the length scale
+    column ``c`` uses (default: one per column).
     """
     X = np.asarray(X, dtype=float)
     y = np.asarray(y, dtype=float)
-    n, dim = X.shape
+    n = X.shape[0]
+    groups = np.arange(X.shape[1]) if groups is None else np.asarray(groups, dtype=int)
+    dim = int(groups.max()) + 1 if len(groups) else 0
     y_mean = float(y.mean())
     y_std = float(y.std()) or 1.0
     idx = np.arange(n) if fit_rows is None else fit_rows
@@ -150,7 +164,7 @@ def fit_gp(
         res = optimize.minimize(
             _neg_log_posterior,
             theta0,
-            args=(Xf, zf),
+            args=(Xf, zf, groups),
             jac=True,
             method="L-BFGS-B",
             bounds=bounds,
@@ -158,5 +172,5 @@ def fit_gp(
         )
         if np.isfinite(res.fun) and res.fun < best_value:
             best_theta, best_value = res.x, float(res.fun)
-    scales = np.exp(best_theta[:dim])
+    scales = np.exp(best_theta[:dim])[groups]
     return _build(X, y, scales, math.exp(best_theta[dim]), math.exp(best_theta[dim + 1]), y_mean, y_std)

@@ -8,13 +8,17 @@ Every refusal is a JSON :class:`~sweeper.server.schemas.ErrorOut` with a machine
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -98,19 +102,32 @@ def create_app(
     token: str | None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_batch: int = DEFAULT_MAX_BATCH,
+    on_shutdown: Callable[[], None] | None = None,
 ) -> FastAPI:
-    """The ASGI app. ``token`` None serves without authentication (a loopback or ``--insecure`` server)."""
+    """The ASGI app. ``token`` None serves without authentication (a loopback or ``--insecure`` server).
+    ``on_shutdown`` runs (in a worker thread) once the server has stopped taking requests."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if on_shutdown is not None:
+            await asyncio.to_thread(on_shutdown)
+
     app = FastAPI(
         title="sweeper coordinator",
         version=__version__,
         description="Sweeps, trials and the agent protocol. Every route but /health needs "
         "`Authorization: Bearer <token>` when the server was started with a token.",
+        lifespan=lifespan,
     )
     _add_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     expected = token.encode() if token else None
 
-    def authorised(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]) -> None:
+    # async: a plain function would cost every request a round trip through the thread pool.
+    async def authorised(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
+    ) -> None:
         if expected is None:
             return
         given = credentials.credentials.encode("utf-8", "surrogateescape") if credentials else b""
@@ -153,13 +170,13 @@ def create_app(
     # --- the agent protocol ---------------------------------------------------
 
     @api.post("/sweeps/{sweep_id}/next", response_model=schemas.NextTrialOut)
-    def next_trial(sweep_id: SweepId, agent: schemas.AgentIn) -> schemas.NextTrialOut:
+    def next_trial(sweep_id: SweepId, agent: schemas.AgentIn) -> Any:
         answer = coordinator.next_trial(sweep_id, AgentInfo(name=agent.name, host=agent.host, gpu=agent.gpu))
-        return schemas.NextTrialOut.of(answer)
+        return _json(schemas.NextTrialOut.of(answer))
 
     @api.post("/trials/{trial_id}/heartbeat", response_model=schemas.DirectiveOut)
-    def heartbeat(trial_id: TrialId, body: schemas.LeaseIn) -> schemas.DirectiveOut:
-        return schemas.DirectiveOut.of(coordinator.heartbeat(trial_id, body.lease_id))
+    def heartbeat(trial_id: TrialId, body: schemas.LeaseIn) -> Any:
+        return _json(schemas.DirectiveOut.of(coordinator.heartbeat(trial_id, body.lease_id)))
 
     @api.post("/trials/{trial_id}/metrics", response_model=schemas.DirectiveOut)
     def report_metrics(trial_id: TrialId, body: schemas.MetricsIn) -> Any:
@@ -171,7 +188,7 @@ def create_app(
                 "send them in smaller batches",
             )
         points = [p.point() for p in body.points]
-        return schemas.DirectiveOut.of(coordinator.report_metrics(trial_id, body.lease_id, points))
+        return _json(schemas.DirectiveOut.of(coordinator.report_metrics(trial_id, body.lease_id, points)))
 
     @api.post("/trials/{trial_id}/finish", status_code=204, response_class=Response)
     def finish_trial(trial_id: TrialId, body: schemas.FinishIn) -> Response:
@@ -187,6 +204,12 @@ def create_app(
     app.include_router(open_routes)
     app.include_router(api)
     return app
+
+
+def _json(body: BaseModel) -> Response:
+    """A model the route built itself, as JSON: FastAPI would validate it against the route's
+    response_model again. The agent protocol's routes answer every few seconds per agent."""
+    return Response(body.model_dump_json(), media_type="application/json")
 
 
 def _add_error_handlers(app: FastAPI) -> None:

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 
 from sweeper.coordinator import DEFAULT_LEASE_SECONDS, Coordinator
+from sweeper.integrations.sweep import SweepRecords
 from sweeper.server.app import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, create_app
 from sweeper.store import Store
 
@@ -75,9 +76,16 @@ def serve(store: Store, options: ServerOptions) -> None:
     if bool(options.ssl_certfile) != bool(options.ssl_keyfile):
         raise ValueError("TLS needs both --ssl-certfile and --ssl-keyfile")
     revived = revive_leases(store, options.lease_seconds, now=time.time())
-    coordinator = Coordinator(store, lease_seconds=options.lease_seconds)
+    # The sweep-level tracker records (MLflow parent run, W&B sweep run), kept off the request path.
+    records = SweepRecords()
+    coordinator = Coordinator(store, lease_seconds=options.lease_seconds, on_sweep_changed=[records.changed])
+    records.start(coordinator)
     app = create_app(
-        coordinator, token=options.token, max_body_bytes=options.max_body_bytes, max_batch=options.max_batch
+        coordinator,
+        token=options.token,
+        max_body_bytes=options.max_body_bytes,
+        max_batch=options.max_batch,
+        on_shutdown=records.close,  # SIGTERM ends the process right after uvicorn's shutdown
     )
     sock = bind(options.host, options.port)
     port = sock.getsockname()[1]
@@ -101,3 +109,4 @@ def serve(store: Store, options: ServerOptions) -> None:
         server.run(sockets=[sock])
     finally:
         sock.close()
+        records.close()

@@ -132,6 +132,8 @@ class TrialOut(Model):
     created_at: float
     ended_at: float | None
     retry_of: int | None
+    member: int | None = None
+    restore_from: str | None = None
     agent: str | None
     host: str | None
     lease_id: str | None
@@ -160,6 +162,8 @@ class TrialOut(Model):
             created_at=trial.created_at,
             ended_at=trial.ended_at,
             retry_of=trial.retry_of,
+            member=trial.member,
+            restore_from=trial.restore_from,
             agent=trial.agent,
             host=trial.host,
             lease_id=trial.lease_id,
@@ -193,6 +197,8 @@ class AssignmentOut(Model):
     program: str | None
     metric_name: str | None
     integrations: dict[str, Any] | None = None  # the sweep's tracker settings, for the agent's adapters
+    restore_from: str | None = None  # the checkpoint the trial starts from (method pbt)
+    checkpoint_to: str | None = None  # where the trial's checkpoint folder is published
 
 
 class NoTrialOut(Model):
@@ -227,6 +233,8 @@ class NextTrialOut(Model):
                 program=answer.program,
                 metric_name=answer.metric_name,
                 integrations=dict(answer.integrations) if answer.integrations else None,
+                restore_from=answer.restore_from,
+                checkpoint_to=answer.checkpoint_to,
             )
         )
 

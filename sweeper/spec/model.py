@@ -125,6 +125,30 @@ class Resource:
     eta: float = 3.0
 
 
+DEFAULT_CHECKPOINTS = ".sweeper/checkpoints"
+
+
+@dataclass(frozen=True)
+class Pbt:
+    """``sweeper: {pbt: ...}``: population-based training (``method: pbt``).
+
+    ``population`` members run as trials. Each time a member's trial has logged
+    ``perturbation_interval`` more values of the metric, it is ranked against the latest value of
+    every member; in the bottom ``quantile`` it is stopped, and its slot restarts from the checkpoint
+    of a top-``quantile`` member with that member's configuration explored: each value resampled
+    with ``resample_probability``, otherwise multiplied by one of ``perturbation_factors``
+    (continuous) or moved to a neighbouring value (categorical). Checkpoints live under
+    ``checkpoints``: a folder (relative to each agent's working folder) or an fsspec URL.
+    """
+
+    population: int = 8
+    perturbation_interval: int = 4
+    quantile: float = 0.25
+    resample_probability: float = 0.25
+    perturbation_factors: tuple[float, float] = (0.8, 1.2)
+    checkpoints: str = DEFAULT_CHECKPOINTS
+
+
 @dataclass(frozen=True)
 class Options:
     """Our own additions, under the ``sweeper:`` key of a sweep file. W&B keys keep their meaning."""
@@ -133,6 +157,7 @@ class Options:
     max_retries: int = 1  # how often a failed or lost configuration is run again
     sample_without_replacement: bool = True  # random search in a finite space never repeats a config
     resource: Resource | None = None  # methods hyperband and bohb: the budget each trial gets
+    pbt: Pbt | None = None  # method pbt: the population and how it exploits and explores
 
 
 DEFAULT_COMMAND: tuple[str, ...] = ("${env}", "${interpreter}", "${program}", "${args}")

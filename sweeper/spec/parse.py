@@ -109,6 +109,10 @@ def _cross_section_problems(spec: SweepSpec) -> list[Problem]:
                 f"method {spec.method} would ignore it",
             )
         )
+    if spec.options.pbt is not None and spec.method != "pbt":
+        problems.append(
+            Problem("sweeper.pbt", f"only method pbt runs a population; method {spec.method} would ignore it")
+        )
     return problems
 
 

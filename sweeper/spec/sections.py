@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sweeper.spec.fields import INVALID, boolean, choice, integer, number, show, string
-from sweeper.spec.model import Asha, Goal, Hyperband, Metric, Options, Resource
+from sweeper.spec.model import Asha, Goal, Hyperband, Metric, Options, Pbt, Resource
 from sweeper.spec.problems import Problem, closest, join, unknown_key
 
 MACROS = (
@@ -202,8 +202,91 @@ def _above(raw: Any, path: str, problems: list[Problem], low: float) -> Any:
     return value
 
 
+PBT_KEYS = (
+    "population",
+    "perturbation_interval",
+    "quantile",
+    "resample_probability",
+    "perturbation_factors",
+    "checkpoints",
+)
+
+
+def parse_pbt(raw: Any, problems: list[Problem]) -> Pbt | None:
+    """``sweeper.pbt``: every key optional; ``{}`` or ``true`` takes the defaults."""
+    path = "sweeper.pbt"
+    if raw is True or raw is None:
+        raw = {}
+    what = "such as {population: 8, perturbation_interval: 4, quantile: 0.25}"
+    if not mapping(raw, path, PBT_KEYS, problems, what):
+        return None
+    before = len(problems)
+    fields: dict[str, Any] = {}
+    if "population" in raw:
+        fields["population"] = _at_least(
+            integer, raw["population"], f"{path}.population", problems, 2, "an integer >= 2"
+        )
+    if "perturbation_interval" in raw:
+        key = f"{path}.perturbation_interval"
+        fields["perturbation_interval"] = _at_least(
+            integer, raw["perturbation_interval"], key, problems, 1, "an integer >= 1"
+        )
+    if "quantile" in raw:
+        fields["quantile"] = _within(raw["quantile"], f"{path}.quantile", problems, 0.0, 0.5, "0 < q <= 0.5")
+    if "resample_probability" in raw:
+        key = f"{path}.resample_probability"
+        fields["resample_probability"] = _within(raw["resample_probability"], key, problems, 0.0, 1.0, "")
+    if "perturbation_factors" in raw:
+        fields["perturbation_factors"] = _factors(raw["perturbation_factors"], problems)
+    if "checkpoints" in raw:
+        fields["checkpoints"] = _checkpoints(raw["checkpoints"], f"{path}.checkpoints", problems)
+    if len(problems) > before:
+        return None
+    return Pbt(**fields)
+
+
+def _within(raw: Any, path: str, problems: list[Problem], low: float, high: float, what: str) -> Any:
+    """A number in [low, high]; with ``what`` (an open lower end) in (low, high]."""
+    expected = f"a number with {what}" if what else f"a number from {low:g} to {high:g}"
+    value = number(raw, path, problems, what=expected)
+    if value is INVALID:
+        return value
+    too_low = value <= low if what else value < low
+    if too_low or value > high:
+        problems.append(Problem(path, f"expected {expected}, got {show(raw)}"))
+    return value
+
+
+def _factors(raw: Any, problems: list[Problem]) -> Any:
+    path = "sweeper.pbt.perturbation_factors"
+    what = "two numbers > 0, one below 1 and one above, such as [0.8, 1.2]"
+    if not isinstance(raw, list) or len(raw) != 2:
+        problems.append(Problem(path, f"expected {what}, got {show(raw)}"))
+        return INVALID
+    values = [number(item, f"{path}[{i}]", problems, what="a number > 0") for i, item in enumerate(raw)]
+    if INVALID in values:
+        return INVALID
+    low, high = sorted(values)
+    if not 0 < low < 1 < high:
+        problems.append(Problem(path, f"expected {what}, got {show(raw)}"))
+        return INVALID
+    return (float(low), float(high))
+
+
+def _checkpoints(raw: Any, path: str, problems: list[Problem]) -> Any:
+    value = string(raw, path, problems)
+    if value is INVALID:
+        return value
+    scheme, sep, rest = value.strip().partition("://")
+    if not value.strip():
+        problems.append(Problem(path, "expected a folder or a URL, got ''"))
+    elif sep and (not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme) or not rest.strip("/")):
+        problems.append(Problem(path, f"expected a URL such as s3://bucket/checkpoints, got {show(raw)}"))
+    return value.strip()
+
+
 def parse_options(raw: Any, problems: list[Problem]) -> Options:
-    keys = ("seed", "max_retries", "sample_without_replacement", "resource")
+    keys = ("seed", "max_retries", "sample_without_replacement", "resource", "pbt")
     if not mapping(raw, "sweeper", keys, problems, "of sweeper options such as {seed: 0}"):
         return Options()
     fields: dict[str, Any] = {}
@@ -219,6 +302,8 @@ def parse_options(raw: Any, problems: list[Problem]) -> Options:
         fields["sample_without_replacement"] = value
     if "resource" in raw:
         fields["resource"] = parse_resource(raw["resource"], problems) or INVALID
+    if "pbt" in raw:
+        fields["pbt"] = parse_pbt(raw["pbt"], problems) or INVALID
     if INVALID in fields.values():
         return Options()
     return Options(**fields)

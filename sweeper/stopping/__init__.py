@@ -17,6 +17,7 @@ from sweeper.stopping.brackets import BracketSchedule
 from sweeper.stopping.build import RESOURCE_METHODS, build_rule, resource_of
 from sweeper.stopping.evaluate import decide_for
 from sweeper.stopping.hyperband import HyperbandRule, hyperband_bands
+from sweeper.stopping.pbt import ExploitDecision, PbtRule, exploited_trial
 from sweeper.stopping.rungs import promotion_count, rung_levels
 
 __all__ = [
@@ -24,12 +25,15 @@ __all__ = [
     "AshaRule",
     "BracketSchedule",
     "BracketedAshaRule",
+    "ExploitDecision",
     "HyperbandRule",
+    "PbtRule",
     "StopDecision",
     "StoppingRule",
     "TrialCurve",
     "build_rule",
     "decide_for",
+    "exploited_trial",
     "hyperband_bands",
     "promotion_count",
     "resource_of",

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from sweeper.spec.model import Goal, Metric
-from sweeper.trials import MetricPoint
+from sweeper.trials import MetricPoint, Trial
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,7 @@ class TrialCurve:
 
     number: int  # the trial's number within its sweep
     points: tuple[MetricPoint, ...]
+    trial: Trial | None = None  # the trial's record, for rules that set ``needs_trials``
 
     def iterations(self) -> list[MetricPoint]:
         """The points that count as iterations: W&B drops NaN and infinite values before counting."""
@@ -47,6 +48,8 @@ class StoppingRule(ABC):
     """Subclasses set ``name`` and implement :meth:`decide`."""
 
     name: ClassVar[str]
+    # True: every curve comes with its trial's record (``TrialCurve.trial``), at one more query.
+    needs_trials: ClassVar[bool] = False
 
     def __init__(self, metric: Metric) -> None:
         self.metric = metric

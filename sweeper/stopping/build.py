@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from sweeper.spec.model import Asha, Distribution, Hyperband, Resource, SweepSpec
+from sweeper.spec.model import Asha, Distribution, Hyperband, Pbt, Resource, SweepSpec
 from sweeper.stopping.asha import AshaRule, BracketedAshaRule
 from sweeper.stopping.base import StoppingRule
 from sweeper.stopping.hyperband import HyperbandRule
+from sweeper.stopping.pbt import PbtRule
 
 # Methods that allocate ``sweeper.resource`` and stop trials at its rungs themselves.
 RESOURCE_METHODS = ("hyperband", "bohb")
@@ -19,6 +20,8 @@ def build_rule(spec: SweepSpec) -> StoppingRule | None:
         return None
     if spec.method in RESOURCE_METHODS and (resource := resource_of(spec)) is not None:
         return BracketedAshaRule(spec.metric, resource)
+    if spec.method == "pbt":
+        return PbtRule(spec.metric, spec.options.pbt or Pbt(), seed=spec.options.seed or 0)
     match spec.early_terminate:
         case Hyperband() as config:
             return HyperbandRule(spec.metric, config)

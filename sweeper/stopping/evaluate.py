@@ -22,6 +22,14 @@ def decide_for(
     if not trial.state.is_active or trial.stop_requested or not any(p.name == name for p in points):
         return None
     curves = store.metric_curves(trial.sweep_id, name)
-    mine = TrialCurve(trial.number, tuple(curves.get(trial.number, ())))
-    others = [TrialCurve(number, tuple(pts)) for number, pts in curves.items() if number != trial.number]
+    records: dict[int, Trial] = {}
+    if rule.needs_trials:
+        records = {t.number: t for t in store.list_trials(trial.sweep_id)}
+        records[trial.number] = trial
+    mine = TrialCurve(trial.number, tuple(curves.get(trial.number, ())), records.get(trial.number))
+    others = [
+        TrialCurve(number, tuple(pts), records.get(number))
+        for number, pts in curves.items()
+        if number != trial.number
+    ]
     return rule.decide(mine, [mine, *others])

@@ -49,6 +49,8 @@ class TrialDraft:
 
     config: Mapping[str, Any]
     retry_of: int | None = None
+    member: int | None = None  # population slot (method pbt)
+    restore_from: str | None = None  # checkpoint location the trial starts from
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,15 @@ class Store(ABC):
     ) -> Trial:
         """Append points (duplicates by (seq, name) ignored) and update the trial's summary
         (the value at the highest (step, seq) of each metric). Renews nothing."""
+
+    def report_metrics(
+        self, trial_id: int, lease_id: str, points: Sequence[MetricPoint], *, expires_at: float, now: float
+    ) -> Trial:
+        """:meth:`add_metrics` and :meth:`renew_lease` together, as an agent's report needs them:
+        the lease is checked once at ``now``, and nothing changes when it is not held. Backends
+        do both in one transaction; this default makes two calls."""
+        self.add_metrics(trial_id, lease_id, points, now=now)
+        return self.renew_lease(trial_id, lease_id, expires_at=expires_at, now=now)
 
     @abstractmethod
     def finish_trial(

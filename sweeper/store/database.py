@@ -11,7 +11,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import OperationalError
 
 from sweeper.store.base import StoreError
-from sweeper.store.engine import READ_ONLY
+from sweeper.store.engine import BUSY_TIMEOUT_S, READ_ONLY
 
 
 class Database:
@@ -20,6 +20,11 @@ class Database:
         self.label = label  # the URL with its password masked, for messages
         self._pid = os.getpid()
         self._fork_lock = threading.Lock()
+        # SQLite has one writer at a time. Threads of this process queue here, in order, instead of
+        # polling the database lock with SQLite's busy handler, whose sleeps grow to 100 ms; other
+        # processes still wait on the database lock itself.
+        self._serialise_writes = engine.dialect.name == "sqlite"
+        self._write_lock = threading.Lock()
 
     def _engine_here(self) -> Engine:
         # Pooled connections must not cross a fork: a child drops the parent's without closing them.
@@ -27,14 +32,26 @@ class Database:
             with self._fork_lock:
                 if os.getpid() != self._pid:
                     self.engine.dispose(close=False)
+                    self._write_lock = threading.Lock()  # another thread may have held it at the fork
                     self._pid = os.getpid()
         return self.engine
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """A transaction that may write (on SQLite it holds the write lock from its start)."""
-        with self._errors(), self._engine_here().begin() as conn:
-            yield conn
+        engine = self._engine_here()
+        if not self._serialise_writes:
+            with self._errors(), engine.begin() as conn:
+                yield conn
+            return
+        lock = self._write_lock
+        if not lock.acquire(timeout=BUSY_TIMEOUT_S):
+            raise StoreError(f"store {self.label}: database is locked (waited {BUSY_TIMEOUT_S:.0f} s)")
+        try:
+            with self._errors(), engine.begin() as conn:
+                yield conn
+        finally:
+            lock.release()
 
     @contextmanager
     def read(self) -> Iterator[Connection]:

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, TextIO
 
-from sqlalchemy import Connection, Engine, func, insert, select, update
+from sqlalchemy import Connection, Engine, func, insert, inspect, select, update
 
 from sweeper.store import schema
 from sweeper.store.base import SchemaVersionError, StoreError
@@ -29,12 +29,32 @@ class Migration(NamedTuple):
 
 
 def _create_v1(conn: Connection) -> None:
-    # The tables as schema.py describes them. When a later version changes a table,
-    # freeze the version-1 definition here so old databases and new ones agree.
+    # The tables as schema.py describes them now, so a fresh database gets every later column
+    # here; each later step adds only what an older database lacks, so both end up the same.
     schema.metadata.create_all(conn, tables=list(schema.V1_TABLES))
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "create sweeps, trials and metrics", _create_v1),)
+def _add_trial_columns(conn: Connection, names: Sequence[str]) -> None:
+    """Add the trials columns in ``names`` that the table lacks, typed as schema.py types them."""
+    present = {column["name"] for column in inspect(conn).get_columns(schema.trials.name)}
+    preparer = conn.dialect.identifier_preparer
+    for name in names:
+        if name in present:
+            continue
+        column = schema.trials.c[name]
+        kind = column.type.compile(dialect=conn.dialect)
+        table = preparer.format_table(schema.trials)
+        conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {preparer.format_column(column)} {kind}")
+
+
+def _add_population(conn: Connection) -> None:
+    _add_trial_columns(conn, schema.V2_TRIAL_COLUMNS)
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "create sweeps, trials and metrics", _create_v1),
+    Migration(2, "add trials.member and trials.restore_from (population-based training)", _add_population),
+)
 
 
 def latest_version(steps: Sequence[Migration] = MIGRATIONS) -> int:

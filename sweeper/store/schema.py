@@ -66,6 +66,9 @@ trials = Table(
     Column("stop_reason", Text),
     Column("stop_requested", Text),
     Column("summary", Text, nullable=False),
+    # Version 2: the population slot and the checkpoint a trial starts from (method pbt).
+    Column("member", Integer),
+    Column("restore_from", Text),
     UniqueConstraint("sweep_id", "number", name="uq_trials_sweep_number"),
     # Duplicate configurations are looked up within one sweep, so the sweep leads the index.
     Index("ix_trials_config_key", "sweep_id", "config_key"),
@@ -89,5 +92,8 @@ metrics = Table(
     Index("ix_metrics_curve", "trial_id", "name", "step", "seq"),
 )
 
-# What version 1 of the schema creates, in dependency order.
+# What version 1 of the schema creates, in dependency order (as the tables stand now).
 V1_TABLES = (sweeps, trials, metrics)
+
+# Columns version 2 added to the trials table.
+V2_TRIAL_COLUMNS = ("member", "restore_from")

@@ -7,9 +7,11 @@ PostgreSQL with ``SELECT ... FOR UPDATE``; SQLite takes the database write lock 
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import string
-from collections import defaultdict
+import threading
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -34,6 +36,17 @@ from sweeper.trials import SWEEP_TRANSITIONS, MetricPoint, Sweep, SweepState, Tr
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 _ID_LENGTH = 8
 _ID_ATTEMPTS = 5
+_KNOWN_SWEEPS = 64  # sweeps whose ended trials new_trial keeps between calls
+
+
+class _KnownTrials:
+    """The trials of one sweep that new_trial read before: every trial up to ``max_id``, by number.
+    A trial that ended never changes again; the ones that were running are read again."""
+
+    def __init__(self) -> None:
+        self.by_number: dict[int, Trial] = {}
+        self.max_id = 0
+        self.running: set[int] = set()
 
 
 def new_sweep_id() -> str:
@@ -46,6 +59,8 @@ class SqlStore(Store):
         self.label = label
         dialect = engine.dialect.name
         self._insert_ignore = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        self._known: OrderedDict[str, _KnownTrials] = OrderedDict()
+        self._known_lock = threading.Lock()
 
     # --- sweeps -------------------------------------------------------------
 
@@ -117,7 +132,7 @@ class SqlStore(Store):
             sweep = self._sweep(conn, sweep_id, lock=True)
             if not sweep.state.hands_out_trials:
                 return None
-            so_far = self._trials(conn, select(trials).where(trials.c.sweep_id == sweep_id), False)
+            so_far = self._sweep_trials(conn, sweep_id)
             draft = decide(sweep, so_far)
             if draft is None:
                 return None
@@ -134,6 +149,8 @@ class SqlStore(Store):
                     config=rows.dumps(config),
                     config_key=rows.config_key(config),
                     retry_of=draft.retry_of,
+                    member=draft.member,
+                    restore_from=draft.restore_from,
                     agent=lease.agent,
                     host=lease.host,
                     lease_id=lease.lease_id,
@@ -144,6 +161,39 @@ class SqlStore(Store):
                 .returning(trials.c.id)
             ).scalar_one()
             return self._trial(conn, trial_id)
+
+    def _sweep_trials(self, conn: Connection, sweep_id: str) -> list[Trial]:
+        """Every trial of a sweep (no history), read under the sweep's lock, reading again only
+        the trials that are new or were running when last read.
+
+        Within a sweep, trial ids grow in the order the inserts commit (new_trial holds the sweep's
+        lock from before its read until its insert commits), so ``id > max_id`` finds every trial
+        added since. Only committed rows are kept: they are read before this transaction writes."""
+        with self._known_lock:
+            known = self._known.pop(sweep_id, None) or _KnownTrials()
+        query = select(trials).where(trials.c.sweep_id == sweep_id)
+        if known.by_number:
+            query = query.where((trials.c.id > known.max_id) | trials.c.id.in_(sorted(known.running)))
+        last = next(reversed(known.by_number), 0)
+        in_order = True
+        for trial in self._trials(conn, query, False):
+            if trial.number not in known.by_number:
+                in_order = in_order and trial.number > last
+                last = max(last, trial.number)
+            known.by_number[trial.number] = trial
+            known.max_id = max(known.max_id, trial.id)
+            if trial.state.is_terminal:
+                known.running.discard(trial.id)
+            else:
+                known.running.add(trial.id)
+        if not in_order:
+            known.by_number = dict(sorted(known.by_number.items()))
+        found = list(known.by_number.values())
+        with self._known_lock:
+            self._known[sweep_id] = known
+            while len(self._known) > _KNOWN_SWEEPS:
+                self._known.popitem(last=False)
+        return found
 
     def get_trial(self, trial_id: int, *, with_history: bool = False) -> Trial:
         with self._db.read() as conn:
@@ -212,20 +262,39 @@ class SqlStore(Store):
             row = self._leased_row(conn, trial_id, lease_id, now)
             if not points:
                 return rows.trial_from_row(row)
-            values = [rows.point_to_row(trial_id, p) for p in points]
-            conn.execute(self._insert_ignore(metrics).on_conflict_do_nothing(), values)
-            summary = dict(rows.trial_from_row(row).summary)
-            for name in sorted({v["name"] for v in values}):
-                # The latest point overall, not of this batch: batches may arrive out of order.
-                latest = conn.execute(
-                    select(metrics.c.value)
-                    .where(metrics.c.trial_id == trial_id, metrics.c.name == name)
-                    .order_by(metrics.c.step.desc(), metrics.c.seq.desc())
-                    .limit(1)
-                ).first()
-                summary[name] = rows.metric_value(latest.value)
+            summary = self._add_points(conn, row, points)
             conn.execute(update(trials).where(trials.c.id == trial_id).values(summary=rows.dumps(summary)))
             return self._trial(conn, trial_id)
+
+    def report_metrics(
+        self, trial_id: int, lease_id: str, points: Sequence[MetricPoint], *, expires_at: float, now: float
+    ) -> Trial:
+        with self._db.write() as conn:
+            row = self._leased_row(conn, trial_id, lease_id, now)
+            trial = rows.trial_from_row(row)
+            changes: dict[str, Any] = {"lease_expires_at": expires_at}
+            if points:
+                changes["summary"] = self._add_points(conn, row, points)
+            values = {k: rows.dumps(v) if k == "summary" else v for k, v in changes.items()}
+            conn.execute(update(trials).where(trials.c.id == trial_id).values(**values))
+            # The locked row plus what this call changed: no need to read it back.
+            return dataclasses.replace(trial, **changes)
+
+    def _add_points(self, conn: Connection, row: Row[Any], points: Sequence[MetricPoint]) -> dict[str, float]:
+        """Insert ``points`` of the trial in ``row``; its new summary."""
+        values = [rows.point_to_row(row.id, p) for p in points]
+        conn.execute(self._insert_ignore(metrics).on_conflict_do_nothing(), values)
+        summary = dict(rows.trial_from_row(row).summary)
+        for name in sorted({v["name"] for v in values}):
+            # The latest point overall, not of this batch: batches may arrive out of order.
+            latest = conn.execute(
+                select(metrics.c.value)
+                .where(metrics.c.trial_id == row.id, metrics.c.name == name)
+                .order_by(metrics.c.step.desc(), metrics.c.seq.desc())
+                .limit(1)
+            ).first()
+            summary[name] = rows.metric_value(latest.value)
+        return summary
 
     def finish_trial(
         self,

@@ -17,6 +17,7 @@ from sweeper.strategies import hyperband as _hyperband  # noqa: E402,F401  isort
 from sweeper.strategies import bohb as _bohb  # noqa: E402,F401  isort: skip
 from sweeper.strategies import bayes as _bayes  # noqa: E402,F401  isort: skip
 from sweeper.strategies import tpe as _tpe  # noqa: E402,F401  isort: skip
+from sweeper.strategies import pbt as _pbt  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "Strategy",

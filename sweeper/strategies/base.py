@@ -30,10 +30,14 @@ class Suggestion:
     kind: SuggestionKind
     config: Mapping[str, Any] | None = None
     reason: str = ""
+    member: int | None = None  # population slot (method pbt)
+    restore_from: str | None = None  # checkpoint location the trial starts from
 
     @classmethod
-    def run(cls, config: Mapping[str, Any]) -> Suggestion:
-        return cls(SuggestionKind.RUN, config=config)
+    def run(
+        cls, config: Mapping[str, Any], *, member: int | None = None, restore_from: str | None = None
+    ) -> Suggestion:
+        return cls(SuggestionKind.RUN, config=config, member=member, restore_from=restore_from)
 
     @classmethod
     def wait(cls, reason: str) -> Suggestion:

@@ -1,0 +1,193 @@
+"""`sweeper server` keeps the sweep-level tracker record of the sweeps it serves.
+
+End to end: a real `mlflow server`, a real `sweeper server`, `sweeper sweep` and one remote
+`sweeper agent`, read back through MlflowClient. In process: the coordinator's change listener,
+and a request that does not wait while the record is being written.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sweeper.integrations import sweep as sweep_record
+from sweeper.integrations.sweep import SweepRecords
+
+from sweeper.coordinator import Coordinator
+from sweeper.protocol import AgentInfo, Assignment, TrialOutcome
+from sweeper.spec import parse_sweep
+from sweeper.store import open_store
+from sweeper.trials import SweepState, TrialState
+
+mlflow = pytest.importorskip("mlflow")
+pytest.importorskip("fastapi")
+from mlflow.tracking import MlflowClient  # noqa: E402
+from server_helpers import TOKEN, serving  # noqa: E402
+from trackers_support import TRIAL_SCRIPT, MlflowServer  # noqa: E402
+
+SWEEPER = str(Path(sys.executable).with_name("sweeper"))
+AGENT = AgentInfo(name="host:1:0", host="host")
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    srv = MlflowServer(tmp_path_factory.mktemp("mlflow"))
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def sweeper_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([SWEEPER, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def parent_runs(client: MlflowClient, experiment: str) -> list:
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    return client.search_runs([exp.experiment_id], "tags.`sweeper.role` = 'sweep'", max_results=10)
+
+
+def test_server_records_the_sweep_of_remote_agents(mlflow_server: MlflowServer, tmp_path: Path) -> None:
+    program = tmp_path / "train.py"
+    program.write_text(TRIAL_SCRIPT)
+    (tmp_path / "sweep.yaml").write_text(
+        f"program: {program}\n"
+        "method: grid\n"
+        "metric: {name: loss, goal: minimize}\n"
+        "parameters:\n  lr: {values: [0.3, 0.1, 0.2]}\n"
+        f"integrations:\n  mlflow: {{tracking_uri: '{mlflow_server.uri}', experiment: served}}\n"
+    )
+    client = MlflowClient(mlflow_server.uri)
+    with serving(f"sqlite:///{tmp_path / 'sweeper.db'}", tmp_path / "server") as server:
+        where = ["--coordinator", server.url, "--token", TOKEN]
+        sweep_id = sweeper_cli("sweep", "sweep.yaml", *where, cwd=tmp_path).stdout.split()[0]
+
+        # The server opens the parent run when the sweep is created, before any agent runs.
+        deadline = time.monotonic() + 60
+        while not parent_runs(client, "served"):
+            assert time.monotonic() < deadline, "no parent run:\n" + server.log()
+            time.sleep(0.2)
+
+        agent_dir = tmp_path / "agent"
+        agent_dir.mkdir()
+        sweeper_cli("agent", sweep_id, *where, cwd=agent_dir)
+        trials = server.client().trials(sweep_id)
+        server.stop()  # SIGTERM: the server sends what waits for the trackers, then exits
+
+    assert [t.state for t in trials] == [TrialState.FINISHED] * 3
+    (parent,) = parent_runs(client, "served")
+    run_id = parent.info.run_id
+    assert parent.data.tags["sweeper.sweep_id"] == sweep_id
+    assert parent.data.tags["sweeper.state"] == "finished" and parent.info.status == "FINISHED"
+    assert parent.data.params == {"method": "grid", "metric": "loss", "goal": "minimize"}
+    assert {"sweep.yaml", "leaderboard.csv", "leaderboard.json", "best_so_far.png"} <= {
+        a.path for a in client.list_artifacts(run_id)
+    }
+    board = json.loads(Path(client.download_artifacts(run_id, "leaderboard.json", str(tmp_path))).read_text())
+    assert sorted(row["trial"] for row in board["trials"]) == sorted(t.number for t in trials)
+    assert board["trials"][0]["config.lr"] == 0.1  # best first
+
+    # best_loss once per ended trial, by trial number, each the best so far in the order they ended.
+    ended = sorted(trials, key=lambda t: (t.ended_at, t.number))
+    expected, best = [], float("inf")
+    for trial in ended:
+        best = min(best, trial.config["lr"] / 3)
+        expected.append((trial.number, pytest.approx(best)))
+    logged = [(m.step, m.value) for m in client.get_metric_history(run_id, "best_loss")]
+    assert sorted(logged) == sorted(expected)
+
+    experiment = client.get_experiment_by_name("served").experiment_id
+    children = client.search_runs([experiment], "tags.`sweeper.role` = 'trial'", max_results=10)
+    assert sorted(c.data.tags["sweeper.trial_number"] for c in children) == sorted(
+        str(t.number) for t in trials
+    )
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == run_id
+        assert child.info.status == "FINISHED"
+
+
+# --- in process -----------------------------------------------------------------------------------
+
+
+class Clock:
+    now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def grid(values: list, **extra: object) -> dict:
+    return {
+        "method": "grid",
+        "program": "t.py",
+        "parameters": {"x": {"values": values}},
+        "sweeper": {"max_retries": 0},
+        **extra,
+    }
+
+
+def test_the_coordinator_tells_its_listeners_what_changed(tmp_path: Path) -> None:
+    seen: list[str] = []
+    clock = Clock()
+    store = open_store(f"sqlite:///{tmp_path / 'c.db'}")
+
+    def failing(_sweep_id: str) -> None:
+        raise RuntimeError("a broken listener")
+
+    coordinator = Coordinator(store, clock=clock, lease_seconds=30, on_sweep_changed=[failing, seen.append])
+    a = coordinator.create_sweep(parse_sweep(grid([1, 2]))).id
+    assert seen == [a]
+
+    first = coordinator.next_trial(a, AGENT)
+    assert isinstance(first, Assignment) and seen == [a]  # leasing a trial ends nothing
+    coordinator.finish_trial(first.trial_id, first.lease_id, TrialOutcome(TrialState.FINISHED))
+    assert seen == [a, a]
+
+    coordinator.next_trial(a, AGENT)
+    clock.now += 60  # the agent went silent: its trial is lost at the next lease request
+    b = coordinator.create_sweep(parse_sweep(grid([1]))).id
+    seen.clear()
+    coordinator.next_trial(b, AGENT)
+    assert seen == [a]
+
+    coordinator.set_sweep_state(b, SweepState.CANCELLED)
+    assert seen == [a, b]
+    store.close()
+
+
+def test_a_request_never_waits_for_the_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The record's thread is stuck (a tracker that hangs): the coordinator still answers."""
+    release = threading.Event()
+    built: list[str] = []
+
+    def stuck(_coordinator: object, sweep_id: str) -> None:
+        built.append(sweep_id)
+        release.wait(30)
+
+    monkeypatch.setattr(sweep_record.SweepRecorder, "for_sweep", staticmethod(stuck))
+    store = open_store(f"sqlite:///{tmp_path / 'c.db'}")
+    records = SweepRecords()
+    coordinator = Coordinator(store, on_sweep_changed=[records.changed])
+    records.start(coordinator)
+    spec = parse_sweep(grid([1, 2], integrations={"mlflow": {"tracking_uri": "http://127.0.0.1:9"}}))
+    sweep_id = coordinator.create_sweep(spec).id
+    for _ in range(2):
+        got = coordinator.next_trial(sweep_id, AGENT)
+        assert isinstance(got, Assignment)
+        coordinator.finish_trial(got.trial_id, got.lease_id, TrialOutcome(TrialState.FINISHED))
+    assert coordinator.get_sweep(sweep_id).state is SweepState.FINISHED
+    assert not release.is_set()
+    release.set()
+    assert records.wait_idle()
+    assert built == [sweep_id]  # once, lazily; the changes that came meanwhile became one update
+    records.close()
+    store.close()

@@ -1,0 +1,373 @@
+"""Population-based training: the spec, exploit and explore on crafted histories, the coordinator,
+checkpoints, and ``sweeper run`` end to end."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sweeper.checkpoints import checkpoint_location, fetch, publish
+from sweeper.coordinator import Coordinator
+from sweeper.protocol import AgentInfo, Assignment, TrialOutcome
+from sweeper.run import Run
+from sweeper.spec import SpecError, parse_sweep
+from sweeper.spec.model import Pbt
+from sweeper.stopping import ExploitDecision, PbtRule, TrialCurve, build_rule, exploited_trial
+from sweeper.store import open_store
+from sweeper.strategies import SuggestionKind, strategy_class
+from sweeper.strategies.pbt import explore, perturb
+from sweeper.trials import MetricPoint, Trial, TrialState
+
+SCRIPTS = Path(__file__).parent / "scripts"
+SWEEPER = str(Path(sys.executable).parent / "sweeper")
+AGENT = AgentInfo(name="host:1:0", host="host")
+
+
+def pbt_sweep(**pbt: object) -> dict:
+    return {
+        "method": "pbt",
+        "program": "train.py",
+        "metric": {"name": "acc", "goal": "maximize"},
+        "parameters": {
+            "lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1.0},
+            "opt": {"values": ["sgd", "adam", "adamw"]},
+            "layers": {"min": 1, "max": 8},
+            "epochs": {"value": 20},
+        },
+        "sweeper": {"pbt": {"population": 4, "perturbation_interval": 2, **pbt}},
+    }
+
+
+# --- the spec ------------------------------------------------------------------------------------
+
+
+def test_defaults_and_every_key() -> None:
+    assert parse_sweep({**pbt_sweep(), "sweeper": {"pbt": {}}}).options.pbt == Pbt()
+    spec = parse_sweep(
+        pbt_sweep(
+            quantile=0.5, resample_probability=0, perturbation_factors=[1.25, 0.75], checkpoints="s3://b/c"
+        )
+    )
+    assert spec.options.pbt == Pbt(4, 2, 0.5, 0, (0.75, 1.25), "s3://b/c")
+    assert parse_sweep({**pbt_sweep(), "sweeper": {}}).options.pbt is None  # method pbt: defaults
+
+
+@pytest.mark.parametrize(
+    ("pbt", "path", "message"),
+    [
+        ({"population": 1}, "sweeper.pbt.population", "expected an integer >= 2, got 1"),
+        (
+            {"perturbation_interval": 0},
+            "sweeper.pbt.perturbation_interval",
+            "expected an integer >= 1, got 0",
+        ),
+        ({"quantile": 0.6}, "sweeper.pbt.quantile", "expected a number with 0 < q <= 0.5, got 0.6"),
+        ({"quantile": 0}, "sweeper.pbt.quantile", "expected a number with 0 < q <= 0.5, got 0"),
+        ({"resample_probability": 1.5}, "sweeper.pbt.resample_probability", "from 0 to 1, got 1.5"),
+        ({"perturbation_factors": [1.1, 1.2]}, "sweeper.pbt.perturbation_factors", "one below 1 and one"),
+        ({"perturbation_factors": 0.8}, "sweeper.pbt.perturbation_factors", "expected two numbers > 0"),
+        ({"checkpoints": ""}, "sweeper.pbt.checkpoints", "expected a folder or a URL, got ''"),
+        ({"checkpoints": "s3://"}, "sweeper.pbt.checkpoints", "expected a URL such as s3://bucket"),
+        ({"checkpoints": 3}, "sweeper.pbt.checkpoints", "expected a string, got 3"),
+        ({"populaton": 4}, "sweeper.pbt.populaton", "population"),
+    ],
+)
+def test_each_bad_setting_is_named(pbt: dict, path: str, message: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        parse_sweep(pbt_sweep(**pbt))
+    found = {p.path: p.message for p in caught.value.problems}
+    assert path in found and message in found[path], found
+
+
+@pytest.mark.parametrize(
+    ("change", "path", "message"),
+    [
+        ({"metric": None}, "metric", "method pbt ranks the population by it"),
+        ({"early_terminate": {"type": "asha"}}, "early_terminate", "stops and restarts members itself"),
+        (
+            {"parameters": {"epochs": {"value": 3}}},
+            "parameters",
+            "at least one parameter that is not a constant",
+        ),
+        ({"method": "random"}, "sweeper.pbt", "only method pbt runs a population"),
+    ],
+)
+def test_settings_pbt_cannot_use_are_refused(change: dict, path: str, message: str) -> None:
+    raw = {k: v for k, v in {**pbt_sweep(), **change}.items() if v is not None}
+    with pytest.raises(SpecError) as caught:
+        parse_sweep(raw)
+    assert any(p.path == path and message in p.message for p in caught.value.problems), caught.value.problems
+
+
+# --- exploit: the rule on crafted histories ------------------------------------------------------
+
+
+def member_trial(
+    number: int, member: int, *values: float, start: float = 0.0, **fields: object
+) -> TrialCurve:
+    points = tuple(MetricPoint("acc", v, step=i, seq=i, time=start + i) for i, v in enumerate(values))
+    record = Trial(
+        id=number,
+        sweep_id="sw",
+        number=number,
+        config={},
+        state=TrialState.RUNNING,
+        created_at=0.0,
+        member=member,
+        **fields,  # type: ignore[arg-type]
+    )
+    return TrialCurve(number, points, record)
+
+
+def rule(**pbt: object) -> PbtRule:
+    found = build_rule(parse_sweep(pbt_sweep(**pbt)))
+    assert isinstance(found, PbtRule)
+    return found
+
+
+def test_a_member_in_the_bottom_quantile_copies_a_top_member() -> None:
+    curves = [
+        member_trial(1, 0, 0.5, 0.9),
+        member_trial(2, 1, 0.4, 0.7),
+        member_trial(3, 2, 0.3, 0.6),
+        member_trial(4, 3, 0.2, 0.1, start=0.5),  # its 2nd value comes after everyone's
+    ]
+    decision = rule().decide(curves[3], curves)
+    assert isinstance(decision, ExploitDecision)
+    assert decision.reason == (
+        "pbt: exploit trial 1 (member 0, acc=0.9, rank 1 of 4): at iteration 2 member 3 acc=0.1 "
+        "ranks 4 of 4, in the bottom 25%"
+    )
+    assert (decision.donor_trial, decision.donor_member, decision.rank, decision.competitors) == (1, 0, 4, 4)
+    assert exploited_trial(decision.reason) == 1
+    for good in curves[:3]:  # the others are above the bottom quantile (or had only rivals' older values)
+        assert rule().decide(good, curves) is None
+
+
+def test_only_values_logged_before_the_checkpoint_iteration_count() -> None:
+    late_rival = member_trial(2, 1, 0.9, 0.95, start=100.0)  # logged after member 0 reached iteration 2
+    mine = member_trial(1, 0, 0.1, 0.2)
+    assert rule().decide(mine, [mine, late_rival]) is None  # alone at its iteration 2: nothing to copy
+    # A restarted coordinator sees the same history and decides the same, however often it asks.
+    assert rule().decide(mine, [mine, late_rival]) == rule().decide(mine, [mine, late_rival])
+
+
+def test_decisions_wait_for_the_perturbation_interval_and_use_each_members_latest_trial() -> None:
+    old = member_trial(1, 0, 0.9, 0.9, 0.9)
+    new_of_member_0 = member_trial(5, 0, 0.05, start=2.5)  # member 0 restarted: its latest value counts
+    weak = member_trial(2, 1, 0.5, 0.5, 0.5, start=1.0)
+    strong = member_trial(3, 2, 0.8, 0.8, start=0.1)
+    assert rule(perturbation_interval=3).decide(strong, [old, new_of_member_0, weak, strong]) is None
+    decision = rule(perturbation_interval=3, quantile=0.5).decide(weak, [old, new_of_member_0, weak, strong])
+    assert decision is None  # member 0's latest value (0.05) is worse than member 1's at iteration 3
+    worst = member_trial(6, 3, 0.01, 0.01, 0.01, start=3.0)
+    decision = rule(perturbation_interval=3).decide(worst, [old, new_of_member_0, weak, strong, worst])
+    assert isinstance(decision, ExploitDecision) and decision.donor_trial == 3  # the top quarter: member 2
+
+
+def test_a_minimised_metric_ranks_the_other_way() -> None:
+    curves = [member_trial(1, 0, 0.9, 0.9, start=1.0), member_trial(2, 1, 0.1, 0.1)]
+    assert rule().decide(curves[0], curves) is None  # maximised: 0.9 beats 0.1
+    minimised = build_rule(parse_sweep({**pbt_sweep(), "metric": {"name": "acc", "goal": "minimize"}}))
+    assert isinstance(minimised, PbtRule)
+    decision = minimised.decide(curves[0], curves)
+    assert isinstance(decision, ExploitDecision) and decision.donor_trial == 2 and decision.value == 0.9
+
+
+# --- explore -------------------------------------------------------------------------------------
+
+
+def test_explore_perturbs_continuous_values_and_moves_categories_to_a_neighbour() -> None:
+    spec = parse_sweep(pbt_sweep(resample_probability=0))
+    config = spec.options.pbt
+    assert config is not None
+    lr, opt, layers, epochs = spec.parameters
+    rng = random.Random(0)
+    assert {round(perturb(lr, 0.1, config, rng), 12) for _ in range(50)} == {0.08, 0.12}
+    assert {perturb(opt, "adam", config, rng) for _ in range(50)} == {"sgd", "adamw"}
+    assert {perturb(opt, "sgd", config, rng) for _ in range(20)} == {"adam"}  # an end has one neighbour
+    assert {perturb(layers, 1, config, rng) for _ in range(20)} == {1, 2}  # integers move by at least one
+    assert perturb(lr, 1.0, config, random.Random(1)) <= 1.0  # clipped to the space
+    assert perturb(epochs, 20, config, rng) == 20
+    resampled = explore(
+        spec, {"lr": 0.1, "opt": "sgd", "layers": 4, "epochs": 20}, Pbt(resample_probability=1), rng
+    )
+    assert 1e-4 <= resampled["lr"] <= 1.0 and resampled["epochs"] == 20
+
+
+# --- the strategy: slots, replacements, the end ---------------------------------------------------
+
+
+def test_the_strategy_fills_the_population_then_replaces_exploited_members_then_ends() -> None:
+    spec = parse_sweep(pbt_sweep())
+    strategy = strategy_class("pbt")(spec)
+    trials: list[Trial] = []
+    for n in range(4):
+        s = strategy.suggest(trials, random.Random(n))
+        assert s.kind is SuggestionKind.RUN and s.member == n and s.restore_from is None
+        trials.append(Trial(n + 1, "sw", n + 1, s.config, TrialState.RUNNING, 0.0, member=n))
+    waiting = strategy.suggest(trials, random.Random(9))
+    assert waiting.kind is SuggestionKind.WAIT and "4 of 4" in waiting.reason
+    reason = "pbt: exploit trial 1 (member 0, acc=0.9, rank 1 of 4): at iteration 2 member 3 ..."
+    trials[3] = dataclasses.replace(trials[3], stop_requested=reason)  # still running: pending stop
+    again = strategy.suggest(trials, random.Random(10))
+    assert again.kind is SuggestionKind.RUN and again.member == 3
+    assert again.restore_from == checkpoint_location(".sweeper/checkpoints", "sw", 1)
+    assert again.config["epochs"] == 20 and again.config != trials[0].config
+    trials.append(
+        Trial(5, "sw", 5, again.config, TrialState.RUNNING, 0.0, member=3, restore_from=again.restore_from)
+    )
+    assert strategy.suggest(trials, random.Random(11)).kind is SuggestionKind.WAIT
+    trials = [
+        dataclasses.replace(t, state=TrialState.FINISHED if t.number != 4 else TrialState.STOPPED)
+        for t in trials
+    ]
+    done = strategy.suggest(trials, random.Random(12))
+    assert done.kind is SuggestionKind.DONE and "population of 4" in done.reason
+
+
+# --- the coordinator: decisions on metric arrival, assignments with checkpoints -------------------
+
+
+def test_the_coordinator_stops_a_weak_member_and_restarts_its_slot_from_a_donor(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'c.db'}")
+    clock = [1000.0]
+    coordinator = Coordinator(store, clock=lambda: clock[0])
+    sweep = coordinator.create_sweep(
+        parse_sweep(
+            {**pbt_sweep(), "sweeper": {"seed": 3, "pbt": {"population": 2, "perturbation_interval": 2}}}
+        )
+    )
+    a, b = (coordinator.next_trial(sweep.id, AGENT) for _ in range(2))
+    assert isinstance(a, Assignment) and isinstance(b, Assignment)
+    assert a.checkpoint_to == f".sweeper/checkpoints/{sweep.id}/1" and a.restore_from is None
+    waiting = coordinator.next_trial(sweep.id, AGENT)
+    assert not isinstance(waiting, Assignment)
+    for step, (good, bad) in enumerate([(0.5, 0.2), (0.6, 0.1)]):
+        assert not coordinator.report_metrics(
+            a.trial_id, a.lease_id, [MetricPoint("acc", good, step, step, step)]
+        ).stop
+        directive = coordinator.report_metrics(
+            b.trial_id, b.lease_id, [MetricPoint("acc", bad, step, step, step + 0.5)]
+        )
+    assert (
+        directive.stop
+        and directive.reason is not None
+        and directive.reason.startswith(
+            "pbt: exploit trial 1 (member 0, acc=0.6, rank 1 of 2): "
+            "at iteration 2 member 1 acc=0.1 ranks 2 of 2"
+        )
+    )
+    restarted = coordinator.next_trial(sweep.id, AGENT)
+    assert isinstance(restarted, Assignment)
+    assert restarted.restore_from == a.checkpoint_to and restarted.checkpoint_to.endswith("/3")
+    assert store.get_trial(restarted.trial_id).member == 1
+    # A second coordinator on the same store (a restart) decides the same from the stored history.
+    again = Coordinator(store, clock=lambda: clock[0])
+    coordinator.finish_trial(
+        b.trial_id, b.lease_id, TrialOutcome(TrialState.STOPPED, stop_reason=directive.reason)
+    )
+    assert not isinstance(again.next_trial(sweep.id, AGENT), Assignment)  # both slots are training
+    store.close()
+
+
+# --- checkpoints and the in-script API --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("root", ["shared", "file://ABS", "memory://ckpt"])
+def test_a_checkpoint_folder_is_published_and_fetched(tmp_path: Path, root: str) -> None:
+    root = root.replace("ABS", str(tmp_path / "abs"))
+    source = tmp_path / "trial" / "checkpoint"
+    (source / "sub").mkdir(parents=True)
+    (source / "state.json").write_text('{"step": 4}')
+    (source / "sub" / "w.bin").write_bytes(b"\x00\x01")
+    where = checkpoint_location(root, "sw", 7)
+    assert fetch(where, tmp_path / "nothing", base=tmp_path) is False
+    assert publish(source, where, base=tmp_path) is True
+    (source / "state.json").write_text('{"step": 8}')
+    publish(source, where, base=tmp_path)  # replaces what was there
+    into = tmp_path / "restore"
+    assert fetch(where, into, base=tmp_path) is True
+    assert json.loads((into / "state.json").read_text()) == {"step": 8}
+    assert (into / "sub" / "w.bin").read_bytes() == b"\x00\x01"
+    assert publish(tmp_path / "empty", where, base=tmp_path) is False
+
+
+def test_run_checkpoint_dir_and_restore_from(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trial = Run(config={}, id="x", sweep_id="sw", trial_number=2, dir=tmp_path / "t")
+    assert trial.checkpoint_dir == tmp_path / "t" / "checkpoint" and trial.checkpoint_dir.is_dir()
+    assert trial.restore_from is None
+    (tmp_path / "t" / "restore").mkdir()
+    assert trial.restore_from == tmp_path / "t" / "restore"
+    monkeypatch.setenv("SWEEPER_RESTORE_FROM", str(tmp_path / "t" / "restore"))
+    monkeypatch.chdir(tmp_path)
+    alone = Run(config={}, id="y")
+    assert (
+        alone.checkpoint_dir == tmp_path / "checkpoint" and alone.restore_from == tmp_path / "t" / "restore"
+    )
+
+
+# --- end to end ------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sweeper_run_restarts_weak_members_from_a_donors_checkpoint(tmp_path: Path) -> None:
+    sweep = {
+        "method": "pbt",
+        "program": str(SCRIPTS / "pbt_trial.py"),
+        "metric": {"name": "score", "goal": "maximize"},
+        "parameters": {
+            "lr": {"values": [0.01, 0.02, 0.2, 0.3]},
+            "steps": {"value": 12},
+            "sleep": {"value": 0.15},
+        },
+        "sweeper": {"seed": 1, "pbt": {"population": 2, "perturbation_interval": 3, "quantile": 0.5}},
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    result = subprocess.run(
+        [SWEEPER, "run", str(path), "--agents", "2"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    sweep_id = result.stdout.splitlines()[0].split()[1].rstrip(":")
+    listing = subprocess.run(
+        [SWEEPER, "trials", sweep_id, "--format", "json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    trials = {t["number"]: t for t in json.loads(listing.stdout)}
+    exploited = [t for t in trials.values() if (t["stop_reason"] or "").startswith("pbt: exploit trial")]
+    assert exploited, [(t["number"], t["state"], t["stop_reason"]) for t in trials.values()]
+    restarted = [t for t in trials.values() if t["restore_from"]]
+    assert restarted and all(t["member"] is not None for t in trials.values())
+    for trial in restarted:
+        donor = trials[int(trial["restore_from"].rstrip("/").rsplit("/", 1)[1])]
+        steps = [step for step, _ in trial["curves"]["score"]]
+        assert steps and steps[0] > 0  # it went on from the donor's step, not from 0
+        saved = json.loads(
+            (
+                tmp_path / ".sweeper" / "trials" / sweep_id / str(trial["number"]) / "restore" / "state.json"
+            ).read_text()
+        )
+        assert saved["trial"] == donor["number"] and steps[0] == saved["step"] + 1
+        assert saved["step"] in [step for step, _ in donor["curves"]["score"]]
+        # Its first w continues the donor's w at that step with its own lr.
+        donor_w = dict((s, v) for s, v in donor["curves"]["w"])[saved["step"]]
+        lr = trial["config"]["lr"]
+        assert trial["curves"]["w"][0][1] == pytest.approx(donor_w - lr * 2 * (donor_w - 3.0))
+    assert {t["state"] for t in trials.values()} <= {"finished", "stopped"}
+    published = tmp_path / ".sweeper" / "checkpoints" / sweep_id
+    assert {int(p.name) for p in published.iterdir() if p.name.isdigit()} == set(trials)
