@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -76,6 +77,25 @@ def drive(workers: int, seconds: float, lifecycle: Callable[[list[float]], None]
     }
 
 
+def process_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) a process has used so far; None where /proc cannot tell."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def with_cpu(result: dict[str, float], seconds: float, busy: dict[str, float | None]) -> dict[str, float]:
+    """Add each process's CPU use over the run, in cores and in ms per lifecycle: on a shared
+    machine these say what the run cost, and whether the load generator could keep up."""
+    for who, cpu_s in busy.items():
+        if cpu_s is not None:
+            result[f"{who}_cpu_cores"] = cpu_s / seconds
+            result[f"{who}_cpu_ms_per_lifecycle"] = cpu_s * 1000 / max(result["lifecycles"], 1)
+    return result
+
+
 def timed(latencies: list[float], call: Callable[[], object]) -> object:
     t0 = time.perf_counter()
     result = call()
@@ -113,7 +133,13 @@ def sweeper_run(db_url: str, workdir: Path, workers: int, seconds: float) -> dic
             outcome = TrialOutcome(TrialState.FINISHED, exit_code=0)
             timed(lat, lambda: client.finish_trial(got.trial_id, got.lease_id, outcome))
 
-        return drive(workers, seconds, lifecycle)
+        pid = server.process.pid
+        server_before, client_before = process_cpu_s(pid), time.process_time()
+        result = drive(workers, seconds, lifecycle)
+        server_after = process_cpu_s(pid)
+        server_cpu = None if server_before is None or server_after is None else server_after - server_before
+        busy = {"server": server_cpu, "client": time.process_time() - client_before}
+        return with_cpu(result, seconds, busy)
     finally:
         server.stop()
 
@@ -133,7 +159,9 @@ def optuna_run(db_url: str, workers: int, seconds: float) -> dict[str, float]:
             timed(lat, lambda s=step: trial.report(1.0 / (s + 1), s))
         timed(lat, lambda: study.tell(trial, 0.2))
 
-    return drive(workers, seconds, lifecycle)
+    before = time.process_time()
+    result = drive(workers, seconds, lifecycle)
+    return with_cpu(result, seconds, {"client": time.process_time() - before})
 
 
 def fresh_postgres(url: str) -> tuple[str, str, Callable[[], None]]:
@@ -195,15 +223,20 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"results": results}, indent=2) + "\n")
-    print("\n| database | system | lifecycles/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|---|")
+    print(
+        "\n| database | system | lifecycles/s | p50 ms | p99 ms | errors | CPU ms/lifecycle |"
+        "\n|---|---|---|---|---|---|---|"
+    )
     for row in results:
         for system in ("sweeper", "optuna"):
             r = row[system]
+            # sweeper: its server plus the load generator; Optuna: the one process that does both.
+            cpu = r.get("server_cpu_ms_per_lifecycle", 0.0) + r.get("client_cpu_ms_per_lifecycle", 0.0)
             print(
                 f"| {row['database']} | {system} | {r['lifecycles_per_s']:.1f} | {r['p50_ms']:.1f} | "
-                f"{r['p99_ms']:.1f} | {r['errors']} |"
+                f"{r['p99_ms']:.1f} | {r['errors']} | {cpu:.1f} |"
             )
-        print(f"| {row['database']} | ratio sweeper/optuna | {row['throughput_ratio']:.2f}x | | | |")
+        print(f"| {row['database']} | ratio sweeper/optuna | {row['throughput_ratio']:.2f}x | | | | |")
 
 
 if __name__ == "__main__":

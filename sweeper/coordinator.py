@@ -205,11 +205,11 @@ class Coordinator:
             self._sweep_changed(sweep_id)
 
     def _finish_sweep_if_complete(self, sweep_id: str) -> None:
+        if self.store.count_trials(sweep_id, states=[TrialState.RUNNING]):
+            return  # the common case in a busy sweep, answered without loading a trial
         sweep = self.store.get_sweep(sweep_id)
         if sweep.state is not SweepState.RUNNING:
             return
-        if self.store.list_trials(sweep_id, states=[TrialState.RUNNING]):
-            return  # the common case in a busy sweep, answered without loading every trial
         spec, strategy, _ = self._compiled(sweep)
         trials = self.store.list_trials(sweep_id)
         if any(t.state.is_active for t in trials):

@@ -371,6 +371,12 @@ class StoreConformance:
         )
         assert [t.number for t in ended] == [2, 4]
         assert store.list_trials(sweep.id, states=[]) == []
+        assert store.count_trials(sweep.id) == 4
+        assert store.count_trials(sweep.id, states=[TrialState.RUNNING]) == 2
+        assert store.count_trials(sweep.id, states=[TrialState.FINISHED, TrialState.FAILED]) == 2
+        assert store.count_trials(sweep.id, states=[TrialState.LOST]) == 0
+        with pytest.raises(SweepNotFoundError):
+            store.count_trials("nosuchid")
 
     def test_report_metrics_adds_points_and_renews_the_lease(self, store: Store, sweep: Sweep) -> None:
         trial = self.started(store, sweep, expires_at=100.0)

@@ -109,3 +109,39 @@ def test_a_finite_space_ends_when_every_configuration_has_run() -> None:
     trials = run("bayes", lambda c: c["a"] + c["b"], spec, 6, seed=0)
     assert len({(t.config["a"], t.config["b"]) for t in trials}) == 6
     assert strategy_class("bayes")(spec).suggest(trials, random.Random(0)).kind is SuggestionKind.DONE
+
+
+# Each optimiser moves the optimum elsewhere, so the categorical cannot be learnt apart from the rest.
+_OPTIMA = {"sgd": (0.7, 9, -1.5, 0.6), "adam": (-1.3, 3, -3.5, 0.0), "lion": (2.1, 14, -2.2, 1.2)}
+
+
+def _mixed_quadratic(c: dict) -> float:
+    import math
+
+    x0, n0, lr0, offset = _OPTIMA[c["opt"]]
+    return (c["x"] - x0) ** 2 + 0.05 * (c["n"] - n0) ** 2 + (math.log10(c["lr"]) - lr0) ** 2 + offset
+
+
+def test_bayes_beats_random_search_on_a_mixed_space_whose_category_moves_the_optimum() -> None:
+    def spec(method: str):
+        return parse_sweep(
+            {
+                "method": method,
+                "metric": {"name": "loss"},
+                "parameters": {
+                    "x": {"min": -3.0, "max": 3.0},
+                    "n": {"distribution": "int_uniform", "min": 1, "max": 16},
+                    "lr": {"distribution": "log_uniform_values", "min": 1e-5, "max": 1e-1},
+                    "opt": {"values": ["sgd", "adam", "lion"]},
+                },
+            }
+        )
+
+    def median_best(method: str) -> float:
+        return statistics.median(
+            min(t.summary["loss"] for t in run(method, _mixed_quadratic, spec(method), 40, s))
+            for s in range(5)
+        )
+
+    bayes, rand = median_best("bayes"), median_best("random")
+    assert bayes < 0.1 * rand, (bayes, rand)  # the optimum is 0 (adam)

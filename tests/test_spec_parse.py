@@ -295,6 +295,6 @@ def test_describe() -> None:
     spec = load_sweep_file(DATA / "wandb_bayes_nested.yaml")
     assert describe(spec).startswith("random, 6 parameters (learning_rate, batch_size, epochs,")
     assert (
-        "continuous space, metric val_loss (minimize), hyperband early termination (min_iter 3, eta 3), run_cap 50"
-        in describe(spec)
+        "continuous space, metric val_loss (minimize), "
+        "hyperband early termination (min_iter 3, eta 3), run_cap 50" in describe(spec)
     )

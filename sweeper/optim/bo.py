@@ -2,7 +2,9 @@
 
 The first trials fill the space (the candidate farthest from every trial so far, pending ones
 included); after that a GP on the one-hot encoding is fitted to the warped losses and log EI is
-maximised by random and local candidates, all on the lattice the parameters can take. Pending
+maximised by random and local candidates, all on the lattice the parameters can take; after each
+local step every choice of every categorical and one lattice step of every integer are tried
+outright, since a small Gaussian move in ``u`` rarely changes them. Pending
 trials are believed to score max(posterior mean, incumbent): the GP treats them as known, so their
 neighbourhood loses its appeal and parallel workers spread out (a kriging believer that never
 believes a pending point improves).
@@ -23,6 +25,7 @@ N_RANDOM = 1024
 N_LOCAL_STARTS = 8
 N_LOCAL = 64
 REFINE_STEPS = (0.1, 0.03, 0.01)
+N_SPACE_FILLING = 16
 
 
 def n_initial(codec: SpaceCodec) -> int:
@@ -50,8 +53,12 @@ def _fill_missing(rows: np.ndarray, codec: SpaceCodec, gen: np.random.Generator)
 
 
 def space_filling(codec: SpaceCodec, obs: Observations, gen: np.random.Generator) -> np.ndarray:
-    """The prior draw, out of 256, farthest from every trial so far (maximin in the one-hot cube)."""
-    candidates = codec.sample(16, gen)
+    """The prior draw, out of a few, farthest from every trial so far (maximin in the one-hot cube).
+
+    Few candidates on purpose: maximin over many pushes the whole initial design into the corners
+    of the cube, where optima rarely are; a few still keep the trials apart.
+    """
+    candidates = codec.sample(N_SPACE_FILLING, gen)
     existing = np.vstack([obs.X, obs.pending])
     if len(existing) == 0:
         return candidates[0]

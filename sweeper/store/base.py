@@ -112,6 +112,10 @@ class Store(ABC):
     ) -> list[Trial]:
         """Trials of a sweep in number order."""
 
+    def count_trials(self, sweep_id: str, *, states: Sequence[TrialState] | None = None) -> int:
+        """How many trials :meth:`list_trials` would return, without loading them."""
+        return len(self.list_trials(sweep_id, states=states))
+
     @abstractmethod
     def renew_lease(self, trial_id: int, lease_id: str, *, expires_at: float, now: float) -> Trial:
         """Extend a lease still held (``now <= expires_at``); raise LeaseLostError otherwise."""

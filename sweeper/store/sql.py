@@ -15,7 +15,7 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, Select, insert, select, update
+from sqlalchemy import Connection, Engine, Row, Select, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
@@ -218,6 +218,16 @@ class SqlStore(Store):
                 self._sweep(conn, sweep_id)  # an unknown sweep is an error, an empty one is not
             return found
 
+    def count_trials(self, sweep_id: str, *, states: Sequence[TrialState] | None = None) -> int:
+        query = select(func.count()).select_from(trials).where(trials.c.sweep_id == sweep_id)
+        if states is not None:
+            query = query.where(trials.c.state.in_([TrialState(s).value for s in states]))
+        with self._db.read() as conn:
+            found = conn.execute(query).scalar_one()
+            if not found:
+                self._sweep(conn, sweep_id)  # an unknown sweep is an error, an empty one is not
+            return int(found)
+
     def _trials(self, conn: Connection, query: Select[Any], with_history: bool) -> list[Trial]:
         """Trials matching ``query`` in number order; their history in one more query, not one each."""
         found = conn.execute(query.order_by(trials.c.number)).all()
@@ -314,18 +324,15 @@ class SqlStore(Store):
             else:
                 row = self._leased_row(conn, trial_id, lease_id, now)
             rules.check_trial_transition(row, state)
-            conn.execute(
-                update(trials)
-                .where(trials.c.id == trial_id)
-                .values(
-                    state=state.value,
-                    ended_at=now,
-                    exit_code=exit_code,
-                    stderr_tail=stderr_tail,
-                    stop_reason=stop_reason,
-                )
-            )
-            return self._trial(conn, trial_id)
+            changes = {
+                "ended_at": now,
+                "exit_code": exit_code,
+                "stderr_tail": stderr_tail,
+                "stop_reason": stop_reason,
+            }
+            conn.execute(update(trials).where(trials.c.id == trial_id).values(state=state.value, **changes))
+            # The locked row plus what this call changed: no need to read it back.
+            return dataclasses.replace(rows.trial_from_row(row), state=state, **changes)
 
     def request_stop(self, trial_id: int, reason: str) -> Trial:
         with self._db.write() as conn:
