@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import random
 import shutil
 from pathlib import Path
@@ -148,6 +149,14 @@ def _random_config(rng: random.Random) -> dict[str, Any]:
 
 
 def test_decisions_equal_those_of_the_wandb_sweeps_package() -> None:
+    from importlib.metadata import version
+
+    # The rule follows W&B's current engine; 0.2 decided some bands differently.
+    if tuple(int(p) for p in version("sweeps").split(".")[:2]) < (0, 3):
+        message = "needs sweeps>=0.3 (pip install --no-deps sweeps==0.3.0)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
     rng = random.Random(20240601)
     compared = stopped = 0
     for _ in range(300):
