@@ -207,6 +207,33 @@ def test_example_smoke_runs_two_trials(example: Example, tmp_path: Path) -> None
         check_mlflow_runs(tmp_path, trials, metric, example.curve_length)
 
 
+@pytest.mark.slow
+def test_pbt_example_restarts_members_from_a_better_members_checkpoint(tmp_path: Path) -> None:
+    require(("torch",))
+    sweep = yaml.safe_load((SWEEPS / "mlp-core" / "pbt.yaml").read_text())
+    sweep["program"] = str(SWEEPS / "mlp-core" / "train.py")
+    # A restarted member starts from the donor's latest checkpoint; small batches make the epochs slow
+    # enough that the donor has not finished by the time the restarted member has started.
+    sweep["parameters"]["epochs"] = {"value": 60}
+    sweep["parameters"]["batch_size"] = {"value": 16}
+    sweep["sweeper"]["pbt"] = {"population": 3, "perturbation_interval": 10, "quantile": 0.34}
+    sweep_file = tmp_path / "pbt.yaml"
+    sweep_file.write_text(yaml.safe_dump(sweep))
+    result = run_sweeper(tmp_path, "run", str(sweep_file), "--agents", "3")
+    assert result.returncode == 0, result.stdout + result.stderr
+    sweep_id = result.stdout.splitlines()[0].split()[1].rstrip(":")
+    trials = json.loads(run_sweeper(tmp_path, "trials", sweep_id, "--format", "json").stdout)
+
+    exploited = [t for t in trials if t["state"] == "stopped" and t["stop_reason"].startswith("pbt: exploit")]
+    restarted = [t for t in trials if t["restore_from"]]
+    assert exploited and len(restarted) == len(exploited)
+    assert {t["member"] for t in trials} == {0, 1, 2}
+    # A restarted member that had epochs left carried on from the copied checkpoint, not from epoch 0.
+    resumed = [t for t in restarted if t["curves"].get("val_acc")]
+    assert resumed, "no restarted member trained"
+    assert all(t["curves"]["val_acc"][0][0] > 0 for t in resumed)
+
+
 def check_mlflow_runs(tmp_path: Path, trials: list[dict[str, Any]], metric: str, steps: int) -> None:
     mlflow = pytest.importorskip("mlflow")
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")

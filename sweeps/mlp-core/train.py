@@ -7,6 +7,9 @@ Logs ``val_acc``, ``val_loss`` and ``train_loss`` after every epoch through the 
     python train.py                      # the defaults below
     python train.py --epochs=3 --optimizer=sgd --learning_rate=0.05
     sweeper run sweeps/mlp-core/random.yaml   # as sweep trials: the sweep's values replace the defaults
+
+With ``checkpoint`` on (``pbt.yaml`` sets it), every epoch is saved to ``run.checkpoint_dir`` and a
+trial resumes from ``run.restore_from`` when it is given one: what population-based training needs.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import math
 import sys
 from pathlib import Path
 
+import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # sweeps/, for the shared helpers
@@ -38,6 +42,7 @@ DEFAULTS = {
     "hidden_units": 128,
     "hidden_layers": 2,
     "seed": 0,
+    "checkpoint": False,  # save every epoch and resume from a given checkpoint (population-based training)
 }
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU}
@@ -92,12 +97,25 @@ def main() -> None:
     l1 = float(cfg.l1)
     penalty = (lambda: l1 * sum(w.abs().sum() for w in weights)) if l1 > 0 else None
 
-    for epoch in range(int(cfg.epochs)):
+    start = 0
+    if cfg.checkpoint and run.restore_from is not None:
+        # A better member's weights and optimiser state; this trial's (explored) learning rate applies.
+        state = torch.load(run.restore_from / "ckpt.pt", map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:
+            group["lr"] = float(cfg.learning_rate)
+        start = state["epoch"] + 1
+
+    for epoch in range(start, int(cfg.epochs)):
         train_loss = train_epoch(model, optimizer, x_train, y_train, int(cfg.batch_size), penalty)
         if not math.isfinite(train_loss):
             print(f"epoch {epoch}: the loss diverged (learning rate too high?); stopping")
             break
         val_loss, val_acc = evaluate(model, x_val, y_val)
+        if cfg.checkpoint:  # saved before logging: the agent publishes it with the logged value
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
+            torch.save(state, run.checkpoint_dir / "ckpt.pt")
         run.log({"val_acc": val_acc, "val_loss": val_loss, "train_loss": train_loss}, step=epoch)
         print(f"epoch {epoch}: train_loss={train_loss:.4f} val_loss={val_loss:.4f} val_acc={val_acc:.4f}")
     run.finish()
