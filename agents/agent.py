@@ -22,7 +22,15 @@ from sweeper.agents.trialdir import TrialDir, trial_env
 
 from sweeper import _context
 from sweeper import run as run_api
-from sweeper.protocol import AgentInfo, Assignment, CoordinatorClient, LeaseLostError, NoTrial, TrialOutcome
+from sweeper.protocol import (
+    AgentInfo,
+    Assignment,
+    CoordinatorClient,
+    LeaseLostError,
+    NoTrial,
+    SweepNotFoundError,
+    TrialOutcome,
+)
 from sweeper.trials import TrialState
 
 log = logging.getLogger(__name__)
@@ -122,16 +130,17 @@ class Agent:
                 return f"ran {self.trials_run} trial(s), as many as asked for"
             try:
                 reply = self.client.next_trial(self.sweep_id, self.info)
-            except PermissionError:  # a refused token: waiting cannot fix it
+            except (PermissionError, SweepNotFoundError):  # a refused token, no sweep: waiting cannot help
                 raise
-            except OSError as exc:  # connection refused, timeout: the coordinator may come back
+            except Exception as exc:  # unreachable, timed out, or a busy store: the coordinator may come back
                 failures += 1
                 delay = backoff_delay(failures, base=0.5, cap=self.max_backoff)
                 # One line per outage, not one per try.
                 log.log(
                     logging.WARNING if failures == 1 else logging.DEBUG,
-                    "%s: cannot reach the coordinator (%s); asking again with backoff until it is back",
+                    "%s: cannot get a trial from the coordinator (%s: %s); asking again with backoff",
                     self.info.name,
+                    type(exc).__name__,
                     exc,
                 )
                 self._stop_event.wait(delay)
@@ -171,6 +180,8 @@ class Agent:
             else:
                 outcome = self._run_process(assignment, trial_dir, reporter)
         except _Abandon as exc:
+            if spool is not None:
+                spool.abandon(str(exc))  # no later agent in this folder should resend these points
             self.hooks.end(assignment, TrialOutcome(TrialState.LOST, stop_reason=str(exc)), trial_dir)
             self._emit(TrialAbandoned(assignment, str(exc)))
             return

@@ -31,7 +31,8 @@ _jitter = random.Random()  # its own generator: never the global one, never seed
 def backoff_delay(failures: int, *, base: float, cap: float, rng: random.Random | None = None) -> float:
     """Seconds to wait after ``failures`` consecutive failures: between half and all of
     ``min(base * 2**(failures-1), cap)``."""
-    ceiling = min(base * 2 ** max(failures - 1, 0), cap)
+    # The exponent is capped too: after a thousand failures 2**n no longer fits in a float.
+    ceiling = min(base * 2 ** min(max(failures - 1, 0), 62), cap)
     return ceiling * (0.5 + 0.5 * (rng or _jitter).random())
 
 
@@ -142,18 +143,25 @@ class TrialReporter:
         now = self._clock()
         if self._retry_at is not None and now < self._retry_at:
             return None
-        try:
-            if self.pending and now - self._last_report >= self._report_interval:
-                self._last_report = now
+        if self.pending and now - self._last_report >= self._report_interval:
+            self._last_report = now
+            try:
                 return self.send_all()
-            if now - self._last_contact >= self._heartbeat_interval:
+            except LeaseLostError:
+                raise
+            except Exception as exc:  # unreachable, failing, or refusing this batch: keep the trial going
+                self.record_failure(exc)
+        # A report that keeps failing must not starve the heartbeat, or the lease runs out.
+        if now - self._last_contact >= self._heartbeat_interval:
+            try:
                 directive = self._client.heartbeat(self._assignment.trial_id, self._assignment.lease_id)
-                self._succeeded()
-                return directive
-        except LeaseLostError:
-            raise
-        except Exception as exc:  # the coordinator is unreachable or failing: keep the trial going
-            self.record_failure(exc)
+            except LeaseLostError:
+                raise
+            except Exception as exc:
+                self.record_failure(exc)
+                return None
+            self._succeeded()
+            return directive
         return None
 
     def send_all(self) -> Directive:
@@ -163,9 +171,14 @@ class TrialReporter:
             batch = self._queue.unacked(self._max_batch)
             if not batch:
                 return result
-            directive = self._client.report_metrics(
-                self._assignment.trial_id, self._assignment.lease_id, batch
-            )
+            try:
+                directive = self._client.report_metrics(
+                    self._assignment.trial_id, self._assignment.lease_id, batch
+                )
+            except Exception as exc:
+                if getattr(exc, "status", None) == 413 and self._max_batch > 1:
+                    self._max_batch = max(1, len(batch) // 2)  # the coordinator takes smaller batches
+                raise
             self._queue.ack(len(batch))
             self.sent += len(batch)
             self._succeeded()

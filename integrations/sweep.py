@@ -174,6 +174,8 @@ class SweepRecords:
                 )
 
     def _bring_up_to_date(self, sweep_id: str) -> None:
+        if sweep_id in self._ended:
+            return  # its record is closed; a late change (a lost lease) must not reopen it
         if sweep_id not in self._recorders:
             recorder = SweepRecorder.for_sweep(self._coordinator, sweep_id)
             if recorder is not None:
@@ -190,5 +192,6 @@ class SweepRecords:
         ):
             recorder.finish(state.value)
             self._ended.add(sweep_id)
+            self._recorders[sweep_id] = None  # nothing more to hold for it
         else:
             recorder.update()

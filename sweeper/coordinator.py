@@ -29,7 +29,7 @@ from sweeper.results import best_of
 from sweeper.spec import SweepSpec, parse_sweep
 from sweeper.spec.model import DEFAULT_CHECKPOINTS
 from sweeper.stopping import StoppingRule, build_rule, decide_for
-from sweeper.store.base import Lease, Store, TrialDraft
+from sweeper.store.base import InvalidTransitionError, Lease, Store, TrialDraft
 from sweeper.strategies import Strategy, strategy_class
 from sweeper.trials import MetricPoint, Sweep, SweepState, Trial, TrialState
 
@@ -203,6 +203,11 @@ class Coordinator:
         lost = self.store.expire_leases(now=now)
         for sweep_id in dict.fromkeys(trial.sweep_id for trial in lost):
             self._sweep_changed(sweep_id)
+            self._finish_sweep_if_complete(sweep_id)  # the lost trial may have been the last one
+
+    def expire_leases(self) -> None:
+        """Mark trials whose agents stopped heartbeating as lost (the server calls this periodically)."""
+        self._expire_leases(self.clock())
 
     def _finish_sweep_if_complete(self, sweep_id: str) -> None:
         if self.store.count_trials(sweep_id, states=[TrialState.RUNNING]):
@@ -215,7 +220,10 @@ class Coordinator:
         if any(t.state.is_active for t in trials):
             return
         if plan_next(spec, strategy, trials, sweep.seed).done:
-            self.store.set_sweep_state(sweep_id, SweepState.FINISHED, now=self.clock())
+            try:
+                self.store.set_sweep_state(sweep_id, SweepState.FINISHED, now=self.clock())
+            except InvalidTransitionError:  # cancelled or paused meanwhile: that decision stands
+                return
             self._sweep_changed(sweep_id)
 
     def _sweep_changed(self, sweep_id: str) -> None:

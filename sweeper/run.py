@@ -133,7 +133,8 @@ class Run:
         self._context = context
         self._metrics_path = metrics_path
         self._fd: int | None = None
-        self._seq = 0
+        # A second init() in the same trial continues the numbering: the store drops repeated seqs.
+        self._seq = _next_seq.get(id, 0)
         self._step = 0
         self._warned: set[str] = set()
         self._lock = threading.Lock()
@@ -212,6 +213,7 @@ class Run:
                 return
             record = {"seq": self._seq, "step": at, "time": time.time(), "metrics": metrics}
             self._seq += 1
+            _next_seq[self.id] = self._seq
             self.summary.update(metrics)
             self._emit(record)
 
@@ -303,6 +305,7 @@ def _as_number(value: Any) -> float | int | bool | None:
 
 
 _current_run: Run | None = None
+_next_seq: dict[str, int] = {}  # run id -> the seq its next logged line gets, across init() calls
 _atexit_registered = False
 
 

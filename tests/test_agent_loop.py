@@ -32,8 +32,14 @@ TRIAL = str(SCRIPTS / "trial.py")
 INFO = AgentInfo(name="test-agent", host="localhost")
 
 
-def assignment(number: int, config: dict[str, Any], *, command: Sequence[str] | None = None,
-               program: str | None = TRIAL, sweep_id: str = "sw1") -> Assignment:
+def assignment(
+    number: int,
+    config: dict[str, Any],
+    *,
+    command: Sequence[str] | None = None,
+    program: str | None = TRIAL,
+    sweep_id: str = "sw1",
+) -> Assignment:
     return Assignment(
         sweep_id=sweep_id,
         trial_id=100 + number,
@@ -448,3 +454,29 @@ def test_unchanged_wandb_script_sees_the_trial_values(tmp_path: Path, monkeypatc
     line = next(x for x in stdout.splitlines() if x.startswith("WANDB_CONFIG="))
     assert json.loads(line.removeprefix("WANDB_CONFIG=")) == config
     assert os.listdir(tmp_path / "wandb")  # it wrote its offline run where we asked
+
+
+class RefusedBatch(Exception):
+    """What the HTTP client raises for a 413: the coordinator takes smaller metric batches."""
+
+    status = 413
+
+
+def test_a_report_refused_as_too_large_is_resent_in_smaller_batches(tmp_path: Path) -> None:
+    client = MemoryCoordinator([assignment(1, {"steps": 8, "pause": 0.05})])
+    original = client.report_metrics
+
+    def small_batches_only(trial_id: int, lease_id: str, points: Sequence[MetricPoint]) -> Directive:
+        if len(points) > 1:
+            client.calls.append(("refused", trial_id))
+            raise RefusedBatch(f"a metric report holds at most 1 point, this one has {len(points)}")
+        return original(trial_id, lease_id, points)
+
+    client.report_metrics = small_batches_only  # type: ignore[method-assign]
+    make_agent(client, tmp_path, max_backoff=0.05).run()
+
+    assert client.finished[101].state is TrialState.FINISHED
+    assert ("refused", 101) in client.calls  # every log call holds 2 points: the first report is refused
+    assert all(len(batch) == 1 for batch in client.batches)
+    keys = [(p.seq, p.name) for p in client.points()]
+    assert len(keys) == len(set(keys)) == 16  # 8 log calls x 2 metrics, each once

@@ -160,3 +160,23 @@ def test_concurrent_agents_never_share_a_grid_point(coordinator: Coordinator) ->
     for t in threads:
         t.join()
     assert sorted(got) == list(range(30))
+
+
+def test_expiring_leases_without_any_agent_asking_ends_the_sweep(
+    coordinator: Coordinator, clock: FakeClock
+) -> None:
+    # Every agent is gone: the periodic pass (the server runs one) finds the lost trial and the sweep ends.
+    sweep = coordinator.create_sweep(parse_sweep(grid([1], sweeper={"max_retries": 0})))
+    trial = lease(coordinator, sweep.id)
+    clock.now += 31
+    coordinator.expire_leases()
+    assert coordinator.store.get_trial(trial.trial_id).state is TrialState.LOST
+    assert coordinator.get_sweep(sweep.id).state is SweepState.FINISHED
+
+
+def test_a_cancel_racing_the_last_trial_keeps_the_cancel(coordinator: Coordinator) -> None:
+    sweep = coordinator.create_sweep(parse_sweep(grid([1])))
+    a = lease(coordinator, sweep.id)
+    coordinator.set_sweep_state(sweep.id, SweepState.CANCELLED)
+    coordinator.finish_trial(a.trial_id, a.lease_id, TrialOutcome(TrialState.FINISHED, exit_code=0))
+    assert coordinator.get_sweep(sweep.id).state is SweepState.CANCELLED

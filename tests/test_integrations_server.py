@@ -157,10 +157,11 @@ def test_the_coordinator_tells_its_listeners_what_changed(tmp_path: Path) -> Non
     b = coordinator.create_sweep(parse_sweep(grid([1]))).id
     seen.clear()
     coordinator.next_trial(b, AGENT)
-    assert seen == [a]
+    assert seen == [a, a]  # its trial was lost, then (no retries left) the sweep finished
+    assert coordinator.get_sweep(a).state is SweepState.FINISHED
 
     coordinator.set_sweep_state(b, SweepState.CANCELLED)
-    assert seen == [a, b]
+    assert seen == [a, a, b]
     store.close()
 
 

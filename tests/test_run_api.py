@@ -170,6 +170,24 @@ def test_trial_subprocess_reads_config_from_env_and_writes_metric_lines(tmp_path
     assert all(isinstance(r["time"], float) for r in records)
 
 
+def test_a_second_init_in_one_trial_keeps_numbering_its_lines(tmp_path: Path) -> None:
+    # Points are idempotent on (trial, seq, name): restarting at seq 0 would lose the second run's values.
+    (tmp_path / "config.json").write_text("{}")
+    script = "import sweeper\nfor fold in range(2):\n    sweeper.init().log({'acc': fold})\n"
+    env = dict(
+        os.environ,
+        SWEEPER_SWEEP_ID="sw1",
+        SWEEPER_TRIAL_ID="12",
+        SWEEPER_TRIAL_NUMBER="5",
+        SWEEPER_TRIAL_DIR=str(tmp_path),
+        SWEEPER_CONFIG_PATH=str(tmp_path / "config.json"),
+        SWEEPER_METRICS_PATH=str(tmp_path / "metrics.jsonl"),
+    )
+    subprocess.run([sys.executable, "-c", script], env=env, check=True)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["seq"], r["metrics"]) for r in records] == [(0, {"acc": 0}), (1, {"acc": 1})]
+
+
 def test_unreadable_trial_config_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("SWEEPER_CONFIG_PATH", str(tmp_path / "missing.json"))
     with pytest.raises(RuntimeError, match="missing.json"):

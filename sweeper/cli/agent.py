@@ -105,6 +105,7 @@ def agent(
 def _check_sweep(client: Any, sweep_id: str, coordinator: str | None) -> Any:
     """The sweep's spec; a clear error for an unknown sweep, a refused token or no coordinator."""
     from sweeper.agents.reporting import backoff_delay
+    from sweeper.client import CoordinatorError
     from sweeper.protocol import SweepNotFoundError
 
     where = coordinator or "the local store"
@@ -118,6 +119,8 @@ def _check_sweep(client: Any, sweep_id: str, coordinator: str | None) -> Any:
             ) from None
         except PermissionError as exc:
             raise click.ClickException(str(exc)) from None
+        except CoordinatorError as exc:  # refused: a malformed id, an untrusted certificate, ...
+            raise click.ClickException(f"the coordinator at {where} refused: {exc}") from None
         except OSError as exc:
             if attempt == _START_TRIES:
                 raise click.ClickException(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -68,6 +70,29 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+class LeaseExpiry:
+    """Marks trials lost when their agents go silent, also when no agent is left to ask for work."""
+
+    def __init__(self, coordinator: Coordinator, every: float) -> None:
+        self._coordinator = coordinator
+        self._every = max(every, 0.5)
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lease-expiry", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._every):
+            try:
+                self._coordinator.expire_leases()
+            except Exception:  # the store is busy or away: the next pass catches up
+                logging.getLogger(__name__).warning("lease expiry pass failed", exc_info=True)
+
+
 def serve(store: Store, options: ServerOptions) -> None:
     """Run until interrupted. Prints one line, ``sweeper server listening on URL``, once it accepts."""
     import uvicorn
@@ -80,6 +105,8 @@ def serve(store: Store, options: ServerOptions) -> None:
     records = SweepRecords()
     coordinator = Coordinator(store, lease_seconds=options.lease_seconds, on_sweep_changed=[records.changed])
     records.start(coordinator)
+    expiry = LeaseExpiry(coordinator, every=options.lease_seconds / 2)
+    expiry.start()
     app = create_app(
         coordinator,
         token=options.token,
@@ -108,5 +135,6 @@ def serve(store: Store, options: ServerOptions) -> None:
     try:
         server.run(sockets=[sock])
     finally:
+        expiry.stop()
         sock.close()
         records.close()
