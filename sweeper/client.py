@@ -30,6 +30,7 @@ from sweeper.protocol import (
     NoTrial,
     NoTrialReason,
     SweepNotFoundError,
+    TrialNotFoundError,
     TrialOutcome,
 )
 from sweeper.trials import MetricPoint, Sweep, SweepState, Trial, TrialState
@@ -56,10 +57,6 @@ class CoordinatorUnavailableError(ConnectionError):
 
 class AuthenticationError(PermissionError):
     """The coordinator wants a token this client did not give, or a different one."""
-
-
-class TrialNotFoundError(LookupError):
-    pass
 
 
 def encode_float(value: float) -> float | str:

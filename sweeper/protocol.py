@@ -94,6 +94,10 @@ class SweepNotFoundError(LookupError):
     pass
 
 
+class TrialNotFoundError(LookupError):
+    """No trial has this id; raised alike by the embedded store and the HTTP client."""
+
+
 class CoordinatorClient(Protocol):
     def next_trial(self, sweep_id: str, agent: AgentInfo) -> Assignment | NoTrial: ...
 

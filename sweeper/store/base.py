@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sweeper import protocol
 from sweeper.trials import MetricPoint, Sweep, SweepState, Trial, TrialState
 
 
@@ -36,8 +37,8 @@ class SchemaVersionError(StoreError):
     """The database was written by another version of sweeper."""
 
 
-class TrialNotFoundError(StoreError, KeyError):
-    """No trial has this id. A KeyError (so a LookupError) as well as a StoreError."""
+class TrialNotFoundError(StoreError, protocol.TrialNotFoundError, KeyError):
+    """No trial has this id: the protocol's error, a StoreError and a KeyError alike."""
 
     def __str__(self) -> str:  # KeyError would print the message in quotes
         return str(self.args[0]) if self.args else ""
