@@ -18,7 +18,19 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CheckpointError", "checkpoint_location", "fetch", "is_url", "publish"]
+__all__ = [
+    "SNAPSHOTS_FOLDER",
+    "CheckpointError",
+    "checkpoint_location",
+    "fetch",
+    "is_url",
+    "newest_snapshot",
+    "publish",
+    "take_snapshot",
+]
+
+#: In a trial's folder: whole copies of ``run.checkpoint_dir``, one per ``log`` call that followed a save.
+SNAPSHOTS_FOLDER = "checkpoint-snapshots"
 
 # A reader may find a local checkpoint between the two renames of a publish: it asks again.
 _FETCH_TRIES = 5
@@ -68,6 +80,34 @@ def signature(folder: Path) -> tuple[tuple[str, int, int], ...]:
             stat = path.stat()
             found.append((path.relative_to(folder).as_posix(), stat.st_size, stat.st_mtime_ns))
     return tuple(found)
+
+
+def take_snapshot(folder: Path, snapshots: Path) -> Path | None:
+    """Copy ``folder`` into a new, whole folder under ``snapshots`` (copied, then renamed into place).
+
+    Called by the training process when it logs, so the copy holds what it saved before logging and
+    never a file it is writing. The agent publishes the newest snapshot at its own pace. Copies keep
+    modification times, so ``signature`` of a snapshot equals that of the folder it was taken from.
+    None when the folder is empty.
+    """
+    if not signature(folder):
+        return None
+    snapshots.mkdir(parents=True, exist_ok=True)
+    name = f"{time.time_ns():020d}-{os.getpid()}"
+    staging = snapshots / f".{name}.tmp"
+    shutil.copytree(folder, staging)
+    final = snapshots / name
+    os.replace(staging, final)
+    return final
+
+
+def newest_snapshot(snapshots: Path) -> Path | None:
+    """The latest whole snapshot under ``snapshots``, or None."""
+    try:
+        names = [p.name for p in snapshots.iterdir() if not p.name.startswith(".")]
+    except FileNotFoundError:
+        return None
+    return snapshots / max(names) if names else None
 
 
 def publish(folder: Path, location: str, *, base: Path) -> bool:

@@ -27,6 +27,7 @@ from typing import Any
 
 from sweeper import _context
 from sweeper._context import TrialContext, run_id_for
+from sweeper.checkpoints import SNAPSHOTS_FOLDER, signature, take_snapshot
 
 __all__ = ["Config", "Run", "TrialStopped", "finish", "init", "log", "log_artifact"]
 
@@ -140,6 +141,7 @@ class Run:
         self._lock = threading.Lock()
         self._finished = False
         self.artifacts: list[Path] = []  # files marked with log_artifact
+        self._snapshot_of: tuple = ()  # the checkpoint folder's signature when last snapshotted
 
     @property
     def step(self) -> int:
@@ -154,9 +156,10 @@ class Run:
     def checkpoint_dir(self) -> Path:
         """A folder (created on first use) for this trial's checkpoint.
 
-        In a ``method: pbt`` sweep the agent publishes what it holds after each ``log`` call and when
-        the trial ends, so another member can restart from it: save before you log. Outside a sweep
-        it is ``$SWEEPER_CHECKPOINT_DIR``, else ``./checkpoint``.
+        In a ``method: pbt`` sweep each ``log`` call that follows a save copies the folder, and the
+        agent publishes the newest copy, so another member can restart from it: save, then log. A
+        file being written is never published. Outside a sweep it is ``$SWEEPER_CHECKPOINT_DIR``,
+        else ``./checkpoint``.
         """
         if self.in_sweep:
             path = Path(self.dir) / "checkpoint"
@@ -211,11 +214,31 @@ class Run:
             metrics = self._numbers(data)
             if not metrics:
                 return
+            if self.in_sweep:
+                self._snapshot_checkpoint()
             record = {"seq": self._seq, "step": at, "time": time.time(), "metrics": metrics}
             self._seq += 1
             _next_seq[self.id] = self._seq
             self.summary.update(metrics)
             self._emit(record)
+
+    def _snapshot_checkpoint(self) -> None:
+        # Before the record is written: when the agent sees the value, the copy it goes with exists.
+        # The agent makes the snapshots folder for trials it publishes (method pbt); elsewhere this
+        # costs one stat.
+        snapshots = Path(self.dir) / SNAPSHOTS_FOLDER
+        if not snapshots.is_dir():
+            return
+        folder = Path(self.dir) / "checkpoint"
+        now = signature(folder)
+        if not now or now == self._snapshot_of:
+            return
+        try:
+            take_snapshot(folder, snapshots)
+        except OSError as exc:
+            log_.warning("sweeper.log: cannot copy the checkpoint in %s (%s); not published", folder, exc)
+            return
+        self._snapshot_of = now
 
     def _numbers(self, data: Mapping[str, Any]) -> dict[str, float | int | bool]:
         out: dict[str, float | int | bool] = {}

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, make_url
+
+# A shell starts background jobs with SIGINT ignored, and child processes inherit that: the tests
+# that press Ctrl-C on a command would wait forever. Exec resets a handled signal to its default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # --- store ------------------------------------------------------------------
 

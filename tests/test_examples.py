@@ -224,6 +224,9 @@ def test_pbt_example_restarts_members_from_a_better_members_checkpoint(tmp_path:
     sweep_id = result.stdout.splitlines()[0].split()[1].rstrip(":")
     trials = json.loads(run_sweeper(tmp_path, "trials", sweep_id, "--format", "json").stdout)
 
+    # A member restored from a half-written checkpoint would fail here, and its retry count twice below.
+    states = [(t["number"], t["state"]) for t in trials]
+    assert {state for _, state in states} <= {"finished", "stopped"}, states
     exploited = [t for t in trials if t["state"] == "stopped" and t["stop_reason"].startswith("pbt: exploit")]
     restarted = [t for t in trials if t["restore_from"]]
     assert exploited and len(restarted) == len(exploited)

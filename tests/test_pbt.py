@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 import subprocess
 import sys
@@ -12,8 +13,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sweeper.agents.checkpoints import CheckpointHook
+from sweeper.agents.trialdir import TrialDir
 
-from sweeper.checkpoints import checkpoint_location, fetch, publish
+from sweeper.checkpoints import SNAPSHOTS_FOLDER, checkpoint_location, fetch, publish
 from sweeper.coordinator import Coordinator
 from sweeper.protocol import AgentInfo, Assignment, TrialOutcome
 from sweeper.run import Run
@@ -312,6 +315,45 @@ def test_run_checkpoint_dir_and_restore_from(tmp_path: Path, monkeypatch: pytest
     assert (
         alone.checkpoint_dir == tmp_path / "checkpoint" and alone.restore_from == tmp_path / "t" / "restore"
     )
+
+
+def test_a_checkpoint_being_rewritten_is_never_published_half_written(tmp_path: Path) -> None:
+    # The script rewrites one file in place, in pieces, as torch.save does, and logs after each save.
+    # The agent publishes while it runs, as it does when metrics arrive: every copy is whole.
+    trial_dir = TrialDir(tmp_path / ".sweeper" / "trials" / "sw" / "1")
+    trial_dir.path.mkdir(parents=True)
+    trial_dir.config_path.write_text(json.dumps({"steps": 40}))
+    assignment = Assignment(
+        sweep_id="sw", trial_id=1, trial_number=1, lease_id="l", lease_seconds=30.0, config={"steps": 40},
+        command=[], program=None, metric_name="step_done", checkpoint_to="published/sw/1",
+    )  # fmt: skip
+    hook = CheckpointHook()
+    env = {
+        **os.environ,
+        **hook.on_start(assignment, trial_dir, {}),
+        "SWEEPER_CONFIG_PATH": str(trial_dir.config_path),
+        "SWEEPER_SWEEP_ID": "sw",
+        "SWEEPER_TRIAL_NUMBER": "1",
+        "SWEEPER_TRIAL_DIR": str(trial_dir.path),
+        "SWEEPER_METRICS_PATH": str(trial_dir.metrics_path),
+    }
+    script = subprocess.Popen([sys.executable, str(SCRIPTS / "torn_checkpoint_trial.py")], env=env)
+    seen, read = set(), 0
+    while script.poll() is None or not seen:
+        lines = trial_dir.metrics_path.read_text().splitlines() if trial_dir.metrics_path.exists() else []
+        if len(lines) == read:
+            continue
+        hook.on_metrics(assignment, [json.loads(line) for line in lines[read:]])  # as the agent's tailer does
+        read = len(lines)
+        if fetch("published/sw/1", tmp_path / "copy", base=tmp_path):
+            data = (tmp_path / "copy" / "ckpt.bin").read_bytes()
+            assert len(data) == 64 * 1024 and len(set(data)) == 1, f"a half-written checkpoint: {set(data)}"
+            seen.add(data[0])
+    assert script.wait() == 0
+    hook.on_end(assignment, TrialOutcome(TrialState.FINISHED, exit_code=0), trial_dir)
+    assert fetch("published/sw/1", tmp_path / "copy", base=tmp_path)
+    assert set((tmp_path / "copy" / "ckpt.bin").read_bytes()) == {39}  # the last save, published at the end
+    assert len(seen) > 1 and not (trial_dir.path / SNAPSHOTS_FOLDER).exists()
 
 
 # --- end to end ------------------------------------------------------------------------------------
