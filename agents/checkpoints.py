@@ -3,10 +3,10 @@
 For an assignment with ``restore_from``, the checkpoint there is fetched into ``<trial>/restore``
 before the trial starts (``run.restore_from``). The trial saves into ``<trial>/checkpoint``
 (``run.checkpoint_dir``), and each ``run.log`` after a save copies that folder into
-``<trial>/checkpoint-snapshots``. The
-agent publishes the newest snapshot to ``checkpoint_to`` as the trial's metrics arrive, so agents
-on other machines can restore it; a file the script is still writing is never published. When the
-script exits by itself, the folder as it left it is published too. A script that saves without
+``<trial>/checkpoint-snapshots``. As the trial's metrics arrive, a thread of the hook publishes the
+newest snapshot to ``checkpoint_to``, so agents on other machines can restore it; a file the script
+is still writing is never published. When the trial ends its last snapshot is published, and when
+the script exited by itself, the folder as it left it. A script that saves without
 ever calling ``sweeper.log`` (it logs to W&B only, say) has its folder published as it is found.
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,8 +42,15 @@ class _Published:
 
 
 class CheckpointHook:
+    """Publishes on a thread of its own while a trial runs, so a slow store (a large checkpoint, an
+    object store far away, a server that is down) never holds up the agent's heartbeats."""
+
     def __init__(self) -> None:
         self._trials: dict[int, _Published] = {}
+        self._changed = threading.Condition()
+        self._due: dict[int, tuple[Assignment, bool]] = {}  # trial id -> (assignment, captured)
+        self._publishing: int | None = None  # the trial whose checkpoint the thread is publishing
+        self._thread: threading.Thread | None = None
 
     def on_start(
         self, assignment: Assignment, trial_dir: TrialDir, env: Mapping[str, str]
@@ -57,7 +65,8 @@ class CheckpointHook:
         save.mkdir(parents=True)
         (trial_dir.path / SNAPSHOTS_FOLDER).mkdir()  # its presence asks sweeper.log for snapshots
         extra = {"SWEEPER_CHECKPOINT_DIR": os.fspath(save)}
-        self._trials[assignment.trial_id] = _Published(trial_dir, base)
+        with self._changed:
+            self._trials[assignment.trial_id] = _Published(trial_dir, base)
         if assignment.restore_from is None:
             return extra
         try:
@@ -77,24 +86,57 @@ class CheckpointHook:
         return extra
 
     def on_metrics(self, assignment: Assignment, records: Sequence[Mapping[str, Any]]) -> None:
+        if assignment.checkpoint_to is None:
+            return
         # Records with a ``source`` were captured from wandb.log or MLflow: no snapshot goes with them.
         captured = any("source" in record for record in records)
-        self._publish(assignment, final=None, captured=captured)
+        with self._changed:
+            if assignment.trial_id not in self._trials:
+                return
+            _, before = self._due.get(assignment.trial_id, (assignment, False))
+            self._due[assignment.trial_id] = (assignment, captured or before)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._publish_due, name="checkpoints", daemon=True)
+                self._thread.start()
+            self._changed.notify_all()
 
     def on_end(self, assignment: Assignment, outcome: TrialOutcome, trial_dir: TrialDir) -> None:
-        self._publish(assignment, final=outcome, captured=False)
-
-    def _publish(self, assignment: Assignment, *, final: TrialOutcome | None, captured: bool) -> None:
-        found = self._trials.get(assignment.trial_id)
-        if found is None:
+        with self._changed:
+            self._due.pop(assignment.trial_id, None)
+            while self._publishing == assignment.trial_id:
+                self._changed.wait()
+            trial = self._trials.pop(assignment.trial_id, None)
+        if trial is None:
             return
         try:
             if assignment.checkpoint_to is not None:
-                self._publish_newest(found, assignment.checkpoint_to, final, captured)
+                self._publish_newest(trial, assignment.checkpoint_to, outcome, captured=False)
+        except CheckpointError as exc:
+            log.error("trial %s: %s", assignment.trial_number, exc)
         finally:
-            if final is not None:
-                del self._trials[assignment.trial_id]
-                shutil.rmtree(found.trial_dir.path / SNAPSHOTS_FOLDER, ignore_errors=True)
+            shutil.rmtree(trial_dir.path / SNAPSHOTS_FOLDER, ignore_errors=True)
+
+    def _publish_due(self) -> None:
+        while True:
+            with self._changed:
+                while not self._due:
+                    self._changed.wait()
+                trial_id, (assignment, captured) = self._due.popitem()
+                trial = self._trials.get(trial_id)
+                if trial is None:
+                    continue
+                self._publishing = trial_id
+            try:
+                assert assignment.checkpoint_to is not None
+                self._publish_newest(trial, assignment.checkpoint_to, None, captured)
+            except CheckpointError as exc:
+                log.warning("trial %s: %s; the next log tries again", assignment.trial_number, exc)
+            except Exception:
+                log.exception("trial %s: publishing its checkpoint failed", assignment.trial_number)
+            finally:
+                with self._changed:
+                    self._publishing = None
+                    self._changed.notify_all()
 
     def _publish_newest(
         self, trial: _Published, location: str, final: TrialOutcome | None, captured: bool

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
+from cli_support import run_and_list, toy_pbt_sweep
 from sweeper.agents.checkpoints import CheckpointHook
 from sweeper.agents.trialdir import TrialDir
 
@@ -361,36 +361,8 @@ def test_a_checkpoint_being_rewritten_is_never_published_half_written(tmp_path: 
 
 @pytest.mark.slow
 def test_sweeper_run_restarts_weak_members_from_a_donors_checkpoint(tmp_path: Path) -> None:
-    sweep = {
-        "method": "pbt",
-        "program": str(SCRIPTS / "pbt_trial.py"),
-        "metric": {"name": "score", "goal": "maximize"},
-        "parameters": {
-            "lr": {"values": [0.01, 0.02, 0.2, 0.3]},
-            "steps": {"value": 12},
-            "sleep": {"value": 0.15},
-        },
-        "sweeper": {"seed": 1, "pbt": {"population": 2, "perturbation_interval": 3, "quantile": 0.5}},
-    }
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(sweep))
-    result = subprocess.run(
-        [SWEEPER, "run", str(path), "--agents", "2"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    sweep_id = result.stdout.splitlines()[0].split()[1].rstrip(":")
-    listing = subprocess.run(
-        [SWEEPER, "trials", sweep_id, "--format", "json"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    trials = {t["number"]: t for t in json.loads(listing.stdout)}
+    sweep = toy_pbt_sweep(quantile=0.5)
+    sweep_id, trials = run_and_list(tmp_path, sweep, "--agents", "2", timeout=120)
     exploited = [t for t in trials.values() if (t["stop_reason"] or "").startswith("pbt: exploit trial")]
     assert exploited, [(t["number"], t["state"], t["stop_reason"]) for t in trials.values()]
     restarted = [t for t in trials.values() if t["restore_from"]]

@@ -67,6 +67,8 @@ class MlflowServer:
             f"sqlite:///{self.folder / 'mlflow.db'}",
             "--default-artifact-root",
             str(self.folder / "artifacts"),
+            "--artifacts-destination",  # what mlflow-artifacts:// URLs reach; by default ./mlartifacts
+            str(self.folder / "mlartifacts"),
             "--host",
             "127.0.0.1",
             "--port",

@@ -56,6 +56,45 @@ def check_integrations(raw: Any, problems: list[Problem], path: str = "integrati
                 problems.append(Problem(at, "expected a non-empty string"))
 
 
+MLFLOW_CHECKPOINTS = "mlflow"
+MLFLOW_CHECKPOINT_FOLDER = "sweeper-checkpoints"
+
+
+def mlflow_checkpoint_root(raw: Any, problems: list[Problem]) -> str | None:
+    """``sweeper.pbt.checkpoints: mlflow``: the artifact store of the sweep's MLflow server.
+
+    With ``integrations.mlflow.tracking_uri`` set, that server (it must be ``http(s)://``: only an
+    ``mlflow server`` stores artifacts for others); without it, the server that the agents'
+    ``MLFLOW_TRACKING_URI`` names.
+    """
+    path = "sweeper.pbt.checkpoints"
+    block = raw.get("mlflow") if isinstance(raw, Mapping) else None
+    if block is None or block is False or (isinstance(block, Mapping) and block.get("enabled") is False):
+        problems.append(
+            Problem(
+                path,
+                "mlflow keeps checkpoints in the artifact store of the sweep's MLflow server; "
+                "add integrations: {mlflow: {tracking_uri: http://host:port}}",
+            )
+        )
+        return None
+    uri = block.get("tracking_uri") if isinstance(block, Mapping) else None
+    if not isinstance(uri, str):
+        return f"mlflow-artifacts:/{MLFLOW_CHECKPOINT_FOLDER}"
+    scheme, sep, rest = uri.partition("://")
+    netloc = rest.split("/", 1)[0]
+    if scheme not in ("http", "https") or not sep or not netloc:
+        problems.append(
+            Problem(
+                path,
+                "mlflow keeps checkpoints in an mlflow server's artifact store, so "
+                f"integrations.mlflow.tracking_uri must be http(s)://host:port, got {show(uri)}",
+            )
+        )
+        return None
+    return f"mlflow-artifacts://{netloc}/{MLFLOW_CHECKPOINT_FOLDER}"
+
+
 def _tags(value: Any, path: str, problems: list[Problem]) -> None:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         problems.append(Problem(path, f"expected a list of non-empty strings, got {show(value)}"))

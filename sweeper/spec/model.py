@@ -138,7 +138,9 @@ class Pbt:
     of a top-``quantile`` member with that member's configuration explored: each value resampled
     with ``resample_probability``, otherwise multiplied by one of ``perturbation_factors``
     (continuous) or moved to a neighbouring value (categorical). Checkpoints live under
-    ``checkpoints``: a folder (relative to each agent's working folder) or an fsspec URL.
+    ``checkpoints``: a folder (relative to each agent's working folder), an fsspec URL, an
+    ``mlflow-artifacts://`` URL, or ``mlflow`` (resolved at parsing to the artifact store of the
+    server in ``integrations.mlflow``).
     """
 
     population: int = 8

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 from sweeper.spec.fields import INVALID, choice, integer, show, string
-from sweeper.spec.integrations import check_integrations
-from sweeper.spec.model import DEFAULT_COMMAND, Options, SweepSpec
+from sweeper.spec.integrations import MLFLOW_CHECKPOINTS, check_integrations, mlflow_checkpoint_root
+from sweeper.spec.model import DEFAULT_COMMAND, Options, Pbt, SweepSpec
 from sweeper.spec.parameters import parse_parameters
 from sweeper.spec.problems import Problem, SpecError, closest, join, unknown_key
 from sweeper.spec.sections import mapping, parse_command, parse_early_terminate, parse_metric, parse_options
@@ -57,6 +58,10 @@ def parse_sweep(data: Mapping[str, Any], *, source: str = "<dict>") -> SweepSpec
     stopping = parse_early_terminate(data["early_terminate"], problems) if "early_terminate" in data else None
     command = parse_command(data["command"], problems) if "command" in data else DEFAULT_COMMAND
     options = parse_options(data["sweeper"], problems) if "sweeper" in data else Options()
+    pbt = getattr(options, "pbt", None)
+    if isinstance(pbt, Pbt) and pbt.checkpoints == MLFLOW_CHECKPOINTS:
+        root = mlflow_checkpoint_root(data.get("integrations"), problems)
+        options = dataclasses.replace(options, pbt=dataclasses.replace(pbt, checkpoints=root or ""))
     strings = {k: string(data[k], k, problems) for k in _STRINGS if k in data}
     run_cap = _run_cap(data, problems)
     _check_reserved(data, problems)

@@ -1,12 +1,6 @@
-"""Where population-based training keeps checkpoints, and how a trial's folder gets there and back.
+"""Checkpoint folders on this machine: snapshots in a trial's folder, and a shared folder store.
 
-A checkpoint is a folder. Each trial of a ``method: pbt`` sweep publishes its ``run.checkpoint_dir``
-to ``<root>/<sweep id>/<trial number>``, where ``root`` is ``sweeper.pbt.checkpoints``: a folder
-(relative to the agent's working folder; shared between machines by a network file system) or,
-when ``fsspec`` is installed, any URL it knows (``s3://``, ``gs://``, ``memory://`` ...).
-``file://`` URLs and plain paths need nothing beyond the standard library.
-
-Standard library only at import time, so the agent stays light.
+Standard library only.
 """
 
 from __future__ import annotations
@@ -16,18 +10,6 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any
-
-__all__ = [
-    "SNAPSHOTS_FOLDER",
-    "CheckpointError",
-    "checkpoint_location",
-    "fetch",
-    "is_url",
-    "newest_snapshot",
-    "publish",
-    "take_snapshot",
-]
 
 #: In a trial's folder: whole copies of ``run.checkpoint_dir``, one per ``log`` call that followed a save.
 SNAPSHOTS_FOLDER = "checkpoint-snapshots"
@@ -39,35 +21,6 @@ _FETCH_PAUSE = 0.05
 
 class CheckpointError(Exception):
     """A checkpoint could not be published or fetched; the message says what to check."""
-
-
-def checkpoint_location(root: str, sweep_id: str, trial_number: int) -> str:
-    """Where trial ``trial_number`` of ``sweep_id`` publishes its checkpoint folder."""
-    return f"{root.rstrip('/')}/{sweep_id}/{int(trial_number)}"
-
-
-def is_url(location: str) -> bool:
-    scheme, sep, _ = location.partition("://")
-    return bool(sep) and scheme != "file"
-
-
-def _local(location: str, base: Path) -> Path:
-    if location.startswith("file://"):
-        location = location[len("file://") :]
-    path = Path(location).expanduser()
-    return path if path.is_absolute() else base / path
-
-
-def _filesystem(location: str) -> tuple[Any, str]:
-    try:
-        import fsspec
-    except ImportError:
-        raise CheckpointError(
-            f"checkpoint location {location!r} is a URL: install fsspec (pip install 'sweeper[checkpoints]') "
-            "and the package for its scheme, or use a folder"
-        ) from None
-    fs, path = fsspec.core.url_to_fs(location)
-    return fs, path.rstrip("/")
 
 
 def signature(folder: Path) -> tuple[tuple[str, int, int], ...]:
@@ -110,20 +63,16 @@ def newest_snapshot(snapshots: Path) -> Path | None:
     return snapshots / max(names) if names else None
 
 
-def publish(folder: Path, location: str, *, base: Path) -> bool:
-    """Copy the contents of ``folder`` to ``location``, replacing what was there. False when the
-    folder is empty or missing (nothing is published). Local copies appear all at once."""
-    if not signature(folder):
-        return False
+def _local(location: str, base: Path) -> Path:
+    if location.startswith("file://"):
+        location = location[len("file://") :]
+    path = Path(location).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def publish_folder(folder: Path, location: str, *, base: Path) -> bool:
+    """Copy ``folder`` to the folder ``location`` (relative to ``base``); it appears all at once."""
     try:
-        if is_url(location):
-            fs, path = _filesystem(location)
-            staging = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-            fs.put(os.fspath(folder).rstrip("/") + "/", staging, recursive=True)
-            if fs.exists(path):
-                fs.rm(path, recursive=True)
-            fs.mv(staging, path, recursive=True)
-            return True
         target = _local(location, base)
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
@@ -134,25 +83,16 @@ def publish(folder: Path, location: str, *, base: Path) -> bool:
         os.replace(staging, target)
         shutil.rmtree(old, ignore_errors=True)
         return True
-    except CheckpointError:
-        raise
     except Exception as exc:
         raise CheckpointError(f"cannot publish the checkpoint to {location}: {exc}") from exc
 
 
-def fetch(location: str, folder: Path, *, base: Path) -> bool:
-    """Copy the checkpoint at ``location`` into ``folder`` (emptied first). False when there is none."""
+def fetch_folder(location: str, folder: Path, *, base: Path) -> bool:
+    """Copy the folder ``location`` into ``folder`` (emptied first). False when there is none."""
     if folder.exists():
         shutil.rmtree(folder)
+    source = _local(location, base)
     try:
-        if is_url(location):
-            fs, path = _filesystem(location)
-            if not fs.exists(path):
-                return False
-            folder.mkdir(parents=True)
-            fs.get(path.rstrip("/") + "/", os.fspath(folder).rstrip("/") + "/", recursive=True)
-            return True
-        source = _local(location, base)
         for attempt in range(_FETCH_TRIES):
             try:
                 shutil.copytree(source, folder)
@@ -163,7 +103,5 @@ def fetch(location: str, folder: Path, *, base: Path) -> bool:
                     return False
                 time.sleep(_FETCH_PAUSE)
         return False
-    except CheckpointError:
-        raise
     except Exception as exc:
         raise CheckpointError(f"cannot fetch the checkpoint at {location}: {exc}") from exc

@@ -1,0 +1,153 @@
+"""Checkpoints in MLflow's artifact store: a real `mlflow server`, publish and fetch, the
+``checkpoints: mlflow`` shorthand, and a population-based sweep whose members move through it."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from sweeper.agents.checkpoints import CheckpointHook
+from sweeper.agents.trialdir import TrialDir
+
+from sweeper.checkpoints import (
+    SNAPSHOTS_FOLDER,
+    CheckpointError,
+    checkpoint_location,
+    fetch,
+    publish,
+    take_snapshot,
+)
+from sweeper.protocol import Assignment, TrialOutcome
+from sweeper.spec import SpecError, parse_sweep
+from sweeper.trials import TrialState
+
+pytest.importorskip("mlflow")
+from cli_support import run_and_list, toy_pbt_sweep  # noqa: E402
+from trackers_support import MlflowServer, free_port  # noqa: E402
+
+
+def test_publish_replaces_and_fetch_reads_the_newest_whole_version(
+    mlflow_server: MlflowServer, tmp_path: Path
+) -> None:
+    where = checkpoint_location(f"mlflow-artifacts://127.0.0.1:{mlflow_server.port}/ckpt", "sw", 3)
+    assert fetch(where, tmp_path / "nothing", base=tmp_path) is False
+    source = tmp_path / "checkpoint"
+    (source / "sub").mkdir(parents=True)
+    for step in range(3):
+        (source / "state.json").write_text(json.dumps({"step": step}))
+        (source / "sub" / "w.bin").write_bytes(bytes([step]) * 100)
+        assert publish(source, where, base=tmp_path) is True
+    into = tmp_path / "restore"
+    assert fetch(where, into, base=tmp_path) is True
+    assert json.loads((into / "state.json").read_text()) == {"step": 2}
+    assert (into / "sub" / "w.bin").read_bytes() == bytes([2]) * 100
+    # The newest version and the one before it (a reader may still be downloading it) are kept.
+    stored = mlflow_server.folder / "mlartifacts" / "ckpt" / "sw" / "3"
+    assert len(list((stored / "versions").iterdir())) == 2
+    assert (stored / "LATEST").read_text() in {p.name for p in (stored / "versions").iterdir()}
+
+
+def test_an_unreachable_server_is_a_checkpoint_error_naming_the_location(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # MLflow's own retries take minutes
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "a").write_text("x")
+    where = f"mlflow-artifacts://127.0.0.1:{free_port()}/ckpt/sw/1"
+    with pytest.raises(
+        CheckpointError, match="cannot publish the checkpoint to mlflow-artifacts://127.0.0.1"
+    ):
+        publish(tmp_path / "checkpoint", where, base=tmp_path)
+    with pytest.raises(CheckpointError, match="cannot fetch the checkpoint at mlflow-artifacts://127.0.0.1"):
+        fetch(where, tmp_path / "restore", base=tmp_path)
+
+
+def pbt_sweep(integrations: dict | None) -> dict:
+    sweep = {
+        "method": "pbt",
+        "metric": {"name": "score", "goal": "maximize"},
+        "parameters": {"lr": {"values": [0.01, 0.3]}},
+        "sweeper": {"pbt": {"population": 2, "checkpoints": "mlflow"}},
+    }
+    return sweep if integrations is None else {**sweep, "integrations": integrations}
+
+
+@pytest.mark.parametrize(
+    ("integrations", "root"),
+    [
+        ({"mlflow": {"tracking_uri": "http://mlflow.lan:5000/"}}, "mlflow-artifacts://mlflow.lan:5000/sweeper-checkpoints"),
+        ({"mlflow": {"tracking_uri": "https://mlflow.lan"}}, "mlflow-artifacts://mlflow.lan/sweeper-checkpoints"),
+        ({"mlflow": True}, "mlflow-artifacts:/sweeper-checkpoints"),  # the agents' MLFLOW_TRACKING_URI
+    ],
+)  # fmt: skip
+def test_checkpoints_mlflow_is_the_sweeps_mlflow_server(integrations: dict, root: str) -> None:
+    assert parse_sweep(pbt_sweep(integrations)).options.pbt.checkpoints == root
+
+
+@pytest.mark.parametrize(
+    ("integrations", "message"),
+    [
+        (None, "add integrations: {mlflow: {tracking_uri: http://host:port}}"),
+        ({"mlflow": {"enabled": False}}, "add integrations: {mlflow: {tracking_uri: http://host:port}}"),
+        ({"wandb": True}, "add integrations: {mlflow: {tracking_uri: http://host:port}}"),
+        ({"mlflow": {"tracking_uri": "sqlite:///mlflow.db"}}, "must be http(s)://host:port, got 'sqlite:///mlflow.db'"),
+    ],
+)  # fmt: skip
+def test_checkpoints_mlflow_without_an_mlflow_server_is_refused(
+    integrations: dict | None, message: str
+) -> None:
+    with pytest.raises(SpecError) as caught:
+        parse_sweep(pbt_sweep(integrations))
+    assert [(p.path, message in p.message) for p in caught.value.problems] == [
+        ("sweeper.pbt.checkpoints", True)
+    ]
+
+
+@pytest.mark.slow
+def test_members_restart_from_checkpoints_in_mlflow(mlflow_server: MlflowServer, tmp_path: Path) -> None:
+    sweep = toy_pbt_sweep(checkpoints="mlflow")
+    sweep["integrations"] = {"mlflow": {"tracking_uri": mlflow_server.uri, "experiment": "pbt"}}
+    sweep_id, trials = run_and_list(tmp_path, sweep, "--agents", "2")
+    restarted = [t for t in trials.values() if t["restore_from"]]
+    assert restarted, [(t["number"], t["state"], t["stop_reason"]) for t in trials.values()]
+    for trial in restarted:
+        assert trial["restore_from"].startswith(f"mlflow-artifacts://127.0.0.1:{mlflow_server.port}/")
+        donor = int(trial["restore_from"].rsplit("/", 1)[1])
+        folder = tmp_path / ".sweeper" / "trials" / sweep_id / str(trial["number"]) / "restore"
+        assert json.loads((folder / "state.json").read_text())["trial"] == donor  # fetched from MLflow
+    stored = mlflow_server.folder / "mlartifacts" / "sweeper-checkpoints" / sweep_id
+    assert {int(p.name) for p in stored.iterdir()} == {
+        n for n, t in trials.items() if t["curves"].get("score")
+    }
+    assert not (tmp_path / ".sweeper" / "checkpoints").exists()  # nothing went to the local default
+
+
+def test_a_store_that_does_not_answer_holds_up_neither_metrics_nor_heartbeats(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts connections into its backlog, never answers
+    port = silent.getsockname()[1]
+    trial_dir = TrialDir(tmp_path / ".sweeper" / "trials" / "sw" / "1")
+    trial_dir.path.mkdir(parents=True)
+    assignment = Assignment(
+        sweep_id="sw", trial_id=1, trial_number=1, lease_id="l", lease_seconds=30.0, config={}, command=[],
+        program=None, metric_name="loss", checkpoint_to=f"mlflow-artifacts://127.0.0.1:{port}/c/sw/1",
+    )  # fmt: skip
+    hook = CheckpointHook()
+    hook.on_start(assignment, trial_dir, {})
+    (trial_dir.path / "checkpoint" / "state.json").write_text("{}")
+    take_snapshot(trial_dir.path / "checkpoint", trial_dir.path / SNAPSHOTS_FOLDER)
+    hook.on_metrics(
+        assignment, [{"seq": 0, "step": 0, "metrics": {"loss": 1.0}}]
+    )  # returns: the agent goes on
+    deadline = time.monotonic() + 60
+    while hook._publishing != 1:  # the upload is under way on the hook's own thread, and waiting
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    silent.close()  # the store goes away: the upload fails, and the end of the trial is not held up
+    hook.on_end(assignment, TrialOutcome(TrialState.STOPPED), trial_dir)
+    assert hook._publishing is None and not (trial_dir.path / SNAPSHOTS_FOLDER).exists()
