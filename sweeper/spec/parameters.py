@@ -111,6 +111,10 @@ def _parse_one(ppath: tuple[str, ...], body: Any, path: str, problems: list[Prob
     allowed = KEYS[dist]
     for k in keys:
         if k in _ALL_KEYS and k != "distribution" and k not in allowed:
+            if inferred and k == "value" and "values" in body:
+                both = "a parameter is one constant (value) or a choice (values), not both"
+                problems.append(Problem(join(path, k), both))
+                continue
             hint = "; give 'distribution' to choose another" if inferred else ""
             problems.append(
                 Problem(join(path, k), f"not a key of {dist} (it takes: {', '.join(allowed)}){hint}")
