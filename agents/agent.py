@@ -18,6 +18,7 @@ from sweeper.agents.metrics import MetricTailer, points_from_record
 from sweeper.agents.process import TrialProcess, describe_exit, stderr_tail
 from sweeper.agents.reporting import TrialReporter, backoff_delay
 from sweeper.agents.spool import Spool
+from sweeper.agents.streak import DEFAULT_MAX_FAILURES, FailureStreak
 from sweeper.agents.trialdir import TrialDir, trial_env
 
 from sweeper import _context
@@ -76,6 +77,7 @@ class Agent:
         interpreter: str = sys.executable,
         spool: bool = True,
         hooks: Sequence[TrialHook] | None = None,
+        max_failures: int = DEFAULT_MAX_FAILURES,
     ) -> None:
         if count is not None and count < 1:
             raise ValueError(f"count must be at least 1, got {count}")
@@ -101,6 +103,8 @@ class Agent:
         # None: the metric capture and the trackers named in each assignment's integrations block.
         self.hooks = TrialHooks(default_hooks() if hooks is None else hooks)
         self.trials_run = 0
+        self.failures = FailureStreak(max_failures)
+        self.gave_up = False  # it stopped because too many trials in a row failed
         self._stop_event = threading.Event()
         self._stop_reason: str | None = None
         self._active_context: _context.TrialContext | None = None
@@ -157,11 +161,16 @@ class Agent:
             if self.stopping:
                 self._give_back(reply)
                 continue
-            self._run_assignment(reply)
+            outcome = self._run_assignment(reply)
+            given_up = outcome and self.failures.record(reply.trial_number, outcome)
+            if given_up:
+                self.gave_up = True
+                return given_up
 
     # -- one trial ---------------------------------------------------------------------------
 
-    def _run_assignment(self, assignment: Assignment) -> None:
+    def _run_assignment(self, assignment: Assignment) -> TrialOutcome | None:
+        """Run one trial and report how it ended; None when it was abandoned (its lease lost)."""
         started = self.clock()
         spool: Spool | None = None
         try:
@@ -172,7 +181,7 @@ class Agent:
             message = f"sweeper: cannot prepare the trial folder: {exc}"
             outcome = TrialOutcome(TrialState.FAILED, stderr_tail=message)
             self._finish(assignment, self._reporter(assignment), outcome, started)
-            return
+            return outcome
         reporter = self._reporter(assignment, spool)
         try:
             if self.function is not None:
@@ -184,9 +193,10 @@ class Agent:
                 spool.abandon(str(exc))  # no later agent in this folder should resend these points
             self.hooks.end(assignment, TrialOutcome(TrialState.LOST, stop_reason=str(exc)), trial_dir)
             self._emit(TrialAbandoned(assignment, str(exc)))
-            return
+            return None
         self.hooks.end(assignment, outcome, trial_dir)
         self._finish(assignment, reporter, outcome, started)
+        return outcome
 
     def _run_process(
         self, assignment: Assignment, trial_dir: TrialDir, reporter: TrialReporter

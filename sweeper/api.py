@@ -43,17 +43,25 @@ def agent(
     *,
     db: str | None = None,
     grace_period: float = 10.0,
+    max_failures: int = 3,
 ) -> str:
     """Run trials of ``sweep_id`` here until the sweep is done or ``count`` trials have run.
 
     With ``function``, each trial calls it in this process (it takes no arguments and calls
     ``sweeper.init()`` for its config); without, each trial runs the sweep's command.
+    It stops once ``max_failures`` trials in a row have failed (0: never).
     Returns the one-line reason the agent stopped.
     """
     from sweeper.local import LocalAgents
 
     agents = LocalAgents(
-        _coordinator(db), sweep_id, agents=1, count=count, function=function, grace_period=grace_period
+        _coordinator(db),
+        sweep_id,
+        agents=1,
+        count=count,
+        function=function,
+        grace_period=grace_period,
+        max_failures=max_failures,
     )
     agents.start()
     try:

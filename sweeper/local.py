@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeper.agents import Agent, AgentEvent
+from sweeper.agents.streak import DEFAULT_MAX_FAILURES
 from sweeper.protocol import (
     AgentInfo,
     Assignment,
@@ -80,6 +81,7 @@ class LocalAgents:
     # One agent per entry, each seeing only that GPU (CUDA_VISIBLE_DEVICES); replaces ``agents``.
     gpus: Sequence[str] | None = None
     max_backoff: float = 30.0  # longest wait between retries while the coordinator is unreachable
+    max_failures: int = DEFAULT_MAX_FAILURES  # an agent stops after this many failed trials in a row
     _agents: list[Agent] = field(default_factory=list, init=False)
     _threads: list[threading.Thread] = field(default_factory=list, init=False)
     _reasons: list[str] = field(default_factory=list, init=False)
@@ -102,6 +104,7 @@ class LocalAgents:
                 grace_period=self.grace_period,
                 on_event=self._on_event if self._recorder is not None else self.on_event,
                 max_backoff=self.max_backoff,
+                max_failures=self.max_failures,
             )
             done = threading.Event()
             thread = threading.Thread(target=self._run, args=(agent, done), name=f"agent-{slot}", daemon=True)
@@ -130,6 +133,11 @@ class LocalAgents:
         if self._errors:
             raise self._errors[0]
         return list(self._reasons)
+
+    @property
+    def gave_up(self) -> bool:
+        """Every agent stopped because too many of its trials in a row failed."""
+        return bool(self._agents) and all(agent.gave_up for agent in self._agents)
 
     def stop(self, reason: str) -> None:
         for agent in self._agents:

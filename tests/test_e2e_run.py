@@ -84,6 +84,26 @@ def test_crashing_trial_is_recorded_and_retried_once_and_the_sweep_goes_on(tmp_p
     assert failed[1]["retry_of"] == failed[0]["number"]
 
 
+def test_an_agent_gives_up_after_three_failed_trials_in_a_row(tmp_path: Path) -> None:
+    # A random search has no end of its own: without the limit a broken script would fail forever.
+    parameters = {"x": {"value": 2}, "y": {"min": 0.0, "max": 1.0}, "fail_when": {"value": 2}}
+    path = write_sweep(tmp_path, parameters, method="random")
+    result = sweeper_cmd(tmp_path, "run", str(path))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "error: 3 trials in a row failed (the last, trial 3: refusing x=2" in result.stderr
+    trials = trials_json(tmp_path, sweep_id_of(result.stdout))
+    assert [t["state"] for t in trials] == ["failed"] * 3
+
+
+def test_a_sweep_whose_every_trial_failed_exits_1(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path, {"x": {"values": [2]}, "fail_when": {"value": 2}})
+    result = sweeper_cmd(tmp_path, "run", str(path), "--max-failures", "0")
+    assert result.returncode == 1, result.stdout + result.stderr
+    sweep_id = sweep_id_of(result.stdout)
+    assert f"error: no trial finished; 'sweeper trials {sweep_id}' shows why they failed" in result.stderr
+    assert [t["state"] for t in trials_json(tmp_path, sweep_id)] == ["failed", "failed"]  # tried, retried
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().split()[2]

@@ -10,7 +10,14 @@ from typing import Any
 
 import click
 
-from sweeper.cli.common import connect_or_fail, coordinator_option, db_option, grace_option, token_option
+from sweeper.cli.common import (
+    connect_or_fail,
+    coordinator_option,
+    db_option,
+    grace_option,
+    max_failures_option,
+    token_option,
+)
 from sweeper.cli.interrupt import EXIT_INTERRUPTED, run_until_done_or_interrupted
 
 # Tries (with backoff) before a coordinator that cannot be reached at start is reported.
@@ -39,6 +46,7 @@ _START_BACKOFF = 0.5
 @token_option
 @db_option
 @grace_option
+@max_failures_option
 @click.option(
     "--max-backoff",
     default=30.0,
@@ -55,14 +63,16 @@ def agent(
     token: str | None,
     db_url: str | None,
     grace: float,
+    max_failures: int,
     max_backoff: float,
 ) -> None:
     """Run trials of SWEEP_ID here until the sweep is done.
 
     Exits 0 with one line saying why once the sweep is finished, stopped or cancelled, or
-    --count trials have run. While the coordinator is unreachable, trials keep running and
-    their reports wait on disk. Ctrl-C or SIGTERM stops the running trials (SIGTERM to each
-    trial's process group, SIGKILL after --grace) and exits 130.
+    --count trials have run; exits 1 once --max-failures trials in a row have failed. While the
+    coordinator is unreachable, trials keep running and their reports wait on disk. Ctrl-C or
+    SIGTERM stops the running trials (SIGTERM to each trial's process group, SIGKILL after
+    --grace) and exits 130.
     """
     from sweeper.agents.gpus import GpuSelectionError, select_gpus
     from sweeper.local import LocalAgents
@@ -94,11 +104,15 @@ def agent(
         grace_period=grace,
         on_event=Progress(spec).on_event,
         max_backoff=max_backoff,
+        max_failures=max_failures,
     )
     click.echo(f"agent on sweep {sweep_id}: {len(gpu_list) if gpu_list else slots or 1} trial(s) at a time")
     reasons, interrupted = run_until_done_or_interrupted(agents, grace)
     if interrupted:
         sys.exit(EXIT_INTERRUPTED)
+    if agents.gave_up:
+        click.echo(f"error: {reasons[0]}", err=True)
+        sys.exit(1)
     click.echo(_exit_line(reasons))
 
 

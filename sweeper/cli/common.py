@@ -23,6 +23,14 @@ grace_option = click.option(
     help="Seconds a stopped trial gets between SIGTERM and SIGKILL.",
 )
 
+max_failures_option = click.option(
+    "--max-failures",
+    default=3,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Stop an agent once this many trials in a row have failed (0: never).",
+)
+
 db_option = click.option(
     "--db",
     "db_url",
@@ -75,7 +83,7 @@ def resolve_program(spec: SweepSpec, sweep_file: str) -> str | None:
     for candidate in candidates:
         if candidate.is_file():
             return str(candidate)
-    looked = " or ".join(str(c.resolve()) for c in candidates)
+    looked = " or ".join(dict.fromkeys(str(c.resolve()) for c in candidates))  # once each
     raise click.ClickException(
         f"program: {spec.program!r} not found (looked for {looked}); "
         f"run from the folder the program is in, or fix 'program' in {sweep_file}"

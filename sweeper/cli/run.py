@@ -8,11 +8,18 @@ import time
 
 import click
 
-from sweeper.cli.common import db_option, grace_option, load_spec, open_store_or_fail, resolve_program
+from sweeper.cli.common import (
+    db_option,
+    grace_option,
+    load_spec,
+    max_failures_option,
+    open_store_or_fail,
+    resolve_program,
+)
 from sweeper.cli.interrupt import EXIT_INTERRUPTED, run_until_done_or_interrupted
 from sweeper.cli.report import print_summary
 from sweeper.integrations.cli import mlflow_option, wandb_option, with_trackers
-from sweeper.trials import SweepState
+from sweeper.trials import SweepState, TrialState
 
 
 @click.command()
@@ -32,6 +39,7 @@ from sweeper.trials import SweepState
     help="Run at most this many trials in total, then stop.",
 )
 @grace_option
+@max_failures_option
 @db_option
 @mlflow_option
 @wandb_option
@@ -40,6 +48,7 @@ def run(
     n_agents: int,
     count: int | None,
     grace: float,
+    max_failures: int,
     db_url: str | None,
     mlflow_uri: str | None = None,
     wandb_on: bool = False,
@@ -48,7 +57,8 @@ def run(
 
     Progress is printed as trials start and end; the best trial is shown at the end.
     Ctrl-C stops every running trial (SIGTERM to its process group, SIGKILL after --grace)
-    and records it as stopped.
+    and records it as stopped. Exits 1 when no trial could finish: every agent gave up after
+    --max-failures failed trials in a row, or every trial failed.
     """
     from sweeper.coordinator import Coordinator
     from sweeper.local import LocalAgents
@@ -72,16 +82,24 @@ def run(
         program_override=program,
         grace_period=grace,
         on_event=progress.on_event,
+        max_failures=max_failures,
     )
     reasons, interrupted = run_until_done_or_interrupted(agents, grace)
     if interrupted:
         if not coordinator.get_sweep(sweep.id).state.is_terminal:
             coordinator.set_sweep_state(sweep.id, SweepState.STOPPED)
-    if not interrupted and reasons:
+    if not interrupted and reasons and not agents.gave_up:
         click.echo(reasons[0])
     print_summary(coordinator, sweep.id)
     if interrupted:
         sys.exit(EXIT_INTERRUPTED)
+    if agents.gave_up:
+        click.echo(f"error: {reasons[0]}", err=True)
+        sys.exit(1)
+    states = {trial.state for trial in coordinator.trials(sweep.id)}
+    if TrialState.FAILED in states and TrialState.FINISHED not in states:
+        click.echo(f"error: no trial finished; 'sweeper trials {sweep.id}' shows why they failed", err=True)
+        sys.exit(1)
 
 
 class Progress:
