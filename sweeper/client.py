@@ -1,6 +1,6 @@
 """A coordinator reached over HTTP, with the same methods as the embedded one.
 
-Standard library only (urllib, json, ssl): an agent machine imports this without a web
+Standard library only (http.client, json, ssl): an agent machine imports this without a web
 framework, SQLAlchemy or numpy. Failures map onto exceptions the agent already handles:
 
 * the network or the server is down (refused, reset, timeout, 5xx): an ``OSError``
@@ -13,12 +13,12 @@ framework, SQLAlchemy or numpy. Failures map onto exceptions the agent already h
 
 from __future__ import annotations
 
+import http.client
 import json
 import math
 import ssl
 import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,7 @@ from sweeper.protocol import (
     TrialNotFoundError,
     TrialOutcome,
 )
+from sweeper.transport import transport_for
 from sweeper.trials import MetricPoint, Sweep, SweepState, Trial, TrialState
 
 if TYPE_CHECKING:
@@ -86,7 +87,8 @@ class HttpCoordinator:
         self.url = url.rstrip("/")
         self.timeout = timeout
         self._token = token or None
-        self._context = ssl.create_default_context(cafile=ca_file) if parsed.scheme == "https" else None
+        context = ssl.create_default_context(cafile=ca_file) if parsed.scheme == "https" else None
+        self._transport = transport_for(self.url, timeout=timeout, context=context)
 
     def __repr__(self) -> str:  # never shows the token
         return f"HttpCoordinator({self.url!r})"
@@ -174,19 +176,15 @@ class HttpCoordinator:
 
     def _call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
         data = None if body is None else json.dumps(body, allow_nan=False).encode()
-        request = urllib.request.Request(f"{self.url}{API}{path}", data=data, method=method)
-        request.add_header("Accept", "application/json")
+        headers = {"Accept": "application/json"}
         if data is not None:
-            request.add_header("Content-Type", "application/json")
+            headers["Content-Type"] = "application/json"
         if self._token:
-            request.add_header("Authorization", f"Bearer {self._token}")
+            headers["Authorization"] = f"Bearer {self._token}"
         where = f"{method} {self.url}{API}{path}"
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout, context=self._context) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as exc:  # an OSError subclass: translate before the clause below
-            raise self._refusal(exc, where) from None
-        except (urllib.error.URLError, OSError) as exc:
+            status, reason, raw = self._transport.exchange(method, f"{API}{path}", data, headers)
+        except (OSError, http.client.HTTPException) as exc:
             reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
             if isinstance(reason, ssl.SSLCertVerificationError):  # a set-up mistake: retrying cannot help
                 raise CoordinatorError(
@@ -196,21 +194,22 @@ class HttpCoordinator:
                     code="untrusted_certificate",
                 ) from None
             raise CoordinatorUnavailableError(f"coordinator {self.url} unreachable: {reason}") from exc
+        if status >= 400:
+            raise self._refusal(status, reason, raw, where)
         try:
             return json.loads(raw) if raw else None
         except ValueError as exc:
             raise CoordinatorUnavailableError(f"{where}: the answer is not JSON ({exc})") from None
 
-    def _refusal(self, exc: urllib.error.HTTPError, where: str) -> Exception:
+    def _refusal(self, status: int, reason: str, raw: bytes, where: str) -> Exception:
         try:
-            payload = json.loads(exc.read() or b"{}")
-        except (ValueError, OSError):
+            payload = json.loads(raw or b"{}")
+        except ValueError:
             payload = {}
         if not isinstance(payload, dict):
             payload = {}
         code = str(payload.get("code", ""))
-        detail = str(payload.get("detail") or exc.reason)
-        status = exc.code
+        detail = str(payload.get("detail") or reason)
         if status == 401:
             return AuthenticationError(
                 f"{self.url} refused the request: {detail}. Pass the server's token with --token or the "

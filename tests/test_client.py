@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import inspect
+import json
 import socket
 import subprocess
 import sys
@@ -12,11 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from server_helpers import serving
 
 from sweeper.client import CoordinatorError, CoordinatorUnavailableError, HttpCoordinator
 from sweeper.connect import connect
 from sweeper.coordinator import Coordinator
 from sweeper.protocol import AgentInfo, CoordinatorService
+from sweeper.spec import parse_sweep
 
 
 class Misbehaving(http.server.BaseHTTPRequestHandler):
@@ -127,3 +130,88 @@ def test_the_client_imports_nothing_heavy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+class KeepAlive(http.server.BaseHTTPRequestHandler):
+    """An HTTP/1.1 server that keeps connections open and notes which connection each request
+    came on; ``/api/v1/sweeps/drop`` closes a connection that already answered once, unanswered."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # noqa: N802 (the name http.server calls)
+        answered = getattr(self, "answered", 0)
+        self.server.seen.append(self.client_address)  # type: ignore[attr-defined]
+        if self.path == "/api/v1/sweeps/drop" and answered:
+            self.close_connection = True  # as a server does when it drops an idle connection
+            return
+        self.answered = answered + 1
+        body = json.dumps({"status": "ok", "version": "x"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def keep_alive() -> Iterator[tuple[str, list[tuple[str, int]]]]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), KeepAlive)
+    server.seen = []  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", server.seen  # type: ignore[attr-defined]
+    server.shutdown()
+    server.server_close()
+
+
+def test_calls_reuse_one_connection(keep_alive: tuple[str, list[tuple[str, int]]]) -> None:
+    url, seen = keep_alive
+    client = HttpCoordinator(url)
+    for _ in range(5):
+        assert client.health()["status"] == "ok"
+    assert len(seen) == 5 and len(set(seen)) == 1
+
+
+def test_threads_share_a_client(keep_alive: tuple[str, list[tuple[str, int]]]) -> None:
+    url, seen = keep_alive
+    client = HttpCoordinator(url)
+    answers: list[str] = []
+
+    def calls() -> None:
+        for _ in range(20):
+            answers.append(client.health()["status"])
+
+    threads = [threading.Thread(target=calls) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert answers == ["ok"] * 80 and len(seen) == 80
+    assert len(set(seen)) <= 4  # at most one connection per thread calling at once
+
+
+def test_a_connection_the_server_dropped_is_replaced(keep_alive: tuple[str, list[tuple[str, int]]]) -> None:
+    url, seen = keep_alive
+    client = HttpCoordinator(url)
+    client.health()
+    # The kept connection is closed by the server after reading the request: sent again on a new one.
+    assert client._call("GET", "/sweeps/drop") == {"status": "ok", "version": "x"}
+    assert len(seen) == 3 and seen[0] == seen[1] != seen[2]
+
+
+def test_a_restarted_server_is_reached_again(tmp_path: Path) -> None:
+    with serving(f"sqlite:///{tmp_path / 's.db'}", tmp_path) as server:
+        client = server.client()
+        sweep = client.create_sweep(
+            parse_sweep({"method": "random", "parameters": {"x": {"min": 0, "max": 1}}})
+        )
+        restarted = server.restart()
+        try:
+            assert client.get_sweep(sweep.id).id == sweep.id  # the kept connection died with the old server
+            restarted.kill()
+            with pytest.raises(CoordinatorUnavailableError, match="unreachable"):
+                client.get_sweep(sweep.id)
+        finally:
+            restarted.stop()

@@ -229,3 +229,45 @@ def test_an_assignment_carries_the_sweeps_tracker_settings(server: ServerProcess
     assert lease(client, sweep.id).integrations == integrations
     plain = client.create_sweep(parse_sweep(GRID))
     assert lease(client, plain.id).integrations is None
+
+
+def exchange(server: ServerProcess, path: str, body: bytes, content_type: str) -> tuple[int, bytes]:
+    request = urllib.request.Request(f"{server.url}/api/v1{path}", data=body, method="POST")
+    request.add_header("Content-Type", content_type)
+    request.add_header("Authorization", f"Bearer {server.token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_agent_routes_answer_as_the_documented_app_does(server: ServerProcess) -> None:
+    # "application/json" takes the agent protocol's short path; with a charset the same request
+    # goes through FastAPI's routing. Both must give the same status and the same body.
+    client = server.client()
+    sweep = client.create_sweep(parse_sweep(GRID))
+    a = lease(client, sweep.id)
+    point = {"name": "acc", "value": 0.5, "step": 1, "seq": 1, "time": 1.0}
+    requests = [
+        (f"/trials/{a.trial_id}/heartbeat", {"lease_id": a.lease_id}),
+        (f"/trials/{a.trial_id}/heartbeat", {"lease_id": "not-the-lease"}),
+        (f"/trials/{a.trial_id}/metrics", {"lease_id": a.lease_id, "points": [point]}),
+        (f"/trials/{a.trial_id}/metrics", {"lease_id": a.lease_id, "points": [{**point, "value": "nan"}]}),
+        (f"/trials/{a.trial_id}/metrics", {"lease_id": a.lease_id, "points": "none"}),
+        ("/trials/99999/heartbeat", {"lease_id": a.lease_id}),
+        ("/trials/0/heartbeat", {"lease_id": a.lease_id}),
+        ("/sweeps/nosuch/next", {"name": "a", "host": "h"}),
+        (f"/sweeps/{sweep.id}/next", {"name": "", "host": "h"}),
+        (f"/trials/{a.trial_id}/finish", {"lease_id": a.lease_id, "state": "running"}),
+    ]
+    for path, body in requests:
+        raw = json.dumps(body).encode()
+        short = exchange(server, path, raw, "application/json")
+        documented = exchange(server, path, raw, "application/json; charset=utf-8")
+        assert short == documented, (path, body)
+    finish = json.dumps({"lease_id": a.lease_id, "state": "finished", "exit_code": 0}).encode()
+    assert exchange(server, f"/trials/{a.trial_id}/finish", finish, "application/json") == (204, b"")
+    again = exchange(server, f"/trials/{a.trial_id}/finish", finish, "application/json")
+    assert again[0] == 409 and json.loads(again[1])["code"] == "lease_lost"
+    assert client.trials(sweep.id)[0].summary == {"acc": 0.5}

@@ -53,6 +53,16 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+# What the coordinator and the store raise, as the refusal a client gets.
+REFUSALS: dict[type[Exception], tuple[int, str]] = {
+    LeaseLostError: (409, "lease_lost"),
+    SweepNotFoundError: (404, "sweep_not_found"),
+    TrialNotFoundError: (404, "trial_not_found"),
+    InvalidTransitionError: (409, "invalid_transition"),
+    StoreError: (503, "store_unavailable"),
+}
+
+
 def error(status: int, code: str, detail: str, problems: list[Problem] | None = None) -> JSONResponse:
     body = ErrorOut(
         code=code,
@@ -219,11 +229,8 @@ def _add_error_handlers(app: FastAPI) -> None:
 
         app.add_exception_handler(exc_type, handler)
 
-    handle(LeaseLostError, 409, "lease_lost")
-    handle(SweepNotFoundError, 404, "sweep_not_found")
-    handle(TrialNotFoundError, 404, "trial_not_found")
-    handle(InvalidTransitionError, 409, "invalid_transition")
-    handle(StoreError, 503, "store_unavailable")
+    for exc_type, (status, code) in REFUSALS.items():
+        handle(exc_type, status, code)
 
     async def invalid_sweep(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, SpecError)

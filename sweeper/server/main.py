@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from sweeper.coordinator import DEFAULT_LEASE_SECONDS, Coordinator
 from sweeper.integrations.sweep import SweepRecords
 from sweeper.server.app import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, create_app
+from sweeper.server.fast import AgentRoutes
 from sweeper.store import Store
 
 
@@ -114,10 +115,17 @@ def serve(store: Store, options: ServerOptions) -> None:
         max_batch=options.max_batch,
         on_shutdown=records.close,  # SIGTERM ends the process right after uvicorn's shutdown
     )
+    routes = AgentRoutes(
+        app,
+        coordinator,
+        token=options.token,
+        max_body_bytes=options.max_body_bytes,
+        max_batch=options.max_batch,
+    )
     sock = bind(options.host, options.port)
     port = sock.getsockname()[1]
     config = uvicorn.Config(
-        app,
+        routes,
         ssl_certfile=options.ssl_certfile,
         ssl_keyfile=options.ssl_keyfile,
         log_level=options.log_level,

@@ -15,7 +15,7 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, Select, func, insert, select, update
+from sqlalchemy import Connection, Engine, Row, Select, bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
@@ -38,15 +38,58 @@ _ID_LENGTH = 8
 _ID_ATTEMPTS = 5
 _KNOWN_SWEEPS = 64  # sweeps whose ended trials new_trial keeps between calls
 
+# The statements of the agent protocol's calls, built once: building them costs more than running them.
+_TRIAL = select(trials).where(trials.c.id == bindparam("trial_id_"))
+_TRIAL_LOCKED = _TRIAL.with_for_update()
+# Sets the columns named by the parameters it is run with (all but trial_id_).
+_UPDATE_TRIAL = update(trials).where(trials.c.id == bindparam("trial_id_"))
+_LATEST_VALUE = (
+    select(metrics.c.value)
+    .where(metrics.c.trial_id == bindparam("trial_id_"), metrics.c.name == bindparam("name_"))
+    .order_by(metrics.c.step.desc(), metrics.c.seq.desc())
+    .limit(1)
+)
+
 
 class _KnownTrials:
     """The trials of one sweep that new_trial read before: every trial up to ``max_id``, by number.
-    A trial that ended never changes again; the ones that were running are read again."""
+    A trial that ended never changes again; the ones that were running are read again, and
+    converted again only where their row changed."""
 
     def __init__(self) -> None:
         self.by_number: dict[int, Trial] = {}
         self.max_id = 0
-        self.running: set[int] = set()
+        self.running: dict[int, tuple[Any, ...]] = {}  # trial id: its row when last read
+
+
+# Columns new_trial leaves empty; the rest are the values it inserts.
+_UNSET = ("ended_at", "exit_code", "stderr_tail", "stop_reason", "stop_requested")
+
+
+@dataclasses.dataclass(frozen=True)
+class _NewRow:
+    """The row new_trial inserted, with the attributes rows.trial_from_row reads."""
+
+    id: int
+    sweep_id: str
+    number: int
+    state: str
+    config: str
+    config_key: str
+    retry_of: int | None
+    member: int | None
+    restore_from: str | None
+    agent: str
+    host: str
+    lease_id: str
+    lease_expires_at: float
+    created_at: float
+    summary: str
+    ended_at: None
+    exit_code: None
+    stderr_tail: None
+    stop_reason: None
+    stop_requested: None
 
 
 def new_sweep_id() -> str:
@@ -58,7 +101,8 @@ class SqlStore(Store):
         self._db = Database(engine, label=label)
         self.label = label
         dialect = engine.dialect.name
-        self._insert_ignore = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        insert_ignore = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        self._insert_points = insert_ignore(metrics).on_conflict_do_nothing()
         self._known: OrderedDict[str, _KnownTrials] = OrderedDict()
         self._known_lock = threading.Lock()
 
@@ -140,27 +184,25 @@ class SqlStore(Store):
             if draft.retry_of is not None and draft.retry_of not in numbers:
                 raise StoreError(f"sweep {sweep_id} has no trial #{draft.retry_of} to retry")
             config = dict(draft.config)
-            trial_id = conn.execute(
-                insert(trials)
-                .values(
-                    sweep_id=sweep_id,
-                    number=max(numbers, default=0) + 1,
-                    state=TrialState.RUNNING.value,
-                    config=rows.dumps(config),
-                    config_key=rows.config_key(config),
-                    retry_of=draft.retry_of,
-                    member=draft.member,
-                    restore_from=draft.restore_from,
-                    agent=lease.agent,
-                    host=lease.host,
-                    lease_id=lease.lease_id,
-                    lease_expires_at=lease.expires_at,
-                    created_at=now,
-                    summary="{}",
-                )
-                .returning(trials.c.id)
-            ).scalar_one()
-            return self._trial(conn, trial_id)
+            values = {
+                "sweep_id": sweep_id,
+                "number": max(numbers, default=0) + 1,
+                "state": TrialState.RUNNING.value,
+                "config": rows.dumps(config),
+                "config_key": rows.config_key(config),
+                "retry_of": draft.retry_of,
+                "member": draft.member,
+                "restore_from": draft.restore_from,
+                "agent": lease.agent,
+                "host": lease.host,
+                "lease_id": lease.lease_id,
+                "lease_expires_at": lease.expires_at,
+                "created_at": now,
+                "summary": "{}",
+            }
+            trial_id = conn.execute(insert(trials).values(values).returning(trials.c.id)).scalar_one()
+            # What was just written, as a row: no need to read it back.
+            return rows.trial_from_row(_NewRow(id=trial_id, **dict.fromkeys(_UNSET), **values))
 
     def _sweep_trials(self, conn: Connection, sweep_id: str) -> list[Trial]:
         """Every trial of a sweep (no history), read under the sweep's lock, reading again only
@@ -176,16 +218,19 @@ class SqlStore(Store):
             query = query.where((trials.c.id > known.max_id) | trials.c.id.in_(sorted(known.running)))
         last = next(reversed(known.by_number), 0)
         in_order = True
-        for trial in self._trials(conn, query, False):
+        for row in conn.execute(query.order_by(trials.c.number)):
+            if known.running.get(row.id) == tuple(row):
+                continue  # read before and unchanged: the trial already known stands
+            trial = rows.trial_from_row(row)
             if trial.number not in known.by_number:
                 in_order = in_order and trial.number > last
                 last = max(last, trial.number)
             known.by_number[trial.number] = trial
             known.max_id = max(known.max_id, trial.id)
             if trial.state.is_terminal:
-                known.running.discard(trial.id)
+                known.running.pop(trial.id, None)
             else:
-                known.running.add(trial.id)
+                known.running[trial.id] = tuple(row)
         if not in_order:
             known.by_number = dict(sorted(known.by_number.items()))
         found = list(known.by_number.values())
@@ -248,8 +293,7 @@ class SqlStore(Store):
         return rows.trial_from_row(self._trial_row(conn, trial_id))
 
     def _trial_row(self, conn: Connection, trial_id: int, *, lock: bool = False) -> Row[Any]:
-        query = select(trials).where(trials.c.id == trial_id)
-        row = conn.execute(query.with_for_update() if lock else query).first()
+        row = conn.execute(_TRIAL_LOCKED if lock else _TRIAL, {"trial_id_": trial_id}).first()
         if row is None:
             raise TrialNotFoundError(f"no trial with id {trial_id}")
         return row
@@ -261,9 +305,10 @@ class SqlStore(Store):
 
     def renew_lease(self, trial_id: int, lease_id: str, *, expires_at: float, now: float) -> Trial:
         with self._db.write() as conn:
-            self._leased_row(conn, trial_id, lease_id, now)
-            conn.execute(update(trials).where(trials.c.id == trial_id).values(lease_expires_at=expires_at))
-            return self._trial(conn, trial_id)
+            row = self._leased_row(conn, trial_id, lease_id, now)
+            conn.execute(_UPDATE_TRIAL, {"trial_id_": trial_id, "lease_expires_at": expires_at})
+            # The locked row plus what this call changed: no need to read it back.
+            return dataclasses.replace(rows.trial_from_row(row), lease_expires_at=expires_at)
 
     def add_metrics(
         self, trial_id: int, lease_id: str, points: Sequence[MetricPoint], *, now: float
@@ -286,23 +331,18 @@ class SqlStore(Store):
             if points:
                 changes["summary"] = self._add_points(conn, row, points)
             values = {k: rows.dumps(v) if k == "summary" else v for k, v in changes.items()}
-            conn.execute(update(trials).where(trials.c.id == trial_id).values(**values))
+            conn.execute(_UPDATE_TRIAL, {"trial_id_": trial_id, **values})
             # The locked row plus what this call changed: no need to read it back.
             return dataclasses.replace(trial, **changes)
 
     def _add_points(self, conn: Connection, row: Row[Any], points: Sequence[MetricPoint]) -> dict[str, float]:
         """Insert ``points`` of the trial in ``row``; its new summary."""
         values = [rows.point_to_row(row.id, p) for p in points]
-        conn.execute(self._insert_ignore(metrics).on_conflict_do_nothing(), values)
+        conn.execute(self._insert_points, values)
         summary = dict(rows.trial_from_row(row).summary)
         for name in sorted({v["name"] for v in values}):
             # The latest point overall, not of this batch: batches may arrive out of order.
-            latest = conn.execute(
-                select(metrics.c.value)
-                .where(metrics.c.trial_id == row.id, metrics.c.name == name)
-                .order_by(metrics.c.step.desc(), metrics.c.seq.desc())
-                .limit(1)
-            ).first()
+            latest = conn.execute(_LATEST_VALUE, {"trial_id_": row.id, "name_": name}).first()
             summary[name] = rows.metric_value(latest.value)
         return summary
 
@@ -330,7 +370,7 @@ class SqlStore(Store):
                 "stderr_tail": stderr_tail,
                 "stop_reason": stop_reason,
             }
-            conn.execute(update(trials).where(trials.c.id == trial_id).values(state=state.value, **changes))
+            conn.execute(_UPDATE_TRIAL, {"trial_id_": trial_id, "state": state.value, **changes})
             # The locked row plus what this call changed: no need to read it back.
             return dataclasses.replace(rows.trial_from_row(row), state=state, **changes)
 

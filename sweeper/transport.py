@@ -1,0 +1,157 @@
+"""HTTP exchanges with the coordinator, over kept-alive connections. Standard library only.
+
+An agent makes a request every few seconds per trial (heartbeats, metric reports); a new TCP
+(and TLS) connection for each one costs both sides more than the request itself. Connections
+are kept open between requests and shared by the client's threads, one request at a time each.
+
+A kept connection may have been closed by the server meanwhile (its idle timeout, a restart).
+Such a connection is dropped before use when the socket already shows the close, and a request
+that fails on a reused connection before any answer arrived is sent once more on a new one: the
+server closed it without reading the request. Where an HTTP proxy is configured (``HTTP_PROXY``
+and friends), requests go through urllib as before, one connection each.
+"""
+
+from __future__ import annotations
+
+import http.client
+import select
+import ssl
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Protocol
+
+_MAX_IDLE = 16  # connections kept per client: as many as threads calling at once, in practice
+# Failures of a reused connection that mean "closed before the request was read".
+_STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+
+Answer = tuple[int, str, bytes]  # status, reason phrase, body
+
+
+class Transport(Protocol):
+    def exchange(self, method: str, target: str, body: bytes | None, headers: dict[str, str]) -> Answer:
+        """Send one request (``target``: the path below the base URL); raises OSError or
+        http.client.HTTPException when no answer arrived."""
+        ...
+
+
+def transport_for(url: str, *, timeout: float, context: ssl.SSLContext | None) -> Transport:
+    parts = urllib.parse.urlsplit(url)
+    if _proxied(parts):
+        return UrllibTransport(url, timeout=timeout, context=context)
+    return KeepAliveTransport(parts, timeout=timeout, context=context)
+
+
+def _proxied(parts: urllib.parse.SplitResult) -> bool:
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    return bool(proxy) and not urllib.request.proxy_bypass(parts.netloc)
+
+
+class KeepAliveTransport:
+    def __init__(
+        self, parts: urllib.parse.SplitResult, *, timeout: float, context: ssl.SSLContext | None
+    ) -> None:
+        self._host = parts.hostname or ""
+        self._port = parts.port
+        self._prefix = parts.path.rstrip("/")
+        self._timeout = timeout
+        self._context = context
+        self._idle: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+
+    def exchange(self, method: str, target: str, body: bytes | None, headers: dict[str, str]) -> Answer:
+        conn, reused = self._take()
+        try:
+            return self._send(conn, method, target, body, headers)
+        except _STALE:
+            conn.close()
+            if not reused:
+                raise
+        except BaseException:
+            conn.close()
+            raise
+        conn = self._connect()
+        try:
+            return self._send(conn, method, target, body, headers)
+        except BaseException:
+            conn.close()
+            raise
+
+    def _send(
+        self,
+        conn: http.client.HTTPConnection,
+        method: str,
+        target: str,
+        body: bytes | None,
+        headers: dict[str, str],
+    ) -> Answer:
+        conn.request(method, self._prefix + target, body=body, headers=headers)
+        response = conn.getresponse()
+        raw = response.read()
+        if response.will_close:
+            conn.close()
+        else:
+            self._give(conn)
+        return response.status, response.reason, raw
+
+    def _take(self) -> tuple[http.client.HTTPConnection, bool]:
+        while True:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                return self._connect(), False
+            if _still_open(conn):
+                return conn, True
+            conn.close()
+
+    def _give(self, conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            if len(self._idle) < _MAX_IDLE:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def _connect(self) -> http.client.HTTPConnection:
+        if self._context is not None:
+            return http.client.HTTPSConnection(
+                self._host, self._port, timeout=self._timeout, context=self._context
+            )
+        return http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+
+
+def _still_open(conn: http.client.HTTPConnection) -> bool:
+    """False when the server closed an idle connection (or sent something unasked): readable
+    before any request means end of stream, or garbage."""
+    sock = conn.sock
+    if sock is None:
+        return False
+    try:
+        if hasattr(select, "poll"):  # select.select cannot watch descriptors past 1023
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            return not poller.poll(0)
+        return not select.select([sock], [], [], 0)[0]
+    except (OSError, ValueError):
+        return False
+
+
+class UrllibTransport:
+    """One connection per request, through the proxies urllib reads from the environment."""
+
+    def __init__(self, url: str, *, timeout: float, context: ssl.SSLContext | None) -> None:
+        self._url = url.rstrip("/")
+        self._timeout = timeout
+        self._context = context
+
+    def exchange(self, method: str, target: str, body: bytes | None, headers: dict[str, str]) -> Answer:
+        request = urllib.request.Request(f"{self._url}{target}", data=body, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=self._timeout, context=self._context) as response:
+                return response.status, response.reason, response.read()
+        except urllib.error.HTTPError as exc:  # a refusal: an answer, not a failure
+            try:
+                raw = exc.read()
+            except OSError:
+                raw = b""
+            return exc.code, str(exc.reason), raw
