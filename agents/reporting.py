@@ -8,6 +8,10 @@ crash does not lose them either.
 Retry policy (every coordinator call an agent makes): exponential backoff from the report
 interval, doubled per consecutive failure, capped at ``max_backoff``, with jitter so agents
 cut off together do not all come back in the same instant.
+
+A batch refused as too large (413) is sent again in smaller ones. A batch refused as invalid (422)
+is split until the points the coordinator refuses are alone; those are left out, with a warning
+naming the metric, and the rest is delivered: sending them again could never succeed.
 """
 
 from __future__ import annotations
@@ -74,6 +78,76 @@ class MemoryQueue:
             return len(self._points)
 
 
+def is_invalid(exc: BaseException) -> bool:
+    """The coordinator refused the request's content (HTTP 422): the same request can never succeed."""
+    return getattr(exc, "status", None) == 422
+
+
+class BatchSender:
+    """Sends a queue's points to the coordinator in batches, acknowledging each batch it delivered.
+
+    A 413 halves the batch size for good. A 422 halves the next batch until the refused point is
+    alone, then leaves that point out and grows the batches again: a few calls per refused point.
+    """
+
+    def __init__(
+        self, client: CoordinatorClient, trial_id: int, lease_id: str, label: str, max_batch: int
+    ) -> None:
+        self._client = client
+        self._trial_id = trial_id
+        self._lease_id = lease_id
+        self._label = label
+        self.max_batch = max(1, max_batch)
+        self.refused: dict[str, int] = {}  # metric name: points left out
+
+    def send(self, queue: PointQueue, on_sent: Callable[[int], None] | None = None) -> Directive:
+        """Send until the queue is empty; returns a stop directive if any reply held one."""
+        result = CONTINUE
+        limit = self.max_batch
+        while batch := queue.unacked(limit):
+            try:
+                directive = self._client.report_metrics(self._trial_id, self._lease_id, batch)
+            except Exception as exc:
+                if getattr(exc, "status", None) == 413 and len(batch) > 1:
+                    self.max_batch = limit = max(1, len(batch) // 2)  # the coordinator takes smaller ones
+                    continue
+                if not is_invalid(exc):
+                    raise
+                if len(batch) > 1:
+                    limit = len(batch) // 2  # look for the refused point(s)
+                    continue
+                self._leave_out(batch[0], exc)
+                queue.ack(1)
+                continue
+            queue.ack(len(batch))
+            if on_sent is not None:
+                on_sent(len(batch))
+            limit = min(self.max_batch, limit * 2)
+            if directive.stop:
+                result = directive
+        return result
+
+    def _leave_out(self, point: MetricPoint, exc: BaseException) -> None:
+        seen = point.name in self.refused
+        self.refused[point.name] = self.refused.get(point.name, 0) + 1
+        if seen:
+            return  # one warning per metric: a script that logs it each step would flood the log
+        why = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        log.warning(
+            "%s: metric %s (step %d) left out: the coordinator refuses it as invalid (%s); "
+            "its later refused points are left out too, the other metrics are reported",
+            self._label,
+            _show(point.name),
+            point.step,
+            why,
+        )
+
+
+def _show(name: str, limit: int = 80) -> str:
+    shown = repr(name)
+    return shown if len(shown) <= limit else shown[: limit - 4] + "...'"
+
+
 class TrialReporter:
     """Queues a trial's points and sends what is due on each :meth:`pump`.
 
@@ -101,7 +175,9 @@ class TrialReporter:
         self._heartbeat_interval = min(heartbeat_interval, lease / 3) if lease > 0 else heartbeat_interval
         self._base_backoff = max(report_interval, 0.1)
         self._max_backoff = max_backoff
-        self._max_batch = max_batch
+        self._sender = BatchSender(
+            client, assignment.trial_id, assignment.lease_id, f"trial {assignment.trial_number}", max_batch
+        )
         self._queue: PointQueue = queue if queue is not None else MemoryQueue()
         self._lock = threading.Lock()
         now = clock()
@@ -165,25 +241,13 @@ class TrialReporter:
         return None
 
     def send_all(self) -> Directive:
-        """Send every queued point now, in batches; raises whatever the client raises."""
-        result = CONTINUE
-        while True:
-            batch = self._queue.unacked(self._max_batch)
-            if not batch:
-                return result
-            try:
-                directive = self._client.report_metrics(
-                    self._assignment.trial_id, self._assignment.lease_id, batch
-                )
-            except Exception as exc:
-                if getattr(exc, "status", None) == 413 and self._max_batch > 1:
-                    self._max_batch = max(1, len(batch) // 2)  # the coordinator takes smaller batches
-                raise
-            self._queue.ack(len(batch))
-            self.sent += len(batch)
-            self._succeeded()
-            if directive.stop:
-                result = directive
+        """Send every queued point now, in batches; raises whatever the client raises, except for
+        points the coordinator refuses as invalid, which are left out."""
+        return self._sender.send(self._queue, on_sent=self._sent)
+
+    def _sent(self, count: int) -> None:
+        self.sent += count
+        self._succeeded()
 
     def record_failure(self, exc: BaseException) -> float:
         """Note a failed call; returns the seconds to wait before the next try."""
@@ -223,9 +287,9 @@ def deliver_leftovers(client: CoordinatorClient, workdir: Path, sweep_id: str | 
     for spool in leftover_spools(workdir, sweep_id):
         outcome = spool.kept_outcome()
         try:
-            while batch := spool.unacked(1000):
-                client.report_metrics(spool.trial_id, spool.lease_id, batch)
-                spool.ack(len(batch))
+            BatchSender(client, spool.trial_id, spool.lease_id, f"trial id {spool.trial_id}", 1000).send(
+                spool
+            )
             if outcome is not None:
                 client.finish_trial(spool.trial_id, spool.lease_id, outcome)
                 spool.delivered()

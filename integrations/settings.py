@@ -1,4 +1,8 @@
-"""Tracker settings: the sweep file's ``integrations`` block first, then the trackers' own variables."""
+"""Tracker settings: the sweep file's ``integrations`` block first, then the trackers' own variables.
+
+They are resolved when a sweep's trackers are built, and passed to the tracker explicitly: wandb
+reads its variables once per process, so one process running two sweeps must not rely on them.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ class WandbSettings:
     entity: str | None
     mode: str | None  # None: wandb decides (WANDB_MODE, login state)
     tags: tuple[str, ...] = ()
+    dir: str | None = None  # an absolute folder; None: the current one
 
 
 def absolute_uri(uri: str, base: Path | None = None) -> str:
@@ -58,4 +63,5 @@ def wandb_settings(block: Mapping[str, Any], environ: Mapping[str, str] | None =
         entity=block.get("entity") or env.get("WANDB_ENTITY") or None,
         mode=block.get("mode") or env.get("WANDB_MODE") or None,
         tags=tuple(block.get("tags") or ()),
+        dir=os.path.abspath(folder) if (folder := block.get("dir") or env.get("WANDB_DIR")) else None,
     )

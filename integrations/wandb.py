@@ -19,6 +19,7 @@ from typing import Any
 from sweeper.integrations.base import Leaderboard, SweepInfo, Tracker, TrialEnd, TrialInfo
 from sweeper.integrations.leaderboard import board_rows, plot_best_so_far
 from sweeper.integrations.settings import WandbSettings, wandb_settings
+from sweeper.integrations.wandb_progress import SweepRunProgress, progress_path
 
 from sweeper._context import run_id_for
 from sweeper.trials import MetricPoint, TrialState
@@ -37,6 +38,8 @@ class WandbTracker(Tracker):
         import wandb  # noqa: F401  (fails early, with an ImportError the session reports)
 
         self.settings = settings
+        # Where the runs go, fixed now: wandb would keep the folder of the first sweep of the process.
+        self.dir = settings.dir or os.getcwd()
         where = f"project {settings.project}" + (f" of {settings.entity}" if settings.entity else "")
         self.help = (
             f"check `wandb login` (or WANDB_API_KEY) and access to {where}; or log offline with "
@@ -44,7 +47,7 @@ class WandbTracker(Tracker):
         )
         self._runs: dict[int, Any] = {}
         self._sweeps: dict[str, Any] = {}
-        self._board_rows: dict[str, int] = {}
+        self._board_progress: dict[str, SweepRunProgress] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -62,6 +65,7 @@ class WandbTracker(Tracker):
             project=self.settings.project,
             entity=self.settings.entity,
             mode=self.settings.mode,
+            dir=self.dir,
             reinit="create_new",
             settings=settings,
             **kwargs,
@@ -92,40 +96,55 @@ class WandbTracker(Tracker):
     def sweep_started(self, sweep: SweepInfo) -> None:
         self._sweep_run(sweep.sweep_id, {"sweep": dict(sweep.spec), "method": sweep.method}, sweep.name)
 
+    def _progress(self, sweep_id: str) -> SweepRunProgress:
+        progress = self._board_progress.get(sweep_id)
+        if progress is None:  # the first board of this process: carry on from what an earlier one logged
+            progress = SweepRunProgress.load(progress_path(self.dir, sweep_id))
+            self._board_progress[sweep_id] = progress
+        return progress
+
     def leaderboard(self, board: Leaderboard) -> None:
         import wandb
 
         run = self._sweep_run(board.sweep_id)
-        rows = board_rows(board)
-        columns: dict[str, None] = {}
-        for row in rows:
-            columns.update(dict.fromkeys(row))
-        table = wandb.Table(columns=list(columns), data=[[row.get(c) for c in columns] for row in rows])
-        # One history row per newly ended trial: W&B steps only go forward.
-        done = self._board_rows.get(board.sweep_id, 0)
+        progress = self._progress(board.sweep_id)
+        new_rows = [row for row in board.rows if row.number not in progress.trials]
+        if not new_rows:
+            return  # the board as already logged: logging it again would repeat history
+        # Explicit steps: a run resumed offline starts again at 0, and W&B drops steps that go back.
+        step = max(progress.next_step, _next_step(run))
         best = dict(board.best_so_far())
-        for row in board.rows[done:]:
+        for row in new_rows:  # one history row per newly ended trial
             values: dict[str, Any] = {"trial": row.number}
             if board.metric_name and row.number in best:
                 values[f"best_{board.metric_name}"] = best[row.number]
                 if row.value is not None:
                     values[board.metric_name] = row.value
-            run.log(values)
-        self._board_rows[board.sweep_id] = len(board.rows)
+            run.log(values, step=step)
+            step += 1
+        rows = board_rows(board)
+        columns: dict[str, None] = {}
+        for row in rows:
+            columns.update(dict.fromkeys(row))
+        table = wandb.Table(columns=list(columns), data=[[row.get(c) for c in columns] for row in rows])
         extra: dict[str, Any] = {"leaderboard": table}
         if run.dir:
             png = plot_best_so_far(board, Path(run.dir) / "best_so_far.png")
             if png is not None:
                 extra["best_so_far"] = wandb.Image(os.fspath(png))
-        run.log(extra, commit=True)
+        run.log(extra, step=step)
         if board.metric_name and best:
             run.summary[f"best_{board.metric_name}"] = list(best.values())[-1]
+        progress.trials.update(row.number for row in new_rows)
+        progress.next_step = step + 1
+        progress.save()
 
     def sweep_ended(self, sweep_id: str, state: str) -> None:
         run = self._sweep_run(sweep_id)
         run.summary["sweeper_state"] = state
         run.finish(exit_code=0 if state in ("finished", "running") else 1)
         self._sweeps.pop(sweep_id, None)
+        self._board_progress.pop(sweep_id, None)
 
     # -- trial runs ----------------------------------------------------------------------------
 
@@ -141,6 +160,8 @@ class WandbTracker(Tracker):
             env["WANDB_ENTITY"] = self.settings.entity
         if self.settings.mode:
             env["WANDB_MODE"] = self.settings.mode
+        if self.settings.dir:
+            env["WANDB_DIR"] = self.settings.dir
         return env
 
     def _script_has_run(self, trial: TrialInfo) -> bool:
@@ -205,3 +226,11 @@ class WandbTracker(Tracker):
                 run.finish(exit_code=1)
             except Exception:
                 pass
+
+
+def _next_step(run: Any) -> int:
+    """The step W&B would give the next row (online, a resumed run's last step + 1); 0 if unknown."""
+    try:
+        return int(run.step or 0)
+    except Exception:  # a shared run has no step of its own
+        return 0

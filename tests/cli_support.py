@@ -15,6 +15,13 @@ SWEEPER = str(Path(sys.executable).with_name("sweeper"))
 SCRIPTS = Path(__file__).parent / "scripts"
 
 
+def sweeper_cli(*args: str, cwd: Path, timeout: float = 300) -> str:
+    """Run ``sweeper ARGS`` in ``cwd``; it must exit 0. Its standard output."""
+    done = subprocess.run([SWEEPER, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
 def toy_pbt_sweep(**pbt: Any) -> dict[str, Any]:
     """Population-based training of ``scripts/pbt_trial.py``: two members, 12 steps each."""
     return {

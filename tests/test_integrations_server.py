@@ -8,11 +8,8 @@ and a request that does not wait while the record is being written.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,26 +24,12 @@ from sweeper.trials import SweepState, TrialState
 
 mlflow = pytest.importorskip("mlflow")
 pytest.importorskip("fastapi")
+from cli_support import sweeper_cli  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from server_helpers import TOKEN, serving  # noqa: E402
 from trackers_support import TRIAL_SCRIPT, MlflowServer  # noqa: E402
 
-SWEEPER = str(Path(sys.executable).with_name("sweeper"))
 AGENT = AgentInfo(name="host:1:0", host="host")
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    srv = MlflowServer(tmp_path_factory.mktemp("mlflow"))
-    srv.start()
-    yield srv
-    srv.stop()
-
-
-def sweeper_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([SWEEPER, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done
 
 
 def parent_runs(client: MlflowClient, experiment: str) -> list:
@@ -69,7 +52,7 @@ def test_server_records_the_sweep_of_remote_agents(mlflow_server: MlflowServer, 
     client = MlflowClient(mlflow_server.uri)
     with serving(f"sqlite:///{tmp_path / 'sweeper.db'}", tmp_path / "server") as server:
         where = ["--coordinator", server.url, "--token", TOKEN]
-        sweep_id = sweeper_cli("sweep", "sweep.yaml", *where, cwd=tmp_path).stdout.split()[0]
+        sweep_id = sweeper_cli("sweep", "sweep.yaml", *where, cwd=tmp_path).split()[0]
 
         # The server opens the parent run when the sweep is created, before any agent runs.
         deadline = time.monotonic() + 60

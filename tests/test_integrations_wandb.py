@@ -3,68 +3,17 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
+from sweeper.integrations.settings import wandb_settings
 
 from sweeper.trials import TrialState
 
 pytest.importorskip("wandb")
-from trackers_support import TRIAL_SCRIPT, run_sweep  # noqa: E402
+from trackers_support import TRIAL_SCRIPT, offline_runs, run_sweep  # noqa: E402
 
 SCRIPTS = Path(__file__).parent / "scripts"
-WANDB = str(Path(sys.executable).with_name("wandb"))
-
-
-def read_run(run_dir: Path) -> dict[str, Any]:
-    """What an offline run wrote: its summary view, its run record, and its history rows."""
-    summary = subprocess.run(
-        [WANDB, "leet", "inspect", "--summary", "--json", str(run_dir)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    records = subprocess.run(
-        [WANDB, "leet", "inspect", "--json", str(run_dir)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    out = json.loads(summary.stdout)
-    out["history"] = []
-    out["run"] = {}  # a run killed before its first flush has no run record
-    for line in records.stdout.splitlines():
-        record = json.loads(line)
-        if record["type"] == "run":
-            out["run"] = record["run"]
-        elif record["type"] == "history":
-            out["history"].append(record["history"]["item"])
-    return out
-
-
-def offline_runs(wandb_dir: Path, settle: float = 30.0) -> list[dict[str, Any]]:
-    """Every offline run, once each has its run record: wandb's service process may still be
-    writing a stopped run's records when its script has already exited."""
-    runs = []
-    for run_dir in sorted((wandb_dir / "wandb").glob("offline-run-*")):
-        deadline = time.monotonic() + settle
-        while not _has_run_record(run_dir) and time.monotonic() < deadline:
-            time.sleep(0.25)
-        runs.append(read_run(run_dir))
-    return runs
-
-
-def _has_run_record(run_dir: Path) -> bool:
-    records = subprocess.run(
-        [WANDB, "leet", "inspect", "--json", str(run_dir)], capture_output=True, text=True, timeout=60
-    )
-    return any(json.loads(line)["type"] == "run" for line in records.stdout.splitlines() if line.strip())
 
 
 @pytest.fixture
@@ -157,3 +106,47 @@ def test_unchanged_wandb_script_feeds_the_coordinator(wandb_env: Path) -> None:
     assert len([r for r in runs.values() if r["run"].get("job_type") == "trial"]) <= 4
     stops = [t for t in trials if t.state is TrialState.STOPPED]
     print(f"hyperband stopped {len(stops)} of {len(trials)} trial(s):", [t.stop_reason for t in stops])
+
+
+def test_the_runs_folder_comes_from_the_block_then_wandb_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Resolved to an absolute folder when the sweep's trackers are built, not when wandb starts."""
+    monkeypatch.chdir(tmp_path)
+    assert wandb_settings({"dir": "runs"}, {"WANDB_DIR": "/elsewhere"}).dir == str(tmp_path / "runs")
+    assert wandb_settings({}, {"WANDB_DIR": "here"}).dir == str(tmp_path / "here")
+    assert wandb_settings({}, {}).dir is None
+
+
+def test_each_sweep_in_one_process_writes_where_its_own_settings_say(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two sweeps, one after the other in this process, each with its own WANDB_DIR and project:
+    wandb reads its variables once per process, so the adapter must pass each sweep's own."""
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    program = tmp_path / "train.py"
+    program.write_text(TRIAL_SCRIPT)
+    made = {}
+    for name in ("first", "second"):
+        folder = tmp_path / name
+        folder.mkdir()
+        block = {"project": f"project-{name}", "mode": "offline"}
+        if name == "first":
+            monkeypatch.setenv("WANDB_DIR", str(folder))
+        else:  # the sweep file's own setting wins over the environment
+            block["dir"] = str(folder)
+        sweep = {
+            "method": "grid",
+            "metric": {"name": "loss", "goal": "minimize"},
+            "parameters": {"lr": {"values": [0.1, 0.2]}},
+            "integrations": {"wandb": block},
+        }
+        _, sweep_id, trials = run_sweep(folder, sweep, program, agents=1)
+        assert [t.state for t in trials] == [TrialState.FINISHED] * 2
+        made[name] = (folder, sweep_id, trials)
+
+    for name, (folder, sweep_id, trials) in made.items():
+        runs = offline_runs(folder)
+        expected = {f"{sweep_id}-{t.number}" for t in trials} | {f"{sweep_id}-sweep"}
+        assert {r["run_id"] for r in runs} == expected, f"{name}: {[r['run_id'] for r in runs]}"
+        assert {r["project"] for r in runs} == {f"project-{name}"}

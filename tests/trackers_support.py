@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -21,6 +22,7 @@ from sweeper.store import open_store
 from sweeper.trials import Trial
 
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
+WANDB = str(Path(sys.executable).with_name("wandb"))
 
 # A script that logs with sweeper, marks a file, and fails or hangs when its config says so.
 TRIAL_SCRIPT = """
@@ -41,6 +43,53 @@ if cfg.mode == "hang":
     (pathlib.Path(str(run.dir)) / "hanging").write_text("1")
     signal.pause()
 """
+
+
+def read_run(run_dir: Path) -> dict[str, Any]:
+    """What an offline run wrote: its summary view, its run record, and its history rows."""
+    summary = subprocess.run(
+        [WANDB, "leet", "inspect", "--summary", "--json", str(run_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    records = subprocess.run(
+        [WANDB, "leet", "inspect", "--json", str(run_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    out = json.loads(summary.stdout)
+    out["history"] = []
+    out["run"] = {}  # a run killed before its first flush has no run record
+    for line in records.stdout.splitlines():
+        record = json.loads(line)
+        if record["type"] == "run":
+            out["run"] = record["run"]
+        elif record["type"] == "history":
+            out["history"].append(record["history"]["item"])
+    return out
+
+
+def offline_runs(wandb_dir: Path, settle: float = 30.0) -> list[dict[str, Any]]:
+    """Every offline run, once each has its run record: wandb's service process may still be
+    writing a stopped run's records when its script has already exited."""
+    runs = []
+    for run_dir in sorted((wandb_dir / "wandb").glob("offline-run-*")):
+        deadline = time.monotonic() + settle
+        while not _has_run_record(run_dir) and time.monotonic() < deadline:
+            time.sleep(0.25)
+        runs.append(read_run(run_dir))
+    return runs
+
+
+def _has_run_record(run_dir: Path) -> bool:
+    records = subprocess.run(
+        [WANDB, "leet", "inspect", "--json", str(run_dir)], capture_output=True, text=True, timeout=60
+    )
+    return any(json.loads(line)["type"] == "run" for line in records.stdout.splitlines() if line.strip())
 
 
 def free_port() -> int:

@@ -7,7 +7,8 @@
       wandb: {project: digits, entity: my-team, mode: offline}        # or wandb: true
 
 A missing value falls back to the tracker's own environment variables where the agent runs
-(MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME, WANDB_PROJECT, WANDB_ENTITY, WANDB_MODE).
+(MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME, WANDB_PROJECT, WANDB_ENTITY, WANDB_MODE, WANDB_DIR).
+``wandb.dir`` is the folder W&B writes its runs under (``<dir>/wandb``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from sweeper.spec.problems import Problem, join, unknown_key
 
 TRACKER_KEYS: dict[str, tuple[str, ...]] = {
     "mlflow": ("tracking_uri", "experiment", "enabled"),
-    "wandb": ("project", "entity", "mode", "tags", "enabled"),
+    "wandb": ("project", "entity", "mode", "tags", "dir", "enabled"),
 }
 WANDB_MODES = ("online", "offline", "disabled")
 

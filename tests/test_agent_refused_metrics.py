@@ -1,0 +1,133 @@
+"""A metric the coordinator refuses as invalid (HTTP 422) is left out with one warning; the rest of
+each batch arrives exactly once, through an outage too, and the trial ends without waiting for it.
+
+Real parts: a `sweeper server` subprocess (killed and restarted mid-trial), its HTTP client, and an
+agent running a real trial script.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from sweeper.agents.agent import Agent
+from sweeper.agents.events import TrialAbandoned, TrialEnded
+from sweeper.agents.reporting import deliver_leftovers
+from sweeper.agents.spool import Spool, leftover_spools
+
+from sweeper.protocol import AgentInfo, Assignment, TrialOutcome
+from sweeper.spec import parse_sweep
+from sweeper.trials import MetricPoint, TrialState
+
+pytest.importorskip("fastapi")
+from server_helpers import start_server  # noqa: E402
+
+BAD = "a_metric_name_far_too_long_" * 12  # over the coordinator's 256 characters
+STEPS = 6
+
+# Logs a good and a refused metric each step; at step 2 it waits until the test has killed the
+# coordinator, so the later points are logged during the outage.
+SCRIPT = f"""
+import pathlib, time
+import sweeper
+run = sweeper.init({{"x": 1}})
+here = pathlib.Path(str(run.dir))
+for step in range({STEPS}):
+    run.log({{"loss": 1.0 / (step + 1), {BAD!r}: float(step)}}, step=step)
+    if step == 2:
+        (here / "ready").write_text("1")
+        while not (here / "go").exists():
+            time.sleep(0.05)
+"""
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_a_refused_metric_is_left_out_and_the_rest_arrives_once_through_an_outage(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    program = tmp_path / "train.py"
+    program.write_text(SCRIPT)
+    db = f"sqlite:///{tmp_path / 'sweeper.db'}"
+    server = start_server(db, tmp_path / "server")
+    events: list[object] = []
+    try:
+        sweep = {"method": "grid", "program": str(program), "parameters": {"x": {"values": [1]}}}
+        sweep_id = server.client().create_sweep(parse_sweep(sweep)).id
+        agent = Agent(
+            server.client(timeout=5.0),
+            sweep_id,
+            info=AgentInfo(name="refused-test", host="localhost"),
+            workdir=tmp_path,
+            count=1,
+            report_interval=0.05,
+            heartbeat_interval=0.5,
+            max_backoff=0.5,
+            finish_timeout=60.0,  # a refused point retried until then would abandon the trial
+            on_event=events.append,
+        )
+        caplog.set_level(logging.WARNING, logger="sweeper.agents")
+        runner = threading.Thread(target=agent.run, daemon=True)
+        runner.start()
+        folder = tmp_path / ".sweeper" / "trials" / sweep_id / "1"
+        wait_for(lambda: (folder / "ready").exists(), "the script's first steps")
+        server.kill()  # as a crash would: the agent's next reports fail to connect
+        (folder / "go").write_text("1")
+        wait_for(lambda: (folder / "finish.json").exists(), "the script to end during the outage")
+        server = start_server(db, tmp_path / "server", port=server.port)
+        runner.join(120)
+        assert not runner.is_alive()
+        (trial,) = server.client().trials(sweep_id, with_history=True)
+    finally:
+        server.stop()
+
+    assert not [e for e in events if isinstance(e, TrialAbandoned)], events
+    assert [e.outcome.state for e in events if isinstance(e, TrialEnded)] == [TrialState.FINISHED]
+    assert trial.state is TrialState.FINISHED
+    assert [(p.name, p.step) for p in trial.history or ()] == [("loss", s) for s in range(STEPS)]
+    warnings = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert len(warnings) == 1, warnings  # one line for the metric, however many points it had
+    assert BAD[:40] in warnings[0] and "at most 256 characters" in warnings[0], warnings[0]
+
+
+def test_leftovers_with_a_refused_point_deliver_the_rest_and_the_end(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What an earlier agent left on disk holds a point the coordinator refuses: the other points
+    and the kept end state are still delivered, and the spool is done with."""
+    server = start_server(f"sqlite:///{tmp_path / 'sweeper.db'}", tmp_path / "server")
+    try:
+        client = server.client()
+        sweep_id = client.create_sweep(
+            parse_sweep({"method": "grid", "program": "t.py", "parameters": {"x": {"values": [1]}}})
+        ).id
+        got = client.next_trial(sweep_id, AgentInfo(name="earlier", host="localhost"))
+        assert isinstance(got, Assignment)
+        folder = tmp_path / ".sweeper" / "trials" / sweep_id / str(got.trial_number)
+        folder.mkdir(parents=True)
+        spool = Spool.create(folder, got)
+        spool.append(
+            MetricPoint(name, float(seq), seq, seq, 1_700_000_000.0 + seq)
+            for seq in range(5)
+            for name in (("loss", BAD) if seq == 2 else ("loss",))
+        )
+        spool.keep_outcome(TrialOutcome(TrialState.FINISHED, exit_code=0))
+
+        with caplog.at_level(logging.WARNING, logger="sweeper.agents"):
+            assert deliver_leftovers(client, tmp_path, sweep_id) == 1
+        (trial,) = client.trials(sweep_id, with_history=True)
+    finally:
+        server.stop()
+    assert trial.state is TrialState.FINISHED and trial.exit_code == 0
+    assert [(p.name, p.seq) for p in trial.history or ()] == [("loss", s) for s in range(5)]
+    assert list(leftover_spools(tmp_path)) == []
+    assert [r.getMessage() for r in caplog.records if BAD[:40] in r.getMessage()], caplog.text
