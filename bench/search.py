@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(problems, raw["losses"], budgets)
     latency = {}
     if not args.no_latency:
-        sizes = (100,) if args.quick else (100, 1000)
+        sizes = (100,) if args.quick else (100, 200, 1000)
         latency = measure_latency([m for m in LATENCY_METHODS if m in methods], sizes)
     result = {
         "seeds": seeds,

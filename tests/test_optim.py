@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from sweeper.optim.acquisition import log_expected_improvement, log_h
+from sweeper.optim.acqopt import ascend
+from sweeper.optim.acquisition import log_expected_improvement, log_expected_improvement_grad, log_h
 from sweeper.optim.encoding import SpaceCodec
 from sweeper.optim.gp import _neg_log_posterior, fit_gp
 from sweeper.optim.history import observations
@@ -130,6 +131,43 @@ def test_log_ei_matches_the_closed_form_and_stays_finite_far_out() -> None:
     assert np.allclose(np.exp(log_expected_improvement(mean, var, best)), exact)
     far = log_h(np.array([-10.0, -40.0, -400.0]))
     assert np.all(np.isfinite(far)) and far[0] > far[1] > far[2]
+
+
+def test_posterior_and_log_ei_gradients_match_finite_differences() -> None:
+    gen = np.random.default_rng(3)
+    X = gen.random((30, 3))
+    y = np.sin(5 * X[:, 0]) + X[:, 1] ** 2
+    gp = fit_gp(X, y, gen)
+    points = gen.random((6, 3))
+    mean, var, d_mean, d_var = gp.predict_with_grad(points)
+    assert np.allclose((mean, var), gp.predict(points))
+    value, grad = log_expected_improvement_grad(mean, var, d_mean, d_var, float(y.min()))
+    assert np.allclose(value, log_expected_improvement(mean, var, float(y.min())))
+    h = 1e-6
+    for d in range(3):
+        step = np.zeros(3)
+        step[d] = h
+        up = log_expected_improvement(*gp.predict(points + step), float(y.min()))
+        down = log_expected_improvement(*gp.predict(points - step), float(y.min()))
+        assert np.allclose(grad[:, d], (up - down) / (2 * h), rtol=1e-4, atol=1e-4)
+
+
+def test_gradient_ascent_raises_log_ei_and_leaves_categories_alone() -> None:
+    codec = SpaceCodec(SPACE.parameters)
+    gen = np.random.default_rng(4)
+    rows = codec.sample(40, gen)
+    X = codec.one_hot(rows)
+    gp = fit_gp(X, (X[:, 0] - 0.3) ** 2 + X[:, 1], gen, groups=codec.groups)
+    best = float(gp.predict(X)[0].min())
+    starts = codec.sample(5, gen)
+    moved = ascend(gp, best, starts, codec)
+    before = log_expected_improvement(*gp.predict(codec.one_hot(starts)), best)
+    after = log_expected_improvement(*gp.predict(codec.one_hot(moved)), best)
+    assert after.sum() > before.sum()
+    categorical = [j for j, c in enumerate(codec.codecs) if c.is_categorical]
+    numeric = [j for j, c in enumerate(codec.codecs) if not c.is_categorical]
+    assert np.array_equal(moved[:, categorical], starts[:, categorical])  # category indices, kept
+    assert np.all((moved[:, numeric] >= 0) & (moved[:, numeric] <= 1))
 
 
 def _trial(number: int, config: dict, state: TrialState, **summary: float) -> Trial:

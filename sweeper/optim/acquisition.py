@@ -33,3 +33,21 @@ def log_h(z: np.ndarray) -> np.ndarray:
 def log_expected_improvement(mean: np.ndarray, var: np.ndarray, best: float) -> np.ndarray:
     sd = np.sqrt(np.maximum(var, 1e-18))
     return np.log(sd) + log_h((best - mean) / sd)
+
+
+def log_expected_improvement_grad(
+    mean: np.ndarray, var: np.ndarray, d_mean: np.ndarray, d_var: np.ndarray, best: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """log EI and its gradient, from the posterior's and its gradients (rows of ``d_mean``, ``d_var``).
+
+    d log h / dz = Phi(z) / h(z), taken in logs so it stays finite where both underflow.
+    """
+    var = np.maximum(var, 1e-18)
+    sd = np.sqrt(var)
+    z = (best - mean) / sd
+    lh = log_h(z)
+    dlh = np.exp(special.log_ndtr(z) - lh)
+    by_mean = -dlh / sd
+    by_var = (1.0 - z * dlh) / (2.0 * var)
+    grad = by_mean[:, None] * d_mean + by_var[:, None] * d_var
+    return np.log(sd) + lh, grad

@@ -6,7 +6,7 @@ categorical parameter form one group, so the kernel sees how many categories dif
 distance) rather than which, and a category seen in a few lucky trials cannot claim a short scale
 of its own.
 The log marginal likelihood and its gradient are written out, so L-BFGS needs no finite
-differences; weak log-normal priors keep length scales and noise away from degenerate fits.
+differences; priors on length scales, signal and noise keep the fit away from degenerate ones.
 """
 
 from __future__ import annotations
@@ -22,14 +22,8 @@ _JITTER = 1e-8
 _LOG_NOISE_BOUNDS = (math.log(1e-6), math.log(0.5))
 _LOG_SCALE_BOUNDS = (math.log(0.01), math.log(50.0))
 _LOG_SIGNAL_BOUNDS = (math.log(0.05), math.log(20.0))
-_LOG_NOISE_PRIOR = (math.log(1e-3), 2.0)  # (mean, sd) of log noise variance (targets standardised)
-_LOG_SIGNAL_PRIOR = (0.0, 1.0)
-_LOG_SCALE_SD = 1.5
-
-
-def _scale_prior_mean(dim: int) -> float:
-    # Longer length scales in more dimensions: distances in the unit cube grow like sqrt(dim).
-    return math.log(0.5) + 0.5 * math.log(max(dim, 1))
+_SCALE_PRIOR_WEIGHT = 0.1
+_NOISE_PRIOR_RATE = 30.0
 
 
 def _sq_dists(A: np.ndarray, B: np.ndarray, inv_scales: np.ndarray) -> np.ndarray:
@@ -62,6 +56,34 @@ class GaussianProcess:
         v = linalg.solve_triangular(self.chol, Ks.T, lower=True, check_finite=False)
         var = np.maximum(self.signal - (v * v).sum(0), 1e-12)
         return self.y_mean + self.y_std * mean, var * self.y_std**2
+
+    def predict_with_grad(self, Xs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Posterior mean and variance at ``Xs`` and their gradients with respect to ``Xs``.
+
+        What a gradient-based acquisition optimiser needs: d mean / dx = sum_i alpha_i dk_i/dx and
+        d var / dx = -2 sum_i (K^-1 k)_i dk_i/dx, with dk/dx from the kernel's derivative in r^2.
+        """
+        Xs = np.atleast_2d(Xs)
+        inv_sq = 1.0 / self.scales**2
+        r = np.sqrt(_sq_dists(Xs, self.X, 1.0 / self.scales))
+        e = np.exp(-_SQRT5 * r)
+        Ks = self.signal * (1.0 + _SQRT5 * r + (5.0 / 3.0) * r * r) * e
+        dk_dr2 = -(5.0 / 6.0) * self.signal * (1.0 + _SQRT5 * r) * e
+        mean = Ks @ self.alpha
+        Kinv_k = linalg.cho_solve((self.chol, True), Ks.T, check_finite=False).T
+        var = self.signal - (Ks * Kinv_k).sum(1)
+
+        def grad_of(weights: np.ndarray) -> np.ndarray:
+            # sum_i w_i dk_i/dx with dr2_i/dx = 2 (x - x_i) / scale^2
+            w = dk_dr2 * weights
+            return 2.0 * inv_sq * (Xs * w.sum(1)[:, None] - w @ self.X)
+
+        d_mean = grad_of(self.alpha[None, :])
+        d_var = -2.0 * grad_of(Kinv_k)
+        d_var[var <= 1e-12] = 0.0
+        var = np.maximum(var, 1e-12)
+        s = self.y_std
+        return self.y_mean + s * mean, var * s * s, s * d_mean, s * s * d_var
 
     def condition(self, X_new: np.ndarray, y_new: np.ndarray) -> GaussianProcess:
         """The same kernel, conditioned also on (X_new, y_new): how pending points are believed."""
@@ -112,16 +134,19 @@ def _neg_log_posterior(
     grad[:dim] = np.bincount(groups, weights=per_column, minlength=dim)
     grad[dim] = 0.5 * (W * (signal * M)).sum()
     grad[dim + 1] = 0.5 * noise * np.trace(W)
-    # Priors (negative log densities, up to constants).
-    mu = _scale_prior_mean(dim)
-    nll += 0.5 * (((log_scales - mu) / _LOG_SCALE_SD) ** 2).sum()
-    grad[:dim] += (log_scales - mu) / _LOG_SCALE_SD**2
-    m, s = _LOG_SIGNAL_PRIOR
-    nll += 0.5 * ((log_signal - m) / s) ** 2
-    grad[dim] += (log_signal - m) / s**2
-    m, s = _LOG_NOISE_PRIOR
-    nll += 0.5 * ((log_noise - m) / s) ** 2
-    grad[dim + 1] += (log_noise - m) / s**2
+    # Priors (negative log densities, up to constants), in the log parameters L-BFGS moves.
+    # Length scales: 0.1 (l^2 + 1/l^2) is flat between about 0.3 and 3 (the unit cube's own
+    # scale) and steep outside, so a few lucky points cannot shrink a scale to a spike.
+    inv_sq = np.exp(-2.0 * log_scales)
+    nll += _SCALE_PRIOR_WEIGHT * (inv_sq + 1.0 / inv_sq).sum()
+    grad[:dim] += _SCALE_PRIOR_WEIGHT * 2.0 * (1.0 / inv_sq - inv_sq)
+    # Signal variance: Gamma(2, 1), mode 1 (targets are standardised).
+    nll += signal - log_signal
+    grad[dim] += signal - 1.0
+    # Noise variance: Gamma(1.1, 30), mode near 0.003: mostly deterministic objectives, but
+    # noise is allowed where the data ask for it.
+    nll += _NOISE_PRIOR_RATE * noise - 0.1 * log_noise
+    grad[dim + 1] += _NOISE_PRIOR_RATE * noise - 0.1
     return float(nll), grad
 
 
@@ -149,13 +174,13 @@ def fit_gp(
     y_std = float(y.std()) or 1.0
     idx = np.arange(n) if fit_rows is None else fit_rows
     Xf, zf = X[idx], (y[idx] - y_mean) / y_std
-    mu = _scale_prior_mean(dim)
     bounds = [_LOG_SCALE_BOUNDS] * dim + [_LOG_SIGNAL_BOUNDS, _LOG_NOISE_BOUNDS]
-    starts = [np.concatenate([np.full(dim, mu), [0.0, math.log(1e-2)]])]
+    # The priors' modes (length scale 1, signal 1, small noise), then random starts around them.
+    starts = [np.concatenate([np.zeros(dim), [0.0, math.log(1e-2)]])]
     for _ in range(restarts):
         starts.append(
             np.concatenate(
-                [mu + gen.normal(0.0, 1.0, dim), [gen.normal(0.0, 0.5)], [math.log(1e-3) + gen.normal(0, 1)]]
+                [gen.normal(0.0, 1.0, dim), [gen.normal(0.0, 0.5)], [math.log(1e-3) + gen.normal(0, 1)]]
             )
         )
     best_theta, best_value = starts[0], math.inf
