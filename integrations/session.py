@@ -1,7 +1,8 @@
 """The trackers of one process: built once per sweep, shared by its agents and its sweep record.
 
 Building an adapter imports its tracker's package, so it happens only for a sweep that names it.
-Everything waiting is sent (within a bound) when the process ends, or on :func:`close_all`.
+Everything waiting is sent (within a bound) when the sweep's agents are done
+(:func:`close_sweep`), and for every sweep when the process ends (:func:`close_all`).
 """
 
 from __future__ import annotations
@@ -72,10 +73,20 @@ def _register_atexit() -> None:
         _atexit = True
 
 
+def close_sweep(sweep_id: str, timeout: float = CLOSE_TIMEOUT) -> None:
+    """Send what is waiting to the trackers of one sweep, then close them. Other sweeps served by
+    this process (``sweeper.agent()`` in another thread) keep theirs."""
+    _close(lambda key: key[0] == sweep_id, timeout)
+
+
 def close_all(timeout: float = CLOSE_TIMEOUT) -> None:
     """Send what is waiting to every tracker (for at most ``timeout`` seconds each), then close them."""
+    _close(lambda key: True, timeout)
+
+
+def _close(chosen: Callable[[tuple[str, str]], bool], timeout: float) -> None:
     with _lock:
-        trackers = [t for ts in _sessions.values() for t in ts]
-        _sessions.clear()
+        keys = [key for key in _sessions if chosen(key)]
+        trackers = [tracker for key in keys for tracker in _sessions.pop(key)]
     for tracker in trackers:
         tracker.close(timeout)

@@ -157,9 +157,9 @@ class LocalAgents:
         try:
             recorder.finish("stopped" if stopped else None)
         finally:
-            from sweeper.integrations.session import close_all
+            from sweeper.integrations.session import close_sweep
 
-            close_all()
+            close_sweep(self.sweep_id)
 
 
 def _sweep_recorder(client: object, sweep_id: str) -> Any:

@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
 from pathlib import Path
 
 import pytest
@@ -20,14 +20,6 @@ from trackers_support import TRIAL_SCRIPT, MlflowServer, run_sweep  # noqa: E402
 
 SCRIPTS = Path(__file__).parent / "scripts"
 SWEEPER = str(Path(sys.executable).with_name("sweeper"))
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    srv = MlflowServer(tmp_path_factory.mktemp("mlflow"))
-    srv.start()
-    yield srv
-    srv.stop()
 
 
 def runs_of(client: MlflowClient, experiment: str) -> tuple[object, list]:
@@ -44,7 +36,7 @@ def artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> set
     return {a.path for a in client.list_artifacts(run_id, path)}
 
 
-def test_sweep_with_finished_failed_and_stopped_trials(server: MlflowServer, tmp_path: Path) -> None:
+def test_sweep_with_finished_failed_and_stopped_trials(mlflow_server: MlflowServer, tmp_path: Path) -> None:
     program = tmp_path / "train.py"
     program.write_text(TRIAL_SCRIPT)
     sweep = {
@@ -55,7 +47,7 @@ def test_sweep_with_finished_failed_and_stopped_trials(server: MlflowServer, tmp
             "model": {"parameters": {"lr": {"value": 0.5}}},
         },
         "sweeper": {"max_retries": 0},
-        "integrations": {"mlflow": {"tracking_uri": server.uri, "experiment": "three-ends"}},
+        "integrations": {"mlflow": {"tracking_uri": mlflow_server.uri, "experiment": "three-ends"}},
     }
     # The script reads cfg.lr at the top level; the nested one checks parameter flattening.
     coordinator, sweep_id, trials = run_sweep(tmp_path, sweep, program)
@@ -66,7 +58,7 @@ def test_sweep_with_finished_failed_and_stopped_trials(server: MlflowServer, tmp
         "hang": TrialState.STOPPED,
     }
 
-    client = MlflowClient(server.uri)
+    client = MlflowClient(mlflow_server.uri)
     parent, children = runs_of(client, "three-ends")
     assert parent.data.tags["sweeper.sweep_id"] == sweep_id
     assert parent.data.params["method"] == "grid" and parent.data.tags["sweeper.method"] == "grid"
@@ -105,7 +97,7 @@ def test_sweep_with_finished_failed_and_stopped_trials(server: MlflowServer, tmp
     assert stopped.data.tags["sweeper.stop_reason"] == "test: stopped on purpose"
 
 
-def test_unchanged_mlflow_script_under_sweeper_run(server: MlflowServer, tmp_path: Path) -> None:
+def test_unchanged_mlflow_script_under_sweeper_run(mlflow_server: MlflowServer, tmp_path: Path) -> None:
     """`sweeper run --mlflow URI` on a script that only knows mlflow: its metrics reach the coordinator
     step by step while it runs, and land once, in the trial's pre-created child run."""
     sweep_file = tmp_path / "sweep.yaml"
@@ -119,7 +111,7 @@ def test_unchanged_mlflow_script_under_sweeper_run(server: MlflowServer, tmp_pat
     db = f"sqlite:///{tmp_path / 'sweeper.db'}"
     env = {**os.environ, "MLFLOW_EXPERIMENT_NAME": "unchanged-script"}
     done = subprocess.run(
-        [SWEEPER, "run", str(sweep_file), "--agents", "2", "--db", db, "--mlflow", server.uri],
+        [SWEEPER, "run", str(sweep_file), "--agents", "2", "--db", db, "--mlflow", mlflow_server.uri],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -132,7 +124,7 @@ def test_unchanged_mlflow_script_under_sweeper_run(server: MlflowServer, tmp_pat
     (sweep,) = store.list_sweeps()
     trials = store.list_trials(sweep.id, with_history=True)
     assert len(trials) == 4
-    client = MlflowClient(server.uri)
+    client = MlflowClient(mlflow_server.uri)
     parent, children = runs_of(client, "unchanged-script")
     assert len(children) == 4
     for trial in trials:
@@ -153,3 +145,58 @@ def test_unchanged_mlflow_script_under_sweeper_run(server: MlflowServer, tmp_pat
         assert child.info.status == ("FINISHED" if trial.state is TrialState.FINISHED else "KILLED")
     stops = [t for t in trials if t.state is TrialState.STOPPED]
     print(f"hyperband stopped {len(stops)} of {len(trials)} trial(s):", [t.stop_reason for t in stops])
+
+
+def test_a_sweep_that_ends_leaves_another_sweep_in_the_process_logging(
+    mlflow_server: MlflowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two ``sweeper.agent()`` calls in one process: the first sweep ends while a trial of the
+    second is running. Its trackers close; the second sweep's keep every record."""
+    import threading
+
+    import sweeper
+
+    monkeypatch.chdir(tmp_path)  # the agents' working folder
+
+    gate = tmp_path / "first-sweep-done"
+    program = tmp_path / "waits.py"
+    program.write_text(
+        "import pathlib, time, sweeper\n"
+        "run = sweeper.init({'lr': 0.1})\n"
+        "run.log({'loss': 1.0}, step=0)\n"
+        f"while not pathlib.Path({str(gate)!r}).exists():\n"
+        "    time.sleep(0.05)\n"
+        "run.log({'loss': 0.5}, step=1)\n"
+    )
+    db = f"sqlite:///{tmp_path / 'sweeper.db'}"
+
+    def sweep_of(experiment: str, values: list[float]) -> str:
+        return sweeper.sweep(
+            {
+                "method": "grid",
+                "program": str(program),
+                "metric": {"name": "loss", "goal": "minimize"},
+                "parameters": {"lr": {"values": values}},
+                "integrations": {"mlflow": {"tracking_uri": mlflow_server.uri, "experiment": experiment}},
+            },
+            db=db,
+        )
+
+    first, second = sweep_of("first", [0.1]), sweep_of("second", [0.2])
+    gate.touch()
+    sweeper.agent(first, db=db)  # one quick trial: its sweep ends and its trackers close
+    gate.unlink()
+    later = threading.Thread(target=sweeper.agent, args=(second,), kwargs={"db": db})
+    later.start()
+    trial_dir = tmp_path / ".sweeper" / "trials" / second / "1"
+    deadline = time.monotonic() + 120
+    while not (trial_dir / "metrics.jsonl").exists() or not (trial_dir / "metrics.jsonl").read_text():
+        assert later.is_alive() and time.monotonic() < deadline, "the second sweep's trial never logged"
+        time.sleep(0.05)  # the second sweep's trial is running and has logged its first value
+    sweeper.agent(first, db=db)  # the first sweep again: done at once, and its trackers close again
+    gate.touch()
+    later.join(120)
+    client = MlflowClient(mlflow_server.uri)
+    _, (child,) = runs_of(client, "second")
+    assert child.info.status == "FINISHED"
+    assert [m.value for m in client.get_metric_history(child.info.run_id, "loss")] == [1.0, 0.5]
