@@ -11,7 +11,16 @@ from sweeper.spec import SpecError, parse_sweep
 from sweeper.spec.model import Resource
 from sweeper.stopping import BracketedAshaRule, build_rule, resource_of
 from sweeper.strategies import SuggestionKind, strategy_class
-from sweeper.strategies.bohb import BohbSearch, axes_of
+from sweeper.strategies.bohb import (
+    BohbSearch,
+    ParzenSettings,
+    axes_of,
+    can_fit,
+    good_count,
+    model_budget,
+    propose,
+    split,
+)
 from sweeper.trials import MetricPoint, Trial, TrialState
 
 
@@ -193,3 +202,29 @@ def test_axes_skip_constants_and_the_resource() -> None:
     spec = parse_sweep(toy())
     assert [a.parameter.name for a in axes_of(spec, "epochs")] == ["x", "y", "kind"]
     assert [a.categories for a in axes_of(spec, "epochs")] == [0, 0, 3]
+
+
+def test_bohb_fits_the_largest_budget_whose_results_split_into_good_and_bad_sets() -> None:
+    settings = ParzenSettings()
+    # 3 searched parameters: the good and the bad set each need 4 points, so 8 results at least.
+    assert [can_fit(n, 3, settings) for n in (6, 7, 8, 30)] == [False, False, True, True]
+    assert good_count(8, 3, settings) == 4 and good_count(40, 3, settings) == 6
+    assert model_budget({9: 7, 3: 12, 1: 30}, 3, settings) == 3
+    assert model_budget({9: 8, 3: 12}, 3, settings) == 9
+    assert model_budget({9: 2, 3: 5}, 3, settings) is None
+
+
+def test_bohb_good_and_bad_sets_are_disjoint() -> None:
+    settings = ParzenSettings()
+    losses = [0.5, 0.1, 0.9, 0.3, 0.2, 0.7, 0.8, 0.4, 0.6]
+    good, bad = split(losses, 3, settings)  # 4 good points at least, whatever the 15%
+    assert good == [1, 4, 3, 7]
+    assert bad == [0, 8, 5, 6, 2]  # the rest, none of the good ones among them
+
+
+def test_bohb_proposes_near_the_good_results() -> None:
+    settings = ParzenSettings()
+    x = [[0.9], [0.91], [0.1], [0.12], [0.14], [0.5], [0.52], [0.3]]
+    losses = [0.0, 0.01, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    best = propose(x, losses, [0], settings, seed=7)[0]
+    assert abs(best[0] - 0.9) < 0.15

@@ -4,7 +4,9 @@ The allocation and stopping are those of ``method: hyperband``. New configuratio
 density model instead of at random (a third of them stay random, so the model never starves):
 at the largest budget with enough results, the trials are split into the best 15% and the rest,
 a Parzen (kernel density) estimator is fitted to each, candidates are drawn around the good
-configurations, and the one with the highest ratio good/bad density is run.
+configurations, and the one with the highest ratio good/bad density is run. "Enough" means both
+sets hold more points than there are searched parameters, as in the reference implementation
+(HpBandSter): the two densities are fitted on disjoint sets, so their ratio says something.
 
 A trial's result at a budget is its value of the metric at that iteration when its history is
 loaded; otherwise a finished trial counts at the full budget and a stopped one at the iteration
@@ -143,11 +145,9 @@ def propose(
 
     x = np.asarray(x, dtype=float)
     losses = np.asarray(losses, dtype=float)
-    n, d = x.shape
-    order = np.argsort(losses, kind="stable")
-    n_good = max(d + 1, int(settings.top_fraction * n))
-    n_bad = max(d + 1, n - n_good)
-    good, bad = x[order[:n_good]], x[order[-n_bad:]]
+    d = x.shape[1]
+    good_rows, bad_rows = split(losses.tolist(), d, settings)
+    good, bad = x[good_rows], x[bad_rows]
     cats = np.asarray(categories)
     bw_good, bw_bad = _bandwidths(good, cats, settings), _bandwidths(bad, cats, settings)
     gen = np.random.default_rng(seed)
@@ -162,6 +162,23 @@ def propose(
             cand[:, j] = np.clip(picks[:, j] + gen.normal(0.0, wide[j], len(cand)), _EDGE, 1 - _EDGE)
     score = _log_density(cand, good, bw_good, cats) - _log_density(cand, bad, bw_bad, cats)
     return [cand[i].tolist() for i in np.argsort(-score, kind="stable")]
+
+
+def good_count(n: int, dims: int, settings: ParzenSettings) -> int:
+    """How many of ``n`` results form the good set: the top fraction, at least ``dims + 1``."""
+    return max(dims + 1, int(settings.top_fraction * n))
+
+
+def split(losses: Sequence[float], dims: int, settings: ParzenSettings) -> tuple[list[int], list[int]]:
+    """Row indices of the good results (the smallest losses) and of the bad ones (all the others)."""
+    order = sorted(range(len(losses)), key=lambda i: (losses[i], i))
+    n_good = good_count(len(losses), dims, settings)
+    return order[:n_good], order[n_good:]
+
+
+def can_fit(n: int, dims: int, settings: ParzenSettings) -> bool:
+    """Whether ``n`` results split into a good and a disjoint bad set of ``dims + 1`` points each."""
+    return n - good_count(n, dims, settings) >= dims + 1
 
 
 def _bandwidths(points: Any, cats: Any, settings: ParzenSettings) -> Any:
@@ -192,6 +209,12 @@ def _log_density(at: Any, points: Any, bw: Any, cats: Any) -> Any:
     per_point = log_k.sum(axis=2)
     top = per_point.max(axis=1, keepdims=True)
     return (top + np.log(np.exp(per_point - top).mean(axis=1, keepdims=True)))[:, 0]
+
+
+def model_budget(counts: Mapping[int, int], dims: int, settings: ParzenSettings) -> int | None:
+    """The largest budget whose results (``counts``: how many per budget) can fit the model."""
+    fit = [b for b, n in counts.items() if can_fit(n, dims, settings)]
+    return max(fit) if fit else None
 
 
 # --- the strategy ---
@@ -264,11 +287,10 @@ class BohbSearch(HyperbandSearch):
 
     def _from_model(self, trials: Sequence[Trial], seed: int) -> dict[str, Any] | None:
         results = self.budget_results(trials)
-        enough = len(self._axes) + 2
-        budgets = [b for b in sorted(results, reverse=True) if len(results[b]) >= enough]
-        if not budgets:
+        budget = model_budget({b: len(r) for b, r in results.items()}, len(self._axes), self.settings)
+        if budget is None:
             return None
-        data = results[budgets[0]]
+        data = results[budget]
         cats = [a.categories for a in self._axes]
         ranked = propose([c for c, _ in data], [v for _, v in data], cats, self.settings, seed)
         taken = {config_key(t.config) for t in trials} if self._unique else set()
