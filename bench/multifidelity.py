@@ -52,7 +52,8 @@ FULL_TRIALS = 40  # full-budget random search runs this many trials; every metho
 REFERENCE_SEED = 10_000  # seeds of the random-search runs that set the target regret
 REFERENCE_RUNS = 100  # cheap, and enough that the target does not swing with a few lucky runs
 ONE_WORKER = ("random (full budget)", "sweeper: random + hyperband rule", "sweeper: random + asha rule")
-ONE_WORKER += ("sweeper: method hyperband", "sweeper: method bohb", "sweeper: method bohb, no history")
+ONE_WORKER += ("sweeper: method hyperband", "sweeper: method hyperband, 1 bracket")
+ONE_WORKER += ("sweeper: method bohb", "sweeper: method bohb, no history")
 
 
 # --- the methods under test: each answers ask() with a config and report() with stop or not ---
@@ -290,12 +291,17 @@ def resource_to_reach(trace: Trace, target: float) -> float:
 # --- the methods and the table ---
 
 
-def sweep_file(problem: CurveProblem, method: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def sweep_file(
+    problem: CurveProblem, method: str, extra: Mapping[str, Any] | None = None, brackets: int | None = None
+) -> dict[str, Any]:
     parameters = dict(problem.parameters)
     raw: dict[str, Any] = {"method": method, "metric": {"name": "loss", "goal": "minimize"}}
     if method in ("hyperband", "bohb"):
         parameters["epochs"] = {"value": problem.max_epochs}
-        raw["sweeper"] = {"resource": {"name": "epochs", "min": 1, "eta": ETA}}
+        resource: dict[str, Any] = {"name": "epochs", "min": 1, "eta": ETA}
+        if brackets is not None:
+            resource["brackets"] = brackets
+        raw["sweeper"] = {"resource": resource}
     raw["parameters"] = parameters
     return {**raw, **(extra or {})}
 
@@ -314,6 +320,10 @@ def methods(problem: CurveProblem) -> dict[str, Callable[[int], Runner]]:
         ),
         "sweeper: method hyperband": lambda s: SweeperRunner(
             "m-hb", sweep_file(problem, "hyperband"), s, False
+        ),
+        # sweeper.resource.brackets: 1, asynchronous successive halving over the resource.
+        "sweeper: method hyperband, 1 bracket": lambda s: SweeperRunner(
+            "m-hb1", sweep_file(problem, "hyperband", brackets=1), s, False
         ),
         "sweeper: method bohb": lambda s: SweeperRunner("bohb", sweep_file(problem, "bohb"), s, True),
         # What the coordinator hands strategies today: trials without their metric history.

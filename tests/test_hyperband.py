@@ -57,6 +57,14 @@ def test_resource_is_filled_from_its_constant_parameter(method: str) -> None:
     assert suggestion.kind is SuggestionKind.RUN and suggestion.config["epochs"] == 27
 
 
+def test_one_bracket_is_asha_over_the_resource() -> None:
+    spec = parse_sweep(sweep(sweeper={"resource": {"name": "epochs", "brackets": 1}}))
+    rule = build_rule(spec)
+    assert isinstance(rule, BracketedAshaRule) and rule.schedule.count == 1
+    assert {rule.schedule.bracket_of(n) for n in range(1, 50)} == {0}
+    assert rule.schedule.rungs(0) == [1, 3, 9]  # then each survivor runs to 27
+
+
 def test_resource_mapping_form() -> None:
     raw = sweep(sweeper={"resource": {"name": "epochs", "min": 3, "max": 27, "eta": 3}})
     assert resource_of(parse_sweep(raw)) == Resource("epochs", min=3, max=27, eta=3)

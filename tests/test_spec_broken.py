@@ -83,6 +83,7 @@ CASES = [
     (top(early_terminate={"type": "ashaa"}), "early_terminate.type", "did you mean 'asha'?"),
     (top(early_terminate=[1]), "early_terminate", "expected a mapping such as {type: hyperband, min_iter: 3}, got [1]"),
     (top(sweeper={"resource": {"name": ""}}), "sweeper.resource.name", "expected a parameter name, got ''"),
+    (top(sweeper={"resource": {"name": "epochs", "brackets": 0}}), "sweeper.resource.brackets", "expected an integer >= 1, got 0"),
     # sweeper options
     (top(sweeper={"seed": 1.5}), "sweeper.seed", "expected an integer, got 1.5"),
     (top(sweeper={"max_retries": -1}), "sweeper.max_retries", "expected an integer >= 0, got -1"),

@@ -260,6 +260,16 @@ def test_bracket_schedule_follows_hyperband_counts() -> None:
     assert [schedule.rungs(b) for b in range(5)] == [[1, 3, 9, 27], [3, 9, 27], [9, 27], [27], []]
 
 
+@pytest.mark.parametrize(
+    ("brackets", "weights"), [(1, [81]), (2, [81, 34]), (5, [81, 34, 15, 8, 5]), (9, [81, 34, 15, 8, 5])]
+)
+def test_brackets_keeps_the_most_aggressive_ones(brackets: int, weights: list[int]) -> None:
+    schedule = BracketSchedule(Resource("epochs", min=1, max=81, eta=3, brackets=brackets))
+    assert schedule.weights == weights and schedule.count == len(weights)  # never more than fit
+    assert {schedule.bracket_of(n) for n in range(1, 300)} == set(range(len(weights)))
+    assert schedule.rungs(0) == [1, 3, 9, 27]  # bracket 0 starts at min whatever the count
+
+
 def test_bracketed_rule_compares_within_a_bracket() -> None:
     resource = Resource("epochs", min=1, max=9, eta=3)
     rule = BracketedAshaRule(LOSS, resource)

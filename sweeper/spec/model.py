@@ -116,13 +116,17 @@ class Resource:
     """``sweeper: {resource: ...}``: the integer parameter that methods hyperband and bohb allocate.
 
     Every trial's config sets ``name`` to ``max``; the method stops trials at rungs
-    ``min * eta**k`` counted in logged values of the metric (one per epoch, say).
+    ``min * eta**k`` counted in logged values of the metric (one per epoch, say). ``brackets``
+    keeps only the most aggressive brackets: 1 is asynchronous successive halving (ASHA), which
+    spends least when early values rank configurations well; the default, every bracket that
+    fits, is Hyperband's hedge for when they do not.
     """
 
     name: str  # the parameter's name, dotted when nested
     min: int = 1
     max: int | None = None  # None: the value of the (constant) parameter
     eta: float = 3.0
+    brackets: int | None = None  # None: every bracket between min and max
 
 
 DEFAULT_CHECKPOINTS = ".sweeper/checkpoints"

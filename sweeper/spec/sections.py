@@ -146,7 +146,7 @@ def _unknown_stopping_key(key: str, kind: Any, allowed: tuple[str, ...]) -> str:
     return unknown_key(key, allowed)
 
 
-RESOURCE_KEYS = ("name", "min", "max", "eta")
+RESOURCE_KEYS = ("name", "min", "max", "eta", "brackets")
 
 
 def parse_resource(raw: Any, problems: list[Problem]) -> Resource | None:
@@ -155,7 +155,7 @@ def parse_resource(raw: Any, problems: list[Problem]) -> Resource | None:
     path = "sweeper.resource"
     if isinstance(raw, str):
         raw = {"name": raw}
-    what = "such as epochs or {name: epochs, min: 1, max: 81, eta: 3}"
+    what = "such as epochs or {name: epochs, min: 1, max: 81, eta: 3, brackets: 1}"
     if not mapping(raw, path, RESOURCE_KEYS, problems, what):
         return None
     before = len(problems)
@@ -167,7 +167,7 @@ def parse_resource(raw: Any, problems: list[Problem]) -> Resource | None:
         if name is not INVALID and not name.strip():
             problems.append(Problem(f"{path}.name", "expected a parameter name, got ''"))
         fields["name"] = name
-    for key in ("min", "max"):
+    for key in ("min", "max", "brackets"):
         if key in raw:
             fields[key] = _at_least(integer, raw[key], f"{path}.{key}", problems, 1, "an integer >= 1")
     if "eta" in raw:

@@ -3,7 +3,8 @@
 Bracket ``b`` (0 .. s_max) starts at ``min * eta**b`` and runs to ``max``. Brackets are handed
 out in a fixed repeating order whose counts follow Hyperband's ``n_b = ceil((s_max + 1) /
 (s_max - b + 1) * eta**(s_max - b))``, spread evenly (smooth weighted round robin), so every
-bracket spends about the same total resource, as in Li et al.'s Hyperband.
+bracket spends about the same total resource, as in Li et al.'s Hyperband. ``resource.brackets``
+keeps the first (most aggressive) ones only; with 1 every trial is in bracket 0: ASHA.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ def bracket_count(resource: Resource) -> int:
 class BracketSchedule:
     def __init__(self, resource: Resource) -> None:
         self.resource = resource
-        self.count = bracket_count(resource)
-        s_max = self.count - 1
+        fit = bracket_count(resource)
+        self.count = min(fit, resource.brackets or fit)
+        s_max = fit - 1
         eta = resource.eta
         self.weights = [
             math.ceil((s_max + 1) / (s_max - b + 1) * eta ** (s_max - b) - 1e-9) for b in range(self.count)
