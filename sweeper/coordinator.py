@@ -12,6 +12,7 @@ import logging
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from sweeper.checkpoints import checkpoint_location
@@ -35,6 +36,9 @@ from sweeper.trials import MetricPoint, Sweep, SweepState, Trial, TrialState
 
 DEFAULT_LEASE_SECONDS = 30.0
 _EXPIRY_INTERVAL = 1.0  # seconds between lease-expiry passes, at most
+# Compiled specs kept, the most recently used: a long-lived server sees sweeps come and go, and one
+# that comes back after its entry was dropped is compiled again from its stored spec.
+_KNOWN_SPECS = 256
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +59,7 @@ class Coordinator:
         self.clock = clock
         self.lease_seconds = lease_seconds
         self._lock = threading.Lock()
-        self._specs: dict[str, tuple[SweepSpec, Strategy, StoppingRule | None]] = {}
+        self._specs: OrderedDict[str, tuple[SweepSpec, Strategy, StoppingRule | None]] = OrderedDict()
         self._last_expiry: float | None = None
         self._on_sweep_changed = tuple(on_sweep_changed)
 
@@ -88,16 +92,24 @@ class Coordinator:
 
     def _compiled(self, sweep: Sweep) -> tuple[SweepSpec, Strategy, StoppingRule | None]:
         with self._lock:
-            if sweep.id not in self._specs:
+            found = self._specs.get(sweep.id)
+            if found is None:
                 spec = parse_sweep(sweep.spec, source=f"sweep {sweep.id}")
-                self._specs[sweep.id] = (spec, strategy_class(spec.method)(spec), build_rule(spec))
-            return self._specs[sweep.id]
+                found = self._specs[sweep.id] = (spec, strategy_class(spec.method)(spec), build_rule(spec))
+                while len(self._specs) > _KNOWN_SPECS:
+                    self._specs.popitem(last=False)
+            else:
+                self._specs.move_to_end(sweep.id)
+            return found
 
     def _compiled_by_id(self, sweep_id: str) -> tuple[SweepSpec, Strategy, StoppingRule | None]:
-        """As :meth:`_compiled`, reading the sweep only the first time (its spec never changes)."""
+        """As :meth:`_compiled`, reading the sweep only when its spec is not at hand (it never changes)."""
         with self._lock:
             found = self._specs.get(sweep_id)
-        return found if found is not None else self._compiled(self.store.get_sweep(sweep_id))
+            if found is not None:
+                self._specs.move_to_end(sweep_id)
+                return found
+        return self._compiled(self.store.get_sweep(sweep_id))
 
     # --- the agent protocol -------------------------------------------------
 
@@ -170,7 +182,7 @@ class Coordinator:
         return self.store.request_stop(trial.id, decision.reason) if decision is not None else trial
 
     def finish_trial(self, trial_id: int, lease_id: str, outcome: TrialOutcome) -> None:
-        trial = self.store.finish_trial(
+        trial, running = self.store.end_trial(
             trial_id,
             lease_id,
             outcome.state,
@@ -179,7 +191,8 @@ class Coordinator:
             stderr_tail=outcome.stderr_tail,
             stop_reason=outcome.stop_reason,
         )
-        self._finish_sweep_if_complete(trial.sweep_id)
+        if not running:  # in a busy sweep other trials still run: nothing more to read
+            self._finish_sweep_if_complete(trial.sweep_id)
         self._sweep_changed(trial.sweep_id)
 
     # --- reading ------------------------------------------------------------

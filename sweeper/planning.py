@@ -8,6 +8,7 @@ decide what is new.
 
 from __future__ import annotations
 
+import operator
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,7 +18,8 @@ from sweeper.store.base import TrialDraft
 from sweeper.strategies import Strategy, Suggestion, SuggestionKind
 from sweeper.trials import Trial, TrialState
 
-_RETRYABLE = (TrialState.FAILED, TrialState.LOST)
+_RETRYABLE = frozenset({TrialState.FAILED, TrialState.LOST})
+_STATE = operator.attrgetter("state")  # walks over a whole history, in C: one per lease
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ def suggestion_rng(seed: int, trials: Sequence[Trial]) -> random.Random:
 
 def find_retry(trials: Sequence[Trial], max_retries: int) -> TrialDraft | None:
     """The oldest configuration whose every attempt failed or was lost, with retries left."""
-    if not any(t.state in _RETRYABLE for t in trials):
+    if _RETRYABLE.isdisjoint(map(_STATE, trials)):
         return None  # the common case, answered without a key for every trial
     attempts: dict[str, list[Trial]] = {}
     for trial in trials:
@@ -69,10 +71,10 @@ def target_reached_by(spec: SweepSpec, trials: Sequence[Trial]) -> Trial | None:
 
 
 def plan_next(spec: SweepSpec, strategy: Strategy, trials: Sequence[Trial], seed: int) -> Plan:
-    active = sum(1 for t in trials if t.state.is_active)
-
     def finished_or_wait(reason: str) -> Plan:
         # Running trials may still fail and need a retry, so agents wait rather than leave.
+        # Counted only here: a lease that gets a trial does not walk the history for it.
+        active = list(map(_STATE, trials)).count(TrialState.RUNNING)
         if active:
             return Plan(suggestion=Suggestion.wait(f"{reason}; waiting for {active} running trial(s)"))
         return Plan(suggestion=Suggestion.done(reason))

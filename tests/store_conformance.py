@@ -276,6 +276,20 @@ class StoreConformance:
         done = store.finish_trial(trial.id, None, TrialState.STOPPED, now=50.0, stop_reason="sweep cancelled")
         assert (done.state, done.stop_reason, done.ended_at) == (TrialState.STOPPED, "sweep cancelled", 50.0)
 
+    def test_end_trial_tells_how_many_trials_of_the_sweep_still_run(self, store: Store, sweep: Sweep) -> None:
+        first = self.started(store, sweep, lease_id="lease-1")
+        second = self.started(store, sweep, lease_id="lease-2")
+        other = store.create_sweep(spec={"method": "grid"}, method="grid", name="other", seed=7, now=1.0)
+        self.started(store, other, lease_id="lease-3")  # runs in another sweep: not counted
+        done, running = store.end_trial(first.id, "lease-1", TrialState.FAILED, now=9.0, exit_code=3)
+        assert (done.state, done.exit_code, running) == (TrialState.FAILED, 3, 1)
+        assert store.get_trial(first.id) == done
+        assert store.end_trial(second.id, "lease-2", TrialState.FINISHED, now=9.0)[1] == 0
+        with pytest.raises(LeaseLostError):  # ended already: the lease no longer holds
+            store.end_trial(second.id, "lease-2", TrialState.FINISHED, now=9.0)
+        with pytest.raises(LookupError, match="12345"):
+            store.end_trial(12345, "x", TrialState.FINISHED, now=9.0)
+
     # --- leases -------------------------------------------------------------
 
     def test_renew_lease(self, store: Store, sweep: Sweep) -> None:
@@ -322,6 +336,27 @@ class StoreConformance:
             "acc": 0.9,
         }
         assert store.add_metrics(trial.id, "lease-1", [], now=6.0).summary == {"loss": 0.25, "acc": 0.9}
+
+    def test_summary_follows_the_stored_points_when_a_point_comes_again_changed(
+        self, store: Store, sweep: Sweep
+    ) -> None:
+        trial = self.started(store, sweep)
+
+        def stored_latest() -> float:
+            history = store.get_trial(trial.id, with_history=True).history or ()
+            return max(history, key=lambda p: (p.step, p.seq)).value
+
+        batches = [
+            [point("loss", 0.5, 1, 1)],
+            [point("loss", 0.9, 5, 1)],  # seq 1 again, another step and value: ignored
+            [point("loss", 0.3, 2, 2)],
+            [point("loss", 0.1, 3, 4), point("loss", 0.8, 9, 4)],  # seq 4 twice in one batch
+            [point("loss", 0.7, 1, 3)],  # late
+        ]
+        for batch in batches:
+            reported = store.add_metrics(trial.id, "lease-1", batch, now=3.0)
+            assert reported.summary == store.get_trial(trial.id).summary == {"loss": stored_latest()}
+        assert len(store.get_trial(trial.id, with_history=True).history or ()) == 4
 
     def test_nan_and_infinity_round_trip(self, store: Store, sweep: Sweep) -> None:
         trial = self.started(store, sweep)

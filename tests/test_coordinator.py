@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from sweeper import coordinator as coordinator_module
 from sweeper.coordinator import Coordinator
 from sweeper.protocol import AgentInfo, Assignment, LeaseLostError, NoTrial, NoTrialReason, TrialOutcome
 from sweeper.spec import parse_sweep
@@ -180,3 +181,18 @@ def test_a_cancel_racing_the_last_trial_keeps_the_cancel(coordinator: Coordinato
     coordinator.set_sweep_state(sweep.id, SweepState.CANCELLED)
     coordinator.finish_trial(a.trial_id, a.lease_id, TrialOutcome(TrialState.FINISHED, exit_code=0))
     assert coordinator.get_sweep(sweep.id).state is SweepState.CANCELLED
+
+
+def test_a_long_lived_coordinator_keeps_a_bounded_number_of_compiled_specs(
+    coordinator: Coordinator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(coordinator_module, "_KNOWN_SPECS", 2)
+    sweeps = [coordinator.create_sweep(parse_sweep(grid([1, 2, 3]))).id for _ in range(4)]
+    for _ in range(3):  # each sweep again after its compiled spec was dropped: same grid order
+        for sweep_id in sweeps:
+            finish(coordinator, lease(coordinator, sweep_id))
+            assert len(coordinator._specs) <= 2
+    for sweep_id in sweeps:
+        assert [t.config["x"] for t in coordinator.trials(sweep_id)] == [1, 2, 3]
+        assert coordinator.get_sweep(sweep_id).state is SweepState.FINISHED
+        assert len(coordinator._specs) <= 2

@@ -6,8 +6,16 @@ Without it these tests skip, except under CI, where they fail.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 from store_conformance import StoreConformance
+
+from sweeper.store import Store, StoreError, open_store
+from sweeper.store import engine as engine_module
 
 pytestmark = pytest.mark.postgres
 
@@ -16,3 +24,77 @@ class TestPostgresStore(StoreConformance):
     @pytest.fixture
     def store_url(self, postgres_store_url: str) -> str:
         return postgres_store_url
+
+
+# --- connections the database dropped ----------------------------------------
+
+
+def _store_dropping_connections(store_url: str, name: str) -> tuple[Store, Callable[[], int]]:
+    """A store on connections named ``name``, and a function that makes the database drop them all
+    (as a database restart does), returning how many it dropped."""
+    named = make_url(store_url).update_query_dict({"application_name": name})
+    store = open_store(named.render_as_string(hide_password=False))
+    admin = create_engine(make_url(store_url).set(drivername="postgresql+psycopg", query={}))
+
+    def drop() -> int:
+        with admin.connect() as conn:
+            dropped = conn.execute(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE application_name = :n"
+                ),
+                {"n": name},
+            ).scalar_one()
+        admin.dispose()
+        return int(dropped)
+
+    return store, drop
+
+
+def _fill_pool(store: Store, connections: int) -> None:
+    """Have the store's pool open ``connections`` connections at once, then keep them."""
+    started = threading.Barrier(connections)
+
+    def read() -> None:
+        with store._db.read():  # type: ignore[attr-defined]
+            started.wait(timeout=30)
+
+    threads = [threading.Thread(target=read) for _ in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def test_connections_dropped_while_idle_are_replaced_before_use(
+    postgres_store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_module, "PING_AFTER_IDLE_S", 0.0)  # every pooled connection counts as idle
+    store, drop = _store_dropping_connections(postgres_store_url, "sweeper-idle-drop")
+    try:
+        sweep = store.create_sweep(spec={}, method="random", name=None, seed=1, now=1.0)
+        _fill_pool(store, 3)
+        assert drop() == 3
+        assert store.get_sweep(sweep.id).id == sweep.id  # no error at all
+    finally:
+        store.close()
+
+
+def test_connections_dropped_while_busy_cost_one_refused_call_at_most(
+    postgres_store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_module, "PING_AFTER_IDLE_S", 1e9)  # no connection is ever pinged
+    store, drop = _store_dropping_connections(postgres_store_url, "sweeper-busy-drop")
+    try:
+        sweep = store.create_sweep(spec={}, method="random", name=None, seed=1, now=1.0)
+        _fill_pool(store, 3)
+        assert drop() == 3
+        try:
+            store.get_sweep(sweep.id)
+        except StoreError:
+            pass  # the first call found its connection gone: an agent gets a 503 and retries
+        # The pool discarded its other dead connections too: every later call works.
+        for _ in range(4):
+            assert store.get_sweep(sweep.id).id == sweep.id
+    finally:
+        store.close()

@@ -152,6 +152,31 @@ class Store(ABC):
         """End a RUNNING trial. ``lease_id`` None is for the coordinator itself (lease expiry,
         cancellation); otherwise it must match the current, unexpired lease."""
 
+    def end_trial(
+        self,
+        trial_id: int,
+        lease_id: str,
+        state: TrialState,
+        *,
+        now: float,
+        exit_code: int | None = None,
+        stderr_tail: str | None = None,
+        stop_reason: str | None = None,
+    ) -> tuple[Trial, int]:
+        """:meth:`finish_trial` under the agent's lease, and how many trials of its sweep still run
+        afterwards, as the coordinator needs both when an agent reports an end. Backends do both in
+        one transaction; this default makes two calls."""
+        trial = self.finish_trial(
+            trial_id,
+            lease_id,
+            state,
+            now=now,
+            exit_code=exit_code,
+            stderr_tail=stderr_tail,
+            stop_reason=stop_reason,
+        )
+        return trial, self.count_trials(trial.sweep_id, states=[TrialState.RUNNING])
+
     @abstractmethod
     def request_stop(self, trial_id: int, reason: str) -> Trial:
         """Record a stop decision for a running trial; its agent learns of it on the next call.

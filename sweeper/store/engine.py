@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, DisconnectionError, NoSuchModuleError
 
 from sweeper.store.base import StoreError
 
 DEFAULT_PATH = Path(".sweeper") / "sweeper.db"
 BUSY_TIMEOUT_S = 30.0
+# A pooled PostgreSQL connection idle longer than this is pinged before use.
+PING_AFTER_IDLE_S = 5.0
 # Execution option for connections that only read: SQLite then opens a plain (deferred)
 # transaction instead of taking the write lock with BEGIN IMMEDIATE.
 READ_ONLY = {"sweeper_read_only": True}
@@ -67,17 +70,38 @@ def build_engine(url: URL) -> Engine:
     if url.get_backend_name() == "sqlite":
         return _sqlite_engine(url)
     try:
-        return create_engine(
-            url,
-            pool_size=5,
-            max_overflow=5,
-            pool_pre_ping=True,  # a restarted server must not hand out dead connections
-            connect_args={"connect_timeout": 10},
-        )
+        engine = create_engine(url, pool_size=5, max_overflow=5, connect_args={"connect_timeout": 10})
     except (NoSuchModuleError, ImportError):
         raise StoreError(
             f"cannot use {mask(url)!r}: PostgreSQL needs psycopg 3 (pip install 'sweeper[postgres]')"
         ) from None
+    _ping_idle_connections(engine)
+    return engine
+
+
+def _ping_idle_connections(engine: Engine) -> None:
+    """Ping a pooled connection before use only when it sat idle for a while.
+
+    ``pool_pre_ping`` would cost a round trip on every transaction. A connection in steady use
+    that the database dropped fails its next statement instead: the caller gets a StoreError (503
+    to an agent, which retries), and SQLAlchemy, seeing a disconnect, discards every connection the
+    pool opened before it, so the retry gets a fresh one."""
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_S:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:  # psycopg's error for a dropped connection, or any other
+            raise DisconnectionError(str(exc)) from exc
+        if not alive:
+            raise DisconnectionError("the connection did not answer a ping")
 
 
 def _sqlite_engine(url: URL) -> Engine:

@@ -15,12 +15,23 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, Select, bindparam, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    Select,
+    bindparam,
+    func,
+    insert,
+    literal_column,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from sweeper.protocol import SweepNotFoundError
-from sweeper.store import rows, rules
+from sweeper.store import rows, rules, summary
 from sweeper.store.base import (
     InvalidTransitionError,
     Lease,
@@ -39,15 +50,27 @@ _ID_ATTEMPTS = 5
 _KNOWN_SWEEPS = 64  # sweeps whose ended trials new_trial keeps between calls
 
 # The statements of the agent protocol's calls, built once: building them costs more than running them.
+_SWEEP = select(sweeps).where(sweeps.c.id == bindparam("sweep_id_"))
+_SWEEP_LOCKED = _SWEEP.with_for_update()
+_INSERT_TRIAL = insert(trials).returning(trials.c.id)  # inserts the columns it is run with
 _TRIAL = select(trials).where(trials.c.id == bindparam("trial_id_"))
 _TRIAL_LOCKED = _TRIAL.with_for_update()
 # Sets the columns named by the parameters it is run with (all but trial_id_).
 _UPDATE_TRIAL = update(trials).where(trials.c.id == bindparam("trial_id_"))
-_LATEST_VALUE = (
-    select(metrics.c.value)
-    .where(metrics.c.trial_id == bindparam("trial_id_"), metrics.c.name == bindparam("name_"))
-    .order_by(metrics.c.step.desc(), metrics.c.seq.desc())
-    .limit(1)
+_SWEEP_TRIALS = select(trials).where(trials.c.sweep_id == bindparam("sweep_id_")).order_by(trials.c.number)
+# The trials of a sweep added since a read, and those that were running then. The sweep is matched
+# as ``sweep_id || ''`` so that no index serves that term: the database then finds the rows by id
+# (a primary key range and lookups), instead of walking every trial of the sweep by its sweep_id index.
+_SWEEP_TRIALS_SINCE = (
+    select(trials)
+    .where(trials.c.sweep_id.concat(literal_column("''")) == bindparam("sweep_id_"))
+    .where((trials.c.id > bindparam("max_id_")) | trials.c.id.in_(bindparam("running_", expanding=True)))
+    .order_by(trials.c.number)
+)
+_RUNNING_IN_SWEEP = (
+    select(func.count())
+    .select_from(trials)
+    .where(trials.c.sweep_id == bindparam("sweep_id_"), trials.c.state == TrialState.RUNNING.value)
 )
 
 
@@ -156,8 +179,7 @@ class SqlStore(Store):
             return self._sweep(conn, sweep_id)
 
     def _sweep(self, conn: Connection, sweep_id: str, *, lock: bool = False) -> Sweep:
-        query = select(sweeps).where(sweeps.c.id == sweep_id)
-        row = conn.execute(query.with_for_update() if lock else query).first()
+        row = conn.execute(_SWEEP_LOCKED if lock else _SWEEP, {"sweep_id_": sweep_id}).first()
         if row is None:
             raise SweepNotFoundError(f"no sweep with id {sweep_id!r}")
         return rows.sweep_from_row(row)
@@ -180,13 +202,12 @@ class SqlStore(Store):
             draft = decide(sweep, so_far)
             if draft is None:
                 return None
-            numbers = {t.number for t in so_far}
-            if draft.retry_of is not None and draft.retry_of not in numbers:
+            if draft.retry_of is not None and all(t.number != draft.retry_of for t in so_far):
                 raise StoreError(f"sweep {sweep_id} has no trial #{draft.retry_of} to retry")
             config = dict(draft.config)
             values = {
                 "sweep_id": sweep_id,
-                "number": max(numbers, default=0) + 1,
+                "number": so_far[-1].number + 1 if so_far else 1,  # so_far is in number order
                 "state": TrialState.RUNNING.value,
                 "config": rows.dumps(config),
                 "config_key": rows.config_key(config),
@@ -200,7 +221,7 @@ class SqlStore(Store):
                 "created_at": now,
                 "summary": "{}",
             }
-            trial_id = conn.execute(insert(trials).values(values).returning(trials.c.id)).scalar_one()
+            trial_id = conn.execute(_INSERT_TRIAL, values).scalar_one()
             # What was just written, as a row: no need to read it back.
             return rows.trial_from_row(_NewRow(id=trial_id, **dict.fromkeys(_UNSET), **values))
 
@@ -213,12 +234,14 @@ class SqlStore(Store):
         added since. Only committed rows are kept: they are read before this transaction writes."""
         with self._known_lock:
             known = self._known.pop(sweep_id, None) or _KnownTrials()
-        query = select(trials).where(trials.c.sweep_id == sweep_id)
         if known.by_number:
-            query = query.where((trials.c.id > known.max_id) | trials.c.id.in_(sorted(known.running)))
+            params = {"sweep_id_": sweep_id, "max_id_": known.max_id, "running_": sorted(known.running)}
+            query = _SWEEP_TRIALS_SINCE
+        else:
+            params, query = {"sweep_id_": sweep_id}, _SWEEP_TRIALS
         last = next(reversed(known.by_number), 0)
         in_order = True
-        for row in conn.execute(query.order_by(trials.c.number)):
+        for row in conn.execute(query, params):
             if known.running.get(row.id) == tuple(row):
                 continue  # read before and unchanged: the trial already known stands
             trial = rows.trial_from_row(row)
@@ -313,38 +336,58 @@ class SqlStore(Store):
     def add_metrics(
         self, trial_id: int, lease_id: str, points: Sequence[MetricPoint], *, now: float
     ) -> Trial:
-        with self._db.write() as conn:
-            row = self._leased_row(conn, trial_id, lease_id, now)
-            if not points:
-                return rows.trial_from_row(row)
-            summary = self._add_points(conn, row, points)
-            conn.execute(update(trials).where(trials.c.id == trial_id).values(summary=rows.dumps(summary)))
-            return self._trial(conn, trial_id)
+        return self._record_points(trial_id, lease_id, points, now=now, expires_at=None)
 
     def report_metrics(
         self, trial_id: int, lease_id: str, points: Sequence[MetricPoint], *, expires_at: float, now: float
     ) -> Trial:
+        return self._record_points(trial_id, lease_id, points, now=now, expires_at=expires_at)
+
+    def _record_points(
+        self,
+        trial_id: int,
+        lease_id: str,
+        points: Sequence[MetricPoint],
+        *,
+        now: float,
+        expires_at: float | None,
+    ) -> Trial:
+        """Both add_metrics and report_metrics: the points, and the lease renewed when ``expires_at``
+        is given, in one transaction under the trial's lock."""
         with self._db.write() as conn:
             row = self._leased_row(conn, trial_id, lease_id, now)
             trial = rows.trial_from_row(row)
-            changes: dict[str, Any] = {"lease_expires_at": expires_at}
+            changes: dict[str, Any] = {}
+            if expires_at is not None:
+                changes["lease_expires_at"] = expires_at
             if points:
-                changes["summary"] = self._add_points(conn, row, points)
-            values = {k: rows.dumps(v) if k == "summary" else v for k, v in changes.items()}
-            conn.execute(_UPDATE_TRIAL, {"trial_id_": trial_id, **values})
+                changes["summary"] = self._add_points(conn, trial, points, changes)
+            elif changes:
+                conn.execute(_UPDATE_TRIAL, {"trial_id_": trial_id, **changes})
             # The locked row plus what this call changed: no need to read it back.
             return dataclasses.replace(trial, **changes)
 
-    def _add_points(self, conn: Connection, row: Row[Any], points: Sequence[MetricPoint]) -> dict[str, float]:
-        """Insert ``points`` of the trial in ``row``; its new summary."""
-        values = [rows.point_to_row(row.id, p) for p in points]
+    def _add_points(
+        self, conn: Connection, trial: Trial, points: Sequence[MetricPoint], changes: Mapping[str, Any]
+    ) -> dict[str, float]:
+        """Insert ``points`` of ``trial`` (its row locked) and write its new summary along with
+        ``changes`` to its row; the new summary."""
+        values = [rows.point_to_row(trial.id, p) for p in points]
         conn.execute(self._insert_points, values)
-        summary = dict(rows.trial_from_row(row).summary)
-        for name in sorted({v["name"] for v in values}):
-            # The latest point overall, not of this batch: batches may arrive out of order.
-            latest = conn.execute(_LATEST_VALUE, {"trial_id_": row.id, "name_": name}).first()
-            summary[name] = rows.metric_value(latest.value)
-        return summary
+        newest = summary.newest_points(values)
+        assumed = {**trial.summary, **{name: point["value"] for name, point in newest.items()}}
+        params = {"trial_id_": trial.id, **changes, "summary": rows.dumps(assumed)}
+        if conn.execute(
+            summary.update_if_newest(len(newest)), {**params, **summary.if_newest_params(newest)}
+        ).rowcount:
+            return assumed
+        # Not the newest points stored: batches may arrive out of order, or a point again with other values.
+        found = dict(trial.summary)
+        for name in newest:
+            latest = conn.execute(summary.LATEST_VALUE, {"trial_id_": trial.id, "name_": name}).first()
+            found[name] = rows.metric_value(latest.value)
+        conn.execute(_UPDATE_TRIAL, {**params, "summary": rows.dumps(found)})
+        return found
 
     def finish_trial(
         self,
@@ -357,22 +400,51 @@ class SqlStore(Store):
         stderr_tail: str | None = None,
         stop_reason: str | None = None,
     ) -> Trial:
-        state = TrialState(state)
         with self._db.write() as conn:
-            if lease_id is None:
-                row = self._trial_row(conn, trial_id, lock=True)
-            else:
-                row = self._leased_row(conn, trial_id, lease_id, now)
-            rules.check_trial_transition(row, state)
-            changes = {
-                "ended_at": now,
-                "exit_code": exit_code,
-                "stderr_tail": stderr_tail,
-                "stop_reason": stop_reason,
-            }
-            conn.execute(_UPDATE_TRIAL, {"trial_id_": trial_id, "state": state.value, **changes})
-            # The locked row plus what this call changed: no need to read it back.
-            return dataclasses.replace(rows.trial_from_row(row), state=state, **changes)
+            return self._finish(conn, trial_id, lease_id, state, now, exit_code, stderr_tail, stop_reason)
+
+    def end_trial(
+        self,
+        trial_id: int,
+        lease_id: str,
+        state: TrialState,
+        *,
+        now: float,
+        exit_code: int | None = None,
+        stderr_tail: str | None = None,
+        stop_reason: str | None = None,
+    ) -> tuple[Trial, int]:
+        with self._db.write() as conn:
+            trial = self._finish(conn, trial_id, lease_id, state, now, exit_code, stderr_tail, stop_reason)
+            running = conn.execute(_RUNNING_IN_SWEEP, {"sweep_id_": trial.sweep_id}).scalar_one()
+            return trial, int(running)
+
+    def _finish(
+        self,
+        conn: Connection,
+        trial_id: int,
+        lease_id: str | None,
+        state: TrialState,
+        now: float,
+        exit_code: int | None,
+        stderr_tail: str | None,
+        stop_reason: str | None,
+    ) -> Trial:
+        state = TrialState(state)
+        if lease_id is None:
+            row = self._trial_row(conn, trial_id, lock=True)
+        else:
+            row = self._leased_row(conn, trial_id, lease_id, now)
+        rules.check_trial_transition(row, state)
+        changes = {
+            "ended_at": now,
+            "exit_code": exit_code,
+            "stderr_tail": stderr_tail,
+            "stop_reason": stop_reason,
+        }
+        conn.execute(_UPDATE_TRIAL, {"trial_id_": trial_id, "state": state.value, **changes})
+        # The locked row plus what this call changed: no need to read it back.
+        return dataclasses.replace(rows.trial_from_row(row), state=state, **changes)
 
     def request_stop(self, trial_id: int, reason: str) -> Trial:
         with self._db.write() as conn:
