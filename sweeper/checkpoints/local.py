@@ -14,8 +14,9 @@ from pathlib import Path
 #: In a trial's folder: whole copies of ``run.checkpoint_dir``, one per ``log`` call that followed a save.
 SNAPSHOTS_FOLDER = "checkpoint-snapshots"
 
-# A reader may find a local checkpoint between the two renames of a publish: it asks again.
-_FETCH_TRIES = 5
+# A reader may find a local checkpoint between the two renames of a publish, or copy one that a
+# publish moves aside and removes under it: it asks again.
+_FETCH_TRIES = 10
 _FETCH_PAUSE = 0.05
 
 
@@ -95,9 +96,12 @@ def fetch_folder(location: str, folder: Path, *, base: Path) -> bool:
     try:
         for attempt in range(_FETCH_TRIES):
             try:
+                before = source.stat().st_ino
                 shutil.copytree(source, folder)
-                return True
-            except FileNotFoundError:
+                if source.stat().st_ino == before:  # else a publish renamed a new folder in mid-copy
+                    return True
+                raise FileNotFoundError(source)
+            except (FileNotFoundError, shutil.Error):  # shutil.Error: files vanished mid-copy
                 shutil.rmtree(folder, ignore_errors=True)
                 if attempt == _FETCH_TRIES - 1 or not source.parent.exists():
                     return False
