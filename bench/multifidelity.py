@@ -326,7 +326,7 @@ def methods(problem: CurveProblem) -> dict[str, Callable[[int], Runner]]:
             "m-hb1", sweep_file(problem, "hyperband", brackets=1), s, False
         ),
         "sweeper: method bohb": lambda s: SweeperRunner("bohb", sweep_file(problem, "bohb"), s, True),
-        # What the coordinator hands strategies today: trials without their metric history.
+        # BOHB given one result per trial (no metric history): what its model loses without rungs.
         "sweeper: method bohb, no history": lambda s: SweeperRunner(
             "bohb-nh", sweep_file(problem, "bohb"), s, False
         ),

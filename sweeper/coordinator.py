@@ -131,7 +131,9 @@ class Coordinator:
             lease_id=secrets.token_hex(8),
             expires_at=now + self.lease_seconds,
         )
-        trial = self.store.new_trial(sweep_id, decide, lease=lease, now=now)
+        trial = self.store.new_trial(
+            sweep_id, decide, lease=lease, now=now, with_history=strategy.needs_history
+        )
         if trial is not None:
             return Assignment(
                 sweep_id=sweep_id,

@@ -196,3 +196,33 @@ def test_a_long_lived_coordinator_keeps_a_bounded_number_of_compiled_specs(
         assert [t.config["x"] for t in coordinator.trials(sweep_id)] == [1, 2, 3]
         assert coordinator.get_sweep(sweep_id).state is SweepState.FINISHED
         assert len(coordinator._specs) <= 2
+
+
+@pytest.mark.parametrize(("method", "with_history"), [("bohb", True), ("hyperband", False)])
+def test_a_strategy_that_asks_for_metric_histories_gets_them(
+    coordinator: Coordinator, method: str, with_history: bool
+) -> None:
+    sweep = coordinator.create_sweep(
+        parse_sweep(
+            {
+                "method": method,
+                "program": "t.py",
+                "metric": {"name": "acc", "goal": "maximize"},
+                "parameters": {"x": {"min": 0.0, "max": 1.0}, "epochs": {"value": 9}},
+                "sweeper": {"resource": "epochs"},
+            }
+        )
+    )
+    first = lease(coordinator, sweep.id)
+    points = [MetricPoint("acc", 0.1 * i, step=i, seq=i, time=0.0) for i in range(3)]
+    coordinator.report_metrics(first.trial_id, first.lease_id, points)
+    _, strategy, _ = coordinator._compiled_by_id(sweep.id)
+    seen = []
+    real = strategy.suggest
+    strategy.suggest = lambda trials, rng: seen.append(list(trials)) or real(trials, rng)  # type: ignore[method-assign]
+    lease(coordinator, sweep.id)
+    (earlier,) = seen[-1]
+    if with_history:  # BOHB reads each trial's value at each rung from its history
+        assert [(p.step, p.value) for p in earlier.history] == [(i, 0.1 * i) for i in range(3)]
+    else:  # everyone else decides from summaries, and the lease costs no history query
+        assert earlier.history is None

@@ -193,12 +193,16 @@ class SqlStore(Store):
         *,
         lease: Lease,
         now: float,
+        with_history: bool = False,
     ) -> Trial | None:
         with self._db.write() as conn:
             sweep = self._sweep(conn, sweep_id, lock=True)
             if not sweep.state.hands_out_trials:
                 return None
             so_far = self._sweep_trials(conn, sweep_id)
+            if with_history:
+                found = self._histories(conn, select(trials.c.id).where(trials.c.sweep_id == sweep_id))
+                so_far = [dataclasses.replace(t, history=tuple(found.get(t.id, ()))) for t in so_far]
             draft = decide(sweep, so_far)
             if draft is None:
                 return None
@@ -301,7 +305,12 @@ class SqlStore(Store):
         found = conn.execute(query.order_by(trials.c.number)).all()
         if not with_history:
             return [rows.trial_from_row(row) for row in found]
-        chosen = query.with_only_columns(trials.c.id).subquery()
+        history = self._histories(conn, query.with_only_columns(trials.c.id))
+        return [rows.trial_from_row(row, history.get(row.id, ())) for row in found]
+
+    def _histories(self, conn: Connection, trial_ids: Select[Any]) -> dict[int, list[MetricPoint]]:
+        """The metric points of the trials whose ids ``trial_ids`` selects, by trial id, in one query."""
+        chosen = trial_ids.subquery()
         points = conn.execute(
             select(metrics)
             .where(metrics.c.trial_id.in_(select(chosen.c.id)))
@@ -310,7 +319,7 @@ class SqlStore(Store):
         history: dict[int, list[MetricPoint]] = defaultdict(list)
         for point in points:
             history[point.trial_id].append(rows.point_from_row(point))
-        return [rows.trial_from_row(row, history.get(row.id, ())) for row in found]
+        return history
 
     def _trial(self, conn: Connection, trial_id: int) -> Trial:
         return rows.trial_from_row(self._trial_row(conn, trial_id))
