@@ -14,9 +14,11 @@ import time
 from typing import Any
 
 from sweeper.integrations.base import Leaderboard, LeaderRow, SafeTracker, SweepInfo
-from sweeper.integrations.session import close_all, trackers_for
+from sweeper.integrations.session import close_all, close_sweep, trackers_for
 
 log = logging.getLogger("sweeper.integrations")
+# How long an ended sweep's last records may take to reach its trackers; other sweeps' records wait.
+_CLOSE_ENDED = 10.0
 
 
 class SweepRecorder:
@@ -192,6 +194,9 @@ class SweepRecords:
         ):
             recorder.finish(state.value)
             self._ended.add(sweep_id)
-            self._recorders[sweep_id] = None  # nothing more to hold for it
+            del self._recorders[sweep_id]  # nothing more to hold for it
+            # Its trackers (and their threads) go now, not when the server stops: a server runs
+            # for months, one sweep after another.
+            close_sweep(sweep_id, _CLOSE_ENDED)
         else:
             recorder.update()

@@ -175,3 +175,27 @@ def test_a_request_never_waits_for_the_record(tmp_path: Path, monkeypatch: pytes
     assert built == [sweep_id]  # once, lazily; the changes that came meanwhile became one update
     records.close()
     store.close()
+
+
+def test_an_ended_sweep_lets_go_of_its_trackers(mlflow_server: MlflowServer, tmp_path: Path) -> None:
+    """A server runs one sweep after another: each ended sweep's trackers (a thread each) are
+    closed then, with the record complete, not kept until the server stops."""
+    from sweeper.integrations import session
+
+    store = open_store(f"sqlite:///{tmp_path / 'c.db'}")
+    records = SweepRecords()
+    coordinator = Coordinator(store, on_sweep_changed=[records.changed])
+    records.start(coordinator)
+    block = {"mlflow": {"tracking_uri": mlflow_server.uri, "experiment": "ends"}}
+    sweep_id = coordinator.create_sweep(parse_sweep(grid([1], integrations=block))).id
+    assert records.wait_idle()
+    assert [key for key in session._sessions if key[0] == sweep_id]  # its record is open
+    got = coordinator.next_trial(sweep_id, AGENT)
+    assert isinstance(got, Assignment)
+    coordinator.finish_trial(got.trial_id, got.lease_id, TrialOutcome(TrialState.FINISHED))
+    assert records.wait_idle()
+    assert not [key for key in session._sessions if key[0] == sweep_id]
+    (parent,) = parent_runs(MlflowClient(mlflow_server.uri), "ends")
+    assert parent.info.status == "FINISHED"  # the record was ended before its trackers closed
+    records.close()
+    store.close()
