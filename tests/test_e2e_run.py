@@ -91,6 +91,7 @@ def test_an_agent_gives_up_after_three_failed_trials_in_a_row(tmp_path: Path) ->
     result = sweeper_cmd(tmp_path, "run", str(path))
     assert result.returncode == 1, result.stdout + result.stderr
     assert "error: 3 trials in a row failed (the last, trial 3: refusing x=2" in result.stderr
+    assert "is stopped: 3 failed" in result.stdout  # the sweep does not stay running with no agent
     trials = trials_json(tmp_path, sweep_id_of(result.stdout))
     assert [t["state"] for t in trials] == ["failed"] * 3
 

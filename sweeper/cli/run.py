@@ -85,7 +85,8 @@ def run(
         max_failures=max_failures,
     )
     reasons, interrupted = run_until_done_or_interrupted(agents, grace)
-    if interrupted:
+    # This command owns the sweep: it leaves none running behind (`sweeper resume` takes it up again).
+    if interrupted or agents.gave_up:
         if not coordinator.get_sweep(sweep.id).state.is_terminal:
             coordinator.set_sweep_state(sweep.id, SweepState.STOPPED)
     if not interrupted and reasons and not agents.gave_up:
