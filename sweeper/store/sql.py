@@ -10,8 +10,7 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import string
-import threading
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -23,7 +22,6 @@ from sqlalchemy import (
     bindparam,
     func,
     insert,
-    literal_column,
     select,
     update,
 )
@@ -41,13 +39,13 @@ from sweeper.store.base import (
     TrialNotFoundError,
 )
 from sweeper.store.database import Database
+from sweeper.store.known import KnownTrials
 from sweeper.store.schema import metrics, sweeps, trials
 from sweeper.trials import SWEEP_TRANSITIONS, MetricPoint, Sweep, SweepState, Trial, TrialState
 
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 _ID_LENGTH = 8
 _ID_ATTEMPTS = 5
-_KNOWN_SWEEPS = 64  # sweeps whose ended trials new_trial keeps between calls
 
 # The statements of the agent protocol's calls, built once: building them costs more than running them.
 _SWEEP = select(sweeps).where(sweeps.c.id == bindparam("sweep_id_"))
@@ -57,32 +55,11 @@ _TRIAL = select(trials).where(trials.c.id == bindparam("trial_id_"))
 _TRIAL_LOCKED = _TRIAL.with_for_update()
 # Sets the columns named by the parameters it is run with (all but trial_id_).
 _UPDATE_TRIAL = update(trials).where(trials.c.id == bindparam("trial_id_"))
-_SWEEP_TRIALS = select(trials).where(trials.c.sweep_id == bindparam("sweep_id_")).order_by(trials.c.number)
-# The trials of a sweep added since a read, and those that were running then. The sweep is matched
-# as ``sweep_id || ''`` so that no index serves that term: the database then finds the rows by id
-# (a primary key range and lookups), instead of walking every trial of the sweep by its sweep_id index.
-_SWEEP_TRIALS_SINCE = (
-    select(trials)
-    .where(trials.c.sweep_id.concat(literal_column("''")) == bindparam("sweep_id_"))
-    .where((trials.c.id > bindparam("max_id_")) | trials.c.id.in_(bindparam("running_", expanding=True)))
-    .order_by(trials.c.number)
-)
 _RUNNING_IN_SWEEP = (
     select(func.count())
     .select_from(trials)
     .where(trials.c.sweep_id == bindparam("sweep_id_"), trials.c.state == TrialState.RUNNING.value)
 )
-
-
-class _KnownTrials:
-    """The trials of one sweep that new_trial read before: every trial up to ``max_id``, by number.
-    A trial that ended never changes again; the ones that were running are read again, and
-    converted again only where their row changed."""
-
-    def __init__(self) -> None:
-        self.by_number: dict[int, Trial] = {}
-        self.max_id = 0
-        self.running: dict[int, tuple[Any, ...]] = {}  # trial id: its row when last read
 
 
 # Columns new_trial leaves empty; the rest are the values it inserts.
@@ -126,8 +103,7 @@ class SqlStore(Store):
         dialect = engine.dialect.name
         insert_ignore = postgresql.insert if dialect == "postgresql" else sqlite.insert
         self._insert_points = insert_ignore(metrics).on_conflict_do_nothing()
-        self._known: OrderedDict[str, _KnownTrials] = OrderedDict()
-        self._known_lock = threading.Lock()
+        self._known = KnownTrials()
 
     # --- sweeps -------------------------------------------------------------
 
@@ -199,7 +175,7 @@ class SqlStore(Store):
             sweep = self._sweep(conn, sweep_id, lock=True)
             if not sweep.state.hands_out_trials:
                 return None
-            so_far = self._sweep_trials(conn, sweep_id)
+            so_far = self._known.read(conn, sweep_id)
             if with_history:
                 found = self._histories(conn, select(trials.c.id).where(trials.c.sweep_id == sweep_id))
                 so_far = [dataclasses.replace(t, history=tuple(found.get(t.id, ()))) for t in so_far]
@@ -228,44 +204,6 @@ class SqlStore(Store):
             trial_id = conn.execute(_INSERT_TRIAL, values).scalar_one()
             # What was just written, as a row: no need to read it back.
             return rows.trial_from_row(_NewRow(id=trial_id, **dict.fromkeys(_UNSET), **values))
-
-    def _sweep_trials(self, conn: Connection, sweep_id: str) -> list[Trial]:
-        """Every trial of a sweep (no history), read under the sweep's lock, reading again only
-        the trials that are new or were running when last read.
-
-        Within a sweep, trial ids grow in the order the inserts commit (new_trial holds the sweep's
-        lock from before its read until its insert commits), so ``id > max_id`` finds every trial
-        added since. Only committed rows are kept: they are read before this transaction writes."""
-        with self._known_lock:
-            known = self._known.pop(sweep_id, None) or _KnownTrials()
-        if known.by_number:
-            params = {"sweep_id_": sweep_id, "max_id_": known.max_id, "running_": sorted(known.running)}
-            query = _SWEEP_TRIALS_SINCE
-        else:
-            params, query = {"sweep_id_": sweep_id}, _SWEEP_TRIALS
-        last = next(reversed(known.by_number), 0)
-        in_order = True
-        for row in conn.execute(query, params):
-            if known.running.get(row.id) == tuple(row):
-                continue  # read before and unchanged: the trial already known stands
-            trial = rows.trial_from_row(row)
-            if trial.number not in known.by_number:
-                in_order = in_order and trial.number > last
-                last = max(last, trial.number)
-            known.by_number[trial.number] = trial
-            known.max_id = max(known.max_id, trial.id)
-            if trial.state.is_terminal:
-                known.running.pop(trial.id, None)
-            else:
-                known.running[trial.id] = tuple(row)
-        if not in_order:
-            known.by_number = dict(sorted(known.by_number.items()))
-        found = list(known.by_number.values())
-        with self._known_lock:
-            self._known[sweep_id] = known
-            while len(self._known) > _KNOWN_SWEEPS:
-                self._known.popitem(last=False)
-        return found
 
     def get_trial(self, trial_id: int, *, with_history: bool = False) -> Trial:
         with self._db.read() as conn:
