@@ -215,3 +215,36 @@ def test_flatten_config_round_trip_through_the_codec() -> None:
     codec = SpaceCodec(SPACE.parameters)
     flat = codec.decode(codec.sample(1, np.random.default_rng(4))[0])
     assert np.allclose(codec.encode(flat), codec.encode(flatten_config({**{"x": 1}, **{}}) | flat))
+
+
+def test_ascent_starts_take_the_best_and_draw_the_rest_by_expected_improvement() -> None:
+    from sweeper.optim.bo import N_LOCAL_STARTS, N_TOP_STARTS, _ascent_starts
+
+    scores = np.full(1000, -50.0)  # log EI: all but a few candidates are hopeless
+    scores[:N_TOP_STARTS] = 0.0
+    scores[100:110] = -1.0
+    starts = _ascent_starts(scores, np.random.default_rng(0))
+    assert len(starts) == N_LOCAL_STARTS and len(set(starts.tolist())) == N_LOCAL_STARTS
+    assert set(starts[:N_TOP_STARTS].tolist()) == set(range(N_TOP_STARTS))
+    assert all(100 <= i < 110 for i in starts[N_TOP_STARTS:])  # exp(-49) weighs nothing beside them
+
+
+def test_an_input_the_data_ignore_keeps_a_bounded_length_scale() -> None:
+    gen = np.random.default_rng(3)
+    X = gen.random((40, 2))
+    y = np.sin(6.0 * X[:, 0])  # flat in the second input
+    gp = fit_gp(X, y, np.random.default_rng(0))
+    assert gp.scales[1] <= 2.0 + 1e-9
+    assert gp.scales[0] < 1.0
+
+
+def test_parzen_kernels_are_narrow_where_centres_cluster_and_wide_where_they_are_alone() -> None:
+    from sweeper.optim.tpe import _neighbour_bandwidths
+
+    col = np.array([0.10, 0.11, 0.12, 0.13, 0.90, np.nan])
+    bw = _neighbour_bandwidths(col, floor=0.0)
+    assert bw[5] == 1.0  # absent: not a centre
+    assert bw[1] == pytest.approx(1.0 / 7.0)  # gaps of 0.01, raised to the floor 1 / (6 kernels + 1)
+    assert bw[4] == pytest.approx(0.4)  # the gap back to the prior's middle
+    assert bw[4] > bw[1]
+    assert np.all(_neighbour_bandwidths(col, floor=0.3)[:5] >= 0.3)  # never under a lattice cell

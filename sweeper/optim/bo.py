@@ -2,10 +2,11 @@
 
 The first trials fill the space (the candidate farthest from every trial so far, pending ones
 included); after that a GP on the one-hot encoding is fitted to the warped losses and log EI is
-maximised from the best of many random and local candidates by gradient ascent on the numeric
-coordinates (:mod:`sweeper.optim.acqopt`), then snapped onto the lattice the parameters can take;
-after each ascent every choice of every categorical and one lattice step of every integer are tried
-outright, since a continuous move in ``u`` never changes a category. Pending
+maximised by gradient ascent on the numeric coordinates (:mod:`sweeper.optim.acqopt`) from some of
+many random and local candidates (the best few and a few drawn by EI), then snapped onto the
+lattice the parameters can take; after each ascent every choice of every categorical and one lattice
+step of every integer are tried outright, since a continuous move in ``u`` never changes a
+category. Pending
 trials are believed to score max(posterior mean, incumbent): the GP treats them as known, so their
 neighbourhood loses its appeal and parallel workers spread out (a kriging believer that never
 believes a pending point improves).
@@ -26,6 +27,8 @@ CONDITION_ROWS = 400  # ... and the posterior conditions on at most this many
 N_RANDOM = 1024
 N_LOCAL_STARTS = 8
 N_LOCAL = 64
+N_TOP_STARTS = 4  # of the N_LOCAL_STARTS ascent starts, the best; the rest are drawn by EI
+
 ASCENT_ROUNDS = 2
 N_SPACE_FILLING = 16
 
@@ -135,6 +138,22 @@ def _discrete_step(current, current_scores, score, codec: SpaceCodec):
     return current, current_scores
 
 
+def _ascent_starts(scores: np.ndarray, gen: np.random.Generator) -> np.ndarray:
+    """Indices of the best few candidates and of a few more drawn with probability proportional
+    to their EI (``scores`` are log EI), as Optuna's GP sampler does: the best candidates are
+    mostly perturbations of the incumbent and climb the same hill, the drawn ones reach other
+    modes of the acquisition."""
+    order = np.argsort(-scores, kind="stable")
+    top = order[:N_TOP_STARTS]
+    rest = order[N_TOP_STARTS:]
+    weights = np.nan_to_num(np.exp(scores[rest] - scores[top[0]]))  # a NaN score: never drawn
+    k = min(N_LOCAL_STARTS - N_TOP_STARTS, int((weights > 0).sum()))
+    if k == 0:
+        return top
+    drawn = gen.choice(rest, size=k, replace=False, p=weights / weights.sum())
+    return np.concatenate([top, drawn])
+
+
 def fit_model(codec: SpaceCodec, obs: Observations, gen: np.random.Generator) -> GaussianProcess:
     X = codec.one_hot(_fill_missing(obs.X, codec, gen))
     y = warp(obs.y)
@@ -169,7 +188,7 @@ def propose(codec: SpaceCodec, obs: Observations, gen: np.random.Generator) -> n
     allrows, allscores = np.vstack(pool), np.concatenate(pool_scores)
     # Local refinement from the best candidates and the best trial: gradient ascent on the
     # numeric coordinates, then onto the lattice, then every categorical choice and lattice step.
-    current = np.vstack([allrows[np.argsort(-allscores)[:N_LOCAL_STARTS]], incumbents[:1]])
+    current = np.vstack([allrows[_ascent_starts(allscores, gen)], incumbents[:1]])
     for _ in range(ASCENT_ROUNDS):
         current = codec.snap(ascend(gp, best, current, codec))
         current_scores = score(current)

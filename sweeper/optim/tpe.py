@@ -3,11 +3,12 @@
 Trials are split by a quantile: the best ``gamma(n)`` are "good", the rest and every pending
 trial "bad". Each group becomes a Parzen mixture over the coordinates of
 :mod:`sweeper.optim.encoding`: one component per trial plus a prior component. Numeric
-coordinates get truncated Gaussian kernels on [0, 1] (the prior there is uniform, since ``u`` is the
-prior's CDF); categories get a kernel that keeps most mass on the trial's own category and spreads
-the rest by the prior, with no order between categories. A parameter a trial does not have
-(conditional spaces) contributes its prior to that trial's component. Candidates are drawn from the
-good mixture and the one with the largest good/bad density ratio is chosen.
+coordinates get truncated Gaussian kernels on [0, 1] (the prior there is uniform, since ``u`` is
+the prior's CDF), each as wide as the larger gap to its neighbouring centres; categories get a
+kernel that keeps most mass on the trial's own category and spreads the rest by the prior, with
+no order between categories. A parameter a trial does not have (conditional spaces) contributes
+its prior to that trial's component. Candidates are drawn from the good mixture and the one with
+the largest good/bad density ratio is chosen.
 """
 
 from __future__ import annotations
@@ -46,9 +47,14 @@ class Parzen:
         n, p = centres.shape
         self.weights = np.concatenate([np.ones(n), [options.prior_weight]])
         self.weights /= self.weights.sum()
-        # Scott's rule for a product kernel in p dimensions, never narrower than a lattice cell.
-        base = 0.2 * max(n, 1) ** (-1.0 / (p + 4)) if p else 0.2
-        self.bandwidth = np.array([max(base, _cell(c)) for c in codec.codecs])
+        # One bandwidth per centre and coordinate (n, p), never narrower than a lattice cell.
+        self.bandwidth = (
+            np.column_stack(
+                [_neighbour_bandwidths(centres[:, j], _cell(c)) for j, c in enumerate(codec.codecs)]
+            )
+            if p
+            else np.ones((n, 0))
+        )
         self.spread = options.category_spread
 
     def log_pdf(self, rows: np.ndarray) -> np.ndarray:
@@ -65,11 +71,11 @@ class Parzen:
                 own = (1.0 - self.spread) * (x == mu) + self.spread * prior[x.astype(int)]
                 term = np.log(own)
             else:
-                sd = self.bandwidth[j]
+                sd = self.bandwidth[:, j][None, :]
                 m = np.where(present, mu, 0.5)
                 z = (x - m) / sd
                 norm = special.ndtr((1.0 - m) / sd) - special.ndtr(-m / sd)
-                term = -0.5 * z * z - _LOG_SQRT_2PI - math.log(sd) - np.log(norm)
+                term = -0.5 * z * z - _LOG_SQRT_2PI - np.log(sd) - np.log(norm)
             total[:, :n] += np.where(present, term, self._prior_log(rows[:, j], j)[:, None])
         return special.logsumexp(total + np.log(self.weights)[None, :], axis=1)
 
@@ -95,11 +101,34 @@ class Parzen:
                 keep = has & (gen.random(size) >= self.spread)
                 out[keep, j] = mu[keep]
             else:
-                sd = self.bandwidth[j]
+                sd = self.bandwidth[which[has], j]
                 lo, hi = special.ndtr(-mu[has] / sd), special.ndtr((1.0 - mu[has]) / sd)
                 u = lo + gen.random(has.sum()) * (hi - lo)
                 out[has, j] = np.clip(mu[has] + sd * special.ndtri(np.clip(u, 1e-12, 1 - 1e-12)), 0, 1)
         return self.codec.snap(out)
+
+
+def _neighbour_bandwidths(col: np.ndarray, floor: float) -> np.ndarray:
+    """Each centre's bandwidth in one numeric coordinate: the wider of its gaps to the neighbouring
+    centres (the prior's middle, 0.5, counted as one), as Optuna's TPE does. Clustered centres get
+    narrow kernels and isolated ones wide, so the good group sharpens where trials pile up without
+    one bandwidth for all. Clipped to [1 / min(100, kernels + 1), 1]; 1 where the parameter is absent.
+    """
+    out = np.ones(len(col))
+    present = ~np.isnan(col)
+    if not present.any():
+        return out
+    points = np.append(col[present], 0.5)
+    order = np.argsort(points, kind="stable")
+    padded = np.concatenate([[0.0], points[order], [1.0]])
+    gaps = np.maximum(padded[1:-1] - padded[:-2], padded[2:] - padded[1:-1])
+    if len(points) >= 2:  # the ends look inward only, not at the edges of the cube
+        gaps[0], gaps[-1] = padded[2] - padded[1], padded[-2] - padded[-3]
+    sigma = np.empty_like(gaps)
+    sigma[order] = gaps
+    low = max(1.0 / min(100.0, len(points) + 1.0), floor)
+    out[present] = np.clip(sigma[:-1], low, 1.0)
+    return out
 
 
 def _cell(c) -> float:
