@@ -129,14 +129,12 @@ class Store(ABC):
         """Append points (duplicates by (seq, name) ignored) and update the trial's summary
         (the value at the highest (step, seq) of each metric). Renews nothing."""
 
+    @abstractmethod
     def report_metrics(
         self, trial_id: int, lease_id: str, points: Sequence[MetricPoint], *, expires_at: float, now: float
     ) -> Trial:
-        """:meth:`add_metrics` and :meth:`renew_lease` together, as an agent's report needs them:
-        the lease is checked once at ``now``, and nothing changes when it is not held. Backends
-        do both in one transaction; this default makes two calls."""
-        self.add_metrics(trial_id, lease_id, points, now=now)
-        return self.renew_lease(trial_id, lease_id, expires_at=expires_at, now=now)
+        """:meth:`add_metrics` and :meth:`renew_lease` in one transaction, as an agent's report needs
+        them: the lease is checked once at ``now``, and nothing changes when it is not held."""
 
     @abstractmethod
     def finish_trial(
@@ -153,6 +151,7 @@ class Store(ABC):
         """End a RUNNING trial. ``lease_id`` None is for the coordinator itself (lease expiry,
         cancellation); otherwise it must match the current, unexpired lease."""
 
+    @abstractmethod
     def end_trial(
         self,
         trial_id: int,
@@ -165,18 +164,7 @@ class Store(ABC):
         stop_reason: str | None = None,
     ) -> tuple[Trial, int]:
         """:meth:`finish_trial` under the agent's lease, and how many trials of its sweep still run
-        afterwards, as the coordinator needs both when an agent reports an end. Backends do both in
-        one transaction; this default makes two calls."""
-        trial = self.finish_trial(
-            trial_id,
-            lease_id,
-            state,
-            now=now,
-            exit_code=exit_code,
-            stderr_tail=stderr_tail,
-            stop_reason=stop_reason,
-        )
-        return trial, self.count_trials(trial.sweep_id, states=[TrialState.RUNNING])
+        afterwards, in one transaction, as the coordinator needs both when an agent reports an end."""
 
     @abstractmethod
     def request_stop(self, trial_id: int, reason: str) -> Trial:
