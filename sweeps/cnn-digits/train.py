@@ -11,7 +11,6 @@ Logs ``val_acc``, ``val_loss`` and ``train_loss`` after every epoch through the 
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # sweeps/, for the shared helpers
 from common.args import config_from_args  # noqa: E402
 from common.data import digits  # noqa: E402
-from common.training import evaluate, make_optimizer, setup, to_device, train_epoch  # noqa: E402
+from common.training import fit, make_optimizer, setup, to_device  # noqa: E402
 
 import sweeper  # noqa: E402
 
@@ -64,7 +63,7 @@ def main() -> None:
     cfg = run.config
     device = setup(int(cfg.seed))
 
-    x_train, x_val, y_train, y_val = to_device(device, *digits("image"))
+    data = to_device(device, *digits("image"))
     model = build_cnn(
         int(cfg.filters),
         int(cfg.kernel_size),
@@ -75,14 +74,7 @@ def main() -> None:
     ).to(device)
     optimizer = make_optimizer(cfg.optimizer, model.parameters(), float(cfg.learning_rate), float(cfg.l2))
 
-    for epoch in range(int(cfg.epochs)):
-        train_loss = train_epoch(model, optimizer, x_train, y_train, int(cfg.batch_size))
-        if not math.isfinite(train_loss):
-            print(f"epoch {epoch}: the loss diverged (learning rate too high?); stopping")
-            break
-        val_loss, val_acc = evaluate(model, x_val, y_val)
-        run.log({"val_acc": val_acc, "val_loss": val_loss, "train_loss": train_loss}, step=epoch)
-        print(f"epoch {epoch}: train_loss={train_loss:.4f} val_loss={val_loss:.4f} val_acc={val_acc:.4f}")
+    fit(model, optimizer, data, epochs=int(cfg.epochs), batch_size=int(cfg.batch_size), log=run.log)
     run.finish()
 
 

@@ -1,4 +1,4 @@
-"""The PyTorch parts every neural example repeats: device, seeding, optimiser, one epoch, evaluation.
+"""The PyTorch parts every neural example repeats: device, seeding, optimiser, the epoch loop.
 
 The data sets are small, so the whole split lives on the device as two tensors and an epoch
 is a loop over shuffled index batches: no DataLoader, no worker processes.
@@ -6,7 +6,9 @@ is a loop over shuffled index batches: no DataLoader, no worker processes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,3 +81,31 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
     loss = nn.functional.cross_entropy(logits, y).item()
     acc = (logits.argmax(dim=1) == y).float().mean().item()
     return loss, acc
+
+
+def fit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: Sequence[torch.Tensor],
+    *,
+    epochs: int,
+    batch_size: int,
+    log: Callable[..., Any],
+    start: int = 0,
+    penalty: Callable[[], torch.Tensor] | None = None,
+    before_log: Callable[[int], None] | None = None,
+) -> None:
+    """Train epochs ``start .. epochs-1`` on ``data`` (x_train, x_val, y_train, y_val), calling
+    ``log({"val_acc", "val_loss", "train_loss"}, step=epoch)`` after each; a diverged loss ends it.
+    ``before_log(epoch)`` runs just before the values are logged (to save a checkpoint, say)."""
+    x_train, x_val, y_train, y_val = data
+    for epoch in range(start, epochs):
+        train_loss = train_epoch(model, optimizer, x_train, y_train, batch_size, penalty)
+        if not math.isfinite(train_loss):
+            print(f"epoch {epoch}: the loss diverged (learning rate too high?); stopping")
+            break
+        val_loss, val_acc = evaluate(model, x_val, y_val)
+        if before_log is not None:
+            before_log(epoch)
+        log({"val_acc": val_acc, "val_loss": val_loss, "train_loss": train_loss}, step=epoch)
+        print(f"epoch {epoch}: train_loss={train_loss:.4f} val_loss={val_loss:.4f} val_acc={val_acc:.4f}")

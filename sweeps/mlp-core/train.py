@@ -14,7 +14,6 @@ trial resumes from ``run.restore_from`` when it is given one: what population-ba
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # sweeps/, for the shared helpers
 from common.args import config_from_args  # noqa: E402
 from common.data import digits  # noqa: E402
-from common.training import evaluate, make_optimizer, setup, to_device, train_epoch  # noqa: E402
+from common.training import fit, make_optimizer, setup, to_device  # noqa: E402
 
 import sweeper  # noqa: E402
 
@@ -83,7 +82,7 @@ def main() -> None:
     cfg = run.config
     device = setup(int(cfg.seed))
 
-    x_train, x_val, y_train, y_val = to_device(device, *digits("flat"))
+    data = to_device(device, *digits("flat"))
     model = build_mlp(
         64, 10, int(cfg.hidden_units), int(cfg.hidden_layers), cfg.activation, float(cfg.dropout)
     )
@@ -107,17 +106,21 @@ def main() -> None:
             group["lr"] = float(cfg.learning_rate)
         start = state["epoch"] + 1
 
-    for epoch in range(start, int(cfg.epochs)):
-        train_loss = train_epoch(model, optimizer, x_train, y_train, int(cfg.batch_size), penalty)
-        if not math.isfinite(train_loss):
-            print(f"epoch {epoch}: the loss diverged (learning rate too high?); stopping")
-            break
-        val_loss, val_acc = evaluate(model, x_val, y_val)
-        if cfg.checkpoint:  # saved before logging: the agent publishes it with the logged value
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
-            torch.save(state, run.checkpoint_dir / "ckpt.pt")
-        run.log({"val_acc": val_acc, "val_loss": val_loss, "train_loss": train_loss}, step=epoch)
-        print(f"epoch {epoch}: train_loss={train_loss:.4f} val_loss={val_loss:.4f} val_acc={val_acc:.4f}")
+    def save(epoch: int) -> None:  # before logging: the log call takes a copy for the agent to publish
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
+        torch.save(state, run.checkpoint_dir / "ckpt.pt")
+
+    fit(
+        model,
+        optimizer,
+        data,
+        epochs=int(cfg.epochs),
+        batch_size=int(cfg.batch_size),
+        log=run.log,
+        start=start,
+        penalty=penalty,
+        before_log=save if cfg.checkpoint else None,
+    )
     run.finish()
 
 
