@@ -11,7 +11,7 @@ from sweeper.integrations.settings import wandb_settings
 from sweeper.trials import TrialState
 
 pytest.importorskip("wandb")
-from trackers_support import TRIAL_SCRIPT, offline_runs, run_sweep  # noqa: E402
+from trackers_support import TRIAL_SCRIPT, captured_curve, offline_runs, run_sweep  # noqa: E402
 
 SCRIPTS = Path(__file__).parent / "scripts"
 
@@ -86,13 +86,7 @@ def test_unchanged_wandb_script_feeds_the_coordinator(wandb_env: Path) -> None:
     runs = {r["run_id"]: r for r in offline_runs(wandb_env)}
     for trial in trials:
         lr = trial.config["lr"]
-        curve = trial.curve("loss")
-        assert curve, f"trial {trial.number}: the coordinator got none of the script's metrics"
-        assert curve == [(s, lr * (6 - s)) for s in range(len(curve))]
-        if trial.state is TrialState.FINISHED:
-            assert len(curve) == 6
-        else:
-            assert trial.state is TrialState.STOPPED and trial.stop_reason, trial
+        curve = captured_curve(trial)
         stdout = (wandb_env / ".sweeper" / "trials" / sweep_id / str(trial.number) / "stdout.log").read_text()
         seen = json.loads(next(x for x in stdout.splitlines() if x.startswith("SEEN=")).removeprefix("SEEN="))
         assert seen["args"]["lr"] == seen["config"]["lr"] == lr

@@ -19,7 +19,7 @@ from sweeper.coordinator import Coordinator
 from sweeper.local import LocalAgents
 from sweeper.spec import parse_sweep
 from sweeper.store import open_store
-from sweeper.trials import Trial
+from sweeper.trials import Trial, TrialState
 
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
 WANDB = str(Path(sys.executable).with_name("wandb"))
@@ -187,3 +187,18 @@ def run_sweep(
     local.wait()
     done.set()
     return coordinator, sweep_id, coordinator.trials(sweep_id, with_history=True)
+
+
+def captured_curve(trial: Trial, steps: int = 6) -> list[tuple[int, float]]:
+    """The ``loss`` curve the coordinator got from a script that logs ``lr * (steps - step)`` itself
+    (to W&B or MLflow): every step it holds is one the script logged, in order, with its value; all
+    of them when the trial finished, a prefix when it was stopped."""
+    lr = trial.config["lr"]
+    curve = trial.curve("loss")
+    assert curve, f"trial {trial.number}: the coordinator got none of the script's metrics"
+    assert curve == [(s, lr * (steps - s)) for s in range(len(curve))]
+    if trial.state is TrialState.FINISHED:
+        assert len(curve) == steps
+    else:
+        assert trial.state is TrialState.STOPPED and trial.stop_reason, trial
+    return curve
