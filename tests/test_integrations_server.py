@@ -27,7 +27,7 @@ pytest.importorskip("fastapi")
 from cli_support import sweeper_cli  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from server_helpers import TOKEN, serving  # noqa: E402
-from trackers_support import TRIAL_SCRIPT, MlflowServer  # noqa: E402
+from trackers_support import MlflowServer, write_grid_sweep  # noqa: E402
 
 AGENT = AgentInfo(name="host:1:0", host="host")
 
@@ -40,14 +40,8 @@ def parent_runs(client: MlflowClient, experiment: str) -> list:
 
 
 def test_server_records_the_sweep_of_remote_agents(mlflow_server: MlflowServer, tmp_path: Path) -> None:
-    program = tmp_path / "train.py"
-    program.write_text(TRIAL_SCRIPT)
-    (tmp_path / "sweep.yaml").write_text(
-        f"program: {program}\n"
-        "method: grid\n"
-        "metric: {name: loss, goal: minimize}\n"
-        "parameters:\n  lr: {values: [0.3, 0.1, 0.2]}\n"
-        f"integrations:\n  mlflow: {{tracking_uri: '{mlflow_server.uri}', experiment: served}}\n"
+    write_grid_sweep(
+        tmp_path, [0.3, 0.1, 0.2], f"{{mlflow: {{tracking_uri: '{mlflow_server.uri}', experiment: served}}}}"
     )
     client = MlflowClient(mlflow_server.uri)
     with serving(f"sqlite:///{tmp_path / 'sweeper.db'}", tmp_path / "server") as server:

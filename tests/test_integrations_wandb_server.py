@@ -13,19 +13,11 @@ pytest.importorskip("wandb")
 pytest.importorskip("fastapi")
 from cli_support import sweeper_cli  # noqa: E402
 from server_helpers import TOKEN, start_server  # noqa: E402
-from trackers_support import TRIAL_SCRIPT, offline_runs  # noqa: E402
+from trackers_support import offline_runs, write_grid_sweep  # noqa: E402
 
 
 def test_a_restarted_server_carries_on_the_sweep_run_and_repeats_nothing(tmp_path: Path) -> None:
-    program = tmp_path / "train.py"
-    program.write_text(TRIAL_SCRIPT)
-    (tmp_path / "sweep.yaml").write_text(
-        f"program: {program}\n"
-        "method: grid\n"
-        "metric: {name: loss, goal: minimize}\n"
-        "parameters:\n  lr: {values: [0.4, 0.1, 0.3, 0.2]}\n"
-        "integrations:\n  wandb: {project: restarts, mode: offline}\n"
-    )
+    write_grid_sweep(tmp_path, [0.4, 0.1, 0.3, 0.2], "{wandb: {project: restarts, mode: offline}}")
     records = tmp_path / "records"  # where the server writes the sweep run; the agents write elsewhere
     env = {"WANDB_DIR": str(records), "WANDB_SILENT": "true"}
     db = f"sqlite:///{tmp_path / 'sweeper.db'}"

@@ -202,3 +202,19 @@ def captured_curve(trial: Trial, steps: int = 6) -> list[tuple[int, float]]:
     else:
         assert trial.state is TrialState.STOPPED and trial.stop_reason, trial
     return curve
+
+
+def write_grid_sweep(folder: Path, lrs: list[float], integrations: str) -> Path:
+    """``folder/sweep.yaml``: a grid over ``lr`` running TRIAL_SCRIPT, logged to ``integrations``
+    (the YAML of the block's value, e.g. ``{wandb: {project: p, mode: offline}}``)."""
+    program = folder / "train.py"
+    program.write_text(TRIAL_SCRIPT)
+    path = folder / "sweep.yaml"
+    path.write_text(
+        f"program: {program}\n"
+        "method: grid\n"
+        "metric: {name: loss, goal: minimize}\n"
+        f"parameters:\n  lr: {{values: {lrs}}}\n"
+        f"integrations: {integrations}\n"
+    )
+    return path
