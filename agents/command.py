@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from sweeper.agents.files import write_atomic
+
 log = logging.getLogger(__name__)
 
 #: What a sweep without ``command`` runs, as in W&B.
@@ -102,7 +104,9 @@ def expand_command(
             else:
                 argv.append(program)
         elif name == "args_json_file":
-            _write_json(Path(args_json_path), config)
+            path = Path(args_json_path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, json.dumps(dict(config)))
             argv.append(os.fspath(args_json_path))
         elif name in _ARG_MACROS:
             argv += _ARG_MACROS[name](config)
@@ -110,10 +114,3 @@ def expand_command(
             # W&B drops a whole-chunk macro it does not know; say so instead of staying silent.
             log.warning("unknown command macro %s left out of the command", chunk)
     return argv
-
-
-def _write_json(path: Path, config: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(dict(config)))
-    os.replace(tmp, path)

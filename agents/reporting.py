@@ -9,9 +9,8 @@ Retry policy (every coordinator call an agent makes): exponential backoff from t
 interval, doubled per consecutive failure, capped at ``max_backoff``, with jitter so agents
 cut off together do not all come back in the same instant.
 
-A batch refused as too large (413) is sent again in smaller ones. A batch refused as invalid (422)
-is split until the points the coordinator refuses are alone; those are left out, with a warning
-naming the metric, and the rest is delivered: sending them again could never succeed.
+How points go out in batches, and what becomes of points the coordinator refuses:
+:mod:`~sweeper.agents.batches`.
 """
 
 from __future__ import annotations
@@ -22,9 +21,10 @@ import random
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Protocol
 
-from sweeper.protocol import CONTINUE, Assignment, CoordinatorClient, Directive, LeaseLostError
+from sweeper.agents.batches import BatchSender, MemoryQueue, PointQueue
+
+from sweeper.protocol import Assignment, CoordinatorClient, Directive, LeaseLostError
 from sweeper.trials import MetricPoint
 
 log = logging.getLogger(__name__)
@@ -38,114 +38,6 @@ def backoff_delay(failures: int, *, base: float, cap: float, rng: random.Random 
     # The exponent is capped too: after a thousand failures 2**n no longer fits in a float.
     ceiling = min(base * 2 ** min(max(failures - 1, 0), 62), cap)
     return ceiling * (0.5 + 0.5 * (rng or _jitter).random())
-
-
-class PointQueue(Protocol):
-    """Where a reporter keeps points until the coordinator acknowledges them."""
-
-    def append(self, points: Iterable[MetricPoint]) -> None: ...
-
-    def unacked(self, limit: int | None = None) -> list[MetricPoint]: ...
-
-    def ack(self, count: int) -> None: ...
-
-    @property
-    def pending(self) -> int: ...
-
-
-class MemoryQueue:
-    """A :class:`PointQueue` in memory, for callers that want no files."""
-
-    def __init__(self) -> None:
-        self._points: list[MetricPoint] = []
-        self._lock = threading.Lock()
-
-    def append(self, points: Iterable[MetricPoint]) -> None:
-        with self._lock:
-            self._points.extend(points)
-
-    def unacked(self, limit: int | None = None) -> list[MetricPoint]:
-        with self._lock:
-            return list(self._points if limit is None else self._points[:limit])
-
-    def ack(self, count: int) -> None:
-        with self._lock:
-            del self._points[:count]  # only appends happen meanwhile: the batch is still the head
-
-    @property
-    def pending(self) -> int:
-        with self._lock:
-            return len(self._points)
-
-
-def is_invalid(exc: BaseException) -> bool:
-    """The coordinator refused the request's content (HTTP 422): the same request can never succeed."""
-    return getattr(exc, "status", None) == 422
-
-
-class BatchSender:
-    """Sends a queue's points to the coordinator in batches, acknowledging each batch it delivered.
-
-    A 413 halves the batch size for good. A 422 halves the next batch until the refused point is
-    alone, then leaves that point out and grows the batches again: a few calls per refused point.
-    """
-
-    def __init__(
-        self, client: CoordinatorClient, trial_id: int, lease_id: str, label: str, max_batch: int
-    ) -> None:
-        self._client = client
-        self._trial_id = trial_id
-        self._lease_id = lease_id
-        self._label = label
-        self.max_batch = max(1, max_batch)
-        self.refused: dict[str, int] = {}  # metric name: points left out
-
-    def send(self, queue: PointQueue, on_sent: Callable[[int], None] | None = None) -> Directive:
-        """Send until the queue is empty; returns a stop directive if any reply held one."""
-        result = CONTINUE
-        limit = self.max_batch
-        while batch := queue.unacked(limit):
-            try:
-                directive = self._client.report_metrics(self._trial_id, self._lease_id, batch)
-            except Exception as exc:
-                if getattr(exc, "status", None) == 413 and len(batch) > 1:
-                    self.max_batch = limit = max(1, len(batch) // 2)  # the coordinator takes smaller ones
-                    continue
-                if not is_invalid(exc):
-                    raise
-                if len(batch) > 1:
-                    limit = len(batch) // 2  # look for the refused point(s)
-                    continue
-                self._leave_out(batch[0], exc)
-                queue.ack(1)
-                continue
-            queue.ack(len(batch))
-            if on_sent is not None:
-                on_sent(len(batch))
-            limit = min(self.max_batch, limit * 2)
-            if directive.stop:
-                result = directive
-        return result
-
-    def _leave_out(self, point: MetricPoint, exc: BaseException) -> None:
-        seen = point.name in self.refused
-        self.refused[point.name] = self.refused.get(point.name, 0) + 1
-        if seen:
-            return  # one warning per metric: a script that logs it each step would flood the log
-        why = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-        log.warning(
-            "%s: metric %s (step %d) left out: the coordinator refuses it as invalid (%s); "
-            "its later refused points are left out too, the other metrics are reported",
-            self._label,
-            _show(point.name),
-            point.step,
-            why,
-        )
-
-
-def _show(name: str, limit: int = 80) -> str:
-    shown = repr(name)
-    return shown if len(shown) <= limit else shown[: limit - 4] + "...'"
 
 
 class TrialReporter:

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+from sweeper.agents.files import write_atomic
 
 from sweeper.protocol import Assignment, TrialOutcome
 from sweeper.trials import MetricPoint, TrialState
@@ -55,8 +56,8 @@ class Spool:
             "lease_id": assignment.lease_id,
             "sweep_id": assignment.sweep_id,
         }
-        _write_atomic(spool.path, json.dumps(header) + "\n")
-        _write_atomic(spool.acked_path, "0\n")
+        write_atomic(spool.path, json.dumps(header) + "\n")
+        write_atomic(spool.acked_path, "0\n")
         for stale in (spool.finish_path, spool.folder / ABANDONED_NAME):
             stale.unlink(missing_ok=True)
         return spool
@@ -122,12 +123,12 @@ class Spool:
         with self._lock:
             self._acked = min(self._acked + count, len(self._points))
             acked = self._acked
-        _write_atomic(self.acked_path, f"{acked}\n")
+        write_atomic(self.acked_path, f"{acked}\n")
 
     # -- the end state ---------------------------------------------------------------------
 
     def keep_outcome(self, outcome: TrialOutcome) -> None:
-        _write_atomic(self.finish_path, json.dumps(_outcome_to_json(outcome)) + "\n")
+        write_atomic(self.finish_path, json.dumps(_outcome_to_json(outcome)) + "\n")
 
     def kept_outcome(self) -> TrialOutcome | None:
         try:
@@ -149,7 +150,7 @@ class Spool:
 
     def abandon(self, reason: str) -> None:
         """The coordinator will never take these reports (the lease is gone): keep them, stop resending."""
-        _write_atomic(self.folder / ABANDONED_NAME, reason + "\n")
+        write_atomic(self.folder / ABANDONED_NAME, reason + "\n")
 
     @property
     def is_abandoned(self) -> bool:
@@ -179,10 +180,3 @@ def _outcome_to_json(outcome: TrialOutcome) -> dict[str, Any]:
         "stderr_tail": outcome.stderr_tail,
         "stop_reason": outcome.stop_reason,
     }
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)

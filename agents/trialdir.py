@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from sweeper.agents.files import write_atomic
 
 from sweeper._context import run_id_for
 from sweeper.protocol import Assignment
@@ -65,8 +66,8 @@ class TrialDir:
         trial_dir = cls.for_assignment(workdir, assignment)
         trial_dir.path.mkdir(parents=True, exist_ok=True)
         config = plain(assignment.config)
-        _write_atomic(trial_dir.config_path, json.dumps(config, indent=2) + "\n")
-        _write_atomic(trial_dir.wandb_config_path, wandb_config_yaml(config))
+        write_atomic(trial_dir.config_path, json.dumps(config, indent=2) + "\n")
+        write_atomic(trial_dir.wandb_config_path, wandb_config_yaml(config))
         for log_path in (trial_dir.metrics_path, trial_dir.stdout_path, trial_dir.stderr_path):
             log_path.write_bytes(b"")
         return trial_dir
@@ -125,9 +126,3 @@ def _is_secret(name: str) -> bool:
 def _safe(part: str) -> str:
     # A sweep id becomes one folder name, whatever it contains.
     return re.sub(r"[^A-Za-z0-9._-]", "_", part) or "_"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

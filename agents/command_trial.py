@@ -1,0 +1,117 @@
+"""Running one trial as a subprocess built from the sweep's ``command``: start it, forward the metrics
+it writes, stop it when asked, and say how it ended."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from sweeper.agents.command import expand_command
+from sweeper.agents.events import TrialStarted
+from sweeper.agents.metrics import MetricTailer
+from sweeper.agents.process import TrialProcess, describe_exit, stderr_tail
+from sweeper.agents.trialdir import trial_env
+from sweeper.agents.trialrun import STDERR_TAIL_LINES, AbandonTrial, TrialRun
+
+from sweeper.protocol import LeaseLostError, TrialOutcome
+from sweeper.trials import TrialState
+
+
+class CommandTrial:
+    """Runs trials as commands, each in its own process group, the way one agent is set up to."""
+
+    def __init__(
+        self,
+        *,
+        workdir: Path,
+        program_override: str | None,
+        environ: Mapping[str, str] | None,
+        interpreter: str,
+        gpu: str | None,
+        grace_period: float,
+    ) -> None:
+        self.workdir = workdir
+        self.program_override = program_override
+        self.environ = os.environ if environ is None else environ
+        self.interpreter = interpreter
+        self.gpu = gpu
+        self.grace_period = grace_period
+
+    def run(self, trial: TrialRun) -> TrialOutcome:
+        """Run the trial to its end; raises :class:`AbandonTrial` when its lease is lost."""
+        try:
+            argv = self._argv(trial)
+        except (OSError, TypeError, ValueError) as exc:
+            return TrialOutcome(TrialState.FAILED, stderr_tail=f"sweeper: cannot build the command: {exc}")
+        proc = self._start(trial, argv)
+        tailer = MetricTailer(trial.trial_dir.metrics_path)
+        stop_reason = self._watch(trial, proc, tailer)
+        if stop_reason is not None and proc.poll() is None:
+            return self._stopped(trial, proc, tailer, stop_reason)
+        return self._exited(trial, proc, tailer)
+
+    def _argv(self, trial: TrialRun) -> list[str]:
+        return expand_command(
+            trial.assignment.command,
+            config=trial.assignment.config,
+            program=self.program_override or trial.assignment.program,
+            args_json_path=trial.trial_dir.args_json_path,
+            interpreter=self.interpreter,
+            environ=self.environ,
+        )
+
+    def _start(self, trial: TrialRun, argv: list[str]) -> TrialProcess:
+        assignment, trial_dir = trial.assignment, trial.trial_dir
+        env = trial_env(self.environ, assignment, trial_dir, gpu=self.gpu)
+        env.update(trial.hooks.start(assignment, trial_dir, env))
+        proc = TrialProcess.start(
+            argv,
+            env=env,
+            cwd=self.workdir,
+            stdout_path=trial_dir.stdout_path,
+            stderr_path=trial_dir.stderr_path,
+        )
+        trial.emit(TrialStarted(assignment, tuple(argv), trial_dir.path))
+        return proc
+
+    def _watch(self, trial: TrialRun, proc: TrialProcess, tailer: MetricTailer) -> str | None:
+        """Forward metrics until the process exits (None) or a stop is asked for (its reason)."""
+        while True:
+            code = proc.poll()
+            trial.forward(tailer.read_records())
+            if code is not None:
+                return None
+            if trial.stop.requested:
+                return trial.stop.reason
+            try:
+                reason = trial.coordinator_stop()
+            except LeaseLostError as exc:
+                proc.kill()
+                raise AbandonTrial(f"lease lost: {exc}") from exc
+            if reason is not None:
+                return reason
+            trial.stop.wait(trial.poll_interval)
+
+    def _stopped(
+        self, trial: TrialRun, proc: TrialProcess, tailer: MetricTailer, reason: str
+    ) -> TrialOutcome:
+        code = proc.terminate(self.grace_period)
+        trial.forward(tailer.read_records())  # what it logged while shutting down
+        return TrialOutcome(
+            TrialState.STOPPED,
+            exit_code=code,
+            stderr_tail=stderr_tail(trial.trial_dir.stderr_path, STDERR_TAIL_LINES) or None,
+            stop_reason=reason,
+        )
+
+    def _exited(self, trial: TrialRun, proc: TrialProcess, tailer: MetricTailer) -> TrialOutcome:
+        code = proc.poll()
+        assert code is not None
+        trial.forward(tailer.read_records())
+        if code == 0:
+            return TrialOutcome(TrialState.FINISHED, exit_code=0)
+        tail = stderr_tail(trial.trial_dir.stderr_path, STDERR_TAIL_LINES)
+        if code < 0:
+            tail = f"{tail}\nsweeper: the trial process was {describe_exit(code)}".lstrip("\n")
+        return TrialOutcome(TrialState.FAILED, exit_code=code, stderr_tail=tail)

@@ -1,0 +1,76 @@
+"""Reporting how a trial ended: its last points, then its outcome, retried while the coordinator is away.
+
+Policy: the outcome is written to the trial folder first, then retried for ``timeout`` seconds
+(default: twice the lease, at least 10 minutes), or 3 tries once the agent is stopping. A report
+still undelivered then stays on disk, and the next agent started in the same folder delivers it
+(:func:`~sweeper.agents.reporting.deliver_leftovers`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from sweeper.agents.events import AgentEvent, TrialAbandoned, TrialEnded
+from sweeper.agents.reporting import TrialReporter
+from sweeper.agents.spool import Spool
+from sweeper.agents.trialrun import StopSignal
+
+from sweeper.protocol import Assignment, CoordinatorClient, LeaseLostError, TrialOutcome
+
+log = logging.getLogger(__name__)
+
+# Calls made after a stop get this many tries, so Ctrl-C never waits on a dead coordinator for long.
+_TRIES_WHEN_STOPPING = 3
+# How long an undeliverable end report is retried at least, before it is left on disk.
+_FINISH_RETRY_SECONDS = 600.0
+
+
+def report_end(
+    client: CoordinatorClient,
+    assignment: Assignment,
+    reporter: TrialReporter,
+    outcome: TrialOutcome,
+    *,
+    started: float,
+    clock: Callable[[], float],
+    timeout: float | None,
+    stop: StopSignal,
+    emit: Callable[[AgentEvent], None],
+) -> None:
+    """Deliver the trial's end, then emit :class:`TrialEnded`; :class:`TrialAbandoned` if it cannot be."""
+    spool = reporter.queue if isinstance(reporter.queue, Spool) else None
+    if spool is not None:
+        _keep_on_disk(spool, assignment, outcome)
+    if timeout is None:
+        timeout = max(2 * assignment.lease_seconds, _FINISH_RETRY_SECONDS)
+    deadline = clock() + timeout
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            reporter.send_all()
+            client.finish_trial(assignment.trial_id, assignment.lease_id, outcome)
+            break
+        except LeaseLostError as exc:
+            if spool is not None:
+                spool.abandon(f"lease lost: {exc}")
+            emit(TrialAbandoned(assignment, f"lease lost: {exc}"))
+            return
+        except Exception as exc:
+            delay = reporter.record_failure(exc)
+            if clock() >= deadline or (stop.requested and tries >= _TRIES_WHEN_STOPPING):
+                kept = f"; kept in {spool.folder} for the next agent" if spool is not None else ""
+                emit(TrialAbandoned(assignment, f"could not report the end to the coordinator: {exc}{kept}"))
+                return
+            stop.pause(delay)
+    if spool is not None:
+        spool.delivered()
+    emit(TrialEnded(assignment, outcome, clock() - started, dict(reporter.summary)))
+
+
+def _keep_on_disk(spool: Spool, assignment: Assignment, outcome: TrialOutcome) -> None:
+    try:
+        spool.keep_outcome(outcome)
+    except OSError as exc:
+        log.warning("trial %s: cannot keep the outcome on disk: %s", assignment.trial_number, exc)

@@ -1,0 +1,99 @@
+"""What an agent hands the code that runs one trial (a command or a function): the trial's folder and
+reporter, its hooks, the agent's stop signal, and the way to give a trial up without a report."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sweeper.agents.events import AgentEvent
+from sweeper.agents.hooks import TrialHooks
+from sweeper.agents.metrics import points_from_record
+from sweeper.agents.reporting import TrialReporter
+from sweeper.agents.trialdir import TrialDir
+
+from sweeper import _context
+from sweeper.protocol import Assignment
+
+#: Lines of a failed or stopped trial's stderr (or traceback) that go to the coordinator.
+STDERR_TAIL_LINES = 40
+
+
+class AbandonTrial(Exception):
+    """The trial must be given up without a report (its lease is gone)."""
+
+
+class StopSignal:
+    """A request, from any thread, that the agent end its trial as STOPPED and return.
+
+    The first reason given is the one the agent stops with. A function trial running meanwhile is
+    told through its context, since it only hears of a stop on its next ``run.log``.
+    """
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._reason: str | None = None
+        self._context: _context.TrialContext | None = None
+
+    def request(self, reason: str) -> None:
+        if self._reason is None:
+            self._reason = reason
+        context = self._context
+        if context is not None:
+            context.request_stop(reason)
+        self._event.set()
+
+    @property
+    def requested(self) -> bool:
+        return self._event.is_set()
+
+    @property
+    def reason(self) -> str:
+        return self._reason or "stopped"
+
+    def wait(self, seconds: float) -> None:
+        """Sleep up to ``seconds``; a stop request ends the sleep early."""
+        self._event.wait(seconds)
+
+    def pause(self, seconds: float) -> None:
+        """Sleep ``seconds`` even once stopping, so retries made after a stop still pause between tries."""
+        (threading.Event() if self.requested else self._event).wait(seconds)
+
+    def attach(self, context: _context.TrialContext) -> None:
+        """Pass stop requests on to this function trial's context, starting with one already made."""
+        self._context = context
+        if self.requested:
+            context.request_stop(self.reason)
+
+    def detach(self) -> None:
+        self._context = None
+
+
+@dataclass(frozen=True)
+class TrialRun:
+    """One leased trial while it runs."""
+
+    assignment: Assignment
+    trial_dir: TrialDir
+    reporter: TrialReporter
+    hooks: TrialHooks
+    stop: StopSignal
+    emit: Callable[[AgentEvent], None]
+    poll_interval: float
+
+    def forward(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """New metric records go to the coordinator (through the reporter) and to the hooks."""
+        self.reporter.add([point for record in records for point in points_from_record(record)])
+        self.hooks.metrics(self.assignment, records)
+
+    def coordinator_stop(self) -> str | None:
+        """Report or heartbeat when one is due; the reason when the coordinator says to stop.
+
+        Raises :class:`~sweeper.protocol.LeaseLostError`.
+        """
+        directive = self.reporter.pump()
+        if directive is not None and directive.stop:
+            return directive.reason or "stopped by the coordinator"
+        return None
