@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 
 from bench.adapters import METHODS  # noqa: E402
 from bench.latency import LATENCY_METHODS, measure_latency  # noqa: E402
-from bench.problems import Problem, all_problems  # noqa: E402
+from bench.problems import Problem, all_problems, problems_from  # noqa: E402
 
 BUDGETS = (20, 40, 60)
 QUICK_BUDGETS = (10, 20, 30)
@@ -132,6 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/results/search.json"))
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of the methods")
     parser.add_argument("--problems", default="", help="comma-separated subset of the problems")
+    parser.add_argument(
+        "--problems-from",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a Python file defining PROBLEMS = [bench.problems.Problem(...)]: run those too (repeatable)",
+    )
     parser.add_argument("--no-latency", action="store_true")
     parser.add_argument("--no-plots", action="store_true")
     args = parser.parse_args(argv)
@@ -142,6 +150,14 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
     problems = all_problems(args.quick)
+    for path in args.problems_from:
+        try:
+            problems += problems_from(path)
+        except ValueError as exc:
+            parser.error(str(exc))
+    clash = sorted({p.name for p in problems if [q.name for q in problems].count(p.name) > 1})
+    if clash:
+        parser.error(f"two problems named {', '.join(clash)}: give each its own name")
     if args.problems:
         wanted = {p.strip() for p in args.problems.split(",")}
         problems = [p for p in problems if p.name in wanted]

@@ -1,0 +1,86 @@
+"""``python -m bench.search --problems-from FILE``: problems of one's own beside the built-in ones."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def search(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bench.search", *args], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_a_problem_from_a_file_runs_with_every_method_asked_for(tmp_path: Path) -> None:
+    problem_file = tmp_path / "mine.py"
+    problem_file.write_text(
+        textwrap.dedent(
+            """
+            from bench.problems import Problem
+
+            PROBLEMS = [
+                Problem(
+                    "shifted_bowl",
+                    {"x": {"min": -4.0, "max": 4.0}, "k": {"values": ["a", "b", "c"]}},
+                    lambda c: (c["x"] - 1.5) ** 2 + {"a": 1.0, "b": 0.0, "c": 2.0}[c["k"]],
+                    0.0,
+                )
+            ]
+            """
+        )
+    )
+    out = tmp_path / "result.json"
+    done = search(
+        "--quick",
+        "--seeds",
+        "2",
+        "--methods",
+        "sweeper random,sweeper tpe",
+        "--problems",
+        "shifted_bowl",
+        "--problems-from",
+        str(problem_file),
+        "--no-latency",
+        "--no-plots",
+        "--out",
+        str(out),
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert list(result["losses"]) == ["shifted_bowl"]
+    for method in ("sweeper random", "sweeper tpe"):
+        runs = result["losses"]["shifted_bowl"][method]
+        assert len(runs) == 2 and all(len(losses) == 30 for losses in runs)
+        # Every loss is a value of this objective: never below its optimum, at most its worst corner.
+        assert all(0.0 <= loss <= (4.0 + 1.5) ** 2 + 2.0 for losses in runs for loss in losses)
+    assert "shifted_bowl" in out.with_suffix(".md").read_text()
+
+
+def test_a_file_without_problems_is_refused_with_what_it_should_hold(tmp_path: Path) -> None:
+    problem_file = tmp_path / "empty.py"
+    problem_file.write_text("PROBLEMS = {'branin': 1}\n")
+    done = search("--problems-from", str(problem_file), "--no-latency", "--no-plots")
+    assert done.returncode == 2
+    assert f"--problems-from {problem_file}: expected PROBLEMS = [Problem(...), ...]" in done.stderr
+
+    missing = tmp_path / "nowhere.py"
+    done = search("--problems-from", str(missing))
+    assert done.returncode == 2
+    assert f"--problems-from {missing}: no such file" in done.stderr
+
+
+def test_a_problem_named_like_a_built_in_one_is_refused(tmp_path: Path) -> None:
+    problem_file = tmp_path / "clash.py"
+    problem_file.write_text(
+        "from bench.problems import Problem\n"
+        "PROBLEMS = [Problem('branin', {'x': {'min': 0.0, 'max': 1.0}}, lambda c: c['x'], 0.0)]\n"
+    )
+    done = search("--problems-from", str(problem_file))
+    assert done.returncode == 2
+    assert "two problems named branin" in done.stderr
