@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from sqlalchemy import Connection, event, text
 from store_conformance import StoreConformance, lease
 
 from sweeper.store import SchemaVersionError, StoreError, TrialDraft, open_store
+from sweeper.store.checkpoint import AUTOCHECKPOINT_PAGES
 from sweeper.store.migrations import MIGRATIONS, Migration, latest_version
 from sweeper.trials import MetricPoint, TrialState
 
@@ -211,3 +213,32 @@ def test_running_trial_survives_reopening(sqlite_store_url: str) -> None:
         trial = store.new_trial(sweep.id, lambda s, ts: TrialDraft({"a": 1}), lease=lease(), now=2.0)
     with open_store(sqlite_store_url) as store:
         assert store.list_trials(sweep.id) == [trial]
+
+
+# --- the write-ahead log -------------------------------------------------------
+
+
+def test_the_log_is_copied_back_by_a_thread_not_by_commits(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with open_store(f"sqlite:///{path}") as store:
+        with store._db.write() as conn:  # type: ignore[attr-defined]
+            # A commit checkpoints only past the safety limit, not at SQLite's default of 1000 pages.
+            assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one() == AUTOCHECKPOINT_PAGES
+        sweep = store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
+        for i in range(40):
+            trial = store.new_trial(
+                sweep.id, lambda s, ts: TrialDraft({"i": len(ts)}), lease=lease(), now=2.0
+            )
+            assert trial is not None
+            store.add_metrics(trial.id, "lease-1", [MetricPoint("loss", i, 1, 1, 3.0)], now=3.0)
+        checkpointer = store._db._checkpointer  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 10
+        while checkpointer.passes == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert checkpointer.passes > 0
+        # The database file alone, without its log, already holds the trials.
+        alone = tmp_path / "alone.db"
+        alone.write_bytes(path.read_bytes())
+        with sqlite3.connect(alone) as db:
+            assert db.execute("SELECT count(*) FROM trials").fetchone()[0] == 40
+    assert not checkpointer._thread.is_alive()  # closing the store ends the thread

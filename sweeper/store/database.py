@@ -11,6 +11,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import OperationalError
 
 from sweeper.store.base import StoreError
+from sweeper.store.checkpoint import WalCheckpointer
 from sweeper.store.engine import BUSY_TIMEOUT_S, READ_ONLY
 
 
@@ -25,6 +26,13 @@ class Database:
         # processes still wait on the database lock itself.
         self._serialise_writes = engine.dialect.name == "sqlite"
         self._write_lock = threading.Lock()
+        # SQLite files: the log is copied back off the commit path, from the first write on.
+        self._wal_file = engine.url.database if self._serialise_writes else None
+        if self._wal_file and not self._wal_file.startswith("file:") and self._wal_file != ":memory:":
+            self._wal_file = os.path.abspath(self._wal_file)
+        if self._wal_file in ("", ":memory:") or (self._wal_file or "").startswith("file:"):
+            self._wal_file = None
+        self._checkpointer: WalCheckpointer | None = None
 
     def _engine_here(self) -> Engine:
         # Pooled connections must not cross a fork: a child drops the parent's without closing them.
@@ -33,8 +41,15 @@ class Database:
                 if os.getpid() != self._pid:
                     self.engine.dispose(close=False)
                     self._write_lock = threading.Lock()  # another thread may have held it at the fork
+                    self._checkpointer = None  # its thread did not come along
                     self._pid = os.getpid()
         return self.engine
+
+    def _start_checkpointer(self) -> None:
+        with self._fork_lock:
+            if self._checkpointer is None:
+                self._checkpointer = WalCheckpointer(self._wal_file)  # type: ignore[arg-type]
+                self._checkpointer.start()
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
@@ -44,6 +59,8 @@ class Database:
             with self._errors(), engine.begin() as conn:
                 yield conn
             return
+        if self._checkpointer is None and self._wal_file is not None:
+            self._start_checkpointer()
         lock = self._write_lock
         if not lock.acquire(timeout=BUSY_TIMEOUT_S):
             raise StoreError(f"store {self.label}: database is locked (waited {BUSY_TIMEOUT_S:.0f} s)")
@@ -69,4 +86,7 @@ class Database:
             raise StoreError(f"store {self.label}: {str(exc.orig).strip()}") from exc
 
     def close(self) -> None:
+        if self._checkpointer is not None and self._pid == os.getpid():
+            self._checkpointer.stop()
+            self._checkpointer = None
         self.engine.dispose()

@@ -12,6 +12,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DisconnectionError, NoSuchModuleError
 
 from sweeper.store.base import StoreError
+from sweeper.store.checkpoint import AUTOCHECKPOINT_PAGES
 
 DEFAULT_PATH = Path(".sweeper") / "sweeper.db"
 BUSY_TIMEOUT_S = 30.0
@@ -117,6 +118,8 @@ def _sqlite_engine(url: URL) -> Engine:
         cursor.execute("PRAGMA journal_mode = WAL")  # readers never wait for the writer
         cursor.execute("PRAGMA synchronous = NORMAL")  # safe in WAL mode, and far fewer fsyncs
         cursor.execute("PRAGMA foreign_keys = ON")
+        # The log is copied back by a thread of its own (sweeper.store.checkpoint), not by commits.
+        cursor.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
