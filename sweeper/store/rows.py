@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Row
@@ -80,3 +81,34 @@ def point_to_row(trial_id: int, point: MetricPoint) -> dict[str, Any]:
         "value": float(point.value),
         "time": float(point.time),
     }
+
+
+@dataclass(frozen=True)
+class NewTrialRow:
+    """The row new_trial inserted, with the attributes :func:`trial_from_row` read: what was just
+    written, so it need not be read back."""
+
+    id: int
+    sweep_id: str
+    number: int
+    state: str
+    config: str
+    config_key: str
+    retry_of: int | None
+    member: int | None
+    restore_from: str | None
+    agent: str
+    host: str
+    lease_id: str
+    lease_expires_at: float
+    created_at: float
+    summary: str
+    ended_at: None = None  # the columns new_trial leaves empty
+    exit_code: None = None
+    stderr_tail: None = None
+    stop_reason: None = None
+    stop_requested: None = None
+
+    @classmethod
+    def of(cls, trial_id: int, values: Mapping[str, Any]) -> NewTrialRow:
+        return cls(id=trial_id, **values)

@@ -19,7 +19,6 @@ from sqlalchemy import (
     Engine,
     Row,
     Select,
-    bindparam,
     func,
     insert,
     select,
@@ -29,7 +28,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from sweeper.protocol import SweepNotFoundError
-from sweeper.store import rows, rules, summary
+from sweeper.store import rows, rules, statements, summary
 from sweeper.store.base import (
     InvalidTransitionError,
     Lease,
@@ -46,50 +45,6 @@ from sweeper.trials import SWEEP_TRANSITIONS, MetricPoint, Sweep, SweepState, Tr
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 _ID_LENGTH = 8
 _ID_ATTEMPTS = 5
-
-# The statements of the agent protocol's calls, built once: building them costs more than running them.
-_SWEEP = select(sweeps).where(sweeps.c.id == bindparam("sweep_id_"))
-_SWEEP_LOCKED = _SWEEP.with_for_update()
-_INSERT_TRIAL = insert(trials).returning(trials.c.id)  # inserts the columns it is run with
-_TRIAL = select(trials).where(trials.c.id == bindparam("trial_id_"))
-_TRIAL_LOCKED = _TRIAL.with_for_update()
-# Sets the columns named by the parameters it is run with (all but trial_id_).
-_UPDATE_TRIAL = update(trials).where(trials.c.id == bindparam("trial_id_"))
-_RUNNING_IN_SWEEP = (
-    select(func.count())
-    .select_from(trials)
-    .where(trials.c.sweep_id == bindparam("sweep_id_"), trials.c.state == TrialState.RUNNING.value)
-)
-
-
-# Columns new_trial leaves empty; the rest are the values it inserts.
-_UNSET = ("ended_at", "exit_code", "stderr_tail", "stop_reason", "stop_requested")
-
-
-@dataclasses.dataclass(frozen=True)
-class _NewRow:
-    """The row new_trial inserted, with the attributes rows.trial_from_row reads."""
-
-    id: int
-    sweep_id: str
-    number: int
-    state: str
-    config: str
-    config_key: str
-    retry_of: int | None
-    member: int | None
-    restore_from: str | None
-    agent: str
-    host: str
-    lease_id: str
-    lease_expires_at: float
-    created_at: float
-    summary: str
-    ended_at: None
-    exit_code: None
-    stderr_tail: None
-    stop_reason: None
-    stop_requested: None
 
 
 def new_sweep_id() -> str:
@@ -155,7 +110,8 @@ class SqlStore(Store):
             return self._sweep(conn, sweep_id)
 
     def _sweep(self, conn: Connection, sweep_id: str, *, lock: bool = False) -> Sweep:
-        row = conn.execute(_SWEEP_LOCKED if lock else _SWEEP, {"sweep_id_": sweep_id}).first()
+        statement = statements.SWEEP_LOCKED if lock else statements.SWEEP
+        row = conn.execute(statement, {"sweep_id_": sweep_id}).first()
         if row is None:
             raise SweepNotFoundError(f"no sweep with id {sweep_id!r}")
         return rows.sweep_from_row(row)
@@ -201,9 +157,9 @@ class SqlStore(Store):
                 "created_at": now,
                 "summary": "{}",
             }
-            trial_id = conn.execute(_INSERT_TRIAL, values).scalar_one()
+            trial_id = conn.execute(statements.INSERT_TRIAL, values).scalar_one()
             # What was just written, as a row: no need to read it back.
-            return rows.trial_from_row(_NewRow(id=trial_id, **dict.fromkeys(_UNSET), **values))
+            return rows.trial_from_row(rows.NewTrialRow.of(trial_id, values))
 
     def get_trial(self, trial_id: int, *, with_history: bool = False) -> Trial:
         with self._db.read() as conn:
@@ -263,7 +219,8 @@ class SqlStore(Store):
         return rows.trial_from_row(self._trial_row(conn, trial_id))
 
     def _trial_row(self, conn: Connection, trial_id: int, *, lock: bool = False) -> Row[Any]:
-        row = conn.execute(_TRIAL_LOCKED if lock else _TRIAL, {"trial_id_": trial_id}).first()
+        statement = statements.TRIAL_LOCKED if lock else statements.TRIAL
+        row = conn.execute(statement, {"trial_id_": trial_id}).first()
         if row is None:
             raise TrialNotFoundError(f"no trial with id {trial_id}")
         return row
@@ -276,7 +233,7 @@ class SqlStore(Store):
     def renew_lease(self, trial_id: int, lease_id: str, *, expires_at: float, now: float) -> Trial:
         with self._db.write() as conn:
             row = self._leased_row(conn, trial_id, lease_id, now)
-            conn.execute(_UPDATE_TRIAL, {"trial_id_": trial_id, "lease_expires_at": expires_at})
+            conn.execute(statements.UPDATE_TRIAL, {"trial_id_": trial_id, "lease_expires_at": expires_at})
             # The locked row plus what this call changed: no need to read it back.
             return dataclasses.replace(rows.trial_from_row(row), lease_expires_at=expires_at)
 
@@ -308,33 +265,11 @@ class SqlStore(Store):
             if expires_at is not None:
                 changes["lease_expires_at"] = expires_at
             if points:
-                changes["summary"] = self._add_points(conn, trial, points, changes)
+                changes["summary"] = summary.add_points(conn, self._insert_points, trial, points, changes)
             elif changes:
-                conn.execute(_UPDATE_TRIAL, {"trial_id_": trial_id, **changes})
+                conn.execute(statements.UPDATE_TRIAL, {"trial_id_": trial_id, **changes})
             # The locked row plus what this call changed: no need to read it back.
             return dataclasses.replace(trial, **changes)
-
-    def _add_points(
-        self, conn: Connection, trial: Trial, points: Sequence[MetricPoint], changes: Mapping[str, Any]
-    ) -> dict[str, float]:
-        """Insert ``points`` of ``trial`` (its row locked) and write its new summary along with
-        ``changes`` to its row; the new summary."""
-        values = [rows.point_to_row(trial.id, p) for p in points]
-        conn.execute(self._insert_points, values)
-        newest = summary.newest_points(values)
-        assumed = {**trial.summary, **{name: point["value"] for name, point in newest.items()}}
-        params = {"trial_id_": trial.id, **changes, "summary": rows.dumps(assumed)}
-        if conn.execute(
-            summary.update_if_newest(len(newest)), {**params, **summary.if_newest_params(newest)}
-        ).rowcount:
-            return assumed
-        # Not the newest points stored: batches may arrive out of order, or a point again with other values.
-        found = dict(trial.summary)
-        for name in newest:
-            latest = conn.execute(summary.LATEST_VALUE, {"trial_id_": trial.id, "name_": name}).first()
-            found[name] = rows.metric_value(latest.value)
-        conn.execute(_UPDATE_TRIAL, {**params, "summary": rows.dumps(found)})
-        return found
 
     def finish_trial(
         self,
@@ -363,7 +298,7 @@ class SqlStore(Store):
     ) -> tuple[Trial, int]:
         with self._db.write() as conn:
             trial = self._finish(conn, trial_id, lease_id, state, now, exit_code, stderr_tail, stop_reason)
-            running = conn.execute(_RUNNING_IN_SWEEP, {"sweep_id_": trial.sweep_id}).scalar_one()
+            running = conn.execute(statements.RUNNING_IN_SWEEP, {"sweep_id_": trial.sweep_id}).scalar_one()
             return trial, int(running)
 
     def _finish(
@@ -389,7 +324,7 @@ class SqlStore(Store):
             "stderr_tail": stderr_tail,
             "stop_reason": stop_reason,
         }
-        conn.execute(_UPDATE_TRIAL, {"trial_id_": trial_id, "state": state.value, **changes})
+        conn.execute(statements.UPDATE_TRIAL, {"trial_id_": trial_id, "state": state.value, **changes})
         # The locked row plus what this call changed: no need to read it back.
         return dataclasses.replace(rows.trial_from_row(row), state=state, **changes)
 

@@ -9,12 +9,15 @@ the caller reads the latest points instead. Either way the summary follows the s
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Update, bindparam, exists, select, update
+from sqlalchemy import Connection, Executable, Update, bindparam, exists, select, update
 
+from sweeper.store import rows
 from sweeper.store.schema import metrics, trials
+from sweeper.store.statements import UPDATE_TRIAL
+from sweeper.trials import MetricPoint, Trial
 
 # The latest point of one metric of a trial.
 LATEST_VALUE = (
@@ -69,3 +72,28 @@ def update_if_newest(names: int) -> Update:
         )
         statement = statement.where(stored, ~later)
     return statement
+
+
+def add_points(
+    conn: Connection,
+    insert_points: Executable,
+    trial: Trial,
+    points: Sequence[MetricPoint],
+    changes: Mapping[str, Any],
+) -> dict[str, float]:
+    """Insert ``points`` of ``trial`` (its row locked) and write its new summary along with
+    ``changes`` to its row; the new summary."""
+    values = [rows.point_to_row(trial.id, p) for p in points]
+    conn.execute(insert_points, values)
+    newest = newest_points(values)
+    assumed = {**trial.summary, **{name: point["value"] for name, point in newest.items()}}
+    params = {"trial_id_": trial.id, **changes, "summary": rows.dumps(assumed)}
+    if conn.execute(update_if_newest(len(newest)), {**params, **if_newest_params(newest)}).rowcount:
+        return assumed
+    # Not the newest points stored: batches may arrive out of order, or a point again with other values.
+    found = dict(trial.summary)
+    for name in newest:
+        latest = conn.execute(LATEST_VALUE, {"trial_id_": trial.id, "name_": name}).first()
+        found[name] = rows.metric_value(latest.value)
+    conn.execute(UPDATE_TRIAL, {**params, "summary": rows.dumps(found)})
+    return found
