@@ -1,6 +1,6 @@
 """Multi-fidelity benchmark: stopping rules and Hyperband-style methods on learning-curve problems.
 
-    python -m bench.multifidelity [--quick] [--seeds 10]
+    python -m bench.multifidelity [--quick] [--seeds 10] [--full-trials 40]
 
 Each sweep is replayed in simulated time by an event-driven simulator with a fake clock: workers
 run trials epoch by epoch (each epoch costs its configuration's simulated seconds), and every
@@ -18,9 +18,13 @@ resource (goal: at least 6x faster).
 The target regret is the median final regret of full-budget random search over 100 reference
 runs with their own seeds, which no method under test shares: with the same seed, the methods that
 draw configurations as random search does would meet random's own best configuration in their
-stream, a head start that model-based samplers (BOHB, TPE) do not get. With 8 workers the
-share has a floor near ``workers / FULL_TRIALS``: while the winning trial runs its full budget,
-the other workers spend about as much each.
+stream, a head start that model-based samplers (BOHB, TPE) do not get.
+
+With 8 workers the share has a floor near ``workers / full trials``: while the winning trial runs
+its full budget, the other workers spend about as much each. The oracle row measures it: random
+configurations, each stopped after one epoch unless its final regret meets the target, which no
+stopping rule can undercut. ``--full-trials`` sets random search's budget (results in
+``multifidelity-<N>trials.*``), so the goal can be read where that floor is below it.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ REFERENCE_RUNS = 100  # cheap, and enough that the target does not swing with a 
 ONE_WORKER = ("random (full budget)", "sweeper: random + hyperband rule", "sweeper: random + asha rule")
 ONE_WORKER += ("sweeper: method hyperband", "sweeper: method hyperband, 1 bracket")
 ONE_WORKER += ("sweeper: method bohb", "sweeper: method bohb, no history")
+ONE_WORKER += ("oracle: random + stop every trial that misses the target",)
 
 
 # --- the methods under test: each answers ask() with a config and report() with stop or not ---
@@ -120,6 +125,34 @@ class SweeperRunner(Runner):
         trial = self.trials[key - 1]
         state = TrialState.STOPPED if stopped else TrialState.FINISHED
         self.trials[key - 1] = dataclasses.replace(trial, state=state, stop_reason=trial.stop_requested)
+
+
+class OracleRunner(Runner):
+    """Random configurations; every trial that will miss the target is stopped after one epoch.
+
+    No stopping rule can spend less on random search's configurations, so its share is the floor
+    of every rule row; with several workers it shows what the other workers spend while the
+    winning trial runs its full budget.
+    """
+
+    def __init__(self, problem: CurveProblem, raw: Mapping[str, Any], seed: int, target: float) -> None:
+        self.name = "oracle"
+        self.problem = problem
+        self.target = target
+        self.inner = SweeperRunner("random", {**raw, "method": "random"}, seed, False)
+        self.configs: dict[Any, dict[str, Any]] = {}
+
+    def ask(self) -> tuple[Any, dict[str, Any]] | None:
+        got = self.inner.ask()
+        if got is not None:
+            self.configs[got[0]] = got[1]
+        return got
+
+    def report(self, key: Any, epoch: int, value: float) -> bool:
+        return self.problem.final(self.configs[key]) - self.problem.best > self.target
+
+    def end(self, key: Any, stopped: bool) -> None:
+        self.inner.end(key, stopped)
 
 
 class WandbRunner(Runner):
@@ -306,7 +339,8 @@ def sweep_file(
     return {**raw, **(extra or {})}
 
 
-def methods(problem: CurveProblem) -> dict[str, Callable[[int], Runner]]:
+def methods(problem: CurveProblem, target: float = math.inf) -> dict[str, Callable[[int], Runner]]:
+    """The rows of a table; ``target`` (random search's final regret) is what the oracle knows."""
     r = problem.max_epochs
     hb = {"early_terminate": {"type": "hyperband", "min_iter": 1, "eta": ETA}}
     asha = {"early_terminate": {"type": "asha", "min_iter": 1, "eta": ETA, "max_iter": r}}
@@ -330,6 +364,9 @@ def methods(problem: CurveProblem) -> dict[str, Callable[[int], Runner]]:
         "sweeper: method bohb, no history": lambda s: SweeperRunner(
             "bohb-nh", sweep_file(problem, "bohb"), s, False
         ),
+        "oracle: random + stop every trial that misses the target": lambda s: OracleRunner(
+            problem, sweep_file(problem, "random"), s, target
+        ),
         "W&B sweeps: random + hyperband rule": lambda s: WandbRunner(sweep_file(problem, "random", hb), s),
         "Optuna: random + SHA pruner": lambda s: OptunaRunner("o-r-sha", problem, s, "random", "sha"),
         "Optuna: TPE + SHA pruner": lambda s: OptunaRunner("o-t-sha", problem, s, "tpe", "sha"),
@@ -351,18 +388,14 @@ def run(seeds: int, full_trials: int, workers: int) -> dict[str, Any]:
     out: dict[str, Any] = {"seeds": seeds, "workers": workers, "full_trials": full_trials, "problems": {}}
     for problem in problems():
         budget = full_trials * problem.max_epochs
+        target = target_regret(problem, workers, budget)
+        rows = methods(problem, target)
         table: dict[str, Any] = {}
         traces: dict[str, list[Trace]] = {}
-        for name, make in methods(problem).items():
+        for name, make in rows.items():
             started = time.perf_counter()
             traces[name] = [simulate(make(s), problem, workers, budget, s) for s in range(seeds)]
             table[name] = {"cpu_seconds": round(time.perf_counter() - started, 2)}
-        random_search = methods(problem)["random (full budget)"]
-        reference = [
-            simulate(random_search(REFERENCE_SEED + s), problem, workers, budget, REFERENCE_SEED + s)
-            for s in range(REFERENCE_RUNS)
-        ]
-        target = statistics.median(t.regret[-1] if t.regret else math.inf for t in reference)
         for name, ts in traces.items():
             row = table[name]
             for f in FRACTIONS:
@@ -372,7 +405,7 @@ def run(seeds: int, full_trials: int, workers: int) -> dict[str, Any]:
             row["share_of_random_resource_to_reach_its_final_regret"] = _median_iqr(shares)[0]
             row["seeds_reaching_random_final_regret"] = sum(math.isfinite(x) for x in shares)
         for n in ONE_WORKER:
-            ts = [simulate(methods(problem)[n](s), problem, 1, budget, s) for s in range(seeds)]
+            ts = [simulate(rows[n](s), problem, 1, budget, s) for s in range(seeds)]
             shares = [resource_to_reach(t, target) / budget for t in ts]
             table[n]["share_1_worker"] = _median_iqr(shares)[0]
             if n in ("sweeper: random + asha rule", "sweeper: method hyperband"):
@@ -386,6 +419,16 @@ def run(seeds: int, full_trials: int, workers: int) -> dict[str, Any]:
         }
         print(markdown_problem(problem.name, out["problems"][problem.name], workers), flush=True)
     return out
+
+
+def target_regret(problem: CurveProblem, workers: int, budget: float) -> float:
+    """The median final regret of full-budget random search over the reference runs."""
+    random_search = methods(problem)["random (full budget)"]
+    reference = [
+        simulate(random_search(REFERENCE_SEED + s), problem, workers, budget, REFERENCE_SEED + s)
+        for s in range(REFERENCE_RUNS)
+    ]
+    return statistics.median(t.regret[-1] if t.regret else math.inf for t in reference)
 
 
 def _fmt(x: float) -> str:
@@ -419,19 +462,35 @@ def markdown_problem(name: str, result: Mapping[str, Any], workers: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def results_stem(quick: bool, seeds: int, full_trials: int) -> str:
+    """The results' file name: the reported run (10 seeds, 40 full trials) keeps its own files."""
+    if quick:
+        return "multifidelity-quick"
+    stem = "multifidelity"
+    if full_trials != FULL_TRIALS:
+        stem += f"-{full_trials}trials"
+    if seeds != 10:
+        stem += f"-{seeds}seeds"
+    return stem
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 seeds, a smaller budget: a smoke run")
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument(
+        "--full-trials",
+        type=int,
+        default=FULL_TRIALS,
+        help=f"full-budget trials of random search, whose resource every method gets (default {FULL_TRIALS})",
+    )
     args = parser.parse_args()
     seeds = 2 if args.quick else args.seeds
-    full = 15 if args.quick else FULL_TRIALS
+    full = 15 if args.quick else args.full_trials
     result = run(seeds, full, args.workers)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = "multifidelity-quick" if args.quick else "multifidelity"
-    if not args.quick and seeds != 10:  # the reported run keeps its files
-        stem = f"multifidelity-{seeds}seeds"
+    stem = results_stem(args.quick, seeds, full)
     md = [
         f"# Multi-fidelity benchmark ({seeds} seeds, {args.workers} workers, "
         f"random search: {full} full trials)",

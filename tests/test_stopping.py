@@ -213,20 +213,43 @@ def test_rung_levels(args: tuple, levels: list[int]) -> None:
 
 def test_asha_compares_with_trials_that_reached_the_rung_before() -> None:
     rule = AshaRule(LOSS, Asha(min_iter=1, eta=3, max_iter=9))
-    # Values at rung 1 (iteration 1), logged at times 0, 1, 2, 3 by trials 1..4.
+    # Values at rung 1 (iteration 1), logged at times 0, 1, 2 by trials 1..3.
     early = [curve(1, [0.5], start=0), curve(2, [0.4], start=1), curve(3, [0.6], start=2)]
     # Trial 3 saw three values (0.5, 0.4, its 0.6): keeps 1, it is third.
     decision = rule.decide(early[2], early)
     assert decision is not None and decision.rank == 3 and decision.competitors == 3
     assert "asha: at iteration 1 (rung 1) loss=0.6 is worse than the threshold 0.4" in decision.reason
     # The first trial always goes on; the second was best when it arrived.
-    assert rule.decide(early[0], early) is None and rule.decide(early[1], early) is None
-    # A later, better trial does not change the decision already made for an earlier one.
-    later = [*early, curve(4, [0.01], start=3), curve(5, [0.02], start=4), curve(6, [0.015], start=5)]
-    assert rule.decide(early[1], later) is None
+    assert rule.decide(early[0], [early[0]]) is None and rule.decide(early[1], early[:2]) is None
     # Five trials at the rung keep one; six keep two.
+    later = [*early, curve(4, [0.01], start=3), curve(5, [0.02], start=4), curve(6, [0.015], start=5)]
     assert rule.decide(later[4], later) is not None
     assert rule.decide(later[5], later) is None
+
+
+def test_asha_judges_a_rung_until_the_trial_reaches_its_next_one() -> None:
+    rule = AshaRule(LOSS, Asha(min_iter=1, eta=3, max_iter=9))  # rungs 1, 3
+    # Trial 1 passed rung 1 alone at time 0 and is at iteration 2 (time 1) when three trials
+    # log better values at rung 1: four at the rung keep one, and it is no longer that one.
+    between = curve(1, [0.5, 0.45], start=0)
+    better = [curve(n, [0.1 * n], start=n) for n in (2, 3, 4)]
+    decision = rule.decide(between, [between, *better])
+    assert decision is not None and (decision.iteration, decision.rank, decision.competitors) == (1, 4, 4)
+    # Having reached rung 3 (time 2) before they came, it is judged at rung 1 on its own.
+    moved_on = curve(1, [0.5, 0.45, 0.4], start=0)
+    assert rule.decide(moved_on, [moved_on, *better]) is None
+    # With one worker nothing arrives behind a running trial: the decision at its rung stands.
+    alone = [curve(2, [0.2], start=0), curve(1, [0.5, 0.45], start=1)]
+    assert rule.decide(alone[1], alone) is not None
+
+
+def test_asha_judges_the_final_leg_against_every_trial_at_the_last_rung() -> None:
+    rule = AshaRule(LOSS, Asha(min_iter=1, eta=2, max_iter=4))  # rungs 1, 2; runs to 4 after 2
+    leader = curve(1, [0.5, 0.5, 0.5], start=0)  # passed rungs 1 and 2 alone
+    assert rule.decide(leader, [leader]) is None
+    rivals = [curve(2, [0.4, 0.3], start=1.5), curve(3, [0.3, 0.2], start=1.6)]  # behind it at rung 1
+    decision = rule.decide(leader, [leader, *rivals])
+    assert decision is not None and (decision.iteration, decision.rank, decision.competitors) == (2, 3, 3)
 
 
 def test_asha_checks_every_rung_reached_and_stops_at_the_first_failure() -> None:

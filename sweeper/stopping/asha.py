@@ -1,10 +1,15 @@
 """Asynchronous successive halving (ASHA) as a stopping rule, and its bracketed form.
 
 At each rung (an iteration count), a trial goes on only when its value there is in the top
-``1/eta`` of the values that the trials which reached the rung before it had there, itself
-included (at least one trial always goes on). "Before" is by the time the rung's value was logged,
-then by trial number, so the decision at a rung depends only on what was stored before it and a
-restarted coordinator repeats it.
+``1/eta`` of the values that the trials at the rung had there, itself included (at least one
+trial always goes on). A trial is judged at a rung on every report until it reaches its next
+rung, each time against every trial that has reached the rung so far; once it has moved on, the
+rung counts the trials that reached it before that, by the time their value there was logged,
+then by trial number. So a trial that passed a rung early, among few rivals, is stopped as soon
+as the trials arriving there behind it push it out of the top ``1/eta``, instead of running to
+the next rung on a weak comparison: with one worker nothing arrives behind it and it is plain
+ASHA; with many it is what makes their decisions as informed as one worker's. Each decision
+depends only on what was stored when it was made, so a restarted coordinator repeats it.
 """
 
 from __future__ import annotations
@@ -30,14 +35,16 @@ class SuccessiveHalving:
     ) -> StopDecision | None:
         mine = trial.iterations()
         others = [(t.number, t.iterations()) for t in rivals if t.number != trial.number]
-        for index, level in enumerate(rungs):
-            if level > len(mine):
-                return None
+        reached = [level for level in rungs if level <= len(mine)]
+        for index, level in enumerate(reached):
             point = mine[level - 1]
-            when = (point.time, trial.number)
+            # The rung counts rivals until the trial reaches its next rung (None: not yet).
+            moved_on = None
+            if index + 1 < len(reached):
+                moved_on = (mine[reached[index + 1] - 1].time, trial.number)
             losses = [self.rule.loss(point.value)]
             for number, points in others:
-                if len(points) >= level and (points[level - 1].time, number) < when:
+                if len(points) >= level and (moved_on is None or (points[level - 1].time, number) < moved_on):
                     losses.append(self.rule.loss(points[level - 1].value))
             keep = promotion_count(len(losses), self.eta)
             bar = sorted(losses)[keep - 1]
