@@ -116,8 +116,11 @@ def wandb_next(problem: Problem, method: str, configs: list, values: list, seed:
 
     import sweeps
 
-    # The engine draws from numpy's global generator; seed it per call so runs are reproducible.
-    np.random.seed((seed * 100_003 + len(configs)) % 2**32)
+    # The engine draws from numpy's and Python's global generators (bayes and random search);
+    # seed both per call so runs are reproducible.
+    call_seed = (seed * 100_003 + len(configs)) % 2**32
+    np.random.seed(call_seed)
+    random.seed(call_seed)
     run = sweeps.next_run(problem.sweep(method), wandb_runs(configs, values))
     return {k: _plain(v["value"]) for k, v in run.config.items()}
 
