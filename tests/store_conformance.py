@@ -443,8 +443,9 @@ class StoreConformance:
     def test_new_trial_sees_every_change_since_its_last_read(
         self, store: Store, sweep: Sweep, store_url: str
     ) -> None:
-        """``decide`` gets what a full read gives, also after changes made through another store
-        (another coordinator on the same database) and by metrics, stops, ends and lease expiry."""
+        """``decide`` and a listing of the sweep's trials (both served from what was read before)
+        get what a full read gives, also after changes made through another store (another
+        coordinator on the same database) and by metrics, stops, ends and lease expiry."""
         given: list[list[Trial]] = []
 
         def record(_sweep: Sweep, so_far: Sequence[Trial]) -> TrialDraft:
@@ -453,6 +454,7 @@ class StoreConformance:
 
         def lease_one(on: Store, name: str, expires_at: float = FAR) -> Trial:
             before = store.list_trials(sweep.id)
+            assert before == store.list_trials(sweep.id, states=list(TrialState))  # a full read
             trial = on.new_trial(sweep.id, record, lease=lease(name, name, expires_at), now=2.0)
             assert trial is not None and given[-1] == before
             return trial

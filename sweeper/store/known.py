@@ -1,4 +1,5 @@
-"""The trials of each sweep that ``new_trial`` read before, so a lease reads only what changed.
+"""The trials of each sweep read before, so a lease (or a listing of a sweep's trials) reads only
+what changed.
 
 A lease reads every trial of its sweep under the sweep's lock. Ended trials never change again,
 so only the trials added since the last read, and those that were running then, are read again;
@@ -48,11 +49,14 @@ class KnownTrials:
         self._lock = threading.Lock()
 
     def read(self, conn: Connection, sweep_id: str) -> list[Trial]:
-        """Every trial of a sweep (no history), in number order, read under the sweep's lock.
+        """Every trial of a sweep (no history), in number order, read under the sweep's lock or in
+        one snapshot of a read transaction.
 
         Within a sweep, trial ids grow in the order the inserts commit (new_trial holds the sweep's
-        lock from before its read until its insert commits), so ``id > max_id`` finds every trial
-        added since. Only committed rows are kept: they are read before this transaction writes."""
+        lock from before its read until its insert commits), so any snapshot holds a prefix of them
+        and ``id > max_id`` finds every trial added since. Only committed rows are kept: they are
+        read before this transaction writes. Two reads of one sweep at once each read from their
+        own copy; whichever is kept is a consistent state the next read catches up from."""
         with self._lock:
             known = self._sweeps.pop(sweep_id, None) or _SweepTrials()
         if known.by_number:

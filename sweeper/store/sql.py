@@ -179,7 +179,10 @@ class SqlStore(Store):
         if states is not None:
             query = query.where(trials.c.state.in_([TrialState(s).value for s in states]))
         with self._db.read() as conn:
-            found = self._trials(conn, query, with_history)
+            if with_history or states is not None:
+                found = self._trials(conn, query, with_history)
+            else:  # every trial: what changed since the sweep was last read, not the whole sweep
+                found = self._known.read(conn, sweep_id)
             if not found:
                 self._sweep(conn, sweep_id)  # an unknown sweep is an error, an empty one is not
             return found
