@@ -11,10 +11,10 @@ import pytest
 from sqlalchemy import Connection, event, text
 from store_conformance import StoreConformance, lease
 
-from sweeper.store import SchemaVersionError, StoreError, TrialDraft, open_store
+from sweeper.store import SchemaVersionError, Store, StoreError, TrialDraft, open_store
 from sweeper.store.checkpoint import AUTOCHECKPOINT_PAGES
 from sweeper.store.migrations import MIGRATIONS, Migration, latest_version
-from sweeper.trials import MetricPoint, TrialState
+from sweeper.trials import MetricPoint, Sweep, TrialState
 
 
 class TestSqliteStore(StoreConformance):
@@ -132,15 +132,19 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     )
 
 
+def sweep_with_scored_trials(store: Store, count: int) -> Sweep:
+    """A sweep with ``count`` running trials, each with one loss point."""
+    sweep = store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
+    for i in range(count):
+        trial = store.new_trial(sweep.id, lambda s, ts: TrialDraft({"i": len(ts)}), lease=lease(), now=2.0)
+        assert trial is not None
+        store.add_metrics(trial.id, "lease-1", [MetricPoint("loss", i, 1, 1, 3.0)], now=3.0)
+    return sweep
+
+
 def test_history_is_one_query_for_all_trials(sqlite_store_url: str) -> None:
     with open_store(sqlite_store_url) as store:
-        sweep = store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
-        for i in range(5):
-            trial = store.new_trial(
-                sweep.id, lambda s, ts: TrialDraft({"i": len(ts)}), lease=lease(), now=2.0
-            )
-            assert trial is not None
-            store.add_metrics(trial.id, "lease-1", [MetricPoint("loss", i, 1, 1, 3.0)], now=3.0)
+        sweep = sweep_with_scored_trials(store, 5)
         statements: list[str] = []
         engine = store._db.engine  # type: ignore[attr-defined]
         event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
@@ -224,13 +228,7 @@ def test_the_log_is_copied_back_by_a_thread_not_by_commits(tmp_path: Path) -> No
         with store._db.write() as conn:  # type: ignore[attr-defined]
             # A commit checkpoints only past the safety limit, not at SQLite's default of 1000 pages.
             assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one() == AUTOCHECKPOINT_PAGES
-        sweep = store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
-        for i in range(40):
-            trial = store.new_trial(
-                sweep.id, lambda s, ts: TrialDraft({"i": len(ts)}), lease=lease(), now=2.0
-            )
-            assert trial is not None
-            store.add_metrics(trial.id, "lease-1", [MetricPoint("loss", i, 1, 1, 3.0)], now=3.0)
+        sweep_with_scored_trials(store, 40)
         checkpointer = store._db._checkpointer  # type: ignore[attr-defined]
         deadline = time.monotonic() + 10
         while checkpointer.passes == 0 and time.monotonic() < deadline:
