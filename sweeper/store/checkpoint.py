@@ -55,7 +55,7 @@ class WalCheckpointer:
 
     def _checkpoint(self, conn: sqlite3.Connection) -> None:
         try:
-            busy, logged, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            _busy, _logged, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error as exc:  # another checkpoint runs, or the file went away: next pass
             log.debug("sqlite %s: checkpoint skipped: %s", self._path, exc)
             return

@@ -27,11 +27,7 @@ class Database:
         self._serialise_writes = engine.dialect.name == "sqlite"
         self._write_lock = threading.Lock()
         # SQLite files: the log is copied back off the commit path, from the first write on.
-        self._wal_file = engine.url.database if self._serialise_writes else None
-        if self._wal_file and not self._wal_file.startswith("file:") and self._wal_file != ":memory:":
-            self._wal_file = os.path.abspath(self._wal_file)
-        if self._wal_file in ("", ":memory:") or (self._wal_file or "").startswith("file:"):
-            self._wal_file = None
+        self._wal_file = _sqlite_file(engine)
         self._checkpointer: WalCheckpointer | None = None
 
     def _engine_here(self) -> Engine:
@@ -90,3 +86,14 @@ class Database:
             self._checkpointer.stop()
             self._checkpointer = None
         self.engine.dispose()
+
+
+def _sqlite_file(engine: Engine) -> str | None:
+    """The absolute path of an SQLite engine's database file; None for other databases, in-memory
+    databases and ``file:`` URIs."""
+    if engine.dialect.name != "sqlite":
+        return None
+    path = engine.url.database or ""
+    if path in ("", ":memory:") or path.startswith("file:"):
+        return None
+    return os.path.abspath(path)
