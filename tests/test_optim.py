@@ -12,7 +12,7 @@ from sweeper.optim.acquisition import log_expected_improvement, log_expected_imp
 from sweeper.optim.encoding import SpaceCodec
 from sweeper.optim.gp import _neg_log_posterior, fit_gp
 from sweeper.optim.history import observations
-from sweeper.optim.tpe import Parzen, TPEOptions
+from sweeper.optim.tpe import Parzen, TPEOptions, age_weights
 from sweeper.spec import flatten_config, parse_sweep
 from sweeper.spec.model import Metric
 from sweeper.trials import Trial, TrialState
@@ -248,3 +248,10 @@ def test_parzen_kernels_are_narrow_where_centres_cluster_and_wide_where_they_are
     assert bw[4] == pytest.approx(0.4)  # the gap back to the prior's middle
     assert bw[4] > bw[1]
     assert np.all(_neighbour_bandwidths(col, floor=0.3)[:5] >= 0.3)  # never under a lattice cell
+
+
+def test_tpe_weighs_trials_older_than_the_newest_25_less() -> None:
+    assert list(age_weights(24)) == [1.0] * 24
+    weights = age_weights(100)
+    assert len(weights) == 100 and list(weights[-25:]) == [1.0] * 25
+    assert weights[0] == pytest.approx(0.01) and np.all(np.diff(weights[:75]) > 0)

@@ -7,8 +7,9 @@ coordinates get truncated Gaussian kernels on [0, 1] (the prior there is uniform
 the prior's CDF), each as wide as the larger gap to its neighbouring centres; categories get a
 kernel that keeps most mass on the trial's own category and spreads the rest by the prior, with
 no order between categories. A parameter a trial does not have (conditional spaces) contributes
-its prior to that trial's component. Candidates are drawn from the good mixture and the one with
-the largest good/bad density ratio is chosen.
+its prior to that trial's component. Trials older than the newest 25 weigh less the older they
+are. Candidates are drawn from the good mixture and the one with the largest good/bad density
+ratio is chosen.
 """
 
 from __future__ import annotations
@@ -43,11 +44,18 @@ class TPEOptions:
 class Parzen:
     """A mixture with one component per row of ``centres`` (NaN: parameter absent) plus the prior."""
 
-    def __init__(self, codec: SpaceCodec, centres: np.ndarray, options: TPEOptions) -> None:
+    def __init__(
+        self,
+        codec: SpaceCodec,
+        centres: np.ndarray,
+        options: TPEOptions,
+        weights: np.ndarray | None = None,
+    ) -> None:
         self.codec = codec
         self.centres = centres
         n, p = centres.shape
-        self.weights = np.concatenate([np.ones(n), [options.prior_weight]])
+        own = np.ones(n) if weights is None else weights
+        self.weights = np.concatenate([own, [options.prior_weight]])
         self.weights /= self.weights.sum()
         # One bandwidth per centre and coordinate (n, p), never narrower than a lattice cell.
         self.bandwidth = (
@@ -110,6 +118,14 @@ class Parzen:
         return self.codec.snap(out)
 
 
+def age_weights(n: int) -> np.ndarray:
+    """The weight of each of ``n`` trials, oldest first: the newest 25 count fully, older ones less
+    the older they are (down to 1/n), as in Optuna's TPE; the model follows where the search went."""
+    if n < 25:
+        return np.ones(n)
+    return np.concatenate([np.linspace(1.0 / n, 1.0, n - 25), np.ones(25)])
+
+
 def _neighbour_bandwidths(col: np.ndarray, floor: float) -> np.ndarray:
     """Each centre's bandwidth in one numeric coordinate: the wider of its gaps to the neighbouring
     centres (the prior's middle, 0.5, counted as one), as Optuna's TPE does. Clustered centres get
@@ -159,7 +175,9 @@ def propose(
     n_good = options.n_good(obs.n)
     good = obs.X[order[:n_good]]
     bad = np.vstack([obs.X[order[n_good:]], obs.pending])  # pending: assumed not good
-    lower, upper = Parzen(codec, good, options), Parzen(codec, bad, options)
+    age = age_weights(obs.n)
+    lower = Parzen(codec, good, options, age[order[:n_good]])
+    upper = Parzen(codec, bad, options, np.concatenate([age[order[n_good:]], np.ones(len(obs.pending))]))
     candidates = lower.sample(options.n_candidates, gen)
     ratio = lower.log_pdf(candidates) - upper.log_pdf(candidates)
     for i in np.argsort(-ratio, kind="stable"):
