@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,9 @@ class WalCheckpointer:
         self._interval = interval
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True)
-        self.passes = 0  # checkpoints that copied something, for tests and diagnostics
+        # When the last pass that left every frame of the log copied back began (monotonic clock):
+        # everything committed before then is in the database file.
+        self.caught_up_at: float | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -54,10 +57,11 @@ class WalCheckpointer:
             conn.close()
 
     def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        began = time.monotonic()
         try:
-            _busy, _logged, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            _busy, logged, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error as exc:  # another checkpoint runs, or the file went away: next pass
             log.debug("sqlite %s: checkpoint skipped: %s", self._path, exc)
             return
-        if copied > 0:
-            self.passes += 1
+        if logged == copied:  # every frame committed before this pass began is in the file now
+            self.caught_up_at = began

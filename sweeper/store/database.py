@@ -29,6 +29,8 @@ class Database:
         # SQLite files: the log is copied back off the commit path, from the first write on.
         self._wal_file = _sqlite_file(engine)
         self._checkpointer: WalCheckpointer | None = None
+        self._checkpointer_lock = threading.Lock()
+        self._closed = False
 
     def _engine_here(self) -> Engine:
         # Pooled connections must not cross a fork: a child drops the parent's without closing them.
@@ -38,12 +40,14 @@ class Database:
                     self.engine.dispose(close=False)
                     self._write_lock = threading.Lock()  # another thread may have held it at the fork
                     self._checkpointer = None  # its thread did not come along
+                    self._checkpointer_lock = threading.Lock()
                     self._pid = os.getpid()
         return self.engine
 
     def _start_checkpointer(self) -> None:
-        with self._fork_lock:
-            if self._checkpointer is None:
+        # Not under _fork_lock: a fork while this thread starts would leave the child that lock held.
+        with self._checkpointer_lock:
+            if self._checkpointer is None and not self._closed:
                 self._checkpointer = WalCheckpointer(self._wal_file)  # type: ignore[arg-type]
                 self._checkpointer.start()
 
@@ -82,9 +86,11 @@ class Database:
             raise StoreError(f"store {self.label}: {str(exc.orig).strip()}") from exc
 
     def close(self) -> None:
-        if self._checkpointer is not None and self._pid == os.getpid():
-            self._checkpointer.stop()
-            self._checkpointer = None
+        with self._checkpointer_lock:
+            self._closed = True  # a write after this one gets no checkpoint thread of its own
+            checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None and self._pid == os.getpid():
+            checkpointer.stop()
         self.engine.dispose()
 
 
