@@ -30,9 +30,24 @@ def test_tpe_beats_random_search() -> None:
 
 
 def test_tpe_prefers_the_good_category_after_start_up() -> None:
-    trials = run("tpe", sphere, sphere_spec("tpe"), 60, seed=1)
-    late = [t.config["kind"] for t in trials[-20:]]
-    assert late.count("c") >= 10, late  # random search would pick it 4 times in 20
+    spec = parse_sweep(
+        {
+            "method": "tpe",
+            "metric": {"name": "loss"},
+            "parameters": {
+                "x0": {"min": -1.0, "max": 1.0},
+                "x1": {"min": -1.0, "max": 1.0},
+                "kind": {"values": ["a", "b", "c", "d", "e"]},
+            },
+        }
+    )
+
+    def loss(c: dict) -> float:
+        return (c["x0"] ** 2 + c["x1"] ** 2) / 2 + (0.0 if c["kind"] == "c" else 3.0)
+
+    for seed in range(5):
+        late = [t.config["kind"] for t in run("tpe", loss, spec, 40, seed=seed)[-20:]]
+        assert late.count("c") >= 10, (seed, late)  # random search would pick it 4 times in 20
 
 
 def test_parameters_absent_from_a_trial_are_not_observed() -> None:

@@ -5,11 +5,11 @@ trial "bad". Each group becomes a Parzen mixture over the coordinates of
 :mod:`sweeper.optim.encoding`: one component per trial plus a prior component. Numeric
 coordinates get truncated Gaussian kernels on [0, 1] (the prior there is uniform, since ``u`` is
 the prior's CDF), each as wide as the larger gap to its neighbouring centres; categories get a
-kernel that keeps most mass on the trial's own category and spreads the rest by the prior, with
-no order between categories. A parameter a trial does not have (conditional spaces) contributes
-its prior to that trial's component. Trials older than the newest 25 weigh less the older they
-are. Candidates are drawn from the good mixture and the one with the largest good/bad density
-ratio is chosen.
+kernel that keeps most mass on the trial's own category and spreads the rest by the prior (less
+the more trials the group has), with no order between categories. A parameter a trial does not
+have (conditional spaces) contributes its prior to that trial's component. In each group, trials
+older than its newest 25 weigh less the older they are. Candidates are drawn from the good mixture
+and the one with the largest good/bad density ratio is chosen.
 """
 
 from __future__ import annotations
@@ -33,9 +33,6 @@ class TPEOptions:
     gamma_fraction: float = 0.1
     gamma_cap: int = 25
     prior_weight: float = 1.0
-    # Mass a categorical kernel spreads over all choices by the prior: half, as in Optuna's TPE (its
-    # prior weight of 1 against 1 per trial). Less makes the good group cling to its first categories.
-    category_spread: float = 0.5
 
     def n_good(self, n: int) -> int:
         return max(1, min(math.ceil(self.gamma_fraction * n), self.gamma_cap))
@@ -65,7 +62,10 @@ class Parzen:
             if p
             else np.ones((n, 0))
         )
-        self.spread = options.category_spread
+        # A categorical kernel adds prior_weight / (n + 1) to every choice, one to its own, as
+        # Optuna's TPE does: the mass it spreads by the prior shrinks as the group grows.
+        per_choice = options.prior_weight / (n + 1)
+        self.spreads = [c.n_choices * per_choice / (1 + c.n_choices * per_choice) for c in codec.codecs]
 
     def log_pdf(self, rows: np.ndarray) -> np.ndarray:
         """log density of each row (full rows: no NaN)."""
@@ -78,7 +78,8 @@ class Parzen:
             present = ~np.isnan(mu)
             if c.is_categorical:
                 prior = self._prior_probs(j)
-                own = (1.0 - self.spread) * (x == mu) + self.spread * prior[x.astype(int)]
+                spread = self.spreads[j]
+                own = (1.0 - spread) * (x == mu) + spread * prior[x.astype(int)]
                 term = np.log(own)
             else:
                 sd = self.bandwidth[:, j][None, :]
@@ -108,7 +109,7 @@ class Parzen:
             mu = np.append(self.centres[:, j], np.nan)[which]
             has = ~np.isnan(mu)
             if c.is_categorical:
-                keep = has & (gen.random(size) >= self.spread)
+                keep = has & (gen.random(size) >= self.spreads[j])
                 out[keep, j] = mu[keep]
             else:
                 sd = self.bandwidth[which[has], j]
@@ -124,6 +125,13 @@ def age_weights(n: int) -> np.ndarray:
     if n < 25:
         return np.ones(n)
     return np.concatenate([np.linspace(1.0 / n, 1.0, n - 25), np.ones(25)])
+
+
+def _by_age(members: np.ndarray) -> np.ndarray:
+    """Age weights of a group's trials (indices in trial order), in the order ``members`` lists them."""
+    weights = np.empty(len(members))
+    weights[np.argsort(members, kind="stable")] = age_weights(len(members))
+    return weights
 
 
 def _neighbour_bandwidths(col: np.ndarray, floor: float) -> np.ndarray:
@@ -175,9 +183,9 @@ def propose(
     n_good = options.n_good(obs.n)
     good = obs.X[order[:n_good]]
     bad = np.vstack([obs.X[order[n_good:]], obs.pending])  # pending: assumed not good
-    age = age_weights(obs.n)
-    lower = Parzen(codec, good, options, age[order[:n_good]])
-    upper = Parzen(codec, bad, options, np.concatenate([age[order[n_good:]], np.ones(len(obs.pending))]))
+    # Each group weighs its own trials by their age within the group (pending trials are the newest).
+    lower = Parzen(codec, good, options, _by_age(order[:n_good]))
+    upper = Parzen(codec, bad, options, np.concatenate([_by_age(order[n_good:]), np.ones(len(obs.pending))]))
     candidates = lower.sample(options.n_candidates, gen)
     ratio = lower.log_pdf(candidates) - upper.log_pdf(candidates)
     for i in np.argsort(-ratio, kind="stable"):
