@@ -69,6 +69,12 @@ def test_a_file_without_problems_is_refused_with_what_it_should_hold(tmp_path: P
     assert done.returncode == 2
     assert f"--problems-from {problem_file}: expected PROBLEMS = [Problem(...), ...]" in done.stderr
 
+    broken = tmp_path / "broken.py"
+    broken.write_text("from bench.problems import Problem\nPROBLEMS = [Problem(\n")
+    done = search("--problems-from", str(broken))
+    assert done.returncode == 2
+    assert f"--problems-from {broken}: cannot load it: SyntaxError" in done.stderr
+
     missing = tmp_path / "nowhere.py"
     done = search("--problems-from", str(missing))
     assert done.returncode == 2

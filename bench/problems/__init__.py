@@ -28,7 +28,10 @@ def problems_from(path: Path) -> list[Problem]:
     spec = importlib.util.spec_from_file_location(f"bench_user_problems_{path.stem}", path)
     assert spec is not None and spec.loader is not None  # a .py file always has both
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # a syntax error, a failed import, an error in the file's own code
+        raise ValueError(f"--problems-from {path}: cannot load it: {type(exc).__name__}: {exc}") from exc
     found = getattr(module, "PROBLEMS", None)
     if not isinstance(found, (list, tuple)) or not found:
         raise ValueError(f"--problems-from {path}: expected PROBLEMS = [Problem(...), ...] in the file")
