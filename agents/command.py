@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sweeper.agents.files import write_atomic
+from sweeper.files import write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from sweeper.agents.files import write_atomic
-
+from sweeper.files import write_atomic
 from sweeper.protocol import Assignment, TrialOutcome
 from sweeper.trials import MetricPoint, TrialState
 

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from sweeper.agents.files import write_atomic
 
 from sweeper._context import run_id_for
+from sweeper.files import write_atomic
 from sweeper.protocol import Assignment
 
 # Variables the agent itself may hold that a training script has no business seeing.

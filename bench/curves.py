@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from sweeper.files import write_atomic
 
 CACHE = Path(__file__).parent / "results" / "multifidelity_sgd_curves.json"
 
@@ -156,9 +157,7 @@ def sgd_curves() -> dict[str, list[float]]:
                 errors.append(float(1.0 - model.score(x_val, y_val)))
         curves[_sgd_key(c)] = errors
     CACHE.parent.mkdir(parents=True, exist_ok=True)
-    tmp = CACHE.with_suffix(".tmp")
-    tmp.write_text(json.dumps(curves))
-    os.replace(tmp, CACHE)
+    write_atomic(CACHE, json.dumps(curves))
     return curves
 
 

@@ -34,7 +34,6 @@ import dataclasses
 import heapq
 import json
 import math
-import os
 import random
 import statistics
 import time
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.curves import CurveProblem, problems
+from sweeper.files import write_atomic
 from sweeper.planning import suggestion_rng
 from sweeper.spec import parse_sweep
 from sweeper.stopping import StoppingRule, TrialCurve, build_rule
@@ -498,9 +498,7 @@ def main() -> None:
     ]
     md += [markdown_problem(name, r, args.workers) for name, r in result["problems"].items()]
     for suffix, text in ((".json", json.dumps(result, indent=2, default=str)), (".md", "\n".join(md))):
-        tmp = RESULTS / f"{stem}{suffix}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, RESULTS / f"{stem}{suffix}")
+        write_atomic(RESULTS / f"{stem}{suffix}", text)
 
 
 if __name__ == "__main__":

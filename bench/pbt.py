@@ -23,13 +23,13 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import random
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
+from sweeper.files import write_atomic
 from sweeper.planning import suggestion_rng
 from sweeper.spec import parse_sweep
 from sweeper.stopping import PbtRule, TrialCurve, build_rule
@@ -240,9 +240,7 @@ def main() -> None:
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
     for suffix, body in ((".json", json.dumps(result, indent=2)), (".md", text)):
-        tmp = RESULTS / f"pbt{suffix}.tmp"
-        tmp.write_text(body)
-        os.replace(tmp, RESULTS / f"pbt{suffix}")
+        write_atomic(RESULTS / f"pbt{suffix}", body)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -28,6 +27,7 @@ import numpy as np  # noqa: E402
 from bench.adapters import METHODS  # noqa: E402
 from bench.latency import LATENCY_METHODS, measure_latency  # noqa: E402
 from bench.problems import Problem, all_problems, problems_from  # noqa: E402
+from sweeper.files import write_atomic  # noqa: E402
 
 BUDGETS = (20, 40, 60)
 QUICK_BUDGETS = (10, 20, 30)
@@ -118,13 +118,6 @@ def markdown(summary: dict, budgets: tuple[int, ...], methods: list[str], latenc
     return "\n".join(lines) + "\n"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        f.write(text)
-    os.replace(f.name, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.search", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="4 problems, 3 seeds, 30 trials, latency at 100")
@@ -188,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_seconds": time.perf_counter() - started,
     }
     table = markdown(summary, budgets, methods, latency, seeds)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(args.out, json.dumps(result, indent=1))
     write_atomic(args.out.with_suffix(".md"), table)
     if not args.no_plots:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from sweeper.files import write_atomic
 
 log = logging.getLogger("sweeper.integrations")
 
@@ -41,11 +42,10 @@ class SweepRunProgress:
         A failure is logged, not raised: the rows are logged already, and a retried call would
         log them again; only a later process would repeat them.
         """
-        tmp = self.path.with_name(self.path.name + ".tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps({"trials": sorted(self.trials), "next_step": self.next_step}) + "\n")
-            os.replace(tmp, self.path)
+            progress = {"trials": sorted(self.trials), "next_step": self.next_step}
+            write_atomic(self.path, json.dumps(progress) + "\n")
         except OSError as exc:
             log.warning(
                 "W&B: cannot write %s (%s); after a restart the sweep run may repeat rows", self.path, exc

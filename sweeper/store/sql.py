@@ -175,11 +175,11 @@ class SqlStore(Store):
         with_history: bool = False,
         states: Sequence[TrialState] | None = None,
     ) -> list[Trial]:
-        query = select(trials).where(trials.c.sweep_id == sweep_id)
-        if states is not None:
-            query = query.where(trials.c.state.in_([TrialState(s).value for s in states]))
         with self._db.read() as conn:
             if with_history or states is not None:
+                query = select(trials).where(trials.c.sweep_id == sweep_id)
+                if states is not None:
+                    query = query.where(trials.c.state.in_([TrialState(s).value for s in states]))
                 found = self._trials(conn, query, with_history)
             else:  # every trial: what changed since the sweep was last read, not the whole sweep
                 found = self._known.read(conn, sweep_id)

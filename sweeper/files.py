@@ -1,4 +1,4 @@
-"""Writing the small files in a trial folder so that a reader never sees one half written."""
+"""Writing small files (trial records, progress, results) so that a reader never sees one half written."""
 
 from __future__ import annotations
 
