@@ -225,7 +225,7 @@ def test_running_trial_survives_reopening(sqlite_store_url: str) -> None:
 def test_the_log_is_copied_back_by_a_thread_not_by_commits(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     with open_store(f"sqlite:///{path}") as store:
-        with store._db.write() as conn:  # type: ignore[attr-defined]
+        with store._db.engine.begin() as conn:  # type: ignore[attr-defined]
             # A commit checkpoints only past the safety limit, not at SQLite's default of 1000 pages.
             assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one() == AUTOCHECKPOINT_PAGES
         sweep_with_scored_trials(store, 40)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import OperationalError
@@ -13,19 +14,24 @@ from sqlalchemy.exc import OperationalError
 from sweeper.store.base import StoreError
 from sweeper.store.checkpoint import WalCheckpointer
 from sweeper.store.engine import BUSY_TIMEOUT_S, READ_ONLY
+from sweeper.store.group_commit import GroupCommit
+
+T = TypeVar("T")
 
 
 class Database:
-    def __init__(self, engine: Engine, *, label: str) -> None:
+    def __init__(self, engine: Engine, *, label: str, on_abort: Callable[[], None] = lambda: None) -> None:
+        """``on_abort``: run when a transaction shared by several writes fails as a whole (SQLite)."""
         self.engine = engine
         self.label = label  # the URL with its password masked, for messages
         self._pid = os.getpid()
         self._fork_lock = threading.Lock()
-        # SQLite has one writer at a time. Threads of this process queue here, in order, instead of
-        # polling the database lock with SQLite's busy handler, whose sleeps grow to 100 ms; other
-        # processes still wait on the database lock itself.
-        self._serialise_writes = engine.dialect.name == "sqlite"
-        self._write_lock = threading.Lock()
+        # SQLite has one writer at a time. Threads of this process queue for it here, and the calls
+        # that queue together share a transaction, instead of polling the database lock with
+        # SQLite's busy handler, whose sleeps grow to 100 ms; other processes still wait on the
+        # database lock itself.
+        self._on_abort = on_abort
+        self._group = self._group_commit() if engine.dialect.name == "sqlite" else None
         # SQLite files: the log is copied back off the commit path, from the first write on.
         self._wal_file = _sqlite_file(engine)
         self._checkpointer: WalCheckpointer | None = None
@@ -38,7 +44,8 @@ class Database:
             with self._fork_lock:
                 if os.getpid() != self._pid:
                     self.engine.dispose(close=False)
-                    self._write_lock = threading.Lock()  # another thread may have held it at the fork
+                    if self._group is not None:  # another thread may have been writing at the fork
+                        self._group = self._group_commit()
                     self._checkpointer = None  # its thread did not come along
                     self._checkpointer_lock = threading.Lock()
                     self._pid = os.getpid()
@@ -51,24 +58,28 @@ class Database:
                 self._checkpointer = WalCheckpointer(self._wal_file)  # type: ignore[arg-type]
                 self._checkpointer.start()
 
-    @contextmanager
-    def write(self) -> Iterator[Connection]:
-        """A transaction that may write (on SQLite it holds the write lock from its start)."""
+    def _group_commit(self) -> GroupCommit:
+        return GroupCommit(
+            lambda: self.engine.begin(),
+            self._errors,
+            timeout=BUSY_TIMEOUT_S,
+            timed_out=lambda: StoreError(
+                f"store {self.label}: database is locked (waited {BUSY_TIMEOUT_S:.0f} s)"
+            ),
+            on_abort=self._on_abort,
+        )
+
+    def write(self, work: Callable[[Connection], T]) -> T:
+        """``work(conn)`` in a transaction that may write, and its result once committed. On SQLite
+        the transaction holds the write lock from its start, and may be shared with writes of other
+        threads (each in a savepoint of its own: see :mod:`sweeper.store.group_commit`)."""
         engine = self._engine_here()
-        if not self._serialise_writes:
+        if self._group is None:
             with self._errors(), engine.begin() as conn:
-                yield conn
-            return
+                return work(conn)
         if self._checkpointer is None and self._wal_file is not None:
             self._start_checkpointer()
-        lock = self._write_lock
-        if not lock.acquire(timeout=BUSY_TIMEOUT_S):
-            raise StoreError(f"store {self.label}: database is locked (waited {BUSY_TIMEOUT_S:.0f} s)")
-        try:
-            with self._errors(), engine.begin() as conn:
-                yield conn
-        finally:
-            lock.release()
+        return self._group.run(work)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:

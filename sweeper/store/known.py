@@ -48,6 +48,14 @@ class KnownTrials:
     def __init__(self) -> None:
         self._sweeps: OrderedDict[str, _SweepTrials] = OrderedDict()
         self._lock = threading.Lock()
+        self._generation = 0  # one more at each forget(): what was read before it is not kept
+
+    def forget(self) -> None:
+        """Drop every sweep read so far, and what reads under way would keep: the next read of each
+        sweep reads it whole."""
+        with self._lock:
+            self._sweeps.clear()
+            self._generation += 1
 
     def read(self, conn: Connection, sweep_id: str) -> list[Trial]:
         """Every trial of a sweep (no history), in number order, read under the sweep's lock or in
@@ -55,11 +63,14 @@ class KnownTrials:
 
         Within a sweep, trial numbers grow in the order the inserts commit (new_trial holds the
         sweep's lock from before its read until its insert commits), so any snapshot holds a prefix
-        of them and ``number > last`` finds every trial added since. Only committed rows are kept:
-        they are read before this transaction writes. Two reads of one sweep at once each read from their
-        own copy; whichever is kept is a consistent state the next read catches up from."""
+        of them and ``number > last`` finds every trial added since. A write transaction shared by
+        several calls (SQLite: :mod:`sweeper.store.group_commit`) reads what its earlier calls
+        wrote before that commits; should it fail instead, :meth:`forget` drops it. Two reads of
+        one sweep at once each read from their own copy; whichever is kept is a consistent state
+        the next read catches up from."""
         with self._lock:
             known = self._sweeps.pop(sweep_id, None) or _SweepTrials()
+            generation = self._generation
         last = next(reversed(known.by_number), 0)  # by_number is kept in number order
         if known.by_number:
             params = {"sweep_id_": sweep_id, "last_number_": last, "running_": sorted(known.running)}
@@ -85,6 +96,8 @@ class KnownTrials:
         if not found:  # nothing to keep, and an unknown sweep's id must not push known ones out
             return found
         with self._lock:
+            if generation != self._generation:  # forgotten meanwhile: it may hold rows never written
+                return found
             self._sweeps[sweep_id] = known
             while len(self._sweeps) > _KNOWN_SWEEPS:
                 self._sweeps.popitem(last=False)

@@ -1,8 +1,9 @@
 """The store over SQLAlchemy Core, for SQLite files and PostgreSQL.
 
-Every method runs in one transaction of its own. Writes lock what they decide on:
-PostgreSQL with ``SELECT ... FOR UPDATE``; SQLite takes the database write lock at
-``BEGIN IMMEDIATE`` (``with_for_update`` compiles to nothing there).
+Every method runs in one transaction of its own, or, for SQLite writes that arrive together, in
+a savepoint of its own within one shared transaction (:mod:`sweeper.store.group_commit`). Writes
+lock what they decide on: PostgreSQL with ``SELECT ... FOR UPDATE``; SQLite takes the database
+write lock at ``BEGIN IMMEDIATE`` (``with_for_update`` compiles to nothing there).
 """
 
 from __future__ import annotations
@@ -53,12 +54,13 @@ def new_sweep_id() -> str:
 
 class SqlStore(Store):
     def __init__(self, engine: Engine, *, label: str) -> None:
-        self._db = Database(engine, label=label)
+        self._known = KnownTrials()
+        # A shared transaction that failed read rows that were never written: forget every sweep read.
+        self._db = Database(engine, label=label, on_abort=self._known.forget)
         self.label = label
         dialect = engine.dialect.name
         insert_ignore = postgresql.insert if dialect == "postgresql" else sqlite.insert
         self._insert_points = insert_ignore(metrics).on_conflict_do_nothing()
-        self._known = KnownTrials()
 
     # --- sweeps -------------------------------------------------------------
 
@@ -76,10 +78,13 @@ class SqlStore(Store):
         }
         for attempt in range(_ID_ATTEMPTS):
             sweep_id = new_sweep_id()
+
+            def create(conn: Connection, sweep_id: str = sweep_id) -> Sweep:
+                conn.execute(insert(sweeps).values(id=sweep_id, **values))
+                return self._sweep(conn, sweep_id)
+
             try:
-                with self._db.write() as conn:
-                    conn.execute(insert(sweeps).values(id=sweep_id, **values))
-                    return self._sweep(conn, sweep_id)
+                return self._db.write(create)
             except IntegrityError:  # 36**8 ids: a clash is rare, two in a row rarer still
                 if attempt == _ID_ATTEMPTS - 1:
                     raise
@@ -96,7 +101,8 @@ class SqlStore(Store):
 
     def set_sweep_state(self, sweep_id: str, state: SweepState, *, now: float) -> Sweep:
         state = SweepState(state)
-        with self._db.write() as conn:
+
+        def change(conn: Connection) -> Sweep:
             current = self._sweep(conn, sweep_id, lock=True)
             if current.state is state:
                 return current
@@ -108,6 +114,8 @@ class SqlStore(Store):
                 update(sweeps).where(sweeps.c.id == sweep_id).values(state=state.value, updated_at=now)
             )
             return self._sweep(conn, sweep_id)
+
+        return self._db.write(change)
 
     def _sweep(self, conn: Connection, sweep_id: str, *, lock: bool = False) -> Sweep:
         statement = statements.SWEEP_LOCKED if lock else statements.SWEEP
@@ -127,7 +135,7 @@ class SqlStore(Store):
         now: float,
         with_history: bool = False,
     ) -> Trial | None:
-        with self._db.write() as conn:
+        def lease_one(conn: Connection) -> Trial | None:
             sweep = self._sweep(conn, sweep_id, lock=True)
             if not sweep.state.hands_out_trials:
                 return None
@@ -160,6 +168,8 @@ class SqlStore(Store):
             trial_id = conn.execute(statements.INSERT_TRIAL, values).scalar_one()
             # What was just written, as a row: no need to read it back.
             return rows.trial_from_row(rows.NewTrialRow.of(trial_id, values))
+
+        return self._db.write(lease_one)
 
     def get_trial(self, trial_id: int, *, with_history: bool = False) -> Trial:
         with self._db.read() as conn:
@@ -234,11 +244,13 @@ class SqlStore(Store):
         return row
 
     def renew_lease(self, trial_id: int, lease_id: str, *, expires_at: float, now: float) -> Trial:
-        with self._db.write() as conn:
+        def renew(conn: Connection) -> Trial:
             row = self._leased_row(conn, trial_id, lease_id, now)
             conn.execute(statements.UPDATE_TRIAL, {"trial_id_": trial_id, "lease_expires_at": expires_at})
             # The locked row plus what this call changed: no need to read it back.
             return dataclasses.replace(rows.trial_from_row(row), lease_expires_at=expires_at)
+
+        return self._db.write(renew)
 
     def add_metrics(
         self, trial_id: int, lease_id: str, points: Sequence[MetricPoint], *, now: float
@@ -261,7 +273,8 @@ class SqlStore(Store):
     ) -> Trial:
         """Both add_metrics and report_metrics: the points, and the lease renewed when ``expires_at``
         is given, in one transaction under the trial's lock."""
-        with self._db.write() as conn:
+
+        def record(conn: Connection) -> Trial:
             row = self._leased_row(conn, trial_id, lease_id, now)
             trial = rows.trial_from_row(row)
             changes: dict[str, Any] = {}
@@ -274,6 +287,8 @@ class SqlStore(Store):
             # The locked row plus what this call changed: no need to read it back.
             return dataclasses.replace(trial, **changes)
 
+        return self._db.write(record)
+
     def finish_trial(
         self,
         trial_id: int,
@@ -285,8 +300,10 @@ class SqlStore(Store):
         stderr_tail: str | None = None,
         stop_reason: str | None = None,
     ) -> Trial:
-        with self._db.write() as conn:
+        def finish(conn: Connection) -> Trial:
             return self._finish(conn, trial_id, lease_id, state, now, exit_code, stderr_tail, stop_reason)
+
+        return self._db.write(finish)
 
     def end_trial(
         self,
@@ -299,10 +316,12 @@ class SqlStore(Store):
         stderr_tail: str | None = None,
         stop_reason: str | None = None,
     ) -> tuple[Trial, int]:
-        with self._db.write() as conn:
+        def end(conn: Connection) -> tuple[Trial, int]:
             trial = self._finish(conn, trial_id, lease_id, state, now, exit_code, stderr_tail, stop_reason)
             running = conn.execute(statements.RUNNING_IN_SWEEP, {"sweep_id_": trial.sweep_id}).scalar_one()
             return trial, int(running)
+
+        return self._db.write(end)
 
     def _finish(
         self,
@@ -332,15 +351,17 @@ class SqlStore(Store):
         return dataclasses.replace(rows.trial_from_row(row), state=state, **changes)
 
     def request_stop(self, trial_id: int, reason: str) -> Trial:
-        with self._db.write() as conn:
+        def stop(conn: Connection) -> Trial:
             row = self._trial_row(conn, trial_id, lock=True)
             if row.state == TrialState.RUNNING.value and row.stop_requested is None:
                 conn.execute(update(trials).where(trials.c.id == trial_id).values(stop_requested=reason))
                 return self._trial(conn, trial_id)
             return rows.trial_from_row(row)
 
+        return self._db.write(stop)
+
     def expire_leases(self, *, now: float) -> list[Trial]:
-        with self._db.write() as conn:
+        def expire(conn: Connection) -> list[Trial]:
             expired = conn.execute(
                 select(trials.c.id, trials.c.agent, trials.c.host)
                 .where(trials.c.state == TrialState.RUNNING.value, trials.c.lease_expires_at < now)
@@ -362,8 +383,10 @@ class SqlStore(Store):
             ids = [row.id for row in expired]
             return self._trials(conn, select(trials).where(trials.c.id.in_(ids)), False)
 
+        return self._db.write(expire)
+
     def extend_running_leases(self, *, expires_at: float) -> list[Trial]:
-        with self._db.write() as conn:
+        def extend(conn: Connection) -> list[Trial]:
             running = trials.c.state == TrialState.RUNNING.value
             conn.execute(
                 update(trials)
@@ -372,6 +395,8 @@ class SqlStore(Store):
                 .values(lease_expires_at=expires_at)
             )
             return self._trials(conn, select(trials).where(running).order_by(trials.c.sweep_id), False)
+
+        return self._db.write(extend)
 
     def metric_curves(self, sweep_id: str, name: str) -> dict[int, list[MetricPoint]]:
         # One indexed query: ix_metrics_curve serves (trial_id, name) and the (step, seq) order.

@@ -1,0 +1,195 @@
+"""SQLite writes that arrive together share one transaction (sweeper.store.group_commit), on real files."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, event, text
+from store_conformance import lease
+
+from sweeper.store import Store, StoreError, TrialDraft, open_store
+from sweeper.store.database import Database
+from sweeper.store.group_commit import GroupCommit
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    with open_store(f"sqlite:///{tmp_path / 's.db'}") as opened:
+        with opened._db.engine.begin() as conn:  # type: ignore[attr-defined]
+            conn.execute(text("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL)"))
+            conn.execute(text("CREATE TABLE parents (id INTEGER PRIMARY KEY)"))
+            conn.execute(
+                text("CREATE TABLE children (id INTEGER PRIMARY KEY, parent INTEGER REFERENCES parents(id))")
+            )
+        yield opened
+
+
+def database(store: Store) -> Database:
+    return store._db  # type: ignore[attr-defined,no-any-return]
+
+
+def note(body: str) -> Callable[[Connection], str]:
+    def write(conn: Connection) -> str:
+        conn.execute(text("INSERT INTO notes (body) VALUES (:body)"), {"body": body})
+        return body
+
+    return write
+
+
+def notes(store: Store) -> list[str]:
+    with database(store).engine.connect() as conn:
+        return sorted(row.body for row in conn.execute(text("SELECT body FROM notes")))
+
+
+class Together:
+    """Calls made while a first one holds the transaction open; they queue, then run together."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.release = threading.Event()
+        self.results: dict[str, Any] = {}
+        self.threads: list[threading.Thread] = []
+        self.commits = 0
+        event.listen(db.engine, "commit", self._counted)
+        self._start("first", lambda: db.write(self._hold))
+        self._wait_for(lambda: self._group._busy)
+
+    @property
+    def _group(self) -> GroupCommit:
+        return self.db._group  # type: ignore[return-value]
+
+    def _counted(self, _conn: Any) -> None:
+        self.commits += 1
+
+    def _hold(self, conn: Connection) -> str:
+        assert self.release.wait(30)
+        return note("first")(conn)
+
+    def _start(self, name: str, call: Callable[[], Any]) -> None:
+        def run() -> None:
+            try:
+                self.results[name] = call()
+            except Exception as exc:
+                self.results[name] = exc
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        self.threads.append(thread)
+
+    def queue(self, name: str, call: Callable[[], Any]) -> None:
+        """Start ``call`` (which makes one write) on a thread of its own; return once it queues."""
+        queued = len(self._group._queue)
+        self._start(name, call)
+        self._wait_for(lambda: len(self._group._queue) > queued)
+
+    def run(self) -> dict[str, Any]:
+        self.release.set()
+        for thread in self.threads:
+            thread.join(30)
+        event.remove(self.db.engine, "commit", self._counted)
+        return self.results
+
+    @staticmethod
+    def _wait_for(condition: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 10
+        while not condition():
+            assert time.monotonic() < deadline, "the calls never queued"
+            time.sleep(0.001)
+
+
+def test_calls_that_arrive_together_share_one_commit(store: Store) -> None:
+    together = Together(database(store))
+    for name in ("a", "b", "c"):
+        together.queue(name, lambda name=name: together.db.write(note(name)))
+    results = together.run()
+    assert results == {"first": "first", "a": "a", "b": "b", "c": "c"}
+    assert together.commits == 2  # the first call's, then one for the three that queued behind it
+    assert notes(store) == ["a", "b", "c", "first"]
+
+
+def test_a_call_that_fails_is_rolled_back_alone(store: Store) -> None:
+    def note_then_fail(conn: Connection) -> None:
+        note("broken")(conn)
+        raise ValueError("this call went wrong")
+
+    together = Together(database(store))
+    db = together.db
+    together.queue("a", lambda: db.write(note("a")))
+    together.queue("broken", lambda: db.write(note_then_fail))
+    together.queue("b", lambda: db.write(note("b")))
+    results = together.run()
+    assert isinstance(results["broken"], ValueError)
+    assert (results["a"], results["b"]) == ("a", "b")
+    assert notes(store) == ["a", "b", "first"]  # not "broken": its savepoint was rolled back
+
+
+def test_a_commit_that_fails_fails_every_call_and_forgets_what_it_read(store: Store) -> None:
+    sweep = store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
+
+    def orphan_checked_at_commit(conn: Connection) -> None:
+        conn.execute(text("PRAGMA defer_foreign_keys = ON"))
+        conn.execute(text("INSERT INTO children (parent) VALUES (404)"))  # no such parent
+
+    together = Together(database(store))
+    # new_trial itself, twice in the shared transaction: the second reads the trial the first inserted.
+    for name in ("lease-1", "lease-2"):
+        together.queue(name, lambda: store.new_trial(sweep.id, first_config, lease=lease(), now=2.0))
+    together.queue("orphan", lambda: together.db.write(orphan_checked_at_commit))
+    results = together.run()
+    assert isinstance(results["orphan"], Exception)
+    # One error for every call of the transaction.
+    assert results["lease-1"] is results["lease-2"] is results["orphan"]
+    assert "FOREIGN KEY" in str(results["orphan"])
+    assert notes(store) == ["first"]  # the call before, in a transaction of its own
+    # The first lease's trial was read inside the failed transaction; none of that is kept.
+    assert store.list_trials(sweep.id) == []
+    again = store.new_trial(sweep.id, first_config, lease=lease(), now=3.0)
+    assert again is not None and again.number == 1
+    assert [t.number for t in store.list_trials(sweep.id)] == [1]
+
+
+def first_config(_sweep: Any, trials: Any) -> TrialDraft:
+    return TrialDraft({"x": len(trials)})
+
+
+def test_trials_leased_in_one_transaction_get_their_own_numbers(store: Store) -> None:
+    sweep = store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
+    together = Together(database(store))
+    for i in range(4):
+        together.queue(
+            f"lease-{i}",
+            lambda i=i: store.new_trial(
+                sweep.id, first_config, lease=lease(f"agent-{i}", f"lease-{i}"), now=2.0
+            ),
+        )
+    results = together.run()
+    leased = [results[f"lease-{i}"] for i in range(4)]
+    assert sorted(t.number for t in leased) == [1, 2, 3, 4]
+    assert sorted(t.config["x"] for t in leased) == [0, 1, 2, 3]  # each decided on the ones before it
+    assert [t.number for t in store.list_trials(sweep.id)] == [1, 2, 3, 4]
+
+
+def test_a_call_that_waits_too_long_is_refused_and_never_runs(tmp_path: Path) -> None:
+    with open_store(f"sqlite:///{tmp_path / 's.db'}") as opened:
+        db = database(opened)
+        assert db._group is not None
+        db._group._timeout = 0.3
+        with db.engine.begin() as conn:
+            conn.execute(text("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL)"))
+        together = Together(db)
+        late: dict[str, BaseException] = {}
+        started = time.monotonic()
+        try:
+            db.write(note("late"))
+        except StoreError as exc:
+            late["error"] = exc
+        waited = time.monotonic() - started
+        together.run()
+        assert "database is locked (waited" in str(late["error"])
+        assert waited >= 0.3
+        assert notes(opened) == ["first"]
