@@ -1,8 +1,9 @@
 """The trackers of one process: built once per sweep, shared by its agents and its sweep record.
 
 Building an adapter imports its tracker's package, so it happens only for a sweep that names it.
-Everything waiting is sent (within a bound) when the sweep's agents are done
-(:func:`close_sweep`), and for every sweep when the process ends (:func:`close_all`).
+Everything waiting is sent (within a bound) when the last group of the sweep's agents in this
+process is done (:func:`use_sweep`, :func:`close_sweep`), and for every sweep when the process ends
+(:func:`close_all`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ log = logging.getLogger("sweeper.integrations")
 
 _lock = threading.Lock()
 _sessions: dict[tuple[str, str], list[SafeTracker]] = {}
+_users: dict[str, int] = {}  # sweep id: groups of its agents that run in this process
 _atexit = False
 #: How long the last records may take to reach a tracker when the process ends.
 CLOSE_TIMEOUT = 30.0
@@ -73,9 +75,21 @@ def _register_atexit() -> None:
         _atexit = True
 
 
+def use_sweep(sweep_id: str) -> None:
+    """A group of the sweep's agents starts here: its trackers stay open until it calls close_sweep."""
+    with _lock:
+        _users[sweep_id] = _users.get(sweep_id, 0) + 1
+
+
 def close_sweep(sweep_id: str, timeout: float = CLOSE_TIMEOUT) -> None:
-    """Send what is waiting to the trackers of one sweep, then close them. Other sweeps served by
-    this process (``sweeper.agent()`` in another thread) keep theirs."""
+    """Send what is waiting to the trackers of one sweep, then close them, unless another group of
+    its agents (:func:`use_sweep`) still runs here. Other sweeps served by this process
+    (``sweeper.agent()`` in another thread) keep theirs."""
+    with _lock:
+        others = _users.pop(sweep_id, 0) - 1
+        if others > 0:
+            _users[sweep_id] = others
+            return
     _close(lambda key: key[0] == sweep_id, timeout)
 
 

@@ -92,6 +92,10 @@ class LocalAgents:
     def start(self) -> None:
         budget = TrialBudget(self.client, self.count)
         self._recorder = _sweep_recorder(self.client, self.sweep_id)
+        if self._recorder is not None:  # _end_tracking closes the trackers, once no other group needs them
+            from sweeper.integrations.session import use_sweep
+
+            use_sweep(self.sweep_id)
         slots: list[str | None] = list(self.gpus) if self.gpus else [None] * self.agents
         for slot, gpu in enumerate(slots):
             agent = Agent(

@@ -192,3 +192,52 @@ def test_a_sweep_that_ends_leaves_another_sweep_in_the_process_logging(
     _, (child,) = runs_of(client, "second")
     assert child.info.status == "FINISHED"
     assert [m.value for m in client.get_metric_history(child.info.run_id, "loss")] == [1.0, 0.5]
+
+
+def test_an_agent_that_ends_leaves_another_agent_of_the_same_sweep_logging(
+    mlflow_server: MlflowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two ``sweeper.agent()`` calls on one sweep in one process: the second ends while the
+    first one's trial is running. The trackers stay open until the first is done too."""
+    import threading
+
+    import sweeper
+
+    monkeypatch.chdir(tmp_path)  # the agents' working folder
+
+    gate = tmp_path / "quick-trial-done"
+    program = tmp_path / "waits.py"
+    program.write_text(
+        "import pathlib, time, sweeper\n"
+        "run = sweeper.init()\n"
+        "run.log({'loss': 1.0}, step=0)\n"
+        f"while run.config['lr'] == 0.1 and not pathlib.Path({str(gate)!r}).exists():\n"
+        "    time.sleep(0.05)\n"
+        "run.log({'loss': 0.5}, step=1)\n"
+    )
+    db = f"sqlite:///{tmp_path / 'sweeper.db'}"
+    sweep = sweeper.sweep(
+        {
+            "method": "grid",
+            "program": str(program),
+            "metric": {"name": "loss", "goal": "minimize"},
+            "parameters": {"lr": {"values": [0.1, 0.2]}},
+            "integrations": {"mlflow": {"tracking_uri": mlflow_server.uri, "experiment": "shared"}},
+        },
+        db=db,
+    )
+    waiting = threading.Thread(target=sweeper.agent, args=(sweep,), kwargs={"count": 1, "db": db})
+    waiting.start()  # trial 1 (lr 0.1) logs once, then waits for the gate
+    trial_dir = tmp_path / ".sweeper" / "trials" / sweep / "1"
+    deadline = time.monotonic() + 120
+    while not (trial_dir / "metrics.jsonl").exists() or not (trial_dir / "metrics.jsonl").read_text():
+        assert waiting.is_alive() and time.monotonic() < deadline, "the waiting trial never logged"
+        time.sleep(0.05)
+    sweeper.agent(sweep, count=1, db=db)  # trial 2 (lr 0.2) runs through, and this agent ends
+    gate.touch()
+    waiting.join(120)
+    client = MlflowClient(mlflow_server.uri)
+    _, children = runs_of(client, "shared")
+    waited = next(run for run in children if run.data.params.get("lr") == "0.1")
+    assert waited.info.status == "FINISHED"
+    assert [m.value for m in client.get_metric_history(waited.info.run_id, "loss")] == [1.0, 0.5]
