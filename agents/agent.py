@@ -76,19 +76,26 @@ class Agent:
         self.info = info
         self.workdir = Path(workdir)
         self.count = count
-        self.function = function
-        self.program_override = program_override
+        # How each trial runs: the same for every trial this agent runs.
+        self._runner: CommandTrial | FunctionTrial = (
+            FunctionTrial(function)
+            if function is not None
+            else CommandTrial(
+                workdir=self.workdir,
+                program_override=program_override,
+                environ=environ,
+                interpreter=interpreter,
+                gpu=gpu if gpu is not None else info.gpu,
+                grace_period=grace_period,
+            )
+        )
         self.heartbeat_interval = heartbeat_interval
         self.report_interval = report_interval
-        self.grace_period = grace_period
-        self.gpu = gpu if gpu is not None else info.gpu
         self.on_event = on_event
         self.clock = clock
         self.poll_interval = poll_interval
         self.max_backoff = max_backoff
         self.finish_timeout = finish_timeout
-        self.environ = environ
-        self.interpreter = interpreter
         self.spool = spool  # keep undelivered reports on disk in the trial folder
         # None: the metric capture and the trackers named in each assignment's integrations block.
         self.hooks = TrialHooks(default_hooks() if hooks is None else hooks)
@@ -182,7 +189,7 @@ class Agent:
             self.poll_interval,
         )
         try:
-            outcome = self._runner().run(trial)
+            outcome = self._runner.run(trial)
         except AbandonTrial as exc:
             if spool is not None:
                 spool.abandon(str(exc))  # no later agent in this folder should resend these points
@@ -198,18 +205,6 @@ class Agent:
         trial_dir = TrialDir.create(self.workdir, assignment)
         spool = Spool.create(trial_dir.path, assignment) if self.spool else None
         return trial_dir, spool
-
-    def _runner(self) -> CommandTrial | FunctionTrial:
-        if self.function is not None:
-            return FunctionTrial(self.function)
-        return CommandTrial(
-            workdir=self.workdir,
-            program_override=self.program_override,
-            environ=self.environ,
-            interpreter=self.interpreter,
-            gpu=self.gpu,
-            grace_period=self.grace_period,
-        )
 
     def _reporter(self, assignment: Assignment, spool: Spool | None = None) -> TrialReporter:
         return TrialReporter(

@@ -76,10 +76,11 @@ class BatchSender:
         self._lease_id = lease_id
         self._label = label
         self.max_batch = max(1, max_batch)
-        self.refused: dict[str, int] = {}  # metric name: points left out
+        self.refused: set[str] = set()  # names of the metrics whose points were left out
 
-    def send(self, queue: PointQueue, on_sent: Callable[[int], None] | None = None) -> Directive:
-        """Send until the queue is empty; returns a stop directive if any reply held one."""
+    def send(self, queue: PointQueue, on_sent: Callable[[], None] | None = None) -> Directive:
+        """Send until the queue is empty; returns a stop directive if any reply held one.
+        ``on_sent`` is called after each batch the coordinator took."""
         result = CONTINUE
         limit = self.max_batch
         while batch := queue.unacked(limit):
@@ -99,17 +100,16 @@ class BatchSender:
                 continue
             queue.ack(len(batch))
             if on_sent is not None:
-                on_sent(len(batch))
+                on_sent()
             limit = min(self.max_batch, limit * 2)
             if directive.stop:
                 result = directive
         return result
 
     def _leave_out(self, point: MetricPoint, exc: BaseException) -> None:
-        seen = point.name in self.refused
-        self.refused[point.name] = self.refused.get(point.name, 0) + 1
-        if seen:
+        if point.name in self.refused:
             return  # one warning per metric: a script that logs it each step would flood the log
+        self.refused.add(point.name)
         why = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         log.warning(
             "%s: metric %s (step %d) left out: the coordinator refuses it as invalid (%s); "

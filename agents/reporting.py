@@ -78,7 +78,6 @@ class TrialReporter:
         self._retry_at: float | None = None
         self._failures = 0
         self.summary: dict[str, float] = {}
-        self.sent = 0
 
     def add(self, points: Iterable[MetricPoint]) -> None:
         points = list(points)
@@ -96,11 +95,6 @@ class TrialReporter:
     @property
     def queue(self) -> PointQueue:
         return self._queue
-
-    @property
-    def failures(self) -> int:
-        """Consecutive failed calls so far."""
-        return self._failures
 
     def pump(self) -> Directive | None:
         """Send the queued points if a report is due, else a heartbeat if one is due.
@@ -135,11 +129,7 @@ class TrialReporter:
     def send_all(self) -> Directive:
         """Send every queued point now, in batches; raises whatever the client raises, except for
         points the coordinator refuses as invalid, which are left out."""
-        return self._sender.send(self._queue, on_sent=self._sent)
-
-    def _sent(self, count: int) -> None:
-        self.sent += count
-        self._succeeded()
+        return self._sender.send(self._queue, on_sent=self._succeeded)
 
     def record_failure(self, exc: BaseException) -> float:
         """Note a failed call; returns the seconds to wait before the next try."""

@@ -92,24 +92,26 @@ class Coordinator:
 
     def _compiled(self, sweep: Sweep) -> tuple[SweepSpec, Strategy, StoppingRule | None]:
         with self._lock:
-            found = self._specs.get(sweep.id)
+            found = self._compiled_before(sweep.id)
             if found is None:
                 spec = parse_sweep(sweep.spec, source=f"sweep {sweep.id}")
                 found = self._specs[sweep.id] = (spec, strategy_class(spec.method)(spec), build_rule(spec))
                 while len(self._specs) > _KNOWN_SPECS:
                     self._specs.popitem(last=False)
-            else:
-                self._specs.move_to_end(sweep.id)
             return found
 
     def _compiled_by_id(self, sweep_id: str) -> tuple[SweepSpec, Strategy, StoppingRule | None]:
         """As :meth:`_compiled`, reading the sweep only when its spec is not at hand (it never changes)."""
         with self._lock:
-            found = self._specs.get(sweep_id)
-            if found is not None:
-                self._specs.move_to_end(sweep_id)
-                return found
-        return self._compiled(self.store.get_sweep(sweep_id))
+            found = self._compiled_before(sweep_id)
+        return found if found is not None else self._compiled(self.store.get_sweep(sweep_id))
+
+    def _compiled_before(self, sweep_id: str) -> tuple[SweepSpec, Strategy, StoppingRule | None] | None:
+        """The sweep's compiled spec if it is at hand, marked as the most recently used (under _lock)."""
+        found = self._specs.get(sweep_id)
+        if found is not None:
+            self._specs.move_to_end(sweep_id)
+        return found
 
     # --- the agent protocol -------------------------------------------------
 
@@ -194,7 +196,7 @@ class Coordinator:
             stop_reason=outcome.stop_reason,
         )
         if not running:  # in a busy sweep other trials still run: nothing more to read
-            self._finish_sweep_if_complete(trial.sweep_id)
+            self._finish_idle_sweep_if_complete(trial.sweep_id)
         self._sweep_changed(trial.sweep_id)
 
     # --- reading ------------------------------------------------------------
@@ -227,6 +229,10 @@ class Coordinator:
     def _finish_sweep_if_complete(self, sweep_id: str) -> None:
         if self.store.count_trials(sweep_id, states=[TrialState.RUNNING]):
             return  # the common case in a busy sweep, answered without loading a trial
+        self._finish_idle_sweep_if_complete(sweep_id)
+
+    def _finish_idle_sweep_if_complete(self, sweep_id: str) -> None:
+        """:meth:`_finish_sweep_if_complete` for a sweep with no trial running when last counted."""
         sweep = self.store.get_sweep(sweep_id)
         if sweep.state is not SweepState.RUNNING:
             return

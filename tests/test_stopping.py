@@ -211,7 +211,7 @@ def test_rung_levels(args: tuple, levels: list[int]) -> None:
         assert rung_levels(*args) == levels
 
 
-def test_asha_compares_with_trials_that_reached_the_rung_before() -> None:
+def test_asha_ranks_a_trial_among_the_trials_at_its_rung() -> None:
     rule = AshaRule(LOSS, Asha(min_iter=1, eta=3, max_iter=9))
     # Values at rung 1 (iteration 1), logged at times 0, 1, 2 by trials 1..3.
     early = [curve(1, [0.5], start=0), curve(2, [0.4], start=1), curve(3, [0.6], start=2)]
@@ -221,7 +221,7 @@ def test_asha_compares_with_trials_that_reached_the_rung_before() -> None:
     assert "asha: at iteration 1 (rung 1) loss=0.6 is worse than the threshold 0.4" in decision.reason
     # The first trial always goes on; the second was best when it arrived.
     assert rule.decide(early[0], [early[0]]) is None and rule.decide(early[1], early[:2]) is None
-    # Five trials at the rung keep one; six keep two.
+    # Six trials at the rung keep two: the third best (0.02) stops, the second best (0.015) goes on.
     later = [*early, curve(4, [0.01], start=3), curve(5, [0.02], start=4), curve(6, [0.015], start=5)]
     assert rule.decide(later[4], later) is not None
     assert rule.decide(later[5], later) is None

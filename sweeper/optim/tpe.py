@@ -148,8 +148,8 @@ def _neighbour_bandwidths(col: np.ndarray, floor: float) -> np.ndarray:
     order = np.argsort(points, kind="stable")
     padded = np.concatenate([[0.0], points[order], [1.0]])
     gaps = np.maximum(padded[1:-1] - padded[:-2], padded[2:] - padded[1:-1])
-    if len(points) >= 2:  # the ends look inward only, not at the edges of the cube
-        gaps[0], gaps[-1] = padded[2] - padded[1], padded[-2] - padded[-3]
+    # The ends look inward only, not at the edges of the cube (points holds the prior's 0.5 too).
+    gaps[0], gaps[-1] = padded[2] - padded[1], padded[-2] - padded[-3]
     sigma = np.empty_like(gaps)
     sigma[order] = gaps
     low = max(1.0 / min(100.0, len(points) + 1.0), floor)

@@ -136,7 +136,6 @@ class Store(ABC):
         """:meth:`add_metrics` and :meth:`renew_lease` in one transaction, as an agent's report needs
         them: the lease is checked once at ``now``, and nothing changes when it is not held."""
 
-    @abstractmethod
     def finish_trial(
         self,
         trial_id: int,
@@ -150,12 +149,22 @@ class Store(ABC):
     ) -> Trial:
         """End a RUNNING trial. ``lease_id`` None is for the coordinator itself (lease expiry,
         cancellation); otherwise it must match the current, unexpired lease."""
+        ended, _running = self.end_trial(
+            trial_id,
+            lease_id,
+            state,
+            now=now,
+            exit_code=exit_code,
+            stderr_tail=stderr_tail,
+            stop_reason=stop_reason,
+        )
+        return ended
 
     @abstractmethod
     def end_trial(
         self,
         trial_id: int,
-        lease_id: str,
+        lease_id: str | None,
         state: TrialState,
         *,
         now: float,
@@ -163,8 +172,8 @@ class Store(ABC):
         stderr_tail: str | None = None,
         stop_reason: str | None = None,
     ) -> tuple[Trial, int]:
-        """:meth:`finish_trial` under the agent's lease, and how many trials of its sweep still run
-        afterwards, in one transaction, as the coordinator needs both when an agent reports an end."""
+        """:meth:`finish_trial`, and how many trials of its sweep still run afterwards, in one
+        transaction, as the coordinator needs both when an agent reports an end."""
 
     @abstractmethod
     def request_stop(self, trial_id: int, reason: str) -> Trial:

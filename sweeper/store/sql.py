@@ -289,26 +289,10 @@ class SqlStore(Store):
 
         return self._db.write(record)
 
-    def finish_trial(
-        self,
-        trial_id: int,
-        lease_id: str | None,
-        state: TrialState,
-        *,
-        now: float,
-        exit_code: int | None = None,
-        stderr_tail: str | None = None,
-        stop_reason: str | None = None,
-    ) -> Trial:
-        def finish(conn: Connection) -> Trial:
-            return self._finish(conn, trial_id, lease_id, state, now, exit_code, stderr_tail, stop_reason)
-
-        return self._db.write(finish)
-
     def end_trial(
         self,
         trial_id: int,
-        lease_id: str,
+        lease_id: str | None,
         state: TrialState,
         *,
         now: float,
@@ -316,39 +300,26 @@ class SqlStore(Store):
         stderr_tail: str | None = None,
         stop_reason: str | None = None,
     ) -> tuple[Trial, int]:
-        def end(conn: Connection) -> tuple[Trial, int]:
-            trial = self._finish(conn, trial_id, lease_id, state, now, exit_code, stderr_tail, stop_reason)
-            running = conn.execute(statements.RUNNING_IN_SWEEP, {"sweep_id_": trial.sweep_id}).scalar_one()
-            return trial, int(running)
-
-        return self._db.write(end)
-
-    def _finish(
-        self,
-        conn: Connection,
-        trial_id: int,
-        lease_id: str | None,
-        state: TrialState,
-        now: float,
-        exit_code: int | None,
-        stderr_tail: str | None,
-        stop_reason: str | None,
-    ) -> Trial:
         state = TrialState(state)
-        if lease_id is None:
-            row = self._trial_row(conn, trial_id, lock=True)
-        else:
-            row = self._leased_row(conn, trial_id, lease_id, now)
-        rules.check_trial_transition(row, state)
         changes = {
             "ended_at": now,
             "exit_code": exit_code,
             "stderr_tail": stderr_tail,
             "stop_reason": stop_reason,
         }
-        conn.execute(statements.UPDATE_TRIAL, {"trial_id_": trial_id, "state": state.value, **changes})
-        # The locked row plus what this call changed: no need to read it back.
-        return dataclasses.replace(rows.trial_from_row(row), state=state, **changes)
+
+        def end(conn: Connection) -> tuple[Trial, int]:
+            if lease_id is None:
+                row = self._trial_row(conn, trial_id, lock=True)
+            else:
+                row = self._leased_row(conn, trial_id, lease_id, now)
+            rules.check_trial_transition(row, state)
+            conn.execute(statements.UPDATE_TRIAL, {"trial_id_": trial_id, "state": state.value, **changes})
+            running = conn.execute(statements.RUNNING_IN_SWEEP, {"sweep_id_": row.sweep_id}).scalar_one()
+            # The locked row plus what this call changed: no need to read it back.
+            return dataclasses.replace(rows.trial_from_row(row), state=state, **changes), int(running)
+
+        return self._db.write(end)
 
     def request_stop(self, trial_id: int, reason: str) -> Trial:
         def stop(conn: Connection) -> Trial:

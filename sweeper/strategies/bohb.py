@@ -146,6 +146,8 @@ def propose(
     x = np.asarray(x, dtype=float)
     losses = np.asarray(losses, dtype=float)
     d = x.shape[1]
+    if not can_fit(len(losses), d, settings):
+        raise ValueError(f"{len(losses)} results cannot fit a model of {d} dimensions (see can_fit)")
     good_rows, bad_rows = split(losses.tolist(), d, settings)
     good, bad = x[good_rows], x[bad_rows]
     cats = np.asarray(categories)

@@ -93,11 +93,9 @@ def fit(
     log: Callable[..., Any],
     start: int = 0,
     penalty: Callable[[], torch.Tensor] | None = None,
-    before_log: Callable[[int], None] | None = None,
 ) -> None:
     """Train epochs ``start .. epochs-1`` on ``data`` (x_train, x_val, y_train, y_val), calling
-    ``log({"val_acc", "val_loss", "train_loss"}, step=epoch)`` after each; a diverged loss ends it.
-    ``before_log(epoch)`` runs just before the values are logged (to save a checkpoint, say)."""
+    ``log({"val_acc", "val_loss", "train_loss"}, step=epoch)`` after each; a diverged loss ends it."""
     x_train, x_val, y_train, y_val = data
     for epoch in range(start, epochs):
         train_loss = train_epoch(model, optimizer, x_train, y_train, batch_size, penalty)
@@ -105,7 +103,5 @@ def fit(
             print(f"epoch {epoch}: the loss diverged (learning rate too high?); stopping")
             break
         val_loss, val_acc = evaluate(model, x_val, y_val)
-        if before_log is not None:
-            before_log(epoch)
         log({"val_acc": val_acc, "val_loss": val_loss, "train_loss": train_loss}, step=epoch)
         print(f"epoch {epoch}: train_loss={train_loss:.4f} val_loss={val_loss:.4f} val_acc={val_acc:.4f}")

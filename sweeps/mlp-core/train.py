@@ -106,9 +106,11 @@ def main() -> None:
             group["lr"] = float(cfg.learning_rate)
         start = state["epoch"] + 1
 
-    def save(epoch: int) -> None:  # before logging: the log call takes a copy for the agent to publish
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
+    def save_then_log(values: dict[str, float], step: int) -> None:
+        # Saved before logging: the log call takes a copy of the checkpoint for the agent to publish.
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": step}
         torch.save(state, run.checkpoint_dir / "ckpt.pt")
+        run.log(values, step=step)
 
     fit(
         model,
@@ -116,10 +118,9 @@ def main() -> None:
         data,
         epochs=int(cfg.epochs),
         batch_size=int(cfg.batch_size),
-        log=run.log,
+        log=save_then_log if cfg.checkpoint else run.log,
         start=start,
         penalty=penalty,
-        before_log=save if cfg.checkpoint else None,
     )
     run.finish()
 
