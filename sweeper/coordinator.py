@@ -134,7 +134,11 @@ class Coordinator:
             expires_at=now + self.lease_seconds,
         )
         trial = self.store.new_trial(
-            sweep_id, decide, lease=lease, now=now, with_history=strategy.needs_history
+            sweep_id,
+            decide,
+            lease=lease,
+            now=now,
+            history_of=spec.metric.name if strategy.needs_history and spec.metric else None,
         )
         if trial is not None:
             return Assignment(

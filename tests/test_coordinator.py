@@ -215,6 +215,8 @@ def test_a_strategy_that_asks_for_metric_histories_gets_them(
     )
     first = lease(coordinator, sweep.id)
     points = [MetricPoint("acc", 0.1 * i, step=i, seq=i, time=0.0) for i in range(3)]
+    # Other metrics are not read for the strategy: only the sweep's metric makes its results.
+    points += [MetricPoint("loss", 1.0 - 0.1 * i, step=i, seq=i, time=0.0) for i in range(3)]
     coordinator.report_metrics(first.trial_id, first.lease_id, points)
     _, strategy, _ = coordinator._compiled_by_id(sweep.id)
     seen = []

@@ -93,12 +93,12 @@ class Store(ABC):
         *,
         lease: Lease,
         now: float,
-        with_history: bool = False,
+        history_of: str | None = None,
     ) -> Trial | None:
-        """Atomically: lock the sweep, load its trials (summaries; their metric history too with
-        ``with_history``), call ``decide``, and insert what it returns as a RUNNING trial numbered
-        max+1 under ``lease``. ``None`` inserts nothing. A sweep that does not hand out trials
-        (not RUNNING) gets ``None`` without ``decide`` being called."""
+        """Atomically: lock the sweep, load its trials (summaries; with ``history_of``, also each
+        trial's points of that one metric as its history), call ``decide``, and insert what it
+        returns as a RUNNING trial numbered max+1 under ``lease``. ``None`` inserts nothing. A sweep
+        that does not hand out trials (not RUNNING) gets ``None`` without ``decide`` being called."""
 
     @abstractmethod
     def get_trial(self, trial_id: int, *, with_history: bool = False) -> Trial:

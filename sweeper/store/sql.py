@@ -133,15 +133,16 @@ class SqlStore(Store):
         *,
         lease: Lease,
         now: float,
-        with_history: bool = False,
+        history_of: str | None = None,
     ) -> Trial | None:
         def lease_one(conn: Connection) -> Trial | None:
             sweep = self._sweep(conn, sweep_id, lock=True)
             if not sweep.state.hands_out_trials:
                 return None
             so_far = self._known.read(conn, sweep_id)
-            if with_history:
-                found = self._histories(conn, select(trials.c.id).where(trials.c.sweep_id == sweep_id))
+            if history_of is not None:
+                in_sweep = select(trials.c.id).where(trials.c.sweep_id == sweep_id)
+                found = self._histories(conn, in_sweep, metric=history_of)
                 so_far = [dataclasses.replace(t, history=tuple(found.get(t.id, ()))) for t in so_far]
             draft = decide(sweep, so_far)
             if draft is None:
@@ -215,13 +216,17 @@ class SqlStore(Store):
         history = self._histories(conn, query.with_only_columns(trials.c.id))
         return [rows.trial_from_row(row, history.get(row.id, ())) for row in found]
 
-    def _histories(self, conn: Connection, trial_ids: Select[Any]) -> dict[int, list[MetricPoint]]:
-        """The metric points of the trials whose ids ``trial_ids`` selects, by trial id, in one query."""
+    def _histories(
+        self, conn: Connection, trial_ids: Select[Any], *, metric: str | None = None
+    ) -> dict[int, list[MetricPoint]]:
+        """The metric points (of one ``metric``, or all) of the trials whose ids ``trial_ids``
+        selects, by trial id, in one query."""
         chosen = trial_ids.subquery()
+        query = select(metrics).where(metrics.c.trial_id.in_(select(chosen.c.id)))
+        if metric is not None:  # ix_metrics_curve: (trial_id, name, step, seq)
+            query = query.where(metrics.c.name == metric)
         points = conn.execute(
-            select(metrics)
-            .where(metrics.c.trial_id.in_(select(chosen.c.id)))
-            .order_by(metrics.c.trial_id, metrics.c.step, metrics.c.seq, metrics.c.name)
+            query.order_by(metrics.c.trial_id, metrics.c.step, metrics.c.seq, metrics.c.name)
         )
         history: dict[int, list[MetricPoint]] = defaultdict(list)
         for point in points:

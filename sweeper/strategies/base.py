@@ -52,7 +52,7 @@ class Strategy(ABC):
     """Subclass, set ``method``, and register with :func:`sweeper.strategies.register`."""
 
     method: ClassVar[str]
-    #: Hand :meth:`suggest` every trial's metric history, not only its summary (costs a query).
+    #: Hand :meth:`suggest` every trial's history of the sweep's metric, not only its summary (costs a query).
     needs_history: ClassVar[bool] = False
 
     def __init__(self, spec: SweepSpec) -> None:

@@ -225,7 +225,7 @@ def model_budget(counts: Mapping[int, int], dims: int, settings: ParzenSettings)
 @register
 class BohbSearch(HyperbandSearch):
     method = "bohb"
-    needs_history = True  # results at each rung come from the trials' metric histories
+    needs_history = True  # results at each rung come from the trials' histories of the metric
     random_fraction = 1 / 3
     settings = ParzenSettings()
 
