@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import os
 import queue
 import re
 import threading
@@ -196,6 +197,26 @@ class StoreConformance:
         )
         assert (first.ended_at, first.summary, first.stop_requested) == (None, {}, None)
         assert store.get_trial(first.id) == first
+
+    def test_a_forked_child_and_its_parent_both_write_with_the_same_store(
+        self, store: Store, sweep: Sweep
+    ) -> None:
+        # The parent's pooled connections (and, on SQLite, its write queue) must not be used or
+        # closed in the child: the child opens its own, and the parent's stay usable.
+        self.started(store, sweep, lease_id="parent-1")
+        pid = os.fork()
+        if pid == 0:  # the child: exit status 0 only if its own write landed
+            try:
+                child = self.started(store, sweep, lease_id="child")
+                store.close()  # closes the child's connections only
+                os._exit(0 if child.number == 2 else 3)
+            except BaseException:
+                os._exit(4)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        self.started(store, sweep, lease_id="parent-2")
+        found = store.list_trials(sweep.id)
+        assert [(t.number, t.lease_id) for t in found] == [(1, "parent-1"), (2, "child"), (3, "parent-2")]
 
     def test_decide_none_inserts_nothing(self, store: Store, sweep: Sweep) -> None:
         assert store.new_trial(sweep.id, lambda s, ts: None, lease=lease(), now=2.0) is None
