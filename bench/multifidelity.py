@@ -55,10 +55,17 @@ FRACTIONS = (0.25, 0.5, 1.0)
 FULL_TRIALS = 40  # full-budget random search runs this many trials; every method gets its resource
 REFERENCE_SEED = 10_000  # seeds of the random-search runs that set the target regret
 REFERENCE_RUNS = 100  # cheap, and enough that the target does not swing with a few lucky runs
-ONE_WORKER = ("random (full budget)", "sweeper: random + hyperband rule", "sweeper: random + asha rule")
-ONE_WORKER += ("sweeper: method hyperband", "sweeper: method hyperband, 1 bracket")
-ONE_WORKER += ("sweeper: method bohb", "sweeper: method bohb, no history")
-ONE_WORKER += ("oracle: random + stop every trial that misses the target",)
+# Rows of the results that the one-worker runs, the summary and the tests refer to by name.
+RANDOM_FULL = "random (full budget)"
+HYPERBAND_RULE = "sweeper: random + hyperband rule"
+ASHA_RULE = "sweeper: random + asha rule"
+METHOD_HYPERBAND = "sweeper: method hyperband"
+METHOD_HYPERBAND_1 = "sweeper: method hyperband, 1 bracket"
+METHOD_BOHB = "sweeper: method bohb"
+BOHB_NO_HISTORY = "sweeper: method bohb, no history"
+ORACLE = "oracle: random + stop every trial that misses the target"
+ONE_WORKER = (RANDOM_FULL, HYPERBAND_RULE, ASHA_RULE, METHOD_HYPERBAND, METHOD_HYPERBAND_1)
+ONE_WORKER += (METHOD_BOHB, BOHB_NO_HISTORY, ORACLE)
 
 
 # --- the methods under test: each answers ask() with a config and report() with stop or not ---
@@ -345,28 +352,18 @@ def methods(problem: CurveProblem, target: float = math.inf) -> dict[str, Callab
     hb = {"early_terminate": {"type": "hyperband", "min_iter": 1, "eta": ETA}}
     asha = {"early_terminate": {"type": "asha", "min_iter": 1, "eta": ETA, "max_iter": r}}
     return {
-        "random (full budget)": lambda s: SweeperRunner("random", sweep_file(problem, "random"), s, False),
-        "sweeper: random + hyperband rule": lambda s: SweeperRunner(
-            "hb", sweep_file(problem, "random", hb), s, False
-        ),
-        "sweeper: random + asha rule": lambda s: SweeperRunner(
-            "asha", sweep_file(problem, "random", asha), s, False
-        ),
-        "sweeper: method hyperband": lambda s: SweeperRunner(
-            "m-hb", sweep_file(problem, "hyperband"), s, False
-        ),
+        RANDOM_FULL: lambda s: SweeperRunner("random", sweep_file(problem, "random"), s, False),
+        HYPERBAND_RULE: lambda s: SweeperRunner("hb", sweep_file(problem, "random", hb), s, False),
+        ASHA_RULE: lambda s: SweeperRunner("asha", sweep_file(problem, "random", asha), s, False),
+        METHOD_HYPERBAND: lambda s: SweeperRunner("m-hb", sweep_file(problem, "hyperband"), s, False),
         # sweeper.resource.brackets: 1, asynchronous successive halving over the resource.
-        "sweeper: method hyperband, 1 bracket": lambda s: SweeperRunner(
+        METHOD_HYPERBAND_1: lambda s: SweeperRunner(
             "m-hb1", sweep_file(problem, "hyperband", brackets=1), s, False
         ),
-        "sweeper: method bohb": lambda s: SweeperRunner("bohb", sweep_file(problem, "bohb"), s, True),
+        METHOD_BOHB: lambda s: SweeperRunner("bohb", sweep_file(problem, "bohb"), s, True),
         # BOHB given one result per trial (no metric history): what its model loses without rungs.
-        "sweeper: method bohb, no history": lambda s: SweeperRunner(
-            "bohb-nh", sweep_file(problem, "bohb"), s, False
-        ),
-        "oracle: random + stop every trial that misses the target": lambda s: OracleRunner(
-            problem, sweep_file(problem, "random"), s, target
-        ),
+        BOHB_NO_HISTORY: lambda s: SweeperRunner("bohb-nh", sweep_file(problem, "bohb"), s, False),
+        ORACLE: lambda s: OracleRunner(problem, sweep_file(problem, "random"), s, target),
         "W&B sweeps: random + hyperband rule": lambda s: WandbRunner(sweep_file(problem, "random", hb), s),
         "Optuna: random + SHA pruner": lambda s: OptunaRunner("o-r-sha", problem, s, "random", "sha"),
         "Optuna: TPE + SHA pruner": lambda s: OptunaRunner("o-t-sha", problem, s, "tpe", "sha"),
@@ -408,7 +405,7 @@ def run(seeds: int, full_trials: int, workers: int) -> dict[str, Any]:
             ts = [simulate(rows[n](s), problem, 1, budget, s) for s in range(seeds)]
             shares = [resource_to_reach(t, target) / budget for t in ts]
             table[n]["share_1_worker"] = _median_iqr(shares)[0]
-            if n in ("sweeper: random + asha rule", "sweeper: method hyperband"):
+            if n in (ASHA_RULE, METHOD_HYPERBAND):
                 speedups = [a.total_wall / b.total_wall for a, b in zip(ts, traces[n], strict=True)]
                 table[n][f"wall_speedup_{workers}_vs_1"] = statistics.median(speedups)
         out["problems"][problem.name] = {
@@ -423,7 +420,7 @@ def run(seeds: int, full_trials: int, workers: int) -> dict[str, Any]:
 
 def target_regret(problem: CurveProblem, workers: int, budget: float) -> float:
     """The median final regret of full-budget random search over the reference runs."""
-    random_search = methods(problem)["random (full budget)"]
+    random_search = methods(problem)[RANDOM_FULL]
     reference = [
         simulate(random_search(REFERENCE_SEED + s), problem, workers, budget, REFERENCE_SEED + s)
         for s in range(REFERENCE_RUNS)

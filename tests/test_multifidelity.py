@@ -7,9 +7,7 @@ import math
 import pytest
 
 from bench.curves import problems
-from bench.multifidelity import methods, resource_to_reach, results_stem, simulate
-
-ORACLE = "oracle: random + stop every trial that misses the target"
+from bench.multifidelity import ORACLE, methods, resource_to_reach, results_stem, simulate
 
 
 @pytest.mark.parametrize(

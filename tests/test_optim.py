@@ -229,13 +229,17 @@ def test_ascent_starts_take_the_best_and_draw_the_rest_by_expected_improvement()
     assert all(100 <= i < 110 for i in starts[N_TOP_STARTS:])  # exp(-49) weighs nothing beside them
 
 
-def test_an_input_the_data_ignore_keeps_a_bounded_length_scale() -> None:
+def test_an_input_the_data_ignore_gets_a_long_length_scale_and_a_flat_model_along_it() -> None:
     gen = np.random.default_rng(3)
     X = gen.random((40, 2))
     y = np.sin(6.0 * X[:, 0])  # flat in the second input
     gp = fit_gp(X, y, np.random.default_rng(0))
-    assert gp.scales[1] <= 2.0 + 1e-9
     assert gp.scales[0] < 1.0
+    assert gp.scales[1] > 4 * gp.scales[0]  # the model learns that the second input matters less
+    # ... and the fitted model barely moves along it, while it follows the first input's wave.
+    along_first = gp.predict(np.column_stack([np.linspace(0, 1, 21), np.full(21, 0.5)]))[0]
+    along_second = gp.predict(np.column_stack([np.full(21, 0.25), np.linspace(0, 1, 21)]))[0]
+    assert np.ptp(along_second) < 0.1 * np.ptp(along_first)
 
 
 def test_parzen_kernels_are_narrow_where_centres_cluster_and_wide_where_they_are_alone() -> None:
@@ -255,3 +259,5 @@ def test_tpe_weighs_trials_older_than_the_newest_25_less() -> None:
     weights = age_weights(100)
     assert len(weights) == 100 and list(weights[-25:]) == [1.0] * 25
     assert weights[0] == pytest.approx(0.01) and np.all(np.diff(weights[:75]) > 0)
+    shorter = age_weights(10, newest=4)  # TPEOptions.full_weight_newest
+    assert list(shorter[-4:]) == [1.0] * 4 and shorter[4] < 1.0 and shorter[0] == pytest.approx(0.1)

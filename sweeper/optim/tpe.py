@@ -8,8 +8,9 @@ the prior's CDF), each as wide as the larger gap to its neighbouring centres; ca
 kernel that keeps most mass on the trial's own category and spreads the rest by the prior (less
 the more trials the group has), with no order between categories. A parameter a trial does not
 have (conditional spaces) contributes its prior to that trial's component. In each group, trials
-older than its newest 25 weigh less the older they are. Candidates are drawn from the good mixture
-and the one with the largest good/bad density ratio is chosen.
+older than its newest 25 (``TPEOptions.full_weight_newest``) weigh less the older they are.
+Candidates are drawn from the good mixture and the one with the largest good/bad density ratio is
+chosen.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class TPEOptions:
     gamma_fraction: float = 0.1
     gamma_cap: int = 25
     prior_weight: float = 1.0
+    full_weight_newest: int = 25  # in each group, trials older than this many newest weigh less
 
     def n_good(self, n: int) -> int:
         return max(1, min(math.ceil(self.gamma_fraction * n), self.gamma_cap))
@@ -119,18 +121,18 @@ class Parzen:
         return self.codec.snap(out)
 
 
-def age_weights(n: int) -> np.ndarray:
-    """The weight of each of ``n`` trials, oldest first: the newest 25 count fully, older ones less
+def age_weights(n: int, newest: int = TPEOptions.full_weight_newest) -> np.ndarray:
+    """The weight of each of ``n`` trials, oldest first: the ``newest`` count fully, older ones less
     the older they are (down to 1/n), as in Optuna's TPE; the model follows where the search went."""
-    if n < 25:
+    if n < newest:
         return np.ones(n)
-    return np.concatenate([np.linspace(1.0 / n, 1.0, n - 25), np.ones(25)])
+    return np.concatenate([np.linspace(1.0 / n, 1.0, n - newest), np.ones(newest)])
 
 
-def _by_age(members: np.ndarray) -> np.ndarray:
+def _by_age(members: np.ndarray, newest: int) -> np.ndarray:
     """Age weights of a group's trials (indices in trial order), in the order ``members`` lists them."""
     weights = np.empty(len(members))
-    weights[np.argsort(members, kind="stable")] = age_weights(len(members))
+    weights[np.argsort(members, kind="stable")] = age_weights(len(members), newest)
     return weights
 
 
@@ -184,8 +186,10 @@ def propose(
     good = obs.X[order[:n_good]]
     bad = np.vstack([obs.X[order[n_good:]], obs.pending])  # pending: assumed not good
     # Each group weighs its own trials by their age within the group (pending trials are the newest).
-    lower = Parzen(codec, good, options, _by_age(order[:n_good]))
-    upper = Parzen(codec, bad, options, np.concatenate([_by_age(order[n_good:]), np.ones(len(obs.pending))]))
+    newest = options.full_weight_newest
+    lower = Parzen(codec, good, options, _by_age(order[:n_good], newest))
+    bad_weights = np.concatenate([_by_age(order[n_good:], newest), np.ones(len(obs.pending))])
+    upper = Parzen(codec, bad, options, bad_weights)
     candidates = lower.sample(options.n_candidates, gen)
     ratio = lower.log_pdf(candidates) - upper.log_pdf(candidates)
     for i in np.argsort(-ratio, kind="stable"):
