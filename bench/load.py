@@ -4,9 +4,10 @@ A sweeper lifecycle is what a real agent does over HTTP: lease a trial (``next_t
 5 metric points one call each, finish. An Optuna lifecycle on the same kind of database is
 ``study.ask()``, ``trial.report()`` x5, ``study.tell()``, with every worker sharing one
 ``RDBStorage`` (Optuna's way of running distributed workers). Both run in the same process, one
-after the other, for the same time, with the same number of worker threads.
+after the other, for the same time, with the same number of worker threads. ``--in-process``
+adds the same lifecycles on the coordinator in this process, without HTTP.
 
-    nice python bench/load.py --agents 64 --seconds 15 [--postgres URL]
+    nice python bench/load.py --agents 64 --seconds 15 [--postgres URL] [--in-process]
 
 Writes bench/results/load.json and prints a table.
 """
@@ -23,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))  # server_helpers: a real server subprocess on a free port
@@ -103,36 +105,43 @@ def timed(latencies: list[float], call: Callable[[], object]) -> object:
     return result
 
 
+def agent_lifecycle(apis: list[Any], sweep_id: str) -> Callable[[list[float]], None]:
+    """One agent's trial lifecycle per call; worker thread i calls ``apis[i]``: an HTTP client of
+    the server, or the coordinator itself (the same calls)."""
+    from sweeper.protocol import AgentInfo, Assignment, TrialOutcome
+    from sweeper.trials import MetricPoint, TrialState
+
+    slot = threading.local()
+    ids = iter(range(len(apis)))
+    lock = threading.Lock()
+
+    def lifecycle(lat: list[float]) -> None:
+        if not hasattr(slot, "n"):
+            with lock:
+                slot.n = next(ids)
+        api = apis[slot.n]
+        info = AgentInfo(name=f"bench:{slot.n}", host="bench")
+        got = timed(lat, lambda: api.next_trial(sweep_id, info))
+        if not isinstance(got, Assignment):
+            raise RuntimeError(f"no trial: {got}")
+        for step in range(5):
+            point = MetricPoint("loss", 1.0 / (step + 1), step, step, time.time())
+            timed(lat, lambda p=point: api.report_metrics(got.trial_id, got.lease_id, [p]))
+        outcome = TrialOutcome(TrialState.FINISHED, exit_code=0)
+        timed(lat, lambda: api.finish_trial(got.trial_id, got.lease_id, outcome))
+
+    return lifecycle
+
+
 def sweeper_run(db_url: str, workdir: Path, workers: int, seconds: float) -> dict[str, float]:
     from server_helpers import start_server
 
-    from sweeper.protocol import AgentInfo, Assignment, TrialOutcome
     from sweeper.spec import parse_sweep
-    from sweeper.trials import MetricPoint, TrialState
 
     server = start_server(db_url, workdir, extra_args=("--log-level", "warning"))
     try:
         sweep_id = server.client().create_sweep(parse_sweep(SPEC)).id
-        clients = [server.client() for _ in range(workers)]
-        slot = threading.local()
-        ids = iter(range(workers))
-        lock = threading.Lock()
-
-        def lifecycle(lat: list[float]) -> None:
-            if not hasattr(slot, "n"):
-                with lock:
-                    slot.n = next(ids)
-            client = clients[slot.n]
-            info = AgentInfo(name=f"bench:{slot.n}", host="bench")
-            got = timed(lat, lambda: client.next_trial(sweep_id, info))
-            if not isinstance(got, Assignment):
-                raise RuntimeError(f"no trial: {got}")
-            for step in range(5):
-                point = MetricPoint("loss", 1.0 / (step + 1), step, step, time.time())
-                timed(lat, lambda p=point: client.report_metrics(got.trial_id, got.lease_id, [p]))
-            outcome = TrialOutcome(TrialState.FINISHED, exit_code=0)
-            timed(lat, lambda: client.finish_trial(got.trial_id, got.lease_id, outcome))
-
+        lifecycle = agent_lifecycle([server.client() for _ in range(workers)], sweep_id)
         pid = server.process.pid
         server_before, client_before = process_cpu_s(pid), time.process_time()
         result = drive(workers, seconds, lifecycle)
@@ -142,6 +151,21 @@ def sweeper_run(db_url: str, workdir: Path, workers: int, seconds: float) -> dic
         return with_cpu(result, seconds, busy)
     finally:
         server.stop()
+
+
+def in_process_run(db_url: str, workers: int, seconds: float) -> dict[str, float]:
+    """The same lifecycles on the coordinator and store in this process, without HTTP: what the
+    server's own layers (HTTP, JSON, threads) add."""
+    from sweeper.coordinator import Coordinator
+    from sweeper.spec import parse_sweep
+    from sweeper.store import open_store
+
+    with open_store(db_url) as store:
+        coordinator = Coordinator(store)
+        sweep_id = coordinator.create_sweep(parse_sweep(SPEC)).id
+        before = time.process_time()
+        result = drive(workers, seconds, agent_lifecycle([coordinator] * workers, sweep_id))
+        return with_cpu(result, seconds, {"process": time.process_time() - before})
 
 
 def optuna_run(db_url: str, workers: int, seconds: float) -> dict[str, float]:
@@ -194,6 +218,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--postgres", default=None, help="a PostgreSQL URL whose user may create databases")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "load.json")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="also run the lifecycles on the coordinator in this process, without HTTP",
+    )
     args = parser.parse_args()
 
     results = []
@@ -208,6 +237,8 @@ def main() -> None:
             try:
                 ours = sweeper_run(sweeper_url, folder / f"server-{name}", args.agents, args.seconds)
                 theirs = optuna_run(optuna_url, args.agents, args.seconds)
+                # A new sweep in the server's database, once the server has stopped.
+                inner = in_process_run(sweeper_url, args.agents, args.seconds) if args.in_process else None
             finally:
                 if cleanup:
                     cleanup()
@@ -219,6 +250,8 @@ def main() -> None:
                 "optuna": theirs,
                 "throughput_ratio": ours["lifecycles_per_s"] / max(theirs["lifecycles_per_s"], 1e-9),
             }
+            if inner is not None:
+                row["sweeper_in_process"] = inner
             results.append(row)
             print(json.dumps(row), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -228,10 +261,12 @@ def main() -> None:
         "\n|---|---|---|---|---|---|---|"
     )
     for row in results:
-        for system in ("sweeper", "optuna"):
+        for system in ("sweeper", "optuna", "sweeper_in_process"):
+            if system not in row:
+                continue
             r = row[system]
-            # sweeper: its server plus the load generator; Optuna: the one process that does both.
-            cpu = r.get("server_cpu_ms_per_lifecycle", 0.0) + r.get("client_cpu_ms_per_lifecycle", 0.0)
+            # sweeper: its server plus the load generator; the others: the one process that does both.
+            cpu = sum(r.get(f"{who}_cpu_ms_per_lifecycle", 0.0) for who in ("server", "client", "process"))
             print(
                 f"| {row['database']} | {system} | {r['lifecycles_per_s']:.1f} | {r['p50_ms']:.1f} | "
                 f"{r['p99_ms']:.1f} | {r['errors']} | {cpu:.1f} |"
