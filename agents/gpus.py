@@ -1,14 +1,24 @@
-"""Finding this machine's NVIDIA GPUs, so an agent can run one trial per GPU.
+"""Finding the NVIDIA GPUs an agent may use, so it can run one trial per GPU.
 
 First through NVML (``libnvidia-ml.so.1`` via ctypes, no Python package needed), then through
-``nvidia-smi``. Each GPU is named by its index, which is what ``CUDA_VISIBLE_DEVICES`` takes.
+``nvidia-smi``. Each GPU is named by its index, in the PCI bus order both use, and a trial on it
+gets that index in ``CUDA_VISIBLE_DEVICES`` (with ``CUDA_DEVICE_ORDER=PCI_BUS_ID``, so CUDA counts
+the same way: see :func:`sweeper.agents.trialdir.trial_env`).
+
+An agent started with ``CUDA_VISIBLE_DEVICES`` already set (by a scheduler such as Slurm, or by
+hand) uses only those GPUs, as CUDA would: ``--gpus all`` means each of its entries, ``--gpus 0,1``
+the first two, and each trial gets one entry as it was written (an index or a ``GPU-``/``MIG-``
+UUID). NVML lists every GPU of the machine whatever that variable says, so without this an agent
+in a job given two GPUs of eight would run trials on all eight.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 import shutil
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 _NVML_SUCCESS = 0
@@ -27,7 +37,28 @@ class Gpu:
     name: str = ""
 
     def __str__(self) -> str:
-        return f"GPU {self.index} ({self.name})" if self.name else f"GPU {self.index}"
+        label = self.index if self.index.startswith(_UUID_PREFIXES) else f"GPU {self.index}"
+        return f"{label} ({self.name})" if self.name else label
+
+
+_UUID_PREFIXES = ("GPU-", "MIG-")
+
+
+def inherited_devices(environ: Mapping[str, str]) -> list[str] | None:
+    """The entries of ``CUDA_VISIBLE_DEVICES`` as CUDA reads them; None when it is not set.
+
+    CUDA stops at the first entry that is neither an index nor a UUID, so ``""``, ``-1`` and the
+    ``NoDevFiles`` some schedulers set all leave no GPU visible."""
+    value = environ.get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return None
+    entries: list[str] = []
+    for part in value.split(","):
+        entry = part.strip()
+        if not (entry.isdigit() or entry.startswith(_UUID_PREFIXES)):
+            break
+        entries.append(entry)
+    return entries
 
 
 def discover_gpus() -> list[Gpu]:
@@ -96,14 +127,22 @@ def parse_smi_csv(text: str) -> list[Gpu]:
     return gpus
 
 
-def select_gpus(choice: str, available: list[Gpu] | None = None) -> list[Gpu]:
+def select_gpus(
+    choice: str, available: list[Gpu] | None = None, environ: Mapping[str, str] | None = None
+) -> list[Gpu]:
     """The GPUs ``--gpus`` names: ``all`` or a comma-separated list of indices (``0,2``).
 
-    An explicit list is taken as given when discovery finds nothing (a container may hide
-    NVML yet still have the devices); when discovery works, each index must exist.
+    Within an inherited ``CUDA_VISIBLE_DEVICES`` (``environ``, by default this process's), the
+    indices count its entries, as CUDA does. Otherwise an explicit list is taken as given when
+    discovery finds nothing (a container may hide NVML yet still have the devices); when
+    discovery works, each index must exist.
     """
     choice = choice.strip()
+    environ = os.environ if environ is None else environ
     found = discover_gpus() if available is None else available
+    inherited = inherited_devices(environ)
+    if inherited is not None:
+        return _select_visible(choice, inherited, found, environ)
     if choice.lower() == "all":
         if not found:
             raise GpuSelectionError(
@@ -111,11 +150,7 @@ def select_gpus(choice: str, available: list[Gpu] | None = None) -> list[Gpu]:
                 "use --slots N to run N trials at once without GPUs"
             )
         return list(found)
-    wanted = [part.strip() for part in choice.split(",") if part.strip()]
-    if not wanted or not all(w.isdigit() for w in wanted):
-        raise GpuSelectionError(f"--gpus takes 'all' or GPU indices like 0,1,3; got {choice!r}")
-    if len(set(wanted)) != len(wanted):
-        raise GpuSelectionError(f"--gpus names a GPU twice: {choice!r}")
+    wanted = _indices(choice)
     if not found:
         return [Gpu(w) for w in wanted]
     by_index = {g.index: g for g in found}
@@ -126,3 +161,49 @@ def select_gpus(choice: str, available: list[Gpu] | None = None) -> list[Gpu]:
             f"--gpus {choice}: no GPU with index {', '.join(missing)} (this machine has {have})"
         )
     return [by_index[w] for w in wanted]
+
+
+def _indices(choice: str) -> list[str]:
+    wanted = [part.strip() for part in choice.split(",") if part.strip()]
+    if not wanted or not all(w.isdigit() for w in wanted):
+        raise GpuSelectionError(f"--gpus takes 'all' or GPU indices like 0,1,3; got {choice!r}")
+    if len(set(wanted)) != len(wanted):
+        raise GpuSelectionError(f"--gpus names a GPU twice: {choice!r}")
+    return wanted
+
+
+def _select_visible(
+    choice: str, entries: list[str], found: list[Gpu], environ: Mapping[str, str]
+) -> list[Gpu]:
+    """``--gpus`` within the entries of an inherited ``CUDA_VISIBLE_DEVICES``."""
+    shown = f"CUDA_VISIBLE_DEVICES={environ['CUDA_VISIBLE_DEVICES']!r}"
+    if not entries:
+        raise GpuSelectionError(
+            f"--gpus {choice}: {shown} leaves this agent no GPU; unset it to use every GPU of the "
+            "machine, or use --slots N to run N trials at once without GPUs"
+        )
+    visible = [_described(entry, found, environ) for entry in entries]
+    if choice.lower() == "all":
+        return visible
+    wanted = _indices(choice)
+    beyond = [w for w in wanted if int(w) >= len(visible)]
+    if beyond:
+        raise GpuSelectionError(
+            f"--gpus {choice}: {shown} makes {len(visible)} GPU(s) visible here, numbered 0 to "
+            f"{len(visible) - 1} as CUDA numbers them; no GPU {', '.join(beyond)}"
+        )
+    return [visible[int(w)] for w in wanted]
+
+
+def _described(entry: str, found: list[Gpu], environ: Mapping[str, str]) -> Gpu:
+    """An inherited entry, with the name discovery gives it where it is sure which GPU it is: a
+    UUID (or a unique prefix of one, as CUDA accepts), or an index in PCI bus order."""
+    if entry.startswith(_UUID_PREFIXES):
+        matches = [g for g in found if g.uuid.startswith(entry)]
+    elif environ.get("CUDA_DEVICE_ORDER") == "PCI_BUS_ID":
+        matches = [g for g in found if g.index == entry]
+    else:  # CUDA counts fastest first by default, which NVML's order need not be
+        matches = []
+    if len(matches) == 1:
+        return Gpu(entry, matches[0].uuid, matches[0].name)
+    return Gpu(entry)

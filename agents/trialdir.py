@@ -114,6 +114,11 @@ def trial_env(
         }
     )
     if gpu is not None:
+        if "CUDA_VISIBLE_DEVICES" not in base:
+            # The index is NVML's, in PCI bus order like nvidia-smi's; CUDA's own default order
+            # (fastest first) can differ on a machine with mixed GPUs. An inherited entry is kept
+            # as written, in whatever order its environment counts.
+            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         env["CUDA_VISIBLE_DEVICES"] = gpu
     return env
 

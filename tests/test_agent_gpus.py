@@ -17,7 +17,14 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from sweeper.agents.gpus import Gpu, GpuSelectionError, discover_gpus, parse_smi_csv, select_gpus
+from sweeper.agents.gpus import (
+    Gpu,
+    GpuSelectionError,
+    discover_gpus,
+    inherited_devices,
+    parse_smi_csv,
+    select_gpus,
+)
 
 from sweeper.cli import main
 from sweeper.coordinator import Coordinator
@@ -82,18 +89,46 @@ def test_no_gpu_anywhere_finds_none(monkeypatch: pytest.MonkeyPatch, tmp_path: P
 
 def test_select_all_some_and_bad_choices() -> None:
     found = [Gpu("0"), Gpu("1"), Gpu("2")]
-    assert select_gpus("all", found) == found
-    assert [g.index for g in select_gpus("2,0", found)] == ["2", "0"]
+    unset: dict[str, str] = {}  # no CUDA_VISIBLE_DEVICES: every GPU discovery finds
+    assert select_gpus("all", found, unset) == found
+    assert [g.index for g in select_gpus("2,0", found, unset)] == ["2", "0"]
     with pytest.raises(GpuSelectionError, match="--slots"):
-        select_gpus("all", [])
+        select_gpus("all", [], unset)
     with pytest.raises(GpuSelectionError, match="index 5"):
-        select_gpus("0,5", found)
+        select_gpus("0,5", found, unset)
     with pytest.raises(GpuSelectionError, match="indices like"):
-        select_gpus("first", found)
+        select_gpus("first", found, unset)
     with pytest.raises(GpuSelectionError, match="twice"):
-        select_gpus("1,1", found)
+        select_gpus("1,1", found, unset)
     # Named explicitly where discovery sees nothing (NVML hidden in a container): taken as given.
-    assert [g.index for g in select_gpus("0,1", [])] == ["0", "1"]
+    assert [g.index for g in select_gpus("0,1", [], unset)] == ["0", "1"]
+
+
+def test_inherited_cuda_visible_devices_is_read_as_cuda_reads_it() -> None:
+    assert inherited_devices({}) is None
+    assert inherited_devices({"CUDA_VISIBLE_DEVICES": "3, 1"}) == ["3", "1"]
+    assert inherited_devices({"CUDA_VISIBLE_DEVICES": "GPU-2222,MIG-abcd"}) == ["GPU-2222", "MIG-abcd"]
+    assert inherited_devices({"CUDA_VISIBLE_DEVICES": "0,-1,2"}) == ["0"]  # CUDA stops at -1
+    for none_visible in ("", "-1", "NoDevFiles"):
+        assert inherited_devices({"CUDA_VISIBLE_DEVICES": none_visible}) == []
+
+
+def test_an_inherited_cuda_visible_devices_bounds_the_choice() -> None:
+    found = parse_smi_csv(SMI_OUTPUT)  # the machine has three GPUs; this job was given two
+    job = {"CUDA_VISIBLE_DEVICES": "2,0"}
+    assert [g.index for g in select_gpus("all", found, job)] == ["2", "0"]
+    assert [g.index for g in select_gpus("1", found, job)] == ["0"]  # CUDA's numbering: 0 is "2"
+    with pytest.raises(GpuSelectionError, match=r"CUDA_VISIBLE_DEVICES='2,0' makes 2 GPU\(s\) visible"):
+        select_gpus("0,2", found, job)
+    with pytest.raises(GpuSelectionError, match="leaves this agent no GPU"):
+        select_gpus("all", found, {"CUDA_VISIBLE_DEVICES": ""})
+    # Names only where the entry surely is that GPU: a UUID prefix, or an index in PCI bus order.
+    by_uuid = select_gpus("all", found, {"CUDA_VISIBLE_DEVICES": "GPU-3333"})
+    assert by_uuid == [Gpu("GPU-3333", found[2].uuid, "NVIDIA GeForce RTX 4090, Founders")]
+    assert str(by_uuid[0]) == "GPU-3333 (NVIDIA GeForce RTX 4090, Founders)"
+    assert select_gpus("all", found, job)[0].name == ""  # CUDA counts fastest first by default
+    in_bus_order = {**job, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    assert select_gpus("all", found, in_bus_order)[0].name == "NVIDIA GeForce RTX 4090, Founders"
 
 
 def _sweep(tmp_path: Path, n: int) -> tuple[str, str]:
@@ -109,17 +144,21 @@ def _sweep(tmp_path: Path, n: int) -> tuple[str, str]:
     return db, sweep.id
 
 
-def _seen_gpus(tmp_path: Path, sweep_id: str) -> dict[int, str]:
+def _seen_env(tmp_path: Path, sweep_id: str) -> dict[int, dict[str, str]]:
     seen = {}
     for path in (tmp_path / ".sweeper" / "trials" / sweep_id).glob("*/seen.json"):
-        data = json.loads(path.read_text())
-        seen[int(path.parent.name)] = data["env"].get("CUDA_VISIBLE_DEVICES", "")
+        seen[int(path.parent.name)] = json.loads(path.read_text())["env"]
     return seen
+
+
+def _seen_gpus(tmp_path: Path, sweep_id: str) -> dict[int, str]:
+    return {n: env.get("CUDA_VISIBLE_DEVICES", "") for n, env in _seen_env(tmp_path, sweep_id).items()}
 
 
 @needs_no_nvml
 def test_gpus_all_runs_each_trial_on_one_gpu(fake_smi: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     db, sweep_id = _sweep(tmp_path, 6)
     result = CliRunner().invoke(main, ["agent", sweep_id, "--db", db, "--gpus", "all"])
     assert result.exit_code == 0, result.output
@@ -133,11 +172,31 @@ def test_gpus_all_runs_each_trial_on_one_gpu(fake_smi: Path, tmp_path: Path, mon
             by_agent.setdefault(trial.agent or "", set()).add(seen[trial.number])
     # Each slot keeps its own GPU for every trial it runs.
     assert all(len(gpus) == 1 for gpus in by_agent.values())
+    # ... numbered as nvidia-smi numbers them, whatever CUDA's default order would be.
+    assert {env.get("CUDA_DEVICE_ORDER") for env in _seen_env(tmp_path, sweep_id).values()} == {"PCI_BUS_ID"}
+
+
+@needs_no_nvml
+def test_an_agent_in_a_job_given_some_gpus_uses_only_those(
+    fake_smi: Path, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,0")  # as Slurm sets it: two of the machine's three
+    monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
+    db, sweep_id = _sweep(tmp_path, 4)
+    result = CliRunner().invoke(main, ["agent", sweep_id, "--db", db, "--gpus", "all"])
+    assert result.exit_code == 0, result.output
+    assert "using 2 GPU(s)" in result.output
+    seen = _seen_env(tmp_path, sweep_id)
+    assert len(seen) == 4 and {env["CUDA_VISIBLE_DEVICES"] for env in seen.values()} <= {"2", "0"}
+    # The job's entries are passed on as written, in the order its environment counts them.
+    assert all("CUDA_DEVICE_ORDER" not in env for env in seen.values())
 
 
 @needs_no_nvml
 def test_gpus_some_picks_only_those(fake_smi: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     db, sweep_id = _sweep(tmp_path, 4)
     result = CliRunner().invoke(main, ["agent", sweep_id, "--db", db, "--gpus", "0,2"])
     assert result.exit_code == 0, result.output
@@ -147,6 +206,7 @@ def test_gpus_some_picks_only_those(fake_smi: Path, tmp_path: Path, monkeypatch)
 @needs_no_nvml
 def test_gpus_all_without_gpus_is_a_usage_error(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
     db, sweep_id = _sweep(tmp_path, 1)
     result = CliRunner().invoke(main, ["agent", sweep_id, "--db", db, "--gpus", "all"])
