@@ -115,12 +115,19 @@ class GroupCommit:
                 if len(batch) == 1:
                     batch[0].result = batch[0].work(conn)
                 else:
+                    # Savepoints straight on the driver's connection: through SQLAlchemy's nested
+                    # transactions each one cost a statement compiled afresh (its name is new every
+                    # time) and about a tenth of the store's time under load.
+                    driver = conn.connection.driver_connection
                     for call in batch:
+                        driver.execute("SAVEPOINT group_call")
                         try:
-                            with self._errors(), conn.begin_nested():
+                            with self._errors():
                                 call.result = call.work(conn)
-                        except Exception as exc:  # rolled back to its savepoint: this call alone failed
+                        except Exception as exc:  # this call alone failed: undo what it wrote
+                            driver.execute("ROLLBACK TO SAVEPOINT group_call")
                             call.error = exc
+                        driver.execute("RELEASE SAVEPOINT group_call")
         except BaseException as exc:
             for call in batch:
                 call.result, call.error = None, exc
