@@ -40,6 +40,7 @@ from sweeper.store.base import (
 )
 from sweeper.store.database import Database
 from sweeper.store.known import KnownTrials
+from sweeper.store.prepared import Prepared
 from sweeper.store.schema import metrics, sweeps, trials
 from sweeper.trials import SWEEP_TRANSITIONS, MetricPoint, Sweep, SweepState, Trial, TrialState
 
@@ -60,7 +61,7 @@ class SqlStore(Store):
         self.label = label
         dialect = engine.dialect.name
         insert_ignore = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        self._insert_points = insert_ignore(metrics).on_conflict_do_nothing()
+        self._insert_points = Prepared(insert_ignore(metrics).on_conflict_do_nothing())
 
     # --- sweeps -------------------------------------------------------------
 
@@ -119,7 +120,7 @@ class SqlStore(Store):
 
     def _sweep(self, conn: Connection, sweep_id: str, *, lock: bool = False) -> Sweep:
         statement = statements.SWEEP_LOCKED if lock else statements.SWEEP
-        row = conn.execute(statement, {"sweep_id_": sweep_id}).first()
+        row = statement.first(conn, {"sweep_id_": sweep_id})
         if row is None:
             raise SweepNotFoundError(f"no sweep with id {sweep_id!r}")
         return rows.sweep_from_row(row)
@@ -166,7 +167,7 @@ class SqlStore(Store):
                 "created_at": now,
                 "summary": "{}",
             }
-            trial_id = conn.execute(statements.INSERT_TRIAL, values).scalar_one()
+            trial_id = statements.INSERT_TRIAL.scalar(conn, values)
             # What was just written, as a row: no need to read it back.
             return rows.trial_from_row(rows.NewTrialRow.of(trial_id, values))
 
@@ -238,7 +239,7 @@ class SqlStore(Store):
 
     def _trial_row(self, conn: Connection, trial_id: int, *, lock: bool = False) -> Row[Any]:
         statement = statements.TRIAL_LOCKED if lock else statements.TRIAL
-        row = conn.execute(statement, {"trial_id_": trial_id}).first()
+        row = statement.first(conn, {"trial_id_": trial_id})
         if row is None:
             raise TrialNotFoundError(f"no trial with id {trial_id}")
         return row
@@ -251,7 +252,7 @@ class SqlStore(Store):
     def renew_lease(self, trial_id: int, lease_id: str, *, expires_at: float, now: float) -> Trial:
         def renew(conn: Connection) -> Trial:
             row = self._leased_row(conn, trial_id, lease_id, now)
-            conn.execute(statements.UPDATE_TRIAL, {"trial_id_": trial_id, "lease_expires_at": expires_at})
+            statements.UPDATE_TRIAL.run(conn, {"trial_id_": trial_id, "lease_expires_at": expires_at})
             # The locked row plus what this call changed: no need to read it back.
             return dataclasses.replace(rows.trial_from_row(row), lease_expires_at=expires_at)
 
@@ -288,7 +289,7 @@ class SqlStore(Store):
             if points:
                 changes["summary"] = summary.add_points(conn, self._insert_points, trial, points, changes)
             elif changes:
-                conn.execute(statements.UPDATE_TRIAL, {"trial_id_": trial_id, **changes})
+                statements.UPDATE_TRIAL.run(conn, {"trial_id_": trial_id, **changes})
             # The locked row plus what this call changed: no need to read it back.
             return dataclasses.replace(trial, **changes)
 
@@ -319,8 +320,8 @@ class SqlStore(Store):
             else:
                 row = self._leased_row(conn, trial_id, lease_id, now)
             rules.check_trial_transition(row, state)
-            conn.execute(statements.UPDATE_TRIAL, {"trial_id_": trial_id, "state": state.value, **changes})
-            running = conn.execute(statements.RUNNING_IN_SWEEP, {"sweep_id_": row.sweep_id}).scalar_one()
+            statements.UPDATE_TRIAL.run(conn, {"trial_id_": trial_id, "state": state.value, **changes})
+            running = statements.RUNNING_IN_SWEEP.scalar(conn, {"sweep_id_": row.sweep_id})
             # The locked row plus what this call changed: no need to read it back.
             return dataclasses.replace(rows.trial_from_row(row), state=state, **changes), int(running)
 

@@ -12,15 +12,16 @@ import functools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Executable, Update, bindparam, exists, select, update
+from sqlalchemy import Connection, bindparam, exists, select, update
 
 from sweeper.store import rows
+from sweeper.store.prepared import Prepared
 from sweeper.store.schema import metrics, trials
 from sweeper.store.statements import UPDATE_TRIAL
 from sweeper.trials import MetricPoint, Trial
 
 # The latest point of one metric of a trial.
-LATEST_VALUE = (
+LATEST_VALUE = Prepared(
     select(metrics.c.value)
     .where(metrics.c.trial_id == bindparam("trial_id_"), metrics.c.name == bindparam("name_"))
     .order_by(metrics.c.step.desc(), metrics.c.seq.desc())
@@ -50,7 +51,7 @@ def if_newest_params(newest: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=16)
-def update_if_newest(names: int) -> Update:
+def update_if_newest(names: int) -> Prepared:
     """UPDATE the trial ``trial_id_`` (setting the columns it is run with) only where, for each of
     ``names`` metrics, the point (name_i, step_i, seq_i, value_i) is stored and no point of that
     metric has a higher (step, seq). Built once per number of metrics: building costs more than running."""
@@ -71,12 +72,12 @@ def update_if_newest(names: int) -> Update:
             same_metric, metrics.c.step >= step, (metrics.c.step > step) | (metrics.c.seq > seq)
         )
         statement = statement.where(stored, ~later)
-    return statement
+    return Prepared(statement)
 
 
 def add_points(
     conn: Connection,
-    insert_points: Executable,
+    insert_points: Prepared,
     trial: Trial,
     points: Sequence[MetricPoint],
     changes: Mapping[str, Any],
@@ -84,16 +85,16 @@ def add_points(
     """Insert ``points`` of ``trial`` (its row locked) and write its new summary along with
     ``changes`` to its row; the new summary."""
     values = [rows.point_to_row(trial.id, p) for p in points]
-    conn.execute(insert_points, values)
+    insert_points.run(conn, values)
     newest = newest_points(values)
     assumed = {**trial.summary, **{name: point["value"] for name, point in newest.items()}}
     params = {"trial_id_": trial.id, **changes, "summary": rows.dumps(assumed)}
-    if conn.execute(update_if_newest(len(newest)), {**params, **if_newest_params(newest)}).rowcount:
+    if update_if_newest(len(newest)).run(conn, {**params, **if_newest_params(newest)}):
         return assumed
     # Not the newest points stored: batches may arrive out of order, or a point again with other values.
     found = dict(trial.summary)
     for name in newest:
-        latest = conn.execute(LATEST_VALUE, {"trial_id_": trial.id, "name_": name}).first()
+        latest = LATEST_VALUE.first(conn, {"trial_id_": trial.id, "name_": name})
         found[name] = rows.metric_value(latest.value)
-    conn.execute(UPDATE_TRIAL, {**params, "summary": rows.dumps(found)})
+    UPDATE_TRIAL.run(conn, {**params, "summary": rows.dumps(found)})
     return found
