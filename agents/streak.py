@@ -6,7 +6,8 @@ from __future__ import annotations
 from sweeper.protocol import TrialOutcome
 from sweeper.trials import TrialState
 
-#: Trials in a row that may fail before an agent stops (W&B's agent allows 3 at the start).
+#: Trials in a row that may fail before an agent stops. W&B's agent counts differently: 3 failed runs
+#: in its first 60 s, or 5 or more failed with at most one success before (see the README).
 DEFAULT_MAX_FAILURES = 3
 
 

@@ -11,7 +11,7 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sweeper.spec import SweepSpec, config_key, flatten_config, grid_values
+from sweeper.spec import SweepSpec, config_key, flatten_config, grid_values, space_values
 from sweeper.strategies import Strategy, SuggestionKind, strategy_class
 from sweeper.trials import Trial, TrialState
 
@@ -51,7 +51,7 @@ def assert_in_space(spec: SweepSpec, config: Mapping[str, Any]) -> None:
     flat = flatten_config(config)
     assert set(flat) == {p.path for p in spec.parameters}
     for p in spec.parameters:
-        choices = grid_values(p)
+        choices = grid_values(p) if spec.method == "grid" else space_values(p)
         if choices is not None:
             assert flat[p.path] in choices, (p.name, flat[p.path])
         elif p.min is not None and p.distribution.value in ("uniform", "int_uniform"):

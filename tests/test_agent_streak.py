@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from sweeper.agents.streak import FailureStreak
 
@@ -41,3 +43,29 @@ def test_a_limit_of_zero_never_gives_up_and_a_negative_one_is_refused() -> None:
     assert streak.record(50, TrialOutcome(TrialState.FAILED)) is None
     with pytest.raises(ValueError, match="0 \\(never stop\\) or more, got -1"):
         FailureStreak(-1)
+
+
+def test_the_readme_states_wandb_agents_own_rule() -> None:
+    """The README sets this rule beside W&B's agent's, which is not a streak; its numbers are W&B's."""
+    agent = pytest.importorskip("wandb.wandb_agent").Agent
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    assert "W&B's agent does the same" not in readme
+    first = agent.FLAPPING_MAX_FAILURES, agent.FLAPPING_MAX_SECONDS
+    assert "it stops when {} runs fail within its first {} seconds".format(*first) in readme
+    assert (
+        f"once at least {agent.MAX_INITIAL_FAILURES} have failed and no more than one run before it" in readme
+    )
+    assert "--max-consecutive-failed-runs N" in readme
+
+    def gives_up(successes_first: int) -> bool:
+        # W&B's run loop, past its first minute: a failure counts, is judged, then counts as ended.
+        w = agent.__new__(agent)
+        w._max_initial_failures, w._failed, w._finished = agent.MAX_INITIAL_FAILURES, 0, successes_first
+        for _ in range(100):
+            w._failed += 1
+            if w.is_failing():
+                return True
+            w._finished += 1
+        return False
+
+    assert gives_up(0) and gives_up(1) and not gives_up(2)

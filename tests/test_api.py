@@ -43,7 +43,8 @@ def test_sweep_and_agent_with_a_function(db: str) -> None:
     with open_store(db) as store:
         trials = store.list_trials(sweep_id, with_history=True)
     assert [t.state for t in trials] == [TrialState.FINISHED] * 3
-    assert [(t.config["lr"], t.config["depth"]) for t in trials] == [(0.1, 2), (0.1, 3), (0.2, 2)]
+    # W&B's grid order: parameters sorted by name, so depth varies slowest.
+    assert [(t.config["lr"], t.config["depth"]) for t in trials] == [(0.1, 2), (0.2, 2), (0.1, 3)]
     assert trials[0].curve("loss") == [(0, 0.1 * 3 + 2), (1, 0.1 * 2 + 2), (2, 0.1 + 2)]
 
     # The last combination, then the agent leaves by itself.

@@ -181,6 +181,61 @@ def test_missing_program_is_refused_before_anything_runs(tmp_path: Path) -> None
     assert "Traceback" not in result.stderr
 
 
+MODULE_TRIAL = """\
+import sweeper
+
+run = sweeper.init(config={"x": 0})
+run.log({"score": float(run.config.x)})
+run.finish()
+"""
+
+
+def test_program_run_as_a_module_is_not_looked_up_as_a_file(tmp_path: Path) -> None:
+    # W&B's pattern for a package: program names a module, the command runs it with -m.
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "train.py").write_text(MODULE_TRIAL)
+    sweep = {
+        "method": "grid",
+        "program": "pkg.train",
+        "command": ["${env}", "${interpreter}", "-m", "${program}", "${args}"],
+        "metric": {"name": "score", "goal": "maximize"},
+        "parameters": {"x": {"values": [1, 2]}},
+    }
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    result = sweeper_cmd(tmp_path, "run", "sweep.yaml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    trials = trials_json(tmp_path, sweep_id_of(result.stdout))
+    assert sorted((t["state"], t["metrics"]["score"]) for t in trials) == [
+        ("finished", 1.0),
+        ("finished", 2.0),
+    ]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["${env}", "${interpreter}", "${program}", "${args}"],  # a file, though it reads as a module
+        ["${env}", "${interpreter}", "-m", "pdb", "${program}", "${args}"],  # -m, but of another module
+    ],
+    ids=["no-m", "m-of-another-module"],
+)
+def test_program_run_as_a_file_is_still_looked_up(tmp_path: Path, command: list[str]) -> None:
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "train.py").write_text(MODULE_TRIAL)
+    sweep = {
+        "method": "grid",
+        "program": "pkg.train",
+        "command": command,
+        "parameters": {"x": {"values": [1]}},
+    }
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    result = sweeper_cmd(tmp_path, "run", "sweep.yaml")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "program: 'pkg.train' not found" in result.stderr
+    assert result.stdout == ""  # refused before a sweep was made
+
+
 def test_unknown_sweep_id_is_a_clear_error(tmp_path: Path) -> None:
     result = sweeper_cmd(tmp_path, "status", "nosuch")
     assert result.returncode == 1

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sweeper.spec import (
     DEFAULT_COMMAND,
@@ -26,6 +28,8 @@ from sweeper.spec import (
     grid_values,
     load_sweep_file,
     parse_sweep,
+    space_size,
+    space_values,
 )
 
 DATA = Path(__file__).parent / "data" / "sweeps"
@@ -74,7 +78,7 @@ def test_json_file_with_hyperband_max_iter() -> None:
     assert spec.metric.goal is Goal.MAXIMIZE
     assert spec.parameter("layers").distribution is D.INT_UNIFORM
     assert spec.parameter("dropout").q == 0.1
-    assert grid_size(spec) == 3 * 4 * 6
+    assert grid_size(spec) == 3 * 4 * 5  # dropout: arange(0, 0.5, 0.1), 0.5 left out as in W&B
 
 
 def test_every_distribution_and_our_own_keys() -> None:
@@ -214,15 +218,67 @@ def test_grid_values_and_size() -> None:
     )
     values = {p.name: grid_values(p) for p in spec.parameters}
     assert values["c"] == ("x",) and values["cat"] == (1, 2, 3) and values["i"] == (-1, 0, 1)
-    assert values["qi"] == (0, 3, 6, 9) and all(isinstance(v, int) for v in values["qi"])
-    assert values["qf"] == (0.0, 0.25, 0.5, 0.75, 1.0)  # max included: the sampler can return it
-    assert grid_size(spec) == 1 * 3 * 3 * 4 * 5
+    # W&B's grid: numpy.arange(min, max, q), from min, max left out.
+    assert values["qi"] == (1, 4, 7) and all(isinstance(v, int) for v in values["qi"])
+    assert values["qf"] == (0.0, 0.25, 0.5, 0.75)
+    assert grid_size(spec) == 1 * 3 * 3 * 3 * 4
     assert grid_problems(spec) == []
+    assert describe(spec).endswith(f"{1 * 3 * 3 * 3 * 4} combinations, no metric")
+    # Sampling rounds to the lattice k*q instead, max included: what random search can return.
+    sampled = {p.name: space_values(p) for p in spec.parameters}
+    assert sampled["qi"] == (0, 3, 6, 9) and all(isinstance(v, int) for v in sampled["qi"])
+    assert sampled["qf"] == (0.0, 0.25, 0.5, 0.75, 1.0)
+    assert space_size(spec) == 1 * 3 * 3 * 4 * 5
+    assert describe(parse_sweep(spec.raw | {"method": "random"})).endswith("180 combinations, no metric")
     assert grid_size(parse_sweep(sweep(a={"values": [1]}, b={"min": 0.0, "max": 1.0}))) is None
     big = parse_sweep(
         sweep(a={"min": 0, "max": 10**12}, b={"distribution": "q_uniform", "min": 0, "max": 1e9, "q": 0.5})
     )
-    assert grid_size(big) == (10**12 + 1) * (2 * 10**9 + 1)  # counted without listing
+    assert grid_size(big) == (10**12 + 1) * (2 * 10**9)  # counted without listing
+    assert space_size(big) == (10**12 + 1) * (2 * 10**9 + 1)
+
+
+Q_UNIFORM_GRIDS = [
+    {"min": 1, "max": 10, "q": 3},  # ints: 1, 4, 7
+    {"min": 1, "max": 4},  # q defaults to 1.0: floats
+    {"min": 1, "max": 10.0, "q": 3},  # one float bound: floats
+    {"min": 0.0, "max": 1.0, "q": 0.25},  # max left out
+    {"min": 1, "max": 1.3, "q": 0.1},  # float rounding lets a value past max in, as in numpy
+    {"min": -0.35, "max": 0.4, "q": 0.15},
+    {"min": 2, "max": 3, "q": 5},  # q wider than the range: min alone
+]
+
+
+@pytest.mark.parametrize("body", Q_UNIFORM_GRIDS, ids=[str(b) for b in Q_UNIFORM_GRIDS])
+def test_q_uniform_grid_values_are_wandbs(body: dict) -> None:
+    """The values W&B's grid search gives a q_uniform parameter, value for value and type for type."""
+    grid_search = pytest.importorskip("sweeps.grid_search")
+    config = {"method": "grid", "parameters": {"x": {"distribution": "q_uniform", **body}}}
+    theirs = []
+    while (run := grid_search.grid_search_next_runs(theirs, config)[0]) is not None:
+        theirs.append(run)
+    expected = [run.config["x"]["value"] for run in theirs]
+    (param,) = parse_sweep(config).parameters
+    assert json.dumps(grid_values(param)) == json.dumps(expected)  # 1 and 1.0 differ in JSON
+    assert grid_size(parse_sweep(config)) == len(expected)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    lo=st.one_of(st.integers(-1000, 1000), st.floats(-1e3, 1e3)),
+    width=st.one_of(st.integers(1, 1000), st.floats(1e-3, 1e3)),
+    q=st.one_of(st.integers(1, 100), st.floats(1e-2, 100)),
+)
+def test_q_uniform_grid_is_numpy_arange(lo: float, width: float, q: float) -> None:
+    np = pytest.importorskip("numpy")
+    hi = lo + width
+    if not lo < hi or (hi - lo) / q > 5000:
+        return
+    (param,) = parse_sweep(
+        {"method": "grid", "parameters": {"x": {"distribution": "q_uniform", "min": lo, "max": hi, "q": q}}}
+    ).parameters
+    expected = np.arange(lo, hi, q).tolist()
+    assert json.dumps(grid_values(param)) == json.dumps(expected)
 
 
 def test_grid_problems_reported_by_the_grid_method() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import random
 from collections import Counter
 
@@ -95,11 +97,75 @@ def test_grid_covers_nested_parameters_exactly_once_then_is_done() -> None:
     spec = parse_sweep(NESTED_GRID)
     strategy = strategy_class("grid")(spec)
     trials = drive(strategy, spec, 1000)
-    assert len(trials) == 2 * 3 * 2 * 3  # lr x layers x optimizer.name x momentum {0.5, 0.75, 1.0}
+    assert len(trials) == 2 * 3 * 2 * 2  # lr x layers x optimizer.name x momentum {0.5, 0.75} (W&B's arange)
     assert len({config_key(t.config) for t in trials}) == len(trials)
     assert all(t.config["seed"] == 7 and set(t.config["optimizer"]) == {"name", "momentum"} for t in trials)
     done = strategy.suggest(trials, random.Random(0))
-    assert done.kind is SuggestionKind.DONE and "36" in done.reason
+    assert done.kind is SuggestionKind.DONE and "24" in done.reason
+
+
+def wandb_grid(raw: dict) -> list[dict]:
+    """The configurations W&B's own engine (``sweeps.next_run``) hands out for ``raw``, in order."""
+    sweeps = pytest.importorskip("sweeps")
+    runs: list = []
+    while (run := sweeps.next_run(copy.deepcopy(raw), runs)) is not None:
+        run.state = sweeps.RunState.finished
+        runs.append(run)
+    return [{name: item["value"] for name, item in run.config.items()} for run in runs]
+
+
+ORDER_GRID = {
+    "method": "grid",
+    "parameters": {
+        "zeta": {"values": [1, 2]},
+        "model-x": {"values": ["a", "b"]},  # sorts after "model" ("-" < "." would put it before "model.act")
+        "model": {
+            "parameters": {
+                "width": {"distribution": "int_uniform", "min": 8, "max": 9},
+                "act": {"values": ["relu", "tanh"]},
+                "head": {"parameters": {"z": {"values": [0, 1]}, "b": {"value": True}}},
+            }
+        },
+        "alpha": {"distribution": "q_uniform", "min": 0.1, "max": 0.4, "q": 0.1},
+        "Beta": {"values": [3]},  # capitals sort first, as in Python
+    },
+}
+Q_GRID = {
+    "method": "grid",
+    "parameters": {
+        "b": {"distribution": "q_uniform", "min": 1, "max": 10, "q": 3},
+        "a": {"distribution": "q_uniform", "min": 0, "max": 1.0, "q": 0.25},
+        "c": {"distribution": "q_uniform", "min": 1, "max": 3},
+    },
+}
+
+
+@pytest.mark.parametrize("raw", [ORDER_GRID, Q_GRID, NESTED_GRID], ids=["order", "q_uniform", "nested"])
+def test_grid_runs_wandbs_configurations_in_wandbs_order(raw: dict) -> None:
+    """Run for run, the same configs as W&B's engine, with the same types: so a run_cap below the
+    grid's size runs the same subset."""
+    expected = wandb_grid(raw)
+    spec = parse_sweep(raw)
+    trials = drive(strategy_class("grid")(spec), spec, 1000)
+    assert len(trials) == len(expected) > 1
+    # JSON, keys sorted: the same configurations in the same order, and 1 is not 1.0.
+    assert [json.dumps(t.config, sort_keys=True) for t in trials] == [
+        json.dumps(c, sort_keys=True) for c in expected
+    ]
+
+
+def test_random_search_samples_q_uniform_on_its_lattice_not_the_grid() -> None:
+    """Sampling rounds to multiples of q (W&B's random search), so the finite space random search
+    exhausts is {0, 3, 6, 9}, not the grid's {1, 4, 7}."""
+    raw = {
+        "method": "random",
+        "parameters": {"x": {"distribution": "q_uniform", "min": 1, "max": 10, "q": 3}},
+    }
+    spec = parse_sweep(raw)
+    strategy = strategy_class("random")(spec)
+    trials = drive(strategy, spec, 100)
+    assert sorted(t.config["x"] for t in trials) == [0, 3, 6, 9]
+    assert strategy.suggest(trials, random.Random(0)).kind is SuggestionKind.DONE
 
 
 def test_grid_skips_combinations_held_by_running_trials() -> None:

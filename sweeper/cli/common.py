@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,12 +73,16 @@ def resolve_program(spec: SweepSpec, sweep_file: str) -> str | None:
 
     W&B runs ``program`` relative to the agent's working directory; a path relative to the
     sweep file is accepted too, so ``sweeper run sweeps/x/grid.yaml`` works from anywhere.
+    A ``program`` the command runs as a module (``-m ${program}``, W&B's pattern for
+    ``program: pkg.train``) is a module name, not a file: it is passed on as written (None here).
     """
     if not any("${program}" in part for part in spec.command):
         return None
     if spec.program is None:
         # Valid for sweeper.agent(function=...), but a command needs something to run.
         raise click.ClickException(f"program: required because the command uses ${{program}} ({sweep_file})")
+    if runs_program_as_module(spec.command):
+        return None
     candidates = [Path(spec.program), Path(sweep_file).parent / spec.program]
     for candidate in candidates:
         if candidate.is_file():
@@ -88,6 +92,12 @@ def resolve_program(spec: SweepSpec, sweep_file: str) -> str | None:
         f"program: {spec.program!r} not found (looked for {looked}); "
         f"run from the folder the program is in, or fix 'program' in {sweep_file}"
     )
+
+
+def runs_program_as_module(command: Sequence[str]) -> bool:
+    """True when every ``${program}`` chunk of ``command`` comes right after a ``-m`` chunk."""
+    before = [command[i - 1] if i else None for i, chunk in enumerate(command) if chunk == "${program}"]
+    return bool(before) and all(chunk == "-m" for chunk in before)
 
 
 def cwd() -> Path:

@@ -27,6 +27,8 @@ from sweeper.spec.space import (
     grid_problems,
     grid_size,
     grid_values,
+    space_size,
+    space_values,
 )
 
 __all__ = [
@@ -50,4 +52,6 @@ __all__ = [
     "load_sweep_file",
     "parse_sweep",
     "sample",
+    "space_size",
+    "space_values",
 ]

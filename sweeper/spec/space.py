@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sweeper.spec.model import Distribution, Parameter, SweepSpec
@@ -14,12 +15,13 @@ D = Distribution
 GRID_DISTRIBUTIONS = frozenset({D.CONSTANT, D.CATEGORICAL, D.INT_UNIFORM, D.Q_UNIFORM})
 
 
-def grid_values(param: Parameter) -> tuple[Any, ...] | None:
-    """Every value ``param`` can take, or None when that set is not finite (or not listed here).
+def space_values(param: Parameter) -> tuple[Any, ...] | None:
+    """Every value sampling can give ``param``, or None when that set is not finite (or not listed here).
 
     For ``q_uniform`` these are the multiples ``k*q`` for ``k`` from ``round(min/q)`` to
-    ``round(max/q)``: exactly what the sampler can return, so ``max`` is included when it is
-    on the lattice. W&B's own grid uses ``arange(min, max, q)``, which leaves ``max`` out.
+    ``round(max/q)``: exactly what the sampler can return (``round(x/q)*q`` for ``x`` in
+    ``[min, max]``), so ``max`` is included when it is on the lattice. Grid search lists
+    other values: see :func:`grid_values`.
 
     ``categorical_w_probabilities`` gives its values, so random search knows the space is
     finite; grid search still refuses it (see :func:`grid_problems`).
@@ -38,24 +40,77 @@ def grid_values(param: Parameter) -> tuple[Any, ...] | None:
     return None
 
 
+def grid_values(param: Parameter) -> tuple[Any, ...] | None:
+    """Every value grid search gives ``param``, in order, as W&B's grid does; None when not finite.
+
+    ``q_uniform`` takes ``numpy.arange(min, max, q)``, as W&B's grid does: ``min``, ``min + q``, ...
+    below ``max`` (so ``max`` is left out, and ``{min: 1, max: 10, q: 3}`` gives 1, 4, 7); ints
+    when ``min``, ``max`` and ``q`` are all ints, else floats, with numpy's float rounding (so
+    ``{min: 1, max: 1.3, q: 0.1}`` ends in ``1.3000000000000003``). Every other distribution
+    gives its :func:`space_values`.
+    """
+    if param.distribution is D.Q_UNIFORM:
+        return arange(param.min, param.max, param.q)
+    return space_values(param)
+
+
+def arange(start: float, stop: float, step: float) -> tuple[float, ...] | tuple[int, ...]:
+    """``tuple(numpy.arange(start, stop, step).tolist())`` for ``step > 0``, value for value and type
+    for type, without numpy (the coordinator does not need it)."""
+    n = _arange_len(start, stop, step)
+    if all(isinstance(v, int) for v in (start, stop, step)):
+        return tuple(start + i * step for i in range(n))
+    # numpy writes start and start + step, then fills on with start + i * (second - first).
+    first, second = float(start), float(start + step)
+    delta = second - first
+    return ((first, second) + tuple(first + i * delta for i in range(2, n)))[:n]
+
+
+def _arange_len(start: float, stop: float, step: float) -> int:
+    # numpy's count: ceil((stop - start) / step), and 1 when that quotient underflows to 0;
+    # too many to count (an overflow) stands for more than any grid lists.
+    if stop <= start:
+        return 0
+    try:
+        steps = (stop - start) / step
+    except OverflowError:
+        return sys.maxsize
+    return max(1, math.ceil(steps)) if math.isfinite(steps) else sys.maxsize
+
+
 def grid_size(spec: SweepSpec) -> int | None:
-    """How many distinct configurations the space holds, or None when it is not finite."""
+    """How many configurations grid search lists for ``spec``, or None when that is not finite."""
+    return _size(spec, _grid_len)
+
+
+def space_size(spec: SweepSpec) -> int | None:
+    """How many distinct configurations sampling ``spec`` can give, or None when not finite."""
+    return _size(spec, _space_len)
+
+
+def _size(spec: SweepSpec, length: Callable[[Parameter], int | None]) -> int | None:
     size = 1
     for p in spec.parameters:
-        n = _grid_len(p)
+        n = length(p)
         if n is None:
             return None
         size *= n
     return size
 
 
+# Counted, not listed: an int_uniform over 0..10**9 is finite but must not be built.
 def _grid_len(p: Parameter) -> int | None:
-    # Counted, not listed: an int_uniform over 0..10**9 is finite but must not be built.
+    if p.distribution is D.Q_UNIFORM:
+        return _arange_len(p.min, p.max, p.q)
+    return _space_len(p)
+
+
+def _space_len(p: Parameter) -> int | None:
     if p.distribution is D.INT_UNIFORM:
         return p.max - p.min + 1
     if p.distribution is D.Q_UNIFORM:
         return round(p.max / p.q) - round(p.min / p.q) + 1
-    values = grid_values(p)
+    values = space_values(p)
     return None if values is None else len(values)
 
 
@@ -166,7 +221,7 @@ def describe(spec: SweepSpec) -> str:
         spec.method,
         f"{n} parameter{'s' if n != 1 else ''} ({', '.join(p.name for p in spec.parameters)})",
     ]
-    size = grid_size(spec)
+    size = grid_size(spec) if spec.method == "grid" else space_size(spec)
     parts.append(f"{size} combination{'s' if size != 1 else ''}" if size is not None else "continuous space")
     if spec.metric is not None:
         parts.append(f"metric {spec.metric.name} ({spec.metric.goal})")

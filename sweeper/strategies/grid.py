@@ -14,16 +14,21 @@ from sweeper.trials import Trial
 
 @register
 class GridSearch(Strategy):
-    """Walks the grid in file order. A combination counts as taken as soon as any trial holds
-    it, whatever its state: failed ones are retried by the coordinator's retry policy, not here.
+    """Walks the grid in W&B's order: parameters sorted by name at each level of nesting (a
+    nested block in its own name's place), the first varying slowest, so a ``run_cap`` or
+    ``--count`` below the grid's size runs the same combinations as W&B. A combination counts as
+    taken as soon as any trial holds it, whatever its state: failed ones are retried by the
+    coordinator's retry policy, not here.
     """
 
     method = "grid"
 
     def __init__(self, spec: SweepSpec) -> None:
         super().__init__(spec)
-        paths = [p.path for p in spec.parameters]
-        axes = [grid_values(p) or () for p in spec.parameters]
+        # Sorting the paths sorts each level's names, as W&B's HyperParameterSet.from_config does.
+        params = sorted(spec.parameters, key=lambda p: p.path)
+        paths = [p.path for p in params]
+        axes = [grid_values(p) or () for p in params]
         # Built once per sweep: suggest() is called for every trial.
         self._grid = [
             build_config(spec, dict(zip(paths, combo, strict=True))) for combo in itertools.product(*axes)

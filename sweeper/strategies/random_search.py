@@ -7,7 +7,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from sweeper.spec import SweepSpec, build_config, config_key, grid_size, grid_values, sample
+from sweeper.spec import SweepSpec, build_config, config_key, sample, space_size, space_values
 from sweeper.strategies.base import Strategy, Suggestion
 from sweeper.strategies.registry import register
 from sweeper.trials import Trial
@@ -24,7 +24,7 @@ class RandomSearch(Strategy):
 
     def __init__(self, spec: SweepSpec) -> None:
         super().__init__(spec)
-        self._space_size = grid_size(spec)
+        self._space_size = space_size(spec)
         self._unique = spec.options.sample_without_replacement and self._space_size is not None
 
     def _draw(self, rng: random.Random) -> dict[str, Any]:
@@ -49,5 +49,5 @@ class RandomSearch(Strategy):
 
     def _all_configs(self) -> list[dict[str, Any]]:
         paths = [p.path for p in self.spec.parameters]
-        axes = [grid_values(p) or () for p in self.spec.parameters]
+        axes = [space_values(p) or () for p in self.spec.parameters]
         return [build_config(self.spec, dict(zip(paths, c, strict=True))) for c in itertools.product(*axes)]
