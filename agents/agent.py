@@ -18,7 +18,7 @@ from sweeper.agents.ending import report_end
 from sweeper.agents.events import AgentEvent, TrialAbandoned
 from sweeper.agents.function_trial import FunctionTrial
 from sweeper.agents.hooks import TrialHook, TrialHooks, default_hooks
-from sweeper.agents.reporting import TrialReporter, backoff_delay
+from sweeper.agents.reporting import LeaseKeeper, TrialReporter, backoff_delay
 from sweeper.agents.spool import Spool
 from sweeper.agents.streak import DEFAULT_MAX_FAILURES, FailureStreak
 from sweeper.agents.trialdir import TrialDir
@@ -196,7 +196,8 @@ class Agent:
             self.hooks.end(assignment, TrialOutcome(TrialState.LOST, stop_reason=str(exc)), trial_dir)
             self._emit(TrialAbandoned(assignment, str(exc)))
             return None
-        self.hooks.end(assignment, outcome, trial_dir)
+        with LeaseKeeper(trial.reporter):  # uploads at the end may outlast the lease
+            self.hooks.end(assignment, outcome, trial_dir)
         self._finish(assignment, trial.reporter, outcome, started)
         return outcome
 

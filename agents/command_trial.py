@@ -11,6 +11,7 @@ from sweeper.agents.command import expand_command
 from sweeper.agents.events import TrialStarted
 from sweeper.agents.metrics import MetricTailer
 from sweeper.agents.process import TrialProcess, describe_exit, stderr_tail
+from sweeper.agents.reporting import LeaseKeeper
 from sweeper.agents.trialdir import trial_env
 from sweeper.agents.trialrun import STDERR_TAIL_LINES, AbandonTrial, TrialRun
 
@@ -64,7 +65,8 @@ class CommandTrial:
     def _start(self, trial: TrialRun, argv: list[str]) -> TrialProcess:
         assignment, trial_dir = trial.assignment, trial.trial_dir
         env = trial_env(self.environ, assignment, trial_dir, gpu=self.gpu)
-        env.update(trial.hooks.start(assignment, trial_dir, env))
+        with LeaseKeeper(trial.reporter):  # a checkpoint to fetch first may outlast the lease
+            env.update(trial.hooks.start(assignment, trial_dir, env))
         proc = TrialProcess.start(
             argv,
             env=env,
@@ -96,7 +98,8 @@ class CommandTrial:
     def _stopped(
         self, trial: TrialRun, proc: TrialProcess, tailer: MetricTailer, reason: str
     ) -> TrialOutcome:
-        code = proc.terminate(self.grace_period)
+        with LeaseKeeper(trial.reporter):  # the grace period may outlast the lease
+            code = proc.terminate(self.grace_period)
         trial.forward(tailer.read_records())  # what it logged while shutting down
         return TrialOutcome(
             TrialState.STOPPED,

@@ -1,0 +1,98 @@
+"""An agent keeps its trial's lease while it blocks on something slower than the lease: hooks that
+fetch or upload (checkpoints, artifacts), and a trial given its grace period to shut down. Real
+coordinator, real SQLite store, real trial processes; the lease is 1 s."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from sweeper.agents import Agent
+
+from sweeper.coordinator import Coordinator
+from sweeper.protocol import AgentInfo, Assignment, TrialOutcome
+from sweeper.spec import parse_sweep
+from sweeper.store import open_store
+from sweeper.trials import SweepState, Trial, TrialState
+
+SCRIPTS = Path(__file__).parent / "scripts"
+LEASE_S = 1.0
+SLOW_S = 3.0  # three leases
+
+
+class SlowHook:
+    """Takes SLOW_S at the start or at the end of a trial, as a large checkpoint would."""
+
+    def __init__(self, *, at_start: bool = False, at_end: bool = False) -> None:
+        self.at_start, self.at_end = at_start, at_end
+
+    def on_start(self, assignment: Assignment, trial_dir: Any, env: Mapping[str, str]) -> dict[str, str]:
+        if self.at_start:
+            time.sleep(SLOW_S)
+        return {}
+
+    def on_metrics(self, assignment: Assignment, records: Any) -> None:
+        pass
+
+    def on_end(self, assignment: Assignment, outcome: TrialOutcome, trial_dir: Any) -> None:
+        if self.at_end:
+            time.sleep(SLOW_S)
+
+
+def _run(
+    tmp_path: Path, program: Path, hook: SlowHook, *, grace: float = 10.0, during: Any = None
+) -> list[Trial]:
+    with open_store(f"sqlite:///{tmp_path / 'sweeper.db'}") as store:
+        coordinator = Coordinator(store, lease_seconds=LEASE_S)
+        raw = {"method": "grid", "program": str(program), "parameters": {"x": {"values": [1]}}}
+        sweep = coordinator.create_sweep(parse_sweep(raw))
+        agent = Agent(
+            coordinator,
+            sweep.id,
+            info=AgentInfo(name="slow", host="localhost"),
+            workdir=tmp_path,
+            count=1,
+            hooks=[hook],
+            grace_period=grace,
+        )
+        runner = threading.Thread(target=agent.run)
+        runner.start()
+        if during is not None:
+            during(coordinator, sweep.id)
+        runner.join(60)
+        assert not runner.is_alive()
+        time.sleep(LEASE_S * 1.5)  # anything still leased has run out by now ...
+        coordinator.expire_leases()  # ... and is counted lost here
+        return store.list_trials(sweep.id)
+
+
+def test_a_slow_hook_at_the_end_does_not_cost_a_finished_trial_its_lease(tmp_path: Path) -> None:
+    found = _run(tmp_path, SCRIPTS / "trial.py", SlowHook(at_end=True))
+    assert [(t.number, t.state) for t in found] == [(1, TrialState.FINISHED)]
+
+
+def test_a_slow_hook_at_the_start_does_not_cost_the_trial_its_lease(tmp_path: Path) -> None:
+    found = _run(tmp_path, SCRIPTS / "trial.py", SlowHook(at_start=True))
+    assert [(t.number, t.state) for t in found] == [(1, TrialState.FINISHED)]
+
+
+def test_a_trial_slow_to_shut_down_is_recorded_stopped_not_lost(tmp_path: Path) -> None:
+    program = tmp_path / "slow_stop.py"
+    program.write_text(
+        "import signal, sys, time\n"
+        f"signal.signal(signal.SIGTERM, lambda *_: (time.sleep({SLOW_S}), sys.exit(0)))\n"
+        "open('started', 'w').close()\n"
+        "time.sleep(60)\n"
+    )
+
+    def cancel_once_started(coordinator: Coordinator, sweep_id: str) -> None:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "started").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        coordinator.set_sweep_state(sweep_id, SweepState.CANCELLED)
+
+    found = _run(tmp_path, program, SlowHook(), during=cancel_once_started)
+    assert [(t.number, t.state) for t in found] == [(1, TrialState.STOPPED)]
