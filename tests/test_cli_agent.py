@@ -102,7 +102,7 @@ def test_malformed_coordinator_url_is_refused(here: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_a_signal_stops_the_trials_and_exits_130(
     here: Path, sqlite_store_url: str, sig: signal.Signals
 ) -> None:

@@ -70,9 +70,9 @@ def agent(
 
     Exits 0 with one line saying why once the sweep is finished, stopped or cancelled, or
     --count trials have run; exits 1 once --max-failures trials in a row have failed. While the
-    coordinator is unreachable, trials keep running and their reports wait on disk. Ctrl-C or
-    SIGTERM stops the running trials (SIGTERM to each trial's process group, SIGKILL after
-    --grace) and exits 130.
+    coordinator is unreachable, trials keep running and their reports wait on disk. Ctrl-C,
+    SIGTERM or SIGHUP (the terminal went away) stops the running trials (SIGTERM to each trial's
+    process group, SIGKILL after --grace) and exits 130.
     """
     from sweeper.agents.gpus import GpuSelectionError, select_gpus
     from sweeper.local import LocalAgents

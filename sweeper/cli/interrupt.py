@@ -1,7 +1,10 @@
-"""Ctrl-C and SIGTERM for commands that run local agents (``sweeper run``, ``sweeper agent``).
+"""Ctrl-C, SIGTERM and SIGHUP for commands that run local agents (``sweeper run``, ``sweeper agent``).
 
 The first signal stops every running trial (SIGTERM to its process group, SIGKILL after the
 grace period) and records it as stopped; further signals only say that this is under way.
+SIGHUP (the terminal or ssh session went away) counts too: by default it would end the agent at
+once and leave its trials running, unwatched, on the GPUs, while their configurations run again
+elsewhere once the leases run out.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import signal
 import threading
 from types import FrameType
-from typing import Protocol
+from typing import Any, Protocol
 
 import click
 
@@ -24,17 +27,21 @@ class Stoppable(Protocol):
     def stop(self, reason: str) -> None: ...
 
 
-class sigterm_as_interrupt:
-    """SIGTERM stops the command as cleanly as Ctrl-C does (main thread only)."""
+_STOPPING_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+class signals_as_interrupt:
+    """SIGTERM and SIGHUP stop the command as cleanly as Ctrl-C does (main thread only)."""
 
     def __enter__(self) -> None:
-        self._previous = None
+        self._previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+            for signum in _STOPPING_SIGNALS:
+                self._previous[signum] = signal.signal(signum, _raise_interrupt)
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -43,7 +50,7 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 def run_until_done_or_interrupted(agents: Stoppable, grace: float) -> tuple[list[str], bool]:
     """Start the agents and wait for them; returns (their exit reasons, whether a signal stopped them)."""
-    with sigterm_as_interrupt():
+    with signals_as_interrupt():
         try:
             agents.start()
             return agents.wait(), False
