@@ -144,11 +144,13 @@ class CheckpointHook:
         snapshots = trial.trial_dir.path / SNAPSHOTS_FOLDER
         newest = newest_snapshot(snapshots)
         if newest is not None and newest.name != trial.snapshot:
-            publish(newest, location, base=trial.base)
-            trial.snapshot, trial.signature = newest.name, signature(newest)
+            # Older snapshots will never be published, whether or not this publish succeeds: while a
+            # store stays down they would pile up, one checkpoint's size per log.
             for older in snapshots.iterdir():
                 if not older.name.startswith(".") and older.name < newest.name:
                     shutil.rmtree(older, ignore_errors=True)
+            publish(newest, location, base=trial.base)
+            trial.snapshot, trial.signature = newest.name, signature(newest)
         # The live folder itself when nothing can be writing to it (the script exited by itself), or
         # when the script makes no snapshots (it logs to W&B or MLflow only): then as it is found.
         live = trial.trial_dir.path / CHECKPOINT_FOLDER

@@ -9,6 +9,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -392,3 +393,29 @@ def test_sweeper_run_restarts_weak_members_from_a_donors_checkpoint(tmp_path: Pa
     published = tmp_path / ".sweeper" / "checkpoints" / sweep_id
     saved_something = {n for n, t in trials.items() if t["curves"].get("score")}
     assert {int(p.name) for p in published.iterdir() if p.name.isdigit()} == saved_something
+
+
+def test_snapshots_do_not_pile_up_while_the_checkpoint_store_refuses_them(tmp_path: Path) -> None:
+    # The store is a path under a regular file: every publish fails, as with a store that is down.
+    (tmp_path / "not-a-folder").write_text("")
+    trial_dir = TrialDir(tmp_path / ".sweeper" / "trials" / "sw" / "1")
+    trial_dir.path.mkdir(parents=True)
+    unwritable = str(tmp_path / "not-a-folder" / "sw" / "1")
+    assignment = Assignment(
+        sweep_id="sw", trial_id=1, trial_number=1, lease_id="l", lease_seconds=30.0, config={},
+        command=[], program=None, metric_name="loss", checkpoint_to=unwritable,
+    )  # fmt: skip
+    hook = CheckpointHook()
+    hook.on_start(assignment, trial_dir, {})
+    snapshots = trial_dir.path / SNAPSHOTS_FOLDER
+    for step in range(1, 6):  # as sweeper.log does after each save: a snapshot, then the record
+        (snapshots / f"{step:08d}").mkdir()
+        (snapshots / f"{step:08d}" / "ckpt.bin").write_bytes(bytes([step]) * 1024)
+        hook.on_metrics(assignment, [{"loss": 1.0 / step, "_step": step}])
+        deadline = time.monotonic() + 10
+        while len(list(snapshots.iterdir())) > 1:  # the publisher runs on a thread of its own
+            assert time.monotonic() < deadline, sorted(p.name for p in snapshots.iterdir())
+            time.sleep(0.02)
+    assert [p.name for p in snapshots.iterdir()] == ["00000005"]
+    hook.on_end(assignment, TrialOutcome(TrialState.FINISHED, exit_code=0), trial_dir)
+    assert not snapshots.exists()
