@@ -106,7 +106,10 @@ class TrialProcess:
                 code = self._popen.wait(max(grace, 0.0) / 2)
             except subprocess.TimeoutExpired:
                 code = None
-            self._signal_group(signal.SIGTERM)
+            if code is None:  # the script is still shutting down: its helpers only, not it again
+                self._signal_helpers(signal.SIGTERM)
+            else:
+                self._signal_group(signal.SIGTERM)
             if code is None:
                 try:
                     code = self._popen.wait(max(deadline - time.monotonic(), 0.0))
@@ -135,6 +138,22 @@ class TrialProcess:
         except (ProcessLookupError, PermissionError):
             pass
 
+    def _signal_helpers(self, sig: signal.Signals) -> None:
+        """Every process of the group but the script: a second SIGTERM would start its handler
+        (saving a checkpoint, a launcher's shutdown) over again. Where the group's members cannot
+        be listed, the whole group."""
+        assert self._popen is not None
+        members = group_members(self._popen.pid)
+        if members is None:
+            self._signal_group(sig)
+            return
+        for pid in members:
+            if pid != self._popen.pid:
+                try:
+                    os.kill(pid, sig)
+                except (ProcessLookupError, PermissionError):
+                    pass
+
     def _group_alive(self) -> bool:
         assert self._popen is not None
         try:
@@ -148,6 +167,27 @@ class TrialProcess:
         if not self._group_reaped:
             self._signal_group(signal.SIGKILL)
             self._group_reaped = True
+
+
+def group_members(pgid: int) -> list[int] | None:
+    """The processes of process group ``pgid``, from /proc (Linux); None where /proc cannot tell."""
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return None
+    members = []
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:  # ended meanwhile, or not ours to read
+            continue
+        fields = stat.rsplit(b")", 1)[-1].split()  # state, ppid, pgrp, ... after the command name
+        if len(fields) > 2 and int(fields[2]) == pgid:
+            members.append(int(name))
+    return members
 
 
 def stderr_tail(path: str | os.PathLike[str], max_lines: int = 40, max_bytes: int = 8192) -> str:

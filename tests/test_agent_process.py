@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sweeper.agents.process import EXIT_CANNOT_START, TrialProcess, describe_exit, stderr_tail
+from sweeper.agents.process import EXIT_CANNOT_START, TrialProcess, describe_exit, group_members, stderr_tail
 
 SCRIPTS = Path(__file__).parent / "scripts"
 IGNORES_SIGTERM = (
@@ -123,6 +123,33 @@ def test_the_script_is_signalled_before_its_helpers(tmp_path: Path) -> None:
     assert proc.terminate(grace=10) == 0
     assert (tmp_path / "helper_at_exit.txt").read_text() == "alive"
     assert not proc._group_alive()  # and the helper went with the group afterwards
+
+
+def test_the_script_gets_one_sigterm_while_its_helpers_get_theirs(tmp_path: Path) -> None:
+    # A handler that saves for longer than half the grace period: a second SIGTERM would start it
+    # over in the middle of its save. Its helper still gets SIGTERM, and the group ends.
+    code = (
+        "import signal, subprocess, sys, time\n"
+        "helper = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(1000)'])\n"
+        "received = []\n"
+        "def on_term(*a):\n"
+        "    received.append(1)\n"
+        "    if len(received) == 1:\n"
+        "        time.sleep(1.0)\n"
+        "        open('signals.txt', 'w').write(str(len(received)))\n"
+        "        sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, on_term)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(1000)\n"
+    )
+    proc = start(tmp_path, [sys.executable, "-c", code])
+    assert wait_until(lambda: (tmp_path / "stdout.log").read_text() == "ready\n")
+    members = group_members(proc.pid)
+    assert members is not None and proc.pid in members and len(members) == 2
+    helper = next(pid for pid in members if pid != proc.pid)
+    assert proc.terminate(grace=1.2) == 0  # half the grace period is 0.6 s: the save outlasts it
+    assert (tmp_path / "signals.txt").read_text() == "1"
+    assert not alive(helper)
 
 
 def test_leftover_children_die_when_the_leader_exits_by_itself(tmp_path: Path) -> None:
