@@ -47,7 +47,11 @@ class CommandTrial:
             return TrialOutcome(TrialState.FAILED, stderr_tail=f"sweeper: cannot build the command: {exc}")
         proc = self._start(trial, argv)
         tailer = MetricTailer(trial.trial_dir.metrics_path)
-        stop_reason = self._watch(trial, proc, tailer)
+        try:
+            stop_reason = self._watch(trial, proc, tailer)
+        except Exception:
+            proc.kill()  # whatever went wrong here, the trial must not run on unwatched
+            raise
         if stop_reason is not None and proc.poll() is None:
             return self._stopped(trial, proc, tailer, stop_reason)
         return self._exited(trial, proc, tailer)

@@ -43,6 +43,7 @@ class Spool:
         self._lock = threading.Lock()
         self._points: list[MetricPoint] = []
         self._acked = 0
+        self._on_disk = True  # False once a write failed (a full disk): from then on, memory only
 
     # -- creating and reopening ------------------------------------------------------------
 
@@ -103,8 +104,20 @@ class Spool:
             return
         text = "".join(json.dumps(asdict(p), allow_nan=True) + "\n" for p in points)
         with self._lock:
-            with open(self.path, "a", encoding="utf-8") as fh:
-                fh.write(text)
+            if self._on_disk:
+                try:
+                    with open(self.path, "a", encoding="utf-8") as fh:
+                        fh.write(text)
+                except OSError as exc:
+                    # The points still go to the coordinator from memory; the trial goes on. No
+                    # more writes after a failed one, which may have left half a line behind.
+                    self._on_disk = False
+                    log.warning(
+                        "trial spool %s: cannot write (%s); this trial's points are kept in memory "
+                        "only from now on, so a crash of this agent would lose those not yet sent",
+                        self.path,
+                        exc,
+                    )
             self._points.extend(points)
 
     def unacked(self, limit: int | None = None) -> list[MetricPoint]:

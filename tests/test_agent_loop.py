@@ -248,6 +248,28 @@ def test_lease_lost_kills_the_process_and_moves_on_without_finishing(tmp_path: P
     assert wait_until(lambda: not alive(grandchild)), "the abandoned trial's processes live on"
 
 
+def test_an_error_inside_the_agent_while_a_trial_runs_ends_the_trial_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Any failure of the agent's own (here: reading the metrics file) must not leave the trial
+    # running unwatched, holding its GPU.
+    from sweeper.agents.metrics import MetricTailer
+
+    client = MemoryCoordinator([assignment(1, {"steps": 1, "hang": True, "child": True})])
+    read = MetricTailer.read_records
+
+    def fails_once_started(self: MetricTailer) -> list:
+        if (trial_dir(tmp_path, 1) / "child.pid").exists():
+            raise RuntimeError("an agent bug")
+        return read(self)
+
+    monkeypatch.setattr(MetricTailer, "read_records", fails_once_started)
+    with pytest.raises(RuntimeError, match="an agent bug"):
+        make_agent(client, tmp_path).run()
+    grandchild = int((trial_dir(tmp_path, 1) / "child.pid").read_text())
+    assert wait_until(lambda: not alive(grandchild)), "the trial's processes outlived the agent's error"
+
+
 def test_connection_errors_delay_metrics_but_each_arrives_exactly_once(tmp_path: Path) -> None:
     client = MemoryCoordinator([assignment(1, {"steps": 6, "pause": 0.05})])
     client.failures_left = 4

@@ -56,6 +56,24 @@ def test_points_are_on_disk_before_they_are_sent_and_acks_survive_a_reopen(
     assert again.pending == 3
 
 
+def test_a_spool_that_cannot_be_written_keeps_its_points_in_memory_and_they_are_sent(
+    tmp_path: Path, coordinator, caplog: pytest.LogCaptureFixture
+) -> None:
+    a = lease(coordinator)
+    spool = Spool.create(folder_for(tmp_path, a), a)
+    spool.append(points(range(2)))
+    spool.path.unlink()
+    spool.path.mkdir()  # the file cannot be opened for writing any more, as on a full disk
+    spool.append(points(range(2, 5)))  # no error reaches the agent
+    spool.append(points(range(5, 6)))
+    assert spool.pending == 6 and "kept in memory only" in caplog.text
+    reporter = TrialReporter(
+        coordinator, a, clock=lambda: 0.0, report_interval=0.0, heartbeat_interval=1.0, queue=spool
+    )
+    reporter.send_all()
+    assert [p.seq for p in coordinator.trials(a.sweep_id, with_history=True)[0].history] == list(range(6))
+
+
 def test_a_line_cut_short_by_a_crash_is_skipped(tmp_path: Path, coordinator) -> None:
     a = lease(coordinator)
     spool = Spool.create(folder_for(tmp_path, a), a)
