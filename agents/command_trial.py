@@ -10,6 +10,7 @@ from pathlib import Path
 from sweeper.agents.command import expand_command
 from sweeper.agents.events import TrialStarted
 from sweeper.agents.metrics import MetricTailer
+from sweeper.agents.orphans import forget_process, record_process
 from sweeper.agents.process import TrialProcess, describe_exit, stderr_tail
 from sweeper.agents.reporting import LeaseKeeper
 from sweeper.agents.trialdir import trial_env
@@ -46,15 +47,20 @@ class CommandTrial:
         except (OSError, TypeError, ValueError) as exc:
             return TrialOutcome(TrialState.FAILED, stderr_tail=f"sweeper: cannot build the command: {exc}")
         proc = self._start(trial, argv)
+        if proc.pid is not None:  # so that an agent started after this one dies can end it
+            record_process(trial.trial_dir.path, proc.pid)
         tailer = MetricTailer(trial.trial_dir.metrics_path)
         try:
-            stop_reason = self._watch(trial, proc, tailer)
-        except Exception:
-            proc.kill()  # whatever went wrong here, the trial must not run on unwatched
-            raise
-        if stop_reason is not None and proc.poll() is None:
-            return self._stopped(trial, proc, tailer, stop_reason)
-        return self._exited(trial, proc, tailer)
+            try:
+                stop_reason = self._watch(trial, proc, tailer)
+            except Exception:
+                proc.kill()  # whatever went wrong here, the trial must not run on unwatched
+                raise
+            if stop_reason is not None and proc.poll() is None:
+                return self._stopped(trial, proc, tailer, stop_reason)
+            return self._exited(trial, proc, tailer)
+        finally:
+            forget_process(trial.trial_dir.path)
 
     def _argv(self, trial: TrialRun) -> list[str]:
         return expand_command(

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeper.agents import Agent, AgentEvent
+from sweeper.agents.orphans import end_orphans
 from sweeper.agents.streak import DEFAULT_MAX_FAILURES
 from sweeper.protocol import (
     AgentInfo,
@@ -90,6 +91,8 @@ class LocalAgents:
     _recorder: Any = field(default=None, init=False)  # the sweep's tracker record, if it names trackers
 
     def start(self) -> None:
+        if self.function is None:  # trials an agent that died here left running hold their GPUs
+            end_orphans(self.workdir, self.grace_period)
         budget = TrialBudget(self.client, self.count)
         self._recorder = _sweep_recorder(self.client, self.sweep_id)
         if self._recorder is not None:  # _end_tracking closes the trackers, once no other group needs them

@@ -137,3 +137,47 @@ def test_a_signal_stops_the_trials_and_exits_130(
         while Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]:
             assert time.monotonic() < deadline, f"trial grandchild {pid} outlived the agent"
             time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_an_agent_started_after_one_was_killed_ends_the_trial_it_left_running(
+    here: Path, sqlite_store_url: str
+) -> None:
+    # Grid order: hang=True first (the trial the killed agent leaves behind), then hang=False.
+    sweep_id = make_sweep(
+        sqlite_store_url, {"hang": {"values": [True, False]}, "child": {"value": True}}, "trial.py"
+    )
+    first = subprocess.Popen(
+        [SWEEPER, "agent", sweep_id, "--db", sqlite_store_url, "--count", "1"],
+        cwd=here,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    trial_dir = here / ".sweeper" / "trials" / sweep_id / "1"
+    deadline = time.monotonic() + 60
+    while not (trial_dir / "child.pid").exists():
+        assert first.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    first.kill()  # SIGKILL: no chance to stop its trial
+    first.wait()
+    grandchild = int((trial_dir / "child.pid").read_text())
+    time.sleep(0.5)
+    assert Path(f"/proc/{grandchild}").exists(), "the trial was expected to outlive its agent"
+
+    second = subprocess.run(
+        [SWEEPER, "agent", sweep_id, "--db", sqlite_store_url, "--count", "1", "--grace", "1"],
+        cwd=here,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert f"ended trial {sweep_id}/1's processes" in second.stderr
+    deadline = time.monotonic() + 10
+    while (
+        Path(f"/proc/{grandchild}").exists()
+        and "Z" not in Path(f"/proc/{grandchild}/stat").read_text().split()[2]
+    ):
+        assert time.monotonic() < deadline, "the orphaned trial's processes are still running"
+        time.sleep(0.05)
+    assert not (trial_dir / "process.json").exists()
