@@ -113,6 +113,10 @@ def trial_env(
             "WANDB_SWEEP_PARAM_PATH": os.fspath(trial_dir.wandb_config_path),
         }
     )
+    # The sweep file's W&B project and entity, for a script's own wandb.init(), unless set here.
+    for name, value in (("WANDB_PROJECT", assignment.project), ("WANDB_ENTITY", assignment.entity)):
+        if value and name not in base:
+            env[name] = value
     if gpu is not None:
         if "CUDA_VISIBLE_DEVICES" not in base:
             # The index is NVML's, in PCI bus order like nvidia-smi's; CUDA's own default order

@@ -52,10 +52,7 @@ def with_trackers(spec: SweepSpec, mlflow_uri: str | None, wandb_on: bool) -> Sw
     if wandb_on:
         wandb = _settings(block.get("wandb"))
         wandb.pop("enabled", None)
-        for key in ("project", "entity"):  # the W&B keys of the sweep file itself
-            if getattr(spec, key) and key not in wandb:
-                wandb[key] = getattr(spec, key)
-        block["wandb"] = wandb
+        block["wandb"] = wandb  # the sweep file's own project and entity apply (tracker_settings)
     problems: list[Problem] = []
     check_integrations(block, problems)
     if problems:

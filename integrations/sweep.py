@@ -16,6 +16,8 @@ from typing import Any
 from sweeper.integrations.base import Leaderboard, LeaderRow, SafeTracker, SweepInfo
 from sweeper.integrations.session import close_all, close_sweep, trackers_for
 
+from sweeper.spec.integrations import tracker_settings
+
 log = logging.getLogger("sweeper.integrations")
 # How long an ended sweep's last records may take to reach its trackers; other sweeps' records wait.
 _CLOSE_ENDED = 10.0
@@ -34,7 +36,7 @@ class SweepRecorder:
         if not all(hasattr(coordinator, m) for m in ("spec_of", "trials", "get_sweep")):
             return None
         spec = coordinator.spec_of(sweep_id)
-        trackers = trackers_for(sweep_id, spec.raw.get("integrations"))
+        trackers = trackers_for(sweep_id, tracker_settings(spec))
         return cls(coordinator, sweep_id, trackers) if trackers else None
 
     def start(self) -> None:

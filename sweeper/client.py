@@ -115,6 +115,8 @@ class HttpCoordinator:
             integrations=a.get("integrations"),
             restore_from=a.get("restore_from"),
             checkpoint_to=a.get("checkpoint_to"),
+            project=a.get("project"),
+            entity=a.get("entity"),
         )
 
     def heartbeat(self, trial_id: int, lease_id: str) -> Directive:

@@ -28,6 +28,7 @@ from sweeper.protocol import (
 )
 from sweeper.results import best_of
 from sweeper.spec import SweepSpec, parse_sweep
+from sweeper.spec.integrations import tracker_settings
 from sweeper.spec.model import DEFAULT_CHECKPOINTS
 from sweeper.stopping import StoppingRule, build_rule, decide_for
 from sweeper.store.base import InvalidTransitionError, Lease, Store, TrialDraft
@@ -151,9 +152,11 @@ class Coordinator:
                 command=spec.command,
                 program=spec.program,
                 metric_name=spec.metric.name if spec.metric else None,
-                integrations=spec.raw.get("integrations"),
+                integrations=tracker_settings(spec),
                 restore_from=trial.restore_from,
                 checkpoint_to=_checkpoint_to(spec, trial),
+                project=spec.project,
+                entity=spec.entity,
             )
         plan = plans[-1] if plans else None
         if plan is None:  # the sweep does not hand out trials (or stopped doing so since it was read)

@@ -46,6 +46,9 @@ class Assignment:
     # working folder, or a URL), and where this trial's ``run.checkpoint_dir`` is published.
     restore_from: str | None = None
     checkpoint_to: str | None = None
+    # The sweep file's W&B project and entity: a script's own wandb.init() logs there, as under W&B.
+    project: str | None = None
+    entity: str | None = None
 
 
 class NoTrialReason(enum.StrEnum):

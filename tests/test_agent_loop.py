@@ -39,6 +39,7 @@ def assignment(
     command: Sequence[str] | None = None,
     program: str | None = TRIAL,
     sweep_id: str = "sw1",
+    **extra: Any,
 ) -> Assignment:
     return Assignment(
         sweep_id=sweep_id,
@@ -50,6 +51,7 @@ def assignment(
         command=command if command is not None else ["${interpreter}", "${program}", "${args}"],
         program=program,
         metric_name="loss",
+        **extra,
     )
 
 
@@ -466,8 +468,10 @@ def test_unchanged_wandb_script_sees_the_trial_values(tmp_path: Path, monkeypatc
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)
     config = {"lr": 0.003, "optimizer": "adam", "layers": 4, "model": {"dropout": 0.1}}
-    client = MemoryCoordinator([assignment(1, config, program=str(SCRIPTS / "wandb_trial.py"))])
+    script = str(SCRIPTS / "wandb_trial.py")
+    client = MemoryCoordinator([assignment(1, config, program=script, project="from-the-sweep-file")])
     make_agent(client, tmp_path, heartbeat_interval=1.0).run()
 
     outcome = client.finished[101]
@@ -475,6 +479,8 @@ def test_unchanged_wandb_script_sees_the_trial_values(tmp_path: Path, monkeypatc
     assert outcome.state is TrialState.FINISHED, outcome.stderr_tail
     line = next(x for x in stdout.splitlines() if x.startswith("WANDB_CONFIG="))
     assert json.loads(line.removeprefix("WANDB_CONFIG=")) == config
+    # The sweep file's project, as under W&B (which ignores wandb.init(project=...) in a sweep).
+    assert "WANDB_PROJECT_OF_RUN=from-the-sweep-file" in stdout.splitlines()
     assert os.listdir(tmp_path / "wandb")  # it wrote its offline run where we asked
 
 

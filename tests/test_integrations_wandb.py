@@ -23,6 +23,26 @@ def wandb_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+def test_the_sweep_files_own_project_and_entity_apply_where_the_wandb_block_names_none(
+    wandb_env: Path,
+) -> None:
+    program = wandb_env / "train.py"
+    program.write_text(TRIAL_SCRIPT)
+    sweep = {
+        "method": "grid",
+        "project": "top-level-project",
+        "entity": "top-level-entity",
+        "metric": {"name": "loss", "goal": "minimize"},
+        "parameters": {"mode": {"value": "ok"}, "lr": {"values": [0.5, 0.25]}},
+        "integrations": {"wandb": {"mode": "offline"}},
+    }
+    _, _, trials = run_sweep(wandb_env, sweep, program)
+    assert [t.state for t in trials] == [TrialState.FINISHED, TrialState.FINISHED]
+    runs = offline_runs(wandb_env)
+    assert len(runs) == 3  # two trials and the sweep's own run
+    assert {(r["project"], r["entity"]) for r in runs} == {("top-level-project", "top-level-entity")}
+
+
 def test_sweep_logs_one_run_per_trial_and_a_sweep_run(wandb_env: Path) -> None:
     program = wandb_env / "train.py"
     program.write_text(TRIAL_SCRIPT)

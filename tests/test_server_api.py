@@ -228,7 +228,15 @@ def test_an_assignment_carries_the_sweeps_tracker_settings(server: ServerProcess
     sweep = client.create_sweep(parse_sweep(GRID | {"integrations": integrations}))
     assert lease(client, sweep.id).integrations == integrations
     plain = client.create_sweep(parse_sweep(GRID))
-    assert lease(client, plain.id).integrations is None
+    got = lease(client, plain.id)
+    assert got.integrations is None and got.project is None and got.entity is None
+    # The sweep file's W&B keys: the defaults of its wandb settings, and of the trial's own wandb.init().
+    keyed = client.create_sweep(
+        parse_sweep(GRID | {"project": "p", "entity": "e", "integrations": {"wandb": {"mode": "offline"}}})
+    )
+    got = lease(client, keyed.id)
+    assert (got.project, got.entity) == ("p", "e")
+    assert got.integrations == {"wandb": {"mode": "offline", "project": "p", "entity": "e"}}
 
 
 def exchange(server: ServerProcess, path: str, body: bytes, content_type: str) -> tuple[int, bytes]:

@@ -199,6 +199,8 @@ class AssignmentOut(Model):
     integrations: dict[str, Any] | None = None  # the sweep's tracker settings, for the agent's adapters
     restore_from: str | None = None  # the checkpoint the trial starts from (method pbt)
     checkpoint_to: str | None = None  # where the trial's checkpoint folder is published
+    project: str | None = None  # the sweep file's W&B project and entity
+    entity: str | None = None
 
 
 class NoTrialOut(Model):
@@ -235,6 +237,8 @@ class NextTrialOut(Model):
                 integrations=dict(answer.integrations) if answer.integrations else None,
                 restore_from=answer.restore_from,
                 checkpoint_to=answer.checkpoint_to,
+                project=answer.project,
+                entity=answer.entity,
             )
         )
 

@@ -101,6 +101,22 @@ def _tags(value: Any, path: str, problems: list[Problem]) -> None:
         problems.append(Problem(path, f"expected a list of non-empty strings, got {show(value)}"))
 
 
+def tracker_settings(spec: Any) -> Any:
+    """The sweep's ``integrations`` block, its ``wandb`` settings taking the sweep file's own W&B
+    keys (top-level ``project`` and ``entity``) where they name none, as W&B itself would log there."""
+    raw = spec.raw.get("integrations")
+    if not isinstance(raw, Mapping) or "wandb" not in raw:
+        return raw
+    wandb = raw["wandb"]
+    if wandb is False or (isinstance(wandb, Mapping) and wandb.get("enabled") is False):
+        return raw
+    settings = dict(wandb) if isinstance(wandb, Mapping) else {}
+    for key in ("project", "entity"):
+        if getattr(spec, key) and key not in settings:
+            settings[key] = getattr(spec, key)
+    return {**raw, "wandb": settings}
+
+
 def enabled_trackers(raw: Any) -> dict[str, dict[str, Any]]:
     """``{tracker: settings}`` for each tracker switched on in a checked block."""
     out: dict[str, dict[str, Any]] = {}
