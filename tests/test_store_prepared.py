@@ -62,3 +62,15 @@ def test_many_parameter_sets_in_one_call_and_a_missing_parameter_refused(conn) -
     assert [r.value for r in count.all(conn, {"t": trial_id})] == [1.0, 0.5, 1.0 / 3, 0.25]
     with pytest.raises(ValueError, match="trial_id_"):
         statements.TRIAL.first(conn, {})
+
+
+def test_the_drivers_errors_are_raised_as_sqlalchemy_raises_them(conn) -> None:
+    # The store turns SQLAlchemy's OperationalError into a StoreError a person can read, and
+    # catches its IntegrityError: a prepared statement raises the same classes.
+    from sqlalchemy.exc import IntegrityError
+
+    with pytest.raises(IntegrityError, match="NOT NULL"):
+        statements.INSERT_TRIAL.scalar(conn, {"sweep_id": "s1"})
+    add = Prepared(insert(metrics))
+    with pytest.raises(IntegrityError, match="NOT NULL"):
+        add.run(conn, [{"trial_id": 1, "seq": 0, "name": "loss", "step": 0}])  # no time

@@ -11,10 +11,12 @@ as before: there the round trip to the server costs more than this.
 from __future__ import annotations
 
 from collections import namedtuple
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement
 
 
@@ -59,7 +61,9 @@ class Prepared:
         if conn.dialect.name != "sqlite":
             return list(conn.execute(self.statement, params).all())  # type: ignore[call-overload]
         form = self._form(conn, params)
-        return form.rows(_driver(conn).execute(form.sql, form.args(params)))
+        args = form.args(params)
+        with _as_sqlalchemy_errors(conn, form.sql, args):
+            return form.rows(_driver(conn).execute(form.sql, args))
 
     def first(self, conn: Connection, params: Mapping[str, Any]) -> Any:
         found = self.all(conn, params)
@@ -83,10 +87,12 @@ class Prepared:
         form = self._form(conn, params[0] if many else params)  # type: ignore[index]
         driver = _driver(conn)
         if many:
-            cursor = driver.executemany(form.sql, [form.args(p) for p in params])  # type: ignore[union-attr]
-        else:
-            cursor = driver.execute(form.sql, form.args(params))  # type: ignore[arg-type]
-        return int(cursor.rowcount)
+            rows = [form.args(p) for p in params]  # type: ignore[union-attr]
+            with _as_sqlalchemy_errors(conn, form.sql, rows):
+                return int(driver.executemany(form.sql, rows).rowcount)
+        args = form.args(params)  # type: ignore[arg-type]
+        with _as_sqlalchemy_errors(conn, form.sql, args):
+            return int(driver.execute(form.sql, args).rowcount)
 
     def _form(self, conn: Connection, params: Mapping[str, Any]) -> _Form:
         keys = frozenset(params)
@@ -105,6 +111,17 @@ class Prepared:
             fields = [(n, binds[n].type.bind_processor(conn.dialect)) for n in names]
             form = self._forms.setdefault(keys, _Form(compiled.string, fields, defaults))
         return form
+
+
+@contextmanager
+def _as_sqlalchemy_errors(conn: Connection, sql: str, params: Any) -> Iterator[None]:
+    """The driver's errors as SQLAlchemy raises them (OperationalError, IntegrityError, ...), so
+    the store reports them as it does for every other statement."""
+    base = conn.dialect.loaded_dbapi.Error
+    try:
+        yield
+    except base as exc:
+        raise DBAPIError.instance(sql, params, exc, base) from exc
 
 
 def _driver(conn: Connection) -> Any:
