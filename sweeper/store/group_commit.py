@@ -24,6 +24,8 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection
 
+from sweeper.store.prepared import run_on_driver
+
 T = TypeVar("T")
 
 
@@ -118,16 +120,15 @@ class GroupCommit:
                     # Savepoints straight on the driver's connection: through SQLAlchemy's nested
                     # transactions each one cost a statement compiled afresh (its name is new every
                     # time) and about a tenth of the store's time under load.
-                    driver = conn.connection.driver_connection
                     for call in batch:
-                        driver.execute("SAVEPOINT group_call")
+                        run_on_driver(conn, "SAVEPOINT group_call")
                         try:
                             with self._errors():
                                 call.result = call.work(conn)
                         except Exception as exc:  # this call alone failed: undo what it wrote
-                            driver.execute("ROLLBACK TO SAVEPOINT group_call")
+                            run_on_driver(conn, "ROLLBACK TO SAVEPOINT group_call")
                             call.error = exc
-                        driver.execute("RELEASE SAVEPOINT group_call")
+                        run_on_driver(conn, "RELEASE SAVEPOINT group_call")
         except BaseException as exc:
             for call in batch:
                 call.result, call.error = None, exc

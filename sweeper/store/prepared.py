@@ -62,7 +62,7 @@ class Prepared:
             return list(conn.execute(self.statement, params).all())  # type: ignore[call-overload]
         form = self._form(conn, params)
         args = form.args(params)
-        with _as_sqlalchemy_errors(conn, form.sql, args):
+        with _driver_errors(conn, form.sql, args):
             return form.rows(_driver(conn).execute(form.sql, args))
 
     def first(self, conn: Connection, params: Mapping[str, Any]) -> Any:
@@ -88,10 +88,10 @@ class Prepared:
         driver = _driver(conn)
         if many:
             rows = [form.args(p) for p in params]  # type: ignore[union-attr]
-            with _as_sqlalchemy_errors(conn, form.sql, rows):
+            with _driver_errors(conn, form.sql, rows):
                 return int(driver.executemany(form.sql, rows).rowcount)
         args = form.args(params)  # type: ignore[arg-type]
-        with _as_sqlalchemy_errors(conn, form.sql, args):
+        with _driver_errors(conn, form.sql, args):
             return int(driver.execute(form.sql, args).rowcount)
 
     def _form(self, conn: Connection, params: Mapping[str, Any]) -> _Form:
@@ -114,7 +114,7 @@ class Prepared:
 
 
 @contextmanager
-def _as_sqlalchemy_errors(conn: Connection, sql: str, params: Any) -> Iterator[None]:
+def _driver_errors(conn: Connection, sql: str, params: Any) -> Iterator[None]:
     """The driver's errors as SQLAlchemy raises them (OperationalError, IntegrityError, ...), so
     the store reports them as it does for every other statement."""
     base = conn.dialect.loaded_dbapi.Error
@@ -122,6 +122,12 @@ def _as_sqlalchemy_errors(conn: Connection, sql: str, params: Any) -> Iterator[N
         yield
     except base as exc:
         raise DBAPIError.instance(sql, params, exc, base) from exc
+
+
+def run_on_driver(conn: Connection, sql: str) -> None:
+    """One statement without parameters, straight on the driver (SQLite)."""
+    with _driver_errors(conn, sql, ()):
+        _driver(conn).execute(sql)
 
 
 def _driver(conn: Connection) -> Any:
