@@ -196,6 +196,17 @@ def test_random_with_replacement_repeats_when_asked_to() -> None:
     assert max(Counter(config_key(t.config) for t in trials).values()) > 1
 
 
+def test_random_with_probabilities_draws_by_weight_and_repeats_as_wandb_does() -> None:
+    weighted = {"opt": {"values": ["adam", "sgd"], "probabilities": [0.9, 0.1]}}
+    spec = parse_sweep(FINITE_RANDOM | {"parameters": weighted})
+    trials = drive(strategy_class("random")(spec), spec, 40)
+    assert len(trials) == 40  # the sweep does not end after the two values
+    assert 30 <= Counter(t.config["opt"] for t in trials)["adam"] <= 40
+    # Asked for explicitly, no repeats still holds.
+    unique = parse_sweep(spec.raw | {"sweeper": {"sample_without_replacement": True}})
+    assert len(drive(strategy_class("random")(unique), unique, 40)) == 2
+
+
 def test_random_depends_on_the_seed() -> None:
     spec = parse_sweep(MIXED_RANDOM)
     a = drive(strategy_class("random")(spec), spec, 5, seed=1)

@@ -161,7 +161,9 @@ class Options:
 
     seed: int | None = None  # None: a random seed is drawn and stored with the sweep
     max_retries: int = 1  # how often a failed or lost configuration is run again
-    sample_without_replacement: bool = True  # random search in a finite space never repeats a config
+    # Random search in a finite space never repeats a config. None: so unless a parameter gives
+    # probabilities, whose weights only show when values repeat (W&B's random search repeats).
+    sample_without_replacement: bool | None = None
     resource: Resource | None = None  # methods hyperband and bohb: the budget each trial gets
     pbt: Pbt | None = None  # method pbt: the population and how it exploits and explores
 

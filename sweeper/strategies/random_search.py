@@ -1,4 +1,5 @@
-"""Random search with W&B's distributions; in a finite space, without replacement by default."""
+"""Random search with W&B's distributions; in a finite space, without replacement by default
+(unless a parameter gives ``probabilities``: then draws repeat, as W&B's do, so the weights show)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sweeper.spec import SweepSpec, build_config, config_key, sample, space_size, space_values
+from sweeper.spec.model import Distribution
 from sweeper.strategies.base import Strategy, Suggestion
 from sweeper.strategies.registry import register
 from sweeper.trials import Trial
@@ -25,7 +27,11 @@ class RandomSearch(Strategy):
     def __init__(self, spec: SweepSpec) -> None:
         super().__init__(spec)
         self._space_size = space_size(spec)
-        self._unique = spec.options.sample_without_replacement and self._space_size is not None
+        unique = spec.options.sample_without_replacement
+        if unique is None:
+            weighted = Distribution.CATEGORICAL_W_PROBABILITIES
+            unique = not any(p.distribution is weighted for p in spec.parameters)
+        self._unique = unique and self._space_size is not None
 
     def _draw(self, rng: random.Random) -> dict[str, Any]:
         return build_config(self.spec, {p.path: sample(p, rng) for p in self.spec.parameters})
