@@ -20,6 +20,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from sweeper.agents.batches import MemoryQueue
+
 from sweeper.files import write_atomic
 from sweeper.protocol import Assignment, TrialOutcome
 from sweeper.trials import MetricPoint, TrialState
@@ -33,7 +35,10 @@ ABANDONED_NAME = "spool.abandoned"
 
 
 class Spool:
-    """Append-only record of one trial's points plus the count acknowledged so far. Thread safe."""
+    """Append-only record of one trial's points plus the count acknowledged so far. Thread safe.
+
+    Memory holds only the points not yet acknowledged: a long trial logging every step would
+    otherwise keep all of them in the agent for as long as it runs."""
 
     def __init__(self, folder: Path, trial_id: int, lease_id: str, sweep_id: str = "") -> None:
         self.folder = Path(folder)
@@ -41,8 +46,8 @@ class Spool:
         self.lease_id = lease_id
         self.sweep_id = sweep_id
         self._lock = threading.Lock()
-        self._points: list[MetricPoint] = []
-        self._acked = 0
+        self._unacked = MemoryQueue()
+        self._acked = 0  # acknowledged so far, in all
         self._on_disk = True  # False once a write failed (a full disk): from then on, memory only
 
     # -- creating and reopening ------------------------------------------------------------
@@ -69,18 +74,19 @@ class Spool:
         lines = (folder / SPOOL_NAME).read_bytes().split(b"\n")
         header = json.loads(lines[0])
         spool = cls(folder, int(header["trial_id"]), str(header["lease_id"]), str(header.get("sweep_id", "")))
+        points = []
         for raw in lines[1:]:
             try:
                 p = json.loads(raw)
-                spool._points.append(
-                    MetricPoint(p["name"], float(p["value"]), p["step"], p["seq"], p["time"])
-                )
+                points.append(MetricPoint(p["name"], float(p["value"]), p["step"], p["seq"], p["time"]))
             except (ValueError, KeyError, TypeError):
                 continue  # an empty last line, or one cut short by a crash: its point was never sent
         try:
-            spool._acked = min(int(spool.acked_path.read_text().strip() or 0), len(spool._points))
+            acked = min(int(spool.acked_path.read_text().strip() or 0), len(points))
         except (OSError, ValueError):
-            spool._acked = 0  # resending is harmless; losing is not
+            acked = 0  # resending is harmless; losing is not
+        spool._acked = acked
+        spool._unacked.append(points[acked:])
         return spool
 
     # -- points ----------------------------------------------------------------------------
@@ -118,22 +124,21 @@ class Spool:
                         self.path,
                         exc,
                     )
-            self._points.extend(points)
+            self._unacked.append(points)
 
     def unacked(self, limit: int | None = None) -> list[MetricPoint]:
-        with self._lock:
-            end = len(self._points) if limit is None else min(len(self._points), self._acked + limit)
-            return self._points[self._acked : end]
+        return self._unacked.unacked(limit)
 
     @property
     def pending(self) -> int:
-        with self._lock:
-            return len(self._points) - self._acked
+        return self._unacked.pending
 
     def ack(self, count: int) -> None:
         """The coordinator has the next ``count`` points."""
         with self._lock:
-            self._acked = min(self._acked + count, len(self._points))
+            count = max(0, min(count, self._unacked.pending))
+            self._unacked.ack(count)
+            self._acked += count
             acked = self._acked
         write_atomic(self.acked_path, f"{acked}\n")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,25 @@ def test_a_spool_that_cannot_be_written_keeps_its_points_in_memory_and_they_are_
     )
     reporter.send_all()
     assert [p.seq for p in coordinator.trials(a.sweep_id, with_history=True)[0].history] == list(range(6))
+
+
+def test_acknowledged_points_leave_memory_but_stay_on_disk_until_the_end(tmp_path: Path, coordinator) -> None:
+    a = lease(coordinator)
+    spool = Spool.create(folder_for(tmp_path, a), a)
+    tracemalloc.start()
+    try:
+        held_before = tracemalloc.get_traced_memory()[0]
+        for start in range(0, 30_000, 100):  # a long trial: every report acknowledged as it goes
+            spool.append(points(range(start, start + 100)))
+            spool.ack(100)
+        held = tracemalloc.get_traced_memory()[0] - held_before
+    finally:
+        tracemalloc.stop()
+    assert held < 1_000_000, f"{held} bytes still held for 30,000 acknowledged points"  # ~6 MB if kept
+    spool.append(points(range(30_000, 30_003)))
+    assert [p.seq for p in spool.unacked()] == [30_000, 30_001, 30_002]
+    again = Spool.open(spool.folder)  # after a crash: the file still has every point, and the count
+    assert [p.seq for p in again.unacked()] == [30_000, 30_001, 30_002]
 
 
 def test_a_line_cut_short_by_a_crash_is_skipped(tmp_path: Path, coordinator) -> None:
