@@ -12,6 +12,7 @@ same folder can deliver what an earlier one left (:func:`leftover_spools`).
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import threading
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeper.agents.batches import MemoryQueue
+from sweeper.agents.trialdir import sweep_folder_name
 
 from sweeper.files import write_atomic
 from sweeper.protocol import Assignment, TrialOutcome
@@ -177,7 +179,9 @@ class Spool:
 def leftover_spools(workdir: Path, sweep_id: str | None = None) -> Iterator[Spool]:
     """Spools that an earlier agent in ``workdir`` did not finish delivering."""
     root = Path(workdir) / ".sweeper" / "trials"
-    for path in sorted(root.glob(f"*/*/{SPOOL_NAME}")):
+    # Only that sweep's folder, when one is named: every start of an agent reads these in full.
+    sweeps = glob.escape(sweep_folder_name(sweep_id)) if sweep_id is not None else "*"
+    for path in sorted(root.glob(f"{sweeps}/*/{SPOOL_NAME}")):
         folder = path.parent
         if (folder / ABANDONED_NAME).exists():
             continue

@@ -57,7 +57,7 @@ class TrialDir:
 
     @classmethod
     def for_assignment(cls, workdir: Path, assignment: Assignment) -> TrialDir:
-        sweep_folder = Path(workdir) / ".sweeper" / "trials" / _safe(assignment.sweep_id)
+        sweep_folder = Path(workdir) / ".sweeper" / "trials" / sweep_folder_name(assignment.sweep_id)
         return cls(sweep_folder / str(assignment.trial_number))
 
     @classmethod
@@ -130,6 +130,11 @@ def trial_env(
 def _is_secret(name: str) -> bool:
     upper = name.upper()
     return upper.startswith("SWEEPER_") and any(marker in upper for marker in _SECRET_MARKERS)
+
+
+def sweep_folder_name(sweep_id: str) -> str:
+    """The name of a sweep's folder under ``.sweeper/trials``."""
+    return _safe(sweep_id)
 
 
 def _safe(part: str) -> str:
