@@ -7,6 +7,7 @@ Running one trial is the job of :mod:`~sweeper.agents.command_trial` (a subproce
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -196,6 +197,14 @@ class Agent:
             self.hooks.end(assignment, TrialOutcome(TrialState.LOST, stop_reason=str(exc)), trial_dir)
             self._emit(TrialAbandoned(assignment, str(exc)))
             return None
+        except Exception as exc:
+            # An error of the agent's own; the runner has ended the trial's processes. Report it
+            # failed, so its configuration does not wait for the lease to run out to be retried.
+            why = f"sweeper agent: {type(exc).__name__}: {exc}"
+            failed = TrialOutcome(TrialState.FAILED, stderr_tail=why)
+            with contextlib.suppress(Exception):
+                self._finish(assignment, trial.reporter, failed, started)
+            raise
         with LeaseKeeper(trial.reporter):  # uploads at the end may outlast the lease
             self.hooks.end(assignment, outcome, trial_dir)
         self._finish(assignment, trial.reporter, outcome, started)

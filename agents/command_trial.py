@@ -75,8 +75,10 @@ class CommandTrial:
     def _start(self, trial: TrialRun, argv: list[str]) -> TrialProcess:
         assignment, trial_dir = trial.assignment, trial.trial_dir
         env = trial_env(self.environ, assignment, trial_dir, gpu=self.gpu)
-        with LeaseKeeper(trial.reporter):  # a checkpoint to fetch first may outlast the lease
+        with LeaseKeeper(trial.reporter) as keeper:  # a checkpoint to fetch first may outlast the lease
             env.update(trial.hooks.start(assignment, trial_dir, env))
+        if keeper.lost is not None:  # the trial is someone else's now: do not start it
+            raise AbandonTrial(f"lease lost: {keeper.lost}")
         proc = TrialProcess.start(
             argv,
             env=env,

@@ -90,11 +90,13 @@ class TrialProcess:
         return self.poll()
 
     def terminate(self, grace: float) -> int:
-        """SIGTERM the trial, then its whole group, SIGKILL the group after ``grace`` seconds; the exit code.
+        """SIGTERM the script, then the rest of its group, SIGKILL the group after ``grace`` seconds;
+        the exit code.
 
-        The script itself is signalled first and gets up to half the grace period alone, so helpers
-        it relies on to shut down cleanly (a tracker's service process flushing the run, a
-        launcher forwarding the signal to its workers) are still there while it does.
+        The script is signalled first and gets up to half the grace period alone, so helpers it
+        relies on to shut down cleanly (a tracker's service process flushing the run, a launcher
+        forwarding the signal to its workers) are still there while it does. It is not signalled
+        again: a second SIGTERM would start its handler over.
         """
         if self._popen is None:
             return self._returncode if self._returncode is not None else EXIT_CANNOT_START
@@ -144,7 +146,7 @@ class TrialProcess:
         be listed, the whole group."""
         assert self._popen is not None
         members = group_members(self._popen.pid)
-        if members is None:
+        if members is None or self._popen.pid not in members:  # /proc cannot tell us who is there
             self._signal_group(sig)
             return
         for pid in members:

@@ -40,7 +40,8 @@ class Spool:
     """Append-only record of one trial's points plus the count acknowledged so far. Thread safe.
 
     Memory holds only the points not yet acknowledged: a long trial logging every step would
-    otherwise keep all of them in the agent for as long as it runs."""
+    otherwise keep all of them in the agent for as long as it runs. After a write fails (a full
+    disk), memory is all there is: the file stops where it was."""
 
     def __init__(self, folder: Path, trial_id: int, lease_id: str, sweep_id: str = "") -> None:
         self.folder = Path(folder)
@@ -116,16 +117,8 @@ class Spool:
                 try:
                     with open(self.path, "a", encoding="utf-8") as fh:
                         fh.write(text)
-                except OSError as exc:
-                    # The points still go to the coordinator from memory; the trial goes on. No
-                    # more writes after a failed one, which may have left half a line behind.
-                    self._on_disk = False
-                    log.warning(
-                        "trial spool %s: cannot write (%s); this trial's points are kept in memory "
-                        "only from now on, so a crash of this agent would lose those not yet sent",
-                        self.path,
-                        exc,
-                    )
+                except OSError as exc:  # no more writes after a failed one: it may have left half a line
+                    self._memory_only(exc)
             self._unacked.append(points)
 
     def unacked(self, limit: int | None = None) -> list[MetricPoint]:
@@ -141,8 +134,23 @@ class Spool:
             count = max(0, min(count, self._unacked.pending))
             self._unacked.ack(count)
             self._acked += count
-            acked = self._acked
-        write_atomic(self.acked_path, f"{acked}\n")
+            if not self._on_disk:
+                return
+            try:
+                write_atomic(self.acked_path, f"{self._acked}\n")
+            except OSError as exc:  # the points did arrive: that is not the coordinator's failure
+                self._memory_only(exc)
+
+    def _memory_only(self, exc: OSError) -> None:
+        """A write failed (a full disk): the points still go to the coordinator, from memory, and
+        the trial goes on; the file is no longer kept up to date."""
+        self._on_disk = False
+        log.warning(
+            "trial spool %s: cannot write (%s); this trial's points are kept in memory only from now "
+            "on, so a crash of this agent would lose those not yet sent",
+            self.folder,
+            exc,
+        )
 
     # -- the end state ---------------------------------------------------------------------
 

@@ -113,9 +113,10 @@ def trial_env(
             "WANDB_SWEEP_PARAM_PATH": os.fspath(trial_dir.wandb_config_path),
         }
     )
-    # The sweep file's W&B project and entity, for a script's own wandb.init(), unless set here.
+    # The sweep file's W&B project and entity, for a script's own wandb.init(): they win over the
+    # agent's environment, as under `wandb agent`, and as they do for sweeper's own W&B runs.
     for name, value in (("WANDB_PROJECT", assignment.project), ("WANDB_ENTITY", assignment.entity)):
-        if value and name not in base:
+        if value:
             env[name] = value
     if gpu is not None:
         if "CUDA_VISIBLE_DEVICES" not in base:

@@ -67,7 +67,7 @@ def agent(
     try:
         reasons = agents.wait()
     except KeyboardInterrupt:
-        agents.stop("interrupted by the user (Ctrl-C)")
+        agents.stop("interrupted (Ctrl-C)")
         agents.wait()
         raise
     return reasons[0] if reasons else "done"

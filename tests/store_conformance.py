@@ -217,6 +217,16 @@ class StoreConformance:
         self.started(store, sweep, lease_id="parent-2")
         found = store.list_trials(sweep.id)
         assert [(t.number, t.lease_id) for t in found] == [(1, "parent-1"), (2, "child"), (3, "parent-2")]
+        pid = os.fork()
+        if pid == 0:  # a child that only closes the store it inherited
+            try:
+                store.close()
+                os._exit(0)
+            except BaseException:
+                os._exit(4)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert len(store.list_trials(sweep.id)) == 3  # the parent's connections still work
 
     def test_decide_none_inserts_nothing(self, store: Store, sweep: Sweep) -> None:
         assert store.new_trial(sweep.id, lambda s, ts: None, lease=lease(), now=2.0) is None

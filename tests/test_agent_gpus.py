@@ -188,7 +188,7 @@ def test_an_agent_in_a_job_given_some_gpus_uses_only_those(
     assert result.exit_code == 0, result.output
     assert "using 2 GPU(s)" in result.output
     seen = _seen_env(tmp_path, sweep_id)
-    assert len(seen) == 4 and {env["CUDA_VISIBLE_DEVICES"] for env in seen.values()} <= {"2", "0"}
+    assert len(seen) == 4 and {env["CUDA_VISIBLE_DEVICES"] for env in seen.values()} == {"2", "0"}
     # The job's entries are passed on as written, in the order its environment counts them.
     assert all("CUDA_DEVICE_ORDER" not in env for env in seen.values())
 

@@ -270,6 +270,9 @@ def test_an_error_inside_the_agent_while_a_trial_runs_ends_the_trial_too(
         make_agent(client, tmp_path).run()
     grandchild = int((trial_dir(tmp_path, 1) / "child.pid").read_text())
     assert wait_until(lambda: not alive(grandchild)), "the trial's processes outlived the agent's error"
+    # ... and the coordinator hears of it now, not when the lease runs out.
+    outcome = client.finished[101]
+    assert outcome.state is TrialState.FAILED and "an agent bug" in (outcome.stderr_tail or "")
 
 
 def test_connection_errors_delay_metrics_but_each_arrives_exactly_once(tmp_path: Path) -> None:
@@ -468,7 +471,7 @@ def test_unchanged_wandb_script_sees_the_trial_values(tmp_path: Path, monkeypatc
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.delenv("WANDB_PROJECT", raising=False)
+    monkeypatch.setenv("WANDB_PROJECT", "set-in-the-agents-shell")  # the sweep file's wins, as in W&B
     config = {"lr": 0.003, "optimizer": "adam", "layers": 4, "model": {"dropout": 0.1}}
     script = str(SCRIPTS / "wandb_trial.py")
     client = MemoryCoordinator([assignment(1, config, program=script, project="from-the-sweep-file")])

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from sweeper.agents import Agent
+from sweeper.agents import Agent, TrialAbandoned, TrialStarted
 
 from sweeper.coordinator import Coordinator
 from sweeper.protocol import AgentInfo, Assignment, TrialOutcome
@@ -28,6 +28,7 @@ class SlowHook:
 
     def __init__(self, *, at_start: bool = False, at_end: bool = False) -> None:
         self.at_start, self.at_end = at_start, at_end
+        self.coordinator: Coordinator | None = None  # the one the agent reports to, once it runs
 
     def on_start(self, assignment: Assignment, trial_dir: Any, env: Mapping[str, str]) -> dict[str, str]:
         if self.at_start:
@@ -43,10 +44,17 @@ class SlowHook:
 
 
 def _run(
-    tmp_path: Path, program: Path, hook: SlowHook, *, grace: float = 10.0, during: Any = None
+    tmp_path: Path,
+    program: Path,
+    hook: SlowHook,
+    *,
+    grace: float = 10.0,
+    during: Any = None,
+    events: list[Any] | None = None,
 ) -> list[Trial]:
     with open_store(f"sqlite:///{tmp_path / 'sweeper.db'}") as store:
         coordinator = Coordinator(store, lease_seconds=LEASE_S)
+        hook.coordinator = coordinator
         raw = {"method": "grid", "program": str(program), "parameters": {"x": {"values": [1]}}}
         sweep = coordinator.create_sweep(parse_sweep(raw))
         agent = Agent(
@@ -57,6 +65,7 @@ def _run(
             count=1,
             hooks=[hook],
             grace_period=grace,
+            on_event=events.append if events is not None else None,
         )
         runner = threading.Thread(target=agent.run)
         runner.start()
@@ -96,3 +105,21 @@ def test_a_trial_slow_to_shut_down_is_recorded_stopped_not_lost(tmp_path: Path) 
 
     found = _run(tmp_path, program, SlowHook(), during=cancel_once_started)
     assert [(t.number, t.state) for t in found] == [(1, TrialState.STOPPED)]
+
+
+def test_a_lease_lost_during_the_start_hooks_means_the_script_never_starts(tmp_path: Path) -> None:
+    program = tmp_path / "quick.py"
+    program.write_text("print('started')\n")
+
+    class LosesTheLease(SlowHook):
+        def on_start(self, assignment: Assignment, trial_dir: Any, env: Mapping[str, str]) -> dict[str, str]:
+            assert self.coordinator is not None
+            self.coordinator.store.expire_leases(now=time.time() + 3600)  # as if it had run out
+            time.sleep(1.0)  # the keeper's heartbeat hears of it meanwhile
+            return {}
+
+    events: list[Any] = []
+    found = _run(tmp_path, program, LosesTheLease(), events=events)
+    assert [(t.number, t.state) for t in found][:1] == [(1, TrialState.LOST)]
+    assert not any(isinstance(e, TrialStarted) for e in events), events
+    assert [type(e) for e in events] == [TrialAbandoned]

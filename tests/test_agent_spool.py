@@ -44,6 +44,16 @@ def folder_for(workdir: Path, a: Assignment) -> Path:
     return path
 
 
+def reporter_on(coordinator: Coordinator, a: Assignment, spool: Spool) -> TrialReporter:
+    return TrialReporter(
+        coordinator, a, clock=lambda: 0.0, report_interval=0.0, heartbeat_interval=1.0, queue=spool
+    )
+
+
+def delivered_seqs(coordinator: Coordinator, a: Assignment) -> list[int]:
+    return [p.seq for p in coordinator.trials(a.sweep_id, with_history=True)[0].history]
+
+
 def test_points_are_on_disk_before_they_are_sent_and_acks_survive_a_reopen(
     tmp_path: Path, coordinator
 ) -> None:
@@ -64,15 +74,28 @@ def test_a_spool_that_cannot_be_written_keeps_its_points_in_memory_and_they_are_
     spool = Spool.create(folder_for(tmp_path, a), a)
     spool.append(points(range(2)))
     spool.path.unlink()
-    spool.path.mkdir()  # the file cannot be opened for writing any more, as on a full disk
+    spool.path.mkdir()  # the file cannot be opened for writing any more, as on a full disk ...
+    spool.acked_path.with_name(spool.acked_path.name + ".tmp").mkdir()  # ... nor the acked count
     spool.append(points(range(2, 5)))  # no error reaches the agent
     spool.append(points(range(5, 6)))
     assert spool.pending == 6 and "kept in memory only" in caplog.text
-    reporter = TrialReporter(
-        coordinator, a, clock=lambda: 0.0, report_interval=0.0, heartbeat_interval=1.0, queue=spool
-    )
+    reporter_on(coordinator, a, spool).send_all()
+    assert delivered_seqs(coordinator, a) == list(range(6))
+
+
+def test_an_acked_count_that_cannot_be_written_does_not_fail_a_report_that_arrived(
+    tmp_path: Path, coordinator
+) -> None:
+    a = lease(coordinator)
+    spool = Spool.create(folder_for(tmp_path, a), a)
+    spool.append(points(range(3)))
+    spool.acked_path.with_name(spool.acked_path.name + ".tmp").mkdir()  # as on a full disk
+    reporter = reporter_on(coordinator, a, spool)
+    reporter.send_all()  # arrives; no error reaches the reporter
+    spool.append(points(range(3, 5)))
     reporter.send_all()
-    assert [p.seq for p in coordinator.trials(a.sweep_id, with_history=True)[0].history] == list(range(6))
+    assert spool.pending == 0
+    assert delivered_seqs(coordinator, a) == list(range(5))
 
 
 def test_acknowledged_points_leave_memory_but_stay_on_disk_until_the_end(tmp_path: Path, coordinator) -> None:

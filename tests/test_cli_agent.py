@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -181,3 +182,58 @@ def test_an_agent_started_after_one_was_killed_ends_the_trial_it_left_running(
         assert time.monotonic() < deadline, "the orphaned trial's processes are still running"
         time.sleep(0.05)
     assert not (trial_dir / "process.json").exists()
+
+
+def _start_hanging_agent(here: Path, db: str, argv_prefix: tuple[str, ...] = (), **popen: object) -> tuple:
+    sweep_id = make_sweep(
+        db, {"n": {"values": [1]}, "hang": {"value": True}, "child": {"value": True}}, "trial.py"
+    )
+    agent = subprocess.Popen(
+        [*argv_prefix, SWEEPER, "agent", sweep_id, "--db", db, "--grace", "2"], cwd=here, **popen
+    )
+    pid_file = here / ".sweeper" / "trials" / sweep_id / "1" / "child.pid"
+    deadline = time.monotonic() + 60
+    while not pid_file.exists():
+        assert agent.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    return agent, sweep_id
+
+
+@pytest.mark.slow
+def test_a_hangup_that_took_the_terminal_away_still_stops_the_trials(
+    here: Path, sqlite_store_url: str
+) -> None:
+    # The agent's output goes to a terminal that is gone by the time SIGHUP arrives: writing to it
+    # fails, and the trials must be stopped all the same.
+    terminal, agent_side = os.openpty()
+    agent, sweep_id = _start_hanging_agent(
+        here, sqlite_store_url, stdin=subprocess.DEVNULL, stdout=agent_side, stderr=agent_side
+    )
+    os.close(agent_side)
+    os.close(terminal)
+    agent.send_signal(signal.SIGHUP)
+    assert agent.wait(60) == 130
+    with open_store(sqlite_store_url) as store:
+        (trial,) = store.list_trials(sweep_id)
+    assert trial.state is TrialState.STOPPED and trial.stop_reason == "interrupted (SIGHUP)"
+
+
+@pytest.mark.slow
+def test_an_agent_started_under_nohup_ignores_hangups(here: Path, sqlite_store_url: str) -> None:
+    ignore_hup = (
+        sys.executable,
+        "-c",
+        "import os, signal, sys; signal.signal(signal.SIGHUP, signal.SIG_IGN);"
+        "os.execv(sys.argv[1], sys.argv[1:])",
+    )
+    agent, sweep_id = _start_hanging_agent(
+        here, sqlite_store_url, ignore_hup, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    agent.send_signal(signal.SIGHUP)
+    time.sleep(1.0)
+    assert agent.poll() is None, "the agent stopped on a hangup it was started to ignore"
+    agent.send_signal(signal.SIGTERM)
+    assert agent.wait(60) == 130
+    with open_store(sqlite_store_url) as store:
+        (trial,) = store.list_trials(sweep_id)
+    assert trial.stop_reason == "interrupted (SIGTERM)"

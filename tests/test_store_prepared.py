@@ -74,3 +74,12 @@ def test_the_drivers_errors_are_raised_as_sqlalchemy_raises_them(conn) -> None:
     add = Prepared(insert(metrics))
     with pytest.raises(IntegrityError, match="NOT NULL"):
         add.run(conn, [{"trial_id": 1, "seq": 0, "name": "loss", "step": 0}])  # no time
+
+
+def test_a_statement_whose_results_sqlalchemy_would_convert_is_refused(conn) -> None:
+    from sqlalchemy import Boolean, cast
+
+    # A boolean reads back as 0 or 1 from SQLite's driver, but as False or True through SQLAlchemy.
+    flagged = Prepared(select(cast(trials.c.id > 0, Boolean).label("flag")))
+    with pytest.raises(TypeError, match="converts"):
+        flagged.all(conn, {})

@@ -95,9 +95,10 @@ def resolve_program(spec: SweepSpec, sweep_file: str) -> str | None:
 
 
 def runs_program_as_module(command: Sequence[str]) -> bool:
-    """True when every ``${program}`` chunk of ``command`` comes right after a ``-m`` chunk."""
-    before = [command[i - 1] if i else None for i, chunk in enumerate(command) if chunk == "${program}"]
-    return bool(before) and all(chunk == "-m" for chunk in before)
+    """True when every chunk of ``command`` that uses ``${program}`` is exactly ``${program}``,
+    right after a ``-m`` chunk."""
+    uses = [i for i, chunk in enumerate(command) if "${program}" in chunk]
+    return bool(uses) and all(command[i] == "${program}" and i > 0 and command[i - 1] == "-m" for i in uses)
 
 
 def cwd() -> Path:

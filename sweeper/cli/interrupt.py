@@ -9,6 +9,7 @@ elsewhere once the leases run out.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from types import FrameType
@@ -37,6 +38,8 @@ class signals_as_interrupt:
         self._previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for signum in _STOPPING_SIGNALS:
+                if signum == signal.SIGHUP and signal.getsignal(signum) is signal.SIG_IGN:
+                    continue  # started under nohup: a hangup is to be ignored, as asked
                 self._previous[signum] = signal.signal(signum, _raise_interrupt)
 
     def __exit__(self, *exc: object) -> None:
@@ -44,19 +47,26 @@ class signals_as_interrupt:
             signal.signal(signum, previous)
 
 
+_received: list[str] = []  # the signals that arrived, by name, most recent last
+
+
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    _received.append(signal.Signals(signum).name)
     raise KeyboardInterrupt
 
 
 def run_until_done_or_interrupted(agents: Stoppable, grace: float) -> tuple[list[str], bool]:
     """Start the agents and wait for them; returns (their exit reasons, whether a signal stopped them)."""
+    _received.clear()
     with signals_as_interrupt():
         try:
             agents.start()
             return agents.wait(), False
         except KeyboardInterrupt:
-            click.echo(f"\ninterrupted: stopping running trials (SIGKILL after {grace:g}s)...", err=True)
-            agents.stop("interrupted by the user (Ctrl-C)")
+            # Stop first: after a hangup, writing to the terminal fails.
+            how = _received[-1] if _received else "Ctrl-C"
+            agents.stop(f"interrupted ({how})")
+            _say(f"\ninterrupted: stopping running trials (SIGKILL after {grace:g}s)...")
             return _wait_ignoring_interrupts(agents), True
 
 
@@ -65,4 +75,9 @@ def _wait_ignoring_interrupts(agents: Stoppable) -> list[str]:
         try:
             return agents.wait()
         except KeyboardInterrupt:
-            click.echo("still stopping trials; they are killed when the grace period ends", err=True)
+            _say("still stopping trials; they are killed when the grace period ends")
+
+
+def _say(line: str) -> None:
+    with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
+        click.echo(line, err=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
@@ -89,11 +90,13 @@ def run(
     if interrupted or agents.gave_up:
         if not coordinator.get_sweep(sweep.id).state.is_terminal:
             coordinator.set_sweep_state(sweep.id, SweepState.STOPPED)
-    if not interrupted and reasons and not agents.gave_up:
+    if interrupted:
+        with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP): the exit code still says it
+            print_summary(coordinator, sweep.id)
+        sys.exit(EXIT_INTERRUPTED)
+    if reasons and not agents.gave_up:
         click.echo(reasons[0])
     print_summary(coordinator, sweep.id)
-    if interrupted:
-        sys.exit(EXIT_INTERRUPTED)
     if agents.gave_up:
         click.echo(f"error: {reasons[0]}", err=True)
         sys.exit(1)

@@ -114,7 +114,8 @@ class Database:
             checkpointer, self._checkpointer = self._checkpointer, None
         if checkpointer is not None and self._forks_seen == _forks:  # its thread is in this process
             checkpointer.stop()
-        self.engine.dispose()
+        # In a forked child that never used the store, the pooled connections are the parent's.
+        self.engine.dispose(close=self._forks_seen == _forks)
 
 
 def _sqlite_file(engine: Engine) -> str | None:

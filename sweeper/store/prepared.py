@@ -4,8 +4,9 @@ On SQLite a statement of the agent protocol takes a few microseconds, and SQLAlc
 around each execution (the compiled-cache lookup, parameter and result set-up, events) several
 times that; a trial's lifecycle runs about twenty of them under the database's write lock. A
 :class:`Prepared` statement is compiled once per set of parameter names and, on SQLite, runs on
-the driver's cursor inside the caller's transaction. Other databases run it through SQLAlchemy
-as before: there the round trip to the server costs more than this.
+the driver's cursor inside the caller's transaction, with the conversions SQLAlchemy applies to
+its parameters; it refuses a statement whose results SQLAlchemy would convert. Other databases
+run it through SQLAlchemy as before: there the round trip to the server costs more than this.
 """
 
 from __future__ import annotations
@@ -102,6 +103,13 @@ class Prepared:
             names = compiled.positiontup or ()
             if "POSTCOMPILE" in compiled.string:
                 raise TypeError(f"a statement with expanding parameters: {compiled.string}")
+            # Rows come back as the driver gives them: no column may need SQLAlchemy's conversion
+            # (Boolean, DateTime, JSON, ... would read differently here than on PostgreSQL).
+            converted = [t for t in _result_types(self.statement) if _reads_converted(t, conn)]
+            if converted:
+                raise TypeError(
+                    f"a statement reading columns SQLAlchemy converts ({converted}): {compiled.string}"
+                )
             binds = compiled.binds
             missing = [n for n in names if n not in keys and binds[n].required]
             if missing:
@@ -122,6 +130,18 @@ def _driver_errors(conn: Connection, sql: str, params: Any) -> Iterator[None]:
         yield
     except base as exc:
         raise DBAPIError.instance(sql, params, exc, base) from exc
+
+
+def _result_types(statement: ClauseElement) -> list[Any]:
+    """The types of the columns a SELECT, or an INSERT/UPDATE ... RETURNING, gives back."""
+    columns = getattr(statement, "selected_columns", None)
+    if columns is not None:
+        return [column.type for column in columns]
+    return [d["type"] for d in getattr(statement, "returning_column_descriptions", ())]
+
+
+def _reads_converted(type_: Any, conn: Connection) -> bool:
+    return type_.dialect_impl(conn.dialect).result_processor(conn.dialect, None) is not None
 
 
 def run_on_driver(conn: Connection, sql: str) -> None:
