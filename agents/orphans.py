@@ -2,11 +2,11 @@
 
 Each trial runs in a process group of its own, so it outlives an agent killed with SIGKILL (by
 hand, by the kernel's out-of-memory killer) and goes on holding its GPU, unwatched, while its
-lease runs out and its configuration runs again elsewhere. The agent writes down each trial's
-process group while the trial runs; an agent that starts in the same folder ends every group
-whose agent is gone. A group counts as the trial's only when one of its processes still carries
-the trial's folder in its environment, so a recycled group id never names someone else's
-processes.
+lease runs out and its configuration runs again elsewhere. The agent writes down each trial
+while it runs (``process.json``: the process group and the agent's process id); an agent that
+starts in the same folder ends the trials whose agent on this machine is gone: every process
+that carries the trial's folder in its environment, in the trial's group or not (torchrun
+workers have sessions of their own), so a recycled process id never names someone else's.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import socket
 import time
 from pathlib import Path
 
-from sweeper.agents.process import group_members
+from sweeper.agents.process import processes_with
 
 from sweeper.files import write_atomic
 
@@ -43,8 +43,8 @@ def forget_process(trial_dir: Path) -> None:
 
 
 def end_orphans(workdir: Path, grace: float) -> list[str]:
-    """End the trial process groups under ``workdir`` whose agent on this machine is gone
-    (SIGTERM, SIGKILL after ``grace`` seconds); one line for each trial ended."""
+    """End the trial processes under ``workdir`` whose agent on this machine is gone (SIGTERM,
+    SIGKILL after ``grace`` seconds); one line for each trial ended."""
     ended = []
     host = socket.gethostname()
     for path in sorted((Path(workdir) / ".sweeper" / "trials").glob(f"*/*/{RECORD_NAME}")):
@@ -55,8 +55,11 @@ def end_orphans(workdir: Path, grace: float) -> list[str]:
             continue
         if record.get("host") != host or _exists(agent_pid):
             continue  # another machine's trial, or its agent still watches it
-        if _is_trials_group(pgid, path.parent):
-            _end_group(pgid, grace)
+        # Every process started for the trial carries its folder in its environment, in its
+        # group or not (torchrun workers have sessions of their own).
+        left = processes_with("SWEEPER_TRIAL_DIR", os.fspath(path.parent))
+        if left:
+            _end(left, grace)
             trial = f"{path.parent.parent.name}/{path.parent.name}"
             ended.append(f"ended trial {trial}'s processes (group {pgid}): their agent died")
         forget_process(path.parent)
@@ -75,26 +78,17 @@ def _exists(pid: int) -> bool:
     return True
 
 
-def _is_trials_group(pgid: int, trial_dir: Path) -> bool:
-    """Whether a live process of group ``pgid`` was started for the trial in ``trial_dir``."""
-    wanted = f"SWEEPER_TRIAL_DIR={os.fspath(trial_dir)}".encode()
-    for pid in group_members(pgid) or []:
+def _end(pids: list[int], grace: float) -> None:
+    _signal(pids, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_exists(pid) for pid in pids):
+        time.sleep(_POLL_S)
+    _signal(pids, signal.SIGKILL)
+
+
+def _signal(pids: list[int], sig: signal.Signals) -> None:
+    for pid in pids:
         try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes()
-        except OSError:
-            continue
-        if wanted in environ.split(b"\0"):
-            return True
-    return False
-
-
-def _end_group(pgid: int, grace: float) -> None:
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            os.killpg(pgid, 0)
-            time.sleep(_POLL_S)
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass  # gone (or never ours to signal)
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass  # gone (or never ours to signal)

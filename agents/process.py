@@ -1,12 +1,17 @@
 """A trial's command as a process group that can be stopped as a whole.
 
 Each trial runs in its own session (and so its own process group), so a stop reaches every
-process it started: DDP/torchrun workers, shell pipelines, ``sleep`` grandchildren.
+process it started: DDP/torchrun workers, shell pipelines, ``sleep`` grandchildren. Some of
+those leave the group: torchrun (since torch 2.2) starts each worker in a session of its own, as
+does anything run with ``setsid``. So the trial's environment also carries a mark of its own
+(``SWEEPER_TRIAL_PROCESS``), which every process it starts inherits, and at the trial's end the
+processes that carry it are ended with the group.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import time
@@ -14,6 +19,8 @@ from collections.abc import Mapping, Sequence
 
 #: Exit code for a command that could not be started, as a shell reports it.
 EXIT_CANNOT_START = 127
+#: The environment variable that marks every process of one trial, whatever its session.
+MARK_VARIABLE = "SWEEPER_TRIAL_PROCESS"
 
 _WAIT_STEP = 0.02
 
@@ -21,10 +28,13 @@ _WAIT_STEP = 0.02
 class TrialProcess:
     """A running (or finished) trial command. Create with :meth:`start`."""
 
-    def __init__(self, popen: subprocess.Popen[bytes] | None, *, returncode: int | None = None) -> None:
+    def __init__(
+        self, popen: subprocess.Popen[bytes] | None, *, returncode: int | None = None, mark: str = ""
+    ) -> None:
         self._popen = popen
         self._returncode = returncode
         self._group_reaped = popen is None
+        self._mark = mark
 
     @classmethod
     def start(
@@ -38,6 +48,7 @@ class TrialProcess:
     ) -> TrialProcess:
         """Start ``argv``; a command that cannot start yields exit code 127 and says why in stderr."""
         argv = [str(a) for a in argv]
+        mark = secrets.token_hex(8)
         with open(stdout_path, "ab") as out, open(stderr_path, "ab") as err:
             if not argv:
                 err.write(b"sweeper: cannot start the trial: the command is empty\n")
@@ -45,7 +56,7 @@ class TrialProcess:
             try:
                 popen = subprocess.Popen(
                     argv,
-                    env=dict(env),
+                    env={**env, MARK_VARIABLE: mark},
                     cwd=os.fspath(cwd),
                     stdin=subprocess.DEVNULL,
                     stdout=out,
@@ -57,7 +68,7 @@ class TrialProcess:
                 reason = exc.strerror or str(exc)
                 err.write(f"sweeper: cannot start {argv[0]!r}: {reason}\n".encode())
                 return cls(None, returncode=EXIT_CANNOT_START)
-        return cls(popen)
+        return cls(popen, mark=mark)
 
     @property
     def pid(self) -> int | None:
@@ -169,27 +180,54 @@ class TrialProcess:
         if not self._group_reaped:
             self._signal_group(signal.SIGKILL)
             self._group_reaped = True
+            for pid in marked_processes(self._mark):  # those that left the group (torchrun workers)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+
+
+def marked_processes(mark: str) -> list[int]:
+    """The processes (this user's, from /proc) whose environment carries ``mark`` as
+    :data:`MARK_VARIABLE`; none where /proc cannot tell."""
+    return processes_with(MARK_VARIABLE, mark) if mark else []
+
+
+def processes_with(variable: str, value: str) -> list[int]:
+    """The processes (this user's, from /proc) started with ``variable=value`` in their
+    environment; none where /proc cannot tell."""
+    wanted = f"{variable}={value}".encode()
+    return [pid for pid, environ in _each_process("environ") or () if wanted in environ.split(b"\0")]
 
 
 def group_members(pgid: int) -> list[int] | None:
     """The processes of process group ``pgid``, from /proc (Linux); None where /proc cannot tell."""
+    found = _each_process("stat")
+    if found is None:
+        return None
+    members = []
+    for pid, stat in found:
+        fields = stat.rsplit(b")", 1)[-1].split()  # state, ppid, pgrp, ... after the command name
+        if len(fields) > 2 and int(fields[2]) == pgid:
+            members.append(pid)
+    return members
+
+
+def _each_process(entry: str) -> list[tuple[int, bytes]] | None:
+    """``/proc/<pid>/<entry>`` of every process this user may read; None without /proc."""
     try:
         names = os.listdir("/proc")
     except OSError:
         return None
-    members = []
+    found = []
     for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as fh:
-                stat = fh.read()
-        except OSError:  # ended meanwhile, or not ours to read
-            continue
-        fields = stat.rsplit(b")", 1)[-1].split()  # state, ppid, pgrp, ... after the command name
-        if len(fields) > 2 and int(fields[2]) == pgid:
-            members.append(int(name))
-    return members
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/{entry}", "rb") as fh:
+                    found.append((int(name), fh.read()))
+            except OSError:  # ended meanwhile, or another user's
+                continue
+    return found
 
 
 def stderr_tail(path: str | os.PathLike[str], max_lines: int = 40, max_bytes: int = 8192) -> str:

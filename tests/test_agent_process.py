@@ -152,6 +152,25 @@ def test_the_script_gets_one_sigterm_while_its_helpers_get_theirs(tmp_path: Path
     assert not alive(helper)
 
 
+def test_a_child_in_a_session_of_its_own_ends_with_the_trial(tmp_path: Path) -> None:
+    # As torchrun (torch >= 2.2) starts its workers: a new session, so not in the trial's group.
+    code = (
+        "import subprocess, sys, time\n"
+        "worker = 'import os, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+        ' open(sys.argv[1], "w").write(str(os.getpid())); time.sleep(1000)\'\n'
+        "subprocess.Popen([sys.executable, '-c', worker, 'worker.pid'], start_new_session=True)\n"
+        "while True:\n"
+        "    try:\n"
+        "        if open('worker.pid').read(): break\n"
+        "    except OSError: pass\n"
+        "    time.sleep(0.01)\n"
+    )
+    proc = start(tmp_path, [sys.executable, "-c", code])
+    assert proc.wait(30) == 0
+    worker = int((tmp_path / "worker.pid").read_text())
+    assert wait_until(lambda: not alive(worker)), "a worker in its own session outlived the trial"
+
+
 def test_leftover_children_die_when_the_leader_exits_by_itself(tmp_path: Path) -> None:
     pid_file = tmp_path / "grandchild.pid"
     proc = start(tmp_path, [sys.executable, str(SCRIPTS / "group_leader.py"), str(pid_file), "exit"])

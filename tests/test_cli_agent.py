@@ -144,9 +144,10 @@ def test_a_signal_stops_the_trials_and_exits_130(
 def test_an_agent_started_after_one_was_killed_ends_the_trial_it_left_running(
     here: Path, sqlite_store_url: str
 ) -> None:
-    # Grid order: hang=True first (the trial the killed agent leaves behind), then hang=False.
+    # Grid order: hang=True first (the trial the killed agent leaves behind), then hang=False. Its
+    # child runs in a session of its own, as torchrun's workers do: outside the trial's group.
     sweep_id = make_sweep(
-        sqlite_store_url, {"hang": {"values": [True, False]}, "child": {"value": True}}, "trial.py"
+        sqlite_store_url, {"hang": {"values": [True, False]}, "session_child": {"value": True}}, "trial.py"
     )
     first = subprocess.Popen(
         [SWEEPER, "agent", sweep_id, "--db", sqlite_store_url, "--count", "1"],

@@ -8,10 +8,12 @@ import time
 
 import sweeper
 
-run = sweeper.init({"steps": 3, "pause": 0.0, "exit_code": 0, "hang": False, "child": False})
+run = sweeper.init(
+    {"steps": 3, "pause": 0.0, "exit_code": 0, "hang": False, "child": False, "session_child": False}
+)
 cfg = run.config
 
-if cfg.child:
+if cfg.child or cfg.session_child:
     # A grandchild that ignores SIGTERM, as a stubborn dataloader worker would.
     code = (
         "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
@@ -19,7 +21,8 @@ if cfg.child:
         "__import__('os').replace(sys.argv[1] + '.tmp', sys.argv[1]); time.sleep(1000)"
     )
     pid_file = os.path.join(str(run.dir), "child.pid")
-    subprocess.Popen([sys.executable, "-c", code, pid_file])
+    # In the trial's process group, or (as torchrun starts its workers) in a session of its own.
+    subprocess.Popen([sys.executable, "-c", code, pid_file], start_new_session=bool(cfg.session_child))
     while not os.path.exists(pid_file):  # log nothing until the grandchild is there to be stopped
         time.sleep(0.01)
 
