@@ -104,22 +104,33 @@ def test_sigterm_handler_gets_to_exit_cleanly(tmp_path: Path) -> None:
     assert proc.terminate(grace=30) == 0
 
 
-def test_the_script_is_signalled_before_its_helpers(tmp_path: Path) -> None:
-    # A helper process (as wandb's service is) must outlive the script's own SIGTERM handling.
+def start_with_helper(tmp_path: Path, on_term_body: str) -> TrialProcess:
+    """A script with a helper process (as wandb's service is) and a SIGTERM handler whose body is
+    ``on_term_body`` (``helper`` and ``received``, the signals so far, in scope); once it is ready."""
     code = (
-        "import os, signal, subprocess, sys, time\n"
+        "import signal, subprocess, sys, time\n"
         "helper = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(1000)'])\n"
+        "received = []\n"
         "def on_term(*a):\n"
-        "    time.sleep(0.3)\n"
-        "    state = 'alive' if helper.poll() is None else 'gone'\n"
-        "    open('helper_at_exit.txt', 'w').write(state)\n"
-        "    sys.exit(0)\n"
+        f"{on_term_body}"
         "signal.signal(signal.SIGTERM, on_term)\n"
         "print('ready', flush=True)\n"
         "time.sleep(1000)\n"
     )
     proc = start(tmp_path, [sys.executable, "-c", code])
     assert wait_until(lambda: (tmp_path / "stdout.log").read_text() == "ready\n")
+    return proc
+
+
+def test_the_script_is_signalled_before_its_helpers(tmp_path: Path) -> None:
+    # A helper process (as wandb's service is) must outlive the script's own SIGTERM handling.
+    proc = start_with_helper(
+        tmp_path,
+        "    time.sleep(0.3)\n"
+        "    state = 'alive' if helper.poll() is None else 'gone'\n"
+        "    open('helper_at_exit.txt', 'w').write(state)\n"
+        "    sys.exit(0)\n",
+    )
     assert proc.terminate(grace=10) == 0
     assert (tmp_path / "helper_at_exit.txt").read_text() == "alive"
     assert not proc._group_alive()  # and the helper went with the group afterwards
@@ -128,22 +139,14 @@ def test_the_script_is_signalled_before_its_helpers(tmp_path: Path) -> None:
 def test_the_script_gets_one_sigterm_while_its_helpers_get_theirs(tmp_path: Path) -> None:
     # A handler that saves for longer than half the grace period: a second SIGTERM would start it
     # over in the middle of its save. Its helper still gets SIGTERM, and the group ends.
-    code = (
-        "import signal, subprocess, sys, time\n"
-        "helper = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(1000)'])\n"
-        "received = []\n"
-        "def on_term(*a):\n"
+    proc = start_with_helper(
+        tmp_path,
         "    received.append(1)\n"
         "    if len(received) == 1:\n"
         "        time.sleep(1.0)\n"
         "        open('signals.txt', 'w').write(str(len(received)))\n"
-        "        sys.exit(0)\n"
-        "signal.signal(signal.SIGTERM, on_term)\n"
-        "print('ready', flush=True)\n"
-        "time.sleep(1000)\n"
+        "        sys.exit(0)\n",
     )
-    proc = start(tmp_path, [sys.executable, "-c", code])
-    assert wait_until(lambda: (tmp_path / "stdout.log").read_text() == "ready\n")
     members = group_members(proc.pid)
     assert members is not None and proc.pid in members and len(members) == 2
     helper = next(pid for pid in members if pid != proc.pid)

@@ -38,10 +38,12 @@ def lease(coordinator: Coordinator, n: int = 3) -> Assignment:
     return got
 
 
-def folder_for(workdir: Path, a: Assignment) -> Path:
+def leased_spool(workdir: Path, coordinator: Coordinator) -> tuple[Assignment, Spool]:
+    """A leased trial and a fresh spool in its folder, as an agent makes them."""
+    a = lease(coordinator)
     path = workdir / ".sweeper" / "trials" / a.sweep_id / str(a.trial_number)
     path.mkdir(parents=True)
-    return path
+    return a, Spool.create(path, a)
 
 
 def reporter_on(coordinator: Coordinator, a: Assignment, spool: Spool) -> TrialReporter:
@@ -57,8 +59,7 @@ def delivered_seqs(coordinator: Coordinator, a: Assignment) -> list[int]:
 def test_points_are_on_disk_before_they_are_sent_and_acks_survive_a_reopen(
     tmp_path: Path, coordinator
 ) -> None:
-    a = lease(coordinator)
-    spool = Spool.create(folder_for(tmp_path, a), a)
+    a, spool = leased_spool(tmp_path, coordinator)
     spool.append(points(range(5)))
     spool.ack(2)
     again = Spool.open(spool.folder)
@@ -70,8 +71,7 @@ def test_points_are_on_disk_before_they_are_sent_and_acks_survive_a_reopen(
 def test_a_spool_that_cannot_be_written_keeps_its_points_in_memory_and_they_are_sent(
     tmp_path: Path, coordinator, caplog: pytest.LogCaptureFixture
 ) -> None:
-    a = lease(coordinator)
-    spool = Spool.create(folder_for(tmp_path, a), a)
+    a, spool = leased_spool(tmp_path, coordinator)
     spool.append(points(range(2)))
     spool.path.unlink()
     spool.path.mkdir()  # the file cannot be opened for writing any more, as on a full disk ...
@@ -86,8 +86,7 @@ def test_a_spool_that_cannot_be_written_keeps_its_points_in_memory_and_they_are_
 def test_an_acked_count_that_cannot_be_written_does_not_fail_a_report_that_arrived(
     tmp_path: Path, coordinator
 ) -> None:
-    a = lease(coordinator)
-    spool = Spool.create(folder_for(tmp_path, a), a)
+    a, spool = leased_spool(tmp_path, coordinator)
     spool.append(points(range(3)))
     spool.acked_path.with_name(spool.acked_path.name + ".tmp").mkdir()  # as on a full disk
     reporter = reporter_on(coordinator, a, spool)
@@ -99,8 +98,7 @@ def test_an_acked_count_that_cannot_be_written_does_not_fail_a_report_that_arriv
 
 
 def test_acknowledged_points_leave_memory_but_stay_on_disk_until_the_end(tmp_path: Path, coordinator) -> None:
-    a = lease(coordinator)
-    spool = Spool.create(folder_for(tmp_path, a), a)
+    a, spool = leased_spool(tmp_path, coordinator)
     tracemalloc.start()
     try:
         held_before = tracemalloc.get_traced_memory()[0]
@@ -118,8 +116,7 @@ def test_acknowledged_points_leave_memory_but_stay_on_disk_until_the_end(tmp_pat
 
 
 def test_a_line_cut_short_by_a_crash_is_skipped(tmp_path: Path, coordinator) -> None:
-    a = lease(coordinator)
-    spool = Spool.create(folder_for(tmp_path, a), a)
+    a, spool = leased_spool(tmp_path, coordinator)
     spool.append(points(range(2)))
     with open(spool.path, "a") as fh:
         fh.write('{"name": "loss", "val')  # the agent died in the middle of this write
@@ -127,8 +124,7 @@ def test_a_line_cut_short_by_a_crash_is_skipped(tmp_path: Path, coordinator) -> 
 
 
 def test_leftovers_are_delivered_once_and_the_trial_ends(tmp_path: Path, coordinator) -> None:
-    a = lease(coordinator)
-    spool = Spool.create(folder_for(tmp_path, a), a)
+    a, spool = leased_spool(tmp_path, coordinator)
     spool.append(points(range(4)))
     spool.ack(1)  # the first point reached the coordinator before the agent died
     coordinator.report_metrics(a.trial_id, a.lease_id, points(range(1)))
@@ -144,8 +140,7 @@ def test_leftovers_are_delivered_once_and_the_trial_ends(tmp_path: Path, coordin
 
 def test_a_running_trials_spool_is_drained_but_never_finished(tmp_path: Path, coordinator) -> None:
     """Another agent in the same folder may still be running it."""
-    a = lease(coordinator)
-    spool = Spool.create(folder_for(tmp_path, a), a)
+    a, spool = leased_spool(tmp_path, coordinator)
     spool.append(points(range(3)))
     assert deliver_leftovers(coordinator, tmp_path) == 0
     trial = coordinator.store.get_trial(a.trial_id, with_history=True)
@@ -154,8 +149,7 @@ def test_a_running_trials_spool_is_drained_but_never_finished(tmp_path: Path, co
 
 
 def test_a_lost_lease_abandons_the_spool_and_keeps_its_file(tmp_path: Path, coordinator) -> None:
-    a = lease(coordinator)
-    spool = Spool.create(folder_for(tmp_path, a), a)
+    a, spool = leased_spool(tmp_path, coordinator)
     spool.append(points(range(2)))
     spool.keep_outcome(TrialOutcome(TrialState.FINISHED, exit_code=0))
     coordinator.store.finish_trial(a.trial_id, None, TrialState.LOST, now=0.0)
@@ -165,8 +159,7 @@ def test_a_lost_lease_abandons_the_spool_and_keeps_its_file(tmp_path: Path, coor
 
 
 def test_leftovers_of_other_sweeps_are_left_alone(tmp_path: Path, coordinator) -> None:
-    a = lease(coordinator)
-    spool = Spool.create(folder_for(tmp_path, a), a)
+    a, spool = leased_spool(tmp_path, coordinator)
     spool.keep_outcome(TrialOutcome(TrialState.FINISHED, exit_code=0))
     assert deliver_leftovers(coordinator, tmp_path, "another") == 0
     assert coordinator.store.get_trial(a.trial_id).state is TrialState.RUNNING
@@ -189,8 +182,7 @@ class Unreachable:
 
 
 def test_reporter_on_a_spool_delivers_each_point_once_after_an_outage(tmp_path: Path, coordinator) -> None:
-    a = lease(coordinator)
-    spool = Spool.create(folder_for(tmp_path, a), a)
+    a, spool = leased_spool(tmp_path, coordinator)
     client = Unreachable(coordinator, 3)
     now = [0.0]
     reporter = TrialReporter(

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -139,52 +140,64 @@ def test_unchanged_mlflow_script_under_sweeper_run(mlflow_server: MlflowServer, 
     print(f"hyperband stopped {len(stops)} of {len(trials)} trial(s):", [t.stop_reason for t in stops])
 
 
+def gated_script(folder: Path, gate: Path, *, waits_when: str) -> Path:
+    """A trial that logs loss 1.0, then, while ``waits_when`` holds, waits for ``gate``, then logs 0.5."""
+    program = folder / "waits.py"
+    program.write_text(
+        "import pathlib, time, sweeper\n"
+        "run = sweeper.init({'lr': 0.1})\n"
+        "run.log({'loss': 1.0}, step=0)\n"
+        f"while {waits_when} and not pathlib.Path({str(gate)!r}).exists():\n"
+        "    time.sleep(0.05)\n"
+        "run.log({'loss': 0.5}, step=1)\n"
+    )
+    return program
+
+
+def gated_sweep(program: Path, server: MlflowServer, experiment: str, values: list[float], db: str) -> str:
+    import sweeper
+
+    return sweeper.sweep(
+        {
+            "method": "grid",
+            "program": str(program),
+            "metric": {"name": "loss", "goal": "minimize"},
+            "parameters": {"lr": {"values": values}},
+            "integrations": {"mlflow": {"tracking_uri": server.uri, "experiment": experiment}},
+        },
+        db=db,
+    )
+
+
+def wait_for_first_log(trial_dir: Path, agent: threading.Thread) -> None:
+    """Until the trial in ``trial_dir`` has logged, while the ``agent`` thread still runs."""
+    deadline = time.monotonic() + 120
+    while not (trial_dir / "metrics.jsonl").exists() or not (trial_dir / "metrics.jsonl").read_text():
+        assert agent.is_alive() and time.monotonic() < deadline, f"the trial in {trial_dir} never logged"
+        time.sleep(0.05)
+
+
 def test_a_sweep_that_ends_leaves_another_sweep_in_the_process_logging(
     mlflow_server: MlflowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two ``sweeper.agent()`` calls in one process: the first sweep ends while a trial of the
     second is running. Its trackers close; the second sweep's keep every record."""
-    import threading
 
     import sweeper
 
     monkeypatch.chdir(tmp_path)  # the agents' working folder
 
     gate = tmp_path / "first-sweep-done"
-    program = tmp_path / "waits.py"
-    program.write_text(
-        "import pathlib, time, sweeper\n"
-        "run = sweeper.init({'lr': 0.1})\n"
-        "run.log({'loss': 1.0}, step=0)\n"
-        f"while not pathlib.Path({str(gate)!r}).exists():\n"
-        "    time.sleep(0.05)\n"
-        "run.log({'loss': 0.5}, step=1)\n"
-    )
+    program = gated_script(tmp_path, gate, waits_when="True")
     db = f"sqlite:///{tmp_path / 'sweeper.db'}"
-
-    def sweep_of(experiment: str, values: list[float]) -> str:
-        return sweeper.sweep(
-            {
-                "method": "grid",
-                "program": str(program),
-                "metric": {"name": "loss", "goal": "minimize"},
-                "parameters": {"lr": {"values": values}},
-                "integrations": {"mlflow": {"tracking_uri": mlflow_server.uri, "experiment": experiment}},
-            },
-            db=db,
-        )
-
-    first, second = sweep_of("first", [0.1]), sweep_of("second", [0.2])
+    first = gated_sweep(program, mlflow_server, "first", [0.1], db)
+    second = gated_sweep(program, mlflow_server, "second", [0.2], db)
     gate.touch()
     sweeper.agent(first, db=db)  # one quick trial: its sweep ends and its trackers close
     gate.unlink()
     later = threading.Thread(target=sweeper.agent, args=(second,), kwargs={"db": db})
     later.start()
-    trial_dir = tmp_path / ".sweeper" / "trials" / second / "1"
-    deadline = time.monotonic() + 120
-    while not (trial_dir / "metrics.jsonl").exists() or not (trial_dir / "metrics.jsonl").read_text():
-        assert later.is_alive() and time.monotonic() < deadline, "the second sweep's trial never logged"
-        time.sleep(0.05)  # the second sweep's trial is running and has logged its first value
+    wait_for_first_log(tmp_path / ".sweeper" / "trials" / second / "1", later)  # it runs, and waits
     sweeper.agent(first, db=db)  # the first sweep again: done at once, and its trackers close again
     gate.touch()
     later.join(120)
@@ -199,40 +212,18 @@ def test_an_agent_that_ends_leaves_another_agent_of_the_same_sweep_logging(
 ) -> None:
     """Two ``sweeper.agent()`` calls on one sweep in one process: the second ends while the
     first one's trial is running. The trackers stay open until the first is done too."""
-    import threading
 
     import sweeper
 
     monkeypatch.chdir(tmp_path)  # the agents' working folder
 
     gate = tmp_path / "quick-trial-done"
-    program = tmp_path / "waits.py"
-    program.write_text(
-        "import pathlib, time, sweeper\n"
-        "run = sweeper.init()\n"
-        "run.log({'loss': 1.0}, step=0)\n"
-        f"while run.config['lr'] == 0.1 and not pathlib.Path({str(gate)!r}).exists():\n"
-        "    time.sleep(0.05)\n"
-        "run.log({'loss': 0.5}, step=1)\n"
-    )
+    program = gated_script(tmp_path, gate, waits_when="run.config['lr'] == 0.1")
     db = f"sqlite:///{tmp_path / 'sweeper.db'}"
-    sweep = sweeper.sweep(
-        {
-            "method": "grid",
-            "program": str(program),
-            "metric": {"name": "loss", "goal": "minimize"},
-            "parameters": {"lr": {"values": [0.1, 0.2]}},
-            "integrations": {"mlflow": {"tracking_uri": mlflow_server.uri, "experiment": "shared"}},
-        },
-        db=db,
-    )
+    sweep = gated_sweep(program, mlflow_server, "shared", [0.1, 0.2], db)
     waiting = threading.Thread(target=sweeper.agent, args=(sweep,), kwargs={"count": 1, "db": db})
     waiting.start()  # trial 1 (lr 0.1) logs once, then waits for the gate
-    trial_dir = tmp_path / ".sweeper" / "trials" / sweep / "1"
-    deadline = time.monotonic() + 120
-    while not (trial_dir / "metrics.jsonl").exists() or not (trial_dir / "metrics.jsonl").read_text():
-        assert waiting.is_alive() and time.monotonic() < deadline, "the waiting trial never logged"
-        time.sleep(0.05)
+    wait_for_first_log(tmp_path / ".sweeper" / "trials" / sweep / "1", waiting)
     sweeper.agent(sweep, count=1, db=db)  # trial 2 (lr 0.2) runs through, and this agent ends
     gate.touch()
     waiting.join(120)
