@@ -19,11 +19,11 @@ from sweeper.agents.ending import report_end
 from sweeper.agents.events import AgentEvent, TrialAbandoned
 from sweeper.agents.function_trial import FunctionTrial
 from sweeper.agents.hooks import TrialHook, TrialHooks, default_hooks
-from sweeper.agents.reporting import LeaseKeeper, TrialReporter, backoff_delay
+from sweeper.agents.reporting import TrialReporter, backoff_delay
 from sweeper.agents.spool import Spool
 from sweeper.agents.streak import DEFAULT_MAX_FAILURES, FailureStreak
 from sweeper.agents.trialdir import TrialDir
-from sweeper.agents.trialrun import AbandonTrial, StopSignal, TrialRun
+from sweeper.agents.trialrun import AbandonTrial, LeaseKeeper, StopSignal, TrialRun
 
 from sweeper.protocol import (
     AgentInfo,
@@ -205,7 +205,7 @@ class Agent:
             with contextlib.suppress(Exception):
                 self._finish(assignment, trial.reporter, failed, started)
             raise
-        with LeaseKeeper(trial.reporter):  # uploads at the end may outlast the lease
+        with LeaseKeeper(trial):  # uploads at the end may outlast the lease
             self.hooks.end(assignment, outcome, trial_dir)
         self._finish(assignment, trial.reporter, outcome, started)
         return outcome

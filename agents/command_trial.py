@@ -12,9 +12,8 @@ from sweeper.agents.events import TrialStarted
 from sweeper.agents.metrics import MetricTailer
 from sweeper.agents.orphans import forget_process, record_process
 from sweeper.agents.process import TrialProcess, describe_exit, stderr_tail
-from sweeper.agents.reporting import LeaseKeeper
 from sweeper.agents.trialdir import trial_env
-from sweeper.agents.trialrun import STDERR_TAIL_LINES, AbandonTrial, TrialRun
+from sweeper.agents.trialrun import STDERR_TAIL_LINES, AbandonTrial, LeaseKeeper, TrialRun
 
 from sweeper.protocol import LeaseLostError, TrialOutcome
 from sweeper.trials import TrialState
@@ -75,7 +74,7 @@ class CommandTrial:
     def _start(self, trial: TrialRun, argv: list[str]) -> TrialProcess:
         assignment, trial_dir = trial.assignment, trial.trial_dir
         env = trial_env(self.environ, assignment, trial_dir, gpu=self.gpu)
-        with LeaseKeeper(trial.reporter) as keeper:  # a checkpoint to fetch first may outlast the lease
+        with LeaseKeeper(trial) as keeper:  # a checkpoint to fetch first may outlast the lease
             env.update(trial.hooks.start(assignment, trial_dir, env))
         if keeper.lost is not None:  # the trial is someone else's now: do not start it
             raise AbandonTrial(f"lease lost: {keeper.lost}")
@@ -110,7 +109,7 @@ class CommandTrial:
     def _stopped(
         self, trial: TrialRun, proc: TrialProcess, tailer: MetricTailer, reason: str
     ) -> TrialOutcome:
-        with LeaseKeeper(trial.reporter):  # the grace period may outlast the lease
+        with LeaseKeeper(trial):  # the grace period may outlast the lease
             code = proc.terminate(self.grace_period)
         trial.forward(tailer.read_records())  # what it logged while shutting down
         return TrialOutcome(

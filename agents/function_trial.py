@@ -8,16 +8,15 @@ The function reads its config through ``sweeper.init()``, which finds the trial'
 from __future__ import annotations
 
 import os
-import threading
 import traceback
 from collections.abc import Callable
 
 from sweeper.agents.events import TrialStarted
-from sweeper.agents.trialrun import STDERR_TAIL_LINES, AbandonTrial, TrialRun
+from sweeper.agents.trialrun import STDERR_TAIL_LINES, AbandonTrial, LeaseKeeper, TrialRun
 
 from sweeper import _context
 from sweeper import run as run_api
-from sweeper.protocol import LeaseLostError, TrialOutcome
+from sweeper.protocol import TrialOutcome
 from sweeper.trials import TrialState
 
 
@@ -38,21 +37,25 @@ class FunctionTrial:
             sink=lambda record: trial.forward([record]),
             trial_dir=trial.trial_dir.path,
         )
-        trial.hooks.start(assignment, trial.trial_dir, dict(os.environ))
+        with LeaseKeeper(trial) as keeper:  # a checkpoint to fetch first may outlast the lease
+            trial.hooks.start(assignment, trial.trial_dir, dict(os.environ))
+        if keeper.lost is not None:  # the trial is someone else's now: do not call the function
+            raise AbandonTrial(f"lease lost: {keeper.lost}")
         trial.stop.attach(ctx)
-        watch = _CoordinatorWatch(trial, ctx)
+        # Reports and heartbeats while the function holds the agent's thread; a stop from the
+        # coordinator, or a lost lease, reaches the function through its context.
+        watch = LeaseKeeper(trial, every=trial.poll_interval, on_stop=ctx.request_stop)
         _context.set_current(ctx)
-        watch.start()
-        trial.emit(TrialStarted(assignment, (), trial.trial_dir.path))
         try:
-            stopped_by, error = self._call()
+            with watch:
+                trial.emit(TrialStarted(assignment, (), trial.trial_dir.path))
+                stopped_by, error = self._call()
         finally:
-            watch.finish()
             _context.set_current(None)
             trial.stop.detach()
             run_api.end_context_runs(ctx)
-        if watch.lease_lost is not None:
-            raise AbandonTrial(f"lease lost: {watch.lease_lost}")
+        if watch.lost is not None:
+            raise AbandonTrial(f"lease lost: {watch.lost}")
         return _outcome(ctx, stopped_by, error)
 
     def _call(self) -> tuple[run_api.TrialStopped | None, BaseException | None]:
@@ -81,37 +84,3 @@ def _outcome(
         tail = "\n".join(lines[-STDERR_TAIL_LINES:])
         return TrialOutcome(TrialState.FAILED, exit_code=code, stderr_tail=tail)
     return TrialOutcome(TrialState.FINISHED)
-
-
-class _CoordinatorWatch:
-    """Reports and heartbeats from a thread of its own while the function holds the agent's thread.
-
-    A stop from the coordinator, or a lost lease, reaches the function through its context.
-    """
-
-    def __init__(self, trial: TrialRun, ctx: _context.TrialContext) -> None:
-        self._trial = trial
-        self._ctx = ctx
-        self._done = threading.Event()
-        self._thread = threading.Thread(
-            target=self._pump, name=f"sweeper-trial-{trial.assignment.trial_number}", daemon=True
-        )
-        self.lease_lost: str | None = None  # why, once the coordinator said the lease is gone
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def finish(self) -> None:
-        self._done.set()
-        self._thread.join()
-
-    def _pump(self) -> None:
-        while not self._done.wait(self._trial.poll_interval):
-            try:
-                reason = self._trial.coordinator_stop()
-            except LeaseLostError as exc:
-                self.lease_lost = str(exc)
-                self._ctx.request_stop(f"lease lost: {exc}")
-                return
-            if reason is not None:
-                self._ctx.request_stop(reason)

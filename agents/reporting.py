@@ -184,36 +184,3 @@ def deliver_leftovers(client: CoordinatorClient, workdir: Path, sweep_id: str | 
         except Exception as exc:  # the coordinator refuses these reports (trial gone or ended)
             spool.abandon(f"{type(exc).__name__}: {exc}")
     return completed
-
-
-class LeaseKeeper:
-    """Heartbeats (and due reports) from a thread of its own while the agent blocks on something
-    slow: hooks that fetch or upload checkpoints and artifacts, a trial given its grace period to
-    shut down. Without them a phase longer than the lease costs a trial that ran, or is ending
-    well, its lease: it would be counted lost and run again.
-
-    Only this thread uses the reporter while the block runs.
-    """
-
-    def __init__(self, reporter: TrialReporter, every: float = 0.2) -> None:
-        self._reporter = reporter
-        self._every = every
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="sweeper-lease-keeper", daemon=True)
-        self.lost: LeaseLostError | None = None  # the coordinator refused the lease meanwhile
-
-    def __enter__(self) -> LeaseKeeper:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._done.wait(self._every):
-            try:
-                self._reporter.pump()  # sends only what is due; failures back off inside
-            except LeaseLostError as exc:
-                self.lost = exc
-                return

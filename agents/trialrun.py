@@ -15,7 +15,7 @@ from sweeper.agents.reporting import TrialReporter
 from sweeper.agents.trialdir import TrialDir
 
 from sweeper import _context
-from sweeper.protocol import Assignment
+from sweeper.protocol import Assignment, LeaseLostError
 
 #: Lines of a failed or stopped trial's stderr (or traceback) that go to the coordinator.
 STDERR_TAIL_LINES = 40
@@ -97,3 +97,46 @@ class TrialRun:
         if directive is not None and directive.stop:
             return directive.reason or "stopped by the coordinator"
         return None
+
+
+class LeaseKeeper:
+    """Reports and heartbeats from a thread of its own while the agent's thread is busy elsewhere:
+    a function trial running, hooks that fetch or upload checkpoints and artifacts, a trial given
+    its grace period to shut down. Without them a phase longer than the lease costs a trial that
+    ran, or is ending well, its lease: it would be counted lost and run again.
+
+    Only this thread talks to the coordinator for the trial while the block runs. ``on_stop``
+    hears a stop from the coordinator, or a lost lease, with its reason.
+    """
+
+    def __init__(
+        self, trial: TrialRun, every: float = 0.2, on_stop: Callable[[str], None] | None = None
+    ) -> None:
+        self._trial = trial
+        self._every = every
+        self._on_stop = on_stop
+        self._done = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"sweeper-trial-{trial.assignment.trial_number}", daemon=True
+        )
+        self.lost: LeaseLostError | None = None  # the coordinator refused the lease meanwhile
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._done.wait(self._every):
+            try:
+                reason = self._trial.coordinator_stop()  # sends only what is due
+            except LeaseLostError as exc:
+                self.lost = exc
+                if self._on_stop is not None:
+                    self._on_stop(f"lease lost: {exc}")
+                return
+            if reason is not None and self._on_stop is not None:
+                self._on_stop(reason)

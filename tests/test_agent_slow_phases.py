@@ -51,6 +51,7 @@ def _run(
     grace: float = 10.0,
     during: Any = None,
     events: list[Any] | None = None,
+    function: Any = None,
 ) -> list[Trial]:
     with open_store(f"sqlite:///{tmp_path / 'sweeper.db'}") as store:
         coordinator = Coordinator(store, lease_seconds=LEASE_S)
@@ -66,6 +67,7 @@ def _run(
             hooks=[hook],
             grace_period=grace,
             on_event=events.append if events is not None else None,
+            function=function,
         )
         runner = threading.Thread(target=agent.run)
         runner.start()
@@ -85,6 +87,11 @@ def test_a_slow_hook_at_the_end_does_not_cost_a_finished_trial_its_lease(tmp_pat
 
 def test_a_slow_hook_at_the_start_does_not_cost_the_trial_its_lease(tmp_path: Path) -> None:
     found = _run(tmp_path, SCRIPTS / "trial.py", SlowHook(at_start=True))
+    assert [(t.number, t.state) for t in found] == [(1, TrialState.FINISHED)]
+
+
+def test_a_slow_hook_at_the_start_of_a_function_trial_does_not_cost_it_its_lease(tmp_path: Path) -> None:
+    found = _run(tmp_path, SCRIPTS / "trial.py", SlowHook(at_start=True), function=lambda: None)
     assert [(t.number, t.state) for t in found] == [(1, TrialState.FINISHED)]
 
 
