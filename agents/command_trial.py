@@ -46,14 +46,14 @@ class CommandTrial:
         except (OSError, TypeError, ValueError) as exc:
             return TrialOutcome(TrialState.FAILED, stderr_tail=f"sweeper: cannot build the command: {exc}")
         proc = self._start(trial, argv)
-        if proc.pid is not None:  # so that an agent started after this one dies can end it
-            record_process(trial.trial_dir.path, proc.pid)
+        if proc.started:  # so that an agent started after this one dies can end it
+            record_process(trial.trial_dir.path, proc.mark)
         tailer = MetricTailer(trial.trial_dir.metrics_path)
         try:
             try:
                 stop_reason = self._watch(trial, proc, tailer)
-            except Exception:
-                proc.kill()  # whatever went wrong here, the trial must not run on unwatched
+            except Exception:  # a lost lease, or anything else: the trial must not run on unwatched
+                proc.kill()
                 raise
             if stop_reason is not None and proc.poll() is None:
                 return self._stopped(trial, proc, tailer, stop_reason)
@@ -99,8 +99,7 @@ class CommandTrial:
                 return trial.stop.reason
             try:
                 reason = trial.coordinator_stop()
-            except LeaseLostError as exc:
-                proc.kill()
+            except LeaseLostError as exc:  # run() kills the process on the way out
                 raise AbandonTrial(f"lease lost: {exc}") from exc
             if reason is not None:
                 return reason

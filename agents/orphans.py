@@ -3,9 +3,9 @@
 Each trial runs in a process group of its own, so it outlives an agent killed with SIGKILL (by
 hand, by the kernel's out-of-memory killer) and goes on holding its GPU, unwatched, while its
 lease runs out and its configuration runs again elsewhere. The agent writes down each trial
-while it runs (``process.json``: the process group and the agent's process id); an agent that
-starts in the same folder ends the trials whose agent on this machine is gone: every process
-that carries the trial's folder in its environment, in the trial's group or not (torchrun
+while it runs (``process.json``: the trial's process mark and the agent's process id); an agent
+that starts in the same folder ends the trials whose agent on this machine is gone: every
+process that carries the trial's mark in its environment, in the trial's group or not (torchrun
 workers have sessions of their own), so a recycled process id never names someone else's.
 """
 
@@ -19,7 +19,8 @@ import socket
 import time
 from pathlib import Path
 
-from sweeper.agents.process import processes_with
+from sweeper.agents.process import marked_processes, signal_pids
+from sweeper.agents.trialdir import trials_root
 
 from sweeper.files import write_atomic
 
@@ -29,13 +30,14 @@ RECORD_NAME = "process.json"
 _POLL_S = 0.05
 
 
-def record_process(trial_dir: Path, pgid: int) -> None:
-    """Note that the trial in ``trial_dir`` runs as process group ``pgid`` under this agent."""
-    record = {"pgid": pgid, "agent_pid": os.getpid(), "host": socket.gethostname()}
+def record_process(trial_dir: Path, mark: str) -> None:
+    """Note that the processes carrying ``mark`` (:data:`~sweeper.agents.process.MARK_VARIABLE`)
+    run the trial in ``trial_dir`` under this agent."""
+    record = {"mark": mark, "agent_pid": os.getpid(), "host": socket.gethostname()}
     try:
         write_atomic(trial_dir / RECORD_NAME, json.dumps(record) + "\n")
     except OSError as exc:  # a full disk must not stop the trial; only this safety net is lost
-        log.warning("trial folder %s: cannot note the trial's process group (%s)", trial_dir, exc)
+        log.warning("trial folder %s: cannot note the trial's processes (%s)", trial_dir, exc)
 
 
 def forget_process(trial_dir: Path) -> None:
@@ -44,25 +46,28 @@ def forget_process(trial_dir: Path) -> None:
 
 def end_orphans(workdir: Path, grace: float) -> list[str]:
     """End the trial processes under ``workdir`` whose agent on this machine is gone (SIGTERM,
-    SIGKILL after ``grace`` seconds); one line for each trial ended."""
-    ended = []
+    SIGKILL after ``grace`` seconds, all trials together); one line for each trial ended."""
     host = socket.gethostname()
-    for path in sorted((Path(workdir) / ".sweeper" / "trials").glob(f"*/*/{RECORD_NAME}")):
+    orphaned: dict[str, Path] = {}  # mark: trial folder
+    for path in sorted(trials_root(workdir).glob(f"*/*/{RECORD_NAME}")):
         try:
             record = json.loads(path.read_text())
-            pgid, agent_pid = int(record["pgid"]), int(record["agent_pid"])
+            mark, agent_pid = str(record["mark"]), int(record["agent_pid"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if record.get("host") != host or _exists(agent_pid):
-            continue  # another machine's trial, or its agent still watches it
-        # Every process started for the trial carries its folder in its environment, in its
-        # group or not (torchrun workers have sessions of their own).
-        left = processes_with("SWEEPER_TRIAL_DIR", os.fspath(path.parent))
-        if left:
-            _end(left, grace)
-            trial = f"{path.parent.parent.name}/{path.parent.name}"
-            ended.append(f"ended trial {trial}'s processes (group {pgid}): their agent died")
-        forget_process(path.parent)
+        if record.get("host") == host and not _exists(agent_pid):  # else: another machine's, or watched
+            orphaned[mark] = path.parent
+    if not orphaned:
+        return []
+    running = marked_processes(*orphaned)
+    _end([pid for pids in running.values() for pid in pids], grace)
+    ended = [
+        f"ended trial {f.parent.name}/{f.name}'s processes: their agent died"
+        for m, f in orphaned.items()
+        if m in running
+    ]
+    for folder in orphaned.values():
+        forget_process(folder)
     for line in ended:
         log.warning("%s", line)
     return ended
@@ -79,16 +84,8 @@ def _exists(pid: int) -> bool:
 
 
 def _end(pids: list[int], grace: float) -> None:
-    _signal(pids, signal.SIGTERM)
+    signal_pids(pids, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and any(_exists(pid) for pid in pids):
         time.sleep(_POLL_S)
-    _signal(pids, signal.SIGKILL)
-
-
-def _signal(pids: list[int], sig: signal.Signals) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass  # gone (or never ours to signal)
+    signal_pids(pids, signal.SIGKILL)

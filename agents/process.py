@@ -15,7 +15,7 @@ import secrets
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 #: Exit code for a command that could not be started, as a shell reports it.
 EXIT_CANNOT_START = 127
@@ -34,7 +34,7 @@ class TrialProcess:
         self._popen = popen
         self._returncode = returncode
         self._group_reaped = popen is None
-        self._mark = mark
+        self.mark = mark  # MARK_VARIABLE's value in the trial's environment
 
     @classmethod
     def start(
@@ -160,12 +160,7 @@ class TrialProcess:
         if members is None or self._popen.pid not in members:  # /proc cannot tell us who is there
             self._signal_group(sig)
             return
-        for pid in members:
-            if pid != self._popen.pid:
-                try:
-                    os.kill(pid, sig)
-                except (ProcessLookupError, PermissionError):
-                    pass
+        signal_pids((pid for pid in members if pid != self._popen.pid), sig)
 
     def _group_alive(self) -> bool:
         assert self._popen is not None
@@ -180,24 +175,30 @@ class TrialProcess:
         if not self._group_reaped:
             self._signal_group(signal.SIGKILL)
             self._group_reaped = True
-            for pid in marked_processes(self._mark):  # those that left the group (torchrun workers)
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
+            left = marked_processes(self.mark).get(self.mark, [])  # those that left the group
+            signal_pids(left, signal.SIGKILL)
 
 
-def marked_processes(mark: str) -> list[int]:
-    """The processes (this user's, from /proc) whose environment carries ``mark`` as
-    :data:`MARK_VARIABLE`; none where /proc cannot tell."""
-    return processes_with(MARK_VARIABLE, mark) if mark else []
+def marked_processes(*marks: str) -> dict[str, list[int]]:
+    """The processes (this user's, from /proc) whose environment carries each of ``marks`` as
+    :data:`MARK_VARIABLE`, by mark; only marks some process carries. One pass over /proc."""
+    prefix = f"{MARK_VARIABLE}=".encode()
+    wanted = {mark.encode() for mark in marks if mark}
+    found: dict[str, list[int]] = {}
+    for pid, environ in _each_process("environ") if wanted else ():
+        for entry in environ.split(b"\0"):
+            if entry.startswith(prefix) and entry[len(prefix) :] in wanted:
+                found.setdefault(entry[len(prefix) :].decode(), []).append(pid)
+    return found
 
 
-def processes_with(variable: str, value: str) -> list[int]:
-    """The processes (this user's, from /proc) started with ``variable=value`` in their
-    environment; none where /proc cannot tell."""
-    wanted = f"{variable}={value}".encode()
-    return [pid for pid, environ in _each_process("environ") or () if wanted in environ.split(b"\0")]
+def signal_pids(pids: Iterable[int], sig: signal.Signals) -> None:
+    """Send ``sig`` to each of ``pids`` that is still there and ours to signal."""
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def group_members(pgid: int) -> list[int] | None:

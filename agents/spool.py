@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeper.agents.batches import MemoryQueue
-from sweeper.agents.trialdir import sweep_folder_name
+from sweeper.agents.trialdir import sweep_folder_name, trials_root
 
 from sweeper.files import write_atomic
 from sweeper.protocol import Assignment, TrialOutcome
@@ -186,7 +186,7 @@ class Spool:
 
 def leftover_spools(workdir: Path, sweep_id: str | None = None) -> Iterator[Spool]:
     """Spools that an earlier agent in ``workdir`` did not finish delivering."""
-    root = Path(workdir) / ".sweeper" / "trials"
+    root = trials_root(workdir)
     # Only that sweep's folder, when one is named: every start of an agent reads these in full.
     sweeps = glob.escape(sweep_folder_name(sweep_id)) if sweep_id is not None else "*"
     for path in sorted(root.glob(f"{sweeps}/*/{SPOOL_NAME}")):

@@ -57,7 +57,7 @@ class TrialDir:
 
     @classmethod
     def for_assignment(cls, workdir: Path, assignment: Assignment) -> TrialDir:
-        sweep_folder = Path(workdir) / ".sweeper" / "trials" / sweep_folder_name(assignment.sweep_id)
+        sweep_folder = trials_root(workdir) / sweep_folder_name(assignment.sweep_id)
         return cls(sweep_folder / str(assignment.trial_number))
 
     @classmethod
@@ -133,11 +133,11 @@ def _is_secret(name: str) -> bool:
     return upper.startswith("SWEEPER_") and any(marker in upper for marker in _SECRET_MARKERS)
 
 
+def trials_root(workdir: Path) -> Path:
+    """The folder the trials of every sweep run in, one folder per sweep."""
+    return Path(workdir) / ".sweeper" / "trials"
+
+
 def sweep_folder_name(sweep_id: str) -> str:
-    """The name of a sweep's folder under ``.sweeper/trials``."""
-    return _safe(sweep_id)
-
-
-def _safe(part: str) -> str:
-    # A sweep id becomes one folder name, whatever it contains.
-    return re.sub(r"[^A-Za-z0-9._-]", "_", part) or "_"
+    """A sweep's folder under :func:`trials_root`: its id as one folder name, whatever it contains."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", sweep_id) or "_"
