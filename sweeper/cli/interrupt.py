@@ -47,24 +47,19 @@ class signals_as_interrupt:
             signal.signal(signum, previous)
 
 
-_received: list[str] = []  # the signals that arrived, by name, most recent last
-
-
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    _received.append(signal.Signals(signum).name)
-    raise KeyboardInterrupt
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def run_until_done_or_interrupted(agents: Stoppable, grace: float) -> tuple[list[str], bool]:
     """Start the agents and wait for them; returns (their exit reasons, whether a signal stopped them)."""
-    _received.clear()
     with signals_as_interrupt():
         try:
             agents.start()
             return agents.wait(), False
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:
             # Stop first: after a hangup, writing to the terminal fails.
-            how = _received[-1] if _received else "Ctrl-C"
+            how = interrupt.args[0] if interrupt.args else "Ctrl-C"  # the signal's name, if one sent it
             agents.stop(f"interrupted ({how})")
             _say(f"\ninterrupted: stopping running trials (SIGKILL after {grace:g}s)...")
             return _wait_ignoring_interrupts(agents), True

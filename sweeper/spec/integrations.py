@@ -105,15 +105,12 @@ def tracker_settings(spec: Any) -> Any:
     """The sweep's ``integrations`` block, its ``wandb`` settings taking the sweep file's own W&B
     keys (top-level ``project`` and ``entity``) where they name none, as W&B itself would log there."""
     raw = spec.raw.get("integrations")
-    if not isinstance(raw, Mapping) or "wandb" not in raw:
-        return raw
-    wandb = raw["wandb"]
-    if wandb is False or (isinstance(wandb, Mapping) and wandb.get("enabled") is False):
-        return raw
-    settings = dict(wandb) if isinstance(wandb, Mapping) else {}
+    if not isinstance(raw, Mapping) or raw.get("wandb", False) is False:
+        return raw  # no W&B (a disabled block stays disabled whatever keys it gets)
+    settings = dict(raw["wandb"]) if isinstance(raw["wandb"], Mapping) else {}
     for key in ("project", "entity"):
-        if getattr(spec, key) and key not in settings:
-            settings[key] = getattr(spec, key)
+        if getattr(spec, key):
+            settings.setdefault(key, getattr(spec, key))
     return {**raw, "wandb": settings}
 
 
