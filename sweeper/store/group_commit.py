@@ -86,7 +86,7 @@ class GroupCommit:
             if call.done:
                 return call.outcome()
         with self._mutex:  # this call's turn: it leads the calls queued so far
-            batch = [call, *(queued for queued in self._queue if queued is not call)]
+            batch = [call, *self._queue]  # a leader is never in the queue: handed the turn, it left it
             self._queue.clear()
         try:
             self._commit(batch)

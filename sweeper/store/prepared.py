@@ -12,8 +12,7 @@ run it through SQLAlchemy as before: there the round trip to the server costs mo
 from __future__ import annotations
 
 from collections import namedtuple
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Connection
@@ -63,8 +62,7 @@ class Prepared:
             return list(conn.execute(self.statement, params).all())  # type: ignore[call-overload]
         form = self._form(conn, params)
         args = form.args(params)
-        with _driver_errors(conn, form.sql, args):
-            return form.rows(_driver(conn).execute(form.sql, args))
+        return form.rows(_execute(conn, form.sql, args))
 
     def first(self, conn: Connection, params: Mapping[str, Any]) -> Any:
         found = self.all(conn, params)
@@ -86,14 +84,10 @@ class Prepared:
         if many and not params:
             return 0
         form = self._form(conn, params[0] if many else params)  # type: ignore[index]
-        driver = _driver(conn)
         if many:
             rows = [form.args(p) for p in params]  # type: ignore[union-attr]
-            with _driver_errors(conn, form.sql, rows):
-                return int(driver.executemany(form.sql, rows).rowcount)
-        args = form.args(params)  # type: ignore[arg-type]
-        with _driver_errors(conn, form.sql, args):
-            return int(driver.execute(form.sql, args).rowcount)
+            return int(_execute(conn, form.sql, rows, many=True).rowcount)
+        return int(_execute(conn, form.sql, form.args(params)).rowcount)  # type: ignore[arg-type]
 
     def _form(self, conn: Connection, params: Mapping[str, Any]) -> _Form:
         keys = frozenset(params)
@@ -121,15 +115,15 @@ class Prepared:
         return form
 
 
-@contextmanager
-def _driver_errors(conn: Connection, sql: str, params: Any) -> Iterator[None]:
-    """The driver's errors as SQLAlchemy raises them (OperationalError, IntegrityError, ...), so
-    the store reports them as it does for every other statement."""
-    base = conn.dialect.loaded_dbapi.Error
+def _execute(conn: Connection, sql: str, params: Any, *, many: bool = False) -> Any:
+    """Run ``sql`` on the driver's cursor, inside ``conn``'s transaction; its errors raised as
+    SQLAlchemy raises them (OperationalError, IntegrityError, ...), so the store reports them as
+    it does for any statement."""
+    driver = conn.connection.driver_connection
     try:
-        yield
-    except base as exc:
-        raise DBAPIError.instance(sql, params, exc, base) from exc
+        return driver.executemany(sql, params) if many else driver.execute(sql, params)
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise DBAPIError.instance(sql, params, exc, conn.dialect.loaded_dbapi.Error) from exc
 
 
 def _result_types(statement: ClauseElement) -> list[Any]:
@@ -146,10 +140,4 @@ def _reads_converted(type_: Any, conn: Connection) -> bool:
 
 def run_on_driver(conn: Connection, sql: str) -> None:
     """One statement without parameters, straight on the driver (SQLite)."""
-    with _driver_errors(conn, sql, ()):
-        _driver(conn).execute(sql)
-
-
-def _driver(conn: Connection) -> Any:
-    """The DBAPI connection under ``conn``: statements on it run in ``conn``'s transaction."""
-    return conn.connection.driver_connection
+    _execute(conn, sql, ())
