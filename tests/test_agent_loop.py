@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from process_support import alive, wait_until
 from sweeper.agents import Agent, TrialAbandoned, TrialEnded, TrialStarted
 
 import sweeper
@@ -126,23 +127,6 @@ def make_agent(client: MemoryCoordinator, tmp_path: Path, events: list | None = 
         on_event=(events.append if events is not None else None),
         **kwargs,
     )
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def trial_dir(tmp_path: Path, number: int) -> Path:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from process_support import alive, wait_until
 
 import sweeper.cli.agent as agent_cli
 from sweeper.cli import main
@@ -134,10 +135,7 @@ def test_a_signal_stops_the_trials_and_exits_130(
     assert [t.state for t in trials] == [TrialState.STOPPED, TrialState.STOPPED], out + err
     assert all("interrupted" in (t.stop_reason or "") for t in trials)
     for pid in grandchildren:  # they ignore SIGTERM: only the SIGKILL after --grace ends them
-        deadline = time.monotonic() + 10
-        while Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]:
-            assert time.monotonic() < deadline, f"trial grandchild {pid} outlived the agent"
-            time.sleep(0.05)
+        assert wait_until(lambda pid=pid: not alive(pid), 10), f"trial grandchild {pid} outlived the agent"
 
 
 @pytest.mark.slow
@@ -164,7 +162,7 @@ def test_an_agent_started_after_one_was_killed_ends_the_trial_it_left_running(
     first.wait()
     grandchild = int((trial_dir / "child.pid").read_text())
     time.sleep(0.5)
-    assert Path(f"/proc/{grandchild}").exists(), "the trial was expected to outlive its agent"
+    assert alive(grandchild), "the trial was expected to outlive its agent"
 
     second = subprocess.run(
         [SWEEPER, "agent", sweep_id, "--db", sqlite_store_url, "--count", "1", "--grace", "1"],
@@ -175,13 +173,7 @@ def test_an_agent_started_after_one_was_killed_ends_the_trial_it_left_running(
     )
     assert second.returncode == 0, second.stdout + second.stderr
     assert f"ended trial {sweep_id}/1's processes" in second.stderr
-    deadline = time.monotonic() + 10
-    while (
-        Path(f"/proc/{grandchild}").exists()
-        and "Z" not in Path(f"/proc/{grandchild}/stat").read_text().split()[2]
-    ):
-        assert time.monotonic() < deadline, "the orphaned trial's processes are still running"
-        time.sleep(0.05)
+    assert wait_until(lambda: not alive(grandchild), 10), "the orphaned trial's processes are still running"
     assert not (trial_dir / "process.json").exists()
 
 
