@@ -142,9 +142,8 @@ class SqlStore(Store):
                 return None
             so_far = self._known.read(conn, sweep_id)
             if history_of is not None:
-                in_sweep = select(trials.c.id).where(trials.c.sweep_id == sweep_id)
-                found = self._histories(conn, in_sweep, metric=history_of)
-                so_far = [dataclasses.replace(t, history=tuple(found.get(t.id, ()))) for t in so_far]
+                found = self._curves(conn, sweep_id, history_of)
+                so_far = [dataclasses.replace(t, history=tuple(found.get(t.number, ()))) for t in so_far]
             draft = decide(sweep, so_far)
             if draft is None:
                 return None
@@ -217,15 +216,10 @@ class SqlStore(Store):
         history = self._histories(conn, query.with_only_columns(trials.c.id))
         return [rows.trial_from_row(row, history.get(row.id, ())) for row in found]
 
-    def _histories(
-        self, conn: Connection, trial_ids: Select[Any], *, metric: str | None = None
-    ) -> dict[int, list[MetricPoint]]:
-        """The metric points (of one ``metric``, or all) of the trials whose ids ``trial_ids``
-        selects, by trial id, in one query."""
+    def _histories(self, conn: Connection, trial_ids: Select[Any]) -> dict[int, list[MetricPoint]]:
+        """The metric points of the trials whose ids ``trial_ids`` selects, by trial id, in one query."""
         chosen = trial_ids.subquery()
         query = select(metrics).where(metrics.c.trial_id.in_(select(chosen.c.id)))
-        if metric is not None:  # ix_metrics_curve: (trial_id, name, step, seq)
-            query = query.where(metrics.c.name == metric)
         points = conn.execute(
             query.order_by(metrics.c.trial_id, metrics.c.step, metrics.c.seq, metrics.c.name)
         )
@@ -376,6 +370,11 @@ class SqlStore(Store):
         return self._db.write(extend)
 
     def metric_curves(self, sweep_id: str, name: str) -> dict[int, list[MetricPoint]]:
+        with self._db.read() as conn:
+            return self._curves(conn, sweep_id, name)
+
+    def _curves(self, conn: Connection, sweep_id: str, name: str) -> dict[int, list[MetricPoint]]:
+        """The points of metric ``name`` of every trial of a sweep, by trial number, in step order."""
         # One indexed query: ix_metrics_curve serves (trial_id, name) and the (step, seq) order.
         query = (
             select(trials.c.number, metrics)
@@ -384,9 +383,8 @@ class SqlStore(Store):
             .order_by(trials.c.number, metrics.c.step, metrics.c.seq)
         )
         curves: dict[int, list[MetricPoint]] = defaultdict(list)
-        with self._db.read() as conn:
-            for row in conn.execute(query):
-                curves[row.number].append(rows.point_from_row(row))
+        for row in conn.execute(query):
+            curves[row.number].append(rows.point_from_row(row))
         return dict(curves)
 
     # --- lifecycle ----------------------------------------------------------
