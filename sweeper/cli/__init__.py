@@ -7,6 +7,7 @@ import importlib
 import click
 
 from sweeper import __version__
+from sweeper.cli.init_process import become_init_if_pid1
 
 # (module, command names). Imported when the group is built; each module keeps its own
 # heavy imports inside the command functions so ``sweeper --help`` stays fast.
@@ -23,6 +24,7 @@ _COMMANDS: list[tuple[str, tuple[str, ...]]] = [
 @click.version_option(__version__, prog_name="sweeper")
 def main() -> None:
     """Self-hosted hyperparameter sweeps with W&B sweep files."""
+    become_init_if_pid1()  # in a container, as its first process: reap what the trials leave
 
 
 for _module, _names in _COMMANDS:
