@@ -4,12 +4,15 @@ When (and only when) the trial imports ``wandb`` or ``mlflow``, their logging ca
 each call still does exactly what it did, and the numbers it logged are also appended, as one line,
 to ``SWEEPER_METRICS_PATH`` in the agent's metrics.jsonl format, with a ``source`` naming the tracker.
 The agent tails that file, so the coordinator sees the values while the trial runs.
+Numbers a script writes to W&B's run summary itself reach it too, once, when the run ends: W&B's
+sweeps read a run's objective from its summary.
 
 Standard library only; every wrapper swallows its own errors so the script's logging is untouched.
 """
 
 from __future__ import annotations
 
+import atexit
 import importlib.abc
 import json
 import numbers
@@ -94,12 +97,95 @@ def _mark(name: str, text: str) -> None:
 
 # -- wandb -----------------------------------------------------------------------------------------
 
+# Set while wandb itself writes a run's summary (a resumed run's, or any ``wandb.log`` makes):
+# only the script's own writes are its summary values.
+_internal = threading.local()
+
+
+class _Written:
+    """The numbers a script wrote to one run's summary itself, and the last step its wandb.log used."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, float] = {}
+        self.step = 0
+        self.sent = False
+
+
+_unsent: list[_Written] = []
+
+
+def _written(summary: Any, create: bool = True) -> _Written | None:
+    """Kept on the run's Summary, read through ``vars``: its attribute lookup asks wandb's service."""
+    state = vars(summary).get("_sweeper_written")
+    if state is None and create:
+        state = _Written()
+        object.__setattr__(summary, "_sweeper_written", state)
+        _unsent.append(state)
+    return state
+
+
+def _note(state: _Written, record: Any) -> None:
+    """Follow one summary diff: a key set or removed replaces all it held (``a`` holds ``a.b``)."""
+    for item in [*record.remove, *record.update]:
+        name = ".".join(str(part) for part in item.key)
+        for key in [k for k in state.values if k == name or k.startswith(name + ".")]:
+            del state.values[key]
+    for item in record.update:
+        state.values.update(_flat({".".join(str(part) for part in item.key): item.value}))
+
+
+def _send(state: _Written) -> None:
+    """One record per run, at its last logged step: as the newest point, it is the trial's value.
+
+    A stop's SIGTERM waits until the record is out, so it is written neither twice nor not at all.
+    """
+    import signal
+
+    mask = None
+    try:
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    except Exception:
+        pass
+    try:
+        with _lock:
+            if state.sent:
+                return
+            state.sent = True
+        if state in _unsent:
+            _unsent.remove(state)
+        emit("wandb", state.step, dict(state.values))
+    except Exception:
+        pass
+    finally:
+        if mask is not None:
+            try:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            except Exception:
+                pass
+
+
+def _send_unsent() -> None:
+    """At exit, for runs the script never finished (a stop's SIGTERM ends up here too)."""
+    for state in list(_unsent):
+        _send(state)
+
+
+def _internally(method: Any) -> Any:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _internal.depth = getattr(_internal, "depth", 0) + 1
+        try:
+            return method(*args, **kwargs)
+        finally:
+            _internal.depth -= 1
+
+    return wrapper
+
 
 def _patch_wandb(module: Any) -> None:
-    from wandb.sdk import wandb_run  # already imported by ``import wandb``
+    from wandb.sdk import wandb_run, wandb_summary  # already imported by ``import wandb``
 
     run_cls = wandb_run.Run
-    original = run_cls._log
+    original = _internally(run_cls._log)
 
     def _log(self: Any, data: Any, step: Any = None, commit: Any = None) -> Any:
         try:
@@ -108,12 +194,45 @@ def _patch_wandb(module: Any) -> None:
             at = 0
         result = original(self, data, step, commit)
         try:
-            emit("wandb", at, _flat(data))
+            logged = _flat(data)
+            emit("wandb", at, logged)
+            state = _written(self.summary)
+            state.step = max(state.step, at)
+            for name in [*logged, *data]:  # logged again, W&B's summary holds the logged value again
+                state.values.pop(str(name), None)
         except Exception:
             pass
         return result
 
     run_cls._log = _log
+    # Every summary write (item, attribute, update, nested, delete) reaches the root's _update as one
+    # diff; wandb.log's own summary is made by wandb's service, and a resumed run's comes in here.
+    run_cls._set_run_obj = _internally(run_cls._set_run_obj)
+    summary_update = wandb_summary.Summary._update
+
+    def _update(self: Any, record: Any) -> Any:
+        result = summary_update(self, record)
+        if not getattr(_internal, "depth", 0):
+            try:
+                _note(_written(self), record)
+            except Exception:
+                pass
+        return result
+
+    wandb_summary.Summary._update = _update
+    finish = run_cls._finish  # what finish(), wandb.finish(), ``with`` and reinit all end in
+
+    def _finish(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            state = _written(self.summary, create=False)
+            if state is not None:
+                _send(state)
+        except Exception:
+            pass
+        return finish(self, *args, **kwargs)
+
+    run_cls._finish = _finish
+    atexit.register(_send_unsent)
     init = module.init
 
     def wandb_init(*args: Any, **kwargs: Any) -> Any:
@@ -122,6 +241,9 @@ def _patch_wandb(module: Any) -> None:
         _mark(
             "wandb-run.json", json.dumps({"id": getattr(run, "id", None), "dir": getattr(run, "dir", None)})
         )
+        # After wandb's own exit hook, which init registers, so ours runs first (atexit is LIFO).
+        atexit.unregister(_send_unsent)
+        atexit.register(_send_unsent)
         _exit_cleanly_on_sigterm()
         return run
 
