@@ -128,7 +128,32 @@ def test_a_call_that_fails_is_rolled_back_alone(store: Store) -> None:
     assert notes(store) == ["a", "b", "first"]  # not "broken": its savepoint was rolled back
 
 
-def test_a_commit_that_fails_fails_every_call_and_forgets_what_it_read(store: Store) -> None:
+def test_after_commit_steps_run_once_the_transaction_committed_and_only_for_calls_that_succeeded(
+    store: Store,
+) -> None:
+    together = Together(database(store))
+    seen: dict[str, list[str]] = {}  # what each step found committed when it ran
+
+    def write(body: str, *, fail: bool = False) -> Callable[[], str]:
+        steps: list[Callable[[], None]] = []
+
+        def work(conn: Connection) -> str:
+            steps.append(lambda: seen.update({body: notes(store)}))
+            note(body)(conn)
+            if fail:
+                raise ValueError("this call went wrong")
+            return body
+
+        return lambda: together.db.write(work, steps)
+
+    for name in ("a", "broken", "b"):
+        together.queue(name, write(name, fail=name == "broken"))
+    results = together.run()
+    assert isinstance(results["broken"], ValueError)
+    assert seen == {"a": ["a", "b", "first"], "b": ["a", "b", "first"]}  # not "broken": rolled back
+
+
+def test_a_commit_that_fails_fails_every_call_and_keeps_nothing_read_in_it(store: Store) -> None:
     sweep = store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
 
     def orphan_checked_at_commit(conn: Connection) -> None:
@@ -151,6 +176,30 @@ def test_a_commit_that_fails_fails_every_call_and_forgets_what_it_read(store: St
     again = store.new_trial(sweep.id, first_config, lease=lease(), now=3.0)
     assert again is not None and again.number == 1
     assert [t.number for t in store.list_trials(sweep.id)] == [1]
+
+
+def test_a_lease_in_a_shared_transaction_keeps_what_it_read_only_once_that_commits(store: Store) -> None:
+    sweep = store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
+    inside, leave = threading.Event(), threading.Event()
+
+    def hold(_conn: Connection) -> None:  # after both leases, before the commit
+        inside.set()
+        assert leave.wait(30)
+
+    together = Together(database(store))
+    # The second lease reads the sweep with the first one's trial in it, not committed yet.
+    for name in ("lease-1", "lease-2"):
+        together.queue(name, lambda: store.new_trial(sweep.id, first_config, lease=lease(), now=2.0))
+    together.queue("hold", lambda: together.db.write(hold))
+    together.release.set()
+    assert inside.wait(30)
+    try:  # this thread's read sees committed trials only, from the database or from what is kept
+        assert store.list_trials(sweep.id) == []
+    finally:
+        leave.set()
+    results = together.run()
+    assert [results["lease-1"].number, results["lease-2"].number] == [1, 2]
+    assert [t.number for t in store.list_trials(sweep.id)] == [1, 2]
 
 
 def first_config(_sweep: Any, trials: Any) -> TrialDraft:

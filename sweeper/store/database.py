@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -32,8 +32,7 @@ os.register_at_fork(after_in_child=_count_fork)
 
 
 class Database:
-    def __init__(self, engine: Engine, *, label: str, on_abort: Callable[[], None] = lambda: None) -> None:
-        """``on_abort``: run when a transaction shared by several writes fails as a whole (SQLite)."""
+    def __init__(self, engine: Engine, *, label: str) -> None:
         self.engine = engine
         self.label = label  # the URL with its password masked, for messages
         self._forks_seen = _forks
@@ -42,7 +41,6 @@ class Database:
         # that queue together share a transaction, instead of polling the database lock with
         # SQLite's busy handler, whose sleeps grow to 100 ms; other processes still wait on the
         # database lock itself.
-        self._on_abort = on_abort
         self._group = self._group_commit() if engine.dialect.name == "sqlite" else None
         # SQLite files: the log is copied back off the commit path, from the first write on.
         self._wal_file = _sqlite_file(engine)
@@ -78,20 +76,24 @@ class Database:
             timed_out=lambda: StoreError(
                 f"store {self.label}: database is locked (waited {BUSY_TIMEOUT_S:.0f} s)"
             ),
-            on_abort=self._on_abort,
         )
 
-    def write(self, work: Callable[[Connection], T]) -> T:
+    def write(self, work: Callable[[Connection], T], after_commit: Sequence[Callable[[], None]] = ()) -> T:
         """``work(conn)`` in a transaction that may write, and its result once committed. On SQLite
         the transaction holds the write lock from its start, and may be shared with writes of other
-        threads (each in a savepoint of its own: see :mod:`sweeper.store.group_commit`)."""
+        threads (each in a savepoint of its own: see :mod:`sweeper.store.group_commit`).
+        ``after_commit``: steps (``work`` may add some) run once the transaction has committed, if
+        ``work`` succeeded: never while what it wrote or read may still be rolled back."""
         engine = self._engine_here()
         if self._group is None:
             with self._errors(), engine.begin() as conn:
-                return work(conn)
+                result = work(conn)
+            for step in after_commit:
+                step()
+            return result
         if self._checkpointer is None and self._wal_file is not None:
             self._start_checkpointer()
-        return self._group.run(work)
+        return self._group.run(work, after_commit)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:

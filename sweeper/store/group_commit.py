@@ -9,8 +9,9 @@ queue up, and the thread whose turn comes next runs all of them in one transacti
   gets its error, while the others go on;
 - every caller gets its result only after the transaction has committed;
 - should the transaction fail as a whole (the commit, or a savepoint that cannot be rolled back),
-  nothing of it was written: every caller gets that error, and ``on_abort`` runs, so that what
-  was read inside the transaction (uncommitted rows of other calls) is not kept.
+  nothing of it was written: every caller gets that error;
+- a call's ``after_commit`` steps run only once the transaction has committed, and only if that
+  call succeeded: what it read may hold other calls' rows, not committed until then.
 
 A lone call runs in a transaction of its own, as it would without this.
 """
@@ -18,7 +19,7 @@ A lone call runs in a transaction of its own, as it would without this.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Generic, TypeVar
 
@@ -30,10 +31,11 @@ T = TypeVar("T")
 
 
 class _Call(Generic[T]):
-    __slots__ = ("work", "wake", "done", "result", "error")
+    __slots__ = ("work", "after_commit", "wake", "done", "result", "error")
 
-    def __init__(self, work: Callable[[Connection], T]) -> None:
+    def __init__(self, work: Callable[[Connection], T], after_commit: Sequence[Callable[[], None]]) -> None:
         self.work = work
+        self.after_commit = after_commit
         self.wake = threading.Lock()  # released when it is done, or when its turn to lead comes
         self.wake.acquire()
         self.done = False
@@ -54,7 +56,6 @@ class GroupCommit:
         *,
         timeout: float,
         timed_out: Callable[[], Exception],
-        on_abort: Callable[[], None],
     ) -> None:
         """``begin``: a write transaction; ``errors``: how store errors read (around each call);
         ``timed_out``: the error for a call that waited ``timeout`` seconds without its turn."""
@@ -62,19 +63,19 @@ class GroupCommit:
         self._errors = errors
         self._timeout = timeout
         self._timed_out = timed_out
-        self._on_abort = on_abort
         self._mutex = threading.Lock()
         self._busy = False  # a thread leads a transaction
         self._queue: list[_Call[Any]] = []
 
-    def run(self, work: Callable[[Connection], T]) -> T:
-        """``work(conn)`` in a write transaction, maybe shared with other calls; its result once committed.
+    def run(self, work: Callable[[Connection], T], after_commit: Sequence[Callable[[], None]] = ()) -> T:
+        """``work(conn)`` in a write transaction, maybe shared with other calls; its result once
+        committed, and ``after_commit`` (to which ``work`` may add) run before it is returned.
 
         The thread whose turn it is leads: it takes every call queued so far into one transaction,
         wakes their threads once it has ended, and hands the turn to the first call queued
         meanwhile. Each thread waits on a lock of its own, so a transaction wakes only its own
         callers and the next leader."""
-        call = _Call(work)
+        call = _Call(work, after_commit)
         with self._mutex:
             leading = not self._busy
             if leading:
@@ -132,8 +133,11 @@ class GroupCommit:
         except BaseException as exc:
             for call in batch:
                 call.result, call.error = None, exc
-            if len(batch) > 1:
-                self._on_abort()
+        else:
+            for call in batch:
+                if call.error is None:  # its savepoint was not rolled back
+                    for step in call.after_commit:
+                        step()
         finally:
             for call in batch:
                 call.done = True

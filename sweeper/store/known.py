@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, select
@@ -41,36 +42,37 @@ class _SweepTrials:
         self.by_number: dict[int, Trial] = {}
         self.running: dict[int, tuple[Any, ...]] = {}  # trial id: its row when last read
 
+    def copy(self) -> _SweepTrials:
+        copied = _SweepTrials()
+        copied.by_number, copied.running = dict(self.by_number), dict(self.running)
+        return copied
+
 
 class KnownTrials:
     """For the most recently leased sweeps, the trials read before."""
 
     def __init__(self) -> None:
-        self._sweeps: OrderedDict[str, _SweepTrials] = OrderedDict()
+        self._sweeps: OrderedDict[str, _SweepTrials] = OrderedDict()  # never changed once kept
         self._lock = threading.Lock()
-        self._generation = 0  # one more at each forget(): what was read before it is not kept
 
-    def forget(self) -> None:
-        """Drop every sweep read so far, and what reads under way would keep: the next read of each
-        sweep reads it whole."""
-        with self._lock:
-            self._sweeps.clear()
-            self._generation += 1
-
-    def read(self, conn: Connection, sweep_id: str) -> list[Trial]:
+    def read(
+        self, conn: Connection, sweep_id: str, after_commit: list[Callable[[], None]] | None = None
+    ) -> list[Trial]:
         """Every trial of a sweep (no history), in number order, read under the sweep's lock or in
         one snapshot of a read transaction.
 
         Within a sweep, trial numbers grow in the order the inserts commit (new_trial holds the
         sweep's lock from before its read until its insert commits), so any snapshot holds a prefix
-        of them and ``number > last`` finds every trial added since. A write transaction shared by
-        several calls (SQLite: :mod:`sweeper.store.group_commit`) reads what its earlier calls
-        wrote before that commits; should it fail instead, :meth:`forget` drops it. Two reads of
-        one sweep at once each read from their own copy; whichever is kept is a consistent state
-        the next read catches up from."""
+        of them and ``number > last`` finds every trial added since. Only committed rows are kept:
+        a write transaction also reads what it wrote itself, and on SQLite what the calls before
+        it in a shared transaction wrote (:mod:`sweeper.store.group_commit`), so a read given
+        ``after_commit`` (a write transaction's) is kept by the step it adds there, to run once
+        that has committed; a read-only transaction's is kept at once. A read changes a copy of
+        what was kept: two reads of one sweep at once each keep their own, and whichever is kept
+        last is a consistent committed state the next read catches up from."""
         with self._lock:
-            known = self._sweeps.pop(sweep_id, None) or _SweepTrials()
-            generation = self._generation
+            kept = self._sweeps.get(sweep_id)
+        known = kept or _SweepTrials()  # copied at its first change: what is kept never changes
         last = next(reversed(known.by_number), 0)  # by_number is kept in number order
         if known.by_number:
             params = {"sweep_id_": sweep_id, "last_number_": last, "running_": sorted(known.running)}
@@ -81,6 +83,8 @@ class KnownTrials:
         for row in conn.execute(query, params):
             if known.running.get(row.id) == tuple(row):
                 continue  # read before and unchanged: the trial already known stands
+            if known is kept:
+                known = known.copy()
             trial = rows.trial_from_row(row)
             if trial.number not in known.by_number:
                 in_order = in_order and trial.number > last
@@ -95,10 +99,15 @@ class KnownTrials:
         found = list(known.by_number.values())
         if not found:  # nothing to keep, and an unknown sweep's id must not push known ones out
             return found
+        if after_commit is None:
+            self._keep(sweep_id, known)
+        else:
+            after_commit.append(lambda: self._keep(sweep_id, known))
+        return found
+
+    def _keep(self, sweep_id: str, known: _SweepTrials) -> None:
         with self._lock:
-            if generation != self._generation:  # forgotten meanwhile: it may hold rows never written
-                return found
             self._sweeps[sweep_id] = known
+            self._sweeps.move_to_end(sweep_id)
             while len(self._sweeps) > _KNOWN_SWEEPS:
                 self._sweeps.popitem(last=False)
-        return found

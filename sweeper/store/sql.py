@@ -56,8 +56,7 @@ def new_sweep_id() -> str:
 class SqlStore(Store):
     def __init__(self, engine: Engine, *, label: str) -> None:
         self._known = KnownTrials()
-        # A shared transaction that failed read rows that were never written: forget every sweep read.
-        self._db = Database(engine, label=label, on_abort=self._known.forget)
+        self._db = Database(engine, label=label)
         self.label = label
         dialect = engine.dialect.name
         insert_ignore = postgresql.insert if dialect == "postgresql" else sqlite.insert
@@ -136,11 +135,13 @@ class SqlStore(Store):
         now: float,
         history_of: str | None = None,
     ) -> Trial | None:
+        kept: list[Callable[[], None]] = []  # keeps what the lease read, once it has committed
+
         def lease_one(conn: Connection) -> Trial | None:
             sweep = self._sweep(conn, sweep_id, lock=True)
             if not sweep.state.hands_out_trials:
                 return None
-            so_far = self._known.read(conn, sweep_id)
+            so_far = self._known.read(conn, sweep_id, kept)
             if history_of is not None:
                 found = self._curves(conn, sweep_id, history_of)
                 so_far = [dataclasses.replace(t, history=tuple(found.get(t.number, ()))) for t in so_far]
@@ -170,7 +171,7 @@ class SqlStore(Store):
             # What was just written, as a row: no need to read it back.
             return rows.trial_from_row(rows.NewTrialRow.of(trial_id, values))
 
-        return self._db.write(lease_one)
+        return self._db.write(lease_one, kept)
 
     def get_trial(self, trial_id: int, *, with_history: bool = False) -> Trial:
         with self._db.read() as conn:
