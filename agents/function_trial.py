@@ -3,15 +3,26 @@
 The function reads its config through ``sweeper.init()``, which finds the trial's context; its
 ``run.log`` records reach the coordinator through that context, and a stop reaches the function as
 :class:`~sweeper.run.TrialStopped` from its next ``run.log``.
+
+A function written for ``wandb.agent`` runs unchanged, as it does there: while it runs, the
+process's environment holds the trial's variables (``WANDB_SWEEP_PARAM_PATH`` and the rest, and
+what the trackers add, such as ``MLFLOW_RUN_ID``), so ``wandb.init()`` gets the trial's config and
+``mlflow.start_run()`` the trial's run; what it logs with ``wandb.log`` or ``mlflow.log_metric(s)``
+reaches the coordinator too, a stop raises from those calls as well, and a W&B run it leaves open
+is finished when it returns.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 
 from sweeper.agents.events import TrialStarted
+from sweeper.agents.pythonpath import _sweeper_capture as capture
+from sweeper.agents.trialdir import trial_env
 from sweeper.agents.trialrun import STDERR_TAIL_LINES, AbandonTrial, LeaseKeeper, TrialRun
 
 from sweeper import _context
@@ -37,8 +48,10 @@ class FunctionTrial:
             sink=lambda record: trial.forward([record]),
             trial_dir=trial.trial_dir.path,
         )
+        env = trial_env({}, assignment, trial.trial_dir)
         with LeaseKeeper(trial) as keeper:  # a checkpoint to fetch first may outlast the lease
-            trial.hooks.start(assignment, trial.trial_dir, dict(os.environ))
+            env.update(trial.hooks.start(assignment, trial.trial_dir, {**os.environ, **env}))
+        env.pop("PYTHONPATH", None)  # the capture's, for trial processes: here it runs in this process
         if keeper.lost is not None:  # the trial is someone else's now: do not call the function
             raise AbandonTrial(f"lease lost: {keeper.lost}")
         trial.stop.attach(ctx)
@@ -47,9 +60,9 @@ class FunctionTrial:
         watch = LeaseKeeper(trial, every=trial.poll_interval, on_stop=ctx.request_stop)
         _context.set_current(ctx)
         try:
-            with watch:
+            with watch, _environment(env):
                 trial.emit(TrialStarted(assignment, (), trial.trial_dir.path))
-                stopped_by, error = self._call()
+                stopped_by, error = self._call(ctx, trial)
         finally:
             _context.set_current(None)
             trial.stop.detach()
@@ -58,10 +71,24 @@ class FunctionTrial:
             raise AbandonTrial(f"lease lost: {watch.lost}")
         return _outcome(ctx, stopped_by, error)
 
-    def _call(self) -> tuple[run_api.TrialStopped | None, BaseException | None]:
+    def _call(
+        self, ctx: _context.TrialContext, trial: TrialRun
+    ) -> tuple[run_api.TrialStopped | None, BaseException | None]:
         """Call the function; how it stopped early, or the error it failed with (``sys.exit(0)`` is none)."""
+
+        def raise_if_stopped() -> None:
+            if ctx.stop_requested:
+                raise run_api.TrialStopped(ctx.stop_reason)
+
+        following = os.environ.get("SWEEPER_CAPTURE", "1") != "0"
+        if following:
+            capture.follow_in_process(lambda record: trial.forward([record]), raise_if_stopped)
         try:
-            self.function()
+            try:
+                self.function()
+            finally:
+                if following:
+                    capture.stop_following()
         except run_api.TrialStopped as exc:
             return exc, None
         except SystemExit as exc:
@@ -70,6 +97,35 @@ class FunctionTrial:
         except Exception as exc:
             return None, exc
         return None, None
+
+
+_environment_lock = threading.Lock()
+_environment_users = 0  # function trials running in this process
+
+
+@contextmanager
+def _environment(variables: Mapping[str, str]) -> Iterator[None]:
+    """``os.environ`` holds ``variables`` while the block runs, and what it held before after.
+
+    The environment is the process's: when function trials run side by side (several local
+    agents in one process), only the first one's variables are set, and the others run without."""
+    global _environment_users
+    with _environment_lock:
+        alone = _environment_users == 0
+        _environment_users += 1
+    before = {name: os.environ.get(name) for name in variables} if alone else {}
+    if alone:
+        os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        with _environment_lock:
+            _environment_users -= 1
 
 
 def _outcome(

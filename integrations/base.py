@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sweeper.agents.pythonpath._sweeper_capture import not_followed_here
+
 from sweeper.trials import MetricPoint, TrialState
 
 log = logging.getLogger("sweeper.integrations")
@@ -235,6 +237,8 @@ class SafeTracker:
             )
 
     def _work(self) -> None:
+        # In a process that also runs trials as functions, what this thread logs is the tracker's.
+        not_followed_here()
         while True:
             with self._cond:
                 while not self._queue and not self._closing:

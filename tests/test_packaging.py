@@ -3,6 +3,7 @@ and neither puts a bare ``agents`` or ``integrations`` package on the path."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -50,11 +51,18 @@ def probe(site_dir: Path, cwd: Path) -> list[str]:
 
 
 def test_wheel_install(tmp_path: Path) -> None:
-    pip("wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(REPO))
+    # From a copy without build leftovers: setuptools packs whatever an earlier build left in build/.
+    source = tmp_path / "source"
+    leftovers = shutil.ignore_patterns(".git", "build", "*.egg-info", "wandb", ".sweeper", "__pycache__")
+    shutil.copytree(REPO, source, ignore=leftovers)
+    pip("wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(source))
     wheel = next((tmp_path / "dist").glob("sweeper-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "sweeper/agents/__init__.py" in names and "sweeper/integrations/__init__.py" in names
     assert not [n for n in names if n.startswith(("agents/", "integrations/"))]
+    # The metric capture that trial processes load from the agent's PYTHONPATH entry, all of it.
+    capture = REPO / "agents" / "pythonpath"
+    assert {f"sweeper/agents/pythonpath/{p.relative_to(capture)}" for p in capture.rglob("*.py")} <= {*names}
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "sweeper = sweeper.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 

@@ -1,0 +1,236 @@
+"""W&B runs the script opens itself: what it logs, and what it writes to a run's summary.
+
+``Run._log`` (every ``wandb.log``) is wrapped so its numbers are also recorded, with source
+"wandb". Numbers a script writes to a run's summary itself are recorded once, when the run ends:
+W&B's sweeps read a run's objective from its summary. ``wandb.init`` is wrapped to mark the trial's
+folder (the agent's W&B adapter then leaves the trial's run to the script).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import sys
+import threading
+from typing import Any
+
+from . import core
+
+# Set while wandb itself writes a run's summary (a resumed run's, or any ``wandb.log`` makes):
+# only the script's own writes are its summary values.
+_internal = threading.local()
+
+
+class _Written:
+    """The numbers a script wrote to one run's summary itself, and the last step its wandb.log used."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, float] = {}
+        self.step = 0
+        self.sent = False
+
+
+_unsent: list[_Written] = []
+_sent_lock = threading.Lock()
+
+
+def _written(summary: Any, create: bool = True) -> _Written | None:
+    """Kept on the run's Summary, read through ``vars``: its attribute lookup asks wandb's service."""
+    state = vars(summary).get("_sweeper_written")
+    if state is None and create:
+        state = _Written()
+        object.__setattr__(summary, "_sweeper_written", state)
+        _unsent.append(state)
+    return state
+
+
+def _note(state: _Written, record: Any) -> None:
+    """Follow one summary diff: a key set or removed replaces all it held (``a`` holds ``a.b``)."""
+    for item in [*record.remove, *record.update]:
+        name = ".".join(str(part) for part in item.key)
+        for key in [k for k in state.values if k == name or k.startswith(name + ".")]:
+            del state.values[key]
+    for item in record.update:
+        state.values.update(core.flat({".".join(str(part) for part in item.key): item.value}))
+
+
+def _send(state: _Written) -> None:
+    """One record per run, at its last logged step: as the newest point, it is the trial's value.
+
+    A stop's SIGTERM waits until the record is out, so it is written neither twice nor not at all.
+    """
+    import signal
+
+    mask = None
+    try:
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    except Exception:
+        pass
+    try:
+        with _sent_lock:
+            if state.sent:
+                return
+            state.sent = True
+        if state in _unsent:
+            _unsent.remove(state)
+        core.emit("wandb", state.step, dict(state.values))
+    except Exception:
+        pass
+    finally:
+        if mask is not None:
+            try:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            except Exception:
+                pass
+
+
+def _send_unsent() -> None:
+    """At exit, for runs the script never finished (a stop's SIGTERM ends up here too)."""
+    for state in list(_unsent):
+        _send(state)
+
+
+def _internally(method: Any) -> Any:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _internal.depth = getattr(_internal, "depth", 0) + 1
+        try:
+            return method(*args, **kwargs)
+        finally:
+            _internal.depth -= 1
+
+    return wrapper
+
+
+def patch(module: Any) -> None:
+    from wandb.sdk import wandb_run, wandb_summary  # already imported by ``import wandb``
+
+    run_cls = wandb_run.Run
+    original = _internally(run_cls._log)
+
+    def _log(self: Any, data: Any, step: Any = None, commit: Any = None) -> Any:
+        try:
+            at = int(step) if step is not None else int(getattr(self, "_local_step", 0))
+        except Exception:
+            at = 0
+        result = original(self, data, step, commit)
+        try:
+            logged = core.flat(data)
+            core.emit("wandb", at, logged)
+            state = _written(self.summary)
+            state.step = max(state.step, at)
+            for name in [*logged, *data]:  # logged again, W&B's summary holds the logged value again
+                state.values.pop(str(name), None)
+        except Exception:
+            pass
+        core.after_log()
+        return result
+
+    run_cls._log = _log
+    # Every summary write (item, attribute, update, nested, delete) reaches the root's _update as one
+    # diff; wandb.log's own summary is made by wandb's service, and a resumed run's comes in here.
+    run_cls._set_run_obj = _internally(run_cls._set_run_obj)
+    summary_update = wandb_summary.Summary._update
+
+    def _update(self: Any, record: Any) -> Any:
+        result = summary_update(self, record)
+        if not getattr(_internal, "depth", 0) and core.followed():
+            try:
+                _note(_written(self), record)
+            except Exception:
+                pass
+        return result
+
+    wandb_summary.Summary._update = _update
+    finish = run_cls._finish  # what finish(), wandb.finish(), ``with`` and reinit all end in
+
+    def _finish(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            state = _written(self.summary, create=False)
+            if state is not None:
+                _send(state)
+        except Exception:
+            pass
+        return finish(self, *args, **kwargs)
+
+    run_cls._finish = _finish
+    atexit.register(_send_unsent)
+    init = module.init
+
+    def wandb_init(*args: Any, **kwargs: Any) -> Any:
+        run = init(*args, **kwargs)
+        # Tells the agent's W&B adapter that the script keeps its own run for this trial.
+        core.mark(
+            "wandb-run.json", json.dumps({"id": getattr(run, "id", None), "dir": getattr(run, "dir", None)})
+        )
+        # After wandb's own exit hook, which init registers, so ours runs first (atexit is LIFO).
+        atexit.unregister(_send_unsent)
+        atexit.register(_send_unsent)
+        if not core.agent_process:
+            _exit_cleanly_on_sigterm()
+        elif core.followed() and (trial := core.trial_here()) is not None:
+            trial.opened_wandb_runs.append(run)
+        return run
+
+    module.init = wandb_init
+
+
+def _exit_cleanly_on_sigterm() -> None:
+    """A stop is SIGTERM: turn it into SystemExit so wandb's exit hook finishes (and flushes) the run.
+
+    Only when the script left SIGTERM at its default, which would end the process on the spot.
+    """
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
+def finish_opened_runs(opened: list[Any]) -> None:
+    """End the runs an in-process trial opened and left open, as ``wandb agent`` does after the
+    function returns: the next trial's ``wandb.init()`` would otherwise get the same run back."""
+    while opened:
+        run = opened.pop()
+        if not getattr(run, "_is_finished", True):
+            try:
+                run.finish()
+            except Exception as exc:
+                print(f"sweeper: cannot finish the trial's W&B run: {exc}", file=sys.stderr)
+
+
+def read_trial_environment() -> None:
+    """Make the next ``wandb.init()`` read the environment, which now holds an in-process trial's
+    variables (run id, sweep, config file, project).
+
+    wandb reads its environment once, when first set up; ``wandb agent`` tears that down before
+    each function it calls, and so does this, unless a W&B run is open in the process (one of
+    sweeper's own W&B adapter, say), which a teardown would end."""
+    if "wandb" not in sys.modules:
+        return  # imported later, it reads the environment then
+    try:
+        from wandb.sdk import wandb_setup
+
+        current = getattr(wandb_setup, "_singleton", None)
+        if current is None:
+            return
+        if current.most_recent_active_run is None:
+            sys.modules["wandb"].teardown()
+        elif not _warned:
+            _warn_open_run()
+    except Exception as exc:
+        print(f"sweeper: cannot make wandb read the trial's settings: {exc}", file=sys.stderr)
+
+
+_warned = False
+
+
+def _warn_open_run() -> None:
+    global _warned
+    _warned = True
+    print(
+        "sweeper: a W&B run is open in this process, so wandb.init() in the function keeps the "
+        "settings wandb read first (run id, config); run the trials as a command instead, or "
+        "turn off sweeper's W&B tracking for this sweep",
+        file=sys.stderr,
+    )

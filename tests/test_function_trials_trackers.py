@@ -1,0 +1,202 @@
+"""``sweeper.agent(sweep_id, function=train)`` with a ``train`` written for ``wandb.agent``, or one
+that logs to MLflow itself: it runs unchanged. Each case runs in a process of its own (the capture
+patches wandb and mlflow for the whole process), against W&B offline, read back, and a real
+``mlflow server``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("wandb")
+from cli_support import SWEEPER  # noqa: E402
+from process_support import wait_until  # noqa: E402
+from trackers_support import MlflowServer, offline_runs  # noqa: E402
+
+from sweeper._context import run_id_for  # noqa: E402
+
+# Runs a sweep with sweeper.agent(function=train) and prints its trials as JSON on the last line.
+DRIVER = """
+import json, os, sys
+import sweeper
+from sweeper.coordinator import Coordinator
+from sweeper.store import open_store
+
+{train}
+
+db = os.environ["DB"]
+sweep_id = sweeper.sweep(json.loads(os.environ["SWEEP"]), db=db)
+if os.environ.get("SWEEP_ID_FILE"):
+    with open(os.environ["SWEEP_ID_FILE"], "w") as fh:
+        fh.write(sweep_id)
+reason = sweeper.agent(sweep_id, function=train, db=db)
+trials = Coordinator(open_store(db)).trials(sweep_id, with_history=True)
+print(json.dumps({{"sweep_id": sweep_id, "reason": reason, "trials": [
+    {{"number": t.number, "state": t.state.value, "config": dict(t.config), "summary": dict(t.summary),
+      "stop_reason": t.stop_reason, "stderr": t.stderr_tail, "curve": t.curve("loss")}} for t in trials]}}))
+"""
+
+WANDB_TRAIN = """
+import wandb
+
+def train():
+    # As written for wandb.agent(sweep_id, function=train): no finish at the end.
+    wandb.init()
+    for epoch in range(3):
+        wandb.log({"loss": wandb.config.lr * (3 - epoch)})
+"""
+
+# Logs until the sweep is cancelled from outside; the stop reaches it from wandb.log.
+WANDB_UNTIL_STOPPED = """
+import pathlib, time
+import wandb
+
+def train():
+    run = wandb.init()
+    step = 0
+    while True:
+        wandb.log({"loss": 1.0 / (step + 1)})
+        step += 1
+        if step == 3:
+            pathlib.Path(os.environ["STARTED"]).write_text(run.id)
+        time.sleep(0.05)
+"""
+
+MLFLOW_TRAIN = """
+import mlflow
+
+def train():
+    # Logs into the trial's run (MLFLOW_RUN_ID) and leaves it active, as a script that exits would:
+    # the next trial's start_run() must still work.
+    mlflow.start_run()
+    lr = sweeper.init().config.lr
+    for epoch in range(3):
+        mlflow.log_metric("loss", lr * (3 - epoch), step=epoch)
+"""
+
+
+def _run_driver(
+    folder: Path, train: str, sweep: dict[str, Any], **env: str
+) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    script = folder / "driver.py"
+    script.write_text(textwrap.dedent(DRIVER.format(train=textwrap.dedent(train))))
+    environ = {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "WANDB_DIR": str(folder),
+        "DB": f"sqlite:///{folder / 'sweeps.db'}",
+        "SWEEP": json.dumps(sweep),
+        **env,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        cwd=folder,
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return proc, environ
+
+
+def _result(proc: subprocess.Popen[str], timeout: float = 240) -> dict[str, Any]:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-3000:] + err[-5000:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+GRID = {
+    "method": "grid",
+    "metric": {"name": "loss", "goal": "minimize"},
+    "parameters": {"lr": {"values": [0.1, 0.2, 0.3]}},
+}
+
+
+def test_a_function_written_for_wandb_agent_runs_unchanged(tmp_path: Path) -> None:
+    proc, _ = _run_driver(tmp_path, WANDB_TRAIN, GRID)
+    result = _result(proc)
+    trials = result["trials"]
+    assert [t["state"] for t in trials] == ["finished"] * 3
+    for trial in trials:  # wandb.log reached the coordinator: the curve and the trial's value
+        lr = trial["config"]["lr"]
+        assert trial["curve"] == [
+            [0, pytest.approx(3 * lr)],
+            [1, pytest.approx(2 * lr)],
+            [2, pytest.approx(lr)],
+        ]
+        assert trial["summary"]["loss"] == pytest.approx(lr)
+
+    # One W&B run per trial, under the trial's id and sweep, with the trial's config (wandb.config),
+    # its history, and finished when the function returned.
+    runs = {run["run_id"]: run for run in offline_runs(tmp_path)}
+    assert set(runs) == {run_id_for(result["sweep_id"], t["number"]) for t in trials}
+    for trial in trials:
+        run = runs[run_id_for(result["sweep_id"], trial["number"])]
+        lr = trial["config"]["lr"]
+        assert run["config"]["lr"] == lr
+        assert run["run"]["sweep_id"] == result["sweep_id"]
+        assert [row["loss"] for row in run["history"]] == pytest.approx([3 * lr, 2 * lr, lr])
+        assert run["state"] == "finished" and run["exit_code"] == 0
+
+
+def test_a_stop_reaches_a_wandb_function_from_wandb_log(tmp_path: Path) -> None:
+    """The sweep is cancelled from another process while the function logs only with wandb.log."""
+    started = tmp_path / "started"
+    sweep_id_file = tmp_path / "sweep-id"
+    sweep = {**GRID, "parameters": {"lr": {"values": [0.1, 0.2]}}}
+    proc, environ = _run_driver(
+        tmp_path, WANDB_UNTIL_STOPPED, sweep, STARTED=str(started), SWEEP_ID_FILE=str(sweep_id_file)
+    )
+    assert wait_until(started.exists, timeout=120), proc.stderr.read() if proc.poll() is not None else ""
+    cancel = subprocess.run(
+        [SWEEPER, "cancel", sweep_id_file.read_text(), "--db", environ["DB"]],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cancel.returncode == 0, cancel.stderr
+    result = _result(proc)
+    (trial,) = result["trials"]
+    assert trial["state"] == "stopped", trial
+    assert len(trial["curve"]) >= 3
+    (run,) = offline_runs(tmp_path)
+    assert run["run_id"] == started.read_text()
+    assert run["state"] == "finished"  # finished when the function ended, not left open
+
+
+def test_a_function_that_logs_to_mlflow_itself(tmp_path: Path, mlflow_server: MlflowServer) -> None:
+    from mlflow.tracking import MlflowClient
+
+    sweep = {**GRID, "integrations": {"mlflow": {"tracking_uri": mlflow_server.uri, "experiment": "fn"}}}
+    proc, _ = _run_driver(tmp_path, MLFLOW_TRAIN, sweep)
+    result = _result(proc)
+    trials = result["trials"]
+    assert [t["state"] for t in trials] == ["finished"] * 3, [t["stderr"] for t in trials]
+    client = MlflowClient(mlflow_server.uri)
+    experiment = client.get_experiment_by_name("fn")
+    children = {
+        int(run.data.tags["sweeper.trial_number"]): run
+        for run in client.search_runs([experiment.experiment_id], max_results=100)
+        if run.data.tags.get("sweeper.role") == "trial"
+    }
+    assert sorted(children) == [1, 2, 3]
+    for trial in trials:
+        lr = trial["config"]["lr"]
+        # mlflow.log_metric reached the coordinator, and went into the trial's own child run
+        assert trial["curve"] == [
+            [0, pytest.approx(3 * lr)],
+            [1, pytest.approx(2 * lr)],
+            [2, pytest.approx(lr)],
+        ]
+        child = children[trial["number"]]
+        logged = sorted((m.step, m.value) for m in client.get_metric_history(child.info.run_id, "loss"))
+        assert logged == [(0, pytest.approx(3 * lr)), (1, pytest.approx(2 * lr)), (2, pytest.approx(lr))]
+        assert child.info.status == "FINISHED"
