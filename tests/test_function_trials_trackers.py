@@ -154,16 +154,21 @@ def test_a_stop_reaches_a_wandb_function_from_wandb_log(tmp_path: Path) -> None:
     proc, environ = _run_driver(
         tmp_path, WANDB_UNTIL_STOPPED, sweep, STARTED=str(started), SWEEP_ID_FILE=str(sweep_id_file)
     )
-    assert wait_until(started.exists, timeout=120), proc.stderr.read() if proc.poll() is not None else ""
-    cancel = subprocess.run(
-        [SWEEPER, "cancel", sweep_id_file.read_text(), "--db", environ["DB"]],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert cancel.returncode == 0, cancel.stderr
-    result = _result(proc)
+    try:
+        assert wait_until(started.exists, timeout=120), "the function never logged 3 times"
+        cancel = subprocess.run(
+            [SWEEPER, "cancel", sweep_id_file.read_text(), "--db", environ["DB"]],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert cancel.returncode == 0, cancel.stderr
+        result = _result(proc, timeout=60)
+    finally:
+        if proc.poll() is None:  # a function the stop never reached runs on: end it with the test
+            proc.kill()
+            proc.wait()
     (trial,) = result["trials"]
     assert trial["state"] == "stopped", trial
     assert len(trial["curve"]) >= 3
