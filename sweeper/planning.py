@@ -13,7 +13,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sweeper.spec import SweepSpec, config_key
+from sweeper.spec import SweepSpec
 from sweeper.store.base import TrialDraft
 from sweeper.strategies import Strategy, Suggestion, SuggestionKind
 from sweeper.trials import Trial, TrialState
@@ -49,7 +49,7 @@ def find_retry(trials: Sequence[Trial], max_retries: int) -> TrialDraft | None:
         return None  # the common case, answered without a key for every trial
     attempts: dict[str, list[Trial]] = {}
     for trial in trials:
-        attempts.setdefault(config_key(trial.config), []).append(trial)
+        attempts.setdefault(trial.config_key, []).append(trial)
     for tries in attempts.values():
         if all(t.state in _RETRYABLE for t in tries) and len(tries) <= max_retries:
             last = max(tries, key=lambda t: t.number)

@@ -7,6 +7,9 @@ strategies, the store and the CLI can all share them without pulling in anything
 from __future__ import annotations
 
 import enum
+import functools
+import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -123,9 +126,32 @@ class Trial:
     def metric(self, name: str) -> float | None:
         return self.summary.get(name)
 
+    @functools.cached_property
+    def config_key(self) -> str:
+        """:func:`config_key` of the config, made once per record: every lease compares the
+        configurations of a sweep's whole history, whose ended trials the store keeps as read."""
+        return config_key(self.config)
+
     def curve(self, name: str) -> list[tuple[int, float]]:
         """(step, value) pairs of one metric, in step order."""
         if self.history is None:
             raise ValueError("trial was loaded without its history")
         points = sorted((p.step, p.seq, p.value) for p in self.history if p.name == name)
         return [(step, value) for step, _, value in points]
+
+
+def _canonical(value: Any) -> Any:
+    # 3.0 and 3 are the same configuration (a YAML "3e0" and a JSON 3 must not run twice).
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def config_key(config: Mapping[str, Any]) -> str:
+    """A canonical string for a config, equal for equal configurations: sorted-keys JSON with
+    integral floats written as ints, as W&B's grid deduplication does."""
+    return json.dumps(_canonical(config), sort_keys=True, separators=(",", ":"), default=str)

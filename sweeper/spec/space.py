@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from sweeper.spec.model import Distribution, Parameter, SweepSpec
+from sweeper.trials import config_key  # noqa: F401  (part of sweeper.spec's interface)
 
 D = Distribution
 
@@ -194,23 +194,6 @@ def flatten_config(config: Mapping[str, Any], spec: SweepSpec | None = None) -> 
 
     walk(config, ())
     return out
-
-
-def _canonical(value: Any) -> Any:
-    # 3.0 and 3 are the same configuration (a YAML "3e0" and a JSON 3 must not run twice).
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        return int(value)
-    if isinstance(value, Mapping):
-        return {str(k): _canonical(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_canonical(v) for v in value]
-    return value
-
-
-def config_key(config: Mapping[str, Any]) -> str:
-    """A canonical string for a config, equal for equal configurations: sorted-keys JSON with
-    integral floats written as ints, as W&B's grid deduplication does."""
-    return json.dumps(_canonical(config), sort_keys=True, separators=(",", ":"), default=str)
 
 
 def describe(spec: SweepSpec) -> str:

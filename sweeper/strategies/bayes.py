@@ -10,7 +10,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from sweeper.spec import SweepSpec, build_config, config_key, space_size
+from sweeper.spec import SweepSpec, build_config, space_size
 from sweeper.strategies.base import Strategy, Suggestion
 from sweeper.strategies.registry import register
 from sweeper.trials import Trial
@@ -31,7 +31,7 @@ def numpy_rng(rng: random.Random) -> Any:
 def space_is_exhausted(spec: SweepSpec, trials: Sequence[Trial]) -> int | None:
     """The size of a finite space every configuration of which has a trial, else None."""
     size = space_size(spec)
-    if size is not None and len({config_key(t.config) for t in trials}) >= size:
+    if size is not None and len({t.config_key for t in trials}) >= size:
         return size
     return None
 

@@ -296,7 +296,7 @@ class BohbSearch(HyperbandSearch):
         data = results[budget]
         cats = [a.categories for a in self._axes]
         ranked = propose([c for c, _ in data], [v for _, v in data], cats, self.settings, seed)
-        taken = {config_key(t.config) for t in trials} if self._unique else set()
+        taken = {t.config_key for t in trials} if self._unique else set()
         for coords in ranked:
             config = self._decode(coords)
             if config_key(config) not in taken:

@@ -44,7 +44,7 @@ class GridSearch(Strategy):
         return len(self._grid)
 
     def suggest(self, trials: Sequence[Trial], rng: random.Random) -> Suggestion:
-        taken = {config_key(t.config) for t in trials}
+        taken = {t.config_key for t in trials}
         for key, config in zip(self._keys, self._grid, strict=True):
             if key not in taken:
                 return Suggestion.run(config)

@@ -39,7 +39,7 @@ class RandomSearch(Strategy):
     def suggest(self, trials: Sequence[Trial], rng: random.Random) -> Suggestion:
         if not self._unique:
             return Suggestion.run(self._draw(rng))
-        taken = {config_key(t.config) for t in trials}
+        taken = {t.config_key for t in trials}
         if len(taken) >= self._space_size:
             return Suggestion.done(f"all {self._space_size} configurations of the finite space have run")
         for _ in range(_MAX_REJECTIONS):
