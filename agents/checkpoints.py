@@ -8,6 +8,8 @@ newest snapshot to ``checkpoint_to``, so agents on other machines can restore it
 is still writing is never published. When the trial ends its last snapshot is published, and when
 the script exited by itself, the folder as it left it. A script that saves without
 ever calling ``sweeper.log`` (it logs to W&B only, say) has its folder published as it is found.
+Once the trial has ended, its local copies go (the published one is its checkpoint), unless
+publishing failed: then ``<trial>/checkpoint`` stays.
 """
 
 from __future__ import annotations
@@ -108,13 +110,23 @@ class CheckpointHook:
             trial = self._trials.pop(assignment.trial_id, None)
         if trial is None:
             return
+        published = False
         try:
             if assignment.checkpoint_to is not None:
                 self._publish_newest(trial, assignment.checkpoint_to, outcome, captured=False)
+                published = bool(trial.signature)
         except CheckpointError as exc:
-            log.error("trial %s: %s", assignment.trial_number, exc)
+            kept = trial_dir.path / CHECKPOINT_FOLDER
+            log.error("trial %s: %s; its checkpoint stays in %s", assignment.trial_number, exc, kept)
         finally:
+            # Each is a whole checkpoint, and a population runs many trials: on a GPU machine's disk
+            # they would add up to one model's size three times per trial. The copy fetched to start
+            # from is done with; the trial's own folder is kept only if publishing what it holds failed.
             shutil.rmtree(trial_dir.path / SNAPSHOTS_FOLDER, ignore_errors=True)
+            shutil.rmtree(trial_dir.path / RESTORE_FOLDER, ignore_errors=True)
+            live = trial_dir.path / CHECKPOINT_FOLDER
+            if published or not signature(live):  # published, or nothing was ever saved
+                shutil.rmtree(live, ignore_errors=True)
 
     def _publish_due(self) -> None:
         while True:

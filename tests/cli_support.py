@@ -37,6 +37,15 @@ def toy_pbt_sweep(**pbt: Any) -> dict[str, Any]:
     }
 
 
+def restored_from(trial_folder: Path) -> dict:
+    """The donor's trial and step a member restarted from, as the trial script printed them."""
+    line = next(
+        line for line in (trial_folder / "stdout.log").read_text().splitlines() if line.startswith("restored")
+    )
+    _, _, _, trial, _, _, step = line.split()
+    return {"trial": int(trial), "step": int(step)}
+
+
 def run_and_list(
     cwd: Path, sweep: Mapping[str, Any], *run_args: str, timeout: float = 180
 ) -> tuple[str, dict[int, dict[str, Any]]]:

@@ -25,7 +25,7 @@ from sweeper.spec import SpecError, parse_sweep
 from sweeper.trials import TrialState
 
 pytest.importorskip("mlflow")
-from cli_support import run_and_list, toy_pbt_sweep  # noqa: E402
+from cli_support import restored_from, run_and_list, toy_pbt_sweep  # noqa: E402
 from trackers_support import MlflowServer, free_port  # noqa: E402
 
 
@@ -116,8 +116,8 @@ def test_members_restart_from_checkpoints_in_mlflow(mlflow_server: MlflowServer,
     for trial in restarted:
         assert trial["restore_from"].startswith(f"mlflow-artifacts://127.0.0.1:{mlflow_server.port}/")
         donor = int(trial["restore_from"].rsplit("/", 1)[1])
-        folder = tmp_path / ".sweeper" / "trials" / sweep_id / str(trial["number"]) / "restore"
-        assert json.loads((folder / "state.json").read_text())["trial"] == donor  # fetched from MLflow
+        folder = tmp_path / ".sweeper" / "trials" / sweep_id / str(trial["number"])
+        assert restored_from(folder)["trial"] == donor  # fetched from MLflow
     stored = mlflow_server.folder / "mlartifacts" / "sweeper-checkpoints" / sweep_id
     assert {int(p.name) for p in stored.iterdir()} == {
         n for n, t in trials.items() if t["curves"].get("score")

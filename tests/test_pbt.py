@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_support import run_and_list, toy_pbt_sweep
+from cli_support import restored_from, run_and_list, toy_pbt_sweep
 from sweeper.agents.checkpoints import CheckpointHook
 from sweeper.agents.trialdir import TrialDir
 
@@ -372,11 +372,7 @@ def test_sweeper_run_restarts_weak_members_from_a_donors_checkpoint(tmp_path: Pa
     for trial in restarted:
         donor = trials[int(trial["restore_from"].rstrip("/").rsplit("/", 1)[1])]
         steps = [step for step, _ in trial["curves"].get("score", [])]
-        saved = json.loads(
-            (
-                tmp_path / ".sweeper" / "trials" / sweep_id / str(trial["number"]) / "restore" / "state.json"
-            ).read_text()
-        )
+        saved = restored_from(tmp_path / ".sweeper" / "trials" / sweep_id / str(trial["number"]))
         assert saved["trial"] == donor["number"]
         assert saved["step"] in [step for step, _ in donor["curves"]["score"]]
         if not steps:  # it copied a donor that had already run every step: nothing left to do
@@ -393,6 +389,10 @@ def test_sweeper_run_restarts_weak_members_from_a_donors_checkpoint(tmp_path: Pa
     published = tmp_path / ".sweeper" / "checkpoints" / sweep_id
     saved_something = {n for n, t in trials.items() if t["curves"].get("score")}
     assert {int(p.name) for p in published.iterdir() if p.name.isdigit()} == saved_something
+    # Published, a trial's checkpoint is kept once: its folder keeps no copy, nor the one it started from.
+    for number in trials:
+        folder = tmp_path / ".sweeper" / "trials" / sweep_id / str(number)
+        assert not [p.name for p in folder.iterdir() if p.name.startswith(("checkpoint", "restore"))]
 
 
 def test_snapshots_do_not_pile_up_while_the_checkpoint_store_refuses_them(tmp_path: Path) -> None:
@@ -409,6 +409,7 @@ def test_snapshots_do_not_pile_up_while_the_checkpoint_store_refuses_them(tmp_pa
     hook.on_start(assignment, trial_dir, {})
     snapshots = trial_dir.path / SNAPSHOTS_FOLDER
     for step in range(1, 6):  # as sweeper.log does after each save: a snapshot, then the record
+        (trial_dir.path / "checkpoint" / "ckpt.bin").write_bytes(bytes([step]) * 1024)  # the save
         (snapshots / f"{step:08d}").mkdir()
         (snapshots / f"{step:08d}" / "ckpt.bin").write_bytes(bytes([step]) * 1024)
         hook.on_metrics(assignment, [{"loss": 1.0 / step, "_step": step}])
@@ -419,3 +420,5 @@ def test_snapshots_do_not_pile_up_while_the_checkpoint_store_refuses_them(tmp_pa
     assert [p.name for p in snapshots.iterdir()] == ["00000005"]
     hook.on_end(assignment, TrialOutcome(TrialState.FINISHED, exit_code=0), trial_dir)
     assert not snapshots.exists()
+    # Never published, the trial's own folder is the one copy of its checkpoint: it stays.
+    assert (trial_dir.path / "checkpoint" / "ckpt.bin").read_bytes() == bytes([5]) * 1024
