@@ -85,6 +85,8 @@ class Prepared:
         many = not isinstance(params, Mapping)
         if many and not params:
             return 0
+        if many and len(params) == 1:  # psycopg runs executemany as a pipeline: more round trips
+            params, many = params[0], False  # type: ignore[index]
         form = self._form(conn, params[0] if many else params)  # type: ignore[index]
         if many:
             rows = [form.args(p) for p in params]  # type: ignore[union-attr]
