@@ -62,7 +62,7 @@ class FunctionTrial:
         try:
             with watch, _environment(env):
                 trial.emit(TrialStarted(assignment, (), trial.trial_dir.path))
-                stopped_by, error = self._call(ctx, trial)
+                stopped_by, error = self._call(ctx, trial, env)
         finally:
             _context.set_current(None)
             trial.stop.detach()
@@ -72,7 +72,7 @@ class FunctionTrial:
         return _outcome(ctx, stopped_by, error)
 
     def _call(
-        self, ctx: _context.TrialContext, trial: TrialRun
+        self, ctx: _context.TrialContext, trial: TrialRun, env: Mapping[str, str]
     ) -> tuple[run_api.TrialStopped | None, BaseException | None]:
         """Call the function; how it stopped early, or the error it failed with (``sys.exit(0)`` is none)."""
 
@@ -81,22 +81,27 @@ class FunctionTrial:
                 raise run_api.TrialStopped(ctx.stop_reason)
 
         following = os.environ.get("SWEEPER_CAPTURE", "1") != "0"
-        if following:
-            capture.follow_in_process(lambda record: trial.forward([record]), raise_if_stopped)
+        stopped_by: run_api.TrialStopped | None = None
+        error: BaseException | None = None
+        returned = False
         try:
-            try:
-                self.function()
-            finally:
-                if following:
-                    capture.stop_following()
+            if following:
+                capture.follow_in_process(lambda record: trial.forward([record]), raise_if_stopped, env)
+            self.function()
+            returned = True
         except run_api.TrialStopped as exc:
-            return exc, None
+            stopped_by = exc
         except SystemExit as exc:
-            if exc.code not in (None, 0):
-                return None, exc
+            error = exc if exc.code not in (None, 0) else None
+            returned = error is None
         except Exception as exc:
-            return None, exc
-        return None, None
+            error = exc
+        finally:
+            if following:  # the exit code W&B shows for the run, as the trial's command would end
+                failed = error is not None
+                stopped = not failed and (stopped_by is not None or ctx.stop_requested or not returned)
+                capture.stop_following(1 if failed else 143 if stopped else 0)
+        return stopped_by, error
 
 
 _environment_lock = threading.Lock()
@@ -108,7 +113,8 @@ def _environment(variables: Mapping[str, str]) -> Iterator[None]:
     """``os.environ`` holds ``variables`` while the block runs, and what it held before after.
 
     The environment is the process's: when function trials run side by side (several local
-    agents in one process), only the first one's variables are set, and the others run without."""
+    agents in one process), only the first one's variables are set; the others see them too, so
+    a ``wandb.init()`` or ``mlflow.start_run()`` of theirs fails with a message that says so."""
     global _environment_users
     with _environment_lock:
         alone = _environment_users == 0

@@ -36,9 +36,21 @@ sweep_id = sweeper.sweep(json.loads(os.environ["SWEEP"]), db=db)
 if os.environ.get("SWEEP_ID_FILE"):
     with open(os.environ["SWEEP_ID_FILE"], "w") as fh:
         fh.write(sweep_id)
-reason = sweeper.agent(sweep_id, function=train, db=db)
+ours = lambda name: name.startswith(("WANDB_", "MLFLOW_", "SWEEPER_")) and name != "WANDB_SERVICE"  # wandb's
+before = {{k: v for k, v in os.environ.items() if ours(k)}}
+if int(os.environ.get("AGENTS", "1")) == 1:
+    reason = sweeper.agent(sweep_id, function=train, db=db)
+else:  # several function trials at once in this process
+    from sweeper.local import LocalAgents
+
+    count = int(os.environ["AGENTS"])
+    agents = LocalAgents(Coordinator(open_store(db)), sweep_id, agents=count, function=train)
+    agents.start()
+    reason = agents.wait()[0]
+after = {{k: v for k, v in os.environ.items() if ours(k)}}
 trials = Coordinator(open_store(db)).trials(sweep_id, with_history=True)
-print(json.dumps({{"sweep_id": sweep_id, "reason": reason, "trials": [
+changed = sorted(k for k in {{**before, **after}} if before.get(k) != after.get(k))
+print(json.dumps({{"sweep_id": sweep_id, "reason": reason, "environment_changed": changed, "trials": [
     {{"number": t.number, "state": t.state.value, "config": dict(t.config), "summary": dict(t.summary),
       "stop_reason": t.stop_reason, "stderr": t.stderr_tail, "curve": t.curve("loss")}} for t in trials]}}))
 """
@@ -124,6 +136,7 @@ def test_a_function_written_for_wandb_agent_runs_unchanged(tmp_path: Path) -> No
     result = _result(proc)
     trials = result["trials"]
     assert [t["state"] for t in trials] == ["finished"] * 3
+    assert result["environment_changed"] == []  # the trials' variables were the process's only while they ran
     for trial in trials:  # wandb.log reached the coordinator: the curve and the trial's value
         lr = trial["config"]["lr"]
         assert trial["curve"] == [
@@ -174,7 +187,7 @@ def test_a_stop_reaches_a_wandb_function_from_wandb_log(tmp_path: Path) -> None:
     assert len(trial["curve"]) >= 3
     (run,) = offline_runs(tmp_path)
     assert run["run_id"] == started.read_text()
-    assert run["state"] == "finished"  # finished when the function ended, not left open
+    assert run["exit_code"] == 143  # ended when the function did, as a stopped trial's command would
 
 
 def test_a_function_that_logs_to_mlflow_itself(tmp_path: Path, mlflow_server: MlflowServer) -> None:
@@ -205,3 +218,48 @@ def test_a_function_that_logs_to_mlflow_itself(tmp_path: Path, mlflow_server: Ml
         logged = sorted((m.step, m.value) for m in client.get_metric_history(child.info.run_id, "loss"))
         assert logged == [(0, pytest.approx(3 * lr)), (1, pytest.approx(2 * lr)), (2, pytest.approx(lr))]
         assert child.info.status == "FINISHED"
+
+
+WANDB_FAILS = """
+import wandb
+
+def train():
+    wandb.init()
+    wandb.log({"loss": wandb.config.lr})
+    raise ValueError("diverged")
+"""
+
+
+def test_a_failing_wandb_function_ends_its_run_as_failed(tmp_path: Path) -> None:
+    sweep = {**GRID, "parameters": {"lr": {"values": [0.1]}}}
+    proc, _ = _run_driver(tmp_path, WANDB_FAILS, sweep)
+    trials = _result(proc)["trials"]  # the configuration failed, and failed again when retried
+    assert [t["state"] for t in trials] == ["failed", "failed"]
+    assert all("ValueError: diverged" in t["stderr"] for t in trials)
+    assert [run["exit_code"] for run in offline_runs(tmp_path)] == [1, 1]
+
+
+def test_wandb_functions_side_by_side_in_one_process_are_refused_not_mixed_up(tmp_path: Path) -> None:
+    """Two function trials at once share the process's environment: the second one's wandb.init()
+    must fail with a message, not log into the first one's run with its config."""
+    slow = WANDB_TRAIN.replace("wandb.init()", "wandb.init(); import time; time.sleep(2)")
+    proc, _ = _run_driver(tmp_path, slow, {**GRID, "parameters": {"lr": {"values": [0.1, 0.2]}}}, AGENTS="2")
+    result = _result(proc)
+    runs = {run["run_id"]: run for run in offline_runs(tmp_path)}
+    refused = [t for t in result["trials"] if t["state"] == "failed"]
+    assert refused and all("one at a time" in t["stderr"] for t in refused), result["trials"]
+    for trial in result["trials"]:
+        if trial["state"] == "finished":  # its own run, with its own config
+            run = runs[run_id_for(result["sweep_id"], trial["number"])]
+            assert run["config"]["lr"] == trial["config"]["lr"]
+            assert trial["summary"]["loss"] == pytest.approx(trial["config"]["lr"])
+
+
+def test_a_wandb_function_with_sweepers_own_wandb_tracking_is_refused_with_a_reason(tmp_path: Path) -> None:
+    sweep = {**GRID, "parameters": {"lr": {"values": [0.1]}}, "integrations": {"wandb": {"mode": "offline"}}}
+    proc, _ = _run_driver(tmp_path, WANDB_TRAIN, sweep)
+    trial = _result(proc)["trials"][0]
+    assert trial["state"] == "failed"
+    assert "sweeper's W&B tracking keeps the sweep's run open" in trial["stderr"], trial["stderr"]
+    sweep_runs = [run for run in offline_runs(tmp_path) if run["run_id"].endswith("-sweep")]
+    assert sweep_runs and all(run["config"].get("lr") is None for run in sweep_runs)  # not the trial's

@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib.abc
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import core, mlflow_client, wandb_runs
@@ -87,22 +87,27 @@ def install() -> None:
     _arm()
 
 
-def follow_in_process(sink: Callable[[dict[str, Any]], None], after_log: Callable[[], None]) -> None:
+def follow_in_process(
+    sink: Callable[[dict[str, Any]], None], after_log: Callable[[], None], environment: Mapping[str, str]
+) -> None:
     """Until :func:`stop_following`, records of what the calling thread (and the threads it
     starts, while it is the only trial running) logs go to ``sink``, and ``after_log`` runs after
-    each of its logging calls (a stop raises there)."""
-    core.start_in_process(core.InProcess(sink, after_log, mlflow_client.active_run_id()))
-    wandb_runs.read_trial_environment()
+    each of its logging calls (a stop raises there). ``environment``: the trial's variables, which
+    the caller has put in the process's environment."""
+    trial = core.InProcess(sink, after_log, environment, mlflow_client.active_run_id())
+    core.start_in_process(trial)
+    wandb_runs.reset_for_trial(trial)
     _arm()
 
 
-def stop_following() -> None:
-    """End the W&B and MLflow runs the trial left open (so the next trial's ``wandb.init()`` or
-    ``mlflow.start_run()`` starts its own; W&B summary values still reach the sink), then stop."""
+def stop_following(exit_code: int) -> None:
+    """End the W&B and MLflow runs the trial left open, W&B's with ``exit_code`` (so the next
+    trial's ``wandb.init()`` or ``mlflow.start_run()`` starts its own; W&B summary values still
+    reach the sink), then stop following."""
     trial = core.trial_here()
     try:
         if trial is not None:
-            wandb_runs.finish_opened_runs(trial.opened_wandb_runs)
+            wandb_runs.finish_opened_runs(trial.opened_wandb_runs, exit_code)
             mlflow_client.end_runs_after(trial.mlflow_run_before)
     finally:
         core.end_in_process()

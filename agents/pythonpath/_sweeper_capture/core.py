@@ -13,7 +13,7 @@ import numbers
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 # Our seqs never meet those of sweeper.log (which count from 0) in the store's (trial, seq, name) key.
@@ -24,19 +24,35 @@ _fd: int | None = None
 
 
 class InProcess:
-    """A trial running as a function in this process: where its records go, and what runs after
-    each logging call (a stop raises there, as from ``run.log``)."""
+    """A trial running as a function in this process: where its records go, what runs after each
+    logging call (a stop raises there, as from ``run.log``), and the variables it set in the
+    process's environment, which ``wandb.init()`` and ``mlflow.start_run()`` read."""
 
     def __init__(
         self,
         sink: Callable[[dict[str, Any]], None],
         after_log: Callable[[], None],
+        environment: Mapping[str, str],
         mlflow_run_before: str | None = None,
     ) -> None:
         self.sink = sink
         self.after_log = after_log
+        self.environment = dict(environment)
         self.mlflow_run_before = mlflow_run_before  # the MLflow run active before the trial, if any
         self.opened_wandb_runs: list[Any] = []  # to finish if the function leaves them open
+        self.wandb_reset = True  # wandb will read the trial's variables (see wandb_runs)
+
+    def check_environment(self, call: str) -> None:
+        """Raise, from the script's ``call``, when the process's environment holds another trial's
+        variables: several function trials at once in one process share one environment."""
+        for name in ("WANDB_RUN_ID", "MLFLOW_RUN_ID"):
+            mine = self.environment.get(name)
+            if mine is not None and os.environ.get(name) != mine:
+                raise RuntimeError(
+                    f"sweeper: {call} in a function trial sees another trial's {name} "
+                    f"({os.environ.get(name)!r}, not {mine!r}): function trials that log to W&B or "
+                    "MLflow themselves run one at a time in a process; start one agent per process"
+                )
 
 
 #: Set once this process runs trials as functions: it is the agent's, not a trial's own.
@@ -63,14 +79,20 @@ def end_in_process() -> InProcess | None:
     return trial
 
 
+def alone(trial: InProcess) -> bool:
+    """Whether ``trial`` is the only in-process trial running."""
+    with _lock:
+        return _running == [trial]
+
+
 def trial_here() -> InProcess | None:
     """The in-process trial of the calling thread; from a thread it started (a data loader, a
     logger), the only one running, if just one is."""
     trial = getattr(_here, "trial", None)
     if trial is not None:
         return trial
-    running = _running
-    return running[0] if len(running) == 1 else None
+    with _lock:
+        return _running[0] if len(_running) == 1 else None
 
 
 def not_followed_here() -> None:
@@ -82,7 +104,7 @@ def followed() -> bool:
     return not getattr(_not_followed, "yes", False)
 
 
-def after_log() -> None:
+def raise_if_stopped() -> None:
     """A stop requested for an in-process trial raises here, from the script's logging call."""
     current = trial_here() if agent_process and followed() else None
     if current is not None:
@@ -120,8 +142,16 @@ def flat(data: Any, prefix: str = "") -> dict[str, float]:
     return out
 
 
-def emit(source: str, step: int, metrics: dict[str, float]) -> None:
-    """Record one logging call's numbers; never raises."""
+def next_seq(source: str) -> int:
+    """A seq of its own for a record: the store keeps one point per (trial, seq, name)."""
+    with _lock:
+        seq = _SEQ_BASE[source] + _seq[source]
+        _seq[source] += 1
+    return seq
+
+
+def emit(source: str, step: int, metrics: dict[str, float], seq: int | None = None) -> None:
+    """Record one logging call's numbers (under ``seq``, given or new); never raises."""
     global _fd
     if not metrics or not followed():
         return
@@ -130,9 +160,9 @@ def emit(source: str, step: int, metrics: dict[str, float]) -> None:
     if current is None and (agent_process or not path):
         return  # in the agent's process, only its trials' threads are followed
     try:
+        if seq is None:
+            seq = next_seq(source)
         with _lock:
-            seq = _SEQ_BASE[source] + _seq[source]
-            _seq[source] += 1
             record = {
                 "seq": seq,
                 "step": int(step),

@@ -23,7 +23,7 @@ def patch(module: Any) -> None:
         found = core.number(value)
         if found is not None:
             core.emit("mlflow", int(step or 0), {str(key): found})
-        core.after_log()
+        core.raise_if_stopped()
         return result
 
     def patched_batch(self: Any, run_id: Any, metrics: Any = (), *args: Any, **kwargs: Any) -> Any:
@@ -35,11 +35,20 @@ def patch(module: Any) -> None:
                 by_step.setdefault(int(getattr(metric, "step", 0) or 0), {})[str(metric.key)] = found
         for step, values in sorted(by_step.items()):
             core.emit("mlflow", step, values)
-        core.after_log()
+        core.raise_if_stopped()
         return result
 
     TrackingServiceClient.log_metric = patched_metric
     TrackingServiceClient.log_batch = patched_batch
+    start_run = module.start_run
+
+    def patched_start_run(*args: Any, **kwargs: Any) -> Any:
+        trial = core.trial_here() if core.agent_process and core.followed() else None
+        if trial is not None:
+            trial.check_environment("mlflow.start_run()")
+        return start_run(*args, **kwargs)
+
+    module.start_run = patched_start_run
     core.mark("mlflow-run.json", json.dumps({"run_id": os.environ.get("MLFLOW_RUN_ID")}))
 
 

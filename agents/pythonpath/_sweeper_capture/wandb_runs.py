@@ -27,6 +27,7 @@ class _Written:
     def __init__(self) -> None:
         self.values: dict[str, float] = {}
         self.step = 0
+        self.seq: int | None = None  # the record's, once one is made: sent again, it counts once
         self.sent = False
 
 
@@ -57,31 +58,20 @@ def _note(state: _Written, record: Any) -> None:
 def _send(state: _Written) -> None:
     """One record per run, at its last logged step: as the newest point, it is the trial's value.
 
-    A stop's SIGTERM waits until the record is out, so it is written neither twice nor not at all.
-    """
-    import signal
-
-    mask = None
-    try:
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    except Exception:
-        pass
+    Marked sent only once written: a stop's SystemExit in between sends it again at exit, under
+    the same seq, which the store keeps once."""
     try:
         with _sent_lock:
             if state.sent:
                 return
-            state.sent = True
+            if state.seq is None:
+                state.seq = core.next_seq("wandb")
+        core.emit("wandb", state.step, dict(state.values), seq=state.seq)
+        state.sent = True
         if state in _unsent:
             _unsent.remove(state)
-        core.emit("wandb", state.step, dict(state.values))
     except Exception:
         pass
-    finally:
-        if mask is not None:
-            try:
-                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            except Exception:
-                pass
 
 
 def _send_unsent() -> None:
@@ -122,7 +112,7 @@ def patch(module: Any) -> None:
                 state.values.pop(str(name), None)
         except Exception:
             pass
-        core.after_log()
+        core.raise_if_stopped()
         return result
 
     run_cls._log = _log
@@ -157,7 +147,12 @@ def patch(module: Any) -> None:
     init = module.init
 
     def wandb_init(*args: Any, **kwargs: Any) -> Any:
+        trial = core.trial_here() if core.agent_process and core.followed() else None
+        if trial is not None:
+            _check_trial_can_init(trial)
         run = init(*args, **kwargs)
+        if trial is not None:
+            _check_trial_run(trial, run)
         # Tells the agent's W&B adapter that the script keeps its own run for this trial.
         core.mark(
             "wandb-run.json", json.dumps({"id": getattr(run, "id", None), "dir": getattr(run, "dir", None)})
@@ -167,7 +162,7 @@ def patch(module: Any) -> None:
         atexit.register(_send_unsent)
         if not core.agent_process:
             _exit_cleanly_on_sigterm()
-        elif core.followed() and (trial := core.trial_here()) is not None:
+        elif trial is not None and run not in trial.opened_wandb_runs:
             trial.opened_wandb_runs.append(run)
         return run
 
@@ -187,25 +182,30 @@ def _exit_cleanly_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
-def finish_opened_runs(opened: list[Any]) -> None:
-    """End the runs an in-process trial opened and left open, as ``wandb agent`` does after the
-    function returns: the next trial's ``wandb.init()`` would otherwise get the same run back."""
+def finish_opened_runs(opened: list[Any], exit_code: int) -> None:
+    """End the runs an in-process trial opened and left open, with the trial's exit code (1 failed,
+    143 stopped), as ``wandb agent`` does after the function returns: the next trial's
+    ``wandb.init()`` would otherwise get the same run back."""
     while opened:
         run = opened.pop()
         if not getattr(run, "_is_finished", True):
             try:
-                run.finish()
+                run.finish(exit_code=exit_code)
             except Exception as exc:
                 print(f"sweeper: cannot finish the trial's W&B run: {exc}", file=sys.stderr)
 
 
-def read_trial_environment() -> None:
-    """Make the next ``wandb.init()`` read the environment, which now holds an in-process trial's
-    variables (run id, sweep, config file, project).
+def reset_for_trial(trial: core.InProcess) -> None:
+    """Tear wandb's set-up down so the next ``wandb.init()`` reads the environment, which now holds
+    an in-process trial's variables (run id, sweep, config file, project).
 
     wandb reads its environment once, when first set up; ``wandb agent`` tears that down before
-    each function it calls, and so does this, unless a W&B run is open in the process (one of
-    sweeper's own W&B adapter, say), which a teardown would end."""
+    each function it calls, and so does this, unless a W&B run is open in the process (sweeper's
+    own W&B tracking keeps a sweep's run open, say), which a teardown would end: then the trial's
+    ``wandb.init()`` fails with a message that says so."""
+    if not core.alone(trial):  # the environment holds another trial's variables: nothing to read
+        trial.wandb_reset = False
+        return
     if "wandb" not in sys.modules:
         return  # imported later, it reads the environment then
     try:
@@ -216,21 +216,29 @@ def read_trial_environment() -> None:
             return
         if current.most_recent_active_run is None:
             sys.modules["wandb"].teardown()
-        elif not _warned:
-            _warn_open_run()
-    except Exception as exc:
-        print(f"sweeper: cannot make wandb read the trial's settings: {exc}", file=sys.stderr)
+        else:
+            trial.wandb_reset = False
+    except BaseException as exc:  # a teardown may sys.exit with the service's exit code
+        trial.wandb_reset = False
+        print(f"sweeper: cannot make wandb read the trial's settings: {exc!r}", file=sys.stderr)
 
 
-_warned = False
+def _check_trial_can_init(trial: core.InProcess) -> None:
+    trial.check_environment("wandb.init()")
+    if not trial.wandb_reset:
+        raise RuntimeError(
+            "sweeper: wandb.init() in a function trial while another W&B run is open in this "
+            "process (sweeper's W&B tracking keeps the sweep's run open): wandb reads its settings "
+            "once per process and would give this trial that run; run the sweep's trials as a "
+            "command, or leave integrations.wandb out of the sweep file"
+        )
 
 
-def _warn_open_run() -> None:
-    global _warned
-    _warned = True
-    print(
-        "sweeper: a W&B run is open in this process, so wandb.init() in the function keeps the "
-        "settings wandb read first (run id, config); run the trials as a command instead, or "
-        "turn off sweeper's W&B tracking for this sweep",
-        file=sys.stderr,
-    )
+def _check_trial_run(trial: core.InProcess, run: Any) -> None:
+    expected = trial.environment.get("WANDB_RUN_ID")
+    found = getattr(run, "id", None)
+    if expected is not None and found != expected and run not in trial.opened_wandb_runs:
+        raise RuntimeError(
+            f"sweeper: wandb.init() gave the function trial W&B run {found!r}, not its own "
+            f"({expected!r}): another run is open in this process"
+        )
