@@ -8,8 +8,8 @@ newest snapshot to ``checkpoint_to``, so agents on other machines can restore it
 is still writing is never published. When the trial ends its last snapshot is published, and when
 the script exited by itself, the folder as it left it. A script that saves without
 ever calling ``sweeper.log`` (it logs to W&B only, say) has its folder published as it is found.
-Once the trial has ended, its local copies go (the published one is its checkpoint), unless
-publishing failed: then ``<trial>/checkpoint`` stays.
+Once the trial has ended, its local copies go (the published one is its checkpoint); one that
+was not published stays in ``<trial>/checkpoint``.
 """
 
 from __future__ import annotations
@@ -116,17 +116,28 @@ class CheckpointHook:
                 self._publish_newest(trial, assignment.checkpoint_to, outcome, captured=False)
                 published = bool(trial.signature)
         except CheckpointError as exc:
-            kept = trial_dir.path / CHECKPOINT_FOLDER
-            log.error("trial %s: %s; its checkpoint stays in %s", assignment.trial_number, exc, kept)
+            log.error("trial %s: %s", assignment.trial_number, exc)
         finally:
-            # Each is a whole checkpoint, and a population runs many trials: on a GPU machine's disk
-            # they would add up to one model's size three times per trial. The copy fetched to start
-            # from is done with; the trial's own folder is kept only if publishing what it holds failed.
-            shutil.rmtree(trial_dir.path / SNAPSHOTS_FOLDER, ignore_errors=True)
-            shutil.rmtree(trial_dir.path / RESTORE_FOLDER, ignore_errors=True)
-            live = trial_dir.path / CHECKPOINT_FOLDER
-            if published or not signature(live):  # published, or nothing was ever saved
-                shutil.rmtree(live, ignore_errors=True)
+            self._clear_up(trial_dir, outcome, published, assignment.trial_number)
+
+    def _clear_up(self, trial_dir: TrialDir, outcome: TrialOutcome, published: bool, number: int) -> None:
+        """Each folder is a whole checkpoint, and a population runs many trials: on a GPU machine's
+        disk they would add up to one model's size three times per trial. The copy fetched to start
+        from is done with; the trial's own checkpoint is kept only when it was not published, and
+        then, unless the script exited by itself, as its last whole snapshot: a stop or a crash may
+        have cut a save short in the folder itself."""
+        snapshots = trial_dir.path / SNAPSHOTS_FOLDER
+        live = trial_dir.path / CHECKPOINT_FOLDER
+        newest = newest_snapshot(snapshots)
+        if not published and outcome.state is not TrialState.FINISHED and newest is not None:
+            shutil.rmtree(live, ignore_errors=True)
+            os.replace(newest, live)
+        shutil.rmtree(snapshots, ignore_errors=True)
+        shutil.rmtree(trial_dir.path / RESTORE_FOLDER, ignore_errors=True)
+        if published or not signature(live):  # published, or nothing was ever saved
+            shutil.rmtree(live, ignore_errors=True)
+        else:
+            log.warning("trial %s: its checkpoint stays in %s, as it was not published", number, live)
 
     def _publish_due(self) -> None:
         while True:

@@ -89,7 +89,10 @@ class TrialHooks:
                 log.exception("trial %s: hook %r failed on metrics", assignment.trial_number, hook)
 
     def end(self, assignment: Assignment, outcome: TrialOutcome, trial_dir: TrialDir) -> None:
-        for hook in self.hooks:
+        # In the reverse order of their starts, as nested blocks end: a hook that set something up
+        # for the trial (the checkpoint folder) takes it down after the hooks that came after it
+        # are done with it (trackers uploading files the script marked in that folder).
+        for hook in reversed(self.hooks):
             try:
                 hook.on_end(assignment, outcome, trial_dir)
             except Exception:

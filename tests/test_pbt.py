@@ -422,3 +422,60 @@ def test_snapshots_do_not_pile_up_while_the_checkpoint_store_refuses_them(tmp_pa
     assert not snapshots.exists()
     # Never published, the trial's own folder is the one copy of its checkpoint: it stays.
     assert (trial_dir.path / "checkpoint" / "ckpt.bin").read_bytes() == bytes([5]) * 1024
+
+
+def _pbt_assignment(checkpoint_to: str) -> Assignment:
+    return Assignment(
+        sweep_id="sw", trial_id=1, trial_number=1, lease_id="l", lease_seconds=30.0, config={},
+        command=[], program=None, metric_name="loss", checkpoint_to=checkpoint_to,
+    )  # fmt: skip
+
+
+def test_a_file_marked_in_the_checkpoint_folder_is_there_for_the_trackers_at_the_end(tmp_path: Path) -> None:
+    """The trackers' hook comes after the checkpoint hook, and ends before it clears the folder."""
+    from sweeper.agents.hooks import TrialHooks
+    from sweeper.integrations.hook import marked_artifacts
+
+    seen: list[tuple[Path, bytes]] = []
+
+    class Tracker:  # what TrackerHook.on_end reads: the files the script marked, if still there
+        def on_start(self, assignment, trial_dir, env):
+            return {}
+
+        def on_metrics(self, assignment, records):
+            pass
+
+        def on_end(self, assignment, outcome, trial_dir):
+            seen.extend((path, path.read_bytes()) for path in marked_artifacts(trial_dir.path))
+
+    trial_dir = TrialDir(tmp_path / ".sweeper" / "trials" / "sw" / "1")
+    trial_dir.path.mkdir(parents=True)
+    assignment = _pbt_assignment("published/sw/1")
+    hooks = TrialHooks([CheckpointHook(), Tracker()])
+    env = hooks.start(assignment, trial_dir, {})
+    model = Path(env["SWEEPER_CHECKPOINT_DIR"]) / "model.pt"  # run.checkpoint_dir / "model.pt"
+    model.write_bytes(b"weights")
+    with open(trial_dir.artifacts_path, "a") as fh:  # run.log_artifact(model)
+        fh.write(json.dumps({"path": str(model), "time": 0}) + "\n")
+    hooks.end(assignment, TrialOutcome(TrialState.FINISHED, exit_code=0), trial_dir)
+    assert seen == [(model, b"weights")]
+    assert fetch("published/sw/1", tmp_path / "copy", base=tmp_path)  # published, then cleared locally
+    assert (tmp_path / "copy" / "model.pt").read_bytes() == b"weights" and not model.parent.exists()
+
+
+def test_a_stopped_trial_whose_checkpoint_was_not_published_keeps_its_last_whole_save(tmp_path: Path) -> None:
+    (tmp_path / "not-a-folder").write_text("")  # every publish fails
+    trial_dir = TrialDir(tmp_path / ".sweeper" / "trials" / "sw" / "1")
+    trial_dir.path.mkdir(parents=True)
+    assignment = _pbt_assignment(str(tmp_path / "not-a-folder" / "sw" / "1"))
+    hook = CheckpointHook()
+    hook.on_start(assignment, trial_dir, {})
+    live = trial_dir.path / "checkpoint"
+    (live / "ckpt.bin").write_bytes(b"whole" * 100)
+    snapshot = trial_dir.path / SNAPSHOTS_FOLDER / "00000001"
+    snapshot.mkdir()
+    (snapshot / "ckpt.bin").write_bytes(b"whole" * 100)  # what sweeper.log copied after that save
+    (live / "ckpt.bin").write_bytes(b"torn")  # the next save, cut short by the stop
+    hook.on_end(assignment, TrialOutcome(TrialState.STOPPED, exit_code=-15, stop_reason="pbt"), trial_dir)
+    assert (live / "ckpt.bin").read_bytes() == b"whole" * 100
+    assert not (trial_dir.path / SNAPSHOTS_FOLDER).exists()
