@@ -8,7 +8,9 @@ import multiprocessing
 import os
 import queue
 import re
+import signal
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -213,8 +215,7 @@ class StoreConformance:
                 os._exit(0 if child.number == 2 else 3)
             except BaseException:
                 os._exit(4)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
+        assert _exit_code_of_child(pid) == 0
         self.started(store, sweep, lease_id="parent-2")
         found = store.list_trials(sweep.id)
         assert [(t.number, t.lease_id) for t in found] == [(1, "parent-1"), (2, "child"), (3, "parent-2")]
@@ -225,8 +226,7 @@ class StoreConformance:
                 os._exit(0)
             except BaseException:
                 os._exit(4)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
+        assert _exit_code_of_child(pid) == 0
         assert len(store.list_trials(sweep.id)) == 3  # the parent's connections still work
 
     def test_decide_none_inserts_nothing(self, store: Store, sweep: Sweep) -> None:
@@ -628,3 +628,17 @@ class StoreConformance:
         found = run_processes(open_and_create, [(store_url, f"proc-{i}") for i in range(4)])
         with open_store(store_url) as store:
             assert sorted(s.id for s in store.list_sweeps()) == sorted(found.values())
+
+
+def _exit_code_of_child(pid: int, timeout: float = 60.0) -> int:
+    """A forked child's exit code; one still running after ``timeout`` seconds (blocked on a lock
+    the fork copied held, say) is killed and the test fails, instead of hanging."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise AssertionError(f"the forked child was still running after {timeout:.0f} s")

@@ -10,11 +10,19 @@ with a PASSIVE checkpoint, which never takes the write lock: writers keep append
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
 
 log = logging.getLogger(__name__)
+
+# Held while the thread is inside SQLite, and taken by a fork: a child forked while that thread held
+# one of SQLite's own mutexes (its allocator's, say) would block on it forever at its first connect.
+_in_sqlite = threading.Lock()
+os.register_at_fork(
+    before=_in_sqlite.acquire, after_in_parent=_in_sqlite.release, after_in_child=_in_sqlite.release
+)
 
 # Log pages (4 KiB each) after which a commit still checkpoints by itself: only reached when the
 # thread below falls far behind, so the log stays bounded even then.
@@ -45,7 +53,8 @@ class WalCheckpointer:
 
     def _run(self) -> None:
         try:
-            conn = sqlite3.connect(self._path, timeout=0, isolation_level=None, check_same_thread=False)
+            with _in_sqlite:
+                conn = sqlite3.connect(self._path, timeout=0, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:  # commits then checkpoint by themselves, past the safety limit
             log.warning("sqlite %s: no background checkpoints: %s", self._path, exc)
             return
@@ -54,12 +63,14 @@ class WalCheckpointer:
                 self._checkpoint(conn)
             self._checkpoint(conn)  # what the last writes left, before the process goes
         finally:
-            conn.close()
+            with _in_sqlite:
+                conn.close()
 
     def _checkpoint(self, conn: sqlite3.Connection) -> None:
         began = time.monotonic()
         try:
-            _busy, logged, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            with _in_sqlite:
+                _busy, logged, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error as exc:  # another checkpoint runs, or the file went away: next pass
             log.debug("sqlite %s: checkpoint skipped: %s", self._path, exc)
             return

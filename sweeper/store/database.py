@@ -14,7 +14,7 @@ from sqlalchemy.exc import OperationalError
 from sweeper.store.base import StoreError
 from sweeper.store.checkpoint import WalCheckpointer
 from sweeper.store.engine import BUSY_TIMEOUT_S, READ_ONLY
-from sweeper.store.group_commit import GroupCommit
+from sweeper.store.group_commit import GroupCommit, run_after_commit
 
 T = TypeVar("T")
 
@@ -88,8 +88,7 @@ class Database:
         if self._group is None:
             with self._errors(), engine.begin() as conn:
                 result = work(conn)
-            for step in after_commit:
-                step()
+            run_after_commit(after_commit)
             return result
         if self._checkpointer is None and self._wal_file is not None:
             self._start_checkpointer()

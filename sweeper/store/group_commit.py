@@ -18,6 +18,7 @@ A lone call runs in a transaction of its own, as it would without this.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -28,6 +29,16 @@ from sqlalchemy import Connection
 from sweeper.store.prepared import run_on_driver
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+def run_after_commit(steps: Sequence[Callable[[], None]]) -> None:
+    """Each step, once the write has committed: one that fails is logged, as the write stands."""
+    for step in steps:
+        try:
+            step()
+        except Exception:
+            log.exception("a step after a committed write failed")
 
 
 class _Call(Generic[T]):
@@ -136,8 +147,7 @@ class GroupCommit:
         else:
             for call in batch:
                 if call.error is None:  # its savepoint was not rolled back
-                    for step in call.after_commit:
-                        step()
+                    run_after_commit(call.after_commit)
         finally:
             for call in batch:
                 call.done = True
