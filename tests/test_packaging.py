@@ -51,10 +51,20 @@ def probe(site_dir: Path, cwd: Path) -> list[str]:
 
 
 def test_wheel_install(tmp_path: Path) -> None:
-    # From a copy without build leftovers: setuptools packs whatever an earlier build left in build/.
+    # From a copy of the project's files alone: setuptools packs whatever an earlier build left in
+    # build/, and a virtual environment in the folder would be copied too.
     source = tmp_path / "source"
-    leftovers = shutil.ignore_patterns(".git", "build", "*.egg-info", "wandb", ".sweeper", "__pycache__")
-    shutil.copytree(REPO, source, ignore=leftovers)
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for name in listed.stdout.splitlines():
+        if (REPO / name).is_file():  # a file deleted but not yet staged is still listed
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
     pip("wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(source))
     wheel = next((tmp_path / "dist").glob("sweeper-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
