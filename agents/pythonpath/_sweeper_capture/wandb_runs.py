@@ -112,10 +112,18 @@ def patch(module: Any) -> None:
                 state.values.pop(str(name), None)
         except Exception:
             pass
-        core.raise_if_stopped()
         return result
 
     run_cls._log = _log
+    public_log = run_cls.log
+
+    def log(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = public_log(self, *args, **kwargs)
+        # From the script's own call only: wandb.watch logs through _log from gradient hooks.
+        core.raise_if_stopped()
+        return result
+
+    run_cls.log = log
     # Every summary write (item, attribute, update, nested, delete) reaches the root's _update as one
     # diff; wandb.log's own summary is made by wandb's service, and a resumed run's comes in here.
     run_cls._set_run_obj = _internally(run_cls._set_run_obj)
