@@ -131,13 +131,17 @@ class CheckpointHook:
         newest = newest_snapshot(snapshots)
         if not published and outcome.state is not TrialState.FINISHED and newest is not None:
             shutil.rmtree(live, ignore_errors=True)
-            os.replace(newest, live)
+            try:
+                os.replace(newest, live)
+            except OSError as exc:  # a process of the trial still writes there, say: keep both
+                log.warning("trial %s: its last whole checkpoint stays in %s (%s)", number, newest, exc)
+                return
         shutil.rmtree(snapshots, ignore_errors=True)
         shutil.rmtree(trial_dir.path / RESTORE_FOLDER, ignore_errors=True)
         if published or not signature(live):  # published, or nothing was ever saved
             shutil.rmtree(live, ignore_errors=True)
         else:
-            log.warning("trial %s: its checkpoint stays in %s, as it was not published", number, live)
+            log.warning("trial %s: its checkpoint stays in %s: its last publish failed", number, live)
 
     def _publish_due(self) -> None:
         while True:

@@ -50,21 +50,28 @@ def probe(site_dir: Path, cwd: Path) -> list[str]:
     return out.stdout.split()
 
 
+def copy_project(into: Path) -> None:
+    """The project's own files (git's list where it can tell), without builds or environments."""
+    git = shutil.which("git")
+    command = [git or "git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"]
+    listed = subprocess.run(command, cwd=REPO, capture_output=True) if git else None
+    if listed is None or listed.returncode != 0:  # not a git checkout: leave out what git would
+        leftovers = shutil.ignore_patterns(
+            ".git", ".venv", "build", "dist", "*.egg-info", ".sweeper", "__pycache__", ".*_cache"
+        )
+        shutil.copytree(REPO, into, ignore=leftovers, symlinks=True)
+        return
+    for name in listed.stdout.decode().split("\0"):
+        if name and (REPO / name).is_file():  # a file deleted but not yet staged is still listed
+            (into / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, into / name)
+
+
 def test_wheel_install(tmp_path: Path) -> None:
     # From a copy of the project's files alone: setuptools packs whatever an earlier build left in
     # build/, and a virtual environment in the folder would be copied too.
     source = tmp_path / "source"
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    for name in listed.stdout.splitlines():
-        if (REPO / name).is_file():  # a file deleted but not yet staged is still listed
-            (source / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, source / name)
+    copy_project(source)
     pip("wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(source))
     wheel = next((tmp_path / "dist").glob("sweeper-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()

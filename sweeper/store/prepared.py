@@ -105,7 +105,7 @@ class Prepared:
             # Rows come back as the driver gives them: no column may need SQLAlchemy's conversion
             # (Boolean, DateTime, JSON, ... would read differently here than on PostgreSQL).
             types = _result_types(self.statement)
-            converted = [t for t in types if _reads_converted(t, conn.dialect, _type_code(t, conn.dialect))]
+            converted = [t for t in types if _reads_converted(t, conn.dialect)]
             if converted:
                 raise TypeError(
                     f"a statement reading columns SQLAlchemy converts ({converted}): {compiled.string}"
@@ -148,8 +148,14 @@ def _result_types(statement: ClauseElement) -> list[Any]:
     return [d["type"] for d in getattr(statement, "returning_column_descriptions", ())]
 
 
-def _reads_converted(type_: Any, dialect: Any, type_code: int | None) -> bool:
-    return type_.dialect_impl(dialect).result_processor(dialect, type_code) is not None
+def _reads_converted(type_: Any, dialect: Any) -> bool:
+    """Whether SQLAlchemy converts what the driver reads for a column of ``type_``; a type it
+    cannot tell for (untyped, or unknown to PostgreSQL's registry) counts as converted."""
+    try:
+        code = _type_code(type_, dialect)
+        return type_.dialect_impl(dialect).result_processor(dialect, code) is not None
+    except Exception:
+        return True
 
 
 def _type_code(type_: Any, dialect: Any) -> int | None:
@@ -160,7 +166,9 @@ def _type_code(type_: Any, dialect: Any) -> int | None:
     from psycopg.postgres import types  # PostgreSQL's own type registry: name to OID
 
     info = types.get(type_.compile(dialect=dialect).split("(")[0].lower())
-    return info.oid if info is not None else None
+    if info is None:
+        raise TypeError(f"no PostgreSQL type code for {type_!r}")
+    return int(info.oid)
 
 
 def run_on_driver(conn: Connection, sql: str) -> None:
