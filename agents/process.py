@@ -185,7 +185,7 @@ def marked_processes(*marks: str) -> dict[str, list[int]]:
     prefix = f"{MARK_VARIABLE}=".encode()
     wanted = {mark.encode() for mark in marks if mark}
     found: dict[str, list[int]] = {}
-    for pid, environ in _each_process("environ") if wanted else ():
+    for pid, environ in (_each_process("environ") if wanted else None) or ():  # None: no /proc
         for entry in environ.split(b"\0"):
             if entry.startswith(prefix) and entry[len(prefix) :] in wanted:
                 found.setdefault(entry[len(prefix) :].decode(), []).append(pid)
