@@ -76,8 +76,7 @@ class CommandTrial:
         env = trial_env(self.environ, assignment, trial_dir, gpu=self.gpu)
         with LeaseKeeper(trial) as keeper:  # a checkpoint to fetch first may outlast the lease
             env.update(trial.hooks.start(assignment, trial_dir, env))
-        if keeper.lost is not None:  # the trial is someone else's now: do not start it
-            raise AbandonTrial(f"lease lost: {keeper.lost}")
+        keeper.raise_if_lost()  # before the command starts
         proc = TrialProcess.start(
             argv,
             env=env,

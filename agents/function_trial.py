@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from sweeper.agents.events import TrialStarted
 from sweeper.agents.pythonpath import _sweeper_capture as capture
 from sweeper.agents.trialdir import trial_env
-from sweeper.agents.trialrun import STDERR_TAIL_LINES, AbandonTrial, LeaseKeeper, TrialRun
+from sweeper.agents.trialrun import STDERR_TAIL_LINES, LeaseKeeper, TrialRun
 
 from sweeper import _context
 from sweeper import run as run_api
@@ -52,8 +52,7 @@ class FunctionTrial:
         with LeaseKeeper(trial) as keeper:  # a checkpoint to fetch first may outlast the lease
             env.update(trial.hooks.start(assignment, trial.trial_dir, {**os.environ, **env}))
         env.pop("PYTHONPATH", None)  # the capture's, for trial processes: here it runs in this process
-        if keeper.lost is not None:  # the trial is someone else's now: do not call the function
-            raise AbandonTrial(f"lease lost: {keeper.lost}")
+        keeper.raise_if_lost()  # before the function is called
         trial.stop.attach(ctx)
         # Reports and heartbeats while the function holds the agent's thread; a stop from the
         # coordinator, or a lost lease, reaches the function through its context.
@@ -67,8 +66,7 @@ class FunctionTrial:
             _context.set_current(None)
             trial.stop.detach()
             run_api.end_context_runs(ctx)
-        if watch.lost is not None:
-            raise AbandonTrial(f"lease lost: {watch.lost}")
+        watch.raise_if_lost()
         return _outcome(ctx, stopped_by, error)
 
     def _call(
@@ -76,17 +74,15 @@ class FunctionTrial:
     ) -> tuple[run_api.TrialStopped | None, BaseException | None]:
         """Call the function; how it stopped early, or the error it failed with (``sys.exit(0)`` is none)."""
 
-        def raise_if_stopped() -> None:
-            if ctx.stop_requested:
-                raise run_api.TrialStopped(ctx.stop_reason)
-
         following = os.environ.get("SWEEPER_CAPTURE", "1") != "0"
         stopped_by: run_api.TrialStopped | None = None
         error: BaseException | None = None
         returned = False
         try:
             if following:
-                capture.follow_in_process(lambda record: trial.forward([record]), raise_if_stopped, env)
+                capture.follow_in_process(
+                    lambda record: trial.forward([record]), lambda: run_api.raise_if_stopped(ctx), env
+                )
             self.function()
             returned = True
         except run_api.TrialStopped as exc:

@@ -129,6 +129,12 @@ class LeaseKeeper:
         self._done.set()
         self._thread.join()
 
+    def raise_if_lost(self) -> None:
+        """:class:`AbandonTrial` when the coordinator refused the lease while the block ran: the
+        trial is someone else's now."""
+        if self.lost is not None:
+            raise AbandonTrial(f"lease lost: {self.lost}")
+
     def _run(self) -> None:
         while not self._done.wait(self._every):
             try:

@@ -42,6 +42,12 @@ class TrialStopped(Exception):
         self.reason = reason
 
 
+def raise_if_stopped(context: TrialContext) -> None:
+    """:class:`TrialStopped` once a stop was requested for the trial: from the script's logging calls."""
+    if context.stop_requested:
+        raise TrialStopped(context.stop_reason)
+
+
 class Run:
     """One trial (or one standalone run) as the script sees it. Create with :func:`init`."""
 
@@ -124,8 +130,8 @@ class Run:
         With ``step`` the current step becomes that step (a smaller one than the current step
         is ignored with a warning, as W&B does), and stays there for further calls.
         """
-        if self._context is not None and self._context.stop_requested:
-            raise TrialStopped(self._context.stop_reason)
+        if self._context is not None:
+            raise_if_stopped(self._context)
         if self._finished:
             raise RuntimeError("this run has finished; call sweeper.init() for a new one")
         with self._lock:

@@ -70,13 +70,12 @@ def start_in_process(trial: InProcess) -> None:
         _running.append(trial)
 
 
-def end_in_process() -> InProcess | None:
+def end_in_process() -> None:
     trial = getattr(_here, "trial", None)
     _here.trial = None
     with _lock:
         if trial in _running:
             _running.remove(trial)
-    return trial
 
 
 def alone(trial: InProcess) -> bool:
@@ -95,6 +94,12 @@ def trial_here() -> InProcess | None:
         return _running[0] if len(_running) == 1 else None
 
 
+def current_trial() -> InProcess | None:
+    """The in-process trial whose script makes the calling logging call, if any: none outside the
+    agent's process, and none in a thread of sweeper's own trackers."""
+    return trial_here() if agent_process and followed() else None
+
+
 def not_followed_here() -> None:
     """What this thread logs is not the trial's: a tracker's worker in the agent's process."""
     _not_followed.yes = True
@@ -106,7 +111,7 @@ def followed() -> bool:
 
 def raise_if_stopped() -> None:
     """A stop requested for an in-process trial raises here, from the script's logging call."""
-    current = trial_here() if agent_process and followed() else None
+    current = current_trial()
     if current is not None:
         current.after_log()
 
@@ -155,7 +160,7 @@ def emit(source: str, step: int, metrics: dict[str, float], seq: int | None = No
     global _fd
     if not metrics or not followed():
         return
-    current = trial_here() if agent_process else None
+    current = current_trial()
     path = os.environ.get("SWEEPER_METRICS_PATH")
     if current is None and (agent_process or not path):
         return  # in the agent's process, only its trials' threads are followed

@@ -3,8 +3,6 @@ which every fluent call (``mlflow.log_metric(s)``) and ``MlflowClient`` end in."
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from typing import Any
 
@@ -43,13 +41,12 @@ def patch(module: Any) -> None:
     start_run = module.start_run
 
     def patched_start_run(*args: Any, **kwargs: Any) -> Any:
-        trial = core.trial_here() if core.agent_process and core.followed() else None
+        trial = core.current_trial()
         if trial is not None:
             trial.check_environment("mlflow.start_run()")
         return start_run(*args, **kwargs)
 
     module.start_run = patched_start_run
-    core.mark("mlflow-run.json", json.dumps({"run_id": os.environ.get("MLFLOW_RUN_ID")}))
 
 
 def active_run_id() -> str | None:

@@ -155,7 +155,7 @@ def patch(module: Any) -> None:
     init = module.init
 
     def wandb_init(*args: Any, **kwargs: Any) -> Any:
-        trial = core.trial_here() if core.agent_process and core.followed() else None
+        trial = core.current_trial()
         if trial is not None:
             _check_trial_can_init(trial)
         run = init(*args, **kwargs)
