@@ -128,48 +128,6 @@ def test_a_call_that_fails_is_rolled_back_alone(store: Store) -> None:
     assert notes(store) == ["a", "b", "first"]  # not "broken": its savepoint was rolled back
 
 
-def test_after_commit_steps_run_once_the_transaction_committed_and_only_for_calls_that_succeeded(
-    store: Store,
-) -> None:
-    together = Together(database(store))
-    seen: dict[str, list[str]] = {}  # what each step found committed when it ran
-
-    def write(body: str, *, fail: bool = False) -> Callable[[], str]:
-        steps: list[Callable[[], None]] = []
-
-        def work(conn: Connection) -> str:
-            steps.append(lambda: seen.update({body: notes(store)}))
-            note(body)(conn)
-            if fail:
-                raise ValueError("this call went wrong")
-            return body
-
-        return lambda: together.db.write(work, steps)
-
-    for name in ("a", "broken", "b"):
-        together.queue(name, write(name, fail=name == "broken"))
-    results = together.run()
-    assert isinstance(results["broken"], ValueError)
-    assert seen == {"a": ["a", "b", "first"], "b": ["a", "b", "first"]}  # not "broken": rolled back
-
-
-def test_a_step_after_commit_that_fails_is_logged_and_the_write_stands(
-    store: Store, caplog: pytest.LogCaptureFixture
-) -> None:
-    together = Together(database(store))
-    ran: list[str] = []
-
-    def broken() -> None:
-        raise RuntimeError("a cache could not be filled")
-
-    together.queue("a", lambda: together.db.write(note("a"), [broken, lambda: ran.append("a")]))
-    together.queue("b", lambda: together.db.write(note("b"), [lambda: ran.append("b")]))
-    results = together.run()
-    assert results == {"first": "first", "a": "a", "b": "b"}  # every call got its result, not the error
-    assert sorted(ran) == ["a", "b"] and notes(store) == ["a", "b", "first"]
-    assert "a step after a committed write failed" in caplog.text
-
-
 def test_a_commit_that_fails_fails_every_call_and_keeps_nothing_read_in_it(store: Store) -> None:
     sweep = store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -14,7 +14,7 @@ from sqlalchemy.exc import OperationalError
 from sweeper.store.base import StoreError
 from sweeper.store.checkpoint import WalCheckpointer
 from sweeper.store.engine import BUSY_TIMEOUT_S, READ_ONLY
-from sweeper.store.group_commit import GroupCommit, run_after_commit
+from sweeper.store.group_commit import GroupCommit
 
 T = TypeVar("T")
 
@@ -78,21 +78,17 @@ class Database:
             ),
         )
 
-    def write(self, work: Callable[[Connection], T], after_commit: Sequence[Callable[[], None]] = ()) -> T:
+    def write(self, work: Callable[[Connection], T]) -> T:
         """``work(conn)`` in a transaction that may write, and its result once committed. On SQLite
         the transaction holds the write lock from its start, and may be shared with writes of other
-        threads (each in a savepoint of its own: see :mod:`sweeper.store.group_commit`).
-        ``after_commit``: steps (``work`` may add some) run once the transaction has committed, if
-        ``work`` succeeded: never while what it wrote or read may still be rolled back."""
+        threads (each in a savepoint of its own: see :mod:`sweeper.store.group_commit`)."""
         engine = self._engine_here()
         if self._group is None:
             with self._errors(), engine.begin() as conn:
-                result = work(conn)
-            run_after_commit(after_commit)
-            return result
+                return work(conn)
         if self._checkpointer is None and self._wal_file is not None:
             self._start_checkpointer()
-        return self._group.run(work, after_commit)
+        return self._group.run(work)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:

@@ -10,17 +10,14 @@ queue up, and the thread whose turn comes next runs all of them in one transacti
 - every caller gets its result only after the transaction has committed;
 - should the transaction fail as a whole (the commit, or a savepoint that cannot be rolled back),
   nothing of it was written: every caller gets that error;
-- a call's ``after_commit`` steps run only once the transaction has committed, and only if that
-  call succeeded: what it read may hold other calls' rows, not committed until then.
 
 A lone call runs in a transaction of its own, as it would without this.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any, Generic, TypeVar
 
@@ -29,24 +26,13 @@ from sqlalchemy import Connection
 from sweeper.store.prepared import run_on_driver
 
 T = TypeVar("T")
-log = logging.getLogger(__name__)
-
-
-def run_after_commit(steps: Sequence[Callable[[], None]]) -> None:
-    """Each step, once the write has committed: one that fails is logged, as the write stands."""
-    for step in steps:
-        try:
-            step()
-        except Exception:
-            log.exception("a step after a committed write failed")
 
 
 class _Call(Generic[T]):
-    __slots__ = ("work", "after_commit", "wake", "done", "result", "error")
+    __slots__ = ("work", "wake", "done", "result", "error")
 
-    def __init__(self, work: Callable[[Connection], T], after_commit: Sequence[Callable[[], None]]) -> None:
+    def __init__(self, work: Callable[[Connection], T]) -> None:
         self.work = work
-        self.after_commit = after_commit
         self.wake = threading.Lock()  # released when it is done, or when its turn to lead comes
         self.wake.acquire()
         self.done = False
@@ -78,15 +64,14 @@ class GroupCommit:
         self._busy = False  # a thread leads a transaction
         self._queue: list[_Call[Any]] = []
 
-    def run(self, work: Callable[[Connection], T], after_commit: Sequence[Callable[[], None]] = ()) -> T:
-        """``work(conn)`` in a write transaction, maybe shared with other calls; its result once
-        committed, and ``after_commit`` (to which ``work`` may add) run before it is returned.
+    def run(self, work: Callable[[Connection], T]) -> T:
+        """``work(conn)`` in a write transaction, maybe shared with other calls; its result once committed.
 
         The thread whose turn it is leads: it takes every call queued so far into one transaction,
         wakes their threads once it has ended, and hands the turn to the first call queued
         meanwhile. Each thread waits on a lock of its own, so a transaction wakes only its own
         callers and the next leader."""
-        call = _Call(work, after_commit)
+        call = _Call(work)
         with self._mutex:
             leading = not self._busy
             if leading:
@@ -144,10 +129,6 @@ class GroupCommit:
         except BaseException as exc:
             for call in batch:
                 call.result, call.error = None, exc
-        else:
-            for call in batch:
-                if call.error is None:  # its savepoint was not rolled back
-                    run_after_commit(call.after_commit)
         finally:
             for call in batch:
                 call.done = True

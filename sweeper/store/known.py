@@ -56,7 +56,7 @@ class KnownTrials:
         self._lock = threading.Lock()
 
     def read(
-        self, conn: Connection, sweep_id: str, after_commit: list[Callable[[], None]] | None = None
+        self, conn: Connection, sweep_id: str, keep_later: list[Callable[[], None]] | None = None
     ) -> list[Trial]:
         """Every trial of a sweep (no history), in number order, read under the sweep's lock or in
         one snapshot of a read transaction.
@@ -66,10 +66,11 @@ class KnownTrials:
         of them and ``number > last`` finds every trial added since. Only committed rows are kept:
         a write transaction also reads what it wrote itself, and on SQLite what the calls before
         it in a shared transaction wrote (:mod:`sweeper.store.group_commit`), so a read given
-        ``after_commit`` (a write transaction's) is kept by the step it adds there, to run once
-        that has committed; a read-only transaction's is kept at once. A read changes a copy of
-        what was kept: two reads of one sweep at once each keep their own, and whichever is kept
-        last is a consistent committed state the next read catches up from."""
+        ``keep_later`` (a write transaction's) adds there the step that keeps it, for the caller
+        to run once the write has returned, committed; a read-only transaction's is kept at once.
+        A read changes a copy of what was kept: two reads of one sweep at once each keep their
+        own, and whichever is kept last is a consistent committed state the next read catches up
+        from."""
         with self._lock:
             kept = self._sweeps.get(sweep_id)
         known = kept or _SweepTrials()  # copied at its first change: what is kept never changes
@@ -99,10 +100,10 @@ class KnownTrials:
         found = list(known.by_number.values())
         if not found:  # nothing to keep, and an unknown sweep's id must not push known ones out
             return found
-        if after_commit is None:
+        if keep_later is None:
             self._keep(sweep_id, known)
         else:
-            after_commit.append(lambda: self._keep(sweep_id, known))
+            keep_later.append(lambda: self._keep(sweep_id, known))
         return found
 
     def _keep(self, sweep_id: str, known: _SweepTrials) -> None:

@@ -135,13 +135,13 @@ class SqlStore(Store):
         now: float,
         history_of: str | None = None,
     ) -> Trial | None:
-        kept: list[Callable[[], None]] = []  # keeps what the lease read, once it has committed
+        keep: list[Callable[[], None]] = []  # keeps what the lease read of the sweep
 
         def lease_one(conn: Connection) -> Trial | None:
             sweep = self._sweep(conn, sweep_id, lock=True)
             if not sweep.state.hands_out_trials:
                 return None
-            so_far = self._known.read(conn, sweep_id, kept)
+            so_far = self._known.read(conn, sweep_id, keep)
             if history_of is not None:
                 found = self._curves(conn, sweep_id, history_of)
                 so_far = [dataclasses.replace(t, history=tuple(found.get(t.number, ()))) for t in so_far]
@@ -171,7 +171,10 @@ class SqlStore(Store):
             # What was just written, as a row: no need to read it back.
             return rows.trial_from_row(rows.NewTrialRow.of(trial_id, values))
 
-        return self._db.write(lease_one, kept)
+        leased = self._db.write(lease_one)
+        for step in keep:  # committed now: a write that failed raised above, and keeps nothing
+            step()
+        return leased
 
     def get_trial(self, trial_id: int, *, with_history: bool = False) -> Trial:
         with self._db.read() as conn:
