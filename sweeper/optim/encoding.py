@@ -20,7 +20,7 @@ from scipy import special
 
 from sweeper.spec.distributions import QUANTIZED, quantize
 from sweeper.spec.model import Distribution, Parameter
-from sweeper.spec.space import config_key
+from sweeper.trials import config_key
 
 D = Distribution
 _EPS = 1e-9  # keeps CDF-warped coordinates off 0 and 1, where ppf is infinite

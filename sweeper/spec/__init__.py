@@ -21,7 +21,6 @@ from sweeper.spec.parse import parse_sweep
 from sweeper.spec.problems import Problem, SpecError
 from sweeper.spec.space import (
     build_config,
-    config_key,
     describe,
     flatten_config,
     grid_problems,
@@ -30,6 +29,7 @@ from sweeper.spec.space import (
     space_size,
     space_values,
 )
+from sweeper.trials import config_key  # one key for configurations, made where records are
 
 __all__ = [
     "DEFAULT_COMMAND",

@@ -8,7 +8,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from sweeper.spec.model import Distribution, Parameter, SweepSpec
-from sweeper.trials import config_key  # noqa: F401  (part of sweeper.spec's interface)
 
 D = Distribution
 
