@@ -223,3 +223,63 @@ def test_slots_without_gpus_set_no_cuda_variable(tmp_path: Path, monkeypatch) ->
     result = CliRunner().invoke(main, ["agent", sweep_id, "--db", db, "--slots", "2"])
     assert result.exit_code == 0, result.output
     assert set(_seen_gpus(tmp_path, sweep_id).values()) == {""}
+
+
+@needs_no_nvml
+def test_sweeper_run_with_gpus_runs_one_trial_per_gpu(fake_smi: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    raw = {
+        "method": "grid",
+        "program": str(SCRIPTS / "dump_env.py"),
+        "parameters": {"i": {"values": [0, 1, 2, 3]}},
+    }
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(main, ["run", "sweep.yaml", "--gpus", "0,2"])
+    assert result.exit_code == 0, result.output
+    assert "using 2 GPU(s): GPU 0 (NVIDIA A100-SXM4-40GB), GPU 2" in result.output
+    sweep_id = (
+        next(line for line in result.output.splitlines() if line.startswith("sweep ")).split()[1].rstrip(":")
+    )
+    seen = _seen_gpus(tmp_path, sweep_id)
+    assert len(seen) == 4 and set(seen.values()) == {"0", "2"}
+
+
+@pytest.mark.parametrize(("command", "flag"), [("run", "--agents"), ("agent", "--slots")])
+def test_gpus_with_another_parallelism_flag_is_a_usage_error(
+    tmp_path: Path, monkeypatch, command, flag
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    db, sweep_id = _sweep(tmp_path, 1)
+    target = "sweep.yaml" if command == "run" else sweep_id
+    result = CliRunner().invoke(main, [command, target, "--db", db, "--gpus", "all", flag, "2"])
+    assert result.exit_code == 2
+    assert f"pass either --gpus or {flag}, not both" in result.output
+    with open_store(db) as store:
+        assert [s.id for s in store.list_sweeps()] == [sweep_id] and store.list_trials(sweep_id) == []
+
+
+@needs_no_nvml
+def test_trials_per_gpu_shares_each_gpu_between_slots(fake_smi: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    db, sweep_id = _sweep(tmp_path, 8)
+    result = CliRunner().invoke(
+        main, ["agent", sweep_id, "--db", db, "--gpus", "0,1", "--trials-per-gpu", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "2 trials on each at once" in result.output and "4 trial(s) at a time" in result.output
+    seen = _seen_gpus(tmp_path, sweep_id)
+    assert len(seen) == 8 and set(seen.values()) == {"0", "1"}
+    with open_store(db) as store:
+        by_agent: dict[str, set[str]] = {}
+        for trial in store.list_trials(sweep_id):
+            by_agent.setdefault(trial.agent or "", set()).add(seen[trial.number])
+    assert len(by_agent) <= 4 and all(len(gpus) == 1 for gpus in by_agent.values())
+
+
+def test_trials_per_gpu_without_gpus_is_a_usage_error(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    db, sweep_id = _sweep(tmp_path, 1)
+    result = CliRunner().invoke(main, ["agent", sweep_id, "--db", db, "--trials-per-gpu", "2"])
+    assert result.exit_code == 2 and "--trials-per-gpu needs --gpus" in result.output

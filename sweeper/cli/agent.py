@@ -11,12 +11,15 @@ from typing import Any
 import click
 
 from sweeper.cli.common import (
+    chosen_gpus,
     connect_or_fail,
     coordinator_option,
     db_option,
+    gpus_option,
     grace_option,
     max_failures_option,
     token_option,
+    trials_per_gpu_option,
 )
 from sweeper.cli.interrupt import EXIT_INTERRUPTED, run_until_done_or_interrupted
 
@@ -30,12 +33,8 @@ _START_BACKOFF = 0.5
 @click.option(
     "--count", default=None, type=click.IntRange(min=1), help="Run at most this many trials, then exit."
 )
-@click.option(
-    "--gpus",
-    default=None,
-    metavar="all|0,1,...",
-    help="One trial per GPU at a time, each seeing only its GPU (CUDA_VISIBLE_DEVICES).",
-)
+@gpus_option
+@trials_per_gpu_option
 @click.option(
     "--slots",
     default=None,
@@ -58,6 +57,7 @@ def agent(
     sweep_id: str,
     count: int | None,
     gpus: str | None,
+    trials_per_gpu: int | None,
     slots: int | None,
     coordinator_url: str | None,
     token: str | None,
@@ -74,20 +74,9 @@ def agent(
     SIGTERM or SIGHUP (the terminal went away) stops the running trials (SIGTERM to each trial's
     process group, SIGKILL after --grace) and exits 130.
     """
-    from sweeper.agents.gpus import GpuSelectionError, select_gpus
     from sweeper.local import LocalAgents
 
-    if gpus is not None and slots is not None:
-        raise click.UsageError("pass either --gpus or --slots, not both")
-    gpu_list: list[str] | None = None
-    if gpus is not None:
-        try:
-            chosen = select_gpus(gpus)
-        except GpuSelectionError as exc:
-            raise click.UsageError(str(exc)) from None
-        gpu_list = [g.index for g in chosen]
-        click.echo(f"using {len(chosen)} GPU(s): " + ", ".join(str(g) for g in chosen))
-
+    gpu_list = chosen_gpus(gpus, trials_per_gpu, slots, "--slots")
     logging.basicConfig(level=logging.WARNING, format="sweeper agent: %(message)s")
     client = connect_or_fail(coordinator_url, token, db_url)
     spec = _check_sweep(client, sweep_id, coordinator_url)

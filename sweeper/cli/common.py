@@ -40,6 +40,50 @@ db_option = click.option(
     help="Store URL: sqlite:///path.db or postgresql://... [default: ./.sweeper/sweeper.db; env SWEEPER_DB]",
 )
 
+gpus_option = click.option(
+    "--gpus",
+    default=None,
+    metavar="all|0,1,...",
+    help="One trial per GPU at a time, each seeing only its GPU (CUDA_VISIBLE_DEVICES).",
+)
+
+trials_per_gpu_option = click.option(
+    "--trials-per-gpu",
+    default=None,
+    type=click.IntRange(min=1),
+    help="With --gpus: trials that share each GPU at once, for models too small to fill one [default: 1].",
+)
+
+
+def chosen_gpus(
+    gpus: str | None, trials_per_gpu: int | None, parallel: int | None, parallel_flag: str
+) -> list[str] | None:
+    """One GPU entry per trial slot, as ``--gpus`` and ``--trials-per-gpu`` ask, announced on one
+    line; None without ``--gpus``.
+
+    ``parallel`` is the other way to say how many trials run at once (``--slots``, ``--agents``):
+    the two cannot be combined, since with GPUs the GPUs set it."""
+    from sweeper.agents.gpus import GpuSelectionError, select_gpus
+
+    if gpus is None:
+        if trials_per_gpu is not None:
+            raise click.UsageError("--trials-per-gpu needs --gpus (all, or indices like 0,1)")
+        return None
+    if parallel is not None:
+        raise click.UsageError(
+            f"pass either --gpus or {parallel_flag}, not both: with --gpus the number of GPUs "
+            "(times --trials-per-gpu) is the number of trials at once"
+        )
+    try:
+        chosen = select_gpus(gpus)
+    except GpuSelectionError as exc:
+        raise click.UsageError(str(exc)) from None
+    per_gpu = trials_per_gpu or 1
+    sharing = f", {per_gpu} trials on each at once" if per_gpu > 1 else ""
+    click.echo(f"using {len(chosen)} GPU(s): " + ", ".join(str(g) for g in chosen) + sharing)
+    # Round by round, so the first trials spread over every GPU before any GPU takes a second.
+    return [g.index for _ in range(per_gpu) for g in chosen]
+
 
 class SpecFileError(click.ClickException):
     exit_code = EXIT_SPEC_ERROR

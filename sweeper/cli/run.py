@@ -10,12 +10,15 @@ import time
 import click
 
 from sweeper.cli.common import (
+    chosen_gpus,
     db_option,
+    gpus_option,
     grace_option,
     load_spec,
     max_failures_option,
     open_store_or_fail,
     resolve_program,
+    trials_per_gpu_option,
 )
 from sweeper.cli.interrupt import EXIT_INTERRUPTED, run_until_done_or_interrupted
 from sweeper.cli.report import print_summary
@@ -28,11 +31,12 @@ from sweeper.trials import SweepState, TrialState
 @click.option(
     "--agents",
     "n_agents",
-    default=1,
-    show_default=True,
+    default=None,
     type=click.IntRange(min=1),
-    help="Local agents, each running one trial at a time.",
+    help="Local agents, each running one trial at a time [default: 1].",
 )
+@gpus_option
+@trials_per_gpu_option
 @click.option(
     "--count",
     default=None,
@@ -46,7 +50,9 @@ from sweeper.trials import SweepState, TrialState
 @wandb_option
 def run(
     sweep_file: str,
-    n_agents: int,
+    n_agents: int | None,
+    gpus: str | None,
+    trials_per_gpu: int | None,
     count: int | None,
     grace: float,
     max_failures: int,
@@ -65,6 +71,7 @@ def run(
     from sweeper.local import LocalAgents
     from sweeper.spec import describe
 
+    gpu_list = chosen_gpus(gpus, trials_per_gpu, n_agents, "--agents")
     spec = with_trackers(load_spec(sweep_file), mlflow_uri, wandb_on)
     program = resolve_program(spec, sweep_file)
     store = open_store_or_fail(db_url)
@@ -78,7 +85,8 @@ def run(
     agents = LocalAgents(
         coordinator,
         sweep.id,
-        agents=n_agents,
+        agents=n_agents or 1,
+        gpus=gpu_list,
         count=count,
         program_override=program,
         grace_period=grace,

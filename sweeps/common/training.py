@@ -24,7 +24,10 @@ def setup(seed: int, threads: int = 1) -> torch.device:
     """Seed torch, keep it to ``threads`` CPU threads (agents often run side by side), pick the device."""
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
-    return pick_device()
+    device = pick_device()
+    shown = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
+    print(f"training on {shown}", flush=True)
+    return device
 
 
 def to_device(device: torch.device, *arrays: np.ndarray) -> list[torch.Tensor]:
