@@ -44,7 +44,8 @@ gpus_option = click.option(
     "--gpus",
     default=None,
     metavar="all|0,1,...",
-    help="One trial per GPU at a time, each seeing only its GPU (CUDA_VISIBLE_DEVICES).",
+    help="Run trials on these GPUs, each seeing only its own (CUDA_VISIBLE_DEVICES): one per GPU at a "
+    "time, or --trials-per-gpu.",
 )
 
 trials_per_gpu_option = click.option(
