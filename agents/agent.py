@@ -19,6 +19,7 @@ from sweeper.agents.ending import report_end
 from sweeper.agents.events import AgentEvent, TrialAbandoned
 from sweeper.agents.function_trial import FunctionTrial
 from sweeper.agents.hooks import TrialHook, TrialHooks, default_hooks
+from sweeper.agents.logcap import DEFAULT_MAX_BYTES as DEFAULT_MAX_LOG_BYTES
 from sweeper.agents.reporting import TrialReporter, backoff_delay
 from sweeper.agents.spool import Spool
 from sweeper.agents.streak import DEFAULT_MAX_FAILURES, FailureStreak
@@ -69,6 +70,7 @@ class Agent:
         spool: bool = True,
         hooks: Sequence[TrialHook] | None = None,
         max_failures: int = DEFAULT_MAX_FAILURES,
+        max_log_bytes: int = DEFAULT_MAX_LOG_BYTES,
     ) -> None:
         if count is not None and count < 1:
             raise ValueError(f"count must be at least 1, got {count}")
@@ -88,6 +90,7 @@ class Agent:
                 interpreter=interpreter,
                 gpu=gpu if gpu is not None else info.gpu,
                 grace_period=grace_period,
+                max_log_bytes=max_log_bytes,
             )
         )
         self.heartbeat_interval = heartbeat_interval

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from sweeper.agents.command import expand_command
 from sweeper.agents.events import TrialStarted
+from sweeper.agents.logcap import BoundedLogs
 from sweeper.agents.metrics import MetricTailer
 from sweeper.agents.orphans import forget_process, record_process
 from sweeper.agents.process import TrialProcess, describe_exit, stderr_tail
@@ -31,6 +32,7 @@ class CommandTrial:
         interpreter: str,
         gpu: str | None,
         grace_period: float,
+        max_log_bytes: int,
     ) -> None:
         self.workdir = workdir
         self.program_override = program_override
@@ -38,6 +40,7 @@ class CommandTrial:
         self.interpreter = interpreter
         self.gpu = gpu
         self.grace_period = grace_period
+        self.max_log_bytes = max_log_bytes
 
     def run(self, trial: TrialRun) -> TrialOutcome:
         """Run the trial to its end; raises :class:`AbandonTrial` when its lease is lost."""
@@ -49,9 +52,10 @@ class CommandTrial:
         if proc.started:  # so that an agent started after this one dies can end it
             record_process(trial.trial_dir.path, proc.mark)
         tailer = MetricTailer(trial.trial_dir.metrics_path)
+        logs = BoundedLogs((trial.trial_dir.stdout_path, trial.trial_dir.stderr_path), self.max_log_bytes)
         try:
             try:
-                stop_reason = self._watch(trial, proc, tailer)
+                stop_reason = self._watch(trial, proc, tailer, logs)
             except Exception:  # a lost lease, or anything else: the trial must not run on unwatched
                 proc.kill()
                 raise
@@ -60,6 +64,7 @@ class CommandTrial:
             return self._exited(trial, proc, tailer)
         finally:
             forget_process(trial.trial_dir.path)
+            logs.check()  # what it wrote since the last check, before anything reads the logs
 
     def _argv(self, trial: TrialRun) -> list[str]:
         return expand_command(
@@ -87,11 +92,14 @@ class CommandTrial:
         trial.emit(TrialStarted(assignment, tuple(argv), trial_dir.path))
         return proc
 
-    def _watch(self, trial: TrialRun, proc: TrialProcess, tailer: MetricTailer) -> str | None:
+    def _watch(
+        self, trial: TrialRun, proc: TrialProcess, tailer: MetricTailer, logs: BoundedLogs
+    ) -> str | None:
         """Forward metrics until the process exits (None) or a stop is asked for (its reason)."""
         while True:
             code = proc.poll()
             trial.forward(tailer.read_records())
+            logs.check()
             if code is not None:
                 return None
             if trial.stop.requested:

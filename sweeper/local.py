@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeper.agents import Agent, AgentEvent
+from sweeper.agents.logcap import DEFAULT_MAX_BYTES as DEFAULT_MAX_LOG_BYTES
 from sweeper.agents.orphans import end_orphans
 from sweeper.agents.streak import DEFAULT_MAX_FAILURES
 from sweeper.protocol import (
@@ -83,6 +84,7 @@ class LocalAgents:
     gpus: Sequence[str] | None = None
     max_backoff: float = 30.0  # longest wait between retries while the coordinator is unreachable
     max_failures: int = DEFAULT_MAX_FAILURES  # an agent stops after this many failed trials in a row
+    max_log_bytes: int = DEFAULT_MAX_LOG_BYTES  # a trial's stdout.log or stderr.log is cut back past this
     _agents: list[Agent] = field(default_factory=list, init=False)
     _threads: list[threading.Thread] = field(default_factory=list, init=False)
     _reasons: list[str] = field(default_factory=list, init=False)
@@ -112,6 +114,7 @@ class LocalAgents:
                 on_event=self._on_event if self._recorder is not None else self.on_event,
                 max_backoff=self.max_backoff,
                 max_failures=self.max_failures,
+                max_log_bytes=self.max_log_bytes,
             )
             done = threading.Event()
             thread = threading.Thread(target=self._run, args=(agent, done), name=f"agent-{slot}", daemon=True)

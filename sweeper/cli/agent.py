@@ -18,6 +18,7 @@ from sweeper.cli.common import (
     gpus_option,
     grace_option,
     max_failures_option,
+    max_log_option,
     token_option,
     trials_per_gpu_option,
 )
@@ -46,6 +47,7 @@ _START_BACKOFF = 0.5
 @db_option
 @grace_option
 @max_failures_option
+@max_log_option
 @click.option(
     "--max-backoff",
     default=30.0,
@@ -64,6 +66,7 @@ def agent(
     db_url: str | None,
     grace: float,
     max_failures: int,
+    max_log_mb: float,
     max_backoff: float,
 ) -> None:
     """Run trials of SWEEP_ID here until the sweep is done.
@@ -94,6 +97,7 @@ def agent(
         on_event=Progress(spec).on_event,
         max_backoff=max_backoff,
         max_failures=max_failures,
+        max_log_bytes=int(max_log_mb * 2**20),
     )
     click.echo(f"agent on sweep {sweep_id}: {len(gpu_list) if gpu_list else slots or 1} trial(s) at a time")
     reasons, interrupted = run_until_done_or_interrupted(agents, grace)

@@ -31,6 +31,16 @@ max_failures_option = click.option(
     help="Stop an agent once this many trials in a row have failed (0: never).",
 )
 
+max_log_option = click.option(
+    "--max-log-mb",
+    "max_log_mb",
+    default=100.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Cut a trial's stdout.log or stderr.log back once it passes this many MiB, keeping its "
+    "start and its latest output (0: never).",
+)
+
 db_option = click.option(
     "--db",
     "db_url",

@@ -16,6 +16,7 @@ from sweeper.cli.common import (
     grace_option,
     load_spec,
     max_failures_option,
+    max_log_option,
     open_store_or_fail,
     resolve_program,
     trials_per_gpu_option,
@@ -45,6 +46,7 @@ from sweeper.trials import SweepState, TrialState
 )
 @grace_option
 @max_failures_option
+@max_log_option
 @db_option
 @mlflow_option
 @wandb_option
@@ -56,6 +58,7 @@ def run(
     count: int | None,
     grace: float,
     max_failures: int,
+    max_log_mb: float,
     db_url: str | None,
     mlflow_uri: str | None = None,
     wandb_on: bool = False,
@@ -92,6 +95,7 @@ def run(
         grace_period=grace,
         on_event=progress.on_event,
         max_failures=max_failures,
+        max_log_bytes=int(max_log_mb * 2**20),
     )
     reasons, interrupted = run_until_done_or_interrupted(agents, grace)
     # This command owns the sweep: it leaves none running behind (`sweeper resume` takes it up again).

@@ -1,0 +1,84 @@
+"""A trial's stdout.log and stderr.log stay under their limit, keeping how the trial started, how
+it ended and a line saying what was dropped in between."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from sweeper.agents.logcap import BoundedLogs
+
+SCRIPTS = Path(__file__).parent / "scripts"
+SWEEPER = str(Path(sys.executable).with_name("sweeper"))
+MARKER = re.compile(rb"\[sweeper: (\d+) bytes of output dropped here to keep this file under (\d+) bytes")
+
+
+def _numbered(first: int, count: int) -> bytes:
+    return b"".join(b"line %07d\n" % i for i in range(first, first + count))  # 13 bytes each
+
+
+def test_a_file_written_past_its_limit_keeps_its_start_its_latest_lines_and_says_what_it_dropped(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "stdout.log"
+    logs = BoundedLogs([path, tmp_path / "never-written.log"], max_bytes=13_000)
+    written = 0
+    with open(path, "ab") as trial:  # as the trial holds it: appending
+        for _ in range(40):
+            trial.write(_numbered(written, 500))
+            trial.flush()
+            written += 500
+            logs.check()
+            assert path.stat().st_size <= 13_000 + 500 * 13  # at most one burst over
+    text = path.read_bytes()
+    head, rest = text.split(b"[sweeper: ", 1)
+    marker, tail = rest.split(b"\n", 1)
+    assert head == _numbered(0, 500)  # the first half, whole lines
+    last = int(tail.splitlines()[-1].split()[1])
+    first_kept = int(tail.splitlines()[0].split()[1])
+    assert last == written - 1 and tail == _numbered(first_kept, last - first_kept + 1)
+    dropped = int(MARKER.search(b"[sweeper: " + marker).group(1))
+    assert dropped == (first_kept - 500) * 13  # exactly the lines that are gone
+
+
+def test_no_limit_keeps_everything(tmp_path: Path) -> None:
+    path = tmp_path / "stdout.log"
+    path.write_bytes(_numbered(0, 2000))
+    BoundedLogs([path], max_bytes=0).check()
+    assert path.read_bytes() == _numbered(0, 2000)
+
+
+def test_a_trial_that_prints_without_end_keeps_logs_under_the_limit(tmp_path: Path) -> None:
+    raw = {
+        "method": "grid",
+        "program": str(SCRIPTS / "chatty_trial.py"),
+        "parameters": {"lines": {"value": 60_000}, "fail": {"values": [0, 1]}},
+    }
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(raw))
+    ran = subprocess.run(
+        [SWEEPER, "run", "sweep.yaml", "--max-log-mb", "0.5", "--max-failures", "0"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    sweep_id = ran.stdout.splitlines()[0].split()[1].rstrip(":")
+    listing = subprocess.run(
+        [SWEEPER, "trials", sweep_id, "--format", "json"], cwd=tmp_path, capture_output=True, text=True
+    )
+    trials = {t["config"]["fail"]: t for t in json.loads(listing.stdout)}
+    assert trials[0]["state"] == "finished" and trials[1]["state"] == "failed", ran.stdout + ran.stderr
+    # 60,000 lines of 55 bytes on each stream: about 3.3 MB each, cut back to at most half a MiB.
+    for trial in trials.values():
+        folder = tmp_path / ".sweeper" / "trials" / sweep_id / str(trial["number"])
+        for name, first in (("stdout.log", b"out line 000000000 "), ("stderr.log", b"err line 000000000 ")):
+            text = (folder / name).read_bytes()
+            assert len(text) <= 2**19, (name, len(text))
+            assert text.startswith(first) and MARKER.search(text), name
+        assert (folder / "stdout.log").read_bytes().endswith(b"out line 000060000 the end\n")
+    # The error that ended the failed trial is its reason, however much came before it.
+    assert "ValueError: the last words after all that output" in trials[1]["stderr_tail"]
