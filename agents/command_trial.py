@@ -9,6 +9,7 @@ from pathlib import Path
 
 from sweeper.agents.command import expand_command
 from sweeper.agents.events import TrialStarted
+from sweeper.agents.limits import TrialLimits
 from sweeper.agents.logcap import BoundedLogs
 from sweeper.agents.metrics import MetricTailer
 from sweeper.agents.orphans import forget_process, record_process
@@ -52,15 +53,17 @@ class CommandTrial:
         if proc.started:  # so that an agent started after this one dies can end it
             record_process(trial.trial_dir.path, proc.mark)
         tailer = MetricTailer(trial.trial_dir.metrics_path)
-        logs = BoundedLogs((trial.trial_dir.stdout_path, trial.trial_dir.stderr_path), self.max_log_bytes)
+        output = (trial.trial_dir.stdout_path, trial.trial_dir.stderr_path)
+        logs = BoundedLogs(output, self.max_log_bytes)
+        limits = TrialLimits(trial.assignment.time_limit, trial.assignment.stall_limit, output)
         try:
             try:
-                stop_reason = self._watch(trial, proc, tailer, logs)
+                stop_reason = self._watch(trial, proc, tailer, logs, limits)
             except Exception:  # a lost lease, or anything else: the trial must not run on unwatched
                 proc.kill()
                 raise
             if stop_reason is not None and proc.poll() is None:
-                return self._stopped(trial, proc, tailer, stop_reason)
+                return self._stopped(trial, proc, tailer, stop_reason, failed=limits.stalled)
             return self._exited(trial, proc, tailer)
         finally:
             forget_process(trial.trial_dir.path)
@@ -93,17 +96,25 @@ class CommandTrial:
         return proc
 
     def _watch(
-        self, trial: TrialRun, proc: TrialProcess, tailer: MetricTailer, logs: BoundedLogs
+        self,
+        trial: TrialRun,
+        proc: TrialProcess,
+        tailer: MetricTailer,
+        logs: BoundedLogs,
+        limits: TrialLimits,
     ) -> str | None:
         """Forward metrics until the process exits (None) or a stop is asked for (its reason)."""
         while True:
             code = proc.poll()
-            trial.forward(tailer.read_records())
+            records = tailer.read_records()
+            trial.forward(records)
             logs.check()
             if code is not None:
                 return None
             if trial.stop.requested:
                 return trial.stop.reason
+            if (reason := limits.check(bool(records))) is not None:
+                return reason
             try:
                 reason = trial.coordinator_stop()
             except LeaseLostError as exc:  # run() kills the process on the way out
@@ -113,11 +124,16 @@ class CommandTrial:
             trial.stop.wait(trial.poll_interval)
 
     def _stopped(
-        self, trial: TrialRun, proc: TrialProcess, tailer: MetricTailer, reason: str
+        self, trial: TrialRun, proc: TrialProcess, tailer: MetricTailer, reason: str, *, failed: bool
     ) -> TrialOutcome:
         with LeaseKeeper(trial):  # the grace period may outlast the lease
             code = proc.terminate(self.grace_period)
         trial.forward(tailer.read_records())  # what it logged while shutting down
+        if failed:  # hung: a failure, so its configuration runs again
+            tail = stderr_tail(trial.trial_dir.stderr_path, STDERR_TAIL_LINES)
+            return TrialOutcome(
+                TrialState.FAILED, exit_code=code, stderr_tail=f"{tail}\nsweeper: {reason}".lstrip()
+            )
         return TrialOutcome(
             TrialState.STOPPED,
             exit_code=code,

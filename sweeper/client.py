@@ -117,6 +117,8 @@ class HttpCoordinator:
             checkpoint_to=a.get("checkpoint_to"),
             project=a.get("project"),
             entity=a.get("entity"),
+            time_limit=_seconds(a.get("time_limit")),
+            stall_limit=_seconds(a.get("stall_limit")),
         )
 
     def heartbeat(self, trial_id: int, lease_id: str) -> Directive:
@@ -229,6 +231,10 @@ class HttpCoordinator:
         if problems:
             detail += "".join(f"\n  {p.get('path') or '(top level)'}: {p.get('message')}" for p in problems)
         return CoordinatorError(f"{detail}", status=status, code=code or f"http_{status}")
+
+
+def _seconds(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def _segment(value: str) -> str:

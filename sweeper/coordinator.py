@@ -157,6 +157,8 @@ class Coordinator:
                 checkpoint_to=_checkpoint_to(spec, trial),
                 project=spec.project,
                 entity=spec.entity,
+                time_limit=spec.options.trial_timeout,
+                stall_limit=spec.options.stall_timeout,
             )
         plan = plans[-1] if plans else None
         if plan is None:  # the sweep does not hand out trials (or stopped doing so since it was read)

@@ -49,6 +49,9 @@ class Assignment:
     # The sweep file's W&B project and entity: a script's own wandb.init() logs there, as under W&B.
     project: str | None = None
     entity: str | None = None
+    # The sweep's ``sweeper.trial_timeout`` and ``sweeper.stall_timeout``, in seconds (None: none).
+    time_limit: float | None = None
+    stall_limit: float | None = None
 
 
 class NoTrialReason(enum.StrEnum):

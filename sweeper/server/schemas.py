@@ -201,6 +201,8 @@ class AssignmentOut(Model):
     checkpoint_to: str | None = None  # where the trial's checkpoint folder is published
     project: str | None = None  # the sweep file's W&B project and entity
     entity: str | None = None
+    time_limit: float | None = None  # seconds the trial may run (sweeper.trial_timeout)
+    stall_limit: float | None = None  # seconds it may go without logging or printing (sweeper.stall_timeout)
 
 
 class NoTrialOut(Model):
@@ -239,6 +241,8 @@ class NextTrialOut(Model):
                 checkpoint_to=answer.checkpoint_to,
                 project=answer.project,
                 entity=answer.entity,
+                time_limit=answer.time_limit,
+                stall_limit=answer.stall_limit,
             )
         )
 

@@ -166,6 +166,10 @@ class Options:
     sample_without_replacement: bool | None = None
     resource: Resource | None = None  # methods hyperband and bohb: the budget each trial gets
     pbt: Pbt | None = None  # method pbt: the population and how it exploits and explores
+    # Seconds a trial may run before it is stopped (its results so far count), and seconds it may
+    # go without logging or printing anything before it is taken for hung and failed. None: no limit.
+    trial_timeout: float | None = None
+    stall_timeout: float | None = None
 
 
 DEFAULT_COMMAND: tuple[str, ...] = ("${env}", "${interpreter}", "${program}", "${args}")

@@ -285,8 +285,36 @@ def _checkpoints(raw: Any, path: str, problems: list[Problem]) -> Any:
     return value.strip()
 
 
+_DURATION_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(raw: Any, path: str, problems: list[Problem]) -> Any:
+    """Seconds, from a number of seconds or a string such as ``90s``, ``30m``, ``2h``, ``1.5d``."""
+    what = "a duration such as 3600, '90s', '30m', '2h' or '1d'"
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        seconds = float(raw)
+    elif isinstance(raw, str) and (match := _DURATION_RE.fullmatch(raw)):
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    else:
+        problems.append(Problem(path, f"expected {what}, got {show(raw)}"))
+        return INVALID
+    if not 0 < seconds < float("inf"):
+        problems.append(Problem(path, f"expected {what} above 0, got {show(raw)}"))
+        return INVALID
+    return seconds
+
+
 def parse_options(raw: Any, problems: list[Problem]) -> Options:
-    keys = ("seed", "max_retries", "sample_without_replacement", "resource", "pbt")
+    keys = (
+        "seed",
+        "max_retries",
+        "sample_without_replacement",
+        "resource",
+        "pbt",
+        "trial_timeout",
+        "stall_timeout",
+    )
     if not mapping(raw, "sweeper", keys, problems, "of sweeper options such as {seed: 0}"):
         return Options()
     fields: dict[str, Any] = {}
@@ -304,6 +332,9 @@ def parse_options(raw: Any, problems: list[Problem]) -> Options:
         fields["resource"] = parse_resource(raw["resource"], problems) or INVALID
     if "pbt" in raw:
         fields["pbt"] = parse_pbt(raw["pbt"], problems) or INVALID
+    for key in ("trial_timeout", "stall_timeout"):
+        if key in raw and raw[key] is not None:
+            fields[key] = duration(raw[key], f"sweeper.{key}", problems)
     if INVALID in fields.values():
         return Options()
     return Options(**fields)
