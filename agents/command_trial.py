@@ -67,7 +67,7 @@ class CommandTrial:
             return self._exited(trial, proc, tailer)
         finally:
             forget_process(trial.trial_dir.path)
-            logs.check()  # what it wrote since the last check, before anything reads the logs
+            logs.check()  # what it wrote since the last check, before the trackers upload the logs
 
     def _argv(self, trial: TrialRun) -> list[str]:
         return expand_command(
@@ -82,6 +82,8 @@ class CommandTrial:
     def _start(self, trial: TrialRun, argv: list[str]) -> TrialProcess:
         assignment, trial_dir = trial.assignment, trial.trial_dir
         env = trial_env(self.environ, assignment, trial_dir, gpu=self.gpu)
+        if assignment.stall_limit is not None:  # a print shows at once, so it counts as a sign of life
+            env.setdefault("PYTHONUNBUFFERED", "1")
         with LeaseKeeper(trial) as keeper:  # a checkpoint to fetch first may outlast the lease
             env.update(trial.hooks.start(assignment, trial_dir, env))
         keeper.raise_if_lost()  # before the command starts
@@ -132,7 +134,7 @@ class CommandTrial:
         if failed:  # hung: a failure, so its configuration runs again
             tail = stderr_tail(trial.trial_dir.stderr_path, STDERR_TAIL_LINES)
             return TrialOutcome(
-                TrialState.FAILED, exit_code=code, stderr_tail=f"{tail}\nsweeper: {reason}".lstrip()
+                TrialState.FAILED, exit_code=code, stderr_tail=f"{tail}\nsweeper: {reason}".lstrip("\n")
             )
         return TrialOutcome(
             TrialState.STOPPED,

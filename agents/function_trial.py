@@ -14,6 +14,7 @@ is finished when it returns.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import traceback
@@ -30,6 +31,8 @@ from sweeper import run as run_api
 from sweeper.protocol import TrialOutcome
 from sweeper.trials import TrialState
 
+log = logging.getLogger(__name__)
+
 
 class FunctionTrial:
     """Runs trials as calls of ``function``."""
@@ -40,6 +43,12 @@ class FunctionTrial:
     def run(self, trial: TrialRun) -> TrialOutcome:
         """Call the function to its end; raises :class:`AbandonTrial` when the lease was lost meanwhile."""
         assignment = trial.assignment
+        if assignment.time_limit is not None or assignment.stall_limit is not None:
+            log.warning(
+                "trial %s: sweeper.trial_timeout and sweeper.stall_timeout apply to trials run as "
+                "commands; a function runs in this process, which cannot be ended from outside",
+                assignment.trial_number,
+            )
         ctx = _context.TrialContext(
             sweep_id=assignment.sweep_id,
             trial_id=assignment.trial_id,

@@ -128,26 +128,30 @@ def parse_smi_csv(text: str) -> list[Gpu]:
 
 
 def select_gpus(
-    choice: str, available: list[Gpu] | None = None, environ: Mapping[str, str] | None = None
+    choice: str,
+    available: list[Gpu] | None = None,
+    environ: Mapping[str, str] | None = None,
+    without_gpus: str = "--slots",
 ) -> list[Gpu]:
     """The GPUs ``--gpus`` names: ``all`` or a comma-separated list of indices (``0,2``).
 
     Within an inherited ``CUDA_VISIBLE_DEVICES`` (``environ``, by default this process's), the
     indices count its entries, as CUDA does. Otherwise an explicit list is taken as given when
     discovery finds nothing (a container may hide NVML yet still have the devices); when
-    discovery works, each index must exist.
+    discovery works, each index must exist. Messages suggest ``without_gpus`` (the command's
+    option for trials without GPUs) where there are none to use.
     """
     choice = choice.strip()
     environ = os.environ if environ is None else environ
     found = discover_gpus() if available is None else available
     inherited = inherited_devices(environ)
     if inherited is not None:
-        return _select_visible(choice, inherited, found, environ)
+        return _select_visible(choice, inherited, found, environ, without_gpus)
     if choice.lower() == "all":
         if not found:
             raise GpuSelectionError(
                 "--gpus all: no NVIDIA GPU found (neither NVML nor nvidia-smi reports one); "
-                "use --slots N to run N trials at once without GPUs"
+                f"use {without_gpus} N to run N trials at once without GPUs"
             )
         return list(found)
     wanted = _indices(choice)
@@ -173,14 +177,14 @@ def _indices(choice: str) -> list[str]:
 
 
 def _select_visible(
-    choice: str, entries: list[str], found: list[Gpu], environ: Mapping[str, str]
+    choice: str, entries: list[str], found: list[Gpu], environ: Mapping[str, str], without_gpus: str
 ) -> list[Gpu]:
     """``--gpus`` within the entries of an inherited ``CUDA_VISIBLE_DEVICES``."""
     shown = f"CUDA_VISIBLE_DEVICES={environ['CUDA_VISIBLE_DEVICES']!r}"
     if not entries:
         raise GpuSelectionError(
             f"--gpus {choice}: {shown} leaves this agent no GPU; unset it to use every GPU of the "
-            "machine, or use --slots N to run N trials at once without GPUs"
+            f"machine, or use {without_gpus} N to run N trials at once without GPUs"
         )
     visible = [_described(entry, found, environ) for entry in entries]
     if choice.lower() == "all":

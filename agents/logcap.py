@@ -5,8 +5,12 @@ would otherwise fill the disk under ``.sweeper/trials`` and fail every other tri
 The trial writes straight to its files (its output never passes through the agent), opened for
 appending, so the agent can cut a file back while the trial runs and the trial's next write lands
 at the new end. A file that passes its limit keeps its first half (how the trial started: the
-config it printed, its first warnings), then one line saying how much was dropped, then the latest
-quarter; it grows back towards the limit and is cut again.
+config it printed, its first warnings), then one line saying how much was dropped, then its latest
+output (a quarter of the limit, at most ``MAX_TAIL_BYTES``); it grows back and is cut again.
+
+Whatever the trial writes in the moment between the agent's last read and its cut (microseconds)
+is lost, and what it writes between the cut and the agent's append lands just before the marker:
+the marker's count says "about".
 """
 
 from __future__ import annotations
@@ -19,13 +23,16 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 100 * 2**20  # per file
+MIN_MAX_BYTES = 64 * 2**10  # below this the marker line alone would be a fair share of the file
+MAX_TAIL_BYTES = 16 * 2**20  # what a cut holds in memory, however large the limit
+_LINE_SEARCH = 64 * 2**10  # how far back from the half the head's last line end is looked for
 
 
 class BoundedLogs:
     """The trial's log files, each cut back by :meth:`check` once it passes ``max_bytes`` (0: never)."""
 
     def __init__(self, paths: Iterable[Path], max_bytes: int) -> None:
-        self._max = max(int(max_bytes), 0)
+        self._max = max(int(max_bytes), MIN_MAX_BYTES) if max_bytes > 0 else 0
         self._files = {Path(p): _File() for p in paths}
 
     def check(self) -> None:
@@ -56,19 +63,21 @@ class _File:
             return
         if size <= max_bytes:
             return
+        if size < self.head + self.marker:  # cut or replaced by someone else: start afresh
+            self.head, self.marker = -1, 0
+        keep = min(max_bytes // 4, MAX_TAIL_BYTES)
         with open(path, "rb") as fh:
-            if self.head < 0:  # the first cut: the first half, up to its last whole line
-                start = fh.read(max_bytes // 2)
-                newline = start.rfind(b"\n")
-                self.head = newline + 1 if newline >= 0 else len(start)
-            fh.seek(size - max_bytes // 4)
-            tail = fh.read(max_bytes // 4)
-        newline = tail.find(b"\n")  # the kept end starts with a whole line
-        if 0 <= newline < len(tail) - 1:
-            tail = tail[newline + 1 :]
+            if self.head < 0:
+                self.head = _line_end_before(fh, max_bytes // 2)
+            fh.seek(size - keep)
+            tail = fh.read(keep)
+            tail += fh.read()  # what the trial appended meanwhile, read just before the cut
+        size += len(tail) - keep
+        newline = tail.find(b"\n", max(len(tail) - keep, 0))  # the kept end starts with a whole line
+        tail = tail[newline + 1 :] if 0 <= newline < len(tail) - 1 else tail[-keep:]
         self.dropped += size - self.head - self.marker - len(tail)
         marker = (
-            f"[sweeper: {self.dropped} bytes of output dropped here to keep this file under "
+            f"[sweeper: about {self.dropped} bytes of output dropped here to keep this file under "
             f"{max_bytes} bytes; the latest output follows]\n"
         ).encode()
         os.truncate(path, self.head)
@@ -76,3 +85,12 @@ class _File:
         with open(path, "ab") as fh:
             fh.write(marker + tail)
         self.marker = len(marker)
+
+
+def _line_end_before(fh, limit: int) -> int:
+    """The offset just past the last newline before ``limit`` (``limit`` itself if none is near)."""
+    start = max(limit - _LINE_SEARCH, 0)
+    fh.seek(start)
+    window = fh.read(limit - start)
+    newline = window.rfind(b"\n")
+    return start + newline + 1 if newline >= 0 else limit

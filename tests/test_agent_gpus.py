@@ -204,14 +204,17 @@ def test_gpus_some_picks_only_those(fake_smi: Path, tmp_path: Path, monkeypatch)
 
 
 @needs_no_nvml
-def test_gpus_all_without_gpus_is_a_usage_error(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize(("command", "flag"), [("run", "--agents"), ("agent", "--slots")])
+def test_gpus_all_without_gpus_is_a_usage_error(tmp_path: Path, monkeypatch, command, flag) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
     db, sweep_id = _sweep(tmp_path, 1)
-    result = CliRunner().invoke(main, ["agent", sweep_id, "--db", db, "--gpus", "all"])
+    target = "sweep.yaml" if command == "run" else sweep_id
+    result = CliRunner().invoke(main, [command, target, "--db", db, "--gpus", "all"])
     assert result.exit_code == 2
-    assert "no NVIDIA GPU found" in result.output and "--slots" in result.output
+    # The hint names the option of the command that was run.
+    assert "no NVIDIA GPU found" in result.output and f"use {flag} N to run N trials" in result.output
     with open_store(db) as store:
         assert store.list_trials(sweep_id) == []  # nothing was leased
 

@@ -64,7 +64,8 @@ def test_a_trial_over_its_time_limit_is_stopped_and_keeps_what_it_logged(tmp_pat
 
 
 @pytest.mark.slow
-def test_a_quiet_trial_fails_as_stalled_while_one_that_prints_runs_on(tmp_path: Path) -> None:
+def test_a_quiet_trial_fails_as_stalled_while_one_that_prints_runs_on(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("PYTHONUNBUFFERED", raising=False)  # the agent asks for it where a stall limit is set
     sweep = _sweep(stall_timeout=1.5)
     sweep["parameters"]["mode"] = {"values": ["hang", "chatty"]}
     _, trials = run_and_list(tmp_path, sweep, "--grace", "2", "--max-failures", "0")

@@ -3,6 +3,7 @@ it ended and a line saying what was dropped in between."""
 
 from __future__ import annotations
 
+import builtins
 import json
 import re
 import subprocess
@@ -10,11 +11,14 @@ import sys
 from pathlib import Path
 
 import yaml
+from sweeper.agents import logcap
 from sweeper.agents.logcap import BoundedLogs
 
 SCRIPTS = Path(__file__).parent / "scripts"
 SWEEPER = str(Path(sys.executable).with_name("sweeper"))
-MARKER = re.compile(rb"\[sweeper: (\d+) bytes of output dropped here to keep this file under (\d+) bytes")
+MARKER = re.compile(
+    rb"\[sweeper: about (\d+) bytes of output dropped here to keep this file under (\d+) bytes"
+)
 
 
 def _numbered(first: int, count: int) -> bytes:
@@ -25,24 +29,41 @@ def test_a_file_written_past_its_limit_keeps_its_start_its_latest_lines_and_says
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "stdout.log"
-    logs = BoundedLogs([path, tmp_path / "never-written.log"], max_bytes=13_000)
+    logs = BoundedLogs([path, tmp_path / "never-written.log"], max_bytes=130_000)
     written = 0
     with open(path, "ab") as trial:  # as the trial holds it: appending
         for _ in range(40):
-            trial.write(_numbered(written, 500))
+            trial.write(_numbered(written, 5000))
             trial.flush()
-            written += 500
+            written += 5000
             logs.check()
-            assert path.stat().st_size <= 13_000 + 500 * 13  # at most one burst over
+            assert path.stat().st_size <= 130_000 + 5000 * 13  # at most one burst over
     text = path.read_bytes()
     head, rest = text.split(b"[sweeper: ", 1)
     marker, tail = rest.split(b"\n", 1)
-    assert head == _numbered(0, 500)  # the first half, whole lines
+    assert head == _numbered(0, 5000)  # the first half, whole lines
     last = int(tail.splitlines()[-1].split()[1])
     first_kept = int(tail.splitlines()[0].split()[1])
     assert last == written - 1 and tail == _numbered(first_kept, last - first_kept + 1)
     dropped = int(MARKER.search(b"[sweeper: " + marker).group(1))
-    assert dropped == (first_kept - 500) * 13  # exactly the lines that are gone
+    assert dropped == (first_kept - 5000) * 13  # exactly the lines that are gone
+
+
+def test_what_the_trial_appends_while_a_cut_reads_its_file_is_kept(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "stdout.log"
+    path.write_bytes(_numbered(0, 20_000))
+    late = _numbered(20_000, 100)
+
+    def open_while_the_trial_writes(file, mode="r", *args, **kwargs):
+        handle = builtins.open(file, mode, *args, **kwargs)
+        if mode == "rb":  # the agent reading: the trial appends meanwhile, as a running one does
+            with builtins.open(file, "ab") as trial:
+                trial.write(late)
+        return handle
+
+    monkeypatch.setattr(logcap, "open", open_while_the_trial_writes, raising=False)
+    BoundedLogs([path], max_bytes=130_000).check()
+    assert path.read_bytes().endswith(late)  # read just before the cut, not lost to it
 
 
 def test_no_limit_keeps_everything(tmp_path: Path) -> None:
@@ -82,3 +103,15 @@ def test_a_trial_that_prints_without_end_keeps_logs_under_the_limit(tmp_path: Pa
         assert (folder / "stdout.log").read_bytes().endswith(b"out line 000060000 the end\n")
     # The error that ended the failed trial is its reason, however much came before it.
     assert "ValueError: the last words after all that output" in trials[1]["stderr_tail"]
+
+
+def test_a_limit_too_small_to_hold_its_own_marker_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "sweep.yaml").write_text(
+        yaml.safe_dump({"method": "grid", "program": "x.py", "parameters": {}})
+    )
+    ran = subprocess.run(
+        [SWEEPER, "run", "sweep.yaml", "--max-log-mb", "0.01"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert ran.returncode == 2
+    assert "expected 0 (no limit) or at least 0.0625 (64 KiB), got 0.01" in ran.stderr
+    assert not (tmp_path / ".sweeper").exists()  # refused before anything was created

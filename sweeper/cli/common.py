@@ -31,12 +31,20 @@ max_failures_option = click.option(
     help="Stop an agent once this many trials in a row have failed (0: never).",
 )
 
+
+def _log_limit(_ctx: click.Context, _param: click.Parameter, value: float) -> float:
+    if 0 < value < 1 / 16:
+        raise click.BadParameter(f"expected 0 (no limit) or at least 0.0625 (64 KiB), got {value:g}")
+    return value
+
+
 max_log_option = click.option(
     "--max-log-mb",
     "max_log_mb",
     default=100.0,
     show_default=True,
     type=click.FloatRange(min=0),
+    callback=_log_limit,
     help="Cut a trial's stdout.log or stderr.log back once it passes this many MiB, keeping its "
     "start and its latest output (0: never).",
 )
@@ -86,7 +94,7 @@ def chosen_gpus(
             "(times --trials-per-gpu) is the number of trials at once"
         )
     try:
-        chosen = select_gpus(gpus)
+        chosen = select_gpus(gpus, without_gpus=parallel_flag)
     except GpuSelectionError as exc:
         raise click.UsageError(str(exc)) from None
     per_gpu = trials_per_gpu or 1

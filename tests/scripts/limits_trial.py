@@ -1,5 +1,6 @@
 """Runs too long (``slow``: logs a value every 0.2 s without end), hangs (``hang``: logs once, then
-waits without a word), or keeps printing without logging (``chatty``: a line every 0.3 s for 3 s)."""
+waits without a word), or keeps printing without logging (``chatty``: a line every 0.3 s for 3 s,
+never flushed, so the lines reach the file as they are printed only when Python is unbuffered)."""
 
 import time
 
@@ -19,7 +20,7 @@ elif mode == "hang":
     time.sleep(600)
 else:
     for i in range(10):
-        print(f"still working {i}", flush=True)
+        print(f"still working {i}")  # not flushed: buffered unless the agent asks for unbuffered
         time.sleep(0.3)
     run.log({"loss": 0.5}, step=0)
 run.finish()
