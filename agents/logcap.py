@@ -63,8 +63,6 @@ class _File:
             return
         if size <= max_bytes:
             return
-        if size < self.head + self.marker:  # cut or replaced by someone else: start afresh
-            self.head, self.marker = -1, 0
         keep = min(max_bytes // 4, MAX_TAIL_BYTES)
         with open(path, "rb") as fh:
             if self.head < 0:
