@@ -80,6 +80,8 @@ def test_a_quiet_trial_fails_as_stalled_while_one_that_prints_runs_on(tmp_path: 
 def test_limits_are_durations_with_their_key_path_when_wrong() -> None:
     spec = parse_sweep(_sweep(trial_timeout="1.5h", stall_timeout=90))
     assert (spec.options.trial_timeout, spec.options.stall_timeout) == (5400.0, 90.0)
+    spec = parse_sweep(_sweep(trial_timeout="3600", stall_timeout="1d"))
+    assert (spec.options.trial_timeout, spec.options.stall_timeout) == (3600.0, 86400.0)
     with pytest.raises(SpecError) as caught:
         parse_sweep(_sweep(trial_timeout="soon", stall_timeout=-5))
     assert [(p.path, p.message) for p in caught.value.problems] == [

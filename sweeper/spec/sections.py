@@ -285,17 +285,17 @@ def _checkpoints(raw: Any, path: str, problems: list[Problem]) -> Any:
     return value.strip()
 
 
-_DURATION_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*")
+_DURATION_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def duration(raw: Any, path: str, problems: list[Problem]) -> Any:
-    """Seconds, from a number of seconds or a string such as ``90s``, ``30m``, ``2h``, ``1.5d``."""
+    """Seconds, from a number of seconds or a string such as ``3600``, ``90s``, ``30m``, ``2h``, ``1.5d``."""
     what = "a duration such as 3600, '90s', '30m', '2h' or '1d'"
     if isinstance(raw, int | float) and not isinstance(raw, bool):
         seconds = float(raw)
     elif isinstance(raw, str) and (match := _DURATION_RE.fullmatch(raw)):
-        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
     else:
         problems.append(Problem(path, f"expected {what}, got {show(raw)}"))
         return INVALID
