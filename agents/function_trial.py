@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 from sweeper.agents.events import TrialStarted
+from sweeper.agents.limits import time_limit_reason
 from sweeper.agents.pythonpath import _sweeper_capture as capture
 from sweeper.agents.trialdir import trial_env
 from sweeper.agents.trialrun import STDERR_TAIL_LINES, LeaseKeeper, TrialRun
@@ -43,10 +44,10 @@ class FunctionTrial:
     def run(self, trial: TrialRun) -> TrialOutcome:
         """Call the function to its end; raises :class:`AbandonTrial` when the lease was lost meanwhile."""
         assignment = trial.assignment
-        if assignment.time_limit is not None or assignment.stall_limit is not None:
+        if assignment.stall_limit is not None:
             log.warning(
-                "trial %s: sweeper.trial_timeout and sweeper.stall_timeout apply to trials run as "
-                "commands; a function runs in this process, which cannot be ended from outside",
+                "trial %s: sweeper.stall_timeout applies to trials run as commands; a function runs "
+                "in this process, which cannot be ended from outside",
                 assignment.trial_number,
             )
         ctx = _context.TrialContext(
@@ -66,12 +67,21 @@ class FunctionTrial:
         # Reports and heartbeats while the function holds the agent's thread; a stop from the
         # coordinator, or a lost lease, reaches the function through its context.
         watch = LeaseKeeper(trial, every=trial.poll_interval, on_stop=ctx.request_stop)
+        # A time limit reaches the function as a stop, at its next log call, as any other stop does.
+        timer = None
+        if assignment.time_limit is not None:
+            reason = time_limit_reason(assignment.time_limit)
+            timer = threading.Timer(assignment.time_limit, ctx.request_stop, args=(reason,))
+            timer.daemon = True
+            timer.start()
         _context.set_current(ctx)
         try:
             with watch, _environment(env):
                 trial.emit(TrialStarted(assignment, (), trial.trial_dir.path))
                 stopped_by, error = self._call(ctx, trial, env)
         finally:
+            if timer is not None:
+                timer.cancel()
             _context.set_current(None)
             trial.stop.detach()
             run_api.end_context_runs(ctx)

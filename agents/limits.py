@@ -37,13 +37,17 @@ class TrialLimits:
         if logged or sizes != self._sizes:
             self._sizes, self._last_active = sizes, now
         if self.time_limit is not None and now - self._started > self.time_limit:
-            return f"time limit: ran longer than {_shown(self.time_limit)} (sweeper.trial_timeout)"
+            return time_limit_reason(self.time_limit)
         if self.stall_limit is not None and now - self._last_active > self.stall_limit:
             self.stalled = True
             return (
                 f"stalled: nothing logged or printed for {_shown(self.stall_limit)} (sweeper.stall_timeout)"
             )
         return None
+
+
+def time_limit_reason(seconds: float) -> str:
+    return f"time limit: ran longer than {_shown(seconds)} (sweeper.trial_timeout)"
 
 
 def _size(path: Path) -> int:

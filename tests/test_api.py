@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,33 @@ def test_sweep_from_a_file(db: str, tmp_path: Path) -> None:
         (trial,) = store.list_trials(sweep_id)
     assert 1e-5 <= trial.config["lr"] <= 1e-3
     assert trial.summary == {"lr": trial.config["lr"]}
+
+
+def test_a_function_over_the_time_limit_is_stopped_at_its_next_log(db: str) -> None:
+    def train() -> None:
+        run = sweeper.init()
+        step = 0
+        while step < 200:  # 20 s unless stopped
+            run.log({"loss": 1.0 / (step + 1)}, step=step)
+            step += 1
+            time.sleep(0.1)
+        run.finish()
+
+    sweep_id = sweeper.sweep(
+        {
+            "method": "grid",
+            "metric": {"name": "loss"},
+            "parameters": {"i": {"values": [1, 2]}},
+            "sweeper": {"trial_timeout": 1},
+        },
+        db=db,
+    )
+    started = time.monotonic()
+    sweeper.agent(sweep_id, function=train, db=db)
+    assert time.monotonic() - started < 15
+    with open_store(db) as store:
+        trials = store.list_trials(sweep_id, with_history=True)
+    # Both trials ran: the limit ends a trial, not the agent.
+    assert [t.state for t in trials] == [TrialState.STOPPED] * 2
+    assert {t.stop_reason for t in trials} == {"time limit: ran longer than 1s (sweeper.trial_timeout)"}
+    assert all(len(t.curve("loss")) >= 5 for t in trials)
