@@ -118,3 +118,35 @@ def test_a_function_over_the_time_limit_is_stopped_at_its_next_log(db: str) -> N
     assert [t.state for t in trials] == [TrialState.STOPPED] * 2
     assert {t.stop_reason for t in trials} == {"time limit: ran longer than 1s (sweeper.trial_timeout)"}
     assert all(len(t.curve("loss")) >= 5 for t in trials)
+
+
+def test_the_agent_first_delivers_what_a_killed_agent_left_in_its_folder(db: str, tmp_path: Path) -> None:
+    from sweeper.agents.spool import Spool, leftover_spools
+
+    from sweeper.coordinator import Coordinator
+    from sweeper.protocol import AgentInfo, Assignment, TrialOutcome
+    from sweeper.trials import MetricPoint
+
+    sweep_id = sweeper.sweep(
+        {"method": "grid", "metric": {"name": "loss"}, "parameters": {"i": {"values": [1, 2]}}}, db=db
+    )
+    with open_store(db) as store:  # an agent leased the first trial, logged, ended it, and was killed
+        got = Coordinator(store).next_trial(sweep_id, AgentInfo(name="gone", host="h"))
+        assert isinstance(got, Assignment)
+        folder = tmp_path / ".sweeper" / "trials" / sweep_id / str(got.trial_number)
+        folder.mkdir(parents=True)
+        spool = Spool.create(folder, got)
+        spool.append([MetricPoint("loss", 0.5, 0, 0, 1700000000.0)])
+        spool.keep_outcome(TrialOutcome(TrialState.FINISHED, exit_code=0))
+
+    def train() -> None:
+        run = sweeper.init()
+        run.log({"loss": 1.0})
+        run.finish()
+
+    sweeper.agent(sweep_id, function=train, db=db)
+    with open_store(db) as store:
+        trials = store.list_trials(sweep_id, with_history=True)
+    assert [t.state for t in trials] == [TrialState.FINISHED] * 2
+    assert trials[0].curve("loss") == [(0, 0.5)]  # the left-over report, delivered once
+    assert list(leftover_spools(tmp_path)) == []
