@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sweeper.agents.trialdir import TrialDir
+from sweeper.agents.trialdir import TrialDir, marked_artifacts
 
 from sweeper.checkpoints import SNAPSHOTS_FOLDER, CheckpointError, fetch, newest_snapshot, publish, signature
 from sweeper.protocol import Assignment, TrialOutcome
@@ -139,7 +139,7 @@ class CheckpointHook:
         shutil.rmtree(snapshots, ignore_errors=True)
         shutil.rmtree(trial_dir.path / RESTORE_FOLDER, ignore_errors=True)
         if published or not signature(live):  # published, or nothing was ever saved
-            shutil.rmtree(live, ignore_errors=True)
+            _remove_all_but_marked(live, trial_dir)
         else:
             log.warning("trial %s: its checkpoint stays in %s: its last publish failed", number, live)
 
@@ -187,3 +187,21 @@ class CheckpointHook:
             if now and now != trial.signature:
                 publish(live, location, base=trial.base)
                 trial.signature = now
+
+
+def _remove_all_but_marked(folder: Path, trial_dir: TrialDir) -> None:
+    """``folder`` gone, but for the files the script marked with ``run.log_artifact``: the trackers
+    upload those from a thread of their own, later (or once they are reachable again)."""
+    root = folder.resolve()
+    keep = {p.resolve() for p in marked_artifacts(trial_dir.path)}
+    keep = {p for p in keep if root in p.parents}
+    if not keep:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    for path in sorted(root.rglob("*"), reverse=True):  # files before the folders holding them
+        if path in keep or any(path in k.parents for k in keep):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)

@@ -73,6 +73,23 @@ class TrialDir:
         return trial_dir
 
 
+def marked_artifacts(folder: Path) -> tuple[Path, ...]:
+    """The files the script marked with ``run.log_artifact``, in order, once each, if still there."""
+    seen: dict[str, None] = {}
+    try:
+        lines = (folder / "artifacts.jsonl").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return ()
+    for line in lines:
+        try:
+            path = json.loads(line)["path"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if isinstance(path, str) and os.path.exists(path):
+            seen[path] = None
+    return tuple(Path(p) for p in seen)
+
+
 def plain(value: Any) -> Any:
     """Nested mappings and sequences as dicts and lists, so JSON and safe YAML accept them."""
     if isinstance(value, Mapping):

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
 import socket
 import threading
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from sweeper.agents.metrics import points_from_record
-from sweeper.agents.trialdir import TrialDir
+from sweeper.agents.trialdir import TrialDir, marked_artifacts
 from sweeper.integrations.base import TrialEnd, TrialInfo
 from sweeper.integrations.session import trackers_for
 
@@ -77,20 +74,3 @@ class TrackerHook:
         )
         for tracker in trackers_for(assignment.sweep_id, assignment.integrations):
             tracker.trial_ended(info, end)
-
-
-def marked_artifacts(folder: Path) -> tuple[Path, ...]:
-    """The files the script marked with ``run.log_artifact``, in order, once each, if still there."""
-    seen: dict[str, None] = {}
-    try:
-        lines = (folder / "artifacts.jsonl").read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return ()
-    for line in lines:
-        try:
-            path = json.loads(line)["path"]
-        except (ValueError, KeyError, TypeError):
-            continue
-        if isinstance(path, str) and os.path.exists(path):
-            seen[path] = None
-    return tuple(Path(p) for p in seen)

@@ -432,9 +432,10 @@ def _pbt_assignment(checkpoint_to: str) -> Assignment:
 
 
 def test_a_file_marked_in_the_checkpoint_folder_is_there_for_the_trackers_at_the_end(tmp_path: Path) -> None:
-    """The trackers' hook comes after the checkpoint hook, and ends before it clears the folder."""
+    """The trackers' hook ends before the checkpoint hook clears the folder, and the clearing leaves
+    the marked files: real trackers upload them later, from a thread of their own."""
     from sweeper.agents.hooks import TrialHooks
-    from sweeper.integrations.hook import marked_artifacts
+    from sweeper.agents.trialdir import marked_artifacts
 
     seen: list[tuple[Path, bytes]] = []
 
@@ -455,12 +456,15 @@ def test_a_file_marked_in_the_checkpoint_folder_is_there_for_the_trackers_at_the
     env = hooks.start(assignment, trial_dir, {})
     model = Path(env["SWEEPER_CHECKPOINT_DIR"]) / "model.pt"  # run.checkpoint_dir / "model.pt"
     model.write_bytes(b"weights")
+    (model.parent / "optimizer.pt").write_bytes(b"state")  # saved, not marked
     with open(trial_dir.artifacts_path, "a") as fh:  # run.log_artifact(model)
         fh.write(json.dumps({"path": str(model), "time": 0}) + "\n")
     hooks.end(assignment, TrialOutcome(TrialState.FINISHED, exit_code=0), trial_dir)
     assert seen == [(model, b"weights")]
     assert fetch("published/sw/1", tmp_path / "copy", base=tmp_path)  # published, then cleared locally
-    assert (tmp_path / "copy" / "model.pt").read_bytes() == b"weights" and not model.parent.exists()
+    assert (tmp_path / "copy" / "model.pt").read_bytes() == b"weights"
+    assert [p.name for p in model.parent.iterdir()] == ["model.pt"]  # kept for a tracker still busy
+    assert marked_artifacts(trial_dir.path) == (model,)
 
 
 def test_a_stopped_trial_whose_checkpoint_was_not_published_keeps_its_last_whole_save(tmp_path: Path) -> None:
