@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sweeper.agents.pythonpath._sweeper_capture import not_followed_here
-
 from sweeper.trials import MetricPoint, TrialState
 
 log = logging.getLogger("sweeper.integrations")
@@ -238,6 +236,9 @@ class SafeTracker:
 
     def _work(self) -> None:
         # In a process that also runs trials as functions, what this thread logs is the tracker's.
+        # Imported here: the capture's package is the whole agent, which a server never needs.
+        from sweeper.agents.pythonpath._sweeper_capture import not_followed_here
+
         not_followed_here()
         while True:
             with self._cond:
