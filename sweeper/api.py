@@ -52,14 +52,10 @@ def agent(
     It stops once ``max_failures`` trials in a row have failed (0: never).
     Returns the one-line reason the agent stopped.
     """
-    from sweeper.agents.reporting import deliver_leftovers
     from sweeper.local import LocalAgents
 
-    coordinator = _coordinator(db)
-    # What an agent killed in this folder left undelivered, as `sweeper agent` sends it first.
-    deliver_leftovers(coordinator, Path.cwd(), sweep_id)
     agents = LocalAgents(
-        coordinator,
+        _coordinator(db),
         sweep_id,
         agents=1,
         count=count,

@@ -19,6 +19,7 @@ from typing import Any
 from sweeper.agents import Agent, AgentEvent
 from sweeper.agents.logcap import DEFAULT_MAX_BYTES as DEFAULT_MAX_LOG_BYTES
 from sweeper.agents.orphans import end_orphans
+from sweeper.agents.reporting import deliver_leftovers
 from sweeper.agents.streak import DEFAULT_MAX_FAILURES
 from sweeper.protocol import (
     AgentInfo,
@@ -95,6 +96,7 @@ class LocalAgents:
     def start(self) -> None:
         if self.function is None:  # trials an agent that died here left running hold their GPUs
             end_orphans(self.workdir, self.grace_period)
+        self._deliver_leftovers()
         budget = TrialBudget(self.client, self.count)
         self._recorder = _sweep_recorder(self.client, self.sweep_id)
         if self._recorder is not None:  # _end_tracking closes the trackers, once no other group needs them
@@ -122,6 +124,15 @@ class LocalAgents:
             self._agents.append(agent)
             self._threads.append(thread)
             thread.start()
+
+    def _deliver_leftovers(self) -> None:
+        """Send what an agent killed in this folder left undelivered, before new trials start."""
+        try:
+            deliver_leftovers(self.client, self.workdir, self.sweep_id)
+        except OSError as exc:
+            log.warning(
+                "could not deliver reports an earlier agent left here yet (%s); they stay on disk", exc
+            )
 
     def _run(self, agent: Agent, done: threading.Event) -> None:
         try:

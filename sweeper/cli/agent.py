@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import click
@@ -83,7 +82,6 @@ def agent(
     logging.basicConfig(level=logging.WARNING, format="sweeper agent: %(message)s")
     client = connect_or_fail(coordinator_url, token, db_url)
     spec = _check_sweep(client, sweep_id, coordinator_url)
-    _deliver_leftovers(client, sweep_id)
 
     from sweeper.cli.run import Progress
 
@@ -136,17 +134,6 @@ def _check_sweep(client: Any, sweep_id: str, coordinator: str | None) -> Any:
                 ) from None
             time.sleep(backoff_delay(attempt, base=_START_BACKOFF, cap=4.0))
     raise AssertionError("unreachable")
-
-
-def _deliver_leftovers(client: Any, sweep_id: str) -> None:
-    from sweeper.agents.reporting import deliver_leftovers
-
-    try:
-        deliver_leftovers(client, Path.cwd(), sweep_id)
-    except OSError as exc:
-        click.echo(
-            f"could not deliver reports an earlier agent left here yet ({exc}); they stay on disk", err=True
-        )
 
 
 def _exit_line(reasons: list[str]) -> str:
