@@ -48,6 +48,26 @@ def number(value: Any, path: str, problems: list[Problem], *, what: str = "a num
     return n
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(value: Any, path: str, problems: list[Problem]) -> Any:
+    """Seconds above 0: a number of seconds (``3600``, ``'3600'``), or one with a unit (``'90s'``,
+    ``'30m'``, ``'2h'``, ``'1.5d'``)."""
+    what = "a duration such as 3600, '90s', '30m', '2h' or '1d'"
+    n = to_number(value)
+    if n is None and isinstance(value, str) and value.strip()[-1:] in _DURATION_UNITS:
+        amount = to_number(value.strip()[:-1])
+        n = None if amount is None else amount * _DURATION_UNITS[value.strip()[-1]]
+    if n is None:
+        problems.append(Problem(path, f"expected {what}, got {show(value)}"))
+        return INVALID
+    if not 0 < n < math.inf:
+        problems.append(Problem(path, f"expected {what} above 0, got {show(value)}"))
+        return INVALID
+    return float(n)
+
+
 def integer(value: Any, path: str, problems: list[Problem], *, what: str = "an integer") -> Any:
     """An int; an integral float (``1e3``) is accepted as the int it equals."""
     n = to_number(value)

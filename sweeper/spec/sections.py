@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from sweeper.spec.fields import INVALID, boolean, choice, integer, number, show, string
+from sweeper.spec.fields import INVALID, boolean, choice, duration, integer, number, show, string
 from sweeper.spec.model import Asha, Goal, Hyperband, Metric, Options, Pbt, Resource
 from sweeper.spec.problems import Problem, closest, join, unknown_key
 
@@ -283,26 +283,6 @@ def _checkpoints(raw: Any, path: str, problems: list[Problem]) -> Any:
     elif sep and (not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme) or not rest.strip("/")):
         problems.append(Problem(path, f"expected a URL such as s3://bucket/checkpoints, got {show(raw)}"))
     return value.strip()
-
-
-_DURATION_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*")
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def duration(raw: Any, path: str, problems: list[Problem]) -> Any:
-    """Seconds, from a number of seconds or a string such as ``3600``, ``90s``, ``30m``, ``2h``, ``1.5d``."""
-    what = "a duration such as 3600, '90s', '30m', '2h' or '1d'"
-    if isinstance(raw, int | float) and not isinstance(raw, bool):
-        seconds = float(raw)
-    elif isinstance(raw, str) and (match := _DURATION_RE.fullmatch(raw)):
-        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
-    else:
-        problems.append(Problem(path, f"expected {what}, got {show(raw)}"))
-        return INVALID
-    if not 0 < seconds < float("inf"):
-        problems.append(Problem(path, f"expected {what} above 0, got {show(raw)}"))
-        return INVALID
-    return seconds
 
 
 def parse_options(raw: Any, problems: list[Problem]) -> Options:
