@@ -4,17 +4,16 @@ it ended and a line saying what was dropped in between."""
 from __future__ import annotations
 
 import builtins
-import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
+from cli_support import SCRIPTS, run_and_list
 from sweeper.agents import logcap
 from sweeper.agents.logcap import BoundedLogs
 
-SCRIPTS = Path(__file__).parent / "scripts"
 SWEEPER = str(Path(sys.executable).with_name("sweeper"))
 MARKER = re.compile(
     rb"\[sweeper: about (\d+) bytes of output dropped here to keep this file under (\d+) bytes"
@@ -79,20 +78,11 @@ def test_a_trial_that_prints_without_end_keeps_logs_under_the_limit(tmp_path: Pa
         "program": str(SCRIPTS / "chatty_trial.py"),
         "parameters": {"lines": {"value": 60_000}, "fail": {"values": [0, 1]}},
     }
-    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(raw))
-    ran = subprocess.run(
-        [SWEEPER, "run", "sweep.yaml", "--max-log-mb", "0.5", "--max-failures", "0"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=240,
+    sweep_id, by_number = run_and_list(
+        tmp_path, raw, "--max-log-mb", "0.5", "--max-failures", "0", timeout=240
     )
-    sweep_id = ran.stdout.splitlines()[0].split()[1].rstrip(":")
-    listing = subprocess.run(
-        [SWEEPER, "trials", sweep_id, "--format", "json"], cwd=tmp_path, capture_output=True, text=True
-    )
-    trials = {t["config"]["fail"]: t for t in json.loads(listing.stdout)}
-    assert trials[0]["state"] == "finished" and trials[1]["state"] == "failed", ran.stdout + ran.stderr
+    trials = {t["config"]["fail"]: t for t in by_number.values()}
+    assert trials[0]["state"] == "finished" and trials[1]["state"] == "failed"
     # 60,000 lines of 55 bytes on each stream: about 3.3 MB each, cut back to at most half a MiB.
     for trial in trials.values():
         folder = tmp_path / ".sweeper" / "trials" / sweep_id / str(trial["number"])
@@ -115,3 +105,10 @@ def test_a_limit_too_small_to_hold_its_own_marker_is_refused(tmp_path: Path) -> 
     assert ran.returncode == 2
     assert "expected 0 (no limit) or at least 0.0625 (64 KiB), got 0.01" in ran.stderr
     assert not (tmp_path / ".sweeper").exists()  # refused before anything was created
+
+
+def test_the_commands_default_is_the_agents_default() -> None:
+    from sweeper.cli.run import run
+
+    (option,) = [p for p in run.params if p.name == "max_log_bytes"]
+    assert option.default * 2**20 == logcap.DEFAULT_MAX_BYTES

@@ -65,7 +65,7 @@ def agent(
     db_url: str | None,
     grace: float,
     max_failures: int,
-    max_log_mb: float,
+    max_log_bytes: int,
     max_backoff: float,
 ) -> None:
     """Run trials of SWEEP_ID here until the sweep is done.
@@ -95,7 +95,7 @@ def agent(
         on_event=Progress(spec).on_event,
         max_backoff=max_backoff,
         max_failures=max_failures,
-        max_log_bytes=int(max_log_mb * 2**20),
+        max_log_bytes=max_log_bytes,
     )
     click.echo(f"agent on sweep {sweep_id}: {len(gpu_list) if gpu_list else slots or 1} trial(s) at a time")
     reasons, interrupted = run_until_done_or_interrupted(agents, grace)

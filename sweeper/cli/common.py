@@ -32,19 +32,26 @@ max_failures_option = click.option(
 )
 
 
-def _log_limit(_ctx: click.Context, _param: click.Parameter, value: float) -> float:
-    if 0 < value < 1 / 16:
-        raise click.BadParameter(f"expected 0 (no limit) or at least 0.0625 (64 KiB), got {value:g}")
-    return value
+def _log_limit_bytes(_ctx: click.Context, _param: click.Parameter, value: float) -> int:
+    """``--max-log-mb`` in bytes, as the agents take it."""
+    from sweeper.agents.logcap import MIN_MAX_BYTES
+
+    limit = int(value * 2**20)
+    if 0 < limit < MIN_MAX_BYTES:
+        least = MIN_MAX_BYTES / 2**20
+        raise click.BadParameter(
+            f"expected 0 (no limit) or at least {least:g} ({MIN_MAX_BYTES // 1024} KiB), got {value:g}"
+        )
+    return limit
 
 
 max_log_option = click.option(
     "--max-log-mb",
-    "max_log_mb",
-    default=100.0,
+    "max_log_bytes",
+    default=100.0,  # logcap.DEFAULT_MAX_BYTES, in MiB (sweeper.agents is not imported to start the CLI)
     show_default=True,
     type=click.FloatRange(min=0),
-    callback=_log_limit,
+    callback=_log_limit_bytes,
     help="Cut a trial's stdout.log or stderr.log back once it passes this many MiB, keeping its "
     "start and its latest output (0: never).",
 )

@@ -58,7 +58,7 @@ def run(
     count: int | None,
     grace: float,
     max_failures: int,
-    max_log_mb: float,
+    max_log_bytes: int,
     db_url: str | None,
     mlflow_uri: str | None = None,
     wandb_on: bool = False,
@@ -95,7 +95,7 @@ def run(
         grace_period=grace,
         on_event=progress.on_event,
         max_failures=max_failures,
-        max_log_bytes=int(max_log_mb * 2**20),
+        max_log_bytes=max_log_bytes,
     )
     reasons, interrupted = run_until_done_or_interrupted(agents, grace)
     # This command owns the sweep: it leaves none running behind (`sweeper resume` takes it up again).
