@@ -6,11 +6,12 @@ strategies, the store and the CLI can all share them without pulling in anything
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,6 +132,13 @@ class Trial:
         """:func:`config_key` of the config, made once per record: every lease compares the
         configurations of a sweep's whole history, whose ended trials the store keeps as read."""
         return config_key(self.config)
+
+    def with_history(self, history: Iterable[MetricPoint]) -> Trial:
+        """This record with ``history``, keeping the config key already made (the config is the same)."""
+        copy = dataclasses.replace(self, history=tuple(history))
+        if "config_key" in self.__dict__:
+            copy.__dict__["config_key"] = self.__dict__["config_key"]
+        return copy
 
     def curve(self, name: str) -> list[tuple[int, float]]:
         """(step, value) pairs of one metric, in step order."""

@@ -214,3 +214,13 @@ def test_random_depends_on_the_seed() -> None:
     a = drive(strategy_class("random")(spec), spec, 5, seed=1)
     b = drive(strategy_class("random")(spec), spec, 5, seed=2)
     assert [t.config for t in a] != [t.config for t in b]
+
+
+def test_a_record_given_its_history_keeps_the_config_key_it_made() -> None:
+    from sweeper.trials import Trial, TrialState, config_key
+
+    trial = Trial(1, "s", 1, {"lr": 3.0}, TrialState.FINISHED, 0.0)
+    assert trial.config_key == config_key({"lr": 3})
+    with_history = trial.with_history([])
+    assert with_history.history == () and "config_key" in with_history.__dict__
+    assert with_history.config_key == trial.config_key

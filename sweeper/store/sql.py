@@ -144,7 +144,7 @@ class SqlStore(Store):
             so_far = self._known.read(conn, sweep_id, keep)
             if history_of is not None:
                 found = self._curves(conn, sweep_id, history_of)
-                so_far = [dataclasses.replace(t, history=tuple(found.get(t.number, ()))) for t in so_far]
+                so_far = [t.with_history(found.get(t.number, ())) for t in so_far]
             draft = decide(sweep, so_far)
             if draft is None:
                 return None
