@@ -132,15 +132,9 @@ class CommandTrial:
             code = proc.terminate(self.grace_period)
         trial.forward(tailer.read_records())  # what it logged while shutting down
         if failed:  # hung: a failure, so its configuration runs again
-            tail = stderr_tail(trial.trial_dir.stderr_path, STDERR_TAIL_LINES)
-            return TrialOutcome(
-                TrialState.FAILED, exit_code=code, stderr_tail=f"{tail}\nsweeper: {reason}".lstrip("\n")
-            )
+            return TrialOutcome(TrialState.FAILED, exit_code=code, stderr_tail=_tail(trial, reason))
         return TrialOutcome(
-            TrialState.STOPPED,
-            exit_code=code,
-            stderr_tail=stderr_tail(trial.trial_dir.stderr_path, STDERR_TAIL_LINES) or None,
-            stop_reason=reason,
+            TrialState.STOPPED, exit_code=code, stderr_tail=_tail(trial) or None, stop_reason=reason
         )
 
     def _exited(self, trial: TrialRun, proc: TrialProcess, tailer: MetricTailer) -> TrialOutcome:
@@ -149,7 +143,11 @@ class CommandTrial:
         trial.forward(tailer.read_records())
         if code == 0:
             return TrialOutcome(TrialState.FINISHED, exit_code=0)
-        tail = stderr_tail(trial.trial_dir.stderr_path, STDERR_TAIL_LINES)
-        if code < 0:
-            tail = f"{tail}\nsweeper: the trial process was {describe_exit(code)}".lstrip("\n")
-        return TrialOutcome(TrialState.FAILED, exit_code=code, stderr_tail=tail)
+        note = f"the trial process was {describe_exit(code)}" if code < 0 else None
+        return TrialOutcome(TrialState.FAILED, exit_code=code, stderr_tail=_tail(trial, note))
+
+
+def _tail(trial: TrialRun, note: str | None = None) -> str:
+    """The last lines of the trial's stderr, and after them a line of the agent's own, if any."""
+    tail = stderr_tail(trial.trial_dir.stderr_path, STDERR_TAIL_LINES)
+    return f"{tail}\nsweeper: {note}".lstrip("\n") if note else tail
