@@ -6,9 +6,11 @@ back with ``subprocess.run``. The overhead ratio is agent wall time over loop wa
 per trial is the difference divided by N. (W&B's own ``wandb agent`` needs its cloud service,
 so it cannot run here offline.)
 
-    nice python bench/agent_gap.py --trials 30
+    nice python bench/agent_gap.py --trials 30 [--method bayes]
 
-Writes bench/results/agent_gap.json.
+The sweep is a grid of N points, or with ``--method bayes`` the same N values searched by
+Bayesian optimisation, whose model fit between trials is part of the gap.
+Writes bench/results/agent_gap.json (agent_gap_bayes.json with ``--method bayes``).
 """
 
 from __future__ import annotations
@@ -41,8 +43,11 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=30)
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "agent_gap.json")
+    parser.add_argument("--method", choices=("grid", "bayes"), default="grid")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    suffix = "" if args.method == "grid" else f"_{args.method}"
+    out = args.out or HERE / "results" / f"agent_gap{suffix}.json"
     sweeper_exe = str(Path(sys.executable).parent / "sweeper")
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,8 +65,9 @@ def main() -> None:
         )
         try:
             raw = {
-                "method": "grid",
+                "method": args.method,
                 "program": str(script),
+                "metric": {"name": "score", "goal": "maximize"},
                 "parameters": {"i": {"values": list(range(args.trials))}},
             }
             sweep_id = server.client().create_sweep(parse_sweep(raw)).id
@@ -83,6 +89,7 @@ def main() -> None:
         b.created_at - a.ended_at for a, b in zip(trials, trials[1:], strict=False) if a.ended_at is not None
     ]
     result = {
+        "method": args.method,
         "trials": args.trials,
         "plain_loop_s": loop_s,
         "sweeper_agent_s": agent_s,
@@ -93,8 +100,8 @@ def main() -> None:
             "max": max(gaps) * 1000,
         },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from sweeper.checkpoints import checkpoint_location
-from sweeper.planning import Plan, plan_next
+from sweeper.planning import Plan, completion, plan_next
 from sweeper.protocol import (
     CONTINUE,
     AgentInfo,
@@ -164,8 +164,9 @@ class Coordinator:
         if plan is None:  # the sweep does not hand out trials (or stopped doing so since it was read)
             sweep = self.store.get_sweep(sweep_id)
             if sweep.state is SweepState.FINISHED:
-                plan = plan_next(spec, strategy, self.store.list_trials(sweep_id), sweep.seed)
-                return NoTrial(NoTrialReason.DONE, f"sweep {sweep_id} is complete: {plan.reason}")
+                why = completion(spec, strategy, self.store.list_trials(sweep_id), sweep.seed)
+                said = f"is complete: {why}" if why is not None else "is finished"
+                return NoTrial(NoTrialReason.DONE, f"sweep {sweep_id} {said}")
             return _refusal(sweep) or NoTrial(NoTrialReason.WAIT, "sweep busy")
         if plan.done:
             self._finish_sweep_if_complete(sweep_id)
@@ -249,7 +250,7 @@ class Coordinator:
         trials = self.store.list_trials(sweep_id)
         if any(t.state.is_active for t in trials):
             return
-        if plan_next(spec, strategy, trials, sweep.seed).done:
+        if completion(spec, strategy, trials, sweep.seed) is not None:
             try:
                 self.store.set_sweep_state(sweep_id, SweepState.FINISHED, now=self.clock())
             except InvalidTransitionError:  # cancelled or paused meanwhile: that decision stands

@@ -70,6 +70,28 @@ def target_reached_by(spec: SweepSpec, trials: Sequence[Trial]) -> Trial | None:
     return None
 
 
+def _ended_by_rule(spec: SweepSpec, trials: Sequence[Trial]) -> str | None:
+    """Why the sweep ends whatever its strategy would suggest: its metric target or its run_cap."""
+    if (hit := target_reached_by(spec, trials)) is not None:
+        return f"trial {hit.number} reached the metric target"
+    if spec.run_cap is not None and len(trials) >= spec.run_cap:
+        return f"run_cap of {spec.run_cap} trials reached"
+    return None
+
+
+def completion(spec: SweepSpec, strategy: Strategy, trials: Sequence[Trial], seed: int) -> str | None:
+    """Why the sweep is complete, or None: what ``plan_next(...).done`` says, without asking the
+    strategy for a suggestion nobody runs (for bayes, a model fit per trial that ends)."""
+    if (reason := _ended_by_rule(spec, trials)) is not None:
+        return reason
+    if find_retry(trials, spec.options.max_retries) is not None:
+        return None
+    reason = strategy.completion(trials, suggestion_rng(seed, trials))
+    if reason is None or TrialState.RUNNING in map(_STATE, trials):
+        return None
+    return reason
+
+
 def plan_next(spec: SweepSpec, strategy: Strategy, trials: Sequence[Trial], seed: int) -> Plan:
     def finished_or_wait(reason: str) -> Plan:
         # Running trials may still fail and need a retry, so agents wait rather than leave.
@@ -79,10 +101,8 @@ def plan_next(spec: SweepSpec, strategy: Strategy, trials: Sequence[Trial], seed
             return Plan(suggestion=Suggestion.wait(f"{reason}; waiting for {active} running trial(s)"))
         return Plan(suggestion=Suggestion.done(reason))
 
-    if (hit := target_reached_by(spec, trials)) is not None:
-        return Plan(suggestion=Suggestion.done(f"trial {hit.number} reached the metric target"))
-    if spec.run_cap is not None and len(trials) >= spec.run_cap:
-        return Plan(suggestion=Suggestion.done(f"run_cap of {spec.run_cap} trials reached"))
+    if (reason := _ended_by_rule(spec, trials)) is not None:
+        return Plan(suggestion=Suggestion.done(reason))
     if (retry := find_retry(trials, spec.options.max_retries)) is not None:
         return Plan(draft=retry)
     suggestion = strategy.suggest(trials, suggestion_rng(seed, trials))

@@ -91,6 +91,18 @@ class StrategyConformance:
         if suggestion.kind is SuggestionKind.RUN:
             assert_in_space(self.spec, suggestion.config)
 
+    def test_completion_agrees_with_suggest(self) -> None:
+        # The coordinator asks completion() when a trial ends and suggest() when an agent asks:
+        # both must see the same end, at every point of a history, finite spaces run to their end.
+        strategy = self.strategy()
+        trials = drive(strategy, self.spec, 40)
+        for n in range(len(trials) + 1):
+            history = trials[:n]
+            suggestion = strategy.suggest(history, random.Random(f"c:{n}"))
+            reason = strategy.completion(history, random.Random(f"c:{n}"))
+            expected = suggestion.reason if suggestion.kind is SuggestionKind.DONE else None
+            assert reason == expected, n
+
     def test_nan_results_do_not_break_it(self) -> None:
         assert self.spec.metric is not None, "conformance specs name a metric"
         trials = [

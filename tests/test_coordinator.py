@@ -228,3 +228,30 @@ def test_a_strategy_that_asks_for_metric_histories_gets_them(
         assert [(p.step, p.value) for p in earlier.history] == [(i, 0.1 * i) for i in range(3)]
     else:  # everyone else decides from summaries, and the lease costs no history query
         assert earlier.history is None
+
+
+@pytest.mark.parametrize("method", ["bayes", "tpe"])
+def test_a_trial_that_ends_costs_a_model_search_no_suggestion(coordinator: Coordinator, method: str) -> None:
+    # One agent: every trial ends with nothing else running, so the coordinator asks whether the
+    # sweep is complete. A model-based strategy answers that from its space alone; before, it
+    # fitted its model for a suggestion nobody ran, doubling the wait between trials.
+    spec = {
+        "method": method,
+        "program": "t.py",
+        "metric": {"name": "acc", "goal": "maximize"},
+        "parameters": {"x": {"values": [1, 2, 3, 4, 5, 6]}},
+    }
+    sweep = coordinator.create_sweep(parse_sweep(spec))
+    _, strategy, _ = coordinator._compiled_by_id(sweep.id)
+    suggested = []
+    real = strategy.suggest
+    strategy.suggest = lambda trials, rng: suggested.append(len(trials)) or real(trials, rng)  # type: ignore[method-assign]
+    for n in range(6):
+        finish(coordinator, lease(coordinator, sweep.id), acc=0.1 * n)
+    assert suggested == [0, 1, 2, 3, 4, 5]  # one per trial leased
+    # The space is exhausted: the last trial's end finished the sweep without another suggestion.
+    assert coordinator.get_sweep(sweep.id).state is SweepState.FINISHED
+    answer = coordinator.next_trial(sweep.id, AGENT)
+    assert isinstance(answer, NoTrial) and answer.reason is NoTrialReason.DONE
+    assert "all 6 configurations of the finite space have been tried" in answer.message
+    assert suggested == [0, 1, 2, 3, 4, 5]

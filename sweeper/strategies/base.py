@@ -70,3 +70,13 @@ class Strategy(ABC):
         Retries of failed trials and ``run_cap`` are handled by the coordinator before this
         is called; a strategy only decides what is new.
         """
+
+    def completion(self, trials: Sequence[Trial], rng: random.Random) -> str | None:
+        """Why the search is complete given ``trials``, or None while it has more to suggest.
+
+        The coordinator asks whenever a trial ends with no other trial running, and throws the
+        suggestion away; a strategy whose suggestions are costly (a model fit) answers without
+        making one. Must agree with :meth:`suggest` returning DONE.
+        """
+        suggestion = self.suggest(trials, rng)
+        return suggestion.reason if suggestion.kind is SuggestionKind.DONE else None

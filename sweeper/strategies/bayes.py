@@ -28,11 +28,12 @@ def numpy_rng(rng: random.Random) -> Any:
     return np.random.default_rng(rng.getrandbits(128))
 
 
-def space_is_exhausted(spec: SweepSpec, trials: Sequence[Trial]) -> int | None:
-    """The size of a finite space every configuration of which has a trial, else None."""
+def space_exhausted(spec: SweepSpec, trials: Sequence[Trial]) -> str | None:
+    """Why a model-based search is complete: its finite space has a trial of every configuration.
+    None while a configuration is left, or the space is infinite."""
     size = space_size(spec)
     if size is not None and len({t.config_key for t in trials}) >= size:
-        return size
+        return f"all {size} configurations of the finite space have been tried"
     return None
 
 
@@ -65,11 +66,14 @@ class BayesSearch(Strategy):
             self._codec = SpaceCodec(self.spec.parameters)
         return self._codec
 
+    def completion(self, trials: Sequence[Trial], rng: random.Random) -> str | None:
+        return space_exhausted(self.spec, trials)  # without fitting a model
+
     def suggest(self, trials: Sequence[Trial], rng: random.Random) -> Suggestion:
         if self.spec.metric is None:
             raise ValueError("method bayes needs a metric (metric: {name: ..., goal: ...})")
-        if (size := space_is_exhausted(self.spec, trials)) is not None:
-            return Suggestion.done(f"all {size} configurations of the finite space have been tried")
+        if (reason := space_exhausted(self.spec, trials)) is not None:
+            return Suggestion.done(reason)
         codec = self._space()
         from sweeper.optim.bo import propose
         from sweeper.optim.history import observations

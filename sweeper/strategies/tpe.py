@@ -8,7 +8,7 @@ from typing import Any
 
 from sweeper.spec import SweepSpec, build_config
 from sweeper.strategies.base import Strategy, Suggestion
-from sweeper.strategies.bayes import metric_problems, missing_search_extra, numpy_rng, space_is_exhausted
+from sweeper.strategies.bayes import metric_problems, missing_search_extra, numpy_rng, space_exhausted
 from sweeper.strategies.registry import register
 from sweeper.trials import Trial
 
@@ -27,11 +27,14 @@ class TPESearch(Strategy):
     def check_spec(cls, spec: SweepSpec) -> list[tuple[str, str]]:
         return metric_problems(spec)
 
+    def completion(self, trials: Sequence[Trial], rng: random.Random) -> str | None:
+        return space_exhausted(self.spec, trials)  # without fitting a model
+
     def suggest(self, trials: Sequence[Trial], rng: random.Random) -> Suggestion:
         if self.spec.metric is None:
             raise ValueError("method tpe needs a metric (metric: {name: ..., goal: ...})")
-        if (size := space_is_exhausted(self.spec, trials)) is not None:
-            return Suggestion.done(f"all {size} configurations of the finite space have been tried")
+        if (reason := space_exhausted(self.spec, trials)) is not None:
+            return Suggestion.done(reason)
         try:
             from sweeper.optim.encoding import SpaceCodec
             from sweeper.optim.history import observations
