@@ -4,6 +4,7 @@ it writes, stop it when asked, and say how it ended."""
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -56,9 +57,15 @@ class CommandTrial:
         output = (trial.trial_dir.stdout_path, trial.trial_dir.stderr_path)
         logs = BoundedLogs(output, self.max_log_bytes)
         limits = TrialLimits(trial.assignment.time_limit, trial.assignment.stall_limit, output)
+        # The watch loop sleeps between looks; the process's end or a stop request wakes it, so
+        # the next trial does not wait out the rest of a poll interval.
+        woken = threading.Event()
+        if proc.started:
+            threading.Thread(target=_set_on_exit, args=(proc, woken), name="trial-exit", daemon=True).start()
         try:
             try:
-                stop_reason = self._watch(trial, proc, tailer, logs, limits)
+                with trial.stop.waking(woken):
+                    stop_reason = self._watch(trial, proc, tailer, logs, limits, woken)
             except Exception:  # a lost lease, or anything else: the trial must not run on unwatched
                 proc.kill()
                 raise
@@ -104,6 +111,7 @@ class CommandTrial:
         tailer: MetricTailer,
         logs: BoundedLogs,
         limits: TrialLimits,
+        woken: threading.Event,
     ) -> str | None:
         """Forward metrics until the process exits (None) or a stop is asked for (its reason)."""
         while True:
@@ -123,7 +131,8 @@ class CommandTrial:
                 raise AbandonTrial(f"lease lost: {exc}") from exc
             if reason is not None:
                 return reason
-            trial.stop.wait(trial.poll_interval)
+            woken.wait(trial.poll_interval)
+            woken.clear()  # what set it is seen at the top of the loop
 
     def _stopped(
         self, trial: TrialRun, proc: TrialProcess, tailer: MetricTailer, reason: str, *, failed: bool
@@ -145,6 +154,11 @@ class CommandTrial:
             return TrialOutcome(TrialState.FINISHED, exit_code=0)
         note = f"the trial process was {describe_exit(code)}" if code < 0 else None
         return TrialOutcome(TrialState.FAILED, exit_code=code, stderr_tail=_tail(trial, note))
+
+
+def _set_on_exit(proc: TrialProcess, event: threading.Event) -> None:
+    proc.join()
+    event.set()
 
 
 def _tail(trial: TrialRun, note: str | None = None) -> str:

@@ -90,6 +90,11 @@ class TrialProcess:
             self._kill_group()
         return code
 
+    def join(self) -> None:
+        """Block until the main process has ended, and only that: no clean-up, so any thread may."""
+        if self._popen is not None:
+            self._popen.wait()
+
     def wait(self, timeout: float | None = None) -> int | None:
         """Wait up to ``timeout`` seconds for the main process; its exit code or None."""
         if self._popen is None:

@@ -4,7 +4,8 @@ reporter, its hooks, the agent's stop signal, and the way to give a trial up wit
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,7 @@ class StopSignal:
         self._event = threading.Event()
         self._reason: str | None = None
         self._context: _context.TrialContext | None = None
+        self._wakes: list[threading.Event] = []
 
     def request(self, reason: str) -> None:
         if self._reason is None:
@@ -44,6 +46,20 @@ class StopSignal:
         if context is not None:
             context.request_stop(reason)
         self._event.set()
+        for wake in list(self._wakes):
+            wake.set()
+
+    @contextmanager
+    def waking(self, wake: threading.Event) -> Iterator[None]:
+        """Inside, a stop request also sets ``wake``: one event a loop can sleep on that other
+        happenings set too (its trial's process exiting)."""
+        self._wakes.append(wake)
+        if self.requested:
+            wake.set()
+        try:
+            yield
+        finally:
+            self._wakes.remove(wake)
 
     @property
     def requested(self) -> bool:

@@ -307,6 +307,31 @@ def test_agent_stop_ends_the_trial_and_run_returns(tmp_path: Path) -> None:
     assert 102 not in client.finished and agent.trials_run == 1
 
 
+def test_a_trial_that_exits_is_noticed_at_once_not_at_the_next_look(tmp_path: Path) -> None:
+    # Between looks at its trial the agent sleeps a poll interval; the process's end wakes it, so
+    # the GPU does not idle for the rest of the interval. With a 60 s interval, three short trials
+    # took at least 60 s each before.
+    client = MemoryCoordinator([assignment(n, {"steps": 1}) for n in (1, 2, 3)])
+    started = time.monotonic()
+    make_agent(client, tmp_path, poll_interval=60.0).run()
+    assert time.monotonic() - started < 30
+    assert [client.finished[100 + n].state for n in (1, 2, 3)] == [TrialState.FINISHED] * 3
+
+
+def test_a_stop_still_wakes_an_agent_whose_trial_runs_on(tmp_path: Path) -> None:
+    client = MemoryCoordinator([assignment(1, {"steps": 1, "hang": True})])
+    agent = make_agent(client, tmp_path, poll_interval=60.0)
+    agent.on_event = lambda event: (
+        threading.Timer(0.3, agent.stop, args=("interrupted (Ctrl-C)",)).start()
+        if isinstance(event, TrialStarted)
+        else None
+    )
+    started = time.monotonic()
+    assert agent.run() == "interrupted (Ctrl-C)"
+    assert time.monotonic() - started < 30
+    assert client.finished[101].state is TrialState.STOPPED
+
+
 def test_wait_then_count(tmp_path: Path) -> None:
     client = MemoryCoordinator(
         [
