@@ -10,6 +10,9 @@ the script exited by itself, the folder as it left it. A script that saves witho
 ever calling ``sweeper.log`` (it logs to W&B only, say) has its folder published as it is found.
 Once the trial has ended, its local copies go (the published one is its checkpoint); one that
 was not published stays in ``<trial>/checkpoint``.
+
+An assignment also names the sweep's published checkpoints that nothing can restore from any more
+(:mod:`sweeper.checkpoints.retention`); a thread of the hook removes them.
 """
 
 from __future__ import annotations
@@ -25,7 +28,15 @@ from typing import Any
 
 from sweeper.agents.trialdir import TrialDir, marked_artifacts
 
-from sweeper.checkpoints import SNAPSHOTS_FOLDER, CheckpointError, fetch, newest_snapshot, publish, signature
+from sweeper.checkpoints import (
+    SNAPSHOTS_FOLDER,
+    CheckpointError,
+    fetch,
+    newest_snapshot,
+    publish,
+    remove,
+    signature,
+)
 from sweeper.protocol import Assignment, TrialOutcome
 from sweeper.trials import TrialState
 
@@ -53,13 +64,15 @@ class CheckpointHook:
         self._due: dict[int, tuple[Assignment, bool]] = {}  # trial id -> (assignment, captured)
         self._publishing: int | None = None  # the trial whose checkpoint the thread is publishing
         self._thread: threading.Thread | None = None
+        self._removed: set[str] = set()  # checkpoints removed, or being removed, by this agent
 
     def on_start(
         self, assignment: Assignment, trial_dir: TrialDir, env: Mapping[str, str]
     ) -> Mapping[str, str]:
+        base = trial_dir.path.parents[3]  # <workdir>/.sweeper/trials/<sweep>/<n>
+        self._remove_unneeded(assignment.discard_checkpoints, base)
         if assignment.checkpoint_to is None and assignment.restore_from is None:
             return {}
-        base = trial_dir.path.parents[3]  # <workdir>/.sweeper/trials/<sweep>/<n>
         save = trial_dir.path / CHECKPOINT_FOLDER
         restore = trial_dir.path / RESTORE_FOLDER
         for left in (save, restore, trial_dir.path / SNAPSHOTS_FOLDER):  # by an earlier attempt here
@@ -86,6 +99,27 @@ class CheckpointHook:
                 assignment.restore_from,
             )
         return extra
+
+    def _remove_unneeded(self, locations: Sequence[str], base: Path) -> None:
+        """Remove, on a thread of its own, those of ``locations`` this agent has not removed yet: a
+        large checkpoint on a network file system or in an object store takes a while to delete."""
+        with self._changed:
+            todo = [location for location in locations if location not in self._removed]
+            self._removed.update(todo)
+        if todo:
+            threading.Thread(
+                target=self._remove_all, args=(todo, base), name="checkpoint-removal", daemon=True
+            ).start()
+
+    def _remove_all(self, locations: Sequence[str], base: Path) -> None:
+        for location in locations:
+            try:
+                remove(location, base=base)
+            except Exception as exc:  # the next assignment that names it tries again
+                shown = exc if isinstance(exc, CheckpointError) else f"cannot remove {location}: {exc!r}"
+                log.warning("%s; it stays for now", shown)
+                with self._changed:
+                    self._removed.discard(location)
 
     def on_metrics(self, assignment: Assignment, records: Sequence[Mapping[str, Any]]) -> None:
         if assignment.checkpoint_to is None:

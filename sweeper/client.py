@@ -115,6 +115,7 @@ class HttpCoordinator:
             integrations=a.get("integrations"),
             restore_from=a.get("restore_from"),
             checkpoint_to=a.get("checkpoint_to"),
+            discard_checkpoints=tuple(a.get("discard_checkpoints") or ()),
             project=a.get("project"),
             entity=a.get("entity"),
             time_limit=_seconds(a.get("time_limit")),

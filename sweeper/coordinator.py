@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from sweeper.checkpoints import checkpoint_location
+from sweeper.checkpoints.retention import unneeded_checkpoints
 from sweeper.planning import Plan, completion, plan_next
 from sweeper.protocol import (
     CONTINUE,
@@ -29,7 +30,7 @@ from sweeper.protocol import (
 from sweeper.results import best_of
 from sweeper.spec import SweepSpec, parse_sweep
 from sweeper.spec.integrations import tracker_settings
-from sweeper.spec.model import DEFAULT_CHECKPOINTS
+from sweeper.spec.model import DEFAULT_CHECKPOINTS, Pbt
 from sweeper.stopping import StoppingRule, build_rule, decide_for
 from sweeper.store.base import InvalidTransitionError, Lease, Store, TrialDraft
 from sweeper.strategies import Strategy, strategy_class
@@ -123,9 +124,12 @@ class Coordinator:
         # is answered from a fresh read below.
         spec, strategy, _ = self._compiled_by_id(sweep_id)
         plans: list[Plan] = []
+        discards: list[list[str]] = []
 
         def decide(locked: Sweep, trials: Sequence[Trial]) -> TrialDraft | None:
             plans.append(plan := plan_next(spec, strategy, trials, locked.seed))
+            if plan.draft is not None:
+                discards.append(_unneeded_checkpoints(spec, trials))
             return plan.draft
 
         lease = Lease(
@@ -155,6 +159,7 @@ class Coordinator:
                 integrations=tracker_settings(spec),
                 restore_from=trial.restore_from,
                 checkpoint_to=_checkpoint_to(spec, trial),
+                discard_checkpoints=tuple(discards[-1]) if discards else (),
                 project=spec.project,
                 entity=spec.entity,
                 time_limit=spec.options.trial_timeout,
@@ -283,6 +288,14 @@ def _checkpoint_to(spec: SweepSpec, trial: Trial) -> str | None:
         return None
     root = spec.options.pbt.checkpoints if spec.options.pbt is not None else DEFAULT_CHECKPOINTS
     return checkpoint_location(root, trial.sweep_id, trial.number)
+
+
+def _unneeded_checkpoints(spec: SweepSpec, trials: Sequence[Trial]) -> list[str]:
+    """The sweep's published checkpoints that nothing can restore from any more (method pbt)."""
+    pbt = spec.options.pbt or Pbt()
+    if spec.method != "pbt" or pbt.keep_checkpoints == "all" or spec.metric is None:
+        return []
+    return unneeded_checkpoints(trials, pbt.checkpoints, spec.metric.name)
 
 
 def _directive(trial: Trial) -> Directive:

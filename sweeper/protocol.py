@@ -46,6 +46,8 @@ class Assignment:
     # working folder, or a URL), and where this trial's ``run.checkpoint_dir`` is published.
     restore_from: str | None = None
     checkpoint_to: str | None = None
+    # Checkpoints of the sweep that nothing can restore from any more: the agent removes them.
+    discard_checkpoints: Sequence[str] = ()
     # The sweep file's W&B project and entity: a script's own wandb.init() logs there, as under W&B.
     project: str | None = None
     entity: str | None = None

@@ -18,6 +18,7 @@ from sweeper.checkpoints import (
     checkpoint_location,
     fetch,
     publish,
+    remove,
     take_snapshot,
 )
 from sweeper.protocol import Assignment, TrialOutcome
@@ -48,6 +49,24 @@ def test_publish_replaces_and_fetch_reads_the_newest_whole_version(
     stored = mlflow_server.folder / "mlartifacts" / "ckpt" / "sw" / "3"
     assert len(list((stored / "versions").iterdir())) == 2
     assert (stored / "LATEST").read_text() in {p.name for p in (stored / "versions").iterdir()}
+
+
+def test_remove_leaves_nothing_to_fetch(mlflow_server: MlflowServer, tmp_path: Path) -> None:
+    root = f"mlflow-artifacts://127.0.0.1:{mlflow_server.port}/ckpt"
+    doomed, kept = checkpoint_location(root, "sw", 1), checkpoint_location(root, "sw", 2)
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "w.bin").write_bytes(b"w" * 100)
+    for where in (doomed, kept):
+        for _ in range(2):  # two versions each
+            assert publish(tmp_path / "checkpoint", where, base=tmp_path)
+    remove(doomed, base=tmp_path)
+    remove(doomed, base=tmp_path)  # again: nothing there, nothing to do
+    remove(checkpoint_location(root, "sw", 9), base=tmp_path)  # never published
+    assert fetch(doomed, tmp_path / "a", base=tmp_path) is False
+    assert fetch(kept, tmp_path / "b", base=tmp_path) is True
+    stored = mlflow_server.folder / "mlartifacts" / "ckpt" / "sw"
+    assert not any(p.is_file() for p in (stored / "1").rglob("*"))  # rglob of a missing folder: none
+    assert (stored / "2" / "LATEST").exists()
 
 
 def test_an_unreachable_server_is_a_checkpoint_error_naming_the_location(
@@ -119,9 +138,11 @@ def test_members_restart_from_checkpoints_in_mlflow(mlflow_server: MlflowServer,
         folder = tmp_path / ".sweeper" / "trials" / sweep_id / str(trial["number"])
         assert restored_from(folder)["trial"] == donor  # fetched from MLflow
     stored = mlflow_server.folder / "mlartifacts" / "sweeper-checkpoints" / sweep_id
-    assert {int(p.name) for p in stored.iterdir()} == {
-        n for n, t in trials.items() if t["curves"].get("score")
-    }
+    kept = {int(p.name) for p in stored.iterdir() if (p / "LATEST").exists()}
+    saved = {n for n, t in trials.items() if t["curves"].get("score")}
+    assert kept <= saved
+    for member in {t["member"] for t in trials.values()}:  # each member's model stays
+        assert max(n for n in saved if trials[n]["member"] == member) in kept
     assert not (tmp_path / ".sweeper" / "checkpoints").exists()  # nothing went to the local default
 
 

@@ -18,6 +18,7 @@ from sweeper.agents.checkpoints import CheckpointHook
 from sweeper.agents.trialdir import TrialDir
 
 from sweeper.checkpoints import SNAPSHOTS_FOLDER, checkpoint_location, fetch, publish
+from sweeper.checkpoints.retention import unneeded_checkpoints
 from sweeper.coordinator import Coordinator
 from sweeper.protocol import AgentInfo, Assignment, TrialOutcome
 from sweeper.run import Run
@@ -388,11 +389,35 @@ def test_sweeper_run_restarts_weak_members_from_a_donors_checkpoint(tmp_path: Pa
     assert {t["state"] for t in trials.values()} <= {"finished", "stopped"}
     published = tmp_path / ".sweeper" / "checkpoints" / sweep_id
     saved_something = {n for n, t in trials.items() if t["curves"].get("score")}
-    assert {int(p.name) for p in published.iterdir() if p.name.isdigit()} == saved_something
+    kept = {int(p.name) for p in published.iterdir() if p.name.isdigit()}
+    assert kept <= saved_something
+    # Removed only what nothing could restore from, and never a member's model.
+    history = [_listed_trial(sweep_id, t) for t in trials.values()]
+    listed = unneeded_checkpoints(history, ".sweeper/checkpoints", "score")
+    unneeded = {int(p.rsplit("/", 1)[1]) for p in listed}
+    assert saved_something - kept <= unneeded
+    for member in {t["member"] for t in trials.values()}:
+        assert max(n for n, t in trials.items() if t["member"] == member and n in saved_something) in kept
     # Published, a trial's checkpoint is kept once: its folder keeps no copy, nor the one it started from.
     for number in trials:
         folder = tmp_path / ".sweeper" / "trials" / sweep_id / str(number)
         assert not [p.name for p in folder.iterdir() if p.name.startswith(("checkpoint", "restore"))]
+
+
+def _listed_trial(sweep_id: str, listed: dict) -> Trial:
+    """A trial as ``sweeper trials --format json`` lists it."""
+    return Trial(
+        id=listed["number"],
+        sweep_id=sweep_id,
+        number=listed["number"],
+        config=listed["config"],
+        state=TrialState(listed["state"]),
+        created_at=0.0,
+        summary=listed["metrics"],
+        member=listed["member"],
+        restore_from=listed["restore_from"],
+        stop_reason=listed["stop_reason"],
+    )
 
 
 def test_snapshots_do_not_pile_up_while_the_checkpoint_store_refuses_them(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from sweeper.checkpoints.local import (
     fetch_folder,
     newest_snapshot,
     publish_folder,
+    remove_folder,
     signature,
     take_snapshot,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "is_url",
     "newest_snapshot",
     "publish",
+    "remove",
     "signature",
     "take_snapshot",
 ]
@@ -75,3 +77,13 @@ def fetch(location: str, folder: Path, *, base: Path) -> bool:
     from sweeper.checkpoints.remote import fetch_remote
 
     return fetch_remote(location, folder)
+
+
+def remove(location: str, *, base: Path) -> None:
+    """Remove the checkpoint at ``location``, if there is one."""
+    if not is_url(location):
+        remove_folder(location, base=base)
+        return
+    from sweeper.checkpoints.remote import remove_remote
+
+    remove_remote(location)

@@ -109,3 +109,17 @@ def fetch_folder(location: str, folder: Path, *, base: Path) -> bool:
         return False
     except Exception as exc:
         raise CheckpointError(f"cannot fetch the checkpoint at {location}: {exc}") from exc
+
+
+def remove_folder(location: str, *, base: Path) -> None:
+    """Remove the checkpoint folder ``location``, renamed aside first so that a reader finds it
+    whole or not at all. Nothing to do when it is not there."""
+    target = _local(location, base)
+    doomed = target.with_name(f".{target.name}.removed-{uuid.uuid4().hex[:8]}")
+    try:
+        os.replace(target, doomed)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise CheckpointError(f"cannot remove the checkpoint at {location}: {exc}") from exc
+    shutil.rmtree(doomed, ignore_errors=True)

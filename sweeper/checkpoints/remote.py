@@ -85,6 +85,21 @@ def fetch_remote(location: str, folder: Path) -> bool:
         raise CheckpointError(f"cannot fetch the checkpoint at {location}: {exc}") from exc
 
 
+def remove_remote(location: str) -> None:
+    """Remove the checkpoint at ``location``: its ``LATEST`` first, so that a reader finds none
+    rather than a version half removed. Nothing to do when there is none."""
+    try:
+        store = store_for(location)
+        if store.read_text(LATEST) is not None:
+            store.remove(LATEST)
+        if store.list_names(VERSIONS):
+            store.remove(VERSIONS)
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(f"cannot remove the checkpoint at {location}: {exc}") from exc
+
+
 def store_for(location: str) -> RemoteStore:
     """The store rooted at ``location``."""
     if location.startswith("mlflow-artifacts:"):

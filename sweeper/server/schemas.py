@@ -199,6 +199,7 @@ class AssignmentOut(Model):
     integrations: dict[str, Any] | None = None  # the sweep's tracker settings, for the agent's adapters
     restore_from: str | None = None  # the checkpoint the trial starts from (method pbt)
     checkpoint_to: str | None = None  # where the trial's checkpoint folder is published
+    discard_checkpoints: list[str] = []  # the sweep's checkpoints nothing restores from any more
     project: str | None = None  # the sweep file's W&B project and entity
     entity: str | None = None
     time_limit: float | None = None  # seconds the trial may run (sweeper.trial_timeout)
@@ -239,6 +240,7 @@ class NextTrialOut(Model):
                 integrations=dict(answer.integrations) if answer.integrations else None,
                 restore_from=answer.restore_from,
                 checkpoint_to=answer.checkpoint_to,
+                discard_checkpoints=list(answer.discard_checkpoints),
                 project=answer.project,
                 entity=answer.entity,
                 time_limit=answer.time_limit,

@@ -144,7 +144,8 @@ class Pbt:
     (continuous) or moved to a neighbouring value (categorical). Checkpoints live under
     ``checkpoints``: a folder (relative to each agent's working folder), an fsspec URL, an
     ``mlflow-artifacts://`` URL, or ``mlflow`` (resolved at parsing to the artifact store of the
-    server in ``integrations.mlflow``).
+    server in ``integrations.mlflow``). ``keep_checkpoints: needed`` (the default) has agents remove
+    the checkpoints of replaced members once nothing can restore from them; ``all`` keeps every one.
     """
 
     population: int = 8
@@ -153,6 +154,7 @@ class Pbt:
     resample_probability: float = 0.25
     perturbation_factors: tuple[float, float] = (0.8, 1.2)
     checkpoints: str = DEFAULT_CHECKPOINTS
+    keep_checkpoints: str = "needed"  # or "all"
 
 
 @dataclass(frozen=True)

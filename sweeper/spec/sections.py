@@ -209,7 +209,9 @@ PBT_KEYS = (
     "resample_probability",
     "perturbation_factors",
     "checkpoints",
+    "keep_checkpoints",
 )
+KEEP_CHECKPOINTS = ("needed", "all")
 
 
 def parse_pbt(raw: Any, problems: list[Problem]) -> Pbt | None:
@@ -240,6 +242,9 @@ def parse_pbt(raw: Any, problems: list[Problem]) -> Pbt | None:
         fields["perturbation_factors"] = _factors(raw["perturbation_factors"], problems)
     if "checkpoints" in raw:
         fields["checkpoints"] = _checkpoints(raw["checkpoints"], f"{path}.checkpoints", problems)
+    if "keep_checkpoints" in raw:
+        key = f"{path}.keep_checkpoints"
+        fields["keep_checkpoints"] = choice(raw["keep_checkpoints"], KEEP_CHECKPOINTS, key, problems)
     if len(problems) > before:
         return None
     return Pbt(**fields)
