@@ -91,9 +91,18 @@ class TrialProcess:
         return code
 
     def join(self) -> None:
-        """Block until the main process has ended, and only that: no clean-up, so any thread may."""
-        if self._popen is not None:
+        """Block until the main process has ended, without collecting its exit status: the thread
+        that polls stays the one that does, so no signal can go to its pid once the system may
+        have given it to another process. Any thread may call this."""
+        if self._popen is None:
+            return
+        if not hasattr(os, "waitid"):  # not on every system: there, Popen's own wait (which reaps)
             self._popen.wait()
+            return
+        try:
+            os.waitid(os.P_PID, self._popen.pid, os.WEXITED | os.WNOWAIT)
+        except ChildProcessError:  # already collected by poll()
+            pass
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Wait up to ``timeout`` seconds for the main process; its exit code or None."""
