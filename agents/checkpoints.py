@@ -70,7 +70,14 @@ class CheckpointHook:
         self, assignment: Assignment, trial_dir: TrialDir, env: Mapping[str, str]
     ) -> Mapping[str, str]:
         base = trial_dir.path.parents[3]  # <workdir>/.sweeper/trials/<sweep>/<n>
-        self._remove_unneeded(assignment.discard_checkpoints, base)
+        try:
+            return self._prepare(assignment, trial_dir, base)
+        finally:  # once this trial has fetched what it starts from; never one of its own two
+            own = (assignment.restore_from, assignment.checkpoint_to)
+            self._remove_unneeded([c for c in assignment.discard_checkpoints if c not in own], base)
+
+    def _prepare(self, assignment: Assignment, trial_dir: TrialDir, base: Path) -> Mapping[str, str]:
+        """The trial's checkpoint folders, and the one it starts from fetched: its environment."""
         if assignment.checkpoint_to is None and assignment.restore_from is None:
             return {}
         save = trial_dir.path / CHECKPOINT_FOLDER

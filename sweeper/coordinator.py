@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 from sweeper.checkpoints import checkpoint_location
 from sweeper.checkpoints.retention import unneeded_checkpoints
-from sweeper.planning import Plan, completion, plan_next
+from sweeper.planning import Plan, completion, may_run_again, plan_next
 from sweeper.protocol import (
     CONTINUE,
     AgentInfo,
@@ -129,7 +129,7 @@ class Coordinator:
         def decide(locked: Sweep, trials: Sequence[Trial]) -> TrialDraft | None:
             plans.append(plan := plan_next(spec, strategy, trials, locked.seed))
             if plan.draft is not None:
-                discards.append(_unneeded_checkpoints(spec, trials))
+                discards.append(_unneeded_checkpoints(spec, trials, plan.draft))
             return plan.draft
 
         lease = Lease(
@@ -290,12 +290,19 @@ def _checkpoint_to(spec: SweepSpec, trial: Trial) -> str | None:
     return checkpoint_location(root, trial.sweep_id, trial.number)
 
 
-def _unneeded_checkpoints(spec: SweepSpec, trials: Sequence[Trial]) -> list[str]:
-    """The sweep's published checkpoints that nothing can restore from any more (method pbt)."""
+def _unneeded_checkpoints(spec: SweepSpec, trials: Sequence[Trial], draft: TrialDraft) -> list[str]:
+    """The sweep's published checkpoints that nothing can restore from any more (method pbt).
+    Kept besides: those that trials to run again start from, the one ``draft`` starts from, and
+    the best trial's, which people look for when the sweep is done."""
     pbt = spec.options.pbt or Pbt()
     if spec.method != "pbt" or pbt.keep_checkpoints == "all" or spec.metric is None:
         return []
-    return unneeded_checkpoints(trials, pbt.checkpoints, spec.metric.name)
+    needed = {t.restore_from for t in may_run_again(trials, spec.options.max_retries) if t.restore_from}
+    if draft.restore_from is not None:
+        needed.add(draft.restore_from)
+    if (best := best_of(spec, trials)) is not None:
+        needed.add(checkpoint_location(pbt.checkpoints, best.sweep_id, best.number))
+    return unneeded_checkpoints(trials, pbt.checkpoints, spec.metric.name, needed=needed)
 
 
 def _directive(trial: Trial) -> Directive:

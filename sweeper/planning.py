@@ -43,19 +43,30 @@ def suggestion_rng(seed: int, trials: Sequence[Trial]) -> random.Random:
     return random.Random(f"{seed}:{len(trials)}")
 
 
-def find_retry(trials: Sequence[Trial], max_retries: int) -> TrialDraft | None:
-    """The oldest configuration whose every attempt failed or was lost, with retries left."""
+def may_run_again(trials: Sequence[Trial], max_retries: int) -> list[Trial]:
+    """The last attempt of each configuration that is to run again, oldest first: every attempt
+    failed or was lost, with retries left, and the last was not asked to stop (it was early
+    terminated, or a population member was replaced, before it failed or went silent)."""
     if _RETRYABLE.isdisjoint(map(_STATE, trials)):
-        return None  # the common case, answered without a key for every trial
+        return []  # the common case, answered without a key for every trial
     attempts: dict[str, list[Trial]] = {}
     for trial in trials:
         attempts.setdefault(trial.config_key, []).append(trial)
+    again = []
     for tries in attempts.values():
         if all(t.state in _RETRYABLE for t in tries) and len(tries) <= max_retries:
             last = max(tries, key=lambda t: t.number)
-            return TrialDraft(
-                config=last.config, retry_of=last.number, member=last.member, restore_from=last.restore_from
-            )
+            if last.stop_requested is None:
+                again.append(last)
+    return again
+
+
+def find_retry(trials: Sequence[Trial], max_retries: int) -> TrialDraft | None:
+    """The oldest configuration to run again (:func:`may_run_again`), as a new trial."""
+    for last in may_run_again(trials, max_retries):
+        return TrialDraft(
+            config=last.config, retry_of=last.number, member=last.member, restore_from=last.restore_from
+        )
     return None
 
 

@@ -7,6 +7,7 @@ store and (in tests/test_checkpoint_mlflow.py) from MLflow's artifact store.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from collections.abc import Iterator
@@ -65,15 +66,24 @@ def test_trials_without_values_do_not_count_as_standing_for_their_member() -> No
     assert unneeded(trial(0, 0), *history) == [0]
 
 
-def test_a_checkpoint_stays_while_a_trial_restores_from_it_or_may_run_again_from_it() -> None:
-    old = [trial(1, 0), trial(2, 0), trial(3, 0)]
+def test_a_checkpoint_stays_while_a_trial_restores_from_it_or_the_caller_needs_it() -> None:
+    old = [trial(1, 0), trial(2, 0), trial(3, 0), trial(4, 0)]
     newest = [trial(8, 0), trial(9, 0, R)]
-    assert unneeded(*old, *newest) == [1, 2, 3]
+    assert unneeded(*old, *newest) == [1, 2, 3, 4]
     running = trial(10, 1, R, restore_from=at(1))
-    lost_and_newest = trial(11, 2, L, restore_from=at(2))  # its member's slot may run it again
-    lost_then_retried = [trial(12, 3, L, restore_from=at(3)), trial(13, 3, F, restore_from=at(3))]
-    # 3: the trial lost restoring from it ran again, and that one finished.
-    assert unneeded(*old, *newest, running, lost_and_newest, *lost_then_retried) == [3]
+    ended = [trial(11, 2, L, restore_from=at(2)), trial(12, 3, F, restore_from=at(3))]
+    # 11 and 12 are the newest of their members; 1 is where the running 10 started from.
+    assert unneeded(*old, *newest, running, *ended) == [2, 3, 4]
+    # The coordinator names what a retry would start from, and the sweep's best trial.
+    history = [*old, *newest, running, *ended]
+    assert unneeded_checkpoints(history, ROOT, "score", needed=[at(2), at(4)]) == [at(3)]
+
+
+def test_a_nan_does_not_count_as_a_value_that_stands_for_a_member() -> None:
+    # The ranking skips NaN: 4 is the member's newest trial it can see, so 4 stays.
+    history = [trial(4, 1), trial(6, 1, score=float("nan")), trial(7, 1, score=float("nan")), trial(8, 1, R)]
+    assert unneeded(*history) == []
+    assert unneeded(trial(2, 1), trial(3, 1), *history) == [2, 3]
 
 
 def test_the_donor_of_an_exploit_not_yet_carried_out_stays() -> None:
@@ -120,7 +130,7 @@ def run_generations(api: Any, spec: dict, generations: int) -> list[Assignment]:
     members = {0: given[0], 1: given[1]}
     weak = 1
     for _ in range(generations):
-        directive = report(members[weak], -1.0)
+        directive = report(members[weak], best - 0.5)  # below the other member's newest value
         assert directive.stop, directive
         stopped = TrialOutcome(TrialState.STOPPED, exit_code=143, stop_reason=directive.reason)
         api.finish_trial(members[weak].trial_id, members[weak].lease_id, stopped)
@@ -234,3 +244,15 @@ def test_a_removal_that_fails_is_tried_again_by_the_next_assignment(tmp_path: Pa
     published(tmp_path, at(1), b"x" * 64)
     hook.on_start(removal_assignment([at(1)]), trial_dir, {})
     wait_for(lambda: not (tmp_path / ROOT / "sw" / "1").exists(), "the next assignment removes it")
+
+
+def test_an_agent_never_removes_what_its_own_trial_starts_from(tmp_path: Path) -> None:
+    published(tmp_path, at(6), b"m" * 64)
+    published(tmp_path, at(5), b"o" * 64)
+    trial_dir = TrialDir(tmp_path / ".sweeper" / "trials" / "sw" / "9")
+    trial_dir.path.mkdir(parents=True)
+    assignment = dataclasses.replace(removal_assignment([at(5), at(6)]), restore_from=at(6))
+    env = CheckpointHook().on_start(assignment, trial_dir, {})
+    assert (Path(env["SWEEPER_RESTORE_FROM"]) / "model.bin").read_bytes() == b"m" * 64
+    wait_for(lambda: not (tmp_path / at(5)).exists(), "the other checkpoint is removed")
+    assert (tmp_path / at(6) / "model.bin").exists()

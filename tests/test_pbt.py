@@ -20,6 +20,7 @@ from sweeper.agents.trialdir import TrialDir
 from sweeper.checkpoints import SNAPSHOTS_FOLDER, checkpoint_location, fetch, publish
 from sweeper.checkpoints.retention import unneeded_checkpoints
 from sweeper.coordinator import Coordinator
+from sweeper.planning import find_retry, may_run_again
 from sweeper.protocol import AgentInfo, Assignment, TrialOutcome
 from sweeper.run import Run
 from sweeper.spec import SpecError, parse_sweep
@@ -175,6 +176,40 @@ def test_decisions_wait_for_the_perturbation_interval_and_use_each_members_lates
     worst = member_trial(6, 3, 0.01, 0.01, 0.01, start=3.0)
     decision = rule(perturbation_interval=3).decide(worst, [old, new_of_member_0, weak, strong, worst])
     assert isinstance(decision, ExploitDecision) and decision.donor_trial == 3  # the top quarter: member 2
+
+
+def test_a_donor_is_one_of_its_members_two_newest_trials_with_values() -> None:
+    # The weak trial's iteration 1 is judged at a point in time (10) before member 0's trials 3
+    # and 5 logged anything (an agent's clock behind, or points sent after an outage), so member 0
+    # ranks by trial 1's value. Trial 1 is older than member 0's two newest with values: its
+    # checkpoint may be gone, so it is passed over, and no donor is left.
+    oldest = member_trial(1, 0, 0.9)
+    newer = [member_trial(3, 0, 0.8, start=50.0), member_trial(5, 0, 0.7, start=60.0)]
+    weak = member_trial(2, 1, 0.1, start=10.0)
+    assert rule(perturbation_interval=1, quantile=0.5).decide(weak, [oldest, weak]) is not None
+    assert rule(perturbation_interval=1, quantile=0.5).decide(weak, [oldest, *newer, weak]) is None
+    # With one newer trial with values, trial 1 still stands for member 0.
+    decision = rule(perturbation_interval=1, quantile=0.5).decide(weak, [oldest, newer[0], weak])
+    assert isinstance(decision, ExploitDecision) and decision.donor_trial == 1
+    nan_only = member_trial(4, 0, float("nan"), start=55.0)  # a NaN does not count as a value
+    decision = rule(perturbation_interval=1, quantile=0.5).decide(weak, [oldest, newer[0], nan_only, weak])
+    assert isinstance(decision, ExploitDecision) and decision.donor_trial == 1
+
+
+def test_a_member_replaced_before_it_failed_or_went_silent_is_not_run_again() -> None:
+    # An exploited trial whose agent dies before it stops: its slot already has a new trial, so
+    # the coordinator must not run the old configuration again beside it.
+    exploit = "pbt: exploit trial 1 (member 0, acc=0.9, rank 1 of 2): ..."
+    replaced = Trial(
+        id=2, sweep_id="sw", number=2, config={"lr": 0.1}, state=TrialState.LOST, created_at=0.0,
+        member=1, stop_requested=exploit,
+    )  # fmt: skip
+    assert find_retry([replaced], max_retries=1) is None
+    assert may_run_again([replaced], max_retries=1) == []
+    silent = dataclasses.replace(replaced, stop_requested=None)
+    assert may_run_again([silent], max_retries=1) == [silent]
+    retry = find_retry([silent], max_retries=1)
+    assert retry is not None and (retry.retry_of, retry.member) == (2, 1)
 
 
 def test_a_minimised_metric_ranks_the_other_way() -> None:

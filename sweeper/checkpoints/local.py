@@ -115,11 +115,12 @@ def remove_folder(location: str, *, base: Path) -> None:
     """Remove the checkpoint folder ``location``, renamed aside first so that a reader finds it
     whole or not at all. Nothing to do when it is not there."""
     target = _local(location, base)
-    doomed = target.with_name(f".{target.name}.removed-{uuid.uuid4().hex[:8]}")
     try:
-        os.replace(target, doomed)
+        os.replace(target, target.with_name(f".{target.name}.removed-{uuid.uuid4().hex[:8]}"))
     except FileNotFoundError:
-        return
+        pass
     except OSError as exc:
         raise CheckpointError(f"cannot remove the checkpoint at {location}: {exc}") from exc
-    shutil.rmtree(doomed, ignore_errors=True)
+    # This removal's folder, and any that a removal cut short (its agent exited) left behind.
+    for doomed in target.parent.glob(f".{target.name}.removed-*"):
+        shutil.rmtree(doomed, ignore_errors=True)

@@ -6,7 +6,10 @@ member's trials) logged before the trial's own value at that iteration. In the b
 ``quantile`` it stops, and its reason names the top-``quantile`` member it copies; the strategy
 (:mod:`sweeper.strategies.pbt`) then restarts the slot from that member's checkpoint with its
 configuration explored. Only what was stored before each checkpoint iteration counts, so a
-restarted coordinator repeats every decision.
+restarted coordinator repeats every decision. A donor is always one of its member's newest
+``STANDING_TRIALS`` trials with a value: an older trial, which can rank at a point in time judged
+late (an agent's clock behind the others', points sent after an outage), is passed over, so the
+checkpoints of older ones can go (:mod:`sweeper.checkpoints.retention`).
 """
 
 from __future__ import annotations
@@ -21,12 +24,24 @@ from sweeper.spec.model import Metric, Pbt
 from sweeper.stopping.base import StopDecision, StoppingRule, TrialCurve, rank_of
 
 _EXPLOIT = re.compile(r"^pbt: exploit trial (\d+) ")
+#: Of each member's trials with a finite value of the metric, how many newest ones may be donors.
+STANDING_TRIALS = 2
 
 
 def exploited_trial(reason: str | None) -> int | None:
     """The number of the trial a stop decision copies, when the decision is an exploit."""
     match = _EXPLOIT.match(reason or "")
     return int(match.group(1)) if match else None
+
+
+def standing_trials(trials: Sequence[TrialCurve]) -> set[int]:
+    """Numbers of the trials that may be donors: of each member's trials with a finite value, the
+    newest ``STANDING_TRIALS``."""
+    by_member: dict[int, list[int]] = {}
+    for curve in trials:
+        if curve.trial is not None and curve.trial.member is not None and curve.iterations():
+            by_member.setdefault(curve.trial.member, []).append(curve.number)
+    return {n for numbers in by_member.values() for n in sorted(numbers)[-STANDING_TRIALS:]}
 
 
 def quantile_count(members: int, quantile: float) -> int:
@@ -70,15 +85,21 @@ class PbtRule(StoppingRule):
             for t in trials
             if t.number != trial.number and t.trial is not None and t.trial.member is not None
         ]
+        donors = standing_trials(trials)
         interval = self.config.perturbation_interval
         for level in range(interval, len(mine) + 1, interval):
-            decision = self._decide_at(trial, record.member, level, others)
+            decision = self._decide_at(trial, record.member, level, others, donors)
             if decision is not None:
                 return decision
         return None
 
     def _decide_at(
-        self, trial: TrialCurve, member: int, level: int, others: Sequence[TrialCurve]
+        self,
+        trial: TrialCurve,
+        member: int,
+        level: int,
+        others: Sequence[TrialCurve],
+        donors: set[int],
     ) -> ExploitDecision | None:
         point = trial.iterations()[level - 1]
         when = (point.time, trial.number)
@@ -107,6 +128,11 @@ class PbtRule(StoppingRule):
             return None
         rng = random.Random(f"{self.seed}:pbt:{trial.number}:{level}")
         donor = standings[rng.randrange(k)]
+        if donor.trial not in donors:  # its member has moved on, and its checkpoint may be gone
+            eligible = [s for s in standings[:k] if s.trial in donors]
+            if not eligible:
+                return None
+            donor = eligible[rng.randrange(len(eligible))]
         losses = [s.loss for s in standings]
         rank, donor_rank = rank_of(losses[position], losses), rank_of(donor.loss, losses)
         name = self.metric.name
