@@ -19,7 +19,7 @@ from sweeper.spec import SweepSpec, build_config, flatten_config, sample
 from sweeper.spec.distributions import QUANTIZED, quantize
 from sweeper.spec.model import Distribution, Parameter, Pbt
 from sweeper.stopping.pbt import exploited_trial
-from sweeper.strategies.base import Suggestion, SuggestionKind
+from sweeper.strategies.base import Strategy, Suggestion, SuggestionKind
 from sweeper.strategies.random_search import RandomSearch
 from sweeper.strategies.registry import register
 from sweeper.trials import Trial
@@ -113,6 +113,9 @@ class PbtSearch(RandomSearch):
         if all(p.distribution is D.CONSTANT for p in spec.parameters):
             problems.append(("parameters", "method pbt needs at least one parameter that is not a constant"))
         return problems
+
+    def completion(self, trials: Sequence[Trial], rng: random.Random) -> str | None:
+        return Strategy.completion(self, trials, rng)  # it ends with its population, not its space
 
     def suggest(self, trials: Sequence[Trial], rng: random.Random) -> Suggestion:
         population = self.config.population

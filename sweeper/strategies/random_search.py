@@ -36,12 +36,22 @@ class RandomSearch(Strategy):
     def _draw(self, rng: random.Random) -> dict[str, Any]:
         return build_config(self.spec, {p.path: sample(p, rng) for p in self.spec.parameters})
 
+    def completion(self, trials: Sequence[Trial], rng: random.Random) -> str | None:
+        # Also hyperband's and bohb's, whose suggestions end only here: bohb's without its model fit.
+        return self._exhausted({t.config_key for t in trials}) if self._unique else None
+
+    def _exhausted(self, taken: set[str]) -> str | None:
+        assert self._space_size is not None  # unique draws are made only in a finite space
+        if len(taken) >= self._space_size:
+            return f"all {self._space_size} configurations of the finite space have run"
+        return None
+
     def suggest(self, trials: Sequence[Trial], rng: random.Random) -> Suggestion:
         if not self._unique:
             return Suggestion.run(self._draw(rng))
         taken = {t.config_key for t in trials}
-        if len(taken) >= self._space_size:
-            return Suggestion.done(f"all {self._space_size} configurations of the finite space have run")
+        if (reason := self._exhausted(taken)) is not None:
+            return Suggestion.done(reason)
         for _ in range(_MAX_REJECTIONS):
             config = self._draw(rng)
             if config_key(config) not in taken:
