@@ -124,12 +124,11 @@ class Coordinator:
         # is answered from a fresh read below.
         spec, strategy, _ = self._compiled_by_id(sweep_id)
         plans: list[Plan] = []
-        discards: list[list[str]] = []
+        seen: list[Sequence[Trial]] = []  # the history each plan was made from
 
         def decide(locked: Sweep, trials: Sequence[Trial]) -> TrialDraft | None:
             plans.append(plan := plan_next(spec, strategy, trials, locked.seed))
-            if plan.draft is not None:
-                discards.append(_unneeded_checkpoints(spec, trials, plan.draft))
+            seen.append(trials)
             return plan.draft
 
         lease = Lease(
@@ -146,6 +145,8 @@ class Coordinator:
             history_of=spec.metric.name if strategy.needs_history and spec.metric else None,
         )
         if trial is not None:
+            # Worked out once the lease's transaction has ended, from the history it was made from.
+            discard = _unneeded_checkpoints(spec, seen[-1])
             return Assignment(
                 sweep_id=sweep_id,
                 trial_id=trial.id,
@@ -159,7 +160,7 @@ class Coordinator:
                 integrations=tracker_settings(spec),
                 restore_from=trial.restore_from,
                 checkpoint_to=_checkpoint_to(spec, trial),
-                discard_checkpoints=tuple(discards[-1]) if discards else (),
+                discard_checkpoints=tuple(discard),
                 project=spec.project,
                 entity=spec.entity,
                 time_limit=spec.options.trial_timeout,
@@ -290,16 +291,15 @@ def _checkpoint_to(spec: SweepSpec, trial: Trial) -> str | None:
     return checkpoint_location(root, trial.sweep_id, trial.number)
 
 
-def _unneeded_checkpoints(spec: SweepSpec, trials: Sequence[Trial], draft: TrialDraft) -> list[str]:
+def _unneeded_checkpoints(spec: SweepSpec, trials: Sequence[Trial]) -> list[str]:
     """The sweep's published checkpoints that nothing can restore from any more (method pbt).
-    Kept besides: those that trials to run again start from, the one ``draft`` starts from, and
-    the best trial's, which people look for when the sweep is done."""
+    Kept besides: those that trials to run again start from (a new lease's trial among them:
+    a retry starts from one of those, an exploit from a donor the history keeps), and the best
+    trial's, which people look for when the sweep is done."""
     pbt = spec.options.pbt or Pbt()
     if spec.method != "pbt" or pbt.keep_checkpoints == "all" or spec.metric is None:
         return []
     needed = {t.restore_from for t in may_run_again(trials, spec.options.max_retries) if t.restore_from}
-    if draft.restore_from is not None:
-        needed.add(draft.restore_from)
     if (best := best_of(spec, trials)) is not None:
         needed.add(checkpoint_location(pbt.checkpoints, best.sweep_id, best.number))
     return unneeded_checkpoints(trials, pbt.checkpoints, spec.metric.name, needed=needed)

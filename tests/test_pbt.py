@@ -427,7 +427,8 @@ def test_sweeper_run_restarts_weak_members_from_a_donors_checkpoint(tmp_path: Pa
     kept = {int(p.name) for p in published.iterdir() if p.name.isdigit()}
     assert kept <= saved_something
     # Removed only what nothing could restore from, and never a member's model.
-    history = [_listed_trial(sweep_id, t) for t in trials.values()]
+    with open_store(f"sqlite:///{tmp_path / '.sweeper' / 'sweeper.db'}") as store:
+        history = store.list_trials(sweep_id)
     listed = unneeded_checkpoints(history, ".sweeper/checkpoints", "score")
     unneeded = {int(p.rsplit("/", 1)[1]) for p in listed}
     assert saved_something - kept <= unneeded
@@ -437,22 +438,6 @@ def test_sweeper_run_restarts_weak_members_from_a_donors_checkpoint(tmp_path: Pa
     for number in trials:
         folder = tmp_path / ".sweeper" / "trials" / sweep_id / str(number)
         assert not [p.name for p in folder.iterdir() if p.name.startswith(("checkpoint", "restore"))]
-
-
-def _listed_trial(sweep_id: str, listed: dict) -> Trial:
-    """A trial as ``sweeper trials --format json`` lists it."""
-    return Trial(
-        id=listed["number"],
-        sweep_id=sweep_id,
-        number=listed["number"],
-        config=listed["config"],
-        state=TrialState(listed["state"]),
-        created_at=0.0,
-        summary=listed["metrics"],
-        member=listed["member"],
-        restore_from=listed["restore_from"],
-        stop_reason=listed["stop_reason"],
-    )
 
 
 def test_snapshots_do_not_pile_up_while_the_checkpoint_store_refuses_them(tmp_path: Path) -> None:

@@ -90,10 +90,10 @@ def remove_remote(location: str) -> None:
     rather than a version half removed. Nothing to do when there is none."""
     try:
         store = store_for(location)
-        if store.read_text(LATEST) is not None:
-            store.remove(LATEST)
-        if store.list_names(VERSIONS):
-            store.remove(VERSIONS)
+        names = store.list_names("")
+        for name in (LATEST, VERSIONS):  # in this order
+            if name in names:
+                store.remove(name)
     except CheckpointError:
         raise
     except Exception as exc:

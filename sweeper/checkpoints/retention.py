@@ -8,10 +8,10 @@ checkpoint is kept while anything could still read it:
 - each member's newest trials, back to the ``STANDING_TRIALS``-th newest with a finite value of
   the metric: only those can be a donor in an exploit decision (:mod:`sweeper.stopping.pbt`),
   and the newest is the member's model;
-- the checkpoint a running trial started from, and the one a failed or lost trial would start
-  from again, and the donor of an exploit whose new trial is not created yet;
-- whatever the caller names besides (the coordinator: the sweep's best trial, and the checkpoint
-  the trial it is creating starts from).
+- the checkpoint a running trial started from, and the donor of an exploit whose new trial is
+  not created yet;
+- whatever the caller names besides (the coordinator: what failed or lost trials would start
+  from again, and the sweep's best trial).
 
 A trial that is not kept now is never needed again: its member only gets newer trials, and
 nothing new restores from it. So a population keeps about twice its size in checkpoints,

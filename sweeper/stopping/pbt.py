@@ -127,12 +127,11 @@ class PbtRule(StoppingRule):
         if k == 0 or position < n - k:
             return None
         rng = random.Random(f"{self.seed}:pbt:{trial.number}:{level}")
-        donor = standings[rng.randrange(k)]
-        if donor.trial not in donors:  # its member has moved on, and its checkpoint may be gone
-            eligible = [s for s in standings[:k] if s.trial in donors]
-            if not eligible:
-                return None
-            donor = eligible[rng.randrange(len(eligible))]
+        # Not a trial whose member has moved on: its checkpoint may be gone.
+        eligible = [s for s in standings[:k] if s.trial in donors]
+        if not eligible:
+            return None
+        donor = eligible[rng.randrange(len(eligible))]
         losses = [s.loss for s in standings]
         rank, donor_rank = rank_of(losses[position], losses), rank_of(donor.loss, losses)
         name = self.metric.name
