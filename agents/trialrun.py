@@ -37,7 +37,7 @@ class StopSignal:
         self._event = threading.Event()
         self._reason: str | None = None
         self._context: _context.TrialContext | None = None
-        self._wakes: list[threading.Event] = []
+        self._wake: threading.Event | None = None
 
     def request(self, reason: str) -> None:
         if self._reason is None:
@@ -46,20 +46,21 @@ class StopSignal:
         if context is not None:
             context.request_stop(reason)
         self._event.set()
-        for wake in list(self._wakes):
+        wake = self._wake
+        if wake is not None:
             wake.set()
 
     @contextmanager
     def waking(self, wake: threading.Event) -> Iterator[None]:
         """Inside, a stop request also sets ``wake``: one event a loop can sleep on that other
-        happenings set too (its trial's process exiting)."""
-        self._wakes.append(wake)
+        happenings set too (its trial's process exiting). One trial at a time watches."""
+        self._wake = wake
         if self.requested:
             wake.set()
         try:
             yield
         finally:
-            self._wakes.remove(wake)
+            self._wake = None
 
     @property
     def requested(self) -> bool:
