@@ -22,6 +22,13 @@ def sweeper_cli(*args: str, cwd: Path, timeout: float = 300) -> str:
     return done.stdout
 
 
+def sweep_id_of(output: str) -> str:
+    """The sweep id from ``sweeper run``'s output (its ``sweep ID: ...`` line)."""
+    line = next((line for line in output.splitlines() if line.startswith("sweep ")), None)
+    assert line is not None, output
+    return line.split()[1].rstrip(":")
+
+
 def toy_pbt_sweep(**pbt: Any) -> dict[str, Any]:
     """Population-based training of ``scripts/pbt_trial.py``: two members, 12 steps each."""
     return {
@@ -55,7 +62,7 @@ def run_and_list(
         [SWEEPER, "run", "sweep.yaml", *run_args], cwd=cwd, capture_output=True, text=True, timeout=timeout
     )
     assert ran.returncode == 0, ran.stdout + ran.stderr
-    sweep_id = ran.stdout.splitlines()[0].split()[1].rstrip(":")
+    sweep_id = sweep_id_of(ran.stdout)
     listing = subprocess.run(
         [SWEEPER, "trials", sweep_id, "--format", "json"], cwd=cwd, capture_output=True, text=True, timeout=60
     )

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_support import sweep_id_of
 from click.testing import CliRunner
 from sweeper.agents.gpus import (
     Gpu,
@@ -241,9 +242,7 @@ def test_sweeper_run_with_gpus_runs_one_trial_per_gpu(fake_smi: Path, tmp_path: 
     result = CliRunner().invoke(main, ["run", "sweep.yaml", "--gpus", "0,2"])
     assert result.exit_code == 0, result.output
     assert "using 2 GPU(s): GPU 0 (NVIDIA A100-SXM4-40GB), GPU 2" in result.output
-    sweep_id = (
-        next(line for line in result.output.splitlines() if line.startswith("sweep ")).split()[1].rstrip(":")
-    )
+    sweep_id = sweep_id_of(result.output)
     seen = _seen_gpus(tmp_path, sweep_id)
     assert len(seen) == 4 and set(seen.values()) == {"0", "2"}
 

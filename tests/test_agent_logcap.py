@@ -6,15 +6,13 @@ from __future__ import annotations
 import builtins
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
-from cli_support import SCRIPTS, run_and_list
+from cli_support import SCRIPTS, SWEEPER, run_and_list
 from sweeper.agents import logcap
 from sweeper.agents.logcap import BoundedLogs
 
-SWEEPER = str(Path(sys.executable).with_name("sweeper"))
 MARKER = re.compile(
     rb"\[sweeper: about (\d+) bytes of output dropped here to keep this file under (\d+) bytes"
 )

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from process_support import wait_until
 from server_helpers import start_server
 from sweeper.agents.checkpoints import CheckpointHook
 from sweeper.agents.trialdir import TrialDir
@@ -201,11 +201,8 @@ def removal_assignment(locations: list[str]) -> Assignment:
     )  # fmt: skip
 
 
-def wait_for(condition, what: str) -> None:
-    deadline = time.monotonic() + 20
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.02)
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    assert wait_until(condition), what
 
 
 @pytest.mark.parametrize("store", ["folder", "fsspec"])

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_support import sweep_id_of
 
 pytestmark = pytest.mark.slow
 
@@ -34,12 +35,6 @@ def write_sweep(tmp_path: Path, parameters: dict, **extra: object) -> Path:
 
 def sweeper_cmd(tmp_path: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([SWEEPER, *args], cwd=tmp_path, capture_output=True, text=True, timeout=timeout)
-
-
-def sweep_id_of(output: str) -> str:
-    first = output.splitlines()[0]
-    assert first.startswith("sweep "), output
-    return first.split()[1].rstrip(":")
 
 
 def trials_json(tmp_path: Path, sweep_id: str) -> list[dict]:

@@ -21,12 +21,11 @@ from typing import Any
 
 import pytest
 import yaml
+from cli_support import SCRIPTS, SWEEPER, sweep_id_of
 from server_helpers import TOKEN, serving
 from sweeper.agents.gpus import Gpu, _from_nvidia_smi, _from_nvml, discover_gpus
 
-SCRIPTS = Path(__file__).parent / "scripts"
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
-SWEEPER = str(Path(sys.executable).with_name("sweeper"))
 GPUS = discover_gpus()
 
 
@@ -93,11 +92,6 @@ def gpu_of(seen: dict[str, Any]) -> Gpu:
     return gpu
 
 
-def run_sweep_id(out: str) -> str:
-    """The sweep id from ``sweeper run``'s output (its ``sweep ID: ...`` line)."""
-    return next(line for line in out.splitlines() if line.startswith("sweep ")).split()[1].rstrip(":")
-
-
 def memory_used_mib(index: str) -> int:
     out = subprocess.run(
         ["nvidia-smi", "-i", index, "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
@@ -146,7 +140,7 @@ def test_trials_per_gpu_share_one_gpu_at_once(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'sweeper.db'}"
     out = sweeper(tmp_path, "run", "sweep.yaml", "--db", db, "--gpus", "0", "--trials-per-gpu", "2")
     assert "2 trials on each at once" in out
-    seen = sorted(probes(tmp_path, run_sweep_id(out)).values(), key=lambda s: s["start"])
+    seen = sorted(probes(tmp_path, sweep_id_of(out)).values(), key=lambda s: s["start"])
     assert len(seen) == 4 and {s["visible"] for s in seen} == {"0"}
     overlapping = [b for a, b in zip(seen, seen[1:], strict=False) if b["start"] < a["end"]]
     assert overlapping, "no two trials ran on the GPU at the same time"
@@ -212,7 +206,7 @@ def test_the_cnn_example_trains_on_the_gpu(tmp_path: Path) -> None:
     example_copy(tmp_path, "cnn-digits", "random.yaml", epochs=3)
     db = f"sqlite:///{tmp_path / 'sweeper.db'}"
     out = sweeper(tmp_path, "run", "cnn-digits.yaml", "--db", db, "--gpus", "all", "--count", "2")
-    sweep_id = run_sweep_id(out)
+    sweep_id = sweep_id_of(out)
     trials = json.loads(sweeper(tmp_path, "trials", sweep_id, "--db", db, "--format", "json"))
     assert [t["state"] for t in trials] == ["finished", "finished"], out
     for t in trials:
@@ -229,7 +223,7 @@ def test_population_based_training_hands_gpu_checkpoints_between_members(tmp_pat
     sweep_file.write_text(yaml.safe_dump(sweep))
     db = f"sqlite:///{tmp_path / 'sweeper.db'}"
     out = sweeper(tmp_path, "run", sweep_file.name, "--db", db, "--gpus", "0", "--trials-per-gpu", "3")
-    sweep_id = run_sweep_id(out)
+    sweep_id = sweep_id_of(out)
     trials = json.loads(sweeper(tmp_path, "trials", sweep_id, "--db", db, "--format", "json"))
     assert {t["state"] for t in trials} <= {"finished", "stopped"}, out
     restarted = [t for t in trials if t["restore_from"] and t["curves"].get("val_acc")]
