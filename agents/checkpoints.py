@@ -239,8 +239,9 @@ def _remove_all_but_marked(folder: Path, trial_dir: TrialDir) -> None:
     if not keep:
         shutil.rmtree(folder, ignore_errors=True)
         return
+    kept = keep | {folder for k in keep for folder in k.parents}  # and the folders holding them
     for path in sorted(root.rglob("*"), reverse=True):  # files before the folders holding them
-        if path in keep or any(path in k.parents for k in keep):
+        if path in kept:
             continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
