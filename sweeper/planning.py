@@ -8,7 +8,6 @@ decide what is new.
 
 from __future__ import annotations
 
-import operator
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,10 +15,9 @@ from dataclasses import dataclass
 from sweeper.spec import SweepSpec
 from sweeper.store.base import TrialDraft
 from sweeper.strategies import Strategy, Suggestion, SuggestionKind
-from sweeper.trials import Trial, TrialState
+from sweeper.trials import Trial, TrialState, count_states
 
 _RETRYABLE = frozenset({TrialState.FAILED, TrialState.LOST})
-_STATE = operator.attrgetter("state")  # walks over a whole history, in C: one per lease
 
 
 @dataclass(frozen=True)
@@ -47,7 +45,8 @@ def may_run_again(trials: Sequence[Trial], max_retries: int) -> list[Trial]:
     """The last attempt of each configuration that is to run again, oldest first: every attempt
     failed or was lost, with retries left, and the last was not asked to stop (it was early
     terminated, or a population member was replaced, before it failed or went silent)."""
-    if _RETRYABLE.isdisjoint(map(_STATE, trials)):
+    states = count_states(trials)
+    if not any(states.get(state) for state in _RETRYABLE):
         return []  # the common case, answered without a key for every trial
     attempts: dict[str, list[Trial]] = {}
     for trial in trials:
@@ -98,7 +97,7 @@ def completion(spec: SweepSpec, strategy: Strategy, trials: Sequence[Trial], see
     if find_retry(trials, spec.options.max_retries) is not None:
         return None
     reason = strategy.completion(trials, suggestion_rng(seed, trials))
-    if reason is None or TrialState.RUNNING in map(_STATE, trials):
+    if reason is None or count_states(trials).get(TrialState.RUNNING):
         return None
     return reason
 
@@ -106,8 +105,7 @@ def completion(spec: SweepSpec, strategy: Strategy, trials: Sequence[Trial], see
 def plan_next(spec: SweepSpec, strategy: Strategy, trials: Sequence[Trial], seed: int) -> Plan:
     def finished_or_wait(reason: str) -> Plan:
         # Running trials may still fail and need a retry, so agents wait rather than leave.
-        # Counted only here: a lease that gets a trial does not walk the history for it.
-        active = list(map(_STATE, trials)).count(TrialState.RUNNING)
+        active = count_states(trials).get(TrialState.RUNNING, 0)
         if active:
             return Plan(suggestion=Suggestion.wait(f"{reason}; waiting for {active} running trial(s)"))
         return Plan(suggestion=Suggestion.done(reason))

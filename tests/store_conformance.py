@@ -11,6 +11,7 @@ import re
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -26,7 +27,16 @@ from sweeper.store import (
     TrialNotFoundError,
     open_store,
 )
-from sweeper.trials import SWEEP_TRANSITIONS, MetricPoint, Sweep, SweepState, Trial, TrialState
+from sweeper.trials import (
+    SWEEP_TRANSITIONS,
+    CountedTrials,
+    MetricPoint,
+    Sweep,
+    SweepState,
+    Trial,
+    TrialState,
+    count_states,
+)
 
 SLOTS = 40
 FAR = 1e12  # a lease that never runs out in these tests
@@ -38,6 +48,12 @@ def lease(agent: str = "agent-1", lease_id: str = "lease-1", expires_at: float =
 
 def point(name: str, value: float, step: int, seq: int) -> MetricPoint:
     return MetricPoint(name=name, value=value, step=step, seq=seq, time=10.0 + seq)
+
+
+def assert_counted(trials: Sequence[Trial]) -> None:
+    """The trials come with their counts by state (every lease asks for them), and those agree."""
+    assert isinstance(trials, CountedTrials)
+    assert {k: v for k, v in count_states(trials).items() if v} == Counter(t.state for t in trials)
 
 
 def lowest_free_slot(sweep: Sweep, trials: Sequence[Trial]) -> TrialDraft | None:
@@ -481,11 +497,13 @@ class StoreConformance:
         given: list[list[Trial]] = []
 
         def record(_sweep: Sweep, so_far: Sequence[Trial]) -> TrialDraft:
+            assert_counted(so_far)
             given.append(list(so_far))
             return TrialDraft({"n": len(so_far)})
 
         def lease_one(on: Store, name: str, expires_at: float = FAR) -> Trial:
             before = store.list_trials(sweep.id)
+            assert_counted(before)
             assert before == store.list_trials(sweep.id, states=list(TrialState))  # a full read
             trial = on.new_trial(sweep.id, record, lease=lease(name, name, expires_at), now=2.0)
             assert trial is not None and given[-1] == before

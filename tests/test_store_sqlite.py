@@ -33,6 +33,12 @@ def columns_of(path: Path, table: str) -> list[str]:
         return [row[1] for row in db.execute(f"PRAGMA table_info({table})")]
 
 
+def indexes_of(path: Path, table: str) -> dict[str, list[str]]:
+    with sqlite3.connect(path) as db:
+        names = [row[1] for row in db.execute(f"PRAGMA index_list({table})") if row[3] == "c"]
+        return {name: [row[2] for row in db.execute(f"PRAGMA index_info({name})")] for name in names}
+
+
 def add_note(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE sweeps ADD COLUMN note TEXT NOT NULL DEFAULT 'kept'"))
 
@@ -48,7 +54,7 @@ def test_fresh_database_is_created_at_the_latest_version(tmp_path: Path) -> None
     path = tmp_path / "s.db"
     with open_store(str(path)):
         pass
-    assert version_of(path) == latest_version() == 2
+    assert version_of(path) == latest_version() == 3
     with sqlite3.connect(path) as db:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"sweeper_meta", "sweeps", "trials", "metrics"} <= tables
@@ -79,13 +85,14 @@ def test_upgrade_keeps_the_data(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert capsys.readouterr().err == ""  # nothing to upgrade the second time
 
 
-def test_a_version_1_store_upgrades_to_version_2_and_keeps_its_data(
+def test_a_version_1_store_upgrades_to_the_latest_version_and_keeps_its_data(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "v1.db"
     with sqlite3.connect(path) as db:  # written by sweeper at schema version 1
         db.executescript((Path(__file__).parent / "data" / "store_v1.sql").read_text())
     assert version_of(path) == 1 and "member" not in columns_of(path, "trials")
+    assert "ix_trials_config_key" in indexes_of(path, "trials")
     with open_store(str(path)) as store:
         sweep = store.get_sweep("mwbeliwt")
         (old,) = store.list_trials(sweep.id, with_history=True)
@@ -99,12 +106,15 @@ def test_a_version_1_store_upgrades_to_version_2_and_keeps_its_data(
             now=9.0,
         )
         assert new is not None and (new.member, new.restore_from) == (3, ".sweeper/checkpoints/x/1")
-    assert "from version 1 to 2" in capsys.readouterr().err
-    assert version_of(path) == 2
+    assert "from version 1 to 3" in capsys.readouterr().err
+    assert version_of(path) == 3
     assert {"member", "restore_from"} <= set(columns_of(path, "trials"))
+    assert indexes_of(path, "trials")["ix_trials_sweep_state"] == ["sweep_id", "state"]
+    assert "ix_trials_config_key" not in indexes_of(path, "trials")
     fresh = tmp_path / "fresh.db"
     open_store(str(fresh)).close()
     assert columns_of(fresh, "trials") == columns_of(path, "trials")  # upgraded and fresh agree
+    assert indexes_of(fresh, "trials") == indexes_of(path, "trials")
 
 
 def test_failed_upgrade_changes_nothing(tmp_path: Path) -> None:
@@ -151,6 +161,25 @@ def test_history_is_one_query_for_all_trials(sqlite_store_url: str) -> None:
         listed = store.list_trials(sweep.id, with_history=True, states=[TrialState.RUNNING])
         assert len(listed) == 5 and all(len(t.history or ()) == 1 for t in listed)
         assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 2
+
+
+def test_counting_a_sweeps_running_trials_reads_only_those(sqlite_store_url: str) -> None:
+    """Every trial's end counts the trials of its sweep still running: an index lookup, not a
+    walk over every trial the sweep has had (without statistics, SQLite would take any index
+    led by the sweep id)."""
+    with open_store(sqlite_store_url) as store:
+        sweep = sweep_with_scored_trials(store, 3)
+        plans: list[str] = []
+        engine = store._db.engine  # type: ignore[attr-defined]
+
+        def explain(conn: Connection, cursor: object, statement: str, parameters: object, *_: object) -> None:
+            if "count(" in statement and not statement.startswith("EXPLAIN"):
+                found = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters).all()  # type: ignore[arg-type]
+                plans.extend(row[-1] for row in found)
+
+        event.listen(engine, "before_cursor_execute", explain)
+        assert store.count_trials(sweep.id, states=[TrialState.RUNNING]) == 3
+    assert plans == ["SEARCH trials USING COVERING INDEX ix_trials_sweep_state (sweep_id=? AND state=?)"]
 
 
 # --- where the store lives ---------------------------------------------------

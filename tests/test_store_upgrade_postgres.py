@@ -33,6 +33,8 @@ def write_version_1(url: str) -> None:
         schema.metadata.create_all(conn, tables=[schema.meta, *schema.V1_TABLES])
         for column in schema.V2_TRIAL_COLUMNS:
             conn.exec_driver_sql(f"ALTER TABLE trials DROP COLUMN {column}")
+        conn.exec_driver_sql("DROP INDEX ix_trials_sweep_state")
+        conn.exec_driver_sql("CREATE INDEX ix_trials_config_key ON trials (sweep_id, config_key)")
         conn.exec_driver_sql(V1_ROWS)
     engine.dispose()
 
@@ -46,11 +48,21 @@ def trial_columns(url: str) -> set[str]:
         engine.dispose()
 
 
+def trial_indexes(url: str) -> dict[str, list[str]]:
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with engine.connect() as conn:
+            return {i["name"]: i["column_names"] for i in inspect(conn).get_indexes("trials")}  # type: ignore[misc]
+    finally:
+        engine.dispose()
+
+
 def test_two_stores_opening_a_version_1_database_upgrade_it_once(
     postgres_store_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     write_version_1(postgres_store_url)
     assert not set(schema.V2_TRIAL_COLUMNS) & trial_columns(postgres_store_url)
+    assert "ix_trials_config_key" in trial_indexes(postgres_store_url)
     opened, errors = [], []
 
     def open_one() -> None:
@@ -65,7 +77,8 @@ def test_two_stores_opening_a_version_1_database_upgrade_it_once(
     for thread in threads:
         thread.join()
     assert not errors and len(opened) == 2
-    assert capsys.readouterr().err.count("from version 1 to 2") == 1  # one upgrade, said once
+    upgraded = f"from version 1 to {latest_version()}"
+    assert capsys.readouterr().err.count(upgraded) == 1  # one upgrade, said once
     store = opened[0]
     try:
         sweep = store.get_sweep("mwbeliwt")
@@ -84,6 +97,8 @@ def test_two_stores_opening_a_version_1_database_upgrade_it_once(
         for each in opened:
             each.close()
     assert set(schema.V2_TRIAL_COLUMNS) <= trial_columns(postgres_store_url)
+    indexes = trial_indexes(postgres_store_url)
+    assert indexes["ix_trials_sweep_state"] == ["sweep_id", "state"] and "ix_trials_config_key" not in indexes
     engine = create_engine(postgres_store_url.replace("postgresql://", "postgresql+psycopg://", 1))
     with engine.connect() as conn:
         version = conn.execute(text("SELECT value FROM sweeper_meta WHERE key = 'schema_version'")).scalar()

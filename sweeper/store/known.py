@@ -9,7 +9,7 @@ and a running trial's row is converted again only where it changed.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +17,7 @@ from sqlalchemy import Connection, bindparam, select
 
 from sweeper.store import rows
 from sweeper.store.schema import trials
-from sweeper.trials import Trial
+from sweeper.trials import CountedTrials, Trial, TrialState
 
 _KNOWN_SWEEPS = 64  # sweeps whose trials are kept between leases
 
@@ -41,11 +41,19 @@ class _SweepTrials:
     def __init__(self) -> None:
         self.by_number: dict[int, Trial] = {}
         self.running: dict[int, tuple[Any, ...]] = {}  # trial id: its row when last read
+        self.states: Counter[TrialState] = Counter()  # of the trials in by_number
 
     def copy(self) -> _SweepTrials:
         copied = _SweepTrials()
         copied.by_number, copied.running = dict(self.by_number), dict(self.running)
+        copied.states = self.states.copy()
         return copied
+
+    def put(self, trial: Trial) -> None:
+        if (before := self.by_number.get(trial.number)) is not None:
+            self.states[before.state] -= 1
+        self.by_number[trial.number] = trial
+        self.states[trial.state] += 1
 
 
 class KnownTrials:
@@ -90,14 +98,14 @@ class KnownTrials:
             if trial.number not in known.by_number:
                 in_order = in_order and trial.number > last
                 last = max(last, trial.number)
-            known.by_number[trial.number] = trial
+            known.put(trial)
             if trial.state.is_terminal:
                 known.running.pop(trial.id, None)
             else:
                 known.running[trial.id] = tuple(row)
         if not in_order:
             known.by_number = dict(sorted(known.by_number.items()))
-        found = list(known.by_number.values())
+        found = CountedTrials(known.by_number.values(), +known.states)  # + drops the zero counts
         if not found:  # nothing to keep, and an unknown sweep's id must not push known ones out
             return found
         if keep_later is None:

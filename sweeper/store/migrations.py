@@ -51,9 +51,16 @@ def _add_population(conn: Connection) -> None:
     _add_trial_columns(conn, schema.V2_TRIAL_COLUMNS)
 
 
+def _index_trial_states(conn: Connection) -> None:
+    preparer = conn.dialect.identifier_preparer
+    conn.exec_driver_sql(f"DROP INDEX IF EXISTS {preparer.quote(schema.V3_DROPPED_INDEX)}")
+    schema.trials_by_sweep_state.create(conn, checkfirst=True)  # a fresh database's step 1 made it
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "create sweeps, trials and metrics", _create_v1),
     Migration(2, "add trials.member and trials.restore_from (population-based training)", _add_population),
+    Migration(3, "index trials by sweep and state", _index_trial_states),
 )
 
 

@@ -70,11 +70,13 @@ trials = Table(
     Column("member", Integer),
     Column("restore_from", Text),
     UniqueConstraint("sweep_id", "number", name="uq_trials_sweep_number"),
-    # Duplicate configurations are looked up within one sweep, so the sweep leads the index.
-    Index("ix_trials_config_key", "sweep_id", "config_key"),
     # expire_leases scans running trials by expiry.
     Index("ix_trials_state_lease", "state", "lease_expires_at"),
 )
+
+# Version 3: a sweep's trials in one state (finishing a trial counts those still running),
+# found without reading every trial the sweep has had.
+trials_by_sweep_state = Index("ix_trials_sweep_state", trials.c.sweep_id, trials.c.state)
 
 metrics = Table(
     "metrics",
@@ -97,3 +99,7 @@ V1_TABLES = (sweeps, trials, metrics)
 
 # Columns version 2 added to the trials table.
 V2_TRIAL_COLUMNS = ("member", "restore_from")
+
+# The index version 3 removed: no query looks trials up by configuration, and without
+# statistics SQLite's planner took it for any lookup by sweep, reading every trial of the sweep.
+V3_DROPPED_INDEX = "ix_trials_config_key"
