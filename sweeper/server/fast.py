@@ -16,12 +16,10 @@ the one source of what the routes accept.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import re
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -30,6 +28,7 @@ from sweeper.coordinator import Coordinator
 from sweeper.protocol import AgentInfo, Directive, TrialOutcome
 from sweeper.server import schemas
 from sweeper.server.app import REFUSALS, error
+from sweeper.server.calls import CallRunner, PooledCalls, SerialCalls
 from sweeper.trials import TrialState
 
 _NEXT = re.compile(r"/api/v1/sweeps/([A-Za-z0-9_-]{1,64})/next")
@@ -41,12 +40,6 @@ _MODELS: dict[str, type[BaseModel]] = {
     "finish": schemas.FinishIn,
 }
 _JSON = b"application/json"
-# Threads for the coordinator's blocking calls: as many as a PostgreSQL store has connections (SQLite
-# writes one at a time anyway). More threads only wait on the store's pool and locks, which wake them
-# in no particular order, so under load some requests wait far longer than others; requests beyond
-# these threads queue here in arrival order instead. In the load benchmark 40 threads gave 2-7 times
-# the p99 of 10 at the same or lower throughput, and 16 no gain.
-_THREADS = 10
 
 
 class AgentRoutes:
@@ -67,8 +60,7 @@ class AgentRoutes:
         self._short_path = token is None or token.isascii()
         self._max_body_bytes = max_body_bytes
         self._max_batch = max_batch
-        # Lighter per call than anyio's worker threads, which FastAPI's plain routes go through.
-        self._threads = ThreadPoolExecutor(_THREADS, thread_name_prefix="agent-route")
+        self._calls: CallRunner = SerialCalls() if coordinator.store.takes_turns else PooledCalls()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = _route(scope) if scope["type"] == "http" and scope["method"] == "POST" else None
@@ -82,7 +74,7 @@ class AgentRoutes:
             await self.app(scope, _replay(received, receive), send)
             return
         try:
-            status, body = await asyncio.get_running_loop().run_in_executor(self._threads, call)
+            status, body = await self._calls.run(call)
         except Exception as exc:
             refusal = _refusal(exc)
             if refusal is None:

@@ -63,6 +63,10 @@ class Lease:
 
 
 class Store(ABC):
+    # Whether writes take turns, one transaction at a time (SQLite): callers then gain nothing
+    # from running writes on many threads at once.
+    takes_turns: bool = False
+
     # --- sweeps -------------------------------------------------------------
 
     @abstractmethod

@@ -1,0 +1,97 @@
+"""Where the agent routes' blocking calls run: one thread for a store that takes turns, a pool otherwise."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from sweeper.server.calls import PooledCalls, SerialCalls
+from sweeper.store import open_store
+
+
+def test_serial_calls_run_one_at_a_time_on_one_thread_in_arrival_order() -> None:
+    calls = SerialCalls()
+    ran: list[tuple[int, int]] = []
+    busy = threading.Lock()
+
+    def call(i: int) -> int:
+        assert busy.acquire(blocking=False), "two calls ran at once"
+        try:
+            ran.append((i, threading.get_ident()))
+            time.sleep(0.001)  # calls that arrive meanwhile queue up
+            return i * i
+        finally:
+            busy.release()
+
+    async def main() -> list[int]:
+        return await asyncio.gather(*(calls.run(lambda i=i: call(i)) for i in range(50)))
+
+    assert asyncio.run(main()) == [i * i for i in range(50)]
+    assert [i for i, _ in ran] == list(range(50))
+    assert len({thread for _, thread in ran}) == 1 and ran[0][1] != threading.get_ident()
+
+
+def test_a_failing_call_raises_in_its_caller_and_the_next_calls_still_run() -> None:
+    calls = SerialCalls()
+
+    def fail() -> int:
+        raise ValueError("lease lost")
+
+    async def main() -> list[object]:
+        runs = [calls.run(fail), calls.run(lambda: 2), calls.run(fail)]
+        return await asyncio.gather(*runs, return_exceptions=True)
+
+    first, second, third = asyncio.run(main())
+    assert isinstance(first, ValueError) and str(first) == "lease lost"
+    assert second == 2 and isinstance(third, ValueError)
+
+
+def test_serial_calls_serve_a_new_event_loop_after_the_first_has_closed() -> None:
+    calls = SerialCalls()
+
+    async def one(value: int) -> int:
+        return await asyncio.wait_for(calls.run(lambda: value), 10)
+
+    assert asyncio.run(one(1)) == 1
+    assert asyncio.run(one(2)) == 2  # the thread delivered to the loop that is running now
+
+
+def test_a_cancelled_caller_does_not_stop_the_calls_behind_it() -> None:
+    calls = SerialCalls()
+    started = threading.Event()
+    release = threading.Event()
+
+    def slow() -> str:
+        started.set()
+        release.wait(10)
+        return "slow"
+
+    async def main() -> str:
+        waiting = asyncio.ensure_future(calls.run(slow))
+        behind = calls.run(lambda: "behind")
+        await asyncio.get_running_loop().run_in_executor(None, started.wait, 10)
+        waiting.cancel()
+        release.set()
+        return await asyncio.wait_for(behind, 10)
+
+    assert asyncio.run(main()) == "behind"
+
+
+def test_pooled_calls_run_side_by_side() -> None:
+    calls = PooledCalls(threads=4)
+    inside = threading.Barrier(4, timeout=10)  # passes only once four calls run at once
+
+    async def main() -> list[int]:
+        return await asyncio.gather(*(calls.run(lambda i=i: (inside.wait(), i)[1]) for i in range(4)))
+
+    assert asyncio.run(main()) == [0, 1, 2, 3]
+
+
+@pytest.mark.postgres
+def test_only_sqlite_stores_take_turns(tmp_path: Path, postgres_store_url: str) -> None:
+    with open_store(f"sqlite:///{tmp_path / 's.db'}") as sqlite_store, open_store(postgres_store_url) as pg:
+        assert sqlite_store.takes_turns and not pg.takes_turns
