@@ -264,6 +264,12 @@ class Coordinator:
             self._sweep_changed(sweep_id)
 
     def _sweep_changed(self, sweep_id: str) -> None:
+        """Tell the listeners, once the change is committed: they read the store from threads of
+        their own, which see nothing of a batch (:meth:`Store.batch`) before it commits."""
+        if self._on_sweep_changed:
+            self.store.after_commit(lambda: self._tell_listeners(sweep_id))
+
+    def _tell_listeners(self, sweep_id: str) -> None:
         for listener in self._on_sweep_changed:
             try:
                 listener(sweep_id)

@@ -139,6 +139,15 @@ def test_the_coordinator_tells_its_listeners_what_changed(tmp_path: Path) -> Non
 
     coordinator.set_sweep_state(b, SweepState.CANCELLED)
     assert seen == [a, a, b]
+
+    # In a batch (the server's agent routes on SQLite) listeners, which read the store from
+    # threads of their own, hear of a change once it is committed.
+    c = coordinator.create_sweep(parse_sweep(grid([1]))).id
+    seen.clear()
+    with store.batch():
+        coordinator.set_sweep_state(c, SweepState.PAUSED)
+        assert seen == []
+    assert seen == [c]
     store.close()
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -79,6 +81,56 @@ def test_a_cancelled_caller_does_not_stop_the_calls_behind_it() -> None:
         return await asyncio.wait_for(behind, 10)
 
     assert asyncio.run(main()) == "behind"
+
+
+class Batches:
+    """A stand-in for ``Store.batch``: counts the batches and what ran in each; may fail at the end."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.sizes: list[int] = []
+        self.ran = 0
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        before = self.ran
+        yield
+        self.sizes.append(self.ran - before)
+        if self.fail:
+            raise RuntimeError("the commit failed")
+
+
+def test_calls_that_queue_together_run_in_one_batch() -> None:
+    batches = Batches()
+    calls = SerialCalls(batches)
+    started, release = threading.Event(), threading.Event()
+
+    def call(i: int) -> int:
+        batches.ran += 1
+        if i == 0:
+            started.set()
+            release.wait(10)
+        return i
+
+    async def main() -> list[int]:
+        first = calls.run(lambda: call(0))
+        await asyncio.get_running_loop().run_in_executor(None, started.wait, 10)
+        rest = [calls.run(lambda i=i: call(i)) for i in range(1, 6)]  # queue while the first runs
+        release.set()
+        return await asyncio.gather(first, *rest)
+
+    assert asyncio.run(main()) == [0, 1, 2, 3, 4, 5]
+    assert batches.sizes == [1, 5]
+
+
+def test_a_batch_that_fails_as_a_whole_fails_each_of_its_calls() -> None:
+    calls = SerialCalls(Batches(fail=True))
+
+    async def main() -> list[object]:
+        return await asyncio.gather(calls.run(lambda: 1), calls.run(lambda: 2), return_exceptions=True)
+
+    results = asyncio.run(main())
+    assert all(isinstance(r, RuntimeError) and str(r) == "the commit failed" for r in results)
 
 
 def test_pooled_calls_run_side_by_side() -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Connection, event, text
+from sqlalchemy.exc import IntegrityError
 from store_conformance import lease
 
 from sweeper.store import Store, StoreError, TrialDraft, open_store
@@ -217,3 +218,117 @@ def test_a_call_that_waits_too_long_is_refused_and_never_runs(tmp_path: Path) ->
         assert "database is locked (waited" in str(late["error"])
         assert waited >= 0.3
         assert notes(opened) == ["first"]
+
+
+# --- a thread that holds the transaction (Store.batch) -------------------------
+
+
+def test_a_batch_commits_its_calls_together_and_each_sees_the_ones_before(store: Store) -> None:
+    sweep = store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
+    db = database(store)
+    commits: list[int] = []  # this thread's (the reader below commits its read transactions)
+    here = threading.get_ident()
+    event.listen(
+        db.engine, "commit", lambda _conn: commits.extend([1] if threading.get_ident() == here else [])
+    )
+    with store.batch():
+        first = store.new_trial(sweep.id, first_config, lease=lease("a", "lease-a"), now=2.0)
+        second = store.new_trial(sweep.id, first_config, lease=lease("b", "lease-b"), now=2.0)
+        assert db.write(note("inside")) == "inside"
+        # This thread reads what the batch wrote; no other thread sees it before the commit.
+        assert [t.number for t in store.list_trials(sweep.id)] == [1, 2]
+        elsewhere: list[Any] = []
+
+        def read_elsewhere() -> None:
+            with db.read() as conn:
+                written = conn.execute(text("SELECT body FROM notes")).all()
+            elsewhere.append((store.list_trials(sweep.id), written))
+
+        reader = threading.Thread(target=read_elsewhere)
+        reader.start()
+        reader.join(30)
+        assert elsewhere == [([], [])]
+        assert commits == []
+    assert commits == [1]
+    assert first is not None and second is not None
+    assert (first.number, second.number, second.config) == (1, 2, {"x": 1})
+    assert [t.number for t in store.list_trials(sweep.id)] == [1, 2]
+    assert notes(store) == ["inside"]
+
+
+def test_a_call_that_fails_in_a_batch_raises_and_is_rolled_back_alone(store: Store) -> None:
+    db = database(store)
+
+    def note_then_fail(conn: Connection) -> None:
+        note("broken")(conn)
+        raise ValueError("this call went wrong")
+
+    with store.batch():
+        db.write(note("a"))
+        with pytest.raises(ValueError, match="this call went wrong"):
+            db.write(note_then_fail)
+        db.write(note("b"))
+    assert notes(store) == ["a", "b"]
+
+
+def test_a_batch_whose_commit_fails_raises_and_keeps_nothing_it_read(store: Store) -> None:
+    sweep = store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
+    db = database(store)
+    after: list[str] = []
+
+    def orphan_checked_at_commit(conn: Connection) -> None:
+        conn.execute(text("PRAGMA defer_foreign_keys = ON"))
+        conn.execute(text("INSERT INTO children (parent) VALUES (404)"))  # no such parent
+
+    with pytest.raises(IntegrityError, match="FOREIGN KEY"), store.batch():
+        leased = store.new_trial(sweep.id, first_config, lease=lease(), now=2.0)
+        assert leased is not None and leased.number == 1
+        assert [t.number for t in store.list_trials(sweep.id)] == [1]
+        store.after_commit(lambda: after.append("ran"))
+        db.write(orphan_checked_at_commit)
+    assert after == []  # never committed
+    assert store.list_trials(sweep.id) == []  # nothing read inside the batch was kept
+    again = store.new_trial(sweep.id, first_config, lease=lease(), now=3.0)
+    assert again is not None and again.number == 1
+
+
+def test_other_threads_write_after_a_batch_and_steps_run_once_it_commits(store: Store) -> None:
+    db = database(store)
+    order: list[str] = []
+    other = threading.Thread(target=lambda: order.append(db.write(note("other"))))
+    with store.batch():
+        db.write(note("batch"))
+        store.after_commit(lambda: order.append("after commit"))
+        other.start()
+        deadline = time.monotonic() + 10
+        while not db._group._queue:  # type: ignore[union-attr]  # the other thread waits its turn
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        assert order == []
+    other.join(30)
+    assert order == ["after commit", "other"]
+    assert notes(store) == ["batch", "other"]
+    store.after_commit(lambda: order.append("at once"))  # outside a batch: written already
+    assert order[-1] == "at once"
+
+
+def test_a_thread_waiting_to_hold_a_batch_is_not_taken_into_another_leaders_transaction(
+    store: Store,
+) -> None:
+    together = Together(database(store))
+    held: list[str] = []
+
+    def batch_of_two() -> None:
+        with store.batch():
+            held.append(together.db.write(note("held-1")))
+            held.append(together.db.write(note("held-2")))
+
+    together.queue("a", lambda: together.db.write(note("a")))
+    together.queue("batch", batch_of_two)
+    together.queue("b", lambda: together.db.write(note("b")))
+    results = together.run()
+    assert (results["a"], results["batch"], results["b"]) == ("a", None, "b")
+    assert held == ["held-1", "held-2"]
+    # first; then "a" (led by the first call's thread, cut at the batch); the batch; then "b".
+    assert together.commits == 4
+    assert notes(store) == ["a", "b", "first", "held-1", "held-2"]

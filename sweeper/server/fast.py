@@ -60,7 +60,8 @@ class AgentRoutes:
         self._short_path = token is None or token.isascii()
         self._max_body_bytes = max_body_bytes
         self._max_batch = max_batch
-        self._calls: CallRunner = SerialCalls() if coordinator.store.takes_turns else PooledCalls()
+        store = coordinator.store
+        self._calls: CallRunner = SerialCalls(store.batch) if store.takes_turns else PooledCalls()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = _route(scope) if scope["type"] == "http" and scope["method"] == "POST" else None

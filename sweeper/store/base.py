@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,8 +65,21 @@ class Lease:
 
 class Store(ABC):
     # Whether writes take turns, one transaction at a time (SQLite): callers then gain nothing
-    # from running writes on many threads at once.
+    # from running writes on many threads at once, and more from running many in one transaction
+    # (:meth:`batch`).
     takes_turns: bool = False
+
+    def batch(self) -> AbstractContextManager[None]:
+        """Until the block ends, this thread's calls may share one transaction, committed when it
+        ends: each call still takes effect or fails as a whole, and sees what the calls before it
+        did, but none is durable (or seen by other threads) before the block ends, and should the
+        commit fail none was made (the block raises). A store may commit each call on its own."""
+        return nullcontext()
+
+    def after_commit(self, step: Callable[[], None]) -> None:
+        """``step()`` once what this thread's calls wrote so far is committed: at once, or when a
+        :meth:`batch` it runs in ends (never, should its commit fail)."""
+        step()
 
     # --- sweeps -------------------------------------------------------------
 

@@ -92,11 +92,37 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        """A transaction that only reads: one consistent snapshot, no write lock."""
+        """A transaction that only reads: one consistent snapshot, no write lock. In a thread that
+        holds a write transaction (:meth:`holding`), that one, with what it wrote so far."""
+        if self._group is not None and (held := self._group.held_connection()) is not None:
+            with self._errors():
+                yield held
+            return
         with self._errors(), self._engine_here().connect() as conn:
             conn.execution_options(**READ_ONLY)
             with conn.begin():
                 yield conn
+
+    @contextmanager
+    def holding(self) -> Iterator[None]:
+        """Until the block ends, this thread's writes and reads share one transaction, committed
+        when it ends (see :meth:`GroupCommit.holding`). Without group commit (PostgreSQL), each
+        write still commits on its own."""
+        self._engine_here()  # after a fork, the group is this process's own
+        if self._group is None:
+            yield
+            return
+        if self._checkpointer is None and self._wal_file is not None:
+            self._start_checkpointer()
+        with self._group.holding():
+            yield
+
+    def after_commit(self, step: Callable[[], None]) -> None:
+        """``step()`` once what this thread wrote so far is committed (at once, outside :meth:`holding`)."""
+        if self._group is None:
+            step()
+        else:
+            self._group.after_commit(step)
 
     @contextmanager
     def _errors(self) -> Iterator[None]:

@@ -12,14 +12,17 @@ queue up, and the thread whose turn comes next runs all of them in one transacti
   nothing of it was written: every caller gets that error;
 
 A lone call runs in a transaction of its own, as it would without this.
+
+A thread that makes many writes in a row can also hold the turn itself (:meth:`GroupCommit.holding`):
+its writes then share one transaction, each in a savepoint of its own, committed when it lets go.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from contextlib import AbstractContextManager
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from sqlalchemy import Connection
 
@@ -31,7 +34,8 @@ T = TypeVar("T")
 class _Call(Generic[T]):
     __slots__ = ("work", "wake", "done", "result", "error")
 
-    def __init__(self, work: Callable[[Connection], T]) -> None:
+    def __init__(self, work: Callable[[Connection], T] | None) -> None:
+        """``work`` None: a thread waiting for the turn to hold it (:meth:`GroupCommit.holding`)."""
         self.work = work
         self.wake = threading.Lock()  # released when it is done, or when its turn to lead comes
         self.wake.acquire()
@@ -43,6 +47,12 @@ class _Call(Generic[T]):
         if self.error is not None:
             raise self.error
         return self.result  # type: ignore[no-any-return]
+
+
+class _Held(NamedTuple):
+    thread: int
+    conn: Connection
+    after: list[Callable[[], None]]  # to run once committed
 
 
 class GroupCommit:
@@ -63,6 +73,7 @@ class GroupCommit:
         self._mutex = threading.Lock()
         self._busy = False  # a thread leads a transaction
         self._queue: list[_Call[Any]] = []
+        self._held: _Held | None = None
 
     def run(self, work: Callable[[Connection], T]) -> T:
         """``work(conn)`` in a write transaction, maybe shared with other calls; its result once committed.
@@ -71,7 +82,61 @@ class GroupCommit:
         wakes their threads once it has ended, and hands the turn to the first call queued
         meanwhile. Each thread waits on a lock of its own, so a transaction wakes only its own
         callers and the next leader."""
+        if (held := self._held) is not None and held.thread == threading.get_ident():
+            return self._in_savepoint(held.conn, work)  # this thread holds the transaction
         call = _Call(work)
+        if not self._take_turn(call):
+            return call.outcome()
+        with self._mutex:  # this call's turn: it leads the calls queued before the next holder
+            # A leader is never in the queue: handed the turn, it left it.
+            cut = next((i for i, c in enumerate(self._queue) if c.work is None), len(self._queue))
+            batch = [call, *self._queue[:cut]]
+            del self._queue[:cut]
+        try:
+            self._commit(batch)
+        finally:
+            for other in batch[1:]:
+                other.wake.release()
+            self._pass_turn()
+        return call.outcome()
+
+    @contextmanager
+    def holding(self) -> Iterator[None]:
+        """Until the block ends, this thread's calls to :meth:`run` share one transaction, each in
+        a savepoint of its own (one that fails is rolled back alone and raises), and return at once;
+        they are committed together when the block ends. Should that fail, nothing of them was
+        written, and the block raises. Other threads' calls queue meanwhile, as behind any
+        transaction. What :meth:`after_commit` was given in the block runs once committed."""
+        turn: _Call[None] = _Call(None)
+        self._take_turn(turn)
+        after: list[Callable[[], None]] = []
+        try:
+            with self._errors(), self._begin() as conn:
+                self._held = _Held(threading.get_ident(), conn, after)
+                try:
+                    yield
+                finally:
+                    self._held = None
+        finally:
+            self._pass_turn()
+        for step in after:
+            step()
+
+    def after_commit(self, step: Callable[[], None]) -> None:
+        """``step()`` once this thread's writes so far are committed: at once, or when the
+        transaction this thread holds commits (never, should it fail)."""
+        if (held := self._held) is not None and held.thread == threading.get_ident():
+            held.after.append(step)
+        else:
+            step()
+
+    def held_connection(self) -> Connection | None:
+        """The transaction this thread holds (:meth:`holding`), if it holds one."""
+        held = self._held
+        return held.conn if held is not None and held.thread == threading.get_ident() else None
+
+    def _take_turn(self, call: _Call[Any]) -> bool:
+        """Wait for the turn to lead a transaction; False when another leader ran ``call`` meanwhile."""
         with self._mutex:
             leading = not self._busy
             if leading:
@@ -80,23 +145,16 @@ class GroupCommit:
                 self._queue.append(call)
         if not leading:
             self._wait(call)
-            if call.done:
-                return call.outcome()
-        with self._mutex:  # this call's turn: it leads the calls queued so far
-            batch = [call, *self._queue]  # a leader is never in the queue: handed the turn, it left it
-            self._queue.clear()
-        try:
-            self._commit(batch)
-        finally:
-            for other in batch[1:]:
-                other.wake.release()
-            with self._mutex:
-                if self._queue:
-                    self._queue[0].wake.release()  # its turn: it leads the rest
-                    self._queue.pop(0)
-                else:
-                    self._busy = False
-        return call.outcome()
+            return not call.done
+        return True
+
+    def _pass_turn(self) -> None:
+        with self._mutex:
+            if self._queue:
+                self._queue[0].wake.release()  # its turn: it leads the rest
+                self._queue.pop(0)
+            else:
+                self._busy = False
 
     def _wait(self, call: _Call[Any]) -> None:
         """Until ``call`` is done or its turn to lead has come."""
@@ -112,23 +170,31 @@ class GroupCommit:
         try:
             with self._errors(), self._begin() as conn:
                 if len(batch) == 1:
-                    batch[0].result = batch[0].work(conn)
+                    batch[0].result = batch[0].work(conn)  # type: ignore[misc]
                 else:
-                    # Savepoints straight on the driver's connection: through SQLAlchemy's nested
-                    # transactions each one cost a statement compiled afresh (its name is new every
-                    # time) and about a tenth of the store's time under load.
                     for call in batch:
-                        run_on_driver(conn, "SAVEPOINT group_call")
                         try:
-                            with self._errors():
-                                call.result = call.work(conn)
-                        except Exception as exc:  # this call alone failed: undo what it wrote
-                            run_on_driver(conn, "ROLLBACK TO SAVEPOINT group_call")
+                            call.result = self._in_savepoint(conn, call.work)
+                        except Exception as exc:  # this call alone failed, and wrote nothing
                             call.error = exc
-                        run_on_driver(conn, "RELEASE SAVEPOINT group_call")
         except BaseException as exc:
             for call in batch:
                 call.result, call.error = None, exc
         finally:
             for call in batch:
                 call.done = True
+
+    def _in_savepoint(self, conn: Connection, work: Callable[[Connection], T]) -> T:
+        # Savepoints straight on the driver's connection: through SQLAlchemy's nested transactions
+        # each one cost a statement compiled afresh (its name is new every time) and about a tenth
+        # of the store's time under load.
+        run_on_driver(conn, "SAVEPOINT group_call")
+        try:
+            with self._errors():
+                result = work(conn)
+        except Exception:  # undo what it wrote
+            run_on_driver(conn, "ROLLBACK TO SAVEPOINT group_call")
+            raise
+        finally:
+            run_on_driver(conn, "RELEASE SAVEPOINT group_call")
+        return result

@@ -63,9 +63,7 @@ class KnownTrials:
         self._sweeps: OrderedDict[str, _SweepTrials] = OrderedDict()  # never changed once kept
         self._lock = threading.Lock()
 
-    def read(
-        self, conn: Connection, sweep_id: str, keep_later: list[Callable[[], None]] | None = None
-    ) -> list[Trial]:
+    def read(self, conn: Connection, sweep_id: str, keep_later: list[Callable[[], None]]) -> list[Trial]:
         """Every trial of a sweep (no history), in number order, read under the sweep's lock or in
         one snapshot of a read transaction.
 
@@ -73,9 +71,9 @@ class KnownTrials:
         sweep's lock from before its read until its insert commits), so any snapshot holds a prefix
         of them and ``number > last`` finds every trial added since. Only committed rows are kept:
         a write transaction also reads what it wrote itself, and on SQLite what the calls before
-        it in a shared transaction wrote (:mod:`sweeper.store.group_commit`), so a read given
-        ``keep_later`` (a write transaction's) adds there the step that keeps it, for the caller
-        to run once the write has returned, committed; a read-only transaction's is kept at once.
+        it in a shared transaction wrote (:mod:`sweeper.store.group_commit`), so the read adds
+        to ``keep_later`` the step that keeps it, for the caller to run once what it read is
+        committed.
         A read changes a copy of what was kept: two reads of one sweep at once each keep their
         own, and whichever is kept last is a consistent committed state the next read catches up
         from."""
@@ -108,10 +106,7 @@ class KnownTrials:
         found = CountedTrials(known.by_number.values(), +known.states)  # + drops the zero counts
         if not found:  # nothing to keep, and an unknown sweep's id must not push known ones out
             return found
-        if keep_later is None:
-            self._keep(sweep_id, known)
-        else:
-            keep_later.append(lambda: self._keep(sweep_id, known))
+        keep_later.append(lambda: self._keep(sweep_id, known))
         return found
 
     def _keep(self, sweep_id: str, known: _SweepTrials) -> None:

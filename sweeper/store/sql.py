@@ -13,6 +13,7 @@ import secrets
 import string
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 from sqlalchemy import (
@@ -62,6 +63,12 @@ class SqlStore(Store):
         self.takes_turns = dialect == "sqlite"
         insert_ignore = postgresql.insert if dialect == "postgresql" else sqlite.insert
         self._insert_points = Prepared(insert_ignore(metrics).on_conflict_do_nothing())
+
+    def batch(self) -> AbstractContextManager[None]:
+        return self._db.holding()
+
+    def after_commit(self, step: Callable[[], None]) -> None:
+        self._db.after_commit(step)
 
     # --- sweeps -------------------------------------------------------------
 
@@ -173,8 +180,8 @@ class SqlStore(Store):
             return rows.trial_from_row(rows.NewTrialRow.of(trial_id, values))
 
         leased = self._db.write(lease_one)
-        for step in keep:  # committed now: a write that failed raised above, and keeps nothing
-            step()
+        for step in keep:  # a write that failed raised above, and keeps nothing
+            self._db.after_commit(step)
         return leased
 
     def get_trial(self, trial_id: int, *, with_history: bool = False) -> Trial:
@@ -191,6 +198,7 @@ class SqlStore(Store):
         with_history: bool = False,
         states: Sequence[TrialState] | None = None,
     ) -> list[Trial]:
+        keep: list[Callable[[], None]] = []
         with self._db.read() as conn:
             if with_history or states is not None:
                 query = select(trials).where(trials.c.sweep_id == sweep_id)
@@ -198,10 +206,12 @@ class SqlStore(Store):
                     query = query.where(trials.c.state.in_([TrialState(s).value for s in states]))
                 found = self._trials(conn, query, with_history)
             else:  # every trial: what changed since the sweep was last read, not the whole sweep
-                found = self._known.read(conn, sweep_id)
+                found = self._known.read(conn, sweep_id, keep)
             if not found:
                 self._sweep(conn, sweep_id)  # an unknown sweep is an error, an empty one is not
-            return found
+        for step in keep:  # in a batch this read saw the batch's own writes: kept once committed
+            self._db.after_commit(step)
+        return found
 
     def count_trials(self, sweep_id: str, *, states: Sequence[TrialState] | None = None) -> int:
         query = select(func.count()).select_from(trials).where(trials.c.sweep_id == sweep_id)
