@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -14,8 +15,10 @@ from sqlalchemy.exc import IntegrityError
 from store_conformance import lease
 
 from sweeper.store import Store, StoreError, TrialDraft, open_store
+from sweeper.store import known as known_module
 from sweeper.store.database import Database
 from sweeper.store.group_commit import GroupCommit
+from sweeper.trials import MetricPoint
 
 
 @pytest.fixture
@@ -332,3 +335,43 @@ def test_a_thread_waiting_to_hold_a_batch_is_not_taken_into_another_leaders_tran
     # first; then "a" (led by the first call's thread, cut at the batch); the batch; then "b".
     assert together.commits == 4
     assert notes(store) == ["a", "b", "first", "held-1", "held-2"]
+
+
+def test_the_reads_of_a_batch_each_catch_up_from_the_one_before(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lease in a batch starts from what the batch's last read of the sweep found, uncommitted
+    as it is, not from the last committed read: it converts only the rows changed since."""
+    sweep = store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
+    running = [store.new_trial(sweep.id, first_config, lease=lease(), now=2.0) for _ in range(5)]
+    assert all(t is not None for t in running)
+    converted: list[int] = []
+    convert = known_module.rows.trial_from_row
+
+    def counted(row: Any, *args: Any) -> Any:
+        converted.append(row.number)
+        return convert(row, *args)
+
+    monkeypatch.setattr(known_module, "rows", SimpleNamespace(trial_from_row=counted))
+    given: list[list[Any]] = []
+
+    def record(_sweep: Any, so_far: Any) -> TrialDraft:
+        given.append(list(so_far))
+        return first_config(_sweep, so_far)
+
+    def report(number: int, value: float) -> None:
+        trial = running[number - 1]
+        assert trial is not None
+        store.add_metrics(trial.id, "lease-1", [MetricPoint("loss", value, 1, 1, 3.0)], now=3.0)
+
+    with store.batch():
+        report(3, 0.3)
+        store.new_trial(sweep.id, record, lease=lease(), now=4.0)
+        assert sorted(converted) == [3, 5]  # changed, and inserted after the last committed read
+        converted.clear()
+        report(1, 0.1)
+        store.new_trial(sweep.id, record, lease=lease(), now=4.0)
+        assert sorted(converted) == [1, 6]  # not 3 again: the first lease's read stands
+    assert [t.number for t in given[-1]] == [1, 2, 3, 4, 5, 6]
+    assert (given[-1][0].summary, given[-1][2].summary) == ({"loss": 0.1}, {"loss": 0.3})
+    assert [t.number for t in store.list_trials(sweep.id)] == [1, 2, 3, 4, 5, 6, 7]

@@ -106,7 +106,11 @@ class GroupCommit:
         a savepoint of its own (one that fails is rolled back alone and raises), and return at once;
         they are committed together when the block ends. Should that fail, nothing of them was
         written, and the block raises. Other threads' calls queue meanwhile, as behind any
-        transaction. What :meth:`after_commit` was given in the block runs once committed."""
+        transaction. What :meth:`after_commit` was given in the block runs once committed.
+        Within a block of its own, a thread's block is part of the outer one."""
+        if self.held_connection() is not None:
+            yield
+            return
         turn: _Call[None] = _Call(None)
         self._take_turn(turn)
         after: list[Callable[[], None]] = []

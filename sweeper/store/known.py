@@ -63,7 +63,13 @@ class KnownTrials:
         self._sweeps: OrderedDict[str, _SweepTrials] = OrderedDict()  # never changed once kept
         self._lock = threading.Lock()
 
-    def read(self, conn: Connection, sweep_id: str, keep_later: list[Callable[[], None]]) -> list[Trial]:
+    def read(
+        self,
+        conn: Connection,
+        sweep_id: str,
+        keep_later: list[Callable[[], None]],
+        drafts: dict[str, _SweepTrials] | None = None,
+    ) -> list[Trial]:
         """Every trial of a sweep (no history), in number order, read under the sweep's lock or in
         one snapshot of a read transaction.
 
@@ -76,10 +82,17 @@ class KnownTrials:
         committed.
         A read changes a copy of what was kept: two reads of one sweep at once each keep their
         own, and whichever is kept last is a consistent committed state the next read catches up
-        from."""
+        from.
+
+        ``drafts``: what the reads of one transaction that a thread holds (``Store.batch``) have
+        read so far, by sweep, not committed yet. A read there starts from its sweep's draft, so
+        the reads of a batch each catch up only on what changed since the one before, and leaves
+        its own there."""
         with self._lock:
             kept = self._sweeps.get(sweep_id)
-        known = kept or _SweepTrials()  # copied at its first change: what is kept never changes
+        draft = drafts.get(sweep_id) if drafts is not None else None
+        # Copied at its first change: what is kept never changes. A draft is this thread's own.
+        known = draft or kept or _SweepTrials()
         last = next(reversed(known.by_number), 0)  # by_number is kept in number order
         if known.by_number:
             params = {"sweep_id_": sweep_id, "last_number_": last, "running_": sorted(known.running)}
@@ -106,6 +119,8 @@ class KnownTrials:
         found = CountedTrials(known.by_number.values(), +known.states)  # + drops the zero counts
         if not found:  # nothing to keep, and an unknown sweep's id must not push known ones out
             return found
+        if drafts is not None:
+            drafts[sweep_id] = known
         keep_later.append(lambda: self._keep(sweep_id, known))
         return found
 

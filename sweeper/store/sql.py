@@ -11,9 +11,10 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import string
+import threading
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import (
@@ -57,6 +58,7 @@ def new_sweep_id() -> str:
 class SqlStore(Store):
     def __init__(self, engine: Engine, *, label: str) -> None:
         self._known = KnownTrials()
+        self._batch = threading.local()  # drafts: while this thread runs a batch
         self._db = Database(engine, label=label)
         self.label = label
         dialect = engine.dialect.name
@@ -64,8 +66,21 @@ class SqlStore(Store):
         insert_ignore = postgresql.insert if dialect == "postgresql" else sqlite.insert
         self._insert_points = Prepared(insert_ignore(metrics).on_conflict_do_nothing())
 
-    def batch(self) -> AbstractContextManager[None]:
-        return self._db.holding()
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        if getattr(self._batch, "drafts", None) is not None:  # already in one: part of it
+            yield
+            return
+        with self._db.holding():
+            self._batch.drafts = {}
+            try:
+                yield
+            finally:
+                self._batch.drafts = None
+
+    def _drafts(self) -> dict[str, Any] | None:
+        """What the reads of this thread's batch have read so far (see :meth:`KnownTrials.read`)."""
+        return getattr(self._batch, "drafts", None)
 
     def after_commit(self, step: Callable[[], None]) -> None:
         self._db.after_commit(step)
@@ -149,7 +164,7 @@ class SqlStore(Store):
             sweep = self._sweep(conn, sweep_id, lock=True)
             if not sweep.state.hands_out_trials:
                 return None
-            so_far = self._known.read(conn, sweep_id, keep)
+            so_far = self._known.read(conn, sweep_id, keep, self._drafts())
             if history_of is not None:
                 found = self._curves(conn, sweep_id, history_of)
                 so_far = [t.with_history(found.get(t.number, ())) for t in so_far]
@@ -206,7 +221,7 @@ class SqlStore(Store):
                     query = query.where(trials.c.state.in_([TrialState(s).value for s in states]))
                 found = self._trials(conn, query, with_history)
             else:  # every trial: what changed since the sweep was last read, not the whole sweep
-                found = self._known.read(conn, sweep_id, keep)
+                found = self._known.read(conn, sweep_id, keep, self._drafts())
             if not found:
                 self._sweep(conn, sweep_id)  # an unknown sweep is an error, an empty one is not
         for step in keep:  # in a batch this read saw the batch's own writes: kept once committed
