@@ -19,6 +19,7 @@ import pytest
 
 from sweeper.protocol import LeaseLostError, SweepNotFoundError
 from sweeper.store import (
+    BatchAbandoned,
     InvalidTransitionError,
     Lease,
     Store,
@@ -530,6 +531,49 @@ class StoreConformance:
         assert given[-1][1] == store.get_trial(b.id)
         assert states[:4] == [TrialState.FINISHED, TrialState.LOST, TrialState.STOPPED, TrialState.FAILED]
         assert given[-1][2].summary == {"loss": 0.7}
+
+    # --- batches ------------------------------------------------------------
+
+    def test_calls_in_a_batch_see_each_other_and_commit_together(
+        self, store: Store, sweep: Sweep, store_url: str
+    ) -> None:
+        told: list[int] = []
+        with open_store(store_url) as other:
+            with store.batch():
+                first = store.new_trial(sweep.id, lowest_free_slot, lease=lease("a", "a"), now=2.0)
+                assert first is not None
+                store.add_metrics(first.id, "a", [point("loss", 0.5, 1, 1)], now=3.0)
+                second = store.new_trial(sweep.id, lowest_free_slot, lease=lease("b", "b"), now=2.0)
+                assert second is not None and second.config != first.config
+                assert [t.number for t in store.list_trials(sweep.id)] == [1, 2]
+                assert store.get_trial(first.id).summary == {"loss": 0.5}
+                store.after_commit(lambda: told.append(len(other.list_trials(sweep.id))))
+                assert other.list_trials(sweep.id) == [] and told == []  # nothing committed yet
+            assert told == [2]
+            assert [t.number for t in other.list_trials(sweep.id)] == [1, 2]
+            assert other.get_trial(first.id).summary == {"loss": 0.5}
+
+    def test_a_call_that_fails_in_a_batch_takes_no_effect(self, store: Store, sweep: Sweep) -> None:
+        """Where the store can undo the failed call alone, the batch goes on; where it cannot,
+        the batch is given up with nothing of it written."""
+        trial = store.new_trial(sweep.id, lowest_free_slot, lease=lease(), now=2.0)
+        assert trial is not None
+        went: list[str] = []
+        try:
+            with store.batch():
+                store.add_metrics(trial.id, "lease-1", [point("loss", 0.5, 1, 1)], now=3.0)
+                with pytest.raises(LeaseLostError):
+                    store.add_metrics(trial.id, "stale-lease", [point("loss", 9.0, 2, 2)], now=3.0)
+                try:
+                    store.add_metrics(trial.id, "lease-1", [point("loss", 0.25, 3, 3)], now=3.0)
+                    went.append("went on")
+                except BatchAbandoned:
+                    went.append("refused")
+        except BatchAbandoned:
+            went.append("given up")
+        history = store.get_trial(trial.id, with_history=True).history or ()
+        values = [p.value for p in history]
+        assert (went, values) in ((["went on"], [0.5, 0.25]), (["refused", "given up"], []))
 
     # --- decisions and expiry ----------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Where the agent routes' blocking calls run: one thread for a store that takes turns, a pool otherwise."""
+"""Where the agent routes' blocking calls run: on one thread, in batches."""
 
 from __future__ import annotations
 
@@ -7,12 +7,9 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-
-from sweeper.server.calls import PooledCalls, SerialCalls
-from sweeper.store import open_store
+from sweeper.server.calls import SerialCalls
+from sweeper.store import BatchAbandoned
 
 
 def test_serial_calls_run_one_at_a_time_on_one_thread_in_arrival_order() -> None:
@@ -86,7 +83,7 @@ def test_a_cancelled_caller_does_not_stop_the_calls_behind_it() -> None:
 class Batches:
     """A stand-in for ``Store.batch``: counts the batches and what ran in each; may fail at the end."""
 
-    def __init__(self, fail: bool = False) -> None:
+    def __init__(self, fail: Exception | None = None) -> None:
         self.fail = fail
         self.sizes: list[int] = []
         self.ran = 0
@@ -96,8 +93,8 @@ class Batches:
         before = self.ran
         yield
         self.sizes.append(self.ran - before)
-        if self.fail:
-            raise RuntimeError("the commit failed")
+        if self.fail is not None:
+            raise self.fail
 
 
 def test_calls_that_queue_together_run_in_one_batch() -> None:
@@ -124,7 +121,7 @@ def test_calls_that_queue_together_run_in_one_batch() -> None:
 
 
 def test_a_batch_that_fails_as_a_whole_fails_each_of_its_calls() -> None:
-    calls = SerialCalls(Batches(fail=True))
+    calls = SerialCalls(Batches(fail=RuntimeError("the commit failed")))
 
     async def main() -> list[object]:
         return await asyncio.gather(calls.run(lambda: 1), calls.run(lambda: 2), return_exceptions=True)
@@ -133,17 +130,23 @@ def test_a_batch_that_fails_as_a_whole_fails_each_of_its_calls() -> None:
     assert all(isinstance(r, RuntimeError) and str(r) == "the commit failed" for r in results)
 
 
-def test_pooled_calls_run_side_by_side() -> None:
-    calls = PooledCalls(threads=4)
-    inside = threading.Barrier(4, timeout=10)  # passes only once four calls run at once
+def test_the_calls_of_an_abandoned_batch_run_again_each_on_its_own() -> None:
+    batches = Batches(fail=BatchAbandoned("a call of a batch failed; nothing of it was written"))
+    calls = SerialCalls(batches)
+    ran: list[int] = []
 
-    async def main() -> list[int]:
-        return await asyncio.gather(*(calls.run(lambda i=i: (inside.wait(), i)[1]) for i in range(4)))
+    def call(i: int) -> int:
+        batches.ran += 1
+        ran.append(i)
+        if i == 1:
+            raise ValueError("lease lost")
+        return i
 
-    assert asyncio.run(main()) == [0, 1, 2, 3]
+    async def main() -> list[object]:
+        runs = [calls.run(lambda i=i: call(i)) for i in range(3)]
+        return await asyncio.gather(*runs, return_exceptions=True)
 
-
-@pytest.mark.postgres
-def test_only_sqlite_stores_take_turns(tmp_path: Path, postgres_store_url: str) -> None:
-    with open_store(f"sqlite:///{tmp_path / 's.db'}") as sqlite_store, open_store(postgres_store_url) as pg:
-        assert sqlite_store.takes_turns and not pg.takes_turns
+    first, second, third = asyncio.run(main())
+    assert (first, third) == (0, 2) and isinstance(second, ValueError)
+    assert ran == [0, 1, 2, 0, 1, 2]  # in the batch, then again outside it
+    assert batches.sizes == [3]

@@ -28,7 +28,7 @@ from sweeper.coordinator import Coordinator
 from sweeper.protocol import AgentInfo, Directive, TrialOutcome
 from sweeper.server import schemas
 from sweeper.server.app import REFUSALS, error
-from sweeper.server.calls import CallRunner, PooledCalls, SerialCalls
+from sweeper.server.calls import SerialCalls
 from sweeper.trials import TrialState
 
 _NEXT = re.compile(r"/api/v1/sweeps/([A-Za-z0-9_-]{1,64})/next")
@@ -60,8 +60,7 @@ class AgentRoutes:
         self._short_path = token is None or token.isascii()
         self._max_body_bytes = max_body_bytes
         self._max_batch = max_batch
-        store = coordinator.store
-        self._calls: CallRunner = SerialCalls(store.batch) if store.takes_turns else PooledCalls()
+        self._calls = SerialCalls(coordinator.store.batch)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = _route(scope) if scope["type"] == "http" and scope["method"] == "POST" else None

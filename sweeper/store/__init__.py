@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from sqlalchemy.exc import DBAPIError
 
 from sweeper.store.base import (
+    BatchAbandoned,
     InvalidTransitionError,
     Lease,
     SchemaVersionError,
@@ -23,6 +24,7 @@ from sweeper.store.engine import build_engine, mask, resolve_url
 from sweeper.store.migrations import MIGRATIONS, Migration, migrate
 
 __all__ = [
+    "BatchAbandoned",
     "InvalidTransitionError",
     "Lease",
     "SchemaVersionError",

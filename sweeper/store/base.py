@@ -30,6 +30,11 @@ class StoreError(Exception):
     """Base class for store errors a caller can act on."""
 
 
+class BatchAbandoned(StoreError):
+    """A batch's transaction was given up, nothing of it written, because one of its calls failed
+    where the store cannot undo that call alone: run the calls again, each on its own."""
+
+
 class InvalidTransitionError(StoreError):
     """A state change the state machine forbids (for example changing a finished trial)."""
 
@@ -64,16 +69,13 @@ class Lease:
 
 
 class Store(ABC):
-    # Whether writes take turns, one transaction at a time (SQLite): callers then gain nothing
-    # from running writes on many threads at once, and more from running many in one transaction
-    # (:meth:`batch`).
-    takes_turns: bool = False
-
     def batch(self) -> AbstractContextManager[None]:
         """Until the block ends, this thread's calls may share one transaction, committed when it
-        ends: each call still takes effect or fails as a whole, and sees what the calls before it
-        did, but none is durable (or seen by other threads) before the block ends, and should the
-        commit fail none was made (the block raises). A store may commit each call on its own."""
+        ends: each call sees what the calls before it did, but none is durable (or seen by other
+        threads) before the block ends, and should the commit fail none was made (the block
+        raises). A call that fails takes effect not at all; where the store cannot undo it alone,
+        the block raises :class:`BatchAbandoned` with nothing of it written. A store may also
+        commit each call on its own."""
         return nullcontext()
 
     def after_commit(self, step: Callable[[], None]) -> None:

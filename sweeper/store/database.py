@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import TypeVar
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import OperationalError
 
-from sweeper.store.base import StoreError
+from sweeper.store.base import BatchAbandoned, StoreError
 from sweeper.store.checkpoint import WalCheckpointer
 from sweeper.store.engine import BUSY_TIMEOUT_S, READ_ONLY
 from sweeper.store.group_commit import GroupCommit
@@ -47,6 +47,7 @@ class Database:
         self._checkpointer: WalCheckpointer | None = None
         self._checkpointer_lock = threading.Lock()
         self._closed = False
+        self._local = threading.local()  # batch: the PostgreSQL transaction this thread holds
 
     def _engine_here(self) -> Engine:
         # Pooled connections must not cross a fork: a child drops the parent's without closing them.
@@ -84,6 +85,9 @@ class Database:
         threads (each in a savepoint of its own: see :mod:`sweeper.store.group_commit`)."""
         engine = self._engine_here()
         if self._group is None:
+            if (batch := self._held_batch()) is not None:
+                with batch.using() as conn:
+                    return work(conn)
             with self._errors(), engine.begin() as conn:
                 return work(conn)
         if self._checkpointer is None and self._wal_file is not None:
@@ -98,6 +102,10 @@ class Database:
             with self._errors():
                 yield held
             return
+        if (batch := self._held_batch()) is not None:
+            with batch.using() as conn:
+                yield conn
+            return
         with self._errors(), self._engine_here().connect() as conn:
             conn.execution_options(**READ_ONLY)
             with conn.begin():
@@ -106,23 +114,46 @@ class Database:
     @contextmanager
     def holding(self) -> Iterator[None]:
         """Until the block ends, this thread's writes and reads share one transaction, committed
-        when it ends (see :meth:`GroupCommit.holding`). Without group commit (PostgreSQL), each
-        write still commits on its own."""
-        self._engine_here()  # after a fork, the group is this process's own
-        if self._group is None:
+        when it ends. On SQLite each write runs in a savepoint of its own, so one that fails is
+        undone alone (:meth:`GroupCommit.holding`). PostgreSQL would spend two round trips per
+        write on savepoints, more than the transaction saves; there the first write or read that
+        fails spoils the transaction, every later one raises, and the block raises
+        :class:`BatchAbandoned` with nothing of it written."""
+        engine = self._engine_here()  # after a fork, the group is this process's own
+        if self._group is not None:
+            if self._checkpointer is None and self._wal_file is not None:
+                self._start_checkpointer()
+            with self._group.holding():
+                yield
+            return
+        if self._held_batch() is not None:  # already in one: part of it
             yield
             return
-        if self._checkpointer is None and self._wal_file is not None:
-            self._start_checkpointer()
-        with self._group.holding():
-            yield
+        with self._errors(), engine.begin() as conn:
+            batch = _Batch(conn, self._errors)
+            self._local.batch = batch
+            try:
+                yield
+            finally:
+                self._local.batch = None
+            if batch.failed:  # raised inside the transaction: it rolls back
+                raise BatchAbandoned(
+                    f"store {self.label}: a call of the batch failed; nothing of it was written"
+                )
+        for step in batch.after:
+            step()
+
+    def _held_batch(self) -> _Batch | None:
+        return getattr(self._local, "batch", None)
 
     def after_commit(self, step: Callable[[], None]) -> None:
         """``step()`` once what this thread wrote so far is committed (at once, outside :meth:`holding`)."""
-        if self._group is None:
-            step()
-        else:
+        if self._group is not None:
             self._group.after_commit(step)
+        elif (batch := self._held_batch()) is not None:
+            batch.after.append(step)
+        else:
+            step()
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -139,6 +170,28 @@ class Database:
             checkpointer.stop()
         # In a forked child that never used the store, the pooled connections are the parent's.
         self.engine.dispose(close=self._forks_seen == _forks)
+
+
+class _Batch:
+    """A PostgreSQL transaction one thread holds for a batch of calls (:meth:`Database.holding`)."""
+
+    def __init__(self, conn: Connection, errors: Callable[[], AbstractContextManager[None]]) -> None:
+        self.conn = conn
+        self.after: list[Callable[[], None]] = []  # to run once committed
+        self.failed = False
+        self._errors = errors
+
+    @contextmanager
+    def using(self) -> Iterator[Connection]:
+        """The transaction, for one write or read; an error in it spoils the transaction."""
+        if self.failed:
+            raise BatchAbandoned("a call of this batch failed: its transaction is given up")
+        try:
+            with self._errors():
+                yield self.conn
+        except BaseException:
+            self.failed = True
+            raise
 
 
 def _sqlite_file(engine: Engine) -> str | None:

@@ -62,7 +62,6 @@ class SqlStore(Store):
         self._db = Database(engine, label=label)
         self.label = label
         dialect = engine.dialect.name
-        self.takes_turns = dialect == "sqlite"
         insert_ignore = postgresql.insert if dialect == "postgresql" else sqlite.insert
         self._insert_points = Prepared(insert_ignore(metrics).on_conflict_do_nothing())
 
