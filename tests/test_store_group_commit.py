@@ -375,3 +375,84 @@ def test_the_reads_of_a_batch_each_catch_up_from_the_one_before(
     assert [t.number for t in given[-1]] == [1, 2, 3, 4, 5, 6]
     assert (given[-1][0].summary, given[-1][2].summary) == ({"loss": 0.1}, {"loss": 0.3})
     assert [t.number for t in store.list_trials(sweep.id)] == [1, 2, 3, 4, 5, 6, 7]
+
+
+def nearly_full(store: Store) -> None:
+    """From now on the database file may grow by only a few pages: a large write fails with
+    SQLITE_FULL, on which SQLite rolls back the whole transaction, not only the statement."""
+    engine = database(store).engine
+    with engine.connect() as conn:
+        pages = conn.exec_driver_sql("PRAGMA page_count").scalar()
+
+    @event.listens_for(engine, "connect")
+    def limit(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.execute(f"PRAGMA max_page_count = {pages + 8}")
+        dbapi_conn.execute("PRAGMA cache_size = 5")  # pages go to the file early
+
+    engine.dispose()
+
+
+def test_a_batch_whose_whole_transaction_sqlite_rolled_back_fails_as_a_whole(store: Store) -> None:
+    sweep = store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
+    nearly_full(store)
+    db = database(store)
+    after: list[str] = []
+    with pytest.raises(StoreError, match="full"), store.batch():
+        leased = store.new_trial(sweep.id, first_config, lease=lease(), now=2.0)
+        assert leased is not None
+        store.after_commit(lambda: after.append("ran"))
+        with pytest.raises(StoreError, match="full"):
+            db.write(note("x" * 300_000))
+        with pytest.raises(StoreError, match="full"):  # the transaction is gone: nothing more runs
+            db.write(note("small"))
+    assert after == []
+    assert store.count_trials(sweep.id) == 0 and store.list_trials(sweep.id) == []
+    assert notes(store) == []
+
+
+def test_a_group_whose_whole_transaction_sqlite_rolled_back_fails_every_call(store: Store) -> None:
+    nearly_full(store)
+    together = Together(database(store))
+    db = together.db
+    together.queue("a", lambda: db.write(note("a")))
+    together.queue("big", lambda: db.write(note("x" * 300_000)))
+    together.queue("b", lambda: db.write(note("b")))
+    results = together.run()
+    assert all(isinstance(results[name], StoreError) for name in ("a", "big", "b"))
+    assert "full" in str(results["a"]) and results["a"] is results["b"]
+    assert notes(store) == ["first"]  # the call before, in a transaction of its own
+
+
+def test_a_batch_never_changes_what_another_thread_may_be_reading(store: Store) -> None:
+    """A read in a batch that finds nothing new must not take the shared kept trials of the sweep
+    as its own draft: once another thread keeps a newer object, the batch's later reads would
+    write its uncommitted trials into the one other readers may still hold."""
+    sweep = store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
+    store.new_trial(sweep.id, first_config, lease=lease(), now=2.0)
+    store.list_trials(sweep.id)
+    others = [store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0).id for _ in range(64)]
+    for other in others:
+        store.new_trial(other, first_config, lease=lease(), now=2.0)
+    held_by_readers = known_module_kept(store, sweep.id)
+    before = list(held_by_readers.by_number)
+
+    def keep_another_copy() -> None:  # push the sweep out of what is kept, then read it afresh
+        for other in others:
+            store.list_trials(other)
+        store.list_trials(sweep.id)
+
+    with pytest.raises(RuntimeError, match="given up"), store.batch():
+        assert [t.number for t in store.list_trials(sweep.id)] == [1]  # nothing new
+        elsewhere = threading.Thread(target=keep_another_copy)
+        elsewhere.start()
+        elsewhere.join(30)
+        assert known_module_kept(store, sweep.id) is not held_by_readers
+        store.new_trial(sweep.id, first_config, lease=lease(), now=3.0)
+        assert [t.number for t in store.list_trials(sweep.id)] == [1, 2]
+        assert list(held_by_readers.by_number) == before  # untouched
+        raise RuntimeError("batch given up")
+    assert [t.number for t in store.list_trials(sweep.id)] == [1]
+
+
+def known_module_kept(store: Store, sweep_id: str) -> Any:
+    return store._known._sweeps[sweep_id]  # type: ignore[attr-defined]

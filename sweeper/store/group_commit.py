@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection
 
@@ -49,10 +49,23 @@ class _Call(Generic[T]):
         return self.result  # type: ignore[no-any-return]
 
 
-class _Held(NamedTuple):
-    thread: int
-    conn: Connection
-    after: list[Callable[[], None]]  # to run once committed
+class _Held:
+    __slots__ = ("thread", "conn", "after", "lost")
+
+    def __init__(self, conn: Connection) -> None:
+        self.thread = threading.get_ident()
+        self.conn = conn
+        self.after: list[Callable[[], None]] = []  # to run once committed
+        self.lost: BaseException | None = None  # why the transaction is gone, if it is
+
+
+class _TransactionLost(Exception):
+    """SQLite rolled the whole transaction back (a full disk, an I/O error), not only one
+    statement: nothing of it stands, whatever calls before this one were told."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 class GroupCommit:
@@ -83,7 +96,7 @@ class GroupCommit:
         meanwhile. Each thread waits on a lock of its own, so a transaction wakes only its own
         callers and the next leader."""
         if (held := self._held) is not None and held.thread == threading.get_ident():
-            return self._in_savepoint(held.conn, work)  # this thread holds the transaction
+            return self._held_call(held, work)  # this thread holds the transaction
         call = _Call(work)
         if not self._take_turn(call):
             return call.outcome()
@@ -113,18 +126,28 @@ class GroupCommit:
             return
         turn: _Call[None] = _Call(None)
         self._take_turn(turn)
-        after: list[Callable[[], None]] = []
         try:
             with self._errors(), self._begin() as conn:
-                self._held = _Held(threading.get_ident(), conn, after)
+                held = self._held = _Held(conn)
                 try:
                     yield
                 finally:
                     self._held = None
+                if held.lost is not None:  # nothing of the batch stands: its calls must hear so
+                    raise held.lost
         finally:
             self._pass_turn()
-        for step in after:
+        for step in held.after:
             step()
+
+    def _held_call(self, held: _Held, work: Callable[[Connection], T]) -> T:
+        if held.lost is not None:
+            raise held.lost
+        try:
+            return self._in_savepoint(held.conn, work)
+        except _TransactionLost as lost:
+            held.lost = lost.cause
+            raise lost.cause from None
 
     def after_commit(self, step: Callable[[], None]) -> None:
         """``step()`` once this thread's writes so far are committed: at once, or when the
@@ -179,11 +202,14 @@ class GroupCommit:
                     for call in batch:
                         try:
                             call.result = self._in_savepoint(conn, call.work)
+                        except _TransactionLost:
+                            raise  # every call of the transaction fails
                         except Exception as exc:  # this call alone failed, and wrote nothing
                             call.error = exc
         except BaseException as exc:
+            error = exc.cause if isinstance(exc, _TransactionLost) else exc
             for call in batch:
-                call.result, call.error = None, exc
+                call.result, call.error = None, error
         finally:
             for call in batch:
                 call.done = True
@@ -196,9 +222,17 @@ class GroupCommit:
         try:
             with self._errors():
                 result = work(conn)
-        except Exception:  # undo what it wrote
-            run_on_driver(conn, "ROLLBACK TO SAVEPOINT group_call")
+        except Exception as exc:  # undo what it wrote
+            if not conn.connection.driver_connection.in_transaction:
+                raise _TransactionLost(exc) from exc  # there is no savepoint left to go back to
+            try:
+                run_on_driver(conn, "ROLLBACK TO SAVEPOINT group_call")
+                run_on_driver(conn, "RELEASE SAVEPOINT group_call")
+            except Exception:
+                raise _TransactionLost(exc) from exc
             raise
-        finally:
+        try:
             run_on_driver(conn, "RELEASE SAVEPOINT group_call")
+        except Exception as exc:
+            raise _TransactionLost(exc) from exc
         return result

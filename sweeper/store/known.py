@@ -91,8 +91,10 @@ class KnownTrials:
         with self._lock:
             kept = self._sweeps.get(sweep_id)
         draft = drafts.get(sweep_id) if drafts is not None else None
-        # Copied at its first change: what is kept never changes. A draft is this thread's own.
         known = draft or kept or _SweepTrials()
+        # What is kept is shared: copied at its first change, it never changes. A draft is a copy
+        # this batch made, never the kept one, so its reads change it in place.
+        shared = known is kept
         last = next(reversed(known.by_number), 0)  # by_number is kept in number order
         if known.by_number:
             params = {"sweep_id_": sweep_id, "last_number_": last, "running_": sorted(known.running)}
@@ -103,8 +105,8 @@ class KnownTrials:
         for row in conn.execute(query, params):
             if known.running.get(row.id) == tuple(row):
                 continue  # read before and unchanged: the trial already known stands
-            if known is kept:
-                known = known.copy()
+            if shared:
+                known, shared = known.copy(), False
             trial = rows.trial_from_row(row)
             if trial.number not in known.by_number:
                 in_order = in_order and trial.number > last
@@ -119,7 +121,7 @@ class KnownTrials:
         found = CountedTrials(known.by_number.values(), +known.states)  # + drops the zero counts
         if not found:  # nothing to keep, and an unknown sweep's id must not push known ones out
             return found
-        if drafts is not None:
+        if drafts is not None and not shared:
             drafts[sweep_id] = known
         keep_later.append(lambda: self._keep(sweep_id, known))
         return found
