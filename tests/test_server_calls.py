@@ -6,10 +6,21 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
+import httpx
+from sqlalchemy import event
+
+from sweeper.coordinator import Coordinator
+from sweeper.protocol import AgentInfo, Assignment, Directive
+from sweeper.server import calls as calls_module
+from sweeper.server.app import create_app
 from sweeper.server.calls import SerialCalls
-from sweeper.store import BatchAbandoned
+from sweeper.server.fast import AgentRoutes
+from sweeper.spec import parse_sweep
+from sweeper.store import BatchAbandoned, open_store
 
 
 def test_serial_calls_run_one_at_a_time_on_one_thread_in_arrival_order() -> None:
@@ -59,25 +70,21 @@ def test_serial_calls_serve_a_new_event_loop_after_the_first_has_closed() -> Non
     assert asyncio.run(one(2)) == 2  # the thread delivered to the loop that is running now
 
 
-def test_a_cancelled_caller_does_not_stop_the_calls_behind_it() -> None:
-    calls = SerialCalls()
-    started = threading.Event()
-    release = threading.Event()
+class Gate:
+    """A first call that holds the thread until released, so that the calls queued meanwhile
+    form the next batch together."""
 
-    def slow() -> str:
-        started.set()
-        release.wait(10)
-        return "slow"
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
 
-    async def main() -> str:
-        waiting = asyncio.ensure_future(calls.run(slow))
-        behind = calls.run(lambda: "behind")
-        await asyncio.get_running_loop().run_in_executor(None, started.wait, 10)
-        waiting.cancel()
-        release.set()
-        return await asyncio.wait_for(behind, 10)
+    def __call__(self) -> str:
+        self.started.set()
+        assert self.release.wait(10)
+        return "gate"
 
-    assert asyncio.run(main()) == "behind"
+    async def entered(self) -> None:
+        assert await asyncio.get_running_loop().run_in_executor(None, self.started.wait, 10)
 
 
 class Batches:
@@ -93,46 +100,65 @@ class Batches:
         before = self.ran
         yield
         self.sizes.append(self.ran - before)
-        if self.fail is not None:
+        if self.fail is not None and self.ran - before > 1:  # not the gate's batch
             raise self.fail
 
+    def counted(self, result: object) -> Callable[[], object]:
+        def call() -> object:
+            self.ran += 1
+            return result
 
-def test_calls_that_queue_together_run_in_one_batch() -> None:
+        return call
+
+
+def test_calls_that_queue_together_run_in_one_batch_and_wake_the_loop_once() -> None:
     batches = Batches()
     calls = SerialCalls(batches)
-    started, release = threading.Event(), threading.Event()
+    gate = Gate()
+    wakes: list[int] = []
 
-    def call(i: int) -> int:
-        batches.ran += 1
-        if i == 0:
-            started.set()
-            release.wait(10)
-        return i
+    async def main() -> list[object]:
+        loop = asyncio.get_running_loop()
+        wake = loop.call_soon_threadsafe
 
-    async def main() -> list[int]:
-        first = calls.run(lambda: call(0))
-        await asyncio.get_running_loop().run_in_executor(None, started.wait, 10)
-        rest = [calls.run(lambda i=i: call(i)) for i in range(1, 6)]  # queue while the first runs
-        release.set()
+        def counted_wake(callback: Any, *args: Any) -> Any:
+            if callback is calls_module._settle:  # not the executor that waits for the gate
+                wakes.append(1)
+            return wake(callback, *args)
+
+        loop.call_soon_threadsafe = counted_wake  # type: ignore[method-assign]
+        first = calls.run(gate)
+        await gate.entered()
+        rest = [calls.run(batches.counted(i)) for i in range(5)]  # queued while the gate runs
+        gate.release.set()
         return await asyncio.gather(first, *rest)
 
-    assert asyncio.run(main()) == [0, 1, 2, 3, 4, 5]
-    assert batches.sizes == [1, 5]
+    assert asyncio.run(main()) == ["gate", 0, 1, 2, 3, 4]
+    assert batches.sizes == [0, 5]  # the gate's batch, then the five together
+    assert len(wakes) == 2  # once per batch
 
 
 def test_a_batch_that_fails_as_a_whole_fails_each_of_its_calls() -> None:
-    calls = SerialCalls(Batches(fail=RuntimeError("the commit failed")))
+    batches = Batches(fail=RuntimeError("the commit failed"))
+    calls = SerialCalls(batches)
+    gate = Gate()
 
     async def main() -> list[object]:
-        return await asyncio.gather(calls.run(lambda: 1), calls.run(lambda: 2), return_exceptions=True)
+        first = calls.run(gate)
+        await gate.entered()
+        rest = [calls.run(batches.counted(1)), calls.run(batches.counted(2))]
+        gate.release.set()
+        return await asyncio.gather(first, *rest, return_exceptions=True)
 
-    results = asyncio.run(main())
-    assert all(isinstance(r, RuntimeError) and str(r) == "the commit failed" for r in results)
+    gated, *failed = asyncio.run(main())
+    assert gated == "gate"
+    assert all(isinstance(r, RuntimeError) and str(r) == "the commit failed" for r in failed)
 
 
 def test_the_calls_of_an_abandoned_batch_run_again_each_on_its_own() -> None:
     batches = Batches(fail=BatchAbandoned("a call of a batch failed; nothing of it was written"))
     calls = SerialCalls(batches)
+    gate = Gate()
     ran: list[int] = []
 
     def call(i: int) -> int:
@@ -143,10 +169,126 @@ def test_the_calls_of_an_abandoned_batch_run_again_each_on_its_own() -> None:
         return i
 
     async def main() -> list[object]:
+        first = calls.run(gate)
+        await gate.entered()
         runs = [calls.run(lambda i=i: call(i)) for i in range(3)]
-        return await asyncio.gather(*runs, return_exceptions=True)
+        gate.release.set()
+        return await asyncio.gather(first, *runs, return_exceptions=True)
 
-    first, second, third = asyncio.run(main())
-    assert (first, third) == (0, 2) and isinstance(second, ValueError)
+    gated, first, second, third = asyncio.run(main())
+    assert (gated, first, third) == ("gate", 0, 2) and isinstance(second, ValueError)
     assert ran == [0, 1, 2, 0, 1, 2]  # in the batch, then again outside it
-    assert batches.sizes == [3]
+    assert batches.sizes == [0, 3]
+
+
+def test_a_cancelled_call_does_not_run_and_a_cancelled_caller_does_not_stop_the_rest() -> None:
+    calls = SerialCalls()
+    gate = Gate()
+    ran: list[str] = []
+
+    async def main() -> list[object]:
+        first = calls.run(gate)
+        await gate.entered()
+        dropped = calls.run(lambda: ran.append("dropped"))
+        behind = calls.run(lambda: ran.append("behind") or "behind")
+        dropped.cancel()  # its request went away before its batch started
+        first.cancel()  # this one runs on; its result has nobody to go to
+        gate.release.set()
+        return [await asyncio.wait_for(behind, 10), first.cancelled()]
+
+    assert asyncio.run(main()) == ["behind", True]
+    assert ran == ["behind"]
+
+
+def test_the_thread_serves_on_after_any_exception_a_call_raises() -> None:
+    calls = SerialCalls()
+
+    def exits() -> None:
+        raise SystemExit(3)
+
+    def stops() -> None:
+        raise StopIteration  # cannot be set on a future as it is
+
+    async def main() -> list[object]:
+        runs = [calls.run(exits), calls.run(stops), calls.run(lambda: "after")]
+        return await asyncio.wait_for(asyncio.gather(*runs, return_exceptions=True), 10)
+
+    exited, stopped, after = asyncio.run(main())
+    assert isinstance(exited, SystemExit) and isinstance(stopped, RuntimeError)
+    assert "StopIteration" in str(stopped) and after == "after"
+
+
+def test_closing_runs_what_is_queued_then_refuses_new_calls() -> None:
+    calls = SerialCalls()
+    gate = Gate()
+
+    async def main() -> tuple[object, ...]:
+        first = calls.run(gate)
+        await gate.entered()
+        queued = calls.run(lambda: "queued")
+        closing = asyncio.get_running_loop().run_in_executor(None, calls.close)
+        gate.release.set()
+        await asyncio.wait_for(closing, 10)
+        late = calls.run(lambda: "late")
+        return await asyncio.gather(first, queued, late, return_exceptions=True)
+
+    gated, queued, late = asyncio.run(main())
+    assert (gated, queued) == ("gate", "queued")
+    assert isinstance(late, RuntimeError) and "shutting down" in str(late)
+
+
+def test_the_agent_routes_run_the_calls_that_queue_together_in_one_transaction(tmp_path: Path) -> None:
+    """Through the server's own routes (an in-process ASGI client): heartbeats that arrive while
+    a call runs share one commit, and each still gets its answer."""
+    with open_store(f"sqlite:///{tmp_path / 's.db'}") as store:
+        coordinator = Coordinator(store)
+        sweep = coordinator.create_sweep(
+            parse_sweep({"method": "grid", "parameters": {"x": {"values": [1, 2, 3, 4]}}})
+        )
+        leased = [coordinator.next_trial(sweep.id, AgentInfo(name=f"a{i}", host="h")) for i in range(4)]
+        assert all(isinstance(a, Assignment) for a in leased)
+        routes = AgentRoutes(
+            create_app(coordinator, token=None),
+            coordinator,
+            token=None,
+            max_body_bytes=1 << 20,
+            max_batch=100,
+        )
+        started, release = threading.Event(), threading.Event()
+        heartbeat = coordinator.heartbeat
+
+        def gated(trial_id: int, lease_id: str) -> Directive:
+            if trial_id == leased[0].trial_id:  # type: ignore[union-attr]
+                started.set()
+                assert release.wait(10)
+            return heartbeat(trial_id, lease_id)
+
+        coordinator.heartbeat = gated  # type: ignore[method-assign]
+        commits: list[str] = []
+        event.listen(store._db.engine, "commit", lambda _c: commits.append(threading.current_thread().name))  # type: ignore[attr-defined]
+
+        async def main() -> list[int]:
+            transport = httpx.ASGITransport(app=routes)
+            async with httpx.AsyncClient(transport=transport, base_url="http://sweeper") as client:
+
+                def beat(a: Any) -> Any:
+                    return client.post(
+                        f"/api/v1/trials/{a.trial_id}/heartbeat", json={"lease_id": a.lease_id}
+                    )
+
+                first = asyncio.ensure_future(beat(leased[0]))
+                assert await asyncio.get_running_loop().run_in_executor(None, started.wait, 10)
+                rest = [asyncio.ensure_future(beat(a)) for a in leased[1:]]
+                deadline = time.monotonic() + 10
+                while len(routes._calls._queue) < 3:  # the three heartbeats wait behind the first
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.001)
+                release.set()
+                answers = await asyncio.gather(first, *rest)
+                return [answer.status_code for answer in answers]
+
+        try:
+            assert asyncio.run(main()) == [200, 200, 200, 200]
+        finally:
+            routes.close()
+        assert commits.count("agent-route") == 2  # the first call's batch, then the other three's

@@ -16,6 +16,7 @@ from store_conformance import lease
 
 from sweeper.store import Store, StoreError, TrialDraft, open_store
 from sweeper.store import known as known_module
+from sweeper.store import rows as rows_module
 from sweeper.store.database import Database
 from sweeper.store.group_commit import GroupCommit
 from sweeper.trials import MetricPoint
@@ -352,7 +353,9 @@ def test_the_reads_of_a_batch_each_catch_up_from_the_one_before(
         converted.append(row.number)
         return convert(row, *args)
 
-    monkeypatch.setattr(known_module, "rows", SimpleNamespace(trial_from_row=counted))
+    monkeypatch.setattr(
+        known_module, "rows", SimpleNamespace(**{**vars(rows_module), "trial_from_row": counted})
+    )
     given: list[list[Any]] = []
 
     def record(_sweep: Any, so_far: Any) -> TrialDraft:

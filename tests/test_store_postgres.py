@@ -8,22 +8,47 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from store_conformance import StoreConformance
 
-from sweeper.store import Store, StoreError, open_store
+from sweeper.store import BatchAbandoned, Store, StoreError, open_store
 from sweeper.store import engine as engine_module
 
 pytestmark = pytest.mark.postgres
 
 
 class TestPostgresStore(StoreConformance):
+    undoes_a_failed_call_alone = False
+
     @pytest.fixture
     def store_url(self, postgres_store_url: str) -> str:
         return postgres_store_url
+
+
+def test_a_batch_whose_call_wrote_then_failed_is_given_up_with_nothing_written(
+    postgres_store_url: str,
+) -> None:
+    """No savepoints on PostgreSQL: a call that wrote and then failed spoils the batch, and the
+    batch is given up whole rather than committed with half of that call in it."""
+    with open_store(postgres_store_url) as store:
+        db = store._db  # type: ignore[attr-defined]
+
+        def write_then_fail(conn: Any) -> None:
+            conn.execute(text("UPDATE sweeps SET name = 'half-done'"))
+            raise ValueError("this call went wrong")
+
+        kept = store.create_sweep(spec={}, method="grid", name="before", seed=0, now=1.0)
+        with pytest.raises(BatchAbandoned), store.batch():
+            store.create_sweep(spec={}, method="grid", name="in the batch", seed=0, now=1.0)
+            with pytest.raises(ValueError, match="went wrong"):
+                db.write(write_then_fail)
+            with pytest.raises(BatchAbandoned):  # nothing more runs in a spoiled transaction
+                store.create_sweep(spec={}, method="grid", name="after", seed=0, now=1.0)
+        assert [(s.id, s.name) for s in store.list_sweeps()] == [(kept.id, "before")]
 
 
 # --- connections the database dropped ----------------------------------------

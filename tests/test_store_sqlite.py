@@ -18,6 +18,8 @@ from sweeper.trials import MetricPoint, Sweep, TrialState
 
 
 class TestSqliteStore(StoreConformance):
+    undoes_a_failed_call_alone = True
+
     @pytest.fixture
     def store_url(self, sqlite_store_url: str) -> str:
         return sqlite_store_url
@@ -179,7 +181,9 @@ def test_counting_a_sweeps_running_trials_reads_only_those(sqlite_store_url: str
 
         event.listen(engine, "before_cursor_execute", explain)
         assert store.count_trials(sweep.id, states=[TrialState.RUNNING]) == 3
-    assert plans == ["SEARCH trials USING COVERING INDEX ix_trials_sweep_state (sweep_id=? AND state=?)"]
+    assert (
+        len(plans) == 1 and "USING COVERING INDEX ix_trials_sweep_state (sweep_id=? AND state=?)" in plans[0]
+    )
 
 
 # --- where the store lives ---------------------------------------------------

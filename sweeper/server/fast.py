@@ -62,6 +62,10 @@ class AgentRoutes:
         self._max_batch = max_batch
         self._calls = SerialCalls(coordinator.store.batch)
 
+    def close(self) -> None:
+        """Finish the calls under way, then touch the store no more."""
+        self._calls.close()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = _route(scope) if scope["type"] == "http" and scope["method"] == "POST" else None
         if route is None or not self._short_path or not self._acceptable(scope):

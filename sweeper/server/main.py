@@ -143,6 +143,7 @@ def serve(store: Store, options: ServerOptions) -> None:
     try:
         server.run(sockets=[sock])
     finally:
+        routes.close()  # before the caller closes the store
         expiry.stop()
         sock.close()
         records.close()

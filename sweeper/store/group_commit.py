@@ -15,6 +15,8 @@ A lone call runs in a transaction of its own, as it would without this.
 
 A thread that makes many writes in a row can also hold the turn itself (:meth:`GroupCommit.holding`):
 its writes then share one transaction, each in a savepoint of its own, committed when it lets go.
+The server's agent routes write that way (``Store.batch``); the calls of other threads (the rest
+of the API, lease expiry, ``sweeper run``'s agents) share transactions as above.
 """
 
 from __future__ import annotations
@@ -222,7 +224,7 @@ class GroupCommit:
         try:
             with self._errors():
                 result = work(conn)
-        except Exception as exc:  # undo what it wrote
+        except BaseException as exc:  # undo what it wrote
             if not conn.connection.driver_connection.in_transaction:
                 raise _TransactionLost(exc) from exc  # there is no savepoint left to go back to
             try:
