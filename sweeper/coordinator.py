@@ -34,7 +34,7 @@ from sweeper.spec.model import DEFAULT_CHECKPOINTS, Pbt
 from sweeper.stopping import StoppingRule, build_rule, decide_for
 from sweeper.store.base import InvalidTransitionError, Lease, Store, TrialDraft
 from sweeper.strategies import Strategy, strategy_class
-from sweeper.trials import MetricPoint, Sweep, SweepState, Trial, TrialState
+from sweeper.trials import MetricPoint, Sweep, SweepState, Trial, TrialState, count_states
 
 DEFAULT_LEASE_SECONDS = 30.0
 _EXPIRY_INTERVAL = 1.0  # seconds between lease-expiry passes, at most
@@ -254,7 +254,7 @@ class Coordinator:
             return
         spec, strategy, _ = self._compiled(sweep)
         trials = self.store.list_trials(sweep_id)
-        if any(t.state.is_active for t in trials):
+        if count_states(trials).get(TrialState.RUNNING):
             return
         if completion(spec, strategy, trials, sweep.seed) is not None:
             try:

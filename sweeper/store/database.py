@@ -62,7 +62,10 @@ class Database:
                     self._forks_seen = _forks
         return self.engine
 
-    def _start_checkpointer(self) -> None:
+    def _ensure_checkpointer(self) -> None:
+        """SQLite files: the thread that copies the log back, from the first write on."""
+        if self._checkpointer is not None or self._wal_file is None:
+            return
         # Not under _fork_lock: a fork while this thread starts would leave the child that lock held.
         with self._checkpointer_lock:
             if self._checkpointer is None and not self._closed:
@@ -90,8 +93,7 @@ class Database:
                     return work(conn)
             with self._errors(), engine.begin() as conn:
                 return work(conn)
-        if self._checkpointer is None and self._wal_file is not None:
-            self._start_checkpointer()
+        self._ensure_checkpointer()
         return self._group.run(work)
 
     @contextmanager
@@ -121,8 +123,7 @@ class Database:
         :class:`BatchAbandoned` with nothing of it written."""
         engine = self._engine_here()  # after a fork, the group is this process's own
         if self._group is not None:
-            if self._checkpointer is None and self._wal_file is not None:
-                self._start_checkpointer()
+            self._ensure_checkpointer()
             with self._group.holding():
                 yield
             return

@@ -97,7 +97,7 @@ class GroupCommit:
         wakes their threads once it has ended, and hands the turn to the first call queued
         meanwhile. Each thread waits on a lock of its own, so a transaction wakes only its own
         callers and the next leader."""
-        if (held := self._held) is not None and held.thread == threading.get_ident():
+        if (held := self._mine()) is not None:
             return self._held_call(held, work)  # this thread holds the transaction
         call = _Call(work)
         if not self._take_turn(call):
@@ -154,15 +154,20 @@ class GroupCommit:
     def after_commit(self, step: Callable[[], None]) -> None:
         """``step()`` once this thread's writes so far are committed: at once, or when the
         transaction this thread holds commits (never, should it fail)."""
-        if (held := self._held) is not None and held.thread == threading.get_ident():
+        if (held := self._mine()) is not None:
             held.after.append(step)
         else:
             step()
 
     def held_connection(self) -> Connection | None:
         """The transaction this thread holds (:meth:`holding`), if it holds one."""
+        held = self._mine()
+        return held.conn if held is not None else None
+
+    def _mine(self) -> _Held | None:
+        """The transaction this thread holds, if it holds one."""
         held = self._held
-        return held.conn if held is not None and held.thread == threading.get_ident() else None
+        return held if held is not None and held.thread == threading.get_ident() else None
 
     def _take_turn(self, call: _Call[Any]) -> bool:
         """Wait for the turn to lead a transaction; False when another leader ran ``call`` meanwhile."""

@@ -121,9 +121,12 @@ class KnownTrials:
         found = CountedTrials(known.by_number.values(), +known.states)  # + drops the zero counts
         if not found:  # nothing to keep, and an unknown sweep's id must not push known ones out
             return found
-        if drafts is not None and not shared:
-            drafts[sweep_id] = known
-        keep_later.append(lambda: self._keep(sweep_id, known))
+        # A draft is kept by the step of the read that made it (if that call failed, the next batch
+        # catches up from what was kept before: slower, not wrong).
+        if known is not draft:
+            if drafts is not None and not shared:
+                drafts[sweep_id] = known
+            keep_later.append(lambda: self._keep(sweep_id, known))
         return found
 
     def _keep(self, sweep_id: str, known: _SweepTrials) -> None:

@@ -44,7 +44,16 @@ from sweeper.store.database import Database
 from sweeper.store.known import KnownTrials
 from sweeper.store.prepared import Prepared
 from sweeper.store.schema import metrics, sweeps, trials
-from sweeper.trials import SWEEP_TRANSITIONS, MetricPoint, Sweep, SweepState, Trial, TrialState
+from sweeper.trials import (
+    SWEEP_TRANSITIONS,
+    CountedTrials,
+    MetricPoint,
+    Sweep,
+    SweepState,
+    Trial,
+    TrialState,
+    count_states,
+)
 
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 _ID_LENGTH = 8
@@ -166,7 +175,8 @@ class SqlStore(Store):
             so_far = self._known.read(conn, sweep_id, keep, self._drafts())
             if history_of is not None:
                 found = self._curves(conn, sweep_id, history_of)
-                so_far = [t.with_history(found.get(t.number, ())) for t in so_far]
+                with_history = (t.with_history(found.get(t.number, ())) for t in so_far)
+                so_far = CountedTrials(with_history, count_states(so_far))
             draft = decide(sweep, so_far)
             if draft is None:
                 return None
