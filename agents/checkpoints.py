@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sweeper.agents.trialdir import TrialDir, marked_artifacts
+from sweeper.agents.trialdir import TrialDir
 
 from sweeper.checkpoints import (
     SNAPSHOTS_FOLDER,
@@ -234,7 +234,7 @@ def _remove_all_but_marked(folder: Path, trial_dir: TrialDir) -> None:
     """``folder`` gone, but for the files the script marked with ``run.log_artifact``: the trackers
     upload those from a thread of their own, later (or once they are reachable again)."""
     root = folder.resolve()
-    keep = {p.resolve() for p in marked_artifacts(trial_dir.path)}
+    keep = {p.resolve() for p in trial_dir.marked_artifacts()}
     keep = {p for p in keep if root in p.parents}
     if not keep:
         shutil.rmtree(folder, ignore_errors=True)

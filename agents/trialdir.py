@@ -55,6 +55,22 @@ class TrialDir:
     def stderr_path(self) -> Path:
         return self.path / "stderr.log"
 
+    def marked_artifacts(self) -> tuple[Path, ...]:
+        """The files the script marked with ``run.log_artifact``, in order, once each, if still there."""
+        seen: dict[str, None] = {}
+        try:
+            lines = self.artifacts_path.read_text(encoding="utf-8").splitlines()
+        except OSError:
+            return ()
+        for line in lines:
+            try:
+                path = json.loads(line)["path"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            if isinstance(path, str) and os.path.exists(path):
+                seen[path] = None
+        return tuple(Path(p) for p in seen)
+
     @classmethod
     def for_assignment(cls, workdir: Path, assignment: Assignment) -> TrialDir:
         sweep_folder = trials_root(workdir) / sweep_folder_name(assignment.sweep_id)
@@ -71,23 +87,6 @@ class TrialDir:
         for log_path in (trial_dir.metrics_path, trial_dir.stdout_path, trial_dir.stderr_path):
             log_path.write_bytes(b"")
         return trial_dir
-
-
-def marked_artifacts(folder: Path) -> tuple[Path, ...]:
-    """The files the script marked with ``run.log_artifact``, in order, once each, if still there."""
-    seen: dict[str, None] = {}
-    try:
-        lines = (folder / "artifacts.jsonl").read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return ()
-    for line in lines:
-        try:
-            path = json.loads(line)["path"]
-        except (ValueError, KeyError, TypeError):
-            continue
-        if isinstance(path, str) and os.path.exists(path):
-            seen[path] = None
-    return tuple(Path(p) for p in seen)
 
 
 def plain(value: Any) -> Any:

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sweeper.agents.metrics import points_from_record
-from sweeper.agents.trialdir import TrialDir, marked_artifacts
+from sweeper.agents.trialdir import TrialDir
 from sweeper.integrations.base import TrialEnd, TrialInfo
 from sweeper.integrations.session import trackers_for
 
@@ -70,7 +70,7 @@ class TrackerHook:
             exit_code=outcome.exit_code,
             stop_reason=outcome.stop_reason,
             logs=logs,
-            artifacts=marked_artifacts(trial_dir.path),
+            artifacts=trial_dir.marked_artifacts(),
         )
         for tracker in trackers_for(assignment.sweep_id, assignment.integrations):
             tracker.trial_ended(info, end)

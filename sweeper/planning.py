@@ -94,12 +94,9 @@ def completion(spec: SweepSpec, strategy: Strategy, trials: Sequence[Trial], see
     strategy for a suggestion nobody runs (for bayes, a model fit per trial that ends)."""
     if (reason := _ended_by_rule(spec, trials)) is not None:
         return reason
-    if find_retry(trials, spec.options.max_retries) is not None:
-        return None
-    reason = strategy.completion(trials, suggestion_rng(seed, trials))
-    if reason is None or count_states(trials).get(TrialState.RUNNING):
-        return None
-    return reason
+    if count_states(trials).get(TrialState.RUNNING) or may_run_again(trials, spec.options.max_retries):
+        return None  # a running trial may still fail and need a retry
+    return strategy.completion(trials, suggestion_rng(seed, trials))
 
 
 def plan_next(spec: SweepSpec, strategy: Strategy, trials: Sequence[Trial], seed: int) -> Plan:

@@ -480,7 +480,6 @@ def test_a_file_marked_in_the_checkpoint_folder_is_there_for_the_trackers_at_the
     """The trackers' hook ends before the checkpoint hook clears the folder, and the clearing leaves
     the marked files: real trackers upload them later, from a thread of their own."""
     from sweeper.agents.hooks import TrialHooks
-    from sweeper.agents.trialdir import marked_artifacts
 
     seen: list[tuple[Path, bytes]] = []
 
@@ -492,7 +491,7 @@ def test_a_file_marked_in_the_checkpoint_folder_is_there_for_the_trackers_at_the
             pass
 
         def on_end(self, assignment, outcome, trial_dir):
-            seen.extend((path, path.read_bytes()) for path in marked_artifacts(trial_dir.path))
+            seen.extend((path, path.read_bytes()) for path in trial_dir.marked_artifacts())
 
     trial_dir = TrialDir(tmp_path / ".sweeper" / "trials" / "sw" / "1")
     trial_dir.path.mkdir(parents=True)
@@ -509,7 +508,7 @@ def test_a_file_marked_in_the_checkpoint_folder_is_there_for_the_trackers_at_the
     assert fetch("published/sw/1", tmp_path / "copy", base=tmp_path)  # published, then cleared locally
     assert (tmp_path / "copy" / "model.pt").read_bytes() == b"weights"
     assert [p.name for p in model.parent.iterdir()] == ["model.pt"]  # kept for a tracker still busy
-    assert marked_artifacts(trial_dir.path) == (model,)
+    assert trial_dir.marked_artifacts() == (model,)
 
 
 def test_a_stopped_trial_whose_checkpoint_was_not_published_keeps_its_last_whole_save(tmp_path: Path) -> None:
