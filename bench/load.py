@@ -7,7 +7,10 @@ A sweeper lifecycle is what a real agent does over HTTP: lease a trial (``next_t
 after the other, for the same time, with the same number of worker threads. ``--in-process``
 adds the same lifecycles on the coordinator in this process, without HTTP.
 
-    nice python bench/load.py --agents 64 --seconds 15 [--postgres URL] [--in-process]
+    nice python bench/load.py --agents 64 --seconds 15 [--postgres URL [--postgres-delay-ms D]] [--in-process]
+
+``--postgres-delay-ms`` sends both systems' PostgreSQL connections through a proxy that holds
+everything D ms each way (bench/delay_proxy.py): a database on another machine.
 
 Writes bench/results/load.json and prints a table.
 """
@@ -22,7 +25,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -212,11 +216,52 @@ def fresh_postgres(url: str) -> tuple[str, str, Callable[[], None]]:
     return urls[0].replace("+psycopg", ""), urls[1].replace("+psycopg", ""), drop
 
 
+def round_trip_ms(url: str) -> float:
+    """The median time of ``SELECT 1`` on one connection to the database at ``url``."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with engine.connect() as conn:
+            driver = conn.connection.driver_connection
+            times = []
+            for _ in range(300):
+                start = time.perf_counter()
+                driver.execute("SELECT 1").fetchall()
+                times.append(time.perf_counter() - start)
+        return statistics.median(times[50:]) * 1000
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def delayed_postgres(url: str, delay_ms: float) -> Iterator[Callable[[str], str]]:
+    """A proxy in front of the PostgreSQL server at ``url`` that delays everything ``delay_ms``
+    each way, until the block ends; yields what turns a URL of that server into one through it."""
+    import socket
+
+    from delay_proxy import delayed
+    from sqlalchemy.engine import make_url
+
+    target = make_url(url)
+    with socket.socket() as probe:  # a free port, for the proxy to listen on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with delayed(port, target.host or "127.0.0.1", target.port or 5432, delay_ms):
+        yield lambda u: make_url(u).set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agents", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--postgres", default=None, help="a PostgreSQL URL whose user may create databases")
+    parser.add_argument(
+        "--postgres-delay-ms",
+        type=float,
+        default=0.0,
+        help="delay each way between both systems and PostgreSQL: a round trip takes twice this more",
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results" / "load.json")
     parser.add_argument(
         "--in-process",
@@ -234,16 +279,25 @@ def main() -> None:
         if args.postgres:
             backends.append(("postgresql", *fresh_postgres(args.postgres)))
         for name, sweeper_url, optuna_url, cleanup in backends:
+            route: AbstractContextManager[Callable[[str], str]] = nullcontext(lambda url: url)
+            if name == "postgresql" and args.postgres_delay_ms:
+                route = delayed_postgres(args.postgres, args.postgres_delay_ms)
             try:
-                ours = sweeper_run(sweeper_url, folder / f"server-{name}", args.agents, args.seconds)
-                theirs = optuna_run(optuna_url, args.agents, args.seconds)
-                # A new sweep in the server's database, once the server has stopped.
-                inner = in_process_run(sweeper_url, args.agents, args.seconds) if args.in_process else None
+                with route as via:  # one proxy for both: each connection through it on its own
+                    sweeper_url, optuna_url = via(sweeper_url), via(optuna_url)
+                    round_trip = round_trip_ms(sweeper_url) if name == "postgresql" else None
+                    ours = sweeper_run(sweeper_url, folder / f"server-{name}", args.agents, args.seconds)
+                    theirs = optuna_run(optuna_url, args.agents, args.seconds)
+                    # A new sweep in the server's database, once the server has stopped.
+                    inner = (
+                        in_process_run(sweeper_url, args.agents, args.seconds) if args.in_process else None
+                    )
             finally:
                 if cleanup:
                     cleanup()
             row = {
                 "database": name,
+                "round_trip_ms": round_trip,
                 "agents": args.agents,
                 "seconds": args.seconds,
                 "sweeper": ours,
@@ -261,6 +315,9 @@ def main() -> None:
         "\n|---|---|---|---|---|---|---|"
     )
     for row in results:
+        database = row["database"]
+        if row["round_trip_ms"] is not None:
+            database += f" ({row['round_trip_ms']:.2f} ms round trip)"
         for system in ("sweeper", "optuna", "sweeper_in_process"):
             if system not in row:
                 continue
@@ -268,10 +325,10 @@ def main() -> None:
             # sweeper: its server plus the load generator; the others: the one process that does both.
             cpu = sum(r.get(f"{who}_cpu_ms_per_lifecycle", 0.0) for who in ("server", "client", "process"))
             print(
-                f"| {row['database']} | {system} | {r['lifecycles_per_s']:.1f} | {r['p50_ms']:.1f} | "
+                f"| {database} | {system} | {r['lifecycles_per_s']:.1f} | {r['p50_ms']:.1f} | "
                 f"{r['p99_ms']:.1f} | {r['errors']} | {cpu:.1f} |"
             )
-        print(f"| {row['database']} | ratio sweeper/optuna | {row['throughput_ratio']:.2f}x | | | | |")
+        print(f"| {database} | ratio sweeper/optuna | {row['throughput_ratio']:.2f}x | | | | |")
 
 
 if __name__ == "__main__":

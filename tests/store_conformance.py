@@ -411,6 +411,36 @@ class StoreConformance:
             assert reported.summary == store.get_trial(trial.id).summary == {"loss": stored_latest()}
         assert len(store.get_trial(trial.id, with_history=True).history or ()) == 4
 
+    def test_summaries_in_a_batch_follow_the_stored_points(self, store: Store, sweep: Sweep) -> None:
+        """In a batch (where PostgreSQL sends a report's writes with the next statement), each
+        report's summary, and what a read in the batch sees, is what the stored points give."""
+        trial = self.started(store, sweep)
+        batches_and_summaries = [
+            ([point("loss", 0.5, 1, 1)], 0.5),
+            ([point("loss", 0.9, 5, 1)], 0.5),  # seq 1 again, another step and value: ignored
+            ([point("loss", 0.3, 2, 2)], 0.3),
+            ([point("loss", 0.1, 3, 4), point("loss", 0.8, 9, 4)], 0.1),  # the first of seq 4 is stored
+            ([point("loss", 0.7, 1, 3)], 0.1),  # late
+        ]
+        with store.batch():
+            for batch, expected in batches_and_summaries:
+                reported = store.report_metrics(trial.id, "lease-1", batch, expires_at=200.0, now=3.0)
+                assert reported.summary == store.get_trial(trial.id).summary == {"loss": expected}
+            finished, running = store.end_trial(trial.id, "lease-1", TrialState.FINISHED, now=4.0)
+            assert (finished.state, finished.summary, running) == (TrialState.FINISHED, {"loss": 0.1}, 0)
+        stored = store.get_trial(trial.id, with_history=True)
+        assert (stored.state, stored.summary, stored.lease_expires_at) == (
+            TrialState.FINISHED,
+            {"loss": 0.1},
+            200.0,
+        )
+        assert sorted((p.step, p.seq, p.value) for p in stored.history or ()) == [
+            (1, 1, 0.5),
+            (1, 3, 0.7),
+            (2, 2, 0.3),
+            (3, 4, 0.1),
+        ]
+
     def test_nan_and_infinity_round_trip(self, store: Store, sweep: Sweep) -> None:
         trial = self.started(store, sweep)
         values = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf, "tiny": 5e-324}

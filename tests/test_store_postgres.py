@@ -6,6 +6,7 @@ Without it these tests skip, except under CI, where they fail.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -13,10 +14,13 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from store_conformance import StoreConformance
 
-from sweeper.store import BatchAbandoned, Store, StoreError, open_store
+from sweeper.server.calls import SerialCalls
+from sweeper.store import BatchAbandoned, Lease, Store, StoreError, TrialDraft, open_store
 from sweeper.store import engine as engine_module
+from sweeper.trials import MetricPoint
 
 pytestmark = pytest.mark.postgres
 
@@ -49,6 +53,95 @@ def test_a_batch_whose_call_wrote_then_failed_is_given_up_with_nothing_written(
             with pytest.raises(BatchAbandoned):  # nothing more runs in a spoiled transaction
                 store.create_sweep(spec={}, method="grid", name="after", seed=0, now=1.0)
         assert [(s.id, s.name) for s in store.list_sweeps()] == [(kept.id, "before")]
+
+
+_REFUSE_BOOM = """
+CREATE FUNCTION refuse_boom() RETURNS trigger AS $$
+BEGIN
+    IF NEW.name = 'boom' THEN RAISE EXCEPTION 'metric boom refused'; END IF;
+    RETURN NEW;
+END $$ LANGUAGE plpgsql;
+CREATE TRIGGER refuse_boom BEFORE INSERT ON metrics FOR EACH ROW EXECUTE FUNCTION refuse_boom();
+"""
+
+
+def _store_refusing_boom_metrics(store_url: str) -> Store:
+    """A store whose database refuses, on the server, to store a metric named ``boom``: a write
+    that fails only once it runs there."""
+    store = open_store(store_url)
+    engine = create_engine(make_url(store_url).set(drivername="postgresql+psycopg"))
+    with engine.begin() as conn:
+        conn.exec_driver_sql(_REFUSE_BOOM)
+    engine.dispose()
+    return store
+
+
+def _running_trial(store: Store, sweep_id: str, lease_id: str) -> Any:
+    def decide(sweep: Any, trials: Any) -> TrialDraft:
+        return TrialDraft(config={"n": len(trials)})
+
+    lease = Lease(agent="a", host="h", lease_id=lease_id, expires_at=100.0)
+    return store.new_trial(sweep_id, decide, lease=lease, now=1.0)
+
+
+@pytest.mark.parametrize("then", ["a later call", "nothing"])
+def test_a_batch_whose_queued_write_fails_on_the_server_is_given_up(
+    postgres_store_url: str, then: str
+) -> None:
+    """A report's writes go to the server with the next statement of the batch, or at its end:
+    should one fail there, the batch is given up whole, whichever call finds out."""
+    with _store_refusing_boom_metrics(postgres_store_url) as store:
+        sweep = store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
+        one, two = (_running_trial(store, sweep.id, lease) for lease in ("l1", "l2"))
+        boom = [MetricPoint("boom", 1.0, 1, 1, 2.0)]
+        with pytest.raises(BatchAbandoned), store.batch():
+            reported = store.report_metrics(one.id, "l1", boom, expires_at=150.0, now=2.0)
+            assert reported.summary == {"boom": 1.0}  # sent, not run yet
+            if then == "a later call":
+                with pytest.raises(DBAPIError, match="metric boom refused"):
+                    store.renew_lease(two.id, "l2", expires_at=160.0, now=2.0)
+                with pytest.raises(BatchAbandoned):
+                    store.renew_lease(two.id, "l2", expires_at=170.0, now=2.0)
+        for trial in (one, two):
+            stored = store.get_trial(trial.id, with_history=True)
+            assert (stored.summary, stored.history, stored.lease_expires_at) == ({}, (), 100.0)
+
+
+def test_calls_of_a_given_up_batch_run_again_each_on_its_own(postgres_store_url: str) -> None:
+    """Through the server's call thread: the call whose write the database refused hears why,
+    and the calls batched with it take effect."""
+    with _store_refusing_boom_metrics(postgres_store_url) as store:
+        sweep = store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
+        one, two = (_running_trial(store, sweep.id, lease) for lease in ("l1", "l2"))
+        calls = SerialCalls(store.batch)
+        gate = threading.Event()
+
+        async def run_all() -> list[Any]:
+            held = calls.run(gate.wait)  # holds the thread until every call below is queued
+            boom = [MetricPoint("boom", 1.0, 1, 1, 2.0)]
+            loss = [MetricPoint("loss", 0.5, 1, 1, 2.0)]
+            queued = [
+                calls.run(lambda: store.report_metrics(two.id, "l2", loss, expires_at=150.0, now=2.0)),
+                calls.run(lambda: store.report_metrics(one.id, "l1", boom, expires_at=150.0, now=2.0)),
+                calls.run(lambda: store.renew_lease(two.id, "l2", expires_at=160.0, now=2.0)),
+            ]
+            gate.set()
+            await held
+            return await asyncio.gather(*queued, return_exceptions=True)
+
+        try:
+            reported, refused, renewed = asyncio.run(run_all())
+        finally:
+            calls.close()
+        assert isinstance(refused, DBAPIError) and "metric boom refused" in str(refused)
+        assert (reported.summary, renewed.lease_expires_at) == ({"loss": 0.5}, 160.0)
+        stored = store.get_trial(two.id, with_history=True)
+        assert (stored.summary, len(stored.history or ()), stored.lease_expires_at) == (
+            {"loss": 0.5},
+            1,
+            160.0,
+        )
+        assert store.get_trial(one.id, with_history=True).history == ()
 
 
 # --- connections the database dropped ----------------------------------------

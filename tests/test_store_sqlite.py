@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import Connection, event, text
 from store_conformance import StoreConformance, lease
 
-from sweeper.store import SchemaVersionError, Store, StoreError, TrialDraft, open_store
+from sweeper.store import SchemaVersionError, Store, StoreError, TrialDraft, open_store, statements
 from sweeper.store.checkpoint import AUTOCHECKPOINT_PAGES
 from sweeper.store.migrations import MIGRATIONS, Migration, latest_version
 from sweeper.trials import MetricPoint, Sweep, TrialState
@@ -181,9 +181,15 @@ def test_counting_a_sweeps_running_trials_reads_only_those(sqlite_store_url: str
 
         event.listen(engine, "before_cursor_execute", explain)
         assert store.count_trials(sweep.id, states=[TrialState.RUNNING]) == 3
-    assert (
-        len(plans) == 1 and "USING COVERING INDEX ix_trials_sweep_state (sweep_id=? AND state=?)" in plans[0]
-    )
+        # The count a trial's end makes, in the statement that locks the trial.
+        with engine.connect() as conn:
+            compiled = statements.TRIAL_LOCKED_WITH_RUNNING.statement.compile(dialect=conn.dialect)
+            params = tuple(1 if n == "trial_id_" else compiled.params[n] for n in compiled.positiontup or ())
+            found = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled.string}", params).all()
+            finish_plan = [row[-1] for row in found]
+    by_sweep_and_state = "USING COVERING INDEX ix_trials_sweep_state (sweep_id=? AND state=?)"
+    assert len(plans) == 1 and by_sweep_and_state in plans[0]
+    assert any(by_sweep_and_state in p for p in finish_plan)
 
 
 # --- where the store lives ---------------------------------------------------

@@ -8,13 +8,14 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import TypeVar
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, event
 from sqlalchemy.exc import OperationalError
 
 from sweeper.store.base import BatchAbandoned, StoreError
 from sweeper.store.checkpoint import WalCheckpointer
 from sweeper.store.engine import BUSY_TIMEOUT_S, READ_ONLY
 from sweeper.store.group_commit import GroupCommit
+from sweeper.store.prepared import Pipeline, close_pipeline
 
 T = TypeVar("T")
 
@@ -48,6 +49,8 @@ class Database:
         self._checkpointer_lock = threading.Lock()
         self._closed = False
         self._local = threading.local()  # batch: the PostgreSQL transaction this thread holds
+        if engine.dialect.name == "postgresql":  # a batch's pipeline closes before SQLAlchemy's statements
+            event.listen(engine, "before_cursor_execute", close_pipeline)
 
     def _engine_here(self) -> Engine:
         # Pooled connections must not cross a fork: a child drops the parent's without closing them.
@@ -120,7 +123,9 @@ class Database:
         undone alone (:meth:`GroupCommit.holding`). PostgreSQL would spend two round trips per
         write on savepoints, more than the transaction saves; there the first write or read that
         fails spoils the transaction, every later one raises, and the block raises
-        :class:`BatchAbandoned` with nothing of it written."""
+        :class:`BatchAbandoned` with nothing of it written. Its writes that need no answer
+        (:meth:`Prepared.send`) are pipelined: each goes to the server with the next statement
+        whose result is needed."""
         engine = self._engine_here()  # after a fork, the group is this process's own
         if self._group is not None:
             self._ensure_checkpointer()
@@ -133,10 +138,16 @@ class Database:
         with self._errors(), engine.begin() as conn:
             batch = _Batch(conn, self._errors)
             self._local.batch = batch
+            pipeline = Pipeline.attach(conn)  # writes nobody waits for go with the next read
             try:
                 yield
+                try:
+                    pipeline.close(conn)
+                except Exception:  # a queued write failed: as if its call had failed
+                    batch.failed = True
             finally:
                 self._local.batch = None
+                pipeline.detach(conn)
             if batch.failed:  # raised inside the transaction: it rolls back
                 raise BatchAbandoned(
                     f"store {self.label}: a call of the batch failed; nothing of it was written"

@@ -9,12 +9,17 @@ and the coordinator's process, not the database, is what a busy sweep waits for.
 inside the caller's transaction, with the conversions SQLAlchemy applies to its parameters; it
 refuses a statement whose results SQLAlchemy would convert. A driver's error reaches the caller
 as SQLAlchemy raises it.
+
+On PostgreSQL a transaction may also carry a :class:`Pipeline`: a write whose result nobody
+waits for (:meth:`Prepared.send`) is then queued, and goes to the server with the next
+statement whose result is needed, in one round trip instead of one each.
 """
 
 from __future__ import annotations
 
 from collections import namedtuple
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection
@@ -65,8 +70,11 @@ class Prepared:
 
     def all(self, conn: Connection, params: Mapping[str, Any]) -> list[Any]:
         form = self._form(conn, params)
-        args = form.args(params)
-        return form.rows(_execute(conn, form.sql, args))
+        cursor = _execute(conn, form.sql, form.args(params))
+        try:
+            return form.rows(cursor)
+        except conn.dialect.loaded_dbapi.Error as exc:  # in a pipeline: a queued write failed
+            raise _as_sqlalchemy_error(conn, form.sql, params, exc) from exc
 
     def first(self, conn: Connection, params: Mapping[str, Any]) -> Any:
         found = self.all(conn, params)
@@ -82,16 +90,33 @@ class Prepared:
     def run(self, conn: Connection, params: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> int:
         """Run it, once or (a list of parameter sets) once per set, the same columns in each; the
         number of rows it changed."""
+        cursor = self._execute(conn, params)
+        if cursor is None:
+            return 0
+        pipeline = Pipeline.of(conn)
+        if pipeline is not None and pipeline.active:  # the row count comes with the results
+            pipeline.sync(conn)
+        return int(cursor.rowcount)
+
+    def send(self, conn: Connection, params: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> None:
+        """Run it as :meth:`run` does where the caller needs no result: in a transaction with a
+        :class:`Pipeline`, queued until a statement whose result is needed (or the pipeline's end)
+        takes it to the server; its error, should it fail, is raised there."""
+        pipeline = Pipeline.of(conn)
+        if pipeline is not None:
+            pipeline.start(conn)
+        self._execute(conn, params)
+
+    def _execute(self, conn: Connection, params: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> Any:
         many = not isinstance(params, Mapping)
         if many and not params:
-            return 0
+            return None
         if many and len(params) == 1:  # psycopg runs executemany as a pipeline: more round trips
             params, many = params[0], False  # type: ignore[index]
         form = self._form(conn, params[0] if many else params)  # type: ignore[index]
         if many:
-            rows = [form.args(p) for p in params]  # type: ignore[union-attr]
-            return int(_execute(conn, form.sql, rows, many=True).rowcount)
-        return int(_execute(conn, form.sql, form.args(params)).rowcount)  # type: ignore[arg-type]
+            return _execute(conn, form.sql, [form.args(p) for p in params], many=True)  # type: ignore[union-attr]
+        return _execute(conn, form.sql, form.args(params))  # type: ignore[arg-type]
 
     def _form(self, conn: Connection, params: Mapping[str, Any]) -> _Form:
         keys = frozenset(params)
@@ -126,18 +151,98 @@ def _execute(conn: Connection, sql: str, params: Any, *, many: bool = False) -> 
     """Run ``sql`` on the driver, inside ``conn``'s transaction; its errors raised as SQLAlchemy
     raises them (OperationalError, IntegrityError, ...), so the store reports them as it does for
     any statement."""
-    driver = conn.connection.driver_connection
     try:
-        cursor = driver.cursor()
+        cursor = conn.connection.driver_connection.cursor()
         if many:
             cursor.executemany(sql, params)
         else:
             cursor.execute(sql, params)
         return cursor
     except conn.dialect.loaded_dbapi.Error as exc:
-        # A connection the database dropped fails its rollback too, and the pool then discards it
-        # and every one it opened before (tests/test_store_postgres.py).
-        raise DBAPIError.instance(sql, params, exc, conn.dialect.loaded_dbapi.Error) from exc
+        raise _as_sqlalchemy_error(conn, sql, params, exc) from exc
+
+
+def _as_sqlalchemy_error(conn: Connection, sql: str, params: Any, exc: Exception) -> Exception:
+    # A connection the database dropped fails its rollback too, and the pool then discards it
+    # and every one it opened before (tests/test_store_postgres.py).
+    return DBAPIError.instance(sql, params, exc, conn.dialect.loaded_dbapi.Error)
+
+
+@contextmanager
+def _driver_errors(conn: Connection, what: str) -> Iterator[None]:
+    """A pipeline's own steps (start, sync, end): driver errors raised as SQLAlchemy raises them."""
+    try:
+        yield
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise _as_sqlalchemy_error(conn, what, (), exc) from exc
+
+
+class Pipeline:
+    """A PostgreSQL transaction's pipeline (psycopg's pipeline mode), opened at the first write
+    sent without waiting (:meth:`Prepared.send`) and closed before anything else uses the
+    connection: SQLAlchemy reads results as soon as it executes, which a pipeline does not give.
+
+    While it is open, :meth:`Prepared.all` (and so ``first`` and ``scalar``) still returns its
+    rows: fetching them takes the writes queued before to the server in the same round trip."""
+
+    _KEY = "sweeper_pipeline"  # in the connection's info, while the transaction lasts
+
+    def __init__(self, conn: Connection) -> None:
+        self._driver = conn.connection.driver_connection
+        self._open: Any = None  # psycopg's pipeline context, while in pipeline mode
+        self._pipeline: Any = None
+
+    @classmethod
+    def attach(cls, conn: Connection) -> Pipeline:
+        """A pipeline for the transaction ``conn`` is in, until :meth:`detach`."""
+        pipeline = conn.info[cls._KEY] = cls(conn)
+        return pipeline
+
+    @classmethod
+    def of(cls, conn: Connection) -> Pipeline | None:
+        return conn.info.get(cls._KEY)
+
+    @property
+    def active(self) -> bool:
+        return self._open is not None
+
+    def start(self, conn: Connection) -> None:
+        """Into pipeline mode, if not there yet."""
+        if self._open is None:
+            with _driver_errors(conn, "(pipeline start)"):  # a connection the database dropped
+                opened = self._driver.pipeline()
+                self._pipeline = opened.__enter__()
+            self._open = opened
+
+    def sync(self, conn: Connection) -> None:
+        """Run what is queued and take in every result (errors raised here)."""
+        with _driver_errors(conn, "(pipeline sync)"):
+            self._pipeline.sync()
+
+    def close(self, conn: Connection) -> None:
+        """Leave pipeline mode: what is queued runs, and its errors are raised here."""
+        opened, self._open = self._open, None
+        if opened is not None:
+            with _driver_errors(conn, "(pipeline end)"):
+                opened.__exit__(None, None, None)
+
+    def detach(self, conn: Connection) -> None:
+        """Leave pipeline mode, should :meth:`close` not have: after an error, whatever is queued is
+        dropped with the transaction's rollback."""
+        conn.info.pop(self._KEY, None)
+        opened, self._open = self._open, None
+        if opened is not None:
+            try:
+                opened.__exit__(None, None, None)
+            except Exception:
+                pass  # the error that got here was raised already; the rollback comes next
+
+
+def close_pipeline(conn: Connection, *_: Any) -> None:
+    """Before SQLAlchemy executes a statement on ``conn`` (an engine event): out of pipeline mode."""
+    pipeline = conn.info.get(Pipeline._KEY)
+    if pipeline is not None and pipeline.active:
+        pipeline.close(conn)
 
 
 def _result_types(statement: ClauseElement) -> list[Any]:

@@ -270,9 +270,20 @@ class SqlStore(Store):
     def _trial(self, conn: Connection, trial_id: int) -> Trial:
         return rows.trial_from_row(self._trial_row(conn, trial_id))
 
-    def _trial_row(self, conn: Connection, trial_id: int, *, lock: bool = False) -> Row[Any]:
-        statement = statements.TRIAL_LOCKED if lock else statements.TRIAL
-        row = statement.first(conn, {"trial_id_": trial_id})
+    def _trial_row(
+        self,
+        conn: Connection,
+        trial_id: int,
+        *,
+        lock: bool = False,
+        statement: Prepared | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> Row[Any]:
+        """The trial's row; by ``statement`` (``TRIAL_LOCKED`` with more columns, and more
+        ``params``) where given."""
+        if statement is None:
+            statement = statements.TRIAL_LOCKED if lock else statements.TRIAL
+        row = statement.first(conn, {"trial_id_": trial_id, **(params or {})})
         if row is None:
             raise TrialNotFoundError(f"no trial with id {trial_id}")
         return row
@@ -285,7 +296,7 @@ class SqlStore(Store):
     def renew_lease(self, trial_id: int, lease_id: str, *, expires_at: float, now: float) -> Trial:
         def renew(conn: Connection) -> Trial:
             row = self._leased_row(conn, trial_id, lease_id, now)
-            statements.UPDATE_TRIAL.run(conn, {"trial_id_": trial_id, "lease_expires_at": expires_at})
+            statements.UPDATE_TRIAL.send(conn, {"trial_id_": trial_id, "lease_expires_at": expires_at})
             # The locked row plus what this call changed: no need to read it back.
             return dataclasses.replace(rows.trial_from_row(row), lease_expires_at=expires_at)
 
@@ -314,15 +325,21 @@ class SqlStore(Store):
         is given, in one transaction under the trial's lock."""
 
         def record(conn: Connection) -> Trial:
-            row = self._leased_row(conn, trial_id, lease_id, now)
+            values = [rows.point_to_row(trial_id, p) for p in points]
+            newest = summary.newest_points(values)
+            # The lock's read also finds what the new summary needs (see sweeper.store.summary).
+            lock, params = summary.locked_with_latest(len(newest)), summary.latest_params(newest)
+            row = self._trial_row(conn, trial_id, statement=lock, params=params)
+            rules.check_lease(row, lease_id, now)
             trial = rows.trial_from_row(row)
             changes: dict[str, Any] = {}
             if expires_at is not None:
                 changes["lease_expires_at"] = expires_at
             if points:
-                changes["summary"] = summary.add_points(conn, self._insert_points, trial, points, changes)
+                insert = self._insert_points
+                changes["summary"] = summary.add_points(conn, insert, trial, row, values, newest, changes)
             elif changes:
-                statements.UPDATE_TRIAL.run(conn, {"trial_id_": trial_id, **changes})
+                statements.UPDATE_TRIAL.send(conn, {"trial_id_": trial_id, **changes})
             # The locked row plus what this call changed: no need to read it back.
             return dataclasses.replace(trial, **changes)
 
@@ -348,15 +365,15 @@ class SqlStore(Store):
         }
 
         def end(conn: Connection) -> tuple[Trial, int]:
-            if lease_id is None:
-                row = self._trial_row(conn, trial_id, lock=True)
-            else:
-                row = self._leased_row(conn, trial_id, lease_id, now)
+            # The lock's read also counts the sweep's running trials, this one as it was.
+            row = self._trial_row(conn, trial_id, statement=statements.TRIAL_LOCKED_WITH_RUNNING)
+            if lease_id is not None:
+                rules.check_lease(row, lease_id, now)
             rules.check_trial_transition(row, state)
-            statements.UPDATE_TRIAL.run(conn, {"trial_id_": trial_id, "state": state.value, **changes})
-            running = statements.RUNNING_IN_SWEEP.scalar(conn, {"sweep_id_": row.sweep_id})
+            statements.UPDATE_TRIAL.send(conn, {"trial_id_": trial_id, "state": state.value, **changes})
+            running = row.running_in_sweep_ - (row.state == TrialState.RUNNING.value)
             # The locked row plus what this call changed: no need to read it back.
-            return dataclasses.replace(rows.trial_from_row(row), state=state, **changes), int(running)
+            return dataclasses.replace(rows.trial_from_row(row), state=state, **changes), running
 
         return self._db.write(end)
 

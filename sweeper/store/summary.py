@@ -1,9 +1,11 @@
 """A trial's summary (the value at the highest (step, seq) of each metric) kept up to date as points arrive.
 
-Points usually arrive in order, so the newest point of a batch is usually the newest of its metric
-overall. The summary is then written by one UPDATE that holds only if that is so; when it is not
-(a batch that arrives late, a point sent again with other values), the update changes nothing and
-the caller reads the latest points instead. Either way the summary follows the stored points.
+The read that locks the trial also finds, for each metric in a batch of points, the latest point
+stored so far and whether the batch's newest point is stored already (a point is one (name, seq)
+of a trial: sent again, it is not stored again). From these the new summary follows without
+reading anything after the points are written, so on PostgreSQL the points and the summary go
+to the server with the next statement (:meth:`Prepared.send`). Only a batch whose newest point
+of a metric was stored before under other values needs the latest points read again.
 """
 
 from __future__ import annotations
@@ -12,13 +14,13 @@ import functools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, exists, select, update
+from sqlalchemy import Connection, bindparam, select
 
 from sweeper.store import rows
 from sweeper.store.prepared import Prepared
 from sweeper.store.schema import metrics, trials
 from sweeper.store.statements import UPDATE_TRIAL
-from sweeper.trials import MetricPoint, Trial
+from sweeper.trials import Trial
 
 # The latest point of one metric of a trial.
 LATEST_VALUE = Prepared(
@@ -31,70 +33,79 @@ LATEST_VALUE = Prepared(
 
 def newest_points(values: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
     """The point (as a metrics row) with the highest (step, seq) of each metric in a batch, by name
-    in name order."""
-    newest: dict[str, Mapping[str, Any]] = {}
+    in name order. Of two points with one (name, seq), the first is the one stored."""
+    first: dict[tuple[str, int], Mapping[str, Any]] = {}
     for value in values:
+        first.setdefault((value["name"], value["seq"]), value)
+    newest: dict[str, Mapping[str, Any]] = {}
+    for value in first.values():
         best = newest.get(value["name"])
         if best is None or (value["step"], value["seq"]) > (best["step"], best["seq"]):
             newest[value["name"]] = value
     return {name: newest[name] for name in sorted(newest)}
 
 
-def if_newest_params(newest: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """The parameters of :func:`update_if_newest` for these points."""
+@functools.lru_cache(maxsize=16)
+def locked_with_latest(names: int) -> Prepared:
+    """SELECT the trial ``trial_id_`` FOR UPDATE, with, for each of ``names`` metrics (``name_i``),
+    the step, seq and value of its latest stored point (``step_i``, ``seq_i``, ``value_i``; NULL
+    where none is stored) and the seq ``seq_i`` again where a point (``name_i``, ``seq_i``) is
+    stored (``stored_i``). Built once per number of metrics: building costs more than running."""
+    columns: list[Any] = []
+    for i in range(names):
+        same_metric = (metrics.c.trial_id == trials.c.id) & (metrics.c.name == bindparam(f"name_{i}"))
+        latest = select().where(same_metric).order_by(metrics.c.step.desc(), metrics.c.seq.desc()).limit(1)
+        for column in (metrics.c.step, metrics.c.seq, metrics.c.value):
+            columns.append(latest.add_columns(column).scalar_subquery().label(f"{column.name}_{i}"))
+        stored = select(metrics.c.seq).where(same_metric, metrics.c.seq == bindparam(f"seq_{i}"))
+        columns.append(stored.scalar_subquery().label(f"stored_{i}"))
+    return Prepared(select(trials, *columns).where(trials.c.id == bindparam("trial_id_")).with_for_update())
+
+
+def latest_params(newest: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The parameters of :func:`locked_with_latest` for these points."""
     params: dict[str, Any] = {}
     for i, name in enumerate(newest):
-        point = newest[name]
-        params.update({f"name_{i}": name, f"step_{i}": point["step"], f"seq_{i}": point["seq"]})
-        params[f"value_{i}"] = point["value"]
+        params[f"name_{i}"], params[f"seq_{i}"] = name, newest[name]["seq"]
     return params
 
 
-@functools.lru_cache(maxsize=16)
-def update_if_newest(names: int) -> Prepared:
-    """UPDATE the trial ``trial_id_`` (setting the columns it is run with) only where, for each of
-    ``names`` metrics, the point (name_i, step_i, seq_i, value_i) is stored and no point of that
-    metric has a higher (step, seq). Built once per number of metrics: building costs more than running."""
-    statement = update(trials).where(trials.c.id == bindparam("trial_id_"))
-    for i in range(names):
-        same_metric = (metrics.c.trial_id == bindparam("trial_id_")) & (
-            metrics.c.name == bindparam(f"name_{i}")
-        )
-        step, seq = bindparam(f"step_{i}"), bindparam(f"seq_{i}")
-        stored = exists().where(
-            same_metric,
-            metrics.c.step == step,
-            metrics.c.seq == seq,
-            metrics.c.value == bindparam(f"value_{i}"),  # SQLite NaN (NULL) equals nothing: read instead
-        )
-        # step >= :step first: a range of the (trial_id, name, step, seq) index, not every point.
-        later = exists().where(
-            same_metric, metrics.c.step >= step, (metrics.c.step > step) | (metrics.c.seq > seq)
-        )
-        statement = statement.where(stored, ~later)
-    return Prepared(statement)
+def after_insert(
+    current: Mapping[str, float], newest: Mapping[str, Mapping[str, Any]], row: Any
+) -> dict[str, float] | None:
+    """The summary once the points are stored, from the summary before and what
+    :func:`locked_with_latest` found; None where that cannot tell: a metric's newest point was
+    stored before and is newer than the latest stored point (so stored under another step)."""
+    found = dict(current)
+    for i, (name, point) in enumerate(newest.items()):
+        step, seq = getattr(row, f"step_{i}"), getattr(row, f"seq_{i}")
+        if step is not None and (point["step"], point["seq"]) <= (step, seq):
+            found[name] = rows.metric_value(getattr(row, f"value_{i}"))  # stays the latest
+        elif getattr(row, f"stored_{i}") is None:
+            found[name] = point["value"]  # stored now, and the latest
+        else:
+            return None
+    return found
 
 
 def add_points(
     conn: Connection,
     insert_points: Prepared,
     trial: Trial,
-    points: Sequence[MetricPoint],
+    row: Any,
+    values: Sequence[Mapping[str, Any]],
+    newest: Mapping[str, Mapping[str, Any]],
     changes: Mapping[str, Any],
 ) -> dict[str, float]:
-    """Insert ``points`` of ``trial`` (its row locked) and write its new summary along with
-    ``changes`` to its row; the new summary."""
-    values = [rows.point_to_row(trial.id, p) for p in points]
-    insert_points.run(conn, values)
-    newest = newest_points(values)
-    assumed = {**trial.summary, **{name: point["value"] for name, point in newest.items()}}
-    params = {"trial_id_": trial.id, **changes, "summary": rows.dumps(assumed)}
-    if update_if_newest(len(newest)).run(conn, {**params, **if_newest_params(newest)}):
-        return assumed
-    # Not the newest points stored: batches may arrive out of order, or a point again with other values.
-    found = dict(trial.summary)
-    for name in newest:
-        latest = LATEST_VALUE.first(conn, {"trial_id_": trial.id, "name_": name})
-        found[name] = rows.metric_value(latest.value)
-    UPDATE_TRIAL.run(conn, {**params, "summary": rows.dumps(found)})
+    """Store the points ``values`` (metrics rows) of ``trial``, whose row :func:`locked_with_latest`
+    read (and locked) for ``newest`` (``newest_points(values)``), and write its new summary along
+    with ``changes`` to its row; the new summary."""
+    insert_points.send(conn, values)
+    found = after_insert(trial.summary, newest, row)
+    if found is None:  # a point sent again under another step: read what is stored
+        found = dict(trial.summary)
+        for name in newest:
+            latest = LATEST_VALUE.first(conn, {"trial_id_": trial.id, "name_": name})
+            found[name] = rows.metric_value(latest.value)
+    UPDATE_TRIAL.send(conn, {"trial_id_": trial.id, **changes, "summary": rows.dumps(found)})
     return found
