@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +21,7 @@ from store_conformance import StoreConformance
 from sweeper.server.calls import SerialCalls
 from sweeper.store import BatchAbandoned, Lease, Store, StoreError, TrialDraft, open_store
 from sweeper.store import engine as engine_module
-from sweeper.trials import MetricPoint
+from sweeper.trials import MetricPoint, TrialState
 
 pytestmark = pytest.mark.postgres
 
@@ -142,6 +143,100 @@ def test_calls_of_a_given_up_batch_run_again_each_on_its_own(postgres_store_url:
             160.0,
         )
         assert store.get_trial(one.id, with_history=True).history == ()
+
+
+def _while_a_batch_holds(
+    store: Store, store_url: str, hold: Callable[[], None], then: Callable[[], Any]
+) -> Any:
+    """``hold()`` in a batch that stays open until ``then()``, on another thread, waits for one of
+    its row locks; then the batch commits, and ``then()``'s result."""
+    held, release, result = threading.Event(), threading.Event(), {}
+    admin = create_engine(make_url(store_url).set(drivername="postgresql+psycopg", query={}))
+
+    def waiting() -> bool:  # whether a connection to the database waits for a row lock
+        with admin.connect() as conn:
+            found = conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                )
+            ).scalar_one()
+        return bool(found)
+
+    def holder() -> None:
+        with store.batch():
+            hold()
+            held.set()
+            assert release.wait(30)
+
+    def waiter() -> None:
+        result["then"] = then()
+
+    first = threading.Thread(target=holder)
+    first.start()
+    assert held.wait(30)
+    second = threading.Thread(target=waiter)
+    second.start()
+    deadline = time.monotonic() + 30
+    while not waiting():  # the second call's lock waits behind the batch's
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    release.set()
+    first.join()
+    second.join()
+    admin.dispose()
+    return result["then"]
+
+
+def test_a_report_that_waited_for_the_trials_lock_sees_the_points_stored_meanwhile(
+    postgres_store_url: str,
+) -> None:
+    """A statement reads from a snapshot taken when it starts: what the new summary needs is read
+    after the lock is held, so a report behind another one sees its points."""
+    with open_store(postgres_store_url) as store:
+        sweep = store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
+        trial = _running_trial(store, sweep.id, "l1")
+
+        def report(value: float, step: int) -> Any:
+            point = [MetricPoint("loss", value, step, step, 2.0)]
+            return store.report_metrics(trial.id, "l1", point, expires_at=150.0, now=2.0)
+
+        late = _while_a_batch_holds(store, postgres_store_url, lambda: report(0.1, 5), lambda: report(0.9, 3))
+        assert late.summary == store.get_trial(trial.id).summary == {"loss": 0.1}  # step 5 is the latest
+
+
+def test_the_end_of_the_last_running_trial_counts_what_ended_while_it_waited(postgres_store_url: str) -> None:
+    with open_store(postgres_store_url) as store:
+        sweep = store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
+        one, two = (_running_trial(store, sweep.id, lease) for lease in ("l1", "l2"))
+        ended: dict[str, int] = {}
+
+        def hold_one_and_end_two() -> None:
+            store.renew_lease(one.id, "l1", expires_at=150.0, now=2.0)  # holds trial one's lock
+            ended["two"] = store.end_trial(two.id, "l2", TrialState.FINISHED, now=3.0)[1]
+
+        def end_one() -> Any:
+            return store.end_trial(one.id, "l1", TrialState.FINISHED, now=3.0)
+
+        _, still_running = _while_a_batch_holds(store, postgres_store_url, hold_one_and_end_two, end_one)
+        assert (ended["two"], still_running) == (1, 0)  # the second end is the sweep's last
+
+
+def test_a_connection_lost_in_a_batch_gives_the_batch_up(postgres_store_url: str) -> None:
+    """The database drops the batch's connection and an SQLAlchemy statement finds out (and
+    SQLAlchemy invalidates the connection): the batch is given up, and the store works on."""
+    store, drop = _store_dropping_connections(postgres_store_url, "sweeper-batch-drop")
+    try:
+        sweep = store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
+        trial = _running_trial(store, sweep.id, "l1")
+        with pytest.raises((BatchAbandoned, StoreError)), store.batch():
+            store.get_trial(trial.id)
+            assert drop() >= 1
+            with pytest.raises(StoreError):
+                store.get_trial(trial.id)
+        assert store.get_trial(trial.id).lease_expires_at == 100.0
+    finally:
+        store.close()
 
 
 # --- connections the database dropped ----------------------------------------

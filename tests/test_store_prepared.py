@@ -45,7 +45,7 @@ def test_inserts_selects_and_updates_match_sqlalchemy(conn) -> None:
     assert tuple(prepared) == tuple(by_alchemy) and prepared.number == 1 and prepared.lease_id is None
     assert isinstance(prepared.created_at, float)  # an int into a REAL column, converted as SQLAlchemy does
     # A literal the statement carries (state = 'running') is filled in: one running trial of two.
-    assert statements.TRIAL_LOCKED_WITH_RUNNING.first(conn, {"trial_id_": first}).running_in_sweep_ == 1
+    assert statements.RUNNING_IN_SWEEP_OF_TRIAL.scalar(conn, {"trial_id_": first}) == 1
     changed = statements.UPDATE_TRIAL.run(conn, {"trial_id_": first, "state": "failed", "exit_code": 3})
     assert changed == 1
     row = statements.TRIAL.first(conn, {"trial_id_": first})

@@ -183,7 +183,7 @@ def test_counting_a_sweeps_running_trials_reads_only_those(sqlite_store_url: str
         assert store.count_trials(sweep.id, states=[TrialState.RUNNING]) == 3
         # The count a trial's end makes, in the statement that locks the trial.
         with engine.connect() as conn:
-            compiled = statements.TRIAL_LOCKED_WITH_RUNNING.statement.compile(dialect=conn.dialect)
+            compiled = statements.RUNNING_IN_SWEEP_OF_TRIAL.statement.compile(dialect=conn.dialect)
             params = tuple(1 if n == "trial_id_" else compiled.params[n] for n in compiled.positiontup or ())
             found = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled.string}", params).all()
             finish_plan = [row[-1] for row in found]

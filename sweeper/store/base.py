@@ -76,8 +76,9 @@ class Store(ABC):
         raises). A call that fails takes effect not at all; where the store cannot undo it alone,
         the block raises :class:`BatchAbandoned` with nothing of it written. A store may also send
         a call's writes to its database later in the block, so such a write may fail in a later
-        call or at the block's end: the block then raises :class:`BatchAbandoned` too. A store
-        may also commit each call on its own."""
+        call or at the block's end: the block then raises :class:`BatchAbandoned` too (or
+        :class:`StoreError`, where the database is gone). A store may also commit each call on
+        its own."""
         return nullcontext()
 
     def after_commit(self, step: Callable[[], None]) -> None:

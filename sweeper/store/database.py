@@ -139,19 +139,20 @@ class Database:
             batch = _Batch(conn, self._errors)
             self._local.batch = batch
             pipeline = Pipeline.attach(conn)  # writes nobody waits for go with the next read
+            closing_error: Exception | None = None
             try:
                 yield
                 try:
                     pipeline.close(conn)
-                except Exception:  # a queued write failed: as if its call had failed
-                    batch.failed = True
+                except Exception as exc:  # a queued write failed: as if its call had failed
+                    batch.failed, closing_error = True, exc
             finally:
                 self._local.batch = None
-                pipeline.detach(conn)
+                pipeline.detach()
             if batch.failed:  # raised inside the transaction: it rolls back
                 raise BatchAbandoned(
                     f"store {self.label}: a call of the batch failed; nothing of it was written"
-                )
+                ) from closing_error
         for step in batch.after:
             step()
 

@@ -69,12 +69,20 @@ class Prepared:
         self._forms: dict[tuple[str, frozenset[str]], _Form] = {}  # by database and parameter names
 
     def all(self, conn: Connection, params: Mapping[str, Any]) -> list[Any]:
+        return self._rows(conn, *self._start(conn, params))
+
+    def _start(self, conn: Connection, params: Mapping[str, Any]) -> tuple[_Form, Any, Mapping[str, Any]]:
         form = self._form(conn, params)
-        cursor = _execute(conn, form.sql, form.args(params))
+        return form, _execute(conn, form.sql, form.args(params)), params
+
+    def _rows(self, conn: Connection, form: _Form, cursor: Any, params: Mapping[str, Any]) -> list[Any]:
         try:
             return form.rows(cursor)
-        except conn.dialect.loaded_dbapi.Error as exc:  # in a pipeline: a queued write failed
-            raise _as_sqlalchemy_error(conn, form.sql, params, exc) from exc
+        except conn.dialect.loaded_dbapi.Error as exc:
+            sql = form.sql
+            if (pipeline := Pipeline.of(conn)) is not None and pipeline.active:
+                sql += " (or a write sent before it in the pipeline)"
+            raise _as_sqlalchemy_error(conn, sql, params, exc) from exc
 
     def first(self, conn: Connection, params: Mapping[str, Any]) -> Any:
         found = self.all(conn, params)
@@ -177,25 +185,41 @@ def _driver_errors(conn: Connection, what: str) -> Iterator[None]:
         raise _as_sqlalchemy_error(conn, what, (), exc) from exc
 
 
+def read_together(conn: Connection, *reads: tuple[Prepared, Mapping[str, Any]]) -> list[list[Any]]:
+    """The rows of each (statement, parameters), in order. In a transaction with a
+    :class:`Pipeline`, they go to the server in one round trip, and still run one after the
+    other: a read after a ``FOR UPDATE`` lock sees what committed while the lock waited (on
+    PostgreSQL a statement reads from a snapshot taken when it starts)."""
+    pipeline = Pipeline.of(conn)
+    if pipeline is None:
+        return [statement.all(conn, params) for statement, params in reads]
+    pipeline.start(conn)
+    started = [(statement, statement._start(conn, params)) for statement, params in reads]
+    return [statement._rows(conn, *each) for statement, each in started]
+
+
 class Pipeline:
     """A PostgreSQL transaction's pipeline (psycopg's pipeline mode), opened at the first write
-    sent without waiting (:meth:`Prepared.send`) and closed before anything else uses the
-    connection: SQLAlchemy reads results as soon as it executes, which a pipeline does not give.
-
-    While it is open, :meth:`Prepared.all` (and so ``first`` and ``scalar``) still returns its
-    rows: fetching them takes the writes queued before to the server in the same round trip."""
+    sent without waiting (:meth:`Prepared.send`) or reads sent together (:func:`read_together`).
+    Prepared statements run in it (``all``, ``first`` and ``scalar`` fetch their rows, which
+    takes what was queued before them to the server in the same round trip); it is closed
+    before SQLAlchemy executes a statement, since SQLAlchemy reads results as soon as it
+    executes, which a pipeline does not give."""
 
     _KEY = "sweeper_pipeline"  # in the connection's info, while the transaction lasts
 
     def __init__(self, conn: Connection) -> None:
         self._driver = conn.connection.driver_connection
+        # Kept: once SQLAlchemy has invalidated a connection, reading its info raises.
+        self._info = conn.info
         self._open: Any = None  # psycopg's pipeline context, while in pipeline mode
         self._pipeline: Any = None
 
     @classmethod
     def attach(cls, conn: Connection) -> Pipeline:
         """A pipeline for the transaction ``conn`` is in, until :meth:`detach`."""
-        pipeline = conn.info[cls._KEY] = cls(conn)
+        pipeline = cls(conn)
+        pipeline._info[cls._KEY] = pipeline
         return pipeline
 
     @classmethod
@@ -226,10 +250,10 @@ class Pipeline:
             with _driver_errors(conn, "(pipeline end)"):
                 opened.__exit__(None, None, None)
 
-    def detach(self, conn: Connection) -> None:
-        """Leave pipeline mode, should :meth:`close` not have: after an error, whatever is queued is
-        dropped with the transaction's rollback."""
-        conn.info.pop(self._KEY, None)
+    def detach(self) -> None:
+        """Leave pipeline mode, should :meth:`close` not have (after an error: what is queued may
+        still run here, and the transaction's rollback undoes it)."""
+        self._info.pop(self._KEY, None)
         opened, self._open = self._open, None
         if opened is not None:
             try:

@@ -42,7 +42,7 @@ from sweeper.store.base import (
 )
 from sweeper.store.database import Database
 from sweeper.store.known import KnownTrials
-from sweeper.store.prepared import Prepared
+from sweeper.store.prepared import Prepared, read_together
 from sweeper.store.schema import metrics, sweeps, trials
 from sweeper.trials import (
     SWEEP_TRANSITIONS,
@@ -270,23 +270,20 @@ class SqlStore(Store):
     def _trial(self, conn: Connection, trial_id: int) -> Trial:
         return rows.trial_from_row(self._trial_row(conn, trial_id))
 
-    def _trial_row(
-        self,
-        conn: Connection,
-        trial_id: int,
-        *,
-        lock: bool = False,
-        statement: Prepared | None = None,
-        params: Mapping[str, Any] | None = None,
-    ) -> Row[Any]:
-        """The trial's row; by ``statement`` (``TRIAL_LOCKED`` with more columns, and more
-        ``params``) where given."""
-        if statement is None:
-            statement = statements.TRIAL_LOCKED if lock else statements.TRIAL
-        row = statement.first(conn, {"trial_id_": trial_id, **(params or {})})
-        if row is None:
-            raise TrialNotFoundError(f"no trial with id {trial_id}")
-        return row
+    def _trial_row(self, conn: Connection, trial_id: int, *, lock: bool = False) -> Row[Any]:
+        statement = statements.TRIAL_LOCKED if lock else statements.TRIAL
+        return _found(statement.first(conn, {"trial_id_": trial_id}), trial_id)
+
+    def _locked_row_and(
+        self, conn: Connection, then: Prepared, params: Mapping[str, Any]
+    ) -> tuple[Row[Any], Any]:
+        """The row of trial ``params["trial_id_"]``, locked, and the one row ``then`` reads once the
+        lock is held (on PostgreSQL, in the same round trip)."""
+        trial_id = params["trial_id_"]
+        locked, found = read_together(
+            conn, (statements.TRIAL_LOCKED, {"trial_id_": trial_id}), (then, params)
+        )
+        return _found(locked[0] if locked else None, trial_id), found[0]
 
     def _leased_row(self, conn: Connection, trial_id: int, lease_id: str, now: float) -> Row[Any]:
         row = self._trial_row(conn, trial_id, lock=True)
@@ -327,9 +324,11 @@ class SqlStore(Store):
         def record(conn: Connection) -> Trial:
             values = [rows.point_to_row(trial_id, p) for p in points]
             newest = summary.newest_points(values)
-            # The lock's read also finds what the new summary needs (see sweeper.store.summary).
-            lock, params = summary.locked_with_latest(len(newest)), summary.latest_params(newest)
-            row = self._trial_row(conn, trial_id, statement=lock, params=params)
+            if newest:  # with the lock, what the new summary needs (see sweeper.store.summary)
+                params = {"trial_id_": trial_id, **summary.latest_params(newest)}
+                row, latest = self._locked_row_and(conn, summary.latest_points(len(newest)), params)
+            else:
+                row, latest = self._trial_row(conn, trial_id, lock=True), None
             rules.check_lease(row, lease_id, now)
             trial = rows.trial_from_row(row)
             changes: dict[str, Any] = {}
@@ -337,7 +336,7 @@ class SqlStore(Store):
                 changes["lease_expires_at"] = expires_at
             if points:
                 insert = self._insert_points
-                changes["summary"] = summary.add_points(conn, insert, trial, row, values, newest, changes)
+                changes["summary"] = summary.add_points(conn, insert, trial, latest, values, newest, changes)
             elif changes:
                 statements.UPDATE_TRIAL.send(conn, {"trial_id_": trial_id, **changes})
             # The locked row plus what this call changed: no need to read it back.
@@ -365,13 +364,14 @@ class SqlStore(Store):
         }
 
         def end(conn: Connection) -> tuple[Trial, int]:
-            # The lock's read also counts the sweep's running trials, this one as it was.
-            row = self._trial_row(conn, trial_id, statement=statements.TRIAL_LOCKED_WITH_RUNNING)
+            # With the lock, the sweep's running trials, this one as it was.
+            count = statements.RUNNING_IN_SWEEP_OF_TRIAL
+            row, (running,) = self._locked_row_and(conn, count, {"trial_id_": trial_id})
             if lease_id is not None:
                 rules.check_lease(row, lease_id, now)
             rules.check_trial_transition(row, state)
             statements.UPDATE_TRIAL.send(conn, {"trial_id_": trial_id, "state": state.value, **changes})
-            running = row.running_in_sweep_ - (row.state == TrialState.RUNNING.value)
+            running -= row.state == TrialState.RUNNING.value
             # The locked row plus what this call changed: no need to read it back.
             return dataclasses.replace(rows.trial_from_row(row), state=state, **changes), running
 
@@ -450,3 +450,9 @@ class SqlStore(Store):
 
     def __repr__(self) -> str:
         return f"SqlStore({self.label!r})"
+
+
+def _found(row: Row[Any] | None, trial_id: int) -> Row[Any]:
+    if row is None:
+        raise TrialNotFoundError(f"no trial with id {trial_id}")
+    return row

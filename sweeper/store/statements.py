@@ -18,17 +18,14 @@ TRIAL = Prepared(_TRIAL)
 TRIAL_LOCKED = Prepared(_TRIAL.with_for_update())
 # Sets the columns named by the parameters it is run with (all but trial_id_).
 UPDATE_TRIAL = Prepared(update(trials).where(trials.c.id == bindparam("trial_id_")))
-_OTHER = trials.alias("other")
-# The trial, locked, with the number of running trials of its sweep (running_in_sweep_).
-TRIAL_LOCKED_WITH_RUNNING = Prepared(
-    select(
-        trials,
-        select(func.count())
-        .select_from(_OTHER)
-        .where(_OTHER.c.sweep_id == trials.c.sweep_id, _OTHER.c.state == TrialState.RUNNING.value)
-        .scalar_subquery()
-        .label("running_in_sweep_"),
+_THIS = trials.alias("this")
+# How many trials of the sweep of trial trial_id_ are running.
+RUNNING_IN_SWEEP_OF_TRIAL = Prepared(
+    select(func.count())
+    .select_from(trials)
+    .where(
+        trials.c.sweep_id
+        == select(_THIS.c.sweep_id).where(_THIS.c.id == bindparam("trial_id_")).scalar_subquery(),
+        trials.c.state == TrialState.RUNNING.value,
     )
-    .where(trials.c.id == bindparam("trial_id_"))
-    .with_for_update()
 )

@@ -1,11 +1,12 @@
 """A trial's summary (the value at the highest (step, seq) of each metric) kept up to date as points arrive.
 
-The read that locks the trial also finds, for each metric in a batch of points, the latest point
+Once the trial is locked, one read finds, for each metric in a batch of points, the latest point
 stored so far and whether the batch's newest point is stored already (a point is one (name, seq)
-of a trial: sent again, it is not stored again). From these the new summary follows without
-reading anything after the points are written, so on PostgreSQL the points and the summary go
-to the server with the next statement (:meth:`Prepared.send`). Only a batch whose newest point
-of a metric was stored before under other values needs the latest points read again.
+of a trial: sent again, it is not stored again). On PostgreSQL the lock and this read go to the
+server together (:func:`read_together`). From these the new summary follows without reading
+anything after the points are written, so the points and the summary go to the server with the
+next statement (:meth:`Prepared.send`). Only a batch whose newest point of a metric was stored
+before under other values needs the latest points read again.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from sqlalchemy import Connection, bindparam, select
 
 from sweeper.store import rows
 from sweeper.store.prepared import Prepared
-from sweeper.store.schema import metrics, trials
+from sweeper.store.schema import metrics
 from sweeper.store.statements import UPDATE_TRIAL
 from sweeper.trials import Trial
 
@@ -46,24 +47,25 @@ def newest_points(values: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str,
 
 
 @functools.lru_cache(maxsize=16)
-def locked_with_latest(names: int) -> Prepared:
-    """SELECT the trial ``trial_id_`` FOR UPDATE, with, for each of ``names`` metrics (``name_i``),
-    the step, seq and value of its latest stored point (``step_i``, ``seq_i``, ``value_i``; NULL
-    where none is stored) and the seq ``seq_i`` again where a point (``name_i``, ``seq_i``) is
-    stored (``stored_i``). Built once per number of metrics: building costs more than running."""
+def latest_points(names: int) -> Prepared:
+    """One row: for each of ``names`` metrics (``name_i``) of the trial ``trial_id_``, the step,
+    seq and value of its latest stored point (``step_i``, ``seq_i``, ``value_i``; NULL where none
+    is stored), and the seq ``seq_i`` again where a point (``name_i``, ``seq_i``) is stored
+    (``stored_i``). Built once per number of metrics: building costs more than running."""
     columns: list[Any] = []
+    trial_id = bindparam("trial_id_")
     for i in range(names):
-        same_metric = (metrics.c.trial_id == trials.c.id) & (metrics.c.name == bindparam(f"name_{i}"))
+        same_metric = (metrics.c.trial_id == trial_id) & (metrics.c.name == bindparam(f"name_{i}"))
         latest = select().where(same_metric).order_by(metrics.c.step.desc(), metrics.c.seq.desc()).limit(1)
         for column in (metrics.c.step, metrics.c.seq, metrics.c.value):
             columns.append(latest.add_columns(column).scalar_subquery().label(f"{column.name}_{i}"))
         stored = select(metrics.c.seq).where(same_metric, metrics.c.seq == bindparam(f"seq_{i}"))
         columns.append(stored.scalar_subquery().label(f"stored_{i}"))
-    return Prepared(select(trials, *columns).where(trials.c.id == bindparam("trial_id_")).with_for_update())
+    return Prepared(select(*columns))
 
 
 def latest_params(newest: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """The parameters of :func:`locked_with_latest` for these points."""
+    """The parameters of :func:`latest_points` for these points."""
     params: dict[str, Any] = {}
     for i, name in enumerate(newest):
         params[f"name_{i}"], params[f"seq_{i}"] = name, newest[name]["seq"]
@@ -73,9 +75,9 @@ def latest_params(newest: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
 def after_insert(
     current: Mapping[str, float], newest: Mapping[str, Mapping[str, Any]], row: Any
 ) -> dict[str, float] | None:
-    """The summary once the points are stored, from the summary before and what
-    :func:`locked_with_latest` found; None where that cannot tell: a metric's newest point was
-    stored before and is newer than the latest stored point (so stored under another step)."""
+    """The summary once the points are stored, from the summary before and the row
+    :func:`latest_points` read; None where that cannot tell: a metric's newest point was stored
+    before and is newer than the latest stored point (so stored under another step)."""
     found = dict(current)
     for i, (name, point) in enumerate(newest.items()):
         step, seq = getattr(row, f"step_{i}"), getattr(row, f"seq_{i}")
@@ -97,9 +99,9 @@ def add_points(
     newest: Mapping[str, Mapping[str, Any]],
     changes: Mapping[str, Any],
 ) -> dict[str, float]:
-    """Store the points ``values`` (metrics rows) of ``trial``, whose row :func:`locked_with_latest`
-    read (and locked) for ``newest`` (``newest_points(values)``), and write its new summary along
-    with ``changes`` to its row; the new summary."""
+    """Store the points ``values`` (metrics rows) of ``trial`` (locked), for which
+    :func:`latest_points` read ``row`` (``newest``: ``newest_points(values)``), and write its new
+    summary along with ``changes`` to its row; the new summary."""
     insert_points.send(conn, values)
     found = after_insert(trial.summary, newest, row)
     if found is None:  # a point sent again under another step: read what is stored

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -46,6 +46,15 @@ class Suggestion:
     @classmethod
     def done(cls, reason: str) -> Suggestion:
         return cls(SuggestionKind.DONE, reason=reason)
+
+
+def space_used_up(size: int | None, taken: Collection[str]) -> str | None:
+    """Why a search that runs each configuration once is complete: every configuration of its
+    finite space (``size`` of them) has a trial (``taken``: their configuration keys). None while
+    one is left, or where the space is infinite (``size`` None)."""
+    if size is not None and len(taken) >= size:
+        return f"all {size} configurations of the finite space have been tried"
+    return None
 
 
 class Strategy(ABC):

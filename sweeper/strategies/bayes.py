@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sweeper.spec import SweepSpec, build_config, space_size
-from sweeper.strategies.base import Strategy, Suggestion
+from sweeper.strategies.base import Strategy, Suggestion, space_used_up
 from sweeper.strategies.registry import register
 from sweeper.trials import Trial
 
@@ -26,15 +26,6 @@ def numpy_rng(rng: random.Random) -> Any:
     import numpy as np
 
     return np.random.default_rng(rng.getrandbits(128))
-
-
-def space_exhausted(spec: SweepSpec, trials: Sequence[Trial]) -> str | None:
-    """Why a model-based search is complete: its finite space has a trial of every configuration.
-    None while a configuration is left, or the space is infinite."""
-    size = space_size(spec)
-    if size is not None and len({t.config_key for t in trials}) >= size:
-        return f"all {size} configurations of the finite space have been tried"
-    return None
 
 
 def missing_search_extra(method: str) -> ImportError:
@@ -52,6 +43,7 @@ class BayesSearch(Strategy):
     def __init__(self, spec: SweepSpec) -> None:
         super().__init__(spec)
         self._codec: Any = None  # built on first use: it needs numpy
+        self._space_size = space_size(spec)
 
     @classmethod
     def check_spec(cls, spec: SweepSpec) -> list[tuple[str, str]]:
@@ -67,12 +59,12 @@ class BayesSearch(Strategy):
         return self._codec
 
     def completion(self, trials: Sequence[Trial], rng: random.Random) -> str | None:
-        return space_exhausted(self.spec, trials)  # without fitting a model
+        return space_used_up(self._space_size, {t.config_key for t in trials})  # without fitting a model
 
     def suggest(self, trials: Sequence[Trial], rng: random.Random) -> Suggestion:
         if self.spec.metric is None:
             raise ValueError("method bayes needs a metric (metric: {name: ..., goal: ...})")
-        if (reason := space_exhausted(self.spec, trials)) is not None:
+        if (reason := space_used_up(self._space_size, {t.config_key for t in trials})) is not None:
             return Suggestion.done(reason)
         codec = self._space()
         from sweeper.optim.bo import propose

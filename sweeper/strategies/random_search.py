@@ -10,7 +10,7 @@ from typing import Any
 
 from sweeper.spec import SweepSpec, build_config, config_key, sample, space_size, space_values
 from sweeper.spec.model import Distribution
-from sweeper.strategies.base import Strategy, Suggestion
+from sweeper.strategies.base import Strategy, Suggestion, space_used_up
 from sweeper.strategies.registry import register
 from sweeper.trials import Trial
 
@@ -38,19 +38,13 @@ class RandomSearch(Strategy):
 
     def completion(self, trials: Sequence[Trial], rng: random.Random) -> str | None:
         # Also hyperband's and bohb's, whose suggestions end only here: bohb's without its model fit.
-        return self._exhausted({t.config_key for t in trials}) if self._unique else None
-
-    def _exhausted(self, taken: set[str]) -> str | None:
-        assert self._space_size is not None  # unique draws are made only in a finite space
-        if len(taken) >= self._space_size:
-            return f"all {self._space_size} configurations of the finite space have run"
-        return None
+        return space_used_up(self._space_size, {t.config_key for t in trials}) if self._unique else None
 
     def suggest(self, trials: Sequence[Trial], rng: random.Random) -> Suggestion:
         if not self._unique:
             return Suggestion.run(self._draw(rng))
         taken = {t.config_key for t in trials}
-        if (reason := self._exhausted(taken)) is not None:
+        if (reason := space_used_up(self._space_size, taken)) is not None:
             return Suggestion.done(reason)
         for _ in range(_MAX_REJECTIONS):
             config = self._draw(rng)

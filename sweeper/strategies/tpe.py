@@ -6,9 +6,9 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from sweeper.spec import SweepSpec, build_config
-from sweeper.strategies.base import Strategy, Suggestion
-from sweeper.strategies.bayes import metric_problems, missing_search_extra, numpy_rng, space_exhausted
+from sweeper.spec import SweepSpec, build_config, space_size
+from sweeper.strategies.base import Strategy, Suggestion, space_used_up
+from sweeper.strategies.bayes import metric_problems, missing_search_extra, numpy_rng
 from sweeper.strategies.registry import register
 from sweeper.trials import Trial
 
@@ -22,18 +22,19 @@ class TPESearch(Strategy):
     def __init__(self, spec: SweepSpec) -> None:
         super().__init__(spec)
         self._codec: Any = None
+        self._space_size = space_size(spec)
 
     @classmethod
     def check_spec(cls, spec: SweepSpec) -> list[tuple[str, str]]:
         return metric_problems(spec)
 
     def completion(self, trials: Sequence[Trial], rng: random.Random) -> str | None:
-        return space_exhausted(self.spec, trials)  # without fitting a model
+        return space_used_up(self._space_size, {t.config_key for t in trials})  # without fitting a model
 
     def suggest(self, trials: Sequence[Trial], rng: random.Random) -> Suggestion:
         if self.spec.metric is None:
             raise ValueError("method tpe needs a metric (metric: {name: ..., goal: ...})")
-        if (reason := space_exhausted(self.spec, trials)) is not None:
+        if (reason := space_used_up(self._space_size, {t.config_key for t in trials})) is not None:
             return Suggestion.done(reason)
         try:
             from sweeper.optim.encoding import SpaceCodec
