@@ -6,6 +6,7 @@ ask-and-tell, W&B's engine through ``sweeps.next_run`` with runs rebuilt from th
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -37,6 +38,8 @@ def sweeper_runner(method: str) -> Runner:
         for n in range(budget):
             trials = sweeper_history(problem, configs, values)
             config = strategy.suggest(trials, random.Random(f"{seed}:{n}")).config
+            if config is None:  # a finite space smaller than the budget has run whole: the sweep ends
+                return values + [math.inf] * (budget - n)  # the best so far stands
             configs.append(config)
             values.append(problem.objective(config))
         return values

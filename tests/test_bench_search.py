@@ -90,3 +90,46 @@ def test_a_problem_named_like_a_built_in_one_is_refused(tmp_path: Path) -> None:
     done = search("--problems-from", str(problem_file))
     assert done.returncode == 2
     assert "two problems named branin" in done.stderr
+
+
+def test_a_finite_space_smaller_than_the_budget_ends_the_sweep_and_nothing_is_compared_that_did_not_run(
+    tmp_path: Path,
+) -> None:
+    problem_file = tmp_path / "small.py"
+    problem_file.write_text(
+        textwrap.dedent(
+            """
+            from bench.problems import Problem
+
+            PROBLEMS = [
+                Problem(
+                    "six_choices",
+                    {"k": {"values": [0, 1, 2]}, "flag": {"values": [True, False]}},
+                    lambda c: c["k"] + (0.0 if c["flag"] else 0.5),
+                    0.0,
+                )
+            ]
+            """
+        )
+    )
+    out = tmp_path / "result.json"
+    args = [
+        "--quick",
+        "--seeds",
+        "1",
+        "--methods",
+        "sweeper bayes,sweeper random",
+        "--problems",
+        "six_choices",
+    ]
+    done = search(
+        *args, "--problems-from", str(problem_file), "--no-latency", "--no-plots", "--out", str(out)
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    for method in ("sweeper bayes", "sweeper random"):
+        (losses,) = result["losses"]["six_choices"][method]
+        # Each of the 6 configurations once, then the sweep is over: the rest of the budget adds nothing.
+        assert sorted(losses[:6]) == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5] and losses[6:] == [float("inf")] * 24
+    assert result["goals"]["six_choices"] == {"vs_best_model_based": None, "vs_random": True}
+    assert "bayes not compared with the best of" in done.stdout
