@@ -1,4 +1,5 @@
-"""One function per search tool: run ``budget`` trials of a problem and return the losses in order.
+"""One function per search tool: run ``budget`` trials of a problem and return the losses in order
+(fewer where a sweeper method's finite space runs out first: the best so far then stands).
 
 sweeper's strategies are driven through the strategy interface (no store), Optuna through
 ask-and-tell, W&B's engine through ``sweeps.next_run`` with runs rebuilt from the history.
@@ -6,7 +7,6 @@ ask-and-tell, W&B's engine through ``sweeps.next_run`` with runs rebuilt from th
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -39,7 +39,7 @@ def sweeper_runner(method: str) -> Runner:
             trials = sweeper_history(problem, configs, values)
             config = strategy.suggest(trials, random.Random(f"{seed}:{n}")).config
             if config is None:  # a finite space smaller than the budget has run whole: the sweep ends
-                return values + [math.inf] * (budget - n)  # the best so far stands
+                break
             configs.append(config)
             values.append(problem.objective(config))
         return values

@@ -92,6 +92,30 @@ def process_cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def postgres_cpu_s() -> float | None:
+    """CPU seconds the PostgreSQL servers on this machine have used so far, their ended backends
+    included (each server's postmaster collects their time); None where /proc shows none."""
+    stats: dict[int, list[str]] = {}  # pid: the fields after the command name, of postgres processes
+    names: dict[int, str] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            head, fields = stat.read_text().rsplit(")", 1)
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+        pid, name = int(stat.parent.name), head.split("(", 1)[1]
+        names[pid] = name
+        if name == "postgres":
+            stats[pid] = fields.split()
+    if not stats:
+        return None
+    ticks = 0
+    for fields in stats.values():
+        ticks += int(fields[11]) + int(fields[12])  # its own user and system time
+        if names.get(int(fields[1])) != "postgres":  # a postmaster: and its children's that ended
+            ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def with_cpu(result: dict[str, float], seconds: float, busy: dict[str, float | None]) -> dict[str, float]:
     """Add each process's CPU use over the run, in cores and in ms per lifecycle: on a shared
     machine these say what the run cost, and whether the load generator could keep up."""
@@ -238,17 +262,21 @@ def round_trip_ms(url: str) -> float:
 def delayed_postgres(url: str, delay_ms: float) -> Iterator[Callable[[str], str]]:
     """A proxy in front of the PostgreSQL server at ``url`` that delays everything ``delay_ms``
     each way, until the block ends; yields what turns a URL of that server into one through it."""
-    import socket
-
     from delay_proxy import delayed
     from sqlalchemy.engine import make_url
 
     target = make_url(url)
-    with socket.socket() as probe:  # a free port, for the proxy to listen on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    with delayed(port, target.host or "127.0.0.1", target.port or 5432, delay_ms):
+    with delayed(target.host or "127.0.0.1", target.port or 5432, delay_ms) as port:
         yield lambda u: make_url(u).set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
+
+
+def _add_database_cpu(result: dict[str, float], before: float | None) -> float | None:
+    """The PostgreSQL server's CPU per lifecycle since ``before`` (its whole run, set-up and
+    clean-up included), into ``result``; the count now, for the next run."""
+    now = postgres_cpu_s() if before is not None else None
+    if before is not None and now is not None:
+        result["database_cpu_ms_per_lifecycle"] = (now - before) * 1000 / max(result["lifecycles"], 1)
+    return now
 
 
 def main() -> None:
@@ -286,8 +314,11 @@ def main() -> None:
                 with route as via:  # one proxy for both: each connection through it on its own
                     sweeper_url, optuna_url = via(sweeper_url), via(optuna_url)
                     round_trip = round_trip_ms(sweeper_url) if name == "postgresql" else None
+                    database_cpu = postgres_cpu_s() if name == "postgresql" else None
                     ours = sweeper_run(sweeper_url, folder / f"server-{name}", args.agents, args.seconds)
+                    database_cpu = _add_database_cpu(ours, database_cpu)
                     theirs = optuna_run(optuna_url, args.agents, args.seconds)
+                    _add_database_cpu(theirs, database_cpu)
                     # A new sweep in the server's database, once the server has stopped.
                     inner = (
                         in_process_run(sweeper_url, args.agents, args.seconds) if args.in_process else None
@@ -311,8 +342,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"results": results}, indent=2) + "\n")
     print(
-        "\n| database | system | lifecycles/s | p50 ms | p99 ms | errors | CPU ms/lifecycle |"
-        "\n|---|---|---|---|---|---|---|"
+        "\n| database | system | lifecycles/s | p50 ms | p99 ms | errors | CPU ms/lifecycle | database's |"
+        "\n|---|---|---|---|---|---|---|---|"
     )
     for row in results:
         database = row["database"]
@@ -324,11 +355,13 @@ def main() -> None:
             r = row[system]
             # sweeper: its server plus the load generator; the others: the one process that does both.
             cpu = sum(r.get(f"{who}_cpu_ms_per_lifecycle", 0.0) for who in ("server", "client", "process"))
+            database_cpu = r.get("database_cpu_ms_per_lifecycle")
             print(
                 f"| {database} | {system} | {r['lifecycles_per_s']:.1f} | {r['p50_ms']:.1f} | "
-                f"{r['p99_ms']:.1f} | {r['errors']} | {cpu:.1f} |"
+                f"{r['p99_ms']:.1f} | {r['errors']} | {cpu:.1f} | "
+                f"{'' if database_cpu is None else f'{database_cpu:.1f}'} |"
             )
-        print(f"| {database} | ratio sweeper/optuna | {row['throughput_ratio']:.2f}x | | | | |")
+        print(f"| {database} | ratio sweeper/optuna | {row['throughput_ratio']:.2f}x | | | | | |")
 
 
 if __name__ == "__main__":

@@ -30,36 +30,40 @@ def test_in_process_lifecycles_each_finish_one_trial_with_its_five_points(tmp_pa
     assert all(t.state is TrialState.FINISHED and len(t.history) == 5 for t in trials)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_the_delaying_proxy_forwards_both_ways_in_order_each_way_late() -> None:
     listener = socket.create_server(("127.0.0.1", 0))
-    target_port = listener.getsockname()[1]
+    arrived: list[float] = []
 
     def shout_back() -> None:  # upper-cases what it gets, until the client stops sending
         connection, _ = listener.accept()
         with connection:
             while data := connection.recv(4096):
+                arrived.append(time.monotonic())
                 connection.sendall(data.upper())
 
     threading.Thread(target=shout_back, daemon=True).start()
-    port, delay_ms = _free_port(), 20.0
-    with (
-        delayed(port, "127.0.0.1", target_port, delay_ms),
-        socket.create_connection(("127.0.0.1", port)) as client,
-    ):
-        started = time.monotonic()
-        for word in (b"one ", b"two ", b"three"):
-            client.sendall(word)
-        client.shutdown(socket.SHUT_WR)  # passed on: the far end sees the stream end
-        received = b""
-        while data := client.recv(4096):
-            received += data
-        took = time.monotonic() - started
+    delay = 0.02
+    with delayed("127.0.0.1", listener.getsockname()[1], delay * 1000) as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
+            sent = time.monotonic()
+            for word in (b"one ", b"two ", b"three"):
+                client.sendall(word)
+            client.shutdown(socket.SHUT_WR)  # passed on: the far end sees the stream end
+            received = client.recv(4096)
+            back = time.monotonic()
+            while data := client.recv(4096):
+                received += data
     listener.close()
     assert received == b"ONE TWO THREE"
-    assert took >= 2 * delay_ms / 1000  # held on the way there and on the way back
+    assert arrived[0] - sent >= delay  # held on the way there
+    assert back - arrived[0] >= delay  # and on the way back
+
+
+def test_the_delaying_proxy_refuses_a_connection_its_target_refuses_and_serves_on() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    target_port = listener.getsockname()[1]
+    listener.close()  # nothing listens there now
+    with delayed("127.0.0.1", target_port, 1.0) as port:
+        for _ in range(2):  # the proxy is still there for the second
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
+                assert client.recv(4096) == b""

@@ -129,7 +129,7 @@ def test_a_finite_space_smaller_than_the_budget_ends_the_sweep_and_nothing_is_co
     result = json.loads(out.read_text())
     for method in ("sweeper bayes", "sweeper random"):
         (losses,) = result["losses"]["six_choices"][method]
-        # Each of the 6 configurations once, then the sweep is over: the rest of the budget adds nothing.
-        assert sorted(losses[:6]) == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5] and losses[6:] == [float("inf")] * 24
+        # Each of the 6 configurations once, then the sweep is over: nothing more runs.
+        assert sorted(losses) == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]
     assert result["goals"]["six_choices"] == {"vs_best_model_based": None, "vs_random": True}
     assert "bayes not compared with the best of" in done.stdout

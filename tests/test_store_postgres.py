@@ -10,6 +10,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 import pytest
@@ -146,10 +147,11 @@ def test_calls_of_a_given_up_batch_run_again_each_on_its_own(postgres_store_url:
 
 
 def _while_a_batch_holds(
-    store: Store, store_url: str, hold: Callable[[], None], then: Callable[[], Any]
+    store: Store, store_url: str, hold: Callable[[], None], then: Callable[[], Any], *, then_in_batch: bool
 ) -> Any:
-    """``hold()`` in a batch that stays open until ``then()``, on another thread, waits for one of
-    its row locks; then the batch commits, and ``then()``'s result."""
+    """``hold()`` in a batch that stays open until ``then()``, on another thread (in a batch of its
+    own where ``then_in_batch``: its reads go with its lock), waits for one of its row locks; then
+    the batch commits, and ``then()``'s result."""
     held, release, result = threading.Event(), threading.Event(), {}
     admin = create_engine(make_url(store_url).set(drivername="postgresql+psycopg", query={}))
 
@@ -170,7 +172,8 @@ def _while_a_batch_holds(
             assert release.wait(30)
 
     def waiter() -> None:
-        result["then"] = then()
+        with store.batch() if then_in_batch else nullcontext():
+            result["then"] = then()
 
     first = threading.Thread(target=holder)
     first.start()
@@ -188,8 +191,9 @@ def _while_a_batch_holds(
     return result["then"]
 
 
+@pytest.mark.parametrize("in_batch", [False, True], ids=["alone", "in-a-batch"])
 def test_a_report_that_waited_for_the_trials_lock_sees_the_points_stored_meanwhile(
-    postgres_store_url: str,
+    postgres_store_url: str, in_batch: bool
 ) -> None:
     """A statement reads from a snapshot taken when it starts: what the new summary needs is read
     after the lock is held, so a report behind another one sees its points."""
@@ -201,11 +205,16 @@ def test_a_report_that_waited_for_the_trials_lock_sees_the_points_stored_meanwhi
             point = [MetricPoint("loss", value, step, step, 2.0)]
             return store.report_metrics(trial.id, "l1", point, expires_at=150.0, now=2.0)
 
-        late = _while_a_batch_holds(store, postgres_store_url, lambda: report(0.1, 5), lambda: report(0.9, 3))
+        late = _while_a_batch_holds(
+            store, postgres_store_url, lambda: report(0.1, 5), lambda: report(0.9, 3), then_in_batch=in_batch
+        )
         assert late.summary == store.get_trial(trial.id).summary == {"loss": 0.1}  # step 5 is the latest
 
 
-def test_the_end_of_the_last_running_trial_counts_what_ended_while_it_waited(postgres_store_url: str) -> None:
+@pytest.mark.parametrize("in_batch", [False, True], ids=["alone", "in-a-batch"])
+def test_the_end_of_the_last_running_trial_counts_what_ended_while_it_waited(
+    postgres_store_url: str, in_batch: bool
+) -> None:
     with open_store(postgres_store_url) as store:
         sweep = store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
         one, two = (_running_trial(store, sweep.id, lease) for lease in ("l1", "l2"))
@@ -218,7 +227,9 @@ def test_the_end_of_the_last_running_trial_counts_what_ended_while_it_waited(pos
         def end_one() -> Any:
             return store.end_trial(one.id, "l1", TrialState.FINISHED, now=3.0)
 
-        _, still_running = _while_a_batch_holds(store, postgres_store_url, hold_one_and_end_two, end_one)
+        _, still_running = _while_a_batch_holds(
+            store, postgres_store_url, hold_one_and_end_two, end_one, then_in_batch=in_batch
+        )
         assert (ended["two"], still_running) == (1, 0)  # the second end is the sweep's last
 
 

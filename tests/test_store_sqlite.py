@@ -181,7 +181,7 @@ def test_counting_a_sweeps_running_trials_reads_only_those(sqlite_store_url: str
 
         event.listen(engine, "before_cursor_execute", explain)
         assert store.count_trials(sweep.id, states=[TrialState.RUNNING]) == 3
-        # The count a trial's end makes, in the statement that locks the trial.
+        # The count a trial's end makes, read once the trial is locked.
         with engine.connect() as conn:
             compiled = statements.RUNNING_IN_SWEEP_OF_TRIAL.statement.compile(dialect=conn.dialect)
             params = tuple(1 if n == "trial_id_" else compiled.params[n] for n in compiled.positiontup or ())
