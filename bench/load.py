@@ -10,7 +10,9 @@ adds the same lifecycles on the coordinator in this process, without HTTP.
     nice python bench/load.py --agents 64 --seconds 15 [--postgres URL [--postgres-delay-ms D]] [--in-process]
 
 ``--postgres-delay-ms`` sends both systems' PostgreSQL connections through a proxy that holds
-everything D ms each way (bench/delay_proxy.py): a database on another machine.
+everything D ms each way (bench/delay_proxy.py): a database on another machine; SQLite is not
+run again then. CPU per lifecycle is counted over the timed run: the server process, the load
+generator, and (``database``) the PostgreSQL server's processes where it runs on this machine.
 
 Writes bench/results/load.json and prints a table.
 """
@@ -83,37 +85,48 @@ def drive(workers: int, seconds: float, lifecycle: Callable[[list[float]], None]
     }
 
 
+def _stat(path: Path) -> tuple[str, list[str]] | None:
+    """A process's command name and the fields of /proc/PID/stat after it; None once it is gone."""
+    try:
+        head, rest = path.read_text().rsplit(")", 1)
+    except (OSError, ValueError):
+        return None
+    return head.split("(", 1)[1], rest.split()
+
+
+def _cpu_ticks(fields: list[str]) -> int:
+    return int(fields[11]) + int(fields[12])  # user and system time
+
+
 def process_cpu_s(pid: int) -> float | None:
     """CPU seconds (user + system) a process has used so far; None where /proc cannot tell."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    found = _stat(Path(f"/proc/{pid}/stat"))
+    return None if found is None else _cpu_ticks(found[1]) / os.sysconf("SC_CLK_TCK")
 
 
-def postgres_cpu_s() -> float | None:
+def database_cpu_s(url: str) -> float | None:
     """CPU seconds the PostgreSQL servers on this machine have used so far, their ended backends
-    included (each server's postmaster collects their time); None where /proc shows none."""
-    stats: dict[int, list[str]] = {}  # pid: the fields after the command name, of postgres processes
-    names: dict[int, str] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            head, fields = stat.read_text().rsplit(")", 1)
-        except (OSError, ValueError):
-            continue  # gone meanwhile
-        pid, name = int(stat.parent.name), head.split("(", 1)[1]
-        names[pid] = name
-        if name == "postgres":
-            stats[pid] = fields.split()
-    if not stats:
+    included (each server's postmaster collects their time); None for other databases, or where
+    /proc shows no PostgreSQL."""
+    if not url.startswith("postgresql"):
+        return None
+    postgres: dict[int, list[str]] = {}  # pid: stat fields, of the processes named postgres
+    for path in Path("/proc").glob("[0-9]*/stat"):
+        found = _stat(path)
+        if found is not None and found[0] == "postgres":
+            postgres[int(path.parent.name)] = found[1]
+    if not postgres:
         return None
     ticks = 0
-    for fields in stats.values():
-        ticks += int(fields[11]) + int(fields[12])  # its own user and system time
-        if names.get(int(fields[1])) != "postgres":  # a postmaster: and its children's that ended
+    for fields in postgres.values():
+        ticks += _cpu_ticks(fields)
+        if int(fields[1]) not in postgres:  # a postmaster: and its children's that ended
             ticks += int(fields[13]) + int(fields[14])
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _spent(before: float | None, after: float | None) -> float | None:
+    return None if before is None or after is None else after - before
 
 
 def with_cpu(result: dict[str, float], seconds: float, busy: dict[str, float | None]) -> dict[str, float]:
@@ -171,11 +184,14 @@ def sweeper_run(db_url: str, workdir: Path, workers: int, seconds: float) -> dic
         sweep_id = server.client().create_sweep(parse_sweep(SPEC)).id
         lifecycle = agent_lifecycle([server.client() for _ in range(workers)], sweep_id)
         pid = server.process.pid
-        server_before, client_before = process_cpu_s(pid), time.process_time()
+        server_before, database_before = process_cpu_s(pid), database_cpu_s(db_url)
+        client_before = time.process_time()
         result = drive(workers, seconds, lifecycle)
-        server_after = process_cpu_s(pid)
-        server_cpu = None if server_before is None or server_after is None else server_after - server_before
-        busy = {"server": server_cpu, "client": time.process_time() - client_before}
+        busy = {
+            "server": _spent(server_before, process_cpu_s(pid)),
+            "client": time.process_time() - client_before,
+            "database": _spent(database_before, database_cpu_s(db_url)),
+        }
         return with_cpu(result, seconds, busy)
     finally:
         server.stop()
@@ -211,9 +227,13 @@ def optuna_run(db_url: str, workers: int, seconds: float) -> dict[str, float]:
             timed(lat, lambda s=step: trial.report(1.0 / (s + 1), s))
         timed(lat, lambda: study.tell(trial, 0.2))
 
-    before = time.process_time()
+    before, database_before = time.process_time(), database_cpu_s(db_url)
     result = drive(workers, seconds, lifecycle)
-    return with_cpu(result, seconds, {"client": time.process_time() - before})
+    busy = {
+        "client": time.process_time() - before,
+        "database": _spent(database_before, database_cpu_s(db_url)),
+    }
+    return with_cpu(result, seconds, busy)
 
 
 def fresh_postgres(url: str) -> tuple[str, str, Callable[[], None]]:
@@ -242,20 +262,15 @@ def fresh_postgres(url: str) -> tuple[str, str, Callable[[], None]]:
 
 def round_trip_ms(url: str) -> float:
     """The median time of ``SELECT 1`` on one connection to the database at ``url``."""
-    from sqlalchemy import create_engine
+    import psycopg
 
-    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
-    try:
-        with engine.connect() as conn:
-            driver = conn.connection.driver_connection
-            times = []
-            for _ in range(300):
-                start = time.perf_counter()
-                driver.execute("SELECT 1").fetchall()
-                times.append(time.perf_counter() - start)
-        return statistics.median(times[50:]) * 1000
-    finally:
-        engine.dispose()
+    times = []
+    with psycopg.connect(url) as conn:
+        for _ in range(300):
+            start = time.perf_counter()
+            conn.execute("SELECT 1").fetchall()
+            times.append(time.perf_counter() - start)
+    return statistics.median(times[50:]) * 1000
 
 
 @contextmanager
@@ -268,15 +283,6 @@ def delayed_postgres(url: str, delay_ms: float) -> Iterator[Callable[[str], str]
     target = make_url(url)
     with delayed(target.host or "127.0.0.1", target.port or 5432, delay_ms) as port:
         yield lambda u: make_url(u).set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
-
-
-def _add_database_cpu(result: dict[str, float], before: float | None) -> float | None:
-    """The PostgreSQL server's CPU per lifecycle since ``before`` (its whole run, set-up and
-    clean-up included), into ``result``; the count now, for the next run."""
-    now = postgres_cpu_s() if before is not None else None
-    if before is not None and now is not None:
-        result["database_cpu_ms_per_lifecycle"] = (now - before) * 1000 / max(result["lifecycles"], 1)
-    return now
 
 
 def main() -> None:
@@ -297,13 +303,17 @@ def main() -> None:
         help="also run the lifecycles on the coordinator in this process, without HTTP",
     )
     args = parser.parse_args()
+    if args.postgres_delay_ms and not args.postgres:
+        parser.error("--postgres-delay-ms delays a PostgreSQL server: give one with --postgres URL")
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        backends = [
-            ("sqlite", f"sqlite:///{folder / 'sweeper.db'}", f"sqlite:///{folder / 'optuna.db'}", None)
-        ]
+        backends = []
+        if not args.postgres_delay_ms:  # the delay is PostgreSQL's: SQLite's figures would repeat
+            backends.append(
+                ("sqlite", f"sqlite:///{folder / 'sweeper.db'}", f"sqlite:///{folder / 'optuna.db'}", None)
+            )
         if args.postgres:
             backends.append(("postgresql", *fresh_postgres(args.postgres)))
         for name, sweeper_url, optuna_url, cleanup in backends:
@@ -314,11 +324,8 @@ def main() -> None:
                 with route as via:  # one proxy for both: each connection through it on its own
                     sweeper_url, optuna_url = via(sweeper_url), via(optuna_url)
                     round_trip = round_trip_ms(sweeper_url) if name == "postgresql" else None
-                    database_cpu = postgres_cpu_s() if name == "postgresql" else None
                     ours = sweeper_run(sweeper_url, folder / f"server-{name}", args.agents, args.seconds)
-                    database_cpu = _add_database_cpu(ours, database_cpu)
                     theirs = optuna_run(optuna_url, args.agents, args.seconds)
-                    _add_database_cpu(theirs, database_cpu)
                     # A new sweep in the server's database, once the server has stopped.
                     inner = (
                         in_process_run(sweeper_url, args.agents, args.seconds) if args.in_process else None

@@ -26,8 +26,8 @@ def best_so_far(problems: list[Problem], losses: dict, path: Path) -> Path:
             reference = min(min(r) for per in runs.values() for r in per)
         floor = 1e-8 if problem.optimum is not None else 1e-3
         for method, per_seed in runs.items():
-            width = max(len(losses) for losses in per_seed)  # a run whose space ran out ends early
-            padded = np.array([losses + [math.inf] * (width - len(losses)) for losses in per_seed])
+            width = max(len(run) for run in per_seed)  # a run whose space ran out ends early
+            padded = np.array([run + [math.inf] * (width - len(run)) for run in per_seed])
             curves = np.log10(np.maximum(np.minimum.accumulate(padded, axis=1) - reference, floor))
             x = np.arange(1, curves.shape[1] + 1)
             style = "-" if method.startswith("sweeper") else "--"

@@ -68,7 +68,7 @@ class KnownTrials:
         conn: Connection,
         sweep_id: str,
         keep_later: list[Callable[[], None]],
-        drafts: dict[str, _SweepTrials] | None = None,
+        drafts: dict[str, _SweepTrials] | None,
     ) -> list[Trial]:
         """Every trial of a sweep (no history), in number order, read under the sweep's lock or in
         one snapshot of a read transaction.

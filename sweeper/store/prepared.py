@@ -97,14 +97,10 @@ class Prepared:
 
     def run(self, conn: Connection, params: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> int:
         """Run it, once or (a list of parameter sets) once per set, the same columns in each; the
-        number of rows it changed."""
+        number of rows it changed (out of a :class:`Pipeline`, which gives no count at once)."""
+        close_pipeline(conn)
         cursor = self._execute(conn, params)
-        if cursor is None:
-            return 0
-        pipeline = Pipeline.of(conn)
-        if pipeline is not None and pipeline.active:  # the row count comes with the results
-            pipeline.sync(conn)
-        return int(cursor.rowcount)
+        return 0 if cursor is None else int(cursor.rowcount)
 
     def send(self, conn: Connection, params: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> None:
         """Run it as :meth:`run` does where the caller needs no result: in a transaction with a
@@ -213,7 +209,6 @@ class Pipeline:
         # Kept: once SQLAlchemy has invalidated a connection, reading its info raises.
         self._info = conn.info
         self._open: Any = None  # psycopg's pipeline context, while in pipeline mode
-        self._pipeline: Any = None
 
     @classmethod
     def attach(cls, conn: Connection) -> Pipeline:
@@ -235,13 +230,8 @@ class Pipeline:
         if self._open is None:
             with _driver_errors(conn, "(pipeline start)"):  # a connection the database dropped
                 opened = self._driver.pipeline()
-                self._pipeline = opened.__enter__()
+                opened.__enter__()
             self._open = opened
-
-    def sync(self, conn: Connection) -> None:
-        """Run what is queued and take in every result (errors raised here)."""
-        with _driver_errors(conn, "(pipeline sync)"):
-            self._pipeline.sync()
 
     def close(self, conn: Connection) -> None:
         """Leave pipeline mode: what is queued runs, and its errors are raised here."""
@@ -264,7 +254,7 @@ class Pipeline:
 
 def close_pipeline(conn: Connection, *_: Any) -> None:
     """Before SQLAlchemy executes a statement on ``conn`` (an engine event): out of pipeline mode."""
-    pipeline = conn.info.get(Pipeline._KEY)
+    pipeline = Pipeline.of(conn)
     if pipeline is not None and pipeline.active:
         pipeline.close(conn)
 

@@ -321,15 +321,17 @@ class SqlStore(Store):
         """Both add_metrics and report_metrics: the points, and the lease renewed when ``expires_at``
         is given, in one transaction under the trial's lock."""
 
+        values = [rows.point_to_row(trial_id, p) for p in points]
+        newest = summary.newest_points(values)
+        latest_points = summary.latest_points(len(newest))
+        params = {"trial_id_": trial_id, **summary.latest_params(newest)}
+
         def record(conn: Connection) -> Trial:
-            values = [rows.point_to_row(trial_id, p) for p in points]
-            newest = summary.newest_points(values)
             if newest:  # with the lock, what the new summary needs (see sweeper.store.summary)
-                params = {"trial_id_": trial_id, **summary.latest_params(newest)}
-                row, latest = self._locked_row_and(conn, summary.latest_points(len(newest)), params)
+                row, latest = self._locked_row_and(conn, latest_points, params)
+                rules.check_lease(row, lease_id, now)
             else:
-                row, latest = self._trial_row(conn, trial_id, lock=True), None
-            rules.check_lease(row, lease_id, now)
+                row, latest = self._leased_row(conn, trial_id, lease_id, now), None
             trial = rows.trial_from_row(row)
             changes: dict[str, Any] = {}
             if expires_at is not None:

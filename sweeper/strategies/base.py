@@ -9,12 +9,14 @@ same store makes the same decisions.
 from __future__ import annotations
 
 import enum
+import functools
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from sweeper.spec import space_size
 from sweeper.spec.model import SweepSpec
 from sweeper.trials import Trial
 
@@ -48,15 +50,6 @@ class Suggestion:
         return cls(SuggestionKind.DONE, reason=reason)
 
 
-def space_used_up(size: int | None, taken: Collection[str]) -> str | None:
-    """Why a search that runs each configuration once is complete: every configuration of its
-    finite space (``size`` of them) has a trial (``taken``: their configuration keys). None while
-    one is left, or where the space is infinite (``size`` None)."""
-    if size is not None and len(taken) >= size:
-        return f"all {size} configurations of the finite space have been tried"
-    return None
-
-
 class Strategy(ABC):
     """Subclass, set ``method``, and register with :func:`sweeper.strategies.register`."""
 
@@ -66,6 +59,20 @@ class Strategy(ABC):
 
     def __init__(self, spec: SweepSpec) -> None:
         self.spec = spec
+
+    @functools.cached_property
+    def space_size(self) -> int | None:
+        """How many configurations the spec's space holds; None where it is infinite."""
+        return space_size(self.spec)
+
+    def space_used_up(self, taken: Collection[str]) -> str | None:
+        """For a search that runs each configuration once: why it is complete, every configuration
+        of its finite space having a trial (``taken``: their configuration keys). None while one is
+        left, or where the space is infinite."""
+        size = self.space_size
+        if size is not None and len(taken) >= size:
+            return f"all {size} configurations of the finite space have been tried"
+        return None
 
     @classmethod
     def check_spec(cls, spec: SweepSpec) -> list[tuple[str, str]]:

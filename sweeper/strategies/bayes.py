@@ -10,8 +10,8 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from sweeper.spec import SweepSpec, build_config, space_size
-from sweeper.strategies.base import Strategy, Suggestion, space_used_up
+from sweeper.spec import SweepSpec, build_config
+from sweeper.strategies.base import Strategy, Suggestion
 from sweeper.strategies.registry import register
 from sweeper.trials import Trial
 
@@ -43,7 +43,6 @@ class BayesSearch(Strategy):
     def __init__(self, spec: SweepSpec) -> None:
         super().__init__(spec)
         self._codec: Any = None  # built on first use: it needs numpy
-        self._space_size = space_size(spec)
 
     @classmethod
     def check_spec(cls, spec: SweepSpec) -> list[tuple[str, str]]:
@@ -59,12 +58,12 @@ class BayesSearch(Strategy):
         return self._codec
 
     def completion(self, trials: Sequence[Trial], rng: random.Random) -> str | None:
-        return space_used_up(self._space_size, {t.config_key for t in trials})  # without fitting a model
+        return self.space_used_up({t.config_key for t in trials})  # without fitting a model
 
     def suggest(self, trials: Sequence[Trial], rng: random.Random) -> Suggestion:
         if self.spec.metric is None:
             raise ValueError("method bayes needs a metric (metric: {name: ..., goal: ...})")
-        if (reason := space_used_up(self._space_size, {t.config_key for t in trials})) is not None:
+        if (reason := self.completion(trials, rng)) is not None:
             return Suggestion.done(reason)
         codec = self._space()
         from sweeper.optim.bo import propose

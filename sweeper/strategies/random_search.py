@@ -8,9 +8,9 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from sweeper.spec import SweepSpec, build_config, config_key, sample, space_size, space_values
+from sweeper.spec import SweepSpec, build_config, config_key, sample, space_values
 from sweeper.spec.model import Distribution
-from sweeper.strategies.base import Strategy, Suggestion, space_used_up
+from sweeper.strategies.base import Strategy, Suggestion
 from sweeper.strategies.registry import register
 from sweeper.trials import Trial
 
@@ -26,31 +26,30 @@ class RandomSearch(Strategy):
 
     def __init__(self, spec: SweepSpec) -> None:
         super().__init__(spec)
-        self._space_size = space_size(spec)
         unique = spec.options.sample_without_replacement
         if unique is None:
             weighted = Distribution.CATEGORICAL_W_PROBABILITIES
             unique = not any(p.distribution is weighted for p in spec.parameters)
-        self._unique = unique and self._space_size is not None
+        self._unique = unique and self.space_size is not None
 
     def _draw(self, rng: random.Random) -> dict[str, Any]:
         return build_config(self.spec, {p.path: sample(p, rng) for p in self.spec.parameters})
 
     def completion(self, trials: Sequence[Trial], rng: random.Random) -> str | None:
         # Also hyperband's and bohb's, whose suggestions end only here: bohb's without its model fit.
-        return space_used_up(self._space_size, {t.config_key for t in trials}) if self._unique else None
+        return self.space_used_up({t.config_key for t in trials}) if self._unique else None
 
     def suggest(self, trials: Sequence[Trial], rng: random.Random) -> Suggestion:
         if not self._unique:
             return Suggestion.run(self._draw(rng))
         taken = {t.config_key for t in trials}
-        if (reason := space_used_up(self._space_size, taken)) is not None:
+        if (reason := self.space_used_up(taken)) is not None:
             return Suggestion.done(reason)
         for _ in range(_MAX_REJECTIONS):
             config = self._draw(rng)
             if config_key(config) not in taken:
                 return Suggestion.run(config)
-        if self._space_size > _MAX_LISTED:
+        if self.space_size > _MAX_LISTED:  # type: ignore[operator]  # unique: the space is finite
             # Too large to list; rejection keeps succeeding in practice, so take the last draw.
             return Suggestion.run(config)
         # Nearly exhausted: pick uniformly among what is left, so the sweep still ends.
