@@ -134,11 +134,24 @@ def main(argv: list[str] | None = None) -> int:
         metavar="FILE",
         help="a Python file defining PROBLEMS = [bench.problems.Problem(...)]: run those too (repeatable)",
     )
+    parser.add_argument(
+        "--budgets",
+        default="",
+        metavar="N,N,...",
+        help="trial counts to report regret at (default 20,40,60; the largest is each run's length)",
+    )
     parser.add_argument("--no-latency", action="store_true")
     parser.add_argument("--no-plots", action="store_true")
     args = parser.parse_args(argv)
     seeds = args.seeds or (3 if args.quick else 10)
     budgets = QUICK_BUDGETS if args.quick else BUDGETS
+    if args.budgets:
+        try:
+            budgets = tuple(sorted({int(b) for b in args.budgets.split(",") if b.strip()}))
+        except ValueError:
+            parser.error(f"--budgets takes whole numbers separated by commas, not {args.budgets!r}")
+        if not budgets or budgets[0] < 1:
+            parser.error(f"--budgets takes positive trial counts, not {args.budgets!r}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -196,7 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     ):
         compared = [v[goal] for v in result["goals"].values() if v[goal] is not None]
         if compared:
-            print(f"bayes no worse than {against} on {sum(compared)}/{len(compared)} problems")
+            print(
+                f"bayes after {max(budgets)} trials no worse than {against}"
+                f" on {sum(compared)}/{len(compared)} problems"
+            )
         else:
             print(f"bayes not compared with {against}: none of it ran")
     print(f"wrote {args.out} and {args.out.with_suffix('.md')} in {result['wall_seconds']:.0f} s")

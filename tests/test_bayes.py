@@ -6,7 +6,7 @@ import random
 import statistics
 
 import pytest
-from model_search_problems import run, sphere, sphere_spec
+from model_search_problems import after_a_long_random_history, run, sphere, sphere_spec
 from strategy_conformance import assert_in_space, make_trial
 
 from sweeper.spec import SpecError, flatten_config, parse_sweep
@@ -145,3 +145,37 @@ def test_bayes_beats_random_search_on_a_mixed_space_whose_category_moves_the_opt
 
     bayes, rand = median_best("bayes"), median_best("random")
     assert bayes < 0.1 * rand, (bayes, rand)  # the optimum is 0 (adam)
+
+
+def test_past_1000_trials_the_model_still_steers_instead_of_drawing_at_random() -> None:
+    """The GP fits and conditions on a subset of a long history (best, newest, a random rest); the
+    history has stalled, so up to half the suggestions are draws anywhere (the next test)."""
+    suggested, two_percent = after_a_long_random_history("bayes", 1200)
+    # Random draws would put 3 of 10 below that line about once in a thousand runs.
+    assert sum(loss < two_percent for loss in suggested) >= 3, (suggested, two_percent)
+
+
+def test_a_search_stuck_on_one_corner_still_reaches_the_rest_of_the_box() -> None:
+    """After many trials without a real improvement, a share of suggestions go anywhere again."""
+    spec = parse_sweep(
+        {
+            "method": "bayes",
+            "metric": {"name": "loss"},
+            "parameters": {"x": {"min": 0.0, "max": 1.0}, "y": {"min": 0.0, "max": 1.0}},
+        }
+    )
+    spread = [{"x": a, "y": b} for a in (0.2, 0.5, 0.8) for b in (0.2, 0.5, 0.8)]
+    gen = random.Random(0)
+    corner = [{"x": gen.uniform(0, 0.05), "y": gen.uniform(0, 0.05)} for _ in range(60)]
+    history = [
+        make_trial(c, TrialState.FINISHED, i + 1, loss=1 + c["x"] + c["y"]) for i, c in enumerate(spread)
+    ]
+    history.append(make_trial({"x": 0.01, "y": 0.01}, TrialState.FINISHED, 10, loss=0.02))
+    # 60 trials refine the corner without beating its best: the search has stalled there.
+    history += [
+        make_trial(c, TrialState.FINISHED, 11 + i, loss=0.03 + c["x"] + c["y"]) for i, c in enumerate(corner)
+    ]
+    strategy = strategy_class("bayes")(spec)
+    suggested = [strategy.suggest(history, random.Random(k)).config for k in range(30)]
+    far = [c for c in suggested if c["x"] + c["y"] > 0.3]
+    assert len(far) >= 4, suggested

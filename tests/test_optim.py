@@ -261,3 +261,22 @@ def test_tpe_weighs_trials_older_than_the_newest_25_less() -> None:
     assert weights[0] == pytest.approx(0.01) and np.all(np.diff(weights[:75]) > 0)
     shorter = age_weights(10, newest=4)  # TPEOptions.full_weight_newest
     assert list(shorter[-4:]) == [1.0] * 4 and shorter[4] < 1.0 and shorter[0] == pytest.approx(0.1)
+
+
+def test_creeping_gains_do_not_count_as_improvement_until_they_add_up() -> None:
+    from sweeper.optim.bo import trials_since_improvement
+
+    y = np.array([50.0, 20.0, 30.0, 40.0, 2.0] + [1.99999] * 10)  # median - best: about 28
+    assert trials_since_improvement(y) == 10  # 2.0 -> 1.99999 is far below 28 / 1000
+    crept = np.concatenate([y, [1.95]])  # the creep now adds up to 0.05 below the last real best
+    assert trials_since_improvement(crept) == 0
+    assert trials_since_improvement(np.array([3.0, 2.0, 1.0])) == 0
+    assert trials_since_improvement(np.array([1.0, 2.0, 3.0])) == 2
+
+
+def test_the_share_of_draws_anywhere_grows_with_the_stall_up_to_a_half() -> None:
+    from sweeper.optim.bo import STALL_TRIALS, exploration_share
+
+    assert exploration_share(0) == exploration_share(STALL_TRIALS) == 0.0
+    assert 0.0 < exploration_share(STALL_TRIALS + 10) < exploration_share(STALL_TRIALS + 40) < 0.5
+    assert exploration_share(10_000) == 0.5

@@ -9,7 +9,8 @@ step of every integer are tried outright, since a continuous move in ``u`` never
 category. Pending
 trials are believed to score max(posterior mean, incumbent): the GP treats them as known, so their
 neighbourhood loses its appeal and parallel workers spread out (a kriging believer that never
-believes a pending point improves).
+believes a pending point improves). Once the best loss has stalled for a while, a growing share of
+suggestions are space-filling draws again (see ``exploration_share``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ N_TOP_STARTS = 4  # of the N_LOCAL_STARTS ascent starts, the best; the rest are 
 
 ASCENT_ROUNDS = 2
 N_SPACE_FILLING = 16
+STALL_TRIALS = 20  # trials without a real improvement before some suggestions go anywhere
 
 
 def n_initial(codec: SpaceCodec) -> int:
@@ -47,6 +49,25 @@ def warp(y: np.ndarray) -> np.ndarray:
     scale = (q75 - q25) or (np.std(y) or 1.0)
     z = (y - med) / scale
     return np.where(z > 0, np.log1p(np.maximum(z, 0.0)), z)
+
+
+def trials_since_improvement(y: np.ndarray) -> int:
+    """Trials since the best loss last fell by more than a thousandth of its gap to the median.
+
+    Creeping gains (an edge of the box refined in the fourth decimal) count only once they add up.
+    """
+    tol = 1e-3 * (float(np.median(y) - np.min(y)) or float(np.std(y)) or 1.0)
+    best, last = np.inf, 0
+    for i, value in enumerate(y):
+        if value < best - tol:
+            best, last = value, i
+    return len(y) - 1 - last
+
+
+def exploration_share(stalled: int) -> float:
+    """The share of suggestions drawn anywhere after ``stalled`` trials without improvement: none
+    for the first ``STALL_TRIALS``, then rising by a point per trial, up to a half."""
+    return min(0.5, max(0.0, (stalled - STALL_TRIALS) / 100))
 
 
 def _fill_missing(rows: np.ndarray, codec: SpaceCodec, gen: np.random.Generator) -> np.ndarray:
@@ -165,6 +186,12 @@ def fit_model(codec: SpaceCodec, obs: Observations, gen: np.random.Generator) ->
 def propose(codec: SpaceCodec, obs: Observations, gen: np.random.Generator) -> np.ndarray | None:
     """The next row to evaluate; None when every candidate found is already in the history."""
     if obs.n < n_initial(codec):
+        return space_filling(codec, obs, gen)
+    # A GP can settle for good on a spot it extrapolates well (an edge of the box, a ripple of a
+    # plateau) and refine it forever. Once the best has stalled, more and more draws go anywhere,
+    # so however long it runs the search keeps the reach of random search (SMAC interleaves random
+    # configurations for the same reason, from the start).
+    if (share := exploration_share(trials_since_improvement(obs.y))) > 0 and gen.random() < share:
         return space_filling(codec, obs, gen)
     gp = fit_model(codec, obs, gen)
     y = warp(obs.y)
