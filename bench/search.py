@@ -3,8 +3,9 @@
     python -m bench.search [--quick] [--seeds 10] [--out bench/results/search.json]
 
 Every method runs on the same problems with the same seeds. Quality is log10 regret of the best
-loss found after 20/40/60 trials (median and interquartile range over seeds); speed is the time of
-one suggestion with 100 and 1000 finished trials in the history, every tool timed in the same run.
+loss found after 20/40/60 trials (10/20/30 with ``--quick``, any counts with ``--budgets``; median
+and interquartile range over seeds); speed is the time of one suggestion with 100, 200 and 1000
+finished trials in the history, every tool timed in the same run.
 """
 
 from __future__ import annotations
@@ -138,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         "--budgets",
         default="",
         metavar="N,N,...",
-        help="trial counts to report regret at (default 20,40,60; the largest is each run's length)",
+        help="trial counts to report regret at (default 20,40,60; 10,20,30 with --quick); the largest"
+        " is each run's length",
     )
     parser.add_argument("--no-latency", action="store_true")
     parser.add_argument("--no-plots", action="store_true")

@@ -52,7 +52,7 @@ def run(
     return trials
 
 
-def after_a_long_random_history(method: str, size: int, suggestions: int = 10) -> tuple[list[float], float]:
+def after_a_long_random_history(method: str, size: int, suggestions: int = 20) -> tuple[list[float], float]:
     """The losses of what ``method`` suggests after ``size`` random trials of the sphere, and the
     loss a random draw beats only 1 time in 50: a model that still steers often lands below it."""
     history = run("random", sphere, sphere_spec("random"), size, seed=3)

@@ -195,6 +195,7 @@ def test_failed_and_nan_trials_get_the_worst_value_and_running_ones_are_pending(
     assert obs.pending.shape == (1, 1)
     best = observations(trials, codec, Metric("acc", spec.metric.goal, impute="best"))
     assert best.y.tolist() == [-0.9, -0.5, -0.9, -0.9]
+    assert best.measured.tolist() == [True, True, False, False]
 
 
 def test_parzen_estimator_puts_its_mass_near_its_points_and_handles_absent_parameters() -> None:
@@ -266,12 +267,50 @@ def test_tpe_weighs_trials_older_than_the_newest_25_less() -> None:
 def test_creeping_gains_do_not_count_as_improvement_until_they_add_up() -> None:
     from sweeper.optim.bo import trials_since_improvement
 
-    y = np.array([50.0, 20.0, 30.0, 40.0, 2.0] + [1.99999] * 10)  # median - best: about 28
-    assert trials_since_improvement(y) == 10  # 2.0 -> 1.99999 is far below 28 / 1000
+    y = np.array([50.0, 20.0, 30.0, 40.0, 45.0, 35.0, 25.0, 2.0] + [1.99999] * 5)
+    # The tolerance is a thousandth of median - best (20 - 2): the creep of 1e-5 is far below it.
+    assert trials_since_improvement(y) == 5
     crept = np.concatenate([y, [1.95]])  # the creep now adds up to 0.05 below the last real best
     assert trials_since_improvement(crept) == 0
     assert trials_since_improvement(np.array([3.0, 2.0, 1.0])) == 0
     assert trials_since_improvement(np.array([1.0, 2.0, 3.0])) == 2
+    assert trials_since_improvement(np.array([4.0, 4.0, 4.0])) == 2  # no spread at all
+
+
+def _stall_case(values: list[float | None], impute: str = "worst") -> int:
+    """``stalled_for`` of a one-parameter bayes sweep whose trials scored ``values`` (None: failed)."""
+    from sweeper.optim.bo import stalled_for
+
+    codec = SpaceCodec(_ONE_PARAMETER.parameters)
+    trials = [
+        _trial(i + 1, {"x": i / len(values)}, TrialState.FAILED)
+        if v is None
+        else _trial(i + 1, {"x": i / len(values)}, TrialState.FINISHED, loss=v)
+        for i, v in enumerate(values)
+    ]
+    return stalled_for(
+        codec, observations(trials, codec, Metric("loss", _ONE_PARAMETER.metric.goal, impute=impute))
+    )
+
+
+_ONE_PARAMETER = parse_sweep(
+    {"method": "bayes", "metric": {"name": "loss"}, "parameters": {"x": {"min": 0.0, "max": 1.0}}}
+)
+
+
+def test_the_initial_design_does_not_count_towards_a_stall() -> None:
+    from sweeper.optim.bo import n_initial
+
+    first = n_initial(SpaceCodec(_ONE_PARAMETER.parameters))
+    # The first trial stays the best: only the trials after the initial design count.
+    assert _stall_case([0.0] + [1.0] * 29) == 30 - first
+
+
+def test_an_imputed_best_value_does_not_freeze_the_stall_count() -> None:
+    improving = [10.0 - 0.05 * i for i in range(40)]
+    # A failed trial given the best value of the whole history would otherwise beat every later one.
+    assert _stall_case([None, *improving], impute="best") == 0
+    assert _stall_case([None, *improving], impute="worst") == 0
 
 
 def test_the_share_of_draws_anywhere_grows_with_the_stall_up_to_a_half() -> None:

@@ -64,6 +64,15 @@ def trials_since_improvement(y: np.ndarray) -> int:
     return len(y) - 1 - last
 
 
+def stalled_for(codec: SpaceCodec, obs: Observations) -> int:
+    """Trials since the best measured loss really improved, not counting the initial design, so the
+    model makes ``STALL_TRIALS`` suggestions of its own before the rule acts. Imputed values (a
+    failed trial given the best value, say) are left out: they would hold the best still for good."""
+    measured = obs.y[obs.measured]
+    since = trials_since_improvement(measured) if len(measured) else obs.n
+    return min(since, obs.n - n_initial(codec))
+
+
 def exploration_share(stalled: int) -> float:
     """The share of suggestions drawn anywhere after ``stalled`` trials without improvement: none
     for the first ``STALL_TRIALS``, then rising by a point per trial, up to a half."""
@@ -191,8 +200,10 @@ def propose(codec: SpaceCodec, obs: Observations, gen: np.random.Generator) -> n
     # plateau) and refine it forever. Once the best has stalled, more and more draws go anywhere,
     # so however long it runs the search keeps the reach of random search (SMAC interleaves random
     # configurations for the same reason, from the start).
-    if (share := exploration_share(trials_since_improvement(obs.y))) > 0 and gen.random() < share:
-        return space_filling(codec, obs, gen)
+    if (share := exploration_share(stalled_for(codec, obs))) > 0 and gen.random() < share:
+        row = space_filling(codec, obs, gen)
+        if row_key(row) not in obs.taken:
+            return row
     gp = fit_model(codec, obs, gen)
     y = warp(obs.y)
     # The threshold EI improves on: the best posterior mean at a trial, not the best raw value.

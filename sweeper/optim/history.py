@@ -26,6 +26,7 @@ class Observations:
     y: np.ndarray  # (n,) losses to minimise, all finite
     pending: np.ndarray  # (m, n_params) rows of running trials
     taken: frozenset[bytes]  # every row already in the history, to avoid exact repeats
+    measured: np.ndarray  # (n,) True where y is the trial's own result, False where it was imputed
 
     @property
     def n(self) -> int:
@@ -88,4 +89,5 @@ def observations(trials: Sequence[Trial], codec: SpaceCodec, metric: Metric) -> 
     X = np.array(rows).reshape(len(rows), n_params)
     P = np.array(pending).reshape(len(pending), n_params)
     taken = frozenset(row_key(r) for r in [*X, *P])
-    return Observations(X=X, y=y, pending=P, taken=taken)
+    measured = np.array([how == "" for how in imputes], dtype=bool)
+    return Observations(X=X, y=y, pending=P, taken=taken, measured=measured)
