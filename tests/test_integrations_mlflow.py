@@ -98,6 +98,35 @@ def test_sweep_with_finished_failed_and_stopped_trials(mlflow_server: MlflowServ
     assert stopped.data.tags["sweeper.stop_reason"] == "test: stopped on purpose"
 
 
+def sweeper_run(sweep_file: Path, *args: str, cwd: Path, env: dict[str, str]) -> None:
+    """`sweeper run SWEEP_FILE ARGS` as a user runs it; it must end with exit status 0."""
+    command = [SWEEPER, "run", str(sweep_file), *args]
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_unchanged_mlflow_scripts_started_together_share_a_fresh_local_database(tmp_path: Path) -> None:
+    """No tracking URI: MLflow keeps runs in ./mlflow.db, and the first process to open it creates
+    its tables. Four trials starting at once used to race at that, and most of them failed."""
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(
+        f"program: {SCRIPTS / 'mlflow_script.py'}\n"
+        "method: grid\n"
+        "metric: {name: loss, goal: minimize}\n"
+        "parameters:\n  lr: {values: [0.1, 0.2, 0.4, 0.8]}\n  epochs: {value: 2}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    sweeper_run(sweep_file, "--agents", "4", cwd=tmp_path, env=env)
+    store = open_store(f"sqlite:///{tmp_path / '.sweeper' / 'sweeper.db'}")
+    (sweep,) = store.list_sweeps()
+    trials = store.list_trials(sweep.id)
+    assert [t.state for t in trials] == [TrialState.FINISHED] * 4, [(t.state, t.stderr_tail) for t in trials]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    # Each script's last loss is lr * 1: one run per trial, all in the one database.
+    assert sorted(round(r.data.metrics["loss"], 6) for r in runs) == [0.1, 0.2, 0.4, 0.8]
+
+
 def test_unchanged_mlflow_script_under_sweeper_run(mlflow_server: MlflowServer, tmp_path: Path) -> None:
     """`sweeper run --mlflow URI` on a script that only knows mlflow: its metrics reach the coordinator
     step by step while it runs, and land once, in the trial's pre-created child run."""
@@ -111,15 +140,7 @@ def test_unchanged_mlflow_script_under_sweeper_run(mlflow_server: MlflowServer, 
     )
     db = f"sqlite:///{tmp_path / 'sweeper.db'}"
     env = {**os.environ, "MLFLOW_EXPERIMENT_NAME": "unchanged-script"}
-    done = subprocess.run(
-        [SWEEPER, "run", str(sweep_file), "--agents", "2", "--db", db, "--mlflow", mlflow_server.uri],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    sweeper_run(sweep_file, "--agents", "2", "--db", db, "--mlflow", mlflow_server.uri, cwd=tmp_path, env=env)
 
     store = open_store(db)
     (sweep,) = store.list_sweeps()

@@ -3,14 +3,22 @@ which every fluent call (``mlflow.log_metric(s)``) and ``MlflowClient`` end in."
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
 import sys
+import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 from . import core
 
 
 def patch(module: Any) -> None:
+    from mlflow.tracking._tracking_service import utils
     from mlflow.tracking._tracking_service.client import TrackingServiceClient
+
+    _serialise_store_creation(utils)
 
     log_metric = TrackingServiceClient.log_metric
     log_batch = TrackingServiceClient.log_batch
@@ -47,6 +55,60 @@ def patch(module: Any) -> None:
         return start_run(*args, **kwargs)
 
     module.start_run = patched_start_run
+
+
+def _serialise_store_creation(utils: Any) -> None:
+    """Trials that start together must not create MLflow's local database together.
+
+    Without a tracking URI, MLflow keeps runs in ``./mlflow.db``, and the first process to open it
+    creates its tables and runs its migrations. Two trials doing that at once fail ("table
+    experiments already exists", "Online migration expected to match one row"), so every trial
+    but one of a fresh sweep failed. Opening a SQLite store now holds a lock file named after the
+    database, until this process has opened it once.
+    """
+    registry = getattr(utils, "_tracking_store_registry", None)
+    get_store = getattr(registry, "get_store", None)
+    if get_store is None or not hasattr(utils, "_resolve_tracking_uri"):
+        return  # an MLflow laid out otherwise: its stores open as they always did
+    opened: set[str] = set()
+
+    def serialised_get_store(store_uri: Any = None, artifact_uri: Any = None) -> Any:
+        try:
+            uri = str(utils._resolve_tracking_uri(store_uri))
+        except Exception:
+            uri = ""
+        if uri in opened or not uri.startswith("sqlite:"):
+            return get_store(store_uri, artifact_uri)
+        with _held(_lock_path(uri)):
+            store = get_store(store_uri, artifact_uri)
+        opened.add(uri)
+        return store
+
+    registry.get_store = serialised_get_store
+
+
+def _lock_path(uri: str) -> str:
+    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), f"sweeper-mlflow-{digest}.lock")
+
+
+@contextlib.contextmanager
+def _held(path: str) -> Iterator[None]:
+    """An exclusive lock on ``path`` across processes; none where it cannot be had (no ``fcntl``,
+    a folder it cannot write): the script then runs as it would without sweeper."""
+    try:
+        import fcntl
+
+        handle = open(path, "a")  # noqa: SIM115 - held for the block, closed below
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):  # a file system without locks: go on unlocked
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        handle.close()  # closing releases the lock
 
 
 def active_run_id() -> str | None:
