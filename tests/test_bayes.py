@@ -151,7 +151,7 @@ def test_past_1000_trials_the_model_still_steers_instead_of_drawing_at_random() 
     """The GP fits and conditions on a subset of a long history (best, newest, a random rest); the
     history has stalled, so about half the suggestions are draws anywhere (see the corner test below)."""
     suggested, two_percent = after_a_long_random_history("bayes", 1200)
-    # Random draws would put 5 of 20 below that line about once in 20,000 runs.
+    # Random draws would put 5 of 20 below that line about once in 25,000 runs.
     assert sum(loss < two_percent for loss in suggested) >= 5, (suggested, two_percent)
 
 

@@ -107,5 +107,5 @@ def test_failed_and_nan_results_do_not_break_it() -> None:
 
 def test_past_1000_trials_the_model_still_steers_instead_of_drawing_at_random() -> None:
     suggested, two_percent = after_a_long_random_history("tpe", 1200)
-    # Random draws would put 5 of 20 below that line about once in 20,000 runs.
+    # Random draws would put 5 of 20 below that line about once in 25,000 runs.
     assert sum(loss < two_percent for loss in suggested) >= 5, (suggested, two_percent)

@@ -52,7 +52,7 @@ def warp(y: np.ndarray) -> np.ndarray:
 
 
 def trials_since_improvement(y: np.ndarray) -> int:
-    """Trials since the best loss last fell by more than a thousandth of its gap to the median.
+    """Entries of ``y`` since the best loss last fell by more than a thousandth of its gap to the median.
 
     Creeping gains (an edge of the box refined in the fourth decimal) count only once they add up.
     """
@@ -202,7 +202,7 @@ def propose(codec: SpaceCodec, obs: Observations, gen: np.random.Generator) -> n
     # configurations for the same reason, from the start).
     if (share := exploration_share(stalled_for(codec, obs))) > 0 and gen.random() < share:
         row = space_filling(codec, obs, gen)
-        if row_key(row) not in obs.taken:
+        if row_key(row) not in obs.taken:  # else (a space nearly used up) the model finds a new one
             return row
     gp = fit_model(codec, obs, gen)
     y = warp(obs.y)

@@ -74,6 +74,9 @@ class BayesSearch(Strategy):
         obs = observations(trials, codec, self.spec.metric)
         with one_blas_thread():
             row = propose(codec, obs, gen)
-        if row is None:  # every candidate found repeats a trial: take a fresh prior draw
-            row = codec.sample(1, gen)[0]
+        if row is None:  # every candidate found repeats a trial: a fresh prior draw, new if one is
+            from sweeper.optim.history import row_key
+
+            draws = codec.sample(64, gen)
+            row = next((r for r in draws if row_key(r) not in obs.taken), draws[0])
         return Suggestion.run(build_config(self.spec, codec.decode(row)))

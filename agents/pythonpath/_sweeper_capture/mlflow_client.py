@@ -4,7 +4,6 @@ which every fluent call (``mlflow.log_metric(s)``) and ``MlflowClient`` end in."
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import sys
 import tempfile
@@ -15,10 +14,7 @@ from . import core
 
 
 def patch(module: Any) -> None:
-    from mlflow.tracking._tracking_service import utils
     from mlflow.tracking._tracking_service.client import TrackingServiceClient
-
-    _serialise_store_creation(utils)
 
     log_metric = TrackingServiceClient.log_metric
     log_batch = TrackingServiceClient.log_batch
@@ -55,6 +51,12 @@ def patch(module: Any) -> None:
         return start_run(*args, **kwargs)
 
     module.start_run = patched_start_run
+    try:  # last, so that a failure here leaves the metric capture in place
+        from mlflow.tracking._tracking_service import utils
+
+        _serialise_store_creation(utils)
+    except Exception as exc:
+        print(f"sweeper: MLflow's local database opens unserialised ({exc})", file=sys.stderr)
 
 
 def _serialise_store_creation(utils: Any) -> None:
@@ -79,7 +81,7 @@ def _serialise_store_creation(utils: Any) -> None:
             uri = ""
         if uri in opened or not uri.startswith("sqlite:"):
             return get_store(store_uri, artifact_uri)
-        with _held(_lock_path(uri)):
+        with _held(uri):
             store = get_store(store_uri, artifact_uri)
         opened.add(uri)
         return store
@@ -88,27 +90,36 @@ def _serialise_store_creation(utils: Any) -> None:
 
 
 def _lock_path(uri: str) -> str:
-    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    """A lock file in the temporary folder named after the database file's absolute path, so that
+    ``sqlite:///mlflow.db`` in two folders are two locks and two spellings of one file are one."""
+    import hashlib
+
+    database = uri.split(":///", 1)[-1].split("?", 1)[0]
+    digest = hashlib.sha256(os.path.abspath(database).encode("utf-8", "replace")).hexdigest()[:16]
     return os.path.join(tempfile.gettempdir(), f"sweeper-mlflow-{digest}.lock")
 
 
 @contextlib.contextmanager
-def _held(path: str) -> Iterator[None]:
-    """An exclusive lock on ``path`` across processes; none where it cannot be had (no ``fcntl``,
-    a folder it cannot write): the script then runs as it would without sweeper."""
+def _held(uri: str) -> Iterator[None]:
+    """An exclusive lock across processes for the database of ``uri``; none where it cannot be had
+    (no ``fcntl``, a temporary folder it cannot use): the script then runs as without sweeper."""
+    descriptor = None
     try:
         import fcntl
 
-        handle = open(path, "a")  # noqa: SIM115 - held for the block, closed below
-    except (ImportError, OSError):
-        yield
-        return
+        path = _lock_path(uri)
+        try:  # read-only is enough for flock, and works on a file another user created
+            descriptor = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            descriptor = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+    except (ImportError, OSError, ValueError):
+        pass  # unlocked, as without sweeper
     try:
-        with contextlib.suppress(OSError):  # a file system without locks: go on unlocked
-            fcntl.flock(handle, fcntl.LOCK_EX)
         yield
     finally:
-        handle.close()  # closing releases the lock
+        if descriptor is not None:
+            os.close(descriptor)  # closing releases the lock
 
 
 def active_run_id() -> str | None:
