@@ -29,7 +29,7 @@ def sweeper_history(problem: Problem, configs: list[Mapping[str, Any]], values: 
 def sweeper_runner(method: str) -> Runner:
     def run(problem: Problem, budget: int, seed: int) -> list[float]:
         from sweeper.spec import parse_sweep
-        from sweeper.strategies import strategy_class
+        from sweeper.strategies import SuggestionKind, strategy_class
 
         spec = parse_sweep(problem.sweep(method))
         strategy = strategy_class(method)(spec)
@@ -37,11 +37,13 @@ def sweeper_runner(method: str) -> Runner:
         values: list[float] = []
         for n in range(budget):
             trials = sweeper_history(problem, configs, values)
-            config = strategy.suggest(trials, random.Random(f"{seed}:{n}")).config
-            if config is None:  # a finite space smaller than the budget has run whole: the sweep ends
+            suggestion = strategy.suggest(trials, random.Random(f"{seed}:{n}"))
+            if suggestion.kind is SuggestionKind.DONE:  # a finite space smaller than the budget has run
                 break
-            configs.append(config)
-            values.append(problem.objective(config))
+            if suggestion.config is None:  # nothing runs in parallel here: a wait would never end
+                raise RuntimeError(f"{method} on {problem.name}: {suggestion.kind} with every trial finished")
+            configs.append(suggestion.config)
+            values.append(problem.objective(suggestion.config))
         return values
 
     return run

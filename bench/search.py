@@ -120,6 +120,17 @@ def markdown(summary: dict, budgets: tuple[int, ...], methods: list[str], latenc
     return "\n".join(lines) + "\n"
 
 
+def trial_counts(text: str) -> tuple[int, ...]:
+    """``--budgets``: positive whole numbers separated by commas, sorted, each once."""
+    try:
+        counts = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"whole numbers separated by commas, not {text!r}") from None
+    if not counts or counts[0] < 1:
+        raise argparse.ArgumentTypeError(f"positive trial counts, not {text!r}")
+    return counts
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.search", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="4 problems, 3 seeds, 30 trials, latency at 100")
@@ -137,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--budgets",
-        default="",
+        type=trial_counts,
         metavar="N,N,...",
         help="trial counts to report regret at (default 20,40,60; 10,20,30 with --quick); the largest"
         " is each run's length",
@@ -146,14 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-plots", action="store_true")
     args = parser.parse_args(argv)
     seeds = args.seeds or (3 if args.quick else 10)
-    budgets = QUICK_BUDGETS if args.quick else BUDGETS
-    if args.budgets:
-        try:
-            budgets = tuple(sorted({int(b) for b in args.budgets.split(",") if b.strip()}))
-        except ValueError:
-            parser.error(f"--budgets takes whole numbers separated by commas, not {args.budgets!r}")
-        if not budgets or budgets[0] < 1:
-            parser.error(f"--budgets takes positive trial counts, not {args.budgets!r}")
+    budgets = args.budgets or (QUICK_BUDGETS if args.quick else BUDGETS)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:

@@ -51,6 +51,17 @@ def point(name: str, value: float, step: int, seq: int) -> MetricPoint:
     return MetricPoint(name=name, value=value, step=step, seq=seq, time=10.0 + seq)
 
 
+# Reports of one metric in turn, with the summary each leaves: points sent again with a seq already
+# stored, two with one seq in one report, a late one.
+POINTS_COMING_AGAIN = [
+    ([point("loss", 0.5, 1, 1)], 0.5),
+    ([point("loss", 0.9, 5, 1)], 0.5),  # seq 1 again, another step and value: ignored
+    ([point("loss", 0.3, 2, 2)], 0.3),
+    ([point("loss", 0.1, 3, 4), point("loss", 0.8, 9, 4)], 0.1),  # the first of seq 4 is stored
+    ([point("loss", 0.7, 1, 3)], 0.1),  # late
+]
+
+
 def assert_counted(trials: Sequence[Trial]) -> None:
     """The trials come with their counts by state (every lease asks for them), and those agree."""
     assert isinstance(trials, CountedTrials)
@@ -399,14 +410,7 @@ class StoreConformance:
             history = store.get_trial(trial.id, with_history=True).history or ()
             return max(history, key=lambda p: (p.step, p.seq)).value
 
-        batches = [
-            [point("loss", 0.5, 1, 1)],
-            [point("loss", 0.9, 5, 1)],  # seq 1 again, another step and value: ignored
-            [point("loss", 0.3, 2, 2)],
-            [point("loss", 0.1, 3, 4), point("loss", 0.8, 9, 4)],  # seq 4 twice in one batch
-            [point("loss", 0.7, 1, 3)],  # late
-        ]
-        for batch in batches:
+        for batch, _ in POINTS_COMING_AGAIN:
             reported = store.add_metrics(trial.id, "lease-1", batch, now=3.0)
             assert reported.summary == store.get_trial(trial.id).summary == {"loss": stored_latest()}
         assert len(store.get_trial(trial.id, with_history=True).history or ()) == 4
@@ -415,15 +419,8 @@ class StoreConformance:
         """In a batch (where PostgreSQL sends a report's writes with the next statement), each
         report's summary, and what a read in the batch sees, is what the stored points give."""
         trial = self.started(store, sweep)
-        batches_and_summaries = [
-            ([point("loss", 0.5, 1, 1)], 0.5),
-            ([point("loss", 0.9, 5, 1)], 0.5),  # seq 1 again, another step and value: ignored
-            ([point("loss", 0.3, 2, 2)], 0.3),
-            ([point("loss", 0.1, 3, 4), point("loss", 0.8, 9, 4)], 0.1),  # the first of seq 4 is stored
-            ([point("loss", 0.7, 1, 3)], 0.1),  # late
-        ]
         with store.batch():
-            for batch, expected in batches_and_summaries:
+            for batch, expected in POINTS_COMING_AGAIN:
                 reported = store.report_metrics(trial.id, "lease-1", batch, expires_at=200.0, now=3.0)
                 assert reported.summary == store.get_trial(trial.id).summary == {"loss": expected}
             finished, running = store.end_trial(trial.id, "lease-1", TrialState.FINISHED, now=4.0)

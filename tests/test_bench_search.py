@@ -133,3 +133,9 @@ def test_a_finite_space_smaller_than_the_budget_ends_the_sweep_and_nothing_is_co
         assert sorted(losses) == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]
     assert result["goals"]["six_choices"] == {"vs_best_model_based": None, "vs_random": True}
     assert "bayes not compared with the best of" in done.stdout
+
+
+def test_budgets_that_are_not_positive_trial_counts_are_refused_with_what_was_expected() -> None:
+    for bad, expected in (("0,10", "positive trial counts, not '0,10'"), ("10,x", "whole numbers separated")):
+        refused = search("--budgets", bad, "--no-latency")
+        assert refused.returncode == 2 and expected in refused.stderr, refused.stderr

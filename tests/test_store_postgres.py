@@ -86,7 +86,7 @@ def _running_trial(store: Store, sweep_id: str, lease_id: str) -> Any:
     return store.new_trial(sweep_id, decide, lease=lease, now=1.0)
 
 
-@pytest.mark.parametrize("then", ["a later call", "nothing"])
+@pytest.mark.parametrize("then", ["a later call", "a later SQLAlchemy read", "nothing"])
 def test_a_batch_whose_queued_write_fails_on_the_server_is_given_up(
     postgres_store_url: str, then: str
 ) -> None:
@@ -104,6 +104,9 @@ def test_a_batch_whose_queued_write_fails_on_the_server_is_given_up(
                     store.renew_lease(two.id, "l2", expires_at=160.0, now=2.0)
                 with pytest.raises(BatchAbandoned):
                     store.renew_lease(two.id, "l2", expires_at=170.0, now=2.0)
+            if then == "a later SQLAlchemy read":  # it closes the pipeline before it runs
+                with pytest.raises(DBAPIError, match="metric boom refused"):
+                    store.get_trial(two.id)
         for trial in (one, two):
             stored = store.get_trial(trial.id, with_history=True)
             assert (stored.summary, stored.history, stored.lease_expires_at) == ({}, (), 100.0)

@@ -183,9 +183,8 @@ def test_counting_a_sweeps_running_trials_reads_only_those(sqlite_store_url: str
         assert store.count_trials(sweep.id, states=[TrialState.RUNNING]) == 3
         # The count a trial's end makes, read once the trial is locked.
         with engine.connect() as conn:
-            compiled = statements.RUNNING_IN_SWEEP_OF_TRIAL.statement.compile(dialect=conn.dialect)
-            params = tuple(1 if n == "trial_id_" else compiled.params[n] for n in compiled.positiontup or ())
-            found = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled.string}", params).all()
+            form = statements.RUNNING_IN_SWEEP_OF_TRIAL._form(conn, {"trial_id_": 1})
+            found = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {form.sql}", form.args({"trial_id_": 1})).all()
             finish_plan = [row[-1] for row in found]
     by_sweep_and_state = "USING COVERING INDEX ix_trials_sweep_state (sweep_id=? AND state=?)"
     assert len(plans) == 1 and by_sweep_and_state in plans[0]

@@ -51,6 +51,18 @@ def row_key(row: np.ndarray) -> bytes:
     return np.round(np.nan_to_num(row, nan=-1.0), 9).tobytes()
 
 
+def prior_draw(
+    codec: SpaceCodec, obs: Observations, gen: np.random.Generator, *, fresh_only: bool = False
+) -> np.ndarray | None:
+    """The first of 64 prior draws that no trial has yet; if every one repeats a trial, the first
+    draw (None with ``fresh_only``)."""
+    draws = codec.sample(64, gen)
+    for row in draws:
+        if row_key(row) not in obs.taken:
+            return row
+    return None if fresh_only else draws[0]
+
+
 def observations(trials: Sequence[Trial], codec: SpaceCodec, metric: Metric) -> Observations:
     sign = -1.0 if metric.goal is Goal.MAXIMIZE else 1.0
     rows: list[np.ndarray] = []

@@ -22,7 +22,7 @@ import numpy as np
 from scipy import special
 
 from sweeper.optim.encoding import SpaceCodec
-from sweeper.optim.history import Observations, row_key
+from sweeper.optim.history import Observations, prior_draw, row_key
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -177,10 +177,7 @@ def propose(
     """The next row: a prior draw during start-up, then the best good/bad ratio among candidates."""
     options = options or TPEOptions()
     if obs.n < options.n_startup:
-        for row in codec.sample(64, gen):
-            if row_key(row) not in obs.taken:
-                return row
-        return None
+        return prior_draw(codec, obs, gen, fresh_only=True)
     order = np.argsort(obs.y, kind="stable")
     n_good = options.n_good(obs.n)
     good = obs.X[order[:n_good]]

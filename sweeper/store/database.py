@@ -15,7 +15,7 @@ from sweeper.store.base import BatchAbandoned, StoreError
 from sweeper.store.checkpoint import WalCheckpointer
 from sweeper.store.engine import BUSY_TIMEOUT_S, READ_ONLY
 from sweeper.store.group_commit import GroupCommit
-from sweeper.store.prepared import Pipeline, close_pipeline
+from sweeper.store.prepared import close_pipeline, pipelined
 
 T = TypeVar("T")
 
@@ -94,8 +94,10 @@ class Database:
             if (batch := self._held_batch()) is not None:
                 with batch.using() as conn:
                     return work(conn)
-            with self._errors(), engine.begin() as conn:
-                return work(conn)
+            with self._errors(), engine.begin() as conn, pipelined(conn) as pipeline:
+                done = work(conn)
+                pipeline.close(conn)  # what is queued runs; its error is this write's
+                return done
         self._ensure_checkpointer()
         return self._group.run(work)
 
@@ -138,17 +140,17 @@ class Database:
         with self._errors(), engine.begin() as conn:
             batch = _Batch(conn, self._errors)
             self._local.batch = batch
-            pipeline = Pipeline.attach(conn)  # writes nobody waits for go with the next read
             closing_error: Exception | None = None
             try:
-                yield
-                try:
-                    pipeline.close(conn)
-                except Exception as exc:  # a queued write failed: as if its call had failed
-                    batch.failed, closing_error = True, exc
+                with pipelined(conn) as pipeline:
+                    yield
+                    if not batch.failed:  # else it rolls back: what is queued need not run
+                        try:
+                            pipeline.close(conn)
+                        except Exception as exc:  # a queued write failed: as if its call had failed
+                            batch.failed, closing_error = True, exc
             finally:
                 self._local.batch = None
-                pipeline.detach()
             if batch.failed:  # raised inside the transaction: it rolls back
                 raise BatchAbandoned(
                     f"store {self.label}: a call of the batch failed; nothing of it was written"

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import namedtuple
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from sqlalchemy import Connection
@@ -155,15 +155,13 @@ def _execute(conn: Connection, sql: str, params: Any, *, many: bool = False) -> 
     """Run ``sql`` on the driver, inside ``conn``'s transaction; its errors raised as SQLAlchemy
     raises them (OperationalError, IntegrityError, ...), so the store reports them as it does for
     any statement."""
-    try:
+    with _driver_errors(conn, sql, params):
         cursor = conn.connection.driver_connection.cursor()
         if many:
             cursor.executemany(sql, params)
         else:
             cursor.execute(sql, params)
         return cursor
-    except conn.dialect.loaded_dbapi.Error as exc:
-        raise _as_sqlalchemy_error(conn, sql, params, exc) from exc
 
 
 def _as_sqlalchemy_error(conn: Connection, sql: str, params: Any, exc: Exception) -> Exception:
@@ -173,12 +171,12 @@ def _as_sqlalchemy_error(conn: Connection, sql: str, params: Any, exc: Exception
 
 
 @contextmanager
-def _driver_errors(conn: Connection, what: str) -> Iterator[None]:
-    """A pipeline's own steps (start, sync, end): driver errors raised as SQLAlchemy raises them."""
+def _driver_errors(conn: Connection, sql: str, params: Any = ()) -> Iterator[None]:
+    """Driver errors of running ``sql`` (or a pipeline's own step) raised as SQLAlchemy raises them."""
     try:
         yield
     except conn.dialect.loaded_dbapi.Error as exc:
-        raise _as_sqlalchemy_error(conn, what, (), exc) from exc
+        raise _as_sqlalchemy_error(conn, sql, params, exc) from exc
 
 
 def read_together(conn: Connection, *reads: tuple[Prepared, Mapping[str, Any]]) -> list[list[Any]]:
@@ -235,27 +233,37 @@ class Pipeline:
 
     def close(self, conn: Connection) -> None:
         """Leave pipeline mode: what is queued runs, and its errors are raised here."""
-        opened, self._open = self._open, None
-        if opened is not None:
-            with _driver_errors(conn, "(pipeline end)"):
-                opened.__exit__(None, None, None)
+        with _driver_errors(conn, "(pipeline end)"):
+            self._leave()
 
     def detach(self) -> None:
         """Leave pipeline mode, should :meth:`close` not have (after an error: what is queued may
         still run here, and the transaction's rollback undoes it)."""
         self._info.pop(self._KEY, None)
+        with suppress(Exception):  # the error that got here was raised already
+            self._leave()
+
+    def _leave(self) -> None:
         opened, self._open = self._open, None
         if opened is not None:
-            try:
-                opened.__exit__(None, None, None)
-            except Exception:
-                pass  # the error that got here was raised already; the rollback comes next
+            opened.__exit__(None, None, None)
+
+
+@contextmanager
+def pipelined(conn: Connection) -> Iterator[Pipeline]:
+    """A :class:`Pipeline` for the PostgreSQL transaction ``conn`` is in, for the block: writes
+    nobody waits for go with the next read. The caller closes it where the block succeeds (its
+    queued writes' errors are raised there); otherwise it is left without closing."""
+    pipeline = Pipeline.attach(conn)
+    try:
+        yield pipeline
+    finally:
+        pipeline.detach()
 
 
 def close_pipeline(conn: Connection, *_: Any) -> None:
     """Before SQLAlchemy executes a statement on ``conn`` (an engine event): out of pipeline mode."""
-    pipeline = Pipeline.of(conn)
-    if pipeline is not None and pipeline.active:
+    if (pipeline := Pipeline.of(conn)) is not None:
         pipeline.close(conn)
 
 

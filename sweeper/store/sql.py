@@ -321,28 +321,29 @@ class SqlStore(Store):
         """Both add_metrics and report_metrics: the points, and the lease renewed when ``expires_at``
         is given, in one transaction under the trial's lock."""
 
+        changes: dict[str, Any] = {} if expires_at is None else {"lease_expires_at": expires_at}
+        if not points:
+
+            def renew(conn: Connection) -> Trial:
+                trial = rows.trial_from_row(self._leased_row(conn, trial_id, lease_id, now))
+                if changes:
+                    statements.UPDATE_TRIAL.send(conn, {"trial_id_": trial_id, **changes})
+                return dataclasses.replace(trial, **changes)
+
+            return self._db.write(renew)
         values = [rows.point_to_row(trial_id, p) for p in points]
         newest = summary.newest_points(values)
         latest_points = summary.latest_points(len(newest))
         params = {"trial_id_": trial_id, **summary.latest_params(newest)}
 
         def record(conn: Connection) -> Trial:
-            if newest:  # with the lock, what the new summary needs (see sweeper.store.summary)
-                row, latest = self._locked_row_and(conn, latest_points, params)
-                rules.check_lease(row, lease_id, now)
-            else:
-                row, latest = self._leased_row(conn, trial_id, lease_id, now), None
+            # With the lock, what the new summary needs (see sweeper.store.summary).
+            row, latest = self._locked_row_and(conn, latest_points, params)
+            rules.check_lease(row, lease_id, now)
             trial = rows.trial_from_row(row)
-            changes: dict[str, Any] = {}
-            if expires_at is not None:
-                changes["lease_expires_at"] = expires_at
-            if points:
-                insert = self._insert_points
-                changes["summary"] = summary.add_points(conn, insert, trial, latest, values, newest, changes)
-            elif changes:
-                statements.UPDATE_TRIAL.send(conn, {"trial_id_": trial_id, **changes})
+            found = summary.add_points(conn, self._insert_points, trial, latest, values, newest, changes)
             # The locked row plus what this call changed: no need to read it back.
-            return dataclasses.replace(trial, **changes)
+            return dataclasses.replace(trial, **changes, summary=found)
 
         return self._db.write(record)
 

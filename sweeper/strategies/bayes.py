@@ -67,16 +67,13 @@ class BayesSearch(Strategy):
             return Suggestion.done(reason)
         codec = self._space()
         from sweeper.optim.bo import propose
-        from sweeper.optim.history import observations
+        from sweeper.optim.history import observations, prior_draw
         from sweeper.optim.threads import one_blas_thread
 
         gen = numpy_rng(rng)
         obs = observations(trials, codec, self.spec.metric)
         with one_blas_thread():
             row = propose(codec, obs, gen)
-        if row is None:  # every candidate found repeats a trial: a fresh prior draw, new if one is
-            from sweeper.optim.history import row_key
-
-            draws = codec.sample(64, gen)
-            row = next((r for r in draws if row_key(r) not in obs.taken), draws[0])
+        if row is None:  # every candidate found repeats a trial: a prior draw, new if one is
+            row = prior_draw(codec, obs, gen)
         return Suggestion.run(build_config(self.spec, codec.decode(row)))

@@ -37,7 +37,7 @@ class TPESearch(Strategy):
             return Suggestion.done(reason)
         try:
             from sweeper.optim.encoding import SpaceCodec
-            from sweeper.optim.history import observations
+            from sweeper.optim.history import observations, prior_draw
             from sweeper.optim.tpe import propose
         except ImportError as e:
             raise missing_search_extra(self.method) from e
@@ -46,6 +46,6 @@ class TPESearch(Strategy):
         gen = numpy_rng(rng)
         obs = observations(trials, self._codec, self.spec.metric)
         row = propose(self._codec, obs, gen)
-        if row is None:
-            row = self._codec.sample(1, gen)[0]
+        if row is None:  # every candidate found repeats a trial: a prior draw, new if one is
+            row = prior_draw(self._codec, obs, gen)
         return Suggestion.run(build_config(self.spec, self._codec.decode(row)))

@@ -65,28 +65,20 @@ def _serialise_store_creation(utils: Any) -> None:
     Without a tracking URI, MLflow keeps runs in ``./mlflow.db``, and the first process to open it
     creates its tables and runs its migrations. Two trials doing that at once fail ("table
     experiments already exists", "Online migration expected to match one row"), so every trial
-    but one of a fresh sweep failed. Opening a SQLite store now holds a lock file named after the
-    database, until this process has opened it once.
+    but one of a fresh sweep failed. MLflow's builder of SQLite stores, which it runs once per
+    process and database, now holds a lock file named after the database while it runs.
     """
     registry = getattr(utils, "_tracking_store_registry", None)
-    get_store = getattr(registry, "get_store", None)
-    if get_store is None or not hasattr(utils, "_resolve_tracking_uri"):
-        return  # an MLflow laid out otherwise: its stores open as they always did
-    opened: set[str] = set()
+    build = getattr(registry, "_registry", {}).get("sqlite")
+    if build is None:
+        return  # an MLflow laid out otherwise, or without SQLAlchemy: stores open as they always did
 
-    def serialised_get_store(store_uri: Any = None, artifact_uri: Any = None) -> Any:
-        try:
-            uri = str(utils._resolve_tracking_uri(store_uri))
-        except Exception:
-            uri = ""
-        if uri in opened or not uri.startswith("sqlite:"):
-            return get_store(store_uri, artifact_uri)
-        with _held(uri):
-            store = get_store(store_uri, artifact_uri)
-        opened.add(uri)
-        return store
+    def build_serialised(store_uri: Any, artifact_uri: Any = None) -> Any:
+        # MLflow builds a store once per process and URI (then it caches it): only then, the lock.
+        with _held(str(store_uri)):
+            return build(store_uri=store_uri, artifact_uri=artifact_uri)
 
-    registry.get_store = serialised_get_store
+    registry.register("sqlite", build_serialised)
 
 
 def _lock_path(uri: str) -> str:
