@@ -83,6 +83,40 @@ def test_unknown_sweep_is_a_clear_error(here: Path, sqlite_store_url: str) -> No
     assert "no sweep 'nosuch'" in result.output
 
 
+def create_sweep(db: str, **raw: object) -> str:
+    with open_store(db) as store:
+        return Coordinator(store).create_sweep(parse_sweep({"method": "grid", **raw})).id
+
+
+def test_an_agent_away_from_the_program_stops_before_it_takes_a_trial(
+    here: Path, sqlite_store_url: str
+) -> None:
+    # Written for a folder that holds train.py; this agent runs elsewhere.
+    sweep_id = create_sweep(sqlite_store_url, program="train.py", parameters={"x": {"values": [1, 2]}})
+    result = CliRunner().invoke(main, ["agent", sweep_id, "--db", sqlite_store_url])
+    assert result.exit_code == 1
+    assert f"program: 'train.py' not found (looked for {here / 'train.py'})" in result.output
+    assert "start the agent in the folder the sweep's program is in" in result.output
+    with open_store(sqlite_store_url) as store:
+        assert store.list_trials(sweep_id) == []  # no trial taken, none spent
+
+
+def test_a_program_run_from_path_or_as_a_module_needs_no_file_here(here: Path, sqlite_store_url: str) -> None:
+    x = {"x": {"values": [1]}}
+    on_path = create_sweep(sqlite_store_url, program="true", command=["${program}", "${args}"], parameters=x)
+    as_module = create_sweep(
+        sqlite_store_url,
+        program="json.tool",
+        command=["${env}", "${interpreter}", "-m", "${program}", "-h"],
+        parameters=x,
+    )
+    for sweep_id in (on_path, as_module):
+        result = CliRunner().invoke(main, ["agent", sweep_id, "--db", sqlite_store_url])
+        assert result.exit_code == 0, result.output
+        with open_store(sqlite_store_url) as store:
+            assert [t.state for t in store.list_trials(sweep_id)] == [TrialState.FINISHED]
+
+
 def test_gpus_and_slots_together_are_refused(here: Path, sqlite_store_url: str) -> None:
     result = CliRunner().invoke(main, ["agent", "x", "--db", sqlite_store_url, "--gpus", "0", "--slots", "2"])
     assert result.exit_code == 2 and "either --gpus or --slots" in result.output

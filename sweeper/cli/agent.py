@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from sweeper.cli.common import (
+    check_agent_program,
     chosen_gpus,
     connect_or_fail,
     coordinator_option,
@@ -82,6 +83,7 @@ def agent(
     logging.basicConfig(level=logging.WARNING, format="sweeper agent: %(message)s")
     client = connect_or_fail(coordinator_url, token, db_url)
     spec = _check_sweep(client, sweep_id, coordinator_url)
+    check_agent_program(spec, sweep_id)
 
     from sweeper.cli.run import Progress
 

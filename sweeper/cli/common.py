@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -146,22 +147,44 @@ def resolve_program(spec: SweepSpec, sweep_file: str) -> str | None:
     A ``program`` the command runs as a module (``-m ${program}``, W&B's pattern for
     ``program: pkg.train``) is a module name, not a file: it is passed on as written (None here).
     """
-    if not any("${program}" in part for part in spec.command):
+    return find_program(
+        spec,
+        [Path(), Path(sweep_file).parent],
+        where=sweep_file,
+        advice=f"run from the folder the program is in, or fix 'program' in {sweep_file}",
+    )
+
+
+def check_agent_program(spec: SweepSpec, sweep_id: str) -> None:
+    """Refuse to start an agent whose every trial would fail at once: its sweep runs a ``program``
+    file that is not in this folder (W&B's agent, too, runs ``program`` relative to its folder)."""
+    find_program(
+        spec,
+        [Path()],
+        where=f"sweep {sweep_id}",
+        advice="start the agent in the folder the sweep's program is in",
+    )
+
+
+def find_program(spec: SweepSpec, folders: Sequence[Path], *, where: str, advice: str) -> str | None:
+    """The sweep's ``program`` in the first of ``folders`` that holds it, for a command that runs
+    ``${program}`` as a file; None when the command runs no program file. A program the command
+    starts as its executable may also be a command on PATH."""
+    if "${program}" not in spec.command:  # only a whole chunk is expanded, as in W&B
         return None
     if spec.program is None:
         # Valid for sweeper.agent(function=...), but a command needs something to run.
-        raise click.ClickException(f"program: required because the command uses ${{program}} ({sweep_file})")
+        raise click.ClickException(f"program: required because the command uses ${{program}} ({where})")
     if runs_program_as_module(spec.command):
         return None
-    candidates = [Path(spec.program), Path(sweep_file).parent / spec.program]
+    candidates = [folder / spec.program for folder in folders]
     for candidate in candidates:
         if candidate.is_file():
             return str(candidate)
+    if starts_program_directly(spec.command) and shutil.which(spec.program):
+        return spec.program
     looked = " or ".join(dict.fromkeys(str(c.resolve()) for c in candidates))  # once each
-    raise click.ClickException(
-        f"program: {spec.program!r} not found (looked for {looked}); "
-        f"run from the folder the program is in, or fix 'program' in {sweep_file}"
-    )
+    raise click.ClickException(f"program: {spec.program!r} not found (looked for {looked}); {advice}")
 
 
 def runs_program_as_module(command: Sequence[str]) -> bool:
@@ -169,6 +192,13 @@ def runs_program_as_module(command: Sequence[str]) -> bool:
     right after a ``-m`` chunk."""
     uses = [i for i, chunk in enumerate(command) if "${program}" in chunk]
     return bool(uses) and all(command[i] == "${program}" and i > 0 and command[i - 1] == "-m" for i in uses)
+
+
+def starts_program_directly(command: Sequence[str]) -> bool:
+    """True when ``${program}`` is the command's executable (first, or right after ``${env}``)."""
+    chunks = list(command)
+    first = 1 if chunks[:1] == ["${env}"] else 0
+    return chunks[first : first + 1] == ["${program}"]
 
 
 def cwd() -> Path:
