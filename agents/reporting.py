@@ -6,8 +6,8 @@ counts once. With a :class:`~sweeper.agents.spool.Spool` the queue is on disk, s
 crash does not lose them either.
 
 Retry policy (every coordinator call an agent makes): exponential backoff from the report
-interval, doubled per consecutive failure, capped at ``max_backoff``, with jitter so agents
-cut off together do not all come back in the same instant.
+interval, doubled per consecutive failure, capped at ``max_backoff`` and at a third of the
+lease, with jitter so agents cut off together do not all come back in the same instant.
 
 How points go out in batches, and what becomes of points the coordinator refuses:
 :mod:`~sweeper.agents.batches`.
@@ -66,7 +66,9 @@ class TrialReporter:
         lease = assignment.lease_seconds
         self._heartbeat_interval = min(heartbeat_interval, lease / 3) if lease > 0 else heartbeat_interval
         self._base_backoff = max(report_interval, 0.1)
-        self._max_backoff = max_backoff
+        # A restarted coordinator gives running trials one lease period: an agent that waited
+        # longer between tries would come back to find its trial lost and its result refused.
+        self._max_backoff = min(max_backoff, max(lease / 3, self._base_backoff)) if lease > 0 else max_backoff
         self._sender = BatchSender(
             client, assignment.trial_id, assignment.lease_id, f"trial {assignment.trial_number}", max_batch
         )

@@ -99,6 +99,11 @@ def test_an_agent_away_from_the_program_stops_before_it_takes_a_trial(
     assert "start the agent in the folder the sweep's program is in" in result.output
     with open_store(sqlite_store_url) as store:
         assert store.list_trials(sweep_id) == []  # no trial taken, none spent
+        Coordinator(store).set_sweep_state(sweep_id, SweepState.CANCELLED)
+    # A sweep that is over: the agent says so, wherever it runs.
+    result = CliRunner().invoke(main, ["agent", sweep_id, "--db", sqlite_store_url])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1] == f"sweep {sweep_id} was cancelled"
 
 
 def test_a_program_run_from_path_or_as_a_module_needs_no_file_here(here: Path, sqlite_store_url: str) -> None:

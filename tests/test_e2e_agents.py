@@ -183,12 +183,15 @@ def test_the_server_killed_mid_sweep_and_restarted_loses_nothing_and_repeats_not
     sweep_id = create_sweep(
         server, {"x": {"values": [1, 2, 3, 4, 5, 6]}, "epochs": {"value": 4}, "sleep": {"value": 0.25}}
     )
-    agents = [AgentProcess(server, sweep_id, tmp_path / f"a{i}") for i in (1, 2)]
+    # The default --max-backoff (30 s), ten times the lease.
+    agents = [AgentProcess(server, sweep_id, tmp_path / f"a{i}", "--max-backoff", "30") for i in (1, 2)]
     stopped_at_end.extend(agents)
     wait_for(lambda: sum(len(a.trial_dirs()) for a in agents) >= 3, "a few trials to start")
     finished_before = {t.number: t for t in trials_of(server, sweep_id) if t.state is TrialState.FINISHED}
     server.kill()
-    time.sleep(1.0)  # agents notice: heartbeats and reports fail while trials go on
+    # Down for twice the lease: the agents' retries back off meanwhile, yet come back within the
+    # lease the restarted server gives their trials, or those trials would be lost.
+    time.sleep(6.0)
     server = server.restart()
     stopped_at_end.append(server)
     for agent in agents:

@@ -66,6 +66,17 @@ def test_grid_of_12_with_3_agents_runs_each_combination_once(tmp_path: Path) -> 
     assert len({t["agent"] for t in trials}) >= 2  # the work was shared
 
 
+def test_a_metric_no_trial_logs_is_pointed_out(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path, {"x": {"values": [1, 2]}}, metric={"name": "scroe", "goal": "maximize"})
+    result = sweeper_cmd(tmp_path, "run", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr  # the trials themselves ran
+    assert result.stdout.count("(no scroe logged)") == 2, result.stdout
+    hint = "none of the 2 trial(s) that ended logged the sweep's metric 'scroe' (they logged epoch, score);"
+    assert hint in result.stderr, result.stderr
+    status = sweeper_cmd(tmp_path, "status", sweep_id_of(result.stdout))
+    assert status.returncode == 0 and hint in status.stderr, status.stderr
+
+
 def test_crashing_trial_is_recorded_and_retried_once_and_the_sweep_goes_on(tmp_path: Path) -> None:
     path = write_sweep(tmp_path, {"x": {"values": [1, 2, 3]}, "fail_when": {"value": 2}})
     result = sweeper_cmd(tmp_path, "run", str(path))
@@ -232,9 +243,22 @@ def test_program_run_as_a_file_is_still_looked_up(tmp_path: Path, command: list[
 
 
 def test_unknown_sweep_id_is_a_clear_error(tmp_path: Path) -> None:
+    made = sweeper_cmd(tmp_path, "sweep", str(write_sweep(tmp_path, {"x": {"values": [1]}})))
     result = sweeper_cmd(tmp_path, "status", "nosuch")
     assert result.returncode == 1
-    assert "no sweep with id 'nosuch'" in result.stderr
+    assert f"no sweep with id 'nosuch' in this store (recent sweeps: {made.stdout.strip()})" in result.stderr
+
+
+@pytest.mark.parametrize("where", [(), ("--db", "sweeper.dbb")], ids=["here", "misspelt --db"])
+@pytest.mark.parametrize("command", [("status",), ("trials", "abc"), ("cancel", "abc"), ("agent", "abc")])
+def test_commands_on_existing_sweeps_make_no_store(tmp_path: Path, command: tuple, where: tuple) -> None:
+    result = sweeper_cmd(tmp_path, *command, *where)
+    assert result.returncode == 1, result.stdout + result.stderr
+    if where:
+        assert f"no store at {tmp_path / 'sweeper.dbb'} (--db sweeper.dbb): check the path;" in result.stderr
+    else:
+        assert f"no sweeper store in {tmp_path} (no .sweeper/sweeper.db):" in result.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing made: a typo leaves no empty store behind
 
 
 def test_trials_csv_has_a_row_per_trial(tmp_path: Path) -> None:

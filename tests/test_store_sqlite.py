@@ -242,6 +242,15 @@ def test_unreachable_postgres(scheme: str) -> None:
     assert "hunter2" not in message and "sweeper:***@127.0.0.1" in message
 
 
+def test_a_short_password_is_hidden_without_mangling_the_message() -> None:
+    port = free_port()
+    with pytest.raises(StoreError) as caught:
+        open_store(f"postgresql://u:p@127.0.0.1:{port}/db")
+    message = str(caught.value)
+    assert f'connection to server at "127.0.0.1", port {port} failed' in message, message
+    assert "u:***@127.0.0.1" in message and ":p@" not in message
+
+
 def test_sqlite_file_that_is_not_a_database(tmp_path: Path) -> None:
     path = tmp_path / "notes.db"
     path.write_text("these are not the tables you are looking for\n" * 100)

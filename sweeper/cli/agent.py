@@ -78,12 +78,14 @@ def agent(
     process group, SIGKILL after --grace) and exits 130.
     """
     from sweeper.local import LocalAgents
+    from sweeper.trials import SweepState
 
     gpu_list = chosen_gpus(gpus, trials_per_gpu, slots, "--slots")
     logging.basicConfig(level=logging.WARNING, format="sweeper agent: %(message)s")
-    client = connect_or_fail(coordinator_url, token, db_url)
-    spec = _check_sweep(client, sweep_id, coordinator_url)
-    check_agent_program(spec, sweep_id)
+    client = connect_or_fail(coordinator_url, token, db_url, existing=True)
+    sweep, spec = _check_sweep(client, sweep_id, coordinator_url)
+    if sweep.state in (SweepState.RUNNING, SweepState.PAUSED):  # else it says the sweep is over
+        check_agent_program(spec, sweep_id)
 
     from sweeper.cli.run import Progress
 
@@ -109,8 +111,8 @@ def agent(
     click.echo(_exit_line(reasons))
 
 
-def _check_sweep(client: Any, sweep_id: str, coordinator: str | None) -> Any:
-    """The sweep's spec; a clear error for an unknown sweep, a refused token or no coordinator."""
+def _check_sweep(client: Any, sweep_id: str, coordinator: str | None) -> tuple[Any, Any]:
+    """The sweep and its spec; a clear error for an unknown sweep, a refused token or no coordinator."""
     from sweeper.agents.reporting import backoff_delay
     from sweeper.client import CoordinatorError
     from sweeper.protocol import SweepNotFoundError
@@ -118,8 +120,7 @@ def _check_sweep(client: Any, sweep_id: str, coordinator: str | None) -> Any:
     where = coordinator or "the local store"
     for attempt in range(1, _START_TRIES + 1):
         try:
-            client.get_sweep(sweep_id)
-            return client.spec_of(sweep_id)
+            return client.get_sweep(sweep_id), client.spec_of(sweep_id)
         except SweepNotFoundError:
             raise click.ClickException(
                 f"no sweep {sweep_id!r} at {where} (sweeper status lists them)"

@@ -225,15 +225,40 @@ token_option = click.option(
 )
 
 
-def connect_or_fail(coordinator_url: str | None, token: str | None, db_url: str | None) -> Any:
-    """A coordinator for the CLI: remote when a URL is given, else embedded; failures as ClickException."""
+def connect_or_fail(
+    coordinator_url: str | None, token: str | None, db_url: str | None, *, existing: bool = False
+) -> Any:
+    """A coordinator for the CLI: remote when a URL is given, else embedded; failures as ClickException.
+
+    ``existing``: the command works on sweeps already made, so an embedded SQLite store that is not
+    there is an error (a misspelt ``--db`` would otherwise make a new, empty one)."""
     from sweeper.connect import connect
     from sweeper.store import StoreError
 
     try:
+        if existing and not coordinator_url:
+            _require_sqlite_file(db_url)
         return connect(coordinator_url, token=token, db=db_url)
     except (StoreError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _require_sqlite_file(db_url: str | None) -> None:
+    from sweeper.store.engine import DEFAULT_PATH, resolve_url
+
+    makes_one = "`sweeper run FILE` or `sweeper sweep FILE` makes one"
+    if db_url is None:
+        if not (cwd() / DEFAULT_PATH).is_file():
+            raise click.ClickException(
+                f"no sweeper store in {cwd()} (no {DEFAULT_PATH}): {makes_one} here; "
+                "or pass --db URL, or --coordinator URL"
+            )
+        return
+    url = resolve_url(db_url)
+    if url.get_backend_name() == "sqlite" and not (path := Path(url.database or "")).is_file():
+        raise click.ClickException(
+            f"no store at {path.resolve()} (--db {db_url}): check the path; {makes_one}"
+        )
 
 
 @contextlib.contextmanager

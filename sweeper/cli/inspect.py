@@ -46,7 +46,7 @@ def status(
     sweep_id: str | None, top: int, coordinator_url: str | None, token: str | None, db_url: str | None
 ) -> None:
     """State counts, the best trial and a leaderboard of SWEEP_ID (all sweeps when omitted)."""
-    coordinator = connect_or_fail(coordinator_url, token, db_url)
+    coordinator = connect_or_fail(coordinator_url, token, db_url, existing=True)
     with coordinator_errors():
         _status(coordinator, sweep_id, top)
 
@@ -80,7 +80,7 @@ def trials(
     sweep_id: str, fmt: str, coordinator_url: str | None, token: str | None, db_url: str | None
 ) -> None:
     """Every trial of SWEEP_ID: config, state, final metrics (and metric curves in JSON)."""
-    coordinator = connect_or_fail(coordinator_url, token, db_url)
+    coordinator = connect_or_fail(coordinator_url, token, db_url, existing=True)
     with coordinator_errors():
         _check_sweep(coordinator, sweep_id)
         rows = coordinator.trials(sweep_id, with_history=(fmt == "json"))

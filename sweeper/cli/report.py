@@ -23,7 +23,10 @@ def describe_event(spec: SweepSpec, event: Any) -> str | None:
         number = event.assignment.trial_number
         outcome = event.outcome
         value = event.summary.get(metric) if metric else None
-        shown = f"  {metric}={value:.6g}" if isinstance(value, int | float) else ""
+        if isinstance(value, int | float):
+            shown = f"  {metric}={value:.6g}"
+        else:  # the search learns nothing from this trial: say so while it runs
+            shown = f"  (no {metric} logged)" if metric else ""
         if outcome.state is TrialState.FAILED:
             last = (outcome.stderr_tail or "").strip().splitlines()[-1:] or ["(no stderr)"]
             return f"trial {number} failed    exit {outcome.exit_code} after {event.seconds:.1f}s: {last[0]}"
@@ -66,5 +69,21 @@ def print_summary(coordinator: Any, sweep_id: str, top: int = 5) -> None:
             f"best: trial {best.number}  {spec.metric.name}={value:.6g} ({spec.metric.goal.value})  "
             f"{format_config(best.config, limit=20)}"
         )
+    elif spec.metric and (hint := metric_never_logged(spec.metric.name, trials)):
+        click.echo(f"warning: {hint}", err=True)
     for line in leaderboard(spec, trials, top=top):
         click.echo(line)
+
+
+def metric_never_logged(metric: str, trials: Sequence[Trial]) -> str | None:
+    """What to tell a person whose trials ended without ever logging the sweep's metric: the
+    search then learns nothing (W&B's is as blind, and silent). None when any trial logged it."""
+    ended = [t for t in trials if t.state in (TrialState.FINISHED, TrialState.STOPPED)]
+    if not ended or any(t.metric(metric) is not None for t in trials):
+        return None
+    logged = sorted({name for t in ended for name in t.summary if not name.startswith("_")})
+    seen = f"they logged {', '.join(logged)}" if logged else "they logged no metric at all"
+    return (
+        f"none of the {len(ended)} trial(s) that ended logged the sweep's metric {metric!r} ({seen}); "
+        "fix metric.name in the sweep file, or log it from the script"
+    )

@@ -121,7 +121,7 @@ def _state_command(name: str, state: SweepState, summary: str) -> click.Command:
     @token_option
     @db_option
     def command(sweep_id: str, coordinator_url: str | None, token: str | None, db_url: str | None) -> None:
-        coordinator = connect_or_fail(coordinator_url, token, db_url)
+        coordinator = connect_or_fail(coordinator_url, token, db_url, existing=True)
         with coordinator_errors():
             changed = coordinator.set_sweep_state(sweep_id, state)
         click.echo(f"sweep {changed.id} is {changed.state.value}")

@@ -6,6 +6,7 @@ with open_store("postgresql://user:pw@db:5432/sweeper") as store: ...
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from sqlalchemy.exc import DBAPIError
@@ -54,8 +55,8 @@ def open_store(url: str | None = None, *, migrations: Sequence[Migration] = MIGR
     except DBAPIError as exc:
         engine.dispose()
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        if resolved.password:
-            reason = reason.replace(resolved.password, "***")
+        if resolved.password:  # as a whole word only: a password "p" must not turn "port" into "***ort"
+            reason = re.sub(rf"(?<!\w){re.escape(resolved.password)}(?!\w)", "***", reason)
         raise StoreError(f"cannot open store {label}: {reason}") from None
     except BaseException:
         engine.dispose()
