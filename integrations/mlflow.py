@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from sweeper.agents.pythonpath._sweeper_capture.mlflow_client import serialise_store_creation
 from sweeper.integrations.base import Leaderboard, SweepInfo, Tracker, TrialEnd, TrialInfo
 from sweeper.integrations.leaderboard import flat, write_board_files
 from sweeper.integrations.settings import MlflowSettings, mlflow_settings
@@ -68,6 +69,7 @@ class MlflowTracker(Tracker):
             "MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN are right"
         )
         self._child_http = self._fail_fast()
+        serialise_store_creation()  # agents starting together on a new sqlite: store
         self.client = MlflowClient(tracking_uri=settings.tracking_uri)
         self._experiment_id: str | None = settings.experiment_id
         self._parents: dict[str, str] = {}

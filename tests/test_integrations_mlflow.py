@@ -127,6 +127,44 @@ def test_unchanged_mlflow_scripts_started_together_share_a_fresh_local_database(
     assert sorted(round(r.data.metrics["loss"], 6) for r in runs) == [0.1, 0.2, 0.4, 0.8]
 
 
+def test_agents_started_together_on_a_fresh_sqlite_tracking_store_all_log(tmp_path: Path) -> None:
+    """Each agent's own MLflow client creates the store's tables the first time it opens it; two
+    agents doing that at once made one of them give up logging for good."""
+    ml_db = tmp_path / "ml.db"
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(
+        f"program: {SCRIPTS / 'e2e_trial.py'}\n"
+        "method: grid\n"
+        "metric: {name: score, goal: maximize}\n"
+        "parameters:\n  x: {values: [1, 2, 3, 4]}\n"
+        f"integrations: {{mlflow: {{tracking_uri: 'sqlite:///{ml_db}', experiment: together}}}}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "SWEEPER_"))}
+    db = f"sqlite:///{tmp_path / 'sweeper.db'}"
+    made = subprocess.run(
+        [SWEEPER, "sweep", str(sweep_file), "--db", db], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert made.returncode == 0, made.stderr
+    sweep_id = made.stdout.split()[0]
+    agents = [
+        subprocess.Popen(
+            [SWEEPER, "agent", sweep_id, "--db", db],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    outputs = [agent.communicate(timeout=180)[0] for agent in agents]
+    assert all(agent.returncode == 0 for agent in agents), outputs
+    assert not any("logging is off" in out for out in outputs), outputs
+    client = MlflowClient(f"sqlite:///{ml_db}")
+    parent, children = runs_of(client, "together")
+    assert sorted(r.data.params["x"] for r in children) == ["1", "2", "3", "4"]
+
+
 def test_unchanged_mlflow_script_under_sweeper_run(mlflow_server: MlflowServer, tmp_path: Path) -> None:
     """`sweeper run --mlflow URI` on a script that only knows mlflow: its metrics reach the coordinator
     step by step while it runs, and land once, in the trial's pre-created child run."""

@@ -52,32 +52,35 @@ def patch(module: Any) -> None:
 
     module.start_run = patched_start_run
     try:  # last, so that a failure here leaves the metric capture in place
-        from mlflow.tracking._tracking_service import utils
-
-        _serialise_store_creation(utils)
+        serialise_store_creation()
     except Exception as exc:
         print(f"sweeper: MLflow's local database opens unserialised ({exc})", file=sys.stderr)
 
 
-def _serialise_store_creation(utils: Any) -> None:
-    """Trials that start together must not create MLflow's local database together.
+def serialise_store_creation() -> None:
+    """Processes that start together must not create MLflow's local database together.
 
     Without a tracking URI, MLflow keeps runs in ``./mlflow.db``, and the first process to open it
     creates its tables and runs its migrations. Two trials doing that at once fail ("table
     experiments already exists", "Online migration expected to match one row"), so every trial
-    but one of a fresh sweep failed. MLflow's builder of SQLite stores, which it runs once per
-    process and database, now holds a lock file named after the database while it runs.
+    but one of a fresh sweep failed; two agents logging to one new ``sqlite:`` store did the
+    same. MLflow's builder of SQLite stores, which it runs once per process and database, now
+    holds a lock file named after the database while it runs. Once per process: a second lock
+    on the same file from the same process would wait for itself.
     """
+    from mlflow.tracking._tracking_service import utils
+
     registry = getattr(utils, "_tracking_store_registry", None)
     build = getattr(registry, "_registry", {}).get("sqlite")
-    if build is None:
-        return  # an MLflow laid out otherwise, or without SQLAlchemy: stores open as they always did
+    if build is None or getattr(build, "sweeper_serialised", False):
+        return  # an MLflow laid out otherwise, without SQLAlchemy, or already done
 
     def build_serialised(store_uri: Any, artifact_uri: Any = None) -> Any:
         # MLflow builds a store once per process and URI (then it caches it): only then, the lock.
         with _held(str(store_uri)):
             return build(store_uri=store_uri, artifact_uri=artifact_uri)
 
+    build_serialised.sweeper_serialised = True  # type: ignore[attr-defined]
     registry.register("sqlite", build_serialised)
 
 
