@@ -62,6 +62,8 @@ def run_and_list(
         [SWEEPER, "run", "sweep.yaml", *run_args], cwd=cwd, capture_output=True, text=True, timeout=timeout
     )
     assert ran.returncode == 0, ran.stdout + ran.stderr
+    if sweep.get("method") in ("grid", "pbt"):  # both end by themselves: no note says otherwise
+        assert "no end of its own" not in ran.stdout, ran.stdout
     sweep_id = sweep_id_of(ran.stdout)
     listing = subprocess.run(
         [SWEEPER, "trials", sweep_id, "--format", "json"], cwd=cwd, capture_output=True, text=True, timeout=60

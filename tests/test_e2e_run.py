@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -259,6 +260,20 @@ def test_commands_on_existing_sweeps_make_no_store(tmp_path: Path, command: tupl
     else:
         assert f"no sweeper store in {tmp_path} (no .sweeper/sweeper.db):" in result.stderr
     assert list(tmp_path.iterdir()) == []  # nothing made: a typo leaves no empty store behind
+
+
+def test_output_closed_early_is_not_blamed_on_the_coordinator(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path, {"x": {"values": [1]}})
+    for _ in range(2):
+        assert sweeper_cmd(tmp_path, "sweep", str(path)).returncode == 0
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # as `sweeper status | head -0` would
+    with os.fdopen(write_end, "w") as closed:
+        listed = subprocess.run(
+            [SWEEPER, "status"], cwd=tmp_path, stdout=closed, stderr=subprocess.PIPE, text=True, timeout=60
+        )
+    assert listed.returncode == 1
+    assert "sweeper server" not in listed.stderr and "Broken pipe" not in listed.stderr, listed.stderr
 
 
 def test_trials_csv_has_a_row_per_trial(tmp_path: Path) -> None:

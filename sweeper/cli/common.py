@@ -272,5 +272,7 @@ def coordinator_errors() -> Iterator[None]:
         yield
     except (AuthenticationError, CoordinatorError, StoreError, SweepNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
+    except BrokenPipeError:  # our own output was closed (`| head`): click ends quietly
+        raise
     except OSError as exc:  # refused, timed out, 5xx
         raise click.ClickException(f"{exc} (is `sweeper server` running there?)") from None

@@ -81,7 +81,8 @@ def run(
     coordinator = Coordinator(store)
     sweep = coordinator.create_sweep(spec)
     click.echo(f"sweep {sweep.id}: {describe(spec)}")
-    if spec.method != "grid" and spec.run_cap is None and count is None:
+    # A grid ends when every combination has run, a PBT population when every member has.
+    if spec.method not in ("grid", "pbt") and spec.run_cap is None and count is None:
         click.echo("note: this search has no end of its own; pass --count N or set run_cap (Ctrl-C stops it)")
 
     progress = Progress(spec)
