@@ -67,7 +67,7 @@ class Run:
         self.sweep_id = sweep_id
         self.trial_number = trial_number
         self.dir = dir if dir is not None else Path.cwd()
-        self.summary: dict[str, Any] = {}
+        self.summary = Summary()
         self.history: list[dict[str, Any]] = []
         self._context = context
         self._metrics_path = metrics_path
@@ -75,6 +75,7 @@ class Run:
         # A second init() in the same trial continues the numbering: the store drops repeated seqs.
         self._seq = _next_seq.get(id, 0)
         self._step = 0
+        self._last_step = 0  # where the summary's own values land when the run finishes
         self._warned: set[str] = set()
         self._lock = threading.Lock()
         self._finished = False
@@ -157,7 +158,8 @@ class Run:
             record = {"seq": self._seq, "step": at, "time": time.time(), "metrics": metrics}
             self._seq += 1
             _next_seq[self.id] = self._seq
-            self.summary.update(metrics)
+            self._last_step = at
+            self.summary.record_logged(metrics)
             self._emit(record)
 
     def _snapshot_checkpoint(self) -> None:
@@ -226,6 +228,12 @@ class Run:
         with self._lock:
             if self._finished:
                 return
+            if written := self.summary.written():  # the trial's last word, as W&B's sweeps read it
+                self._emit(
+                    {"seq": self._seq, "step": self._last_step, "time": time.time(), "metrics": written}
+                )
+                self._seq += 1
+                _next_seq[self.id] = self._seq
             self._finished = True
             if self._fd is not None:
                 os.close(self._fd)
@@ -245,6 +253,32 @@ class Run:
     def __repr__(self) -> str:
         where = f"sweep {self.sweep_id} trial {self.trial_number}" if self.in_sweep else "standalone"
         return f"<Run {self.id} ({where})>"
+
+
+class Summary(dict):
+    """``run.summary``, as in W&B: the last logged value of each metric, and what the script writes
+    itself. W&B's sweeps read a run's objective from its summary, so a number written here (the best
+    epoch's accuracy, say) is the trial's value once the run finishes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._logged: dict[str, Any] = {}
+
+    def record_logged(self, metrics: Mapping[str, Any]) -> None:
+        self.update(metrics)
+        self._logged.update(metrics)
+
+    def written(self) -> dict[str, float | int | bool]:
+        """The numbers the script wrote here itself, where they differ from what it last logged."""
+        out = {}
+        for key, value in self.items():
+            number = _as_number(value)
+            logged = self._logged.get(key)
+            # NaN never equals itself: a logged NaN left as it was is no new value either.
+            same = key in self._logged and (logged == number or (logged != logged and number != number))
+            if number is not None and not same:
+                out[str(key)] = number
+        return out
 
 
 def _as_number(value: Any) -> float | int | bool | None:

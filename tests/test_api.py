@@ -90,6 +90,23 @@ def test_sweep_from_a_file(db: str, tmp_path: Path) -> None:
     assert trial.summary == {"lr": trial.config["lr"]}
 
 
+def test_a_value_written_to_the_summary_is_the_trials_value(db: str) -> None:
+    sweep_id = sweeper.sweep(
+        {"method": "grid", "metric": {"name": "acc", "goal": "maximize"}, "parameters": {"x": {"value": 1}}},
+        db=db,
+    )
+
+    def train() -> None:
+        run = sweeper.init()
+        run.log({"acc": 0.5})
+        run.summary["acc"] = 0.75  # W&B scripts often write the objective here at the end
+
+    sweeper.agent(sweep_id, function=train, db=db)
+    with open_store(db) as store:
+        (trial,) = store.list_trials(sweep_id)
+    assert trial.state is TrialState.FINISHED and trial.summary == {"acc": 0.75}
+
+
 def test_a_function_over_the_time_limit_is_stopped_at_its_next_log(db: str) -> None:
     def train() -> None:
         run = sweeper.init()

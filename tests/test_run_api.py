@@ -52,6 +52,22 @@ def test_standalone_uses_defaults_and_keeps_history_in_memory(tmp_path: Path, mo
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
+def test_values_written_to_the_summary_are_the_runs_last_word() -> None:
+    run = sweeper.init()
+    run.log({"acc": 0.7, "loss": 0.5}, step=3)
+    run.summary["acc"] = 0.9  # the best epoch's, say: what W&B's sweeps would read
+    run.summary["loss"] = 0.5  # as logged: nothing new to say
+    run.summary["note"] = "not a number"
+    run.summary["epochs_run"] = 4
+    run.finish()
+    assert [(r["seq"], r["step"], r["metrics"]) for r in run.history] == [
+        (0, 3, {"acc": 0.7, "loss": 0.5}),
+        (1, 3, {"acc": 0.9, "epochs_run": 4}),
+    ]
+    run.finish()  # once only
+    assert len(run.history) == 2
+
+
 def test_nested_config_reads_by_key_and_attribute() -> None:
     run = sweeper.init({"model": {"encoder": {"layers": 4}}, "lr": 1e-3})
     assert run.config.model.encoder.layers == 4
