@@ -7,10 +7,12 @@ machines log to the same trackers.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from typing import Any
 
 import click
+from sweeper.integrations.settings import DEFAULT_MLFLOW_URI, absolute_uri
 
 from sweeper.spec import SweepSpec
 from sweeper.spec.integrations import check_integrations
@@ -27,7 +29,8 @@ mlflow_option = click.option(
     default=None,
     metavar="[URI]",
     help="Log to MLflow: a parent run per sweep, a child run per trial. "
-    "URI default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here (what `mlflow ui` opens).",
+    "URI default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here (what `mlflow ui` opens), "
+    "stored with the sweep, so agents started later elsewhere log to the same place.",
 )
 wandb_option = click.option(
     "--wandb",
@@ -48,6 +51,11 @@ def with_trackers(spec: SweepSpec, mlflow_uri: str | None, wandb_on: bool) -> Sw
         mlflow.pop("enabled", None)
         if mlflow_uri != FROM_ENV:
             mlflow["tracking_uri"] = mlflow_uri
+        elif "tracking_uri" not in mlflow:
+            # Resolved here and stored with the sweep: an agent started later, in another folder,
+            # logs to the same place, not to an mlflow.db of its own folder.
+            uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_MLFLOW_URI
+            mlflow["tracking_uri"] = absolute_uri(uri)
         block["mlflow"] = mlflow
     if wandb_on:
         wandb = _settings(block.get("wandb"))

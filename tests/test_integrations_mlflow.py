@@ -165,6 +165,29 @@ def test_agents_started_together_on_a_fresh_sqlite_tracking_store_all_log(tmp_pa
     assert sorted(r.data.params["x"] for r in children) == ["1", "2", "3", "4"]
 
 
+def test_a_bare_mlflow_flag_keeps_the_sweep_in_one_database_wherever_agents_start(tmp_path: Path) -> None:
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(
+        f"program: {SCRIPTS / 'e2e_trial.py'}\n"
+        "method: grid\n"
+        "metric: {name: score, goal: maximize}\n"
+        "parameters:\n  x: {values: [1, 2, 3]}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "SWEEPER_"))}
+    sweeper_run(sweep_file, "--mlflow", "--count", "1", cwd=tmp_path, env=env)
+    db = f"sqlite:///{tmp_path / '.sweeper' / 'sweeper.db'}"
+    (sweep,) = open_store(db).list_sweeps()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    agent = subprocess.run(
+        [SWEEPER, "agent", sweep.id, "--db", db], cwd=elsewhere, env=env, capture_output=True, text=True
+    )
+    assert agent.returncode == 0, agent.stdout + agent.stderr
+    assert not (elsewhere / "mlflow.db").exists()
+    _, children = runs_of(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), "sweeper")
+    assert sorted(r.data.params["x"] for r in children) == ["1", "2", "3"]
+
+
 def test_unchanged_mlflow_script_under_sweeper_run(mlflow_server: MlflowServer, tmp_path: Path) -> None:
     """`sweeper run --mlflow URI` on a script that only knows mlflow: its metrics reach the coordinator
     step by step while it runs, and land once, in the trial's pre-created child run."""
