@@ -69,6 +69,20 @@ run.finish()
 """
 
 
+# W&B keeps the aggregates define_metric asks for in the summary (val_acc.max), where a sweep's
+# metric can name them.
+DEFINED_SUMMARIES = """
+import wandb
+
+run = wandb.init()
+wandb.define_metric("val_acc", summary="max")
+run.define_metric("loss/*", summary="min,mean")
+for acc in (0.5, wandb.config.peak, 0.7):
+    wandb.log({"val_acc": acc, "loss/train": 1 - acc})
+run.finish()
+"""
+
+
 @pytest.fixture
 def wandb_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
@@ -157,3 +171,24 @@ def test_wandb_log_alone_adds_no_summary_point(wandb_env: Path) -> None:
             assert len(trial.history or ()) == len(logged) + 1
         else:  # one point per wandb.log call, none for the summary wandb keeps of them
             assert len(trial.history or ()) == len(logged)
+
+
+def test_aggregates_define_metric_keeps_in_the_summary_reach_the_sweep(wandb_env: Path) -> None:
+    trials = _sweep(
+        wandb_env,
+        DEFINED_SUMMARIES,
+        {"name": "val_acc.max", "goal": "maximize"},
+        {"peak": {"values": [0.8, 0.9]}},
+    )
+    assert [t.state for t in trials] == [TrialState.FINISHED] * 2
+    summaries = _wandb_summaries(wandb_env, trials)
+    for trial in trials:
+        peak = trial.config["peak"]
+        kept = summaries[trial.number]
+        assert trial.metric("val_acc.max") == peak == kept["val_acc"]["max"]
+        assert trial.metric("loss/train.min") == pytest.approx(kept["loss/train"]["min"])
+        assert trial.metric("loss/train.mean") == pytest.approx(kept["loss/train"]["mean"])
+        assert trial.curve("val_acc") == [(0, 0.5), (1, peak), (2, 0.7)]  # the curve as logged
+        # One more point, at the last logged step, with every aggregate.
+        extra = [(p.name, p.step) for p in trial.history or () if "." in p.name]
+        assert sorted(extra) == [("loss/train.mean", 2), ("loss/train.min", 2), ("val_acc.max", 2)]

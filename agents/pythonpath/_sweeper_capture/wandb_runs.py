@@ -2,14 +2,17 @@
 
 ``Run._log`` (every ``wandb.log``) is wrapped so its numbers are also recorded, with source
 "wandb". Numbers a script writes to a run's summary itself are recorded once, when the run ends:
-W&B's sweeps read a run's objective from its summary. ``wandb.init`` is wrapped to mark the trial's
+W&B's sweeps read a run's objective from its summary. So are the aggregates ``define_metric(...,
+summary=...)`` asks W&B to keep there (``val_acc.max``). ``wandb.init`` is wrapped to mark the trial's
 folder (the agent's W&B adapter then leaves the trial's run to the script).
 """
 
 from __future__ import annotations
 
 import atexit
+import fnmatch
 import json
+import math
 import sys
 import threading
 from typing import Any
@@ -29,6 +32,49 @@ class _Written:
         self.step = 0
         self.seq: int | None = None  # the record's, once one is made: sent again, it counts once
         self.sent = False
+        self.aggregates = _Aggregates()
+
+    def summary(self) -> dict[str, float]:
+        return {**self.aggregates.values(), **self.values}  # a value the script wrote itself wins
+
+
+_MODES = ("min", "max", "mean", "first")  # "last" is the logged value itself
+
+
+class _Aggregates:
+    """``run.define_metric(name, summary="max")`` (or "min,mean", a glob name): W&B keeps that
+    aggregate of the logged values in the run's summary as ``name.max``, where a sweep's metric can
+    name it; kept here too, and sent with the summary when the run ends."""
+
+    def __init__(self) -> None:
+        self.modes: dict[str, tuple[str, ...]] = {}
+        self.stats: dict[str, list[float]] = {}  # min, max, sum, count, first (finite values only)
+
+    def define(self, name: str, summary: Any) -> None:
+        modes = tuple(m.strip() for m in str(summary or "").split(",") if m.strip() in _MODES)
+        self.modes[name] = modes
+
+    def _modes_of(self, key: str) -> tuple[str, ...]:
+        return next((m for pattern, m in self.modes.items() if fnmatch.fnmatchcase(key, pattern)), ())
+
+    def add(self, logged: dict[str, float]) -> None:
+        for key, value in logged.items():
+            if not self._modes_of(key) or not math.isfinite(value):
+                continue
+            found = self.stats.get(key)
+            if found is None:
+                self.stats[key] = [value, value, value, 1.0, value]
+            else:
+                found[0], found[1] = min(found[0], value), max(found[1], value)
+                found[2] += value
+                found[3] += 1
+
+    def values(self) -> dict[str, float]:
+        out = {}
+        for key, (low, high, total, count, first) in self.stats.items():
+            of = {"min": low, "max": high, "mean": total / count, "first": first}
+            out.update({f"{key}.{mode}": of[mode] for mode in self._modes_of(key)})
+        return out
 
 
 _unsent: list[_Written] = []
@@ -66,7 +112,7 @@ def _send(state: _Written) -> None:
                 return
             if state.seq is None:
                 state.seq = core.next_seq("wandb")
-        core.emit("wandb", state.step, dict(state.values), seq=state.seq)
+        core.emit("wandb", state.step, state.summary(), seq=state.seq)
         state.sent = True
         if state in _unsent:
             _unsent.remove(state)
@@ -108,6 +154,7 @@ def patch(module: Any) -> None:
             core.emit("wandb", at, logged)
             state = _written(self.summary)
             state.step = max(state.step, at)
+            state.aggregates.add(logged)
             for name in [*logged, *data]:  # logged again, W&B's summary holds the logged value again
                 state.values.pop(str(name), None)
         except Exception:
@@ -124,6 +171,18 @@ def patch(module: Any) -> None:
         return result
 
     run_cls.log = log
+    define_metric = run_cls.define_metric
+
+    def defined(self: Any, name: Any, *args: Any, **kwargs: Any) -> Any:
+        result = define_metric(self, name, *args, **kwargs)
+        try:
+            summary = kwargs.get("summary", args[3] if len(args) > 3 else None)
+            _written(self.summary).aggregates.define(str(name), summary)
+        except Exception:
+            pass
+        return result
+
+    run_cls.define_metric = defined
     # Every summary write (item, attribute, update, nested, delete) reaches the root's _update as one
     # diff; wandb.log's own summary is made by wandb's service, and a resumed run's comes in here.
     run_cls._set_run_obj = _internally(run_cls._set_run_obj)
