@@ -62,10 +62,23 @@ def trackers_for(sweep_id: str, block: Mapping[str, Any] | None) -> list[SafeTra
                     "%s logging is off for sweep %s: %s (install it: %s)", name, sweep_id, exc, _EXTRAS[name]
                 )
             except Exception as exc:
-                log.error("%s logging is off for sweep %s: %s: %s", name, sweep_id, type(exc).__name__, exc)
+                log.error(
+                    "%s logging is off for sweep %s (%s): %s: %s",
+                    name,
+                    sweep_id,
+                    _described(name, settings),
+                    type(exc).__name__,
+                    exc,
+                )
         _sessions[key] = made
         _register_atexit()
         return made
+
+
+def _described(name: str, settings: Mapping[str, Any]) -> str:
+    """Where the settings that failed came from, for a person to fix: the sweep file's keys."""
+    given = [f"integrations.{name}.{key}={value!r}" for key, value in settings.items() if key != "enabled"]
+    return ", ".join(given) or f"integrations.{name}: settings from the environment"
 
 
 def _register_atexit() -> None:

@@ -153,3 +153,20 @@ def test_mlflow_server_killed_mid_sweep_fails_no_trial_and_runs_complete(tmp_pat
         assert sorted(m.step for m in best) == [t.number for t in trials]
     finally:
         server.stop()
+
+
+def test_a_tracker_that_cannot_start_names_the_sweep_file_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    pytest.importorskip("mlflow")
+    from sweeper.integrations.session import trackers_for
+
+    monkeypatch.chdir(tmp_path)
+    block = {"mlflow": {"tracking_uri": "htp//nowhere", "experiment": "e"}}  # not a URL MLflow takes
+    with caplog.at_level(logging.ERROR, logger="sweeper.integrations"):
+        assert trackers_for("s-bad-uri", block) == []
+    (line,) = [r.getMessage() for r in caplog.records if "logging is off" in r.getMessage()]
+    assert line.startswith(
+        "mlflow logging is off for sweep s-bad-uri "
+        "(integrations.mlflow.tracking_uri='htp//nowhere', integrations.mlflow.experiment='e'): "
+    ), line
