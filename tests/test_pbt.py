@@ -273,6 +273,22 @@ def test_the_strategy_fills_the_population_then_replaces_exploited_members_then_
     assert done.kind is SuggestionKind.DONE and "population of 4" in done.reason
 
 
+def test_a_member_exploited_in_favour_of_a_donor_that_has_finished_is_not_restarted() -> None:
+    # The donor's checkpoint is its last epoch's: a restart from it would have nothing to train.
+    spec = parse_sweep(pbt_sweep(population=2))
+    strategy = strategy_class("pbt")(spec)
+    reason = "pbt: exploit trial 1 (member 0, acc=0.9, rank 1 of 2): at iteration 2 member 1 ..."
+    trials = [
+        Trial(1, "sw", 1, {"lr": 0.1}, TrialState.RUNNING, 0.0, member=0),
+        Trial(2, "sw", 2, {"lr": 0.2}, TrialState.STOPPED, 0.0, member=1, stop_reason=reason),
+    ]
+    restart = strategy.suggest(trials, random.Random(0))  # donor still training: restart from it
+    assert restart.kind is SuggestionKind.RUN and restart.member == 1 and restart.restore_from
+    trials[0] = dataclasses.replace(trials[0], state=TrialState.FINISHED)
+    done = strategy.suggest(trials, random.Random(0))
+    assert done.kind is SuggestionKind.DONE and "population of 2" in done.reason
+
+
 # --- the coordinator: decisions on metric arrival, assignments with checkpoints -------------------
 
 

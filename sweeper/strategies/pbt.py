@@ -22,7 +22,7 @@ from sweeper.stopping.pbt import exploited_trial
 from sweeper.strategies.base import Strategy, Suggestion, SuggestionKind
 from sweeper.strategies.random_search import RandomSearch
 from sweeper.strategies.registry import register
-from sweeper.trials import Trial
+from sweeper.trials import Trial, TrialState
 
 D = Distribution
 _CATEGORICAL = (D.CATEGORICAL, D.CATEGORICAL_W_PROBABILITIES)
@@ -130,7 +130,9 @@ class PbtSearch(RandomSearch):
         for member in range(population):
             last = latest[member]
             donor = by_number.get(exploited_trial(last.stop_requested or last.stop_reason) or 0)
-            if donor is None:
+            if donor is None or donor.state is TrialState.FINISHED:
+                # A donor that finished by itself left the checkpoint of its last epoch: a member
+                # restarted from it would have nothing left to train. The member stands as it is.
                 continue
             config = explore(self.spec, donor.config, self.config, rng)
             where = checkpoint_location(self.config.checkpoints, donor.sweep_id, donor.number)
