@@ -10,6 +10,7 @@ otherwise).
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,14 @@ def sweep(config: Mapping[str, Any] | str | os.PathLike[str], *, db: str | None 
     Raises :class:`sweeper.spec.SpecError` listing every problem when the config is invalid.
     """
     from sweeper.spec import load_sweep_file, parse_sweep
+    from sweeper.spec.advice import spec_advice
 
     if isinstance(config, Mapping):
         spec = parse_sweep(config)
     else:
         spec = load_sweep_file(Path(config))
+    for line in spec_advice(spec):  # valid, but likely not what was meant
+        warnings.warn(line, UserWarning, stacklevel=2)
     return _coordinator(db).create_sweep(spec).id
 
 

@@ -167,3 +167,14 @@ def test_the_agent_first_delivers_what_a_killed_agent_left_in_its_folder(db: str
     assert [t.state for t in trials] == [TrialState.FINISHED] * 2
     assert trials[0].curve("loss") == [(0, 0.5)]  # the left-over report, delivered once
     assert list(leftover_spools(tmp_path)) == []
+
+
+def test_exponent_bounds_that_look_like_values_warn(db: str) -> None:
+    config = {
+        "method": "random",
+        "parameters": {"lr": {"distribution": "log_uniform", "min": 1e-4, "max": 0.1}},
+    }
+    with pytest.warns(
+        UserWarning, match=r"parameters.lr: log_uniform takes base-e exponents .* use log_uniform_values"
+    ):
+        sweeper.sweep(config, db=db)

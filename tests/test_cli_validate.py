@@ -112,3 +112,30 @@ def test_needs_a_file() -> None:
     result = run()
     assert result.exit_code == 2
     assert "Missing argument" in result.output
+
+
+def test_exponent_bounds_that_look_like_values_are_pointed_out(tmp_path: Path) -> None:
+    meant_values = write(
+        tmp_path,
+        "values.yaml",
+        "method: random\nparameters:\n"
+        "  opt:\n    parameters:\n      lr: {distribution: log_uniform, min: 0.0001, max: 0.1}\n"
+        "  decay: {distribution: inv_log_uniform, min: 0.001, max: 0.5}\n",
+    )
+    result = run(meant_values)
+    assert result.exit_code == 0, result.output  # valid: W&B runs it too
+    assert result.stderr.splitlines() == [
+        f"warning: {meant_values}: parameters.opt.parameters.lr: log_uniform takes base-e exponents as "
+        "min and max, so 0.0001 and 0.1 give values from 1 to 1.105; for values from 0.0001 to 0.1, "
+        "use log_uniform_values",
+        f"warning: {meant_values}: parameters.decay: inv_log_uniform takes base-e exponents as min and "
+        "max, so 0.001 and 0.5 give values from 0.6065 to 0.999; for values from 0.001 to 0.5, use "
+        "inv_log_uniform_values",
+    ]
+    exponents = write(
+        tmp_path,
+        "exponents.yaml",
+        "method: random\nparameters:\n  lr: {distribution: log_uniform, min: -9.2, max: -2.3}\n",
+    )
+    result = run(exponents)
+    assert result.exit_code == 0 and result.stderr == ""

@@ -125,9 +125,19 @@ class SpecFileError(click.ClickException):
 
 def load_spec(path: str) -> SweepSpec:
     try:
-        return load_sweep_file(path)
+        spec = load_sweep_file(path)
     except SpecError as exc:
         raise SpecFileError(path, exc) from None
+    print_advice(spec, path)
+    return spec
+
+
+def print_advice(spec: SweepSpec, path: str) -> None:
+    """What in a valid sweep file is likely a mistake, on stderr."""
+    from sweeper.spec.advice import spec_advice
+
+    for line in spec_advice(spec):
+        click.echo(f"warning: {path}: {line}", err=True)
 
 
 def open_store_or_fail(db_url: str | None) -> Any:

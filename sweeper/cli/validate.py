@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from sweeper.cli.common import print_advice
 from sweeper.spec import SpecError, describe, load_sweep_file
 
 
@@ -24,6 +25,7 @@ def validate(files: tuple[str, ...]) -> None:
                 click.echo(f"{file}: {problem}", err=True)
             continue
         click.echo(f"{file}: OK: {describe(spec)}")
+        print_advice(spec, file)
     if failed:
         # 2 is click's code for bad input (as UsageError), without the usage banner.
         click.get_current_context().exit(2)

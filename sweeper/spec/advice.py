@@ -1,0 +1,34 @@
+"""Sweep files that are valid but almost surely not what their author meant: said, not refused.
+
+W&B's ``log_uniform`` (and ``inv_log_uniform``, ``q_log_uniform``) takes base-e exponents as its
+bounds, a classic surprise: ``{distribution: log_uniform, min: 0.0001, max: 0.1}`` samples values
+from 1.0001 to 1.105, not learning rates. W&B itself now steers people to ``log_uniform_values``.
+"""
+
+from __future__ import annotations
+
+import math
+
+from sweeper.spec.model import Distribution as D
+from sweeper.spec.model import SweepSpec
+
+_EXPONENT_BOUNDS = (D.LOG_UNIFORM, D.INV_LOG_UNIFORM, D.Q_LOG_UNIFORM)
+
+
+def spec_advice(spec: SweepSpec) -> list[str]:
+    """One line per likely mistake, each naming the key path and what to write instead."""
+    lines = []
+    for p in spec.parameters:
+        if p.distribution not in _EXPONENT_BOUNDS or p.min is None or p.max is None:
+            continue
+        # Exponents in (0, 1] give values in (1, e]: bounds like these are values, not exponents.
+        if 0 < p.min < p.max <= 1:
+            low, high = math.exp(p.min), math.exp(p.max)
+            if p.distribution is D.INV_LOG_UNIFORM:
+                low, high = 1 / high, 1 / low
+            lines.append(
+                f"{p.key_path}: {p.distribution.value} takes base-e exponents as min and max, so "
+                f"{p.min:g} and {p.max:g} give values from {low:.4g} to {high:.4g}; for values from "
+                f"{p.min:g} to {p.max:g}, use {p.distribution.value}_values"
+            )
+    return lines
