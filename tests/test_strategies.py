@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 from strategy_conformance import StrategyConformance, drive, make_trial
 
-from sweeper.spec import config_key, parse_sweep
+from sweeper.spec import config_key, grid_size, parse_sweep
 from sweeper.strategies import SuggestionKind, available_methods, strategy_class
 from sweeper.trials import TrialState
 
@@ -142,14 +142,23 @@ Q_GRID = {
 }
 
 
-@pytest.mark.parametrize("raw", [ORDER_GRID, Q_GRID, NESTED_GRID], ids=["order", "q_uniform", "nested"])
+# Values that make the same configuration: W&B keys them by one hash, so each runs once, as written last.
+SAME_VALUE_GRID = {
+    "method": "grid",
+    "parameters": {"x": {"values": [1, 1.0, 2, 3e6, 3000000]}, "y": {"values": [True, 1, "1"]}},
+}
+
+
+@pytest.mark.parametrize(
+    "raw", [ORDER_GRID, Q_GRID, NESTED_GRID, SAME_VALUE_GRID], ids=["order", "q_uniform", "nested", "same"]
+)
 def test_grid_runs_wandbs_configurations_in_wandbs_order(raw: dict) -> None:
     """Run for run, the same configs as W&B's engine, with the same types: so a run_cap below the
     grid's size runs the same subset."""
     expected = wandb_grid(raw)
     spec = parse_sweep(raw)
     trials = drive(strategy_class("grid")(spec), spec, 1000)
-    assert len(trials) == len(expected) > 1
+    assert len(trials) == len(expected) == grid_size(spec) > 1
     # JSON, keys sorted: the same configurations in the same order, and 1 is not 1.0.
     assert [json.dumps(t.config, sort_keys=True) for t in trials] == [
         json.dumps(c, sort_keys=True) for c in expected

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from sweeper.spec.model import Distribution, Parameter, SweepSpec
+from sweeper.trials import config_key
 
 D = Distribution
 
@@ -50,7 +51,18 @@ def grid_values(param: Parameter) -> tuple[Any, ...] | None:
     """
     if param.distribution is D.Q_UNIFORM:
         return arange(param.min, param.max, param.q)
-    return space_values(param)
+    values = space_values(param)
+    return None if values is None else distinct(values)
+
+
+def distinct(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``values`` with those that make the same configuration (``1`` and ``1.0``, ``3e6`` and
+    ``3000000``) once each, where the first stands and as the last is written: W&B's grid keys its
+    values by such a hash in a dict, so ``[1, 1.0, 2]`` runs ``1.0`` and ``2``."""
+    by_key: dict[str, Any] = {}
+    for value in values:
+        by_key[config_key({"": value})] = value
+    return tuple(by_key.values())
 
 
 def arange(start: float, stop: float, step: float) -> tuple[float, ...] | tuple[int, ...]:
@@ -110,7 +122,7 @@ def _space_len(p: Parameter) -> int | None:
     if p.distribution is D.Q_UNIFORM:
         return round(p.max / p.q) - round(p.min / p.q) + 1
     values = space_values(p)
-    return None if values is None else len(values)
+    return None if values is None else len(distinct(values))  # configurations, not spellings
 
 
 # Grid search lists its combinations; past this many a sampled search is the right tool.
