@@ -157,6 +157,23 @@ def test_a_member_in_the_bottom_quantile_copies_a_top_member() -> None:
         assert rule().decide(good, curves) is None
 
 
+def test_a_donor_that_had_finished_by_then_is_not_copied() -> None:
+    # Member 0 ran to its end first (one agent, say): its checkpoint has no epochs left to give.
+    ran = member_trial(1, 0, 0.5, 0.9)
+    assert ran.trial is not None
+    finished = dataclasses.replace(
+        ran, trial=dataclasses.replace(ran.trial, state=TrialState.FINISHED, ended_at=2.0)
+    )
+    late = member_trial(2, 1, 0.2, 0.1, start=10.0)
+    assert rule(population=2, quantile=0.5).decide(late, [finished, late]) is None
+    # Finished only after the weak member's value: it was still training when it was outranked.
+    later = dataclasses.replace(
+        ran, trial=dataclasses.replace(ran.trial, state=TrialState.FINISHED, ended_at=20.0)
+    )
+    decision = rule(population=2, quantile=0.5).decide(late, [later, late])
+    assert isinstance(decision, ExploitDecision) and decision.donor_trial == 1
+
+
 def test_only_values_logged_before_the_checkpoint_iteration_count() -> None:
     late_rival = member_trial(2, 1, 0.9, 0.95, start=100.0)  # logged after member 0 reached iteration 2
     mine = member_trial(1, 0, 0.1, 0.2)
@@ -287,6 +304,22 @@ def test_a_member_exploited_in_favour_of_a_donor_that_has_finished_is_not_restar
     trials[0] = dataclasses.replace(trials[0], state=TrialState.FINISHED)
     done = strategy.suggest(trials, random.Random(0))
     assert done.kind is SuggestionKind.DONE and "population of 2" in done.reason
+
+
+def test_an_exploited_member_restarts_before_a_new_member_starts() -> None:
+    # Its donor is training now; by the time a new member had started, it might have finished.
+    spec = parse_sweep(pbt_sweep(population=3))
+    strategy = strategy_class("pbt")(spec)
+    reason = "pbt: exploit trial 2 (member 1, acc=0.9, rank 1 of 2): at iteration 2 member 0 ..."
+    trials = [
+        Trial(1, "sw", 1, {"lr": 0.1}, TrialState.STOPPED, 0.0, member=0, stop_reason=reason),
+        Trial(2, "sw", 2, {"lr": 0.2}, TrialState.RUNNING, 0.0, member=1),
+    ]
+    first = strategy.suggest(trials, random.Random(0))
+    assert first.kind is SuggestionKind.RUN and first.member == 0 and first.restore_from
+    trials.append(Trial(3, "sw", 3, first.config, TrialState.RUNNING, 0.0, member=0))
+    then = strategy.suggest(trials, random.Random(1))
+    assert then.kind is SuggestionKind.RUN and then.member == 2 and then.restore_from is None
 
 
 # --- the coordinator: decisions on metric arrival, assignments with checkpoints -------------------

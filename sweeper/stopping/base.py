@@ -26,8 +26,13 @@ class TrialCurve:
     trial: Trial | None = None  # the trial's record, for rules that set ``needs_trials``
 
     def iterations(self) -> list[MetricPoint]:
-        """The points that count as iterations: W&B drops NaN and infinite values before counting."""
-        return [p for p in self.points if math.isfinite(p.value)]
+        """The points that count as iterations: one per step, the last logged there (W&B's history
+        has one row per step, and a summary value sent at the end lands on the last step), and
+        only finite ones (W&B drops NaN and infinite values before counting)."""
+        last_at_step: dict[int, MetricPoint] = {}
+        for point in self.points:  # (step, seq) order: the last one of a step wins
+            last_at_step[point.step] = point
+        return [p for p in last_at_step.values() if math.isfinite(p.value)]
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from sweeper.spec.model import Metric, Pbt
 from sweeper.stopping.base import StopDecision, StoppingRule, TrialCurve, rank_of
+from sweeper.trials import TrialState
 
 _EXPLOIT = re.compile(r"^pbt: exploit trial (\d+) ")
 #: Of each member's trials with a finite value of the metric, how many newest ones may be donors.
@@ -127,8 +128,10 @@ class PbtRule(StoppingRule):
         if k == 0 or position < n - k:
             return None
         rng = random.Random(f"{self.seed}:pbt:{trial.number}:{level}")
-        # Not a trial whose member has moved on: its checkpoint may be gone.
-        eligible = [s for s in standings[:k] if s.trial in donors]
+        # Not a trial whose member has moved on: its checkpoint may be gone. Nor one that had
+        # finished by then: its checkpoint is its last epoch's, with nothing left to train.
+        done = {o.number for o in others if _finished_before(o, point.time)}
+        eligible = [s for s in standings[:k] if s.trial in donors and s.trial not in done]
         if not eligible:
             return None
         donor = eligible[rng.randrange(len(eligible))]
@@ -155,3 +158,13 @@ class PbtRule(StoppingRule):
             donor_value=donor.value,
             donor_rank=donor_rank,
         )
+
+
+def _finished_before(curve: TrialCurve, when: float) -> bool:
+    record = curve.trial
+    return (
+        record is not None
+        and record.state is TrialState.FINISHED
+        and record.ended_at is not None
+        and record.ended_at <= when
+    )

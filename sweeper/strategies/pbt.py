@@ -120,23 +120,23 @@ class PbtSearch(RandomSearch):
     def suggest(self, trials: Sequence[Trial], rng: random.Random) -> Suggestion:
         population = self.config.population
         latest = latest_by_member(trials, population)
+        by_number = {t.number: t for t in trials}
+        # Exploited members first, while their donors still train: a donor that finished left the
+        # checkpoint of its last epoch, from which a restarted member would have nothing to train
+        # (then the member stands as it is).
+        for member, last in sorted(latest.items()):
+            donor = by_number.get(exploited_trial(last.stop_requested or last.stop_reason) or 0)
+            if donor is None or donor.state is TrialState.FINISHED:
+                continue
+            config = explore(self.spec, donor.config, self.config, rng)
+            where = checkpoint_location(self.config.checkpoints, donor.sweep_id, donor.number)
+            return Suggestion.run(config, member=member, restore_from=where)
         for member in range(population):
             if member not in latest:
                 first = super().suggest(trials, rng)  # never a configuration already run, when it can
                 config = first.config if first.kind is SuggestionKind.RUN else self._draw(rng)
                 assert config is not None
                 return Suggestion.run(config, member=member)
-        by_number = {t.number: t for t in trials}
-        for member in range(population):
-            last = latest[member]
-            donor = by_number.get(exploited_trial(last.stop_requested or last.stop_reason) or 0)
-            if donor is None or donor.state is TrialState.FINISHED:
-                # A donor that finished by itself left the checkpoint of its last epoch: a member
-                # restarted from it would have nothing left to train. The member stands as it is.
-                continue
-            config = explore(self.spec, donor.config, self.config, rng)
-            where = checkpoint_location(self.config.checkpoints, donor.sweep_id, donor.number)
-            return Suggestion.run(config, member=member, restore_from=where)
         training = sum(1 for t in latest.values() if t.state.is_active)
         if training:
             return Suggestion.wait(f"{training} of {population} population members are training")
