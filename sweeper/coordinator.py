@@ -23,9 +23,11 @@ from sweeper.protocol import (
     AgentInfo,
     Assignment,
     Directive,
+    InvalidPointsError,
     NoTrial,
     NoTrialReason,
     TrialOutcome,
+    metric_name_problem,
 )
 from sweeper.results import best_of
 from sweeper.spec import SweepSpec, parse_sweep
@@ -185,6 +187,9 @@ class Coordinator:
         return _directive(trial)
 
     def report_metrics(self, trial_id: int, lease_id: str, points: Sequence[MetricPoint]) -> Directive:
+        for point in points:  # as the HTTP server checks them, so both ways store the same
+            if (problem := metric_name_problem(point.name)) is not None:
+                raise InvalidPointsError(f"metric {point.name[:80]!r}: {problem}")
         now = self.clock()
         trial = self.store.report_metrics(
             trial_id, lease_id, points, expires_at=now + self.lease_seconds, now=now

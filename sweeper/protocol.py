@@ -102,6 +102,33 @@ class SweepNotFoundError(LookupError):
     pass
 
 
+#: The longest metric name the coordinator takes, embedded or over HTTP.
+MAX_METRIC_NAME = 256
+
+
+class InvalidPointsError(ValueError):
+    """Points the coordinator refuses as they are: sending them again can never succeed. Its
+    ``status`` is the HTTP server's answer to the same points, so agents treat both alike."""
+
+    status = 422
+
+
+def metric_name_problem(name: str) -> str | None:
+    """Why the coordinator refuses ``name`` as a metric's name, or None: names are read by people
+    and by tools (tables, CSV, trackers), so no empty or very long ones, no control characters."""
+    if not name:
+        return "a metric name must not be empty"
+    if len(name) > MAX_METRIC_NAME:
+        return f"a metric name has at most {MAX_METRIC_NAME} characters, this one {len(name)}"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        return "a metric name must not hold control characters (a newline, a tab, ...)"
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "a metric name must be valid Unicode (no lone surrogates)"
+    return None
+
+
 class TrialNotFoundError(LookupError):
     """No trial has this id; raised alike by the embedded store and the HTTP client."""
 

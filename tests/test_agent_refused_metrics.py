@@ -8,6 +8,8 @@ agent running a real trial script.
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +23,7 @@ from sweeper.agents.spool import Spool, leftover_spools
 
 from sweeper.protocol import AgentInfo, Assignment, TrialOutcome
 from sweeper.spec import parse_sweep
+from sweeper.store import open_store
 from sweeper.trials import MetricPoint, TrialState
 
 pytest.importorskip("fastapi")
@@ -131,3 +134,30 @@ def test_leftovers_with_a_refused_point_deliver_the_rest_and_the_end(
     assert [(p.name, p.seq) for p in trial.history or ()] == [("loss", s) for s in range(5)]
     assert list(leftover_spools(tmp_path)) == []
     assert [r.getMessage() for r in caplog.records if BAD[:40] in r.getMessage()], caplog.text
+
+
+def test_the_embedded_coordinator_refuses_the_names_the_server_refuses(tmp_path: Path) -> None:
+    """Without a server the same names are left out, with the same warning, so a sweep stores the
+    same metrics whichever way its agents reach the coordinator."""
+    program = tmp_path / "train.py"
+    program.write_text(
+        "import sweeper\nrun = sweeper.init()\n"
+        f"run.log({{{BAD!r}: 1.0, 'new\\nline': 2.0, '': 3.0, 'loss': 0.5}})\n"
+        "run.log({'loss': 0.25})\n"
+    )
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(f"method: grid\nprogram: {program}\nparameters:\n  x: {{values: [1]}}\n")
+    sweeper_cmd = str(Path(sys.executable).with_name("sweeper"))
+    ran = subprocess.run(
+        [sweeper_cmd, "run", str(sweep)], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    for why in ("at most 256 characters", "must not hold control characters", "must not be empty"):
+        assert "left out: the coordinator refuses it as invalid" in ran.stderr and why in ran.stderr, (
+            ran.stderr
+        )
+    with open_store(f"sqlite:///{tmp_path / '.sweeper' / 'sweeper.db'}") as store:
+        (sweep_record,) = store.list_sweeps()
+        (trial,) = store.list_trials(sweep_record.id, with_history=True)
+    assert trial.state is TrialState.FINISHED
+    assert [(p.name, p.step, p.value) for p in trial.history or ()] == [("loss", 0, 0.5), ("loss", 1, 0.25)]

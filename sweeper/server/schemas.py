@@ -13,14 +13,14 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat
 
 from sweeper.client import decode_float, encode_float
-from sweeper.protocol import Assignment, Directive, NoTrial, NoTrialReason
+from sweeper.protocol import MAX_METRIC_NAME, Assignment, Directive, NoTrial, NoTrialReason
 from sweeper.spec import Problem
 from sweeper.spec.problems import join
 from sweeper.trials import MetricPoint, Sweep, SweepState, Trial, TrialState
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # sweep ids and lease ids
-MAX_NAME = 256
+MAX_NAME = MAX_METRIC_NAME
 MAX_TAIL = 65536
 
 
