@@ -100,8 +100,9 @@ class CheckpointHook:
             extra["SWEEPER_RESTORE_FROM"] = os.fspath(restore)
         else:
             log.error(
-                "trial %s: no checkpoint at %s (the trial it copies saved nothing into run.checkpoint_dir); "
-                "it starts from scratch",
+                "trial %s: no checkpoint at %s: the trial it copies saved nothing into run.checkpoint_dir, "
+                "or it ran on an agent that keeps its checkpoints elsewhere (set sweeper.pbt.checkpoints "
+                "to a folder or URL every agent reaches); it starts from scratch",
                 assignment.trial_number,
                 assignment.restore_from,
             )

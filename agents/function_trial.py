@@ -157,7 +157,9 @@ def _outcome(
         return TrialOutcome(TrialState.STOPPED, stop_reason=reason)
     if error is not None:
         lines = "".join(traceback.format_exception(error)).rstrip("\n").splitlines()
-        code = error.code if isinstance(error, SystemExit) and isinstance(error.code, int) else None
+        # As the process running it would have exited: sys.exit(n) with n, else (an exception,
+        # sys.exit("message")) with 1.
+        code = error.code if isinstance(error, SystemExit) and isinstance(error.code, int) else 1
         tail = "\n".join(lines[-STDERR_TAIL_LINES:])
         return TrialOutcome(TrialState.FAILED, exit_code=code, stderr_tail=tail)
     return TrialOutcome(TrialState.FINISHED)

@@ -18,7 +18,12 @@ def best_of(spec: SweepSpec, trials: Sequence[Trial]) -> Trial | None:
     best: Trial | None = None
     for trial in trials:
         value = trial.metric(metric.name)
-        if trial.state not in (TrialState.FINISHED, TrialState.STOPPED) or value is None or math.isnan(value):
+        # Not a NaN or an infinity either: a loss of -inf is a diverged run, not the best one.
+        if (
+            trial.state not in (TrialState.FINISHED, TrialState.STOPPED)
+            or value is None
+            or not math.isfinite(value)
+        ):
             continue
         if best is None or metric.is_better(value, best.metric(metric.name)):  # type: ignore[arg-type]
             best = trial

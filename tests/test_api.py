@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -65,6 +66,21 @@ def test_a_raising_function_is_a_failed_trial(db: str) -> None:
     with open_store(db) as store:
         (trial,) = store.list_trials(sweep_id)
     assert trial.state is TrialState.FAILED and "RuntimeError: diverged" in trial.stderr_tail
+    assert trial.exit_code == 1  # as the process running it would have exited
+
+
+def test_a_function_that_exits_with_a_message_fails_with_exit_code_1(db: str) -> None:
+    def train() -> None:
+        sweeper.init()
+        sys.exit("bad data")
+
+    sweep_id = sweeper.sweep(
+        {"method": "grid", "parameters": {"x": {"value": 1}}, "sweeper": {"max_retries": 0}}, db=db
+    )
+    sweeper.agent(sweep_id, function=train, db=db)
+    with open_store(db) as store:
+        (trial,) = store.list_trials(sweep_id)
+    assert (trial.state, trial.exit_code) == (TrialState.FAILED, 1) and "bad data" in trial.stderr_tail
 
 
 def test_sweep_rejects_a_broken_config_with_every_problem(db: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from pathlib import Path
 
@@ -73,6 +74,13 @@ def test_grid_runs_to_completion_and_the_sweep_finishes(coordinator: Coordinator
     assert isinstance(done, NoTrial) and done.reason is NoTrialReason.DONE and done.agent_should_exit
     assert coordinator.store.get_sweep(sweep.id).state is SweepState.FINISHED
     assert coordinator.best_trial(sweep.id).config == {"x": 2}
+
+
+def test_an_infinite_value_is_never_the_best(coordinator: Coordinator) -> None:
+    sweep = coordinator.create_sweep(parse_sweep(grid([1, 2, 3])))  # acc is maximised
+    for acc in (0.5, math.inf, math.nan):
+        finish(coordinator, lease(coordinator, sweep.id), acc=acc)
+    assert coordinator.best_trial(sweep.id).config == {"x": 1}  # a diverged metric is not a result
 
 
 def test_a_failed_configuration_is_retried_once_by_default(coordinator: Coordinator) -> None:
