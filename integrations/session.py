@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import re
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -68,7 +69,7 @@ def trackers_for(sweep_id: str, block: Mapping[str, Any] | None) -> list[SafeTra
                     sweep_id,
                     _described(name, settings),
                     type(exc).__name__,
-                    exc,
+                    _hidden(exc),
                 )
         _sessions[key] = made
         _register_atexit()
@@ -76,9 +77,19 @@ def trackers_for(sweep_id: str, block: Mapping[str, Any] | None) -> list[SafeTra
 
 
 def _described(name: str, settings: Mapping[str, Any]) -> str:
-    """Where the settings that failed came from, for a person to fix: the sweep file's keys."""
-    given = [f"integrations.{name}.{key}={value!r}" for key, value in settings.items() if key != "enabled"]
+    """Where the settings that failed came from, for a person to fix: the sweep file's keys (a
+    password in a URL shown as ***)."""
+    given = [
+        f"integrations.{name}.{key}={_hidden(value)!r}" for key, value in settings.items() if key != "enabled"
+    ]
     return ", ".join(given) or f"integrations.{name}: settings from the environment"
+
+
+_USERINFO = re.compile(r"://([^:/@\s]*):[^@/\s]*@")
+
+
+def _hidden(value: Any) -> str:
+    return _USERINFO.sub(r"://\1:***@", str(value))
 
 
 def _register_atexit() -> None:

@@ -170,3 +170,16 @@ def test_a_tracker_that_cannot_start_names_the_sweep_file_settings(
         "mlflow logging is off for sweep s-bad-uri "
         "(integrations.mlflow.tracking_uri='htp//nowhere', integrations.mlflow.experiment='e'): "
     ), line
+
+
+def test_a_password_in_a_tracker_uri_is_not_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    pytest.importorskip("mlflow")
+    from sweeper.integrations.session import trackers_for
+
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.ERROR, logger="sweeper.integrations"):
+        assert trackers_for("s-secret", {"mlflow": {"tracking_uri": "ftp://bob:s3cret@nowhere/x"}}) == []
+    (line,) = [r.getMessage() for r in caplog.records if "logging is off" in r.getMessage()]
+    assert "ftp://bob:***@nowhere/x" in line and "s3cret" not in line, line
