@@ -80,6 +80,7 @@ class TrialReporter:
         self._retry_at: float | None = None
         self._failures = 0
         self.summary: dict[str, float] = {}
+        self._summary_at: dict[str, tuple[int, int]] = {}
 
     def add(self, points: Iterable[MetricPoint]) -> None:
         points = list(points)
@@ -88,7 +89,12 @@ class TrialReporter:
         with self._lock:
             self._queue.append(points)  # on disk first, when the queue is a spool
             for point in points:
-                self.summary[point.name] = point.value
+                # The value at the highest (step, seq), as the store keeps it: a script that logs
+                # steps out of order (MLflow allows it) shows the value the trial records.
+                at = (point.step, point.seq)
+                if at >= self._summary_at.get(point.name, at):
+                    self.summary[point.name] = point.value
+                    self._summary_at[point.name] = at
 
     @property
     def pending(self) -> int:

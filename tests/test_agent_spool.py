@@ -213,3 +213,33 @@ def test_backoff_doubles_is_capped_and_jittered() -> None:
         ceiling = min(0.5 * 2 ** (n - 1), 4.0)
         assert ceiling / 2 <= d <= ceiling
     assert len({round(d, 6) for d in delays[4:]}) > 1  # capped ones still differ
+
+
+def test_the_reporters_summary_is_the_value_the_trial_records(tmp_path: Path, coordinator) -> None:
+    """Steps logged out of order (MLflow allows it): the progress line shows the value at the
+    highest step, the one the store keeps as the trial's value."""
+    a, spool = leased_spool(tmp_path, coordinator)
+    reporter = reporter_on(coordinator, a, spool)
+    reporter.add(
+        [MetricPoint("acc", 30.0, step=0, seq=0, time=0.0), MetricPoint("acc", 3.0, step=9, seq=1, time=1.0)]
+    )
+    reporter.add([MetricPoint("acc", 20.0, step=5, seq=2, time=2.0)])
+    reporter.send_all()
+    (trial,) = coordinator.trials(a.sweep_id)
+    assert reporter.summary == {"acc": 3.0} == dict(trial.summary)
+
+
+def test_a_reporters_backoff_never_outlasts_a_third_of_the_lease(tmp_path: Path, coordinator) -> None:
+    """A restarted server gives running trials one lease: retries must reach it before it runs out."""
+    a, spool = leased_spool(tmp_path, coordinator)  # a 60 s lease
+    reporter = TrialReporter(
+        coordinator,
+        a,
+        clock=lambda: 0.0,
+        report_interval=0.5,
+        heartbeat_interval=1.0,
+        max_backoff=300.0,
+        queue=spool,
+    )
+    delays = [reporter.record_failure(OSError("down")) for _ in range(30)]
+    assert max(delays) <= 20.0 and delays[-1] > 10.0  # jittered between half and all of the cap
