@@ -157,9 +157,10 @@ def _outcome(
         return TrialOutcome(TrialState.STOPPED, stop_reason=reason)
     if error is not None:
         lines = "".join(traceback.format_exception(error)).rstrip("\n").splitlines()
-        # As the process running it would have exited: sys.exit(n) with n, else (an exception,
-        # sys.exit("message")) with 1.
-        code = error.code if isinstance(error, SystemExit) and isinstance(error.code, int) else 1
+        # As the process running it would have exited: sys.exit(n) with n (as a status byte),
+        # else (an exception, sys.exit("message")) with 1.
+        given = error.code if isinstance(error, SystemExit) and isinstance(error.code, int) else 1
+        code = int(given) % 256 or 1  # failed all the same: a status that reads as success is 1
         tail = "\n".join(lines[-STDERR_TAIL_LINES:])
         return TrialOutcome(TrialState.FAILED, exit_code=code, stderr_tail=tail)
     return TrialOutcome(TrialState.FINISHED)

@@ -5,7 +5,7 @@ delays them but never loses them; a retried batch carries the same seqs, which t
 counts once. With a :class:`~sweeper.agents.spool.Spool` the queue is on disk, so an agent
 crash does not lose them either.
 
-Retry policy (every coordinator call an agent makes): exponential backoff from the report
+Retry policy (every coordinator call a trial's reporting makes): exponential backoff from the report
 interval, doubled per consecutive failure, capped at ``max_backoff`` and at a third of the
 lease, with jitter so agents cut off together do not all come back in the same instant.
 

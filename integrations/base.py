@@ -12,6 +12,7 @@ Standard library only: adapters import their tracker's package themselves, when 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -76,22 +77,27 @@ class Leaderboard:
 
     def ranked(self) -> list[LeaderRow]:
         sign = 1.0 if self.goal == "minimize" else -1.0
-        scored = [r for r in self.rows if r.value is not None and r.value == r.value]
+        scored = [r for r in self.rows if _finite(r.value)]
         rest = [r for r in self.rows if r not in scored]
         return sorted(scored, key=lambda r: sign * r.value) + rest  # type: ignore[operator]
 
     def best_so_far(self) -> list[tuple[int, float]]:
-        """(trial number, best value among the trials ended until then), in end order."""
+        """(trial number, best value among the trials ended until then), in end order; NaN and
+        infinities are never the best (a loss of -inf is a diverged run)."""
         sign = 1.0 if self.goal == "minimize" else -1.0
         best: float | None = None
         out = []
         for row in self.rows:
-            if row.value is not None and row.value == row.value:
+            if _finite(row.value):
                 if best is None or sign * row.value < sign * best:
                     best = row.value
             if best is not None:
                 out.append((row.number, best))
         return out
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
 
 
 class Tracker:

@@ -51,11 +51,11 @@ def with_trackers(spec: SweepSpec, mlflow_uri: str | None, wandb_on: bool) -> Sw
         mlflow.pop("enabled", None)
         if mlflow_uri != FROM_ENV:
             mlflow["tracking_uri"] = mlflow_uri
-        elif "tracking_uri" not in mlflow:
-            # Resolved here and stored with the sweep: an agent started later, in another folder,
-            # logs to the same place, not to an mlflow.db of its own folder.
-            uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_MLFLOW_URI
-            mlflow["tracking_uri"] = absolute_uri(uri)
+        elif "tracking_uri" not in mlflow and not os.environ.get("MLFLOW_TRACKING_URI"):
+            # This folder's mlflow.db, made absolute and stored with the sweep: an agent started
+            # later in another folder logs there too, not to an mlflow.db of its own. A tracking
+            # URI from the environment is not stored (it may hold a password): agents read theirs.
+            mlflow["tracking_uri"] = absolute_uri(DEFAULT_MLFLOW_URI)
         block["mlflow"] = mlflow
     if wandb_on:
         wandb = _settings(block.get("wandb"))

@@ -69,7 +69,10 @@ class MlflowTracker(Tracker):
             "MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN are right"
         )
         self._child_http = self._fail_fast()
-        serialise_store_creation()  # agents starting together on a new sqlite: store
+        try:  # agents starting together on a new sqlite: store take turns creating it
+            serialise_store_creation()
+        except Exception as exc:  # an MLflow laid out otherwise: open it as it always opened
+            log.warning("MLflow's local database opens unserialised (%s)", exc)
         self.client = MlflowClient(tracking_uri=settings.tracking_uri)
         self._experiment_id: str | None = settings.experiment_id
         self._parents: dict[str, str] = {}

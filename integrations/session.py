@@ -78,18 +78,20 @@ def trackers_for(sweep_id: str, block: Mapping[str, Any] | None) -> list[SafeTra
 
 def _described(name: str, settings: Mapping[str, Any]) -> str:
     """Where the settings that failed came from, for a person to fix: the sweep file's keys (a
-    password in a URL shown as ***)."""
+    URL's user and password, and secrets in its query, shown as ***)."""
     given = [
         f"integrations.{name}.{key}={_hidden(value)!r}" for key, value in settings.items() if key != "enabled"
     ]
     return ", ".join(given) or f"integrations.{name}: settings from the environment"
 
 
-_USERINFO = re.compile(r"://([^:/@\s]*):[^@/\s]*@")
+# A URL's user part (up to its last @: a password may hold one), and secrets in its query.
+_USERINFO = re.compile(r"://[^/\s]*@")
+_QUERY_SECRET = re.compile(r"([?&](?:password|passwd|pwd|token|secret|api_key|key)=)[^&\s]*", re.IGNORECASE)
 
 
 def _hidden(value: Any) -> str:
-    return _USERINFO.sub(r"://\1:***@", str(value))
+    return _QUERY_SECRET.sub(r"\1***", _USERINFO.sub("://***@", str(value)))
 
 
 def _register_atexit() -> None:

@@ -34,6 +34,10 @@ class WandbSettings:
     dir: str | None = None  # an absolute folder; None: the current one
 
 
+# Tracking URIs that name a store, not a folder: ``databricks``, ``databricks://profile``, ``uc:...``.
+_NAMED_STORES = ("databricks", "databricks-uc", "uc")
+
+
 def absolute_uri(uri: str, base: Path | None = None) -> str:
     """A local store's path made absolute, so a trial running elsewhere (another cwd) finds it."""
     base = base or Path.cwd()
@@ -41,7 +45,7 @@ def absolute_uri(uri: str, base: Path | None = None) -> str:
         rest = uri[len("sqlite:///") :]
         if rest and rest != ":memory:":
             return "sqlite:///" + os.fspath((base / rest).resolve())
-    if uri.startswith("file:") or "://" in uri:
+    if uri.startswith("file:") or "://" in uri or uri.split(":", 1)[0] in _NAMED_STORES:
         return uri
     return (base / uri).resolve().as_uri()  # a bare folder such as ./mlruns
 

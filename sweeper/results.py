@@ -31,7 +31,8 @@ def best_of(spec: SweepSpec, trials: Sequence[Trial]) -> Trial | None:
 
 
 def ranked(spec: SweepSpec, trials: Sequence[Trial]) -> list[Trial]:
-    """Trials with a value of the sweep's metric, best first (NaN last)."""
+    """Trials with a value of the sweep's metric, best first (NaN and infinities last, as
+    :func:`best_of` never picks them)."""
     metric = spec.metric
     if metric is None:
         return list(trials)
@@ -40,7 +41,7 @@ def ranked(spec: SweepSpec, trials: Sequence[Trial]) -> list[Trial]:
 
     def key(t: Trial) -> tuple[bool, float]:
         value = t.summary[metric.name]
-        return (math.isnan(value), 0.0 if math.isnan(value) else sign * value)
+        return (not math.isfinite(value), sign * value if math.isfinite(value) else 0.0)
 
     return sorted(scored, key=key)
 

@@ -20,7 +20,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +159,7 @@ class Run:
             self._seq += 1
             _next_seq[self.id] = self._seq
             self._last_step = at
-            self.summary.record_logged(metrics)
+            self.summary.record_logged(metrics, at)
             self._emit(record)
 
     def _snapshot_checkpoint(self) -> None:
@@ -229,9 +229,8 @@ class Run:
             if self._finished:
                 return
             if written := self.summary.written():  # the trial's last word, as W&B's sweeps read it
-                self._emit(
-                    {"seq": self._seq, "step": self._last_step, "time": time.time(), "metrics": written}
-                )
+                step = self.summary.last_step_of(written, default=self._last_step)
+                self._emit({"seq": self._seq, "step": step, "time": time.time(), "metrics": written})
                 self._seq += 1
                 _next_seq[self.id] = self._seq
             self._finished = True
@@ -263,10 +262,18 @@ class Summary(dict):
     def __init__(self) -> None:
         super().__init__()
         self._logged: dict[str, Any] = {}
+        self._logged_at: dict[str, int] = {}  # the step each metric was last logged at
 
-    def record_logged(self, metrics: Mapping[str, Any]) -> None:
+    def record_logged(self, metrics: Mapping[str, Any], step: int) -> None:
         self.update(metrics)
         self._logged.update(metrics)
+        self._logged_at.update(dict.fromkeys(metrics, step))
+
+    def last_step_of(self, names: Iterable[str], default: int) -> int:
+        """Where values for ``names`` land: on the last step any of them was logged at, so a value
+        that replaces a logged one adds no step to that metric's curve (nor an iteration)."""
+        steps = [self._logged_at[name] for name in names if name in self._logged_at]
+        return max(steps, default=default)
 
     def written(self) -> dict[str, float | int | bool]:
         """The numbers the script wrote here itself, where they differ from what it last logged."""

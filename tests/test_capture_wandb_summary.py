@@ -3,6 +3,7 @@ real sweeps, real scripts, W&B offline, read back from what each run wrote."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ run = wandb.init()
 losses = [wandb.config.lr * x for x in (5, 2, 4, 3)]
 for val_loss in losses:
     wandb.log({"val_loss": val_loss})
+wandb.log({"test_loss": 0.5})  # step 4: another metric's
 wandb.run.summary["val_loss"] = min(losses)
 if wandb.config.lr > 0.15:
     run.finish()
@@ -79,6 +81,26 @@ wandb.define_metric("val_acc", summary="max")
 run.define_metric("loss/*", summary="min,mean")
 for acc in (0.5, wandb.config.peak, 0.7):
     wandb.log({"val_acc": acc, "loss/train": 1 - acc})
+run.finish()
+"""
+
+
+# How W&B picks and computes them: an exact name before a glob, a later call without a summary
+# keeps it, upper case, one value per step (the last), NaN once a NaN was logged, brackets.
+DEFINED_EDGE_CASES = """
+import wandb
+
+run = wandb.init()
+wandb.define_metric("*", summary="min")
+wandb.define_metric("acc", summary="MAX")
+wandb.define_metric("mg", summary="max")
+wandb.define_metric("mg", step_metric="epoch")
+wandb.define_metric("x[1]", summary="last,mean")
+wandb.define_metric("nanny", summary="max")
+for i, a in enumerate((0.5, wandb.config.peak, 0.7)):
+    wandb.log({"v": 0.01}, commit=False)
+    nanny = float("nan") if i == 1 else a
+    wandb.log({"acc": a, "mg": a * 2, "x[1]": a + 1, "v": a, "nanny": nanny, "epoch": i})
 run.finish()
 """
 
@@ -146,9 +168,9 @@ def test_a_summary_write_at_the_end_overrides_the_logged_value(wandb_env: Path) 
         lr = trial.config["lr"]
         logged = [(step, lr * x) for step, x in enumerate((5, 2, 4, 3))]
         assert trial.metric("val_loss") == lr * 2 == summaries[trial.number]["val_loss"]
-        # The logged curve, then exactly one more point: the summary's, at the last logged step.
+        # The logged curve, then exactly one more point: the summary's, at val_loss's last step.
         assert trial.curve("val_loss") == [*logged, (3, lr * 2)]
-        assert len(trial.history or ()) == len(logged) + 1
+        assert len(trial.history or ()) == len(logged) + 2  # and test_loss's one
 
 
 def test_wandb_log_alone_adds_no_summary_point(wandb_env: Path) -> None:
@@ -192,3 +214,22 @@ def test_aggregates_define_metric_keeps_in_the_summary_reach_the_sweep(wandb_env
         # One more point, at the last logged step, with every aggregate.
         extra = [(p.name, p.step) for p in trial.history or () if "." in p.name]
         assert sorted(extra) == [("loss/train.mean", 2), ("loss/train.min", 2), ("val_acc.max", 2)]
+
+
+def test_aggregates_follow_wandbs_rules_for_names_calls_and_values(wandb_env: Path) -> None:
+    (trial,) = _sweep(
+        wandb_env, DEFINED_EDGE_CASES, {"name": "acc.max", "goal": "maximize"}, {"peak": {"value": 0.9}}
+    )
+    kept = _wandb_summaries(wandb_env, [trial])[trial.number]
+    assert trial.state is TrialState.FINISHED
+    for name, mode in [
+        ("acc", "max"),
+        ("mg", "max"),
+        ("v", "min"),
+        ("x[1]", "last"),
+        ("x[1]", "mean"),
+        ("epoch", "min"),
+    ]:
+        assert trial.metric(f"{name}.{mode}") == pytest.approx(kept[name][mode]), (name, mode)
+    assert kept["nanny"]["max"] == "NaN" and math.isnan(trial.metric("nanny.max"))
+    assert trial.metric("acc.min") is None  # the exact name's summary, not the glob's

@@ -7,10 +7,12 @@ import threading
 from pathlib import Path
 
 import pytest
+from sweeper.integrations.base import Leaderboard, LeaderRow
 
 from sweeper import coordinator as coordinator_module
 from sweeper.coordinator import Coordinator
 from sweeper.protocol import AgentInfo, Assignment, LeaseLostError, NoTrial, NoTrialReason, TrialOutcome
+from sweeper.results import ranked
 from sweeper.spec import parse_sweep
 from sweeper.store import open_store
 from sweeper.trials import MetricPoint, SweepState, TrialState
@@ -81,6 +83,14 @@ def test_an_infinite_value_is_never_the_best(coordinator: Coordinator) -> None:
     for acc in (0.5, math.inf, math.nan):
         finish(coordinator, lease(coordinator, sweep.id), acc=acc)
     assert coordinator.best_trial(sweep.id).config == {"x": 1}  # a diverged metric is not a result
+    spec = coordinator.spec_of(sweep.id)
+    assert [t.config["x"] for t in ranked(spec, coordinator.trials(sweep.id))] == [1, 2, 3]  # then inf, NaN
+    rows = tuple(
+        LeaderRow(t.number, t.state.value, t.metric("acc"), t.config) for t in coordinator.trials(sweep.id)
+    )
+    board = Leaderboard(sweep.id, "acc", "maximize", rows)
+    assert [r.config["x"] for r in board.ranked()] == [1, 2, 3]
+    assert board.best_so_far() == [(1, 0.5), (2, 0.5), (3, 0.5)]
 
 
 def test_a_failed_configuration_is_retried_once_by_default(coordinator: Coordinator) -> None:

@@ -181,6 +181,8 @@ def test_bohb_reads_budgets_from_histories_or_stop_reasons() -> None:
     strategy = BohbSearch(spec)
     config = {"x": 0.5, "y": 0.5, "kind": "a", "epochs": 9}
     points = tuple(MetricPoint("loss", 1.0 / (i + 1), step=i, seq=i, time=i) for i in range(4))
+    # A value sent again at step 1 (a late duplicate): no budget of its own, no value changed.
+    points += (MetricPoint("loss", 0.01, step=1, seq=4, time=5),)
     with_history = Trial(
         id=1, sweep_id="s", number=1, config=config, state=TrialState.RUNNING, created_at=0.0, history=points
     )

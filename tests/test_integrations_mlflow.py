@@ -188,6 +188,28 @@ def test_a_bare_mlflow_flag_keeps_the_sweep_in_one_database_wherever_agents_star
     assert sorted(r.data.params["x"] for r in children) == ["1", "2", "3"]
 
 
+def test_a_bare_mlflow_flag_stores_no_uri_from_the_environment(tmp_path: Path, monkeypatch) -> None:
+    """A tracking URI from the environment may hold a password, and agents elsewhere read their own."""
+    from sweeper.integrations.cli import FROM_ENV, with_trackers
+    from sweeper.integrations.settings import absolute_uri
+
+    from sweeper.spec import parse_sweep
+
+    spec = parse_sweep({"method": "grid", "parameters": {"x": {"values": [1]}}})
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://alice:s3cret@mlflow:5000")
+    assert with_trackers(spec, FROM_ENV, False).raw["integrations"] == {"mlflow": {}}
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    stored = with_trackers(spec, FROM_ENV, False).raw["integrations"]["mlflow"]
+    assert stored == {"tracking_uri": f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"}
+    # Named stores are not folders.
+    assert [absolute_uri(u) for u in ("databricks", "databricks://team", "uc:x")] == [
+        "databricks",
+        "databricks://team",
+        "uc:x",
+    ]
+
+
 def test_unchanged_mlflow_script_under_sweeper_run(mlflow_server: MlflowServer, tmp_path: Path) -> None:
     """`sweeper run --mlflow URI` on a script that only knows mlflow: its metrics reach the coordinator
     step by step while it runs, and land once, in the trial's pre-created child run."""

@@ -157,21 +157,16 @@ def test_a_member_in_the_bottom_quantile_copies_a_top_member() -> None:
         assert rule().decide(good, curves) is None
 
 
-def test_a_donor_that_had_finished_by_then_is_not_copied() -> None:
-    # Member 0 ran to its end first (one agent, say): its checkpoint has no epochs left to give.
+def test_a_donor_that_has_finished_is_not_copied() -> None:
+    # Member 0 ran to its end first (one agent, say): its checkpoint has no epochs left to give,
+    # and the strategy would not restart member 1 from it, so member 1 is not stopped for it.
     ran = member_trial(1, 0, 0.5, 0.9)
     assert ran.trial is not None
-    finished = dataclasses.replace(
-        ran, trial=dataclasses.replace(ran.trial, state=TrialState.FINISHED, ended_at=2.0)
-    )
     late = member_trial(2, 1, 0.2, 0.1, start=10.0)
+    decision = rule(population=2, quantile=0.5).decide(late, [ran, late])
+    assert isinstance(decision, ExploitDecision) and decision.donor_trial == 1  # still training
+    finished = dataclasses.replace(ran, trial=dataclasses.replace(ran.trial, state=TrialState.FINISHED))
     assert rule(population=2, quantile=0.5).decide(late, [finished, late]) is None
-    # Finished only after the weak member's value: it was still training when it was outranked.
-    later = dataclasses.replace(
-        ran, trial=dataclasses.replace(ran.trial, state=TrialState.FINISHED, ended_at=20.0)
-    )
-    decision = rule(population=2, quantile=0.5).decide(late, [later, late])
-    assert isinstance(decision, ExploitDecision) and decision.donor_trial == 1
 
 
 def test_only_values_logged_before_the_checkpoint_iteration_count() -> None:

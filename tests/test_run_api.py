@@ -68,6 +68,17 @@ def test_values_written_to_the_summary_are_the_runs_last_word() -> None:
     assert len(run.history) == 2
 
 
+def test_a_summary_value_lands_on_its_metrics_last_step() -> None:
+    run = sweeper.init()
+    for epoch in range(3):
+        run.log({"val_acc": 0.5 + epoch / 10})
+    run.log({"test_acc": 0.7})  # step 3: another metric's
+    run.summary["val_acc"] = 0.9
+    run.finish()
+    # On val_acc's own last step: its curve gains no step, and stopping rules no iteration.
+    assert run.history[-1] == {**run.history[-1], "step": 2, "metrics": {"val_acc": 0.9}}
+
+
 def test_nested_config_reads_by_key_and_attribute() -> None:
     run = sweeper.init({"model": {"encoder": {"layers": 4}}, "lr": 1e-3})
     assert run.config.model.encoder.layers == 4

@@ -124,17 +124,24 @@ def test_nan_values_are_not_iterations() -> None:
     assert decide(rule, curve(1, [math.inf, 0.9, 0.9]), others) is not None
 
 
-def test_values_at_one_step_are_one_iteration_the_last_one() -> None:
+def test_a_step_counts_once_with_its_first_value_except_step_0() -> None:
     # Two values logged, then the summary's value sent at the end, on the last step (as the
-    # in-script API and the W&B capture do): still two iterations, the second now 100.
+    # in-script API and the W&B capture do): still two iterations, with the values as logged.
     summary_sent = TrialCurve(
         1, (*curve(1, [1, 1], "acc").points, MetricPoint("acc", 100, step=1, seq=2, time=2))
     )
-    assert [(p.step, p.value) for p in summary_sent.iterations()] == [(0, 1), (1, 100)]
+    assert [(p.step, p.value) for p in summary_sent.iterations()] == [(0, 1), (1, 1)]
     rule = HyperbandRule(ACC, Hyperband(min_iter=3, eta=3))
     # A trial at its third value is not judged against one that logged two.
     assert decide(rule, curve(2, [5, 5, 5], "acc"), [summary_sent]) is None
     assert decide(rule, curve(2, [5, 5, 5], "acc"), [curve(3, [1, 1, 100], "acc")]) is not None
+    # MLflow puts every value logged without a step at step 0: each is an iteration.
+    stepless = TrialCurve(
+        4, tuple(MetricPoint("acc", v, step=0, seq=i, time=i) for i, v in enumerate([1, 2, 3]))
+    )
+    assert [p.value for p in stepless.iterations()] == [1, 2, 3]
+    others = [curve(n, [9, 9, 9], "acc") for n in range(5, 9)]
+    assert decide(rule, stepless, others) is not None  # judged at its third value, as before
 
 
 def test_a_lone_trial_or_one_before_the_first_band_goes_on() -> None:

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from sweeper.stopping.asha import AshaRule, BracketedAshaRule
-from sweeper.stopping.base import StopDecision, StoppingRule, TrialCurve
+from sweeper.stopping.base import StopDecision, StoppingRule, TrialCurve, iteration_points
 from sweeper.stopping.brackets import BracketSchedule
 from sweeper.stopping.build import RESOURCE_METHODS, build_rule, resource_of
 from sweeper.stopping.evaluate import decide_for
@@ -35,6 +35,7 @@ __all__ = [
     "decide_for",
     "exploited_trial",
     "hyperband_bands",
+    "iteration_points",
     "promotion_count",
     "resource_of",
     "rung_levels",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -26,13 +26,23 @@ class TrialCurve:
     trial: Trial | None = None  # the trial's record, for rules that set ``needs_trials``
 
     def iterations(self) -> list[MetricPoint]:
-        """The points that count as iterations: one per step, the last logged there (W&B's history
-        has one row per step, and a summary value sent at the end lands on the last step), and
-        only finite ones (W&B drops NaN and infinite values before counting)."""
-        last_at_step: dict[int, MetricPoint] = {}
-        for point in self.points:  # (step, seq) order: the last one of a step wins
-            last_at_step[point.step] = point
-        return [p for p in last_at_step.values() if math.isfinite(p.value)]
+        """The points that count as iterations (see :func:`iteration_points`)."""
+        return iteration_points(self.points)
+
+
+def iteration_points(points: Iterable[MetricPoint]) -> list[MetricPoint]:
+    """Of one metric's points in (step, seq) order, those that count as iterations: the n-th is
+    the n-th value logged, except that a step counts once, with the first value logged there (a
+    summary value sent when a run ends, on its last step, adds no iteration and changes none,
+    so decisions already taken stay the ones a restarted coordinator takes). Step 0 is the
+    exception: MLflow puts every value logged without a step there, and each counts. NaN and
+    infinite values are dropped before counting, as W&B does."""
+    out: list[MetricPoint] = []
+    for point in points:
+        if out and point.step == out[-1].step != 0:
+            continue
+        out.append(point)
+    return [p for p in out if math.isfinite(p.value)]
 
 
 @dataclass(frozen=True)

@@ -128,9 +128,11 @@ class PbtRule(StoppingRule):
         if k == 0 or position < n - k:
             return None
         rng = random.Random(f"{self.seed}:pbt:{trial.number}:{level}")
-        # Not a trial whose member has moved on: its checkpoint may be gone. Nor one that had
-        # finished by then: its checkpoint is its last epoch's, with nothing left to train.
-        done = {o.number for o in others if _finished_before(o, point.time)}
+        # Not a trial whose member has moved on: its checkpoint may be gone. Nor one that has
+        # finished: its checkpoint is its last epoch's, with nothing left to train, and the strategy
+        # would not restart the member from it. (A stop already decided stays decided; this
+        # only keeps the rule from stopping a member for nothing.)
+        done = {o.number for o in others if o.trial is not None and o.trial.state is TrialState.FINISHED}
         eligible = [s for s in standings[:k] if s.trial in donors and s.trial not in done]
         if not eligible:
             return None
@@ -158,13 +160,3 @@ class PbtRule(StoppingRule):
             donor_value=donor.value,
             donor_rank=donor_rank,
         )
-
-
-def _finished_before(curve: TrialCurve, when: float) -> bool:
-    record = curve.trial
-    return (
-        record is not None
-        and record.state is TrialState.FINISHED
-        and record.ended_at is not None
-        and record.ended_at <= when
-    )

@@ -26,6 +26,7 @@ from typing import Any
 from sweeper.spec import SweepSpec, build_config, config_key, flatten_config
 from sweeper.spec.distributions import QUANTIZED, quantize
 from sweeper.spec.model import Distribution, Goal, Parameter
+from sweeper.stopping.base import iteration_points
 from sweeper.stopping.build import resource_of
 from sweeper.stopping.rungs import rung_levels
 from sweeper.strategies.base import Suggestion
@@ -265,8 +266,9 @@ class BohbSearch(HyperbandSearch):
         return out
 
     def _results_of(self, trial: Trial, name: str) -> list[tuple[int, float]]:
-        if trial.history is not None:
-            values = [v for _, v in trial.curve(name) if math.isfinite(v)]
+        if trial.history is not None:  # budgets counted as the stopping rule counts iterations
+            points = sorted((p for p in trial.history if p.name == name), key=lambda p: (p.step, p.seq))
+            values = [p.value for p in iteration_points(points)]
             return [(level, values[level - 1]) for level in self._levels if level <= len(values)]
         value = trial.metric(name)
         if value is None or not self._levels:

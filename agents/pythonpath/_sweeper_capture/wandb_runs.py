@@ -10,9 +10,9 @@ folder (the agent's W&B adapter then leaves the trial's run to the script).
 from __future__ import annotations
 
 import atexit
-import fnmatch
 import json
 import math
+import re
 import sys
 import threading
 from typing import Any
@@ -30,6 +30,7 @@ class _Written:
     def __init__(self) -> None:
         self.values: dict[str, float] = {}
         self.step = 0
+        self.logged_at: dict[str, int] = {}  # the step each metric was last logged at
         self.seq: int | None = None  # the record's, once one is made: sent again, it counts once
         self.sent = False
         self.aggregates = _Aggregates()
@@ -37,44 +38,75 @@ class _Written:
     def summary(self) -> dict[str, float]:
         return {**self.aggregates.values(), **self.values}  # a value the script wrote itself wins
 
+    def summary_step(self, names: Any) -> int:
+        """The last step any of ``names`` was logged at (else the run's): a value that replaces a
+        logged one adds no step to that metric's curve, nor an iteration for stopping rules."""
+        return max((self.logged_at[n] for n in names if n in self.logged_at), default=self.step)
 
-_MODES = ("min", "max", "mean", "first")  # "last" is the logged value itself
+
+_MODES = ("min", "max", "mean", "first", "last")
 
 
 class _Aggregates:
-    """``run.define_metric(name, summary="max")`` (or "min,mean", a glob name): W&B keeps that
+    """``run.define_metric(name, summary="max")`` (or "min,mean", a ``*`` glob name): W&B keeps that
     aggregate of the logged values in the run's summary as ``name.max``, where a sweep's metric can
-    name it; kept here too, and sent with the summary when the run ends."""
+    name it; kept here too, as W&B computes it (one value per step, the last logged there; NaN
+    once a NaN was logged), and sent with the summary when the run ends."""
 
     def __init__(self) -> None:
         self.modes: dict[str, tuple[str, ...]] = {}
-        self.stats: dict[str, list[float]] = {}  # min, max, sum, count, first (finite values only)
+        self.stats: dict[str, list[float]] = {}  # min, max, sum, count, first, last
+        self.pending: dict[str, tuple[int, float]] = {}  # this step's value, not counted yet
 
     def define(self, name: str, summary: Any) -> None:
-        modes = tuple(m.strip() for m in str(summary or "").split(",") if m.strip() in _MODES)
-        self.modes[name] = modes
+        if summary is None:
+            return  # a later call about something else (step_metric, say) keeps the summary
+        modes = [m.strip().lower() for m in str(summary).split(",")]
+        self.modes[name] = tuple(m for m in modes if m in _MODES)
 
     def _modes_of(self, key: str) -> tuple[str, ...]:
-        return next((m for pattern, m in self.modes.items() if fnmatch.fnmatchcase(key, pattern)), ())
+        if key in self.modes:  # an exact name before any glob, as W&B matches them
+            return self.modes[key]
+        return next((m for pattern, m in self.modes.items() if _glob_matches(pattern, key)), ())
 
-    def add(self, logged: dict[str, float]) -> None:
+    def add(self, logged: dict[str, float], step: int) -> None:
         for key, value in logged.items():
-            if not self._modes_of(key) or not math.isfinite(value):
+            if not self._modes_of(key):
                 continue
-            found = self.stats.get(key)
-            if found is None:
-                self.stats[key] = [value, value, value, 1.0, value]
-            else:
-                found[0], found[1] = min(found[0], value), max(found[1], value)
-                found[2] += value
-                found[3] += 1
+            held = self.pending.get(key)
+            if held is not None and held[0] != step:
+                self._count(key, held[1])
+            self.pending[key] = (step, value)
+
+    def _count(self, key: str, value: float) -> None:
+        found = self.stats.get(key)
+        if found is None:
+            self.stats[key] = [value, value, value, 1.0, value, value]
+            return
+        nan = math.nan
+        found[0] = nan if math.isnan(value) or math.isnan(found[0]) else min(found[0], value)
+        found[1] = nan if math.isnan(value) or math.isnan(found[1]) else max(found[1], value)
+        found[2] += value
+        found[3] += 1
+        found[5] = value
 
     def values(self) -> dict[str, float]:
+        for key, (_, value) in self.pending.items():
+            self._count(key, value)
+        self.pending.clear()
         out = {}
-        for key, (low, high, total, count, first) in self.stats.items():
-            of = {"min": low, "max": high, "mean": total / count, "first": first}
+        for key, (low, high, total, count, first, last) in self.stats.items():
+            of = {"min": low, "max": high, "mean": total / count, "first": first, "last": last}
             out.update({f"{key}.{mode}": of[mode] for mode in self._modes_of(key)})
         return out
+
+
+def _glob_matches(pattern: str, key: str) -> bool:
+    """W&B's metric globs: ``*`` matches anything, every other character itself (``x[1]`` too)."""
+    if "*" not in pattern:
+        return False
+    regex = ".*".join(re.escape(part) for part in pattern.split("*"))
+    return re.fullmatch(regex, key) is not None
 
 
 _unsent: list[_Written] = []
@@ -112,7 +144,8 @@ def _send(state: _Written) -> None:
                 return
             if state.seq is None:
                 state.seq = core.next_seq("wandb")
-        core.emit("wandb", state.step, state.summary(), seq=state.seq)
+        values = state.summary()
+        core.emit("wandb", state.summary_step(values), values, seq=state.seq)
         state.sent = True
         if state in _unsent:
             _unsent.remove(state)
@@ -154,7 +187,8 @@ def patch(module: Any) -> None:
             core.emit("wandb", at, logged)
             state = _written(self.summary)
             state.step = max(state.step, at)
-            state.aggregates.add(logged)
+            state.logged_at.update(dict.fromkeys(logged, at))
+            state.aggregates.add(logged, at)
             for name in [*logged, *data]:  # logged again, W&B's summary holds the logged value again
                 state.values.pop(str(name), None)
         except Exception:
