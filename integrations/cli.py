@@ -29,8 +29,8 @@ mlflow_option = click.option(
     default=None,
     metavar="[URI]",
     help="Log to MLflow: a parent run per sweep, a child run per trial. "
-    "URI default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here (what `mlflow ui` opens), "
-    "stored with the sweep, so agents started later elsewhere log to the same place.",
+    "URI default: each agent's MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in this folder (what "
+    "`mlflow ui` opens; stored with the sweep, so agents started later elsewhere log there too).",
 )
 wandb_option = click.option(
     "--wandb",
