@@ -8,6 +8,7 @@ Running one trial is the job of :mod:`~sweeper.agents.command_trial` (a subproce
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import sys
 import time
@@ -208,9 +209,18 @@ class Agent:
             with contextlib.suppress(Exception):
                 self._finish(assignment, trial.reporter, failed, started)
             raise
+        outcome = self._interrupted(outcome)
         with LeaseKeeper(trial):  # uploads at the end may outlast the lease
             self.hooks.end(assignment, outcome, trial_dir)
         self._finish(assignment, trial.reporter, outcome, started)
+        return outcome
+
+    def _interrupted(self, outcome: TrialOutcome) -> TrialOutcome:
+        """A trial this agent ended because it was told to stop (a signal, Ctrl-C, preemption) did
+        not end by itself: it is lost, as if the agent had died, not stopped. So its configuration
+        runs again when the sweep goes on, and its partial values are never the sweep's result."""
+        if outcome.state is TrialState.STOPPED and self.stopping and outcome.stop_reason == self._stop.reason:
+            return dataclasses.replace(outcome, state=TrialState.LOST)
         return outcome
 
     def _prepare(self, assignment: Assignment) -> tuple[TrialDir, Spool | None]:
@@ -248,8 +258,9 @@ class Agent:
         )
 
     def _give_back(self, assignment: Assignment) -> None:
-        """An assignment that came as the agent was stopping: end it now, so nobody waits for its lease."""
-        outcome = TrialOutcome(TrialState.STOPPED, stop_reason=self._stop.reason)
+        """An assignment that came as the agent was stopping: end it now, so nobody waits for its
+        lease, as lost: it never ran, and its configuration runs again."""
+        outcome = TrialOutcome(TrialState.LOST, stop_reason=self._stop.reason)
         self._finish(assignment, self._reporter(assignment), outcome, self.clock())
 
     def _emit(self, event: AgentEvent) -> None:

@@ -115,7 +115,7 @@ def trial_env(
     gpu: str | None = None,
 ) -> dict[str, str]:
     """The agent's environment, minus its secrets, plus what the trial needs to find its config."""
-    env = {k: v for k, v in base.items() if not _is_secret(k)}
+    env = {k: v for k, v in base.items() if not _is_secret(k) and k not in _AGENT_PROCESS_ONLY}
     env.update(
         {
             "SWEEPER_SWEEP_ID": assignment.sweep_id,
@@ -142,6 +142,12 @@ def trial_env(
             env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         env["CUDA_VISIBLE_DEVICES"] = gpu
     return env
+
+
+# Variables that belong to the agent's own process. WANDB_SERVICE names the wandb-core service of
+# the agent's own W&B runs (--wandb): a script's run attached to it ended "finished, exit 0" when
+# the agent shut the service down, however the script ended. `wandb agent` starts no service.
+_AGENT_PROCESS_ONLY = frozenset({"WANDB_SERVICE"})
 
 
 def _is_secret(name: str) -> bool:

@@ -303,7 +303,8 @@ def test_agent_stop_ends_the_trial_and_run_returns(tmp_path: Path) -> None:
     agent.on_event = stop_when_started
     assert agent.run() == "interrupted (Ctrl-C)"
     outcome = client.finished[101]
-    assert outcome.state is TrialState.STOPPED and outcome.stop_reason == "interrupted (Ctrl-C)"
+    # Interrupted, it did not end by itself: lost, so its configuration runs again later.
+    assert outcome.state is TrialState.LOST and outcome.stop_reason == "interrupted (Ctrl-C)"
     assert 102 not in client.finished and agent.trials_run == 1
 
 
@@ -329,7 +330,7 @@ def test_a_stop_still_wakes_an_agent_whose_trial_runs_on(tmp_path: Path) -> None
     started = time.monotonic()
     assert agent.run() == "interrupted (Ctrl-C)"
     assert time.monotonic() - started < 30
-    assert client.finished[101].state is TrialState.STOPPED
+    assert client.finished[101].state is TrialState.LOST
 
 
 def test_wait_then_count(tmp_path: Path) -> None:

@@ -171,10 +171,47 @@ def test_a_signal_stops_the_trials_and_exits_130(
     assert "interrupted: stopping running trials" in err
     with open_store(sqlite_store_url) as store:
         trials = store.list_trials(sweep_id)
-    assert [t.state for t in trials] == [TrialState.STOPPED, TrialState.STOPPED], out + err
+    assert [t.state for t in trials] == [TrialState.LOST, TrialState.LOST], out + err
     assert all("interrupted" in (t.stop_reason or "") for t in trials)
     for pid in grandchildren:  # they ignore SIGTERM: only the SIGKILL after --grace ends them
         assert wait_until(lambda pid=pid: not alive(pid), 10), f"trial grandchild {pid} outlived the agent"
+
+
+@pytest.mark.slow
+def test_configurations_an_interrupted_agent_was_running_run_again(here: Path, sqlite_store_url: str) -> None:
+    """Preemption, `docker stop`, Slurm's SIGTERM: the trials it cut short are no result, and the
+    next agent runs their configurations again, so a grid does not end with them half-trained."""
+    sweep_id = make_sweep(
+        sqlite_store_url,
+        {"n": {"values": [1, 2]}, "steps": {"value": 8}, "pause": {"value": 0.25}},
+        "trial.py",
+        metric={"name": "loss", "goal": "minimize"},
+    )
+    first = subprocess.Popen(
+        [SWEEPER, "agent", sweep_id, "--db", sqlite_store_url, "--slots", "2"],
+        cwd=here,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = [here / ".sweeper" / "trials" / sweep_id / str(n) / "metrics.jsonl" for n in (1, 2)]
+    assert wait_until(lambda: all(m.exists() and m.stat().st_size for m in metrics), 60), first.communicate()
+    first.send_signal(signal.SIGTERM)
+    out, err = first.communicate(timeout=60)
+    assert first.returncode == 130, out + err
+    assert "lost" in out  # the progress line says so
+    second = CliRunner().invoke(main, ["agent", sweep_id, "--db", sqlite_store_url])
+    assert second.exit_code == 0, second.output
+    assert (
+        second.output.strip().splitlines()[-1]
+        == f"sweep {sweep_id} is complete: all 2 grid combinations have run"
+    )
+    with open_store(sqlite_store_url) as store:
+        trials = store.list_trials(sweep_id)
+        best = Coordinator(store).best_trial(sweep_id)
+    ran = sorted((t.config["n"], t.state.value, t.retry_of is not None) for t in trials)
+    assert ran == [(1, "finished", True), (1, "lost", False), (2, "finished", True), (2, "lost", False)]
+    assert best is not None and best.state is TrialState.FINISHED  # a cut-short value is never the best
 
 
 @pytest.mark.slow
@@ -247,7 +284,7 @@ def test_a_hangup_that_took_the_terminal_away_still_stops_the_trials(
     assert agent.wait(60) == 130
     with open_store(sqlite_store_url) as store:
         (trial,) = store.list_trials(sweep_id)
-    assert trial.state is TrialState.STOPPED and trial.stop_reason == "interrupted (SIGHUP)"
+    assert trial.state is TrialState.LOST and trial.stop_reason == "interrupted (SIGHUP)"
 
 
 @pytest.mark.slow

@@ -151,11 +151,11 @@ def test_sigint_stops_every_trial_and_leaves_no_process(tmp_path: Path) -> None:
     assert "interrupted" in err
     assert [p for p in pids if _alive(p)] == []
     trials = trials_json(tmp_path, sweep_id_of(out))
-    assert [t["state"] for t in trials] == ["stopped", "stopped"]
+    assert [t["state"] for t in trials] == ["lost", "lost"]  # interrupted: no result, run again later
     assert all("Ctrl-C" in t["stop_reason"] for t in trials)
     assert all(t["curves"].get("score") for t in trials)
     status = sweeper_cmd(tmp_path, "status", sweep_id_of(out))
-    assert "is stopped: 2 stopped" in status.stdout
+    assert "is stopped: 2 lost" in status.stdout
 
 
 @pytest.mark.parametrize(

@@ -122,6 +122,35 @@ def test_unchanged_wandb_script_feeds_the_coordinator(wandb_env: Path) -> None:
     print(f"hyperband stopped {len(stops)} of {len(trials)} trial(s):", [t.stop_reason for t in stops])
 
 
+ENDINGS_SCRIPT = """
+import sys, wandb
+run = wandb.init()
+wandb.log({"loss": 0.5})
+if wandb.config.end == "raise":
+    raise ValueError("diverged")
+if wandb.config.end == "exit2":
+    sys.exit(2)
+"""
+
+
+def test_a_scripts_own_run_ends_as_the_script_did(wandb_env: Path) -> None:
+    """The agent's own W&B runs (the sweep's) use a wandb service; a trial's run attached to it
+    ended "exit 0" whatever the script did. Each trial's run has its own, as under `wandb agent`."""
+    program = wandb_env / "train.py"
+    program.write_text(ENDINGS_SCRIPT)
+    sweep = {
+        "method": "grid",
+        "parameters": {"end": {"values": ["ok", "raise", "exit2"]}},
+        "sweeper": {"max_retries": 0},
+        "integrations": {"wandb": {"project": "endings", "mode": "offline"}},
+    }
+    _, sweep_id, trials = run_sweep(wandb_env, sweep, program, agents=1)
+    codes = {t.config["end"]: t.exit_code for t in trials}
+    assert codes == {"ok": 0, "raise": 1, "exit2": 2}
+    runs = {r["run_id"]: r for r in offline_runs(wandb_env)}
+    assert {t.config["end"]: runs[f"{sweep_id}-{t.number}"].get("exit_code") for t in trials} == codes
+
+
 def test_the_runs_folder_comes_from_the_block_then_wandb_dir(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

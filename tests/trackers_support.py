@@ -70,6 +70,8 @@ def read_run(run_dir: Path) -> dict[str, Any]:
             out["run"] = record["run"]
         elif record["type"] == "history":
             out["history"].append(record["history"]["item"])
+        elif record["type"] == "exit":
+            out["exit_code"] = record["exit"].get("exit_code", 0)
     return out
 
 

@@ -75,7 +75,8 @@ def agent(
     --count trials have run; exits 1 once --max-failures trials in a row have failed. While the
     coordinator is unreachable, trials keep running and their reports wait on disk. Ctrl-C,
     SIGTERM or SIGHUP (the terminal went away) stops the running trials (SIGTERM to each trial's
-    process group, SIGKILL after --grace) and exits 130.
+    process group, SIGKILL after --grace) and exits 130; those trials are recorded as lost, and
+    their configurations run again.
     """
     from sweeper.local import LocalAgents
     from sweeper.trials import SweepState

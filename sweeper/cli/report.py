@@ -32,6 +32,8 @@ def describe_event(spec: SweepSpec, event: Any) -> str | None:
             return f"trial {number} failed    exit {outcome.exit_code} after {event.seconds:.1f}s: {last[0]}"
         if outcome.state is TrialState.STOPPED:
             return f"trial {number} stopped   after {event.seconds:.1f}s ({outcome.stop_reason}){shown}"
+        if outcome.state is TrialState.LOST:  # its agent was interrupted: no result, it may run again
+            return f"trial {number} lost      after {event.seconds:.1f}s ({outcome.stop_reason})"
         return f"trial {number} finished  in {event.seconds:.1f}s{shown}"
     if isinstance(event, TrialAbandoned):
         return f"trial {event.assignment.trial_number} abandoned: {event.reason}"
