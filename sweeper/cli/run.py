@@ -67,8 +67,9 @@ def run(
 
     Progress is printed as trials start and end; the best trial is shown at the end.
     Ctrl-C stops every running trial (SIGTERM to its process group, SIGKILL after --grace)
-    and records it as lost: its configuration runs again when the sweep goes on. Exits 1 when no trial could finish: every agent gave up after
-    --max-failures failed trials in a row, or every trial failed.
+    and records it as lost: its configuration runs again when the sweep goes on. Exits 1
+    when no trial could finish: every agent gave up after --max-failures failed trials in a
+    row, or every trial failed.
     """
     from sweeper.coordinator import Coordinator
     from sweeper.local import LocalAgents
