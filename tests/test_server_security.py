@@ -83,6 +83,29 @@ def test_a_public_bind_without_a_token_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "s.db").exists()  # refused before touching the store
 
 
+@pytest.mark.parametrize(
+    ("token", "why"),
+    [(" ", "the token is blank"), ("€uro", "an HTTP header cannot carry"), ("a b", "cannot carry")],
+)
+def test_a_token_no_client_can_send_is_refused(tmp_path: Path, token: str, why: str) -> None:
+    db = f"sqlite:///{tmp_path / 's.db'}"
+    result = CliRunner().invoke(main, ["server", "--port", "0", "--db", db, "--token", token], env={})
+    assert result.exit_code == 1 and why in result.output, result.output
+    assert not (tmp_path / "s.db").exists()
+
+
+def test_json_nested_too_deep_is_refused_and_the_server_serves_on(server: ServerProcess) -> None:
+    deep = ('{"a":' * 5000 + "1" + "}" * 5000).encode()
+    for path in ("/trials/1/metrics", "/sweeps/abc/next"):
+        conn = http.client.HTTPConnection(server.url.split("//")[1], timeout=10)
+        headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+        conn.request("POST", f"/api/v1{path}", body=deep, headers=headers)
+        answer = conn.getresponse()
+        assert 400 <= answer.status < 500, (path, answer.status, answer.read())
+        conn.close()
+    assert request(server, "GET", "/health", token=None)[0] == 200
+
+
 def test_tls(tmp_path: Path) -> None:
     cert, key = make_certificate(tmp_path)
     args = ["--ssl-certfile", str(cert), "--ssl-keyfile", str(key)]

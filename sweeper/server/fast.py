@@ -122,7 +122,7 @@ class AgentRoutes:
                 break
         try:
             body = _MODELS[action].model_validate(json.loads(b"".join(chunks)))
-        except (ValueError, ValidationError):  # ValidationError first: it is a ValueError too
+        except (ValueError, ValidationError, RecursionError):  # RecursionError: JSON nested too deep
             return None
         coordinator = self._coordinator
         if isinstance(body, schemas.AgentIn):

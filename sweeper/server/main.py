@@ -45,6 +45,8 @@ def is_loopback(host: str) -> bool:
 
 
 def check_bind(options: ServerOptions) -> None:
+    if options.token is not None:
+        check_token(options.token)
     if options.token or options.insecure or is_loopback(options.host):
         return
     raise UnsafeBindError(
@@ -52,6 +54,20 @@ def check_bind(options: ServerOptions) -> None:
         "commands on your agents. Pass --token (or set SWEEPER_TOKEN) and give agents the same token, "
         "or bind to 127.0.0.1, or pass --insecure on a network you trust"
     )
+
+
+def check_token(token: str) -> None:
+    """A token clients can send in an HTTP header: printable ASCII, not blank. Another one starts
+    a server that no agent can reach (an HTTP client cannot encode it, or it guards nothing)."""
+    if not token.strip():
+        raise UnsafeBindError(
+            "the token is blank: give a token of printable characters, such as `openssl rand -hex 32`"
+        )
+    if not all(" " < c <= "~" for c in token):
+        raise UnsafeBindError(
+            "the token holds characters an HTTP header cannot carry (spaces, control characters or "
+            "non-ASCII): use printable ASCII, such as `openssl rand -hex 32`"
+        )
 
 
 def revive_leases(store: Store, lease_seconds: float, *, now: float) -> int:
