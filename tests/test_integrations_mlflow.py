@@ -210,6 +210,50 @@ def test_a_bare_mlflow_flag_stores_no_uri_from_the_environment(tmp_path: Path, m
     ]
 
 
+PARAMS_SCRIPT = """
+import argparse, mlflow
+p = argparse.ArgumentParser()
+p.add_argument("--C", type=float)
+p.add_argument("--mode")
+args = p.parse_args()
+with mlflow.start_run():
+    # The sweep's C is 1 (logged as "1"); argparse makes it 1.0. mode is logged changed.
+    mlflow.log_params({"C": args.C, "mode": args.mode + "-changed", "extra": 1})
+    mlflow.log_param("C", args.C)
+    mlflow.log_metric("loss", args.C)
+"""
+
+
+def test_a_script_logging_the_sweeps_params_itself_is_not_refused(tmp_path: Path) -> None:
+    """MLflow refuses a param logged again with another spelling ("1" then "1.0"): the script's
+    call would fail, and the trial with it, in a run that sweeper filled before it started."""
+    program = tmp_path / "train.py"
+    program.write_text(PARAMS_SCRIPT)
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(
+        f"program: {program}\nmethod: grid\nmetric: {{name: loss, goal: minimize}}\n"
+        "parameters:\n  C: {values: [1]}\n  mode: {value: fast}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "SWEEPER_"))}
+    uri = f"sqlite:///{tmp_path / 'ml.db'}"
+    sweeper_run(sweep_file, "--mlflow", uri, "--db", f"sqlite:///{tmp_path / 's.db'}", cwd=tmp_path, env=env)
+    store = open_store(f"sqlite:///{tmp_path / 's.db'}")
+    (trial,) = store.list_trials(store.list_sweeps()[0].id)
+    assert trial.state is TrialState.FINISHED and trial.metric("loss") == 1.0
+    _, (child,) = runs_of(MlflowClient(uri), "sweeper")
+    assert {k: child.data.params[k] for k in ("C", "mode", "extra")} == {
+        "C": "1",
+        "mode": "fast",
+        "extra": "1",
+    }
+    stderr = next((tmp_path / ".sweeper" / "trials").rglob("stderr.log")).read_text()
+    assert (
+        "sweeper: mlflow param 'mode' = 'fast-changed' not logged: the run already holds the sweep's "
+        "value 'fast'" in stderr
+    )
+    assert "'C'" not in stderr  # the same value, spelled otherwise: left out without a word
+
+
 def test_unchanged_mlflow_script_under_sweeper_run(mlflow_server: MlflowServer, tmp_path: Path) -> None:
     """`sweeper run --mlflow URI` on a script that only knows mlflow: its metrics reach the coordinator
     step by step while it runs, and land once, in the trial's pre-created child run."""

@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
-from . import core
+from . import core, mlflow_params
 
 
 def patch(module: Any) -> None:
@@ -18,6 +18,12 @@ def patch(module: Any) -> None:
 
     log_metric = TrackingServiceClient.log_metric
     log_batch = TrackingServiceClient.log_batch
+    log_param = TrackingServiceClient.log_param
+
+    def patched_param(self: Any, run_id: Any, key: Any, value: Any, *args: Any, **kwargs: Any) -> Any:
+        if mlflow_params.already_logged(run_id, key, value):
+            return None  # the run holds it: MLflow would refuse it under another spelling
+        return log_param(self, run_id, key, value, *args, **kwargs)
 
     def patched_metric(self: Any, run_id: Any, key: Any, value: Any, *args: Any, **kwargs: Any) -> Any:
         result = log_metric(self, run_id, key, value, *args, **kwargs)
@@ -28,8 +34,11 @@ def patch(module: Any) -> None:
         core.raise_if_stopped()
         return result
 
-    def patched_batch(self: Any, run_id: Any, metrics: Any = (), *args: Any, **kwargs: Any) -> Any:
-        result = log_batch(self, run_id, metrics, *args, **kwargs)
+    def patched_batch(
+        self: Any, run_id: Any, metrics: Any = (), params: Any = (), *args: Any, **kwargs: Any
+    ) -> Any:
+        kept = [p for p in params or () if not mlflow_params.already_logged(run_id, p.key, p.value)]
+        result = log_batch(self, run_id, metrics, kept, *args, **kwargs)
         by_step: dict[int, dict[str, float]] = {}
         for metric in metrics or ():
             found = core.number(getattr(metric, "value", None))
@@ -42,6 +51,7 @@ def patch(module: Any) -> None:
 
     TrackingServiceClient.log_metric = patched_metric
     TrackingServiceClient.log_batch = patched_batch
+    TrackingServiceClient.log_param = patched_param
     start_run = module.start_run
 
     def patched_start_run(*args: Any, **kwargs: Any) -> Any:
