@@ -16,6 +16,7 @@ from __future__ import annotations
 import http.client
 import json
 import math
+import os
 import ssl
 import urllib.error
 import urllib.parse
@@ -87,6 +88,9 @@ class HttpCoordinator:
         self.url = url.rstrip("/")
         self.timeout = timeout
         self._token = token or None
+        # SWEEPER_CA_FILE: the certificate (or CA) a self-signed server is trusted by, for every
+        # command; the system's store (and SSL_CERT_FILE) otherwise.
+        ca_file = ca_file or os.environ.get("SWEEPER_CA_FILE") or None
         context = ssl.create_default_context(cafile=ca_file) if parsed.scheme == "https" else None
         self._transport = transport_for(self.url, timeout=timeout, context=context)
 
@@ -194,7 +198,7 @@ class HttpCoordinator:
             if isinstance(reason, ssl.SSLCertVerificationError):  # a set-up mistake: retrying cannot help
                 raise CoordinatorError(
                     f"{where}: the server's certificate is not trusted ({reason.verify_message}); "
-                    "pass the CA file that signed it (ca_file)",
+                    "trust it with SWEEPER_CA_FILE=PATH (the certificate, or the CA that signed it)",
                     status=0,
                     code="untrusted_certificate",
                 ) from None

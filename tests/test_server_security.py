@@ -115,8 +115,12 @@ def test_tls(tmp_path: Path) -> None:
         sweep = client.create_sweep(parse_sweep(SPEC))
         assert [s.id for s in client.list_sweeps()] == [sweep.id]
         untrusting = type(client)(server.url, token=TOKEN)
-        with pytest.raises(CoordinatorError, match="certificate is not trusted"):
+        with pytest.raises(CoordinatorError, match="certificate is not trusted .* SWEEPER_CA_FILE=PATH"):
             untrusting.list_sweeps()
+        # From the command line: the certificate named in SWEEPER_CA_FILE.
+        env = {"SWEEPER_COORDINATOR": server.url, "SWEEPER_TOKEN": TOKEN, "SWEEPER_CA_FILE": str(cert)}
+        listed = CliRunner().invoke(main, ["status"], env=env)
+        assert listed.exit_code == 0 and sweep.id in listed.output, listed.output
         plain = server.url.replace("https://", "http://")
         with pytest.raises(OSError):
             type(client)(plain, token=TOKEN, timeout=3).list_sweeps()

@@ -126,8 +126,9 @@ def create_app(
     app = FastAPI(
         title="sweeper coordinator",
         version=__version__,
-        description="Sweeps, trials and the agent protocol. Every route but /health needs "
-        "`Authorization: Bearer <token>` when the server was started with a token.",
+        description="Sweeps, trials and the agent protocol. Every /api/v1 route but /health needs "
+        "`Authorization: Bearer <token>` when the server was started with a token; this description "
+        "(/openapi.json, /docs) is public, and holds nothing of any sweep.",
         lifespan=lifespan,
     )
     _add_error_handlers(app)
