@@ -105,6 +105,18 @@ run.finish()
 """
 
 
+# W&B drops a value logged at a step below the run's current one (with a warning of its own).
+BACKWARDS = """
+import wandb
+
+run = wandb.init()
+wandb.log({"loss": 0.5}, step=5)
+wandb.log({"loss": 0.1}, step=3)
+wandb.log({"loss": 0.4}, step=6)
+run.finish()
+"""
+
+
 @pytest.fixture
 def wandb_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
@@ -233,3 +245,10 @@ def test_aggregates_follow_wandbs_rules_for_names_calls_and_values(wandb_env: Pa
         assert trial.metric(f"{name}.{mode}") == pytest.approx(kept[name][mode]), (name, mode)
     assert kept["nanny"]["max"] == "NaN" and math.isnan(trial.metric("nanny.max"))
     assert trial.metric("acc.min") is None  # the exact name's summary, not the glob's
+
+
+def test_values_wandb_drops_for_a_step_gone_back_are_dropped_too(wandb_env: Path) -> None:
+    (trial,) = _sweep(wandb_env, BACKWARDS, {"name": "loss", "goal": "minimize"}, {"x": {"value": 1}})
+    run = next(r for r in offline_runs(wandb_env) if r["run_id"] == f"{trial.sweep_id}-{trial.number}")
+    kept = [(row["_step"], row["loss"]) for row in run["history"] if "loss" in row]
+    assert trial.curve("loss") == kept == [(5, 0.5), (6, 0.4)]

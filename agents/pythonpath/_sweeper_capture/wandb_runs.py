@@ -178,10 +178,13 @@ def patch(module: Any) -> None:
 
     def _log(self: Any, data: Any, step: Any = None, commit: Any = None) -> Any:
         try:
-            at = int(step) if step is not None else int(getattr(self, "_local_step", 0))
+            current = int(getattr(self, "_local_step", 0))
+            at = int(step) if step is not None else current
         except Exception:
-            at = 0
+            current = at = 0
         result = original(self, data, step, commit)
+        if at < current:
+            return result  # W&B drops values logged at a step below the run's current one
         try:
             logged = core.flat(data)
             core.emit("wandb", at, logged)
