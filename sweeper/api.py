@@ -23,18 +23,26 @@ def _coordinator(db: str | None) -> Any:
     return Coordinator(open_store(db or os.environ.get("SWEEPER_DB")))
 
 
-def sweep(config: Mapping[str, Any] | str | os.PathLike[str], *, db: str | None = None) -> str:
+def sweep(
+    config: Mapping[str, Any] | str | os.PathLike[str],
+    *,
+    db: str | None = None,
+    project: str | None = None,
+    entity: str | None = None,
+) -> str:
     """Create a sweep from a config dict or a sweep file; return its id.
 
-    Raises :class:`sweeper.spec.SpecError` listing every problem when the config is invalid.
+    ``project`` and ``entity`` are W&B's, as ``wandb.sweep`` takes them: they become the
+    sweep's own keys (its W&B runs go there). Raises :class:`sweeper.spec.SpecError` listing every
+    problem when the config is invalid.
     """
     from sweeper.spec import load_sweep_file, parse_sweep
     from sweeper.spec.advice import spec_advice
 
-    if isinstance(config, Mapping):
-        spec = parse_sweep(config)
-    else:
-        spec = load_sweep_file(Path(config))
+    spec = parse_sweep(config) if isinstance(config, Mapping) else load_sweep_file(Path(config))
+    given = {k: v for k, v in (("project", project), ("entity", entity)) if v}
+    if given:  # the call's own, as wandb.sweep's arguments win over the file
+        spec = parse_sweep({**spec.raw, **given})
     for line in spec_advice(spec):  # valid, but likely not what was meant
         warnings.warn(line, UserWarning, stacklevel=2)
     return _coordinator(db).create_sweep(spec).id
@@ -48,14 +56,18 @@ def agent(
     db: str | None = None,
     grace_period: float = 10.0,
     max_failures: int = 3,
+    project: str | None = None,
+    entity: str | None = None,
 ) -> str:
     """Run trials of ``sweep_id`` here until the sweep is done or ``count`` trials have run.
 
     With ``function``, each trial calls it in this process (it takes no arguments and calls
-    ``sweeper.init()`` for its config); without, each trial runs the sweep's command.
-    It stops once ``max_failures`` trials in a row have failed (0: never).
-    Returns the one-line reason the agent stopped.
+    ``sweeper.init()``, or ``wandb.init()``, for its config); without, each trial runs the
+    sweep's command. It stops once ``max_failures`` trials in a row have failed (0: never).
+    Returns the one-line reason the agent stopped. ``project`` and ``entity`` are accepted as
+    ``wandb.agent`` takes them; the sweep's id names the sweep.
     """
+    del project, entity  # the sweep was made with them (see sweep())
     from sweeper.local import LocalAgents
 
     agents = LocalAgents(

@@ -194,3 +194,16 @@ def test_exponent_bounds_that_look_like_values_warn(db: str) -> None:
         UserWarning, match=r"parameters.lr: log_uniform takes base-e exponents .* use log_uniform_values"
     ):
         sweeper.sweep(config, db=db)
+
+
+def test_wandb_style_project_and_entity_are_taken(db: str) -> None:
+    """Calls written for wandb.sweep and wandb.agent carry project and entity: accepted as W&B takes them."""
+    config = {"method": "grid", "project": "in-file", "parameters": {"x": {"values": [1]}}}
+    sweep_id = sweeper.sweep(config, db=db, project="mine", entity="team")
+    ran = []
+    assert "complete" in sweeper.agent(
+        sweep_id, function=lambda: ran.append(1), db=db, project="mine", entity="team"
+    )
+    with open_store(db) as store:
+        stored = store.get_sweep(sweep_id).spec
+    assert (stored["project"], stored["entity"], ran) == ("mine", "team", [1])
