@@ -163,4 +163,4 @@ def _outcome(
         code = int(given) % 256 or 1  # failed all the same: a status that reads as success is 1
         tail = "\n".join(lines[-STDERR_TAIL_LINES:])
         return TrialOutcome(TrialState.FAILED, exit_code=code, stderr_tail=tail)
-    return TrialOutcome(TrialState.FINISHED)
+    return TrialOutcome(TrialState.FINISHED, exit_code=0)  # as a command that returned

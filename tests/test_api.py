@@ -121,6 +121,7 @@ def test_a_value_written_to_the_summary_is_the_trials_value(db: str) -> None:
     with open_store(db) as store:
         (trial,) = store.list_trials(sweep_id)
     assert trial.state is TrialState.FINISHED and trial.summary == {"acc": 0.75}
+    assert trial.exit_code == 0  # as a command that returned
 
 
 def test_a_function_over_the_time_limit_is_stopped_at_its_next_log(db: str) -> None:
