@@ -256,7 +256,8 @@ def test_commands_on_existing_sweeps_make_no_store(tmp_path: Path, command: tupl
     result = sweeper_cmd(tmp_path, *command, *where)
     assert result.returncode == 1, result.stdout + result.stderr
     if where:
-        assert f"no store at {tmp_path / 'sweeper.dbb'} (--db sweeper.dbb): check the path;" in result.stderr
+        missing = tmp_path / "sweeper.dbb"
+        assert f"no store at {missing} (--db or SWEEPER_DB: sweeper.dbb): check the path;" in result.stderr
     else:
         assert f"no sweeper store in {tmp_path} (no .sweeper/sweeper.db):" in result.stderr
     assert list(tmp_path.iterdir()) == []  # nothing made: a typo leaves no empty store behind

@@ -267,7 +267,7 @@ def _require_sqlite_file(db_url: str | None) -> None:
     url = resolve_url(db_url)
     if url.get_backend_name() == "sqlite" and not (path := Path(url.database or "")).is_file():
         raise click.ClickException(
-            f"no store at {path.resolve()} (--db {db_url}): check the path; {makes_one}"
+            f"no store at {path.resolve()} (--db or SWEEPER_DB: {db_url}): check the path; {makes_one}"
         )
 
 
