@@ -216,12 +216,17 @@ class Agent:
         return outcome
 
     def _interrupted(self, outcome: TrialOutcome) -> TrialOutcome:
-        """A trial this agent ended because it was told to stop (a signal, Ctrl-C, preemption) did
+        """A trial that ended while this agent was told to stop (a signal, Ctrl-C, preemption) did
         not end by itself: it is lost, as if the agent had died, not stopped. So its configuration
-        runs again when the sweep goes on, and its partial values are never the sweep's result."""
-        if outcome.state is TrialState.STOPPED and self.stopping and outcome.stop_reason == self._stop.reason:
-            return dataclasses.replace(outcome, state=TrialState.LOST)
-        return outcome
+        runs again when the sweep goes on, and its partial values are never the sweep's result.
+        That holds too for a trial that the same signal reached first (Slurm signals every process
+        of a job) and that exited, 0 or not, before the agent stopped it; a stop the coordinator
+        decided (early termination, an exploit) stands."""
+        if not self.stopping or outcome.state is TrialState.LOST:
+            return outcome
+        if outcome.state is TrialState.STOPPED and outcome.stop_reason != self._stop.reason:
+            return outcome
+        return dataclasses.replace(outcome, state=TrialState.LOST, stop_reason=self._stop.reason)
 
     def _prepare(self, assignment: Assignment) -> tuple[TrialDir, Spool | None]:
         """The trial's folder, and its spool unless reports are kept in memory only."""

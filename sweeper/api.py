@@ -69,6 +69,7 @@ def agent(
     """
     del project, entity  # the sweep was made with them (see sweep())
     from sweeper.local import LocalAgents
+    from sweeper.protocol import interrupted_reason
 
     agents = LocalAgents(
         _coordinator(db),
@@ -83,7 +84,7 @@ def agent(
     try:
         reasons = agents.wait()
     except KeyboardInterrupt:
-        agents.stop("interrupted (Ctrl-C)")
+        agents.stop(interrupted_reason("Ctrl-C"))
         agents.wait()
         raise
     return reasons[0] if reasons else "done"

@@ -12,6 +12,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from sweeper.protocol import INTERRUPTED
 from sweeper.spec import SweepSpec
 from sweeper.store.base import TrialDraft
 from sweeper.strategies import Strategy, Suggestion, SuggestionKind
@@ -53,11 +54,18 @@ def may_run_again(trials: Sequence[Trial], max_retries: int) -> list[Trial]:
         attempts.setdefault(trial.config_key, []).append(trial)
     again = []
     for tries in attempts.values():
-        if all(t.state in _RETRYABLE for t in tries) and len(tries) <= max_retries:
+        # A trial cut short because its agent was told to stop is no attempt: it runs again
+        # however often that happens (a preempted machine, docker stop).
+        counted = [t for t in tries if not _interrupted(t)]
+        if all(t.state in _RETRYABLE for t in tries) and len(counted) <= max_retries:
             last = max(tries, key=lambda t: t.number)
             if last.stop_requested is None:
                 again.append(last)
     return again
+
+
+def _interrupted(trial: Trial) -> bool:
+    return trial.state is TrialState.LOST and (trial.stop_reason or "").startswith(INTERRUPTED + " (")
 
 
 def find_retry(trials: Sequence[Trial], max_retries: int) -> TrialDraft | None:

@@ -94,6 +94,15 @@ class TrialOutcome:
     stop_reason: str | None = None
 
 
+def interrupted_reason(how: str) -> str:
+    """The stop reason of trials an agent cut short because it was told to stop (``how``: the
+    signal, or Ctrl-C). They end lost and run again, and do not count as an attempt."""
+    return f"{INTERRUPTED} ({how})"
+
+
+INTERRUPTED = "interrupted"
+
+
 class LeaseLostError(Exception):
     """The trial's lease expired or moved on: the agent must abandon the trial, not report it."""
 

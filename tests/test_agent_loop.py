@@ -308,6 +308,33 @@ def test_agent_stop_ends_the_trial_and_run_returns(tmp_path: Path) -> None:
     assert 102 not in client.finished and agent.trials_run == 1
 
 
+def test_a_trial_that_exits_as_its_agent_is_told_to_stop_is_lost_not_finished(tmp_path: Path) -> None:
+    # Slurm signals every process of a job: a script that exits 0 on SIGTERM may end before its
+    # agent stops it. Its values are cut short all the same: no result, and it runs again.
+    client = MemoryCoordinator([assignment(1, {"steps": 1}), assignment(2, {"steps": 1})])
+    agent = make_agent(client, tmp_path)
+
+    def stop_once_it_has_exited(event: object) -> None:
+        if isinstance(event, TrialStarted):
+            done = tmp_path / ".sweeper" / "trials" / "sw1" / "1" / "stdout.log"
+            deadline = time.monotonic() + 30
+            while "config:" not in (done.read_text() if done.exists() else ""):
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            time.sleep(0.3)  # the process has ended; the agent has not looked yet
+            agent.stop("interrupted (SIGTERM)")
+
+    agent.on_event = stop_once_it_has_exited
+    assert agent.run() == "interrupted (SIGTERM)"
+    outcome = client.finished[101]
+    assert (outcome.state, outcome.exit_code, outcome.stop_reason) == (
+        TrialState.LOST,
+        0,
+        "interrupted (SIGTERM)",
+    )
+    assert 102 not in client.finished  # nothing more was taken
+
+
 def test_a_trial_that_exits_is_noticed_at_once_not_at_the_next_look(tmp_path: Path) -> None:
     # Between looks at its trial the agent sleeps a poll interval; the process's end wakes it, so
     # the GPU does not idle for the rest of the interval. With a 60 s interval, three short trials

@@ -273,3 +273,22 @@ def test_a_trial_that_ends_costs_a_model_search_no_suggestion(coordinator: Coord
     assert isinstance(answer, NoTrial) and answer.reason is NoTrialReason.DONE
     assert "all 6 configurations of the finite space have been tried" in answer.message
     assert suggested == [0, 1, 2, 3, 4, 5]
+
+
+def test_an_interrupted_trial_is_no_attempt_however_often_it_happens() -> None:
+    from sweeper.planning import may_run_again
+    from sweeper.protocol import interrupted_reason
+    from sweeper.trials import Trial
+
+    def attempt(number: int, state: TrialState, reason: str | None = None) -> Trial:
+        return Trial(number, "sw", number, {"x": 1}, state, 0.0, stop_reason=reason)
+
+    cut = interrupted_reason("SIGTERM")
+    assert may_run_again([attempt(1, TrialState.LOST, cut)], max_retries=0)
+    assert may_run_again([attempt(1, TrialState.LOST, cut), attempt(2, TrialState.LOST, cut)], max_retries=1)
+    assert may_run_again([attempt(1, TrialState.FAILED), attempt(2, TrialState.LOST, cut)], max_retries=1)
+    # Lost to an expired lease (the machine went away) counts, as the retry policy says.
+    expired = "lease expired"
+    assert not may_run_again(
+        [attempt(1, TrialState.LOST, expired), attempt(2, TrialState.LOST, expired)], max_retries=1
+    )

@@ -175,6 +175,31 @@ def test_an_agent_killed_mid_trial_loses_it_and_its_config_runs_once_more(
     assert configs([t for t in trials if t.state is TrialState.FINISHED], "x") == {(1,): 1, (2,): 1, (3,): 1}
 
 
+def test_an_agent_told_to_stop_gives_its_trials_back_and_they_run_again(
+    tmp_path: Path, stopped_at_end: list
+) -> None:
+    """SIGTERM (preemption, `docker stop`): the server takes the cut-short trials as lost at once,
+    without waiting for their leases, and another agent runs their configurations to the end."""
+    server = start_server(f"sqlite:///{tmp_path / 'sweeper.db'}", tmp_path / "server")
+    stopped_at_end.append(server)
+    sweep_id = create_sweep(
+        server, {"x": {"values": [1, 2]}, "epochs": {"value": 20}, "sleep": {"value": 0.2}}
+    )
+    first = AgentProcess(server, sweep_id, tmp_path / "first", "--slots", "2")
+    stopped_at_end.append(first)
+    wait_for(lambda: len(first.trial_dirs()) == 2, "both trials to start")
+    time.sleep(1.0)
+    first.process.send_signal(signal.SIGTERM)
+    assert first.wait() == 130, first.output()
+    assert {t.state for t in trials_of(server, sweep_id)} == {TrialState.LOST}  # not left running
+    second = AgentProcess(server, sweep_id, tmp_path / "second")
+    stopped_at_end.append(second)
+    assert second.wait() == 0, second.output()
+    trials = trials_of(server, sweep_id)
+    finished = [t for t in trials if t.state is TrialState.FINISHED]
+    assert configs(finished, "x") == {(1,): 1, (2,): 1} and len(trials) == 4
+
+
 def test_the_server_killed_mid_sweep_and_restarted_loses_nothing_and_repeats_nothing(
     tmp_path: Path, stopped_at_end: list
 ) -> None:

@@ -89,6 +89,9 @@ def train():
     # the next trial's start_run() must still work.
     mlflow.start_run()
     lr = sweeper.init().config.lr
+    # The run holds the sweep's lr already: spelled otherwise, MLflow would refuse it.
+    mlflow.log_params({"lr": f"{lr:.2f}", "batch": 32})
+    mlflow.log_param("lr", f"{lr:.3f}", synchronous=False).wait()
     for epoch in range(3):
         mlflow.log_metric("loss", lr * (3 - epoch), step=epoch)
 """
@@ -218,6 +221,7 @@ def test_a_function_that_logs_to_mlflow_itself(tmp_path: Path, mlflow_server: Ml
         logged = sorted((m.step, m.value) for m in client.get_metric_history(child.info.run_id, "loss"))
         assert logged == [(0, pytest.approx(3 * lr)), (1, pytest.approx(2 * lr)), (2, pytest.approx(lr))]
         assert child.info.status == "FINISHED"
+        assert (child.data.params["lr"], child.data.params["batch"]) == (str(lr), "32")
 
 
 WANDB_FAILS = """

@@ -142,6 +142,10 @@ def test_a_step_counts_once_with_its_first_value_except_step_0() -> None:
     assert [p.value for p in stepless.iterations()] == [1, 2, 3]
     others = [curve(n, [9, 9, 9], "acc") for n in range(5, 9)]
     assert decide(rule, stepless, others) is not None  # judged at its third value, as before
+    # Epochs logged with a step, then the best without one (at step 0): nothing moves.
+    stepped = [MetricPoint("acc", v, step=i, seq=i, time=i) for i, v in enumerate([0.9, 0.8, 0.7])]
+    best_at_end = TrialCurve(9, (stepped[0], MetricPoint("acc", 0.9, step=0, seq=3, time=3), *stepped[1:]))
+    assert [(p.step, p.value) for p in best_at_end.iterations()] == [(0, 0.9), (1, 0.8), (2, 0.7)]
 
 
 def test_a_lone_trial_or_one_before_the_first_band_goes_on() -> None:

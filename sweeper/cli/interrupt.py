@@ -1,7 +1,7 @@
 """Ctrl-C, SIGTERM and SIGHUP for commands that run local agents (``sweeper run``, ``sweeper agent``).
 
 The first signal stops every running trial (SIGTERM to its process group, SIGKILL after the
-grace period) and records it as stopped; further signals only say that this is under way.
+grace period) and records it as lost, to run again; further signals only say that this is under way.
 SIGHUP (the terminal or ssh session went away) counts too: by default it would end the agent at
 once and leave its trials running, unwatched, on the GPUs, while their configurations run again
 elsewhere once the leases run out.
@@ -16,6 +16,8 @@ from types import FrameType
 from typing import Any, Protocol
 
 import click
+
+from sweeper.protocol import interrupted_reason
 
 EXIT_INTERRUPTED = 130
 
@@ -60,7 +62,7 @@ def run_until_done_or_interrupted(agents: Stoppable, grace: float) -> tuple[list
         except KeyboardInterrupt as interrupt:
             # Stop first: after a hangup, writing to the terminal fails.
             how = interrupt.args[0] if interrupt.args else "Ctrl-C"  # the signal's name, if one sent it
-            agents.stop(f"interrupted ({how})")
+            agents.stop(interrupted_reason(how))
             _say(f"\ninterrupted: stopping running trials (SIGKILL after {grace:g}s)...")
             return _wait_ignoring_interrupts(agents), True
 

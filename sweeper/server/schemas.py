@@ -260,7 +260,8 @@ class MetricsIn(Model):
 
 class FinishIn(Model):
     lease_id: LeaseId
-    state: Literal[TrialState.FINISHED, TrialState.FAILED, TrialState.STOPPED]
+    # lost: the agent was told to stop (a signal) and cut the trial short; it runs again
+    state: Literal[TrialState.FINISHED, TrialState.FAILED, TrialState.STOPPED, TrialState.LOST]
     exit_code: Annotated[int, Field(ge=-(2**31), le=2**31 - 1)] | None = None
     stderr_tail: FreeText | None = None
     stop_reason: Annotated[str, Field(max_length=4096), AfterValidator(_free_text)] | None = None

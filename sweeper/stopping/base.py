@@ -35,10 +35,15 @@ def iteration_points(points: Iterable[MetricPoint]) -> list[MetricPoint]:
     the n-th value logged, except that a step counts once, with the first value logged there (a
     summary value sent when a run ends, on its last step, adds no iteration and changes none,
     so decisions already taken stay the ones a restarted coordinator takes). Step 0 is the
-    exception: MLflow puts every value logged without a step there, and each counts. NaN and
-    infinite values are dropped before counting, as W&B does."""
+    exception: MLflow puts every value logged without a step there, and each counts, until the
+    run logs at a later step (a value logged without a step after that, a final "best" say,
+    changes nothing). NaN and infinite values are dropped before counting, as W&B does."""
+    points = list(points)
+    moved_on = min((p.seq for p in points if p.step > 0), default=math.inf)
     out: list[MetricPoint] = []
     for point in points:
+        if point.step == 0 and point.seq > moved_on:
+            continue
         if out and point.step == out[-1].step != 0:
             continue
         out.append(point)

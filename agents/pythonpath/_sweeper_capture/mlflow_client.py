@@ -21,9 +21,14 @@ def patch(module: Any) -> None:
     log_param = TrackingServiceClient.log_param
 
     def patched_param(self: Any, run_id: Any, key: Any, value: Any, *args: Any, **kwargs: Any) -> Any:
-        if mlflow_params.already_logged(run_id, key, value):
-            return None  # the run holds it: MLflow would refuse it under another spelling
-        return log_param(self, run_id, key, value, *args, **kwargs)
+        if not mlflow_params.already_logged(run_id, key, value):
+            return log_param(self, run_id, key, value, *args, **kwargs)
+        # The run holds it (MLflow would refuse it under another spelling): done, as MLflow says it.
+        if kwargs.get("synchronous", args[0] if args else True):
+            return None
+        from mlflow.utils.async_logging.run_operations import RunOperations
+
+        return RunOperations([])
 
     def patched_metric(self: Any, run_id: Any, key: Any, value: Any, *args: Any, **kwargs: Any) -> Any:
         result = log_metric(self, run_id, key, value, *args, **kwargs)
@@ -55,6 +60,7 @@ def patch(module: Any) -> None:
     start_run = module.start_run
 
     def patched_start_run(*args: Any, **kwargs: Any) -> Any:
+        mlflow_params.remember_trial_run()  # start_run takes MLFLOW_RUN_ID out of the environment
         trial = core.current_trial()
         if trial is not None:
             trial.check_environment("mlflow.start_run()")

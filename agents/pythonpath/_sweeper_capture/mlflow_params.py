@@ -21,17 +21,22 @@ from typing import Any
 
 _BAD_KEY = re.compile(r"[^\w\-. /]")  # as the agent's MLflow adapter writes param names
 _warned: set[str] = set()
-# mlflow.start_run() takes MLFLOW_RUN_ID out of the environment once it has used it: read it
-# now, as the trial's process starts.
-_TRIAL_RUN = os.environ.get("MLFLOW_RUN_ID")
+# mlflow.start_run() takes MLFLOW_RUN_ID out of the environment once it has used it: read now,
+# as the trial's process starts, and by each start_run (a function trial in the agent's process).
+_trial_runs: set[str] = {run for run in [os.environ.get("MLFLOW_RUN_ID")] if run}
+
+
+def remember_trial_run() -> None:
+    if run := os.environ.get("MLFLOW_RUN_ID"):
+        _trial_runs.add(run)
 
 
 def already_logged(run_id: Any, key: Any, value: Any) -> bool:
     """True when ``key`` is one of the sweep's params the agent logged into ``run_id``, the trial's
     own run: the call must leave it out."""
-    if not run_id or run_id not in (_TRIAL_RUN, os.environ.get("MLFLOW_RUN_ID")):
+    if not run_id or (run_id not in _trial_runs and run_id != os.environ.get("MLFLOW_RUN_ID")):
         return False
-    logged = _sweep_params()
+    logged = _sweep_params(os.environ.get("SWEEPER_CONFIG_PATH"))
     name = str(key)
     if name not in logged:
         return False
@@ -45,9 +50,8 @@ def already_logged(run_id: Any, key: Any, value: Any) -> bool:
     return True
 
 
-@functools.lru_cache(maxsize=1)
-def _sweep_params() -> dict[str, str]:
-    path = os.environ.get("SWEEPER_CONFIG_PATH")
+@functools.lru_cache(maxsize=8)  # per trial: function trials follow one another in one process
+def _sweep_params(path: str | None) -> dict[str, str]:
     if not path:
         return {}
     try:
