@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -31,6 +32,11 @@ def make_sweep(db: str, parameters: dict, program: str = "e2e_trial.py", **extra
         return Coordinator(store).create_sweep(parse_sweep(raw)).id
 
 
+def last_line(result: Any) -> str:
+    """The line an agent exits with."""
+    return result.output.strip().splitlines()[-1]
+
+
 @pytest.fixture
 def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
@@ -43,10 +49,7 @@ def test_runs_the_sweep_to_the_end_and_says_why_it_exits(here: Path, sqlite_stor
     sweep_id = make_sweep(sqlite_store_url, {"x": {"values": [1, 2, 3, 4]}})
     result = CliRunner().invoke(main, ["agent", sweep_id, "--db", sqlite_store_url, "--slots", "2"])
     assert result.exit_code == 0, result.output
-    assert (
-        result.output.strip().splitlines()[-1]
-        == f"sweep {sweep_id} is complete: all 4 grid combinations have run"
-    )
+    assert last_line(result) == f"sweep {sweep_id} is complete: all 4 grid combinations have run"
     with open_store(sqlite_store_url) as store:
         trials = store.list_trials(sweep_id)
         assert sorted(t.config["x"] for t in trials) == [1, 2, 3, 4]
@@ -62,7 +65,7 @@ def test_count_caps_the_trials_of_this_process(here: Path, sqlite_store_url: str
         main, ["agent", sweep_id, "--db", sqlite_store_url, "--count", "2", "--slots", "3"]
     )
     assert result.exit_code == 0, result.output
-    assert "count of 2" in result.output.strip().splitlines()[-1]
+    assert "count of 2" in last_line(result)
     with open_store(sqlite_store_url) as store:
         assert len(store.list_trials(sweep_id)) == 2
 
@@ -73,7 +76,7 @@ def test_a_stopped_sweep_sends_the_agent_home(here: Path, sqlite_store_url: str)
         Coordinator(store).set_sweep_state(sweep_id, SweepState.CANCELLED)
     result = CliRunner().invoke(main, ["agent", sweep_id, "--db", sqlite_store_url])
     assert result.exit_code == 0, result.output
-    assert result.output.strip().splitlines()[-1] == f"sweep {sweep_id} was cancelled"
+    assert last_line(result) == f"sweep {sweep_id} was cancelled"
 
 
 def test_unknown_sweep_is_a_clear_error(here: Path, sqlite_store_url: str) -> None:
@@ -103,7 +106,7 @@ def test_an_agent_away_from_the_program_stops_before_it_takes_a_trial(
     # A sweep that is over: the agent says so, wherever it runs.
     result = CliRunner().invoke(main, ["agent", sweep_id, "--db", sqlite_store_url])
     assert result.exit_code == 0, result.output
-    assert result.output.strip().splitlines()[-1] == f"sweep {sweep_id} was cancelled"
+    assert last_line(result) == f"sweep {sweep_id} was cancelled"
 
 
 def test_a_program_run_from_path_or_as_a_module_needs_no_file_here(here: Path, sqlite_store_url: str) -> None:
@@ -202,10 +205,7 @@ def test_configurations_an_interrupted_agent_was_running_run_again(here: Path, s
     assert "lost" in out  # the progress line says so
     second = CliRunner().invoke(main, ["agent", sweep_id, "--db", sqlite_store_url])
     assert second.exit_code == 0, second.output
-    assert (
-        second.output.strip().splitlines()[-1]
-        == f"sweep {sweep_id} is complete: all 2 grid combinations have run"
-    )
+    assert last_line(second) == f"sweep {sweep_id} is complete: all 2 grid combinations have run"
     with open_store(sqlite_store_url) as store:
         trials = store.list_trials(sweep_id)
         best = Coordinator(store).best_trial(sweep_id)

@@ -285,15 +285,22 @@ def test_the_strategy_fills_the_population_then_replaces_exploited_members_then_
     assert done.kind is SuggestionKind.DONE and "population of 4" in done.reason
 
 
+def donor_and_exploited(donor: int, exploited: int) -> list[Trial]:
+    """Two members: trial 1 (member 0) and trial 2 (member 1); ``exploited`` was stopped to copy
+    ``donor``, which still trains."""
+    reason = f"pbt: exploit trial {donor} (member {donor - 1}, acc=0.9, rank 1 of 2): at iteration 2 ..."
+    return [
+        Trial(n, "sw", n, {"lr": n / 10}, TrialState.RUNNING, 0.0, member=n - 1)
+        if n != exploited
+        else Trial(n, "sw", n, {"lr": n / 10}, TrialState.STOPPED, 0.0, member=n - 1, stop_reason=reason)
+        for n in (1, 2)
+    ]
+
+
 def test_a_member_exploited_in_favour_of_a_donor_that_has_finished_is_not_restarted() -> None:
     # The donor's checkpoint is its last epoch's: a restart from it would have nothing to train.
-    spec = parse_sweep(pbt_sweep(population=2))
-    strategy = strategy_class("pbt")(spec)
-    reason = "pbt: exploit trial 1 (member 0, acc=0.9, rank 1 of 2): at iteration 2 member 1 ..."
-    trials = [
-        Trial(1, "sw", 1, {"lr": 0.1}, TrialState.RUNNING, 0.0, member=0),
-        Trial(2, "sw", 2, {"lr": 0.2}, TrialState.STOPPED, 0.0, member=1, stop_reason=reason),
-    ]
+    strategy = strategy_class("pbt")(parse_sweep(pbt_sweep(population=2)))
+    trials = donor_and_exploited(donor=1, exploited=2)
     restart = strategy.suggest(trials, random.Random(0))  # donor still training: restart from it
     assert restart.kind is SuggestionKind.RUN and restart.member == 1 and restart.restore_from
     trials[0] = dataclasses.replace(trials[0], state=TrialState.FINISHED)
@@ -303,13 +310,8 @@ def test_a_member_exploited_in_favour_of_a_donor_that_has_finished_is_not_restar
 
 def test_an_exploited_member_restarts_before_a_new_member_starts() -> None:
     # Its donor is training now; by the time a new member had started, it might have finished.
-    spec = parse_sweep(pbt_sweep(population=3))
-    strategy = strategy_class("pbt")(spec)
-    reason = "pbt: exploit trial 2 (member 1, acc=0.9, rank 1 of 2): at iteration 2 member 0 ..."
-    trials = [
-        Trial(1, "sw", 1, {"lr": 0.1}, TrialState.STOPPED, 0.0, member=0, stop_reason=reason),
-        Trial(2, "sw", 2, {"lr": 0.2}, TrialState.RUNNING, 0.0, member=1),
-    ]
+    strategy = strategy_class("pbt")(parse_sweep(pbt_sweep(population=3)))
+    trials = donor_and_exploited(donor=2, exploited=1)
     first = strategy.suggest(trials, random.Random(0))
     assert first.kind is SuggestionKind.RUN and first.member == 0 and first.restore_from
     trials.append(Trial(3, "sw", 3, first.config, TrialState.RUNNING, 0.0, member=0))
