@@ -112,7 +112,8 @@ class Agent:
     # -- control -----------------------------------------------------------------------------
 
     def stop(self, reason: str) -> None:
-        """End the current trial as STOPPED with ``reason`` and make :meth:`run` return. Any thread."""
+        """End the current trial with ``reason`` (it is lost, and runs again: see
+        :meth:`_interrupted`) and make :meth:`run` return. Any thread."""
         self._stop.request(reason)
 
     @property

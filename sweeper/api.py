@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 
-def _coordinator(db: str | None) -> Any:
+def _coordinator(db: str | None, *, create: bool = True) -> Any:
     from sweeper.coordinator import Coordinator
     from sweeper.store import open_store
 
-    return Coordinator(open_store(db or os.environ.get("SWEEPER_DB")))
+    return Coordinator(open_store(db or os.environ.get("SWEEPER_DB"), create=create))
 
 
 def sweep(
@@ -72,7 +72,7 @@ def agent(
     from sweeper.protocol import interrupted_reason
 
     agents = LocalAgents(
-        _coordinator(db),
+        _coordinator(db, create=False),  # a sweep to run is in a store already made
         sweep_id,
         agents=1,
         count=count,

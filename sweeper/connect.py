@@ -18,11 +18,13 @@ def connect(
     db: str | None = None,
     ca_file: str | None = None,
     timeout: float = 10.0,
+    create: bool = True,
 ) -> CoordinatorService:
     """A coordinator at URL ``coordinator`` (or env SWEEPER_COORDINATOR) over HTTP; without a URL, an
     embedded one on the store ``db`` (or env SWEEPER_DB, or ``./.sweeper/sweeper.db``).
     The token comes from ``token`` or env SWEEPER_TOKEN. Raises ``StoreError`` when the store
-    cannot be opened; an HTTP coordinator is not contacted until the first call."""
+    cannot be opened (``create=False``: also when a SQLite store is not there); an HTTP
+    coordinator is not contacted until the first call."""
     url = coordinator or os.environ.get("SWEEPER_COORDINATOR") or None
     if url:
         from sweeper.client import HttpCoordinator
@@ -33,4 +35,4 @@ def connect(
     from sweeper.coordinator import Coordinator
     from sweeper.store import open_store
 
-    return Coordinator(open_store(db or os.environ.get("SWEEPER_DB") or None))
+    return Coordinator(open_store(db or os.environ.get("SWEEPER_DB") or None, create=create))

@@ -12,7 +12,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sweeper.protocol import INTERRUPTED
+from sweeper.protocol import is_interrupted
 from sweeper.spec import SweepSpec
 from sweeper.store.base import TrialDraft
 from sweeper.strategies import Strategy, Suggestion, SuggestionKind
@@ -65,7 +65,7 @@ def may_run_again(trials: Sequence[Trial], max_retries: int) -> list[Trial]:
 
 
 def _interrupted(trial: Trial) -> bool:
-    return trial.state is TrialState.LOST and (trial.stop_reason or "").startswith(INTERRUPTED + " (")
+    return trial.state is TrialState.LOST and is_interrupted(trial.stop_reason)
 
 
 def find_retry(trials: Sequence[Trial], max_retries: int) -> TrialDraft | None:

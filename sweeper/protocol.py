@@ -103,6 +103,11 @@ def interrupted_reason(how: str) -> str:
 INTERRUPTED = "interrupted"
 
 
+def is_interrupted(reason: str | None) -> bool:
+    """Whether ``reason`` is one :func:`interrupted_reason` gave."""
+    return (reason or "").startswith(INTERRUPTED + " (")
+
+
 class LeaseLostError(Exception):
     """The trial's lease expired or moved on: the agent must abandon the trial, not report it."""
 

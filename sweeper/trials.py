@@ -142,12 +142,15 @@ class Trial:
             copy.__dict__["config_key"] = self.__dict__["config_key"]
         return copy
 
-    def curve(self, name: str) -> list[tuple[int, float]]:
-        """(step, value) pairs of one metric, in step order."""
+    def points(self, name: str) -> list[MetricPoint]:
+        """One metric's points, in (step, seq) order."""
         if self.history is None:
             raise ValueError("trial was loaded without its history")
-        points = sorted((p.step, p.seq, p.value) for p in self.history if p.name == name)
-        return [(step, value) for step, _, value in points]
+        return sorted((p for p in self.history if p.name == name), key=lambda p: (p.step, p.seq))
+
+    def curve(self, name: str) -> list[tuple[int, float]]:
+        """(step, value) pairs of one metric, in step order."""
+        return [(p.step, p.value) for p in self.points(name)]
 
 
 class CountedTrials(list[Trial]):

@@ -208,3 +208,12 @@ def test_wandb_style_project_and_entity_are_taken(db: str) -> None:
     with open_store(db) as store:
         stored = store.get_sweep(sweep_id).spec
     assert (stored["project"], stored["entity"], ran) == ("mine", "team", [1])
+
+
+def test_an_agent_on_a_store_that_is_not_there_makes_none(tmp_path: Path) -> None:
+    from sweeper.store import StoreError
+
+    typo = tmp_path / "sweeps.dbb"
+    with pytest.raises(StoreError, match=f"no store at {typo}"):
+        sweeper.agent("abc", function=lambda: None, db=f"sqlite:///{typo}")
+    assert not typo.exists()

@@ -180,6 +180,8 @@ def test_a_password_in_a_tracker_uri_is_not_logged(
 
     monkeypatch.chdir(tmp_path)
     with caplog.at_level(logging.ERROR, logger="sweeper.integrations"):
-        assert trackers_for("s-secret", {"mlflow": {"tracking_uri": "ftp://bob:s3cret@nowhere/x"}}) == []
+        uri = "ftp://bob:s3cret@nowhere/x?token=t0ken&b=1"
+        assert trackers_for("s-secret", {"mlflow": {"tracking_uri": uri}}) == []
     (line,) = [r.getMessage() for r in caplog.records if "logging is off" in r.getMessage()]
-    assert "ftp://***@nowhere/x" in line and "s3cret" not in line and "bob" not in line, line
+    assert "ftp://***@nowhere/x?token=***&b=1" in line, line
+    assert "s3cret" not in line and "bob" not in line and "t0ken" not in line, line

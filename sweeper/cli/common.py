@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -211,10 +210,6 @@ def starts_program_directly(command: Sequence[str]) -> bool:
     return chunks[first : first + 1] == ["${program}"]
 
 
-def cwd() -> Path:
-    return Path(os.getcwd())
-
-
 # --- reaching a coordinator (remote over HTTP, or embedded on --db) ------------
 
 coordinator_option = click.option(
@@ -246,29 +241,9 @@ def connect_or_fail(
     from sweeper.store import StoreError
 
     try:
-        if existing and not coordinator_url:
-            _require_sqlite_file(db_url)
-        return connect(coordinator_url, token=token, db=db_url)
+        return connect(coordinator_url, token=token, db=db_url, create=not existing)
     except (StoreError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-
-
-def _require_sqlite_file(db_url: str | None) -> None:
-    from sweeper.store.engine import DEFAULT_PATH, resolve_url
-
-    makes_one = "`sweeper run FILE` or `sweeper sweep FILE` makes one"
-    if db_url is None:
-        if not (cwd() / DEFAULT_PATH).is_file():
-            raise click.ClickException(
-                f"no sweeper store in {cwd()} (no {DEFAULT_PATH}): {makes_one} here; "
-                "or pass --db URL, or --coordinator URL"
-            )
-        return
-    url = resolve_url(db_url)
-    if url.get_backend_name() == "sqlite" and not (path := Path(url.database or "")).is_file():
-        raise click.ClickException(
-            f"no store at {path.resolve()} (--db or SWEEPER_DB: {db_url}): check the path; {makes_one}"
-        )
 
 
 @contextlib.contextmanager

@@ -13,7 +13,14 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat
 
 from sweeper.client import decode_float, encode_float
-from sweeper.protocol import MAX_METRIC_NAME, Assignment, Directive, NoTrial, NoTrialReason
+from sweeper.protocol import (
+    MAX_METRIC_NAME,
+    Assignment,
+    Directive,
+    NoTrial,
+    NoTrialReason,
+    metric_name_problem,
+)
 from sweeper.spec import Problem
 from sweeper.spec.problems import join
 from sweeper.trials import MetricPoint, Sweep, SweepState, Trial, TrialState
@@ -42,6 +49,16 @@ def _free_text(value: str) -> str:
 Name = Annotated[
     str, Field(min_length=1, max_length=MAX_NAME, pattern=r"^[^\x00-\x1f\x7f]+$"), AfterValidator(_storable)
 ]
+
+
+def _metric_name(value: str) -> str:
+    if (problem := metric_name_problem(value)) is not None:
+        raise ValueError(problem)
+    return value
+
+
+# The coordinator's own rule for metric names (the embedded one applies the same).
+MetricName = Annotated[str, AfterValidator(_metric_name)]
 LeaseId = Annotated[str, Field(pattern=ID_PATTERN)]
 Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
@@ -103,7 +120,7 @@ class SweepStateIn(Model):
 
 
 class PointIn(Model):
-    name: Name
+    name: MetricName
     value: MetricValue
     step: Int64
     seq: Int64

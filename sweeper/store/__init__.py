@@ -37,17 +37,20 @@ __all__ = [
 ]
 
 
-def open_store(url: str | None = None, *, migrations: Sequence[Migration] = MIGRATIONS) -> Store:
+def open_store(
+    url: str | None = None, *, migrations: Sequence[Migration] = MIGRATIONS, create: bool = True
+) -> Store:
     """Open (creating or upgrading its schema when needed) the store at ``url``.
 
     ``None`` means ``./.sweeper/sweeper.db``. A plain file path or ``sqlite:///path`` opens a
     SQLite file; ``postgresql://`` or ``postgres://`` a PostgreSQL database (psycopg 3).
-    ``migrations`` is the list of schema steps; tests replace it to prove upgrades.
+    ``migrations`` is the list of schema steps; tests replace it to prove upgrades. ``create=False``
+    refuses a SQLite file that is not there (see :func:`~sweeper.store.engine.resolve_url`).
     Raises :class:`StoreError` when the URL is unusable or the database cannot be reached.
     """
     from sweeper.store.sql import SqlStore
 
-    resolved = resolve_url(url)
+    resolved = resolve_url(url, create=create)
     label = mask(resolved.set(drivername=resolved.get_backend_name()))  # no driver name in messages
     engine = build_engine(resolved)
     try:

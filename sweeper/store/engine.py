@@ -32,30 +32,42 @@ def mask(url: str | URL) -> str:
     return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
-def resolve_url(url: str | None) -> URL:
-    """Turn what a person typed (or nothing) into a SQLAlchemy URL with the driver we use."""
+_MAKES_ONE = "`sweeper run FILE` or `sweeper sweep FILE` makes one"
+
+
+def resolve_url(url: str | None, *, create: bool = True) -> URL:
+    """Turn what a person typed (or nothing) into a SQLAlchemy URL with the driver we use.
+
+    ``create=False``: a SQLite store that is not there is an error, for the callers that work on
+    sweeps already made (a misspelt path would otherwise make a new, empty store)."""
     if url is None:
         path = Path.cwd() / DEFAULT_PATH
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        elif not path.is_file():
+            raise StoreError(
+                f"no sweeper store in {Path.cwd()} (no {DEFAULT_PATH}): {_MAKES_ONE} here; "
+                "or pass --db URL, or --coordinator URL"
+            )
         return URL.create("sqlite", database=str(path))
     text = url.strip()
     if not text:
         raise StoreError(f"empty store URL: use {_SUPPORTED}")
     if "://" not in text:
-        return _sqlite_file(text, given=url)
+        return _sqlite_file(text, given=url, create=create)
     try:
         parsed = make_url(text)
     except ArgumentError as exc:
         raise StoreError(f"cannot read store URL {mask(text)!r} ({exc}): use {_SUPPORTED}") from None
     backend, _, driver = parsed.drivername.partition("+")
     if backend == "sqlite" and driver in ("", "pysqlite"):
-        return _sqlite_file(parsed.database or "", given=url)
+        return _sqlite_file(parsed.database or "", given=url, create=create)
     if backend in ("postgresql", "postgres") and driver in ("", "psycopg"):
         return parsed.set(drivername="postgresql+psycopg")
     raise StoreError(f"unsupported store URL {mask(parsed)!r}: use {_SUPPORTED}")
 
 
-def _sqlite_file(path: str, *, given: str) -> URL:
+def _sqlite_file(path: str, *, given: str, create: bool) -> URL:
     if path in ("", ":memory:") or path.startswith("file:"):
         # Several processes must share the store, and an in-memory database is private to one.
         raise StoreError(f"store URL {given!r} is not a file: SQLite stores need a file path")
@@ -63,6 +75,10 @@ def _sqlite_file(path: str, *, given: str) -> URL:
     if not file.parent.is_dir():
         raise StoreError(
             f"cannot open SQLite store {str(file)!r}: folder {str(file.parent)!r} does not exist"
+        )
+    if not create and not file.is_file():
+        raise StoreError(
+            f"no store at {file.resolve()} (--db or SWEEPER_DB: {given}): check the path; {_MAKES_ONE}"
         )
     return URL.create("sqlite", database=str(file))
 

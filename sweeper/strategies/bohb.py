@@ -267,8 +267,7 @@ class BohbSearch(HyperbandSearch):
 
     def _results_of(self, trial: Trial, name: str) -> list[tuple[int, float]]:
         if trial.history is not None:  # budgets counted as the stopping rule counts iterations
-            points = sorted((p for p in trial.history if p.name == name), key=lambda p: (p.step, p.seq))
-            values = [p.value for p in iteration_points(points)]
+            values = [p.value for p in iteration_points(trial.points(name))]
             return [(level, values[level - 1]) for level in self._levels if level <= len(values)]
         value = trial.metric(name)
         if value is None or not self._levels:
