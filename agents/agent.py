@@ -123,6 +123,7 @@ class Agent:
     def run(self) -> str:
         """Run trials; returns one line saying why the agent stopped."""
         failures = 0  # calls in a row that could not reach the coordinator
+        waiting = _Waiting(self.clock)
         while True:
             if self.stopping:
                 return self._stop.reason
@@ -142,8 +143,11 @@ class Agent:
             if isinstance(reply, NoTrial):
                 if reply.agent_should_exit:
                     return reply.message
+                if waiting.long_on(reply.message):
+                    log.warning("%s: waiting: %s", self.info.name, reply.message)
                 self._stop.wait(max(reply.retry_after, 0.0))
                 continue
+            waiting = _Waiting(self.clock)
             given_up = self._take(reply)
             if given_up:
                 self.gave_up = True
@@ -276,3 +280,27 @@ class Agent:
             self.on_event(event)
         except Exception:  # a broken progress printer must not end the sweep
             log.exception("on_event callback failed for %r", event)
+
+
+WAIT_NOTICE_AFTER = 10.0  # seconds an agent waits for one reason before it says why (a paused sweep)
+
+
+class _Waiting:
+    """How long the coordinator has said "nothing now" for the same reason: an agent on a paused
+    sweep says so once, where short waits (the last trials of a grid running) pass unsaid."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._reason: str | None = None
+        self._since = 0.0
+        self._told = False
+
+    def long_on(self, reason: str) -> bool:
+        """True once per reason, when it has been the answer for ``WAIT_NOTICE_AFTER`` seconds."""
+        now = self._clock()
+        if reason != self._reason:
+            self._reason, self._since, self._told = reason, now, False
+        if self._told or now - self._since < WAIT_NOTICE_AFTER:
+            return False
+        self._told = True
+        return True

@@ -1,6 +1,8 @@
 """A trial's configuration as a script reads it: ``config["lr"]`` or ``config.lr``, nested too.
 
-Standard library only, so importing it inside a training script costs nothing.
+A nested mapping reads as a :class:`Section`, a ``dict`` (as in ``wandb.config``, so
+``json.dumps(dict(config))`` works) that also reads by attribute. Standard library only, so
+importing it inside a training script costs nothing.
 """
 
 from __future__ import annotations
@@ -9,7 +11,39 @@ import copy
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 
-__all__ = ["Config", "deep_merge"]
+__all__ = ["Config", "Section", "deep_merge"]
+
+
+class Section(dict):
+    """A nested part of a config: a plain ``dict`` that also reads and writes by attribute."""
+
+    __slots__ = ()
+
+    def __getitem__(self, key: str) -> Any:
+        return _section_in(self, key, dict.__getitem__(self, key))
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"config has no key {name!r}") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+    def __delattr__(self, name: str) -> None:
+        try:
+            del self[name]
+        except KeyError:
+            raise AttributeError(f"config has no key {name!r}") from None
+
+
+def _section_in(parent: dict[str, Any], key: str, value: Any) -> Any:
+    """``value``, a mapping turned into a :class:`Section` that takes its place in ``parent``, so
+    ``config.model.depth = 3`` changes the run's config."""
+    if isinstance(value, Mapping) and not isinstance(value, Section):
+        value = parent[key] = Section(value._data if isinstance(value, Config) else value)
+    return value
 
 
 class Config(MutableMapping[str, Any]):
@@ -21,8 +55,7 @@ class Config(MutableMapping[str, Any]):
         object.__setattr__(self, "_data", dict(data or {}))
 
     def __getitem__(self, key: str) -> Any:
-        value = self._data[key]
-        return Config._view(value) if isinstance(value, Mapping) else value
+        return _section_in(self._data, key, self._data[key])
 
     def __setitem__(self, key: str, value: Any) -> None:
         self._data[key] = value
@@ -51,14 +84,6 @@ class Config(MutableMapping[str, Any]):
     def as_dict(self) -> dict[str, Any]:
         """A deep, plain copy."""
         return copy.deepcopy(_unwrap(self._data))
-
-    @classmethod
-    def _view(cls, data: Mapping[str, Any]) -> Config:
-        # A view shares the nested dict, so ``config.model.depth = 3`` changes the run's config.
-        view = cls.__new__(cls)
-        target = data._data if isinstance(data, Config) else data
-        object.__setattr__(view, "_data", target if isinstance(target, dict) else dict(target))
-        return view
 
 
 def _unwrap(value: Any) -> Any:

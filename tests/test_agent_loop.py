@@ -374,6 +374,21 @@ def test_wait_then_count(tmp_path: Path) -> None:
     assert [c for c in client.calls if c[0] == "next_trial"] == [("next_trial", None)] * 2
 
 
+def test_an_agent_waiting_long_for_one_reason_says_it_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A clock that moves 4 s per look: the third "paused" passes the 10 s notice.
+    ticks = iter(range(0, 10_000, 4))
+    paused = NoTrial(NoTrialReason.WAIT, "sweep sw1 is paused", retry_after=0.0)
+    running = NoTrial(NoTrialReason.WAIT, "trials still running", retry_after=0.0)
+    client = MemoryCoordinator([running, *[paused] * 6, assignment(1, {"steps": 1})])
+    with caplog.at_level("WARNING", logger="sweeper.agents"):
+        make_agent(client, tmp_path, clock=lambda: float(next(ticks))).run()
+    said = [r.getMessage() for r in caplog.records if "waiting" in r.getMessage()]
+    assert said == [f"{INFO.name}: waiting: sweep sw1 is paused"]
+    assert list(client.finished) == [101]
+
+
 def test_sweep_stopped_ends_the_agent(tmp_path: Path) -> None:
     client = MemoryCoordinator([NoTrial(NoTrialReason.STOPPED, "sweep sw1 was cancelled")])
     assert make_agent(client, tmp_path).run() == "sweep sw1 was cancelled"

@@ -91,6 +91,18 @@ def test_nested_config_reads_by_key_and_attribute() -> None:
     assert isinstance(run.config, Config) and len(run.config) == 2
 
 
+def test_nested_config_values_are_dicts_as_in_wandb_config() -> None:
+    # Scripts written for W&B save ``dict(wandb.config)`` as JSON and test nested values with
+    # ``isinstance(value, dict)``.
+    run = sweeper.init({"model": {"encoder": {"layers": 4}}, "lr": 1e-3})
+    assert json.loads(json.dumps(dict(run.config))) == {"model": {"encoder": {"layers": 4}}, "lr": 1e-3}
+    assert isinstance(run.config.model, dict) and isinstance(run.config["model"]["encoder"], dict)
+    run.config["model"]["encoder"]["layers"] = 8  # plain item assignment writes through too
+    assert run.config.model.encoder.layers == 8
+    assert run.config.as_dict() == {"model": {"encoder": {"layers": 8}}, "lr": 1e-3}
+    assert type(run.config.as_dict()["model"]) is dict
+
+
 def test_deep_merge_lets_trial_values_win_key_by_key() -> None:
     defaults = {"lr": 0.1, "model": {"depth": 2, "width": 64}, "tags": ["a"]}
     merged = deep_merge(defaults, {"model": {"depth": 5}, "lr": 0.3, "new": 1})
