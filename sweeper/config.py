@@ -14,13 +14,10 @@ from typing import Any
 __all__ = ["Config", "Section", "deep_merge"]
 
 
-class Section(dict):
-    """A nested part of a config: a plain ``dict`` that also reads and writes by attribute."""
+class _ByAttribute:
+    """``x.name`` reads, writes and deletes ``x["name"]``."""
 
     __slots__ = ()
-
-    def __getitem__(self, key: str) -> Any:
-        return _section_in(self, key, dict.__getitem__(self, key))
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -38,6 +35,18 @@ class Section(dict):
             raise AttributeError(f"config has no key {name!r}") from None
 
 
+class Section(_ByAttribute, dict):
+    """A nested part of a config: a plain ``dict`` that also reads and writes by attribute."""
+
+    __slots__ = ()
+
+    def __getitem__(self, key: str) -> Any:
+        return _section_in(self, key, dict.__getitem__(self, key))
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in self else default
+
+
 def _section_in(parent: dict[str, Any], key: str, value: Any) -> Any:
     """``value``, a mapping turned into a :class:`Section` that takes its place in ``parent``, so
     ``config.model.depth = 3`` changes the run's config."""
@@ -46,7 +55,7 @@ def _section_in(parent: dict[str, Any], key: str, value: Any) -> Any:
     return value
 
 
-class Config(MutableMapping[str, Any]):
+class Config(_ByAttribute, MutableMapping[str, Any]):
     """A config read as ``config["lr"]`` or ``config.lr``; nested mappings read the same way."""
 
     __slots__ = ("_data",)
@@ -68,15 +77,6 @@ class Config(MutableMapping[str, Any]):
 
     def __len__(self) -> int:
         return len(self._data)
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(f"config has no key {name!r}") from None
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        self[name] = value
 
     def __repr__(self) -> str:
         return f"Config({self._data!r})"

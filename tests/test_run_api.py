@@ -99,6 +99,7 @@ def test_nested_config_values_are_dicts_as_in_wandb_config() -> None:
     assert isinstance(run.config.model, dict) and isinstance(run.config["model"]["encoder"], dict)
     run.config["model"]["encoder"]["layers"] = 8  # plain item assignment writes through too
     assert run.config.model.encoder.layers == 8
+    assert run.config.get("model").get("encoder").layers == 8
     assert run.config.as_dict() == {"model": {"encoder": {"layers": 8}}, "lr": 1e-3}
     assert type(run.config.as_dict()["model"]) is dict
 
