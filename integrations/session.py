@@ -11,12 +11,13 @@ from __future__ import annotations
 import atexit
 import json
 import logging
-import re
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from sweeper.integrations.base import SafeTracker, Tracker
+
+from sweeper.redact import redact_urls
 
 log = logging.getLogger("sweeper.integrations")
 
@@ -85,13 +86,8 @@ def _described(name: str, settings: Mapping[str, Any]) -> str:
     return ", ".join(given) or f"integrations.{name}: settings from the environment"
 
 
-# A URL's user part (up to its last @: a password may hold one), and secrets in its query.
-_USERINFO = re.compile(r"://[^/\s]*@")
-_QUERY_SECRET = re.compile(r"([?&](?:password|passwd|pwd|token|secret|api_key|key)=)[^&\s]*", re.IGNORECASE)
-
-
 def _hidden(value: Any) -> str:
-    return _QUERY_SECRET.sub(r"\1***", _USERINFO.sub("://***@", str(value)))
+    return redact_urls(str(value), keep_user=False)
 
 
 def _register_atexit() -> None:

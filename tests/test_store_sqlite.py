@@ -251,6 +251,14 @@ def test_a_short_password_is_hidden_without_mangling_the_message() -> None:
     assert "u:***@127.0.0.1" in message and ":p@" not in message
 
 
+def test_a_password_in_the_query_string_is_hidden_too() -> None:
+    # libpq takes ``?password=``; the store's label is in every message and the server's log.
+    with pytest.raises(StoreError) as caught:
+        open_store(f"postgresql://sweeper@127.0.0.1:{free_port()}/db?password=hunter2")
+    message = str(caught.value)
+    assert "hunter2" not in message and "sweeper@127.0.0.1" in message and "password=***" in message
+
+
 def test_sqlite_file_that_is_not_a_database(tmp_path: Path) -> None:
     path = tmp_path / "notes.db"
     path.write_text("these are not the tables you are looking for\n" * 100)

@@ -58,8 +58,9 @@ def open_store(
     except DBAPIError as exc:
         engine.dispose()
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        if resolved.password:  # as a whole word only: a password "p" must not turn "port" into "***ort"
-            reason = re.sub(rf"(?<!\w){re.escape(resolved.password)}(?!\w)", "***", reason)
+        for secret in (resolved.password, resolved.query.get("password")):
+            if isinstance(secret, str) and secret:  # a whole word: a password "p" must leave "port" be
+                reason = re.sub(rf"(?<!\w){re.escape(secret)}(?!\w)", "***", reason)
         raise StoreError(f"cannot open store {label}: {reason}") from None
     except BaseException:
         engine.dispose()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DisconnectionError, NoSuchModuleError
 
+from sweeper.redact import redact_urls
 from sweeper.store.base import StoreError
 from sweeper.store.checkpoint import AUTOCHECKPOINT_PAGES
 
@@ -26,10 +26,8 @@ _SUPPORTED = "sqlite:///path/to/file.db, a plain file path, or postgresql://user
 
 
 def mask(url: str | URL) -> str:
-    """The URL with any password replaced by ***, for messages."""
-    if isinstance(url, URL):
-        return url.render_as_string(hide_password=True)
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    """The URL with any password (its own, or one in its query) replaced by ***, for messages."""
+    return redact_urls(url.render_as_string(hide_password=True) if isinstance(url, URL) else url)
 
 
 _MAKES_ONE = "`sweeper run FILE` or `sweeper sweep FILE` makes one"
