@@ -9,6 +9,7 @@ from sweeper.trials import TrialState
 #: Trials in a row that may fail before an agent stops. W&B's agent counts differently: 3 failed runs
 #: in its first 60 s, or 5 or more failed with at most one success before (see the README).
 DEFAULT_MAX_FAILURES = 3
+GIVE_UP_ADVICE = "this agent stops. Fix the script and start it again, or pass --max-failures 0 to keep going"
 
 
 class FailureStreak:
@@ -30,7 +31,5 @@ class FailureStreak:
         if not self.limit or self.count < self.limit:
             return None
         last = (outcome.stderr_tail or "").strip().splitlines()[-1:] or ["no output on stderr"]
-        return (
-            f"{self.count} trials in a row failed (the last, trial {trial_number}: {last[0]}); this agent "
-            "stops. Fix the script and start it again, or pass --max-failures 0 to keep going"
-        )
+        facts = f"{self.count} trials in a row failed (the last, trial {trial_number}: {last[0]})"
+        return f"{facts}; {GIVE_UP_ADVICE}"

@@ -129,7 +129,7 @@ class Coordinator:
         seen: list[Sequence[Trial]] = []  # the history each plan was made from
 
         def decide(locked: Sweep, trials: Sequence[Trial]) -> TrialDraft | None:
-            plans.append(plan := plan_next(spec, strategy, trials, locked.seed))
+            plans.append(plan := plan_next(spec, strategy, trials, locked.seed, agent.name))
             seen.append(trials)
             return plan.draft
 

@@ -20,7 +20,7 @@ from sweeper.agents import Agent, AgentEvent
 from sweeper.agents.logcap import DEFAULT_MAX_BYTES as DEFAULT_MAX_LOG_BYTES
 from sweeper.agents.orphans import end_orphans
 from sweeper.agents.reporting import deliver_leftovers
-from sweeper.agents.streak import DEFAULT_MAX_FAILURES
+from sweeper.agents.streak import DEFAULT_MAX_FAILURES, GIVE_UP_ADVICE
 from sweeper.protocol import (
     AgentInfo,
     Assignment,
@@ -88,7 +88,7 @@ class LocalAgents:
     max_log_bytes: int = DEFAULT_MAX_LOG_BYTES  # a trial's stdout.log or stderr.log is cut back past this
     _agents: list[Agent] = field(default_factory=list, init=False)
     _threads: list[threading.Thread] = field(default_factory=list, init=False)
-    _reasons: list[str] = field(default_factory=list, init=False)
+    _reasons: list[tuple[bool, str]] = field(default_factory=list, init=False)  # (gave up, why)
     _errors: list[BaseException] = field(default_factory=list, init=False)
     _done: list[threading.Event] = field(default_factory=list, init=False)
     _recorder: Any = field(default=None, init=False)  # the sweep's tracker record, if it names trackers
@@ -136,7 +136,16 @@ class LocalAgents:
 
     def _run(self, agent: Agent, done: threading.Event) -> None:
         try:
-            self._reasons.append(agent.run())
+            reason = agent.run()
+            self._reasons.append((agent.gave_up, reason))
+            if agent.gave_up and not all(d.is_set() for d in self._done if d is not done):
+                # Said now, not when the other slots end, maybe hours later.
+                where = f"GPU {agent.info.gpu}" if agent.info.gpu is not None else "one of the slots"
+                log.warning(
+                    "%s stops taking trials: %s",
+                    where,
+                    reason.removesuffix(GIVE_UP_ADVICE) + "the others go on",
+                )
         except BaseException as exc:  # surfaced by wait(), never lost in a thread
             self._errors.append(exc)
         finally:
@@ -153,7 +162,8 @@ class LocalAgents:
         self._end_tracking()
         if self._errors:
             raise self._errors[0]
-        return list(self._reasons)
+        # A slot that gave up (a broken GPU) says least about the sweep: the others' reasons first.
+        return [reason for _, reason in sorted(self._reasons, key=lambda ended: ended[0])]
 
     @property
     def gave_up(self) -> bool:

@@ -68,9 +68,17 @@ def _interrupted(trial: Trial) -> bool:
     return trial.state is TrialState.LOST and is_interrupted(trial.stop_reason)
 
 
-def find_retry(trials: Sequence[Trial], max_retries: int) -> TrialDraft | None:
-    """The oldest configuration to run again (:func:`may_run_again`), as a new trial."""
+def find_retry(trials: Sequence[Trial], max_retries: int, asking: str | None = None) -> TrialDraft | None:
+    """The oldest configuration to run again (:func:`may_run_again`), as a new trial for the agent
+    named ``asking``. A configuration that failed on that agent waits for another while another
+    agent runs trials of the sweep: the agent of a broken GPU, which asks again first, would
+    otherwise use up the configuration's retries on that GPU."""
+    elsewhere = asking is not None and any(
+        t.state is TrialState.RUNNING and t.agent != asking for t in trials
+    )
     for last in may_run_again(trials, max_retries):
+        if elsewhere and last.state is TrialState.FAILED and last.agent == asking:
+            continue
         return TrialDraft(
             config=last.config, retry_of=last.number, member=last.member, restore_from=last.restore_from
         )
@@ -107,7 +115,11 @@ def completion(spec: SweepSpec, strategy: Strategy, trials: Sequence[Trial], see
     return strategy.completion(trials, suggestion_rng(seed, trials))
 
 
-def plan_next(spec: SweepSpec, strategy: Strategy, trials: Sequence[Trial], seed: int) -> Plan:
+def plan_next(
+    spec: SweepSpec, strategy: Strategy, trials: Sequence[Trial], seed: int, asking: str | None = None
+) -> Plan:
+    """What the agent named ``asking`` (None: any) runs next."""
+
     def finished_or_wait(reason: str) -> Plan:
         # Running trials may still fail and need a retry, so agents wait rather than leave.
         active = count_states(trials).get(TrialState.RUNNING, 0)
@@ -117,7 +129,7 @@ def plan_next(spec: SweepSpec, strategy: Strategy, trials: Sequence[Trial], seed
 
     if (reason := _ended_by_rule(spec, trials)) is not None:
         return Plan(suggestion=Suggestion.done(reason))
-    if (retry := find_retry(trials, spec.options.max_retries)) is not None:
+    if (retry := find_retry(trials, spec.options.max_retries, asking)) is not None:
         return Plan(draft=retry)
     suggestion = strategy.suggest(trials, suggestion_rng(seed, trials))
     if suggestion.kind is SuggestionKind.RUN:

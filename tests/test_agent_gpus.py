@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -285,3 +286,36 @@ def test_trials_per_gpu_without_gpus_is_a_usage_error(tmp_path: Path, monkeypatc
     db, sweep_id = _sweep(tmp_path, 1)
     result = CliRunner().invoke(main, ["agent", sweep_id, "--db", db, "--trials-per-gpu", "2"])
     assert result.exit_code == 2 and "--trials-per-gpu needs --gpus" in result.output
+
+
+@needs_no_nvml
+def test_a_broken_gpu_gives_up_alone_and_its_configurations_run_on_the_others(
+    fake_smi: Path, tmp_path: Path, monkeypatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    (tmp_path / "train.py").write_text(
+        "import os, sys, time\n"
+        "if os.environ['CUDA_VISIBLE_DEVICES'] == '2':\n"
+        "    sys.exit('CUDA error: uncorrectable ECC error encountered')\n"
+        "time.sleep(0.3)\n"
+    )
+    raw = {"method": "grid", "program": "train.py", "parameters": {"i": {"values": list(range(6))}}}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(raw))
+    with caplog.at_level("WARNING", logger="sweeper.local"):
+        result = CliRunner().invoke(main, ["run", "sweep.yaml", "--gpus", "0,2"])
+    assert result.exit_code == 0, result.output
+    # Every configuration that failed on GPU 2 ran again on GPU 0, not on GPU 2 again.
+    store = open_store(str(tmp_path / ".sweeper" / "sweeper.db"))
+    trials = store.list_trials(sweep_id_of(result.output))
+    store.close()
+    finished = sorted(t.config["i"] for t in trials if t.state.value == "finished")
+    assert finished == list(range(6)), [(t.number, t.config, t.state.value) for t in trials]
+    # GPU 2's slot said at once that it stopped; the run's last word is the sweep's, not that slot's.
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and re.fullmatch(
+        r"GPU 2 stops taking trials: 3 trials in a row failed \(the last, trial \d+: CUDA error: "
+        r"uncorrectable ECC error encountered\); the others go on",
+        said[0],
+    ), said
+    assert "complete" in result.output and "Fix the script" not in result.output

@@ -104,6 +104,29 @@ def test_a_failed_configuration_is_retried_once_by_default(coordinator: Coordina
     assert coordinator.next_trial(sweep.id, AGENT).reason is NoTrialReason.DONE
 
 
+def test_a_retry_goes_to_another_agent_while_one_is_running_trials(coordinator: Coordinator) -> None:
+    # The slot of a broken GPU asks again first; the retry waits for a slot that works.
+    broken, working = AGENT, AgentInfo(name="host:1:1", host="host")
+    sweep = coordinator.create_sweep(parse_sweep(grid([1, 2, 3])))
+    failed = lease(coordinator, sweep.id)
+    running = coordinator.next_trial(sweep.id, working)
+    finish(coordinator, failed, TrialState.FAILED)
+    fresh = lease(coordinator, sweep.id)
+    assert fresh.config == {"x": 3} and fresh.trial_number == 3  # a new point, not the retry
+    finish(coordinator, fresh, TrialState.FAILED)
+    waiting = coordinator.next_trial(sweep.id, broken)  # nothing new left: it waits
+    assert isinstance(waiting, NoTrial) and waiting.reason is NoTrialReason.WAIT, waiting
+    finish(coordinator, running)
+    retries = [coordinator.next_trial(sweep.id, working) for _ in range(2)]
+    assert sorted(r.config["x"] for r in retries) == [1, 3]
+    for retry in retries:
+        finish(coordinator, retry)
+    # With no other agent at work, the agent a configuration failed on runs it again.
+    sweep = coordinator.create_sweep(parse_sweep(grid([1])))
+    finish(coordinator, lease(coordinator, sweep.id), TrialState.FAILED)
+    assert lease(coordinator, sweep.id).config == {"x": 1}
+
+
 def test_max_retries_is_configurable(coordinator: Coordinator) -> None:
     sweep = coordinator.create_sweep(parse_sweep(grid([1], sweeper={"max_retries": 0})))
     finish(coordinator, lease(coordinator, sweep.id), TrialState.FAILED)
