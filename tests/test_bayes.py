@@ -200,3 +200,21 @@ def test_draws_anywhere_never_repeat_a_configuration_of_a_nearly_used_up_space()
     strategy = strategy_class("bayes")(spec)
     suggested = [strategy.suggest(history, random.Random(k)).config for k in range(60)]
     assert all((c["a"], c["b"]) not in taken for c in suggested), suggested
+
+
+def test_agents_starting_together_on_a_small_space_each_get_a_configuration_of_their_own() -> None:
+    spec = parse_sweep(
+        {
+            "method": "bayes",
+            "metric": {"name": "loss"},
+            "parameters": {"a": {"values": [0.25, 0.5, 0.75, 1.0]}, "b": {"values": [0.6, 0.9]}},
+        }
+    )
+    strategy = strategy_class("bayes")(spec)
+    for seed in range(40):  # 8 agents ask one after another, each while the others' trials run
+        running: list = []
+        for n in range(8):
+            config = strategy.suggest(running, random.Random(f"{seed}:{n}")).config
+            running.append(make_trial(config, TrialState.RUNNING, n + 1))
+        configs = {(t.config["a"], t.config["b"]) for t in running}
+        assert len(configs) == 8, (seed, [t.config for t in running])

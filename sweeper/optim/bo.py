@@ -21,7 +21,7 @@ from sweeper.optim.acqopt import ascend
 from sweeper.optim.acquisition import log_expected_improvement
 from sweeper.optim.encoding import SpaceCodec
 from sweeper.optim.gp import GaussianProcess, fit_gp
-from sweeper.optim.history import Observations, row_key
+from sweeper.optim.history import Observations, prior_draw, row_key
 
 FIT_ROWS = 150  # hyperparameters are fitted on at most this many rows ...
 CONDITION_ROWS = 400  # ... and the posterior conditions on at most this many
@@ -87,8 +87,9 @@ def _fill_missing(rows: np.ndarray, codec: SpaceCodec, gen: np.random.Generator)
     return rows
 
 
-def space_filling(codec: SpaceCodec, obs: Observations, gen: np.random.Generator) -> np.ndarray:
-    """The prior draw, out of a few, farthest from every trial so far (maximin in the one-hot cube).
+def space_filling(codec: SpaceCodec, obs: Observations, gen: np.random.Generator) -> np.ndarray | None:
+    """The prior draw, out of a few, farthest from every trial so far (maximin in the one-hot cube),
+    running ones included; None when no draw is new.
 
     Few candidates on purpose: maximin over many pushes the whole initial design into the corners
     of the cube, where optima rarely are; a few still keep the trials apart.
@@ -102,7 +103,7 @@ def space_filling(codec: SpaceCodec, obs: Observations, gen: np.random.Generator
     for i in np.argsort(-d):
         if row_key(candidates[i]) not in obs.taken:
             return candidates[i]
-    return candidates[int(np.argmax(d))]
+    return prior_draw(codec, obs, gen, fresh_only=True)  # a small space nearly used up: draw on
 
 
 def _training_rows(y: np.ndarray, cap: int, gen: np.random.Generator) -> np.ndarray:
@@ -201,8 +202,7 @@ def propose(codec: SpaceCodec, obs: Observations, gen: np.random.Generator) -> n
     # so however long it runs the search keeps the reach of random search (SMAC interleaves random
     # configurations for the same reason, from the start).
     if (share := exploration_share(stalled_for(codec, obs))) > 0 and gen.random() < share:
-        row = space_filling(codec, obs, gen)
-        if row_key(row) not in obs.taken:  # else (a space nearly used up) the model finds a new one
+        if (row := space_filling(codec, obs, gen)) is not None:  # else the model finds a new one
             return row
     gp = fit_model(codec, obs, gen)
     y = warp(obs.y)
