@@ -18,12 +18,13 @@ import ctypes
 import os
 import shutil
 import subprocess
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 _NVML_SUCCESS = 0
 _NAME_BUFFER = 96
-_SMI_TIMEOUT = 20.0
+_SMI_TIMEOUT = 20.0  # for nvidia-smi, and for NVML: a driver in a bad state can hang either
 
 
 class GpuSelectionError(ValueError):
@@ -55,16 +56,34 @@ def inherited_devices(environ: Mapping[str, str]) -> list[str] | None:
     entries: list[str] = []
     for part in value.split(","):
         entry = part.strip()
-        if not (entry.isdigit() or entry.startswith(_UUID_PREFIXES)):
+        if not (_is_index(entry) or entry.startswith(_UUID_PREFIXES)):
             break
         entries.append(entry)
     return entries
 
 
-def discover_gpus() -> list[Gpu]:
-    """Every GPU NVML or ``nvidia-smi`` reports; empty when neither is there or both fail."""
-    found = _from_nvml()
-    return found if found is not None else _from_nvidia_smi()
+def _is_index(text: str) -> bool:
+    return text.isascii() and text.isdigit()  # str.isdigit alone takes "²"
+
+
+def discover_gpus(problems: list[str] | None = None) -> list[Gpu]:
+    """Every GPU NVML or ``nvidia-smi`` reports; empty when neither is there or both fail, and
+    then what went wrong, if anything did, is added to ``problems``."""
+    problems = [] if problems is None else problems
+    found = _from_nvml_in_time(problems)
+    return found if found is not None else _from_nvidia_smi(problems)
+
+
+def _from_nvml_in_time(problems: list[str]) -> list[Gpu] | None:
+    """:func:`_from_nvml` in a thread of its own, given up on after ``_SMI_TIMEOUT`` seconds."""
+    result: list[list[Gpu] | None] = []
+    worker = threading.Thread(target=lambda: result.append(_from_nvml()), name="nvml", daemon=True)
+    worker.start()
+    worker.join(_SMI_TIMEOUT)
+    if not result:
+        problems.append(f"NVML did not answer within {_SMI_TIMEOUT:g} s")
+        return None
+    return result[0]
 
 
 def _from_nvml() -> list[Gpu] | None:
@@ -98,7 +117,7 @@ def _from_nvml() -> list[Gpu] | None:
         return None
 
 
-def _from_nvidia_smi() -> list[Gpu]:
+def _from_nvidia_smi(problems: list[str]) -> list[Gpu]:
     exe = shutil.which("nvidia-smi")
     if exe is None:
         return []
@@ -110,9 +129,15 @@ def _from_nvidia_smi() -> list[Gpu]:
             timeout=_SMI_TIMEOUT,
             check=False,
         )
-    except (OSError, subprocess.TimeoutExpired):
+    except subprocess.TimeoutExpired:
+        problems.append(f"nvidia-smi did not answer within {_SMI_TIMEOUT:g} s")
+        return []
+    except OSError as exc:
+        problems.append(f"nvidia-smi could not run: {exc}")
         return []
     if out.returncode != 0:
+        said = (out.stderr.strip() or out.stdout.strip()).splitlines()[-1:] or ["no output"]
+        problems.append(f"nvidia-smi exited with status {out.returncode}: {said[0]}")
         return []
     return parse_smi_csv(out.stdout)
 
@@ -122,7 +147,7 @@ def parse_smi_csv(text: str) -> list[Gpu]:
     gpus = []
     for line in text.splitlines():
         parts = [p.strip() for p in line.split(",", 2)]
-        if len(parts) == 3 and parts[0].isdigit():
+        if len(parts) == 3 and _is_index(parts[0]):
             gpus.append(Gpu(parts[0], parts[1], parts[2]))
     return gpus
 
@@ -143,14 +168,16 @@ def select_gpus(
     """
     choice = choice.strip()
     environ = os.environ if environ is None else environ
-    found = discover_gpus() if available is None else available
+    problems: list[str] = []
+    found = discover_gpus(problems) if available is None else available
     inherited = inherited_devices(environ)
     if inherited is not None:
         return _select_visible(choice, inherited, found, environ, without_gpus)
     if choice.lower() == "all":
         if not found:
+            why = "; ".join(problems) or "neither NVML nor nvidia-smi reports one"
             raise GpuSelectionError(
-                "--gpus all: no NVIDIA GPU found (neither NVML nor nvidia-smi reports one); "
+                f"--gpus all: no NVIDIA GPU found ({why}); "
                 f"use {without_gpus} N to run N trials at once without GPUs"
             )
         return list(found)
@@ -169,7 +196,7 @@ def select_gpus(
 
 def _indices(choice: str) -> list[str]:
     wanted = [part.strip() for part in choice.split(",") if part.strip()]
-    if not wanted or not all(w.isdigit() for w in wanted):
+    if not wanted or not all(_is_index(w) for w in wanted):
         raise GpuSelectionError(f"--gpus takes 'all' or GPU indices like 0,1,3; got {choice!r}")
     if len(set(wanted)) != len(wanted):
         raise GpuSelectionError(f"--gpus names a GPU twice: {choice!r}")
@@ -186,6 +213,8 @@ def _select_visible(
             f"--gpus {choice}: {shown} leaves this agent no GPU; unset it to use every GPU of the "
             f"machine, or use {without_gpus} N to run N trials at once without GPUs"
         )
+    if len(set(entries)) != len(entries):  # two trials at once would share one GPU
+        raise GpuSelectionError(f"{shown} names a GPU twice; list each GPU this agent may use once")
     visible = [_described(entry, found, environ) for entry in entries]
     if choice.lower() == "all":
         return visible

@@ -13,12 +13,15 @@ import json
 import os
 import re
 import stat
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 from cli_support import sweep_id_of
 from click.testing import CliRunner
+from sweeper.agents import gpus as gpus_module
 from sweeper.agents.gpus import (
     Gpu,
     GpuSelectionError,
@@ -89,6 +92,42 @@ def test_no_gpu_anywhere_finds_none(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     assert discover_gpus() == []
 
 
+def _smi(folder: Path, script: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder.mkdir()
+    exe = folder / "nvidia-smi"
+    exe.write_text("#!/bin/sh\n" + script)
+    exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+
+
+@needs_no_nvml
+def test_why_nvidia_smi_found_no_gpu_is_in_the_message(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    failing = "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver."
+    _smi(tmp_path / "failing", f'echo "{failing}"; exit 9\n', monkeypatch)
+    with pytest.raises(GpuSelectionError) as caught:
+        select_gpus("all", environ={})
+    assert f"nvidia-smi exited with status 9: {failing}" in str(caught.value)
+    monkeypatch.setattr(gpus_module, "_SMI_TIMEOUT", 0.5)
+    _smi(tmp_path / "hung", "sleep 30\n", monkeypatch)
+    with pytest.raises(GpuSelectionError, match=r"nvidia-smi did not answer within 0.5 s"):
+        select_gpus("all", environ={})
+
+
+def test_a_hung_nvml_is_given_up_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The stand-in blocks as NVML does with a driver in a bad state; the real call runs the same way.
+    release = threading.Event()
+    monkeypatch.setattr(gpus_module, "_from_nvml", lambda: release.wait(30))
+    monkeypatch.setattr(gpus_module, "_SMI_TIMEOUT", 0.3)
+    monkeypatch.setenv("PATH", "/nonexistent")  # and no nvidia-smi to fall back on
+    problems: list[str] = []
+    started = time.monotonic()
+    assert discover_gpus(problems) == [] and problems == ["NVML did not answer within 0.3 s"]
+    assert time.monotonic() - started < 10
+    release.set()
+
+
 def test_select_all_some_and_bad_choices() -> None:
     found = [Gpu("0"), Gpu("1"), Gpu("2")]
     unset: dict[str, str] = {}  # no CUDA_VISIBLE_DEVICES: every GPU discovery finds
@@ -102,6 +141,8 @@ def test_select_all_some_and_bad_choices() -> None:
         select_gpus("first", found, unset)
     with pytest.raises(GpuSelectionError, match="twice"):
         select_gpus("1,1", found, unset)
+    with pytest.raises(GpuSelectionError, match="indices like"):  # a digit, to str.isdigit
+        select_gpus("\u00b2", found, unset)
     # Named explicitly where discovery sees nothing (NVML hidden in a container): taken as given.
     assert [g.index for g in select_gpus("0,1", [], unset)] == ["0", "1"]
 
@@ -124,6 +165,10 @@ def test_an_inherited_cuda_visible_devices_bounds_the_choice() -> None:
         select_gpus("0,2", found, job)
     with pytest.raises(GpuSelectionError, match="leaves this agent no GPU"):
         select_gpus("all", found, {"CUDA_VISIBLE_DEVICES": ""})
+    with pytest.raises(GpuSelectionError, match="names a GPU twice"):  # two trials on one GPU
+        select_gpus("all", found, {"CUDA_VISIBLE_DEVICES": "2,2"})
+    with pytest.raises(GpuSelectionError, match="indices like"):
+        select_gpus("\u00b2", found, job)
     # Names only where the entry surely is that GPU: a UUID prefix, or an index in PCI bus order.
     by_uuid = select_gpus("all", found, {"CUDA_VISIBLE_DEVICES": "GPU-3333"})
     assert by_uuid == [Gpu("GPU-3333", found[2].uuid, "NVIDIA GeForce RTX 4090, Founders")]
