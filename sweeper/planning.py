@@ -96,11 +96,18 @@ def target_reached_by(spec: SweepSpec, trials: Sequence[Trial]) -> Trial | None:
     return None
 
 
-def _ended_by_rule(spec: SweepSpec, trials: Sequence[Trial]) -> str | None:
-    """Why the sweep ends whatever its strategy would suggest: its metric target or its run_cap."""
+def _target_reached(spec: SweepSpec, trials: Sequence[Trial]) -> str | None:
+    """Why the sweep ends whatever else would run: its metric target was reached."""
     if (hit := target_reached_by(spec, trials)) is not None:
         return f"trial {hit.number} reached the metric target"
-    if spec.run_cap is not None and len(trials) >= spec.run_cap:
+    return None
+
+
+def _capped(spec: SweepSpec, trials: Sequence[Trial]) -> str | None:
+    """Why no new configuration starts: ``run_cap`` of them have. Retries do not count, and still
+    run after the cap: a configuration a preempted machine or a broken GPU cut short is not a
+    result, and the cap would otherwise end the sweep with fewer results than it allows."""
+    if spec.run_cap is not None and sum(t.retry_of is None for t in trials) >= spec.run_cap:
         return f"run_cap of {spec.run_cap} trials reached"
     return None
 
@@ -108,11 +115,11 @@ def _ended_by_rule(spec: SweepSpec, trials: Sequence[Trial]) -> str | None:
 def completion(spec: SweepSpec, strategy: Strategy, trials: Sequence[Trial], seed: int) -> str | None:
     """Why the sweep is complete, or None: what ``plan_next(...).done`` says, without asking the
     strategy for a suggestion nobody runs (for bayes, a model fit per trial that ends)."""
-    if (reason := _ended_by_rule(spec, trials)) is not None:
+    if (reason := _target_reached(spec, trials)) is not None:
         return reason
     if count_states(trials).get(TrialState.RUNNING) or may_run_again(trials, spec.options.max_retries):
         return None  # a running trial may still fail and need a retry
-    return strategy.completion(trials, suggestion_rng(seed, trials))
+    return _capped(spec, trials) or strategy.completion(trials, suggestion_rng(seed, trials))
 
 
 def plan_next(
@@ -127,10 +134,12 @@ def plan_next(
             return Plan(suggestion=Suggestion.wait(f"{reason}; waiting for {active} running trial(s)"))
         return Plan(suggestion=Suggestion.done(reason))
 
-    if (reason := _ended_by_rule(spec, trials)) is not None:
+    if (reason := _target_reached(spec, trials)) is not None:
         return Plan(suggestion=Suggestion.done(reason))
     if (retry := find_retry(trials, spec.options.max_retries, asking)) is not None:
         return Plan(draft=retry)
+    if (reason := _capped(spec, trials)) is not None:
+        return finished_or_wait(reason)
     suggestion = strategy.suggest(trials, suggestion_rng(seed, trials))
     if suggestion.kind is SuggestionKind.RUN:
         assert suggestion.config is not None  # a RUN suggestion always carries a config

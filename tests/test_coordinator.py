@@ -11,7 +11,15 @@ from sweeper.integrations.base import Leaderboard, LeaderRow
 
 from sweeper import coordinator as coordinator_module
 from sweeper.coordinator import Coordinator
-from sweeper.protocol import AgentInfo, Assignment, LeaseLostError, NoTrial, NoTrialReason, TrialOutcome
+from sweeper.protocol import (
+    AgentInfo,
+    Assignment,
+    LeaseLostError,
+    NoTrial,
+    NoTrialReason,
+    TrialOutcome,
+    interrupted_reason,
+)
 from sweeper.results import ranked
 from sweeper.spec import parse_sweep
 from sweeper.store import open_store
@@ -164,6 +172,24 @@ def test_run_cap_and_metric_target_end_the_sweep(coordinator: Coordinator) -> No
     finish(coordinator, lease(coordinator, capped.id))
     got = coordinator.next_trial(capped.id, AGENT)
     assert got.reason is NoTrialReason.DONE and "run_cap" in got.message
+
+    # Retries are not new configurations: a failed or interrupted one under the cap runs again.
+    capped = coordinator.create_sweep(parse_sweep(grid([1, 2, 3], run_cap=2)))
+    first, second = lease(coordinator, capped.id), lease(coordinator, capped.id)
+    finish(coordinator, first, TrialState.FAILED)
+    coordinator.finish_trial(
+        second.trial_id,
+        second.lease_id,
+        TrialOutcome(TrialState.LOST, stop_reason=interrupted_reason("SIGTERM")),
+    )
+    again = [lease(coordinator, capped.id) for _ in range(2)]
+    assert sorted(a.config["x"] for a in again) == [1, 2]
+    assert isinstance(coordinator.next_trial(capped.id, AGENT), NoTrial)  # a wait: they may fail
+    for a in again:
+        finish(coordinator, a)
+    got = coordinator.next_trial(capped.id, AGENT)
+    assert got.reason is NoTrialReason.DONE and "run_cap of 2" in got.message
+    assert [t.state for t in coordinator.trials(capped.id)].count(TrialState.FINISHED) == 2
 
     raw = grid([1, 2, 3])
     raw["metric"]["target"] = 0.8
