@@ -24,11 +24,14 @@ from pathlib import Path
 
 from sweeper.agents.batches import BatchSender, MemoryQueue, PointQueue
 
-from sweeper.protocol import Assignment, CoordinatorClient, Directive, LeaseLostError
+from sweeper.protocol import Assignment, CoordinatorClient, Directive, LeaseLostError, TrialNotFoundError
 from sweeper.trials import MetricPoint
 
 log = logging.getLogger(__name__)
 
+_UNKNOWN_TRIAL_HINT = (
+    " (a coordinator that does not know this trial: was it restarted on another store, or without its --db?)"
+)
 _jitter = random.Random()  # its own generator: never the global one, never seeded from the sweep
 
 
@@ -79,6 +82,7 @@ class TrialReporter:
         self._last_contact = now
         self._retry_at: float | None = None
         self._failures = 0
+        self._failure_kind: type[BaseException] | None = None  # of the last failed call
         self.summary: dict[str, float] = {}
         self._summary_at: dict[str, tuple[int, int]] = {}
 
@@ -144,13 +148,18 @@ class TrialReporter:
         self._failures += 1
         delay = backoff_delay(self._failures, base=self._base_backoff, cap=self._max_backoff)
         self._retry_at = self._clock() + delay
-        level = logging.WARNING if self._failures == 1 else logging.DEBUG
+        # One line per outage, and one more whenever the failure changes (a refused connection,
+        # then a coordinator that answers but does not know the trial): the rest at debug level.
+        kind, self._failure_kind = self._failure_kind, type(exc)
+        level = logging.WARNING if self._failures == 1 or kind is not type(exc) else logging.DEBUG
+        hint = _UNKNOWN_TRIAL_HINT if isinstance(exc, TrialNotFoundError) else ""
         log.log(
             level,
-            "trial %s: coordinator call failed (%s: %s); %d point(s) kept, retrying in %.1fs",
+            "trial %s: coordinator call failed (%s: %s)%s; %d point(s) kept, retrying in %.1fs",
             self._assignment.trial_number,
             type(exc).__name__,
             exc,
+            hint,
             self.pending,
             delay,
         )

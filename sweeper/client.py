@@ -34,6 +34,7 @@ from sweeper.protocol import (
     TrialNotFoundError,
     TrialOutcome,
 )
+from sweeper.redact import redact_urls
 from sweeper.transport import transport_for
 from sweeper.trials import MetricPoint, Sweep, SweepState, Trial, TrialState
 
@@ -83,7 +84,8 @@ class HttpCoordinator:
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ValueError(
-                f"coordinator URL must look like http://host:port or https://host:port, got {url!r}"
+                "coordinator URL must look like http://host:port or https://host:port, got "
+                f"{redact_urls(url)!r}"
             )
         self.url = url.rstrip("/")
         self.timeout = timeout

@@ -10,7 +10,7 @@ from sweeper.agents.reporting import TrialReporter, backoff_delay, deliver_lefto
 from sweeper.agents.spool import Spool, leftover_spools
 
 from sweeper.coordinator import Coordinator
-from sweeper.protocol import AgentInfo, Assignment, TrialOutcome
+from sweeper.protocol import AgentInfo, Assignment, TrialNotFoundError, TrialOutcome
 from sweeper.spec import parse_sweep
 from sweeper.store import open_store
 from sweeper.trials import MetricPoint, TrialState
@@ -243,3 +243,19 @@ def test_a_reporters_backoff_never_outlasts_a_third_of_the_lease(tmp_path: Path,
     )
     delays = [reporter.record_failure(OSError("down")) for _ in range(30)]
     assert max(delays) <= 20.0 and delays[-1] > 10.0  # jittered between half and all of the cap
+
+
+def test_a_reporter_says_when_its_failure_changes_not_each_time(
+    tmp_path: Path, coordinator, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A server killed, then started again on another store: refused, then "no such trial".
+    a, spool = leased_spool(tmp_path, coordinator)
+    reporter = TrialReporter(
+        coordinator, a, clock=lambda: 0.0, report_interval=0.5, heartbeat_interval=1.0, queue=spool
+    )
+    with caplog.at_level("DEBUG", logger="sweeper.agents.reporting"):
+        for exc in [ConnectionRefusedError("refused")] * 3 + [TrialNotFoundError("no trial 7")] * 3:
+            reporter.record_failure(exc)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 2 and "ConnectionRefusedError" in warned[0], warned
+    assert "TrialNotFoundError: no trial 7) (a coordinator that does not know this trial" in warned[1]

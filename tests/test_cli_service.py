@@ -44,7 +44,7 @@ def test_sweep_prints_the_id_and_a_hint(sweep_file: Path, sqlite_store_url: str)
     result = invoke("sweep", str(sweep_file), "--db", sqlite_store_url)
     assert result.exit_code == 0, result.output
     sweep_id = result.stdout.strip()
-    assert f"sweeper agent {sweep_id}" in result.stderr
+    assert f"sweeper agent {sweep_id} --db {sqlite_store_url}" in result.stderr  # the same store
     with open_store(sqlite_store_url) as store:
         sweep = store.get_sweep(sweep_id)
     assert (sweep.name, sweep.state, sweep.spec["parameters"]) == (

@@ -90,6 +90,9 @@ def test_other_refusals_keep_the_servers_code(misbehaving: str) -> None:
 def test_bad_urls_and_secret_tokens() -> None:
     with pytest.raises(ValueError, match="http://host:port"):
         HttpCoordinator("localhost:8765")
+    with pytest.raises(ValueError, match=r"got 'postgresql://sweeper:\*\*\*@db:5432/x'") as caught:
+        HttpCoordinator("postgresql://sweeper:hunter2@db:5432/x")  # a store URL given as --coordinator
+    assert "hunter2" not in str(caught.value)
     client = HttpCoordinator("http://127.0.0.1:1/", token="s3cret")
     assert "s3cret" not in repr(client) and client.url == "http://127.0.0.1:1"
 

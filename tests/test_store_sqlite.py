@@ -251,6 +251,11 @@ def test_a_short_password_is_hidden_without_mangling_the_message() -> None:
     assert "u:***@127.0.0.1" in message and ":p@" not in message
 
 
+def test_a_port_that_is_not_a_number_is_a_store_error() -> None:
+    with pytest.raises(StoreError, match=r"cannot read store URL 'postgresql://u:\*\*\*@127.0.0.1:abc/db'"):
+        open_store("postgresql://u:hunter2@127.0.0.1:abc/db")
+
+
 def test_a_password_in_the_query_string_is_hidden_too() -> None:
     # libpq takes ``?password=``; the store's label is in every message and the server's log.
     with pytest.raises(StoreError) as caught:

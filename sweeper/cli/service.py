@@ -17,6 +17,7 @@ from sweeper.cli.common import (
     open_store_or_fail,
     token_option,
 )
+from sweeper.redact import redact_urls
 from sweeper.trials import SweepState
 
 
@@ -110,7 +111,14 @@ def sweep(file: str, coordinator_url: str | None, token: str | None, db_url: str
     with coordinator_errors():
         created = coordinator.create_sweep(spec)
     click.echo(created.id)
-    where = f" --coordinator {coordinator_url}" if coordinator_url else ""
+    # The store's URL with its password hidden: agents on another machine need its real one.
+    where = (
+        f" --coordinator {coordinator_url}"
+        if coordinator_url
+        else f" --db {redact_urls(db_url)}"
+        if db_url
+        else ""
+    )
     click.echo(f"start agents with: sweeper agent {created.id}{where}", err=True)
 
 

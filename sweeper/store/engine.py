@@ -55,7 +55,7 @@ def resolve_url(url: str | None, *, create: bool = True) -> URL:
         return _sqlite_file(text, given=url, create=create)
     try:
         parsed = make_url(text)
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number
         raise StoreError(f"cannot read store URL {mask(text)!r} ({exc}): use {_SUPPORTED}") from None
     backend, _, driver = parsed.drivername.partition("+")
     if backend == "sqlite" and driver in ("", "pysqlite"):
