@@ -76,19 +76,21 @@ class Leaderboard:
     rows: tuple[LeaderRow, ...]  # in the order the trials ended
 
     def ranked(self) -> list[LeaderRow]:
+        """Results best first, then the rest (failed and lost trials, NaN and infinities) as they ended."""
         sign = 1.0 if self.goal == "minimize" else -1.0
-        scored = [r for r in self.rows if _finite(r.value)]
+        scored = [r for r in self.rows if _a_result(r)]
         rest = [r for r in self.rows if r not in scored]
         return sorted(scored, key=lambda r: sign * r.value) + rest  # type: ignore[operator]
 
     def best_so_far(self) -> list[tuple[int, float]]:
         """(trial number, best value among the trials ended until then), in end order; NaN and
-        infinities are never the best (a loss of -inf is a diverged run)."""
+        infinities are never the best (a loss of -inf is a diverged run), nor a failed or lost
+        trial's last value."""
         sign = 1.0 if self.goal == "minimize" else -1.0
         best: float | None = None
         out = []
         for row in self.rows:
-            if _finite(row.value):
+            if _a_result(row):
                 if best is None or sign * row.value < sign * best:
                     best = row.value
             if best is not None:
@@ -96,8 +98,10 @@ class Leaderboard:
         return out
 
 
-def _finite(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)
+def _a_result(row: LeaderRow) -> bool:
+    """A value that is the trial's result: finite, of a trial that finished or was stopped early
+    (a failed or lost trial's configuration runs again)."""
+    return row.state in ("finished", "stopped") and row.value is not None and math.isfinite(row.value)
 
 
 class Tracker:

@@ -9,6 +9,8 @@ from typing import Any
 from sweeper.spec import Goal, SweepSpec, flatten_config
 from sweeper.trials import Trial, TrialState
 
+_RESULTS = (TrialState.FINISHED, TrialState.STOPPED)  # a value that is the trial's result
+
 
 def best_of(spec: SweepSpec, trials: Sequence[Trial]) -> Trial | None:
     """The finished (or early-stopped) trial with the best final value of the sweep's metric."""
@@ -19,11 +21,7 @@ def best_of(spec: SweepSpec, trials: Sequence[Trial]) -> Trial | None:
     for trial in trials:
         value = trial.metric(metric.name)
         # Not a NaN or an infinity either: a loss of -inf is a diverged run, not the best one.
-        if (
-            trial.state not in (TrialState.FINISHED, TrialState.STOPPED)
-            or value is None
-            or not math.isfinite(value)
-        ):
+        if trial.state not in _RESULTS or value is None or not math.isfinite(value):
             continue
         if best is None or metric.is_better(value, best.metric(metric.name)):  # type: ignore[arg-type]
             best = trial
@@ -31,17 +29,19 @@ def best_of(spec: SweepSpec, trials: Sequence[Trial]) -> Trial | None:
 
 
 def ranked(spec: SweepSpec, trials: Sequence[Trial]) -> list[Trial]:
-    """Trials with a value of the sweep's metric, best first (NaN and infinities last, as
-    :func:`best_of` never picks them)."""
+    """Trials with a value of the sweep's metric, best first: results before the values of trials
+    still running, failed or lost (no result: a lost trial's configuration runs again), and NaN
+    and infinities last, as :func:`best_of` never picks them."""
     metric = spec.metric
     if metric is None:
         return list(trials)
     scored = [t for t in trials if t.metric(metric.name) is not None]
     sign = 1.0 if metric.goal is Goal.MINIMIZE else -1.0
 
-    def key(t: Trial) -> tuple[bool, float]:
+    def key(t: Trial) -> tuple[bool, bool, float]:
         value = t.summary[metric.name]
-        return (not math.isfinite(value), sign * value if math.isfinite(value) else 0.0)
+        finite = math.isfinite(value)
+        return (t.state not in _RESULTS, not finite, sign * value if finite else 0.0)
 
     return sorted(scored, key=key)
 

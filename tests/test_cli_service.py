@@ -128,3 +128,26 @@ def test_the_commands_against_a_server(sweep_file: Path, tmp_path: Path) -> None
         assert no_token.returncode == 1 and "--token or the SWEEPER_TOKEN" in no_token.stderr
         assert not Path("nowhere.db").exists()  # the server's store was used, not a local one
         assert [s.id for s in server.client().list_sweeps()] == [sweep_id]
+
+
+def test_trials_csv_names_each_column_once() -> None:
+    import csv
+    import io
+
+    from sweeper.cli.inspect import trials_to_csv
+    from sweeper.trials import Trial, TrialState
+
+    # ``lr`` swept and logged (a scheduler's current value), a parameter named ``state``.
+    trial = Trial(1, "sw", 1, {"lr": 0.1, "state": "warm"}, TrialState.FINISHED, 0.0, summary={"lr": 0.05})
+    header, row = list(csv.reader(io.StringIO(trials_to_csv([trial]))))
+    assert len(set(header)) == len(header), header
+    assert dict(zip(header, row, strict=True)) == {
+        "number": "1",
+        "state": "finished",
+        "lr": "0.1",
+        "config:state": "warm",
+        "metric:lr": "0.05",
+        "exit_code": "",
+        "stop_reason": "",
+        "retry_of": "",
+    }

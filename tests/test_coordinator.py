@@ -101,6 +101,23 @@ def test_an_infinite_value_is_never_the_best(coordinator: Coordinator) -> None:
     assert board.best_so_far() == [(1, 0.5), (2, 0.5), (3, 0.5)]
 
 
+def test_a_lost_trials_partial_value_ranks_after_the_results(coordinator: Coordinator) -> None:
+    sweep = coordinator.create_sweep(parse_sweep(grid([1, 2])))  # acc is maximised
+    lost, done = lease(coordinator, sweep.id), lease(coordinator, sweep.id)
+    coordinator.report_metrics(
+        lost.trial_id, lost.lease_id, [MetricPoint("acc", 0.9, step=0, seq=0, time=0.0)]
+    )
+    coordinator.finish_trial(lost.trial_id, lost.lease_id, TrialOutcome(TrialState.LOST, stop_reason="gone"))
+    finish(coordinator, done, acc=0.5)
+    spec = coordinator.spec_of(sweep.id)
+    trials = coordinator.trials(sweep.id)
+    assert [t.number for t in ranked(spec, trials)] == [done.trial_number, lost.trial_number]
+    rows = tuple(LeaderRow(t.number, t.state.value, t.metric("acc"), t.config) for t in trials)
+    board = Leaderboard(sweep.id, "acc", "maximize", rows)  # what trackers show as the sweep's best
+    assert [r.number for r in board.ranked()] == [done.trial_number, lost.trial_number]
+    assert board.best_so_far() == [(done.trial_number, 0.5)]
+
+
 def test_a_failed_configuration_is_retried_once_by_default(coordinator: Coordinator) -> None:
     sweep = coordinator.create_sweep(parse_sweep(grid([1])))
     first = lease(coordinator, sweep.id)

@@ -115,12 +115,20 @@ def trial_to_json(trial: Trial) -> dict[str, Any]:
     }
 
 
+_FIXED_COLUMNS = ("number", "state", "exit_code", "stop_reason", "retry_of")
+
+
 def trials_to_csv(rows: Sequence[Trial]) -> str:
     config_cols = sorted({k for t in rows for k in _flatten(t.config)})
     metric_cols = sorted({k for t in rows for k in t.summary})
+    # A header names each column once: a metric named as a parameter (``lr`` logged while ``lr``
+    # is swept) or as a fixed column is ``metric:lr``, a parameter named as a fixed column ``config:``.
+    taken = {*_FIXED_COLUMNS, *config_cols}
+    config_names = [f"config:{c}" if c in _FIXED_COLUMNS else c for c in config_cols]
+    metric_names = [f"metric:{m}" if m in taken else m for m in metric_cols]
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["number", "state", *config_cols, *metric_cols, "exit_code", "stop_reason", "retry_of"])
+    writer.writerow(["number", "state", *config_names, *metric_names, "exit_code", "stop_reason", "retry_of"])
     for t in rows:
         flat = _flatten(t.config)
         writer.writerow(
