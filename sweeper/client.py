@@ -205,7 +205,7 @@ class HttpCoordinator:
                     code="untrusted_certificate",
                 ) from None
             raise CoordinatorUnavailableError(f"coordinator {self.url} unreachable: {reason}") from exc
-        if status >= 400:
+        if status >= 300:  # the API never redirects: a 3xx is not an answer to this call
             raise self._refusal(status, reason, raw, where)
         try:
             return json.loads(raw) if raw else None
@@ -234,6 +234,13 @@ class HttpCoordinator:
             return SweepNotFoundError(detail)
         if code == "trial_not_found":
             return TrialNotFoundError(detail)
+        if code in ("", "not_found") and (status < 400 or status == 404):  # no route of the API
+            return CoordinatorError(
+                f"{where}: {status} {detail}: no such route (is the id right, and is {self.url} a "
+                "sweeper server?)",
+                status=status,
+                code=f"http_{status}",
+            )
         problems = payload.get("problems") or []
         if problems:
             detail += "".join(f"\n  {p.get('path') or '(top level)'}: {p.get('message')}" for p in problems)
