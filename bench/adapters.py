@@ -7,6 +7,7 @@ ask-and-tell, W&B's engine through ``sweeps.next_run`` with runs rebuilt from th
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -50,22 +51,72 @@ def sweeper_runner(method: str) -> Runner:
 
 
 # -- Optuna -------------------------------------------------------------------------------------------
-def optuna_distributions(problem: Problem) -> dict[str, Any]:
+def wandb_distribution(name: str, p: Mapping[str, Any]) -> str:
+    """A parameter's W&B distribution: its ``distribution``, or what W&B infers without one (values:
+    categorical, value: constant, int min and max: int_uniform, other numbers: uniform)."""
+    if "distribution" in p:
+        return str(p["distribution"])
+    if "values" in p:
+        return "categorical_w_probabilities" if "probabilities" in p else "categorical"
+    if "value" in p:
+        return "constant"
+    if "min" not in p or "max" not in p:
+        raise ValueError(f"{name}: cannot infer its distribution from the keys {', '.join(map(str, p))}")
+    # bool is an int in Python, not in W&B's schema.
+    ints = all(isinstance(p[k], int) and not isinstance(p[k], bool) for k in ("min", "max"))
+    return "int_uniform" if ints else "uniform"
+
+
+def _on_grid(x: float, q: float) -> bool:
+    k = x / q
+    return abs(k - round(k)) <= 1e-9 * max(1.0, abs(k))
+
+
+def optuna_distribution(name: str, p: Mapping[str, Any]) -> Any:
+    """The Optuna distribution that draws what W&B's does; ValueError for one Optuna has not."""
     import optuna.distributions as od
 
+    kind = wandb_distribution(name, p)
+    try:
+        if kind == "constant":
+            return od.CategoricalDistribution([p["value"]])
+        if kind == "categorical":
+            return od.CategoricalDistribution(p["values"])
+        if kind == "int_uniform":
+            return od.IntDistribution(p["min"], p["max"])
+        if kind == "uniform":
+            return od.FloatDistribution(p["min"], p["max"])
+        # The inverse log-uniform of W&B is log-uniform too (1/x is when x is); the v1 forms give
+        # their bounds as base-e exponents.
+        if kind in ("log_uniform_values", "inv_log_uniform_values"):
+            return od.FloatDistribution(p["min"], p["max"], log=True)
+        if kind == "log_uniform":
+            return od.FloatDistribution(math.exp(p["min"]), math.exp(p["max"]), log=True)
+        if kind == "inv_log_uniform":
+            return od.FloatDistribution(math.exp(-p["max"]), math.exp(-p["min"]), log=True)
+        if kind == "q_uniform":
+            # W&B rounds a uniform draw to a multiple of q (ints for an int q); Optuna's step counts
+            # from min, so the two draw the same values only where min and max are multiples of q.
+            q = p.get("q", 1.0)
+            if _on_grid(p["min"], q) and _on_grid(p["max"], q):
+                if isinstance(q, int) and all(isinstance(p[k], int) for k in ("min", "max")):
+                    return od.IntDistribution(p["min"], p["max"], step=q)
+                return od.FloatDistribution(float(p["min"]), float(p["max"]), step=float(q))
+            raise ValueError(f"min and max are not multiples of q={q}, where W&B's values lie")
+    except KeyError as exc:
+        raise ValueError(f"{name}: {kind} without {exc.args[0]!r}") from None
+    except ValueError as exc:
+        raise ValueError(f"{name}: no Optuna distribution for {dict(p)}: {exc}") from None
+    raise ValueError(f"{name}: no Optuna distribution draws like W&B's {kind}")
+
+
+def optuna_distributions(problem: Problem) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, p in problem.parameters.items():
-        kind = p.get("distribution")
-        if "values" in p:
-            out[name] = od.CategoricalDistribution(p["values"])
-        elif kind == "int_uniform":
-            out[name] = od.IntDistribution(p["min"], p["max"])
-        elif kind == "log_uniform_values":
-            out[name] = od.FloatDistribution(p["min"], p["max"], log=True)
-        elif kind in (None, "uniform"):
-            out[name] = od.FloatDistribution(p["min"], p["max"])
-        else:
-            raise ValueError(f"{problem.name}.{name}: no Optuna mapping for {kind}")
+        try:
+            out[name] = optuna_distribution(name, p)
+        except ValueError as exc:
+            raise ValueError(f"problem {problem.name}, parameter {exc}") from None
     return out
 
 
@@ -118,11 +169,13 @@ def wandb_runs(configs: list[Mapping[str, Any]], values: list[float]) -> list[An
 
 def wandb_next(problem: Problem, method: str, configs: list, values: list, seed: int) -> dict[str, Any]:
     import numpy as np
-
-    import sweeps
+    import sweeps.bayes_search
+    import sweeps.grid_search
+    import sweeps.random_search
 
     # The engine draws from numpy's and Python's global generators (bayes and random search);
-    # seed both per call so runs are reproducible.
+    # seed both per call so runs are reproducible. Its search modules are imported above, not by
+    # next_run on its first call: their imports draw from Python's generator after the seeding.
     call_seed = (seed * 100_003 + len(configs)) % 2**32
     np.random.seed(call_seed)
     random.seed(call_seed)

@@ -1,6 +1,6 @@
 """Search quality and suggestion speed: sweeper's bayes, tpe and random beside Optuna and W&B's engine.
 
-    python -m bench.search [--quick] [--seeds 10] [--out bench/results/search.json]
+    python -m bench.search [--quick] [--seeds 10] [--out FILE]
 
 Every method runs on the same problems with the same seeds. Quality is log10 regret of the best
 loss found after 20/40/60 trials (10/20/30 with ``--quick``, any counts with ``--budgets``; median
@@ -19,19 +19,22 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
+import re  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from bench.adapters import METHODS  # noqa: E402
+from bench.adapters import METHODS, optuna_distribution  # noqa: E402
 from bench.latency import LATENCY_METHODS, measure_latency  # noqa: E402
 from bench.problems import Problem, all_problems, problems_from  # noqa: E402
 from sweeper.files import write_atomic  # noqa: E402
+from sweeper.spec import SpecError, parse_sweep  # noqa: E402
 
 BUDGETS = (20, 40, 60)
 QUICK_BUDGETS = (10, 20, 30)
+RESULTS = Path(__file__).parent / "results"
 REFERENCE = ("optuna GP", "optuna TPE", "wandb bayes")
 RANDOMS = ("sweeper random", "optuna random", "wandb random")
 
@@ -131,13 +134,86 @@ def trial_counts(text: str) -> tuple[int, ...]:
     return counts
 
 
+def positive(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number, not {text!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"at least 1, not {text!r}")
+    return number
+
+
+def _names(names: list[str], what: str) -> str:
+    # A few names say which ran; more are counted, so the file name stays short.
+    if len(names) > 3:
+        return f"{len(names)}{what}"
+    return "+".join(re.sub(r"[^A-Za-z0-9_.]+", "_", n) for n in names)
+
+
+def results_stem(
+    quick: bool, seeds: int, budgets: tuple[int, ...], methods: list[str], problems: list[str], latency: bool
+) -> str:
+    """The results' file name. The reported runs (every method on the built-in problems with the
+    default seeds and budgets, latency measured) keep ``search`` and ``search_quick``; any other
+    run is named by what differs, so a smoke run never overwrites the committed results."""
+    parts = ["search_quick" if quick else "search"]
+    if seeds != (3 if quick else 10):
+        parts.append(f"{seeds}seeds")
+    if budgets != (QUICK_BUDGETS if quick else BUDGETS):
+        parts.append("_".join(map(str, budgets)) + "trials")
+    if methods != list(METHODS):
+        parts.append(_names(methods, "methods"))
+    if problems != [p.name for p in all_problems(quick)]:
+        parts.append(_names(problems, "problems"))
+    if not latency:
+        parts.append("nolatency")
+    return "-".join(parts)
+
+
+def problem_fault(problem: Problem, methods: list[str]) -> str | None:
+    """What keeps a problem's parameters from running with these methods, or None: checked before
+    any run, so a bad parameter does not end the benchmark after the methods before it ran."""
+    tools = {m.split()[0] for m in methods}
+    kinds = {"random", *(m.split()[1] for m in methods if m.startswith("sweeper "))}
+    try:
+        for kind in sorted(kinds):
+            parse_sweep(problem.sweep(kind))
+    except SpecError as exc:
+        return "; ".join(str(p) for p in exc.problems)
+    for name, p in problem.parameters.items():
+        if "optuna" in tools:
+            try:
+                optuna_distribution(name, p)
+            except ValueError as exc:
+                return f"parameter {exc}"
+        if "wandb" in tools:
+            from sweeps.params import HyperParameter
+
+            try:
+                HyperParameter(name, dict(p))
+            except Exception as exc:  # jsonschema's, or the engine's own checks
+                return f"parameter {name}: W&B's engine refuses it: {str(exc).splitlines()[0]}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.search", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="4 problems, 3 seeds, 30 trials, latency at 100")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds per problem and method (default 10)")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/search.json"))
+    parser.add_argument(
+        "--seeds", type=positive, default=None, help="seeds per problem and method (default 10)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results as OUT's name with .json and .md (default: bench/results/search.json for the"
+        " reported run, search_quick.json with --quick, a name that says what differs otherwise)",
+    )
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of the methods")
-    parser.add_argument("--problems", default="", help="comma-separated subset of the problems")
+    parser.add_argument(
+        "--problems", default="", help="comma-separated subset of the problems (of all of them, with --quick)"
+    )
     parser.add_argument(
         "--problems-from",
         type=Path,
@@ -159,23 +235,41 @@ def main(argv: list[str] | None = None) -> int:
     seeds = args.seeds or (3 if args.quick else 10)
     budgets = args.budgets or (QUICK_BUDGETS if args.quick else BUDGETS)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods:
+        parser.error(f"--methods: no method given; choose from {', '.join(METHODS)}")
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         parser.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
-    problems = all_problems(args.quick)
+    # --quick keeps 4 of the built-in problems, unless --problems names the ones to run.
+    problems = all_problems(args.quick and not args.problems)
+    source = {p.name: "bench/problems" for p in problems}
     for path in args.problems_from:
         try:
-            problems += problems_from(path)
+            found = problems_from(path)
         except ValueError as exc:
             parser.error(str(exc))
-    clash = sorted({p.name for p in problems if [q.name for q in problems].count(p.name) > 1})
+        problems += found
+        source.update({p.name: f"--problems-from {path}" for p in found})
+    names = [p.name for p in problems]
+    clash = sorted({name for name in names if names.count(name) > 1})
     if clash:
         parser.error(f"two problems named {', '.join(clash)}: give each its own name")
     if args.problems:
-        wanted = {p.strip() for p in args.problems.split(",")}
+        wanted = [name.strip() for name in args.problems.split(",") if name.strip()]
+        unknown = [name for name in wanted if name not in names]
+        if unknown or not wanted:
+            what = ", ".join(unknown) or repr(args.problems)
+            parser.error(f"no problem named {what}; choose from {', '.join(names)}")
         problems = [p for p in problems if p.name in wanted]
-        if not problems:
-            parser.error(f"no problem named {', '.join(sorted(wanted))}; see bench/problems/")
+    for problem in problems:
+        fault = problem_fault(problem, methods)
+        if fault:
+            parser.error(f"{source[problem.name]}: problem {problem.name}: {fault}")
+    out = args.out or RESULTS / results_stem(
+        args.quick, seeds, budgets, methods, [p.name for p in problems], not args.no_latency
+    )
+    # Both files are named from the stem, whatever suffix --out has: the JSON never lands on the .md.
+    json_path, md_path = out.with_name(out.stem + ".json"), out.with_name(out.stem + ".md")
     try:
         import torch
 
@@ -201,13 +295,13 @@ def main(argv: list[str] | None = None) -> int:
         "wall_seconds": time.perf_counter() - started,
     }
     table = markdown(summary, budgets, methods, latency, seeds)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(args.out, json.dumps(result, indent=1))
-    write_atomic(args.out.with_suffix(".md"), table)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(json_path, json.dumps(result, indent=1))
+    write_atomic(md_path, table)
     if not args.no_plots:
         from bench.plots import best_so_far
 
-        best_so_far(problems, raw["losses"], args.out.with_name(args.out.stem + "_best_so_far.png"))
+        best_so_far(problems, raw["losses"], out.with_name(out.stem + "_best_so_far.png"))
     print(table)
     for goal, against in (
         ("vs_best_model_based", f"the best of {', '.join(REFERENCE)}"),
@@ -221,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         else:
             print(f"bayes not compared with {against}: none of it ran")
-    print(f"wrote {args.out} and {args.out.with_suffix('.md')} in {result['wall_seconds']:.0f} s")
+    print(f"wrote {json_path} and {md_path} in {result['wall_seconds']:.0f} s")
     return 0
 
 
