@@ -10,7 +10,8 @@ so it cannot run here offline.)
 
 The sweep is a grid of N points, or with ``--method bayes`` the same N values searched by
 Bayesian optimisation, whose model fit between trials is part of the gap.
-Writes bench/results/agent_gap.json (agent_gap_bayes.json with ``--method bayes``).
+Writes bench/results/agent_gap.json (agent_gap_bayes.json with ``--method bayes``) for the
+reported 30 trials, and a file named by the trial count for any other (``--out`` names it).
 """
 
 from __future__ import annotations
@@ -36,18 +37,29 @@ run.finish()
 """
 
 
-def main() -> None:
+TRIALS = 30
+
+
+def results_stem(method: str, trials: int) -> str:
+    """The results' file name: the reported runs (30 trials) keep ``agent_gap`` and
+    ``agent_gap_bayes``; another trial count gets its own, so it never overwrites them."""
+    stem = "agent_gap" if method == "grid" else f"agent_gap_{method}"
+    return stem if trials == TRIALS else f"{stem}-{trials}trials"
+
+
+def main(argv: list[str] | None = None) -> None:
     from server_helpers import TOKEN, start_server
 
     from sweeper.spec import parse_sweep
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=30)
+    parser.add_argument("--trials", type=int, default=TRIALS)
     parser.add_argument("--method", choices=("grid", "bayes"), default="grid")
     parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
-    suffix = "" if args.method == "grid" else f"_{args.method}"
-    out = args.out or HERE / "results" / f"agent_gap{suffix}.json"
+    args = parser.parse_args(argv)
+    if args.trials < 2:  # the gap is between one trial's end and the next one's start
+        parser.error(f"--trials must be at least 2, not {args.trials}")
+    out = args.out or HERE / "results" / f"{results_stem(args.method, args.trials)}.json"
     sweeper_exe = str(Path(sys.executable).parent / "sweeper")
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -14,7 +14,10 @@ everything D ms each way (bench/delay_proxy.py): a database on another machine; 
 run again then. CPU per lifecycle is counted over the timed run: the server process, the load
 generator, and (``database``) the PostgreSQL server's processes where it runs on this machine.
 
-Writes bench/results/load.json and prints a table.
+Writes bench/results/load.json for the reported run (``--agents 64 --seconds 10 --postgres URL
+--in-process``), load_remote_db.json for its remote-database run (``--agents 64 --seconds 10
+--postgres URL --postgres-delay-ms 0.25``), and a file named by what differs for any other run
+(``--out`` names it); prints a table.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
+
+from sweeper.redact import redact_urls
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))  # server_helpers: a real server subprocess on a free port
@@ -273,6 +278,42 @@ def round_trip_ms(url: str) -> float:
     return statistics.median(times[50:]) * 1000
 
 
+def postgres_fault(url: str) -> str | None:
+    """Why no connection to the PostgreSQL server at ``url`` opens, or None: checked before the
+    SQLite part runs, not after it."""
+    try:
+        from sqlalchemy import create_engine
+        from sqlalchemy.engine import make_url
+
+        engine = create_engine(
+            make_url(url).set(drivername="postgresql+psycopg"), connect_args={"connect_timeout": 10}
+        )
+        try:
+            with engine.connect():
+                return None
+        finally:
+            engine.dispose()
+    except Exception as exc:  # a malformed URL, a missing driver, a refused connection or login
+        detail = str(exc).strip().splitlines()
+        return redact_urls(f"{type(exc).__name__}: {detail[0] if detail else ''}")
+
+
+def results_stem(agents: int, seconds: float, postgres: bool, delay_ms: float, in_process: bool) -> str:
+    """The results' file name: the reported runs keep ``load`` and ``load_remote_db``; any other
+    run is named by what differs, so it never overwrites them."""
+    if agents == 64 and seconds == 10 and postgres:
+        if not delay_ms and in_process:
+            return "load"
+        if delay_ms == 0.25 and not in_process:
+            return "load_remote_db"
+    parts = ["load", f"{agents}agents", f"{seconds:g}s", "postgres" if postgres else "sqlite"]
+    if delay_ms:
+        parts.append(f"delay{delay_ms:g}ms")
+    if in_process:
+        parts.append("in-process")
+    return "-".join(parts)
+
+
 @contextmanager
 def delayed_postgres(url: str, delay_ms: float) -> Iterator[Callable[[str], str]]:
     """A proxy in front of the PostgreSQL server at ``url`` that delays everything ``delay_ms``
@@ -285,7 +326,7 @@ def delayed_postgres(url: str, delay_ms: float) -> Iterator[Callable[[str], str]
         yield lambda u: make_url(u).set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agents", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=15.0)
@@ -296,15 +337,29 @@ def main() -> None:
         default=0.0,
         help="delay each way between both systems and PostgreSQL: a round trip takes twice this more",
     )
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "load.json")
+    parser.add_argument("--out", type=Path, default=None, help="default: bench/results/, named by the run")
     parser.add_argument(
         "--in-process",
         action="store_true",
         help="also run the lifecycles on the coordinator in this process, without HTTP",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.agents < 1:
+        parser.error(f"--agents must be at least 1, not {args.agents}")
+    if not args.seconds > 0:
+        parser.error(f"--seconds must be more than 0, not {args.seconds:g}")
+    if args.postgres_delay_ms < 0:
+        parser.error(f"--postgres-delay-ms must not be negative, not {args.postgres_delay_ms:g}")
     if args.postgres_delay_ms and not args.postgres:
         parser.error("--postgres-delay-ms delays a PostgreSQL server: give one with --postgres URL")
+    if args.postgres:
+        fault = postgres_fault(args.postgres)
+        if fault:
+            parser.error(f"--postgres {redact_urls(args.postgres)}: cannot connect: {fault}")
+    out = args.out or HERE / "results" / (
+        results_stem(args.agents, args.seconds, bool(args.postgres), args.postgres_delay_ms, args.in_process)
+        + ".json"
+    )
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -346,8 +401,8 @@ def main() -> None:
                 row["sweeper_in_process"] = inner
             results.append(row)
             print(json.dumps(row), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"results": results}, indent=2) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"results": results}, indent=2) + "\n")
     print(
         "\n| database | system | lifecycles/s | p50 ms | p99 ms | errors | CPU ms/lifecycle | database's |"
         "\n|---|---|---|---|---|---|---|---|"

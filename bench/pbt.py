@@ -168,7 +168,7 @@ def run_pbt(population: int, seed: int) -> dict[str, Any]:
 
 def run(seeds: int, population: int) -> dict[str, Any]:
     rows = []
-    started = time.perf_counter()
+    started = time.process_time()
     for seed in range(seeds):
         pbt = run_pbt(population, seed)
         fixed_members = [fixed(lr, seed, m) for m, lr in enumerate(pbt["initial_lrs"])]
@@ -200,7 +200,7 @@ def run(seeds: int, population: int) -> dict[str, Any]:
         "seeds": seeds,
         "summary": summary,
         "pbt_beats_best_fixed_member": f"{wins} of {seeds} seeds",
-        "cpu_seconds": round(time.perf_counter() - started, 1),
+        "cpu_seconds": round(time.process_time() - started, 1),
         "runs": rows,
     }
 
@@ -230,17 +230,32 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def results_stem(seeds: int, population: int) -> str:
+    """The results' file name: the reported run (10 seeds, population 8) keeps ``pbt``; any other
+    is named by what differs, so it never overwrites the reported results."""
+    stem = "pbt"
+    if seeds != 10:
+        stem += f"-{seeds}seeds"
+    if population != 8:
+        stem += f"-population{population}"
+    return stem
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--population", type=int, default=8)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error(f"--seeds must be at least 1, not {args.seeds}")
+    if args.population < 2:  # PBT's exploit copies one member to another
+        parser.error(f"--population must be at least 2, not {args.population}")
     result = run(args.seeds, args.population)
     text = markdown(result)
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
     for suffix, body in ((".json", json.dumps(result, indent=2)), (".md", text)):
-        write_atomic(RESULTS / f"pbt{suffix}", body)
+        write_atomic(RESULTS / f"{results_stem(args.seeds, args.population)}{suffix}", body)
 
 
 if __name__ == "__main__":

@@ -4,15 +4,17 @@ store; its delaying proxy (a database on another machine) forwards everything, i
 from __future__ import annotations
 
 import socket
+import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+sys.path.insert(0, str(BENCH))
 
 from delay_proxy import delayed  # noqa: E402
-from load import in_process_run  # noqa: E402
+from load import in_process_run, results_stem  # noqa: E402
 
 from sweeper.store import open_store  # noqa: E402
 from sweeper.trials import TrialState  # noqa: E402
@@ -67,3 +69,39 @@ def test_the_delaying_proxy_refuses_a_connection_its_target_refuses_and_serves_o
         for _ in range(2):  # the proxy is still there for the second
             with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
                 assert client.recv(4096) == b""
+
+
+def test_only_the_reported_runs_write_the_committed_result_files() -> None:
+    assert results_stem(64, 10, True, 0.0, True) == "load"
+    assert results_stem(64, 10, True, 0.25, False) == "load_remote_db"
+    assert results_stem(64, 15, False, 0.0, False) == "load-64agents-15s-sqlite"
+    assert results_stem(64, 10, True, 0.0, False) == "load-64agents-10s-postgres"
+    assert results_stem(8, 2, True, 0.5, True) == "load-8agents-2s-postgres-delay0.5ms-in-process"
+
+
+def load(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(BENCH / "load.py"), *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_a_postgres_server_out_of_reach_is_refused_before_the_sqlite_part_runs(tmp_path: Path) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.close()  # nothing listens there now
+    out = tmp_path / "load.json"
+    url = f"postgresql://bench:secret@127.0.0.1:{port}/db"
+    done = load("--postgres", url, "--agents", "1", "--seconds", "0.2", "--out", str(out))
+    assert done.returncode == 2, done.stderr
+    assert f"--postgres postgresql://bench:***@127.0.0.1:{port}/db: cannot connect:" in done.stderr
+    assert "secret" not in done.stderr
+    assert done.stdout == "" and not out.exists()  # no row of the SQLite part, no results
+
+
+def test_counts_that_cannot_run_are_refused() -> None:
+    for args, expected in (
+        (("--agents", "0"), "--agents must be at least 1, not 0"),
+        (("--seconds", "0"), "--seconds must be more than 0, not 0"),
+    ):
+        refused = load(*args)
+        assert refused.returncode == 2 and expected in refused.stderr, refused.stderr

@@ -1,4 +1,4 @@
-"""The multi-fidelity benchmark's own pieces: result file names and the oracle's floor."""
+"""The multi-fidelity benchmark's own pieces: result file names, arguments and the oracle's floor."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 
 from bench.curves import problems
-from bench.multifidelity import ORACLE, methods, resource_to_reach, results_stem, simulate
+from bench.multifidelity import ORACLE, main, methods, resource_to_reach, results_stem, simulate
 
 
 @pytest.mark.parametrize(
@@ -24,6 +24,17 @@ def test_each_budget_and_seed_count_has_its_own_result_files(
     quick: bool, seeds: int, full_trials: int, stem: str
 ) -> None:
     assert results_stem(quick, seeds, full_trials) == stem
+    assert results_stem(quick, seeds, full_trials, workers=4) == f"{stem}-4workers"
+
+
+@pytest.mark.parametrize("flag", ["--seeds", "--workers", "--full-trials"])
+def test_counts_below_one_are_refused_before_anything_runs(
+    flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([flag, "0"])
+    assert exited.value.code == 2
+    assert f"{flag} must be at least 1, not 0" in capsys.readouterr().err
 
 
 def test_the_oracle_finishes_only_trials_that_reach_the_target_and_pays_for_busy_workers() -> None:
