@@ -214,7 +214,7 @@ def test_file_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, form: str) -
     ("url", "expected"),
     [
         ("mysql://root:hunter2@db/sweeps", "unsupported store URL 'mysql://root:***@db/sweeps'"),
-        ("postgresql+psycopg2://u:hunter2@db/s", "unsupported store URL"),
+        ("postgresql+psycopg2://u:hunter2@db/s", "without '+psycopg2'"),
         ("", "empty store URL"),
         (":memory:", "not a file"),
         ("sqlite://", "not a file"),
@@ -249,6 +249,14 @@ def test_a_short_password_is_hidden_without_mangling_the_message() -> None:
     message = str(caught.value)
     assert f'connection to server at "127.0.0.1", port {port} failed' in message, message
     assert "u:***@127.0.0.1" in message and ":p@" not in message
+
+
+def test_a_password_with_an_at_sign_or_a_foreign_driver_gets_a_hint() -> None:
+    with pytest.raises(StoreError, match="holds an '@'; write each one as %40") as caught:
+        open_store("postgresql://u:hunter@2@127.0.0.1:5432/db")
+    assert "hunter" not in str(caught.value)
+    with pytest.raises(StoreError, match=r"without '\+psycopg2': postgresql://"):
+        open_store("postgresql+psycopg2://u:p@127.0.0.1:5432/db")
 
 
 def test_a_port_that_is_not_a_number_is_a_store_error() -> None:

@@ -57,11 +57,21 @@ def resolve_url(url: str | None, *, create: bool = True) -> URL:
         parsed = make_url(text)
     except (ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number
         raise StoreError(f"cannot read store URL {mask(text)!r} ({exc}): use {_SUPPORTED}") from None
+    if parsed.host and "@" in parsed.host:  # the part after the password's own @ is taken for the host
+        raise StoreError(
+            f"cannot read store URL {mask(text)!r}: its password holds an '@'; write each one as %40 "
+            "(and ':' as %3A, '/' as %2F)"
+        )
     backend, _, driver = parsed.drivername.partition("+")
     if backend == "sqlite" and driver in ("", "pysqlite"):
         return _sqlite_file(parsed.database or "", given=url, create=create)
     if backend in ("postgresql", "postgres") and driver in ("", "psycopg"):
         return parsed.set(drivername="postgresql+psycopg")
+    if backend in ("postgresql", "postgres", "sqlite"):
+        raise StoreError(
+            f"store URL {mask(parsed)!r}: sweeper picks the driver itself (psycopg 3 for PostgreSQL); "
+            f"write it without '+{driver}': {backend}://..."
+        )
     raise StoreError(f"unsupported store URL {mask(parsed)!r}: use {_SUPPORTED}")
 
 
