@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import event
 
 from sweeper.coordinator import Coordinator
@@ -292,3 +293,31 @@ def test_the_agent_routes_run_the_calls_that_queue_together_in_one_transaction(t
         finally:
             routes.close()
         assert commits.count("agent-route") == 2  # the first call's batch, then the other three's
+
+
+def test_a_lease_expiry_pass_the_store_refuses_is_one_line_in_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from sweeper.server.main import LeaseExpiry
+
+    with open_store(f"sqlite:///{tmp_path / 's.db'}") as store:
+        coordinator = Coordinator(store)
+        coordinator.create_sweep(
+            parse_sweep({"method": "grid", "program": "t.py", "parameters": {"x": {"value": 1}}})
+        )
+
+        def dropped(*_: Any) -> None:  # what a PostgreSQL server that closed the connection raises
+            raise OperationalError("SELECT", {}, Exception("server closed the connection unexpectedly"))
+
+        event.listen(store._db.engine, "before_cursor_execute", dropped)  # type: ignore[attr-defined]
+        expiry = LeaseExpiry(coordinator, every=0.5)
+        with caplog.at_level("WARNING", logger="sweeper.server.main"):
+            expiry.start()
+            wait = time.monotonic() + 10
+            while not caplog.records and time.monotonic() < wait:
+                time.sleep(0.05)
+            expiry.stop()
+    record = caplog.records[0]
+    assert record.exc_info is None and "server closed the connection" in record.getMessage(), record

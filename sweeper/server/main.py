@@ -14,7 +14,7 @@ from sweeper.coordinator import DEFAULT_LEASE_SECONDS, Coordinator
 from sweeper.integrations.sweep import SweepRecords
 from sweeper.server.app import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, create_app
 from sweeper.server.fast import AgentRoutes
-from sweeper.store import Store
+from sweeper.store import Store, StoreError
 
 
 class UnsafeBindError(Exception):
@@ -106,7 +106,9 @@ class LeaseExpiry:
         while not self._stopped.wait(self._every):
             try:
                 self._coordinator.expire_leases()
-            except Exception:  # the store is busy or away: the next pass catches up
+            except StoreError as exc:  # the store is busy or away: the next pass catches up
+                logging.getLogger(__name__).warning("lease expiry pass failed (%s); trying again", exc)
+            except Exception:  # anything else is a fault: its traceback says where
                 logging.getLogger(__name__).warning("lease expiry pass failed", exc_info=True)
 
 
