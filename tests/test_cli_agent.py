@@ -83,7 +83,7 @@ def test_unknown_sweep_is_a_clear_error(here: Path, sqlite_store_url: str) -> No
     make_sweep(sqlite_store_url, {"x": {"values": [1]}})
     result = CliRunner().invoke(main, ["agent", "nosuch", "--db", sqlite_store_url])
     assert result.exit_code == 1
-    assert "no sweep 'nosuch'" in result.output
+    assert f"no sweep 'nosuch' at store {sqlite_store_url}" in result.output  # which store it looked in
 
 
 def create_sweep(db: str, **raw: object) -> str:

@@ -118,7 +118,8 @@ def _check_sweep(client: Any, sweep_id: str, coordinator: str | None) -> tuple[A
     from sweeper.client import CoordinatorError
     from sweeper.protocol import SweepNotFoundError
 
-    where = coordinator or "the local store"
+    store = getattr(getattr(client, "store", None), "label", None)  # an embedded coordinator's
+    where = coordinator or (f"store {store}" if store else "the local store")
     for attempt in range(1, _START_TRIES + 1):
         try:
             return client.get_sweep(sweep_id), client.spec_of(sweep_id)
