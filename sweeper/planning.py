@@ -49,9 +49,10 @@ def may_run_again(trials: Sequence[Trial], max_retries: int) -> list[Trial]:
     states = count_states(trials)
     if not any(states.get(state) for state in _RETRYABLE):
         return []  # the common case, answered without a key for every trial
-    attempts: dict[str, list[Trial]] = {}
+    # A population member's attempts are its own: two members may hold the same configuration.
+    attempts: dict[tuple[str, int | None], list[Trial]] = {}
     for trial in trials:
-        attempts.setdefault(trial.config_key, []).append(trial)
+        attempts.setdefault((trial.config_key, trial.member), []).append(trial)
     again = []
     for tries in attempts.values():
         # A trial cut short because its agent was told to stop is no attempt: it runs again

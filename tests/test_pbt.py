@@ -224,6 +224,18 @@ def test_a_member_replaced_before_it_failed_or_went_silent_is_not_run_again() ->
     assert retry is not None and (retry.retry_of, retry.member) == (2, 1)
 
 
+def test_members_with_the_same_configuration_are_retried_each_for_its_own() -> None:
+    # Two exploits of one donor may both pick x0.8: the same configuration in two members.
+    def trial(number: int, member: int, state: TrialState) -> Trial:
+        return Trial(id=number, sweep_id="sw", number=number, config={"lr": 0.08}, state=state,
+                     created_at=0.0, member=member)  # fmt: skip
+
+    running, failed = trial(1, 0, TrialState.RUNNING), trial(2, 1, TrialState.FAILED)
+    assert may_run_again([running, failed], max_retries=1) == [failed]
+    both_lost = [trial(1, 0, TrialState.LOST), trial(2, 1, TrialState.LOST)]
+    assert sorted(t.member for t in may_run_again(both_lost, max_retries=1)) == [0, 1]
+
+
 def test_a_minimised_metric_ranks_the_other_way() -> None:
     curves = [member_trial(1, 0, 0.9, 0.9, start=1.0), member_trial(2, 1, 0.1, 0.1)]
     assert rule().decide(curves[0], curves) is None  # maximised: 0.9 beats 0.1
