@@ -64,6 +64,8 @@ def run_and_list(
     assert ran.returncode == 0, ran.stdout + ran.stderr
     if sweep.get("method") in ("grid", "pbt"):  # both end by themselves: no note says otherwise
         assert "no end of its own" not in ran.stdout, ran.stdout
+    if sweep.get("method") == "pbt" and "--agents" in run_args:  # as many agents as members: no waves
+        assert "trains in waves" not in ran.stdout, ran.stdout
     sweep_id = sweep_id_of(ran.stdout)
     listing = subprocess.run(
         [SWEEPER, "trials", sweep_id, "--format", "json"], cwd=cwd, capture_output=True, text=True, timeout=60

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from cli_support import restored_from, run_and_list, toy_pbt_sweep
 from sweeper.agents.checkpoints import CheckpointHook
 from sweeper.agents.trialdir import TrialDir
@@ -82,6 +83,11 @@ def test_defaults_and_every_key() -> None:
         ({"checkpoints": ""}, "sweeper.pbt.checkpoints", "expected a folder or a URL, got ''"),
         ({"checkpoints": "s3://"}, "sweeper.pbt.checkpoints", "expected a URL such as s3://bucket"),
         ({"checkpoints": 3}, "sweeper.pbt.checkpoints", "expected a string, got 3"),
+        (
+            {"checkpoints": "nosuchproto://b/c"},
+            "sweeper.pbt.checkpoints",
+            "no checkpoint store for nosuchproto://",
+        ),
         ({"populaton": 4}, "sweeper.pbt.populaton", "population"),
     ],
 )
@@ -452,6 +458,19 @@ def test_a_checkpoint_being_rewritten_is_never_published_half_written(tmp_path: 
 
 
 # --- end to end ------------------------------------------------------------------------------------
+
+
+def test_sweeper_run_says_when_the_population_cannot_train_together(tmp_path: Path) -> None:
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(toy_pbt_sweep(), sort_keys=False))
+    ran = subprocess.run(
+        [SWEEPER, "run", "sweep.yaml", "--count", "1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "note: a population of 2 with 1 trial(s) at a time trains in waves" in ran.stdout, ran.stdout
 
 
 @pytest.mark.slow

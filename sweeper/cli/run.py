@@ -85,6 +85,14 @@ def run(
     # A grid ends when every combination has run, a PBT population when every member has.
     if spec.method not in ("grid", "pbt") and spec.run_cap is None and count is None:
         click.echo("note: this search has no end of its own; pass --count N or set run_cap (Ctrl-C stops it)")
+    slots = len(gpu_list) if gpu_list else n_agents or 1
+    if spec.options.pbt is not None and slots < (population := spec.options.pbt.population):
+        # A member copies only from members training beside it: in waves, PBT never exploits.
+        click.echo(
+            f"note: a population of {population} with {slots} trial(s) at a time trains in waves, and a "
+            f"member only copies from members training beside it; pass --agents {population} (or start "
+            "more agents on this sweep) so the population trains together"
+        )
 
     progress = Progress(spec)
     agents = LocalAgents(

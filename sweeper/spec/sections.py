@@ -287,7 +287,23 @@ def _checkpoints(raw: Any, path: str, problems: list[Problem]) -> Any:
         problems.append(Problem(path, "expected a folder or a URL, got ''"))
     elif sep and (not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme) or not rest.strip("/")):
         problems.append(Problem(path, f"expected a URL such as s3://bucket/checkpoints, got {show(raw)}"))
+    elif sep and (unknown := _unknown_scheme(scheme)) is not None:
+        problems.append(Problem(path, unknown))
     return value.strip()
+
+
+def _unknown_scheme(scheme: str) -> str | None:
+    """Why fsspec cannot open ``scheme://`` URLs, where fsspec is here to ask: every exploit would
+    otherwise start from scratch."""
+    if scheme.lower().startswith("mlflow"):
+        return None
+    try:
+        import fsspec
+    except ImportError:  # agents may have it: they say so when they cannot open the URL
+        return None
+    if scheme.lower() in fsspec.available_protocols():
+        return None
+    return f"no checkpoint store for {scheme}:// URLs (fsspec knows s3, gs, az, file, ... ); or use a folder"
 
 
 def parse_options(raw: Any, problems: list[Problem]) -> Options:
