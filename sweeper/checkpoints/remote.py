@@ -170,6 +170,7 @@ class MlflowArtifactStore:
             netloc = host[2:].split("/", 1)[0]
             scheme = "https" if netloc.endswith(":443") else "http"
             server = f"{scheme}://{netloc}"
+        _check_answers(server or os.environ.get("MLFLOW_TRACKING_URI", ""))
         self.repo: Any = get_artifact_repository(location.rstrip("/"), tracking_uri=server)
 
     def put_folder(self, local: Path, path: str) -> None:
@@ -200,3 +201,21 @@ class MlflowArtifactStore:
 
     def remove(self, path: str) -> None:
         self.repo.delete_artifacts(path)
+
+
+_PROBE_SECONDS = 5.0
+
+
+def _check_answers(server: str) -> None:
+    """Raise ConnectionError unless the MLflow server at ``server`` (an http(s) URL; anything else
+    is not checked) answers its health check within seconds. MLflow's own retries would hold each
+    call of a server that is down for minutes, and with it the end of every trial."""
+    if not server.startswith(("http://", "https://")):
+        return
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{server.rstrip('/')}/health", timeout=_PROBE_SECONDS):
+            pass
+    except Exception as exc:  # refused, timed out, an error status, a bad certificate
+        raise ConnectionError(f"the MLflow server {server} does not answer ({exc})") from None
