@@ -6,7 +6,6 @@ machines log to the same trackers.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -14,7 +13,6 @@ from typing import Any
 import click
 from sweeper.integrations.settings import DEFAULT_MLFLOW_URI, absolute_uri
 
-from sweeper.spec import SweepSpec
 from sweeper.spec.integrations import check_integrations
 from sweeper.spec.problems import Problem
 
@@ -41,11 +39,12 @@ wandb_option = click.option(
 )
 
 
-def with_trackers(spec: SweepSpec, mlflow_uri: str | None, wandb_on: bool) -> SweepSpec:
-    """``spec`` with the flags merged into its ``integrations`` block (flags win)."""
+def with_trackers(raw: dict[str, Any], mlflow_uri: str | None, wandb_on: bool) -> dict[str, Any]:
+    """A sweep file's mapping with the flags merged into its ``integrations`` block (flags win),
+    before it is checked: what depends on the block (``checkpoints: mlflow``) sees the flags."""
     if mlflow_uri is None and not wandb_on:
-        return spec
-    block: dict[str, Any] = dict(spec.raw.get("integrations") or {})
+        return raw
+    block: dict[str, Any] = dict(raw.get("integrations") or {})
     if mlflow_uri is not None:
         mlflow = _settings(block.get("mlflow"))
         mlflow.pop("enabled", None)
@@ -65,7 +64,7 @@ def with_trackers(spec: SweepSpec, mlflow_uri: str | None, wandb_on: bool) -> Sw
     check_integrations(block, problems)
     if problems:
         raise click.UsageError("; ".join(str(p) for p in problems))
-    return dataclasses.replace(spec, raw={**spec.raw, "integrations": block})
+    return {**raw, "integrations": block}
 
 
 def _settings(value: object) -> dict[str, Any]:

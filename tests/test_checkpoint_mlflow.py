@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from sweeper.agents.checkpoints import CheckpointHook
 from sweeper.agents.trialdir import TrialDir
 
@@ -109,6 +110,18 @@ def pbt_sweep(integrations: dict | None) -> dict:
 )  # fmt: skip
 def test_checkpoints_mlflow_is_the_sweeps_mlflow_server(integrations: dict, root: str) -> None:
     assert parse_sweep(pbt_sweep(integrations)).options.pbt.checkpoints == root
+
+
+def test_checkpoints_mlflow_takes_the_server_sweeper_runs_mlflow_flag_names(tmp_path: Path) -> None:
+    from sweeper.integrations.cli import with_trackers
+
+    from sweeper.cli.common import load_spec
+
+    (tmp_path / "pbt.yaml").write_text(yaml.safe_dump(pbt_sweep(None)))
+    spec = load_spec(
+        str(tmp_path / "pbt.yaml"), lambda raw: with_trackers(raw, "http://mlflow.lan:5000", False)
+    )
+    assert spec.options.pbt.checkpoints == "mlflow-artifacts://mlflow.lan:5000/sweeper-checkpoints"
 
 
 @pytest.mark.parametrize(

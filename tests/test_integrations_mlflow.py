@@ -193,14 +193,12 @@ def test_a_bare_mlflow_flag_stores_no_uri_from_the_environment(tmp_path: Path, m
     from sweeper.integrations.cli import FROM_ENV, with_trackers
     from sweeper.integrations.settings import absolute_uri
 
-    from sweeper.spec import parse_sweep
-
-    spec = parse_sweep({"method": "grid", "parameters": {"x": {"values": [1]}}})
+    raw = {"method": "grid", "parameters": {"x": {"values": [1]}}}
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://alice:s3cret@mlflow:5000")
-    assert with_trackers(spec, FROM_ENV, False).raw["integrations"] == {"mlflow": {}}
+    assert with_trackers(raw, FROM_ENV, False)["integrations"] == {"mlflow": {}}
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    stored = with_trackers(spec, FROM_ENV, False).raw["integrations"]["mlflow"]
+    stored = with_trackers(raw, FROM_ENV, False)["integrations"]["mlflow"]
     assert stored == {"tracking_uri": f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"}
     # Named stores are not folders.
     assert [absolute_uri(u) for u in ("databricks", "databricks://team", "uc:x")] == [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -122,9 +122,9 @@ class SpecFileError(click.ClickException):
         return self.message
 
 
-def load_spec(path: str) -> SweepSpec:
+def load_spec(path: str, amend: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> SweepSpec:
     try:
-        spec = load_sweep_file(path)
+        spec = load_sweep_file(path, amend)
     except SpecError as exc:
         raise SpecFileError(path, exc) from None
     print_advice(spec, path)

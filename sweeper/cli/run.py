@@ -76,7 +76,7 @@ def run(
     from sweeper.spec import describe
 
     gpu_list = chosen_gpus(gpus, trials_per_gpu, n_agents, "--agents")
-    spec = with_trackers(load_spec(sweep_file), mlflow_uri, wandb_on)
+    spec = load_spec(sweep_file, lambda raw: with_trackers(raw, mlflow_uri, wandb_on))
     program = resolve_program(spec, sweep_file)
     store = open_store_or_fail(db_url)
     coordinator = Coordinator(store)

@@ -75,7 +75,8 @@ def mlflow_checkpoint_root(raw: Any, problems: list[Problem]) -> str | None:
             Problem(
                 path,
                 "mlflow keeps checkpoints in the artifact store of the sweep's MLflow server; "
-                "add integrations: {mlflow: {tracking_uri: http://host:port}}",
+                "add integrations: {mlflow: {tracking_uri: http://host:port}}, or run it with "
+                "sweeper run --mlflow http://host:port",
             )
         )
         return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,13 @@ def read_sweep_data(path: str | os.PathLike[str]) -> Any:
         raise SpecError(exc.problems, source=str(path)) from None
 
 
-def load_sweep_file(path: str | os.PathLike[str]) -> SweepSpec:
-    """Read, parse and check a sweep file (``.yaml``/``.yml`` or ``.json``). Raises SpecError."""
-    return parse_sweep(read_sweep_data(path), source=str(path))
+def load_sweep_file(
+    path: str | os.PathLike[str], amend: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+) -> SweepSpec:
+    """Read, parse and check a sweep file (``.yaml``/``.yml`` or ``.json``). Raises SpecError.
+
+    ``amend`` changes the file's mapping before it is checked (command-line flags that add to it)."""
+    raw = read_sweep_data(path)
+    if amend is not None and isinstance(raw, dict):
+        raw = amend(raw)
+    return parse_sweep(raw, source=str(path))
