@@ -142,7 +142,9 @@ def test_trials_csv_names_each_column_once() -> None:
 
     # ``lr`` swept and logged (a scheduler's current value), a parameter named ``state``.
     trial = Trial(1, "sw", 1, {"lr": 0.1, "state": "warm"}, TrialState.FINISHED, 0.0, summary={"lr": 0.05})
-    header, row = list(csv.reader(io.StringIO(trials_to_csv([trial]))))
+    member = Trial(2, "sw", 2, {"lr": 0.08}, TrialState.RUNNING, 0.0, member=1, restore_from="ckpt/sw/1")
+    header, row, pbt_row = list(csv.reader(io.StringIO(trials_to_csv([trial, member]))))
+    assert pbt_row[-2:] == ["1", "ckpt/sw/1"]  # the PBT lineage
     assert len(set(header)) == len(header), header
     assert dict(zip(header, row, strict=True)) == {
         "number": "1",
@@ -153,4 +155,6 @@ def test_trials_csv_names_each_column_once() -> None:
         "exit_code": "",
         "stop_reason": "",
         "retry_of": "",
+        "member": "",
+        "restore_from": "",
     }

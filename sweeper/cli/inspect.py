@@ -115,7 +115,7 @@ def trial_to_json(trial: Trial) -> dict[str, Any]:
     }
 
 
-_FIXED_COLUMNS = ("number", "state", "exit_code", "stop_reason", "retry_of")
+_FIXED_COLUMNS = ("number", "state", "exit_code", "stop_reason", "retry_of", "member", "restore_from")
 
 
 def trials_to_csv(rows: Sequence[Trial]) -> str:
@@ -128,7 +128,7 @@ def trials_to_csv(rows: Sequence[Trial]) -> str:
     metric_names = [f"metric:{m}" if m in taken else m for m in metric_cols]
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["number", "state", *config_names, *metric_names, "exit_code", "stop_reason", "retry_of"])
+    writer.writerow(["number", "state", *config_names, *metric_names, *_FIXED_COLUMNS[2:]])
     for t in rows:
         flat = _flatten(t.config)
         writer.writerow(
@@ -140,6 +140,8 @@ def trials_to_csv(rows: Sequence[Trial]) -> str:
                 "" if t.exit_code is None else t.exit_code,
                 t.stop_reason or "",
                 "" if t.retry_of is None else t.retry_of,
+                "" if t.member is None else t.member,  # a PBT member, and the checkpoint it started from
+                t.restore_from or "",
             ]
         )
     return out.getvalue()
