@@ -83,6 +83,9 @@ class Coordinator:
             for trial in self.store.list_trials(sweep_id, states=[TrialState.RUNNING]):
                 self.store.request_stop(trial.id, "sweep cancelled")
         self._sweep_changed(sweep_id)
+        if state is SweepState.RUNNING:  # its last trials may have ended while it was stopped or paused
+            self._finish_sweep_if_complete(sweep_id)
+            sweep = self.store.get_sweep(sweep_id)
         return sweep
 
     def get_sweep(self, sweep_id: str) -> Sweep:

@@ -152,6 +152,16 @@ def test_a_retry_goes_to_another_agent_while_one_is_running_trials(coordinator: 
     assert lease(coordinator, sweep.id).config == {"x": 1}
 
 
+def test_a_sweep_whose_last_trial_ended_while_it_was_stopped_finishes_when_resumed(
+    coordinator: Coordinator,
+) -> None:
+    sweep = coordinator.create_sweep(parse_sweep(grid([1])))
+    last = lease(coordinator, sweep.id)
+    coordinator.set_sweep_state(sweep.id, SweepState.STOPPED)
+    finish(coordinator, last)
+    assert coordinator.set_sweep_state(sweep.id, SweepState.RUNNING).state is SweepState.FINISHED
+
+
 def test_max_retries_is_configurable(coordinator: Coordinator) -> None:
     sweep = coordinator.create_sweep(parse_sweep(grid([1], sweeper={"max_retries": 0})))
     finish(coordinator, lease(coordinator, sweep.id), TrialState.FAILED)
