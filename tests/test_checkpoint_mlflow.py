@@ -70,6 +70,23 @@ def test_remove_leaves_nothing_to_fetch(mlflow_server: MlflowServer, tmp_path: P
     assert (stored / "2" / "LATEST").exists()
 
 
+def test_the_servers_check_takes_credentials_in_the_uri_and_never_shows_them(
+    mlflow_server: MlflowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sweeper.checkpoints.remote import _check_answers
+
+    _check_answers(f"http://alice:s3cret@127.0.0.1:{mlflow_server.port}")  # it answers: no error
+    # A location without a server of its own is read where MLFLOW_TRACKING_URI points, credentials and all.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://alice:s3cret@127.0.0.1:{mlflow_server.port}")
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "a").write_text("x")
+    assert publish(tmp_path / "checkpoint", "mlflow-artifacts:/ckpt/sw/7", base=tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://alice:s3cret@127.0.0.1:{free_port()}")
+    with pytest.raises(CheckpointError, match="does not answer") as caught:
+        publish(tmp_path / "checkpoint", "mlflow-artifacts:/ckpt/sw/7", base=tmp_path)
+    assert "s3cret" not in str(caught.value)
+
+
 def test_an_unreachable_server_is_a_checkpoint_error_naming_the_location_within_seconds(
     tmp_path: Path,
 ) -> None:

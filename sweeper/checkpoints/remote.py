@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sweeper.checkpoints.local import CheckpointError
+from sweeper.redact import redact_urls
 
 LATEST = "LATEST"
 VERSIONS = "versions"
@@ -208,14 +209,23 @@ _PROBE_SECONDS = 5.0
 
 def _check_answers(server: str) -> None:
     """Raise ConnectionError unless the MLflow server at ``server`` (an http(s) URL; anything else
-    is not checked) answers its health check within seconds. MLflow's own retries would hold each
-    call of a server that is down for minutes, and with it the end of every trial."""
+    is not checked) answers within seconds, whatever it answers (an error status is an answer).
+    MLflow's own retries would hold each call of a server that is down for minutes, and with it
+    the end of every trial. MLflow's client makes the call, with the URI's credentials and the
+    TLS settings of MLFLOW_TRACKING_* variables."""
     if not server.startswith(("http://", "https://")):
         return
-    import urllib.request
+    from mlflow.tracking._tracking_service.utils import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
 
     try:
-        with urllib.request.urlopen(f"{server.rstrip('/')}/health", timeout=_PROBE_SECONDS):
-            pass
-    except Exception as exc:  # refused, timed out, an error status, a bad certificate
-        raise ConnectionError(f"the MLflow server {server} does not answer ({exc})") from None
+        http_request(
+            get_default_host_creds(server),
+            "/health",
+            "GET",
+            max_retries=0,
+            timeout=_PROBE_SECONDS,
+            raise_on_status=False,
+        )
+    except Exception as exc:  # refused, timed out, a certificate it does not trust
+        raise ConnectionError(redact_urls(f"the MLflow server {server} does not answer ({exc})")) from None
