@@ -13,9 +13,6 @@ from typing import Any
 import click
 from sweeper.integrations.settings import DEFAULT_MLFLOW_URI, absolute_uri
 
-from sweeper.spec.integrations import check_integrations
-from sweeper.spec.problems import Problem
-
 #: ``--mlflow`` given without a URI: MLFLOW_TRACKING_URI, else ./mlflow.db.
 FROM_ENV = "-"
 
@@ -42,9 +39,10 @@ wandb_option = click.option(
 def with_trackers(raw: dict[str, Any], mlflow_uri: str | None, wandb_on: bool) -> dict[str, Any]:
     """A sweep file's mapping with the flags merged into its ``integrations`` block (flags win),
     before it is checked: what depends on the block (``checkpoints: mlflow``) sees the flags."""
-    if mlflow_uri is None and not wandb_on:
-        return raw
-    block: dict[str, Any] = dict(raw.get("integrations") or {})
+    given = raw.get("integrations")
+    if (mlflow_uri is None and not wandb_on) or not isinstance(given, Mapping | None):
+        return raw  # a malformed block: the file's own check says so, with every other problem
+    block: dict[str, Any] = dict(given or {})
     if mlflow_uri is not None:
         mlflow = _settings(block.get("mlflow"))
         mlflow.pop("enabled", None)
@@ -60,11 +58,7 @@ def with_trackers(raw: dict[str, Any], mlflow_uri: str | None, wandb_on: bool) -
         wandb = _settings(block.get("wandb"))
         wandb.pop("enabled", None)
         block["wandb"] = wandb  # the sweep file's own project and entity apply (tracker_settings)
-    problems: list[Problem] = []
-    check_integrations(block, problems)
-    if problems:
-        raise click.UsageError("; ".join(str(p) for p in problems))
-    return {**raw, "integrations": block}
+    return {**raw, "integrations": block}  # checked with the rest of the file
 
 
 def _settings(value: object) -> dict[str, Any]:

@@ -378,3 +378,29 @@ def test_an_agent_that_ends_leaves_another_agent_of_the_same_sweep_logging(
     waited = next(run for run in children if run.data.params.get("lr") == "0.1")
     assert waited.info.status == "FINISHED"
     assert [m.value for m in client.get_metric_history(waited.info.run_id, "loss")] == [1.0, 0.5]
+
+
+def test_tracker_flags_on_a_broken_file_list_every_problem_of_the_file(tmp_path: Path, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from sweeper.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.yaml").write_text(
+        "method: grid\nprogram: t.py\nintegrations: [mlflow]\nparameters: {x: {value: 1}}\n"
+    )
+    (tmp_path / "b.yaml").write_text(
+        "method: random\nprogram: t.py\nintegrations: {mlflw: true}\nparameters: {lr: {min: 1.0, max: 0.1}}\n"
+    )
+    broken = CliRunner().invoke(main, ["run", "a.yaml", "--mlflow", "http://127.0.0.1:9"])
+    assert broken.exit_code == 2 and "a.yaml" in broken.output and "integrations" in broken.output, (
+        broken.output
+    )
+    assert (
+        "Traceback" not in broken.output
+        and broken.exception is None
+        or isinstance(broken.exception, SystemExit)
+    )
+    both = CliRunner().invoke(main, ["run", "b.yaml", "--wandb"])
+    assert both.exit_code == 2 and "mlflw" in both.output and "parameters.lr" in both.output, both.output
+    assert not (tmp_path / ".sweeper").exists()  # nothing was made
