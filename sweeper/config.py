@@ -1,7 +1,8 @@
 """A trial's configuration as a script reads it: ``config["lr"]`` or ``config.lr``, nested too.
 
-A nested mapping reads as a :class:`Section`, a ``dict`` (as in ``wandb.config``, so
-``json.dumps(dict(config))`` works) that also reads by attribute. Standard library only, so
+A nested mapping reads as a :class:`Section`, a ``dict`` subclass (as in ``wandb.config`` nested
+values are dicts, so ``json.dumps(dict(config))`` works) that also reads by attribute;
+``as_dict()`` gives plain dicts. Standard library only, so
 importing it inside a training script costs nothing.
 """
 
@@ -45,6 +46,17 @@ class Section(_ByAttribute, dict):
 
     def get(self, key: str, default: Any = None) -> Any:
         return self[key] if key in self else default
+
+    def items(self) -> list[tuple[str, Any]]:  # type: ignore[override]
+        return [(key, self[key]) for key in self]
+
+    def values(self) -> list[Any]:  # type: ignore[override]
+        return [self[key] for key in self]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled (torch.save of a checkpoint holding the config) as a plain dict: it loads where
+        # sweeper is not installed.
+        return (dict, (_unwrap(self),))
 
 
 def _section_in(parent: dict[str, Any], key: str, value: Any) -> Any:

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -102,6 +103,14 @@ def test_nested_config_values_are_dicts_as_in_wandb_config() -> None:
     assert run.config.get("model").get("encoder").layers == 8
     assert run.config.as_dict() == {"model": {"encoder": {"layers": 8}}, "lr": 1e-3}
     assert type(run.config.as_dict()["model"]) is dict
+    assert (
+        [v.layers for _, v in run.config.model.items()]
+        == [8]
+        == [v.layers for v in run.config.model.values()]
+    )
+    restored = pickle.loads(pickle.dumps(dict(run.config)))  # what torch.save of the config writes
+    assert type(restored["model"]) is dict and type(restored["model"]["encoder"]) is dict
+    assert b"sweeper" not in pickle.dumps(dict(run.config))  # loads where sweeper is not installed
 
 
 def test_deep_merge_lets_trial_values_win_key_by_key() -> None:
