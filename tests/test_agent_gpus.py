@@ -364,3 +364,23 @@ def test_a_broken_gpu_gives_up_alone_and_its_configurations_run_on_the_others(
         said[0],
     ), said
     assert "complete" in result.output and "Fix the script" not in result.output
+
+
+@needs_no_nvml
+def test_a_population_larger_than_the_gpus_is_told_how_to_fit(
+    fake_smi: Path, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    raw = {
+        "method": "pbt",
+        "program": str(SCRIPTS / "dump_env.py"),
+        "metric": {"name": "acc", "goal": "maximize"},
+        "parameters": {"lr": {"values": [0.1, 0.2]}},
+        "sweeper": {"pbt": {"population": 3}},
+    }
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(main, ["run", "sweep.yaml", "--gpus", "0,2", "--count", "1"])
+    assert result.exit_code == 0, result.output
+    assert "population of 3 with 2 trial(s) at a time" in result.output
+    assert "pass --trials-per-gpu 2 (or start more agents" in result.output  # --agents is refused with --gpus

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from server_helpers import TOKEN, serving
+from sqlalchemy.engine import make_url
 
 from sweeper.cli import main
 from sweeper.protocol import AgentInfo, Assignment
@@ -158,3 +159,13 @@ def test_trials_csv_names_each_column_once() -> None:
         "member": "",
         "restore_from": "",
     }
+
+
+def test_the_agent_hint_of_a_postgresql_sweep_hides_the_password(
+    sweep_file: Path, postgres_store_url: str
+) -> None:
+    result = invoke("sweep", str(sweep_file), "--db", postgres_store_url)
+    assert result.exit_code == 0, result.output
+    password = make_url(postgres_store_url).password
+    assert f"sweeper agent {result.stdout.strip()} --db postgresql://" in result.stderr
+    assert ":***@" in result.stderr and f":{password}@" not in result.stderr, result.stderr

@@ -88,10 +88,12 @@ def run(
     slots = len(gpu_list) if gpu_list else n_agents or 1
     if spec.options.pbt is not None and slots < (population := spec.options.pbt.population):
         # A member copies only from members training beside it: in waves, PBT never exploits.
+        gpus_used = len(set(gpu_list or ()))
+        more = f"--trials-per-gpu {-(-population // gpus_used)}" if gpus_used else f"--agents {population}"
         click.echo(
             f"note: a population of {population} with {slots} trial(s) at a time trains in waves, and a "
-            f"member only copies from members training beside it; pass --agents {population} (or start "
-            "more agents on this sweep) so the population trains together"
+            f"member only copies from members training beside it; pass {more} (or start more agents "
+            "on this sweep) so the population trains together"
         )
 
     progress = Progress(spec)

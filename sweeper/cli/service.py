@@ -17,7 +17,6 @@ from sweeper.cli.common import (
     open_store_or_fail,
     token_option,
 )
-from sweeper.redact import redact_urls
 from sweeper.trials import SweepState
 
 
@@ -112,11 +111,12 @@ def sweep(file: str, coordinator_url: str | None, token: str | None, db_url: str
         created = coordinator.create_sweep(spec)
     click.echo(created.id)
     # The store's URL with its password hidden: agents on another machine need its real one.
+    store = getattr(getattr(coordinator, "store", None), "label", None)  # an embedded coordinator's
     where = (
         f" --coordinator {coordinator_url}"
         if coordinator_url
-        else f" --db {redact_urls(db_url)}"
-        if db_url
+        else f" --db {store}"
+        if db_url and store
         else ""
     )
     click.echo(f"start agents with: sweeper agent {created.id}{where}", err=True)
