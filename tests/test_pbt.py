@@ -24,7 +24,7 @@ from sweeper.coordinator import Coordinator
 from sweeper.planning import find_retry, may_run_again
 from sweeper.protocol import AgentInfo, Assignment, TrialOutcome
 from sweeper.run import Run
-from sweeper.spec import SpecError, parse_sweep
+from sweeper.spec import SpecError, load_sweep_file, parse_sweep
 from sweeper.spec.model import Pbt
 from sweeper.stopping import ExploitDecision, PbtRule, TrialCurve, build_rule, exploited_trial
 from sweeper.store import open_store
@@ -83,11 +83,6 @@ def test_defaults_and_every_key() -> None:
         ({"checkpoints": ""}, "sweeper.pbt.checkpoints", "expected a folder or a URL, got ''"),
         ({"checkpoints": "s3://"}, "sweeper.pbt.checkpoints", "expected a URL such as s3://bucket"),
         ({"checkpoints": 3}, "sweeper.pbt.checkpoints", "expected a string, got 3"),
-        (
-            {"checkpoints": "nosuchproto://b/c"},
-            "sweeper.pbt.checkpoints",
-            "no checkpoint store for nosuchproto://",
-        ),
         ({"populaton": 4}, "sweeper.pbt.populaton", "population"),
     ],
 )
@@ -96,6 +91,20 @@ def test_each_bad_setting_is_named(pbt: dict, path: str, message: str) -> None:
         parse_sweep(pbt_sweep(**pbt))
     found = {p.path: p.message for p in caught.value.problems}
     assert path in found and message in found[path], found
+
+
+def test_a_checkpoint_url_fsspec_cannot_open_is_refused_in_a_sweep_file_not_in_a_stored_sweep(
+    tmp_path: Path,
+) -> None:
+    raw = pbt_sweep(checkpoints="nosuchproto://b/c")
+    (tmp_path / "pbt.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(SpecError) as caught:
+        load_sweep_file(tmp_path / "pbt.yaml")
+    assert [(p.path, p.message[:38]) for p in caught.value.problems] == [
+        ("sweeper.pbt.checkpoints", "no checkpoint store for nosuchproto://")
+    ]
+    # A stored sweep reads back on a machine that lacks the agents' fsspec plugin.
+    assert parse_sweep(raw).options.pbt.checkpoints == "nosuchproto://b/c"
 
 
 @pytest.mark.parametrize(

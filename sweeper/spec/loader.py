@@ -14,6 +14,7 @@ import yaml
 from sweeper.spec.model import SweepSpec
 from sweeper.spec.parse import parse_sweep
 from sweeper.spec.problems import Problem, SpecError
+from sweeper.spec.sections import checkpoint_scheme_problem
 
 # YAML 1.2 floats that YAML 1.1 (PyYAML) leaves as strings: 1e-5, 1E+3, 2.e4, 1.0e5.
 _FLOAT_12 = re.compile(
@@ -109,4 +110,7 @@ def load_sweep_file(
     raw = read_sweep_data(path)
     if amend is not None and isinstance(raw, dict):
         raw = amend(raw)
-    return parse_sweep(raw, source=str(path))
+    spec = parse_sweep(raw, source=str(path))
+    if (problem := checkpoint_scheme_problem(spec)) is not None:
+        raise SpecError([problem], source=str(path))
+    return spec

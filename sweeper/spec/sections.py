@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sweeper.spec.fields import INVALID, boolean, choice, duration, integer, number, show, string
-from sweeper.spec.model import Asha, Goal, Hyperband, Metric, Options, Pbt, Resource
+from sweeper.spec.model import Asha, Goal, Hyperband, Metric, Options, Pbt, Resource, SweepSpec
 from sweeper.spec.problems import Problem, closest, join, unknown_key
 
 MACROS = (
@@ -287,14 +287,21 @@ def _checkpoints(raw: Any, path: str, problems: list[Problem]) -> Any:
         problems.append(Problem(path, "expected a folder or a URL, got ''"))
     elif sep and (not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme) or not rest.strip("/")):
         problems.append(Problem(path, f"expected a URL such as s3://bucket/checkpoints, got {show(raw)}"))
-    elif sep and (unknown := _unknown_scheme(scheme)) is not None:
-        problems.append(Problem(path, unknown))
     return value.strip()
 
 
+def checkpoint_scheme_problem(spec: SweepSpec) -> Problem | None:
+    """Why fsspec here cannot open the URL PBT's checkpoints go to (every exploit would start from
+    scratch). Asked of a sweep file as it is read, not of stored sweeps: the machine that reads
+    one back may lack a plugin that the agents have."""
+    location = spec.options.pbt.checkpoints if spec.options.pbt is not None else ""
+    scheme, sep, _ = location.partition("://")
+    if not sep or (unknown := _unknown_scheme(scheme)) is None:
+        return None
+    return Problem("sweeper.pbt.checkpoints", unknown)
+
+
 def _unknown_scheme(scheme: str) -> str | None:
-    """Why fsspec cannot open ``scheme://`` URLs, where fsspec is here to ask: every exploit would
-    otherwise start from scratch."""
     if scheme.lower().startswith("mlflow"):
         return None
     try:
