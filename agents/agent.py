@@ -63,6 +63,7 @@ class Agent:
         gpu: str | None = None,
         on_event: Callable[[AgentEvent], None] | None = None,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,  # for intervals: it never jumps
         poll_interval: float = 0.1,
         max_backoff: float = 30.0,
         finish_timeout: float | None = None,
@@ -98,6 +99,7 @@ class Agent:
         self.report_interval = report_interval
         self.on_event = on_event
         self.clock = clock
+        self.monotonic = monotonic
         self.poll_interval = poll_interval
         self.max_backoff = max_backoff
         self.finish_timeout = finish_timeout
@@ -123,7 +125,7 @@ class Agent:
     def run(self) -> str:
         """Run trials; returns one line saying why the agent stopped."""
         failures = 0  # calls in a row that could not reach the coordinator
-        waiting = _Waiting(self.clock)
+        waiting = _Waiting(self.monotonic)
         while True:
             if self.stopping:
                 return self._stop.reason
@@ -147,7 +149,7 @@ class Agent:
                     log.warning("%s: waiting: %s", self.info.name, reply.message)
                 self._stop.wait(max(reply.retry_after, 0.0))
                 continue
-            waiting = _Waiting(self.clock)
+            waiting = _Waiting(self.monotonic)
             given_up = self._take(reply)
             if given_up:
                 self.gave_up = True

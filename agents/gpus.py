@@ -77,7 +77,15 @@ def discover_gpus(problems: list[str] | None = None) -> list[Gpu]:
 def _from_nvml_in_time(problems: list[str]) -> list[Gpu] | None:
     """:func:`_from_nvml` in a thread of its own, given up on after ``_SMI_TIMEOUT`` seconds."""
     result: list[list[Gpu] | None] = []
-    worker = threading.Thread(target=lambda: result.append(_from_nvml()), name="nvml", daemon=True)
+
+    def ask() -> None:
+        try:
+            result.append(_from_nvml())
+        except Exception as exc:  # a driver library that fails in a way of its own: try nvidia-smi
+            problems.append(f"NVML failed: {exc}")
+            result.append(None)
+
+    worker = threading.Thread(target=ask, name="nvml", daemon=True)
     worker.start()
     worker.join(_SMI_TIMEOUT)
     if not result:

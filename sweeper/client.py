@@ -235,9 +235,10 @@ class HttpCoordinator:
         if code == "trial_not_found":
             return TrialNotFoundError(detail)
         if code in ("", "not_found") and (status < 400 or status == 404):  # no route of the API
+            what = "a redirect, which the API never sends" if status < 400 else "no such route"
             return CoordinatorError(
-                f"{where}: {status} {detail}: no such route (is the id right, and is {self.url} a "
-                "sweeper server?)",
+                f"{where}: {status} {detail}: {what} (is the id right, and is {self.url} the sweeper "
+                "server's URL, http or https as it serves?)",
                 status=status,
                 code=f"http_{status}",
             )

@@ -383,7 +383,7 @@ def test_an_agent_waiting_long_for_one_reason_says_it_once(
     running = NoTrial(NoTrialReason.WAIT, "trials still running", retry_after=0.0)
     client = MemoryCoordinator([running, *[paused] * 6, assignment(1, {"steps": 1})])
     with caplog.at_level("WARNING", logger="sweeper.agents"):
-        make_agent(client, tmp_path, clock=lambda: float(next(ticks))).run()
+        make_agent(client, tmp_path, monotonic=lambda: float(next(ticks))).run()
     said = [r.getMessage() for r in caplog.records if "waiting" in r.getMessage()]
     assert said == [f"{INFO.name}: waiting: sweep sw1 is paused"]
     assert list(client.finished) == [101]

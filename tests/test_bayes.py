@@ -218,3 +218,19 @@ def test_agents_starting_together_on_a_small_space_each_get_a_configuration_of_t
             running.append(make_trial(config, TrialState.RUNNING, n + 1))
         configs = {(t.config["a"], t.config["b"]) for t in running}
         assert len(configs) == 8, (seed, [t.config for t in running])
+
+
+@pytest.mark.parametrize("method", ["bayes", "tpe"])
+def test_a_categorical_whose_values_are_dicts_is_one_parameter(method: str) -> None:
+    # W&B's other nesting: ``opt: {values: [{lr: 1}, {lr: 2}, ...]}``; each value is one choice.
+    values = [{"lr": 1}, {"lr": 2}, {"lr": 3}, {"lr": 4}]
+    spec = parse_sweep(
+        {"method": method, "metric": {"name": "loss"}, "parameters": {"opt": {"values": values}}}
+    )
+    strategy = strategy_class(method)(spec)
+    trials: list = []
+    while (suggestion := strategy.suggest(trials, random.Random(len(trials)))).kind is SuggestionKind.RUN:
+        loss = float(suggestion.config["opt"]["lr"])
+        trials.append(make_trial(suggestion.config, TrialState.FINISHED, len(trials) + 1, loss=loss))
+        assert len(trials) <= 4, [t.config for t in trials]
+    assert sorted(t.config["opt"]["lr"] for t in trials) == [1, 2, 3, 4]

@@ -176,6 +176,21 @@ def test_bohb_proposes_better_configurations_than_random_after_results() -> None
     assert sorted(model)[20] < 0.5 * sorted(chance)[20]  # median loss of its proposals is far lower
 
 
+def test_bohb_models_a_categorical_whose_values_are_dicts() -> None:
+    raw = toy()
+    raw["parameters"]["kind"] = {"values": [{"depth": 1}, {"depth": 2}, {"depth": 3}]}
+    strategy = BohbSearch(parse_sweep(raw))
+    rng = random.Random(1)
+    history = []
+    for n in range(1, 31):
+        depth = rng.choice([1, 2, 3])
+        config = {"x": rng.random(), "y": rng.random(), "kind": {"depth": depth}, "epochs": 9}
+        history.append(finished(n, config, loss=loss_of({**config, "kind": "b" if depth == 2 else "a"})))
+    # The model (not a random draw) proposes: it learnt that depth 2 is the good choice.
+    proposed = [strategy.suggest(history, random.Random(f"probe:{i}")).config["kind"] for i in range(20)]
+    assert proposed.count({"depth": 2}) >= 14, proposed
+
+
 def test_bohb_reads_budgets_from_histories_or_stop_reasons() -> None:
     spec = parse_sweep(toy())
     strategy = BohbSearch(spec)

@@ -263,6 +263,16 @@ def test_a_minimised_metric_ranks_the_other_way() -> None:
 # --- explore -------------------------------------------------------------------------------------
 
 
+def test_explore_moves_a_dict_valued_category_to_a_neighbour() -> None:
+    raw = pbt_sweep(resample_probability=0)
+    raw["parameters"] = {"opt": {"values": [{"lr": 1}, {"lr": 2}, {"lr": 3}]}}
+    spec = parse_sweep(raw)
+    moved = {
+        explore(spec, {"opt": {"lr": 1}}, spec.options.pbt, random.Random(k))["opt"]["lr"] for k in range(50)
+    }
+    assert moved == {2}  # the first value's one neighbour
+
+
 def test_explore_perturbs_continuous_values_and_moves_categories_to_a_neighbour() -> None:
     spec = parse_sweep(pbt_sweep(resample_probability=0))
     config = spec.options.pbt

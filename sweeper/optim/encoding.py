@@ -159,6 +159,7 @@ class SpaceCodec:
     """All searchable parameters of a space, in spec order."""
 
     def __init__(self, parameters: Sequence[Parameter]) -> None:
+        self.parameters = tuple(parameters)
         self.codecs = tuple(
             Codec(p, len(p.values) if p.distribution in _CATEGORICAL else 0)
             for p in parameters

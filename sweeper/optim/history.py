@@ -70,7 +70,7 @@ def observations(trials: Sequence[Trial], codec: SpaceCodec, metric: Metric) -> 
     imputes: list[str] = []
     pending: list[np.ndarray] = []
     for trial in trials:
-        row = codec.encode(flatten_config(trial.config))
+        row = codec.encode(flatten_config(trial.config, codec.parameters))  # dict values stay whole
         if trial.state is TrialState.RUNNING:
             how = metric.impute_while_running
             if how == "false" or (how == "latest" and _latest(trial, metric.name) is None):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from sweeper.spec.model import Distribution, Parameter, SweepSpec
@@ -185,13 +185,17 @@ def build_config(spec: SweepSpec, values: Mapping[tuple[str, ...], Any]) -> dict
     return config
 
 
-def flatten_config(config: Mapping[str, Any], spec: SweepSpec | None = None) -> dict[tuple[str, ...], Any]:
+def flatten_config(
+    config: Mapping[str, Any], spec: SweepSpec | Iterable[Parameter] | None = None
+) -> dict[tuple[str, ...], Any]:
     """The inverse of :func:`build_config`: leaf paths to values.
 
-    Without ``spec`` every non-empty mapping is descended into. With it, only the nesting of the
-    spec's parameters is, so a parameter whose value is itself a dict stays one leaf.
+    Without ``spec`` every non-empty mapping is descended into. With it (or its parameters), only
+    the nesting of the spec's parameters is, so a parameter whose value is itself a dict (W&B's
+    ``values: [{lr: 1}, {lr: 2}]``) stays one leaf.
     """
-    prefixes = None if spec is None else {p.path[:i] for p in spec.parameters for i in range(1, len(p.path))}
+    parameters = spec.parameters if isinstance(spec, SweepSpec) else spec
+    prefixes = None if parameters is None else {p.path[:i] for p in parameters for i in range(1, len(p.path))}
     out: dict[tuple[str, ...], Any] = {}
 
     def walk(node: Mapping[str, Any], prefix: tuple[str, ...]) -> None:

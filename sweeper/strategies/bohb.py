@@ -280,7 +280,7 @@ class BohbSearch(HyperbandSearch):
         return []
 
     def _encode(self, config: Mapping[str, Any]) -> list[float] | None:
-        flat = flatten_config(config)
+        flat = flatten_config(config, self.spec)  # a dict-valued parameter stays one value
         coords = []
         for axis in self._axes:
             u = axis.encode(flat.get(axis.parameter.path))

@@ -78,7 +78,7 @@ def perturb(p: Parameter, value: Any, config: Pbt, rng: random.Random) -> Any:
 
 def explore(spec: SweepSpec, config: Mapping[str, Any], pbt: Pbt, rng: random.Random) -> dict[str, Any]:
     """The donor's configuration with every parameter explored once, in the spec's order."""
-    flat = flatten_config(config)
+    flat = flatten_config(config, spec)  # a dict-valued parameter stays one value
     values = {p.path: perturb(p, flat.get(p.path), pbt, rng) for p in spec.parameters}
     return build_config(spec, values)
 
