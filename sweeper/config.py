@@ -21,6 +21,8 @@ class _ByAttribute:
     __slots__ = ()
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "_data":  # copy and pickle ask before a copy has its data
+            raise AttributeError(name)
         try:
             return self[name]
         except KeyError:
@@ -92,6 +94,9 @@ class Config(_ByAttribute, MutableMapping[str, Any]):
 
     def __repr__(self) -> str:
         return f"Config({self._data!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:  # copy and pickle rebuild it through __init__
+        return (Config, (self._data,))
 
     def as_dict(self) -> dict[str, Any]:
         """A deep, plain copy."""

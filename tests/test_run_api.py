@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -111,6 +112,9 @@ def test_nested_config_values_are_dicts_as_in_wandb_config() -> None:
     restored = pickle.loads(pickle.dumps(dict(run.config)))  # what torch.save of the config writes
     assert type(restored["model"]) is dict and type(restored["model"]["encoder"]) is dict
     assert b"sweeper" not in pickle.dumps(dict(run.config))  # loads where sweeper is not installed
+    # The config itself copies and pickles (DataLoader workers get it, checkpoints hold it).
+    for copied in (copy.deepcopy(run.config), pickle.loads(pickle.dumps(run.config))):
+        assert copied.as_dict() == run.config.as_dict() and copied.model.encoder.layers == 8
 
 
 def test_deep_merge_lets_trial_values_win_key_by_key() -> None:
