@@ -96,7 +96,8 @@ def optuna_distribution(name: str, p: Mapping[str, Any]) -> Any:
             return od.FloatDistribution(math.exp(-p["max"]), math.exp(-p["min"]), log=True)
         if kind == "q_uniform":
             # W&B rounds a uniform draw to a multiple of q (ints for an int q); Optuna's step counts
-            # from min, so the two draw the same values only where min and max are multiples of q.
+            # from min, so the two draw from the same values only where min and max are multiples of
+            # q (W&B's rounding gives the two end values half the chance of the others).
             q = p.get("q", 1.0)
             if _on_grid(p["min"], q) and _on_grid(p["max"], q):
                 if isinstance(q, int) and all(isinstance(p[k], int) for k in ("min", "max")):

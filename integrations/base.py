@@ -101,7 +101,7 @@ class Leaderboard:
 def _a_result(row: LeaderRow) -> bool:
     """A value that is the trial's result: finite, of a trial that finished or was stopped early
     (a failed or lost trial's configuration runs again)."""
-    return row.state in ("finished", "stopped") and row.value is not None and math.isfinite(row.value)
+    return TrialState(row.state).gives_a_result and row.value is not None and math.isfinite(row.value)
 
 
 class Tracker:

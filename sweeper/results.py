@@ -7,9 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sweeper.spec import Goal, SweepSpec, flatten_config
-from sweeper.trials import Trial, TrialState
-
-_RESULTS = (TrialState.FINISHED, TrialState.STOPPED)  # a value that is the trial's result
+from sweeper.trials import Trial
 
 
 def best_of(spec: SweepSpec, trials: Sequence[Trial]) -> Trial | None:
@@ -21,7 +19,7 @@ def best_of(spec: SweepSpec, trials: Sequence[Trial]) -> Trial | None:
     for trial in trials:
         value = trial.metric(metric.name)
         # Not a NaN or an infinity either: a loss of -inf is a diverged run, not the best one.
-        if trial.state not in _RESULTS or value is None or not math.isfinite(value):
+        if not trial.state.gives_a_result or value is None or not math.isfinite(value):
             continue
         if best is None or metric.is_better(value, best.metric(metric.name)):  # type: ignore[arg-type]
             best = trial
@@ -41,7 +39,7 @@ def ranked(spec: SweepSpec, trials: Sequence[Trial]) -> list[Trial]:
     def key(t: Trial) -> tuple[bool, bool, float]:
         value = t.summary[metric.name]
         finite = math.isfinite(value)
-        return (t.state not in _RESULTS, not finite, sign * value if finite else 0.0)
+        return (not t.state.gives_a_result, not finite, sign * value if finite else 0.0)
 
     return sorted(scored, key=key)
 

@@ -35,6 +35,12 @@ class TrialState(enum.StrEnum):
     def is_active(self) -> bool:
         return self is TrialState.RUNNING
 
+    @property
+    def gives_a_result(self) -> bool:
+        """Whether a trial that ended so holds a result: a failed or lost trial's last value does
+        not (its configuration runs again)."""
+        return self in (TrialState.FINISHED, TrialState.STOPPED)
+
 
 TRIAL_TRANSITIONS: Mapping[TrialState, frozenset[TrialState]] = {
     TrialState.RUNNING: frozenset(

@@ -83,8 +83,9 @@ class Strategy(ABC):
     def suggest(self, trials: Sequence[Trial], rng: random.Random) -> Suggestion:
         """The next configuration to run, given every trial of the sweep so far.
 
-        Retries of failed trials and ``run_cap`` are handled by the coordinator before this
-        is called; a strategy only decides what is new.
+        Retries of failed trials and ``run_cap`` are handled by the coordinator; a strategy only
+        decides what is new. It may be asked while a retry waits for another agent (see
+        :func:`sweeper.planning.find_retry`), so ``trials`` can hold failed trials not yet rerun.
         """
 
     def completion(self, trials: Sequence[Trial], rng: random.Random) -> str | None:
