@@ -146,6 +146,15 @@ def test_trials_csv_names_each_column_once() -> None:
     member = Trial(2, "sw", 2, {"lr": 0.08}, TrialState.RUNNING, 0.0, member=1, restore_from="ckpt/sw/1")
     header, row, pbt_row = list(csv.reader(io.StringIO(trials_to_csv([trial, member]))))
     assert pbt_row[-2:] == ["1", "ckpt/sw/1"]  # the PBT lineage
+    # A parameter whose values are dicts is one column, beside a dotted name it would flatten onto.
+    from sweeper.spec import parse_sweep
+
+    spec = parse_sweep(
+        {"method": "grid", "parameters": {"opt": {"values": [{"lr": 1}]}, "opt.lr": {"values": [100]}}}
+    )
+    both = Trial(3, "sw", 3, {"opt": {"lr": 1}, "opt.lr": 100}, TrialState.FINISHED, 0.0)
+    nested_header, nested_row = list(csv.reader(io.StringIO(trials_to_csv([both], spec))))
+    assert dict(zip(nested_header, nested_row, strict=True))["opt.lr"] == "100" and "opt" in nested_header
     assert len(set(header)) == len(header), header
     assert dict(zip(header, row, strict=True)) == {
         "number": "1",

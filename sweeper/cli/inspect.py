@@ -21,7 +21,7 @@ from sweeper.cli.common import (
 )
 from sweeper.cli.report import print_summary, state_counts
 from sweeper.protocol import SweepNotFoundError
-from sweeper.spec import flatten_config
+from sweeper.spec import SweepSpec, flatten_config
 from sweeper.trials import Trial
 
 
@@ -87,7 +87,9 @@ def trials(
     if fmt == "json":
         click.echo(json.dumps([trial_to_json(t) for t in rows], indent=2, default=_json_default))
     elif fmt == "csv":
-        click.echo(trials_to_csv(rows), nl=False)
+        with coordinator_errors():
+            spec = coordinator.spec_of(sweep_id)
+        click.echo(trials_to_csv(rows, spec), nl=False)
     else:
         _print_table(rows)
 
@@ -118,8 +120,9 @@ def trial_to_json(trial: Trial) -> dict[str, Any]:
 _FIXED_COLUMNS = ("number", "state", "exit_code", "stop_reason", "retry_of", "member", "restore_from")
 
 
-def trials_to_csv(rows: Sequence[Trial]) -> str:
-    config_cols = sorted({k for t in rows for k in _flatten(t.config)})
+def trials_to_csv(rows: Sequence[Trial], spec: SweepSpec | None = None) -> str:
+    """A row per trial; with ``spec``, a parameter whose values are dicts is one column."""
+    config_cols = sorted({k for t in rows for k in _flatten(t.config, spec)})
     metric_cols = sorted({k for t in rows for k in t.summary})
     # A header names each column once: a metric named as a parameter (``lr`` logged while ``lr``
     # is swept) or as a fixed column is ``metric:lr``, a parameter named as a fixed column ``config:``.
@@ -130,7 +133,7 @@ def trials_to_csv(rows: Sequence[Trial]) -> str:
     writer = csv.writer(out)
     writer.writerow(["number", "state", *config_names, *metric_names, *_FIXED_COLUMNS[2:]])
     for t in rows:
-        flat = _flatten(t.config)
+        flat = _flatten(t.config, spec)
         writer.writerow(
             [
                 t.number,
@@ -155,8 +158,8 @@ def _print_table(rows: Sequence[Trial]) -> None:
         click.echo(f"{t.number:>4}  {t.state.value:<9} {format_config(t.config, limit=8)}  {metrics}")
 
 
-def _flatten(config: Mapping[str, Any]) -> dict[str, Any]:
-    return {".".join(path): value for path, value in flatten_config(config).items()}
+def _flatten(config: Mapping[str, Any], spec: SweepSpec | None = None) -> dict[str, Any]:
+    return {".".join(path): value for path, value in flatten_config(config, spec).items()}
 
 
 def _finite_or_str(value: float) -> float | str:
