@@ -76,14 +76,13 @@ def discover_gpus(problems: list[str] | None = None) -> list[Gpu]:
 
 def _from_nvml_in_time(problems: list[str]) -> list[Gpu] | None:
     """:func:`_from_nvml` in a thread of its own, given up on after ``_SMI_TIMEOUT`` seconds."""
-    result: list[list[Gpu] | None] = []
+    result: list[list[Gpu] | None | Exception] = []
 
     def ask() -> None:
         try:
             result.append(_from_nvml())
         except Exception as exc:  # a driver library that fails in a way of its own: try nvidia-smi
-            problems.append(f"NVML failed: {exc}")
-            result.append(None)
+            result.append(exc)
 
     worker = threading.Thread(target=ask, name="nvml", daemon=True)
     worker.start()
@@ -91,7 +90,10 @@ def _from_nvml_in_time(problems: list[str]) -> list[Gpu] | None:
     if not result:
         problems.append(f"NVML did not answer within {_SMI_TIMEOUT:g} s")
         return None
-    return result[0]
+    if isinstance(found := result[0], Exception):
+        problems.append(f"NVML failed: {found}")
+        return None
+    return found
 
 
 def _from_nvml() -> list[Gpu] | None:

@@ -36,10 +36,10 @@ def sweep(
     sweep's own keys (its W&B runs go there). Raises :class:`sweeper.spec.SpecError` listing every
     problem when the config is invalid.
     """
-    from sweeper.spec import load_sweep_file, parse_sweep
+    from sweeper.spec import load_sweep_file, parse_new_sweep, parse_sweep
     from sweeper.spec.advice import spec_advice
 
-    spec = parse_sweep(config) if isinstance(config, Mapping) else load_sweep_file(Path(config))
+    spec = parse_new_sweep(config) if isinstance(config, Mapping) else load_sweep_file(Path(config))
     given = {k: v for k, v in (("project", project), ("entity", entity)) if v}
     if given:  # the call's own, as wandb.sweep's arguments win over the file
         spec = parse_sweep({**spec.raw, **given})

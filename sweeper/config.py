@@ -56,9 +56,14 @@ class Section(_ByAttribute, dict):
         return [self[key] for key in self]
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # Pickled (torch.save of a checkpoint holding the config) as a plain dict: it loads where
-        # sweeper is not installed.
+        # Pickled as a plain dict: it loads where sweeper is not installed.
         return (dict, (_unwrap(self),))
+
+    def __copy__(self) -> Section:
+        return Section(dict(self))
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Section:
+        return Section(copy.deepcopy(dict(self), memo))  # a copy still reads by attribute
 
 
 def _section_in(parent: dict[str, Any], key: str, value: Any) -> Any:

@@ -126,6 +126,15 @@ def test_a_hung_nvml_is_given_up_on(monkeypatch: pytest.MonkeyPatch) -> None:
     assert discover_gpus(problems) == [] and problems == ["NVML did not answer within 0.3 s"]
     assert time.monotonic() - started < 10
     release.set()
+    problems = []
+
+    def broken() -> None:
+        raise RuntimeError("nvmlInit: driver/library version mismatch")
+
+    monkeypatch.setattr(gpus_module, "_from_nvml", broken)
+    assert discover_gpus(problems) == [] and problems == [
+        "NVML failed: nvmlInit: driver/library version mismatch"
+    ]
 
 
 def test_select_all_some_and_bad_choices() -> None:

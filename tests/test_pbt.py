@@ -18,6 +18,7 @@ from cli_support import restored_from, run_and_list, toy_pbt_sweep
 from sweeper.agents.checkpoints import CheckpointHook
 from sweeper.agents.trialdir import TrialDir
 
+import sweeper
 from sweeper.checkpoints import SNAPSHOTS_FOLDER, checkpoint_location, fetch, publish
 from sweeper.checkpoints.retention import unneeded_checkpoints
 from sweeper.coordinator import Coordinator
@@ -105,6 +106,13 @@ def test_a_checkpoint_url_fsspec_cannot_open_is_refused_in_a_sweep_file_not_in_a
     ]
     # A stored sweep reads back on a machine that lacks the agents' fsspec plugin.
     assert parse_sweep(raw).options.pbt.checkpoints == "nosuchproto://b/c"
+    # With another problem in the file, both are listed at once; the Python API checks it too.
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump({**raw, "method": "pbtt"}))
+    with pytest.raises(SpecError) as caught:
+        load_sweep_file(tmp_path / "two.yaml")
+    assert sorted(p.path for p in caught.value.problems) == ["method", "sweeper.pbt.checkpoints"]
+    with pytest.raises(SpecError, match="no checkpoint store for nosuchproto://"):
+        sweeper.sweep(raw, db=f"sqlite:///{tmp_path / 'api.db'}")
 
 
 @pytest.mark.parametrize(

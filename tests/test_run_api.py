@@ -109,12 +109,14 @@ def test_nested_config_values_are_dicts_as_in_wandb_config() -> None:
         == [8]
         == [v.layers for v in run.config.model.values()]
     )
-    restored = pickle.loads(pickle.dumps(dict(run.config)))  # what torch.save of the config writes
+    restored = pickle.loads(pickle.dumps(dict(run.config)))
     assert type(restored["model"]) is dict and type(restored["model"]["encoder"]) is dict
     assert b"sweeper" not in pickle.dumps(dict(run.config))  # loads where sweeper is not installed
-    # The config itself copies and pickles (DataLoader workers get it, checkpoints hold it).
+    # The config itself copies and pickles (DataLoader workers get it), and a copied section
+    # still reads by attribute.
     for copied in (copy.deepcopy(run.config), pickle.loads(pickle.dumps(run.config))):
         assert copied.as_dict() == run.config.as_dict() and copied.model.encoder.layers == 8
+    assert copy.deepcopy(run.config.model).encoder.layers == 8 == copy.copy(run.config.model).encoder.layers
 
 
 def test_deep_merge_lets_trial_values_win_key_by_key() -> None:

@@ -80,7 +80,7 @@ def print_summary(coordinator: Any, sweep_id: str, top: int = 5) -> None:
 def metric_never_logged(metric: str, trials: Sequence[Trial]) -> str | None:
     """What to tell a person whose trials ended without ever logging the sweep's metric: the
     search then learns nothing (W&B's is as blind, and silent). None when any trial logged it."""
-    ended = [t for t in trials if t.state in (TrialState.FINISHED, TrialState.STOPPED)]
+    ended = [t for t in trials if t.state.gives_a_result]
     if not ended or any(t.metric(metric) is not None for t in trials):
         return None
     logged = sorted({name for t in ended for name in t.summary if not name.startswith("_")})

@@ -82,7 +82,7 @@ def observations(trials: Sequence[Trial], codec: SpaceCodec, metric: Metric) -> 
             continue
         value = _finite(trial.metric(metric.name))
         rows.append(row)
-        if trial.state in (TrialState.FINISHED, TrialState.STOPPED) and value is not None:
+        if trial.state.gives_a_result and value is not None:
             values.append(value)
             imputes.append("")
         else:

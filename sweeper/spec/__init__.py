@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from sweeper.spec.distributions import sample
-from sweeper.spec.loader import load_sweep_file
+from sweeper.spec.loader import load_sweep_file, parse_new_sweep
 from sweeper.spec.model import (
     DEFAULT_COMMAND,
     Distribution,
@@ -50,6 +50,7 @@ __all__ = [
     "grid_size",
     "grid_values",
     "load_sweep_file",
+    "parse_new_sweep",
     "parse_sweep",
     "sample",
     "space_size",

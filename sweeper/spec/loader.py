@@ -110,7 +110,17 @@ def load_sweep_file(
     raw = read_sweep_data(path)
     if amend is not None and isinstance(raw, dict):
         raw = amend(raw)
-    spec = parse_sweep(raw, source=str(path))
-    if (problem := checkpoint_scheme_problem(spec)) is not None:
-        raise SpecError([problem], source=str(path))
+    return parse_new_sweep(raw, source=str(path))
+
+
+def parse_new_sweep(raw: Any, source: str = "<dict>") -> SweepSpec:
+    """:func:`parse_sweep` for a sweep about to be made, which also checks what only the machine
+    making it can (a checkpoint URL's scheme); every problem is listed at once."""
+    problems = [p for p in [checkpoint_scheme_problem(raw)] if p is not None]
+    try:
+        spec = parse_sweep(raw, source=source)
+    except SpecError as exc:
+        raise SpecError([*exc.problems, *problems], source=source) from None
+    if problems:
+        raise SpecError(problems, source=source)
     return spec

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sweeper.spec.fields import INVALID, boolean, choice, duration, integer, number, show, string
-from sweeper.spec.model import Asha, Goal, Hyperband, Metric, Options, Pbt, Resource, SweepSpec
+from sweeper.spec.model import Asha, Goal, Hyperband, Metric, Options, Pbt, Resource
 from sweeper.spec.problems import Problem, closest, join, unknown_key
 
 MACROS = (
@@ -290,12 +290,16 @@ def _checkpoints(raw: Any, path: str, problems: list[Problem]) -> Any:
     return value.strip()
 
 
-def checkpoint_scheme_problem(spec: SweepSpec) -> Problem | None:
+def checkpoint_scheme_problem(raw: Any) -> Problem | None:
     """Why fsspec here cannot open the URL PBT's checkpoints go to (every exploit would start from
-    scratch). Asked of a sweep file as it is read, not of stored sweeps: the machine that reads
-    one back may lack a plugin that the agents have."""
-    location = spec.options.pbt.checkpoints if spec.options.pbt is not None else ""
-    scheme, sep, _ = location.partition("://")
+    scratch), in a sweep's unchecked mapping. Asked of a sweep as it is made, not of stored sweeps:
+    the machine that reads one back may lack a plugin that the agents have."""
+    options = raw.get("sweeper") if isinstance(raw, Mapping) else None
+    pbt = options.get("pbt") if isinstance(options, Mapping) else None
+    location = pbt.get("checkpoints") if isinstance(pbt, Mapping) else None
+    if not isinstance(location, str):
+        return None
+    scheme, sep, _ = location.strip().partition("://")
     if not sep or (unknown := _unknown_scheme(scheme)) is None:
         return None
     return Problem("sweeper.pbt.checkpoints", unknown)
