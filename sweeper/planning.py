@@ -74,11 +74,17 @@ def find_retry(trials: Sequence[Trial], max_retries: int, asking: str | None = N
     named ``asking``. A configuration that failed on that agent waits for another while another
     agent runs trials of the sweep: the agent of a broken GPU, which asks again first, would
     otherwise use up the configuration's retries on that GPU."""
-    elsewhere = asking is not None and any(
-        t.state is TrialState.RUNNING and t.agent != asking for t in trials
-    )
+
+    def at_work_elsewhere() -> bool:  # a look at every trial: only for a retry that failed here
+        return any(t.state is TrialState.RUNNING and t.agent != asking for t in trials)
+
     for last in may_run_again(trials, max_retries):
-        if elsewhere and last.state is TrialState.FAILED and last.agent == asking:
+        if (
+            asking is not None
+            and last.state is TrialState.FAILED
+            and last.agent == asking
+            and at_work_elsewhere()
+        ):
             continue
         return TrialDraft(
             config=last.config, retry_of=last.number, member=last.member, restore_from=last.restore_from
@@ -108,7 +114,8 @@ def _capped(spec: SweepSpec, trials: Sequence[Trial]) -> str | None:
     """Why no new configuration starts: ``run_cap`` of them have. Retries do not count, and still
     run after the cap: a configuration a preempted machine or a broken GPU cut short is not a
     result, and the cap would otherwise end the sweep with fewer results than it allows."""
-    if spec.run_cap is not None and sum(t.retry_of is None for t in trials) >= spec.run_cap:
+    cap = spec.run_cap  # len(trials) first: counting the retries walks every trial, on every lease
+    if cap is not None and len(trials) >= cap and sum(t.retry_of is None for t in trials) >= cap:
         return f"run_cap of {spec.run_cap} trials reached"
     return None
 

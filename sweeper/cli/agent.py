@@ -19,6 +19,7 @@ from sweeper.cli.common import (
     grace_option,
     max_failures_option,
     max_log_option,
+    store_label,
     token_option,
     trials_per_gpu_option,
 )
@@ -118,7 +119,7 @@ def _check_sweep(client: Any, sweep_id: str, coordinator: str | None) -> tuple[A
     from sweeper.client import CoordinatorError
     from sweeper.protocol import SweepNotFoundError
 
-    store = getattr(getattr(client, "store", None), "label", None)  # an embedded coordinator's
+    store = store_label(client)
     where = coordinator or (f"store {store}" if store else "the local store")
     for attempt in range(1, _START_TRIES + 1):
         try:

@@ -122,6 +122,11 @@ class SpecFileError(click.ClickException):
         return self.message
 
 
+def store_label(coordinator: Any) -> str | None:
+    """The store URL (password masked) of an embedded coordinator; None for a remote one."""
+    return getattr(getattr(coordinator, "store", None), "label", None)
+
+
 def load_spec(path: str, amend: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> SweepSpec:
     try:
         spec = load_sweep_file(path, amend)

@@ -15,6 +15,7 @@ from sweeper.cli.common import (
     db_option,
     load_spec,
     open_store_or_fail,
+    store_label,
     token_option,
 )
 from sweeper.trials import SweepState
@@ -111,7 +112,7 @@ def sweep(file: str, coordinator_url: str | None, token: str | None, db_url: str
         created = coordinator.create_sweep(spec)
     click.echo(created.id)
     # The store's URL with its password hidden: agents on another machine need its real one.
-    store = getattr(getattr(coordinator, "store", None), "label", None)  # an embedded coordinator's
+    store = store_label(coordinator)
     where = (
         f" --coordinator {coordinator_url}"
         if coordinator_url
