@@ -1,13 +1,15 @@
 """The trial hook that moves checkpoints between a trial's folder and the checkpoint store.
 
 For an assignment with ``restore_from``, the checkpoint there is fetched into ``<trial>/restore``
-before the trial starts (``run.restore_from``). The trial saves into ``<trial>/checkpoint``
-(``run.checkpoint_dir``), and each ``run.log`` after a save copies that folder into
-``<trial>/checkpoint-snapshots``. As the trial's metrics arrive, a thread of the hook publishes the
-newest snapshot to ``checkpoint_to``, so agents on other machines can restore it; a file the script
-is still writing is never published. When the trial ends its last snapshot is published, and when
-the script exited by itself, the folder as it left it. A script that saves without
-ever calling ``sweeper.log`` (it logs to W&B only, say) has its folder published as it is found.
+before the trial starts (``run.restore_from``); a retry of lost attempts fetches instead the
+newest checkpoint they published (``resume_from``), so it goes on where they were cut short.
+The trial saves into ``<trial>/checkpoint`` (``run.checkpoint_dir``), and each ``run.log`` after a
+save copies that folder into ``<trial>/checkpoint-snapshots``. As the trial's metrics arrive, a
+thread of the hook publishes the newest snapshot to ``checkpoint_to``, so agents on other machines
+can restore it; a file the script is still writing is never published. When the trial ends its
+last snapshot is published, and when the script exited by itself, the folder as it left it. A
+script that saves without ever calling ``sweeper.log`` (it logs to W&B only, say) has its folder
+published as it is found.
 Once the trial has ended, its local copies go (the published one is its checkpoint); one that
 was not published stays in ``<trial>/checkpoint``.
 
@@ -72,8 +74,8 @@ class CheckpointHook:
         base = trial_dir.path.parents[3]  # <workdir>/.sweeper/trials/<sweep>/<n>
         try:
             return self._prepare(assignment, trial_dir, base)
-        finally:  # once this trial has fetched what it starts from; never one of its own two
-            own = (assignment.restore_from, assignment.checkpoint_to)
+        finally:  # once this trial has fetched what it starts from; never one of its own
+            own = (assignment.restore_from, assignment.checkpoint_to, *assignment.resume_from)
             self._remove_unneeded([c for c in assignment.discard_checkpoints if c not in own], base)
 
     def _prepare(self, assignment: Assignment, trial_dir: TrialDir, base: Path) -> Mapping[str, str]:
@@ -89,6 +91,9 @@ class CheckpointHook:
         extra = {"SWEEPER_CHECKPOINT_DIR": os.fspath(save)}
         with self._changed:
             self._trials[assignment.trial_id] = _Published(trial_dir, base)
+        if self._resumed(assignment, restore, base):
+            extra["SWEEPER_RESTORE_FROM"] = os.fspath(restore)
+            return extra
         if assignment.restore_from is None:
             return extra
         try:
@@ -107,6 +112,29 @@ class CheckpointHook:
                 assignment.restore_from,
             )
         return extra
+
+    def _resumed(self, assignment: Assignment, restore: Path, base: Path) -> bool:
+        """Whether one of the checkpoints that the lost attempts this trial retries published is
+        fetched into ``restore``: the trial goes on from there rather than from where they started."""
+        for location in assignment.resume_from:
+            try:
+                if fetch(location, restore, base=base):
+                    log.info(
+                        "trial %s resumes from %s, published before its last attempt was lost",
+                        assignment.trial_number,
+                        location,
+                    )
+                    return True
+            except CheckpointError as exc:
+                log.warning("trial %s: %s; it tries the one before", assignment.trial_number, exc)
+        if assignment.resume_from:
+            start = assignment.restore_from or "scratch"
+            log.info(
+                "trial %s: its lost attempts published no checkpoint; it starts from %s",
+                assignment.trial_number,
+                start,
+            )
+        return False
 
     def _remove_unneeded(self, locations: Sequence[str], base: Path) -> None:
         """Remove, on a thread of its own, those of ``locations`` this agent has not removed yet: a

@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from sweeper.checkpoints import checkpoint_location
-from sweeper.checkpoints.retention import unneeded_checkpoints
+from sweeper.checkpoints.retention import resume_points, unneeded_checkpoints
 from sweeper.planning import Plan, completion, may_run_again, plan_next
 from sweeper.protocol import (
     CONTINUE,
@@ -164,6 +164,7 @@ class Coordinator:
                 metric_name=spec.metric.name if spec.metric else None,
                 integrations=tracker_settings(spec),
                 restore_from=trial.restore_from,
+                resume_from=_resume_from(spec, seen[-1], trial),
                 checkpoint_to=_checkpoint_to(spec, trial),
                 discard_checkpoints=tuple(discard),
                 project=spec.project,
@@ -297,12 +298,25 @@ def _refusal(sweep: Sweep) -> NoTrial | None:
             return NoTrial(NoTrialReason.STOPPED, f"sweep {sweep.id} was {sweep.state.value}")
 
 
-def _checkpoint_to(spec: SweepSpec, trial: Trial) -> str | None:
-    """Where a trial of a sweep that keeps checkpoints (method pbt) publishes its checkpoint folder."""
+def _checkpoint_root(spec: SweepSpec) -> str | None:
+    """Where the trials of a sweep that keeps checkpoints (method pbt) publish them; else None."""
     if spec.options.pbt is None and spec.method != "pbt":
         return None
-    root = spec.options.pbt.checkpoints if spec.options.pbt is not None else DEFAULT_CHECKPOINTS
-    return checkpoint_location(root, trial.sweep_id, trial.number)
+    return spec.options.pbt.checkpoints if spec.options.pbt is not None else DEFAULT_CHECKPOINTS
+
+
+def _checkpoint_to(spec: SweepSpec, trial: Trial) -> str | None:
+    """Where ``trial`` publishes its checkpoint folder, in a sweep that keeps checkpoints."""
+    root = _checkpoint_root(spec)
+    return None if root is None else checkpoint_location(root, trial.sweep_id, trial.number)
+
+
+def _resume_from(spec: SweepSpec, trials: Sequence[Trial], trial: Trial) -> tuple[str, ...]:
+    """The checkpoints that the lost attempts ``trial`` retries published, newest first."""
+    root = _checkpoint_root(spec)
+    if root is None or trial.retry_of is None:
+        return ()
+    return tuple(resume_points(root, {t.number: t for t in trials}, trial.retry_of))
 
 
 def _unneeded_checkpoints(spec: SweepSpec, trials: Sequence[Trial]) -> list[str]:
@@ -313,7 +327,12 @@ def _unneeded_checkpoints(spec: SweepSpec, trials: Sequence[Trial]) -> list[str]
     pbt = spec.options.pbt or Pbt()
     if spec.method != "pbt" or pbt.keep_checkpoints == "all" or spec.metric is None:
         return []
-    needed = {t.restore_from for t in may_run_again(trials, spec.options.max_retries) if t.restore_from}
+    again = may_run_again(trials, spec.options.max_retries)
+    needed = {t.restore_from for t in again if t.restore_from}
+    if again:  # and what their retries resume from
+        by_number = {t.number: t for t in trials}
+        for trial in again:
+            needed.update(resume_points(pbt.checkpoints, by_number, trial.number))
     if (best := best_of(spec, trials)) is not None:
         needed.add(checkpoint_location(pbt.checkpoints, best.sweep_id, best.number))
     return unneeded_checkpoints(trials, pbt.checkpoints, spec.metric.name, needed=needed)

@@ -46,6 +46,9 @@ class Assignment:
     # working folder, or a URL), and where this trial's ``run.checkpoint_dir`` is published.
     restore_from: str | None = None
     checkpoint_to: str | None = None
+    # A retry of lost attempts: the checkpoints they published, newest first. The trial resumes
+    # from the first that exists, and starts from ``restore_from`` when none does.
+    resume_from: Sequence[str] = ()
     # Checkpoints of the sweep that nothing can restore from any more: the agent removes them.
     discard_checkpoints: Sequence[str] = ()
     # The sweep file's W&B project and entity: a script's own wandb.init() logs there, as under W&B.

@@ -20,7 +20,7 @@ from sweeper.agents.checkpoints import CheckpointHook
 from sweeper.agents.trialdir import TrialDir
 
 from sweeper.checkpoints import checkpoint_location, fetch, publish
-from sweeper.checkpoints.retention import unneeded_checkpoints
+from sweeper.checkpoints.retention import resume_points, unneeded_checkpoints
 from sweeper.coordinator import Coordinator
 from sweeper.protocol import AgentInfo, Assignment, Directive, TrialOutcome
 from sweeper.spec import SpecError, parse_sweep
@@ -94,6 +94,16 @@ def test_the_donor_of_an_exploit_not_yet_carried_out_stays() -> None:
 
 def test_running_trials_are_never_listed() -> None:
     assert unneeded(trial(1, 0, R), trial(2, 0, R), trial(3, 0, R)) == []
+
+
+def test_a_running_retry_keeps_the_checkpoints_of_every_lost_attempt_it_may_resume_from() -> None:
+    lost = [trial(3, 0, L), trial(5, 0, L, retry_of=3), trial(7, 0, L, retry_of=5)]
+    # 5 and 7 stand for the member; 3 is kept too, as the retry falls back to it when they have none.
+    assert unneeded(trial(1, 0), *lost, trial(9, 0, R, retry_of=7)) == [1]
+    assert unneeded(trial(1, 0), *lost, trial(9, 0, F, retry_of=7)) == [1, 3, 5]
+    failed = [trial(3, 0, L), trial(5, 0, TrialState.FAILED, retry_of=3)]  # a failure ends the chain
+    assert resume_points(ROOT, {t.number: t for t in failed}, 5) == []
+    assert resume_points(ROOT, {t.number: t for t in lost}, 7) == [at(7), at(5), at(3)]
 
 
 # -- the coordinator hands them out ----------------------------------------------------------
@@ -171,6 +181,50 @@ def test_each_lease_of_a_pbt_sweep_names_the_checkpoints_nothing_needs(
     restored = [a.restore_from and int(a.restore_from.rsplit("/", 1)[1]) for a in given]
     assert restored == [None, None, 1, 3, 4, 5, 6, 7]
     assert numbers == [[], [], [], [], [], [2], [1, 2], [1, 2, 3]]
+
+
+def test_a_retry_resumes_from_its_lost_attempts_checkpoints_newest_first(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'c.db'}")
+    clock = [1000.0]
+    coordinator = Coordinator(store, clock=lambda: clock[0], lease_seconds=10)
+    raw = pbt_sweep(perturbation_interval=100)
+    raw["sweeper"]["max_retries"] = 3
+    sweep = coordinator.create_sweep(parse_sweep(raw))
+
+    def lease() -> Assignment:
+        assignment = coordinator.next_trial(sweep.id, AgentInfo(name="a", host="h"))
+        assert isinstance(assignment, Assignment), assignment
+        return assignment
+
+    def lose(assignment: Assignment) -> None:
+        coordinator.report_metrics(
+            assignment.trial_id, assignment.lease_id, [MetricPoint("score", 0.5, 0, 0, clock[0])]
+        )
+        clock[0] += 11
+        coordinator.expire_leases()
+        assert store.get_trial(assignment.trial_id).state is TrialState.LOST
+
+    def where(assignment: Assignment) -> str:
+        return checkpoint_location(".sweeper/checkpoints", sweep.id, assignment.trial_number)
+
+    first, other = lease(), lease()
+    assert first.resume_from == () and first.restore_from is None
+    coordinator.finish_trial(other.trial_id, other.lease_id, TrialOutcome(TrialState.FINISHED))
+    lose(first)
+    second = lease()
+    assert store.get_trial(second.trial_id).retry_of == first.trial_number
+    assert second.resume_from == (where(first),) and second.restore_from is None
+    assert where(first) not in second.discard_checkpoints
+    lose(second)
+    third = lease()
+    assert third.resume_from == (where(second), where(first))  # the newest first
+    assert not {where(first), where(second)} & set(third.discard_checkpoints)
+    # A failed attempt's checkpoint may hold what made it crash: its retry starts where it did.
+    coordinator.finish_trial(third.trial_id, third.lease_id, TrialOutcome(TrialState.FAILED, exit_code=1))
+    fourth = lease()
+    assert store.get_trial(fourth.trial_id).retry_of == third.trial_number
+    assert fourth.resume_from == () and fourth.restore_from is None
+    store.close()
 
 
 def test_keep_checkpoints_all_keeps_every_one(coordinator: Coordinator) -> None:
@@ -253,3 +307,23 @@ def test_an_agent_never_removes_what_its_own_trial_starts_from(tmp_path: Path) -
     assert (Path(env["SWEEPER_RESTORE_FROM"]) / "model.bin").read_bytes() == b"m" * 64
     wait_for(lambda: not (tmp_path / at(5)).exists(), "the other checkpoint is removed")
     assert (tmp_path / at(6) / "model.bin").exists()
+
+
+def test_a_retry_resumes_from_the_newest_checkpoint_its_lost_attempts_published(tmp_path: Path) -> None:
+    published(tmp_path, at(5), b"o" * 64)
+    published(tmp_path, at(2), b"d" * 64)  # the donor the lost attempts started from
+    published(tmp_path, at(3), b"x" * 64)
+
+    def start(resume_from: tuple[str, ...], discard: list[str]) -> str:
+        trial_dir = TrialDir(tmp_path / ".sweeper" / "trials" / "sw" / "9")
+        trial_dir.path.mkdir(parents=True, exist_ok=True)
+        assignment = dataclasses.replace(
+            removal_assignment(discard), restore_from=at(2), resume_from=resume_from
+        )
+        env = CheckpointHook().on_start(assignment, trial_dir, {})
+        return (Path(env["SWEEPER_RESTORE_FROM"]) / "model.bin").read_bytes()[:1].decode()
+
+    assert start((at(7),), []) == "d"  # 7 was lost before it published anything
+    assert start((at(7), at(5)), [at(5), at(3)]) == "o"
+    wait_for(lambda: not (tmp_path / at(3)).exists(), "the other checkpoint is removed")
+    assert (tmp_path / at(5) / "model.bin").exists()  # named for removal, yet what it resumes from

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from cli_support import restored_from
 from server_helpers import TOKEN, ServerProcess, start_server
 
 from sweeper.spec import parse_sweep
@@ -268,3 +269,58 @@ def test_agents_cut_off_for_ten_seconds_deliver_every_metric_once_afterwards(
             assert stored == _logged(trial_dir), trial_dir  # each logged value once, nothing else
             seen += 1
     assert seen == len(trials) == 4
+
+
+def _published_step(shared: Path, sweep_id: str, number: int) -> int:
+    try:
+        return json.loads((shared / sweep_id / str(number) / "state.json").read_text())["step"]
+    except (OSError, ValueError):
+        return -1
+
+
+def test_population_members_lost_with_their_agent_go_on_from_their_own_last_checkpoint(
+    tmp_path: Path, stopped_at_end: list
+) -> None:
+    server = start_server(f"sqlite:///{tmp_path / 'sweeper.db'}", tmp_path / "server", extra_args=SHORT_LEASE)
+    stopped_at_end.append(server)
+    shared, pid_dir = tmp_path / "shared", tmp_path / "pids"  # shared: a network file system
+    pid_dir.mkdir()
+    raw = {
+        "method": "pbt",
+        "program": str(SCRIPTS / "pbt_trial.py"),
+        "metric": {"name": "score", "goal": "maximize"},
+        "parameters": {
+            "lr": {"values": [0.05, 0.1]},
+            "steps": {"value": 16},
+            "sleep": {"value": 0.25},
+            "pid_dir": {"value": str(pid_dir)},
+        },
+        # No exploits: each member trains on its own, so all it can go on from is its own checkpoint.
+        "sweeper": {
+            "seed": 1,
+            "pbt": {"population": 2, "perturbation_interval": 99, "checkpoints": str(shared)},
+        },
+    }
+    sweep_id = server.client().create_sweep(parse_sweep(raw)).id
+    doomed = AgentProcess(server, sweep_id, tmp_path / "doomed", "--slots", "2")
+    stopped_at_end.append(doomed)
+    wait_for(lambda: min(_published_step(shared, sweep_id, n) for n in (1, 2)) >= 4, "two members at step 4")
+    published = {n: _published_step(shared, sweep_id, n) for n in (1, 2)}
+    # The machine is gone: the agent and its trials die at once.
+    os.kill(doomed.process.pid, signal.SIGKILL)
+    for pids in pid_dir.glob("*.pids"):
+        os.killpg(int(pids.read_text()), signal.SIGKILL)
+    doomed.process.wait(30)
+
+    survivor = AgentProcess(server, sweep_id, tmp_path / "survivor", "--slots", "2")
+    stopped_at_end.append(survivor)
+    assert survivor.wait() == 0, survivor.output()
+    trials = trials_of(server, sweep_id, history=True)
+    assert Counter(t.state for t in trials) == {TrialState.LOST: 2, TrialState.FINISHED: 2}, trials
+    retries = {t.retry_of: t for t in trials if t.retry_of is not None}
+    assert set(retries) == {1, 2}
+    for lost, retry in retries.items():
+        saved = restored_from(survivor.folder / ".sweeper" / "trials" / sweep_id / str(retry.number))
+        assert saved["trial"] == lost and saved["step"] >= published[lost]
+        # It went on from there, and trained to the end.
+        assert [step for step, _ in retry.curve("score")] == list(range(saved["step"] + 1, 16))

@@ -10,6 +10,7 @@ checkpoint is kept while anything could still read it:
   and the newest is the member's model;
 - the checkpoint a running trial started from, and the donor of an exploit whose new trial is
   not created yet;
+- the checkpoints a running retry resumes from (:func:`resume_points`);
 - whatever the caller names besides (the coordinator: what failed or lost trials would start
   from again, and the sweep's best trial).
 
@@ -22,11 +23,25 @@ agents, which can reach the checkpoint store.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from sweeper.checkpoints import checkpoint_location
 from sweeper.stopping.pbt import STANDING_TRIALS, exploited_trial
-from sweeper.trials import Trial
+from sweeper.trials import Trial, TrialState
+
+
+def resume_points(root: str, by_number: Mapping[int, Trial], number: int | None) -> list[str]:
+    """Where trial ``number`` and the attempts of its configuration before it published their
+    checkpoints, newest first, as long as each was lost (its agent died, or was interrupted): the
+    retry of a lost attempt resumes from the newest of these that exists, not from where the first
+    attempt started. A failed attempt ends the walk: its crash may lie in what it had trained."""
+    points = []
+    while number is not None and (trial := by_number.get(number)) is not None:
+        if trial.state is not TrialState.LOST:
+            break
+        points.append(checkpoint_location(root, trial.sweep_id, trial.number))
+        number = trial.retry_of
+    return points
 
 
 def unneeded_checkpoints(
@@ -53,6 +68,11 @@ def unneeded_checkpoints(
         if (donor := exploited_trial(latest.stop_requested or latest.stop_reason)) is not None:
             kept.add(checkpoint_location(root, latest.sweep_id, donor))  # its new trial comes next
     kept.update(t.restore_from for t in trials if t.restore_from is not None and t.state.is_active)
+    retrying = [t for t in trials if t.retry_of is not None and t.state.is_active]
+    if retrying:
+        by_number = {t.number: t for t in trials}
+        for trial in retrying:
+            kept.update(resume_points(root, by_number, trial.retry_of))
     unneeded = []
     for trial in sorted(trials, key=lambda t: t.number):
         if trial.member is None or trial.state.is_active:

@@ -216,6 +216,7 @@ class AssignmentOut(Model):
     integrations: dict[str, Any] | None = None  # the sweep's tracker settings, for the agent's adapters
     restore_from: str | None = None  # the checkpoint the trial starts from (method pbt)
     checkpoint_to: str | None = None  # where the trial's checkpoint folder is published
+    resume_from: list[str] = []  # a retry's lost attempts' checkpoints, newest first
     discard_checkpoints: list[str] = []  # the sweep's checkpoints nothing restores from any more
     project: str | None = None  # the sweep file's W&B project and entity
     entity: str | None = None
@@ -257,6 +258,7 @@ class NextTrialOut(Model):
                 integrations=dict(answer.integrations) if answer.integrations else None,
                 restore_from=answer.restore_from,
                 checkpoint_to=answer.checkpoint_to,
+                resume_from=list(answer.resume_from),
                 discard_checkpoints=list(answer.discard_checkpoints),
                 project=answer.project,
                 entity=answer.entity,

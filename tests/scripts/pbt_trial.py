@@ -8,11 +8,14 @@ restarted member resumes from ``run.restore_from``: its first step is the donor'
 import json
 import os
 import time
+from pathlib import Path
 
 import sweeper
 
-run = sweeper.init(config={"lr": 0.1, "steps": 12, "sleep": 0.0})
+run = sweeper.init(config={"lr": 0.1, "steps": 12, "sleep": 0.0, "pid_dir": ""})
 cfg = run.config
+if cfg.pid_dir:  # for a test that kills the trial's process group with its agent
+    (Path(cfg.pid_dir) / f"{run.trial_number}.pids").write_text(str(os.getpgrp()))
 step, w, origin = 0, 0.0, None
 if run.restore_from is not None:
     saved = json.loads((run.restore_from / "state.json").read_text())
