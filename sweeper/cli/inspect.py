@@ -138,7 +138,7 @@ def trials_to_csv(rows: Sequence[Trial], spec: SweepSpec | None = None) -> str:
             [
                 t.number,
                 t.state.value,
-                *(flat.get(c, "") for c in config_cols),
+                *(_cell(flat.get(c, "")) for c in config_cols),
                 *(t.summary.get(m, "") for m in metric_cols),
                 "" if t.exit_code is None else t.exit_code,
                 t.stop_reason or "",
@@ -156,6 +156,12 @@ def _print_table(rows: Sequence[Trial]) -> None:
     for t in rows:
         metrics = " ".join(f"{k}={v:.6g}" for k, v in t.summary.items())
         click.echo(f"{t.number:>4}  {t.state.value:<9} {format_config(t.config, limit=8)}  {metrics}")
+
+
+def _cell(value: Any) -> Any:
+    """A value for a CSV cell: a dict or a list (a dict-valued categorical, a list value) as JSON,
+    which every reader of the file can parse back, rather than as Python writes it."""
+    return json.dumps(value, default=_json_default) if isinstance(value, dict | list) else value
 
 
 def _flatten(config: Mapping[str, Any], spec: SweepSpec | None = None) -> dict[str, Any]:
