@@ -119,7 +119,7 @@ class CheckpointHook:
         for location in assignment.resume_from:
             try:
                 if fetch(location, restore, base=base):
-                    log.info(
+                    log.warning(  # shown: the trial's curve starts where this checkpoint ends
                         "trial %s resumes from %s, published before its last attempt was lost",
                         assignment.trial_number,
                         location,
@@ -129,7 +129,7 @@ class CheckpointHook:
                 log.warning("trial %s: %s; it tries the one before", assignment.trial_number, exc)
         if assignment.resume_from:
             start = assignment.restore_from or "scratch"
-            log.info(
+            log.warning(
                 "trial %s: its lost attempts published no checkpoint; it starts from %s",
                 assignment.trial_number,
                 start,
