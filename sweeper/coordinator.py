@@ -34,7 +34,7 @@ from sweeper.spec import SweepSpec, parse_sweep
 from sweeper.spec.integrations import tracker_settings
 from sweeper.spec.model import DEFAULT_CHECKPOINTS, Pbt
 from sweeper.stopping import StoppingRule, build_rule, decide_for
-from sweeper.store.base import InvalidTransitionError, Lease, Store, TrialDraft
+from sweeper.store.base import InvalidTransitionError, Lease, Store, StoreError, TrialDraft
 from sweeper.strategies import Strategy, strategy_class
 from sweeper.trials import MetricPoint, Sweep, SweepState, Trial, TrialState, count_states
 
@@ -78,6 +78,7 @@ class Coordinator:
         return sweep
 
     def set_sweep_state(self, sweep_id: str, state: SweepState) -> Sweep:
+        self._expire_before_reading()  # a trial whose agent died is lost, not left running
         sweep = self.store.set_sweep_state(sweep_id, state, now=self.clock())
         if state is SweepState.CANCELLED:
             for trial in self.store.list_trials(sweep_id, states=[TrialState.RUNNING]):
@@ -227,6 +228,7 @@ class Coordinator:
     # --- reading ------------------------------------------------------------
 
     def trials(self, sweep_id: str, *, with_history: bool = False) -> list[Trial]:
+        self._expire_before_reading()
         return self.store.list_trials(sweep_id, with_history=with_history)
 
     def best_trial(self, sweep_id: str) -> Trial | None:
@@ -246,6 +248,15 @@ class Coordinator:
         for sweep_id in dict.fromkeys(trial.sweep_id for trial in lost):
             self._sweep_changed(sweep_id)
             self._finish_sweep_if_complete(sweep_id)  # the lost trial may have been the last one
+
+    def _expire_before_reading(self) -> None:
+        """Leases also run out when trials are read: with no server and no agent left asking for
+        work (``sweeper status`` after the last agent was killed), a dead agent's trial would
+        read "running" for ever. A store too busy for the write leaves it to the next pass."""
+        try:
+            self._expire_leases(self.clock())
+        except StoreError as exc:
+            log.debug("lease expiry skipped: %s", exc)
 
     def expire_leases(self) -> None:
         """Mark trials whose agents stopped heartbeating as lost (the server calls this periodically)."""

@@ -96,6 +96,24 @@ def test_cancel_stops_running_trials_at_their_next_heartbeat(sweep_file: Path, s
     assert directive.stop and directive.reason == "sweep cancelled"
 
 
+def test_status_and_cancel_mark_a_dead_agents_trial_lost_once_its_lease_ran_out(
+    sweep_file: Path, sqlite_store_url: str
+) -> None:
+    from sweeper.coordinator import Coordinator
+
+    sweep_id = invoke("sweep", str(sweep_file), "--db", sqlite_store_url).stdout.strip()
+    with open_store(sqlite_store_url) as store:  # an agent leased a trial long ago, then died
+        assert isinstance(
+            Coordinator(store, clock=lambda: 1000.0).next_trial(sweep_id, AgentInfo("a", "h")), Assignment
+        )
+    result = invoke("status", sweep_id, "--db", sqlite_store_url)
+    assert result.exit_code == 0 and "is running: 1 lost\n" in result.output, result.output
+    assert invoke("cancel", sweep_id, "--db", sqlite_store_url).exit_code == 0
+    with open_store(sqlite_store_url) as store:
+        (trial,) = store.list_trials(sweep_id)
+        assert trial.state.value == "lost" and "lease expired" in (trial.stop_reason or "")
+
+
 def test_an_unreachable_coordinator_is_one_clear_line(sweep_file: Path) -> None:
     result = invoke("sweep", str(sweep_file), "--coordinator", "http://127.0.0.1:9")
     assert result.exit_code == 1
