@@ -6,8 +6,10 @@ them talking to one in-process :class:`~sweeper.coordinator.Coordinator`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import secrets
 import socket
 import threading
 import time
@@ -65,7 +67,15 @@ class TrialBudget:
 
 def agent_info(slot: int, gpu: str | None = None) -> AgentInfo:
     host = socket.gethostname()
-    return AgentInfo(name=f"{host}:{os.getpid()}:{slot}", host=host, gpu=gpu)
+    return AgentInfo(name=f"{host}:{_process_tag(os.getpid())}:{slot}", host=host, gpu=gpu)
+
+
+@functools.cache
+def _process_tag(pid: int) -> str:
+    """The process id and a random tag: agents in containers often share a hostname (host
+    networking) and a process id (1, or 2 under an init), and a retry kept away from the agent
+    it failed on must not go back to it under a shared name."""
+    return f"{pid}-{secrets.token_hex(3)}"
 
 
 @dataclass

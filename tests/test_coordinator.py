@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -150,6 +153,20 @@ def test_a_retry_goes_to_another_agent_while_one_is_running_trials(coordinator: 
     sweep = coordinator.create_sweep(parse_sweep(grid([1])))
     finish(coordinator, lease(coordinator, sweep.id), TrialState.FAILED)
     assert lease(coordinator, sweep.id).config == {"x": 1}
+
+
+def test_agents_in_containers_with_one_hostname_and_one_pid_have_names_of_their_own() -> None:
+    # Host networking shares the hostname, and each container's agent is process 1 (or 2): the
+    # retry rule above keeps a failed configuration from the agent it failed on by name.
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare(1) is not installed")
+    probe = "import os; from sweeper.local import agent_info; print(os.getpid(), agent_info(0).name)"
+    command = ["unshare", "-fpr", "--mount-proc", sys.executable, "-c", probe]
+    seen = [subprocess.run(command, capture_output=True, text=True, timeout=60) for _ in range(2)]
+    if any(r.returncode != 0 for r in seen):
+        pytest.skip(f"no PID namespaces here: {seen[0].stderr.strip()}")
+    (pid_a, name_a), (pid_b, name_b) = (r.stdout.split() for r in seen)
+    assert pid_a == pid_b and name_a != name_b
 
 
 def test_a_sweep_whose_last_trial_ended_while_it_was_stopped_finishes_when_resumed(
