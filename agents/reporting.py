@@ -83,6 +83,7 @@ class TrialReporter:
         self._retry_at: float | None = None
         self._failures = 0
         self._failure_kind: type[BaseException] | None = None  # of the last failed call
+        self._said_interrupted = False
         self.summary: dict[str, float] = {}
         self._summary_at: dict[str, tuple[int, int]] = {}
 
@@ -108,8 +109,9 @@ class TrialReporter:
     def queue(self) -> PointQueue:
         return self._queue
 
-    def pump(self) -> Directive | None:
-        """Send the queued points if a report is due, else a heartbeat if one is due.
+    def pump(self, interrupted: str | None = None) -> Directive | None:
+        """Send the queued points if a report is due, else a heartbeat if one is due; first, once,
+        a heartbeat that says the agent is ending the trial because it was ``interrupted``.
 
         Returns the coordinator's directive, or None when nothing was sent or the call failed.
         Raises :class:`LeaseLostError`; any other error is logged and retried after a backoff.
@@ -117,6 +119,8 @@ class TrialReporter:
         now = self._clock()
         if self._retry_at is not None and now < self._retry_at:
             return None
+        if interrupted is not None and not self._said_interrupted:
+            return self._heartbeat(interrupted)
         if self.pending and now - self._last_report >= self._report_interval:
             self._last_report = now
             try:
@@ -127,16 +131,24 @@ class TrialReporter:
                 self.record_failure(exc)
         # A report that keeps failing must not starve the heartbeat, or the lease runs out.
         if now - self._last_contact >= self._heartbeat_interval:
-            try:
-                directive = self._client.heartbeat(self._assignment.trial_id, self._assignment.lease_id)
-            except LeaseLostError:
-                raise
-            except Exception as exc:
-                self.record_failure(exc)
-                return None
-            self._succeeded()
-            return directive
+            return self._heartbeat()
         return None
+
+    def _heartbeat(self, interrupted: str | None = None) -> Directive | None:
+        trial_id, lease_id = self._assignment.trial_id, self._assignment.lease_id
+        try:
+            if interrupted is None:
+                directive = self._client.heartbeat(trial_id, lease_id)
+            else:
+                directive = self._client.heartbeat(trial_id, lease_id, interrupted=interrupted)
+        except LeaseLostError:
+            raise
+        except Exception as exc:
+            self.record_failure(exc)
+            return None
+        self._said_interrupted = self._said_interrupted or interrupted is not None
+        self._succeeded()
+        return directive
 
     def send_all(self) -> Directive:
         """Send every queued point now, in batches; raises whatever the client raises, except for

@@ -16,7 +16,7 @@ from sweeper.agents.reporting import TrialReporter
 from sweeper.agents.trialdir import TrialDir
 
 from sweeper import _context
-from sweeper.protocol import Assignment, LeaseLostError
+from sweeper.protocol import Assignment, LeaseLostError, is_interrupted
 
 #: Lines of a failed or stopped trial's stderr (or traceback) that go to the coordinator.
 STDERR_TAIL_LINES = 40
@@ -110,7 +110,10 @@ class TrialRun:
 
         Raises :class:`~sweeper.protocol.LeaseLostError`.
         """
-        directive = self.reporter.pump()
+        # The agent was told to stop (a signal): the coordinator hears so at once, so a scheduler
+        # that kills the agent before the trial has ended leaves the trial interrupted, not spent.
+        interrupted = self.stop.reason if self.stop.requested and is_interrupted(self.stop.reason) else None
+        directive = self.reporter.pump(interrupted=interrupted)
         if directive is not None and directive.stop:
             return directive.reason or "stopped by the coordinator"
         return None

@@ -129,8 +129,13 @@ class HttpCoordinator:
             stall_limit=_seconds(a.get("stall_limit")),
         )
 
-    def heartbeat(self, trial_id: int, lease_id: str) -> Directive:
-        return _directive(self._call("POST", f"/trials/{int(trial_id)}/heartbeat", {"lease_id": lease_id}))
+    def heartbeat(self, trial_id: int, lease_id: str, *, interrupted: str | None = None) -> Directive:
+        body = (
+            {"lease_id": lease_id}
+            if interrupted is None
+            else {"lease_id": lease_id, "interrupted": interrupted}
+        )
+        return _directive(self._call("POST", f"/trials/{int(trial_id)}/heartbeat", body))
 
     def report_metrics(self, trial_id: int, lease_id: str, points: Sequence[MetricPoint]) -> Directive:
         body = {

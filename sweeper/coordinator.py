@@ -27,6 +27,7 @@ from sweeper.protocol import (
     NoTrial,
     NoTrialReason,
     TrialOutcome,
+    is_interrupted,
     metric_name_problem,
 )
 from sweeper.results import best_of
@@ -186,9 +187,13 @@ class Coordinator:
             return NoTrial(NoTrialReason.DONE, f"sweep {sweep_id} is complete: {plan.reason}")
         return NoTrial(NoTrialReason.WAIT, plan.reason, retry_after=1.0)
 
-    def heartbeat(self, trial_id: int, lease_id: str) -> Directive:
+    def heartbeat(self, trial_id: int, lease_id: str, *, interrupted: str | None = None) -> Directive:
         now = self.clock()
-        trial = self.store.renew_lease(trial_id, lease_id, expires_at=now + self.lease_seconds, now=now)
+        if interrupted is not None and not is_interrupted(interrupted):
+            raise ValueError(f"not an interruption: {interrupted[:80]!r}")
+        trial = self.store.renew_lease(
+            trial_id, lease_id, expires_at=now + self.lease_seconds, now=now, interrupted=interrupted
+        )
         return _directive(trial)
 
     def report_metrics(self, trial_id: int, lease_id: str, points: Sequence[MetricPoint]) -> Directive:

@@ -55,8 +55,8 @@ class TrialBudget:
                 self._given += 1
             return result
 
-    def heartbeat(self, trial_id: int, lease_id: str) -> Directive:
-        return self._client.heartbeat(trial_id, lease_id)
+    def heartbeat(self, trial_id: int, lease_id: str, *, interrupted: str | None = None) -> Directive:
+        return self._client.heartbeat(trial_id, lease_id, interrupted=interrupted)
 
     def report_metrics(self, trial_id: int, lease_id: str, points: Sequence[MetricPoint]) -> Directive:
         return self._client.report_metrics(trial_id, lease_id, points)

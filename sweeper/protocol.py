@@ -153,7 +153,9 @@ class TrialNotFoundError(LookupError):
 class CoordinatorClient(Protocol):
     def next_trial(self, sweep_id: str, agent: AgentInfo) -> Assignment | NoTrial: ...
 
-    def heartbeat(self, trial_id: int, lease_id: str) -> Directive: ...
+    def heartbeat(self, trial_id: int, lease_id: str, *, interrupted: str | None = None) -> Directive:
+        """Renew the lease. ``interrupted``: the agent was told to stop (:func:`interrupted_reason`)
+        and is ending the trial; a lease that runs out before the end is reported keeps it."""
 
     def report_metrics(self, trial_id: int, lease_id: str, points: Sequence[MetricPoint]) -> Directive: ...
 

@@ -644,6 +644,18 @@ class StoreConformance:
         assert store.get_trial(alive.id).state is TrialState.RUNNING
         assert store.get_trial(ended.id).state is TrialState.FINISHED
 
+    def test_a_lease_renewed_as_interrupted_expires_interrupted(self, store: Store, sweep: Sweep) -> None:
+        trial = self.started(store, sweep, agent="gpu-3", expires_at=50.0)
+        renewed = store.renew_lease(
+            trial.id, "lease-1", expires_at=70.0, now=40.0, interrupted="interrupted (SIGTERM)"
+        )
+        assert renewed.stop_reason == "interrupted (SIGTERM)" and store.get_trial(trial.id) == renewed
+        (lost,) = store.expire_leases(now=80.0)  # the agent was killed before it reported the end
+        assert lost.state is TrialState.LOST and lost.stop_reason == (
+            "interrupted (SIGTERM); lease expired (agent gpu-3 on box-1 stopped heartbeating)"
+            " before the trial ended"
+        )
+
     def test_extend_running_leases(self, store: Store, sweep: Sweep) -> None:
         ran_out = self.started(store, sweep, expires_at=50.0)
         later = self.started(store, sweep, lease_id="lease-2", expires_at=500.0)

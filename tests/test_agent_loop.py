@@ -93,7 +93,7 @@ class MemoryCoordinator:
         reason = self.stop_when(trial_id, self.points(trial_id))
         return Directive(stop=True, reason=reason) if reason else CONTINUE
 
-    def heartbeat(self, trial_id: int, lease_id: str) -> Directive:
+    def heartbeat(self, trial_id: int, lease_id: str, *, interrupted: str | None = None) -> Directive:
         self._trial_call("heartbeat", trial_id)
         return self._directive(trial_id)
 

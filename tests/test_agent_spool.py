@@ -177,8 +177,8 @@ class Unreachable:
             raise ConnectionRefusedError("coordinator down")
         return self.inner.report_metrics(trial_id, lease_id, pts)
 
-    def heartbeat(self, trial_id, lease_id):
-        return self.inner.heartbeat(trial_id, lease_id)
+    def heartbeat(self, trial_id, lease_id, *, interrupted=None):
+        return self.inner.heartbeat(trial_id, lease_id, interrupted=interrupted)
 
 
 def test_reporter_on_a_spool_delivers_each_point_once_after_an_outage(tmp_path: Path, coordinator) -> None:

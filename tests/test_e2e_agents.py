@@ -324,3 +324,51 @@ def test_population_members_lost_with_their_agent_go_on_from_their_own_last_chec
         assert saved["trial"] == lost and saved["step"] >= published[lost]
         # It went on from there, and trained to the end.
         assert [step for step, _ in retry.curve("score")] == list(range(saved["step"] + 1, 16))
+
+
+def test_a_trial_whose_agent_is_killed_while_it_ends_an_interruption_runs_again_unspent(
+    tmp_path: Path, stopped_at_end: list
+) -> None:
+    """Slurm or ``docker stop``: SIGTERM, then SIGKILL before the script has saved and exited.
+    The agent says at once that it is interrupting the trial, so the lease that then runs out
+    leaves it interrupted: its configuration runs again although no retry is allowed."""
+    server = start_server(f"sqlite:///{tmp_path / 'sweeper.db'}", tmp_path / "server", extra_args=SHORT_LEASE)
+    stopped_at_end.append(server)
+    started, pid_file = tmp_path / "started", tmp_path / "trial.pid"
+    script = tmp_path / "slow_save.sh"
+    script.write_text(
+        f"trap 'sleep 30; exit 0' TERM\n"  # saving takes longer than the scheduler waits
+        f"[ -e {started} ] && exit 0\n"
+        f"touch {started}; echo $$ > {pid_file}\n"
+        "sleep 60 & wait\n"
+    )
+    raw = {
+        "method": "grid",
+        "program": str(script),
+        "command": ["/bin/sh", "${program}"],
+        "parameters": {"x": {"values": [1]}},
+        "sweeper": {"max_retries": 0},
+    }
+    sweep_id = server.client().create_sweep(parse_sweep(raw)).id
+    doomed = AgentProcess(server, sweep_id, tmp_path / "doomed", "--grace", "60")
+    stopped_at_end.append(doomed)
+    wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "", "the trial to start")
+    os.kill(doomed.process.pid, signal.SIGTERM)
+
+    def told() -> bool:  # while the script still saves
+        (trial,) = trials_of(server, sweep_id)
+        return trial.state is TrialState.RUNNING and "interrupted" in (trial.stop_reason or "")
+
+    wait_for(told, "the agent to say it is interrupting the trial", timeout=50)
+    os.kill(doomed.process.pid, signal.SIGKILL)
+    os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+    doomed.process.wait(30)
+
+    survivor = AgentProcess(server, sweep_id, tmp_path / "survivor")
+    stopped_at_end.append(survivor)
+    assert survivor.wait() == 0, survivor.output()
+    first, retry = sorted(trials_of(server, sweep_id), key=lambda t: t.number)
+    assert first.state is TrialState.LOST and (first.stop_reason or "").startswith(
+        "interrupted (SIGTERM); lease"
+    )
+    assert retry.retry_of == first.number and retry.state is TrialState.FINISHED

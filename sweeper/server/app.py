@@ -187,7 +187,8 @@ def create_app(
 
     @api.post("/trials/{trial_id}/heartbeat", response_model=schemas.DirectiveOut)
     def heartbeat(trial_id: TrialId, body: schemas.LeaseIn) -> Any:
-        return _json(schemas.DirectiveOut.of(coordinator.heartbeat(trial_id, body.lease_id)))
+        directive = coordinator.heartbeat(trial_id, body.lease_id, interrupted=body.interrupted)
+        return _json(schemas.DirectiveOut.of(directive))
 
     @api.post("/trials/{trial_id}/metrics", response_model=schemas.DirectiveOut)
     def report_metrics(trial_id: TrialId, body: schemas.MetricsIn) -> Any:

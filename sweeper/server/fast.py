@@ -132,7 +132,8 @@ class AgentRoutes:
         if not 1 <= trial_id <= schemas.INT64_MAX:
             return None
         if isinstance(body, schemas.LeaseIn):
-            return lambda: (200, _directive(coordinator.heartbeat(trial_id, body.lease_id)))
+            note = body.interrupted
+            return lambda: (200, _directive(coordinator.heartbeat(trial_id, body.lease_id, interrupted=note)))
         if isinstance(body, schemas.MetricsIn):
             if len(body.points) > self._max_batch:
                 return None

@@ -19,6 +19,7 @@ from sweeper.protocol import (
     Directive,
     NoTrial,
     NoTrialReason,
+    is_interrupted,
     metric_name_problem,
 )
 from sweeper.spec import Problem
@@ -43,6 +44,12 @@ def _storable(value: str) -> str:
 def _free_text(value: str) -> str:
     # stderr may hold NUL bytes; keep the rest of it rather than refuse the report.
     return _storable(value.replace("\x00", "\ufffd"))
+
+
+def _interruption(value: str) -> str:
+    if not is_interrupted(value):
+        raise ValueError("an interruption reads 'interrupted (WHAT)'")
+    return _free_text(value)
 
 
 # A name people and tools read: printable, no control characters.
@@ -270,6 +277,9 @@ class NextTrialOut(Model):
 
 class LeaseIn(Model):
     lease_id: LeaseId
+    # The agent was told to stop (a signal) and is ending the trial: if the agent is killed
+    # before it reports the end, the trial is lost as interrupted and its retry is not spent.
+    interrupted: Annotated[str, Field(max_length=200), AfterValidator(_interruption)] | None = None
 
 
 class MetricsIn(Model):

@@ -142,8 +142,12 @@ class Store(ABC):
         return len(self.list_trials(sweep_id, states=states))
 
     @abstractmethod
-    def renew_lease(self, trial_id: int, lease_id: str, *, expires_at: float, now: float) -> Trial:
-        """Extend a lease still held (``now <= expires_at``); raise LeaseLostError otherwise."""
+    def renew_lease(
+        self, trial_id: int, lease_id: str, *, expires_at: float, now: float, interrupted: str | None = None
+    ) -> Trial:
+        """Extend a lease still held (``now <= expires_at``); raise LeaseLostError otherwise.
+        ``interrupted``: the agent is ending the trial because it was told to stop; kept as the
+        trial's stop reason, also by :meth:`expire_leases` should the agent die first."""
 
     @abstractmethod
     def add_metrics(
@@ -205,7 +209,8 @@ class Store(ABC):
 
     @abstractmethod
     def expire_leases(self, *, now: float) -> list[Trial]:
-        """Mark every RUNNING trial whose lease ran out as LOST; return them."""
+        """Mark every RUNNING trial whose lease ran out as LOST; return them. One whose agent
+        said it was interrupted (:meth:`renew_lease`) stays interrupted, and runs again unspent."""
 
     @abstractmethod
     def extend_running_leases(self, *, expires_at: float) -> list[Trial]:

@@ -30,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from sweeper.protocol import SweepNotFoundError
+from sweeper.protocol import SweepNotFoundError, is_interrupted
 from sweeper.store import rows, rules, statements, summary
 from sweeper.store.base import (
     InvalidTransitionError,
@@ -290,12 +290,18 @@ class SqlStore(Store):
         rules.check_lease(row, lease_id, now)
         return row
 
-    def renew_lease(self, trial_id: int, lease_id: str, *, expires_at: float, now: float) -> Trial:
+    def renew_lease(
+        self, trial_id: int, lease_id: str, *, expires_at: float, now: float, interrupted: str | None = None
+    ) -> Trial:
+        changes: dict[str, Any] = {"lease_expires_at": expires_at}
+        if interrupted is not None:
+            changes["stop_reason"] = interrupted
+
         def renew(conn: Connection) -> Trial:
             row = self._leased_row(conn, trial_id, lease_id, now)
-            statements.UPDATE_TRIAL.send(conn, {"trial_id_": trial_id, "lease_expires_at": expires_at})
+            statements.UPDATE_TRIAL.send(conn, {"trial_id_": trial_id, **changes})
             # The locked row plus what this call changed: no need to read it back.
-            return dataclasses.replace(rows.trial_from_row(row), lease_expires_at=expires_at)
+            return dataclasses.replace(rows.trial_from_row(row), **changes)
 
         return self._db.write(renew)
 
@@ -393,20 +399,19 @@ class SqlStore(Store):
     def expire_leases(self, *, now: float) -> list[Trial]:
         def expire(conn: Connection) -> list[Trial]:
             expired = conn.execute(
-                select(trials.c.id, trials.c.agent, trials.c.host)
+                select(trials.c.id, trials.c.agent, trials.c.host, trials.c.stop_reason)
                 .where(trials.c.state == TrialState.RUNNING.value, trials.c.lease_expires_at < now)
                 .order_by(trials.c.id)  # one locking order, so two expirers cannot deadlock
                 .with_for_update()
             ).all()
             for row in expired:
+                why = f"lease expired (agent {row.agent} on {row.host} stopped heartbeating)"
+                if is_interrupted(row.stop_reason):  # its agent died while ending it: still interrupted
+                    why = f"{row.stop_reason}; {why} before the trial ended"
                 conn.execute(
                     update(trials)
                     .where(trials.c.id == row.id)
-                    .values(
-                        state=TrialState.LOST.value,
-                        ended_at=now,
-                        stop_reason=f"lease expired (agent {row.agent} on {row.host} stopped heartbeating)",
-                    )
+                    .values(state=TrialState.LOST.value, ended_at=now, stop_reason=why)
                 )
             if not expired:
                 return []
