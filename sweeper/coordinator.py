@@ -9,6 +9,7 @@ read from, and written to, the store.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import threading
 import time
@@ -132,10 +133,13 @@ class Coordinator:
         spec, strategy, _ = self._compiled_by_id(sweep_id)
         plans: list[Plan] = []
         seen: list[Sequence[Trial]] = []  # the history each plan was made from
+        resumed: list[float] = []  # and when the sweep was last resumed
 
         def decide(locked: Sweep, trials: Sequence[Trial]) -> TrialDraft | None:
-            plans.append(plan := plan_next(spec, strategy, trials, locked.seed, agent.name))
+            since = resumed_at(locked)
+            plans.append(plan := plan_next(spec, strategy, trials, locked.seed, agent.name, since))
             seen.append(trials)
+            resumed.append(since)
             return plan.draft
 
         lease = Lease(
@@ -153,7 +157,7 @@ class Coordinator:
         )
         if trial is not None:
             # Worked out once the lease's transaction has ended, from the history it was made from.
-            discard = _unneeded_checkpoints(spec, seen[-1])
+            discard = _unneeded_checkpoints(spec, seen[-1], resumed[-1])
             return Assignment(
                 sweep_id=sweep_id,
                 trial_id=trial.id,
@@ -178,7 +182,9 @@ class Coordinator:
         if plan is None:  # the sweep does not hand out trials (or stopped doing so since it was read)
             sweep = self.store.get_sweep(sweep_id)
             if sweep.state is SweepState.FINISHED:
-                why = completion(spec, strategy, self.store.list_trials(sweep_id), sweep.seed)
+                why = completion(
+                    spec, strategy, self.store.list_trials(sweep_id), sweep.seed, resumed_at(sweep)
+                )
                 said = f"is complete: {why}" if why is not None else "is finished"
                 return NoTrial(NoTrialReason.DONE, f"sweep {sweep_id} {said}")
             return _refusal(sweep) or NoTrial(NoTrialReason.WAIT, "sweep busy")
@@ -281,7 +287,7 @@ class Coordinator:
         trials = self.store.list_trials(sweep_id)
         if count_states(trials).get(TrialState.RUNNING):
             return
-        if completion(spec, strategy, trials, sweep.seed) is not None:
+        if completion(spec, strategy, trials, sweep.seed, resumed_at(sweep)) is not None:
             try:
                 self.store.set_sweep_state(sweep_id, SweepState.FINISHED, now=self.clock())
             except InvalidTransitionError:  # cancelled or paused meanwhile: that decision stands
@@ -314,6 +320,13 @@ def _refusal(sweep: Sweep) -> NoTrial | None:
             return NoTrial(NoTrialReason.STOPPED, f"sweep {sweep.id} was {sweep.state.value}")
 
 
+def resumed_at(sweep: Sweep) -> float:
+    """When a running sweep last became running (its state's last change): the attempts made
+    before a resume use up no retries (:func:`sweeper.planning.may_run_again`)."""
+    changed = sweep.state is SweepState.RUNNING and sweep.updated_at > sweep.created_at
+    return sweep.updated_at if changed else -math.inf
+
+
 def _checkpoint_root(spec: SweepSpec) -> str | None:
     """Where the trials of a sweep that keeps checkpoints (method pbt) publish them; else None."""
     if spec.options.pbt is None and spec.method != "pbt":
@@ -335,7 +348,7 @@ def _resume_from(spec: SweepSpec, trials: Sequence[Trial], trial: Trial) -> tupl
     return tuple(resume_points(root, {t.number: t for t in trials}, trial.retry_of))
 
 
-def _unneeded_checkpoints(spec: SweepSpec, trials: Sequence[Trial]) -> list[str]:
+def _unneeded_checkpoints(spec: SweepSpec, trials: Sequence[Trial], since: float) -> list[str]:
     """The sweep's published checkpoints that nothing can restore from any more (method pbt).
     Kept besides: those that trials to run again start from (a new lease's trial among them:
     a retry starts from one of those, an exploit from a donor the history keeps), and the best
@@ -343,7 +356,7 @@ def _unneeded_checkpoints(spec: SweepSpec, trials: Sequence[Trial]) -> list[str]
     pbt = spec.options.pbt or Pbt()
     if spec.method != "pbt" or pbt.keep_checkpoints == "all" or spec.metric is None:
         return []
-    again = may_run_again(trials, spec.options.max_retries)
+    again = may_run_again(trials, spec.options.max_retries, since)
     needed = {t.restore_from for t in again if t.restore_from}
     if again:  # and what their retries resume from
         by_number = {t.number: t for t in trials}

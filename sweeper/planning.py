@@ -8,6 +8,7 @@ decide what is new.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,10 +43,14 @@ def suggestion_rng(seed: int, trials: Sequence[Trial]) -> random.Random:
     return random.Random(f"{seed}:{len(trials)}")
 
 
-def may_run_again(trials: Sequence[Trial], max_retries: int) -> list[Trial]:
+def may_run_again(trials: Sequence[Trial], max_retries: int, since: float = -math.inf) -> list[Trial]:
     """The last attempt of each configuration that is to run again, oldest first: every attempt
     failed or was lost, with retries left, and the last was not asked to stop (it was early
-    terminated, or a population member was replaced, before it failed or went silent)."""
+    terminated, or a population member was replaced, before it failed or went silent).
+
+    Only attempts made ``since`` (when the sweep was last resumed) use up retries: a script that
+    was broken fails every configuration in turn, and once it is fixed and the sweep resumed,
+    the configurations it failed run again."""
     states = count_states(trials)
     if not any(states.get(state) for state in _RETRYABLE):
         return []  # the common case, answered without a key for every trial
@@ -57,7 +62,7 @@ def may_run_again(trials: Sequence[Trial], max_retries: int) -> list[Trial]:
     for tries in attempts.values():
         # A trial cut short because its agent was told to stop is no attempt: it runs again
         # however often that happens (a preempted machine, docker stop).
-        counted = [t for t in tries if not _interrupted(t)]
+        counted = [t for t in tries if not _interrupted(t) and t.created_at >= since]
         if all(t.state in _RETRYABLE for t in tries) and len(counted) <= max_retries:
             last = max(tries, key=lambda t: t.number)
             if last.stop_requested is None:
@@ -69,7 +74,9 @@ def _interrupted(trial: Trial) -> bool:
     return trial.state is TrialState.LOST and is_interrupted(trial.stop_reason)
 
 
-def find_retry(trials: Sequence[Trial], max_retries: int, asking: str | None = None) -> TrialDraft | None:
+def find_retry(
+    trials: Sequence[Trial], max_retries: int, asking: str | None = None, since: float = -math.inf
+) -> TrialDraft | None:
     """The oldest configuration to run again (:func:`may_run_again`), as a new trial for the agent
     named ``asking``. A configuration that failed on that agent waits for another while another
     agent runs trials of the sweep: the agent of a broken GPU, which asks again first, would
@@ -78,7 +85,7 @@ def find_retry(trials: Sequence[Trial], max_retries: int, asking: str | None = N
     def at_work_elsewhere() -> bool:  # a look at every trial: only for a retry that failed here
         return any(t.state is TrialState.RUNNING and t.agent != asking for t in trials)
 
-    for last in may_run_again(trials, max_retries):
+    for last in may_run_again(trials, max_retries, since):
         if (
             asking is not None
             and last.state is TrialState.FAILED
@@ -120,20 +127,27 @@ def _capped(spec: SweepSpec, trials: Sequence[Trial]) -> str | None:
     return None
 
 
-def completion(spec: SweepSpec, strategy: Strategy, trials: Sequence[Trial], seed: int) -> str | None:
+def completion(
+    spec: SweepSpec, strategy: Strategy, trials: Sequence[Trial], seed: int, since: float = -math.inf
+) -> str | None:
     """Why the sweep is complete, or None: what ``plan_next(...).done`` says, without asking the
     strategy for a suggestion nobody runs (for bayes, a model fit per trial that ends)."""
     if (reason := _target_reached(spec, trials)) is not None:
         return reason
-    if count_states(trials).get(TrialState.RUNNING) or may_run_again(trials, spec.options.max_retries):
+    if count_states(trials).get(TrialState.RUNNING) or may_run_again(trials, spec.options.max_retries, since):
         return None  # a running trial may still fail and need a retry
     return _capped(spec, trials) or strategy.completion(trials, suggestion_rng(seed, trials))
 
 
 def plan_next(
-    spec: SweepSpec, strategy: Strategy, trials: Sequence[Trial], seed: int, asking: str | None = None
+    spec: SweepSpec,
+    strategy: Strategy,
+    trials: Sequence[Trial],
+    seed: int,
+    asking: str | None = None,
+    since: float = -math.inf,
 ) -> Plan:
-    """What the agent named ``asking`` (None: any) runs next."""
+    """What the agent named ``asking`` (None: any) runs next; ``since``: see :func:`may_run_again`."""
 
     def finished_or_wait(reason: str) -> Plan:
         # Running trials may still fail and need a retry, so agents wait rather than leave.
@@ -144,7 +158,7 @@ def plan_next(
 
     if (reason := _target_reached(spec, trials)) is not None:
         return Plan(suggestion=Suggestion.done(reason))
-    if (retry := find_retry(trials, spec.options.max_retries, asking)) is not None:
+    if (retry := find_retry(trials, spec.options.max_retries, asking, since)) is not None:
         return Plan(draft=retry)
     if (reason := _capped(spec, trials)) is not None:
         return finished_or_wait(reason)

@@ -132,6 +132,23 @@ def test_a_failed_configuration_is_retried_once_by_default(coordinator: Coordina
     assert coordinator.next_trial(sweep.id, AGENT).reason is NoTrialReason.DONE
 
 
+def test_configurations_a_broken_script_failed_run_again_once_the_sweep_is_resumed(
+    coordinator: Coordinator, clock: FakeClock
+) -> None:
+    # The script fails every configuration; the agent gives up and the sweep is stopped (as
+    # `sweeper run` does); the script is fixed and the sweep resumed.
+    sweep = coordinator.create_sweep(parse_sweep(grid([1, 2, 3])))
+    for _ in range(2):  # the first attempt and its one retry
+        finish(coordinator, lease(coordinator, sweep.id), TrialState.FAILED)
+    coordinator.set_sweep_state(sweep.id, SweepState.STOPPED)
+    clock.now += 60
+    coordinator.set_sweep_state(sweep.id, SweepState.RUNNING)
+    again = lease(coordinator, sweep.id)
+    assert again.config == {"x": 1} and coordinator.store.get_trial(again.trial_id).retry_of == 2
+    finish(coordinator, again, TrialState.FAILED)  # a retry is left after the resume too
+    assert lease(coordinator, sweep.id).config == {"x": 1}
+
+
 def test_a_retry_goes_to_another_agent_while_one_is_running_trials(coordinator: Coordinator) -> None:
     # The slot of a broken GPU asks again first; the retry waits for a slot that works.
     broken, working = AGENT, AgentInfo(name="host:1:1", host="host")

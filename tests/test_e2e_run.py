@@ -99,8 +99,15 @@ def test_an_agent_gives_up_after_three_failed_trials_in_a_row(tmp_path: Path) ->
     assert result.returncode == 1, result.stdout + result.stderr
     assert "error: 3 trials in a row failed (the last, trial 3: refusing x=2" in result.stderr
     assert "is stopped: 3 failed" in result.stdout  # the sweep does not stay running with no agent
-    trials = trials_json(tmp_path, sweep_id_of(result.stdout))
+    sweep_id = sweep_id_of(result.stdout)
+    trials = trials_json(tmp_path, sweep_id)
     assert [t["state"] for t in trials] == ["failed"] * 3
+    assert trials[1]["retry_of"] == 1  # the first configuration has used its retry
+    # Resumed (the script fixed, say), the first configuration runs again before anything new.
+    assert f"'sweeper resume {sweep_id}' then 'sweeper agent {sweep_id}'" in result.stderr
+    assert sweeper_cmd(tmp_path, "resume", sweep_id).returncode == 0
+    sweeper_cmd(tmp_path, "agent", sweep_id, "--count", "1")
+    assert trials_json(tmp_path, sweep_id)[3]["retry_of"] == 2
 
 
 def test_a_sweep_whose_every_trial_failed_exits_1(tmp_path: Path) -> None:

@@ -123,6 +123,11 @@ def run(
     print_summary(coordinator, sweep.id)
     if agents.gave_up:
         click.echo(f"error: {reasons[0]}", err=True)
+        click.echo(
+            f"once it is fixed: 'sweeper resume {sweep.id}' then 'sweeper agent {sweep.id}' "
+            "(the configurations that failed run again)",
+            err=True,
+        )
         sys.exit(1)
     states = {trial.state for trial in coordinator.trials(sweep.id)}
     if TrialState.FAILED in states and TrialState.FINISHED not in states:
