@@ -55,6 +55,19 @@ def test_sweep_prints_the_id_and_a_hint(sweep_file: Path, sqlite_store_url: str)
     )
 
 
+def test_the_agent_hint_works_from_the_programs_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "sweep.yaml").write_text(SWEEP_FILE)  # program: train.py, beside it
+    monkeypatch.chdir(tmp_path)
+    for store, shown in [(["--db", "my.db"], tmp_path / "my.db"), ([], tmp_path / ".sweeper" / "sweeper.db")]:
+        result = invoke("sweep", "sub/sweep.yaml", *store)
+        assert result.exit_code == 0, result.output
+        hint = f"start agents in {tmp_path / 'sub'} with: sweeper agent {result.stdout.strip()} --db sqlite:///{shown}"
+        assert hint in result.stderr, result.stderr
+
+
 def test_an_invalid_sweep_file_exits_2_and_stores_nothing(tmp_path: Path, sqlite_store_url: str) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("method: gird\nparameters: {lr: {min: 1, max: 0}}\n")

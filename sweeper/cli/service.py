@@ -6,6 +6,9 @@ one, on the store ``--db`` directly: both go through :func:`sweeper.connect.conn
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import click
 
 from sweeper.cli.common import (
@@ -111,16 +114,28 @@ def sweep(file: str, coordinator_url: str | None, token: str | None, db_url: str
     with coordinator_errors():
         created = coordinator.create_sweep(spec)
     click.echo(created.id)
+    click.echo(
+        f"start agents {_agent_hint(created.id, spec, file, coordinator_url, coordinator, db_url)}", err=True
+    )
+
+
+def _agent_hint(
+    sweep_id: str, spec: Any, file: str, coordinator_url: str | None, coordinator: Any, db_url: str | None
+) -> str:
+    """How to start an agent on the sweep just made, from the folder its program is in (agents
+    look for a relative ``program`` in their working folder) and with a store path that works
+    from there."""
+    folder = Path(file).resolve().parent
+    program_there = spec.program is not None and not Path(spec.program).is_absolute() and folder != Path.cwd()
+    where = f"in {folder} " if program_there else ""
+    if coordinator_url:
+        return f"{where}with: sweeper agent {sweep_id} --coordinator {coordinator_url}"
     # The store's URL with its password hidden: agents on another machine need its real one.
     store = store_label(coordinator)
-    where = (
-        f" --coordinator {coordinator_url}"
-        if coordinator_url
-        else f" --db {store}"
-        if db_url and store
-        else ""
-    )
-    click.echo(f"start agents with: sweeper agent {created.id}{where}", err=True)
+    if store and store.startswith("sqlite:///"):  # a relative path means nothing from another folder
+        store = f"sqlite:///{Path(store.removeprefix('sqlite:///')).resolve()}"
+    option = f" --db {store}" if store and (db_url or program_there) else ""
+    return f"{where}with: sweeper agent {sweep_id}{option}"
 
 
 def _state_command(name: str, state: SweepState, summary: str) -> click.Command:
