@@ -210,6 +210,11 @@ class HttpCoordinator:
                     status=0,
                     code="untrusted_certificate",
                 ) from None
+            if isinstance(reason, TimeoutError):  # it may be up, and slow to answer this call
+                raise CoordinatorUnavailableError(
+                    f"{where}: no answer within {self.timeout:g}s (the coordinator is down or busy, or "
+                    "the answer is large)"
+                ) from exc
             raise CoordinatorUnavailableError(f"coordinator {self.url} unreachable: {reason}") from exc
         if status >= 300:  # the API never redirects: a 3xx is not an answer to this call
             raise self._refusal(status, reason, raw, where)

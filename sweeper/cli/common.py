@@ -236,17 +236,23 @@ token_option = click.option(
 
 
 def connect_or_fail(
-    coordinator_url: str | None, token: str | None, db_url: str | None, *, existing: bool = False
+    coordinator_url: str | None,
+    token: str | None,
+    db_url: str | None,
+    *,
+    existing: bool = False,
+    timeout: float = 10.0,
 ) -> Any:
     """A coordinator for the CLI: remote when a URL is given, else embedded; failures as ClickException.
 
     ``existing``: the command works on sweeps already made, so an embedded SQLite store that is not
-    there is an error (a misspelt ``--db`` would otherwise make a new, empty one)."""
+    there is an error (a misspelt ``--db`` would otherwise make a new, empty one). ``timeout``:
+    seconds a remote coordinator has to answer each call."""
     from sweeper.connect import connect
     from sweeper.store import StoreError
 
     try:
-        return connect(coordinator_url, token=token, db=db_url, create=not existing)
+        return connect(coordinator_url, token=token, db=db_url, create=not existing, timeout=timeout)
     except (StoreError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -265,4 +271,5 @@ def coordinator_errors() -> Iterator[None]:
     except BrokenPipeError:  # our own output was closed (`| head`): click ends quietly
         raise
     except OSError as exc:  # refused, timed out, 5xx
-        raise click.ClickException(f"{exc} (is `sweeper server` running there?)") from None
+        hint = "" if "no answer within" in str(exc) else " (is `sweeper server` running there?)"
+        raise click.ClickException(f"{exc}{hint}") from None

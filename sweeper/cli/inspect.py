@@ -24,6 +24,10 @@ from sweeper.protocol import SweepNotFoundError
 from sweeper.spec import SweepSpec, flatten_config
 from sweeper.trials import Trial
 
+# A listing of a large sweep (thousands of trials, their curves) takes the server a while to
+# build: long enough not to give up on it, short enough to end a wait on a server that hangs.
+READ_TIMEOUT = 600.0
+
 
 def _check_sweep(coordinator: Any, sweep_id: str) -> None:
     try:
@@ -46,7 +50,7 @@ def status(
     sweep_id: str | None, top: int, coordinator_url: str | None, token: str | None, db_url: str | None
 ) -> None:
     """State counts, the best trial and a leaderboard of SWEEP_ID (all sweeps when omitted)."""
-    coordinator = connect_or_fail(coordinator_url, token, db_url, existing=True)
+    coordinator = connect_or_fail(coordinator_url, token, db_url, existing=True, timeout=READ_TIMEOUT)
     with coordinator_errors():
         _status(coordinator, sweep_id, top)
 
@@ -80,7 +84,7 @@ def trials(
     sweep_id: str, fmt: str, coordinator_url: str | None, token: str | None, db_url: str | None
 ) -> None:
     """Every trial of SWEEP_ID: config, state, final metrics (and metric curves in JSON)."""
-    coordinator = connect_or_fail(coordinator_url, token, db_url, existing=True)
+    coordinator = connect_or_fail(coordinator_url, token, db_url, existing=True, timeout=READ_TIMEOUT)
     with coordinator_errors():
         _check_sweep(coordinator, sweep_id)
         rows = coordinator.trials(sweep_id, with_history=(fmt == "json"))
