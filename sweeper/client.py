@@ -121,6 +121,7 @@ class HttpCoordinator:
             integrations=a.get("integrations"),
             restore_from=a.get("restore_from"),
             checkpoint_to=a.get("checkpoint_to"),
+            retry_of=a.get("retry_of"),
             resume_from=tuple(a.get("resume_from") or ()),
             discard_checkpoints=tuple(a.get("discard_checkpoints") or ()),
             project=a.get("project"),

@@ -170,6 +170,7 @@ class Coordinator:
                 metric_name=spec.metric.name if spec.metric else None,
                 integrations=tracker_settings(spec),
                 restore_from=trial.restore_from,
+                retry_of=trial.retry_of,
                 resume_from=_resume_from(spec, seen[-1], trial),
                 checkpoint_to=_checkpoint_to(spec, trial),
                 discard_checkpoints=tuple(discard),

@@ -46,6 +46,8 @@ class Assignment:
     # working folder, or a URL), and where this trial's ``run.checkpoint_dir`` is published.
     restore_from: str | None = None
     checkpoint_to: str | None = None
+    # The trial whose configuration this one runs again (it failed or was lost), if any.
+    retry_of: int | None = None
     # A retry of lost attempts: the checkpoints they published, newest first. The trial resumes
     # from the first that exists, and starts from ``restore_from`` when none does.
     resume_from: Sequence[str] = ()

@@ -173,6 +173,8 @@ def test_an_agent_killed_mid_trial_loses_it_and_its_config_runs_once_more(
     lost = next(t for t in trials if t.state is TrialState.LOST)
     rerun = [t for t in trials if t.retry_of == lost.number]
     assert len(rerun) == 1 and rerun[0].config == lost.config and rerun[0].state is TrialState.FINISHED
+    assert f"trial {rerun[0].number} started" in survivor.output()
+    assert f"(retry of trial {lost.number})" in survivor.output()  # it says why the trial runs again
     assert configs([t for t in trials if t.state is TrialState.FINISHED], "x") == {(1,): 1, (2,): 1, (3,): 1}
 
 

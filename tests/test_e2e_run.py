@@ -89,6 +89,7 @@ def test_crashing_trial_is_recorded_and_retried_once_and_the_sweep_goes_on(tmp_p
     failed = [t for t in trials if t["state"] == "failed"]
     assert all(t["exit_code"] == 3 and "refusing x=2" in t["stderr_tail"] for t in failed)
     assert failed[1]["retry_of"] == failed[0]["number"]
+    assert f"fail_when=2 x=2  (retry of trial {failed[0]['number']})" in result.stdout
 
 
 def test_an_agent_gives_up_after_three_failed_trials_in_a_row(tmp_path: Path) -> None:

@@ -18,7 +18,9 @@ def describe_event(spec: SweepSpec, event: Any) -> str | None:
 
     metric = spec.metric.name if spec.metric else None
     if isinstance(event, TrialStarted):
-        return f"trial {event.assignment.trial_number} started   {format_config(event.assignment.config)}"
+        started = event.assignment
+        again = f"  (retry of trial {started.retry_of})" if started.retry_of is not None else ""
+        return f"trial {started.trial_number} started   {format_config(started.config)}{again}"
     if isinstance(event, TrialEnded):
         number = event.assignment.trial_number
         outcome = event.outcome

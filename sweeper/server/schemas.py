@@ -223,6 +223,7 @@ class AssignmentOut(Model):
     integrations: dict[str, Any] | None = None  # the sweep's tracker settings, for the agent's adapters
     restore_from: str | None = None  # the checkpoint the trial starts from (method pbt)
     checkpoint_to: str | None = None  # where the trial's checkpoint folder is published
+    retry_of: int | None = None  # the trial whose configuration this one runs again
     resume_from: list[str] = []  # a retry's lost attempts' checkpoints, newest first
     discard_checkpoints: list[str] = []  # the sweep's checkpoints nothing restores from any more
     project: str | None = None  # the sweep file's W&B project and entity
@@ -265,6 +266,7 @@ class NextTrialOut(Model):
                 integrations=dict(answer.integrations) if answer.integrations else None,
                 restore_from=answer.restore_from,
                 checkpoint_to=answer.checkpoint_to,
+                retry_of=answer.retry_of,
                 resume_from=list(answer.resume_from),
                 discard_checkpoints=list(answer.discard_checkpoints),
                 project=answer.project,
