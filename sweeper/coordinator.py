@@ -35,7 +35,7 @@ from sweeper.results import best_of
 from sweeper.spec import SweepSpec, parse_sweep
 from sweeper.spec.integrations import tracker_settings
 from sweeper.spec.model import DEFAULT_CHECKPOINTS, Pbt
-from sweeper.stopping import StoppingRule, build_rule, decide_for
+from sweeper.stopping import KnownCurves, StoppingRule, build_rule, decide_for
 from sweeper.store.base import InvalidTransitionError, Lease, Store, StoreError, TrialDraft
 from sweeper.strategies import Strategy, strategy_class
 from sweeper.trials import MetricPoint, Sweep, SweepState, Trial, TrialState, count_states
@@ -66,6 +66,7 @@ class Coordinator:
         self.lease_seconds = lease_seconds
         self._lock = threading.Lock()
         self._specs: OrderedDict[str, tuple[SweepSpec, Strategy, StoppingRule | None]] = OrderedDict()
+        self._curves = KnownCurves()  # the curves of ended trials, which stopping rules judge by
         self._last_expiry: float | None = None
         self._on_sweep_changed = tuple(on_sweep_changed)
 
@@ -220,7 +221,7 @@ class Coordinator:
         if trial.stop_requested or not points:
             return trial
         rule = self._compiled_by_id(trial.sweep_id)[2]
-        decision = decide_for(rule, self.store, trial, points) if rule is not None else None
+        decision = decide_for(rule, self.store, trial, points, self._curves) if rule is not None else None
         return self.store.request_stop(trial.id, decision.reason) if decision is not None else trial
 
     def finish_trial(self, trial_id: int, lease_id: str, outcome: TrialOutcome) -> None:

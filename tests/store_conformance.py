@@ -696,6 +696,45 @@ class StoreConformance:
         assert math.isnan(curves[second.number][0].value)
         assert store.metric_curves(sweep.id, "nothing") == {}
 
+    def test_trial_curves_of_the_trials_after_a_number_and_of_chosen_ones(
+        self, store: Store, sweep: Sweep
+    ) -> None:
+        ids = [self.started(store, sweep, {"lr": i}, lease_id=f"lease-{i}").id for i in range(1, 6)]
+        other = store.create_sweep(spec={"method": "grid"}, method="grid", name="other", seed=1, now=1.0)
+        elsewhere = self.started(store, other, lease_id="lease-9")
+        for i, trial_id in enumerate(ids, start=1):
+            if i != 4:  # trial 4 logs nothing of "loss"
+                points = [point("loss", 0.5, 2, 3), point("acc", 0.9, 2, 4), point("loss", i, 1, 1)]
+                store.add_metrics(trial_id, f"lease-{i}", points, now=3.0)
+        store.add_metrics(ids[3], "lease-4", [point("acc", 0.1, 1, 1)], now=3.0)
+        store.add_metrics(elsewhere.id, "lease-9", [point("loss", 0.1, 0, 1)], now=3.0)
+        store.finish_trial(ids[1], "lease-2", TrialState.STOPPED, now=4.0)
+
+        every = store.trial_curves(sweep.id, "loss")
+        assert [(t.number, t.state) for t in every] == [
+            (1, TrialState.RUNNING),
+            (2, TrialState.STOPPED),
+            (3, TrialState.RUNNING),
+            (4, TrialState.RUNNING),
+            (5, TrialState.RUNNING),
+        ]
+        assert [t.id for t in every] == ids
+        assert every[0].history == (point("loss", 1.0, 1, 1), point("loss", 0.5, 2, 3))
+        assert every[3].history == ()  # listed all the same: its state counts
+        assert store.trial_curves(sweep.id, "loss") == every
+
+        chosen = store.trial_curves(sweep.id, "loss", after=3, numbers=[1, 2])
+        assert [t.number for t in chosen] == [1, 2, 4, 5]
+        assert chosen == [every[0], every[1], every[3], every[4]]
+        # The contract's own answer, from full histories, is the same.
+        assert Store.trial_curves(store, sweep.id, "loss", after=3, numbers=[1, 2]) == chosen
+        assert [t.number for t in store.trial_curves(sweep.id, "loss", after=5)] == []
+        assert [t.number for t in store.trial_curves(sweep.id, "loss", after=5, numbers=[3])] == [3]
+        assert [t.history for t in store.trial_curves(sweep.id, "acc", after=3)] == [
+            (point("acc", 0.1, 1, 1),),
+            (point("acc", 0.9, 2, 4),),
+        ]
+
     # --- concurrency --------------------------------------------------------
 
     def check_all_slots_once(self, store: Store, sweep: Sweep, claimed: Sequence[int]) -> None:

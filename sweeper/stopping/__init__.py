@@ -15,6 +15,7 @@ from sweeper.stopping.asha import AshaRule, BracketedAshaRule
 from sweeper.stopping.base import StopDecision, StoppingRule, TrialCurve, iteration_points
 from sweeper.stopping.brackets import BracketSchedule
 from sweeper.stopping.build import RESOURCE_METHODS, build_rule, resource_of
+from sweeper.stopping.curves import KnownCurves
 from sweeper.stopping.evaluate import decide_for
 from sweeper.stopping.hyperband import HyperbandRule, hyperband_bands
 from sweeper.stopping.pbt import ExploitDecision, PbtRule, exploited_trial
@@ -27,6 +28,7 @@ __all__ = [
     "BracketedAshaRule",
     "ExploitDecision",
     "HyperbandRule",
+    "KnownCurves",
     "PbtRule",
     "StopDecision",
     "StoppingRule",

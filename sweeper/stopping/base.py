@@ -7,6 +7,7 @@ same store makes the same decisions.
 
 from __future__ import annotations
 
+import functools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
@@ -23,10 +24,15 @@ class TrialCurve:
 
     number: int  # the trial's number within its sweep
     points: tuple[MetricPoint, ...]
-    trial: Trial | None = None  # the trial's record, for rules that set ``needs_trials``
+    trial: Trial | None = None  # the trial's record
 
     def iterations(self) -> list[MetricPoint]:
-        """The points that count as iterations (see :func:`iteration_points`)."""
+        """The points that count as iterations (see :func:`iteration_points`), worked out once per
+        curve (an ended trial's curve is kept between decisions): not to be changed."""
+        return self._iterations
+
+    @functools.cached_property
+    def _iterations(self) -> list[MetricPoint]:
         return iteration_points(self.points)
 
 
@@ -68,8 +74,6 @@ class StoppingRule(ABC):
     """Subclasses set ``name`` and implement :meth:`decide`."""
 
     name: ClassVar[str]
-    # True: every curve comes with its trial's record (``TrialCurve.trial``), at one more query.
-    needs_trials: ClassVar[bool] = False
 
     def __init__(self, metric: Metric) -> None:
         self.metric = metric

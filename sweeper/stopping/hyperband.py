@@ -85,9 +85,9 @@ class HyperbandRule(StoppingRule):
         if not condition > threshold:
             return None
         at_band = [
-            h[band - 1]
-            for h in ([self.loss(p.value) for p in t.iterations()] for t in trials)
-            if len(h) >= band
+            self.loss(points[band - 1].value)
+            for points in (t.iterations() for t in trials)
+            if len(points) >= band
         ]
         return self.describe(
             label="hyperband",

@@ -69,7 +69,6 @@ class _Standing:
 
 class PbtRule(StoppingRule):
     name = "pbt"
-    needs_trials = True
 
     def __init__(self, metric: Metric, config: Pbt, seed: int = 0) -> None:
         super().__init__(metric)

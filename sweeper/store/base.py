@@ -17,7 +17,7 @@ All times are seconds since the epoch, passed in by the caller (injected clock).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -222,14 +222,30 @@ class Store(ABC):
 
     def metric_curves(self, sweep_id: str, name: str) -> dict[int, list[MetricPoint]]:
         """Every point of metric ``name`` of every trial of the sweep that logged it, keyed by trial
-        number, each list in (step, seq) order. Stopping rules read this on every report, so
-        backends answer it with one query; this default loads full histories."""
+        number, each list in (step, seq) order. Backends answer it with one query; this default
+        loads full histories. (Stopping rules, which read curves on every report, read only what
+        can still change: :meth:`trial_curves`.)"""
         curves: dict[int, list[MetricPoint]] = {}
         for trial in self.list_trials(sweep_id, with_history=True):
             points = sorted((p for p in trial.history or () if p.name == name), key=lambda p: (p.step, p.seq))
             if points:
                 curves[trial.number] = points
         return curves
+
+    def trial_curves(
+        self, sweep_id: str, name: str, *, after: int = 0, numbers: Collection[int] = ()
+    ) -> list[Trial]:
+        """The trials of the sweep numbered above ``after`` or among ``numbers``, in number order,
+        each with its points of metric ``name`` (none, where it logged none) as its history, in
+        (step, seq) order. A trial is read before its points, so one read as ended comes with all
+        of them: an ended trial's points never change, and a reader that kept them need ask only
+        for the trials added since and those it saw running (see :mod:`sweeper.stopping.curves`)."""
+        chosen = set(numbers)
+        return [
+            trial.with_history(trial.points(name))
+            for trial in self.list_trials(sweep_id, with_history=True)
+            if trial.number > after or trial.number in chosen
+        ]
 
     # --- lifecycle ----------------------------------------------------------
 

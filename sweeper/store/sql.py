@@ -13,7 +13,7 @@ import secrets
 import string
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -40,6 +40,7 @@ from sweeper.store.base import (
     TrialDraft,
     TrialNotFoundError,
 )
+from sweeper.store.curves import read_trial_curves
 from sweeper.store.database import Database
 from sweeper.store.known import KnownTrials
 from sweeper.store.prepared import Prepared, read_together
@@ -436,6 +437,12 @@ class SqlStore(Store):
     def metric_curves(self, sweep_id: str, name: str) -> dict[int, list[MetricPoint]]:
         with self._db.read() as conn:
             return self._curves(conn, sweep_id, name)
+
+    def trial_curves(
+        self, sweep_id: str, name: str, *, after: int = 0, numbers: Collection[int] = ()
+    ) -> list[Trial]:
+        with self._db.read() as conn:
+            return read_trial_curves(conn, sweep_id, name, after, numbers)
 
     def _curves(self, conn: Connection, sweep_id: str, name: str) -> dict[int, list[MetricPoint]]:
         """The points of metric ``name`` of every trial of a sweep, by trial number, in step order."""
