@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import random
+import tracemalloc
 from collections import Counter
 
 import pytest
 from strategy_conformance import StrategyConformance, drive, make_trial
 
-from sweeper.spec import config_key, grid_size, parse_sweep
+from sweeper.spec import SweepSpec, build_config, config_key, grid_size, grid_values, parse_sweep
 from sweeper.strategies import SuggestionKind, available_methods, strategy_class
+from sweeper.strategies import grid as grid_module
 from sweeper.trials import TrialState
 
 NESTED_GRID = {
@@ -184,6 +187,91 @@ def test_grid_skips_combinations_held_by_running_trials() -> None:
     strategy = strategy_class("grid")(spec)
     running = [make_trial({"x": 1}, TrialState.RUNNING, 1), make_trial({"x": 2}, TrialState.FAILED, 2)]
     assert strategy.suggest(running, random.Random(0)).config == {"x": 3}
+
+
+# Nested blocks, a constant, float q_uniform, same-value categoricals and dict-valued ones.
+MIXED_GRID = {
+    "method": "grid",
+    "parameters": {
+        "zeta": {"values": [{"depth": 2, "act": "relu"}, {"depth": 3}, [1, 2]]},
+        "model": {
+            "parameters": {
+                "width": {"min": 8, "max": 10},
+                "head": {"parameters": {"z": {"values": [0, 1.0, 1]}, "b": {"value": True}}},
+                "drop": {"distribution": "q_uniform", "min": 0.0, "max": 0.3, "q": 0.1},
+            }
+        },
+        "alpha": {"values": ["x", {"y": None}]},
+    },
+}
+
+
+def eager_grid(spec: SweepSpec) -> list[dict]:
+    """Every combination as grid search listed them when it built the whole grid up front."""
+    params = sorted(spec.parameters, key=lambda p: p.path)
+    paths = [p.path for p in params]
+    axes = [grid_values(p) or () for p in params]
+    return [build_config(spec, dict(zip(paths, combo, strict=True))) for combo in itertools.product(*axes)]
+
+
+def test_grid_walks_the_combinations_in_itertools_product_order() -> None:
+    spec = parse_sweep(MIXED_GRID)
+    strategy = strategy_class("grid")(spec)
+    expected = eager_grid(spec)
+    assert strategy.size == len(expected) == grid_size(spec) == 3 * 3 * 2 * 3 * 2
+    assert [strategy.config_at(i) for i in range(strategy.size)] == expected
+    trials = drive(strategy, spec, 1000)
+    # Bit for bit: values' types and the configs' key order too (JSON as written, keys not sorted).
+    assert [json.dumps(t.config) for t in trials] == [json.dumps(c) for c in expected]
+
+
+def test_a_million_point_grid_is_never_listed(monkeypatch: pytest.MonkeyPatch) -> None:
+    values = {"values": list(range(100))}
+    raw = {"method": "grid", "parameters": {"a": values, "b": values, "c": {"parameters": {"d": values}}}}
+    spec = parse_sweep(raw)
+    built = []
+    real_build = grid_module.build_config
+    monkeypatch.setattr(grid_module, "build_config", lambda *args: built.append(1) or real_build(*args))
+    tracemalloc.start()
+    try:
+        strategy = strategy_class("grid")(spec)
+        size = strategy.size
+        first = strategy.suggest([], random.Random(0))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert size == grid_size(spec) == 10**6
+    assert first.config == {"a": 0, "b": 0, "c": {"d": 0}}
+    assert len(built) == 1  # the suggestion's own config, no more
+    assert peak < 2 * 2**20  # bytes; listing the grid took hundreds of MB
+    assert strategy.config_at(10**6 - 1) == {"a": 99, "b": 99, "c": {"d": 99}}
+    assert strategy.config_at(12_345) == {"a": 1, "b": 23, "c": {"d": 45}}
+
+
+def test_grid_skips_taken_combinations_in_any_state_then_is_done() -> None:
+    spec = parse_sweep(
+        {"method": "grid", "parameters": {"x": {"values": [1, 2, 3]}, "y": {"values": ["a", "b"]}}}
+    )
+    strategy = strategy_class("grid")(spec)
+    grid = eager_grid(spec)
+    states = [TrialState.FAILED, TrialState.FINISHED, TrialState.RUNNING, TrialState.LOST, TrialState.STOPPED]
+    # Taken out of order, and a failed one twice (its retry): the first free combination is index 2.
+    taken = [grid[1], grid[0], grid[4], grid[0], grid[3]]
+    trials = [make_trial(c, s, n) for n, (c, s) in enumerate(zip(taken, states, strict=True), 1)]
+    rng = random.Random(0)
+    assert strategy.suggest(trials, rng).config == grid[2]
+    assert strategy.completion(trials, rng) is None
+    trials.append(make_trial(grid[2], TrialState.FAILED, 6))
+    assert strategy.suggest(trials, rng).config == grid[5]
+    assert strategy.completion(trials, rng) is None
+    trials.append(make_trial(grid[5], TrialState.RUNNING, 7))
+    done = strategy.suggest(trials, rng)
+    assert done.kind is SuggestionKind.DONE and "all 6 grid combinations" in done.reason
+    assert strategy.completion(trials, rng) == done.reason
+    # As many configurations as combinations, one of them off the grid: a combination is still left.
+    off_grid = [*trials[:-1], make_trial({"x": 9, "y": "a"}, TrialState.FINISHED, 8)]
+    assert strategy.suggest(off_grid, rng).config == grid[5]
+    assert strategy.completion(off_grid, rng) is None
 
 
 def test_grid_rejects_continuous_parameters() -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import itertools
+import math
 import random
 from collections.abc import Sequence
+from typing import Any
 
 from sweeper.spec import SweepSpec, build_config, config_key, grid_problems, grid_values
 from sweeper.strategies.base import Strategy, Suggestion
@@ -19,6 +20,9 @@ class GridSearch(Strategy):
     ``--count`` below the grid's size runs the same combinations as W&B. A combination counts as
     taken as soon as any trial holds it, whatever its state: failed ones are retried by the
     coordinator's retry policy, not here.
+
+    The grid is never listed (it may hold a million combinations): combination ``i`` is made
+    from ``i`` alone, so a sweep's compiled spec costs only its parameters' values.
     """
 
     method = "grid"
@@ -27,13 +31,8 @@ class GridSearch(Strategy):
         super().__init__(spec)
         # Sorting the paths sorts each level's names, as W&B's HyperParameterSet.from_config does.
         params = sorted(spec.parameters, key=lambda p: p.path)
-        paths = [p.path for p in params]
-        axes = [grid_values(p) or () for p in params]
-        # Built once per sweep: suggest() is called for every trial.
-        self._grid = [
-            build_config(spec, dict(zip(paths, combo, strict=True))) for combo in itertools.product(*axes)
-        ]
-        self._keys = [config_key(config) for config in self._grid]
+        self._paths = [p.path for p in params]
+        self._axes = [grid_values(p) or () for p in params]
 
     @classmethod
     def check_spec(cls, spec: SweepSpec) -> list[tuple[str, str]]:
@@ -41,11 +40,28 @@ class GridSearch(Strategy):
 
     @property
     def size(self) -> int:
-        return len(self._grid)
+        return math.prod(len(axis) for axis in self._axes)
+
+    def config_at(self, index: int) -> dict[str, Any]:
+        """Combination ``index`` (0 <= index < size) in ``itertools.product(*axes)`` order: the
+        digits of ``index`` in mixed radix, the last axis the fastest-varying digit."""
+        values = {}
+        for path, axis in zip(reversed(self._paths), reversed(self._axes), strict=True):
+            index, digit = divmod(index, len(axis))
+            values[path] = axis[digit]
+        return build_config(self.spec, values)
 
     def suggest(self, trials: Sequence[Trial], rng: random.Random) -> Suggestion:
+        # Trials take combinations in index order, so the walk stops after about len(trials) keys.
         taken = {t.config_key for t in trials}
-        for key, config in zip(self._keys, self._grid, strict=True):
-            if key not in taken:
+        for index in range(self.size):
+            config = self.config_at(index)
+            if config_key(config) not in taken:
                 return Suggestion.run(config)
         return Suggestion.done(f"all {self.size} grid combinations have run")
+
+    def completion(self, trials: Sequence[Trial], rng: random.Random) -> str | None:
+        # Fewer configurations taken than combinations: one is left, without walking the grid.
+        if len({t.config_key for t in trials}) < self.size:
+            return None
+        return super().completion(trials, rng)
