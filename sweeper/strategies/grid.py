@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,6 +34,11 @@ class GridSearch(Strategy):
         params = sorted(spec.parameters, key=lambda p: p.path)
         self._paths = [p.path for p in params]
         self._axes = [grid_values(p) or () for p in params]
+        # The keys of combinations 0, 1, ... as far as a suggestion has walked: a function of the
+        # spec alone, made once each, so each suggestion only looks them up (a trial's own key is
+        # made once per record too). Locked: agents' threads may ask at once.
+        self._keys: list[str] = []
+        self._keys_lock = threading.Lock()
 
     @classmethod
     def check_spec(cls, spec: SweepSpec) -> list[tuple[str, str]]:
@@ -51,13 +57,19 @@ class GridSearch(Strategy):
             values[path] = axis[digit]
         return build_config(self.spec, values)
 
+    def key_at(self, index: int) -> str:
+        """:func:`~sweeper.spec.config_key` of combination ``index``."""
+        with self._keys_lock:
+            while len(self._keys) <= index:
+                self._keys.append(config_key(self.config_at(len(self._keys))))
+            return self._keys[index]
+
     def suggest(self, trials: Sequence[Trial], rng: random.Random) -> Suggestion:
         # Trials take combinations in index order, so the walk stops after about len(trials) keys.
         taken = {t.config_key for t in trials}
         for index in range(self.size):
-            config = self.config_at(index)
-            if config_key(config) not in taken:
-                return Suggestion.run(config)
+            if self.key_at(index) not in taken:
+                return Suggestion.run(self.config_at(index))
         return Suggestion.done(f"all {self.size} grid combinations have run")
 
     def completion(self, trials: Sequence[Trial], rng: random.Random) -> str | None:
