@@ -9,7 +9,10 @@ from sweeper.trials import TrialState
 #: Trials in a row that may fail before an agent stops. W&B's agent counts differently: 3 failed runs
 #: in its first 60 s, or 5 or more failed with at most one success before (see the README).
 DEFAULT_MAX_FAILURES = 3
-GIVE_UP_ADVICE = "this agent stops. Fix the script and start it again, or pass --max-failures 0 to keep going"
+GIVE_UP_ADVICE = (
+    "this agent stops. Fix the script, 'sweeper resume' the sweep (the configurations that failed run "
+    "again) and start the agent again, or pass --max-failures 0 to keep going"
+)
 
 
 class FailureStreak:

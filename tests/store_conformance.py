@@ -190,9 +190,11 @@ class StoreConformance:
                 sweep = store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
                 for step in path:
                     store.set_sweep_state(sweep.id, step, now=2.0)
-                if target is start:
-                    assert store.set_sweep_state(sweep.id, target, now=3.0).updated_at == (
-                        2.0 if path else 1.0
+                if target is start:  # a no-op, but a running sweep resumed again is resumed now
+                    again = store.set_sweep_state(sweep.id, target, now=3.0)
+                    assert (again.state, again.updated_at) == (
+                        start,
+                        3.0 if start is SweepState.RUNNING else 2.0,
                     )
                 elif target in SWEEP_TRANSITIONS[start]:
                     moved = store.set_sweep_state(sweep.id, target, now=3.0)

@@ -146,6 +146,13 @@ def test_configurations_a_broken_script_failed_run_again_once_the_sweep_is_resum
     again = lease(coordinator, sweep.id)
     assert again.config == {"x": 1} and coordinator.store.get_trial(again.trial_id).retry_of == 2
     finish(coordinator, again, TrialState.FAILED)  # a retry is left after the resume too
+    retried = lease(coordinator, sweep.id)
+    assert retried.config == {"x": 1}
+    finish(coordinator, retried, TrialState.FAILED)
+    assert lease(coordinator, sweep.id).config == {"x": 2}  # its retries are used up again
+    # `sweeper agent` gives up without stopping the sweep: resuming it as it runs does the same.
+    clock.now += 60
+    coordinator.set_sweep_state(sweep.id, SweepState.RUNNING)
     assert lease(coordinator, sweep.id).config == {"x": 1}
 
 

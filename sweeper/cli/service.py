@@ -161,7 +161,12 @@ pause = _state_command(
     SweepState.PAUSED,
     "Pause SWEEP_ID: no new trials until `resume`; agents wait; running ones go on.",
 )
-resume = _state_command("resume", SweepState.RUNNING, "Resume a paused or stopped SWEEP_ID.")
+resume = _state_command(
+    "resume",
+    SweepState.RUNNING,
+    "Resume a paused or stopped SWEEP_ID. Configurations whose every attempt failed get their "
+    "retries again (also on a running sweep): run after fixing a broken script.",
+)
 cancel = _state_command(
     "cancel",
     SweepState.CANCELLED,

@@ -104,7 +104,9 @@ class Store(ABC):
 
     @abstractmethod
     def set_sweep_state(self, sweep_id: str, state: SweepState, *, now: float) -> Sweep:
-        """Move a sweep along SWEEP_TRANSITIONS; setting the current state again is a no-op."""
+        """Move a sweep along SWEEP_TRANSITIONS; setting the current state again is a no-op, but
+        for RUNNING: a running sweep resumed again has its ``updated_at`` moved to ``now`` (the
+        attempts made before it use up no retries, :func:`sweeper.planning.may_run_again`)."""
 
     # --- trials -------------------------------------------------------------
 

@@ -136,9 +136,9 @@ class SqlStore(Store):
 
         def change(conn: Connection) -> Sweep:
             current = self._sweep(conn, sweep_id, lock=True)
-            if current.state is state:
+            if current.state is state and state is not SweepState.RUNNING:
                 return current
-            if state not in SWEEP_TRANSITIONS[current.state]:
+            if current.state is not state and state not in SWEEP_TRANSITIONS[current.state]:
                 raise InvalidTransitionError(
                     f"sweep {sweep_id} is {current.state.value}: it cannot become {state.value}"
                 )
