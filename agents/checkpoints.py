@@ -116,6 +116,7 @@ class CheckpointHook:
     def _resumed(self, assignment: Assignment, restore: Path, base: Path) -> bool:
         """Whether one of the checkpoints that the lost attempts this trial retries published is
         fetched into ``restore``: the trial goes on from there rather than from where they started."""
+        unreachable = False
         for location in assignment.resume_from:
             try:
                 if fetch(location, restore, base=base):
@@ -126,13 +127,15 @@ class CheckpointHook:
                     )
                     return True
             except CheckpointError as exc:
+                unreachable = True
                 log.warning("trial %s: %s; it tries the one before", assignment.trial_number, exc)
         if assignment.resume_from:
-            start = assignment.restore_from or "scratch"
+            what = "could not be fetched" if unreachable else "were not published"
             log.warning(
-                "trial %s: its lost attempts published no checkpoint; it starts from %s",
+                "trial %s: the checkpoints of its lost attempts %s; it starts from %s",
                 assignment.trial_number,
-                start,
+                what,
+                assignment.restore_from or "scratch",
             )
         return False
 

@@ -144,6 +144,16 @@ class TrialReporter:
         except LeaseLostError:
             raise
         except Exception as exc:
+            if interrupted is not None and 400 <= getattr(exc, "status", 0) < 500:
+                # A server from before interruption notes refuses the field: heartbeat as it knows.
+                log.warning(
+                    "trial %s: the coordinator takes no note of the interruption (%s); should this "
+                    "agent be killed before the trial ends, the trial counts as an attempt",
+                    self._assignment.trial_number,
+                    exc,
+                )
+                self._said_interrupted = True
+                return self._heartbeat()
             self.record_failure(exc)
             return None
         self._said_interrupted = self._said_interrupted or interrupted is not None

@@ -58,6 +58,10 @@ class CoordinatorUnavailableError(ConnectionError):
     """The coordinator could not be reached or failed to answer; worth retrying later."""
 
 
+class CoordinatorTimeoutError(CoordinatorUnavailableError):
+    """The coordinator took a connection and gave no answer in time: down, busy, or a large answer."""
+
+
 class AuthenticationError(PermissionError):
     """The coordinator wants a token this client did not give, or a different one."""
 
@@ -212,7 +216,7 @@ class HttpCoordinator:
                     code="untrusted_certificate",
                 ) from None
             if isinstance(reason, TimeoutError):  # it may be up, and slow to answer this call
-                raise CoordinatorUnavailableError(
+                raise CoordinatorTimeoutError(
                     f"{where}: no answer within {self.timeout:g}s (the coordinator is down or busy, or "
                     "the answer is large)"
                 ) from exc

@@ -36,7 +36,7 @@ from sweeper.spec import SweepSpec, parse_sweep
 from sweeper.spec.integrations import tracker_settings
 from sweeper.spec.model import DEFAULT_CHECKPOINTS, Pbt
 from sweeper.stopping import KnownCurves, StoppingRule, build_rule, decide_for
-from sweeper.store.base import InvalidTransitionError, Lease, Store, StoreError, TrialDraft
+from sweeper.store.base import InvalidTransitionError, Lease, Store, TrialDraft
 from sweeper.strategies import Strategy, strategy_class
 from sweeper.trials import MetricPoint, Sweep, SweepState, Trial, TrialState, count_states
 
@@ -83,6 +83,8 @@ class Coordinator:
     def set_sweep_state(self, sweep_id: str, state: SweepState) -> Sweep:
         self._expire_before_reading()  # a trial whose agent died is lost, not left running
         sweep = self.store.set_sweep_state(sweep_id, state, now=self.clock())
+        if sweep.state.is_terminal:
+            self._curves.forget(sweep_id)
         if state is SweepState.CANCELLED:
             for trial in self.store.list_trials(sweep_id, states=[TrialState.RUNNING]):
                 self.store.request_stop(trial.id, "sweep cancelled")
@@ -93,9 +95,11 @@ class Coordinator:
         return sweep
 
     def get_sweep(self, sweep_id: str) -> Sweep:
+        self._expire_before_reading()  # the state read is the one after the dead agents' trials
         return self.store.get_sweep(sweep_id)
 
     def list_sweeps(self) -> list[Sweep]:
+        self._expire_before_reading()
         return self.store.list_sweeps()
 
     def spec_of(self, sweep_id: str) -> SweepSpec:
@@ -268,7 +272,7 @@ class Coordinator:
         read "running" for ever. A store too busy for the write leaves it to the next pass."""
         try:
             self._expire_leases(self.clock())
-        except StoreError as exc:
+        except Exception as exc:  # a busy store, a read-only role or standby: the read goes on
             log.debug("lease expiry skipped: %s", exc)
 
     def expire_leases(self) -> None:
@@ -294,6 +298,7 @@ class Coordinator:
                 self.store.set_sweep_state(sweep_id, SweepState.FINISHED, now=self.clock())
             except InvalidTransitionError:  # cancelled or paused meanwhile: that decision stands
                 return
+            self._curves.forget(sweep_id)
             self._sweep_changed(sweep_id)
 
     def _sweep_changed(self, sweep_id: str) -> None:

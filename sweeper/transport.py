@@ -29,6 +29,9 @@ _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
 Answer = tuple[int, str, bytes]  # status, reason phrase, body
 
 
+CONNECT_TIMEOUT = 10.0  # seconds to open a connection, whatever a call's timeout
+
+
 class Transport(Protocol):
     def exchange(self, method: str, target: str, body: bytes | None, headers: dict[str, str]) -> Answer:
         """Send one request (``target``: the path below the base URL); raises OSError or
@@ -113,11 +116,18 @@ class KeepAliveTransport:
         conn.close()
 
     def _connect(self) -> http.client.HTTPConnection:
+        # A host that drops packets is given up on in CONNECT_TIMEOUT; an answer may take longer
+        # (a large sweep's listing), up to the transport's own timeout.
+        timeout = min(self._timeout, CONNECT_TIMEOUT)
+        conn: http.client.HTTPConnection
         if self._context is not None:
-            return http.client.HTTPSConnection(
-                self._host, self._port, timeout=self._timeout, context=self._context
-            )
-        return http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+            conn = http.client.HTTPSConnection(self._host, self._port, timeout=timeout, context=self._context)
+        else:
+            conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+        conn.connect()
+        if conn.sock is not None:
+            conn.sock.settimeout(self._timeout)
+        return conn
 
 
 def _still_open(conn: http.client.HTTPConnection) -> bool:

@@ -259,3 +259,25 @@ def test_a_reporter_says_when_its_failure_changes_not_each_time(
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warned) == 2 and "ConnectionRefusedError" in warned[0], warned
     assert "TrialNotFoundError: no trial 7) (a coordinator that does not know this trial" in warned[1]
+
+
+def test_a_server_that_refuses_the_interruption_note_still_gets_heartbeats(tmp_path: Path) -> None:
+    """An agent newer than its server (which refuses fields it does not know, 422) must not keep
+    retrying the note, or its heartbeats stop and the lease runs out. A note the server refuses
+    as malformed stands in for one it does not know."""
+    from server_helpers import start_server
+
+    server = start_server(f"sqlite:///{tmp_path / 's.db'}", tmp_path / "server")
+    try:
+        client = server.client()
+        sweep = client.create_sweep(parse_sweep({"method": "grid", "parameters": {"x": {"values": [1]}}}))
+        a = client.next_trial(sweep.id, INFO)
+        assert isinstance(a, Assignment)
+        now = [0.0]
+        reporter = TrialReporter(client, a, clock=lambda: now[0], report_interval=0.1, heartbeat_interval=1.0)
+        assert reporter.pump(interrupted="not a note") is not None  # refused, then a plain heartbeat
+        now[0] += 1.5
+        assert reporter.pump(interrupted="not a note") is not None  # a heartbeat that is due, once more
+        assert client.trials(sweep.id)[0].stop_reason is None
+    finally:
+        server.stop()

@@ -60,12 +60,17 @@ def test_the_agent_hint_works_from_the_programs_folder(
 ) -> None:
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "sweep.yaml").write_text(SWEEP_FILE)  # program: train.py, beside it
+    (tmp_path / "sub" / "train.py").write_text("")
     monkeypatch.chdir(tmp_path)
     for store, shown in [(["--db", "my.db"], tmp_path / "my.db"), ([], tmp_path / ".sweeper" / "sweeper.db")]:
         result = invoke("sweep", "sub/sweep.yaml", *store)
         assert result.exit_code == 0, result.output
         hint = f"start agents in {tmp_path / 'sub'} with: sweeper agent {result.stdout.strip()} --db sqlite:///{shown}"
         assert hint in result.stderr, result.stderr
+    # The common layout: the program here, sweep files in a folder of their own. Agents start here.
+    (tmp_path / "sub" / "train.py").rename(tmp_path / "train.py")
+    result = invoke("sweep", "sub/sweep.yaml")
+    assert f"start agents with: sweeper agent {result.stdout.strip()}\n" in result.stderr, result.stderr
 
 
 def test_an_invalid_sweep_file_exits_2_and_stores_nothing(tmp_path: Path, sqlite_store_url: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -182,6 +183,13 @@ def test_a_retry_goes_to_another_agent_while_one_is_running_trials(coordinator: 
 def test_agents_in_containers_with_one_hostname_and_one_pid_have_names_of_their_own() -> None:
     # Host networking shares the hostname, and each container's agent is process 1 (or 2): the
     # retry rule above keeps a failed configuration from the agent it failed on by name.
+    from sweeper import local
+
+    first = local.agent_info(0).name
+    local._process_tag.cache_clear()  # as in another process with the same id and hostname
+    second = local.agent_info(0).name
+    assert second != first and second.split(":")[1].startswith(f"{os.getpid()}-")
+    assert local.agent_info(1).name == second.removesuffix(":0") + ":1"  # one tag per process
     if shutil.which("unshare") is None:
         pytest.skip("unshare(1) is not installed")
     probe = "import os; from sweeper.local import agent_info; print(os.getpid(), agent_info(0).name)"

@@ -26,7 +26,7 @@ from sweeper.stopping import (
     decide_for,
 )
 from sweeper.store import Lease, Store, TrialDraft, open_store, rows
-from sweeper.trials import MetricPoint, Trial, TrialState
+from sweeper.trials import MetricPoint, SweepState, Trial, TrialState
 
 LOSS = Metric("loss", Goal.MINIMIZE)
 ENDS = (TrialState.FINISHED, TrialState.STOPPED, TrialState.FAILED, TrialState.LOST)
@@ -191,6 +191,7 @@ def test_the_coordinator_reads_only_the_running_trials_points_per_report(
     )
     sweep_id = coordinator.create_sweep(spec).id
     agent = AgentInfo(name="a", host="h")
+    stopped = 0
     for number in range(1, 31):
         a = coordinator.next_trial(sweep_id, agent)
         assert isinstance(a, Assignment)
@@ -202,8 +203,12 @@ def test_the_coordinator_reads_only_the_running_trials_points_per_report(
                 # The trial's own points (the first report also reads the trials that ended since).
                 assert points_read[0] <= i + 1 + 6 * (i == 0)
             if directive.stop:
+                stopped += 1
                 break
         coordinator.finish_trial(a.trial_id, a.lease_id, TrialOutcome(TrialState.FINISHED, 0))
+    assert stopped > 0  # the rule did decide, from what it kept
+    coordinator.set_sweep_state(sweep_id, SweepState.CANCELLED)
+    assert not coordinator._curves._sweeps  # an ended sweep's curves are let go
     store.close()
 
 

@@ -260,7 +260,7 @@ def connect_or_fail(
 @contextlib.contextmanager
 def coordinator_errors() -> Iterator[None]:
     """Turn a coordinator call that failed in a way a person can act on into a one-line error."""
-    from sweeper.client import AuthenticationError, CoordinatorError
+    from sweeper.client import AuthenticationError, CoordinatorError, CoordinatorTimeoutError
     from sweeper.protocol import SweepNotFoundError
     from sweeper.store import StoreError
 
@@ -271,5 +271,5 @@ def coordinator_errors() -> Iterator[None]:
     except BrokenPipeError:  # our own output was closed (`| head`): click ends quietly
         raise
     except OSError as exc:  # refused, timed out, 5xx
-        hint = "" if "no answer within" in str(exc) else " (is `sweeper server` running there?)"
+        hint = "" if isinstance(exc, CoordinatorTimeoutError) else " (is `sweeper server` running there?)"
         raise click.ClickException(f"{exc}{hint}") from None

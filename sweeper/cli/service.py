@@ -6,6 +6,7 @@ one, on the store ``--db`` directly: both go through :func:`sweeper.connect.conn
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -126,15 +127,22 @@ def _agent_hint(
     look for a relative ``program`` in their working folder) and with a store path that works
     from there."""
     folder = Path(file).resolve().parent
-    program_there = spec.program is not None and not Path(spec.program).is_absolute() and folder != Path.cwd()
-    where = f"in {folder} " if program_there else ""
+    program = spec.program
+    # Found beside the sweep file but not here (`sweeper run` looks here first, then there).
+    program_there = (
+        program is not None
+        and not Path(program).is_absolute()
+        and not Path(program).exists()
+        and (folder / program).exists()
+    )
+    where = f"in {shlex.quote(str(folder))} " if program_there else ""
     if coordinator_url:
         return f"{where}with: sweeper agent {sweep_id} --coordinator {coordinator_url}"
     # The store's URL with its password hidden: agents on another machine need its real one.
     store = store_label(coordinator)
     if store and store.startswith("sqlite:///"):  # a relative path means nothing from another folder
         store = f"sqlite:///{Path(store.removeprefix('sqlite:///')).resolve()}"
-    option = f" --db {store}" if store and (db_url or program_there) else ""
+    option = f" --db {shlex.quote(store)}" if store and (db_url or program_there) else ""
     return f"{where}with: sweeper agent {sweep_id}{option}"
 
 

@@ -19,7 +19,7 @@ from sweeper.store.base import Store
 from sweeper.trials import Trial
 
 # Sweeps (and metrics) whose ended curves are kept, the most recently read: each holds every point
-# of its metric, as one read of every curve did on each report.
+# of its metric, as one read of every curve did on each report. A sweep that ends is dropped.
 _KNOWN_SWEEPS = 16
 
 
@@ -56,6 +56,12 @@ class KnownCurves:
         curves = {n: c for n, c in ended.items() if c is not None and n not in fresh}
         curves.update((n, c) for n, c in fresh.items() if c.points)
         return {n: curves[n] for n in sorted(curves)}
+
+    def forget(self, sweep_id: str) -> None:
+        """Drop what is kept of a sweep that ended: no rule judges its trials any more."""
+        with self._lock:
+            for key in [key for key in self._sweeps if key[0] == sweep_id]:
+                del self._sweeps[key]
 
     def _keep(
         self, key: tuple[str, str], known: _SweepCurves, read: Sequence[Trial], fresh: dict[int, TrialCurve]

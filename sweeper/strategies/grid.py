@@ -51,6 +51,8 @@ class GridSearch(Strategy):
     def config_at(self, index: int) -> dict[str, Any]:
         """Combination ``index`` (0 <= index < size) in ``itertools.product(*axes)`` order: the
         digits of ``index`` in mixed radix, the last axis the fastest-varying digit."""
+        if not 0 <= index < self.size:
+            raise IndexError(f"grid combination {index} of {self.size}")
         values = {}
         for path, axis in zip(reversed(self._paths), reversed(self._axes), strict=True):
             index, digit = divmod(index, len(axis))
