@@ -258,11 +258,11 @@ def test_the_agent_routes_run_the_calls_that_queue_together_in_one_transaction(t
         started, release = threading.Event(), threading.Event()
         heartbeat = coordinator.heartbeat
 
-        def gated(trial_id: int, lease_id: str) -> Directive:
+        def gated(trial_id: int, lease_id: str, **note: Any) -> Directive:
             if trial_id == leased[0].trial_id:  # type: ignore[union-attr]
                 started.set()
                 assert release.wait(10)
-            return heartbeat(trial_id, lease_id)
+            return heartbeat(trial_id, lease_id, **note)
 
         coordinator.heartbeat = gated  # type: ignore[method-assign]
         commits: list[str] = []
