@@ -141,8 +141,9 @@ def _agent_hint(
     # The store's URL with its password hidden: agents on another machine need its real one.
     store = store_label(coordinator)
     if store and store.startswith("sqlite:///"):  # a relative path means nothing from another folder
-        store = f"sqlite:///{Path(store.removeprefix('sqlite:///')).resolve()}"
-    option = f" --db {shlex.quote(store)}" if store and (db_url or program_there) else ""
+        store = shlex.quote(f"sqlite:///{Path(store.removeprefix('sqlite:///')).resolve()}")
+    # (a server's URL shows *** for its password, to be written in by hand)
+    option = f" --db {store}" if store and (db_url or program_there) else ""
     return f"{where}with: sweeper agent {sweep_id}{option}"
 
 
