@@ -137,10 +137,7 @@ class TrialReporter:
     def _heartbeat(self, interrupted: str | None = None) -> Directive | None:
         trial_id, lease_id = self._assignment.trial_id, self._assignment.lease_id
         try:
-            if interrupted is None:
-                directive = self._client.heartbeat(trial_id, lease_id)
-            else:
-                directive = self._client.heartbeat(trial_id, lease_id, interrupted=interrupted)
+            directive = self._client.heartbeat(trial_id, lease_id, interrupted=interrupted)
         except LeaseLostError:
             raise
         except Exception as exc:

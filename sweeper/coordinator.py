@@ -137,14 +137,13 @@ class Coordinator:
         # is answered from a fresh read below.
         spec, strategy, _ = self._compiled_by_id(sweep_id)
         plans: list[Plan] = []
-        seen: list[Sequence[Trial]] = []  # the history each plan was made from
-        resumed: list[float] = []  # and when the sweep was last resumed
+        seen: list[tuple[Sequence[Trial], float]] = []  # the history each plan was made from, and
+        # when the sweep was last resumed
 
         def decide(locked: Sweep, trials: Sequence[Trial]) -> TrialDraft | None:
             since = resumed_at(locked)
             plans.append(plan := plan_next(spec, strategy, trials, locked.seed, agent.name, since))
-            seen.append(trials)
-            resumed.append(since)
+            seen.append((trials, since))
             return plan.draft
 
         lease = Lease(
@@ -162,7 +161,8 @@ class Coordinator:
         )
         if trial is not None:
             # Worked out once the lease's transaction has ended, from the history it was made from.
-            discard = _unneeded_checkpoints(spec, seen[-1], resumed[-1])
+            history, since = seen[-1]
+            discard = _unneeded_checkpoints(spec, history, since)
             return Assignment(
                 sweep_id=sweep_id,
                 trial_id=trial.id,
@@ -176,7 +176,7 @@ class Coordinator:
                 integrations=tracker_settings(spec),
                 restore_from=trial.restore_from,
                 retry_of=trial.retry_of,
-                resume_from=_resume_from(spec, seen[-1], trial),
+                resume_from=_resume_from(spec, history, trial),
                 checkpoint_to=_checkpoint_to(spec, trial),
                 discard_checkpoints=tuple(discard),
                 project=spec.project,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -23,6 +23,9 @@ from sweeper.cli.common import (
     token_option,
 )
 from sweeper.trials import SweepState
+
+if TYPE_CHECKING:
+    from sweeper.spec import SweepSpec
 
 
 @click.command()
@@ -121,7 +124,12 @@ def sweep(file: str, coordinator_url: str | None, token: str | None, db_url: str
 
 
 def _agent_hint(
-    sweep_id: str, spec: Any, file: str, coordinator_url: str | None, coordinator: Any, db_url: str | None
+    sweep_id: str,
+    spec: SweepSpec,
+    file: str,
+    coordinator_url: str | None,
+    coordinator: Any,
+    db_url: str | None,
 ) -> str:
     """How to start an agent on the sweep just made, from the folder its program is in (agents
     look for a relative ``program`` in their working folder) and with a store path that works

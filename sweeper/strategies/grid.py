@@ -34,6 +34,7 @@ class GridSearch(Strategy):
         params = sorted(spec.parameters, key=lambda p: p.path)
         self._paths = [p.path for p in params]
         self._axes = [grid_values(p) or () for p in params]
+        self._size = math.prod(len(axis) for axis in self._axes)
         # The keys of combinations 0, 1, ... as far as a suggestion has walked: a function of the
         # spec alone, made once each, so each suggestion only looks them up (a trial's own key is
         # made once per record too). Locked: agents' threads may ask at once.
@@ -46,7 +47,7 @@ class GridSearch(Strategy):
 
     @property
     def size(self) -> int:
-        return math.prod(len(axis) for axis in self._axes)
+        return self._size
 
     def config_at(self, index: int) -> dict[str, Any]:
         """Combination ``index`` (0 <= index < size) in ``itertools.product(*axes)`` order: the
