@@ -148,9 +148,10 @@ def test_sigint_stops_every_trial_and_leaves_no_process(tmp_path: Path) -> None:
         text=True,
     )
     deadline = time.monotonic() + 60
-    while len(list(pid_dir.glob("*.pids"))) < 2 and time.monotonic() < deadline:
+    pids: list[int] = []
+    while len(pids) < 4 and time.monotonic() < deadline:  # a file may be read before it is written
         time.sleep(0.1)
-    pids = [int(p) for f in pid_dir.glob("*.pids") for p in f.read_text().split()]
+        pids = [int(p) for f in pid_dir.glob("*.pids") for p in f.read_text().split()]
     assert len(pids) == 4, "two trials, each with a grandchild, should be running"
     time.sleep(0.5)  # let some metrics arrive
     proc.send_signal(signal.SIGINT)
