@@ -321,3 +321,45 @@ def test_a_lease_expiry_pass_the_store_refuses_is_one_line_in_the_log(
             expiry.stop()
     record = caplog.records[0]
     assert record.exc_info is None and "server closed the connection" in record.getMessage(), record
+
+
+def test_metric_reports_run_first_one_per_trial_inside_the_reporting_block() -> None:
+    """The store may read what the reports need ahead (``Store.reporting``); the other calls, and
+    a trial's second report, run after the block in arrival order."""
+    ran: list[Any] = []
+
+    @contextlib.contextmanager
+    def reporting(reports: list[Any]) -> Iterator[None]:
+        ran.append(("reading ahead for", [trial_id for trial_id, _ in reports]))
+        yield
+        ran.append("block ends")
+
+    calls = SerialCalls(reporting=reporting)
+    gate = Gate()
+
+    def note(what: Any) -> Callable[[], Any]:
+        return lambda: ran.append(what)
+
+    async def main() -> None:
+        first = calls.run(gate)
+        await gate.entered()
+        runs = [
+            calls.run(note("lease")),
+            calls.run(note("report 7 first"), (7, ["p1"])),
+            calls.run(note("heartbeat 3")),
+            calls.run(note("report 3"), (3, ["p"])),
+            calls.run(note("report 7 again"), (7, ["p2"])),
+        ]
+        gate.release.set()
+        await asyncio.gather(first, *runs)
+
+    asyncio.run(main())
+    assert ran == [
+        ("reading ahead for", [7, 3]),  # the gate's batch had no report: no block
+        "report 7 first",
+        "report 3",
+        "block ends",
+        "lease",
+        "heartbeat 3",
+        "report 7 again",
+    ]

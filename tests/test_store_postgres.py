@@ -19,9 +19,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from store_conformance import StoreConformance
 
+from sweeper.protocol import LeaseLostError
 from sweeper.server.calls import SerialCalls
 from sweeper.store import BatchAbandoned, Lease, Store, StoreError, TrialDraft, open_store
 from sweeper.store import engine as engine_module
+from sweeper.store import sql as sql_module
 from sweeper.trials import MetricPoint, TrialState
 
 pytestmark = pytest.mark.postgres
@@ -325,3 +327,79 @@ def test_connections_dropped_while_busy_cost_one_refused_call_at_most(
             assert store.get_sweep(sweep.id).id == sweep.id
     finally:
         store.close()
+
+
+class _ReadsTogether:
+    """Counts the store's round trips for a trial's lock and what a call reads with it."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.statements: list[int] = []  # per round trip, how many statements went together
+        real = sql_module.read_together
+
+        def counted(conn: Any, *reads: Any) -> Any:
+            self.statements.append(len(reads))
+            return real(conn, *reads)
+
+        monkeypatch.setattr(sql_module, "read_together", counted)
+
+
+def test_metric_reports_read_ahead_in_one_round_trip_and_store_what_each_would_alone(
+    postgres_store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with open_store(postgres_store_url) as store:
+        sweep = store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
+        one, two, three = (_running_trial(store, sweep.id, lease) for lease in ("l1", "l2", "l3"))
+        store.report_metrics(one.id, "l1", [MetricPoint("loss", 0.5, 4, 4, 2.0)], expires_at=150.0, now=2.0)
+        reports = [
+            (three.id, "l3", [MetricPoint("loss", 0.3, 1, 1, 3.0)]),
+            (one.id, "l1", [MetricPoint("loss", 0.9, 2, 5, 3.0)]),  # an older step: 0.5 stays the latest
+            (two.id, "l2", [MetricPoint("loss", 0.4, 1, 1, 3.0), MetricPoint("acc", 0.8, 1, 2, 3.0)]),
+            (two.id, "l2", [MetricPoint("loss", 0.2, 2, 3, 3.0)]),  # its second report reads after the first
+        ]
+        reads = _ReadsTogether(monkeypatch)
+        with store.batch(), store.reporting([(trial_id, points) for trial_id, _, points in reports]):
+            answers = [
+                store.report_metrics(trial_id, lease, points, expires_at=160.0, now=3.0)
+                for trial_id, lease, points in reports
+            ]
+        assert reads.statements == [6, 2]  # three trials' locks and reads at once, then the second report's
+        expected = [{"loss": 0.3}, {"loss": 0.5}, {"loss": 0.4, "acc": 0.8}, {"loss": 0.2, "acc": 0.8}]
+        assert [answer.summary for answer in answers] == expected
+        stored = {t.id: t for t in store.list_trials(sweep.id, with_history=True)}
+        assert [stored[t.id].summary for t in (three, one, two)] == [expected[0], expected[1], expected[3]]
+        assert [len(stored[t.id].history or ()) for t in (three, one, two)] == [1, 2, 3]
+        assert {t.lease_expires_at for t in stored.values()} == {160.0}
+
+
+def test_a_refused_report_read_ahead_gives_the_batch_up_and_the_others_take_effect(
+    postgres_store_url: str,
+) -> None:
+    """Through the server's call thread: a report under a lease that is not the trial's hears
+    why, as it would alone, and the calls batched with it take effect."""
+    with open_store(postgres_store_url) as store:
+        sweep = store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
+        one, two = (_running_trial(store, sweep.id, lease) for lease in ("l1", "l2"))
+        calls = SerialCalls(store.batch, store.reporting)
+        gate = threading.Event()
+        loss = [MetricPoint("loss", 0.5, 1, 1, 2.0)]
+
+        def report(trial_id: int, lease: str) -> Any:
+            return calls.run(
+                lambda: store.report_metrics(trial_id, lease, loss, expires_at=150.0, now=2.0),
+                (trial_id, loss),
+            )
+
+        async def run_all() -> list[Any]:
+            held = calls.run(gate.wait)  # holds the thread until every call below is queued
+            queued = [report(two.id, "l2"), report(one.id, "not-l1"), report(one.id, "l1")]
+            gate.set()
+            await held
+            return await asyncio.gather(*queued, return_exceptions=True)
+
+        try:
+            reported, refused, also_reported = asyncio.run(run_all())
+        finally:
+            calls.close()
+        assert isinstance(refused, LeaseLostError) and "not 'not-l1'" in str(refused)
+        assert reported.summary == also_reported.summary == {"loss": 0.5}
+        assert [len(t.history or ()) for t in store.list_trials(sweep.id, with_history=True)] == [1, 1]

@@ -29,7 +29,7 @@ from sweeper.protocol import AgentInfo, Directive, TrialOutcome
 from sweeper.server import schemas
 from sweeper.server.app import REFUSALS, error
 from sweeper.server.calls import SerialCalls
-from sweeper.trials import TrialState
+from sweeper.trials import MetricPoint, TrialState
 
 _NEXT = re.compile(r"/api/v1/sweeps/([A-Za-z0-9_-]{1,64})/next")
 _TRIAL = re.compile(r"/api/v1/trials/([0-9]{1,19})/(heartbeat|metrics|finish)")
@@ -60,7 +60,7 @@ class AgentRoutes:
         self._short_path = token is None or token.isascii()
         self._max_body_bytes = max_body_bytes
         self._max_batch = max_batch
-        self._calls = SerialCalls(coordinator.store.batch)
+        self._calls = SerialCalls(coordinator.store.batch, coordinator.store.reporting)
 
     def close(self) -> None:
         """Finish the calls under way, then touch the store no more."""
@@ -73,12 +73,12 @@ class AgentRoutes:
             return
         action, key = route
         received: list[Message] = []
-        call = await self._parse(action, key, receive, received)
-        if call is None:  # FastAPI gives the same answer it always did, from the same bytes
+        parsed = await self._parse(action, key, receive, received)
+        if parsed is None:  # FastAPI gives the same answer it always did, from the same bytes
             await self.app(scope, _replay(received, receive), send)
             return
         try:
-            status, body = await self._calls.run(call)
+            status, body = await self._calls.run(*parsed)
         except Exception as exc:
             refusal = _refusal(exc)
             if refusal is None:
@@ -105,8 +105,9 @@ class AgentRoutes:
 
     async def _parse(
         self, action: str, key: str, receive: Receive, received: list[Message]
-    ) -> Callable[[], tuple[int, bytes]] | None:
-        """The coordinator call a valid request asks for; None for anything else."""
+    ) -> tuple[Callable[[], tuple[int, bytes]], tuple[int, list[MetricPoint]] | None] | None:
+        """The coordinator call a valid request asks for, and for a metric report its (trial id,
+        points); None for anything else."""
         chunks = []
         size = 0
         while True:
@@ -127,18 +128,20 @@ class AgentRoutes:
         coordinator = self._coordinator
         if isinstance(body, schemas.AgentIn):
             agent = AgentInfo(name=body.name, host=body.host, gpu=body.gpu)
-            return lambda: (200, _dump(schemas.NextTrialOut.of(coordinator.next_trial(key, agent))))
+            return lambda: (200, _dump(schemas.NextTrialOut.of(coordinator.next_trial(key, agent)))), None
         trial_id = int(key)
         if not 1 <= trial_id <= schemas.INT64_MAX:
             return None
         if isinstance(body, schemas.LeaseIn):
-            note = body.interrupted
-            return lambda: (200, _directive(coordinator.heartbeat(trial_id, body.lease_id, interrupted=note)))
+            note, lease_id = body.interrupted, body.lease_id
+            renew = lambda: coordinator.heartbeat(trial_id, lease_id, interrupted=note)  # noqa: E731
+            return lambda: (200, _directive(renew())), None
         if isinstance(body, schemas.MetricsIn):
             if len(body.points) > self._max_batch:
                 return None
-            points = [p.point() for p in body.points]
-            return lambda: (200, _directive(coordinator.report_metrics(trial_id, body.lease_id, points)))
+            points, lease_id = [p.point() for p in body.points], body.lease_id
+            report = (trial_id, points)
+            return lambda: (200, _directive(coordinator.report_metrics(trial_id, lease_id, points))), report
         assert isinstance(body, schemas.FinishIn)
         outcome = TrialOutcome(
             state=TrialState(body.state),
@@ -151,7 +154,7 @@ class AgentRoutes:
             coordinator.finish_trial(trial_id, body.lease_id, outcome)
             return 204, b""
 
-        return finish
+        return finish, None
 
 
 def _route(scope: Scope) -> tuple[str, str] | None:

@@ -81,6 +81,12 @@ class Store(ABC):
         its own."""
         return nullcontext()
 
+    def reporting(self, reports: Sequence[tuple[int, Sequence[MetricPoint]]]) -> AbstractContextManager[None]:
+        """Inside a :meth:`batch`: the block runs these metric reports ((trial id, points), one per
+        trial) and nothing else. A store may read what they need ahead, all at once, and must
+        then use what it read only for those reports, and only inside the block."""
+        return nullcontext()
+
     def after_commit(self, step: Callable[[], None]) -> None:
         """``step()`` once what this thread's calls wrote so far is committed: at once, or when a
         :meth:`batch` it runs in ends (never, should its commit fail)."""

@@ -8,31 +8,63 @@ and a running trial's row is converted again only where it changed.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import Connection, Integer, any_, bindparam, select
+from sqlalchemy.dialects import postgresql
 
 from sweeper.store import rows
+from sweeper.store.prepared import Prepared
 from sweeper.store.schema import trials
 from sweeper.trials import CountedTrials, Trial, TrialState
 
 _KNOWN_SWEEPS = 64  # sweeps whose trials are kept between leases
 
-_SWEEP_TRIALS = select(trials).where(trials.c.sweep_id == bindparam("sweep_id_")).order_by(trials.c.number)
-# The trials of a sweep numbered after the last one read, and those that were running then: a range
-# of the (sweep_id, number) index and lookups by id, so a sweep read again costs what changed in it,
-# however many trials other sweeps have added since.
-_SWEEP_TRIALS_SINCE = (
+_SWEEP_TRIALS = Prepared(
+    select(trials).where(trials.c.sweep_id == bindparam("sweep_id_")).order_by(trials.c.number)
+)
+
+
+# On PostgreSQL the running trials' ids go as one array: one statement, prepared once, whose
+# parameters the driver converts without parsing the statement again (it caches that only for
+# statements of up to 50 parameters).
+_SWEEP_TRIALS_SINCE_ARRAY = Prepared(
     select(trials)
     .where(
         ((trials.c.sweep_id == bindparam("sweep_id_")) & (trials.c.number > bindparam("last_number_")))
-        | trials.c.id.in_(bindparam("running_", expanding=True))
+        | (trials.c.id == any_(bindparam("running_", type_=postgresql.ARRAY(Integer))))
     )
     .order_by(trials.c.number)
 )
+
+
+@functools.lru_cache(maxsize=32)
+def _sweep_trials_since(slots: int) -> Prepared:
+    """The trials of a sweep numbered after the last one read (``last_number_``), and those with the
+    ids ``running_0`` ... ``running_{slots-1}`` (running when last read): a range of the (sweep_id,
+    number) index and lookups by id, so a sweep read again costs what changed in it, however many
+    trials other sweeps have added since. One statement per power of two of running trials (the
+    last id repeated to fill it), so each is compiled once."""
+    added = (trials.c.sweep_id == bindparam("sweep_id_")) & (trials.c.number > bindparam("last_number_"))
+    if slots:
+        added = added | trials.c.id.in_([bindparam(f"running_{i}") for i in range(slots)])
+    return Prepared(select(trials).where(added).order_by(trials.c.number))
+
+
+def _since(dialect: str, sweep_id: str, last: int, running: Sequence[int]) -> tuple[Prepared, dict[str, Any]]:
+    params: dict[str, Any] = {"sweep_id_": sweep_id, "last_number_": last}
+    if dialect == "postgresql":
+        params["running_"] = list(running)
+        return _SWEEP_TRIALS_SINCE_ARRAY, params
+    slots = 1 << (len(running) - 1).bit_length() if running else 0
+    for i in range(slots):
+        params[f"running_{i}"] = running[min(i, len(running) - 1)]
+    return _sweep_trials_since(slots), params
 
 
 class _SweepTrials:
@@ -59,7 +91,8 @@ class _SweepTrials:
 class KnownTrials:
     """For the most recently leased sweeps, the trials read before."""
 
-    def __init__(self) -> None:
+    def __init__(self, dialect: str) -> None:
+        self._dialect = dialect  # the database's: its form of the catch-up read
         self._sweeps: OrderedDict[str, _SweepTrials] = OrderedDict()  # never changed once kept
         self._lock = threading.Lock()
 
@@ -71,14 +104,21 @@ class KnownTrials:
         drafts: dict[str, _SweepTrials] | None,
     ) -> list[Trial]:
         """Every trial of a sweep (no history), in number order, read under the sweep's lock or in
-        one snapshot of a read transaction.
+        one snapshot of a read transaction: :meth:`plan`'s read, run and applied."""
+        read = self.plan(sweep_id, drafts)
+        return read.apply(read.statement.all(conn, read.params), keep_later)
+
+    def plan(self, sweep_id: str, drafts: dict[str, _SweepTrials] | None) -> CatchUp:
+        """The read that catches up on a sweep's trials (a statement and its parameters), for the
+        caller to run (on PostgreSQL, with the sweep's lock in one round trip), and then
+        :meth:`CatchUp.apply` to what it read.
 
         Within a sweep, trial numbers grow in the order the inserts commit (new_trial holds the
         sweep's lock from before its read until its insert commits), so any snapshot holds a prefix
         of them and ``number > last`` finds every trial added since. Only committed rows are kept:
         a write transaction also reads what it wrote itself, and on SQLite what the calls before
-        it in a shared transaction wrote (:mod:`sweeper.store.group_commit`), so the read adds
-        to ``keep_later`` the step that keeps it, for the caller to run once what it read is
+        it in a shared transaction wrote (:mod:`sweeper.store.group_commit`), so applying the read
+        adds to ``keep_later`` the step that keeps it, for the caller to run once what it read is
         committed.
         A read changes a copy of what was kept: two reads of one sweep at once each keep their
         own, and whichever is kept last is a consistent committed state the next read catches up
@@ -92,17 +132,43 @@ class KnownTrials:
             kept = self._sweeps.get(sweep_id)
         draft = drafts.get(sweep_id) if drafts is not None else None
         known = draft or kept or _SweepTrials()
+        if known.by_number:
+            last = next(reversed(known.by_number))  # by_number is kept in number order
+            statement, params = _since(self._dialect, sweep_id, last, sorted(known.running))
+        else:
+            statement, params = _SWEEP_TRIALS, {"sweep_id_": sweep_id}
+        return CatchUp(self, sweep_id, known, kept, draft, drafts, statement, params)
+
+    def _keep(self, sweep_id: str, known: _SweepTrials) -> None:
+        with self._lock:
+            self._sweeps[sweep_id] = known
+            self._sweeps.move_to_end(sweep_id)
+            while len(self._sweeps) > _KNOWN_SWEEPS:
+                self._sweeps.popitem(last=False)
+
+
+@dataclass
+class CatchUp:
+    """One planned read of a sweep's trials (:meth:`KnownTrials.plan`)."""
+
+    known_trials: KnownTrials
+    sweep_id: str
+    known: _SweepTrials  # what the read starts from
+    kept: _SweepTrials | None
+    draft: _SweepTrials | None
+    drafts: dict[str, _SweepTrials] | None
+    statement: Prepared
+    params: dict[str, Any]
+
+    def apply(self, found_rows: Sequence[Any], keep_later: list[Callable[[], None]]) -> list[Trial]:
+        """Every trial of the sweep, in number order, from what was known and the rows the read found."""
+        known, draft, drafts = self.known, self.draft, self.drafts
         # What is kept is shared: copied at its first change, it never changes. A draft is a copy
         # this batch made, never the kept one, so its reads change it in place.
-        shared = known is kept
-        last = next(reversed(known.by_number), 0)  # by_number is kept in number order
-        if known.by_number:
-            params = {"sweep_id_": sweep_id, "last_number_": last, "running_": sorted(known.running)}
-            query = _SWEEP_TRIALS_SINCE
-        else:
-            params, query = {"sweep_id_": sweep_id}, _SWEEP_TRIALS
+        shared = known is self.kept
+        last = next(reversed(known.by_number), 0)
         in_order = True
-        for row in conn.execute(query, params):
+        for row in found_rows:
             if known.running.get(row.id) == tuple(row):
                 continue  # read before and unchanged: the trial already known stands
             if shared:
@@ -125,13 +191,6 @@ class KnownTrials:
         # catches up from what was kept before: slower, not wrong).
         if known is not draft:
             if drafts is not None and not shared:
-                drafts[sweep_id] = known
-            keep_later.append(lambda: self._keep(sweep_id, known))
+                drafts[self.sweep_id] = known
+            keep_later.append(lambda: self.known_trials._keep(self.sweep_id, known))
         return found
-
-    def _keep(self, sweep_id: str, known: _SweepTrials) -> None:
-        with self._lock:
-            self._sweeps[sweep_id] = known
-            self._sweeps.move_to_end(sweep_id)
-            while len(self._sweeps) > _KNOWN_SWEEPS:
-                self._sweeps.popitem(last=False)
