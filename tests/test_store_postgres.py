@@ -403,3 +403,21 @@ def test_a_refused_report_read_ahead_gives_the_batch_up_and_the_others_take_effe
         assert isinstance(refused, LeaseLostError) and "not 'not-l1'" in str(refused)
         assert reported.summary == also_reported.summary == {"loss": 0.5}
         assert [len(t.history or ()) for t in store.list_trials(sweep.id, with_history=True)] == [1, 1]
+
+
+def test_a_lease_is_one_round_trip_and_its_trial_takes_the_next_id(
+    postgres_store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep's lock, the catch-up read of its trials and the new trial's id go together; the
+    insert goes with the commit, and the trial is stored as the lease returned it."""
+    with open_store(postgres_store_url) as store:
+        sweep = store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
+        first = _running_trial(store, sweep.id, "l1")
+        reads = _ReadsTogether(monkeypatch)
+        second = _running_trial(store, sweep.id, "l2")
+        assert reads.statements == [3]
+        assert second.id > first.id and (second.number, second.config) == (2, {"n": 1})
+        stored = store.get_trial(second.id)
+        assert (stored.number, stored.lease_id, stored.config) == (2, "l2", {"n": 1})
+        assert stored.state is TrialState.RUNNING
+        assert [t.id for t in store.list_trials(sweep.id)] == [first.id, second.id]

@@ -200,10 +200,14 @@ class SqlStore(Store):
 
         def lease_one(conn: Connection) -> Trial | None:
             # The sweep's lock, then what changed in it since it was last read (on PostgreSQL,
-            # one round trip; the read sees what committed while the lock waited).
+            # one round trip, with the new trial's id; the read sees what committed while the
+            # lock waited).
             catch_up = self._known.plan(sweep_id, self._drafts())
             lock = (statements.SWEEP_LOCKED, {"sweep_id_": sweep_id})
-            locked, found = read_together(conn, lock, (catch_up.statement, catch_up.params))
+            reads = [lock, (catch_up.statement, catch_up.params)]
+            if self._db.engine.dialect.name == "postgresql":
+                reads.append((statements.NEXT_TRIAL_ID, {}))
+            locked, found, *next_id = read_together(conn, *reads)
             sweep = _found_sweep(locked[0] if locked else None, sweep_id)
             if not sweep.state.hands_out_trials:
                 return None
@@ -234,7 +238,11 @@ class SqlStore(Store):
                 "created_at": now,
                 "summary": "{}",
             }
-            trial_id = statements.INSERT_TRIAL.scalar(conn, values)
+            if next_id:
+                trial_id = next_id[0][0][0]
+                statements.INSERT_TRIAL_WITH_ID.send(conn, {"id": trial_id, **values})
+            else:
+                trial_id = statements.INSERT_TRIAL.scalar(conn, values)
             # What was just written, as a row: no need to read it back.
             return rows.trial_from_row(rows.NewTrialRow.of(trial_id, values))
 
