@@ -159,6 +159,7 @@ def test_the_commands_against_a_server(sweep_file: Path, tmp_path: Path) -> None
         assert sweeper("pause", sweep_id, env=env).stdout == f"sweep {sweep_id} is paused\n"
         status = sweeper("status", sweep_id, env=env)
         assert status.returncode == 0 and f"sweep {sweep_id} (grid) is paused: no trials yet" in status.stdout
+        assert server.log().count(f"GET /api/v1/sweeps/{sweep_id}/trials ") == 1  # the trials are sent once
         listed = sweeper("trials", sweep_id, "--format", "json", env=env)
         assert listed.returncode == 0 and json.loads(listed.stdout) == []
         for typo in (f"{sweep_id}/", "../x"):  # the server redirects the first, has no route for the second

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from sweeper.results import format_config, ranked
+from sweeper.results import best_of, format_config, ranked
 from sweeper.spec import SweepSpec
 from sweeper.trials import Trial, TrialState
 
@@ -66,7 +66,7 @@ def print_summary(coordinator: Any, sweep_id: str, top: int = 5) -> None:
     spec = coordinator.spec_of(sweep_id)
     trials = coordinator.trials(sweep_id)
     click.echo(f"sweep {sweep.id} ({sweep.method}) is {sweep.state.value}: {state_counts(trials)}")
-    best = coordinator.best_trial(sweep_id)
+    best = best_of(spec, trials)  # from the trials at hand: a server would send them all again
     if spec.metric and best is not None:
         value = best.metric(spec.metric.name)
         click.echo(
