@@ -20,6 +20,7 @@ import os
 import ssl
 import urllib.error
 import urllib.parse
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -183,6 +184,16 @@ class HttpCoordinator:
     def trials(self, sweep_id: str, *, with_history: bool = False) -> list[Trial]:
         query = "?history=true" if with_history else ""
         return [_trial(t) for t in self._call("GET", f"/sweeps/{_segment(sweep_id)}/trials{query}")]
+
+    def trial_counts(self, sweep_id: str) -> dict[TrialState, int]:
+        try:
+            counts = self._call("GET", f"/sweeps/{_segment(sweep_id)}/counts")
+        except CoordinatorError as exc:
+            if exc.code != "http_404":
+                raise
+            # A server older than this route: count the trials it sends.
+            return dict(Counter(t.state for t in self.trials(sweep_id)))
+        return {TrialState(state): int(n) for state, n in counts.items()}
 
     def spec_of(self, sweep_id: str) -> SweepSpec:
         from sweeper.spec import parse_sweep

@@ -248,6 +248,10 @@ class Coordinator:
         self._expire_before_reading()
         return self.store.list_trials(sweep_id, with_history=with_history)
 
+    def trial_counts(self, sweep_id: str) -> dict[TrialState, int]:
+        # The store keeps what it read of a sweep, and counts it as it reads: nothing is sent.
+        return dict(count_states(self.trials(sweep_id)))
+
     def best_trial(self, sweep_id: str) -> Trial | None:
         spec = self.spec_of(sweep_id)
         return best_of(spec, self.store.list_trials(sweep_id))

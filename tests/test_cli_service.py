@@ -160,6 +160,9 @@ def test_the_commands_against_a_server(sweep_file: Path, tmp_path: Path) -> None
         status = sweeper("status", sweep_id, env=env)
         assert status.returncode == 0 and f"sweep {sweep_id} (grid) is paused: no trials yet" in status.stdout
         assert server.log().count(f"GET /api/v1/sweeps/{sweep_id}/trials ") == 1  # the trials are sent once
+        every = sweeper("status", env=env)  # each sweep's counts, not its trials
+        assert every.returncode == 0 and f"{sweep_id}  grid     paused" in every.stdout, every.stdout
+        assert "no trials yet" in every.stdout and server.log().count(f"/sweeps/{sweep_id}/trials ") == 1
         listed = sweeper("trials", sweep_id, "--format", "json", env=env)
         assert listed.returncode == 0 and json.loads(listed.stdout) == []
         for typo in (f"{sweep_id}/", "../x"):  # the server redirects the first, has no route for the second

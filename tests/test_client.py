@@ -9,8 +9,10 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from server_helpers import serving
@@ -18,8 +20,10 @@ from server_helpers import serving
 from sweeper.client import CoordinatorError, CoordinatorUnavailableError, HttpCoordinator
 from sweeper.connect import connect
 from sweeper.coordinator import Coordinator
-from sweeper.protocol import AgentInfo, CoordinatorService
+from sweeper.protocol import AgentInfo, CoordinatorService, SweepNotFoundError, TrialOutcome
 from sweeper.spec import parse_sweep
+from sweeper.store import open_store
+from sweeper.trials import TrialState
 
 
 class Misbehaving(http.server.BaseHTTPRequestHandler):
@@ -221,3 +225,58 @@ def test_a_restarted_server_is_reached_again(tmp_path: Path) -> None:
                 client.get_sweep(sweep.id)
         finally:
             restarted.stop()
+
+
+def test_trial_counts_come_from_the_server_without_the_trials(tmp_path: Path) -> None:
+    with serving(f"sqlite:///{tmp_path / 's.db'}", tmp_path) as server:
+        client = server.client()
+        spec = parse_sweep({"method": "grid", "parameters": {"x": {"values": [1, 2, 3]}}})
+        sweep = client.create_sweep(spec)
+        first, _ = (client.next_trial(sweep.id, AgentInfo(name=f"a{i}", host="h")) for i in range(2))
+        client.finish_trial(first.trial_id, first.lease_id, TrialOutcome(TrialState.FINISHED, exit_code=0))  # type: ignore[union-attr]
+        assert client.trial_counts(sweep.id) == {TrialState.FINISHED: 1, TrialState.RUNNING: 1}
+        assert (
+            f"/sweeps/{sweep.id}/counts " in server.log()
+            and f"/sweeps/{sweep.id}/trials " not in server.log()
+        )
+
+
+def test_trial_counts_from_a_server_without_the_counts_route_count_its_trials(tmp_path: Path) -> None:
+    """A server older than the counts route answers it as FastAPI answers any unknown route."""
+    import uvicorn
+
+    from sweeper.server.app import create_app
+
+    with open_store(f"sqlite:///{tmp_path / 's.db'}") as store:
+        coordinator = Coordinator(store)
+        spec = parse_sweep({"method": "grid", "parameters": {"x": {"values": [1, 2]}}})
+        sweep = coordinator.create_sweep(spec)
+        coordinator.next_trial(sweep.id, AgentInfo(name="a", host="h"))
+        app = create_app(coordinator, token=None)
+
+        async def without_counts(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http" and scope["path"].endswith("/counts"):
+                body = b'{"detail":"Not Found"}'
+                headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+                await send({"type": "http.response.start", "status": 404, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+            await app(scope, receive, send)
+
+        listening = socket.socket()
+        listening.bind(("127.0.0.1", 0))
+        old = uvicorn.Server(uvicorn.Config(without_counts, log_level="warning", lifespan="off"))
+        thread = threading.Thread(target=old.run, kwargs={"sockets": [listening]}, daemon=True)
+        thread.start()
+        try:
+            for _ in range(1000):
+                if old.started:
+                    break
+                time.sleep(0.01)
+            client = HttpCoordinator(f"http://127.0.0.1:{listening.getsockname()[1]}")
+            assert client.trial_counts(sweep.id) == {TrialState.RUNNING: 1}
+            with pytest.raises(SweepNotFoundError):
+                client.trial_counts("nosuch00")
+        finally:
+            old.should_exit = True
+            thread.join(10)

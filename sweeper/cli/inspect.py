@@ -62,9 +62,9 @@ def _status(coordinator: Any, sweep_id: str | None, top: int) -> None:
             click.echo("no sweeps yet: create one with 'sweeper run FILE'")
         for sweep in sweeps:
             created = datetime.fromtimestamp(sweep.created_at, UTC).strftime("%Y-%m-%d %H:%M")
-            trials = coordinator.trials(sweep.id)
+            counts = coordinator.trial_counts(sweep.id)  # not the trials themselves
             click.echo(
-                f"{sweep.id}  {sweep.method:<8} {sweep.state.value:<10} {created}  {state_counts(trials)}"
+                f"{sweep.id}  {sweep.method:<8} {sweep.state.value:<10} {created}  {state_counts(counts)}"
                 f"{'  ' + sweep.name if sweep.name else ''}"
             )
         return

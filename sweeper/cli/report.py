@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import click
 
 from sweeper.results import best_of, format_config, ranked
 from sweeper.spec import SweepSpec
-from sweeper.trials import Trial, TrialState
+from sweeper.trials import Trial, TrialState, count_states
 
 
 def describe_event(spec: SweepSpec, event: Any) -> str | None:
@@ -42,9 +41,8 @@ def describe_event(spec: SweepSpec, event: Any) -> str | None:
     return None
 
 
-def state_counts(trials: Sequence[Trial]) -> str:
-    counts = Counter(t.state for t in trials)
-    return ", ".join(f"{counts[s]} {s.value}" for s in TrialState if counts[s]) or "no trials yet"
+def state_counts(counts: Mapping[TrialState, int]) -> str:
+    return ", ".join(f"{counts[s]} {s.value}" for s in TrialState if counts.get(s)) or "no trials yet"
 
 
 def leaderboard(spec: SweepSpec, trials: Sequence[Trial], top: int = 5) -> list[str]:
@@ -65,7 +63,8 @@ def print_summary(coordinator: Any, sweep_id: str, top: int = 5) -> None:
     sweep = coordinator.get_sweep(sweep_id)
     spec = coordinator.spec_of(sweep_id)
     trials = coordinator.trials(sweep_id)
-    click.echo(f"sweep {sweep.id} ({sweep.method}) is {sweep.state.value}: {state_counts(trials)}")
+    counts = state_counts(count_states(trials))
+    click.echo(f"sweep {sweep.id} ({sweep.method}) is {sweep.state.value}: {counts}")
     best = best_of(spec, trials)  # from the trials at hand: a server would send them all again
     if spec.metric and best is not None:
         value = best.metric(spec.metric.name)

@@ -178,6 +178,11 @@ def create_app(
     def list_trials(sweep_id: SweepId, history: Annotated[bool, Query()] = False) -> list[schemas.TrialOut]:
         return [schemas.TrialOut.of(t) for t in coordinator.trials(sweep_id, with_history=history)]
 
+    @api.get("/sweeps/{sweep_id}/counts", response_model=dict[str, int])
+    def trial_counts(sweep_id: SweepId) -> dict[str, int]:
+        """How many of the sweep's trials are in each state (absent: none)."""
+        return {state.value: n for state, n in coordinator.trial_counts(sweep_id).items()}
+
     # --- the agent protocol ---------------------------------------------------
 
     @api.post("/sweeps/{sweep_id}/next", response_model=schemas.NextTrialOut)
