@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from store_conformance import StoreConformance
@@ -24,6 +25,7 @@ from sweeper.server.calls import SerialCalls
 from sweeper.store import BatchAbandoned, Lease, Store, StoreError, TrialDraft, open_store
 from sweeper.store import engine as engine_module
 from sweeper.store import sql as sql_module
+from sweeper.store import statements as statements_module
 from sweeper.trials import MetricPoint, TrialState
 
 pytestmark = pytest.mark.postgres
@@ -334,10 +336,12 @@ class _ReadsTogether:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.statements: list[int] = []  # per round trip, how many statements went together
+        self.locked: list[list[int]] = []  # per round trip, the trials it locked, in order
         real = sql_module.read_together
 
         def counted(conn: Any, *reads: Any) -> Any:
             self.statements.append(len(reads))
+            self.locked.append([p["trial_id_"] for s, p in reads if s is statements_module.TRIAL_LOCKED])
             return real(conn, *reads)
 
         monkeypatch.setattr(sql_module, "read_together", counted)
@@ -363,6 +367,7 @@ def test_metric_reports_read_ahead_in_one_round_trip_and_store_what_each_would_a
                 for trial_id, lease, points in reports
             ]
         assert reads.statements == [6, 2]  # three trials' locks and reads at once, then the second report's
+        assert reads.locked[0] == sorted([one.id, two.id, three.id])  # in one order: batches cannot deadlock
         expected = [{"loss": 0.3}, {"loss": 0.5}, {"loss": 0.4, "acc": 0.8}, {"loss": 0.2, "acc": 0.8}]
         assert [answer.summary for answer in answers] == expected
         stored = {t.id: t for t in store.list_trials(sweep.id, with_history=True)}
@@ -371,7 +376,7 @@ def test_metric_reports_read_ahead_in_one_round_trip_and_store_what_each_would_a
         assert {t.lease_expires_at for t in stored.values()} == {160.0}
 
 
-def test_a_refused_report_read_ahead_gives_the_batch_up_and_the_others_take_effect(
+def test_a_report_refused_in_the_reporting_block_hears_why_and_the_others_take_effect(
     postgres_store_url: str,
 ) -> None:
     """Through the server's call thread: a report under a lease that is not the trial's hears
@@ -414,6 +419,7 @@ def test_a_lease_is_one_round_trip_and_its_trial_takes_the_next_id(
         sweep = store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
         first = _running_trial(store, sweep.id, "l1")
         reads = _ReadsTogether(monkeypatch)
+        monkeypatch.setattr(statements_module.INSERT_TRIAL, "scalar", None)  # nothing waits for the insert
         second = _running_trial(store, sweep.id, "l2")
         assert reads.statements == [3]
         assert second.id > first.id and (second.number, second.config) == (2, {"n": 1})
@@ -421,3 +427,74 @@ def test_a_lease_is_one_round_trip_and_its_trial_takes_the_next_id(
         assert (stored.number, stored.lease_id, stored.config) == (2, "l2", {"n": 1})
         assert stored.state is TrialState.RUNNING
         assert [t.id for t in store.list_trials(sweep.id)] == [first.id, second.id]
+
+
+def test_leases_that_hand_nothing_out_use_up_no_trial_ids(postgres_store_url: str) -> None:
+    """Agents waiting on a sweep ask for work every second or two: a sequence's ids are not given
+    back, so only a lease that may hand a trial out takes one ahead."""
+    with open_store(postgres_store_url) as store:
+        sweep = store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
+        first = _running_trial(store, sweep.id, "l1")
+        lease = Lease(agent="a", host="h", lease_id="none", expires_at=100.0)
+        for _ in range(50):
+            assert store.new_trial(sweep.id, lambda sweep, trials: None, lease=lease, now=2.0) is None
+        second = _running_trial(store, sweep.id, "l2")
+        assert first.id < second.id <= first.id + 2  # one id at most went to the first empty lease
+        assert store.get_trial(second.id).number == 2
+
+
+def test_a_trial_id_sequence_the_column_does_not_own_still_gives_leases_ids(postgres_store_url: str) -> None:
+    with open_store(postgres_store_url) as store:
+        sweep = store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
+        with store._db.engine.begin() as conn:  # type: ignore[attr-defined]
+            conn.exec_driver_sql("ALTER SEQUENCE trials_id_seq OWNED BY NONE")
+        first, second = (_running_trial(store, sweep.id, lease) for lease in ("l1", "l2"))
+        assert [t.id for t in store.list_trials(sweep.id)] == [first.id, second.id]
+
+
+def test_a_read_ahead_that_fails_gives_the_batch_up_and_its_calls_run_again_each_on_its_own(
+    postgres_store_url: str,
+) -> None:
+    """Another program holds a reported trial's lock past the store's lock timeout: the batch's
+    read ahead fails, and its calls run again one by one; only the blocked report fails."""
+    with open_store(postgres_store_url) as store:
+        sweep = store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
+        one, two = (_running_trial(store, sweep.id, lease) for lease in ("l1", "l2"))
+        engine = store._db.engine  # type: ignore[attr-defined]
+        engine.dispose()
+
+        def short_lock_timeout(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.cursor().execute("SET lock_timeout = 300")
+            dbapi_conn.commit()
+
+        sqlalchemy_event.listen(engine, "connect", short_lock_timeout)
+        other = create_engine(make_url(postgres_store_url).set(drivername="postgresql+psycopg"))
+        calls = SerialCalls(store.batch, store.reporting)
+        gate = threading.Event()
+        loss = [MetricPoint("loss", 0.5, 1, 1, 2.0)]
+
+        def report(trial_id: int, lease: str) -> Any:
+            call = lambda: store.report_metrics(trial_id, lease, loss, expires_at=150.0, now=2.0)  # noqa: E731
+            return calls.run(call, (trial_id, loss))
+
+        async def run_all() -> list[Any]:
+            held = calls.run(gate.wait)  # holds the thread until every call below is queued
+            queued = [
+                report(two.id, "l2"),
+                report(one.id, "l1"),
+                calls.run(lambda: store.renew_lease(two.id, "l2", expires_at=160.0, now=2.0)),
+            ]
+            gate.set()
+            await held
+            return await asyncio.gather(*queued, return_exceptions=True)
+
+        with other.connect() as conn, conn.begin():
+            conn.exec_driver_sql(f"SELECT id FROM trials WHERE id = {one.id} FOR UPDATE")
+            try:
+                reported, blocked, renewed = asyncio.run(run_all())
+            finally:
+                calls.close()
+        other.dispose()
+        assert isinstance(blocked, StoreError) and "lock timeout" in str(blocked)
+        assert (reported.summary, renewed.lease_expires_at) == ({"loss": 0.5}, 160.0)
+        assert store.get_trial(one.id).summary == {} and store.get_trial(two.id).summary == {"loss": 0.5}

@@ -24,6 +24,9 @@ from sweeper.store.schema import trials
 from sweeper.trials import CountedTrials, Trial, TrialState
 
 _KNOWN_SWEEPS = 64  # sweeps whose trials are kept between leases
+# Lists of running trials' ids up to this long are padded to a power of two; longer ones are not,
+# so a statement never has more parameters than ids (SQLite allows 32766).
+_PADDED_UP_TO = 4096
 
 _SWEEP_TRIALS = Prepared(
     select(trials).where(trials.c.sweep_id == bindparam("sweep_id_")).order_by(trials.c.number)
@@ -49,7 +52,7 @@ def _sweep_trials_since(slots: int) -> Prepared:
     ids ``running_0`` ... ``running_{slots-1}`` (running when last read): a range of the (sweep_id,
     number) index and lookups by id, so a sweep read again costs what changed in it, however many
     trials other sweeps have added since. One statement per power of two of running trials (the
-    last id repeated to fill it), so each is compiled once."""
+    last id repeated to fill it; see _PADDED_UP_TO), so each is compiled once."""
     added = (trials.c.sweep_id == bindparam("sweep_id_")) & (trials.c.number > bindparam("last_number_"))
     if slots:
         added = added | trials.c.id.in_([bindparam(f"running_{i}") for i in range(slots)])
@@ -61,7 +64,9 @@ def _since(dialect: str, sweep_id: str, last: int, running: Sequence[int]) -> tu
     if dialect == "postgresql":
         params["running_"] = list(running)
         return _SWEEP_TRIALS_SINCE_ARRAY, params
-    slots = 1 << (len(running) - 1).bit_length() if running else 0
+    slots = len(running)
+    if 0 < slots <= _PADDED_UP_TO:
+        slots = 1 << (slots - 1).bit_length()
     for i in range(slots):
         params[f"running_{i}"] = running[min(i, len(running) - 1)]
     return _sweep_trials_since(slots), params

@@ -70,6 +70,7 @@ class SqlStore(Store):
     def __init__(self, engine: Engine, *, label: str) -> None:
         dialect = engine.dialect.name
         self._known = KnownTrials(dialect)
+        self._handed_nothing: set[str] = set()  # sweeps whose last lease here handed no trial out
         self._batch = threading.local()  # drafts, and reads ahead: while this thread runs a batch
         self._db = Database(engine, label=label)
         self.label = label
@@ -200,16 +201,18 @@ class SqlStore(Store):
 
         def lease_one(conn: Connection) -> Trial | None:
             # The sweep's lock, then what changed in it since it was last read (on PostgreSQL,
-            # one round trip, with the new trial's id; the read sees what committed while the
-            # lock waited).
+            # one round trip; the read sees what committed while the lock waited). With them, the
+            # new trial's id, unless the sweep's last lease handed nothing out: agents that wait
+            # on a sweep would use up ids (a sequence hands each out once, rollback or not).
             catch_up = self._known.plan(sweep_id, self._drafts())
             lock = (statements.SWEEP_LOCKED, {"sweep_id_": sweep_id})
             reads = [lock, (catch_up.statement, catch_up.params)]
-            if self._db.engine.dialect.name == "postgresql":
+            if self._db.engine.dialect.name == "postgresql" and sweep_id not in self._handed_nothing:
                 reads.append((statements.NEXT_TRIAL_ID, {}))
             locked, found, *next_id = read_together(conn, *reads)
             sweep = _found_sweep(locked[0] if locked else None, sweep_id)
             if not sweep.state.hands_out_trials:
+                self._handed_nothing.add(sweep_id)
                 return None
             so_far = catch_up.apply(found, keep)
             if history_of is not None:
@@ -218,7 +221,9 @@ class SqlStore(Store):
                 so_far = CountedTrials(with_history, count_states(so_far))
             draft = decide(sweep, so_far)
             if draft is None:
+                self._handed_nothing.add(sweep_id)
                 return None
+            self._handed_nothing.discard(sweep_id)
             if draft.retry_of is not None and all(t.number != draft.retry_of for t in so_far):
                 raise StoreError(f"sweep {sweep_id} has no trial #{draft.retry_of} to retry")
             config = dict(draft.config)
@@ -238,7 +243,7 @@ class SqlStore(Store):
                 "created_at": now,
                 "summary": "{}",
             }
-            if next_id:
+            if next_id and next_id[0][0][0] is not None:  # None: a sequence not owned by the column
                 trial_id = next_id[0][0][0]
                 statements.INSERT_TRIAL_WITH_ID.send(conn, {"id": trial_id, **values})
             else:
