@@ -219,3 +219,20 @@ def test_the_agent_hint_of_a_postgresql_sweep_hides_the_password(
     password = make_url(postgres_store_url).password
     assert f"sweeper agent {result.stdout.strip()} --db postgresql://" in result.stderr
     assert ":***@" in result.stderr and f":{password}@" not in result.stderr, result.stderr
+
+
+def test_the_trials_table_names_its_columns(sweep_file: Path, sqlite_store_url: str) -> None:
+    from sweeper.connect import connect
+    from sweeper.protocol import TrialOutcome
+    from sweeper.trials import MetricPoint, TrialState
+
+    sweep_id = invoke("sweep", str(sweep_file), "--db", sqlite_store_url).stdout.strip()
+    assert invoke("trials", sweep_id, "--db", sqlite_store_url).stdout == "no trials yet\n"
+    coordinator = connect(db=sqlite_store_url)
+    trial = coordinator.next_trial(sweep_id, AgentInfo("a", "h"))
+    assert isinstance(trial, Assignment)
+    coordinator.report_metrics(trial.trial_id, trial.lease_id, [MetricPoint("loss", 0.25, 1, 1, 2.0)])
+    coordinator.finish_trial(trial.trial_id, trial.lease_id, TrialOutcome(TrialState.FINISHED, exit_code=0))
+    header, row = invoke("trials", sweep_id, "--db", sqlite_store_url).stdout.splitlines()
+    assert header.split() == ["trial", "state", "config", "metrics"]
+    assert row.startswith("    1  finished ") and row.endswith("  loss=0.25"), row

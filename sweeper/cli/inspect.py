@@ -157,9 +157,14 @@ def trials_to_csv(rows: Sequence[Trial], spec: SweepSpec | None = None) -> str:
 def _print_table(rows: Sequence[Trial]) -> None:
     from sweeper.results import format_config
 
+    if not rows:
+        click.echo("no trials yet")
+        return
+    width = max(len("trial"), *(len(str(t.number)) for t in rows))
+    click.echo(f"{'trial':>{width}}  {'state':<9} config  metrics")
     for t in rows:
         metrics = " ".join(f"{k}={v:.6g}" for k, v in t.summary.items())
-        click.echo(f"{t.number:>4}  {t.state.value:<9} {format_config(t.config, limit=8)}  {metrics}")
+        click.echo(f"{t.number:>{width}}  {t.state.value:<9} {format_config(t.config, limit=8)}  {metrics}")
 
 
 def _cell(value: Any) -> Any:
