@@ -21,7 +21,7 @@ from sweeper.server.app import create_app
 from sweeper.server.calls import SerialCalls
 from sweeper.server.fast import AgentRoutes
 from sweeper.spec import parse_sweep
-from sweeper.store import BatchAbandoned, open_store
+from sweeper.store import BatchAbandoned, TrialCall, open_store
 
 
 def test_serial_calls_run_one_at_a_time_on_one_thread_in_arrival_order() -> None:
@@ -323,18 +323,18 @@ def test_a_lease_expiry_pass_the_store_refuses_is_one_line_in_the_log(
     assert record.exc_info is None and "server closed the connection" in record.getMessage(), record
 
 
-def test_metric_reports_run_first_one_per_trial_inside_the_reporting_block() -> None:
-    """The store may read what the reports need ahead (``Store.reporting``); the other calls, and
-    a trial's second report, run after the block in arrival order."""
+def test_metric_reports_and_trial_ends_run_first_one_per_trial_inside_the_trial_calls_block() -> None:
+    """The store may read what they need ahead (``Store.trial_calls``); the other calls, and a
+    trial's second report or end, run after the block in arrival order."""
     ran: list[Any] = []
 
     @contextlib.contextmanager
-    def reporting(reports: list[Any]) -> Iterator[None]:
-        ran.append(("reading ahead for", [trial_id for trial_id, _ in reports]))
+    def trial_calls(calls: list[TrialCall]) -> Iterator[None]:
+        ran.append(("reading ahead for", [(c.trial_id, c.points) for c in calls]))
         yield
         ran.append("block ends")
 
-    calls = SerialCalls(reporting=reporting)
+    calls = SerialCalls(trial_calls=trial_calls)
     gate = Gate()
 
     def note(what: Any) -> Callable[[], Any]:
@@ -345,21 +345,23 @@ def test_metric_reports_run_first_one_per_trial_inside_the_reporting_block() -> 
         await gate.entered()
         runs = [
             calls.run(note("lease")),
-            calls.run(note("report 7 first"), (7, ["p1"])),
+            calls.run(note("report 7 first"), TrialCall(7, ["p1"])),  # type: ignore[list-item]
             calls.run(note("heartbeat 3")),
-            calls.run(note("report 3"), (3, ["p"])),
-            calls.run(note("report 7 again"), (7, ["p2"])),
+            calls.run(note("end 5"), TrialCall(5)),
+            calls.run(note("report 3"), TrialCall(3, ["p"])),  # type: ignore[list-item]
+            calls.run(note("end 7"), TrialCall(7)),
         ]
         gate.release.set()
         await asyncio.gather(first, *runs)
 
     asyncio.run(main())
     assert ran == [
-        ("reading ahead for", [7, 3]),  # the gate's batch had no report: no block
+        ("reading ahead for", [(7, ["p1"]), (5, None), (3, ["p"])]),  # the gate's batch had none: no block
         "report 7 first",
+        "end 5",
         "report 3",
         "block ends",
         "lease",
         "heartbeat 3",
-        "report 7 again",
+        "end 7",
     ]

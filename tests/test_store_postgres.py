@@ -22,7 +22,7 @@ from store_conformance import StoreConformance
 
 from sweeper.protocol import LeaseLostError
 from sweeper.server.calls import SerialCalls
-from sweeper.store import BatchAbandoned, Lease, Store, StoreError, TrialDraft, open_store
+from sweeper.store import BatchAbandoned, Lease, Store, StoreError, TrialCall, TrialDraft, open_store
 from sweeper.store import engine as engine_module
 from sweeper.store import sql as sql_module
 from sweeper.store import statements as statements_module
@@ -361,13 +361,15 @@ def test_metric_reports_read_ahead_in_one_round_trip_and_store_what_each_would_a
             (two.id, "l2", [MetricPoint("loss", 0.2, 2, 3, 3.0)]),  # its second report reads after the first
         ]
         reads = _ReadsTogether(monkeypatch)
-        with store.batch(), store.reporting([(trial_id, points) for trial_id, _, points in reports]):
+        ahead = [TrialCall(trial_id, points) for trial_id, _, points in reports]
+        with store.batch(), store.trial_calls(ahead):
             answers = [
                 store.report_metrics(trial_id, lease, points, expires_at=160.0, now=3.0)
                 for trial_id, lease, points in reports
             ]
         assert reads.statements == [6, 2]  # three trials' locks and reads at once, then the second report's
         assert reads.locked[0] == sorted([one.id, two.id, three.id])  # in one order: batches cannot deadlock
+        assert reads.locked[1] == [two.id]
         expected = [{"loss": 0.3}, {"loss": 0.5}, {"loss": 0.4, "acc": 0.8}, {"loss": 0.2, "acc": 0.8}]
         assert [answer.summary for answer in answers] == expected
         stored = {t.id: t for t in store.list_trials(sweep.id, with_history=True)}
@@ -376,7 +378,7 @@ def test_metric_reports_read_ahead_in_one_round_trip_and_store_what_each_would_a
         assert {t.lease_expires_at for t in stored.values()} == {160.0}
 
 
-def test_a_report_refused_in_the_reporting_block_hears_why_and_the_others_take_effect(
+def test_a_report_refused_in_the_trial_calls_block_hears_why_and_the_others_take_effect(
     postgres_store_url: str,
 ) -> None:
     """Through the server's call thread: a report under a lease that is not the trial's hears
@@ -384,14 +386,14 @@ def test_a_report_refused_in_the_reporting_block_hears_why_and_the_others_take_e
     with open_store(postgres_store_url) as store:
         sweep = store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
         one, two = (_running_trial(store, sweep.id, lease) for lease in ("l1", "l2"))
-        calls = SerialCalls(store.batch, store.reporting)
+        calls = SerialCalls(store.batch, store.trial_calls)
         gate = threading.Event()
         loss = [MetricPoint("loss", 0.5, 1, 1, 2.0)]
 
         def report(trial_id: int, lease: str) -> Any:
             return calls.run(
                 lambda: store.report_metrics(trial_id, lease, loss, expires_at=150.0, now=2.0),
-                (trial_id, loss),
+                TrialCall(trial_id, loss),
             )
 
         async def run_all() -> list[Any]:
@@ -469,13 +471,13 @@ def test_a_read_ahead_that_fails_gives_the_batch_up_and_its_calls_run_again_each
 
         sqlalchemy_event.listen(engine, "connect", short_lock_timeout)
         other = create_engine(make_url(postgres_store_url).set(drivername="postgresql+psycopg"))
-        calls = SerialCalls(store.batch, store.reporting)
+        calls = SerialCalls(store.batch, store.trial_calls)
         gate = threading.Event()
         loss = [MetricPoint("loss", 0.5, 1, 1, 2.0)]
 
         def report(trial_id: int, lease: str) -> Any:
             call = lambda: store.report_metrics(trial_id, lease, loss, expires_at=150.0, now=2.0)  # noqa: E731
-            return calls.run(call, (trial_id, loss))
+            return calls.run(call, TrialCall(trial_id, loss))
 
         async def run_all() -> list[Any]:
             held = calls.run(gate.wait)  # holds the thread until every call below is queued
@@ -498,3 +500,23 @@ def test_a_read_ahead_that_fails_gives_the_batch_up_and_its_calls_run_again_each
         assert isinstance(blocked, StoreError) and "lock timeout" in str(blocked)
         assert (reported.summary, renewed.lease_expires_at) == ({"loss": 0.5}, 160.0)
         assert store.get_trial(one.id).summary == {} and store.get_trial(two.id).summary == {"loss": 0.5}
+
+
+def test_trial_ends_read_ahead_count_the_ends_before_them_in_the_block(
+    postgres_store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each end's count of its sweep's running trials, read for all of them at once, still takes
+    off the trials the block ended before it: the last one of a sweep sees none left running."""
+    with open_store(postgres_store_url) as store:
+        sweeps = [store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0) for _ in range(2)]
+        one, two, three = (_running_trial(store, sweeps[0].id, lease) for lease in ("l1", "l2", "l3"))
+        other = _running_trial(store, sweeps[1].id, "o1")
+        ends = [(three, "l3"), (other, "o1"), (one, "l1")]
+        reads = _ReadsTogether(monkeypatch)
+        with store.batch(), store.trial_calls([TrialCall(t.id) for t, _ in ends]):
+            running = [store.end_trial(t.id, lease, TrialState.FINISHED, now=3.0)[1] for t, lease in ends]
+            # a trial's second call in the batch, after the block, counts for itself
+            assert store.end_trial(two.id, "l2", TrialState.FINISHED, now=3.0)[1] == 0
+        assert reads.statements == [6, 2] and reads.locked[0] == sorted([one.id, three.id, other.id])
+        assert running == [2, 0, 1]  # three's end left 2 running; other's sweep none; one's end left 1
+        assert {t.state for t in store.list_trials(sweeps[0].id)} == {TrialState.FINISHED}

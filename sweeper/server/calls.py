@@ -5,9 +5,10 @@ wake-ups, and the threads' turns at the interpreter lock, cost more than many of
 themselves; and most of a call's own cost is its transaction's start and commit. So one thread
 takes the calls that arrived while it worked, runs them in one store batch (one transaction,
 :meth:`~sweeper.store.Store.batch`), and then wakes the event loop once for all of their results.
-Metric reports run first, one per trial, in a block where the store may read what they all need
-at once (:meth:`~sweeper.store.Store.reporting`); the rest follow in arrival order. Calls of one
-batch all arrived before any of them was answered, so no caller can tell their order.
+Metric reports and trial ends run first, one call per trial, in a block where the store may read
+what they all need at once (:meth:`~sweeper.store.Store.trial_calls`); the rest follow in arrival
+order. Calls of one batch all arrived before any of them was answered, so no caller can tell
+their order.
 
 In the load benchmark (64 agents) batches served 1.2 to 1.4 times the lifecycles per
 second of a pool of 10 threads, each call in a transaction of its own, on SQLite, and about 1.5
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, TypeVar
 
-from sweeper.store import BatchAbandoned
+from sweeper.store import BatchAbandoned, TrialCall
 
 T = TypeVar("T")
 
@@ -30,7 +31,7 @@ T = TypeVar("T")
 BATCH_CALLS = 64
 
 _Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
-_Call = tuple[Callable[[], Any], "asyncio.Future[Any]", Any]  # the call, its future, its report
+_Call = tuple[Callable[[], Any], "asyncio.Future[Any]", TrialCall | None]  # the call, its future, what it is
 
 
 class SerialCalls:
@@ -44,18 +45,18 @@ class SerialCalls:
     def __init__(
         self,
         batch: Callable[[], AbstractContextManager[None]] = nullcontext,
-        reporting: Callable[[list[Any]], AbstractContextManager[None]] = lambda reports: nullcontext(),
+        trial_calls: Callable[[list[TrialCall]], AbstractContextManager[None]] = lambda calls: nullcontext(),
     ) -> None:
         self._batch = batch
-        self._reporting = reporting
+        self._trial_calls = trial_calls
         self._ready = threading.Condition()
         self._queue: list[_Call] = []
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    def run(self, call: Callable[[], T], report: Any = None) -> asyncio.Future[T]:
-        """``call()`` on the thread; its result (or exception) once its batch has ended. ``report``:
-        for a metric report, (trial id, points), as the batch's ``reporting`` block takes them."""
+    def run(self, call: Callable[[], T], trial_call: TrialCall | None = None) -> asyncio.Future[T]:
+        """``call()`` on the thread; its result (or exception) once its batch has ended.
+        ``trial_call``: what it is, for a metric report or a trial's end."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         with self._ready:
             if self._closed:
@@ -65,7 +66,7 @@ class SerialCalls:
                 thread = threading.Thread(target=self._work, name="agent-route", daemon=True)
                 thread.start()
                 self._thread = thread
-            self._queue.append((call, future, report))
+            self._queue.append((call, future, trial_call))
             if len(self._queue) == 1:  # the thread waits only on an empty queue
                 self._ready.notify()
         return future
@@ -104,22 +105,22 @@ class SerialCalls:
     def _outcomes(self, batch: list[_Call]) -> list[_Outcome]:
         if not batch:
             return []
-        reports: list[_Call] = []
+        first: list[_Call] = []
         rest: list[_Call] = []
-        reported: set[Any] = set()
-        for queued in batch:  # the first report of each trial, then everything else
-            report = queued[2]
-            if report is not None and report[0] not in reported:
-                reported.add(report[0])
-                reports.append(queued)
+        trials: set[int] = set()
+        for queued in batch:  # the first report or end of each trial, then everything else
+            trial_call = queued[2]
+            if trial_call is not None and trial_call.trial_id not in trials:
+                trials.add(trial_call.trial_id)
+                first.append(queued)
             else:
                 rest.append(queued)
         try:
             with self._batch():
                 done = []
-                if reports:
-                    with self._reporting([report for _, _, report in reports]):
-                        done = [(future, *_outcome(call)) for call, future, _ in reports]
+                if first:
+                    with self._trial_calls([trial_call for _, _, trial_call in first if trial_call]):
+                        done = [(future, *_outcome(call)) for call, future, _ in first]
                 return done + [(future, *_outcome(call)) for call, future, _ in rest]
         except BatchAbandoned:  # nothing of it was written: each call on its own
             return [(future, *_outcome(call)) for call, future, _ in batch]

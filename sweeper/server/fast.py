@@ -29,7 +29,8 @@ from sweeper.protocol import AgentInfo, Directive, TrialOutcome
 from sweeper.server import schemas
 from sweeper.server.app import REFUSALS, error
 from sweeper.server.calls import SerialCalls
-from sweeper.trials import MetricPoint, TrialState
+from sweeper.store import TrialCall
+from sweeper.trials import TrialState
 
 _NEXT = re.compile(r"/api/v1/sweeps/([A-Za-z0-9_-]{1,64})/next")
 _TRIAL = re.compile(r"/api/v1/trials/([0-9]{1,19})/(heartbeat|metrics|finish)")
@@ -60,7 +61,7 @@ class AgentRoutes:
         self._short_path = token is None or token.isascii()
         self._max_body_bytes = max_body_bytes
         self._max_batch = max_batch
-        self._calls = SerialCalls(coordinator.store.batch, coordinator.store.reporting)
+        self._calls = SerialCalls(coordinator.store.batch, coordinator.store.trial_calls)
 
     def close(self) -> None:
         """Finish the calls under way, then touch the store no more."""
@@ -105,9 +106,9 @@ class AgentRoutes:
 
     async def _parse(
         self, action: str, key: str, receive: Receive, received: list[Message]
-    ) -> tuple[Callable[[], tuple[int, bytes]], tuple[int, list[MetricPoint]] | None] | None:
-        """The coordinator call a valid request asks for, and for a metric report its (trial id,
-        points); None for anything else."""
+    ) -> tuple[Callable[[], tuple[int, bytes]], TrialCall | None] | None:
+        """The coordinator call a valid request asks for, and for a metric report or a trial's end
+        what it is; None for anything else."""
         chunks = []
         size = 0
         while True:
@@ -140,7 +141,7 @@ class AgentRoutes:
             if len(body.points) > self._max_batch:
                 return None
             points, lease_id = [p.point() for p in body.points], body.lease_id
-            report = (trial_id, points)
+            report = TrialCall(trial_id, points)
             return lambda: (200, _directive(coordinator.report_metrics(trial_id, lease_id, points))), report
         assert isinstance(body, schemas.FinishIn)
         outcome = TrialOutcome(
@@ -154,7 +155,7 @@ class AgentRoutes:
             coordinator.finish_trial(trial_id, body.lease_id, outcome)
             return 204, b""
 
-        return finish, None
+        return finish, TrialCall(trial_id)
 
 
 def _route(scope: Scope) -> tuple[str, str] | None:

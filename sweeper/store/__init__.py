@@ -18,6 +18,7 @@ from sweeper.store.base import (
     SchemaVersionError,
     Store,
     StoreError,
+    TrialCall,
     TrialDraft,
     TrialNotFoundError,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "SchemaVersionError",
     "Store",
     "StoreError",
+    "TrialCall",
     "TrialDraft",
     "TrialNotFoundError",
     "open_store",

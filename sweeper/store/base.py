@@ -61,6 +61,15 @@ class TrialDraft:
 
 
 @dataclass(frozen=True)
+class TrialCall:
+    """A call on one trial that a batch may run ahead of its other calls (:meth:`Store.trial_calls`):
+    a metric report (its points) or the trial's end (no points)."""
+
+    trial_id: int
+    points: Sequence[MetricPoint] | None = None
+
+
+@dataclass(frozen=True)
 class Lease:
     agent: str
     host: str
@@ -81,10 +90,10 @@ class Store(ABC):
         its own."""
         return nullcontext()
 
-    def reporting(self, reports: Sequence[tuple[int, Sequence[MetricPoint]]]) -> AbstractContextManager[None]:
-        """Inside a :meth:`batch`: the block runs these metric reports ((trial id, points), one per
+    def trial_calls(self, calls: Sequence[TrialCall]) -> AbstractContextManager[None]:
+        """Inside a :meth:`batch`: the block runs these metric reports and trial ends (one call per
         trial) and nothing else. A store may read what they need ahead, all at once, and must
-        then use what it read only for those reports, and only inside the block."""
+        then use what it read only for those calls, and only inside the block."""
         return nullcontext()
 
     def after_commit(self, step: Callable[[], None]) -> None:

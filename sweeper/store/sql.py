@@ -12,7 +12,7 @@ import dataclasses
 import secrets
 import string
 import threading
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -38,6 +38,7 @@ from sweeper.store.base import (
     Lease,
     Store,
     StoreError,
+    TrialCall,
     TrialDraft,
     TrialNotFoundError,
 )
@@ -71,7 +72,7 @@ class SqlStore(Store):
         dialect = engine.dialect.name
         self._known = KnownTrials(dialect)
         self._handed_nothing: set[str] = set()  # sweeps whose last lease here handed no trial out
-        self._batch = threading.local()  # drafts, and reads ahead: while this thread runs a batch
+        self._batch = threading.local()  # drafts, reads ahead, ends: while this thread runs a batch
         self._db = Database(engine, label=label)
         self.label = label
         insert_ignore = postgresql.insert if dialect == "postgresql" else sqlite.insert
@@ -90,35 +91,43 @@ class SqlStore(Store):
                 self._batch.drafts = None
 
     @contextmanager
-    def reporting(self, reports: Sequence[tuple[int, Sequence[MetricPoint]]]) -> Iterator[None]:
-        # On PostgreSQL, in a batch: every report's lock and read (see _record_points) in one round
-        # trip, in the order of trial ids, instead of one round trip each. Nothing else in the
-        # batch runs before the block's reports, and each report writes only its own trial, so
-        # what was read stays true until its report uses it.
+    def trial_calls(self, calls: Sequence[TrialCall]) -> Iterator[None]:
+        # On PostgreSQL, in a batch: every call's trial lock, and then what each call reads with
+        # it (a report's latest points, an end's count of the sweep's running trials), in one round
+        # trip instead of one each; the locks in the order of trial ids, and the reads after all
+        # of them, so each read sees what committed while any of the locks waited. Nothing else in
+        # the batch runs before these calls, and each writes only its own trial, so what was read
+        # stays true until its call uses it, except the running counts, which the block's ends
+        # change: end_trial takes off those of the same sweep before it (self._batch.ended).
         if self._db.engine.dialect.name != "postgresql" or self._drafts() is None:
             yield
             return
-        reads: dict[tuple[Any, ...], tuple[tuple[Prepared, dict[str, Any]], ...]] = {}
-        reads_of: set[int] = set()
-        for trial_id, points in sorted(reports, key=lambda report: report[0]):
-            if points and trial_id not in reads_of:  # a trial's second report reads after its first
-                reads_of.add(trial_id)
-                latest, params = _points_read(trial_id, points)[2:]
-                locked = (statements.TRIAL_LOCKED, {"trial_id_": trial_id})
-                reads[_read_key(latest, params)] = (locked, (latest, params))
-        if not reads:
+        locks: list[tuple[Prepared, dict[str, Any]]] = []
+        reads: list[tuple[Prepared, dict[str, Any]]] = []
+        for call in sorted({c.trial_id: c for c in reversed(calls)}.values(), key=lambda c: c.trial_id):
+            if call.points is None:
+                read = (statements.RUNNING_IN_SWEEP_OF_TRIAL, {"trial_id_": call.trial_id})
+            elif call.points:
+                read = _points_read(call.trial_id, call.points)[2:]
+            else:
+                continue  # a report without points renews the lease only: it reads nothing more
+            locks.append((statements.TRIAL_LOCKED, {"trial_id_": call.trial_id}))
+            reads.append(read)
+        if not locks:
             yield
             return
         try:
             with self._db.read() as conn:  # the batch's transaction
-                found = read_together(conn, *(read for pair in reads.values() for read in pair))
+                found = read_together(conn, *locks, *reads)
         except Exception as exc:  # the transaction is spoiled: each call on its own
-            raise BatchAbandoned(f"store {self.label}: reading ahead for metric reports failed") from exc
-        self._batch.ahead = {key: (found[2 * i], found[2 * i + 1]) for i, key in enumerate(reads)}
+            raise BatchAbandoned(f"store {self.label}: reading ahead for a batch's calls failed") from exc
+        n = len(locks)
+        self._batch.ahead = {_read_key(*read): (found[i], found[n + i]) for i, read in enumerate(reads)}
+        self._batch.ended = Counter()  # by sweep: the running trials the block's ends ended
         try:
             yield
         finally:
-            self._batch.ahead = None
+            self._batch.ahead = self._batch.ended = None
 
     def _drafts(self) -> dict[str, Any] | None:
         """What the reads of this thread's batch have read so far (see :meth:`KnownTrials.read`)."""
@@ -421,13 +430,19 @@ class SqlStore(Store):
 
         def end(conn: Connection) -> tuple[Trial, int]:
             # With the lock, the sweep's running trials, this one as it was.
-            count = statements.RUNNING_IN_SWEEP_OF_TRIAL
-            row, (running,) = self._locked_row_and(conn, count, {"trial_id_": trial_id})
+            count, params = statements.RUNNING_IN_SWEEP_OF_TRIAL, {"trial_id_": trial_id}
+            ahead, ended = getattr(self._batch, "ahead", None), getattr(self._batch, "ended", None)
+            counted_ahead = ahead is not None and _read_key(count, params) in ahead
+            row, (running,) = self._locked_row_and(conn, count, params)
             if lease_id is not None:
                 rules.check_lease(row, lease_id, now)
             rules.check_trial_transition(row, state)
             statements.UPDATE_TRIAL.send(conn, {"trial_id_": trial_id, "state": state.value, **changes})
-            running -= row.state == TrialState.RUNNING.value
+            was_running = row.state == TrialState.RUNNING.value
+            if ended is not None:  # in a trial_calls block: counted before its earlier ends
+                running -= ended[row.sweep_id] if counted_ahead else 0
+                ended[row.sweep_id] += was_running
+            running -= was_running
             # The locked row plus what this call changed: no need to read it back.
             return dataclasses.replace(rows.trial_from_row(row), state=state, **changes), running
 
