@@ -323,9 +323,9 @@ def test_a_lease_expiry_pass_the_store_refuses_is_one_line_in_the_log(
     assert record.exc_info is None and "server closed the connection" in record.getMessage(), record
 
 
-def test_metric_reports_and_trial_ends_run_first_one_per_trial_inside_the_trial_calls_block() -> None:
+def test_the_first_call_on_each_trial_runs_first_inside_the_trial_calls_block() -> None:
     """The store may read what they need ahead (``Store.trial_calls``); the other calls, and a
-    trial's second report or end, run after the block in arrival order."""
+    trial's later calls, run after the block in arrival order."""
     ran: list[Any] = []
 
     @contextlib.contextmanager
@@ -346,22 +346,26 @@ def test_metric_reports_and_trial_ends_run_first_one_per_trial_inside_the_trial_
         runs = [
             calls.run(note("lease")),
             calls.run(note("report 7 first"), TrialCall(7, ["p1"])),  # type: ignore[list-item]
-            calls.run(note("heartbeat 3")),
+            calls.run(note("heartbeat 3"), TrialCall(3, ())),
             calls.run(note("end 5"), TrialCall(5)),
             calls.run(note("report 3"), TrialCall(3, ["p"])),  # type: ignore[list-item]
             calls.run(note("end 7"), TrialCall(7)),
+            calls.run(note("heartbeat 9"), TrialCall(9, ())),
+            calls.run(note("end 9"), TrialCall(9)),  # after its heartbeat, which it would refuse
         ]
         gate.release.set()
         await asyncio.gather(first, *runs)
 
     asyncio.run(main())
     assert ran == [
-        ("reading ahead for", [(7, ["p1"]), (5, None), (3, ["p"])]),  # the gate's batch had none: no block
+        ("reading ahead for", [(7, ["p1"]), (3, ()), (5, None), (9, ())]),  # the gate's batch: none
         "report 7 first",
+        "heartbeat 3",
         "end 5",
-        "report 3",
+        "heartbeat 9",
         "block ends",
         "lease",
-        "heartbeat 3",
+        "report 3",
         "end 7",
+        "end 9",
     ]

@@ -337,11 +337,14 @@ class _ReadsTogether:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.statements: list[int] = []  # per round trip, how many statements went together
         self.locked: list[list[int]] = []  # per round trip, the trials it locked, in order
+        self.locks_first: list[bool] = []  # per round trip, whether its locks came before its reads
         real = sql_module.read_together
 
         def counted(conn: Any, *reads: Any) -> Any:
             self.statements.append(len(reads))
+            locks = [s is statements_module.TRIAL_LOCKED for s, _ in reads]
             self.locked.append([p["trial_id_"] for s, p in reads if s is statements_module.TRIAL_LOCKED])
+            self.locks_first.append(locks == sorted(locks, reverse=True))
             return real(conn, *reads)
 
         monkeypatch.setattr(sql_module, "read_together", counted)
@@ -518,5 +521,44 @@ def test_trial_ends_read_ahead_count_the_ends_before_them_in_the_block(
             # a trial's second call in the batch, after the block, counts for itself
             assert store.end_trial(two.id, "l2", TrialState.FINISHED, now=3.0)[1] == 0
         assert reads.statements == [6, 2] and reads.locked[0] == sorted([one.id, three.id, other.id])
+        assert reads.locks_first[0]  # every count reads what committed while any of the locks waited
         assert running == [2, 0, 1]  # three's end left 2 running; other's sweep none; one's end left 1
         assert {t.state for t in store.list_trials(sweeps[0].id)} == {TrialState.FINISHED}
+
+
+def test_a_sweep_whose_last_trials_end_in_one_batch_is_finished(postgres_store_url: str) -> None:
+    """Through the coordinator and the server's call thread: the last end of the batch counts
+    the ends before it, sees no trial left running, and finishes the sweep; nobody need ask."""
+    from sweeper.coordinator import Coordinator
+    from sweeper.protocol import AgentInfo, Assignment, TrialOutcome
+    from sweeper.spec import parse_sweep
+    from sweeper.trials import SweepState
+
+    with open_store(postgres_store_url) as store:
+        coordinator = Coordinator(store)
+        sweep = coordinator.create_sweep(
+            parse_sweep({"method": "grid", "parameters": {"x": {"values": [1, 2]}}})
+        )
+        leased = [coordinator.next_trial(sweep.id, AgentInfo(name=f"a{i}", host="h")) for i in range(2)]
+        assert all(isinstance(a, Assignment) for a in leased)
+        calls = SerialCalls(store.batch, store.trial_calls)
+        gate = threading.Event()
+        done = TrialOutcome(TrialState.FINISHED, exit_code=0)
+
+        def end(a: Any) -> Any:
+            return calls.run(
+                lambda: coordinator.finish_trial(a.trial_id, a.lease_id, done), TrialCall(a.trial_id)
+            )
+
+        async def run_all() -> list[Any]:
+            held = calls.run(gate.wait)  # holds the thread until both ends are queued: one batch
+            queued = [end(a) for a in leased]
+            gate.set()
+            await held
+            return await asyncio.gather(*queued, return_exceptions=True)
+
+        try:
+            assert asyncio.run(run_all()) == [None, None]
+        finally:
+            calls.close()
+        assert coordinator.get_sweep(sweep.id).state is SweepState.FINISHED

@@ -5,9 +5,10 @@ wake-ups, and the threads' turns at the interpreter lock, cost more than many of
 themselves; and most of a call's own cost is its transaction's start and commit. So one thread
 takes the calls that arrived while it worked, runs them in one store batch (one transaction,
 :meth:`~sweeper.store.Store.batch`), and then wakes the event loop once for all of their results.
-Metric reports and trial ends run first, one call per trial, in a block where the store may read
-what they all need at once (:meth:`~sweeper.store.Store.trial_calls`); the rest follow in arrival
-order. Calls of one batch all arrived before any of them was answered, so no caller can tell
+The first call on each trial (a metric report, a heartbeat or the trial's end) runs first, in a
+block where the store may read what they all need at once
+(:meth:`~sweeper.store.Store.trial_calls`); the rest follow in arrival order, so a trial's calls
+keep theirs. Calls of one batch all arrived before any of them was answered, so no caller can tell
 their order.
 
 In the load benchmark (64 agents) batches served 1.2 to 1.4 times the lifecycles per
@@ -56,7 +57,7 @@ class SerialCalls:
 
     def run(self, call: Callable[[], T], trial_call: TrialCall | None = None) -> asyncio.Future[T]:
         """``call()`` on the thread; its result (or exception) once its batch has ended.
-        ``trial_call``: what it is, for a metric report or a trial's end."""
+        ``trial_call``: what it is, for a call on one trial."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         with self._ready:
             if self._closed:
@@ -108,7 +109,7 @@ class SerialCalls:
         first: list[_Call] = []
         rest: list[_Call] = []
         trials: set[int] = set()
-        for queued in batch:  # the first report or end of each trial, then everything else
+        for queued in batch:  # the first call on each trial, then everything else
             trial_call = queued[2]
             if trial_call is not None and trial_call.trial_id not in trials:
                 trials.add(trial_call.trial_id)

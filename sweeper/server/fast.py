@@ -107,8 +107,8 @@ class AgentRoutes:
     async def _parse(
         self, action: str, key: str, receive: Receive, received: list[Message]
     ) -> tuple[Callable[[], tuple[int, bytes]], TrialCall | None] | None:
-        """The coordinator call a valid request asks for, and for a metric report or a trial's end
-        what it is; None for anything else."""
+        """The coordinator call a valid request asks for, and for a call on a trial what it is;
+        None for anything else."""
         chunks = []
         size = 0
         while True:
@@ -136,7 +136,7 @@ class AgentRoutes:
         if isinstance(body, schemas.LeaseIn):
             note, lease_id = body.interrupted, body.lease_id
             renew = lambda: coordinator.heartbeat(trial_id, lease_id, interrupted=note)  # noqa: E731
-            return lambda: (200, _directive(renew())), None
+            return lambda: (200, _directive(renew())), TrialCall(trial_id, ())
         if isinstance(body, schemas.MetricsIn):
             if len(body.points) > self._max_batch:
                 return None

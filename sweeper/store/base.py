@@ -63,7 +63,8 @@ class TrialDraft:
 @dataclass(frozen=True)
 class TrialCall:
     """A call on one trial that a batch may run ahead of its other calls (:meth:`Store.trial_calls`):
-    a metric report (its points) or the trial's end (no points)."""
+    a metric report (its points; none for a heartbeat, which only renews the lease) or the
+    trial's end (``points`` None)."""
 
     trial_id: int
     points: Sequence[MetricPoint] | None = None
@@ -91,8 +92,8 @@ class Store(ABC):
         return nullcontext()
 
     def trial_calls(self, calls: Sequence[TrialCall]) -> AbstractContextManager[None]:
-        """Inside a :meth:`batch`: the block runs these metric reports and trial ends (one call per
-        trial) and nothing else. A store may read what they need ahead, all at once, and must
+        """Inside a :meth:`batch`: the block runs these metric reports, heartbeats and trial ends
+        (one call per trial) and nothing else. A store may read what they need ahead, all at once, and must
         then use what it read only for those calls, and only inside the block."""
         return nullcontext()
 

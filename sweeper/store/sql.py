@@ -96,7 +96,8 @@ class SqlStore(Store):
         # it (a report's latest points, an end's count of the sweep's running trials), in one round
         # trip instead of one each; the locks in the order of trial ids, and the reads after all
         # of them, so each read sees what committed while any of the locks waited. Nothing else in
-        # the batch runs before these calls, and each writes only its own trial, so what was read
+        # the batch runs before these calls (heartbeats among them read nothing ahead), and each
+        # writes only its own trial, so what was read
         # stays true until its call uses it, except the running counts, which the block's ends
         # change: end_trial takes off those of the same sweep before it (self._batch.ended).
         if self._db.engine.dialect.name != "postgresql" or self._drafts() is None:
@@ -110,7 +111,7 @@ class SqlStore(Store):
             elif call.points:
                 read = _points_read(call.trial_id, call.points)[2:]
             else:
-                continue  # a report without points renews the lease only: it reads nothing more
+                continue  # a heartbeat (a report without points) renews the lease: nothing to read
             locks.append((statements.TRIAL_LOCKED, {"trial_id_": call.trial_id}))
             reads.append(read)
         if not locks:
