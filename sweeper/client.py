@@ -20,7 +20,6 @@ import os
 import ssl
 import urllib.error
 import urllib.parse
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +36,7 @@ from sweeper.protocol import (
 )
 from sweeper.redact import redact_urls
 from sweeper.transport import transport_for
-from sweeper.trials import MetricPoint, Sweep, SweepState, Trial, TrialState
+from sweeper.trials import MetricPoint, Sweep, SweepState, Trial, TrialState, count_states
 
 if TYPE_CHECKING:
     from sweeper.spec import SweepSpec
@@ -192,7 +191,7 @@ class HttpCoordinator:
             if exc.code != "http_404":
                 raise
             # A server older than this route: count the trials it sends.
-            return dict(Counter(t.state for t in self.trials(sweep_id)))
+            return dict(count_states(self.trials(sweep_id)))
         return {TrialState(state): int(n) for state, n in counts.items()}
 
     def spec_of(self, sweep_id: str) -> SweepSpec:

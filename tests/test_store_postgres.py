@@ -116,32 +116,39 @@ def test_a_batch_whose_queued_write_fails_on_the_server_is_given_up(
             assert (stored.summary, stored.history, stored.lease_expires_at) == ({}, (), 100.0)
 
 
+def _in_one_batch(calls: SerialCalls, *queued: tuple[Callable[[], Any], TrialCall | None]) -> list[Any]:
+    """Through the server's call thread: ``queued`` ((call, what it is) pairs) in one batch (a
+    first call holds the thread until all are queued), then ``calls`` closed; each one's result,
+    or the exception it raised."""
+    gate = threading.Event()
+
+    async def run_all() -> list[Any]:
+        held = calls.run(gate.wait)
+        futures = [calls.run(call, trial_call) for call, trial_call in queued]
+        gate.set()
+        await held
+        return await asyncio.gather(*futures, return_exceptions=True)
+
+    try:
+        return asyncio.run(run_all())
+    finally:
+        calls.close()
+
+
 def test_calls_of_a_given_up_batch_run_again_each_on_its_own(postgres_store_url: str) -> None:
     """Through the server's call thread: the call whose write the database refused hears why,
     and the calls batched with it take effect."""
     with _store_refusing_boom_metrics(postgres_store_url) as store:
         sweep = store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
         one, two = (_running_trial(store, sweep.id, lease) for lease in ("l1", "l2"))
-        calls = SerialCalls(store.batch)
-        gate = threading.Event()
-
-        async def run_all() -> list[Any]:
-            held = calls.run(gate.wait)  # holds the thread until every call below is queued
-            boom = [MetricPoint("boom", 1.0, 1, 1, 2.0)]
-            loss = [MetricPoint("loss", 0.5, 1, 1, 2.0)]
-            queued = [
-                calls.run(lambda: store.report_metrics(two.id, "l2", loss, expires_at=150.0, now=2.0)),
-                calls.run(lambda: store.report_metrics(one.id, "l1", boom, expires_at=150.0, now=2.0)),
-                calls.run(lambda: store.renew_lease(two.id, "l2", expires_at=160.0, now=2.0)),
-            ]
-            gate.set()
-            await held
-            return await asyncio.gather(*queued, return_exceptions=True)
-
-        try:
-            reported, refused, renewed = asyncio.run(run_all())
-        finally:
-            calls.close()
+        boom = [MetricPoint("boom", 1.0, 1, 1, 2.0)]
+        loss = [MetricPoint("loss", 0.5, 1, 1, 2.0)]
+        reported, refused, renewed = _in_one_batch(
+            SerialCalls(store.batch),
+            (lambda: store.report_metrics(two.id, "l2", loss, expires_at=150.0, now=2.0), None),
+            (lambda: store.report_metrics(one.id, "l1", boom, expires_at=150.0, now=2.0), None),
+            (lambda: store.renew_lease(two.id, "l2", expires_at=160.0, now=2.0), None),
+        )
         assert isinstance(refused, DBAPIError) and "metric boom refused" in str(refused)
         assert (reported.summary, renewed.lease_expires_at) == ({"loss": 0.5}, 160.0)
         stored = store.get_trial(two.id, with_history=True)
@@ -389,27 +396,12 @@ def test_a_report_refused_in_the_trial_calls_block_hears_why_and_the_others_take
     with open_store(postgres_store_url) as store:
         sweep = store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
         one, two = (_running_trial(store, sweep.id, lease) for lease in ("l1", "l2"))
-        calls = SerialCalls(store.batch, store.trial_calls)
-        gate = threading.Event()
-        loss = [MetricPoint("loss", 0.5, 1, 1, 2.0)]
-
-        def report(trial_id: int, lease: str) -> Any:
-            return calls.run(
-                lambda: store.report_metrics(trial_id, lease, loss, expires_at=150.0, now=2.0),
-                TrialCall(trial_id, loss),
-            )
-
-        async def run_all() -> list[Any]:
-            held = calls.run(gate.wait)  # holds the thread until every call below is queued
-            queued = [report(two.id, "l2"), report(one.id, "not-l1"), report(one.id, "l1")]
-            gate.set()
-            await held
-            return await asyncio.gather(*queued, return_exceptions=True)
-
-        try:
-            reported, refused, also_reported = asyncio.run(run_all())
-        finally:
-            calls.close()
+        reported, refused, also_reported = _in_one_batch(
+            SerialCalls(store.batch, store.trial_calls),
+            _loss_report(store, two.id, "l2"),
+            _loss_report(store, one.id, "not-l1"),
+            _loss_report(store, one.id, "l1"),
+        )
         assert isinstance(refused, LeaseLostError) and "not 'not-l1'" in str(refused)
         assert reported.summary == also_reported.summary == {"loss": 0.5}
         assert [len(t.history or ()) for t in store.list_trials(sweep.id, with_history=True)] == [1, 1]
@@ -474,31 +466,14 @@ def test_a_read_ahead_that_fails_gives_the_batch_up_and_its_calls_run_again_each
 
         sqlalchemy_event.listen(engine, "connect", short_lock_timeout)
         other = create_engine(make_url(postgres_store_url).set(drivername="postgresql+psycopg"))
-        calls = SerialCalls(store.batch, store.trial_calls)
-        gate = threading.Event()
-        loss = [MetricPoint("loss", 0.5, 1, 1, 2.0)]
-
-        def report(trial_id: int, lease: str) -> Any:
-            call = lambda: store.report_metrics(trial_id, lease, loss, expires_at=150.0, now=2.0)  # noqa: E731
-            return calls.run(call, TrialCall(trial_id, loss))
-
-        async def run_all() -> list[Any]:
-            held = calls.run(gate.wait)  # holds the thread until every call below is queued
-            queued = [
-                report(two.id, "l2"),
-                report(one.id, "l1"),
-                calls.run(lambda: store.renew_lease(two.id, "l2", expires_at=160.0, now=2.0)),
-            ]
-            gate.set()
-            await held
-            return await asyncio.gather(*queued, return_exceptions=True)
-
         with other.connect() as conn, conn.begin():
             conn.exec_driver_sql(f"SELECT id FROM trials WHERE id = {one.id} FOR UPDATE")
-            try:
-                reported, blocked, renewed = asyncio.run(run_all())
-            finally:
-                calls.close()
+            reported, blocked, renewed = _in_one_batch(
+                SerialCalls(store.batch, store.trial_calls),
+                _loss_report(store, two.id, "l2"),
+                _loss_report(store, one.id, "l1"),
+                (lambda: store.renew_lease(two.id, "l2", expires_at=160.0, now=2.0), None),
+            )
         other.dispose()
         assert isinstance(blocked, StoreError) and "lock timeout" in str(blocked)
         assert (reported.summary, renewed.lease_expires_at) == ({"loss": 0.5}, 160.0)
@@ -541,24 +516,20 @@ def test_a_sweep_whose_last_trials_end_in_one_batch_is_finished(postgres_store_u
         )
         leased = [coordinator.next_trial(sweep.id, AgentInfo(name=f"a{i}", host="h")) for i in range(2)]
         assert all(isinstance(a, Assignment) for a in leased)
-        calls = SerialCalls(store.batch, store.trial_calls)
-        gate = threading.Event()
         done = TrialOutcome(TrialState.FINISHED, exit_code=0)
-
-        def end(a: Any) -> Any:
-            return calls.run(
-                lambda: coordinator.finish_trial(a.trial_id, a.lease_id, done), TrialCall(a.trial_id)
-            )
-
-        async def run_all() -> list[Any]:
-            held = calls.run(gate.wait)  # holds the thread until both ends are queued: one batch
-            queued = [end(a) for a in leased]
-            gate.set()
-            await held
-            return await asyncio.gather(*queued, return_exceptions=True)
-
-        try:
-            assert asyncio.run(run_all()) == [None, None]
-        finally:
-            calls.close()
+        ends = [
+            (lambda a=a: coordinator.finish_trial(a.trial_id, a.lease_id, done), TrialCall(a.trial_id))
+            for a in leased
+        ]
+        assert _in_one_batch(SerialCalls(store.batch, store.trial_calls), *ends) == [None, None]
         assert coordinator.get_sweep(sweep.id).state is SweepState.FINISHED
+
+
+def _loss_report(store: Store, trial_id: int, lease: str) -> tuple[Callable[[], Any], TrialCall]:
+    """A metric report of loss 0.5 at step 1 under ``lease``, and what it is, for :func:`_in_one_batch`."""
+    loss = [MetricPoint("loss", 0.5, 1, 1, 2.0)]
+
+    def report() -> Any:
+        return store.report_metrics(trial_id, lease, loss, expires_at=150.0, now=2.0)
+
+    return report, TrialCall(trial_id, loss)

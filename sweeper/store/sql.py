@@ -70,6 +70,7 @@ def new_sweep_id() -> str:
 class SqlStore(Store):
     def __init__(self, engine: Engine, *, label: str) -> None:
         dialect = engine.dialect.name
+        self._postgres = dialect == "postgresql"
         self._known = KnownTrials(dialect)
         self._handed_nothing: set[str] = set()  # sweeps whose last lease here handed no trial out
         self._batch = threading.local()  # drafts, reads ahead, ends: while this thread runs a batch
@@ -97,15 +98,16 @@ class SqlStore(Store):
         # trip instead of one each; the locks in the order of trial ids, and the reads after all
         # of them, so each read sees what committed while any of the locks waited. Nothing else in
         # the batch runs before these calls (heartbeats among them read nothing ahead), and each
-        # writes only its own trial, so what was read
-        # stays true until its call uses it, except the running counts, which the block's ends
-        # change: end_trial takes off those of the same sweep before it (self._batch.ended).
-        if self._db.engine.dialect.name != "postgresql" or self._drafts() is None:
+        # writes only its own trial, so what was read stays true until its call uses it, except
+        # the running counts, which the block's ends change: end_trial takes off those of the same
+        # sweep before it (self._batch.ended).
+        if not self._postgres or self._drafts() is None:
             yield
             return
         locks: list[tuple[Prepared, dict[str, Any]]] = []
         reads: list[tuple[Prepared, dict[str, Any]]] = []
-        for call in sorted({c.trial_id: c for c in reversed(calls)}.values(), key=lambda c: c.trial_id):
+        first_of_trial = {c.trial_id: c for c in reversed(calls)}  # a later call reads for itself
+        for call in sorted(first_of_trial.values(), key=lambda c: c.trial_id):
             if call.points is None:
                 read = (statements.RUNNING_IN_SWEEP_OF_TRIAL, {"trial_id_": call.trial_id})
             elif call.points:
@@ -217,7 +219,7 @@ class SqlStore(Store):
             catch_up = self._known.plan(sweep_id, self._drafts())
             lock = (statements.SWEEP_LOCKED, {"sweep_id_": sweep_id})
             reads = [lock, (catch_up.statement, catch_up.params)]
-            if self._db.engine.dialect.name == "postgresql" and sweep_id not in self._handed_nothing:
+            if self._postgres and sweep_id not in self._handed_nothing:
                 reads.append((statements.NEXT_TRIAL_ID, {}))
             locked, found, *next_id = read_together(conn, *reads)
             sweep = _found_sweep(locked[0] if locked else None, sweep_id)
