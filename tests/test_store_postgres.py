@@ -23,7 +23,9 @@ from store_conformance import StoreConformance
 from sweeper.protocol import LeaseLostError
 from sweeper.server.calls import SerialCalls
 from sweeper.store import BatchAbandoned, Lease, Store, StoreError, TrialCall, TrialDraft, open_store
+from sweeper.store import ahead as ahead_module
 from sweeper.store import engine as engine_module
+from sweeper.store import prepared as prepared_module
 from sweeper.store import sql as sql_module
 from sweeper.store import statements as statements_module
 from sweeper.trials import MetricPoint, TrialState
@@ -349,12 +351,23 @@ class _ReadsTogether:
 
         def counted(conn: Any, *reads: Any) -> Any:
             self.statements.append(len(reads))
-            locks = [s is statements_module.TRIAL_LOCKED for s, _ in reads]
-            self.locked.append([p["trial_id_"] for s, p in reads if s is statements_module.TRIAL_LOCKED])
+            locked = [_locked_by(statement, params) for statement, params in reads]
+            self.locked.append([trial_id for ids in locked if ids is not None for trial_id in ids])
+            locks = [ids is not None for ids in locked]
             self.locks_first.append(locks == sorted(locks, reverse=True))
             return real(conn, *reads)
 
         monkeypatch.setattr(sql_module, "read_together", counted)
+        monkeypatch.setattr(ahead_module, "read_together", counted)
+
+
+def _locked_by(statement: Any, params: dict[str, Any]) -> list[int] | None:
+    """The trials a read locks, in order; None for a read that locks no trial."""
+    if statement is statements_module.TRIAL_LOCKED:
+        return [params["trial_id_"]]
+    if statement is ahead_module._TRIALS_LOCKED:  # every trial of a block, locked in id order
+        return list(params["ids_"])
+    return None
 
 
 def test_metric_reports_read_ahead_in_one_round_trip_and_store_what_each_would_alone(
@@ -377,7 +390,9 @@ def test_metric_reports_read_ahead_in_one_round_trip_and_store_what_each_would_a
                 store.report_metrics(trial_id, lease, points, expires_at=160.0, now=3.0)
                 for trial_id, lease, points in reports
             ]
-        assert reads.statements == [6, 2]  # three trials' locks and reads at once, then the second report's
+        # three trials' locks in one statement and their reads in another, in one round trip; then
+        # the second report's
+        assert reads.statements == [2, 2]
         assert reads.locked[0] == sorted([one.id, two.id, three.id])  # in one order: batches cannot deadlock
         assert reads.locked[1] == [two.id]
         expected = [{"loss": 0.3}, {"loss": 0.5}, {"loss": 0.4, "acc": 0.8}, {"loss": 0.2, "acc": 0.8}]
@@ -386,6 +401,71 @@ def test_metric_reports_read_ahead_in_one_round_trip_and_store_what_each_would_a
         assert [stored[t.id].summary for t in (three, one, two)] == [expected[0], expected[1], expected[3]]
         assert [len(stored[t.id].history or ()) for t in (three, one, two)] == [1, 2, 3]
         assert {t.lease_expires_at for t in stored.values()} == {160.0}
+
+
+def _statements_run(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The SQL of each statement the store runs on the driver from now on, in order."""
+    run: list[str] = []
+    real = prepared_module._execute
+
+    def counted(conn: Any, sql: str, params: Any, *, many: bool = False) -> Any:
+        run.append(sql)
+        return real(conn, sql, params, many=many)
+
+    monkeypatch.setattr(prepared_module, "_execute", counted)
+    return run
+
+
+def test_a_blocks_reports_and_ends_write_one_statement_per_kind(
+    postgres_store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The points of all of a block's reports go as one INSERT, their trials' summaries as one
+    UPDATE, and the ends as one more: not two statements per report and one per end."""
+    with open_store(postgres_store_url) as store:
+        sweep = store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
+        one, two, three, four = (_running_trial(store, sweep.id, f"l{n}") for n in range(1, 5))
+        run = _statements_run(monkeypatch)
+        reports = [
+            (t, f"l{n}", [MetricPoint("loss", 0.1 * n, n, n, 2.0)])
+            for n, t in enumerate((one, two, three), 1)
+        ]
+        calls = [TrialCall(t.id, points) for t, _, points in reports] + [TrialCall(four.id)]
+        with store.batch(), store.trial_calls(calls):
+            for trial, lease, points in reports:
+                store.report_metrics(trial.id, lease, points, expires_at=150.0, now=2.0)
+            store.end_trial(four.id, "l4", TrialState.FINISHED, now=3.0)
+        inserts = [sql for sql in run if sql.startswith("INSERT INTO metrics")]
+        updates = [sql for sql in run if sql.startswith("UPDATE trials")]
+        assert len(inserts) == 1 and len(updates) == 2
+        stored = {t.id: t for t in store.list_trials(sweep.id, with_history=True)}
+        assert [stored[t.id].summary for t, _, _ in reports] == [{"loss": 0.1 * n} for n in (1, 2, 3)]
+        assert [len(stored[t.id].history or ()) for t, _, _ in reports] == [1, 1, 1]
+        assert {stored[t.id].lease_expires_at for t, _, _ in reports} == {150.0}
+        assert (stored[four.id].state, stored[four.id].ended_at) == (TrialState.FINISHED, 3.0)
+
+
+def test_held_writes_keep_their_order_and_every_later_statement_sees_them(postgres_store_url: str) -> None:
+    """Writes held to go as one statement still act in the order they were made: a second update
+    of one trial wins, and a read after them, the store's own or SQLAlchemy's, sees them."""
+    with open_store(postgres_store_url) as store:
+        sweep = store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
+        one, two = (_running_trial(store, sweep.id, lease) for lease in ("l1", "l2"))
+        update = statements_module.UPDATE_TRIAL
+        seen: list[Any] = []
+
+        def write(conn: Any) -> None:
+            update.send(conn, {"trial_id_": two.id, "summary": '{"n": 1}'})
+            update.send(conn, {"trial_id_": one.id, "summary": '{"n": 2}', "stop_reason": "why"})
+            update.send(conn, {"trial_id_": one.id, "summary": '{"n": 3}'})  # held after the one before
+            seen.append(statements_module.TRIAL.first(conn, {"trial_id_": one.id}).summary)
+            update.send(conn, {"trial_id_": two.id, "summary": '{"n": 4}'})
+            update.send(conn, {"trial_id_": two.id, "summary": '{"n": 5}'})
+            seen.append(conn.execute(text(f"SELECT summary FROM trials WHERE id = {two.id}")).scalar_one())
+
+        store._db.write(write)
+        assert seen == ['{"n": 3}', '{"n": 5}']
+        assert (store.get_trial(one.id).summary, store.get_trial(two.id).summary) == ({"n": 3}, {"n": 5})
+        assert store.get_trial(one.id).stop_reason == "why"
 
 
 def test_a_report_refused_in_the_trial_calls_block_hears_why_and_the_others_take_effect(
@@ -495,7 +575,7 @@ def test_trial_ends_read_ahead_count_the_ends_before_them_in_the_block(
             running = [store.end_trial(t.id, lease, TrialState.FINISHED, now=3.0)[1] for t, lease in ends]
             # a trial's second call in the batch, after the block, counts for itself
             assert store.end_trial(two.id, "l2", TrialState.FINISHED, now=3.0)[1] == 0
-        assert reads.statements == [6, 2] and reads.locked[0] == sorted([one.id, three.id, other.id])
+        assert reads.statements == [2, 2] and reads.locked[0] == sorted([one.id, three.id, other.id])
         assert reads.locks_first[0]  # every count reads what committed while any of the locks waited
         assert running == [2, 0, 1]  # three's end left 2 running; other's sweep none; one's end left 1
         assert {t.state for t in store.list_trials(sweeps[0].id)} == {TrialState.FINISHED}

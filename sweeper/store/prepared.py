@@ -12,7 +12,9 @@ as SQLAlchemy raises it.
 
 On PostgreSQL a transaction may also carry a :class:`Pipeline`: a write whose result nobody
 waits for (:meth:`Prepared.send`) is then queued, and goes to the server with the next
-statement whose result is needed, in one round trip instead of one each.
+statement whose result is needed, in one round trip instead of one each. A write with a bulk
+form is held until then, and goes with the rows held of its kind as one statement
+(:mod:`sweeper.store.bulk`).
 """
 
 from __future__ import annotations
@@ -20,11 +22,14 @@ from __future__ import annotations
 from collections import namedtuple
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement
+
+if TYPE_CHECKING:
+    from sweeper.store.bulk import Bulk
 
 
 class _Form:
@@ -62,10 +67,13 @@ class _Form:
 
 
 class Prepared:
-    """A statement to run many times; columns it sets (INSERT, UPDATE) follow the parameters."""
+    """A statement to run many times; columns it sets (INSERT, UPDATE) follow the parameters.
+    ``bulk``: how its rows go as one statement where a :class:`Pipeline` holds them
+    (:mod:`sweeper.store.bulk`)."""
 
-    def __init__(self, statement: ClauseElement) -> None:
+    def __init__(self, statement: ClauseElement, *, bulk: Bulk | None = None) -> None:
         self.statement = statement
+        self.bulk = bulk
         self._forms: dict[tuple[str, frozenset[str]], _Form] = {}  # by database and parameter names
 
     def all(self, conn: Connection, params: Mapping[str, Any]) -> list[Any]:
@@ -105,9 +113,13 @@ class Prepared:
     def send(self, conn: Connection, params: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> None:
         """Run it as :meth:`run` does where the caller needs no result: in a transaction with a
         :class:`Pipeline`, queued until a statement whose result is needed (or the pipeline's end)
-        takes it to the server; its error, should it fail, is raised there."""
+        takes it to the server; its error, should it fail, is raised there. A statement with a
+        ``bulk`` form is held until then, and goes with the others held of its kind as one."""
         pipeline = Pipeline.of(conn)
         if pipeline is not None:
+            if self.bulk is not None:
+                pipeline.hold(conn, self.bulk, params)
+                return
             pipeline.start(conn)
         self._execute(conn, params)
 
@@ -155,6 +167,8 @@ def _execute(conn: Connection, sql: str, params: Any, *, many: bool = False) -> 
     """Run ``sql`` on the driver, inside ``conn``'s transaction; its errors raised as SQLAlchemy
     raises them (OperationalError, IntegrityError, ...), so the store reports them as it does for
     any statement."""
+    if (pipeline := Pipeline.of(conn)) is not None and pipeline.holds:  # what is held goes first
+        pipeline.release(conn)
     with _driver_errors(conn, sql, params):
         cursor = conn.connection.driver_connection.cursor()
         if many:
@@ -207,6 +221,7 @@ class Pipeline:
         # Kept: once SQLAlchemy has invalidated a connection, reading its info raises.
         self._info = conn.info
         self._open: Any = None  # psycopg's pipeline context, while in pipeline mode
+        self._held = _Held()  # writes held to go as one statement per kind (Prepared.send)
 
     @classmethod
     def attach(cls, conn: Connection) -> Pipeline:
@@ -231,14 +246,37 @@ class Pipeline:
                 opened.__enter__()
             self._open = opened
 
+    @property
+    def holds(self) -> bool:
+        return bool(self._held)
+
+    def hold(
+        self, conn: Connection, bulk: Bulk, params: Mapping[str, Any] | Sequence[Mapping[str, Any]]
+    ) -> None:
+        """Hold the rows ``params`` of a write with a ``bulk`` form, to go with the next statement
+        of another kind (:func:`_execute`) or the pipeline's end."""
+        for row in [params] if isinstance(params, Mapping) else params:
+            if not self._held.add(bulk, row):  # it updates a row a held update changes: that first
+                self.release(conn)
+                self._held.add(bulk, row)
+
+    def release(self, conn: Connection) -> None:
+        """Send what is held, each kind as one statement, queued as :meth:`Prepared.send` queues."""
+        self.start(conn)
+        for statement, params in self._held.take():
+            statement._execute(conn, params)
+
     def close(self, conn: Connection) -> None:
-        """Leave pipeline mode: what is queued runs, and its errors are raised here."""
+        """Leave pipeline mode: what is held and queued runs, and its errors are raised here."""
+        if self._held:
+            self.release(conn)
         with _driver_errors(conn, "(pipeline end)"):
             self._leave()
 
     def detach(self) -> None:
         """Leave pipeline mode, should :meth:`close` not have (after an error: what is queued may
-        still run here, and the transaction's rollback undoes it)."""
+        still run here, and the transaction's rollback undoes it; what is held is dropped)."""
+        self._held.take()
         self._info.pop(self._KEY, None)
         with suppress(Exception):  # the error that got here was raised already
             self._leave()
@@ -247,6 +285,35 @@ class Pipeline:
         opened, self._open = self._open, None
         if opened is not None:
             opened.__exit__(None, None, None)
+
+
+class _Held:
+    """The rows a :class:`Pipeline` holds, by bulk form and set of columns, in the order first held."""
+
+    def __init__(self) -> None:
+        self._rows: dict[tuple[Bulk, tuple[str, ...]], list[Mapping[str, Any]]] = {}
+        self._updated: set[tuple[Bulk, Any]] = set()  # the rows held updates change
+
+    def __bool__(self) -> bool:
+        return bool(self._rows)
+
+    def add(self, bulk: Bulk, row: Mapping[str, Any]) -> bool:
+        """Hold ``row``; False, holding nothing, where it updates a row a held update changes."""
+        if bulk.key is not None:
+            updated = (bulk, row[bulk.key])
+            if updated in self._updated:
+                return False
+            self._updated.add(updated)
+        self._rows.setdefault((bulk, tuple(sorted(row))), []).append(row)
+        return True
+
+    def take(self) -> list[tuple[Prepared, dict[str, list[Any]]]]:
+        """What is held, as statements and their parameters, in order; nothing is held after."""
+        held, self._rows = self._rows, {}
+        self._updated.clear()
+        return [
+            (bulk.statement(columns), bulk.arrays(columns, rows)) for (bulk, columns), rows in held.items()
+        ]
 
 
 @contextmanager

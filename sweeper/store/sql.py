@@ -32,6 +32,7 @@ from sqlalchemy.exc import IntegrityError
 
 from sweeper.protocol import SweepNotFoundError, is_interrupted
 from sweeper.store import rows, rules, statements, summary
+from sweeper.store.ahead import read_ahead, read_key
 from sweeper.store.base import (
     BatchAbandoned,
     InvalidTransitionError,
@@ -42,6 +43,7 @@ from sweeper.store.base import (
     TrialDraft,
     TrialNotFoundError,
 )
+from sweeper.store.bulk import Bulk
 from sweeper.store.curves import read_trial_curves
 from sweeper.store.database import Database
 from sweeper.store.known import KnownTrials
@@ -77,7 +79,10 @@ class SqlStore(Store):
         self._db = Database(engine, label=label)
         self.label = label
         insert_ignore = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        self._insert_points = Prepared(insert_ignore(metrics).on_conflict_do_nothing())
+        self._insert_points = Prepared(
+            insert_ignore(metrics).on_conflict_do_nothing(),
+            bulk=Bulk.insert(metrics, on_conflict_do_nothing=True),  # PostgreSQL: many reports' as one
+        )
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -94,9 +99,8 @@ class SqlStore(Store):
     @contextmanager
     def trial_calls(self, calls: Sequence[TrialCall]) -> Iterator[None]:
         # On PostgreSQL, in a batch: every call's trial lock, and then what each call reads with
-        # it (a report's latest points, an end's count of the sweep's running trials), in one round
-        # trip instead of one each; the locks in the order of trial ids, and the reads after all
-        # of them, so each read sees what committed while any of the locks waited. Nothing else in
+        # it (a report's latest points, an end's count of the sweep's running trials), in three
+        # statements and one round trip for all of them (sweeper.store.ahead). Nothing else in
         # the batch runs before these calls (heartbeats among them read nothing ahead), and each
         # writes only its own trial, so what was read stays true until its call uses it, except
         # the running counts, which the block's ends change: end_trial takes off those of the same
@@ -104,28 +108,11 @@ class SqlStore(Store):
         if not self._postgres or self._drafts() is None:
             yield
             return
-        locks: list[tuple[Prepared, dict[str, Any]]] = []
-        reads: list[tuple[Prepared, dict[str, Any]]] = []
-        first_of_trial = {c.trial_id: c for c in reversed(calls)}  # a later call reads for itself
-        for call in sorted(first_of_trial.values(), key=lambda c: c.trial_id):
-            if call.points is None:
-                read = (statements.RUNNING_IN_SWEEP_OF_TRIAL, {"trial_id_": call.trial_id})
-            elif call.points:
-                read = _points_read(call.trial_id, call.points)[2:]
-            else:
-                continue  # a heartbeat (a report without points) renews the lease: nothing to read
-            locks.append((statements.TRIAL_LOCKED, {"trial_id_": call.trial_id}))
-            reads.append(read)
-        if not locks:
-            yield
-            return
         try:
             with self._db.read() as conn:  # the batch's transaction
-                found = read_together(conn, *locks, *reads)
+                self._batch.ahead = read_ahead(conn, calls)
         except Exception as exc:  # the transaction is spoiled: each call on its own
             raise BatchAbandoned(f"store {self.label}: reading ahead for a batch's calls failed") from exc
-        n = len(locks)
-        self._batch.ahead = {_read_key(*read): (found[i], found[n + i]) for i, read in enumerate(reads)}
         self._batch.ended = Counter()  # by sweep: the running trials the block's ends ended
         try:
             yield
@@ -341,7 +328,7 @@ class SqlStore(Store):
         lock is held (on PostgreSQL, in the same round trip)."""
         trial_id = params["trial_id_"]
         ahead = getattr(self._batch, "ahead", None)
-        read = ahead.pop(_read_key(then, params), None) if ahead else None
+        read = ahead.pop(read_key(then, params), None) if ahead else None
         if read is None:
             read = read_together(conn, (statements.TRIAL_LOCKED, {"trial_id_": trial_id}), (then, params))
         locked, found = read
@@ -399,7 +386,7 @@ class SqlStore(Store):
                 return dataclasses.replace(trial, **changes)
 
             return self._db.write(renew)
-        values, newest, latest_points, params = _points_read(trial_id, points)
+        values, newest, latest_points, params = summary.points_read(trial_id, points)
 
         def record(conn: Connection) -> Trial:
             # With the lock, what the new summary needs (see sweeper.store.summary).
@@ -435,7 +422,7 @@ class SqlStore(Store):
             # With the lock, the sweep's running trials, this one as it was.
             count, params = statements.RUNNING_IN_SWEEP_OF_TRIAL, {"trial_id_": trial_id}
             ahead, ended = getattr(self._batch, "ahead", None), getattr(self._batch, "ended", None)
-            counted_ahead = ahead is not None and _read_key(count, params) in ahead
+            counted_ahead = ahead is not None and read_key(count, params) in ahead
             row, (running,) = self._locked_row_and(conn, count, params)
             if lease_id is not None:
                 rules.check_lease(row, lease_id, now)
@@ -541,22 +528,3 @@ def _found_sweep(row: Row[Any] | None, sweep_id: str) -> Sweep:
     if row is None:
         raise SweepNotFoundError(f"no sweep with id {sweep_id!r}")
     return rows.sweep_from_row(row)
-
-
-def _points_read(
-    trial_id: int, points: Sequence[MetricPoint]
-) -> tuple[list[dict[str, Any]], dict[str, Any], Prepared, dict[str, Any]]:
-    """For a metric report: its points as metrics rows, the newest of each metric, and the read
-    (statement and parameters) that, with the trial's lock, gives what its new summary needs."""
-    values = [rows.point_to_row(trial_id, p) for p in points]
-    newest = summary.newest_points(values)
-    return (
-        values,
-        newest,
-        summary.latest_points(len(newest)),
-        {"trial_id_": trial_id, **summary.latest_params(newest)},
-    )
-
-
-def _read_key(statement: Prepared, params: Mapping[str, Any]) -> tuple[Any, ...]:
-    return (statement, *sorted(params.items()))

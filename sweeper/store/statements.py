@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import BigInteger, bindparam, func, insert, select, update
 
+from sweeper.store.bulk import Bulk
 from sweeper.store.prepared import Prepared
 from sweeper.store.schema import sweeps, trials
 from sweeper.trials import TrialState
@@ -20,8 +21,11 @@ NEXT_TRIAL_ID = Prepared(select(func.nextval(func.pg_get_serial_sequence("trials
 _TRIAL = select(trials).where(trials.c.id == bindparam("trial_id_"))
 TRIAL = Prepared(_TRIAL)
 TRIAL_LOCKED = Prepared(_TRIAL.with_for_update())
-# Sets the columns named by the parameters it is run with (all but trial_id_).
-UPDATE_TRIAL = Prepared(update(trials).where(trials.c.id == bindparam("trial_id_")))
+# Sets the columns named by the parameters it is run with (all but trial_id_). Sent without
+# waiting on PostgreSQL, the updates of several trials that set the same columns go as one.
+UPDATE_TRIAL = Prepared(
+    update(trials).where(trials.c.id == bindparam("trial_id_")), bulk=Bulk.update(trials, key="trial_id_")
+)
 _THIS = trials.alias("this")
 # How many trials of the sweep of trial trial_id_ are running.
 RUNNING_IN_SWEEP_OF_TRIAL = Prepared(

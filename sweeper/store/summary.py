@@ -21,7 +21,7 @@ from sweeper.store import rows
 from sweeper.store.prepared import Prepared
 from sweeper.store.schema import metrics
 from sweeper.store.statements import UPDATE_TRIAL
-from sweeper.trials import Trial
+from sweeper.trials import MetricPoint, Trial
 
 # The latest point of one metric of a trial.
 LATEST_VALUE = Prepared(
@@ -51,7 +51,9 @@ def latest_points(names: int) -> Prepared:
     """One row: for each of ``names`` metrics (``name_i``) of the trial ``trial_id_``, the step,
     seq and value of its latest stored point (``step_i``, ``seq_i``, ``value_i``; NULL where none
     is stored), and the seq ``seq_i`` again where a point (``name_i``, ``seq_i``) is stored
-    (``stored_i``). Built once per number of metrics: building costs more than running."""
+    (``stored_i``): four columns per metric, in this order (:mod:`sweeper.store.ahead` reads the
+    same for many trials at once). Built once per number of metrics: building costs more than
+    running."""
     columns: list[Any] = []
     trial_id = bindparam("trial_id_")
     for i in range(names):
@@ -73,17 +75,17 @@ def latest_params(newest: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def after_insert(
-    current: Mapping[str, float], newest: Mapping[str, Mapping[str, Any]], row: Any
+    current: Mapping[str, float], newest: Mapping[str, Mapping[str, Any]], row: Sequence[Any]
 ) -> dict[str, float] | None:
     """The summary once the points are stored, from the summary before and the row
     :func:`latest_points` read; None where that cannot tell: a metric's newest point was stored
     before and is newer than the latest stored point (so stored under another step)."""
     found = dict(current)
     for i, (name, point) in enumerate(newest.items()):
-        step, seq = getattr(row, f"step_{i}"), getattr(row, f"seq_{i}")
+        step, seq, value, stored = row[4 * i : 4 * i + 4]
         if step is not None and (point["step"], point["seq"]) <= (step, seq):
-            found[name] = rows.metric_value(getattr(row, f"value_{i}"))  # stays the latest
-        elif getattr(row, f"stored_{i}") is None:
+            found[name] = rows.metric_value(value)  # stays the latest
+        elif stored is None:
             found[name] = point["value"]  # stored now, and the latest
         else:
             return None
@@ -111,3 +113,13 @@ def add_points(
             found[name] = rows.metric_value(latest.value)
     UPDATE_TRIAL.send(conn, {"trial_id_": trial.id, **changes, "summary": rows.dumps(found)})
     return found
+
+
+def points_read(
+    trial_id: int, points: Sequence[MetricPoint]
+) -> tuple[list[dict[str, Any]], dict[str, Mapping[str, Any]], Prepared, dict[str, Any]]:
+    """For a metric report: its points as metrics rows, the newest of each metric, and the read
+    (statement and parameters) that, with the trial's lock, gives what its new summary needs."""
+    values = [rows.point_to_row(trial_id, p) for p in points]
+    newest = newest_points(values)
+    return values, newest, latest_points(len(newest)), {"trial_id_": trial_id, **latest_params(newest)}
