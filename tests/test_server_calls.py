@@ -21,7 +21,7 @@ from sweeper.server.app import create_app
 from sweeper.server.calls import SerialCalls
 from sweeper.server.fast import AgentRoutes
 from sweeper.spec import parse_sweep
-from sweeper.store import BatchAbandoned, TrialCall, open_store
+from sweeper.store import BatchAbandoned, LeaseCall, TrialCall, open_store
 
 
 def test_serial_calls_run_one_at_a_time_on_one_thread_in_arrival_order() -> None:
@@ -325,7 +325,8 @@ def test_a_lease_expiry_pass_the_store_refuses_is_one_line_in_the_log(
 
 def test_the_first_call_on_each_trial_runs_first_inside_the_trial_calls_block() -> None:
     """The store may read what they need ahead (``Store.trial_calls``); the other calls, and a
-    trial's later calls, run after the block in arrival order."""
+    trial's later calls, run after the block in arrival order, in a block that tells the store of
+    the leases among them (``Store.lease_calls``)."""
     ran: list[Any] = []
 
     @contextlib.contextmanager
@@ -334,7 +335,13 @@ def test_the_first_call_on_each_trial_runs_first_inside_the_trial_calls_block() 
         yield
         ran.append("block ends")
 
-    calls = SerialCalls(trial_calls=trial_calls)
+    @contextlib.contextmanager
+    def lease_calls(calls: list[LeaseCall]) -> Iterator[None]:
+        ran.append(("leases of", [c.sweep_id for c in calls]))
+        yield
+        ran.append("leases end")
+
+    calls = SerialCalls(trial_calls=trial_calls, lease_calls=lease_calls)
     gate = Gate()
 
     def note(what: Any) -> Callable[[], Any]:
@@ -344,28 +351,36 @@ def test_the_first_call_on_each_trial_runs_first_inside_the_trial_calls_block() 
         first = calls.run(gate)
         await gate.entered()
         runs = [
-            calls.run(note("lease")),
+            calls.run(note("lease s1"), LeaseCall("s1")),
             calls.run(note("report 7 first"), TrialCall(7, ["p1"])),  # type: ignore[list-item]
+            calls.run(note("lease s2"), LeaseCall("s2")),
             calls.run(note("heartbeat 3"), TrialCall(3, ())),
             calls.run(note("end 5"), TrialCall(5)),
             calls.run(note("report 3"), TrialCall(3, ["p"])),  # type: ignore[list-item]
             calls.run(note("end 7"), TrialCall(7)),
             calls.run(note("heartbeat 9"), TrialCall(9, ())),
             calls.run(note("end 9"), TrialCall(9)),  # after its heartbeat, which it would refuse
+            calls.run(note("lease s1 again"), LeaseCall("s1")),
         ]
         gate.release.set()
         await asyncio.gather(first, *runs)
 
     asyncio.run(main())
     assert ran == [
-        ("reading ahead for", [(7, ["p1"]), (3, ()), (5, None), (9, ())]),  # the gate's batch: none
+        ("leases of", []),  # the gate's batch
+        "leases end",
+        ("reading ahead for", [(7, ["p1"]), (3, ()), (5, None), (9, ())]),
         "report 7 first",
         "heartbeat 3",
         "end 5",
         "heartbeat 9",
         "block ends",
-        "lease",
+        ("leases of", ["s1", "s2", "s1"]),
+        "lease s1",
+        "lease s2",
         "report 3",
         "end 7",
         "end 9",
+        "lease s1 again",
+        "leases end",
     ]

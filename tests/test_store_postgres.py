@@ -21,8 +21,17 @@ from sqlalchemy.exc import DBAPIError
 from store_conformance import StoreConformance
 
 from sweeper.protocol import LeaseLostError
-from sweeper.server.calls import SerialCalls
-from sweeper.store import BatchAbandoned, Lease, Store, StoreError, TrialCall, TrialDraft, open_store
+from sweeper.server.calls import Hint, SerialCalls
+from sweeper.store import (
+    BatchAbandoned,
+    Lease,
+    LeaseCall,
+    Store,
+    StoreError,
+    TrialCall,
+    TrialDraft,
+    open_store,
+)
 from sweeper.store import ahead as ahead_module
 from sweeper.store import engine as engine_module
 from sweeper.store import prepared as prepared_module
@@ -118,15 +127,20 @@ def test_a_batch_whose_queued_write_fails_on_the_server_is_given_up(
             assert (stored.summary, stored.history, stored.lease_expires_at) == ({}, (), 100.0)
 
 
-def _in_one_batch(calls: SerialCalls, *queued: tuple[Callable[[], Any], TrialCall | None]) -> list[Any]:
+def _in_one_batch(calls: SerialCalls, *queued: tuple[Callable[[], Any], Hint]) -> list[Any]:
     """Through the server's call thread: ``queued`` ((call, what it is) pairs) in one batch (a
-    first call holds the thread until all are queued), then ``calls`` closed; each one's result,
-    or the exception it raised."""
-    gate = threading.Event()
+    first call holds the thread, in a batch of its own, until all are queued), then ``calls``
+    closed; each one's result, or the exception it raised."""
+    holding, gate = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        holding.set()
+        gate.wait()
 
     async def run_all() -> list[Any]:
-        held = calls.run(gate.wait)
-        futures = [calls.run(call, trial_call) for call, trial_call in queued]
+        held = calls.run(hold)
+        await asyncio.to_thread(holding.wait)
+        futures = [calls.run(call, hint) for call, hint in queued]
         gate.set()
         await held
         return await asyncio.gather(*futures, return_exceptions=True)
@@ -603,6 +617,73 @@ def test_a_sweep_whose_last_trials_end_in_one_batch_is_finished(postgres_store_u
         ]
         assert _in_one_batch(SerialCalls(store.batch, store.trial_calls), *ends) == [None, None]
         assert coordinator.get_sweep(sweep.id).state is SweepState.FINISHED
+
+
+def test_a_batchs_leases_of_a_sweep_read_it_once_and_insert_their_trials_as_one(
+    postgres_store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the coordinator and the server's call thread: the first lease of a grid sweep
+    locks and reads it and takes every lease's id; the others hold its lock and read nothing,
+    yet each sees the trials leased before it; the inserts go as one statement."""
+    from sweeper.coordinator import Coordinator
+    from sweeper.protocol import AgentInfo, Assignment
+    from sweeper.spec import parse_sweep
+
+    with open_store(postgres_store_url) as store:
+        coordinator = Coordinator(store)
+        sweep = coordinator.create_sweep(
+            parse_sweep({"method": "grid", "parameters": {"x": {"values": [1, 2, 3, 4, 5]}}})
+        )
+        first = coordinator.next_trial(sweep.id, AgentInfo(name="a0", host="h"))
+        reads = _ReadsTogether(monkeypatch)
+        run = _statements_run(monkeypatch)
+        leases = [
+            (
+                lambda i=i: coordinator.next_trial(sweep.id, AgentInfo(name=f"a{i}", host="h")),
+                LeaseCall(sweep.id),
+            )
+            for i in range(1, 5)
+        ]
+        leased = _in_one_batch(SerialCalls(store.batch, store.trial_calls, store.lease_calls), *leases)
+        assert all(isinstance(a, Assignment) for a in [first, *leased]), leased
+        assert reads.statements == [3]  # the lock, the catch-up read and four ids
+        assert len([sql for sql in run if sql.startswith("INSERT INTO trials")]) == 1
+        assert [a.trial_number for a in leased] == [2, 3, 4, 5]
+        assert len({a.trial_id for a in [first, *leased]}) == 5
+        stored = store.list_trials(sweep.id)
+        assert sorted(t.config["x"] for t in stored) == [1, 2, 3, 4, 5]  # each lease saw the ones before
+        assert [(t.number, t.lease_id) for t in stored] == [
+            (a.trial_number, a.lease_id) for a in [first, *leased]
+        ]
+
+
+def test_a_write_between_a_batchs_leases_of_a_sweep_makes_the_next_one_read_it_again(
+    postgres_store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lease after another write of the batch (here a trial's end) reads the sweep again, and
+    decides from what that write changed; the id taken ahead for it still serves."""
+    with open_store(postgres_store_url) as store:
+        sweep = store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
+        ending = _running_trial(store, sweep.id, "l1")
+        seen: list[dict[int, TrialState]] = []
+
+        def decide(sweep: Any, trials: Any) -> TrialDraft:
+            seen.append({t.number: t.state for t in trials})
+            return TrialDraft(config={"n": len(trials)})
+
+        lease = Lease(agent="a", host="h", lease_id="l", expires_at=100.0)
+        reads = _ReadsTogether(monkeypatch)
+        with store.batch(), store.lease_calls([LeaseCall(sweep.id)] * 3):
+            leased = [store.new_trial(sweep.id, decide, lease=lease, now=2.0)]
+            store.end_trial(ending.id, "l1", TrialState.FINISHED, now=2.0)
+            leased += [store.new_trial(sweep.id, decide, lease=lease, now=2.0) for _ in range(2)]
+        running, finished = TrialState.RUNNING, TrialState.FINISHED
+        assert seen == [{1: running}, {1: finished, 2: running}, {1: finished, 2: running, 3: running}]
+        # the first lease's read; the end's; the second lease's, which takes no id (the first
+        # took three); the third lease reads nothing
+        assert reads.statements == [3, 2, 2]
+        assert [t.number for t in leased] == [2, 3, 4]
+        assert [t.number for t in store.list_trials(sweep.id)] == [1, 2, 3, 4]
 
 
 def _loss_report(store: Store, trial_id: int, lease: str) -> tuple[Callable[[], Any], TrialCall]:

@@ -29,7 +29,7 @@ from sweeper.protocol import AgentInfo, Directive, TrialOutcome
 from sweeper.server import schemas
 from sweeper.server.app import REFUSALS, error
 from sweeper.server.calls import SerialCalls
-from sweeper.store import TrialCall
+from sweeper.store import LeaseCall, TrialCall
 from sweeper.trials import TrialState
 
 _NEXT = re.compile(r"/api/v1/sweeps/([A-Za-z0-9_-]{1,64})/next")
@@ -61,7 +61,8 @@ class AgentRoutes:
         self._short_path = token is None or token.isascii()
         self._max_body_bytes = max_body_bytes
         self._max_batch = max_batch
-        self._calls = SerialCalls(coordinator.store.batch, coordinator.store.trial_calls)
+        store = coordinator.store
+        self._calls = SerialCalls(store.batch, store.trial_calls, store.lease_calls)
 
     def close(self) -> None:
         """Finish the calls under way, then touch the store no more."""
@@ -106,7 +107,7 @@ class AgentRoutes:
 
     async def _parse(
         self, action: str, key: str, receive: Receive, received: list[Message]
-    ) -> tuple[Callable[[], tuple[int, bytes]], TrialCall | None] | None:
+    ) -> tuple[Callable[[], tuple[int, bytes]], TrialCall | LeaseCall] | None:
         """The coordinator call a valid request asks for, and for a call on a trial what it is;
         None for anything else."""
         chunks = []
@@ -129,7 +130,8 @@ class AgentRoutes:
         coordinator = self._coordinator
         if isinstance(body, schemas.AgentIn):
             agent = AgentInfo(name=body.name, host=body.host, gpu=body.gpu)
-            return lambda: (200, _dump(schemas.NextTrialOut.of(coordinator.next_trial(key, agent)))), None
+            lease = lambda: coordinator.next_trial(key, agent)  # noqa: E731
+            return lambda: (200, _dump(schemas.NextTrialOut.of(lease()))), LeaseCall(key)
         trial_id = int(key)
         if not 1 <= trial_id <= schemas.INT64_MAX:
             return None

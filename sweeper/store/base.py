@@ -71,6 +71,13 @@ class TrialCall:
 
 
 @dataclass(frozen=True)
+class LeaseCall:
+    """A lease of a trial of one sweep among a batch's calls (:meth:`Store.lease_calls`)."""
+
+    sweep_id: str
+
+
+@dataclass(frozen=True)
 class Lease:
     agent: str
     host: str
@@ -95,6 +102,11 @@ class Store(ABC):
         """Inside a :meth:`batch`: the block runs these metric reports, heartbeats and trial ends
         (one call per trial) and nothing else. A store may read what they need ahead, all at once, and must
         then use what it read only for those calls, and only inside the block."""
+        return nullcontext()
+
+    def lease_calls(self, calls: Sequence[LeaseCall]) -> AbstractContextManager[None]:
+        """Inside a :meth:`batch`: the block runs these leases (:meth:`new_trial`), among other
+        calls. A store may prepare for all of them at once (take their trials' ids together)."""
         return nullcontext()
 
     def after_commit(self, step: Callable[[], None]) -> None:

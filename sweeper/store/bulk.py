@@ -10,9 +10,9 @@ any number of rows.
 
 What is held goes to the server before the transaction's next statement of any other kind (a read,
 or a write not held), so every statement still sees every write made before it. Within what is
-held, the inserts and the updates of each set of columns run in turn; that keeps each write's
-effect because they change different tables, or different rows: a second update of a row already
-held sends what is held first.
+held, each kind's rows run together, in the order the kinds were first held; a write that must
+not run before one already held (see :class:`~sweeper.store.prepared.Pipeline`) sends what is
+held first.
 """
 
 from __future__ import annotations
@@ -31,12 +31,24 @@ _DIALECT = postgresql.dialect()
 class Bulk:
     """How the rows of one write go to PostgreSQL as one statement.
 
-    ``key``: the parameter that names the row an UPDATE changes (its value is ``column``'s), None
-    for an INSERT."""
+    ``key``: the parameter whose value names the row the write changes (for an UPDATE, the value
+    of ``column``; for an INSERT, the new row's). ``needs``: for rows that need another table's
+    row to exist (a foreign key), that table and the parameter naming its row."""
 
-    def __init__(self, table: Table, *, key: str | None = None, column: str = "id", suffix: str = "") -> None:
+    def __init__(
+        self,
+        table: Table,
+        *,
+        inserts: bool,
+        key: str | None = None,
+        column: str = "id",
+        needs: tuple[str, str] | None = None,
+        suffix: str = "",
+    ) -> None:
         self.table = table
+        self.inserts = inserts
         self.key = key
+        self.needs = needs
         self._column = column
         self._suffix = suffix  # after an INSERT's rows: ON CONFLICT ...
         # Each column's conversion of a value (ints into DOUBLE PRECISION columns, ...).
@@ -44,12 +56,20 @@ class Bulk:
         self._statements: dict[tuple[str, ...], Prepared] = {}  # by the columns set
 
     @classmethod
-    def insert(cls, table: Table, *, on_conflict_do_nothing: bool = False) -> Bulk:
-        return cls(table, suffix=" ON CONFLICT DO NOTHING" if on_conflict_do_nothing else "")
+    def insert(
+        cls,
+        table: Table,
+        *,
+        key: str | None = None,
+        needs: tuple[str, str] | None = None,
+        on_conflict_do_nothing: bool = False,
+    ) -> Bulk:
+        suffix = " ON CONFLICT DO NOTHING" if on_conflict_do_nothing else ""
+        return cls(table, inserts=True, key=key, needs=needs, suffix=suffix)
 
     @classmethod
     def update(cls, table: Table, *, key: str, column: str = "id") -> Bulk:
-        return cls(table, key=key, column=column)
+        return cls(table, inserts=False, key=key, column=column)
 
     def arrays(self, columns: tuple[str, ...], rows: list[Mapping[str, Any]]) -> dict[str, list[Any]]:
         """The parameters of :meth:`statement` for ``rows``, which all set ``columns``."""
@@ -72,7 +92,7 @@ class Bulk:
         quote = _DIALECT.identifier_preparer.quote
         table = quote(self.table.name)
         types = {c.name: c.type.compile(dialect=_DIALECT) for c in self.table.columns}
-        if self.key is None:
+        if self.inserts:
             arrays = ", ".join(f"CAST(:{name} AS {types[name]}[])" for name in columns)
             names = ", ".join(quote(name) for name in columns)
             return f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays}){self._suffix}"

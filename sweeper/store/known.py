@@ -144,6 +144,33 @@ class KnownTrials:
             statement, params = _SWEEP_TRIALS, {"sweep_id_": sweep_id}
         return CatchUp(self, sweep_id, known, kept, draft, drafts, statement, params)
 
+    def drafted(self, sweep_id: str, drafts: dict[str, _SweepTrials]) -> CountedTrials:
+        """Every trial of a sweep as this batch last read it, with the trials it added since
+        (:meth:`add_drafted`), without reading: for a lease under the sweep's lock that this
+        batch already holds, with nothing else written since that read."""
+        known = drafts.get(sweep_id)
+        if known is None:
+            with self._lock:
+                known = self._sweeps.get(sweep_id) or _SweepTrials()
+        return CountedTrials(known.by_number.values(), +known.states)
+
+    def add_drafted(
+        self,
+        sweep_id: str,
+        drafts: dict[str, _SweepTrials],
+        trial: Trial,
+        keep_later: list[Callable[[], None]],
+    ) -> None:
+        """Put a trial this batch just inserted into its sweep's draft, as a read would have."""
+        known = drafts.get(sweep_id)
+        if known is None:  # the read changed nothing: the draft starts from what was kept
+            with self._lock:
+                kept = self._sweeps.get(sweep_id)
+            known = drafts[sweep_id] = kept.copy() if kept is not None else _SweepTrials()
+            keep_later.append(lambda: self._keep(sweep_id, known))
+        known.put(trial)
+        known.running[trial.id] = ()  # no row read yet: the next read converts it again
+
     def _keep(self, sweep_id: str, known: _SweepTrials) -> None:
         with self._lock:
             self._sweeps[sweep_id] = known

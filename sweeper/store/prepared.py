@@ -288,29 +288,40 @@ class Pipeline:
 
 
 class _Held:
-    """The rows a :class:`Pipeline` holds, by bulk form and set of columns, in the order first held."""
+    """The rows a :class:`Pipeline` holds, by bulk form and set of columns, in the order first held.
+
+    Each kind's rows run together, so a row may run before rows held ahead of it: that is safe
+    unless the two act on one row. A row another kind wrote (an insert, then an update), an update
+    of a row already updated, or a row that needs one inserted (a metric point of a new trial)
+    therefore sends what is held before it is held."""
 
     def __init__(self) -> None:
         self._rows: dict[tuple[Bulk, tuple[str, ...]], list[Mapping[str, Any]]] = {}
-        self._updated: set[tuple[Bulk, Any]] = set()  # the rows held updates change
+        self._written: dict[tuple[str, Any], Bulk] = {}  # each row held writes: by whom
 
     def __bool__(self) -> bool:
         return bool(self._rows)
 
     def add(self, bulk: Bulk, row: Mapping[str, Any]) -> bool:
-        """Hold ``row``; False, holding nothing, where it updates a row a held update changes."""
-        if bulk.key is not None:
-            updated = (bulk, row[bulk.key])
-            if updated in self._updated:
+        """Hold ``row``; False, holding nothing, where it must wait for what is held to be sent."""
+        if bulk.needs is not None:
+            table, column = bulk.needs
+            writer = self._written.get((table, row[column]))
+            if writer is not None and writer.inserts:
                 return False
-            self._updated.add(updated)
+        if bulk.key is not None:
+            written = (bulk.table.name, row[bulk.key])
+            writer = self._written.get(written)
+            if writer is not None and (writer is not bulk or not bulk.inserts):
+                return False
+            self._written[written] = bulk
         self._rows.setdefault((bulk, tuple(sorted(row))), []).append(row)
         return True
 
     def take(self) -> list[tuple[Prepared, dict[str, list[Any]]]]:
         """What is held, as statements and their parameters, in order; nothing is held after."""
         held, self._rows = self._rows, {}
-        self._updated.clear()
+        self._written.clear()
         return [
             (bulk.statement(columns), bulk.arrays(columns, rows)) for (bulk, columns), rows in held.items()
         ]

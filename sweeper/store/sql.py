@@ -15,7 +15,7 @@ import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Connection,
@@ -37,6 +37,7 @@ from sweeper.store.base import (
     BatchAbandoned,
     InvalidTransitionError,
     Lease,
+    LeaseCall,
     Store,
     StoreError,
     TrialCall,
@@ -60,6 +61,8 @@ from sweeper.trials import (
     count_states,
 )
 
+T = TypeVar("T")
+
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 _ID_LENGTH = 8
 _ID_ATTEMPTS = 5
@@ -81,7 +84,8 @@ class SqlStore(Store):
         insert_ignore = postgresql.insert if dialect == "postgresql" else sqlite.insert
         self._insert_points = Prepared(
             insert_ignore(metrics).on_conflict_do_nothing(),
-            bulk=Bulk.insert(metrics, on_conflict_do_nothing=True),  # PostgreSQL: many reports' as one
+            # PostgreSQL: many reports' as one; a point needs its trial's row
+            bulk=Bulk.insert(metrics, needs=("trials", "trial_id"), on_conflict_do_nothing=True),
         )
 
     @contextmanager
@@ -90,11 +94,35 @@ class SqlStore(Store):
             yield
             return
         with self._db.holding():
-            self._batch.drafts = {}
+            self._batch.drafts, self._batch.leases = {}, _Leases()
             try:
                 yield
             finally:
-                self._batch.drafts = None
+                self._batch.drafts = self._batch.leases = None
+
+    @contextmanager
+    def lease_calls(self, calls: Sequence[LeaseCall]) -> Iterator[None]:
+        # The first lease of a sweep in the batch takes the ids of all of the batch's leases of it.
+        leases = self._leases_here()
+        if leases is None:
+            yield
+            return
+        leases.wanted.update(call.sweep_id for call in calls)
+        try:
+            yield
+        finally:
+            leases.wanted.clear()
+
+    def _write(self, work: Callable[[Connection], T]) -> T:
+        """:meth:`Database.write`, counted in this thread's batch (:meth:`_wrote`)."""
+        self._wrote()
+        return self._db.write(work)
+
+    def _wrote(self) -> None:
+        """Count a write in this thread's batch: after one, a batch's next lease of a sweep reads
+        the sweep again."""
+        if (leases := self._leases_here()) is not None:
+            leases.writes += 1
 
     @contextmanager
     def trial_calls(self, calls: Sequence[TrialCall]) -> Iterator[None]:
@@ -148,7 +176,7 @@ class SqlStore(Store):
                 return self._sweep(conn, sweep_id)
 
             try:
-                return self._db.write(create)
+                return self._write(create)
             except IntegrityError:  # 36**8 ids: a clash is rare, two in a row rarer still
                 if attempt == _ID_ATTEMPTS - 1:
                     raise
@@ -179,7 +207,7 @@ class SqlStore(Store):
             )
             return self._sweep(conn, sweep_id)
 
-        return self._db.write(change)
+        return self._write(change)
 
     def _sweep(self, conn: Connection, sweep_id: str, *, lock: bool = False) -> Sweep:
         statement = statements.SWEEP_LOCKED if lock else statements.SWEEP
@@ -197,23 +225,26 @@ class SqlStore(Store):
         history_of: str | None = None,
     ) -> Trial | None:
         keep: list[Callable[[], None]] = []  # keeps what the lease read of the sweep
+        batch = self._leases_here()
 
         def lease_one(conn: Connection) -> Trial | None:
-            # The sweep's lock, then what changed in it since it was last read (on PostgreSQL,
-            # one round trip; the read sees what committed while the lock waited). With them, the
-            # new trial's id, unless the sweep's last lease handed nothing out: agents that wait
-            # on a sweep would use up ids (a sequence hands each out once, rollback or not).
-            catch_up = self._known.plan(sweep_id, self._drafts())
-            lock = (statements.SWEEP_LOCKED, {"sweep_id_": sweep_id})
-            reads = [lock, (catch_up.statement, catch_up.params)]
-            if self._postgres and sweep_id not in self._handed_nothing:
-                reads.append((statements.NEXT_TRIAL_ID, {}))
-            locked, found, *next_id = read_together(conn, *reads)
-            sweep = _found_sweep(locked[0] if locked else None, sweep_id)
+            before = batch.reads.get(sweep_id) if batch is not None and history_of is None else None
+            if before is not None and before.writes == batch.writes:
+                # This batch holds the sweep's lock since its last lease of it read the sweep, and
+                # wrote nothing else since: what that read, and the trials added since, stand.
+                sweep, ids = before.sweep, before.ids
+                so_far = self._known.drafted(sweep_id, self._drafts())
+            else:  # ids taken ahead and not used yet still serve
+                sweep, so_far, ids = self._lease_reads(
+                    conn, sweep_id, keep, batch, before.ids if before else []
+                )
+                if batch is not None:
+                    batch.reads[sweep_id] = _SweepRead(sweep, batch.writes, ids)
+            if batch is not None:
+                batch.wanted[sweep_id] -= 1
             if not sweep.state.hands_out_trials:
                 self._handed_nothing.add(sweep_id)
                 return None
-            so_far = catch_up.apply(found, keep)
             if history_of is not None:
                 found = self._curves(conn, sweep_id, history_of)
                 with_history = (t.with_history(found.get(t.number, ())) for t in so_far)
@@ -242,18 +273,52 @@ class SqlStore(Store):
                 "created_at": now,
                 "summary": "{}",
             }
-            if next_id and next_id[0][0][0] is not None:  # None: a sequence not owned by the column
-                trial_id = next_id[0][0][0]
+            if ids:
+                trial_id = ids.pop(0)
                 statements.INSERT_TRIAL_WITH_ID.send(conn, {"id": trial_id, **values})
             else:
                 trial_id = statements.INSERT_TRIAL.scalar(conn, values)
             # What was just written, as a row: no need to read it back.
-            return rows.trial_from_row(rows.NewTrialRow.of(trial_id, values))
+            trial = rows.trial_from_row(rows.NewTrialRow.of(trial_id, values))
+            if batch is not None:  # for the batch's next lease of the sweep, should it read nothing
+                self._known.add_drafted(sweep_id, self._drafts(), trial, keep)
+            return trial
 
         leased = self._db.write(lease_one)
         for step in keep:  # a write that failed raised above, and keeps nothing
             self._db.after_commit(step)
         return leased
+
+    def _lease_reads(
+        self,
+        conn: Connection,
+        sweep_id: str,
+        keep: list[Callable[[], None]],
+        batch: _Leases | None,
+        ids: list[int],
+    ) -> tuple[Sweep, CountedTrials, list[int]]:
+        """A lease's reads: the sweep's lock, then what changed in it since it was last read (on
+        PostgreSQL, one round trip; the read sees what committed while the lock waited), and with
+        them the ids of the trials the lease and the batch's other leases of the sweep will
+        insert (besides ``ids``, taken before), unless the sweep's last lease handed nothing out:
+        agents that wait on a sweep would use up ids (a sequence hands each out once, rollback or
+        not)."""
+        catch_up = self._known.plan(sweep_id, self._drafts())
+        reads = [(statements.SWEEP_LOCKED, {"sweep_id_": sweep_id}), (catch_up.statement, catch_up.params)]
+        wanted = (max(batch.wanted[sweep_id], 1) if batch is not None else 1) - len(ids)
+        if self._postgres and sweep_id not in self._handed_nothing and wanted > 0:
+            reads.append((statements.NEXT_TRIAL_IDS, {"n_": wanted}))
+        locked, found, *next_ids = read_together(conn, *reads)
+        sweep = _found_sweep(locked[0] if locked else None, sweep_id)
+        so_far = catch_up.apply(found, keep) if sweep.state.hands_out_trials else CountedTrials((), Counter())
+        # None: a sequence the column does not own
+        taken = [row[0] for row in next_ids[0] if row[0] is not None] if next_ids else []
+        return sweep, so_far, ids + taken
+
+    def _leases_here(self) -> _Leases | None:
+        """This thread's batch's leases, on PostgreSQL (whose batch holds each lock it takes until
+        it ends); None elsewhere."""
+        return getattr(self._batch, "leases", None) if self._postgres else None
 
     def get_trial(self, trial_id: int, *, with_history: bool = False) -> Trial:
         with self._db.read() as conn:
@@ -352,7 +417,7 @@ class SqlStore(Store):
             # The locked row plus what this call changed: no need to read it back.
             return dataclasses.replace(rows.trial_from_row(row), **changes)
 
-        return self._db.write(renew)
+        return self._write(renew)
 
     def add_metrics(
         self, trial_id: int, lease_id: str, points: Sequence[MetricPoint], *, now: float
@@ -385,7 +450,7 @@ class SqlStore(Store):
                     statements.UPDATE_TRIAL.send(conn, {"trial_id_": trial_id, **changes})
                 return dataclasses.replace(trial, **changes)
 
-            return self._db.write(renew)
+            return self._write(renew)
         values, newest, latest_points, params = summary.points_read(trial_id, points)
 
         def record(conn: Connection) -> Trial:
@@ -397,7 +462,7 @@ class SqlStore(Store):
             # The locked row plus what this call changed: no need to read it back.
             return dataclasses.replace(trial, **changes, summary=found)
 
-        return self._db.write(record)
+        return self._write(record)
 
     def end_trial(
         self,
@@ -436,7 +501,7 @@ class SqlStore(Store):
             # The locked row plus what this call changed: no need to read it back.
             return dataclasses.replace(rows.trial_from_row(row), state=state, **changes), running
 
-        return self._db.write(end)
+        return self._write(end)
 
     def request_stop(self, trial_id: int, reason: str) -> Trial:
         def stop(conn: Connection) -> Trial:
@@ -446,7 +511,7 @@ class SqlStore(Store):
                 return self._trial(conn, trial_id)
             return rows.trial_from_row(row)
 
-        return self._db.write(stop)
+        return self._write(stop)
 
     def expire_leases(self, *, now: float) -> list[Trial]:
         def expire(conn: Connection) -> list[Trial]:
@@ -470,7 +535,10 @@ class SqlStore(Store):
             ids = [row.id for row in expired]
             return self._trials(conn, select(trials).where(trials.c.id.in_(ids)), False)
 
-        return self._db.write(expire)
+        lost = self._db.write(expire)
+        if lost:  # a pass that found nothing changed nothing
+            self._wrote()
+        return lost
 
     def extend_running_leases(self, *, expires_at: float) -> list[Trial]:
         def extend(conn: Connection) -> list[Trial]:
@@ -483,7 +551,7 @@ class SqlStore(Store):
             )
             return self._trials(conn, select(trials).where(running).order_by(trials.c.sweep_id), False)
 
-        return self._db.write(extend)
+        return self._write(extend)
 
     def metric_curves(self, sweep_id: str, name: str) -> dict[int, list[MetricPoint]]:
         with self._db.read() as conn:
@@ -516,6 +584,24 @@ class SqlStore(Store):
 
     def __repr__(self) -> str:
         return f"SqlStore({self.label!r})"
+
+
+@dataclasses.dataclass
+class _SweepRead:
+    """What a batch's lease of a sweep read: its sweep (locked) and the trial ids taken ahead."""
+
+    sweep: Sweep
+    writes: int  # the batch's writes when it was read
+    ids: list[int]  # for the batch's later leases of the sweep
+
+
+@dataclasses.dataclass
+class _Leases:
+    """The leases of a PostgreSQL batch."""
+
+    wanted: Counter[str] = dataclasses.field(default_factory=Counter)  # leases still to run, by sweep
+    reads: dict[str, _SweepRead] = dataclasses.field(default_factory=dict)  # the last read of each sweep
+    writes: int = 0  # writes so far, besides leases
 
 
 def _found(row: Row[Any] | None, trial_id: int) -> Row[Any]:

@@ -3,7 +3,7 @@ building them costs more than running them."""
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, bindparam, func, insert, select, update
+from sqlalchemy import BigInteger, Integer, bindparam, func, insert, select, update
 
 from sweeper.store.bulk import Bulk
 from sweeper.store.prepared import Prepared
@@ -14,10 +14,16 @@ _SWEEP = select(sweeps).where(sweeps.c.id == bindparam("sweep_id_"))
 SWEEP = Prepared(_SWEEP)
 SWEEP_LOCKED = Prepared(_SWEEP.with_for_update())
 INSERT_TRIAL = Prepared(insert(trials).returning(trials.c.id))  # inserts the columns it is run with
-INSERT_TRIAL_WITH_ID = Prepared(insert(trials))  # the same, its id given: nothing to wait for
-# PostgreSQL: the id the next trial takes from the trials' id sequence, read with a lease's other
-# reads, so that its insert can go to the server with the next statement instead of on its own.
-NEXT_TRIAL_ID = Prepared(select(func.nextval(func.pg_get_serial_sequence("trials", "id"), type_=BigInteger)))
+# The same, its id given: nothing to wait for, and on PostgreSQL the inserts of several leases go as one.
+INSERT_TRIAL_WITH_ID = Prepared(insert(trials), bulk=Bulk.insert(trials, key="id"))
+# PostgreSQL: the ids the next n_ trials take from the trials' id sequence, read with a lease's
+# other reads, so that their inserts can go to the server with the next statement instead of on
+# their own.
+NEXT_TRIAL_IDS = Prepared(
+    select(func.nextval(func.pg_get_serial_sequence("trials", "id"), type_=BigInteger)).select_from(
+        func.generate_series(1, bindparam("n_", type_=Integer))
+    )
+)
 _TRIAL = select(trials).where(trials.c.id == bindparam("trial_id_"))
 TRIAL = Prepared(_TRIAL)
 TRIAL_LOCKED = Prepared(_TRIAL.with_for_update())
