@@ -51,16 +51,17 @@ _LATEST_POINTS = Prepared(
     )
 )
 
-# The running trials of each sweep that a trial with one of the ids ids_ is in, by sweep (a sweep
-# with none is absent).
+# For each trial with one of the ids ids_: its sweep, and how many of the sweep's trials are
+# running (a count per trial, each down the (sweep_id, state) index: a join of all of them let
+# the planner scan every running row version the sweep's updates left behind).
 _THIS = trials.alias("this")
 _RUNNING_IN_SWEEPS_OF = Prepared(
-    select(trials.c.sweep_id, func.count())
-    .where(
-        trials.c.sweep_id.in_(select(_THIS.c.sweep_id).where(_THIS.c.id == any_(_IDS))),
-        trials.c.state == TrialState.RUNNING.value,
-    )
-    .group_by(trials.c.sweep_id)
+    select(
+        _THIS.c.sweep_id,
+        select(func.count())
+        .where(trials.c.sweep_id == _THIS.c.sweep_id, trials.c.state == TrialState.RUNNING.value)
+        .scalar_subquery(),
+    ).where(_THIS.c.id == any_(_IDS))
 )
 
 
