@@ -36,7 +36,7 @@ from sweeper.spec import SweepSpec, parse_sweep
 from sweeper.spec.integrations import tracker_settings
 from sweeper.spec.model import DEFAULT_CHECKPOINTS, Pbt
 from sweeper.stopping import KnownCurves, StoppingRule, build_rule, decide_for
-from sweeper.store.base import InvalidTransitionError, Lease, Store, TrialDraft
+from sweeper.store.base import InvalidTransitionError, Lease, Store, StoreError, TrialDraft
 from sweeper.strategies import Strategy, strategy_class
 from sweeper.trials import MetricPoint, Sweep, SweepState, Trial, TrialState, count_states
 
@@ -68,6 +68,7 @@ class Coordinator:
         self._specs: OrderedDict[str, tuple[SweepSpec, Strategy, StoppingRule | None]] = OrderedDict()
         self._curves = KnownCurves()  # the curves of ended trials, which stopping rules judge by
         self._last_expiry: float | None = None
+        self._idle_checked: dict[str, float | None] = {}  # idle sweeps: their last trial end when looked at
         self._on_sweep_changed = tuple(on_sweep_changed)
 
     # --- sweeps -------------------------------------------------------------
@@ -269,6 +270,26 @@ class Coordinator:
         for sweep_id in dict.fromkeys(trial.sweep_id for trial in lost):
             self._sweep_changed(sweep_id)
             self._finish_sweep_if_complete(sweep_id)  # the lost trial may have been the last one
+        self._finish_idle_sweeps()
+
+    def _finish_idle_sweeps(self) -> None:
+        """Finish the sweeps that are complete with no trial running, looking again at each only
+        once another of its trials has ended. A trial's end finishes its sweep when it leaves none
+        running; but two programs on one PostgreSQL database (two servers, or agents on the
+        database itself) that end a sweep's last two trials at once each count the other's trial
+        as still running, and neither does. This pass does, even with no agent left to ask."""
+        idle = self.store.idle_sweeps()
+        checked, self._idle_checked = self._idle_checked, {}
+        for sweep_id, ended_at in idle.items():
+            self._idle_checked[sweep_id] = ended_at
+            if ended_at is None or checked.get(sweep_id) == ended_at:
+                continue
+            try:
+                self._finish_idle_sweep_if_complete(sweep_id)
+            except StoreError:
+                raise
+            except Exception:  # one sweep's fault must not stop the pass, nor the lease that ran it
+                log.warning("could not tell whether sweep %s is complete", sweep_id, exc_info=True)
 
     def _expire_before_reading(self) -> None:
         """Leases also run out when trials are read: with no server and no agent left asking for

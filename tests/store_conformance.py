@@ -313,6 +313,18 @@ class StoreConformance:
         )
         assert store.get_trial(trial.id) == done
 
+    def test_idle_sweeps_are_the_running_ones_with_no_trial_running(self, store: Store, sweep: Sweep) -> None:
+        def new_sweep() -> Sweep:
+            return store.create_sweep(spec={"method": "grid"}, method="grid", name=None, seed=0, now=1.0)
+
+        empty, busy, paused = new_sweep(), new_sweep(), new_sweep()
+        for when, lease_id in ((5.0, "a"), (3.0, "b")):  # ended out of order: the latest end counts
+            trial = self.started(store, sweep, lease_id=lease_id)
+            store.finish_trial(trial.id, lease_id, TrialState.FINISHED, now=when, exit_code=0)
+        self.started(store, busy, lease_id="c")
+        store.set_sweep_state(paused.id, SweepState.PAUSED, now=2.0)
+        assert store.idle_sweeps() == {sweep.id: 5.0, empty.id: None}
+
     def test_finished_trial_cannot_change(self, store: Store, sweep: Sweep) -> None:
         trial = self.started(store, sweep)
         done = store.finish_trial(trial.id, "lease-1", TrialState.FINISHED, now=5.0, exit_code=0)

@@ -318,6 +318,65 @@ def test_expiring_leases_without_any_agent_asking_ends_the_sweep(
     assert coordinator.get_sweep(sweep.id).state is SweepState.FINISHED
 
 
+def test_a_complete_sweep_left_running_with_no_trial_running_is_finished_by_the_next_pass(
+    coordinator: Coordinator, clock: FakeClock
+) -> None:
+    """Two programs ending a sweep's last two trials at once on one PostgreSQL database each
+    count the other's trial as still running, and neither finishes the sweep (their ends here go
+    to the store directly, as that leaves it): the periodic pass does."""
+    sweep = coordinator.create_sweep(parse_sweep(grid([1, 2])))
+    leased = [lease(coordinator, sweep.id) for _ in range(2)]
+    for a in leased:
+        coordinator.store.end_trial(a.trial_id, a.lease_id, TrialState.FINISHED, now=clock.now)
+    assert coordinator.get_sweep(sweep.id).state is SweepState.RUNNING
+    clock.now += 2  # past the interval between passes
+    coordinator.expire_leases()
+    assert coordinator.get_sweep(sweep.id).state is SweepState.FINISHED
+
+
+def test_the_pass_looks_at_an_idle_sweep_again_only_once_another_of_its_trials_ended(
+    coordinator: Coordinator, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    waiting = coordinator.create_sweep(parse_sweep(grid([1, 2, 3])))  # idle, not complete
+    finish(coordinator, lease(coordinator, waiting.id))
+    looked: list[str] = []
+    real = coordinator._finish_idle_sweep_if_complete
+    monkeypatch.setattr(coordinator, "_finish_idle_sweep_if_complete", lambda s: looked.append(s) or real(s))
+    for _ in range(3):
+        clock.now += 2
+        coordinator.expire_leases()
+    assert looked == [waiting.id]
+    second = lease(coordinator, waiting.id)
+    coordinator.store.end_trial(second.trial_id, None, TrialState.FAILED, now=clock.now)
+    for _ in range(2):
+        clock.now += 2
+        coordinator.expire_leases()
+    assert looked == [waiting.id, waiting.id]
+    assert coordinator.get_sweep(waiting.id).state is SweepState.RUNNING
+
+
+def test_a_sweep_that_cannot_be_judged_does_not_stop_the_pass_or_the_lease(
+    coordinator: Coordinator,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    broken = coordinator.create_sweep(parse_sweep(grid([1, 2])))
+    finish(coordinator, lease(coordinator, broken.id))
+    other = coordinator.create_sweep(parse_sweep(grid([1])))
+    real = coordinator._finish_idle_sweep_if_complete
+
+    def judge(sweep_id: str) -> None:
+        if sweep_id == broken.id:
+            raise ValueError("spec from a newer version")
+        real(sweep_id)
+
+    monkeypatch.setattr(coordinator, "_finish_idle_sweep_if_complete", judge)
+    clock.now += 2
+    assert lease(coordinator, other.id).trial_number == 1  # the lease ran the pass
+    assert "could not tell whether sweep" in caplog.text and broken.id in caplog.text
+
+
 def test_a_cancel_racing_the_last_trial_keeps_the_cancel(coordinator: Coordinator) -> None:
     sweep = coordinator.create_sweep(parse_sweep(grid([1])))
     a = lease(coordinator, sweep.id)

@@ -171,6 +171,17 @@ class Store(ABC):
         """How many trials :meth:`list_trials` would return, without loading them."""
         return len(self.list_trials(sweep_id, states=states))
 
+    def idle_sweeps(self) -> dict[str, float | None]:
+        """The RUNNING sweeps with no trial running, each with when its last trial ended (None
+        where none has)."""
+        idle: dict[str, float | None] = {}
+        for sweep in self.list_sweeps():
+            if sweep.state is SweepState.RUNNING:
+                trials = self.list_trials(sweep.id)
+                if all(t.state is not TrialState.RUNNING for t in trials):
+                    idle[sweep.id] = max((t.ended_at for t in trials if t.ended_at is not None), default=None)
+        return idle
+
     @abstractmethod
     def renew_lease(
         self, trial_id: int, lease_id: str, *, expires_at: float, now: float, interrupted: str | None = None

@@ -359,6 +359,14 @@ class SqlStore(Store):
                 self._sweep(conn, sweep_id)  # an unknown sweep is an error, an empty one is not
             return int(found)
 
+    def idle_sweeps(self) -> dict[str, float | None]:
+        of_sweep = trials.c.sweep_id == sweeps.c.id
+        any_running = select(trials.c.id).where(of_sweep, trials.c.state == TrialState.RUNNING.value).exists()
+        last_end = select(func.max(trials.c.ended_at)).where(of_sweep).scalar_subquery()
+        query = select(sweeps.c.id, last_end).where(sweeps.c.state == SweepState.RUNNING.value, ~any_running)
+        with self._db.read() as conn:
+            return {sweep_id: ended_at for sweep_id, ended_at in conn.execute(query)}
+
     def _trials(self, conn: Connection, query: Select[Any], with_history: bool) -> list[Trial]:
         """Trials matching ``query`` in number order; their history in one more query, not one each."""
         found = conn.execute(query.order_by(trials.c.number)).all()
