@@ -266,8 +266,11 @@ def test_grid_skips_taken_combinations_in_any_state_then_is_done() -> None:
     assert strategy.completion(trials, rng) is None
     trials.append(make_trial(grid[5], TrialState.RUNNING, 7))
     done = strategy.suggest(trials, rng)
-    assert done.kind is SuggestionKind.DONE and "all 6 grid combinations" in done.reason
+    assert done.kind is SuggestionKind.DONE
+    assert done.reason == "all 6 grid combinations have run or are running"  # one still runs
     assert strategy.completion(trials, rng) == done.reason
+    ended = [make_trial(t.config, TrialState.FINISHED, t.number) for t in trials]
+    assert strategy.suggest(ended, rng).reason == "all 6 grid combinations have run"
     # As many configurations as combinations, one of them off the grid: a combination is still left.
     off_grid = [*trials[:-1], make_trial({"x": 9, "y": "a"}, TrialState.FINISHED, 8)]
     assert strategy.suggest(off_grid, rng).config == grid[5]

@@ -11,7 +11,7 @@ from typing import Any
 from sweeper.spec import SweepSpec, build_config, config_key, grid_problems, grid_values
 from sweeper.strategies.base import Strategy, Suggestion
 from sweeper.strategies.registry import register
-from sweeper.trials import Trial
+from sweeper.trials import Trial, TrialState
 
 
 @register
@@ -73,6 +73,8 @@ class GridSearch(Strategy):
         for index in range(self.size):
             if self.key_at(index) not in taken:
                 return Suggestion.run(self.config_at(index))
+        if any(t.state is TrialState.RUNNING for t in trials):  # the agents wait for them
+            return Suggestion.done(f"all {self.size} grid combinations have run or are running")
         return Suggestion.done(f"all {self.size} grid combinations have run")
 
     def completion(self, trials: Sequence[Trial], rng: random.Random) -> str | None:
