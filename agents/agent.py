@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -285,11 +286,13 @@ class Agent:
 
 
 WAIT_NOTICE_AFTER = 10.0  # seconds an agent waits for one reason before it says why (a paused sweep)
+_NUMBER = re.compile(r"\d+")
 
 
 class _Waiting:
     """How long the coordinator has said "nothing now" for the same reason: an agent on a paused
-    sweep says so once, where short waits (the last trials of a grid running) pass unsaid."""
+    sweep says so once, where short waits (the last trials of a grid running) pass unsaid. A
+    reason whose numbers change ("waiting for 3 running trial(s)", then 2) is the same reason."""
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
@@ -300,6 +303,7 @@ class _Waiting:
     def long_on(self, reason: str) -> bool:
         """True once per reason, when it has been the answer for ``WAIT_NOTICE_AFTER`` seconds."""
         now = self._clock()
+        reason = _NUMBER.sub("#", reason)
         if reason != self._reason:
             self._reason, self._since, self._told = reason, now, False
         if self._told or now - self._since < WAIT_NOTICE_AFTER:

@@ -389,6 +389,25 @@ def test_an_agent_waiting_long_for_one_reason_says_it_once(
     assert list(client.finished) == [101]
 
 
+def test_a_wait_whose_numbers_change_is_one_reason_and_is_said_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The last trials of a sweep finishing one by one over 12 s (4 s per look).
+    ticks = iter(range(0, 10_000, 4))
+    tail = [
+        NoTrial(
+            NoTrialReason.WAIT,
+            f"all 9 grid combinations have run or are running; waiting for {n} running trial(s)",
+        )
+        for n in (5, 4, 3, 2, 1)
+    ]
+    client = MemoryCoordinator([*tail, NoTrial(NoTrialReason.DONE, "sweep sw1 is complete")])
+    with caplog.at_level("WARNING", logger="sweeper.agents"):
+        make_agent(client, tmp_path, monotonic=lambda: float(next(ticks))).run()
+    said = [r.getMessage() for r in caplog.records if "waiting" in r.getMessage()]
+    assert said == [f"{INFO.name}: waiting: {tail[3].message}"]
+
+
 def test_sweep_stopped_ends_the_agent(tmp_path: Path) -> None:
     client = MemoryCoordinator([NoTrial(NoTrialReason.STOPPED, "sweep sw1 was cancelled")])
     assert make_agent(client, tmp_path).run() == "sweep sw1 was cancelled"
