@@ -8,6 +8,7 @@ read from, and written to, the store.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import secrets
@@ -42,6 +43,7 @@ from sweeper.trials import MetricPoint, Sweep, SweepState, Trial, TrialState, co
 
 DEFAULT_LEASE_SECONDS = 30.0
 _EXPIRY_INTERVAL = 1.0  # seconds between lease-expiry passes, at most
+_IDLE_LOOKS_PER_PASS = 8  # idle sweeps a pass asks whether they are complete, at most
 # Compiled specs kept, the most recently used: a long-lived server sees sweeps come and go, and one
 # that comes back after its entry was dropped is compiled again from its stored spec.
 _KNOWN_SPECS = 256
@@ -68,7 +70,8 @@ class Coordinator:
         self._specs: OrderedDict[str, tuple[SweepSpec, Strategy, StoppingRule | None]] = OrderedDict()
         self._curves = KnownCurves()  # the curves of ended trials, which stopping rules judge by
         self._last_expiry: float | None = None
-        self._idle_checked: dict[str, float | None] = {}  # idle sweeps: their last trial end when looked at
+        # Idle sweeps, and their number of trials and last trial end when last looked at.
+        self._idle_checked: dict[str, tuple[int, float | None]] = {}
         self._on_sweep_changed = tuple(on_sweep_changed)
 
     # --- sweeps -------------------------------------------------------------
@@ -273,23 +276,29 @@ class Coordinator:
         self._finish_idle_sweeps()
 
     def _finish_idle_sweeps(self) -> None:
-        """Finish the sweeps that are complete with no trial running, looking again at each only
-        once another of its trials has ended. A trial's end finishes its sweep when it leaves none
-        running; but two programs on one PostgreSQL database (two servers, or agents on the
-        database itself) that end a sweep's last two trials at once each count the other's trial
-        as still running, and neither does. This pass does, even with no agent left to ask."""
+        """Finish the sweeps that are complete with no trial running, looking at each again only
+        once it has changed (another trial of it has run). A trial's end finishes its sweep when
+        it leaves none running; but two programs on one PostgreSQL database (two servers, or
+        agents on the database itself) that end a sweep's last two trials at once each count the
+        other's trial as still running, and neither does. This pass does, even with no agent left
+        to ask. A look counts once what it did is committed: in a batch given up, it is made again."""
         idle = self.store.idle_sweeps()
-        checked, self._idle_checked = self._idle_checked, {}
-        for sweep_id, ended_at in idle.items():
-            self._idle_checked[sweep_id] = ended_at
-            if ended_at is None or checked.get(sweep_id) == ended_at:
-                continue
+        for sweep_id in [s for s in self._idle_checked if s not in idle]:
+            self._idle_checked.pop(sweep_id, None)
+        looks = 0
+        for sweep_id, changed in idle.items():
+            if changed[1] is None or self._idle_checked.get(sweep_id) == changed:
+                continue  # no trial has ended, or nothing changed since the last look
+            if looks == _IDLE_LOOKS_PER_PASS:
+                break  # the next pass looks at the rest (after a restart every idle sweep is new)
+            looks += 1
             try:
                 self._finish_idle_sweep_if_complete(sweep_id)
             except StoreError:
                 raise
             except Exception:  # one sweep's fault must not stop the pass, nor the lease that ran it
                 log.warning("could not tell whether sweep %s is complete", sweep_id, exc_info=True)
+            self.store.after_commit(functools.partial(self._idle_checked.__setitem__, sweep_id, changed))
 
     def _expire_before_reading(self) -> None:
         """Leases also run out when trials are read: with no server and no agent left asking for

@@ -323,7 +323,7 @@ class StoreConformance:
             store.finish_trial(trial.id, lease_id, TrialState.FINISHED, now=when, exit_code=0)
         self.started(store, busy, lease_id="c")
         store.set_sweep_state(paused.id, SweepState.PAUSED, now=2.0)
-        assert store.idle_sweeps() == {sweep.id: 5.0, empty.id: None}
+        assert store.idle_sweeps() == {sweep.id: (2, 5.0), empty.id: (0, None)}
 
     def test_finished_trial_cannot_change(self, store: Store, sweep: Sweep) -> None:
         trial = self.started(store, sweep)

@@ -657,33 +657,124 @@ def test_a_batchs_leases_of_a_sweep_read_it_once_and_insert_their_trials_as_one(
         ]
 
 
+_WRITES = {
+    "an end": lambda store, t: store.end_trial(t.id, "l1", TrialState.FINISHED, now=2.0)[0],
+    "a report": lambda store, t: store.report_metrics(
+        t.id, "l1", [MetricPoint("loss", 0.5, 1, 1, 2.0)], expires_at=100.0, now=2.0
+    ),
+    "a heartbeat": lambda store, t: store.renew_lease(t.id, "l1", expires_at=150.0, now=2.0),
+}
+
+
+@pytest.mark.parametrize("write", list(_WRITES))
 def test_a_write_between_a_batchs_leases_of_a_sweep_makes_the_next_one_read_it_again(
-    postgres_store_url: str, monkeypatch: pytest.MonkeyPatch
+    postgres_store_url: str, monkeypatch: pytest.MonkeyPatch, write: str
 ) -> None:
-    """A lease after another write of the batch (here a trial's end) reads the sweep again, and
-    decides from what that write changed; the id taken ahead for it still serves."""
+    """A lease after another write of the batch reads the sweep again, and decides from what
+    that write changed; the id taken ahead for it still serves."""
     with open_store(postgres_store_url) as store:
         sweep = store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
-        ending = _running_trial(store, sweep.id, "l1")
-        seen: list[dict[int, TrialState]] = []
+        written = _running_trial(store, sweep.id, "l1")
+        seen: list[dict[int, tuple[Any, ...]]] = []
 
         def decide(sweep: Any, trials: Any) -> TrialDraft:
-            seen.append({t.number: t.state for t in trials})
+            seen.append({t.number: (t.state, t.summary, t.lease_expires_at) for t in trials})
             return TrialDraft(config={"n": len(trials)})
 
         lease = Lease(agent="a", host="h", lease_id="l", expires_at=100.0)
         reads = _ReadsTogether(monkeypatch)
         with store.batch(), store.lease_calls([LeaseCall(sweep.id)] * 3):
             leased = [store.new_trial(sweep.id, decide, lease=lease, now=2.0)]
-            store.end_trial(ending.id, "l1", TrialState.FINISHED, now=2.0)
+            after = _WRITES[write](store, written)
             leased += [store.new_trial(sweep.id, decide, lease=lease, now=2.0) for _ in range(2)]
-        running, finished = TrialState.RUNNING, TrialState.FINISHED
-        assert seen == [{1: running}, {1: finished, 2: running}, {1: finished, 2: running, 3: running}]
-        # the first lease's read; the end's; the second lease's, which takes no id (the first
-        # took three); the third lease reads nothing
-        assert reads.statements == [3, 2, 2]
+        first = (after.state, after.summary, after.lease_expires_at)
+        assert first != (TrialState.RUNNING, {}, 100.0)  # the write changed what a lease sees
+        new = (TrialState.RUNNING, {}, 100.0)
+        assert seen == [{1: (TrialState.RUNNING, {}, 100.0)}, {1: first, 2: new}, {1: first, 2: new, 3: new}]
+        # the first lease's read; the write's (a heartbeat's lock goes alone); the second lease's,
+        # which takes no id (the first took three); the third lease reads nothing
+        assert reads.statements == ([3, 2] if write == "a heartbeat" else [3, 2, 2])
         assert [t.number for t in leased] == [2, 3, 4]
         assert [t.number for t in store.list_trials(sweep.id)] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("cache", ["dropped", "replaced by an older read"])
+def test_a_batchs_later_leases_decide_from_what_its_first_lease_read_whatever_the_cache_holds(
+    postgres_store_url: str, cache: str
+) -> None:
+    """The first lease finds nothing new against what the store keeps of the sweep; meanwhile
+    another thread's read replaces what is kept, or pushes it out: the later leases still see
+    every trial, and what is kept after the commit is every trial."""
+    with open_store(postgres_store_url) as store:
+        sweep = store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
+        for lease_id in ("l1", "l2"):
+            _running_trial(store, sweep.id, lease_id)
+        older = store._known._sweeps[sweep.id]  # what a read before the second trial kept
+        store.list_trials(sweep.id)  # what is kept is up to date: the batch's read finds nothing new
+        seen: list[list[int]] = []
+
+        def decide(sweep: Any, trials: Any) -> TrialDraft:
+            seen.append([t.number for t in trials])
+            if len(seen) == 1:  # another thread, while the first lease decides
+                if cache == "dropped":
+                    store._known._sweeps.clear()
+                else:
+                    store._known._keep(sweep.id, older)
+            return TrialDraft(config={"n": len(trials)})
+
+        lease = Lease(agent="a", host="h", lease_id="l", expires_at=100.0)
+        with store.batch(), store.lease_calls([LeaseCall(sweep.id)] * 2):
+            leased = [store.new_trial(sweep.id, decide, lease=lease, now=2.0) for _ in range(2)]
+        assert seen == [[1, 2], [1, 2, 3]]
+        assert [t.number for t in leased] == [3, 4]
+        assert [t.number for t in store.list_trials(sweep.id)] == [1, 2, 3, 4]
+
+
+def test_leases_that_read_histories_keep_the_ids_taken_ahead(postgres_store_url: str) -> None:
+    """A lease for a strategy that needs the trials' histories reads the sweep every time; the
+    ids the batch's first lease took for the others still serve them."""
+    with open_store(postgres_store_url) as store:
+        sweep = store.create_sweep(spec={}, method="pbt", name=None, seed=0, now=1.0)
+        lease = Lease(agent="a", host="h", lease_id="l", expires_at=100.0)
+
+        def decide(sweep: Any, trials: Any) -> TrialDraft:
+            return TrialDraft(config={"n": len(trials)})
+
+        with store.batch(), store.lease_calls([LeaseCall(sweep.id)] * 5):
+            leased = [
+                store.new_trial(sweep.id, decide, lease=lease, now=2.0, history_of="loss") for _ in range(5)
+            ]
+        ids = [t.id for t in leased]
+        assert ids == list(range(ids[0], ids[0] + 5))  # five ids from the sequence, not 1 + 2 + ... + 5
+        assert [t.config["n"] for t in leased] == [0, 1, 2, 3, 4]
+
+
+def test_the_idle_pass_looks_again_after_a_batch_that_was_given_up(postgres_store_url: str) -> None:
+    """The lease-expiry pass ran in a batch (the first lease after its interval) that was given up
+    afterwards: the sweep it finished is running again, and the next pass looks again."""
+    from sweeper.coordinator import Coordinator
+    from sweeper.protocol import AgentInfo, Assignment
+    from sweeper.spec import parse_sweep
+    from sweeper.trials import SweepState
+
+    now = [10.0]
+    with open_store(postgres_store_url) as store:
+        coordinator = Coordinator(store, clock=lambda: now[0])
+        one_point = {"method": "grid", "parameters": {"x": {"values": [1]}}}
+        sweep = coordinator.create_sweep(parse_sweep(one_point))
+        trial = coordinator.next_trial(sweep.id, AgentInfo(name="a", host="h"))
+        assert isinstance(trial, Assignment)
+        store.end_trial(trial.trial_id, trial.lease_id, TrialState.FINISHED, now=now[0])  # as races leave it
+        now[0] += 2
+        with pytest.raises(BatchAbandoned), store.batch():
+            coordinator.expire_leases()
+            assert store.get_sweep(sweep.id).state is SweepState.FINISHED  # in the batch
+            with pytest.raises(LeaseLostError):  # a call of the batch fails: the batch is given up
+                store.renew_lease(trial.trial_id, trial.lease_id, expires_at=50.0, now=now[0])
+        assert store.get_sweep(sweep.id).state is SweepState.RUNNING
+        now[0] += 2
+        coordinator.expire_leases()
+        assert store.get_sweep(sweep.id).state is SweepState.FINISHED
 
 
 def _loss_report(store: Store, trial_id: int, lease: str) -> tuple[Callable[[], Any], TrialCall]:

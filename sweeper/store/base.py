@@ -171,15 +171,16 @@ class Store(ABC):
         """How many trials :meth:`list_trials` would return, without loading them."""
         return len(self.list_trials(sweep_id, states=states))
 
-    def idle_sweeps(self) -> dict[str, float | None]:
-        """The RUNNING sweeps with no trial running, each with when its last trial ended (None
-        where none has)."""
-        idle: dict[str, float | None] = {}
+    def idle_sweeps(self) -> dict[str, tuple[int, float | None]]:
+        """The RUNNING sweeps with no trial running, each with how many trials it has and when
+        the last of them ended (None where none has)."""
+        idle: dict[str, tuple[int, float | None]] = {}
         for sweep in self.list_sweeps():
             if sweep.state is SweepState.RUNNING:
                 trials = self.list_trials(sweep.id)
                 if all(t.state is not TrialState.RUNNING for t in trials):
-                    idle[sweep.id] = max((t.ended_at for t in trials if t.ended_at is not None), default=None)
+                    ends = [t.ended_at for t in trials if t.ended_at is not None]
+                    idle[sweep.id] = (len(trials), max(ends, default=None))
         return idle
 
     @abstractmethod

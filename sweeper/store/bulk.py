@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import Table, text
+from sqlalchemy import String, Table, text
 from sqlalchemy.dialects import postgresql
 
 from sweeper.store.prepared import Prepared
@@ -91,7 +91,12 @@ class Bulk:
     def _sql(self, columns: tuple[str, ...]) -> str:
         quote = _DIALECT.identifier_preparer.quote
         table = quote(self.table.name)
-        types = {c.name: c.type.compile(dialect=_DIALECT) for c in self.table.columns}
+        # Strings as TEXT: a cast to VARCHAR(n) would cut a longer value short, where setting the
+        # column raises, as each row's own statement did.
+        types = {
+            c.name: "TEXT" if isinstance(c.type, String) else c.type.compile(dialect=_DIALECT)
+            for c in self.table.columns
+        }
         if self.inserts:
             arrays = ", ".join(f"CAST(:{name} AS {types[name]}[])" for name in columns)
             names = ", ".join(quote(name) for name in columns)

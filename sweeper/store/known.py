@@ -144,32 +144,21 @@ class KnownTrials:
             statement, params = _SWEEP_TRIALS, {"sweep_id_": sweep_id}
         return CatchUp(self, sweep_id, known, kept, draft, drafts, statement, params)
 
-    def drafted(self, sweep_id: str, drafts: dict[str, _SweepTrials]) -> CountedTrials:
-        """Every trial of a sweep as this batch last read it, with the trials it added since
-        (:meth:`add_drafted`), without reading: for a lease under the sweep's lock that this
-        batch already holds, with nothing else written since that read."""
+    def drafted(self, sweep_id: str, drafts: dict[str, _SweepTrials]) -> CountedTrials | None:
+        """Every trial of a sweep as this batch's last read of it found them (a read applied
+        ``as_draft``), with the trials the batch added since (:meth:`add_drafted`), without
+        reading: for a lease under the sweep's lock that the batch holds, with nothing else
+        written since that read. None where the batch has no draft of the sweep."""
         known = drafts.get(sweep_id)
-        if known is None:
-            with self._lock:
-                known = self._sweeps.get(sweep_id) or _SweepTrials()
-        return CountedTrials(known.by_number.values(), +known.states)
+        return None if known is None else CountedTrials(known.by_number.values(), +known.states)
 
-    def add_drafted(
-        self,
-        sweep_id: str,
-        drafts: dict[str, _SweepTrials],
-        trial: Trial,
-        keep_later: list[Callable[[], None]],
-    ) -> None:
+    @staticmethod
+    def add_drafted(sweep_id: str, drafts: dict[str, _SweepTrials], trial: Trial) -> None:
         """Put a trial this batch just inserted into its sweep's draft, as a read would have."""
         known = drafts.get(sweep_id)
-        if known is None:  # the read changed nothing: the draft starts from what was kept
-            with self._lock:
-                kept = self._sweeps.get(sweep_id)
-            known = drafts[sweep_id] = kept.copy() if kept is not None else _SweepTrials()
-            keep_later.append(lambda: self._keep(sweep_id, known))
-        known.put(trial)
-        known.running[trial.id] = ()  # no row read yet: the next read converts it again
+        if known is not None:  # else the batch's next lease of the sweep reads it
+            known.put(trial)
+            known.running[trial.id] = ()  # no row read yet: the next read converts it again
 
     def _keep(self, sweep_id: str, known: _SweepTrials) -> None:
         with self._lock:
@@ -192,9 +181,15 @@ class CatchUp:
     statement: Prepared
     params: dict[str, Any]
 
-    def apply(self, found_rows: Sequence[Any], keep_later: list[Callable[[], None]]) -> list[Trial]:
-        """Every trial of the sweep, in number order, from what was known and the rows the read found."""
+    def apply(
+        self, found_rows: Sequence[Any], keep_later: list[Callable[[], None]], *, as_draft: bool = False
+    ) -> list[Trial]:
+        """Every trial of the sweep, in number order, from what was known and the rows the read found.
+        ``as_draft``: in a batch, what the read found becomes the sweep's draft even where nothing
+        changed, for the batch's later leases of the sweep (:meth:`KnownTrials.drafted`): not what
+        is kept, which other threads may replace meanwhile."""
         known, draft, drafts = self.known, self.draft, self.drafts
+        as_draft = as_draft and drafts is not None
         # What is kept is shared: copied at its first change, it never changes. A draft is a copy
         # this batch made, never the kept one, so its reads change it in place.
         shared = known is self.kept
@@ -216,8 +211,10 @@ class CatchUp:
                 known.running[trial.id] = tuple(row)
         if not in_order:
             known.by_number = dict(sorted(known.by_number.items()))
+        if as_draft and shared:
+            known, shared = known.copy(), False
         found = CountedTrials(known.by_number.values(), +known.states)  # + drops the zero counts
-        if not found:  # nothing to keep, and an unknown sweep's id must not push known ones out
+        if not found and not as_draft:  # nothing to keep; an unknown sweep must not push known ones out
             return found
         # A draft is kept by the step of the read that made it (if that call failed, the next batch
         # catches up from what was kept before: slower, not wrong).

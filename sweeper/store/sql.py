@@ -228,13 +228,14 @@ class SqlStore(Store):
         batch = self._leases_here()
 
         def lease_one(conn: Connection) -> Trial | None:
-            before = batch.reads.get(sweep_id) if batch is not None and history_of is None else None
-            if before is not None and before.writes == batch.writes:
+            before = batch.reads.get(sweep_id) if batch is not None else None
+            so_far: Sequence[Trial] | None = None
+            if before is not None and before.writes == batch.writes and history_of is None:
                 # This batch holds the sweep's lock since its last lease of it read the sweep, and
                 # wrote nothing else since: what that read, and the trials added since, stand.
-                sweep, ids = before.sweep, before.ids
                 so_far = self._known.drafted(sweep_id, self._drafts())
-            else:  # ids taken ahead and not used yet still serve
+                sweep, ids = before.sweep, before.ids
+            if so_far is None:  # ids taken ahead and not used yet still serve
                 sweep, so_far, ids = self._lease_reads(
                     conn, sweep_id, keep, batch, before.ids if before else []
                 )
@@ -281,7 +282,7 @@ class SqlStore(Store):
             # What was just written, as a row: no need to read it back.
             trial = rows.trial_from_row(rows.NewTrialRow.of(trial_id, values))
             if batch is not None:  # for the batch's next lease of the sweep, should it read nothing
-                self._known.add_drafted(sweep_id, self._drafts(), trial, keep)
+                self._known.add_drafted(sweep_id, self._drafts(), trial)
             return trial
 
         leased = self._db.write(lease_one)
@@ -310,10 +311,12 @@ class SqlStore(Store):
             reads.append((statements.NEXT_TRIAL_IDS, {"n_": wanted}))
         locked, found, *next_ids = read_together(conn, *reads)
         sweep = _found_sweep(locked[0] if locked else None, sweep_id)
-        so_far = catch_up.apply(found, keep) if sweep.state.hands_out_trials else CountedTrials((), Counter())
         # None: a sequence the column does not own
-        taken = [row[0] for row in next_ids[0] if row[0] is not None] if next_ids else []
-        return sweep, so_far, ids + taken
+        ids = (ids + [row[0] for row in next_ids[0] if row[0] is not None]) if next_ids else ids
+        if not sweep.state.hands_out_trials:
+            return sweep, CountedTrials((), Counter()), ids
+        # In a batch, what this read found is the draft the batch's later leases of the sweep use.
+        return sweep, catch_up.apply(found, keep, as_draft=batch is not None), ids
 
     def _leases_here(self) -> _Leases | None:
         """This thread's batch's leases, on PostgreSQL (whose batch holds each lock it takes until
@@ -359,13 +362,16 @@ class SqlStore(Store):
                 self._sweep(conn, sweep_id)  # an unknown sweep is an error, an empty one is not
             return int(found)
 
-    def idle_sweeps(self) -> dict[str, float | None]:
+    def idle_sweeps(self) -> dict[str, tuple[int, float | None]]:
         of_sweep = trials.c.sweep_id == sweeps.c.id
         any_running = select(trials.c.id).where(of_sweep, trials.c.state == TrialState.RUNNING.value).exists()
+        count = select(func.count()).where(of_sweep).scalar_subquery()
         last_end = select(func.max(trials.c.ended_at)).where(of_sweep).scalar_subquery()
-        query = select(sweeps.c.id, last_end).where(sweeps.c.state == SweepState.RUNNING.value, ~any_running)
+        query = select(sweeps.c.id, count, last_end).where(
+            sweeps.c.state == SweepState.RUNNING.value, ~any_running
+        )
         with self._db.read() as conn:
-            return {sweep_id: ended_at for sweep_id, ended_at in conn.execute(query)}
+            return {sweep_id: (int(n), ended_at) for sweep_id, n, ended_at in conn.execute(query)}
 
     def _trials(self, conn: Connection, query: Select[Any], with_history: bool) -> list[Trial]:
         """Trials matching ``query`` in number order; their history in one more query, not one each."""
