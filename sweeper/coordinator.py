@@ -283,7 +283,7 @@ class Coordinator:
         other's trial as still running, and neither does. This pass does, even with no agent left
         to ask. A look counts once what it did is committed: in a batch given up, it is made again."""
         idle = self.store.idle_sweeps()
-        for sweep_id in [s for s in self._idle_checked if s not in idle]:
+        for sweep_id in [s for s in list(self._idle_checked) if s not in idle]:  # a copy: threads mark
             self._idle_checked.pop(sweep_id, None)
         looks = 0
         for sweep_id, changed in idle.items():
@@ -298,6 +298,8 @@ class Coordinator:
                 raise
             except Exception:  # one sweep's fault must not stop the pass, nor the lease that ran it
                 log.warning("could not tell whether sweep %s is complete", sweep_id, exc_info=True)
+                self._idle_checked[sweep_id] = changed  # now: it would fail again, batch or not
+                continue
             self.store.after_commit(functools.partial(self._idle_checked.__setitem__, sweep_id, changed))
 
     def _expire_before_reading(self) -> None:

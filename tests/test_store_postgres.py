@@ -730,6 +730,77 @@ def test_a_batchs_later_leases_decide_from_what_its_first_lease_read_whatever_th
         assert [t.number for t in store.list_trials(sweep.id)] == [1, 2, 3, 4]
 
 
+def test_a_batchs_leases_change_a_copy_of_what_the_store_keeps_not_what_it_keeps(
+    postgres_store_url: str,
+) -> None:
+    """What the store keeps of a sweep between batches is shared with other threads' reads: the
+    batch's leases add their trials to a copy of it, kept once the batch commits."""
+    with open_store(postgres_store_url) as store:
+        sweep = store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
+        _running_trial(store, sweep.id, "l1")
+        store.list_trials(sweep.id)  # what is kept is up to date: the batch's read finds nothing new
+        kept = store._known._sweeps[sweep.id]
+        lease = Lease(agent="a", host="h", lease_id="l", expires_at=100.0)
+        with store.batch(), store.lease_calls([LeaseCall(sweep.id)] * 2):
+            for _ in range(2):
+                store.new_trial(
+                    sweep.id, lambda s, ts: TrialDraft(config={"n": len(ts)}), lease=lease, now=2.0
+                )
+        assert list(kept.by_number) == [1]  # unchanged
+        assert list(store._known._sweeps[sweep.id].by_number) == [1, 2, 3]
+
+
+def test_a_batchs_leases_of_a_paused_sweep_read_it_once(
+    postgres_store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Agents polling a paused sweep: the batch's first lease reads that it is paused, the others
+    answer from that read."""
+    from sweeper.trials import SweepState
+
+    with open_store(postgres_store_url) as store:
+        sweep = store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
+        store.set_sweep_state(sweep.id, SweepState.PAUSED, now=2.0)
+        reads = _ReadsTogether(monkeypatch)
+        lease = Lease(agent="a", host="h", lease_id="l", expires_at=100.0)
+        with store.batch(), store.lease_calls([LeaseCall(sweep.id)] * 3):
+            leased = [
+                store.new_trial(sweep.id, lambda s, ts: TrialDraft(config={}), lease=lease, now=2.0)
+                for _ in range(3)
+            ]
+        assert leased == [None, None, None] and len(reads.statements) == 1
+
+
+def test_an_idle_sweep_that_cannot_be_judged_is_looked_at_once_even_in_a_batch_given_up(
+    postgres_store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A look that fails would fail again: it counts at once, not when a batch commits, so a
+    batch given up does not make every later pass fail on it again."""
+    from sweeper.coordinator import Coordinator
+
+    now = [10.0]
+    with open_store(postgres_store_url) as store:
+        coordinator = Coordinator(store, clock=lambda: now[0])
+        sweep = store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
+        trial = _running_trial(store, sweep.id, "l1")
+        store.end_trial(trial.id, "l1", TrialState.FINISHED, now=now[0])
+        looked: list[str] = []
+
+        def judge(sweep_id: str) -> None:
+            looked.append(sweep_id)
+            raise ValueError("a spec this version cannot read")
+
+        monkeypatch.setattr(coordinator, "_finish_idle_sweep_if_complete", judge)
+        now[0] += 2
+        with pytest.raises(BatchAbandoned), store.batch():
+            coordinator.expire_leases()
+            with pytest.raises(LeaseLostError):  # a call of the batch fails: the batch is given up
+                store.renew_lease(trial.id, "not-l1", expires_at=50.0, now=now[0])
+        for _ in range(3):
+            now[0] += 2
+            coordinator.expire_leases()
+        assert looked == [sweep.id]
+
+
 def test_leases_that_read_histories_keep_the_ids_taken_ahead(postgres_store_url: str) -> None:
     """A lease for a strategy that needs the trials' histories reads the sweep every time; the
     ids the batch's first lease took for the others still serve them."""

@@ -79,6 +79,9 @@ class _SweepTrials:
         self.by_number: dict[int, Trial] = {}
         self.running: dict[int, tuple[Any, ...]] = {}  # trial id: its row when last read
         self.states: Counter[TrialState] = Counter()  # of the trials in by_number
+        # Kept (KnownTrials._keep): other threads may be reading it, so it never changes again;
+        # a read or a batch that would change it changes a copy.
+        self.shared = False
 
     def copy(self) -> _SweepTrials:
         copied = _SweepTrials()
@@ -142,7 +145,7 @@ class KnownTrials:
             statement, params = _since(self._dialect, sweep_id, last, sorted(known.running))
         else:
             statement, params = _SWEEP_TRIALS, {"sweep_id_": sweep_id}
-        return CatchUp(self, sweep_id, known, kept, draft, drafts, statement, params)
+        return CatchUp(self, sweep_id, known, draft, drafts, statement, params)
 
     def drafted(self, sweep_id: str, drafts: dict[str, _SweepTrials]) -> CountedTrials | None:
         """Every trial of a sweep as this batch's last read of it found them (a read applied
@@ -152,15 +155,25 @@ class KnownTrials:
         known = drafts.get(sweep_id)
         return None if known is None else CountedTrials(known.by_number.values(), +known.states)
 
-    @staticmethod
-    def add_drafted(sweep_id: str, drafts: dict[str, _SweepTrials], trial: Trial) -> None:
+    def add_drafted(
+        self,
+        sweep_id: str,
+        drafts: dict[str, _SweepTrials],
+        trial: Trial,
+        keep_later: list[Callable[[], None]],
+    ) -> None:
         """Put a trial this batch just inserted into its sweep's draft, as a read would have."""
         known = drafts.get(sweep_id)
-        if known is not None:  # else the batch's next lease of the sweep reads it
-            known.put(trial)
-            known.running[trial.id] = ()  # no row read yet: the next read converts it again
+        if known is None:  # the batch's next lease of the sweep reads it
+            return
+        if known.shared:  # the read found what was kept unchanged: copied at its first change
+            known = drafts[sweep_id] = known.copy()
+            keep_later.append(lambda: self._keep(sweep_id, known))
+        known.put(trial)
+        known.running[trial.id] = ()  # no row read yet: the next read converts it again
 
     def _keep(self, sweep_id: str, known: _SweepTrials) -> None:
+        known.shared = True
         with self._lock:
             self._sweeps[sweep_id] = known
             self._sweeps.move_to_end(sweep_id)
@@ -175,7 +188,6 @@ class CatchUp:
     known_trials: KnownTrials
     sweep_id: str
     known: _SweepTrials  # what the read starts from
-    kept: _SweepTrials | None
     draft: _SweepTrials | None
     drafts: dict[str, _SweepTrials] | None
     statement: Prepared
@@ -190,9 +202,9 @@ class CatchUp:
         is kept, which other threads may replace meanwhile."""
         known, draft, drafts = self.known, self.draft, self.drafts
         as_draft = as_draft and drafts is not None
-        # What is kept is shared: copied at its first change, it never changes. A draft is a copy
-        # this batch made, never the kept one, so its reads change it in place.
-        shared = known is self.kept
+        # What is kept is shared: copied at its first change, it never changes. A draft this batch
+        # made by a copy is its own, so its reads change it in place.
+        shared = known.shared
         last = next(reversed(known.by_number), 0)
         in_order = True
         for row in found_rows:
@@ -211,15 +223,13 @@ class CatchUp:
                 known.running[trial.id] = tuple(row)
         if not in_order:
             known.by_number = dict(sorted(known.by_number.items()))
-        if as_draft and shared:
-            known, shared = known.copy(), False
         found = CountedTrials(known.by_number.values(), +known.states)  # + drops the zero counts
         if not found and not as_draft:  # nothing to keep; an unknown sweep must not push known ones out
             return found
         # A draft is kept by the step of the read that made it (if that call failed, the next batch
         # catches up from what was kept before: slower, not wrong).
         if known is not draft:
-            if drafts is not None and not shared:
+            if drafts is not None and (as_draft or not shared):  # as a draft, even unchanged
                 drafts[self.sweep_id] = known
             keep_later.append(lambda: self.known_trials._keep(self.sweep_id, known))
         return found

@@ -233,8 +233,9 @@ class SqlStore(Store):
             if before is not None and before.writes == batch.writes and history_of is None:
                 # This batch holds the sweep's lock since its last lease of it read the sweep, and
                 # wrote nothing else since: what that read, and the trials added since, stand.
-                so_far = self._known.drafted(sweep_id, self._drafts())
                 sweep, ids = before.sweep, before.ids
+                handing_out = sweep.state.hands_out_trials  # else answered below, without a read
+                so_far = self._known.drafted(sweep_id, self._drafts()) if handing_out else []
             if so_far is None:  # ids taken ahead and not used yet still serve
                 sweep, so_far, ids = self._lease_reads(
                     conn, sweep_id, keep, batch, before.ids if before else []
@@ -282,7 +283,7 @@ class SqlStore(Store):
             # What was just written, as a row: no need to read it back.
             trial = rows.trial_from_row(rows.NewTrialRow.of(trial_id, values))
             if batch is not None:  # for the batch's next lease of the sweep, should it read nothing
-                self._known.add_drafted(sweep_id, self._drafts(), trial)
+                self._known.add_drafted(sweep_id, self._drafts(), trial, keep)
             return trial
 
         leased = self._db.write(lease_one)
