@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy import event as sqlalchemy_event
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from store_conformance import StoreConformance
@@ -408,6 +409,8 @@ def test_metric_reports_read_ahead_in_one_round_trip_and_store_what_each_would_a
         # the second report's
         assert reads.statements == [2, 2]
         assert reads.locked[0] == sorted([one.id, two.id, three.id])  # in one order: batches cannot deadlock
+        locking = str(ahead_module._TRIALS_LOCKED.statement.compile(dialect=postgresql.dialect()))
+        assert "ORDER BY trials.id" in locking and locking.endswith("FOR UPDATE")  # locked in that order
         assert reads.locked[1] == [two.id]
         expected = [{"loss": 0.3}, {"loss": 0.5}, {"loss": 0.4, "acc": 0.8}, {"loss": 0.2, "acc": 0.8}]
         assert [answer.summary for answer in answers] == expected

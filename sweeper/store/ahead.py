@@ -19,14 +19,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Integer, any_, bindparam, func, select, text
+from sqlalchemy import Connection, Integer, any_, bindparam, select, text
 from sqlalchemy.dialects import postgresql
 
 from sweeper.store import statements, summary
 from sweeper.store.base import TrialCall
 from sweeper.store.prepared import Prepared, read_together
 from sweeper.store.schema import trials
-from sweeper.trials import TrialState
 
 _IDS = bindparam("ids_", type_=postgresql.ARRAY(Integer))
 
@@ -49,19 +48,6 @@ _LATEST_POINTS = Prepared(
         "WHERE m.trial_id = v.trial_id AND m.name = v.name AND m.seq = v.seq) stored ON true "
         "ORDER BY v.i"
     )
-)
-
-# For each trial with one of the ids ids_: its sweep, and how many of the sweep's trials are
-# running (a count per trial, each down the (sweep_id, state) index: a join of all of them let
-# the planner scan every running row version the sweep's updates left behind).
-_THIS = trials.alias("this")
-_RUNNING_IN_SWEEPS_OF = Prepared(
-    select(
-        _THIS.c.sweep_id,
-        select(func.count())
-        .where(trials.c.sweep_id == _THIS.c.sweep_id, trials.c.state == TrialState.RUNNING.value)
-        .scalar_subquery(),
-    ).where(_THIS.c.id == any_(_IDS))
 )
 
 
@@ -94,7 +80,7 @@ def read_ahead(
         trial_ids, names, seqs = (list(column) for column in zip(*wanted, strict=True))
         reads.append((_LATEST_POINTS, {"trial_ids_": trial_ids, "names_": names, "seqs_": seqs}))
     if ends:
-        reads.append((_RUNNING_IN_SWEEPS_OF, {"ids_": ends}))
+        reads.append((statements.RUNNING_IN_SWEEPS_OF_TRIALS, {"ids_": ends}))
     found = read_together(conn, *reads)
     locked = {row.id: [row] for row in found[0]}
     ahead: dict[tuple[Any, ...], tuple[list[Any], list[Any]]] = {}

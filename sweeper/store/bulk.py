@@ -32,7 +32,7 @@ class Bulk:
     """How the rows of one write go to PostgreSQL as one statement.
 
     ``key``: the parameter whose value names the row the write changes (for an UPDATE, the value
-    of ``column``; for an INSERT, the new row's). ``needs``: for rows that need another table's
+    of its ``id``; for an INSERT, the new row's). ``needs``: for rows that need another table's
     row to exist (a foreign key), that table and the parameter naming its row."""
 
     def __init__(
@@ -41,7 +41,6 @@ class Bulk:
         *,
         inserts: bool,
         key: str | None = None,
-        column: str = "id",
         needs: tuple[str, str] | None = None,
         suffix: str = "",
     ) -> None:
@@ -49,7 +48,6 @@ class Bulk:
         self.inserts = inserts
         self.key = key
         self.needs = needs
-        self._column = column
         self._suffix = suffix  # after an INSERT's rows: ON CONFLICT ...
         # Each column's conversion of a value (ints into DOUBLE PRECISION columns, ...).
         self._convert = {c.name: c.type.bind_processor(_DIALECT) for c in table.columns}
@@ -68,8 +66,8 @@ class Bulk:
         return cls(table, inserts=True, key=key, needs=needs, suffix=suffix)
 
     @classmethod
-    def update(cls, table: Table, *, key: str, column: str = "id") -> Bulk:
-        return cls(table, inserts=False, key=key, column=column)
+    def update(cls, table: Table, *, key: str) -> Bulk:
+        return cls(table, inserts=False, key=key)
 
     def arrays(self, columns: tuple[str, ...], rows: list[Mapping[str, Any]]) -> dict[str, list[Any]]:
         """The parameters of :meth:`statement` for ``rows``, which all set ``columns``."""
@@ -101,11 +99,11 @@ class Bulk:
             arrays = ", ".join(f"CAST(:{name} AS {types[name]}[])" for name in columns)
             names = ", ".join(quote(name) for name in columns)
             return f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays}){self._suffix}"
-        typed = {name: types[self._column if name == self.key else name] for name in columns}
+        typed = {name: types["id" if name == self.key else name] for name in columns}
         arrays = ", ".join(f"CAST(:{name} AS {typed[name]}[])" for name in columns)
         aliases = ", ".join(quote(name) for name in columns)
         changes = ", ".join(f"{quote(name)} = v.{quote(name)}" for name in columns if name != self.key)
         return (
             f"UPDATE {table} SET {changes} FROM unnest({arrays}) AS v({aliases}) "
-            f"WHERE {table}.{quote(self._column)} = v.{quote(self.key)}"
+            f"WHERE {table}.id = v.{quote(self.key)}"
         )

@@ -3,7 +3,8 @@ building them costs more than running them."""
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Integer, bindparam, func, insert, select, update
+from sqlalchemy import BigInteger, Integer, any_, bindparam, func, insert, select, update
+from sqlalchemy.dialects import postgresql
 
 from sweeper.store.bulk import Bulk
 from sweeper.store.prepared import Prepared
@@ -42,4 +43,15 @@ RUNNING_IN_SWEEP_OF_TRIAL = Prepared(
         == select(_THIS.c.sweep_id).where(_THIS.c.id == bindparam("trial_id_")).scalar_subquery(),
         trials.c.state == TrialState.RUNNING.value,
     )
+)
+# For each trial with one of the ids ids_: its sweep, and how many of the sweep's trials are
+# running (a count per trial, each down the (sweep_id, state) index: a join of all of them let
+# the planner scan every running row version the sweep's updates left behind).
+RUNNING_IN_SWEEPS_OF_TRIALS = Prepared(
+    select(
+        _THIS.c.sweep_id,
+        select(func.count())
+        .where(trials.c.sweep_id == _THIS.c.sweep_id, trials.c.state == TrialState.RUNNING.value)
+        .scalar_subquery(),
+    ).where(_THIS.c.id == any_(bindparam("ids_", type_=postgresql.ARRAY(Integer))))
 )
