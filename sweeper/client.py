@@ -1,6 +1,6 @@
 """A coordinator reached over HTTP, with the same methods as the embedded one.
 
-Standard library only (http.client, json, ssl): an agent machine imports this without a web
+Standard library only (sockets, json, ssl): an agent machine imports this without a web
 framework, SQLAlchemy or numpy. Failures map onto exceptions the agent already handles:
 
 * the network or the server is down (refused, reset, timeout, 5xx): an ``OSError``

@@ -7,8 +7,10 @@ are kept open between requests and shared by the client's threads, one request a
 A kept connection may have been closed by the server meanwhile (its idle timeout, a restart).
 Such a connection is dropped before use when the socket already shows the close, and a request
 that fails on a reused connection before any answer arrived is sent once more on a new one: the
-server closed it without reading the request. Where an HTTP proxy is configured (``HTTP_PROXY``
-and friends), requests go through urllib as before, one connection each.
+server closed it without reading the request. Each connection is a
+:class:`~sweeper.http_connection.HttpConnection` (a request in one write, a lean reading of the
+answer). Where an HTTP proxy is configured (``HTTP_PROXY`` and friends), requests go through
+urllib instead, one connection each.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Protocol
+
+from sweeper.http_connection import HttpConnection
 
 _MAX_IDLE = 16  # connections kept per client: as many as threads calling at once, in practice
 # Failures of a reused connection that mean "closed before the request was read".
@@ -60,7 +64,7 @@ class KeepAliveTransport:
         self._prefix = parts.path.rstrip("/")
         self._timeout = timeout
         self._context = context
-        self._idle: list[http.client.HTTPConnection] = []
+        self._idle: list[HttpConnection] = []
         self._lock = threading.Lock()
 
     def exchange(self, method: str, target: str, body: bytes | None, headers: dict[str, str]) -> Answer:
@@ -82,23 +86,16 @@ class KeepAliveTransport:
             raise
 
     def _send(
-        self,
-        conn: http.client.HTTPConnection,
-        method: str,
-        target: str,
-        body: bytes | None,
-        headers: dict[str, str],
+        self, conn: HttpConnection, method: str, target: str, body: bytes | None, headers: dict[str, str]
     ) -> Answer:
-        conn.request(method, self._prefix + target, body=body, headers=headers)
-        response = conn.getresponse()
-        raw = response.read()
-        if response.will_close:
-            conn.close()
-        else:
+        status, reason, raw, keep = conn.exchange(method, self._prefix + target, body, headers)
+        if keep:
             self._give(conn)
-        return response.status, response.reason, raw
+        else:
+            conn.close()
+        return status, reason, raw
 
-    def _take(self) -> tuple[http.client.HTTPConnection, bool]:
+    def _take(self) -> tuple[HttpConnection, bool]:
         while True:
             with self._lock:
                 conn = self._idle.pop() if self._idle else None
@@ -108,29 +105,28 @@ class KeepAliveTransport:
                 return conn, True
             conn.close()
 
-    def _give(self, conn: http.client.HTTPConnection) -> None:
+    def _give(self, conn: HttpConnection) -> None:
         with self._lock:
             if len(self._idle) < _MAX_IDLE:
                 self._idle.append(conn)
                 return
         conn.close()
 
-    def _connect(self) -> http.client.HTTPConnection:
+    def _connect(self) -> HttpConnection:
         # A host that drops packets is given up on in CONNECT_TIMEOUT; an answer may take longer
         # (a large sweep's listing), up to the transport's own timeout.
-        timeout = min(self._timeout, CONNECT_TIMEOUT)
-        conn: http.client.HTTPConnection
-        if self._context is not None:
-            conn = http.client.HTTPSConnection(self._host, self._port, timeout=timeout, context=self._context)
-        else:
-            conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+        conn = HttpConnection(
+            self._host,
+            self._port,
+            timeout=self._timeout,
+            connect_timeout=min(self._timeout, CONNECT_TIMEOUT),
+            context=self._context,
+        )
         conn.connect()
-        if conn.sock is not None:
-            conn.sock.settimeout(self._timeout)
         return conn
 
 
-def _still_open(conn: http.client.HTTPConnection) -> bool:
+def _still_open(conn: HttpConnection) -> bool:
     """False when the server closed an idle connection (or sent something unasked): readable
     before any request means end of stream, or garbage."""
     sock = conn.sock

@@ -1,0 +1,209 @@
+"""The agent's HTTP/1.1 connection against a real TCP server that answers with given bytes: the
+answers a server or a proxy in front of it may send, and the faults, as http.client names them."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from sweeper.client import CoordinatorUnavailableError, HttpCoordinator
+from sweeper.http_connection import HttpConnection
+
+Answer = Callable[[bytes], bytes | None]  # the request's bytes -> the answer's (None: close, unanswered)
+
+
+@dataclass
+class RawServer:
+    """Reads each request whole (head, then Content-Length bytes of body) and writes back what
+    ``answer`` gives; a connection ends when the client closes it or the answer is followed by
+    a close (``close_after``)."""
+
+    answer: Answer
+    close_after: bool = False
+    requests: list[tuple[int, bytes]] = field(default_factory=list)  # (connection number, request)
+    port: int = 0
+
+    def serve(self, listener: socket.socket) -> None:
+        number = 0
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            number += 1
+            threading.Thread(target=self._connection, args=(conn, number), daemon=True).start()
+
+    def _connection(self, conn: socket.socket, number: int) -> None:
+        with conn:
+            reader = conn.makefile("rb")
+            while True:
+                head = b""
+                while not head.endswith(b"\r\n\r\n"):
+                    line = reader.readline()
+                    if not line:
+                        return
+                    head += line
+                lengths = [h for h in head.lower().split(b"\r\n") if h.startswith(b"content-length:")]
+                length = int(lengths[0].split(b":")[1]) if lengths else 0
+                request = head + reader.read(length)
+                self.requests.append((number, request))
+                answer = self.answer(request)
+                if answer is None:
+                    return
+                conn.sendall(answer)
+                if self.close_after:
+                    conn.shutdown(socket.SHUT_WR)
+                    return
+
+
+Start = Callable[..., RawServer]  # start(answer, close_after=False): a server on a free port
+
+
+@pytest.fixture
+def raw_server() -> Iterator[Start]:
+    listeners: list[socket.socket] = []
+
+    def start(answer: Answer, close_after: bool = False) -> RawServer:
+        listener = socket.create_server(("127.0.0.1", 0))
+        listeners.append(listener)
+        server = RawServer(answer, close_after, port=listener.getsockname()[1])
+        threading.Thread(target=server.serve, args=(listener,), daemon=True).start()
+        return server
+
+    yield start
+    for listener in listeners:
+        listener.close()
+
+
+def fixed(raw: bytes) -> Answer:
+    return lambda request: raw
+
+
+def ok_json(body: bytes = b'{"status": "ok"}', extra: bytes = b"") -> bytes:
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + extra
+    return head + b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+def connection(port: int) -> HttpConnection:
+    return HttpConnection("127.0.0.1", port, timeout=5, connect_timeout=5, context=None)
+
+
+def test_a_request_is_sent_as_http_1_1_with_its_length(raw_server: Start) -> None:
+    server = raw_server(fixed(ok_json()))
+    conn = connection(server.port)
+    headers = {"Content-Type": "application/json", "Authorization": "Bearer t"}
+    status, reason, body, keep = conn.exchange("POST", "/api/v1/sweeps", b'{"a": 1}', headers)
+    assert (status, reason, body, keep) == (200, "OK", b'{"status": "ok"}', True)
+    head, _, sent_body = server.requests[0][1].partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"POST /api/v1/sweeps HTTP/1.1"
+    assert f"Host: 127.0.0.1:{server.port}".encode() in lines
+    assert b"Content-Length: 8" in lines and b"Authorization: Bearer t" in lines
+    assert sent_body == b'{"a": 1}'
+    # A POST without a body still says its length; a GET says nothing of one.
+    conn.exchange("POST", "/x", None, {})
+    conn.exchange("GET", "/y", None, {})
+    assert b"Content-Length: 0" in server.requests[1][1]
+    assert b"content-length" not in server.requests[2][1].lower()
+    assert [number for number, _ in server.requests] == [1, 1, 1]  # one connection, kept open
+
+
+def test_chunked_answers_are_put_together(raw_server: Start) -> None:
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b'4;ext=1\r\n{"a"\r\n6\r\n: 123}\r\n0\r\nTrailer: x\r\n\r\n'
+    )
+    server = raw_server(fixed(chunked))
+    conn = connection(server.port)
+    for _ in range(2):  # the whole answer was read: the connection serves the next request
+        assert conn.exchange("GET", "/", None, {})[2:] == (b'{"a": 123}', True)
+    assert [number for number, _ in server.requests] == [1, 1]
+
+
+def test_interim_answers_are_skipped(raw_server: Start) -> None:
+    interim = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n"
+    server = raw_server(fixed(interim + ok_json()))
+    assert connection(server.port).exchange("GET", "/", None, {})[:3] == (200, "OK", b'{"status": "ok"}')
+
+
+@pytest.mark.parametrize(
+    ("answer", "keep"),
+    [
+        (ok_json(extra=b"Connection: close\r\n"), False),
+        (ok_json(extra=b"Connection: Keep-Alive, Close\r\n"), False),
+        (ok_json().replace(b"HTTP/1.1", b"HTTP/1.0"), False),
+        (ok_json(extra=b"Connection: keep-alive\r\n").replace(b"HTTP/1.1", b"HTTP/1.0"), True),
+        (b"HTTP/1.1 204 No Content\r\n\r\n", True),
+    ],
+)
+def test_whether_the_connection_stays_open(raw_server: Start, answer: bytes, keep: bool) -> None:
+    server = raw_server(fixed(answer))
+    assert connection(server.port).exchange("GET", "/", None, {})[3] is keep
+
+
+def test_a_body_without_a_length_ends_with_the_connection(raw_server: Start) -> None:
+    server = raw_server(fixed(b"HTTP/1.1 200 OK\r\n\r\nall of it"), close_after=True)
+    assert connection(server.port).exchange("GET", "/", None, {})[2:] == (b"all of it", False)
+
+
+def test_the_transport_follows_what_the_server_says_of_the_connection(raw_server: Start) -> None:
+    close_every_other = iter([b"", b"Connection: close\r\n"] * 3)
+    server = raw_server(lambda request: ok_json(extra=next(close_every_other)))
+    client = HttpCoordinator(f"http://127.0.0.1:{server.port}")
+    for _ in range(6):
+        assert client.health() == {"status": "ok"}
+    # Two answers per connection: kept after the first, closed after the second.
+    assert [number for number, _ in server.requests] == [1, 1, 2, 2, 3, 3]
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (None, http.client.RemoteDisconnected),  # closed without an answer
+        (b"SSH-2.0-OpenSSH_9.6\r\n", http.client.BadStatusLine),
+        (b"HTTP/1.1 2000 OK\r\n\r\n", http.client.BadStatusLine),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", http.client.IncompleteRead),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", http.client.HTTPException),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab", http.client.IncompleteRead),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n", http.client.IncompleteRead),
+        (b"HTTP/1.1 200 OK\r\nX: " + b"y" * 70000 + b"\r\n\r\n", http.client.LineTooLong),
+        (b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 101 + b"\r\n", http.client.HTTPException),
+        (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", http.client.HTTPException),
+    ],
+)
+def test_broken_answers_raise_what_http_client_raises(
+    raw_server: Start, answer: bytes | None, error: type[Exception]
+) -> None:
+    server = raw_server(lambda request: answer, close_after=True)
+    with pytest.raises(error):
+        connection(server.port).exchange("GET", "/", None, {})
+
+
+def test_broken_answers_reach_the_caller_as_an_unreachable_coordinator(raw_server: Start) -> None:
+    server = raw_server(fixed(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort"), close_after=True)
+    with pytest.raises(CoordinatorUnavailableError, match="unreachable"):
+        HttpCoordinator(f"http://127.0.0.1:{server.port}").health()
+
+
+@pytest.mark.parametrize(
+    ("target", "headers", "error"),
+    [
+        ("/a b", {}, http.client.InvalidURL),
+        ("/a\r\nX: y", {}, http.client.InvalidURL),
+        ("no-slash", {}, http.client.InvalidURL),
+        ("/", {"Authorization": "Bearer t\r\nX-Injected: 1"}, ValueError),
+        ("/", {"Bad:Name": "v"}, ValueError),
+    ],
+)
+def test_requests_that_would_break_the_protocol_are_not_sent(
+    raw_server: Start, target: str, headers: dict[str, str], error: type[Exception]
+) -> None:
+    server = raw_server(fixed(ok_json()))
+    with pytest.raises(error):
+        connection(server.port).exchange("GET", target, None, headers)
+    assert server.requests == []
