@@ -17,12 +17,15 @@ import http.client
 import re
 import socket
 import ssl
-from typing import BinaryIO
 
 _MAX_LINE = 65536  # as http.client: a longer status or header line is refused
 _MAX_HEADERS = 100
 _NO_BODY_STATUS = (204, 304)
-_NOT_IN_TARGET = re.compile(r"[\x00-\x20\x7f]")  # control characters and spaces
+_TARGET = re.compile(r"/[\x21-\x7e]*")  # printable ASCII: no spaces, no control characters
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a token (RFC 9110)
+_SET_HERE = ("host", "content-length", "transfer-encoding")  # the connection writes these itself
+_LENGTH = re.compile(r"[0-9]{1,18}")
+_CHUNK_SIZE = re.compile(rb"[0-9a-fA-F]{1,16}")
 
 
 class HttpConnection:
@@ -46,7 +49,7 @@ class HttpConnection:
         shown = f"[{host}]" if ":" in host else host
         self._host_header = shown if self.port == default_port else f"{shown}:{self.port}"
         self.sock: socket.socket | None = None
-        self._reader: BinaryIO | None = None
+        self._reader: _Reader | None = None
 
     def connect(self) -> None:
         sock = socket.create_connection((self.host, self.port), timeout=self._connect_timeout)
@@ -59,13 +62,10 @@ class HttpConnection:
             sock.close()
             raise
         self.sock = sock
-        self._reader = sock.makefile("rb")
+        self._reader = _Reader(sock)
 
     def close(self) -> None:
-        reader, sock = self._reader, self.sock
-        self._reader = self.sock = None
-        if reader is not None:
-            reader.close()
+        sock, self.sock, self._reader = self.sock, None, None
         if sock is not None:
             sock.close()
 
@@ -79,15 +79,24 @@ class HttpConnection:
             self.connect()
         assert self.sock is not None and self._reader is not None
         self.sock.sendall(request)
-        return _read_answer(self._reader, method)
+        status, reason, body, keep = _read_answer(self._reader, method)
+        # Bytes past the answer's end mean a server (or proxy) that frames its answers wrongly:
+        # they must never be read as the next request's answer.
+        return status, reason, body, keep and not self._reader.pending()
 
     def _head(self, method: str, target: str, body: bytes | None, headers: dict[str, str]) -> bytes:
-        if not target.startswith("/") or _NOT_IN_TARGET.search(target):
-            raise http.client.InvalidURL(f"URL can't contain control characters or spaces: {target!r}")
+        if not _TARGET.fullmatch(target):
+            raise http.client.InvalidURL(
+                f"a request target is '/' and printable ASCII, without spaces: got {target!r}"
+            )
         lines = [f"{method} {target} HTTP/1.1", f"Host: {self._host_header}", "Accept-Encoding: identity"]
         for name, value in headers.items():
-            if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
-                raise ValueError(f"invalid HTTP header {name!r}: no line breaks, and no ':' in its name")
+            broken_value = "\r" in value or "\n" in value
+            if broken_value or not _HEADER_NAME.fullmatch(name) or name.lower() in _SET_HERE:
+                raise ValueError(
+                    f"invalid HTTP header {name!r}: a name is a token other than Host, Content-Length "
+                    "and Transfer-Encoding, and a value has no line breaks"
+                )
             lines.append(f"{name}: {value}")
         if body is not None or method in ("POST", "PUT", "PATCH"):
             lines.append(f"Content-Length: {len(body or b'')}")
@@ -95,7 +104,53 @@ class HttpConnection:
         return "\r\n".join(lines).encode("latin-1")
 
 
-def _read_answer(reader: BinaryIO, method: str) -> tuple[int, str, bytes, bool]:
+class _Reader:
+    """The bytes received and not yet read: whether an answer left any behind is known."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buffer = bytearray()
+
+    def pending(self) -> bool:
+        return bool(self._buffer)
+
+    def _fill(self) -> bool:
+        """False at the end of the stream."""
+        chunk = self._sock.recv(65536)
+        self._buffer += chunk
+        return bool(chunk)
+
+    def _take(self, size: int) -> bytes:
+        taken = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return taken
+
+    def readline(self, limit: int) -> bytes:
+        """A line with its end; at most ``limit`` bytes of a longer one; what is left at the end."""
+        searched = 0
+        while True:
+            end = self._buffer.find(b"\n", searched, limit)
+            if end >= 0:
+                return self._take(end + 1)
+            if len(self._buffer) >= limit:
+                return self._take(limit)
+            searched = len(self._buffer)
+            if not self._fill():
+                return self._take(len(self._buffer))
+
+    def read(self, size: int) -> bytes:
+        """``size`` bytes, or fewer where the stream ends first."""
+        while len(self._buffer) < size and self._fill():
+            pass
+        return self._take(size)
+
+    def read_all(self) -> bytes:
+        while self._fill():
+            pass
+        return self._take(len(self._buffer))
+
+
+def _read_answer(reader: _Reader, method: str) -> tuple[int, str, bytes, bool]:
     while True:  # interim answers (100 Continue, 103 Early Hints) come before the answer
         version, status, reason = _status_line(reader)
         headers = _headers(reader)
@@ -105,35 +160,41 @@ def _read_answer(reader: BinaryIO, method: str) -> tuple[int, str, bytes, bool]:
     keep = "keep-alive" in tokens if version == "HTTP/1.0" else "close" not in tokens
     if method == "HEAD" or status in _NO_BODY_STATUS:
         return status, reason, b"", keep
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        return status, reason, _chunked(reader), keep
     length = headers.get("content-length")
+    if "transfer-encoding" in headers:  # it overrides any length (RFC 9112, 6.3)
+        codings = [c.strip() for c in headers["transfer-encoding"].lower().split(",")]
+        if codings[-1] != "chunked":  # the body ends where the connection does
+            return status, reason, reader.read_all(), False
+        # An answer with both may be smuggled through a proxy: not a connection to use again.
+        return status, reason, _chunked(reader), keep and length is None
     if length is None:  # the body ends where the connection does
-        return status, reason, reader.read(), False
-    if not length.isdigit():
+        return status, reason, reader.read_all(), False
+    lengths = {value.strip() for value in length.split(",")}  # repeated, it must say one length
+    size = lengths.pop() if len(lengths) == 1 else ""
+    if not _LENGTH.fullmatch(size):
         raise http.client.HTTPException(f"invalid Content-Length {length!r}")
-    return status, reason, _exactly(reader, int(length)), keep
+    return status, reason, _exactly(reader, int(size)), keep
 
 
-def _line(reader: BinaryIO, what: str) -> bytes:
+def _line(reader: _Reader, what: str) -> bytes:
     line = reader.readline(_MAX_LINE + 1)
     if len(line) > _MAX_LINE:
         raise http.client.LineTooLong(what)
     return line
 
 
-def _status_line(reader: BinaryIO) -> tuple[str, int, str]:
+def _status_line(reader: _Reader) -> tuple[str, int, str]:
     line = _line(reader, "status line")
     if not line:  # closed before any answer: the request was not read (or the server died)
         raise http.client.RemoteDisconnected("Remote end closed connection without response")
     version, _, rest = line.decode("iso-8859-1").rstrip("\r\n").partition(" ")
     code, _, reason = rest.partition(" ")
-    if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit():
+    if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit() or code < "100":
         raise http.client.BadStatusLine(line.decode("iso-8859-1"))
     return version, int(code), reason.strip()
 
 
-def _headers(reader: BinaryIO) -> dict[str, str]:
+def _headers(reader: _Reader) -> dict[str, str]:
     """The header fields, names in lower case; repeated fields joined with commas."""
     found: dict[str, str] = {}
     last = ""
@@ -154,19 +215,19 @@ def _headers(reader: BinaryIO) -> dict[str, str]:
     raise http.client.HTTPException(f"got more than {_MAX_HEADERS} headers")
 
 
-def _exactly(reader: BinaryIO, size: int) -> bytes:
+def _exactly(reader: _Reader, size: int) -> bytes:
     data = reader.read(size)
     if len(data) < size:
         raise http.client.IncompleteRead(data, size - len(data))
     return data
 
 
-def _chunked(reader: BinaryIO) -> bytes:
+def _chunked(reader: _Reader) -> bytes:
     parts = []
     while True:
         line = _line(reader, "chunk size")
         size_text = line.split(b";", 1)[0].strip()
-        if not size_text or size_text.strip(b"0123456789abcdefABCDEF"):
+        if not _CHUNK_SIZE.fullmatch(size_text):
             raise http.client.IncompleteRead(b"".join(parts))  # cut off, or not a chunk size
         size = int(size_text, 16)
         if size == 0:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -39,6 +40,12 @@ class RawServer:
             threading.Thread(target=self._connection, args=(conn, number), daemon=True).start()
 
     def _connection(self, conn: socket.socket, number: int) -> None:
+        try:
+            self._requests(conn, number)
+        except OSError:  # the client closed the connection with an answer unread: as it should
+            pass
+
+    def _requests(self, conn: socket.socket, number: int) -> None:
         with conn:
             reader = conn.makefile("rb")
             while True:
@@ -68,8 +75,9 @@ Start = Callable[..., RawServer]  # start(answer, close_after=False): a server o
 def raw_server() -> Iterator[Start]:
     listeners: list[socket.socket] = []
 
-    def start(answer: Answer, close_after: bool = False) -> RawServer:
-        listener = socket.create_server(("127.0.0.1", 0))
+    def start(answer: Answer, close_after: bool = False, host: str = "127.0.0.1") -> RawServer:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listener = socket.create_server((host, 0), family=family)
         listeners.append(listener)
         server = RawServer(answer, close_after, port=listener.getsockname()[1])
         threading.Thread(target=server.serve, args=(listener,), daemon=True).start()
@@ -89,8 +97,20 @@ def ok_json(body: bytes = b'{"status": "ok"}', extra: bytes = b"") -> bytes:
     return head + b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
 
 
-def connection(port: int) -> HttpConnection:
-    return HttpConnection("127.0.0.1", port, timeout=5, connect_timeout=5, context=None)
+OPENED: list[HttpConnection] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_connections() -> Iterator[None]:
+    yield
+    while OPENED:
+        OPENED.pop().close()
+
+
+def connection(port: int, timeout: float = 5, connect_timeout: float = 5) -> HttpConnection:
+    conn = HttpConnection("127.0.0.1", port, timeout=timeout, connect_timeout=connect_timeout, context=None)
+    OPENED.append(conn)
+    return conn
 
 
 def test_a_request_is_sent_as_http_1_1_with_its_length(raw_server: Start) -> None:
@@ -167,6 +187,10 @@ def test_the_transport_follows_what_the_server_says_of_the_connection(raw_server
         (None, http.client.RemoteDisconnected),  # closed without an answer
         (b"SSH-2.0-OpenSSH_9.6\r\n", http.client.BadStatusLine),
         (b"HTTP/1.1 2000 OK\r\n\r\n", http.client.BadStatusLine),
+        (b"HTTP/1.1 099 Early\r\n\r\n", http.client.BadStatusLine),
+        (b"HTTP/2.0 200 OK\r\n\r\n", http.client.BadStatusLine),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\n", http.client.HTTPException),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}", http.client.HTTPException),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", http.client.IncompleteRead),
         (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", http.client.HTTPException),
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab", http.client.IncompleteRead),
@@ -197,7 +221,11 @@ def test_broken_answers_reach_the_caller_as_an_unreachable_coordinator(raw_serve
         ("/a\r\nX: y", {}, http.client.InvalidURL),
         ("no-slash", {}, http.client.InvalidURL),
         ("/", {"Authorization": "Bearer t\r\nX-Injected: 1"}, ValueError),
+        ("/\u00e9", {}, http.client.InvalidURL),
         ("/", {"Bad:Name": "v"}, ValueError),
+        ("/", {" Folded": "v"}, ValueError),
+        ("/", {"X": "a\rb"}, ValueError),
+        ("/", {"Host": "elsewhere"}, ValueError),
     ],
 )
 def test_requests_that_would_break_the_protocol_are_not_sent(
@@ -207,3 +235,89 @@ def test_requests_that_would_break_the_protocol_are_not_sent(
     with pytest.raises(error):
         connection(server.port).exchange("GET", target, None, headers)
     assert server.requests == []
+
+
+def test_answers_without_a_body_leave_the_next_answer_intact(raw_server: Start) -> None:
+    """A 304 or a HEAD answer says a length but has no body: reading one would take the next
+    answer's bytes."""
+    head_answer = ok_json().partition(b"\r\n\r\n")[0] + b"\r\n\r\n"  # its length, without its body
+    answers = iter([b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n", head_answer, ok_json()])
+    server = raw_server(lambda request: next(answers))
+    conn = connection(server.port, timeout=2)
+    assert conn.exchange("GET", "/", None, {}) == (304, "Not Modified", b"", True)
+    assert conn.exchange("HEAD", "/", None, {}) == (200, "OK", b"", True)
+    assert conn.exchange("GET", "/", None, {})[2] == b'{"status": "ok"}'
+
+
+def test_bytes_past_an_answer_are_never_the_next_answer(raw_server: Start) -> None:
+    stale = b'HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n{"stale": 1}'
+    answers = iter([ok_json(b"{}") + stale, ok_json()])
+    server = raw_server(lambda request: next(answers))
+    client = HttpCoordinator(f"http://127.0.0.1:{server.port}")
+    assert client.health() == {}
+    assert client.health() == {"status": "ok"}  # asked again, on a new connection
+    assert [number for number, _ in server.requests] == [1, 2]
+
+
+def test_a_slow_answer_times_out_by_the_read_timeout(raw_server: Start) -> None:
+    release = threading.Event()
+    server = raw_server(lambda request: ok_json() if release.wait(10) else None)
+    conn = connection(server.port, timeout=0.3, connect_timeout=10)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        conn.exchange("GET", "/", None, {})
+    assert time.monotonic() - started < 5  # the 0.3 s read timeout, not the 10 s connect timeout
+    release.set()
+
+
+def test_requests_go_without_delay(raw_server: Start) -> None:
+    conn = connection(raw_server(fixed(ok_json())).port)
+    conn.connect()
+    assert conn.sock is not None and conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+CHUNKED_WITH_LENGTH = (
+    b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("answer", "body", "keep"),
+    [
+        # Repeated fields are joined: the close is heard in either order, and folded lines too.
+        (ok_json(b"{}", b"Connection: close\r\nConnection: keep-alive\r\n"), b"{}", False),
+        (ok_json(b"{}", b"Connection: keep-alive,\r\n close\r\n"), b"{}", False),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}", b"{}", True),
+        (
+            b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 99 + b"Content-Length: 2\r\n\r\n{}",
+            b"{}",
+            True,
+        ),  # 100 fields
+        # Transfer-Encoding overrides a length; with both, the connection is not used again.
+        (CHUNKED_WITH_LENGTH, b"{}", False),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 1\r\n\r\nab", b"ab", False),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n2\r\nab", b"2\r\nab", False),
+    ],
+)
+def test_header_fields_as_servers_send_them(
+    raw_server: Start, answer: bytes, body: bytes, keep: bool
+) -> None:
+    server = raw_server(fixed(answer), close_after=True)
+    assert connection(server.port).exchange("GET", "/", None, {})[2:] == (body, keep)
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
+def test_an_ipv6_host_is_named_in_brackets(raw_server: Start) -> None:
+    server = raw_server(fixed(ok_json()), host="::1")
+    conn = HttpConnection("::1", server.port, timeout=5, connect_timeout=5, context=None)
+    OPENED.append(conn)
+    conn.exchange("GET", "/", None, {})
+    assert f"Host: [::1]:{server.port}\r\n".encode() in server.requests[0][1]
