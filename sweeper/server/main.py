@@ -147,6 +147,8 @@ def serve(store: Store, options: ServerOptions) -> None:
         ssl_certfile=options.ssl_certfile,
         ssl_keyfile=options.ssl_keyfile,
         log_level=options.log_level,
+        # uvicorn builds each request's access line before the logger drops it: below info, no line.
+        access_log=options.log_level in ("debug", "info"),
         timeout_graceful_shutdown=5,
     )
     config.load()  # a missing or unreadable certificate fails here, before the "listening" line
