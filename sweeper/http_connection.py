@@ -7,8 +7,12 @@ and body in two writes (two packets: two wake-ups of the server) and parses ever
 headers with the email package; that was most of an agent's CPU per call. This speaks what
 the coordinator's calls need, and what a proxy in front of it may answer: bodies by
 Content-Length, chunked or up to the close; interim 1xx answers skipped; the Connection header.
-Faults raise what http.client raises (RemoteDisconnected for a connection closed before any
-answer, IncompleteRead, LineTooLong, ...), and OSError from the socket, timeouts included.
+Faults raise what http.client raises (IncompleteRead, LineTooLong, BadStatusLine, ...), and
+OSError from the socket, timeouts included. A connection closed or reset before any byte of the
+answer raises ConnectionResetError (RemoteDisconnected at an orderly close), which the caller may
+take for a kept connection the server had dropped, and send the request again; once part of an
+answer has come, the server has read the request, and a reset raises IncompleteRead instead, so
+the request is never sent twice.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ _TARGET = re.compile(r"/[\x21-\x7e]*")  # printable ASCII: no spaces, no control
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a token (RFC 9110)
 _SET_HERE = ("host", "content-length", "transfer-encoding")  # the connection writes these itself
 _LENGTH = re.compile(r"[0-9]{1,18}")
+_STATUS = re.compile(r"[1-9][0-9]{2}")
 _CHUNK_SIZE = re.compile(rb"[0-9a-fA-F]{1,16}")
 
 
@@ -46,7 +51,7 @@ class HttpConnection:
         self._timeout = timeout
         self._connect_timeout = connect_timeout
         self._context = context
-        shown = f"[{host}]" if ":" in host else host
+        shown = f"[{host}]" if ":" in host else host if host.isascii() else host.encode("idna").decode()
         self._host_header = shown if self.port == default_port else f"{shown}:{self.port}"
         self.sock: socket.socket | None = None
         self._reader: _Reader | None = None
@@ -78,11 +83,26 @@ class HttpConnection:
         if self.sock is None:
             self.connect()
         assert self.sock is not None and self._reader is not None
-        self.sock.sendall(request)
-        status, reason, body, keep = _read_answer(self._reader, method)
+        try:
+            self.sock.sendall(request)
+        except ssl.SSLEOFError as exc:  # TLS's way of saying the server closed the connection
+            raise ConnectionResetError(str(exc)) from exc
+        reader = self._reader
+        reader.received = 0
+        try:
+            status, reason, body, keep = _read_answer(reader, method)
+        except (ConnectionError, ssl.SSLEOFError) as exc:
+            if reader.received:  # part of an answer came: the request was read, not to be sent again
+                raise http.client.IncompleteRead(b"") from exc
+            if isinstance(exc, ConnectionError):
+                raise
+            raise ConnectionResetError(str(exc)) from exc  # closed before any answer
         # Bytes past the answer's end mean a server (or proxy) that frames its answers wrongly:
         # they must never be read as the next request's answer.
-        return status, reason, body, keep and not self._reader.pending()
+        if keep and not reader.pending():
+            return status, reason, body, True
+        self.close()
+        return status, reason, body, False
 
     def _head(self, method: str, target: str, body: bytes | None, headers: dict[str, str]) -> bytes:
         if not _TARGET.fullmatch(target):
@@ -110,6 +130,7 @@ class _Reader:
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._buffer = bytearray()
+        self.received = 0  # bytes received, since this was last set to 0
 
     def pending(self) -> bool:
         return bool(self._buffer)
@@ -118,10 +139,12 @@ class _Reader:
         """False at the end of the stream."""
         chunk = self._sock.recv(65536)
         self._buffer += chunk
+        self.received += len(chunk)
         return bool(chunk)
 
     def _take(self, size: int) -> bytes:
-        taken = bytes(self._buffer[:size])
+        with memoryview(self._buffer) as view:  # one copy of a large body, not two
+            taken = bytes(view[:size])
         del self._buffer[:size]
         return taken
 
@@ -189,7 +212,7 @@ def _status_line(reader: _Reader) -> tuple[str, int, str]:
         raise http.client.RemoteDisconnected("Remote end closed connection without response")
     version, _, rest = line.decode("iso-8859-1").rstrip("\r\n").partition(" ")
     code, _, reason = rest.partition(" ")
-    if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit() or code < "100":
+    if not version.startswith("HTTP/1.") or not _STATUS.fullmatch(code):
         raise http.client.BadStatusLine(line.decode("iso-8859-1"))
     return version, int(code), reason.strip()
 
@@ -200,10 +223,14 @@ def _headers(reader: _Reader) -> dict[str, str]:
     last = ""
     for _ in range(_MAX_HEADERS + 1):
         line = _line(reader, "header line")
-        if line in (b"\r\n", b"\n", b""):
+        if line in (b"\r\n", b"\n"):
             return found
+        if not line:  # the stream ended inside the head: not an answer to act on
+            raise http.client.IncompleteRead(b"")
         text = line.decode("iso-8859-1").rstrip("\r\n")
-        if text[:1] in (" ", "\t") and last:  # an obsolete folded continuation
+        if text[:1] in (" ", "\t"):  # an obsolete folded continuation
+            if not last:
+                raise http.client.HTTPException(f"header line {text!r} continues no header")
             found[last] += " " + text.strip()
             continue
         name, colon, value = text.partition(":")

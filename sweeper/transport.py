@@ -16,6 +16,7 @@ urllib instead, one connection each.
 from __future__ import annotations
 
 import http.client
+import re
 import select
 import ssl
 import threading
@@ -26,6 +27,7 @@ from typing import Protocol
 
 from sweeper.http_connection import HttpConnection
 
+_PATH = re.compile(r"/[\x21-\x7e]*")  # what a request target may hold (percent-encode the rest)
 _MAX_IDLE = 16  # connections kept per client: as many as threads calling at once, in practice
 # Failures of a reused connection that mean "closed before the request was read".
 _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
@@ -62,6 +64,8 @@ class KeepAliveTransport:
         self._host = parts.hostname or ""
         self._port = parts.port
         self._prefix = parts.path.rstrip("/")
+        if self._prefix and not _PATH.fullmatch(self._prefix):
+            raise ValueError(f"the coordinator URL's path must be printable ASCII, got {parts.path!r}")
         self._timeout = timeout
         self._context = context
         self._idle: list[HttpConnection] = []

@@ -100,6 +100,8 @@ def test_bad_urls_and_secret_tokens() -> None:
     with pytest.raises(ValueError, match=r"got 'postgresql://sweeper:\*\*\*@db:5432/x'") as caught:
         HttpCoordinator("postgresql://sweeper:hunter2@db:5432/x")  # a store URL given as --coordinator
     assert "hunter2" not in str(caught.value)
+    with pytest.raises(ValueError, match="printable ASCII"):
+        HttpCoordinator("http://127.0.0.1:1/caf\u00e9")  # each call would be refused as it is sent
     client = HttpCoordinator("http://127.0.0.1:1/", token="s3cret")
     assert "s3cret" not in repr(client) and client.url == "http://127.0.0.1:1"
 

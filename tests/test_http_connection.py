@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import http.client
 import socket
+import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
+from server_helpers import make_certificate
 
 from sweeper.client import CoordinatorUnavailableError, HttpCoordinator
 from sweeper.http_connection import HttpConnection
@@ -18,14 +21,21 @@ from sweeper.http_connection import HttpConnection
 Answer = Callable[[bytes], bytes | None]  # the request's bytes -> the answer's (None: close, unanswered)
 
 
+class Reset(bytes):
+    """An answer after which the server resets the connection (RST, not an orderly close)."""
+
+
 @dataclass
 class RawServer:
     """Reads each request whole (head, then Content-Length bytes of body) and writes back what
     ``answer`` gives; a connection ends when the client closes it or the answer is followed by
-    a close (``close_after``)."""
+    a close (``close_after``). ``trickle``: each answer goes one byte per packet, so the client
+    reads it in as many pieces; ``tls``: a server context to wrap each connection in."""
 
     answer: Answer
     close_after: bool = False
+    trickle: bool = False
+    tls: ssl.SSLContext | None = None
     requests: list[tuple[int, bytes]] = field(default_factory=list)  # (connection number, request)
     port: int = 0
 
@@ -41,6 +51,8 @@ class RawServer:
 
     def _connection(self, conn: socket.socket, number: int) -> None:
         try:
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_side=True)
             self._requests(conn, number)
         except OSError:  # the client closed the connection with an answer unread: as it should
             pass
@@ -62,24 +74,38 @@ class RawServer:
                 answer = self.answer(request)
                 if answer is None:
                     return
-                conn.sendall(answer)
+                if self.trickle:
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    for i in range(len(answer)):
+                        conn.sendall(answer[i : i + 1])
+                else:
+                    conn.sendall(answer)
+                if isinstance(answer, Reset):
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    return
                 if self.close_after:
                     conn.shutdown(socket.SHUT_WR)
                     return
 
 
-Start = Callable[..., RawServer]  # start(answer, close_after=False): a server on a free port
+Start = Callable[..., RawServer]  # start(answer, close_after=False, ...): a server on a free port
 
 
 @pytest.fixture
 def raw_server() -> Iterator[Start]:
     listeners: list[socket.socket] = []
 
-    def start(answer: Answer, close_after: bool = False, host: str = "127.0.0.1") -> RawServer:
+    def start(
+        answer: Answer,
+        close_after: bool = False,
+        host: str = "127.0.0.1",
+        trickle: bool = False,
+        tls: ssl.SSLContext | None = None,
+    ) -> RawServer:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         listener = socket.create_server((host, 0), family=family)
         listeners.append(listener)
-        server = RawServer(answer, close_after, port=listener.getsockname()[1])
+        server = RawServer(answer, close_after, trickle, tls, port=listener.getsockname()[1])
         threading.Thread(target=server.serve, args=(listener,), daemon=True).start()
         return server
 
@@ -133,12 +159,13 @@ def test_a_request_is_sent_as_http_1_1_with_its_length(raw_server: Start) -> Non
     assert [number for number, _ in server.requests] == [1, 1, 1]  # one connection, kept open
 
 
-def test_chunked_answers_are_put_together(raw_server: Start) -> None:
+@pytest.mark.parametrize("trickle", [False, True])
+def test_chunked_answers_are_put_together(raw_server: Start, trickle: bool) -> None:
     chunked = (
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
         b'4;ext=1\r\n{"a"\r\n6\r\n: 123}\r\n0\r\nTrailer: x\r\n\r\n'
     )
-    server = raw_server(fixed(chunked))
+    server = raw_server(fixed(chunked), trickle=trickle)
     conn = connection(server.port)
     for _ in range(2):  # the whole answer was read: the connection serves the next request
         assert conn.exchange("GET", "/", None, {})[2:] == (b'{"a": 123}', True)
@@ -188,6 +215,9 @@ def test_the_transport_follows_what_the_server_says_of_the_connection(raw_server
         (b"SSH-2.0-OpenSSH_9.6\r\n", http.client.BadStatusLine),
         (b"HTTP/1.1 2000 OK\r\n\r\n", http.client.BadStatusLine),
         (b"HTTP/1.1 099 Early\r\n\r\n", http.client.BadStatusLine),
+        (b"HTTP/1.1 1\xb20 OK\r\n\r\n", http.client.BadStatusLine),
+        (b"HTTP/1.1 200 OK\r\n", http.client.IncompleteRead),  # the head cut off
+        (b"HTTP/1.1 200 OK\r\n folded: x\r\n\r\n", http.client.HTTPException),
         (b"HTTP/2.0 200 OK\r\n\r\n", http.client.BadStatusLine),
         (b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\n", http.client.HTTPException),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}", http.client.HTTPException),
@@ -204,8 +234,9 @@ def test_broken_answers_raise_what_http_client_raises(
     raw_server: Start, answer: bytes | None, error: type[Exception]
 ) -> None:
     server = raw_server(lambda request: answer, close_after=True)
-    with pytest.raises(error):
+    with pytest.raises(error) as raised:
         connection(server.port).exchange("GET", "/", None, {})
+    assert raised.type is error
 
 
 def test_broken_answers_reach_the_caller_as_an_unreachable_coordinator(raw_server: Start) -> None:
@@ -299,10 +330,11 @@ CHUNKED_WITH_LENGTH = (
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n2\r\nab", b"2\r\nab", False),
     ],
 )
+@pytest.mark.parametrize("trickle", [False, True])
 def test_header_fields_as_servers_send_them(
-    raw_server: Start, answer: bytes, body: bytes, keep: bool
+    raw_server: Start, answer: bytes, body: bytes, keep: bool, trickle: bool
 ) -> None:
-    server = raw_server(fixed(answer), close_after=True)
+    server = raw_server(fixed(answer), close_after=True, trickle=trickle)
     assert connection(server.port).exchange("GET", "/", None, {})[2:] == (body, keep)
 
 
@@ -321,3 +353,86 @@ def test_an_ipv6_host_is_named_in_brackets(raw_server: Start) -> None:
     OPENED.append(conn)
     conn.exchange("GET", "/", None, {})
     assert f"Host: [::1]:{server.port}\r\n".encode() in server.requests[0][1]
+
+
+def test_large_answers_in_many_pieces(raw_server: Start) -> None:
+    big = b"x" * 200_000
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(big), big)
+    answers = iter([ok_json(big), chunked])
+    server = raw_server(lambda request: next(answers))
+    conn = connection(server.port)
+    assert conn.exchange("GET", "/", None, {})[2:] == (big, True)
+    assert conn.exchange("GET", "/", None, {})[2:] == (big, True)
+
+
+def test_a_request_is_one_write(raw_server: Start) -> None:
+    conn = connection(raw_server(fixed(ok_json())).port)
+    conn.connect()
+    real = conn.sock
+    assert real is not None
+    writes: list[bytes] = []
+
+    class Counting:  # the real socket, its writes noted
+        def sendall(self, data: bytes) -> None:
+            writes.append(data)
+            real.sendall(data)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+    conn.sock = Counting()  # type: ignore[assignment]
+    conn.exchange("POST", "/x", b'{"a": 1}', {"Content-Type": "application/json"})
+    assert len(writes) == 1 and writes[0].endswith(b'\r\n\r\n{"a": 1}')
+
+
+def test_an_answer_cut_off_is_not_asked_again(raw_server: Start) -> None:
+    """The server read the request and began to answer: sent again, it would run twice (a second
+    trial leased, a trial ended twice)."""
+    answers = iter([ok_json(), Reset(ok_json()[:-5])])
+    server = raw_server(lambda request: next(answers))
+    client = HttpCoordinator(f"http://127.0.0.1:{server.port}")
+    assert client.health() == {"status": "ok"}
+    with pytest.raises(CoordinatorUnavailableError, match="IncompleteRead"):
+        client.health()
+    assert len(server.requests) == 2
+
+
+def test_a_request_the_server_closed_on_unanswered_is_sent_again(raw_server: Start) -> None:
+    answers = iter([ok_json(), None, ok_json(b"{}")])
+    server = raw_server(lambda request: next(answers))
+    client = HttpCoordinator(f"http://127.0.0.1:{server.port}")
+    assert client.health() == {"status": "ok"}
+    assert client.health() == {}  # the kept connection closed unanswered: sent once more, on a new one
+    assert [number for number, _ in server.requests] == [1, 1, 2]
+
+
+@pytest.fixture(scope="module")
+def tls_contexts(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a certificate for 127.0.0.1, and a client context that trusts it."""
+    cert, key = make_certificate(tmp_path_factory.mktemp("tls"))
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert, key)
+    return server, ssl.create_default_context(cafile=str(cert))
+
+
+def test_tls(raw_server: Start, tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    server_context, client_context = tls_contexts
+    server = raw_server(fixed(ok_json()), trickle=True, tls=server_context)
+    conn = HttpConnection("127.0.0.1", server.port, timeout=5, connect_timeout=5, context=client_context)
+    OPENED.append(conn)
+    for _ in range(2):
+        assert conn.exchange("GET", "/", None, {})[2:] == (b'{"status": "ok"}', True)
+    assert [number for number, _ in server.requests] == [1, 1]
+    assert f"Host: 127.0.0.1:{server.port}\r\n".encode() in server.requests[0][1]
+
+
+def test_tls_checks_the_name(raw_server: Start, tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    server_context, client_context = tls_contexts
+    try:  # an address the certificate does not name (all of 127/8 is this machine's on Linux)
+        server = raw_server(fixed(ok_json()), host="127.0.0.2", tls=server_context)
+    except OSError:
+        pytest.skip("no 127.0.0.2 here")
+    wrong = HttpConnection("127.0.0.2", server.port, timeout=5, connect_timeout=5, context=client_context)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        wrong.exchange("GET", "/", None, {})
+    assert wrong.sock is None and server.requests == []

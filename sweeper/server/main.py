@@ -148,7 +148,7 @@ def serve(store: Store, options: ServerOptions) -> None:
         ssl_keyfile=options.ssl_keyfile,
         log_level=options.log_level,
         # uvicorn builds each request's access line before the logger drops it: below info, no line.
-        access_log=options.log_level in ("debug", "info"),
+        access_log=uvicorn.config.LOG_LEVELS[options.log_level] <= logging.INFO,
         timeout_graceful_shutdown=5,
     )
     config.load()  # a missing or unreadable certificate fails here, before the "listening" line
