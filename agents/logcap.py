@@ -69,20 +69,28 @@ class _File:
                 self.head = _line_end_before(fh, max_bytes // 2)
             fh.seek(size - keep)
             tail = fh.read(keep)
-            tail += fh.read()  # what the trial appended meanwhile, read just before the cut
-        size += len(tail) - keep
-        newline = tail.find(b"\n", max(len(tail) - keep, 0))  # the kept end starts with a whole line
-        tail = tail[newline + 1 :] if 0 <= newline < len(tail) - 1 else tail[-keep:]
-        self.dropped += size - self.head - self.marker - len(tail)
-        marker = (
-            f"[sweeper: about {self.dropped} bytes of output dropped here to keep this file under "
-            f"{max_bytes} bytes; the latest output follows]\n"
-        ).encode()
-        os.truncate(path, self.head)
+            tail += fh.read()  # what the trial appended meanwhile
+            size += len(tail) - keep
+            tail = _from_whole_line(tail, keep)
+            self.dropped += size - self.head - self.marker - len(tail)
+            marker = (
+                f"[sweeper: about {self.dropped} bytes of output dropped here to keep this file under "
+                f"{max_bytes} bytes; the latest output follows]\n"
+            ).encode()
+            # What the trial appended while this was worked out, read just before the cut: under
+            # load that took milliseconds, long enough to lose a trial's last line.
+            tail += fh.read()
+            os.truncate(path, self.head)
         # Appending, as the trial does: what it writes from here on lands after this, never under it.
         with open(path, "ab") as fh:
             fh.write(marker + tail)
         self.marker = len(marker)
+
+
+def _from_whole_line(tail: bytes, keep: int) -> bytes:
+    """The last ``keep`` bytes or so of ``tail``, starting with a whole line where one starts."""
+    newline = tail.find(b"\n", max(len(tail) - keep, 0))
+    return tail[newline + 1 :] if 0 <= newline < len(tail) - 1 else tail[-keep:]
 
 
 def _line_end_before(fh, limit: int) -> int:

@@ -63,6 +63,23 @@ def test_what_the_trial_appends_while_a_cut_reads_its_file_is_kept(tmp_path: Pat
     assert path.read_bytes().endswith(late)  # read just before the cut, not lost to it
 
 
+def test_what_the_trial_appends_while_a_cut_is_worked_out_is_kept(tmp_path: Path, monkeypatch) -> None:
+    """On a busy machine the agent may lose the CPU between reading a file and cutting it."""
+    path = tmp_path / "stdout.log"
+    path.write_bytes(_numbered(0, 20_000))
+    late = _numbered(20_000, 3)
+    whole_line = logcap._from_whole_line
+
+    def trial_writes_meanwhile(tail: bytes, keep: int) -> bytes:
+        with builtins.open(path, "ab") as trial:
+            trial.write(late)
+        return whole_line(tail, keep)
+
+    monkeypatch.setattr(logcap, "_from_whole_line", trial_writes_meanwhile)
+    BoundedLogs([path], max_bytes=130_000).check()
+    assert path.read_bytes().endswith(_numbered(19_999, 1) + late)
+
+
 def test_no_limit_keeps_everything(tmp_path: Path) -> None:
     path = tmp_path / "stdout.log"
     path.write_bytes(_numbered(0, 2000))
