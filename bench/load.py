@@ -8,6 +8,10 @@ after the other, for the same time, with the same number of worker threads. ``--
 adds the same lifecycles on the coordinator in this process, without HTTP.
 
     nice python bench/load.py --agents 64 --seconds 15 [--postgres URL [--postgres-delay-ms D]] [--in-process]
+        [--sweeper-only]
+
+``--sweeper-only`` runs sweeper's server alone (no Optuna, no ratio): for comparing two versions
+of sweeper, alternating, without Optuna's own variation between runs.
 
 ``--postgres-delay-ms`` sends both systems' PostgreSQL connections through a proxy that holds
 everything D ms each way (bench/delay_proxy.py): a database on another machine; SQLite is not
@@ -298,10 +302,12 @@ def postgres_fault(url: str) -> str | None:
         return redact_urls(f"{type(exc).__name__}: {detail[0] if detail else ''}")
 
 
-def results_stem(agents: int, seconds: float, postgres: bool, delay_ms: float, in_process: bool) -> str:
+def results_stem(
+    agents: int, seconds: float, postgres: bool, delay_ms: float, in_process: bool, sweeper_only: bool = False
+) -> str:
     """The results' file name: the reported runs keep ``load`` and ``load_remote_db``; any other
     run is named by what differs, so it never overwrites them."""
-    if agents == 64 and seconds == 10 and postgres:
+    if agents == 64 and seconds == 10 and postgres and not sweeper_only:
         if not delay_ms and in_process:
             return "load"
         if delay_ms == 0.25 and not in_process:
@@ -311,6 +317,8 @@ def results_stem(agents: int, seconds: float, postgres: bool, delay_ms: float, i
         parts.append(f"delay{delay_ms:g}ms")
     if in_process:
         parts.append("in-process")
+    if sweeper_only:
+        parts.append("sweeper-only")
     return "-".join(parts)
 
 
@@ -343,6 +351,7 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="also run the lifecycles on the coordinator in this process, without HTTP",
     )
+    parser.add_argument("--sweeper-only", action="store_true", help="the server alone: no Optuna, no ratio")
     args = parser.parse_args(argv)
     if args.agents < 1:
         parser.error(f"--agents must be at least 1, not {args.agents}")
@@ -350,6 +359,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--seconds must be more than 0, not {args.seconds:g}")
     if args.postgres_delay_ms < 0:
         parser.error(f"--postgres-delay-ms must not be negative, not {args.postgres_delay_ms:g}")
+    if args.sweeper_only and args.in_process:
+        parser.error("--sweeper-only runs the server alone: leave out --in-process")
     if args.postgres_delay_ms and not args.postgres:
         parser.error("--postgres-delay-ms delays a PostgreSQL server: give one with --postgres URL")
     if args.postgres:
@@ -357,7 +368,14 @@ def main(argv: list[str] | None = None) -> None:
         if fault:
             parser.error(f"--postgres {redact_urls(args.postgres)}: cannot connect: {fault}")
     out = args.out or HERE / "results" / (
-        results_stem(args.agents, args.seconds, bool(args.postgres), args.postgres_delay_ms, args.in_process)
+        results_stem(
+            args.agents,
+            args.seconds,
+            bool(args.postgres),
+            args.postgres_delay_ms,
+            args.in_process,
+            args.sweeper_only,
+        )
         + ".json"
     )
 
@@ -380,7 +398,7 @@ def main(argv: list[str] | None = None) -> None:
                     sweeper_url, optuna_url = via(sweeper_url), via(optuna_url)
                     round_trip = round_trip_ms(sweeper_url) if name == "postgresql" else None
                     ours = sweeper_run(sweeper_url, folder / f"server-{name}", args.agents, args.seconds)
-                    theirs = optuna_run(optuna_url, args.agents, args.seconds)
+                    theirs = None if args.sweeper_only else optuna_run(optuna_url, args.agents, args.seconds)
                     # A new sweep in the server's database, once the server has stopped.
                     inner = (
                         in_process_run(sweeper_url, args.agents, args.seconds) if args.in_process else None
@@ -394,9 +412,10 @@ def main(argv: list[str] | None = None) -> None:
                 "agents": args.agents,
                 "seconds": args.seconds,
                 "sweeper": ours,
-                "optuna": theirs,
-                "throughput_ratio": ours["lifecycles_per_s"] / max(theirs["lifecycles_per_s"], 1e-9),
             }
+            if theirs is not None:
+                row["optuna"] = theirs
+                row["throughput_ratio"] = ours["lifecycles_per_s"] / max(theirs["lifecycles_per_s"], 1e-9)
             if inner is not None:
                 row["sweeper_in_process"] = inner
             results.append(row)
@@ -423,7 +442,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"{r['p99_ms']:.1f} | {r['errors']} | {cpu:.1f} | "
                 f"{'' if database_cpu is None else f'{database_cpu:.1f}'} |"
             )
-        print(f"| {database} | ratio sweeper/optuna | {row['throughput_ratio']:.2f}x | | | | | |")
+        if "throughput_ratio" in row:
+            print(f"| {database} | ratio sweeper/optuna | {row['throughput_ratio']:.2f}x | | | | | |")
 
 
 if __name__ == "__main__":

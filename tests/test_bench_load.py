@@ -3,6 +3,7 @@ store; its delaying proxy (a database on another machine) forwards everything, i
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -77,6 +78,24 @@ def test_only_the_reported_runs_write_the_committed_result_files() -> None:
     assert results_stem(64, 15, False, 0.0, False) == "load-64agents-15s-sqlite"
     assert results_stem(64, 10, True, 0.0, False) == "load-64agents-10s-postgres"
     assert results_stem(8, 2, True, 0.5, True) == "load-8agents-2s-postgres-delay0.5ms-in-process"
+    assert results_stem(64, 10, True, 0.0, False, True) == "load-64agents-10s-postgres-sweeper-only"
+
+
+def test_the_server_alone_runs_whole_lifecycles_and_no_optuna(tmp_path: Path) -> None:
+    out = tmp_path / "alone.json"
+    ran = subprocess.run(
+        [sys.executable, str(BENCH / "load.py"), "--agents", "2", "--seconds", "1", "--sweeper-only"]
+        + ["--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert ran.returncode == 0, ran.stderr
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["database"] == "sqlite" and "optuna" not in row and "throughput_ratio" not in row
+    assert row["sweeper"]["errors"] == 0 and row["sweeper"]["lifecycles"] > 0
+    assert row["sweeper"]["calls"] == 7 * row["sweeper"]["lifecycles"]
+    assert "| sqlite | sweeper |" in ran.stdout and "optuna" not in ran.stdout
 
 
 def load(*args: str) -> subprocess.CompletedProcess[str]:
