@@ -233,8 +233,12 @@ class HttpCoordinator:
             raise CoordinatorUnavailableError(f"coordinator {self.url} unreachable: {reason}") from exc
         if status >= 300:  # the API never redirects: a 3xx is not an answer to this call
             raise self._refusal(status, reason, raw, where)
+        if not raw:  # only a trial's end answers with nothing (204); no answer is not an answer
+            if status == 204:
+                return None
+            raise CoordinatorUnavailableError(f"{where}: {status} with an empty body, where JSON belongs")
         try:
-            return json.loads(raw) if raw else None
+            return json.loads(raw)
         except ValueError as exc:
             raise CoordinatorUnavailableError(f"{where}: the answer is not JSON ({exc})") from None
 

@@ -40,6 +40,7 @@ class Misbehaving(http.server.BaseHTTPRequestHandler):
             "/api/v1/sweeps/e500": (500, b"Internal Server Error"),
             "/api/v1/sweeps/e503": (503, b'{"code": "store_unavailable", "detail": "database is locked"}'),
             "/api/v1/sweeps/text": (200, b"<html>not json</html>"),
+            "/api/v1/sweeps/empty": (200, b""),  # a proxy's answer: nothing where an object belongs
             "/api/v1/sweeps/e418": (418, b'{"code": "teapot", "detail": "short and stout"}'),
         }.get(self.path, (404, b"{}"))
         self.send_response(status)
@@ -63,7 +64,7 @@ def misbehaving() -> Iterator[str]:
     server.server_close()
 
 
-@pytest.mark.parametrize("sweep_id", ["e500", "e503", "reset", "text"])
+@pytest.mark.parametrize("sweep_id", ["e500", "e503", "reset", "text", "empty"])
 def test_server_faults_are_oserrors_the_agent_retries(misbehaving: str, sweep_id: str) -> None:
     with pytest.raises(OSError) as caught:
         HttpCoordinator(misbehaving).get_sweep(sweep_id)
