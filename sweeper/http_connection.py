@@ -33,6 +33,11 @@ _STATUS = re.compile(r"[1-9][0-9]{2}")
 _CHUNK_SIZE = re.compile(rb"[0-9a-fA-F]{1,16}")
 
 
+def is_request_target(text: str) -> bool:
+    """Whether ``text`` may stand as a request's target (or the path before one)."""
+    return _TARGET.fullmatch(text) is not None
+
+
 class HttpConnection:
     def __init__(
         self,
@@ -78,7 +83,7 @@ class HttpConnection:
         self, method: str, target: str, body: bytes | None, headers: dict[str, str]
     ) -> tuple[int, str, bytes, bool]:
         """Send one request, read its answer: status, reason phrase, body, and whether the
-        connection stays open for another request."""
+        connection stays open for another request (if not, it is closed already)."""
         request = self._head(method, target, body, headers) + (body or b"")
         if self.sock is None:
             self.connect()
@@ -105,7 +110,7 @@ class HttpConnection:
         return status, reason, body, False
 
     def _head(self, method: str, target: str, body: bytes | None, headers: dict[str, str]) -> bytes:
-        if not _TARGET.fullmatch(target):
+        if not is_request_target(target):
             raise http.client.InvalidURL(
                 f"a request target is '/' and printable ASCII, without spaces: got {target!r}"
             )

@@ -16,7 +16,6 @@ urllib instead, one connection each.
 from __future__ import annotations
 
 import http.client
-import re
 import select
 import ssl
 import threading
@@ -25,9 +24,8 @@ import urllib.parse
 import urllib.request
 from typing import Protocol
 
-from sweeper.http_connection import HttpConnection
+from sweeper.http_connection import HttpConnection, is_request_target
 
-_PATH = re.compile(r"/[\x21-\x7e]*")  # what a request target may hold (percent-encode the rest)
 _MAX_IDLE = 16  # connections kept per client: as many as threads calling at once, in practice
 # Failures of a reused connection that mean "closed before the request was read".
 _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
@@ -64,7 +62,7 @@ class KeepAliveTransport:
         self._host = parts.hostname or ""
         self._port = parts.port
         self._prefix = parts.path.rstrip("/")
-        if self._prefix and not _PATH.fullmatch(self._prefix):
+        if self._prefix and not is_request_target(self._prefix):
             raise ValueError(f"the coordinator URL's path must be printable ASCII, got {parts.path!r}")
         self._timeout = timeout
         self._context = context
@@ -93,10 +91,8 @@ class KeepAliveTransport:
         self, conn: HttpConnection, method: str, target: str, body: bytes | None, headers: dict[str, str]
     ) -> Answer:
         status, reason, raw, keep = conn.exchange(method, self._prefix + target, body, headers)
-        if keep:
+        if keep:  # else the connection closed itself
             self._give(conn)
-        else:
-            conn.close()
         return status, reason, raw
 
     def _take(self) -> tuple[HttpConnection, bool]:
