@@ -285,6 +285,8 @@ class Coordinator:
         idle = self.store.idle_sweeps()
         for sweep_id in [s for s in list(self._idle_checked) if s not in idle]:  # a copy: threads mark
             self._idle_checked.pop(sweep_id, None)
+        # Each look marks its sweep as looked at (:meth:`_finish_idle_sweep_if_complete`), as does
+        # the look a trial's end makes: the pass does not repeat it.
         looks = 0
         for sweep_id, changed in idle.items():
             if changed[1] is None or self._idle_checked.get(sweep_id) == changed:
@@ -299,8 +301,6 @@ class Coordinator:
             except Exception:  # one sweep's fault must not stop the pass, nor the lease that ran it
                 log.warning("could not tell whether sweep %s is complete", sweep_id, exc_info=True)
                 self._idle_checked[sweep_id] = changed  # now: it would fail again, batch or not
-                continue
-            self.store.after_commit(functools.partial(self._idle_checked.__setitem__, sweep_id, changed))
 
     def _expire_before_reading(self) -> None:
         """Leases also run out when trials are read: with no server and no agent left asking for
@@ -329,6 +329,11 @@ class Coordinator:
         trials = self.store.list_trials(sweep_id)
         if count_states(trials).get(TrialState.RUNNING):
             return
+        # Looked at as it is now: the lease-expiry pass looks again once it has changed. Marked once
+        # committed, so a batch given up looks again.
+        ends = [t.ended_at for t in trials if t.ended_at is not None]
+        looked = (len(trials), max(ends, default=None))
+        self.store.after_commit(functools.partial(self._idle_checked.__setitem__, sweep_id, looked))
         if completion(spec, strategy, trials, sweep.seed, resumed_at(sweep)) is not None:
             try:
                 self.store.set_sweep_state(sweep_id, SweepState.FINISHED, now=self.clock())

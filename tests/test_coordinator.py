@@ -338,7 +338,8 @@ def test_the_pass_looks_at_an_idle_sweep_again_only_once_another_of_its_trials_e
     coordinator: Coordinator, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     waiting = coordinator.create_sweep(parse_sweep(grid([1, 2, 3])))  # idle, not complete
-    finish(coordinator, lease(coordinator, waiting.id))
+    first = lease(coordinator, waiting.id)
+    coordinator.store.end_trial(first.trial_id, None, TrialState.FINISHED, now=clock.now)
     looked: list[str] = []
     real = coordinator._finish_idle_sweep_if_complete
     monkeypatch.setattr(coordinator, "_finish_idle_sweep_if_complete", lambda s: looked.append(s) or real(s))
@@ -355,6 +356,19 @@ def test_the_pass_looks_at_an_idle_sweep_again_only_once_another_of_its_trials_e
     assert coordinator.get_sweep(waiting.id).state is SweepState.RUNNING
 
 
+def test_the_pass_does_not_look_again_at_a_sweep_whose_last_end_looked_at_it(
+    coordinator: Coordinator, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    waiting = coordinator.create_sweep(parse_sweep(grid([1, 2, 3])))  # idle, not complete
+    finish(coordinator, lease(coordinator, waiting.id))  # its end looks: is the sweep complete?
+    looked: list[str] = []
+    real = coordinator._finish_idle_sweep_if_complete
+    monkeypatch.setattr(coordinator, "_finish_idle_sweep_if_complete", lambda s: looked.append(s) or real(s))
+    clock.now += 2
+    coordinator.expire_leases()
+    assert looked == []
+
+
 def test_a_sweep_that_cannot_be_judged_does_not_stop_the_pass_or_the_lease(
     coordinator: Coordinator,
     clock: FakeClock,
@@ -362,7 +376,8 @@ def test_a_sweep_that_cannot_be_judged_does_not_stop_the_pass_or_the_lease(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     broken = coordinator.create_sweep(parse_sweep(grid([1, 2])))
-    finish(coordinator, lease(coordinator, broken.id))
+    first = lease(coordinator, broken.id)
+    coordinator.store.end_trial(first.trial_id, None, TrialState.FINISHED, now=clock.now)
     other = coordinator.create_sweep(parse_sweep(grid([1])))
     real = coordinator._finish_idle_sweep_if_complete
 
