@@ -380,7 +380,7 @@ def _locked_by(statement: Any, params: dict[str, Any]) -> list[int] | None:
     """The trials a read locks, in order; None for a read that locks no trial."""
     if statement is statements_module.TRIAL_LOCKED:
         return [params["trial_id_"]]
-    if statement is ahead_module._TRIALS_LOCKED:  # every trial of a block, locked in id order
+    if statement is statements_module.TRIALS_LOCKED:  # every trial of a block, locked in id order
         return list(params["ids_"])
     return None
 
@@ -408,9 +408,10 @@ def test_metric_reports_read_ahead_in_one_round_trip_and_store_what_each_would_a
         # three trials' locks in one statement and their reads in another, in one round trip; then
         # the second report's
         assert reads.statements == [2, 2]
-        assert reads.locked[0] == sorted([one.id, two.id, three.id])  # in one order: batches cannot deadlock
-        locking = str(ahead_module._TRIALS_LOCKED.statement.compile(dialect=postgresql.dialect()))
-        assert "ORDER BY trials.id" in locking and locking.endswith("FOR UPDATE")  # locked in that order
+        assert reads.locked[0] == sorted([one.id, two.id, three.id])  # the block's trials, each once
+        locking = str(statements_module.TRIALS_LOCKED.statement.compile(dialect=postgresql.dialect()))
+        # Locked in id order, whatever order the ids come in: batches cannot deadlock.
+        assert "ORDER BY trials.id" in locking and locking.endswith("FOR UPDATE")
         assert reads.locked[1] == [two.id]
         expected = [{"loss": 0.3}, {"loss": 0.5}, {"loss": 0.4, "acc": 0.8}, {"loss": 0.2, "acc": 0.8}]
         assert [answer.summary for answer in answers] == expected

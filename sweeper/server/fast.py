@@ -108,8 +108,8 @@ class AgentRoutes:
     async def _parse(
         self, action: str, key: str, receive: Receive, received: list[Message]
     ) -> tuple[Callable[[], tuple[int, bytes]], TrialCall | LeaseCall] | None:
-        """The coordinator call a valid request asks for, and for a call on a trial what it is;
-        None for anything else."""
+        """The coordinator call a valid request asks for, and what it is (a lease, or a call on one
+        trial); None for anything else."""
         chunks = []
         size = 0
         while True:

@@ -19,20 +19,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Integer, any_, bindparam, select, text
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import Connection, text
 
 from sweeper.store import statements, summary
 from sweeper.store.base import TrialCall
 from sweeper.store.prepared import Prepared, read_together
-from sweeper.store.schema import trials
-
-_IDS = bindparam("ids_", type_=postgresql.ARRAY(Integer))
-
-# The trials with the ids ids_, locked in id order (the order every lock of several trials takes).
-_TRIALS_LOCKED = Prepared(
-    select(trials).where(trials.c.id == any_(_IDS)).order_by(trials.c.id).with_for_update()
-)
 
 # For each (trial_ids_[i], names_[i], seqs_[i]), in order: the step, seq and value of the metric's
 # latest stored point (NULL where none is), and the seq again where the point (name, seq) is stored.
@@ -67,7 +58,7 @@ def read_ahead(
     if not reports and not ends:
         return {}
     reads: list[tuple[Prepared, Mapping[str, Any]]] = [
-        (_TRIALS_LOCKED, {"ids_": sorted([c.trial_id for c in reports] + ends)})
+        (statements.TRIALS_LOCKED, {"ids_": sorted([c.trial_id for c in reports] + ends)})
     ]
     # Each report's newest point of each metric, and the read it would make on its own.
     read_of = [(c.trial_id, *summary.points_read(c.trial_id, c.points)[1:]) for c in reports]

@@ -28,6 +28,12 @@ NEXT_TRIAL_IDS = Prepared(
 _TRIAL = select(trials).where(trials.c.id == bindparam("trial_id_"))
 TRIAL = Prepared(_TRIAL)
 TRIAL_LOCKED = Prepared(_TRIAL.with_for_update())
+_IDS = bindparam("ids_", type_=postgresql.ARRAY(Integer))  # PostgreSQL: several trials' ids
+# The trials with the ids ids_, locked in id order (the order every lock of several trials takes,
+# so two batches that lock some of the same trials never deadlock).
+TRIALS_LOCKED = Prepared(
+    select(trials).where(trials.c.id == any_(_IDS)).order_by(trials.c.id).with_for_update()
+)
 # Sets the columns named by the parameters it is run with (all but trial_id_). Sent without
 # waiting on PostgreSQL, the updates of several trials that set the same columns go as one.
 UPDATE_TRIAL = Prepared(
@@ -53,5 +59,5 @@ RUNNING_IN_SWEEPS_OF_TRIALS = Prepared(
         select(func.count())
         .where(trials.c.sweep_id == _THIS.c.sweep_id, trials.c.state == TrialState.RUNNING.value)
         .scalar_subquery(),
-    ).where(_THIS.c.id == any_(bindparam("ids_", type_=postgresql.ARRAY(Integer))))
+    ).where(_THIS.c.id == any_(_IDS))
 )
