@@ -1,9 +1,11 @@
-"""Where the agent routes' blocking calls run: on one thread, in batches."""
+"""Where the agent routes' blocking calls run: in batches, on one thread (ThreadCalls) or on the
+event loop (LoopCalls)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,14 +20,22 @@ from sweeper.coordinator import Coordinator
 from sweeper.protocol import AgentInfo, Assignment, Directive
 from sweeper.server import calls as calls_module
 from sweeper.server.app import create_app
-from sweeper.server.calls import SerialCalls
+from sweeper.server.calls import Hint, LoopCalls, ThreadCalls
 from sweeper.server.fast import AgentRoutes
 from sweeper.spec import parse_sweep
-from sweeper.store import BatchAbandoned, LeaseCall, TrialCall, open_store
+from sweeper.store import BatchAbandoned, LeaseCall, Store, TrialCall, open_store
+
+Runner = type[ThreadCalls] | type[LoopCalls]
 
 
-def test_serial_calls_run_one_at_a_time_on_one_thread_in_arrival_order() -> None:
-    calls = SerialCalls()
+@pytest.fixture(params=[ThreadCalls, LoopCalls], ids=["thread", "loop"])
+def runner(request: pytest.FixtureRequest) -> Runner:
+    return request.param  # type: ignore[no-any-return]
+
+
+def test_calls_run_one_at_a_time_in_arrival_order_on_one_thread(runner: Runner) -> None:
+    """ThreadCalls on a thread of its own; LoopCalls on the event loop's."""
+    calls = runner()
     ran: list[tuple[int, int]] = []
     busy = threading.Lock()
 
@@ -43,11 +53,13 @@ def test_serial_calls_run_one_at_a_time_on_one_thread_in_arrival_order() -> None
 
     assert asyncio.run(main()) == [i * i for i in range(50)]
     assert [i for i, _ in ran] == list(range(50))
-    assert len({thread for _, thread in ran}) == 1 and ran[0][1] != threading.get_ident()
+    threads = {thread for _, thread in ran}
+    assert threads == ({threading.get_ident()} if runner is LoopCalls else threads - {threading.get_ident()})
+    assert len(threads) == 1
 
 
-def test_a_failing_call_raises_in_its_caller_and_the_next_calls_still_run() -> None:
-    calls = SerialCalls()
+def test_a_failing_call_raises_in_its_caller_and_the_next_calls_still_run(runner: Runner) -> None:
+    calls = runner()
 
     def fail() -> int:
         raise ValueError("lease lost")
@@ -61,8 +73,8 @@ def test_a_failing_call_raises_in_its_caller_and_the_next_calls_still_run() -> N
     assert second == 2 and isinstance(third, ValueError)
 
 
-def test_serial_calls_serve_a_new_event_loop_after_the_first_has_closed() -> None:
-    calls = SerialCalls()
+def test_thread_calls_serve_a_new_event_loop_after_the_first_has_closed() -> None:
+    calls = ThreadCalls()
 
     async def one(value: int) -> int:
         return await asyncio.wait_for(calls.run(lambda: value), 10)
@@ -88,8 +100,32 @@ class Gate:
         assert await asyncio.get_running_loop().run_in_executor(None, self.started.wait, 10)
 
 
+async def in_one_batch(
+    calls: ThreadCalls | LoopCalls,
+    *queued: Callable[[], Any] | tuple[Callable[[], Any], Hint],
+    meanwhile: Callable[[list[asyncio.Future[Any]]], object] = lambda futures: None,
+) -> list[asyncio.Future[Any]]:
+    """``queued`` (calls, or (call, what it is) pairs) queued so that they form one batch: behind a
+    gate that holds the thread, in a batch of its own (ThreadCalls), or in one turn of the loop
+    (LoopCalls). ``meanwhile`` sees their futures before the batch can start."""
+    pairs = [q if isinstance(q, tuple) else (q, None) for q in queued]
+    if isinstance(calls, LoopCalls):
+        futures = [calls.run(call, hint) for call, hint in pairs]
+        meanwhile(futures)
+        return futures
+    gate = Gate()
+    first = calls.run(gate)
+    await gate.entered()
+    futures = [calls.run(call, hint) for call, hint in pairs]
+    meanwhile(futures)
+    gate.release.set()
+    assert await asyncio.wait_for(first, 10) == "gate"
+    return futures
+
+
 class Batches:
-    """A stand-in for ``Store.batch``: counts the batches and what ran in each; may fail at the end."""
+    """A stand-in for ``Store.batch``: counts the batches that ran calls and what ran in each;
+    may fail at the end of such a batch."""
 
     def __init__(self, fail: Exception | None = None) -> None:
         self.fail = fail
@@ -100,8 +136,10 @@ class Batches:
     def __call__(self) -> Iterator[None]:
         before = self.ran
         yield
+        if self.ran == before:  # a gate's batch
+            return
         self.sizes.append(self.ran - before)
-        if self.fail is not None and self.ran - before > 1:  # not the gate's batch
+        if self.fail is not None:
             raise self.fail
 
     def counted(self, result: object) -> Callable[[], object]:
@@ -112,10 +150,9 @@ class Batches:
         return call
 
 
-def test_calls_that_queue_together_run_in_one_batch_and_wake_the_loop_once() -> None:
+def test_calls_that_queue_while_the_thread_works_run_in_one_batch_and_wake_the_loop_once() -> None:
     batches = Batches()
-    calls = SerialCalls(batches)
-    gate = Gate()
+    calls = ThreadCalls(batches)
     wakes: list[int] = []
 
     async def main() -> list[object]:
@@ -128,38 +165,59 @@ def test_calls_that_queue_together_run_in_one_batch_and_wake_the_loop_once() -> 
             return wake(callback, *args)
 
         loop.call_soon_threadsafe = counted_wake  # type: ignore[method-assign]
-        first = calls.run(gate)
-        await gate.entered()
-        rest = [calls.run(batches.counted(i)) for i in range(5)]  # queued while the gate runs
-        gate.release.set()
-        return await asyncio.gather(first, *rest)
+        return await asyncio.gather(*await in_one_batch(calls, *(batches.counted(i) for i in range(5))))
 
-    assert asyncio.run(main()) == ["gate", 0, 1, 2, 3, 4]
-    assert batches.sizes == [0, 5]  # the gate's batch, then the five together
-    assert len(wakes) == 2  # once per batch
+    assert asyncio.run(main()) == [0, 1, 2, 3, 4]
+    assert batches.sizes == [5]
+    assert len(wakes) == 2  # once per batch: the gate's, then the five's
 
 
-def test_a_batch_that_fails_as_a_whole_fails_each_of_its_calls() -> None:
-    batches = Batches(fail=RuntimeError("the commit failed"))
-    calls = SerialCalls(batches)
-    gate = Gate()
+def test_calls_made_in_one_turn_of_the_loop_run_in_one_batch_and_later_ones_in_the_next() -> None:
+    batches = Batches()
+    calls = LoopCalls(batches)
 
     async def main() -> list[object]:
-        first = calls.run(gate)
-        await gate.entered()
-        rest = [calls.run(batches.counted(1)), calls.run(batches.counted(2))]
-        gate.release.set()
-        return await asyncio.gather(first, *rest, return_exceptions=True)
+        first = [calls.run(batches.counted(i)) for i in range(3)]
+        await asyncio.sleep(0)  # one turn: the first three run
+        assert all(future.done() for future in first) and batches.sizes == [3]
+        later = [calls.run(batches.counted(i)) for i in (3, 4)]
+        return await asyncio.gather(*first, *later)
 
-    gated, *failed = asyncio.run(main())
-    assert gated == "gate"
+    assert asyncio.run(main()) == [0, 1, 2, 3, 4]
+    assert batches.sizes == [3, 2]
+
+
+def test_loop_calls_run_at_most_a_batch_s_worth_at_once_and_let_the_loop_serve_in_between() -> None:
+    batches = Batches()
+    calls = LoopCalls(batches)
+    between: list[list[int]] = []
+
+    async def main() -> list[object]:
+        futures = [calls.run(batches.counted(i)) for i in range(calls_module.BATCH_CALLS + 5)]
+        asyncio.get_running_loop().call_soon(lambda: between.append(list(batches.sizes)))
+        return await asyncio.gather(*futures)
+
+    assert asyncio.run(main()) == list(range(calls_module.BATCH_CALLS + 5))
+    assert batches.sizes == [calls_module.BATCH_CALLS, 5]
+    assert between == [[calls_module.BATCH_CALLS]]  # the loop ran its own callback between the two
+
+
+def test_a_batch_that_fails_as_a_whole_fails_each_of_its_calls(runner: Runner) -> None:
+    batches = Batches(fail=RuntimeError("the commit failed"))
+    calls = runner(batches)
+
+    async def main() -> list[object]:
+        runs = await in_one_batch(calls, batches.counted(1), batches.counted(2))
+        return await asyncio.gather(*runs, return_exceptions=True)
+
+    failed = asyncio.run(main())
+    assert len(failed) == 2
     assert all(isinstance(r, RuntimeError) and str(r) == "the commit failed" for r in failed)
 
 
-def test_the_calls_of_an_abandoned_batch_run_again_each_on_its_own() -> None:
+def test_the_calls_of_an_abandoned_batch_run_again_each_on_its_own(runner: Runner) -> None:
     batches = Batches(fail=BatchAbandoned("a call of a batch failed; nothing of it was written"))
-    calls = SerialCalls(batches)
-    gate = Gate()
+    calls = runner(batches)
     ran: list[int] = []
 
     def call(i: int) -> int:
@@ -170,39 +228,52 @@ def test_the_calls_of_an_abandoned_batch_run_again_each_on_its_own() -> None:
         return i
 
     async def main() -> list[object]:
-        first = calls.run(gate)
-        await gate.entered()
-        runs = [calls.run(lambda i=i: call(i)) for i in range(3)]
-        gate.release.set()
-        return await asyncio.gather(first, *runs, return_exceptions=True)
+        runs = await in_one_batch(calls, *(lambda i=i: call(i) for i in range(3)))
+        return await asyncio.gather(*runs, return_exceptions=True)
 
-    gated, first, second, third = asyncio.run(main())
-    assert (gated, first, third) == ("gate", 0, 2) and isinstance(second, ValueError)
+    first, second, third = asyncio.run(main())
+    assert (first, third) == (0, 2) and isinstance(second, ValueError)
     assert ran == [0, 1, 2, 0, 1, 2]  # in the batch, then again outside it
-    assert batches.sizes == [0, 3]
+    assert batches.sizes == [3]
 
 
-def test_a_cancelled_call_does_not_run_and_a_cancelled_caller_does_not_stop_the_rest() -> None:
-    calls = SerialCalls()
-    gate = Gate()
+def test_a_cancelled_call_does_not_run_and_the_rest_of_its_batch_does(runner: Runner) -> None:
+    calls = runner()
     ran: list[str] = []
 
+    def cancel_first(futures: list[asyncio.Future[Any]]) -> None:
+        futures[0].cancel()  # its request went away before its batch started
+
     async def main() -> list[object]:
-        first = calls.run(gate)
-        await gate.entered()
-        dropped = calls.run(lambda: ran.append("dropped"))
-        behind = calls.run(lambda: ran.append("behind") or "behind")
-        dropped.cancel()  # its request went away before its batch started
-        first.cancel()  # this one runs on; its result has nobody to go to
-        gate.release.set()
-        return [await asyncio.wait_for(behind, 10), first.cancelled()]
+        dropped, behind = await in_one_batch(
+            calls,
+            lambda: ran.append("dropped"),
+            lambda: ran.append("behind") or "behind",
+            meanwhile=cancel_first,
+        )
+        return [await asyncio.wait_for(behind, 10), dropped.cancelled()]
 
     assert asyncio.run(main()) == ["behind", True]
     assert ran == ["behind"]
 
 
-def test_the_thread_serves_on_after_any_exception_a_call_raises() -> None:
-    calls = SerialCalls()
+def test_a_caller_that_goes_away_while_its_call_runs_on_the_thread_stops_nothing() -> None:
+    calls = ThreadCalls()
+    gate = Gate()
+
+    async def main() -> list[object]:
+        first = calls.run(gate)
+        await gate.entered()
+        behind = calls.run(lambda: "behind")
+        first.cancel()  # this one runs on; its result has nobody to go to
+        gate.release.set()
+        return [await asyncio.wait_for(behind, 10), first.cancelled()]
+
+    assert asyncio.run(main()) == ["behind", True]
+
+
+def test_calls_serve_on_after_any_exception_a_call_raises(runner: Runner) -> None:
+    calls = runner()
 
     def exits() -> None:
         raise SystemExit(3)
@@ -219,8 +290,8 @@ def test_the_thread_serves_on_after_any_exception_a_call_raises() -> None:
     assert "StopIteration" in str(stopped) and after == "after"
 
 
-def test_closing_runs_what_is_queued_then_refuses_new_calls() -> None:
-    calls = SerialCalls()
+def test_closing_thread_calls_runs_what_is_queued_then_refuses_new_calls() -> None:
+    calls = ThreadCalls()
     gate = Gate()
 
     async def main() -> tuple[object, ...]:
@@ -238,23 +309,75 @@ def test_closing_runs_what_is_queued_then_refuses_new_calls() -> None:
     assert isinstance(late, RuntimeError) and "shutting down" in str(late)
 
 
-def test_the_agent_routes_run_the_calls_that_queue_together_in_one_transaction(tmp_path: Path) -> None:
-    """Through the server's own routes (an in-process ASGI client): heartbeats that arrive while
-    a call runs share one commit, and each still gets its answer."""
+def test_closing_loop_calls_waits_for_the_batch_that_runs_then_refuses_the_rest() -> None:
+    """close() from another thread (the server's, once it stops) returns only after the batch that
+    runs has ended; what is queued then, or called later, is refused and touches nothing."""
+    calls = LoopCalls()
+    entered, release = threading.Event(), threading.Event()
+    ran: list[str] = []
+
+    def held() -> str:
+        entered.set()
+        assert release.wait(10)
+        ran.append("held")
+        return "held"
+
+    closed = threading.Event()
+
+    def close_while_held() -> None:
+        assert entered.wait(10)
+        closer = threading.Thread(target=lambda: (calls.close(), closed.set()))
+        closer.start()
+        time.sleep(0.2)
+        ran.append("closed" if closed.is_set() else "still closing")
+        release.set()
+        closer.join(10)
+
+    async def main() -> list[object]:
+        helper = threading.Thread(target=close_while_held)
+        helper.start()
+        runs = [calls.run(held)] + [
+            calls.run(lambda: ran.append("extra")) for _ in range(calls_module.BATCH_CALLS)
+        ]
+        results = await asyncio.gather(*runs, return_exceptions=True)
+        helper.join(10)
+        late = calls.run(lambda: ran.append("late"))
+        return [results[0], results[-1], *(await asyncio.gather(late, return_exceptions=True))]
+
+    held_result, queued, late = asyncio.run(main())
+    assert held_result == "held" and closed.is_set()
+    assert (
+        ran[0] == "still closing" and "late" not in ran and ran.count("extra") == calls_module.BATCH_CALLS - 1
+    )
+    for refused in (queued, late):
+        assert isinstance(refused, RuntimeError) and "shutting down" in str(refused)
+
+
+def _four_leased_trials(store: Store) -> tuple[Coordinator, list[Any]]:
+    coordinator = Coordinator(store)
+    sweep = coordinator.create_sweep(
+        parse_sweep({"method": "grid", "parameters": {"x": {"values": [1, 2, 3, 4]}}})
+    )
+    leased = [coordinator.next_trial(sweep.id, AgentInfo(name=f"a{i}", host="h")) for i in range(4)]
+    assert all(isinstance(a, Assignment) for a in leased)
+    return coordinator, leased
+
+
+def _routes(coordinator: Coordinator) -> AgentRoutes:
+    app = create_app(coordinator, token=None)
+    return AgentRoutes(app, coordinator, token=None, max_body_bytes=1 << 20, max_batch=100)
+
+
+def test_on_a_database_server_the_agent_routes_run_the_calls_that_queue_together_in_one_transaction(
+    tmp_path: Path,
+) -> None:
+    """Through the server's own routes (an in-process ASGI client), on the calls' thread (as for
+    PostgreSQL): heartbeats that arrive while a call runs share one commit, and each still gets
+    its answer."""
     with open_store(f"sqlite:///{tmp_path / 's.db'}") as store:
-        coordinator = Coordinator(store)
-        sweep = coordinator.create_sweep(
-            parse_sweep({"method": "grid", "parameters": {"x": {"values": [1, 2, 3, 4]}}})
-        )
-        leased = [coordinator.next_trial(sweep.id, AgentInfo(name=f"a{i}", host="h")) for i in range(4)]
-        assert all(isinstance(a, Assignment) for a in leased)
-        routes = AgentRoutes(
-            create_app(coordinator, token=None),
-            coordinator,
-            token=None,
-            max_body_bytes=1 << 20,
-            max_batch=100,
-        )
+        store.embedded = False  # the way of a database server, here on SQLite
+        coordinator, leased = _four_leased_trials(store)
+        routes = _routes(coordinator)
         started, release = threading.Event(), threading.Event()
         heartbeat = coordinator.heartbeat
 
@@ -293,6 +416,56 @@ def test_the_agent_routes_run_the_calls_that_queue_together_in_one_transaction(t
         finally:
             routes.close()
         assert commits.count("agent-route") == 2  # the first call's batch, then the other three's
+
+
+def test_on_sqlite_the_agent_routes_run_the_calls_of_one_turn_of_the_loop_in_one_transaction(
+    tmp_path: Path,
+) -> None:
+    """Heartbeats whose requests arrive together (their tasks start in one turn of the event loop)
+    share one commit, made on the loop's own thread, and each gets its answer."""
+    with open_store(f"sqlite:///{tmp_path / 's.db'}") as store:
+        coordinator, leased = _four_leased_trials(store)
+        routes = _routes(coordinator)
+        commits: list[str] = []
+        event.listen(store._db.engine, "commit", lambda _c: commits.append(threading.current_thread().name))  # type: ignore[attr-defined]
+
+        async def heartbeat(assignment: Any) -> list[Any]:
+            body = json.dumps({"lease_id": assignment.lease_id}).encode()
+            scope = {
+                "type": "http",
+                "asgi": {"version": "3.0"},
+                "http_version": "1.1",
+                "method": "POST",
+                "scheme": "http",
+                "path": f"/api/v1/trials/{assignment.trial_id}/heartbeat",
+                "raw_path": b"",
+                "query_string": b"",
+                "root_path": "",
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))],
+                "client": ("127.0.0.1", 50000),
+                "server": ("127.0.0.1", 8765),
+            }
+            sent: list[Any] = []
+
+            async def receive() -> dict[str, Any]:
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            async def send(message: Any) -> None:
+                sent.append(message)
+
+            await routes(scope, receive, send)
+            return sent
+
+        async def main() -> list[list[Any]]:
+            return await asyncio.gather(*(heartbeat(a) for a in leased))
+
+        try:
+            answers = asyncio.run(main())
+        finally:
+            routes.close()
+    assert [sent[0]["status"] for sent in answers] == [200, 200, 200, 200]
+    assert [json.loads(sent[1]["body"]) for sent in answers] == [{"stop": False, "reason": None}] * 4
+    assert commits == [threading.current_thread().name]  # one commit, on the loop's thread
 
 
 def test_a_lease_expiry_pass_the_store_refuses_is_one_line_in_the_log(
@@ -341,7 +514,7 @@ def test_the_first_call_on_each_trial_runs_first_inside_the_trial_calls_block() 
         yield
         ran.append("leases end")
 
-    calls = SerialCalls(trial_calls=trial_calls, lease_calls=lease_calls)
+    calls = ThreadCalls(trial_calls=trial_calls, lease_calls=lease_calls)
     gate = Gate()
 
     def note(what: Any) -> Callable[[], Any]:

@@ -22,7 +22,7 @@ from sqlalchemy.exc import DBAPIError
 from store_conformance import StoreConformance
 
 from sweeper.protocol import LeaseLostError
-from sweeper.server.calls import Hint, SerialCalls
+from sweeper.server.calls import Hint, ThreadCalls
 from sweeper.store import (
     BatchAbandoned,
     Lease,
@@ -128,7 +128,7 @@ def test_a_batch_whose_queued_write_fails_on_the_server_is_given_up(
             assert (stored.summary, stored.history, stored.lease_expires_at) == ({}, (), 100.0)
 
 
-def _in_one_batch(calls: SerialCalls, *queued: tuple[Callable[[], Any], Hint]) -> list[Any]:
+def _in_one_batch(calls: ThreadCalls, *queued: tuple[Callable[[], Any], Hint]) -> list[Any]:
     """Through the server's call thread: ``queued`` ((call, what it is) pairs) in one batch (a
     first call holds the thread, in a batch of its own, until all are queued), then ``calls``
     closed; each one's result, or the exception it raised."""
@@ -161,7 +161,7 @@ def test_calls_of_a_given_up_batch_run_again_each_on_its_own(postgres_store_url:
         boom = [MetricPoint("boom", 1.0, 1, 1, 2.0)]
         loss = [MetricPoint("loss", 0.5, 1, 1, 2.0)]
         reported, refused, renewed = _in_one_batch(
-            SerialCalls(store.batch),
+            ThreadCalls(store.batch),
             (lambda: store.report_metrics(two.id, "l2", loss, expires_at=150.0, now=2.0), None),
             (lambda: store.report_metrics(one.id, "l1", boom, expires_at=150.0, now=2.0), None),
             (lambda: store.renew_lease(two.id, "l2", expires_at=160.0, now=2.0), None),
@@ -495,7 +495,7 @@ def test_a_report_refused_in_the_trial_calls_block_hears_why_and_the_others_take
         sweep = store.create_sweep(spec={}, method="grid", name=None, seed=0, now=1.0)
         one, two = (_running_trial(store, sweep.id, lease) for lease in ("l1", "l2"))
         reported, refused, also_reported = _in_one_batch(
-            SerialCalls(store.batch, store.trial_calls),
+            ThreadCalls(store.batch, store.trial_calls),
             _loss_report(store, two.id, "l2"),
             _loss_report(store, one.id, "not-l1"),
             _loss_report(store, one.id, "l1"),
@@ -567,7 +567,7 @@ def test_a_read_ahead_that_fails_gives_the_batch_up_and_its_calls_run_again_each
         with other.connect() as conn, conn.begin():
             conn.exec_driver_sql(f"SELECT id FROM trials WHERE id = {one.id} FOR UPDATE")
             reported, blocked, renewed = _in_one_batch(
-                SerialCalls(store.batch, store.trial_calls),
+                ThreadCalls(store.batch, store.trial_calls),
                 _loss_report(store, two.id, "l2"),
                 _loss_report(store, one.id, "l1"),
                 (lambda: store.renew_lease(two.id, "l2", expires_at=160.0, now=2.0), None),
@@ -619,7 +619,7 @@ def test_a_sweep_whose_last_trials_end_in_one_batch_is_finished(postgres_store_u
             (lambda a=a: coordinator.finish_trial(a.trial_id, a.lease_id, done), TrialCall(a.trial_id))
             for a in leased
         ]
-        assert _in_one_batch(SerialCalls(store.batch, store.trial_calls), *ends) == [None, None]
+        assert _in_one_batch(ThreadCalls(store.batch, store.trial_calls), *ends) == [None, None]
         assert coordinator.get_sweep(sweep.id).state is SweepState.FINISHED
 
 
@@ -648,7 +648,7 @@ def test_a_batchs_leases_of_a_sweep_read_it_once_and_insert_their_trials_as_one(
             )
             for i in range(1, 5)
         ]
-        leased = _in_one_batch(SerialCalls(store.batch, store.trial_calls, store.lease_calls), *leases)
+        leased = _in_one_batch(ThreadCalls(store.batch, store.trial_calls, store.lease_calls), *leases)
         assert all(isinstance(a, Assignment) for a in [first, *leased]), leased
         assert reads.statements == [3]  # the lock, the catch-up read and four ids
         assert len([sql for sql in run if sql.startswith("INSERT INTO trials")]) == 1

@@ -28,7 +28,7 @@ from sweeper.coordinator import Coordinator
 from sweeper.protocol import AgentInfo, Directive, TrialOutcome
 from sweeper.server import schemas
 from sweeper.server.app import REFUSALS, error
-from sweeper.server.calls import SerialCalls
+from sweeper.server.calls import LoopCalls, ThreadCalls
 from sweeper.store import LeaseCall, TrialCall
 from sweeper.trials import TrialState
 
@@ -62,7 +62,8 @@ class AgentRoutes:
         self._max_body_bytes = max_body_bytes
         self._max_batch = max_batch
         store = coordinator.store
-        self._calls = SerialCalls(store.batch, store.trial_calls, store.lease_calls)
+        runner = LoopCalls if store.embedded else ThreadCalls  # see sweeper.server.calls
+        self._calls = runner(store.batch, store.trial_calls, store.lease_calls)
 
     def close(self) -> None:
         """Finish the calls under way, then touch the store no more."""

@@ -86,6 +86,10 @@ class Lease:
 
 
 class Store(ABC):
+    # The database runs inside this process (SQLite): a call spends CPU here and waits on no
+    # network, only, at times, on another process that writes to the same file.
+    embedded = False
+
     def batch(self) -> AbstractContextManager[None]:
         """Until the block ends, this thread's calls may share one transaction, committed when it
         ends: each call sees what the calls before it did, but none is durable (or seen by other

@@ -76,6 +76,7 @@ class SqlStore(Store):
     def __init__(self, engine: Engine, *, label: str) -> None:
         dialect = engine.dialect.name
         self._postgres = dialect == "postgresql"
+        self.embedded = dialect == "sqlite"
         self._known = KnownTrials(dialect)
         self._handed_nothing: set[str] = set()  # sweeps whose last lease here handed no trial out
         self._batch = threading.local()  # drafts, reads ahead, ends: while this thread runs a batch
