@@ -310,8 +310,9 @@ def test_closing_thread_calls_runs_what_is_queued_then_refuses_new_calls() -> No
 
 
 def test_closing_loop_calls_waits_for_the_batch_that_runs_then_refuses_the_rest() -> None:
-    """close() from another thread (the server's, once it stops) returns only after the batch that
-    runs has ended; what is queued then, or called later, is refused and touches nothing."""
+    """close() from another thread returns only after the batch that runs has ended; what is
+    queued then, or called later, is refused and touches nothing. (The server closes its calls
+    once its loop has stopped, when no batch runs.)"""
     calls = LoopCalls()
     entered, release = threading.Event(), threading.Event()
     ran: list[str] = []
@@ -322,14 +323,11 @@ def test_closing_loop_calls_waits_for_the_batch_that_runs_then_refuses_the_rest(
         ran.append("held")
         return "held"
 
-    closed = threading.Event()
-
     def close_while_held() -> None:
         assert entered.wait(10)
-        closer = threading.Thread(target=lambda: (calls.close(), closed.set()))
+        closer = threading.Thread(target=lambda: (calls.close(), ran.append("closed")))
         closer.start()
-        time.sleep(0.2)
-        ran.append("closed" if closed.is_set() else "still closing")
+        time.sleep(0.2)  # time enough for close() to return, did it not wait
         release.set()
         closer.join(10)
 
@@ -342,15 +340,51 @@ def test_closing_loop_calls_waits_for_the_batch_that_runs_then_refuses_the_rest(
         results = await asyncio.gather(*runs, return_exceptions=True)
         helper.join(10)
         late = calls.run(lambda: ran.append("late"))
+        assert late.done()  # refused at once
         return [results[0], results[-1], *(await asyncio.gather(late, return_exceptions=True))]
 
     held_result, queued, late = asyncio.run(main())
-    assert held_result == "held" and closed.is_set()
-    assert (
-        ran[0] == "still closing" and "late" not in ran and ran.count("extra") == calls_module.BATCH_CALLS - 1
-    )
+    assert held_result == "held"
+    # The batch ran to its end (the held call and 63 more) before close() returned.
+    assert ran == ["held"] + ["extra"] * (calls_module.BATCH_CALLS - 1) + ["closed"]
     for refused in (queued, late):
         assert isinstance(refused, RuntimeError) and "shutting down" in str(refused)
+
+
+def test_the_callers_of_a_full_batch_hear_their_answers_before_the_next_batch_runs() -> None:
+    calls = LoopCalls()
+    events: list[str] = []
+
+    async def one(i: int) -> None:
+        await calls.run(lambda: events.append(f"ran {i}"))
+        events.append(f"answered {i}")
+
+    async def main() -> None:
+        await asyncio.gather(*(one(i) for i in range(calls_module.BATCH_CALLS + 1)))
+
+    asyncio.run(main())
+    last = calls_module.BATCH_CALLS
+    assert events.index(f"answered {last - 1}") < events.index(f"ran {last}")
+    assert events[-2:] == [f"ran {last}", f"answered {last}"]
+
+
+def test_loop_calls_whose_batch_raises_any_exception_each_hear_it_and_the_loop_serves_on() -> None:
+    @contextlib.contextmanager
+    def interrupted() -> Iterator[None]:
+        yield
+        if not served:
+            raise KeyboardInterrupt  # in the batch's commit, say
+
+    served: list[object] = []
+    calls = LoopCalls(interrupted)
+
+    async def main() -> list[object]:
+        first = await asyncio.gather(calls.run(lambda: 1), calls.run(lambda: 2), return_exceptions=True)
+        served.append("after")
+        return [*first, await calls.run(lambda: "after")]
+
+    one, two, after = asyncio.run(main())
+    assert isinstance(one, KeyboardInterrupt) and isinstance(two, KeyboardInterrupt) and after == "after"
 
 
 def _four_leased_trials(store: Store) -> tuple[Coordinator, list[Any]]:

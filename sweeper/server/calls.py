@@ -23,8 +23,9 @@ Where a batch runs depends on the database:
   turn of the loop together. Such calls spend CPU, not time waiting, and every SQLite statement a
   thread runs hands the interpreter lock to the loop and waits to get it back: run on the loop,
   the same load was served 1.3 to 1.7 times as fast as on a thread, with p99 31-54 ms instead
-  of 64-83 ms. The price: while a batch runs (or waits for another process that writes to the
-  same file, up to SQLite's busy timeout), the server answers nothing else.
+  of 64-83 ms. The price: while a batch runs, or waits for its turn to write (behind the
+  server's other writes, then behind another process that writes to the same file: each wait up
+  to SQLite's busy timeout), the server answers nothing else.
 """
 
 from __future__ import annotations
@@ -150,8 +151,11 @@ class ThreadCalls(_Batches):
 
 
 class LoopCalls(_Batches):
-    """Calls on the event loop that makes them, in batches: those made during one turn of the
-    loop run together once the callbacks already due have run."""
+    """Calls on the event loop that makes them (one loop: the server's), in batches: those made
+    during one turn of the loop run together, at most BATCH_CALLS at a time, once the callbacks
+    already due have run."""
+
+    _due = False  # a run of the queue is scheduled
 
     def run(self, call: Callable[[], T], hint: Hint = None) -> asyncio.Future[T]:
         """``call()`` soon, on this loop; its result (or exception) once its batch has ended.
@@ -162,21 +166,20 @@ class LoopCalls(_Batches):
             future.set_exception(_shutting_down())
             return future
         self._queue.append((call, future, hint))
-        if len(self._queue) == 1:  # else a run of the queue is due already
+        if not self._due:
+            self._due = True
             loop.call_soon(self._run_queue)
         return future
 
     def close(self) -> None:
-        """Refuse new calls, and wait for a batch that runs: after this, nothing touches the store.
-        Calls still queued are refused when their turn comes."""
+        """Refuse new calls, and wait for a batch that runs (when called from another thread):
+        after this, nothing touches the store. Calls still queued are refused when their turn comes."""
         self._closed = True
         with self._lock:
             pass
 
     def _run_queue(self) -> None:
         batch, self._queue = self._queue[:BATCH_CALLS], self._queue[BATCH_CALLS:]
-        if self._queue:  # the rest after what else is due: the loop serves on between batches
-            asyncio.get_running_loop().call_soon(self._run_queue)
         with self._lock:
             try:
                 if self._closed:
@@ -185,6 +188,10 @@ class LoopCalls(_Batches):
             except BaseException as exc:  # the loop serves on; these calls hear why they failed
                 outcomes = [(future, None, exc) for _, future, _ in batch]
         _settle(outcomes)
+        if self._queue:  # the rest once these callers have answered, and what else is due has run
+            asyncio.get_running_loop().call_soon(self._run_queue)
+        else:
+            self._due = False
 
 
 def _outcome(call: Callable[[], Any]) -> tuple[Any, BaseException | None]:
