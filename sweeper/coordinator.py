@@ -37,7 +37,7 @@ from sweeper.spec import SweepSpec, parse_sweep
 from sweeper.spec.integrations import tracker_settings
 from sweeper.spec.model import DEFAULT_CHECKPOINTS, Pbt
 from sweeper.stopping import KnownCurves, StoppingRule, build_rule, decide_for
-from sweeper.store.base import InvalidTransitionError, Lease, Store, StoreError, TrialDraft
+from sweeper.store.base import InvalidTransitionError, Lease, Store, StoreError, TrialDraft, idle_mark
 from sweeper.strategies import Strategy, strategy_class
 from sweeper.trials import MetricPoint, Sweep, SweepState, Trial, TrialState, count_states
 
@@ -331,8 +331,7 @@ class Coordinator:
             return
         # Looked at as it is now: the lease-expiry pass looks again once it has changed. Marked once
         # committed, so a batch given up looks again.
-        ends = [t.ended_at for t in trials if t.ended_at is not None]
-        looked = (len(trials), max(ends, default=None))
+        looked = idle_mark(trials)
         self.store.after_commit(functools.partial(self._idle_checked.__setitem__, sweep_id, looked))
         if completion(spec, strategy, trials, sweep.seed, resumed_at(sweep)) is not None:
             try:

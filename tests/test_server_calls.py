@@ -14,13 +14,14 @@ from typing import Any
 
 import httpx
 import pytest
+from calls_support import Gate, in_one_batch
 from sqlalchemy import event
 
 from sweeper.coordinator import Coordinator
 from sweeper.protocol import AgentInfo, Assignment, Directive
 from sweeper.server import calls as calls_module
 from sweeper.server.app import create_app
-from sweeper.server.calls import Hint, LoopCalls, ThreadCalls
+from sweeper.server.calls import LoopCalls, ThreadCalls
 from sweeper.server.fast import AgentRoutes
 from sweeper.spec import parse_sweep
 from sweeper.store import BatchAbandoned, LeaseCall, Store, TrialCall, open_store
@@ -81,46 +82,6 @@ def test_thread_calls_serve_a_new_event_loop_after_the_first_has_closed() -> Non
 
     assert asyncio.run(one(1)) == 1
     assert asyncio.run(one(2)) == 2  # the thread delivered to the loop that is running now
-
-
-class Gate:
-    """A first call that holds the thread until released, so that the calls queued meanwhile
-    form the next batch together."""
-
-    def __init__(self) -> None:
-        self.started = threading.Event()
-        self.release = threading.Event()
-
-    def __call__(self) -> str:
-        self.started.set()
-        assert self.release.wait(10)
-        return "gate"
-
-    async def entered(self) -> None:
-        assert await asyncio.get_running_loop().run_in_executor(None, self.started.wait, 10)
-
-
-async def in_one_batch(
-    calls: ThreadCalls | LoopCalls,
-    *queued: Callable[[], Any] | tuple[Callable[[], Any], Hint],
-    meanwhile: Callable[[list[asyncio.Future[Any]]], object] = lambda futures: None,
-) -> list[asyncio.Future[Any]]:
-    """``queued`` (calls, or (call, what it is) pairs) queued so that they form one batch: behind a
-    gate that holds the thread, in a batch of its own (ThreadCalls), or in one turn of the loop
-    (LoopCalls). ``meanwhile`` sees their futures before the batch can start."""
-    pairs = [q if isinstance(q, tuple) else (q, None) for q in queued]
-    if isinstance(calls, LoopCalls):
-        futures = [calls.run(call, hint) for call, hint in pairs]
-        meanwhile(futures)
-        return futures
-    gate = Gate()
-    first = calls.run(gate)
-    await gate.entered()
-    futures = [calls.run(call, hint) for call, hint in pairs]
-    meanwhile(futures)
-    gate.release.set()
-    assert await asyncio.wait_for(first, 10) == "gate"
-    return futures
 
 
 class Batches:

@@ -14,6 +14,7 @@ from contextlib import nullcontext
 from typing import Any
 
 import pytest
+from calls_support import in_one_batch
 from sqlalchemy import create_engine, text
 from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.dialects import postgresql
@@ -129,22 +130,11 @@ def test_a_batch_whose_queued_write_fails_on_the_server_is_given_up(
 
 
 def _in_one_batch(calls: ThreadCalls, *queued: tuple[Callable[[], Any], Hint]) -> list[Any]:
-    """Through the server's call thread: ``queued`` ((call, what it is) pairs) in one batch (a
-    first call holds the thread, in a batch of its own, until all are queued), then ``calls``
-    closed; each one's result, or the exception it raised."""
-    holding, gate = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        holding.set()
-        gate.wait()
+    """Through the server's call thread: ``queued`` ((call, what it is) pairs) in one batch, then
+    ``calls`` closed; each one's result, or the exception it raised."""
 
     async def run_all() -> list[Any]:
-        held = calls.run(hold)
-        await asyncio.to_thread(holding.wait)
-        futures = [calls.run(call, hint) for call, hint in queued]
-        gate.set()
-        await held
-        return await asyncio.gather(*futures, return_exceptions=True)
+        return await asyncio.gather(*await in_one_batch(calls, *queued), return_exceptions=True)
 
     try:
         return asyncio.run(run_all())

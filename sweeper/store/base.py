@@ -85,6 +85,13 @@ class Lease:
     expires_at: float
 
 
+def idle_mark(trials: Sequence[Trial]) -> tuple[int, float | None]:
+    """An idle sweep as :meth:`Store.idle_sweeps` gives it: how many trials it has and when the
+    last of them ended (None where none has). It changes whenever a trial is added or ends."""
+    ends = [t.ended_at for t in trials if t.ended_at is not None]
+    return len(trials), max(ends, default=None)
+
+
 class Store(ABC):
     # The database runs inside this process (SQLite): a call spends CPU here and waits on no
     # network, only, at times, on another process that writes to the same file.
@@ -183,8 +190,7 @@ class Store(ABC):
             if sweep.state is SweepState.RUNNING:
                 trials = self.list_trials(sweep.id)
                 if all(t.state is not TrialState.RUNNING for t in trials):
-                    ends = [t.ended_at for t in trials if t.ended_at is not None]
-                    idle[sweep.id] = (len(trials), max(ends, default=None))
+                    idle[sweep.id] = idle_mark(trials)
         return idle
 
     @abstractmethod
