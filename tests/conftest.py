@@ -18,6 +18,17 @@ from sqlalchemy.engine import URL, make_url
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """``-n auto``: a worker per CPU this process may use, at least 2 and at most 8 (or what
+    PYTEST_XDIST_AUTO_NUM_WORKERS says). Half of a worker's time goes to waiting on the processes
+    its tests start, so two share one CPU well; past 8 the longest test file, which one worker
+    runs whole, bounds the run anyway."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None  # xdist's own reading of it
+    return max(2, min(8, len(os.sched_getaffinity(0))))
+
+
 # --- store ------------------------------------------------------------------
 
 
