@@ -45,7 +45,8 @@ def sweep(
         spec = parse_sweep({**spec.raw, **given})
     for line in spec_advice(spec):  # valid, but likely not what was meant
         warnings.warn(line, UserWarning, stacklevel=2)
-    return _coordinator(db).create_sweep(spec).id
+    with _coordinator(db) as coordinator:
+        return coordinator.create_sweep(spec).id
 
 
 def agent(
@@ -71,20 +72,22 @@ def agent(
     from sweeper.local import LocalAgents
     from sweeper.protocol import interrupted_reason
 
-    agents = LocalAgents(
-        _coordinator(db, create=False),  # a sweep to run is in a store already made
-        sweep_id,
-        agents=1,
-        count=count,
-        function=function,
-        grace_period=grace_period,
-        max_failures=max_failures,
-    )
-    agents.start()
-    try:
-        reasons = agents.wait()
-    except KeyboardInterrupt:
-        agents.stop(interrupted_reason("Ctrl-C"))
-        agents.wait()
-        raise
+    # A sweep to run is in a store already made; the store is closed once the agent is done.
+    with _coordinator(db, create=False) as coordinator:
+        agents = LocalAgents(
+            coordinator,
+            sweep_id,
+            agents=1,
+            count=count,
+            function=function,
+            grace_period=grace_period,
+            max_failures=max_failures,
+        )
+        agents.start()
+        try:
+            reasons = agents.wait()
+        except KeyboardInterrupt:
+            agents.stop(interrupted_reason("Ctrl-C"))
+            agents.wait()
+            raise
     return reasons[0] if reasons else "done"

@@ -103,6 +103,16 @@ class HttpCoordinator:
     def __repr__(self) -> str:  # never shows the token
         return f"HttpCoordinator({self.url!r})"
 
+    def close(self) -> None:
+        """Close the connections kept open to the server; a later call opens a new one."""
+        self._transport.close()
+
+    def __enter__(self) -> HttpCoordinator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # --- the agent protocol -------------------------------------------------
 
     def next_trial(self, sweep_id: str, agent: AgentInfo) -> Assignment | NoTrial:

@@ -2,6 +2,9 @@
 
 >>> coordinator = connect("https://sweeps.example.org:8765", token="...")  # HttpCoordinator
 >>> coordinator = connect(db="sqlite:///sweeps.db")                          # embedded Coordinator
+
+Either one's ``close()`` (or a ``with`` block) lets go of its connections, and of the store
+``connect`` opened for an embedded one.
 """
 
 from __future__ import annotations

@@ -260,6 +260,19 @@ class Coordinator:
         spec = self.spec_of(sweep_id)
         return best_of(spec, self.store.list_trials(sweep_id))
 
+    # --- lifecycle ----------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the store (its connections and files); :func:`sweeper.connect` opened it for this
+        coordinator. Where the caller opened the store, the caller closes it instead."""
+        self.store.close()
+
+    def __enter__(self) -> Coordinator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # --- internals ----------------------------------------------------------
 
     def _expire_leases(self, now: float) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 from sweeper.trials import MetricPoint, Sweep, SweepState, Trial, TrialState
 
@@ -184,3 +184,11 @@ class CoordinatorService(CoordinatorClient, Protocol):
     def spec_of(self, sweep_id: str) -> SweepSpec: ...
 
     def best_trial(self, sweep_id: str) -> Trial | None: ...
+
+    def close(self) -> None:
+        """Let go of what the coordinator holds: kept connections, an embedded store."""
+        ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *exc: object) -> None: ...

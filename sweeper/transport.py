@@ -42,6 +42,10 @@ class Transport(Protocol):
         http.client.HTTPException when no answer arrived."""
         ...
 
+    def close(self) -> None:
+        """Close the connections kept for later requests; a later request opens a new one."""
+        ...
+
 
 def transport_for(url: str, *, timeout: float, context: ssl.SSLContext | None) -> Transport:
     parts = urllib.parse.urlsplit(url)
@@ -105,6 +109,12 @@ class KeepAliveTransport:
                 return conn, True
             conn.close()
 
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
     def _give(self, conn: HttpConnection) -> None:
         with self._lock:
             if len(self._idle) < _MAX_IDLE:
@@ -149,6 +159,9 @@ class UrllibTransport:
         self._url = url.rstrip("/")
         self._timeout = timeout
         self._context = context
+
+    def close(self) -> None:
+        pass  # each request's connection closes with its answer
 
     def exchange(self, method: str, target: str, body: bytes | None, headers: dict[str, str]) -> Answer:
         request = urllib.request.Request(f"{self._url}{target}", data=body, method=method, headers=headers)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import inspect
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 from server_helpers import serving
 
+import sweeper
 from sweeper.client import CoordinatorError, CoordinatorUnavailableError, HttpCoordinator
 from sweeper.connect import connect
 from sweeper.coordinator import Coordinator
@@ -119,10 +121,33 @@ def test_connect_picks_http_or_embedded(monkeypatch: pytest.MonkeyPatch, tmp_pat
     monkeypatch.setenv("SWEEPER_DB", f"sqlite:///{tmp_path / 'env.db'}")
     embedded = connect()
     assert isinstance(embedded, Coordinator) and (tmp_path / "env.db").exists()
-    embedded.store.close()
+    embedded.close()
     other = connect(db=f"sqlite:///{tmp_path / 'arg.db'}")
     assert isinstance(other, Coordinator) and (tmp_path / "arg.db").exists()
-    other.store.close()
+    other.close()
+
+
+def open_files_under(folder: Path) -> list[str]:
+    """The files under ``folder`` this process holds open."""
+    paths = (os.readlink(fd) for fd in Path("/proc/self/fd").iterdir() if fd.is_symlink())
+    return [p for p in paths if p.startswith(str(folder))]
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads /proc/self/fd")
+def test_an_embedded_coordinator_closed_holds_no_file_of_its_store(tmp_path: Path) -> None:
+    one_point = {"method": "grid", "parameters": {"x": {"values": [1]}}}
+    db = f"sqlite:///{tmp_path / 'closed.db'}"
+    with connect(db=db) as coordinator:
+        sweep = coordinator.create_sweep(parse_sweep(one_point))
+        assert open_files_under(tmp_path)  # the database, its write-ahead log and its index
+    assert open_files_under(tmp_path) == []
+    # sweeper.sweep() and sweeper.agent() close the store they open, too.
+    made = sweeper.sweep(one_point, db=db)
+    sweeper.agent(made, function=lambda: sweeper.init(), db=db)
+    assert open_files_under(tmp_path) == []
+    with connect(db=db) as again:
+        assert {s.id for s in again.list_sweeps()} == {sweep.id, made}
+        assert [t.state for t in again.trials(made)] == [TrialState.FINISHED]
 
 
 def test_both_coordinators_have_the_service_methods() -> None:
@@ -164,19 +189,29 @@ class KeepAlive(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def finish(self) -> None:  # the connection's end, whichever side closed it
+        super().finish()
+        self.server.ended.append(self.client_address)  # type: ignore[attr-defined]
+
     def log_message(self, *args: object) -> None:
         pass
 
 
 @pytest.fixture
-def keep_alive() -> Iterator[tuple[str, list[tuple[str, int]]]]:
+def keep_alive_server() -> Iterator[http.server.ThreadingHTTPServer]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), KeepAlive)
     server.seen = []  # type: ignore[attr-defined]
+    server.ended = []  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", server.seen  # type: ignore[attr-defined]
+    yield server
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture
+def keep_alive(keep_alive_server: Any) -> tuple[str, list[tuple[str, int]]]:
+    return f"http://127.0.0.1:{keep_alive_server.server_address[1]}", keep_alive_server.seen
 
 
 def test_calls_reuse_one_connection(keep_alive: tuple[str, list[tuple[str, int]]]) -> None:
@@ -185,6 +220,23 @@ def test_calls_reuse_one_connection(keep_alive: tuple[str, list[tuple[str, int]]
     for _ in range(5):
         assert client.health()["status"] == "ok"
     assert len(seen) == 5 and len(set(seen)) == 1
+
+
+def test_a_closed_client_closes_its_connections_and_opens_a_new_one_when_called(
+    keep_alive_server: Any, keep_alive: tuple[str, list[tuple[str, int]]]
+) -> None:
+    url, seen = keep_alive
+    ended: list[tuple[str, int]] = keep_alive_server.ended
+    with HttpCoordinator(url) as client:
+        client.health()
+        client.health()
+        assert ended == []
+    deadline = time.monotonic() + 5
+    while not ended and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ended == [seen[0]]  # the server saw the kept connection close
+    assert client.health()["status"] == "ok"
+    assert len(set(seen)) == 2
 
 
 def test_threads_share_a_client(keep_alive: tuple[str, list[tuple[str, int]]]) -> None:
