@@ -25,6 +25,7 @@ from typing import Any
 from sweeper.trials import MetricPoint, TrialState
 
 log = logging.getLogger("sweeper.integrations")
+_DOWN_CHECK = 0.05  # seconds between looks at whether the tracker went down, while a trial's start waits
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ class SafeTracker:
         tracker: Tracker,
         *,
         max_pending: int = 10_000,
-        start_timeout: float = 5.0,
+        start_timeout: float = 30.0,
         base_backoff: float = 0.5,
         max_backoff: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
@@ -191,13 +192,18 @@ class SafeTracker:
         self._submit("sweep ended", lambda: self.tracker.sweep_ended(sweep_id, state))
 
     def trial_started(self, trial: TrialInfo) -> Mapping[str, str]:
-        """Queue the start; wait a little for the env it returns, never long (not at all while down)."""
+        """Queue the start and wait for the env it returns (the run the script logs into) while the
+        tracker answers, however slowly, up to ``start_timeout`` seconds; not at all once it is
+        down. Without the env, the trial runs without the tracker's variables."""
         call = self._submit(f"trial {trial.trial_number} started", lambda: self.tracker.trial_started(trial))
-        wait = 0.0 if self.down else self.start_timeout
-        try:
-            return dict(call.future.result(timeout=wait) or {})
-        except Exception:  # not ready or failed: the trial runs without the tracker's variables
-            return {}
+        end = time.monotonic() + self.start_timeout
+        while not self.down and (left := end - time.monotonic()) > 0:
+            try:  # in short waits: a call of the queue that fails marks the tracker down meanwhile
+                return dict(call.future.result(timeout=min(left, _DOWN_CHECK)) or {})
+            except Exception:
+                if call.future.done():  # refused, or cancelled by close(); else not done yet
+                    return {}
+        return {}
 
     def trial_metrics(self, trial: TrialInfo, points: Sequence[MetricPoint], source: str) -> None:
         if points:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,34 @@ def test_down_tracker_is_reported_once_buffers_and_catches_up(caplog: pytest.Log
     assert "start the flaky server" in errors[0].getMessage()  # says what to do
     assert any("reachable again" in r.getMessage() for r in caplog.records)
     safe.close(timeout=5)
+
+
+class Slow(Flaky):
+    """Answers each call after ``delay`` seconds: with a refusal until ``up`` is set."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+
+    def _check(self) -> None:
+        time.sleep(self.delay)
+        super()._check()
+
+
+def test_a_trial_waits_for_a_slow_tracker_s_run_but_not_once_it_is_down() -> None:
+    slow = Slow(delay=0.5)
+    slow.up.set()
+    safe = SafeTracker(slow, start_timeout=30, base_backoff=0.01, max_backoff=0.05)
+    # Slow, but up: the trial gets the tracker's variables, so the script logs into the trial's run.
+    assert safe.trial_started(TRIAL) == {"FLAKY_RUN": "r1"}
+    slow.up.clear()
+    started = time.monotonic()
+    # The start waits behind the previous trial's end; that fails and marks the tracker down: the
+    # trial starts then, not once the 30 s are up.
+    safe.trial_ended(TRIAL, TrialEnd(state=TrialState.FINISHED))
+    assert safe.trial_started(TRIAL) == {}
+    assert safe.down and time.monotonic() - started < 15
+    safe.close(timeout=0.1)
 
 
 def test_waiting_leaderboards_collapse_into_the_newest() -> None:
