@@ -263,8 +263,9 @@ class Coordinator:
     # --- lifecycle ----------------------------------------------------------
 
     def close(self) -> None:
-        """Close the store (its connections and files); :func:`sweeper.connect` opened it for this
-        coordinator. Where the caller opened the store, the caller closes it instead."""
+        """Close the store it works on (its connections and files), as for the coordinator of
+        :func:`sweeper.connect`, which opened the store for it. A caller that made the coordinator
+        on a store it goes on using closes the store itself instead."""
         self.store.close()
 
     def __enter__(self) -> Coordinator:
