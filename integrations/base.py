@@ -17,6 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from concurrent import futures
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any
 from sweeper.trials import MetricPoint, TrialState
 
 log = logging.getLogger("sweeper.integrations")
-_DOWN_CHECK = 0.05  # seconds between looks at whether the tracker went down, while a trial's start waits
+_DOWN_POLL = 0.05  # seconds between looks at whether the tracker went down, while a trial's start waits
 
 
 @dataclass(frozen=True)
@@ -192,18 +193,29 @@ class SafeTracker:
         self._submit("sweep ended", lambda: self.tracker.sweep_ended(sweep_id, state))
 
     def trial_started(self, trial: TrialInfo) -> Mapping[str, str]:
-        """Queue the start and wait for the env it returns (the run the script logs into) while the
-        tracker answers, however slowly, up to ``start_timeout`` seconds; not at all once it is
-        down. Without the env, the trial runs without the tracker's variables."""
-        call = self._submit(f"trial {trial.trial_number} started", lambda: self.tracker.trial_started(trial))
-        end = time.monotonic() + self.start_timeout
-        while not self.down and (left := end - time.monotonic()) > 0:
-            try:  # in short waits: a call of the queue that fails marks the tracker down meanwhile
-                return dict(call.future.result(timeout=min(left, _DOWN_CHECK)) or {})
-            except Exception:
-                if call.future.done():  # refused, or cancelled by close(); else not done yet
+        """The tracker's env for the trial: :meth:`start_trial`, then :meth:`env_of` it."""
+        return self.env_of(self.start_trial(trial), time.monotonic() + self.start_timeout)
+
+    def start_trial(self, trial: TrialInfo) -> Future[Any]:
+        """Queue the trial's start; the future holds the env the tracker returns for it."""
+        label = f"trial {trial.trial_number} started"
+        return self._submit(label, lambda: self.tracker.trial_started(trial)).future
+
+    def env_of(self, started: Future[Any], deadline: float) -> Mapping[str, str]:
+        """The env of a start (the run the script logs into): waited for while the tracker answers,
+        however slowly, until ``deadline`` (``time.monotonic()``: a real wait, whatever the clock
+        given); not at all once it is down. Without it, {}: the trial runs without the variables."""
+        while True:
+            if started.done():
+                try:
+                    return dict(started.result() or {})
+                except Exception:  # refused, or cancelled by close()
                     return {}
-        return {}
+            left = deadline - time.monotonic()
+            if self.down or left <= 0:
+                return {}
+            # In short waits: a call of the queue that fails marks the tracker down meanwhile.
+            futures.wait([started], timeout=min(left, _DOWN_POLL))
 
     def trial_metrics(self, trial: TrialInfo, points: Sequence[MetricPoint], source: str) -> None:
         if points:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,7 +17,8 @@ from sweeper.protocol import Assignment, TrialOutcome
 
 
 class TrackerHook:
-    """Starts, feeds and ends each trial's run in every configured tracker. Never blocks for long."""
+    """Starts, feeds and ends each trial's run in every configured tracker. Only a trial's start
+    waits, for the runs of the trackers that answer (see :meth:`SafeTracker.env_of`)."""
 
     def __init__(self) -> None:
         self._trials: dict[int, TrialInfo] = {}
@@ -41,9 +43,12 @@ class TrackerHook:
         )
         with self._lock:
             self._trials[assignment.trial_id] = info
+        started = [(tracker, tracker.start_trial(info)) for tracker in trackers]
+        # One wait for all of them: each tracker makes the trial's run meanwhile.
+        deadline = time.monotonic() + max(tracker.start_timeout for tracker in trackers)
         extra: dict[str, str] = {}
-        for tracker in trackers:
-            extra.update(tracker.trial_started(info))
+        for tracker, start in started:
+            extra.update(tracker.env_of(start, deadline))
         return extra
 
     def on_metrics(self, assignment: Assignment, records: Sequence[Mapping[str, Any]]) -> None:

@@ -104,7 +104,8 @@ class HttpCoordinator:
         return f"HttpCoordinator({self.url!r})"
 
     def close(self) -> None:
-        """Close the connections kept open to the server; a later call opens a new one."""
+        """Close the connections kept open to the server; a later call opens a new one. Call it
+        once no other thread is calling: a call in flight keeps its connection."""
         self._transport.close()
 
     def __enter__(self) -> HttpCoordinator:

@@ -43,7 +43,8 @@ class Transport(Protocol):
         ...
 
     def close(self) -> None:
-        """Close the connections kept for later requests; a later request opens a new one."""
+        """Close the connections kept for later requests; a later request opens a new one. A
+        connection in use by a request meanwhile is kept once its answer is read."""
         ...
 
 

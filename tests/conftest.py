@@ -19,6 +19,7 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: without xdist, nothing to do
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     """``-n auto``: a worker per CPU this process may use, at least 2 and at most 8 (or what
     PYTEST_XDIST_AUTO_NUM_WORKERS says). Half of a worker's time goes to waiting on the processes
@@ -26,7 +27,8 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     runs whole, bounds the run anyway."""
     if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
         return None  # xdist's own reading of it
-    return max(2, min(8, len(os.sched_getaffinity(0))))
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(2, min(8, usable))
 
 
 # --- store ------------------------------------------------------------------

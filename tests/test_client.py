@@ -129,12 +129,20 @@ def test_connect_picks_http_or_embedded(monkeypatch: pytest.MonkeyPatch, tmp_pat
 
 def open_files_under(folder: Path) -> list[str]:
     """The files under ``folder`` this process holds open."""
-    paths = (os.readlink(fd) for fd in Path("/proc/self/fd").iterdir() if fd.is_symlink())
+    paths = []
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            paths.append(os.readlink(fd))
+        except OSError:  # closed since the listing (another thread's)
+            continue
     return [p for p in paths if p.startswith(str(folder))]
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads /proc/self/fd")
-def test_an_embedded_coordinator_closed_holds_no_file_of_its_store(tmp_path: Path) -> None:
+def test_an_embedded_coordinator_closed_holds_no_file_of_its_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # sweeper.agent() writes its trials' folders here
     one_point = {"method": "grid", "parameters": {"x": {"values": [1]}}}
     db = f"sqlite:///{tmp_path / 'closed.db'}"
     with connect(db=db) as coordinator:

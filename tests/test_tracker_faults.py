@@ -1,4 +1,5 @@
-"""A tracker that is down, refuses, or comes back: trials never fail or wait, records catch up."""
+"""A tracker that is down, refuses, or comes back: trials never fail, nor wait on a tracker that is
+down; records catch up."""
 
 from __future__ import annotations
 
