@@ -69,7 +69,11 @@ class CheckpointHook:
         self._removed: set[str] = set()  # checkpoints removed, or being removed, by this agent
 
     def on_start(
-        self, assignment: Assignment, trial_dir: TrialDir, env: Mapping[str, str]
+        self,
+        assignment: Assignment,
+        trial_dir: TrialDir,
+        env: Mapping[str, str],
+        stopping: threading.Event | None = None,
     ) -> Mapping[str, str]:
         base = trial_dir.path.parents[3]  # <workdir>/.sweeper/trials/<sweep>/<n>
         try:

@@ -16,7 +16,7 @@ from sweeper.agents.metrics import MetricTailer
 from sweeper.agents.orphans import forget_process, record_process
 from sweeper.agents.process import TrialProcess, describe_exit, stderr_tail
 from sweeper.agents.trialdir import trial_env
-from sweeper.agents.trialrun import STDERR_TAIL_LINES, AbandonTrial, LeaseKeeper, TrialRun
+from sweeper.agents.trialrun import STDERR_TAIL_LINES, AbandonTrial, LeaseKeeper, TrialRun, start_hooks
 
 from sweeper.protocol import LeaseLostError, TrialOutcome
 from sweeper.trials import TrialState
@@ -50,7 +50,10 @@ class CommandTrial:
             argv = self._argv(trial)
         except (OSError, TypeError, ValueError) as exc:
             return TrialOutcome(TrialState.FAILED, stderr_tail=f"sweeper: cannot build the command: {exc}")
-        proc = self._start(trial, argv)
+        env, stop_reason = self._environment(trial)
+        if stop_reason is not None:  # stopped before it started: nothing ran, nothing to end
+            return TrialOutcome(TrialState.STOPPED, stop_reason=stop_reason)
+        proc = self._start(trial, argv, env)
         if proc.started:  # so that an agent started after this one dies can end it
             record_process(trial.trial_dir.path, proc.mark)
         tailer = MetricTailer(trial.trial_dir.metrics_path)
@@ -86,14 +89,17 @@ class CommandTrial:
             environ=self.environ,
         )
 
-    def _start(self, trial: TrialRun, argv: list[str]) -> TrialProcess:
-        assignment, trial_dir = trial.assignment, trial.trial_dir
-        env = trial_env(self.environ, assignment, trial_dir, gpu=self.gpu)
-        if assignment.stall_limit is not None:  # a print shows at once, so it counts as a sign of life
+    def _environment(self, trial: TrialRun) -> tuple[dict[str, str], str | None]:
+        """The trial's environment, the hooks' variables included, and why it is not to start, or None."""
+        env = trial_env(self.environ, trial.assignment, trial.trial_dir, gpu=self.gpu)
+        if trial.assignment.stall_limit is not None:  # a print shows at once, so it counts as a sign of life
             env.setdefault("PYTHONUNBUFFERED", "1")
-        with LeaseKeeper(trial) as keeper:  # a checkpoint to fetch first may outlast the lease
-            env.update(trial.hooks.start(assignment, trial_dir, env))
-        keeper.raise_if_lost()  # before the command starts
+        extra, stop_reason = start_hooks(trial, env)
+        env.update(extra)
+        return env, stop_reason
+
+    def _start(self, trial: TrialRun, argv: list[str], env: Mapping[str, str]) -> TrialProcess:
+        assignment, trial_dir = trial.assignment, trial.trial_dir
         proc = TrialProcess.start(
             argv,
             env=env,

@@ -25,7 +25,7 @@ from sweeper.agents.events import TrialStarted
 from sweeper.agents.limits import time_limit_reason
 from sweeper.agents.pythonpath import _sweeper_capture as capture
 from sweeper.agents.trialdir import trial_env
-from sweeper.agents.trialrun import STDERR_TAIL_LINES, LeaseKeeper, TrialRun
+from sweeper.agents.trialrun import STDERR_TAIL_LINES, LeaseKeeper, TrialRun, start_hooks
 
 from sweeper import _context
 from sweeper import run as run_api
@@ -59,10 +59,11 @@ class FunctionTrial:
             trial_dir=trial.trial_dir.path,
         )
         env = trial_env({}, assignment, trial.trial_dir)
-        with LeaseKeeper(trial) as keeper:  # a checkpoint to fetch first may outlast the lease
-            env.update(trial.hooks.start(assignment, trial.trial_dir, {**os.environ, **env}))
+        extra, stop_reason = start_hooks(trial, {**os.environ, **env})
+        if stop_reason is not None:  # stopped before it started: the function is not called
+            return TrialOutcome(TrialState.STOPPED, stop_reason=stop_reason)
+        env.update(extra)
         env.pop("PYTHONPATH", None)  # the capture's, for trial processes: here it runs in this process
-        keeper.raise_if_lost()  # before the function is called
         trial.stop.attach(ctx)
         # Reports and heartbeats while the function holds the agent's thread; a stop from the
         # coordinator, or a lost lease, reaches the function through its context.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,9 +26,18 @@ CAPTURE_PATH = Path(__file__).resolve().parent / "pythonpath"
 
 class TrialHook(Protocol):
     def on_start(
-        self, assignment: Assignment, trial_dir: TrialDir, env: Mapping[str, str]
+        self,
+        assignment: Assignment,
+        trial_dir: TrialDir,
+        env: Mapping[str, str],
+        stopping: threading.Event | None = None,
     ) -> Mapping[str, str]:
-        """Called before the trial runs; returns variables to add to its environment."""
+        """Called before the trial runs; returns variables to add to its environment.
+
+        ``stopping`` is set once the trial is not to run after all (the agent is stopping, the
+        coordinator stopped the trial or the sweep, or the lease was lost): a hook that waits on
+        something (a tracker's run) gives up then, so the stop does not wait for it.
+        """
         ...
 
     def on_metrics(self, assignment: Assignment, records: Sequence[Mapping[str, Any]]) -> None:
@@ -41,7 +51,11 @@ class CaptureHook:
     """Makes ``wandb.log`` and ``mlflow.log_metric(s)`` in the trial also reach metrics.jsonl."""
 
     def on_start(
-        self, assignment: Assignment, trial_dir: TrialDir, env: Mapping[str, str]
+        self,
+        assignment: Assignment,
+        trial_dir: TrialDir,
+        env: Mapping[str, str],
+        stopping: threading.Event | None = None,
     ) -> Mapping[str, str]:
         if env.get("SWEEPER_CAPTURE") == "0":
             return {}
@@ -70,11 +84,21 @@ class TrialHooks:
     def __init__(self, hooks: Sequence[TrialHook]) -> None:
         self.hooks = list(hooks)
 
-    def start(self, assignment: Assignment, trial_dir: TrialDir, env: Mapping[str, str]) -> dict[str, str]:
+    def start(
+        self,
+        assignment: Assignment,
+        trial_dir: TrialDir,
+        env: Mapping[str, str],
+        stopping: threading.Event | None = None,
+    ) -> dict[str, str]:
+        """The variables the hooks add to the trial's environment (see :meth:`TrialHook.on_start`)."""
+        stopping = threading.Event() if stopping is None else stopping
         extra: dict[str, str] = {}
         for hook in self.hooks:
+            if stopping.is_set():  # the trial will not run: what is left to set up is not needed
+                break
             try:
-                extra.update(hook.on_start(assignment, trial_dir, {**env, **extra}) or {})
+                extra.update(hook.on_start(assignment, trial_dir, {**env, **extra}, stopping) or {})
             except Exception:
                 log.exception("trial %s: hook %r failed at the start", assignment.trial_number, hook)
         return extra

@@ -166,3 +166,27 @@ class LeaseKeeper:
                 return
             if reason is not None and self._on_stop is not None:
                 self._on_stop(reason)
+
+
+def start_hooks(trial: TrialRun, env: Mapping[str, str]) -> tuple[dict[str, str], str | None]:
+    """The hooks' starts, with the lease kept meanwhile (a checkpoint to fetch first, a tracker's
+    run to wait for, may outlast it): the variables they add to the trial's environment, and why
+    the trial is not to run after all, or None.
+
+    A stop heard meanwhile (the agent's, or the coordinator's for this trial or its sweep) ends a
+    hook's wait, so the stop need not wait for a slow tracker, and the trial is then not started
+    at all. Raises :class:`AbandonTrial` when the lease was lost meanwhile.
+    """
+    stopping = threading.Event()
+    told: list[str] = []  # the coordinator's reasons, the first one first
+
+    def on_stop(reason: str) -> None:
+        told.append(reason)
+        stopping.set()
+
+    with trial.stop.waking(stopping), LeaseKeeper(trial, on_stop=on_stop) as keeper:
+        extra = trial.hooks.start(trial.assignment, trial.trial_dir, env, stopping)
+    keeper.raise_if_lost()
+    if trial.stop.requested:
+        return extra, trial.stop.reason
+    return extra, told[0] if told else None

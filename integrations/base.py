@@ -27,6 +27,8 @@ from sweeper.trials import MetricPoint, TrialState
 
 log = logging.getLogger("sweeper.integrations")
 _DOWN_POLL = 0.05  # seconds between looks at whether the tracker went down, while a trial's start waits
+_QUIET_CLOSE = 2.0  # seconds a close may take before it says what a tracker that is down holds
+_SLOW_CLOSE = 8.0  # and the seconds more an answering one may take
 
 
 @dataclass(frozen=True)
@@ -201,10 +203,13 @@ class SafeTracker:
         label = f"trial {trial.trial_number} started"
         return self._submit(label, lambda: self.tracker.trial_started(trial)).future
 
-    def env_of(self, started: Future[Any], deadline: float) -> Mapping[str, str]:
+    def env_of(
+        self, started: Future[Any], deadline: float, stopping: threading.Event | None = None
+    ) -> Mapping[str, str]:
         """The env of a start (the run the script logs into): waited for while the tracker answers,
         however slowly, until ``deadline`` (``time.monotonic()``: a real wait, whatever the clock
-        given); not at all once it is down. Without it, {}: the trial runs without the variables."""
+        given); not at all once it is down, nor once ``stopping`` is set (the trial will not run).
+        Without it, {}: the trial runs without the variables."""
         while True:
             if started.done():
                 try:
@@ -212,7 +217,7 @@ class SafeTracker:
                 except Exception:  # refused, or cancelled by close()
                     return {}
             left = deadline - time.monotonic()
-            if self.down or left <= 0:
+            if self.down or left <= 0 or (stopping is not None and stopping.is_set()):
                 return {}
             # In short waits: a call of the queue that fails marks the tracker down meanwhile.
             futures.wait([started], timeout=min(left, _DOWN_POLL))
@@ -358,12 +363,27 @@ class SafeTracker:
         return True
 
     def close(self, timeout: float = 30.0) -> None:
-        """Send what is waiting (for at most ``timeout`` seconds), then close the adapter."""
+        """Send what is waiting (for at most ``timeout`` seconds), then close the adapter. A wait
+        longer than a moment is said, so that a command ending does not look hung."""
+        deadline = self._clock() + timeout
+        quiet = self.flush(min(timeout, _QUIET_CLOSE))
+        if not quiet and not self.down:  # answering, slowly: W&B finishing its runs takes seconds
+            quiet = self.flush(min(_SLOW_CLOSE, max(deadline - self._clock(), 0.0)))
+        if not quiet:
+            with self._cond:
+                waiting = len(self._queue)
+            log.warning(
+                "%s: %d call(s) not sent yet (%s); trying for up to %.0fs more before closing",
+                self.name,
+                waiting,
+                "it is unreachable" if self.down else "it is slow to answer",
+                max(deadline - self._clock(), 0.0),
+            )
         with self._cond:
             self._closing = True
-            self._deadline = self._clock() + timeout
+            self._deadline = deadline
             self._cond.notify_all()
-        self._thread.join(timeout + 1.0)
+        self._thread.join(max(deadline - self._clock(), 0.0) + 1.0)
         if self._thread.is_alive():
             log.error("%s: %d call(s) not sent at exit; %s", self.name, len(self._queue), self.tracker.help)
         try:

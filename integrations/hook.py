@@ -18,14 +18,19 @@ from sweeper.protocol import Assignment, TrialOutcome
 
 class TrackerHook:
     """Starts, feeds and ends each trial's run in every configured tracker. Only a trial's start
-    waits, for the runs of the trackers that answer (see :meth:`SafeTracker.env_of`)."""
+    waits, for the runs of the trackers that answer, and not once the trial is stopping (see
+    :meth:`SafeTracker.env_of`)."""
 
     def __init__(self) -> None:
         self._trials: dict[int, TrialInfo] = {}
         self._lock = threading.Lock()
 
     def on_start(
-        self, assignment: Assignment, trial_dir: TrialDir, env: Mapping[str, str]
+        self,
+        assignment: Assignment,
+        trial_dir: TrialDir,
+        env: Mapping[str, str],
+        stopping: threading.Event | None = None,
     ) -> Mapping[str, str]:
         trackers = trackers_for(assignment.sweep_id, assignment.integrations)
         if not trackers:
@@ -48,7 +53,7 @@ class TrackerHook:
         deadline = time.monotonic() + max(tracker.start_timeout for tracker in trackers)
         extra: dict[str, str] = {}
         for tracker, start in started:
-            extra.update(tracker.env_of(start, deadline))
+            extra.update(tracker.env_of(start, deadline, stopping))
         return extra
 
     def on_metrics(self, assignment: Assignment, records: Sequence[Mapping[str, Any]]) -> None:

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from sweeper.integrations.base import Leaderboard, LeaderRow, SafeTracker, SweepInfo
-from sweeper.integrations.session import close_all, close_sweep, trackers_for
+from sweeper.integrations.session import close_all, close_sweep, trackers_for, use_sweep
 
 from sweeper.spec.integrations import tracker_settings
 
@@ -183,6 +183,9 @@ class SweepRecords:
         if sweep_id not in self._recorders:
             recorder = SweepRecorder.for_sweep(self._coordinator, sweep_id)
             if recorder is not None:
+                # Held until the close_sweep below: agents of the sweep that run in this process
+                # (a notebook, a test) closing theirs leave the record's trackers open.
+                use_sweep(sweep_id)
                 recorder.start()
             self._recorders[sweep_id] = recorder
         recorder = self._recorders[sweep_id]

@@ -102,6 +102,7 @@ class LocalAgents:
     _errors: list[BaseException] = field(default_factory=list, init=False)
     _done: list[threading.Event] = field(default_factory=list, init=False)
     _recorder: Any = field(default=None, init=False)  # the sweep's tracker record, if it names trackers
+    _tracking: bool = field(default=False, init=False)  # started, and its trackers not closed yet
 
     def start(self) -> None:
         if self.function is None:  # trials an agent that died here left running hold their GPUs
@@ -109,10 +110,10 @@ class LocalAgents:
         self._deliver_leftovers()
         budget = TrialBudget(self.client, self.count)
         self._recorder = _sweep_recorder(self.client, self.sweep_id)
-        if self._recorder is not None:  # _end_tracking closes the trackers, once no other group needs them
-            from sweeper.integrations.session import use_sweep
+        from sweeper.integrations.session import use_sweep
 
-            use_sweep(self.sweep_id)
+        use_sweep(self.sweep_id)  # _end_tracking closes the trackers, once no other group here needs them
+        self._tracking = True
         slots: list[str | None] = list(self.gpus) if self.gpus else [None] * self.agents
         for slot, gpu in enumerate(slots):
             agent = Agent(
@@ -190,17 +191,26 @@ class LocalAgents:
         self._recorder.on_event(event)
 
     def _end_tracking(self) -> None:
-        """Every agent is done: bring the sweep's record up to date and flush the trackers."""
-        if self._recorder is None:
+        """Every agent is done: bring the sweep's record up to date and flush the trackers, here
+        rather than at the interpreter's exit, where a long wait could not be cut short."""
+        if not self._tracking:
             return
+        self._tracking = False
         recorder, self._recorder = self._recorder, None
         stopped = any(agent.stopping for agent in self._agents)
         try:
-            recorder.finish("stopped" if stopped else None)
+            if recorder is not None:
+                recorder.finish("stopped" if stopped else None)
         finally:
             from sweeper.integrations.session import close_sweep
 
-            close_sweep(self.sweep_id)
+            try:
+                close_sweep(self.sweep_id)
+            except KeyboardInterrupt:  # asked not to wait: the sweep itself is done and stored
+                log.warning(
+                    "sweep %s: stopped waiting for the trackers; what they had not received yet is not sent",
+                    self.sweep_id,
+                )
 
 
 def _sweep_recorder(client: object, sweep_id: str) -> Any:

@@ -10,10 +10,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sweeper.agents import Agent, TrialAbandoned, TrialStarted
 
 from sweeper.coordinator import Coordinator
-from sweeper.protocol import AgentInfo, Assignment, TrialOutcome
+from sweeper.protocol import AgentInfo, Assignment, TrialOutcome, interrupted_reason
 from sweeper.spec import parse_sweep
 from sweeper.store import open_store
 from sweeper.trials import SweepState, Trial, TrialState
@@ -30,7 +31,9 @@ class SlowHook:
         self.at_start, self.at_end = at_start, at_end
         self.coordinator: Coordinator | None = None  # the one the agent reports to, once it runs
 
-    def on_start(self, assignment: Assignment, trial_dir: Any, env: Mapping[str, str]) -> dict[str, str]:
+    def on_start(
+        self, assignment: Assignment, trial_dir: Any, env: Mapping[str, str], stopping: Any
+    ) -> dict[str, str]:
         if self.at_start:
             time.sleep(SLOW_S)
         return {}
@@ -72,7 +75,7 @@ def _run(
         runner = threading.Thread(target=agent.run)
         runner.start()
         if during is not None:
-            during(coordinator, sweep.id)
+            during(coordinator, sweep.id, agent)
         runner.join(60)
         assert not runner.is_alive()
         time.sleep(LEASE_S * 1.5)  # anything still leased has run out by now ...
@@ -104,7 +107,7 @@ def test_a_trial_slow_to_shut_down_is_recorded_stopped_not_lost(tmp_path: Path) 
         "time.sleep(60)\n"
     )
 
-    def cancel_once_started(coordinator: Coordinator, sweep_id: str) -> None:
+    def cancel_once_started(coordinator: Coordinator, sweep_id: str, agent: Agent) -> None:
         deadline = time.monotonic() + 30
         while not (tmp_path / "started").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -119,7 +122,9 @@ def test_a_lease_lost_during_the_start_hooks_means_the_script_never_starts(tmp_p
     program.write_text("print('started')\n")
 
     class LosesTheLease(SlowHook):
-        def on_start(self, assignment: Assignment, trial_dir: Any, env: Mapping[str, str]) -> dict[str, str]:
+        def on_start(
+            self, assignment: Assignment, trial_dir: Any, env: Mapping[str, str], stopping: Any
+        ) -> dict[str, str]:
             assert self.coordinator is not None
             self.coordinator.store.expire_leases(now=time.time() + 3600)  # as if it had run out
             time.sleep(1.0)  # the keeper's heartbeat hears of it meanwhile
@@ -130,3 +135,74 @@ def test_a_lease_lost_during_the_start_hooks_means_the_script_never_starts(tmp_p
     assert [(t.number, t.state) for t in found][:1] == [(1, TrialState.LOST)]
     assert not any(isinstance(e, TrialStarted) for e in events), events
     assert [type(e) for e in events] == [TrialAbandoned]
+
+
+class WaitsUntilStopping(SlowHook):
+    """Waits at the start for something that does not come (a tracker's run, from a server that
+    hangs) until the trial is stopping; records whether the stop cut its wait short."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = threading.Event()
+        self.cut_short = False
+
+    def on_start(
+        self, assignment: Assignment, trial_dir: Any, env: Mapping[str, str], stopping: Any
+    ) -> dict[str, str]:
+        self.waiting.set()
+        self.cut_short = stopping.wait(120)
+        return {}
+
+
+@pytest.mark.parametrize("stopped_by", ["agent", "coordinator"])
+@pytest.mark.parametrize("runs_as", ["command", "function"])
+def test_a_stop_during_the_start_hooks_ends_their_wait_and_the_trial_never_starts(
+    tmp_path: Path, stopped_by: str, runs_as: str
+) -> None:
+    program = tmp_path / "marks.py"
+    program.write_text("open('started', 'w').close()\n")
+    called: list[int] = []
+    hook = WaitsUntilStopping()
+
+    def stop_while_the_hook_waits(coordinator: Coordinator, sweep_id: str, agent: Agent) -> None:
+        assert hook.waiting.wait(30)
+        if stopped_by == "agent":  # Ctrl-C, SIGTERM from a scheduler
+            agent.stop(interrupted_reason("SIGTERM"))
+        else:
+            coordinator.set_sweep_state(sweep_id, SweepState.CANCELLED)
+
+    events: list[Any] = []
+    function = (lambda: called.append(1)) if runs_as == "function" else None
+    found = _run(tmp_path, program, hook, during=stop_while_the_hook_waits, events=events, function=function)
+    assert hook.cut_short
+    assert not any(isinstance(e, TrialStarted) for e in events), events
+    assert not (tmp_path / "started").exists() and not called
+    # The agent's stop leaves the trial to run again; the coordinator's stands.
+    expected = TrialState.LOST if stopped_by == "agent" else TrialState.STOPPED
+    assert [(t.number, t.state) for t in found] == [(1, expected)]
+
+
+def test_hooks_after_a_stop_heard_during_the_start_are_not_started(tmp_path: Path) -> None:
+    """A stop heard while one hook starts (a checkpoint being fetched) spares the hooks after it:
+    no tracker run is made for a trial that will not run."""
+    from sweeper.agents.hooks import TrialHooks
+
+    started: list[str] = []
+    stopping = threading.Event()
+
+    class Hook(SlowHook):
+        def __init__(self, name: str, stops: bool) -> None:
+            super().__init__()
+            self.name, self.stops = name, stops
+
+        def on_start(
+            self, assignment: Assignment, trial_dir: Any, env: Mapping[str, str], stopping: Any
+        ) -> dict[str, str]:
+            started.append(self.name)
+            if self.stops:
+                stopping.set()  # as the agent's stop does while this hook works
+            return {self.name: "1"}
+
+    hooks = TrialHooks([Hook("fetch", stops=True), Hook("tracker", stops=False)])
+    assert hooks.start(None, tmp_path, {}, stopping) == {"fetch": "1"}  # type: ignore[arg-type]
+    assert started == ["fetch"]

@@ -588,7 +588,7 @@ def test_a_file_marked_in_the_checkpoint_folder_is_there_for_the_trackers_at_the
     seen: list[tuple[Path, bytes]] = []
 
     class Tracker:  # what TrackerHook.on_end reads: the files the script marked, if still there
-        def on_start(self, assignment, trial_dir, env):
+        def on_start(self, assignment, trial_dir, env, stopping):
             return {}
 
         def on_metrics(self, assignment, records):

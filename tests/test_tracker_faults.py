@@ -4,6 +4,10 @@ down; records catch up."""
 from __future__ import annotations
 
 import logging
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -215,3 +219,148 @@ def test_a_password_in_a_tracker_uri_is_not_logged(
     (line,) = [r.getMessage() for r in caplog.records if "logging is off" in r.getMessage()]
     assert "ftp://***@nowhere/x?token=***&b=1" in line, line
     assert "s3cret" not in line and "bob" not in line and "t0ken" not in line, line
+
+
+class HungServer:
+    """A TCP server that takes connections and never answers, as a tracking server that hangs does."""
+
+    def __init__(self) -> None:
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.uri = f"http://127.0.0.1:{self._server.getsockname()[1]}"
+        self.connected = threading.Event()
+        self._held: list[socket.socket] = []
+        threading.Thread(target=self._take, daemon=True).start()
+
+    def _take(self) -> None:
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:  # closed
+                return
+            self._held.append(conn)
+            self.connected.set()
+
+    def close(self) -> None:
+        self._server.close()
+        for conn in self._held:
+            conn.close()
+
+
+def test_a_stop_while_a_trial_waits_for_a_hung_mlflow_server_ends_the_wait(tmp_path: Path) -> None:
+    """Ctrl-C while a trial's start waits for its MLflow run, from a server that hangs: the trial is
+    given up at once, without its script ever starting, and runs again later."""
+    pytest.importorskip("mlflow")
+    from sweeper.agents import Agent
+    from sweeper.integrations.session import close_sweep
+
+    from sweeper.coordinator import Coordinator
+    from sweeper.protocol import AgentInfo, interrupted_reason
+    from sweeper.spec import parse_sweep
+    from sweeper.store import open_store
+
+    hung = HungServer()
+    program = tmp_path / "marks.py"
+    program.write_text("open('started', 'w').close()\n")
+    sweep = {
+        "method": "grid",
+        "program": str(program),
+        "parameters": {"lr": {"values": [0.1]}},
+        "integrations": {"mlflow": {"tracking_uri": hung.uri, "experiment": "hung"}},
+    }
+    events: list[object] = []
+    with open_store(f"sqlite:///{tmp_path / 'sweeper.db'}") as store:
+        coordinator = Coordinator(store)
+        sweep_id = coordinator.create_sweep(parse_sweep(sweep)).id
+        agent = Agent(
+            coordinator,
+            sweep_id,
+            info=AgentInfo(name="a", host="localhost"),
+            workdir=tmp_path,
+            count=1,
+            on_event=events.append,
+        )
+        runner = threading.Thread(target=agent.run)
+        runner.start()
+        try:
+            assert hung.connected.wait(60)  # the tracker is making the trial's run: the start waits
+            agent.stop(interrupted_reason("Ctrl-C"))
+            runner.join(60)
+            assert not runner.is_alive()
+        finally:
+            hung.close()
+            close_sweep(sweep_id, timeout=0.5)
+        assert not any(isinstance(e, TrialStarted) for e in events), events
+        assert not (tmp_path / "started").exists()
+        assert [(t.number, t.state) for t in coordinator.trials(sweep_id)] == [(1, TrialState.LOST)]
+
+
+def test_closing_says_what_it_waits_for_only_when_the_tracker_keeps_it_waiting(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="sweeper.integrations"):
+        answers = Flaky()
+        answers.up.set()
+        safe = SafeTracker(answers)
+        safe.trial_ended(TRIAL, TrialEnd(state=TrialState.FINISHED))
+        safe.close(timeout=5)
+        assert answers.calls == ["end:finished"]
+        assert not [r for r in caplog.records if "not sent yet" in r.getMessage()]
+
+        down = Flaky()
+        safe = SafeTracker(down, base_backoff=0.01, max_backoff=0.05)
+        safe.trial_started(TRIAL)
+        safe.trial_ended(TRIAL, TrialEnd(state=TrialState.FINISHED))
+        safe.close(timeout=2.5)
+    (said,) = [r.getMessage() for r in caplog.records if "not sent yet" in r.getMessage()]
+    assert said.startswith("Flaky: 2 call(s) not sent yet (it is unreachable); trying for up to "), said
+
+
+def test_a_second_ctrl_c_stops_waiting_for_a_tracker_that_is_down(tmp_path: Path) -> None:
+    pytest.importorskip("mlflow")
+    with socket.create_server(("127.0.0.1", 0)) as taken:  # a port nobody listens on once closed
+        port = taken.getsockname()[1]
+    program = tmp_path / "sleeps.py"
+    program.write_text("import time\nopen('started', 'w').close()\ntime.sleep(120)\n")
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(
+        f"method: grid\nprogram: {program}\nparameters: {{x: {{values: [1]}}}}\n"
+        f"integrations: {{mlflow: {{tracking_uri: 'http://127.0.0.1:{port}'}}}}\n"
+    )
+    stdout = tmp_path / "stdout.txt"
+    with stdout.open("w") as out_file:  # stderr is read line by line below, by one reader only
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("sweeper")), "run", str(sweep), "--grace", "3"],
+            cwd=tmp_path,
+            stdout=out_file,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    lines: list[str] = []
+    waiting = threading.Event()
+
+    def read_stderr() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if "not sent yet" in line:
+                waiting.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "started").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        # The trial is ended; the trackers get their time to take what waits, and it is said.
+        assert waiting.wait(60), "".join(lines)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    reader.join(10)
+    err, out = "".join(lines), stdout.read_text()
+    assert proc.returncode == 130, out + err
+    assert "MLflow: " in err and "(it is unreachable); trying for up to" in err, err
+    assert "stopped waiting for the trackers; what they had not received yet is not sent" in err, err
+    assert "is stopped: 1 lost" in out, out
