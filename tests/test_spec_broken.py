@@ -61,6 +61,7 @@ CASES = [
     (top(metric="loss"), "metric", "expected a mapping such as {name: val_loss, goal: minimize}, got 'loss'"),
     (top(metric={"goal": "minimize"}), "metric.name", "required"),
     (top(metric={"name": "m", "goal": "minimise"}), "metric.goal", "expected one of minimize, maximize, got 'minimise'; did you mean 'minimize'?"),
+    (top(metric={"name": "m", "goal": "max"}), "metric.goal", "expected one of minimize, maximize, got 'max'; did you mean 'maximize'?"),
     (top(metric={"name": "m", "targt": 1}), "metric.targt", "unknown key; did you mean 'target'?"),
     (top(metric={"name": "m", "target": "high"}), "metric.target", "expected a number, got 'high'"),
     (top(metric={"name": "m", "impute": "mean"}), "metric.impute", "expected one of latest, best, worst, got 'mean'"),
@@ -181,6 +182,11 @@ def test_every_problem_is_reported_together() -> None:
         (None, "expected a mapping of sweep keys at the top level, got an empty file"),
         ([1, 2], "expected a mapping of sweep keys at the top level, got [1, 2]"),
         ("method: grid", "expected a mapping of sweep keys at the top level, got 'method: grid'"),
+        (  # a file that is one long line of text (not YAML at all): shown cut short, not whole
+            "root:x:0:0 " * 40,
+            "expected a mapping of sweep keys at the top level, got "
+            f"{repr('root:x:0:0 ' * 40)[:115]}...' (442 characters)",
+        ),
     ],
 )
 def test_top_level_not_a_mapping(data: Any, message: str) -> None:

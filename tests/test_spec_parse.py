@@ -146,6 +146,30 @@ def test_yaml_12_floats_are_numbers(tmp_path: Path) -> None:
     assert yaml.safe_load("x: 1e-5") == {"x": "1e-5"}
 
 
+def test_anchors_and_merge_keys_read_as_yaml_safe_load_reads_them(tmp_path: Path) -> None:
+    # W&B reads sweep files with yaml.safe_load: files that share settings with << must move over.
+    text = (
+        "method: grid\nprogram: t.py\n"
+        "parameters:\n"
+        "  lr: &shared {values: [0.1, 0.2]}\n"
+        "  wd:\n    <<: *shared\n    values: [0.0]\n"
+        "  momentum:\n    <<: [*shared]\n"
+    )
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    spec = load_sweep_file(path)
+    assert [(p.name, p.values) for p in spec.parameters] == [
+        ("lr", (0.1, 0.2)),
+        ("wd", (0.0,)),
+        ("momentum", (0.1, 0.2)),
+    ]
+    assert yaml.safe_load(text)["parameters"]["wd"] == {"values": [0.0]}
+    # A key written twice in one mapping is still a mistake, merge or not.
+    path.write_text(text.replace("values: [0.0]\n", "values: [0.0]\n    values: [0.3]\n"))
+    with pytest.raises(SpecError, match="duplicate key 'values' at line 8"):
+        load_sweep_file(path)
+
+
 def test_numeric_strings_in_numeric_fields() -> None:
     p = only(sweep(p={"distribution": "q_normal", "mu": "1e1", "sigma": "0.5", "q": "2"}))
     assert (p.mu, p.sigma, p.q) == (10.0, 0.5, 2) and isinstance(p.q, int)

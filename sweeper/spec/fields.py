@@ -15,9 +15,13 @@ from sweeper.spec.problems import Problem, did_you_mean
 INVALID: Any = object()
 
 
+_SHOWN = 120  # characters of a value a message shows: a whole file read as one string is no help
+
+
 def show(value: Any) -> str:
-    """A value as it reads in a message: strings quoted, everything else plain."""
-    return repr(value) if isinstance(value, str) else str(value)
+    """A value as it reads in a message: strings quoted, everything else plain; a long one cut short."""
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= _SHOWN else f"{text[: _SHOWN - 5]}...{text[-1]} ({len(text)} characters)"
 
 
 def to_number(value: Any) -> int | float | None:

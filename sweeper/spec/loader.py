@@ -27,6 +27,9 @@ _FLOAT_12 = re.compile(
 )
 
 
+_MERGE = "tag:yaml.org,2002:merge"
+
+
 class SweepLoader(yaml.SafeLoader):
     """A SafeLoader that reads YAML 1.2 floats as numbers and notes duplicate keys."""
 
@@ -38,7 +41,8 @@ class SweepLoader(yaml.SafeLoader):
         # PyYAML keeps the last of two equal keys silently; a second `lr:` is almost always a mistake.
         seen: set[Any] = set()
         for key_node, _ in node.value:
-            if not isinstance(key_node, yaml.ScalarNode):
+            # ``<<`` (a merge of an anchored mapping) is no key of its own; PyYAML resolves it below.
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE:
                 continue
             key = self.construct_object(key_node)
             if key in seen:

@@ -30,8 +30,13 @@ class SpecError(Exception):
 
 
 def closest(word: str, choices: Iterable[str]) -> str | None:
-    """The choice nearest to ``word``, or None when none is close."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    """The choice nearest to ``word``, or None when none is close. A word that begins only one
+    choice (``max`` for ``maximize``) is that choice, however short."""
+    choices = list(choices)
+    begun = [c for c in choices if len(word) >= 3 and c.lower().startswith(word.lower())]
+    if len(begun) == 1:
+        return begun[0]
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return close[0] if close else None
 
 
