@@ -15,12 +15,15 @@ in a job given two GPUs of eight would run trials on all eight.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import shutil
 import subprocess
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
 
 _NVML_SUCCESS = 0
 _NAME_BUFFER = 96
@@ -193,6 +196,13 @@ def select_gpus(
         return list(found)
     wanted = _indices(choice)
     if not found:
+        why = "; ".join(problems) or "neither NVML nor nvidia-smi reports one"
+        log.warning(
+            "--gpus %s: no NVIDIA GPU found (%s); taking the indices as given, as a container may hide "
+            "NVML: each trial gets CUDA_VISIBLE_DEVICES set to one of them",
+            choice,
+            why,
+        )
         return [Gpu(w) for w in wanted]
     by_index = {g.index: g for g in found}
     missing = [w for w in wanted if w not in by_index]
@@ -205,9 +215,10 @@ def select_gpus(
 
 
 def _indices(choice: str) -> list[str]:
-    wanted = [part.strip() for part in choice.split(",") if part.strip()]
-    if not wanted or not all(_is_index(w) for w in wanted):
-        raise GpuSelectionError(f"--gpus takes 'all' or GPU indices like 0,1,3; got {choice!r}")
+    wanted = [part.strip() for part in choice.split(",")]
+    if not all(_is_index(w) for w in wanted):
+        empty = " (an empty entry)" if "" in wanted and choice else ""  # 0,,1: a typo, not "0,1"
+        raise GpuSelectionError(f"--gpus takes 'all' or GPU indices like 0,1,3; got {choice!r}{empty}")
     if len(set(wanted)) != len(wanted):
         raise GpuSelectionError(f"--gpus names a GPU twice: {choice!r}")
     return wanted

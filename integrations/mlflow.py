@@ -42,6 +42,8 @@ _AGENT_HTTP = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
 }
+_trial_http: dict[str, str] | None = None  # what trials get (see MlflowTracker._fail_fast)
+_trial_http_lock = threading.Lock()
 _PERMANENT = {
     "INVALID_PARAMETER_VALUE",
     "RESOURCE_ALREADY_EXISTS",
@@ -86,13 +88,20 @@ class MlflowTracker(Tracker):
 
     @staticmethod
     def _fail_fast() -> dict[str, str]:
+        """Set the agent's HTTP settings in this process, once; returns the ones trials get: the
+        process's own, read before the first tracker set the agent's (later trackers would read
+        the agent's back)."""
         from mlflow import environment_variables as ev
 
-        child = {}
-        for name, value in _AGENT_HTTP.items():
-            child[name] = os.environ.get(name) or str(getattr(ev, name).default)
-            os.environ.setdefault(name, value)
-        return child
+        global _trial_http
+        with _trial_http_lock:
+            if _trial_http is None:
+                _trial_http = {
+                    name: os.environ.get(name) or str(getattr(ev, name).default) for name in _AGENT_HTTP
+                }
+                for name, value in _AGENT_HTTP.items():
+                    os.environ.setdefault(name, value)
+            return dict(_trial_http)
 
     def is_transient(self, exc: BaseException) -> bool:
         from mlflow.exceptions import MlflowException

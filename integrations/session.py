@@ -59,22 +59,32 @@ def trackers_for(sweep_id: str, block: Mapping[str, Any] | None) -> list[SafeTra
         for name, settings in enabled_trackers(block).items():
             try:
                 made.append(SafeTracker(BUILDERS[name](settings)))
-            except ImportError as exc:
-                log.error(
-                    "%s logging is off for sweep %s: %s (install it: %s)", name, sweep_id, exc, _EXTRAS[name]
-                )
             except Exception as exc:
-                log.error(
-                    "%s logging is off for sweep %s (%s): %s: %s",
-                    name,
-                    sweep_id,
-                    _described(name, settings),
-                    type(exc).__name__,
-                    _hidden(exc),
-                )
+                log.error("%s logging is off for sweep %s%s", name, sweep_id, _why_not(name, settings, exc))
         _sessions[key] = made
         _register_atexit()
         return made
+
+
+def tracker_problems(block: Mapping[str, Any] | None) -> list[str]:
+    """Why the trackers the block switches on cannot be set up in this process (a package not
+    installed, settings the tracker refuses), one line each: checked before a sweep runs here,
+    so that logging asked for is not found off once the trials have run."""
+    from sweeper.spec.integrations import enabled_trackers
+
+    problems = []
+    for name, settings in enabled_trackers(block or {}).items():
+        try:
+            BUILDERS[name](settings).close()
+        except Exception as exc:
+            problems.append(f"{name}: cannot log{_why_not(name, settings, exc)}")
+    return problems
+
+
+def _why_not(name: str, settings: Mapping[str, Any], exc: Exception) -> str:
+    if isinstance(exc, ImportError):
+        return f": {exc} (install it: {_EXTRAS[name]})"
+    return f" ({_described(name, settings)}): {type(exc).__name__}: {_hidden(exc)}"
 
 
 def _described(name: str, settings: Mapping[str, Any]) -> str:

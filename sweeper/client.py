@@ -86,6 +86,10 @@ class HttpCoordinator:
         self, url: str, *, token: str | None = None, timeout: float = 10.0, ca_file: str | None = None
     ) -> None:
         parsed = urllib.parse.urlsplit(url)
+        try:
+            parsed.port  # noqa: B018  (raises for a port that is not a number from 0 to 65535)
+        except ValueError as exc:
+            raise ValueError(f"coordinator URL {redact_urls(url)!r}: {exc}") from None
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ValueError(
                 "coordinator URL must look like http://host:port or https://host:port, got "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import os
 import re
 import stat
@@ -152,8 +153,21 @@ def test_select_all_some_and_bad_choices() -> None:
         select_gpus("1,1", found, unset)
     with pytest.raises(GpuSelectionError, match="indices like"):  # a digit, to str.isdigit
         select_gpus("\u00b2", found, unset)
-    # Named explicitly where discovery sees nothing (NVML hidden in a container): taken as given.
-    assert [g.index for g in select_gpus("0,1", [], unset)] == ["0", "1"]
+    for typo in ("0,,1", "0,1,", ",0"):
+        with pytest.raises(GpuSelectionError, match=f"indices like 0,1,3; got '{typo}' \\(an empty entry\\)"):
+            select_gpus(typo, found, unset)
+
+
+def test_indices_named_where_no_gpu_is_found_are_taken_as_given_and_said(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # NVML hidden in a container: the devices may be there all the same.
+    with caplog.at_level(logging.WARNING, logger="sweeper.agents.gpus"):
+        assert [g.index for g in select_gpus("0,1", [], {})] == ["0", "1"]
+    (said,) = [r.getMessage() for r in caplog.records]
+    assert said.startswith("--gpus 0,1: no NVIDIA GPU found (neither NVML nor nvidia-smi reports one); "), (
+        said
+    )
 
 
 def test_inherited_cuda_visible_devices_is_read_as_cuda_reads_it() -> None:

@@ -83,6 +83,27 @@ def test_an_invalid_sweep_file_exits_2_and_stores_nothing(tmp_path: Path, sqlite
         assert store.list_sweeps() == []
 
 
+def test_a_sweep_without_a_program_is_for_python_agents_and_refused_by_a_server(
+    tmp_path: Path, sqlite_store_url: str
+) -> None:
+    path = tmp_path / "function.yaml"  # as for wandb.agent(sweep_id, function=train)
+    path.write_text(SWEEP_FILE.replace("program: train.py\n", ""))
+    result = invoke("sweep", str(path), "--db", sqlite_store_url)
+    assert result.exit_code == 0, result.output
+    sweep_id = result.stdout.strip()
+    assert "program: not given, and the command runs ${program}: `sweeper agent` cannot run" in result.stderr
+    assert f"from Python with: sweeper.agent('{sweep_id}', function=train, db='{sqlite_store_url}')" in (
+        result.stderr
+    )
+    assert "sweeper agent " + sweep_id not in result.stderr
+    # A server's agents run commands: refused before the server is even reached.
+    result = invoke("sweep", str(path), "--coordinator", "http://127.0.0.1:9")
+    assert result.exit_code == 2, result.output
+    assert f"{path}: program: required: the command runs ${{program}}" in result.output, result.output
+    with open_store(sqlite_store_url) as store:
+        assert [s.id for s in store.list_sweeps()] == [sweep_id]
+
+
 def test_state_commands_follow_the_sweep_state_machine(sweep_file: Path, sqlite_store_url: str) -> None:
     sweep_id = invoke("sweep", str(sweep_file), "--db", sqlite_store_url).stdout.strip()
     for command, state in [

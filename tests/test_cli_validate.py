@@ -118,7 +118,7 @@ def test_exponent_bounds_that_look_like_values_are_pointed_out(tmp_path: Path) -
     meant_values = write(
         tmp_path,
         "values.yaml",
-        "method: random\nparameters:\n"
+        "method: random\nprogram: t.py\nparameters:\n"
         "  opt:\n    parameters:\n      lr: {distribution: log_uniform, min: 0.0001, max: 0.1}\n"
         "  decay: {distribution: inv_log_uniform, min: 0.001, max: 0.5}\n",
     )
@@ -135,7 +135,17 @@ def test_exponent_bounds_that_look_like_values_are_pointed_out(tmp_path: Path) -
     exponents = write(
         tmp_path,
         "exponents.yaml",
-        "method: random\nparameters:\n  lr: {distribution: log_uniform, min: -9.2, max: -2.3}\n",
+        "method: random\nprogram: t.py\n"
+        "parameters:\n  lr: {distribution: log_uniform, min: -9.2, max: -2.3}\n",
     )
     result = run(exponents)
     assert result.exit_code == 0 and result.stderr == ""
+
+
+def test_a_file_without_the_program_its_command_runs_is_valid_with_a_warning(tmp_path: Path) -> None:
+    path = write(tmp_path, "function.yaml", GRID.replace("program: train.py\n", ""))
+    result = run(path)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith(f"warning: {path}: program: not given, and the command runs ${{program}}")
+    assert "sweeper.agent(SWEEP_ID, function=train)" in result.stderr
+    assert "warning" not in run(write(tmp_path, "grid.yaml", GRID)).stderr

@@ -105,6 +105,10 @@ def test_bad_urls_and_secret_tokens() -> None:
     assert "hunter2" not in str(caught.value)
     with pytest.raises(ValueError, match="printable ASCII"):
         HttpCoordinator("http://127.0.0.1:1/caf\u00e9")  # each call would be refused as it is sent
+    with pytest.raises(
+        ValueError, match=r"coordinator URL 'http://bob:\*\*\*@localhost:99999': Port out of range"
+    ):
+        HttpCoordinator("http://bob:hunter2@localhost:99999")
     client = HttpCoordinator("http://127.0.0.1:1/", token="s3cret")
     assert "s3cret" not in repr(client) and client.url == "http://127.0.0.1:1"
 

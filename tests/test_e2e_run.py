@@ -78,6 +78,14 @@ def test_a_metric_no_trial_logs_is_pointed_out(tmp_path: Path) -> None:
     assert status.returncode == 0 and hint in status.stderr, status.stderr
 
 
+def test_a_metric_never_finite_is_pointed_out(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path, {"x": {"values": ["nan", "inf"]}})  # a score of NaN, then infinity
+    result = sweeper_cmd(tmp_path, "run", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    hint = "the last value of the sweep's metric 'score' is NaN or infinite in every trial that logged it (2)"
+    assert hint in result.stderr, result.stderr
+
+
 def test_crashing_trial_is_recorded_and_retried_once_and_the_sweep_goes_on(tmp_path: Path) -> None:
     path = write_sweep(tmp_path, {"x": {"values": [1, 2, 3]}, "fail_when": {"value": 2}})
     result = sweeper_cmd(tmp_path, "run", str(path))
@@ -165,6 +173,18 @@ def test_sigint_stops_every_trial_and_leaves_no_process(tmp_path: Path) -> None:
     assert all(t["curves"].get("score") for t in trials)
     status = sweeper_cmd(tmp_path, "status", sweep_id_of(out))
     assert "is stopped: 2 lost" in status.stdout
+    sweep_id = sweep_id_of(out)
+    going_on = f"to go on: 'sweeper resume {sweep_id}' then 'sweeper agent {sweep_id}' (the trials cut short"
+    assert going_on in err, err
+
+
+def test_the_way_to_go_on_hides_the_stores_password() -> None:
+    from sweeper.cli.run import _going_on
+
+    assert _going_on("ab12cd34", "postgresql://sweeper:s3cret@db:5432/sweeps") == (
+        "'sweeper resume ab12cd34 --db postgresql://sweeper:***@db:5432/sweeps' "
+        "then 'sweeper agent ab12cd34 --db postgresql://sweeper:***@db:5432/sweeps'"
+    )
 
 
 @pytest.mark.parametrize(
@@ -186,6 +206,17 @@ def test_bad_sweep_files_give_a_message_and_exit_2(
     assert result.returncode == 2, result.stdout + result.stderr
     assert expected in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_tracker_that_cannot_be_set_up_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    pytest.importorskip("mlflow")
+    path = write_sweep(tmp_path, {"x": {"values": [1]}})
+    result = sweeper_cmd(tmp_path, "run", str(path), "--mlflow", "ftp://nowhere")
+    assert result.returncode == 2, result.stdout + result.stderr
+    said = f"{path}: mlflow: cannot log (integrations.mlflow.tracking_uri='ftp://nowhere'): "
+    assert said in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / ".sweeper").exists()  # no store, so no sweep and no trial
 
 
 def test_missing_program_is_refused_before_anything_runs(tmp_path: Path) -> None:

@@ -188,6 +188,24 @@ def test_a_bare_mlflow_flag_keeps_the_sweep_in_one_database_wherever_agents_star
     assert sorted(r.data.params["x"] for r in children) == ["1", "2", "3"]
 
 
+def test_trials_get_mlflows_own_http_settings_not_the_agents(tmp_path: Path) -> None:
+    """The agent's own MLflow calls fail fast (SafeTracker retries them); a trial's script keeps
+    MLflow's retries and timeout, however many trackers the process has built."""
+    from mlflow import environment_variables as ev
+
+    names = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+    script = tmp_path / "http.py"
+    script.write_text(
+        f"import json, os\njson.dump({{k: os.environ.get(k) for k in {names!r}}}, open('http.json', 'w'))\n"
+    )
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(f"program: {script}\nmethod: grid\nparameters:\n  x: {{values: [1]}}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "SWEEPER_"))}
+    sweeper_run(sweep_file, "--mlflow", cwd=tmp_path, env=env)
+    seen = json.loads((tmp_path / "http.json").read_text())
+    assert seen == {name: str(getattr(ev, name).default) for name in names}
+
+
 def test_a_bare_mlflow_flag_stores_no_uri_from_the_environment(tmp_path: Path, monkeypatch) -> None:
     """A tracking URI from the environment may hold a password, and agents elsewhere read their own."""
     from sweeper.integrations.cli import FROM_ENV, with_trackers

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from sweeper.spec import SpecError, SweepSpec, load_sweep_file
+from sweeper.spec import Problem, SpecError, SweepSpec, load_sweep_file
 
 # A user mistake in a sweep file exits 2 (like click's usage errors); a runtime failure exits 1.
 EXIT_SPEC_ERROR = 2
@@ -142,6 +142,24 @@ def print_advice(spec: SweepSpec, path: str) -> None:
 
     for line in spec_advice(spec):
         click.echo(f"warning: {path}: {line}", err=True)
+
+
+def check_program_given(spec: SweepSpec, path: str, *, remote: bool = False) -> None:
+    """A sweep whose command runs ``${program}`` but names none can be run by Python agents alone
+    (``sweeper.agent(ID, function=train)``, as by W&B's ``wandb.agent``), which work on the
+    embedded store: said here, before any ``sweeper agent`` meets it and refuses to run, and
+    refused for a server, whose agents all run commands."""
+    if "${program}" not in spec.command or spec.program is not None:
+        return
+    if remote:
+        problem = "required: the command runs ${program}, and a sweeper server's agents run commands"
+        raise SpecFileError(path, SpecError([Problem("program", problem)]))
+    click.echo(
+        f"warning: {path}: program: not given, and the command runs ${{program}}: `sweeper agent` "
+        "cannot run this sweep, only a Python agent can (sweeper.agent(SWEEP_ID, function=train)); "
+        "add program: train.py to run it as a command",
+        err=True,
+    )
 
 
 def open_store_or_fail(db_url: str | None) -> Any:

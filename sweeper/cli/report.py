@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -82,8 +83,15 @@ def metric_never_logged(metric: str, trials: Sequence[Trial]) -> str | None:
     """What to tell a person whose trials ended without ever logging the sweep's metric: the
     search then learns nothing (W&B's is as blind, and silent). None when any trial logged it."""
     ended = [t for t in trials if t.state.gives_a_result]
-    if not ended or any(t.metric(metric) is not None for t in trials):
+    values = [value for t in trials if (value := t.metric(metric)) is not None]
+    if not ended or any(math.isfinite(value) for value in values):
         return None
+    if values:  # logged, but never a number the search can use
+        return (
+            f"the last value of the sweep's metric {metric!r} is NaN or infinite in every trial that "
+            f"logged it ({len(values)}): the search learns nothing from them; look for a diverging loss "
+            "or a division by zero in the script"
+        )
     logged = sorted({name for t in ended for name in t.summary if not name.startswith("_")})
     seen = f"they logged {', '.join(logged)}" if logged else "they logged no metric at all"
     return (

@@ -10,6 +10,7 @@ import time
 import click
 
 from sweeper.cli.common import (
+    SpecFileError,
     chosen_gpus,
     db_option,
     gpus_option,
@@ -24,6 +25,7 @@ from sweeper.cli.common import (
 from sweeper.cli.interrupt import EXIT_INTERRUPTED, run_until_done_or_interrupted
 from sweeper.cli.report import print_summary
 from sweeper.integrations.cli import mlflow_option, wandb_option, with_trackers
+from sweeper.spec import Problem, SpecError, SweepSpec
 from sweeper.trials import SweepState, TrialState
 
 
@@ -78,6 +80,7 @@ def run(
     gpu_list = chosen_gpus(gpus, trials_per_gpu, n_agents, "--agents")
     spec = load_spec(sweep_file, lambda raw: with_trackers(raw, mlflow_uri, wandb_on))
     program = resolve_program(spec, sweep_file)
+    check_trackers(spec, sweep_file)
     store = open_store_or_fail(db_url)
     coordinator = Coordinator(store)
     sweep = coordinator.create_sweep(spec)
@@ -117,6 +120,10 @@ def run(
     if interrupted:
         with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP): the exit code still says it
             print_summary(coordinator, sweep.id)
+            if coordinator.get_sweep(sweep.id).state is SweepState.STOPPED:
+                click.echo(
+                    f"to go on: {_going_on(sweep.id, db_url)} (the trials cut short run again)", err=True
+                )
         sys.exit(EXIT_INTERRUPTED)
     if reasons and not agents.gave_up:
         click.echo(reasons[0])
@@ -124,8 +131,7 @@ def run(
     if agents.gave_up:
         click.echo(f"error: {reasons[0]}", err=True)
         click.echo(
-            f"once it is fixed: 'sweeper resume {sweep.id}' then 'sweeper agent {sweep.id}' "
-            "(the configurations that failed run again)",
+            f"once it is fixed: {_going_on(sweep.id, db_url)} (the configurations that failed run again)",
             err=True,
         )
         sys.exit(1)
@@ -133,6 +139,27 @@ def run(
     if TrialState.FAILED in states and TrialState.FINISHED not in states:
         click.echo(f"error: no trial finished; 'sweeper trials {sweep.id}' shows why they failed", err=True)
         sys.exit(1)
+
+
+def check_trackers(spec: SweepSpec, sweep_file: str) -> None:
+    """Refuse, before anything runs, a sweep whose trackers cannot be set up here: the logging it
+    asks for would be off for every trial."""
+    from sweeper.integrations.session import tracker_problems
+    from sweeper.spec.integrations import tracker_settings
+
+    problems = tracker_problems(tracker_settings(spec))
+    if problems:
+        advice = "fix the integrations block (or --mlflow, --wandb), or leave it out to run without logging"
+        raise SpecFileError(sweep_file, SpecError([Problem("", p) for p in [*problems, advice]]))
+
+
+def _going_on(sweep_id: str, db_url: str | None) -> str:
+    """The commands that take a stopped sweep up again; running its file again would make a new
+    sweep and start over. A password in the store's URL shows as ***, as everywhere on screen."""
+    from sweeper.redact import redact_urls
+
+    db = f" --db {redact_urls(db_url)}" if db_url else ""
+    return f"'sweeper resume {sweep_id}{db}' then 'sweeper agent {sweep_id}{db}'"
 
 
 class Progress:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from sweeper.cli.common import (
+    check_program_given,
     connect_or_fail,
     coordinator_errors,
     coordinator_option,
@@ -114,6 +115,7 @@ def server(
 def sweep(file: str, coordinator_url: str | None, token: str | None, db_url: str | None) -> None:
     """Create a sweep from FILE and print its id; agents then run it (`sweeper agent ID`)."""
     spec = load_spec(file)
+    check_program_given(spec, file, remote=bool(coordinator_url))
     coordinator = connect_or_fail(coordinator_url, token, db_url)
     with coordinator_errors():
         created = coordinator.create_sweep(spec)
@@ -136,6 +138,15 @@ def _agent_hint(
     from there."""
     folder = Path(file).resolve().parent
     program = spec.program
+    # The store's URL with its password hidden: agents on another machine need its real one (a
+    # server's URL shows *** for it, to be written in by hand). A relative SQLite path means
+    # nothing from another folder.
+    store = store_label(coordinator)
+    if store and store.startswith("sqlite:///"):
+        store = f"sqlite:///{Path(store.removeprefix('sqlite:///')).resolve()}"
+    if program is None and "${program}" in spec.command:  # said by check_program_given
+        db = f", db={store!r}" if store and db_url else ""
+        return f"from Python with: sweeper.agent({sweep_id!r}, function=train{db})"
     # Found beside the sweep file but not here (`sweeper run` looks here first, then there).
     program_there = (
         program is not None
@@ -146,11 +157,8 @@ def _agent_hint(
     where = f"in {shlex.quote(str(folder))} " if program_there else ""
     if coordinator_url:
         return f"{where}with: sweeper agent {sweep_id} --coordinator {coordinator_url}"
-    # The store's URL with its password hidden: agents on another machine need its real one.
-    store = store_label(coordinator)
-    if store and store.startswith("sqlite:///"):  # a relative path means nothing from another folder
-        store = shlex.quote(f"sqlite:///{Path(store.removeprefix('sqlite:///')).resolve()}")
-    # (a server's URL shows *** for its password, to be written in by hand)
+    if store and store.startswith("sqlite:///"):  # a path may hold spaces; a server's URL shows its ***
+        store = shlex.quote(store)
     option = f" --db {store}" if store and (db_url or program_there) else ""
     return f"{where}with: sweeper agent {sweep_id}{option}"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from sweeper.cli.common import print_advice
+from sweeper.cli.common import check_program_given, print_advice
 from sweeper.spec import SpecError, describe, load_sweep_file
 
 
@@ -26,6 +26,7 @@ def validate(files: tuple[str, ...]) -> None:
             continue
         click.echo(f"{file}: OK: {describe(spec)}")
         print_advice(spec, file)
+        check_program_given(spec, file)
     if failed:
         # 2 is click's code for bad input (as UsageError), without the usage banner.
         click.get_current_context().exit(2)
