@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 _TRIES_WHEN_STOPPING = 3
 # How long an undeliverable end report is retried at least, before it is left on disk.
 _FINISH_RETRY_SECONDS = 600.0
+# While an end waits for the coordinator, a line this often says so.
+_WAITING_NOTICE_EVERY = 60.0
 
 
 def report_end(
@@ -46,6 +48,7 @@ def report_end(
         timeout = max(2 * assignment.lease_seconds, _FINISH_RETRY_SECONDS)
     deadline = clock() + timeout
     tries = 0
+    said_at: float | None = None  # when the wait for the coordinator was last said
     while True:
         tries += 1
         try:
@@ -63,6 +66,11 @@ def report_end(
                 kept = f"; kept in {spool.folder} for the next agent" if spool is not None else ""
                 emit(TrialAbandoned(assignment, f"could not report the end to the coordinator: {exc}{kept}"))
                 return
+            # From the second failed try (one is a blip, said by the reporter), and now and then.
+            waiting = tries >= 2 and (said_at is None or clock() - said_at >= _WAITING_NOTICE_EVERY)
+            if waiting and not stop.requested:
+                said_at = clock()  # a wait of minutes, said now and then: the agent is not hung
+                _say_waiting(assignment, outcome, exc, deadline - said_at, spool)
             stop.pause(delay)
     if spool is not None:
         spool.delivered()
@@ -74,3 +82,22 @@ def _keep_on_disk(spool: Spool, assignment: Assignment, outcome: TrialOutcome) -
         spool.keep_outcome(outcome)
     except OSError as exc:
         log.warning("trial %s: cannot keep the outcome on disk: %s", assignment.trial_number, exc)
+
+
+def _say_waiting(
+    assignment: Assignment, outcome: TrialOutcome, exc: Exception, left: float, spool: Spool | None
+) -> None:
+    if spool is not None:
+        then = f"then it stays in {spool.folder} for the next agent here"
+    else:
+        then = "then it is given up, and the trial counts as lost"
+    log.warning(
+        "trial %s ended (%s); the coordinator cannot take it yet (%s: %s): retrying for up to "
+        "%.0f min more, %s",
+        assignment.trial_number,
+        outcome.state.value,
+        type(exc).__name__,
+        exc,
+        max(left, 0.0) / 60,
+        then,
+    )

@@ -21,11 +21,22 @@ import random
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sweeper.agents.batches import BatchSender, MemoryQueue, PointQueue
 
-from sweeper.protocol import Assignment, CoordinatorClient, Directive, LeaseLostError, TrialNotFoundError
+from sweeper.protocol import (
+    Assignment,
+    CoordinatorClient,
+    Directive,
+    LeaseLostError,
+    TrialNotFoundError,
+    TrialOutcome,
+)
 from sweeper.trials import MetricPoint
+
+if TYPE_CHECKING:
+    from sweeper.agents.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -204,19 +215,47 @@ def deliver_leftovers(client: CoordinatorClient, workdir: Path, sweep_id: str | 
     completed = 0
     for spool in leftover_spools(workdir, sweep_id):
         outcome = spool.kept_outcome()
+        trial = _named(spool)
         try:
-            BatchSender(client, spool.trial_id, spool.lease_id, f"trial id {spool.trial_id}", 1000).send(
-                spool
-            )
+            BatchSender(client, spool.trial_id, spool.lease_id, trial, 1000).send(spool)
             if outcome is not None:
                 client.finish_trial(spool.trial_id, spool.lease_id, outcome)
                 spool.delivered()
                 completed += 1
-                log.warning("delivered the end of trial id %s that an earlier agent left", spool.trial_id)
+                log.warning(
+                    "%s: delivered its end (%s), which an earlier agent here left", trial, outcome.state.value
+                )
         except LeaseLostError as exc:
             spool.abandon(f"lease lost: {exc}")
+            _say_abandoned(
+                trial,
+                outcome,
+                spool,
+                "its lease had ended before they were sent: the coordinator counted it lost (and runs "
+                "its configuration again as the sweep's retry rule says), or had its end already",
+            )
         except OSError:
             raise  # unreachable: try again later, keep everything
         except Exception as exc:  # the coordinator refuses these reports (trial gone or ended)
             spool.abandon(f"{type(exc).__name__}: {exc}")
+            _say_abandoned(
+                trial, outcome, spool, f"the coordinator refuses them ({type(exc).__name__}: {exc})"
+            )
     return completed
+
+
+def _named(spool: Spool) -> str:
+    """A spool's trial as people know it: its number (its folder's name) and its sweep."""
+    return f"trial {spool.folder.name} of sweep {spool.sweep_id or spool.folder.parent.name}"
+
+
+def _say_abandoned(trial: str, outcome: TrialOutcome | None, spool: Spool, why: str) -> None:
+    """Reports an earlier agent left here that will never count: said once (the spool is marked)."""
+    ended = f", {outcome.state.value} under an earlier agent here" if outcome is not None else ""
+    log.warning(
+        "%s%s: its reports are not taken, as %s; what it wrote is kept in %s",
+        trial,
+        ended,
+        why,
+        spool.folder,
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import tracemalloc
 from pathlib import Path
 
@@ -148,14 +149,25 @@ def test_a_running_trials_spool_is_drained_but_never_finished(tmp_path: Path, co
     assert Spool.open(spool.folder).pending == 0
 
 
-def test_a_lost_lease_abandons_the_spool_and_keeps_its_file(tmp_path: Path, coordinator) -> None:
+def test_a_lost_lease_abandons_the_spool_keeps_its_file_and_says_so_once(
+    tmp_path: Path, coordinator, caplog: pytest.LogCaptureFixture
+) -> None:
     a, spool = leased_spool(tmp_path, coordinator)
     spool.append(points(range(2)))
     spool.keep_outcome(TrialOutcome(TrialState.FINISHED, exit_code=0))
     coordinator.store.finish_trial(a.trial_id, None, TrialState.LOST, now=0.0)
-    assert deliver_leftovers(coordinator, tmp_path) == 0
+    with caplog.at_level(logging.WARNING, logger="sweeper.agents.reporting"):
+        assert deliver_leftovers(coordinator, tmp_path) == 0
+        assert deliver_leftovers(coordinator, tmp_path) == 0
     assert spool.is_abandoned and spool.path.exists()
     assert list(leftover_spools(tmp_path)) == []
+    # A finished result that will not count is said, with where it is kept, not dropped silently.
+    (said,) = [r.getMessage() for r in caplog.records]
+    assert said.startswith(
+        f"trial {a.trial_number} of sweep {a.sweep_id}, finished under an earlier agent here: its reports "
+        "are not taken, as its lease had ended before they were sent: the coordinator counted it lost"
+    ), said
+    assert str(spool.folder) in said
 
 
 def test_leftovers_of_other_sweeps_are_left_alone(tmp_path: Path, coordinator) -> None:

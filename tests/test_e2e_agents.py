@@ -232,6 +232,14 @@ def test_the_server_killed_mid_sweep_and_restarted_loses_nothing_and_repeats_not
         assert after.state is TrialState.FINISHED and after.summary == before.summary
     for t in trials:  # every epoch's score arrived, once
         assert [p.seq for p in t.history or () if p.name == "score"] == [0, 1, 2, 3]
+    # A trial that ended meanwhile said what its agent was waiting for, so the agent did not look hung.
+    waits = [
+        line
+        for a in agents
+        for line in a.output().splitlines()
+        if "the coordinator cannot take it yet" in line
+    ]
+    assert waits and all("retrying for up to 10 min more, then it stays in " in line for line in waits), waits
 
 
 def _logged(trial_dir: Path) -> Counter:
