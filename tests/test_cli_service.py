@@ -159,6 +159,18 @@ def test_an_unreachable_coordinator_is_one_clear_line(sweep_file: Path) -> None:
     assert "coordinator http://127.0.0.1:9 unreachable" in result.output and "Traceback" not in result.output
 
 
+def test_a_bad_value_from_the_environment_names_the_variable(tmp_path: Path) -> None:
+    result = invoke("status", env={"SWEEPER_DB": "foo://x"})
+    assert result.exit_code == 1 and "unsupported store URL 'foo://x'" in result.output
+    assert result.output.rstrip().endswith("(from SWEEPER_DB)"), result.output
+    typed = invoke("status", "--db", "foo://x")
+    assert "unsupported store URL 'foo://x'" in typed.output and "SWEEPER_DB" not in typed.output
+    result = invoke("status", "abc", env={"SWEEPER_COORDINATOR": "htp://x"})
+    assert result.exit_code == 1 and result.output.rstrip().endswith(
+        "got 'htp://x' (from SWEEPER_COORDINATOR)"
+    )
+
+
 def sweeper(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "sweeper", *args], capture_output=True, text=True, env=env, timeout=60
@@ -191,6 +203,10 @@ def test_the_commands_against_a_server(sweep_file: Path, tmp_path: Path) -> None
             assert wrong.returncode == 1 and "(is the id right" in wrong.stderr, wrong.stderr
         no_token = sweeper("status", env={**env, "SWEEPER_TOKEN": ""})
         assert no_token.returncode == 1 and "--token or the SWEEPER_TOKEN" in no_token.stderr
+        tls = sweeper("status", env={**env, "SWEEPER_COORDINATOR": server.url.replace("http:", "https:")})
+        assert tls.returncode == 1 and "speaks plain HTTP, not TLS: use an http:// URL" in tls.stderr, (
+            tls.stderr
+        )
         assert not Path("nowhere.db").exists()  # the server's store was used, not a local one
         assert [s.id for s in server.client().list_sweeps()] == [sweep_id]
 

@@ -168,7 +168,18 @@ def open_store_or_fail(db_url: str | None) -> Any:
     try:
         return open_store(db_url)
     except StoreError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(f"{exc}{from_environment('db_url', 'SWEEPER_DB')}") from None
+
+
+def from_environment(param: str, variable: str) -> str:
+    """`` (from SWEEPER_DB)`` when the command's ``param`` came from that variable, not the
+    command line: an error about a value the person never typed says where it is set."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.get_parameter_source(param) is ParameterSource.ENVIRONMENT:
+        return f" (from {variable})"
+    return ""
 
 
 def resolve_program(spec: SweepSpec, sweep_file: str) -> str | None:
@@ -271,8 +282,11 @@ def connect_or_fail(
 
     try:
         return connect(coordinator_url, token=token, db=db_url, create=not existing, timeout=timeout)
-    except (StoreError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
+    except StoreError as exc:
+        raise click.ClickException(f"{exc}{from_environment('db_url', 'SWEEPER_DB')}") from None
+    except ValueError as exc:  # a malformed coordinator URL
+        where = from_environment("coordinator_url", "SWEEPER_COORDINATOR")
+        raise click.ClickException(f"{exc}{where}") from None
 
 
 @contextlib.contextmanager
@@ -290,4 +304,6 @@ def coordinator_errors() -> Iterator[None]:
         raise
     except OSError as exc:  # refused, timed out, 5xx
         hint = "" if isinstance(exc, CoordinatorTimeoutError) else " (is `sweeper server` running there?)"
+        if "WRONG_VERSION_NUMBER" in str(exc):  # TLS spoken to a server that answers in plain HTTP
+            hint = " (the server there speaks plain HTTP, not TLS: use an http:// URL)"
         raise click.ClickException(f"{exc}{hint}") from None

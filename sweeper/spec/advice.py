@@ -9,14 +9,41 @@ from __future__ import annotations
 
 import math
 
+from sweeper.spec.fields import show
 from sweeper.spec.model import Distribution as D
 from sweeper.spec.model import SweepSpec
+from sweeper.spec.space import distinct
 
 _EXPONENT_BOUNDS = (D.LOG_UNIFORM, D.INV_LOG_UNIFORM, D.Q_LOG_UNIFORM)
 
 
 def spec_advice(spec: SweepSpec) -> list[str]:
     """One line per likely mistake, each naming the key path and what to write instead."""
+    return _exponent_bounds(spec) + _repeated_values(spec)
+
+
+def _repeated_values(spec: SweepSpec) -> list[str]:
+    """``values`` that YAML reads otherwise than they look (``[yes, no, maybe]`` is True, False and
+    'maybe', as in W&B), and a grid's values that make one configuration twice (run once)."""
+    lines = []
+    for p in spec.parameters:
+        if not p.values:
+            continue
+        flags = [v for v in p.values if isinstance(v, bool)]
+        if flags and (len(set(flags)) < len(flags) or any(isinstance(v, str) for v in p.values)):
+            lines.append(
+                f"{p.key_path}.values: YAML reads yes/no, on/off and true/false as the booleans True "
+                f"and False ({', '.join(show(v) for v in p.values)}); quote them ('on') for strings"
+            )
+        elif spec.method == "grid" and len(distinct(p.values)) < len(p.values):
+            lines.append(
+                f"{p.key_path}.values: {len(p.values)} values make {len(distinct(p.values))} distinct "
+                "ones (1 and 1.0 are one value); the grid runs each once, as W&B's does"
+            )
+    return lines
+
+
+def _exponent_bounds(spec: SweepSpec) -> list[str]:
     lines = []
     for p in spec.parameters:
         if p.distribution not in _EXPONENT_BOUNDS or p.min is None or p.max is None:
