@@ -112,6 +112,12 @@ def test_an_agent_gives_up_after_three_failed_trials_in_a_row(tmp_path: Path) ->
     trials = trials_json(tmp_path, sweep_id)
     assert [t["state"] for t in trials] == ["failed"] * 3
     assert trials[1]["retry_of"] == 1  # the first configuration has used its retry
+    # Running the file again makes a new sweep, and says which stopped one could go on instead.
+    again = sweeper_cmd(tmp_path, "run", str(path))
+    assert (
+        f"note: sweep {sweep_id} was made from this same file and stopped before it was done" in again.stderr
+    )
+    assert sweep_id_of(again.stdout) != sweep_id
     # Resumed (the script fixed, say), the first configuration runs again before anything new.
     assert f"'sweeper resume {sweep_id}' then 'sweeper agent {sweep_id}'" in result.stderr
     assert sweeper_cmd(tmp_path, "resume", sweep_id).returncode == 0

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 import threading
 import time
+from typing import Any
 
 import click
 
@@ -83,8 +85,15 @@ def run(
     check_trackers(spec, sweep_file)
     store = open_store_or_fail(db_url)
     coordinator = Coordinator(store)
+    stopped_before = _stopped_sweeps_of(coordinator, spec)
     sweep = coordinator.create_sweep(spec)
     click.echo(f"sweep {sweep.id}: {describe(spec)}")
+    for earlier in stopped_before:  # a new sweep starts over; going on with that one may be what was meant
+        click.echo(
+            f"note: sweep {earlier} was made from this same file and stopped before it was done; to go "
+            f"on with it instead: {_going_on(earlier, db_url)}",
+            err=True,
+        )
     # A grid ends when every combination has run, a PBT population when every member has.
     if spec.method not in ("grid", "pbt") and spec.run_cap is None and count is None:
         click.echo("note: this search has no end of its own; pass --count N or set run_cap (Ctrl-C stops it)")
@@ -151,6 +160,17 @@ def check_trackers(spec: SweepSpec, sweep_file: str) -> None:
     if problems:
         advice = "fix the integrations block (or --mlflow, --wandb), or leave it out to run without logging"
         raise SpecFileError(sweep_file, SpecError([Problem("", p) for p in [*problems, advice]]))
+
+
+def _stopped_sweeps_of(coordinator: Any, spec: SweepSpec) -> list[str]:
+    """The ids of the store's stopped sweeps made from the same sweep file as ``spec`` (the same
+    keys and values), newest first."""
+    same = json.dumps(dict(spec.raw), sort_keys=True, default=str)
+    return [
+        sweep.id
+        for sweep in coordinator.list_sweeps()
+        if sweep.state is SweepState.STOPPED and json.dumps(sweep.spec, sort_keys=True, default=str) == same
+    ]
 
 
 def _going_on(sweep_id: str, db_url: str | None) -> str:
