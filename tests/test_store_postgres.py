@@ -36,6 +36,7 @@ from sweeper.store import (
 )
 from sweeper.store import ahead as ahead_module
 from sweeper.store import engine as engine_module
+from sweeper.store import leasing as leasing_module
 from sweeper.store import prepared as prepared_module
 from sweeper.store import sql as sql_module
 from sweeper.store import statements as statements_module
@@ -362,8 +363,8 @@ class _ReadsTogether:
             self.locks_first.append(locks == sorted(locks, reverse=True))
             return real(conn, *reads)
 
-        monkeypatch.setattr(sql_module, "read_together", counted)
-        monkeypatch.setattr(ahead_module, "read_together", counted)
+        for module in (sql_module, leasing_module, ahead_module):
+            monkeypatch.setattr(module, "read_together", counted)
 
 
 def _locked_by(statement: Any, params: dict[str, Any]) -> list[int] | None:

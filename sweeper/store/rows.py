@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import Row
 
+from sweeper.protocol import SweepNotFoundError
 from sweeper.trials import MetricPoint, Sweep, SweepState, Trial, TrialState
 
 
@@ -21,6 +22,13 @@ def dumps(value: Any) -> str:
 def config_key(config: Mapping[str, Any]) -> str:
     """The canonical text of a configuration, equal for equal configurations."""
     return json.dumps(config, sort_keys=True, separators=(",", ":"))
+
+
+def found_sweep(row: Row[Any] | None, sweep_id: str) -> Sweep:
+    """The sweep of ``row``; :class:`SweepNotFoundError` when no row was found."""
+    if row is None:
+        raise SweepNotFoundError(f"no sweep with id {sweep_id!r}")
+    return sweep_from_row(row)
 
 
 def sweep_from_row(row: Row[Any]) -> Sweep:

@@ -12,7 +12,7 @@ import dataclasses
 import secrets
 import string
 import threading
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -21,7 +21,6 @@ from sqlalchemy import (
     Connection,
     Engine,
     Row,
-    Select,
     func,
     insert,
     select,
@@ -30,8 +29,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from sweeper.protocol import SweepNotFoundError, is_interrupted
-from sweeper.store import rows, rules, statements, summary
+from sweeper.protocol import is_interrupted
+from sweeper.store import reads, rows, rules, statements, summary
 from sweeper.store.ahead import read_ahead, read_key
 from sweeper.store.base import (
     BatchAbandoned,
@@ -39,26 +38,24 @@ from sweeper.store.base import (
     Lease,
     LeaseCall,
     Store,
-    StoreError,
     TrialCall,
     TrialDraft,
     TrialNotFoundError,
 )
 from sweeper.store.bulk import Bulk
-from sweeper.store.curves import read_trial_curves
+from sweeper.store.curves import read_trial_curves, sweep_curves
 from sweeper.store.database import Database
 from sweeper.store.known import KnownTrials
+from sweeper.store.leasing import BatchLeases, TrialLeasing
 from sweeper.store.prepared import Prepared, read_together
 from sweeper.store.schema import metrics, sweeps, trials
 from sweeper.trials import (
     SWEEP_TRANSITIONS,
-    CountedTrials,
     MetricPoint,
     Sweep,
     SweepState,
     Trial,
     TrialState,
-    count_states,
 )
 
 T = TypeVar("T")
@@ -78,7 +75,7 @@ class SqlStore(Store):
         self._postgres = dialect == "postgresql"
         self.embedded = dialect == "sqlite"
         self._known = KnownTrials(dialect)
-        self._handed_nothing: set[str] = set()  # sweeps whose last lease here handed no trial out
+        self._leasing = TrialLeasing(self._known, self._drafts, postgres=self._postgres)
         self._batch = threading.local()  # drafts, reads ahead, ends: while this thread runs a batch
         self._db = Database(engine, label=label)
         self.label = label
@@ -95,7 +92,7 @@ class SqlStore(Store):
             yield
             return
         with self._db.holding():
-            self._batch.drafts, self._batch.leases = {}, _Leases()
+            self._batch.drafts, self._batch.leases = {}, BatchLeases()
             try:
                 yield
             finally:
@@ -212,7 +209,7 @@ class SqlStore(Store):
 
     def _sweep(self, conn: Connection, sweep_id: str, *, lock: bool = False) -> Sweep:
         statement = statements.SWEEP_LOCKED if lock else statements.SWEEP
-        return _found_sweep(statement.first(conn, {"sweep_id_": sweep_id}), sweep_id)
+        return rows.found_sweep(statement.first(conn, {"sweep_id_": sweep_id}), sweep_id)
 
     # --- trials -------------------------------------------------------------
 
@@ -229,105 +226,23 @@ class SqlStore(Store):
         batch = self._leases_here()
 
         def lease_one(conn: Connection) -> Trial | None:
-            before = batch.reads.get(sweep_id) if batch is not None else None
-            so_far: Sequence[Trial] | None = None
-            if before is not None and before.writes == batch.writes and history_of is None:
-                # This batch holds the sweep's lock since its last lease of it read the sweep, and
-                # wrote nothing else since: what that read, and the trials added since, stand.
-                sweep, ids = before.sweep, before.ids
-                handing_out = sweep.state.hands_out_trials  # else answered below, without a read
-                so_far = self._known.drafted(sweep_id, self._drafts()) if handing_out else []
-            if so_far is None:  # ids taken ahead and not used yet still serve
-                sweep, so_far, ids = self._lease_reads(
-                    conn, sweep_id, keep, batch, before.ids if before else []
-                )
-                if batch is not None:
-                    batch.reads[sweep_id] = _SweepRead(sweep, batch.writes, ids)
-            if batch is not None:
-                batch.wanted[sweep_id] -= 1
-            if not sweep.state.hands_out_trials:
-                self._handed_nothing.add(sweep_id)
-                return None
-            if history_of is not None:
-                found = self._curves(conn, sweep_id, history_of)
-                with_history = (t.with_history(found.get(t.number, ())) for t in so_far)
-                so_far = CountedTrials(with_history, count_states(so_far))
-            draft = decide(sweep, so_far)
-            if draft is None:
-                self._handed_nothing.add(sweep_id)
-                return None
-            self._handed_nothing.discard(sweep_id)
-            if draft.retry_of is not None and all(t.number != draft.retry_of for t in so_far):
-                raise StoreError(f"sweep {sweep_id} has no trial #{draft.retry_of} to retry")
-            config = dict(draft.config)
-            values = {
-                "sweep_id": sweep_id,
-                "number": so_far[-1].number + 1 if so_far else 1,  # so_far is in number order
-                "state": TrialState.RUNNING.value,
-                "config": rows.dumps(config),
-                "config_key": rows.config_key(config),
-                "retry_of": draft.retry_of,
-                "member": draft.member,
-                "restore_from": draft.restore_from,
-                "agent": lease.agent,
-                "host": lease.host,
-                "lease_id": lease.lease_id,
-                "lease_expires_at": lease.expires_at,
-                "created_at": now,
-                "summary": "{}",
-            }
-            if ids:
-                trial_id = ids.pop(0)
-                statements.INSERT_TRIAL_WITH_ID.send(conn, {"id": trial_id, **values})
-            else:
-                trial_id = statements.INSERT_TRIAL.scalar(conn, values)
-            # What was just written, as a row: no need to read it back.
-            trial = rows.trial_from_row(rows.NewTrialRow.of(trial_id, values))
-            if batch is not None:  # for the batch's next lease of the sweep, should it read nothing
-                self._known.add_drafted(sweep_id, self._drafts(), trial, keep)
-            return trial
+            return self._leasing.lease_one(
+                conn, sweep_id, decide, lease=lease, now=now, history_of=history_of, batch=batch, keep=keep
+            )
 
         leased = self._db.write(lease_one)
         for step in keep:  # a write that failed raised above, and keeps nothing
             self._db.after_commit(step)
         return leased
 
-    def _lease_reads(
-        self,
-        conn: Connection,
-        sweep_id: str,
-        keep: list[Callable[[], None]],
-        batch: _Leases | None,
-        ids: list[int],
-    ) -> tuple[Sweep, CountedTrials, list[int]]:
-        """A lease's reads: the sweep's lock, then what changed in it since it was last read (on
-        PostgreSQL, one round trip; the read sees what committed while the lock waited), and with
-        them the ids of the trials the lease and the batch's other leases of the sweep will
-        insert (besides ``ids``, taken before), unless the sweep's last lease handed nothing out:
-        agents that wait on a sweep would use up ids (a sequence hands each out once, rollback or
-        not)."""
-        catch_up = self._known.plan(sweep_id, self._drafts())
-        reads = [(statements.SWEEP_LOCKED, {"sweep_id_": sweep_id}), (catch_up.statement, catch_up.params)]
-        wanted = (max(batch.wanted[sweep_id], 1) if batch is not None else 1) - len(ids)
-        if self._postgres and sweep_id not in self._handed_nothing and wanted > 0:
-            reads.append((statements.NEXT_TRIAL_IDS, {"n_": wanted}))
-        locked, found, *next_ids = read_together(conn, *reads)
-        sweep = _found_sweep(locked[0] if locked else None, sweep_id)
-        # None: a sequence the column does not own
-        ids = (ids + [row[0] for row in next_ids[0] if row[0] is not None]) if next_ids else ids
-        if not sweep.state.hands_out_trials:
-            return sweep, CountedTrials((), Counter()), ids
-        # In a batch, what this read found is the draft the batch's later leases of the sweep use.
-        return sweep, catch_up.apply(found, keep, as_draft=batch is not None), ids
-
-    def _leases_here(self) -> _Leases | None:
+    def _leases_here(self) -> BatchLeases | None:
         """This thread's batch's leases, on PostgreSQL (whose batch holds each lock it takes until
         it ends); None elsewhere."""
         return getattr(self._batch, "leases", None) if self._postgres else None
 
     def get_trial(self, trial_id: int, *, with_history: bool = False) -> Trial:
         with self._db.read() as conn:
-            found = self._trials(conn, select(trials).where(trials.c.id == trial_id), with_history)
+            found = reads.trials_of(conn, select(trials).where(trials.c.id == trial_id), with_history)
         if not found:
             raise TrialNotFoundError(f"no trial with id {trial_id}")
         return found[0]
@@ -345,7 +260,7 @@ class SqlStore(Store):
                 query = select(trials).where(trials.c.sweep_id == sweep_id)
                 if states is not None:
                     query = query.where(trials.c.state.in_([TrialState(s).value for s in states]))
-                found = self._trials(conn, query, with_history)
+                found = reads.trials_of(conn, query, with_history)
             else:  # every trial: what changed since the sweep was last read, not the whole sweep
                 found = self._known.read(conn, sweep_id, keep, self._drafts())
             if not found:
@@ -365,35 +280,8 @@ class SqlStore(Store):
             return int(found)
 
     def idle_sweeps(self) -> dict[str, tuple[int, float | None]]:
-        of_sweep = trials.c.sweep_id == sweeps.c.id
-        any_running = select(trials.c.id).where(of_sweep, trials.c.state == TrialState.RUNNING.value).exists()
-        count = select(func.count()).where(of_sweep).scalar_subquery()
-        last_end = select(func.max(trials.c.ended_at)).where(of_sweep).scalar_subquery()
-        query = select(sweeps.c.id, count, last_end).where(
-            sweeps.c.state == SweepState.RUNNING.value, ~any_running
-        )
         with self._db.read() as conn:
-            return {sweep_id: (int(n), ended_at) for sweep_id, n, ended_at in conn.execute(query)}
-
-    def _trials(self, conn: Connection, query: Select[Any], with_history: bool) -> list[Trial]:
-        """Trials matching ``query`` in number order; their history in one more query, not one each."""
-        found = conn.execute(query.order_by(trials.c.number)).all()
-        if not with_history:
-            return [rows.trial_from_row(row) for row in found]
-        history = self._histories(conn, query.with_only_columns(trials.c.id))
-        return [rows.trial_from_row(row, history.get(row.id, ())) for row in found]
-
-    def _histories(self, conn: Connection, trial_ids: Select[Any]) -> dict[int, list[MetricPoint]]:
-        """The metric points of the trials whose ids ``trial_ids`` selects, by trial id, in one query."""
-        chosen = trial_ids.subquery()
-        query = select(metrics).where(metrics.c.trial_id.in_(select(chosen.c.id)))
-        points = conn.execute(
-            query.order_by(metrics.c.trial_id, metrics.c.step, metrics.c.seq, metrics.c.name)
-        )
-        history: dict[int, list[MetricPoint]] = defaultdict(list)
-        for point in points:
-            history[point.trial_id].append(rows.point_from_row(point))
-        return history
+            return reads.idle_sweeps(conn)
 
     def _trial(self, conn: Connection, trial_id: int) -> Trial:
         return rows.trial_from_row(self._trial_row(conn, trial_id))
@@ -549,7 +437,7 @@ class SqlStore(Store):
             if not expired:
                 return []
             ids = [row.id for row in expired]
-            return self._trials(conn, select(trials).where(trials.c.id.in_(ids)), False)
+            return reads.trials_of(conn, select(trials).where(trials.c.id.in_(ids)), False)
 
         lost = self._db.write(expire)
         if lost:  # a pass that found nothing changed nothing
@@ -565,33 +453,19 @@ class SqlStore(Store):
                 .where((trials.c.lease_expires_at < expires_at) | trials.c.lease_expires_at.is_(None))
                 .values(lease_expires_at=expires_at)
             )
-            return self._trials(conn, select(trials).where(running).order_by(trials.c.sweep_id), False)
+            return reads.trials_of(conn, select(trials).where(running).order_by(trials.c.sweep_id), False)
 
         return self._write(extend)
 
     def metric_curves(self, sweep_id: str, name: str) -> dict[int, list[MetricPoint]]:
         with self._db.read() as conn:
-            return self._curves(conn, sweep_id, name)
+            return sweep_curves(conn, sweep_id, name)
 
     def trial_curves(
         self, sweep_id: str, name: str, *, after: int = 0, numbers: Collection[int] = ()
     ) -> list[Trial]:
         with self._db.read() as conn:
             return read_trial_curves(conn, sweep_id, name, after, numbers)
-
-    def _curves(self, conn: Connection, sweep_id: str, name: str) -> dict[int, list[MetricPoint]]:
-        """The points of metric ``name`` of every trial of a sweep, by trial number, in step order."""
-        # One indexed query: ix_metrics_curve serves (trial_id, name) and the (step, seq) order.
-        query = (
-            select(trials.c.number, metrics)
-            .join(metrics, metrics.c.trial_id == trials.c.id)
-            .where(trials.c.sweep_id == sweep_id, metrics.c.name == name)
-            .order_by(trials.c.number, metrics.c.step, metrics.c.seq)
-        )
-        curves: dict[int, list[MetricPoint]] = defaultdict(list)
-        for row in conn.execute(query):
-            curves[row.number].append(rows.point_from_row(row))
-        return dict(curves)
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -602,31 +476,7 @@ class SqlStore(Store):
         return f"SqlStore({self.label!r})"
 
 
-@dataclasses.dataclass
-class _SweepRead:
-    """What a batch's lease of a sweep read: its sweep (locked) and the trial ids taken ahead."""
-
-    sweep: Sweep
-    writes: int  # the batch's writes when it was read
-    ids: list[int]  # for the batch's later leases of the sweep
-
-
-@dataclasses.dataclass
-class _Leases:
-    """The leases of a PostgreSQL batch."""
-
-    wanted: Counter[str] = dataclasses.field(default_factory=Counter)  # leases still to run, by sweep
-    reads: dict[str, _SweepRead] = dataclasses.field(default_factory=dict)  # the last read of each sweep
-    writes: int = 0  # writes so far, besides leases
-
-
 def _found(row: Row[Any] | None, trial_id: int) -> Row[Any]:
     if row is None:
         raise TrialNotFoundError(f"no trial with id {trial_id}")
     return row
-
-
-def _found_sweep(row: Row[Any] | None, sweep_id: str) -> Sweep:
-    if row is None:
-        raise SweepNotFoundError(f"no sweep with id {sweep_id!r}")
-    return rows.sweep_from_row(row)
