@@ -202,3 +202,33 @@ def test_an_ended_sweep_lets_go_of_its_trackers(mlflow_server: MlflowServer, tmp
     assert parent.info.status == "FINISHED"  # the record was ended before its trackers closed
     records.close()
     store.close()
+
+
+def test_agents_of_the_sweep_ending_in_the_same_process_leave_the_record_open(
+    mlflow_server: MlflowServer, tmp_path: Path
+) -> None:
+    """A notebook or test that runs the server and agents in one process: the agents' group closing
+    its trackers (as each group of agents does when it ends) leaves those of the sweep's record,
+    which it shares, until the sweep ends."""
+    from sweeper.integrations import session
+
+    store = open_store(f"sqlite:///{tmp_path / 'c.db'}")
+    records = SweepRecords()
+    coordinator = Coordinator(store, on_sweep_changed=[records.changed])
+    records.start(coordinator)
+    block = {"mlflow": {"tracking_uri": mlflow_server.uri, "experiment": "shared"}}
+    sweep_id = coordinator.create_sweep(parse_sweep(grid([1, 2], integrations=block))).id
+    assert records.wait_idle()
+    session.use_sweep(sweep_id)  # a group of agents starts here, and ends
+    session.close_sweep(sweep_id)
+    assert [key for key in session._sessions if key[0] == sweep_id]  # the record's trackers stay
+    for _ in range(2):
+        got = coordinator.next_trial(sweep_id, AGENT)
+        assert isinstance(got, Assignment)
+        coordinator.finish_trial(got.trial_id, got.lease_id, TrialOutcome(TrialState.FINISHED))
+    assert records.wait_idle()
+    assert not [key for key in session._sessions if key[0] == sweep_id]
+    (parent,) = parent_runs(MlflowClient(mlflow_server.uri), "shared")
+    assert parent.info.status == "FINISHED"
+    records.close()
+    store.close()
