@@ -164,6 +164,10 @@ def test_checkpoints_mlflow_without_an_mlflow_server_is_refused(
 def test_members_restart_from_checkpoints_in_mlflow(mlflow_server: MlflowServer, tmp_path: Path) -> None:
     sweep = toy_pbt_sweep(checkpoints="mlflow")
     sweep["integrations"] = {"mlflow": {"tracking_uri": mlflow_server.uri, "experiment": "pbt"}}
+    # Slower steps than the toy's: the second member's start waits for its MLflow run, made after
+    # the first member's, and a member that lags by more than one perturbation interval finds its
+    # donor already done (a donor at its last step has nothing left to hand on).
+    sweep["parameters"]["sleep"] = {"value": 0.5}
     sweep_id, trials = run_and_list(tmp_path, sweep, "--agents", "2")
     restarted = [t for t in trials.values() if t["restore_from"]]
     assert restarted, [(t["number"], t["state"], t["stop_reason"]) for t in trials.values()]
