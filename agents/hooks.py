@@ -7,6 +7,7 @@ no hook can fail or hold up a trial.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import threading
@@ -83,6 +84,7 @@ class TrialHooks:
 
     def __init__(self, hooks: Sequence[TrialHook]) -> None:
         self.hooks = list(hooks)
+        self._hear_stops = [_takes_stopping(hook) for hook in self.hooks]
 
     def start(
         self,
@@ -94,11 +96,15 @@ class TrialHooks:
         """The variables the hooks add to the trial's environment (see :meth:`TrialHook.on_start`)."""
         stopping = threading.Event() if stopping is None else stopping
         extra: dict[str, str] = {}
-        for hook in self.hooks:
+        for hook, hears_stops in zip(self.hooks, self._hear_stops, strict=True):
             if stopping.is_set():  # the trial will not run: what is left to set up is not needed
                 break
+            given = {**env, **extra}
             try:
-                extra.update(hook.on_start(assignment, trial_dir, {**env, **extra}, stopping) or {})
+                if hears_stops:
+                    extra.update(hook.on_start(assignment, trial_dir, given, stopping) or {})
+                else:  # a hook written before on_start took the stop
+                    extra.update(hook.on_start(assignment, trial_dir, given) or {})  # type: ignore[call-arg]
             except Exception:
                 log.exception("trial %s: hook %r failed at the start", assignment.trial_number, hook)
         return extra
@@ -121,3 +127,12 @@ class TrialHooks:
                 hook.on_end(assignment, outcome, trial_dir)
             except Exception:
                 log.exception("trial %s: hook %r failed at the end", assignment.trial_number, hook)
+
+
+def _takes_stopping(hook: TrialHook) -> bool:
+    """Whether ``hook.on_start`` takes the ``stopping`` argument (hooks written before it do not)."""
+    try:
+        parameters = list(inspect.signature(hook.on_start).parameters.values())
+    except (TypeError, ValueError):  # no signature to read: give it everything
+        return True
+    return len(parameters) >= 4 or any(p.kind is p.VAR_POSITIONAL for p in parameters)

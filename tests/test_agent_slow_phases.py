@@ -206,3 +206,13 @@ def test_hooks_after_a_stop_heard_during_the_start_are_not_started(tmp_path: Pat
     hooks = TrialHooks([Hook("fetch", stops=True), Hook("tracker", stops=False)])
     assert hooks.start(None, tmp_path, {}, stopping) == {"fetch": "1"}  # type: ignore[arg-type]
     assert started == ["fetch"]
+
+
+def test_a_hook_written_before_the_stop_argument_still_starts(tmp_path: Path) -> None:
+    from sweeper.agents.hooks import TrialHooks
+
+    class Older(SlowHook):
+        def on_start(self, assignment: Assignment, trial_dir: Any, env: Mapping[str, str]) -> dict[str, str]:  # type: ignore[override]
+            return {"OLDER": "1"}
+
+    assert TrialHooks([Older()]).start(None, tmp_path, {}) == {"OLDER": "1"}  # type: ignore[arg-type]

@@ -151,18 +151,20 @@ def test_a_file_without_the_program_its_command_runs_is_valid_with_a_warning(tmp
     assert "warning" not in run(write(tmp_path, "grid.yaml", GRID)).stderr
 
 
-def test_values_yaml_reads_as_booleans_and_grid_values_made_twice_are_pointed_out(tmp_path: Path) -> None:
-    path = write(
-        tmp_path,
-        "values.yaml",
+def test_grid_values_made_twice_and_yaml_booleans_among_them_are_pointed_out(tmp_path: Path) -> None:
+    text = (
         "method: grid\nprogram: t.py\nparameters:\n"
-        "  mode: {values: [yes, on, maybe]}\n  x: {values: [1, 1.0, 2]}\n  ok: {values: [true, false]}\n",
+        "  mode: {values: [yes, on, maybe]}\n  x: {values: [1, 1.0, 2]}\n"
+        "  amp: {values: [true, false, auto]}\n"
     )
+    path = write(tmp_path, "values.yaml", text)
     result = run(path)
     assert result.exit_code == 0, result.output  # valid: W&B reads it so too
     assert result.stderr.splitlines() == [
-        f"warning: {path}: parameters.mode.values: YAML reads yes/no, on/off and true/false as the booleans "
-        "True and False (True, True, 'maybe'); quote them ('on') for strings",
-        f"warning: {path}: parameters.x.values: 3 values make 2 distinct ones (1 and 1.0 are one value); "
-        "the grid runs each once, as W&B's does",
+        f"warning: {path}: parameters.mode.values: [True, True, 'maybe'] holds a boolean twice: YAML reads "
+        "yes/no and on/off as true/false; quote them ('on') to keep them strings",
+        f"warning: {path}: parameters.x.values: [1, 1.0, 2] makes 2 distinct values; the grid runs each "
+        "once, as W&B's does",
     ]
+    # In a random search a repeat weighs a value, as in W&B: no warning.
+    assert run(write(tmp_path, "random.yaml", text.replace("grid", "random"))).stderr == ""

@@ -114,9 +114,8 @@ def test_an_agent_gives_up_after_three_failed_trials_in_a_row(tmp_path: Path) ->
     assert trials[1]["retry_of"] == 1  # the first configuration has used its retry
     # Running the file again makes a new sweep, and says which stopped one could go on instead.
     again = sweeper_cmd(tmp_path, "run", str(path))
-    assert (
-        f"note: sweep {sweep_id} was made from this same file and stopped before it was done" in again.stderr
-    )
+    said = f"note: sweep {sweep_id}, made from the same sweep configuration, was stopped before it was done"
+    assert said in again.stderr, again.stderr
     assert sweep_id_of(again.stdout) != sweep_id
     # Resumed (the script fixed, say), the first configuration runs again before anything new.
     assert f"'sweeper resume {sweep_id}' then 'sweeper agent {sweep_id}'" in result.stderr
@@ -180,17 +179,34 @@ def test_sigint_stops_every_trial_and_leaves_no_process(tmp_path: Path) -> None:
     status = sweeper_cmd(tmp_path, "status", sweep_id_of(out))
     assert "is stopped: 2 lost" in status.stdout
     sweep_id = sweep_id_of(out)
-    going_on = f"to go on: 'sweeper resume {sweep_id}' then 'sweeper agent {sweep_id}' (the trials cut short"
+    going_on = (
+        f"to go on: 'sweeper resume {sweep_id}' then 'sweeper agent {sweep_id} --slots 2' (the trials cut"
+    )
     assert going_on in err, err
 
 
-def test_the_way_to_go_on_hides_the_stores_password() -> None:
-    from sweeper.cli.run import _going_on
-
-    assert _going_on("ab12cd34", "postgresql://sweeper:s3cret@db:5432/sweeps") == (
-        "'sweeper resume ab12cd34 --db postgresql://sweeper:***@db:5432/sweeps' "
-        "then 'sweeper agent ab12cd34 --db postgresql://sweeper:***@db:5432/sweeps'"
+def test_the_way_to_go_on_names_the_folder_the_store_and_the_parallelism(tmp_path: Path) -> None:
+    """Run from above the sweep's folder (sweeper run finds the program beside the file): an agent
+    must start where the program is, on this store, with as many trials at once."""
+    folder = tmp_path / "sub"
+    folder.mkdir()
+    (folder / "e2e_trial.py").write_text((SCRIPTS / "e2e_trial.py").read_text())
+    parameters = {"x": {"value": 2}, "y": {"min": 0.0, "max": 1.0}, "fail_when": {"value": 2}}
+    (folder / "sweep.yaml").write_text(
+        yaml.safe_dump({"method": "random", "program": "e2e_trial.py", "parameters": parameters})
     )
+    result = sweeper_cmd(tmp_path, "run", "sub/sweep.yaml", "--agents", "2", "--max-failures", "1")
+    assert result.returncode == 1, result.stdout + result.stderr
+    sweep_id = sweep_id_of(result.stdout)
+    db = f"sqlite:///{tmp_path / '.sweeper' / 'sweeper.db'}"
+    assert (
+        f"once it is fixed: in {folder} 'sweeper resume {sweep_id} --db {db}' "
+        f"then 'sweeper agent {sweep_id} --db {db} --slots 2'"
+    ) in result.stderr, result.stderr
+    resumed = subprocess.run(
+        [SWEEPER, "resume", sweep_id, "--db", db], cwd=folder, capture_output=True, text=True, timeout=60
+    )
+    assert resumed.returncode == 0, resumed.stderr  # the commands work as printed, from there
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shlex
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -125,6 +126,36 @@ class SpecFileError(click.ClickException):
 def store_label(coordinator: Any) -> str | None:
     """The store URL (password masked) of an embedded coordinator; None for a remote one."""
     return getattr(getattr(coordinator, "store", None), "label", None)
+
+
+def store_shown(coordinator: Any) -> str | None:
+    """:func:`store_label`, with a SQLite path made absolute: a relative one means nothing from
+    another folder. A server's URL shows *** for its password, to be written in by hand."""
+    store = store_label(coordinator)
+    if store and store.startswith("sqlite:///"):
+        return f"sqlite:///{Path(store.removeprefix('sqlite:///')).resolve()}"
+    return store
+
+
+def agent_place(spec: SweepSpec, sweep_file: str, coordinator: Any, db_url: str | None) -> tuple[str, str]:
+    """Where to start an agent of a sweep made here from ``sweep_file`` on an embedded store, and
+    the ``--db`` option it needs there: ``("in FOLDER ", " --db URL")``, each empty when not
+    needed. Agents look for a relative ``program`` in their working folder, and ``sweeper run``
+    looks beside the sweep file too; a store named by SWEEPER_DB is left to the variable."""
+    folder = Path(sweep_file).resolve().parent
+    program = spec.program
+    program_there = (  # found beside the sweep file but not here
+        program is not None
+        and not Path(program).is_absolute()
+        and not Path(program).exists()
+        and (folder / program).exists()
+    )
+    where = f"in {shlex.quote(str(folder))} " if program_there else ""
+    store = store_shown(coordinator)
+    typed = bool(db_url) and not from_environment("db_url", "SWEEPER_DB")
+    if not store or not (typed or program_there):
+        return where, ""
+    return where, f" --db {shlex.quote(store) if store.startswith('sqlite:///') else store}"
 
 
 def load_spec(path: str, amend: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> SweepSpec:

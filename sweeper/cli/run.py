@@ -13,6 +13,7 @@ import click
 
 from sweeper.cli.common import (
     SpecFileError,
+    agent_place,
     chosen_gpus,
     db_option,
     gpus_option,
@@ -88,10 +89,14 @@ def run(
     stopped_before = _stopped_sweeps_of(coordinator, spec)
     sweep = coordinator.create_sweep(spec)
     click.echo(f"sweep {sweep.id}: {describe(spec)}")
-    for earlier in stopped_before:  # a new sweep starts over; going on with that one may be what was meant
+    # How agents here would take a stopped sweep up again, with this command's parallelism.
+    place = agent_place(spec, sweep_file, coordinator, db_url)
+    parallel = _parallel_flags(gpus, trials_per_gpu, n_agents)
+    if stopped_before:  # a new sweep starts over; going on with the last one may be what was meant
+        more = f" (and {len(stopped_before) - 1} older)" if len(stopped_before) > 1 else ""
         click.echo(
-            f"note: sweep {earlier} was made from this same file and stopped before it was done; to go "
-            f"on with it instead: {_going_on(earlier, db_url)}",
+            f"note: sweep {stopped_before[0]}{more}, made from the same sweep configuration, was stopped "
+            f"before it was done; to go on with it instead: {_going_on(stopped_before[0], place, parallel)}",
             err=True,
         )
     # A grid ends when every combination has run, a PBT population when every member has.
@@ -131,7 +136,8 @@ def run(
             print_summary(coordinator, sweep.id)
             if coordinator.get_sweep(sweep.id).state is SweepState.STOPPED:
                 click.echo(
-                    f"to go on: {_going_on(sweep.id, db_url)} (the trials cut short run again)", err=True
+                    f"to go on: {_going_on(sweep.id, place, parallel)} (the trials cut short run again)",
+                    err=True,
                 )
         sys.exit(EXIT_INTERRUPTED)
     if reasons and not agents.gave_up:
@@ -139,10 +145,12 @@ def run(
     print_summary(coordinator, sweep.id)
     if agents.gave_up:
         click.echo(f"error: {reasons[0]}", err=True)
-        click.echo(
-            f"once it is fixed: {_going_on(sweep.id, db_url)} (the configurations that failed run again)",
-            err=True,
-        )
+        if coordinator.get_sweep(sweep.id).state is SweepState.STOPPED:  # not done: it can go on
+            click.echo(
+                f"once it is fixed: {_going_on(sweep.id, place, parallel)} (the configurations that "
+                "failed run again)",
+                err=True,
+            )
         sys.exit(1)
     states = {trial.state for trial in coordinator.trials(sweep.id)}
     if TrialState.FAILED in states and TrialState.FINISHED not in states:
@@ -163,9 +171,12 @@ def check_trackers(spec: SweepSpec, sweep_file: str) -> None:
 
 
 def _stopped_sweeps_of(coordinator: Any, spec: SweepSpec) -> list[str]:
-    """The ids of the store's stopped sweeps made from the same sweep file as ``spec`` (the same
-    keys and values), newest first."""
-    same = json.dumps(dict(spec.raw), sort_keys=True, default=str)
+    """The ids of the store's stopped sweeps made from the same sweep configuration as ``spec``
+    (the same keys and values, as stored), newest first."""
+    try:  # as the store writes it and reads it back: keys as strings, so any file compares
+        same = json.dumps(json.loads(json.dumps(dict(spec.raw), default=str)), sort_keys=True)
+    except (TypeError, ValueError):
+        return []
     return [
         sweep.id
         for sweep in coordinator.list_sweeps()
@@ -173,13 +184,18 @@ def _stopped_sweeps_of(coordinator: Any, spec: SweepSpec) -> list[str]:
     ]
 
 
-def _going_on(sweep_id: str, db_url: str | None) -> str:
-    """The commands that take a stopped sweep up again; running its file again would make a new
-    sweep and start over. A password in the store's URL shows as ***, as everywhere on screen."""
-    from sweeper.redact import redact_urls
+def _parallel_flags(gpus: str | None, trials_per_gpu: int | None, n_agents: int | None) -> str:
+    """``sweeper agent``'s options for as many trials at once as ``sweeper run`` was given."""
+    if gpus:
+        return f" --gpus {gpus}" + (f" --trials-per-gpu {trials_per_gpu}" if trials_per_gpu else "")
+    return f" --slots {n_agents}" if n_agents and n_agents > 1 else ""
 
-    db = f" --db {redact_urls(db_url)}" if db_url else ""
-    return f"'sweeper resume {sweep_id}{db}' then 'sweeper agent {sweep_id}{db}'"
+
+def _going_on(sweep_id: str, place: tuple[str, str], parallel: str) -> str:
+    """The commands that take a stopped sweep up again (:func:`agent_place`); running its file
+    again would make a new sweep and start over."""
+    where, db = place
+    return f"{where}'sweeper resume {sweep_id}{db}' then 'sweeper agent {sweep_id}{db}{parallel}'"
 
 
 class Progress:

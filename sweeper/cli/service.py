@@ -6,13 +6,12 @@ one, on the store ``--db`` directly: both go through :func:`sweeper.connect.conn
 
 from __future__ import annotations
 
-import shlex
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from sweeper.cli.common import (
+    agent_place,
     check_program_given,
     connect_or_fail,
     coordinator_errors,
@@ -20,7 +19,7 @@ from sweeper.cli.common import (
     db_option,
     load_spec,
     open_store_or_fail,
-    store_label,
+    store_shown,
     token_option,
 )
 from sweeper.trials import SweepState
@@ -133,34 +132,16 @@ def _agent_hint(
     coordinator: Any,
     db_url: str | None,
 ) -> str:
-    """How to start an agent on the sweep just made, from the folder its program is in (agents
-    look for a relative ``program`` in their working folder) and with a store path that works
-    from there."""
-    folder = Path(file).resolve().parent
-    program = spec.program
-    # The store's URL with its password hidden: agents on another machine need its real one (a
-    # server's URL shows *** for it, to be written in by hand). A relative SQLite path means
-    # nothing from another folder.
-    store = store_label(coordinator)
-    if store and store.startswith("sqlite:///"):
-        store = f"sqlite:///{Path(store.removeprefix('sqlite:///')).resolve()}"
-    if program is None and "${program}" in spec.command:  # said by check_program_given
+    """How to start an agent on the sweep just made, from the folder its program is in and with a
+    store path that works from there (:func:`agent_place`)."""
+    if spec.program is None and "${program}" in spec.command:  # said by check_program_given
+        store = store_shown(coordinator)
         db = f", db={store!r}" if store and db_url else ""
         return f"from Python with: sweeper.agent({sweep_id!r}, function=train{db})"
-    # Found beside the sweep file but not here (`sweeper run` looks here first, then there).
-    program_there = (
-        program is not None
-        and not Path(program).is_absolute()
-        and not Path(program).exists()
-        and (folder / program).exists()
-    )
-    where = f"in {shlex.quote(str(folder))} " if program_there else ""
+    where, db = agent_place(spec, file, coordinator, db_url)
     if coordinator_url:
         return f"{where}with: sweeper agent {sweep_id} --coordinator {coordinator_url}"
-    if store and store.startswith("sqlite:///"):  # a path may hold spaces; a server's URL shows its ***
-        store = shlex.quote(store)
-    option = f" --db {store}" if store and (db_url or program_there) else ""
-    return f"{where}with: sweeper agent {sweep_id}{option}"
+    return f"{where}with: sweeper agent {sweep_id}{db}"
 
 
 def _state_command(name: str, state: SweepState, summary: str) -> click.Command:

@@ -23,22 +23,25 @@ def spec_advice(spec: SweepSpec) -> list[str]:
 
 
 def _repeated_values(spec: SweepSpec) -> list[str]:
-    """``values`` that YAML reads otherwise than they look (``[yes, no, maybe]`` is True, False and
-    'maybe', as in W&B), and a grid's values that make one configuration twice (run once)."""
+    """A grid's values that make one configuration twice (run once, as in W&B's grid), such as
+    ``[yes, on]``, which YAML reads as True twice. Elsewhere a repeat weighs a value, on purpose."""
+    if spec.method != "grid":
+        return []
     lines = []
     for p in spec.parameters:
-        if not p.values:
+        if not p.values or len(kept := distinct(p.values)) == len(p.values):
             continue
+        given = ", ".join(show(v) for v in p.values)
         flags = [v for v in p.values if isinstance(v, bool)]
-        if flags and (len(set(flags)) < len(flags) or any(isinstance(v, str) for v in p.values)):
+        if len(set(flags)) < len(flags):
             lines.append(
-                f"{p.key_path}.values: YAML reads yes/no, on/off and true/false as the booleans True "
-                f"and False ({', '.join(show(v) for v in p.values)}); quote them ('on') for strings"
+                f"{p.key_path}.values: [{given}] holds a boolean twice: YAML reads yes/no and on/off as "
+                "true/false; quote them ('on') to keep them strings"
             )
-        elif spec.method == "grid" and len(distinct(p.values)) < len(p.values):
+        else:
             lines.append(
-                f"{p.key_path}.values: {len(p.values)} values make {len(distinct(p.values))} distinct "
-                "ones (1 and 1.0 are one value); the grid runs each once, as W&B's does"
+                f"{p.key_path}.values: [{given}] makes {len(kept)} distinct values; the grid runs each "
+                "once, as W&B's does"
             )
     return lines
 

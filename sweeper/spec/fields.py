@@ -21,7 +21,10 @@ _SHOWN = 120  # characters of a value a message shows: a whole file read as one 
 def show(value: Any) -> str:
     """A value as it reads in a message: strings quoted, everything else plain; a long one cut short."""
     text = repr(value) if isinstance(value, str) else str(value)
-    return text if len(text) <= _SHOWN else f"{text[: _SHOWN - 5]}...{text[-1]} ({len(text)} characters)"
+    if len(text) <= _SHOWN:
+        return text
+    length = len(value) if isinstance(value, str) else len(text)
+    return f"{text[: _SHOWN - 5]}...{text[-1]} ({length} characters)"
 
 
 def to_number(value: Any) -> int | float | None:
