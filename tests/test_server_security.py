@@ -83,6 +83,20 @@ def test_a_public_bind_without_a_token_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "s.db").exists()  # refused before touching the store
 
 
+def test_a_certificate_that_is_no_pem_names_both_files(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 's.db'}"
+    cert, key = make_certificate(tmp_path)
+    for given in ([str(tmp_path / "s.yaml")] * 2, [str(key), str(cert)]):  # not PEM; swapped
+        Path(given[0]).touch()
+        args = ["server", "--port", "0", "--db", db, "--token", TOKEN, "--ssl-certfile", given[0]]
+        result = CliRunner().invoke(main, [*args, "--ssl-keyfile", given[1]], env={})
+        assert result.exit_code == 1, result.output
+        assert (
+            f"--ssl-certfile {given[0]} and --ssl-keyfile {given[1]}: not a PEM certificate" in result.output
+        )
+        assert not (tmp_path / "s.db").exists()  # refused before touching the store
+
+
 @pytest.mark.parametrize(
     ("token", "why"),
     [(" ", "the token is blank"), ("€uro", "an HTTP header cannot carry"), ("a b", "cannot carry")],
