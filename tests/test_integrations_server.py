@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -151,6 +153,35 @@ def test_the_coordinator_tells_its_listeners_what_changed(tmp_path: Path) -> Non
     store.close()
 
 
+@contextmanager
+def recording(tmp_path: Path) -> Iterator[tuple[Coordinator, SweepRecords]]:
+    """A coordinator on a fresh SQLite store, its sweeps recorded as `sweeper server` records them."""
+    store = open_store(f"sqlite:///{tmp_path / 'c.db'}")
+    records = SweepRecords()
+    coordinator = Coordinator(store, on_sweep_changed=[records.changed])
+    records.start(coordinator)
+    try:
+        yield coordinator, records
+    finally:
+        records.close()
+        store.close()
+
+
+def finish_trials(coordinator: Coordinator, sweep_id: str, n: int) -> None:
+    """Lease and finish ``n`` trials of the sweep, as an agent would."""
+    for _ in range(n):
+        got = coordinator.next_trial(sweep_id, AGENT)
+        assert isinstance(got, Assignment)
+        coordinator.finish_trial(got.trial_id, got.lease_id, TrialOutcome(TrialState.FINISHED))
+
+
+def open_trackers(sweep_id: str) -> list[tuple[str, str]]:
+    """This process's tracker sessions of the sweep still open."""
+    from sweeper.integrations import session
+
+    return [key for key in session._sessions if key[0] == sweep_id]
+
+
 def test_a_request_never_waits_for_the_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The record's thread is stuck (a tracker that hangs): the coordinator still answers."""
     release = threading.Event()
@@ -161,47 +192,30 @@ def test_a_request_never_waits_for_the_record(tmp_path: Path, monkeypatch: pytes
         release.wait(30)
 
     monkeypatch.setattr(sweep_record.SweepRecorder, "for_sweep", staticmethod(stuck))
-    store = open_store(f"sqlite:///{tmp_path / 'c.db'}")
-    records = SweepRecords()
-    coordinator = Coordinator(store, on_sweep_changed=[records.changed])
-    records.start(coordinator)
-    spec = parse_sweep(grid([1, 2], integrations={"mlflow": {"tracking_uri": "http://127.0.0.1:9"}}))
-    sweep_id = coordinator.create_sweep(spec).id
-    for _ in range(2):
-        got = coordinator.next_trial(sweep_id, AGENT)
-        assert isinstance(got, Assignment)
-        coordinator.finish_trial(got.trial_id, got.lease_id, TrialOutcome(TrialState.FINISHED))
-    assert coordinator.get_sweep(sweep_id).state is SweepState.FINISHED
-    assert not release.is_set()
-    release.set()
-    assert records.wait_idle()
-    assert built == [sweep_id]  # once, lazily; the changes that came meanwhile became one update
-    records.close()
-    store.close()
+    with recording(tmp_path) as (coordinator, records):
+        spec = parse_sweep(grid([1, 2], integrations={"mlflow": {"tracking_uri": "http://127.0.0.1:9"}}))
+        sweep_id = coordinator.create_sweep(spec).id
+        finish_trials(coordinator, sweep_id, 2)
+        assert coordinator.get_sweep(sweep_id).state is SweepState.FINISHED
+        assert not release.is_set()
+        release.set()
+        assert records.wait_idle()
+        assert built == [sweep_id]  # once, lazily; the changes that came meanwhile became one update
 
 
 def test_an_ended_sweep_lets_go_of_its_trackers(mlflow_server: MlflowServer, tmp_path: Path) -> None:
     """A server runs one sweep after another: each ended sweep's trackers (a thread each) are
     closed then, with the record complete, not kept until the server stops."""
-    from sweeper.integrations import session
-
-    store = open_store(f"sqlite:///{tmp_path / 'c.db'}")
-    records = SweepRecords()
-    coordinator = Coordinator(store, on_sweep_changed=[records.changed])
-    records.start(coordinator)
-    block = {"mlflow": {"tracking_uri": mlflow_server.uri, "experiment": "ends"}}
-    sweep_id = coordinator.create_sweep(parse_sweep(grid([1], integrations=block))).id
-    assert records.wait_idle()
-    assert [key for key in session._sessions if key[0] == sweep_id]  # its record is open
-    got = coordinator.next_trial(sweep_id, AGENT)
-    assert isinstance(got, Assignment)
-    coordinator.finish_trial(got.trial_id, got.lease_id, TrialOutcome(TrialState.FINISHED))
-    assert records.wait_idle()
-    assert not [key for key in session._sessions if key[0] == sweep_id]
-    (parent,) = parent_runs(MlflowClient(mlflow_server.uri), "ends")
-    assert parent.info.status == "FINISHED"  # the record was ended before its trackers closed
-    records.close()
-    store.close()
+    with recording(tmp_path) as (coordinator, records):
+        block = {"mlflow": {"tracking_uri": mlflow_server.uri, "experiment": "ends"}}
+        sweep_id = coordinator.create_sweep(parse_sweep(grid([1], integrations=block))).id
+        assert records.wait_idle()
+        assert open_trackers(sweep_id)  # its record is open
+        finish_trials(coordinator, sweep_id, 1)
+        assert records.wait_idle()
+        assert not open_trackers(sweep_id)
+        (parent,) = parent_runs(MlflowClient(mlflow_server.uri), "ends")
+        assert parent.info.status == "FINISHED"  # the record was ended before its trackers closed
 
 
 def test_agents_of_the_sweep_ending_in_the_same_process_leave_the_record_open(
@@ -212,23 +226,15 @@ def test_agents_of_the_sweep_ending_in_the_same_process_leave_the_record_open(
     which it shares, until the sweep ends."""
     from sweeper.integrations import session
 
-    store = open_store(f"sqlite:///{tmp_path / 'c.db'}")
-    records = SweepRecords()
-    coordinator = Coordinator(store, on_sweep_changed=[records.changed])
-    records.start(coordinator)
-    block = {"mlflow": {"tracking_uri": mlflow_server.uri, "experiment": "shared"}}
-    sweep_id = coordinator.create_sweep(parse_sweep(grid([1, 2], integrations=block))).id
-    assert records.wait_idle()
-    session.use_sweep(sweep_id)  # a group of agents starts here, and ends
-    session.close_sweep(sweep_id)
-    assert [key for key in session._sessions if key[0] == sweep_id]  # the record's trackers stay
-    for _ in range(2):
-        got = coordinator.next_trial(sweep_id, AGENT)
-        assert isinstance(got, Assignment)
-        coordinator.finish_trial(got.trial_id, got.lease_id, TrialOutcome(TrialState.FINISHED))
-    assert records.wait_idle()
-    assert not [key for key in session._sessions if key[0] == sweep_id]
-    (parent,) = parent_runs(MlflowClient(mlflow_server.uri), "shared")
-    assert parent.info.status == "FINISHED"
-    records.close()
-    store.close()
+    with recording(tmp_path) as (coordinator, records):
+        block = {"mlflow": {"tracking_uri": mlflow_server.uri, "experiment": "shared"}}
+        sweep_id = coordinator.create_sweep(parse_sweep(grid([1, 2], integrations=block))).id
+        assert records.wait_idle()
+        session.use_sweep(sweep_id)  # a group of agents starts here, and ends
+        session.close_sweep(sweep_id)
+        assert open_trackers(sweep_id)  # the record's trackers stay
+        finish_trials(coordinator, sweep_id, 2)
+        assert records.wait_idle()
+        assert not open_trackers(sweep_id)
+        (parent,) = parent_runs(MlflowClient(mlflow_server.uri), "shared")
+        assert parent.info.status == "FINISHED"

@@ -175,12 +175,17 @@ def print_advice(spec: SweepSpec, path: str) -> None:
         click.echo(f"warning: {path}: {line}", err=True)
 
 
+def lacks_program(spec: SweepSpec) -> bool:
+    """The command runs ``${program}`` (a whole chunk, as W&B expands it), and the sweep names none."""
+    return "${program}" in spec.command and spec.program is None
+
+
 def check_program_given(spec: SweepSpec, path: str, *, remote: bool = False) -> None:
     """A sweep whose command runs ``${program}`` but names none can be run by Python agents alone
     (``sweeper.agent(ID, function=train)``, as by W&B's ``wandb.agent``), which work on the
     embedded store: said here, before any ``sweeper agent`` meets it and refuses to run, and
     refused for a server, whose agents all run commands."""
-    if "${program}" not in spec.command or spec.program is not None:
+    if not lacks_program(spec):
         return
     if remote:
         problem = "required: the command runs ${program}, and a sweeper server's agents run commands"

@@ -17,6 +17,7 @@ from sweeper.cli.common import (
     coordinator_errors,
     coordinator_option,
     db_option,
+    lacks_program,
     load_spec,
     open_store_or_fail,
     store_shown,
@@ -150,7 +151,7 @@ def _agent_hint(
 ) -> str:
     """How to start an agent on the sweep just made, from the folder its program is in and with a
     store path that works from there (:func:`agent_place`)."""
-    if spec.program is None and "${program}" in spec.command:  # said by check_program_given
+    if lacks_program(spec):  # said by check_program_given
         store = store_shown(coordinator)
         db = f", db={store!r}" if store and db_url else ""
         return f"from Python with: sweeper.agent({sweep_id!r}, function=train{db})"
