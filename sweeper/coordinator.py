@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 
 from sweeper.checkpoints import checkpoint_location
 from sweeper.checkpoints.retention import resume_points, unneeded_checkpoints
+from sweeper.pauses import PauseWatch, process_pauses
 from sweeper.planning import Plan, completion, may_run_again, plan_next
 from sweeper.protocol import (
     CONTINUE,
@@ -43,6 +44,9 @@ from sweeper.trials import MetricPoint, Sweep, SweepState, Trial, TrialState, co
 
 DEFAULT_LEASE_SECONDS = 30.0
 _EXPIRY_INTERVAL = 1.0  # seconds between lease-expiry passes, at most
+# Seconds this process must have been away before leases get time again. Shorter pauses (or a fifth
+# of a lease, if longer) cut no lease short: an agent heartbeats at least three times a lease.
+_SHORTEST_REVIVING_PAUSE = 1.0
 _IDLE_LOOKS_PER_PASS = 8  # idle sweeps a pass asks whether they are complete, at most
 # Compiled specs kept, the most recently used: a long-lived server sees sweeps come and go, and one
 # that comes back after its entry was dropped is compiled again from its stored spec.
@@ -59,13 +63,20 @@ class Coordinator:
         clock: Callable[[], float] = time.time,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         on_sweep_changed: Sequence[Callable[[str], None]] = (),
+        pauses: PauseWatch | None = None,
     ) -> None:
         """``on_sweep_changed``: called with a sweep's id after the store write, when the sweep is
         created or changes state, or one of its trials ends (finished, failed, stopped, lost). Called on
-        the request's thread: a listener must return at once; one that raises is logged and ignored."""
+        the request's thread: a listener must return at once; one that raises is logged and ignored.
+
+        ``pauses``: what tells it that this process slept or was stopped; by default the process's
+        own watch when ``clock`` is the real one (a clock of the caller's own has no such pauses)."""
         self.store = store
         self.clock = clock
         self.lease_seconds = lease_seconds
+        self._pauses = pauses if pauses is not None else process_pauses() if clock is time.time else None
+        self._pauses_seen = self._pauses.longest_since(0)[1] if self._pauses is not None else 0
+        self._pause_lock = threading.Lock()
         self._lock = threading.Lock()
         self._specs: OrderedDict[str, tuple[SweepSpec, Strategy, StoppingRule | None]] = OrderedDict()
         self._curves = KnownCurves()  # the curves of ended trials, which stopping rules judge by
@@ -135,7 +146,7 @@ class Coordinator:
     # --- the agent protocol -------------------------------------------------
 
     def next_trial(self, sweep_id: str, agent: AgentInfo) -> Assignment | NoTrial:
-        now = self.clock()
+        now = self._now()
         self._expire_leases(now)
         # The sweep's state is read under new_trial's lock; a sweep that hands out no trials
         # is answered from a fresh read below.
@@ -204,7 +215,7 @@ class Coordinator:
         return NoTrial(NoTrialReason.WAIT, plan.reason, retry_after=1.0)
 
     def heartbeat(self, trial_id: int, lease_id: str, *, interrupted: str | None = None) -> Directive:
-        now = self.clock()
+        now = self._now()
         if interrupted is not None and not is_interrupted(interrupted):
             raise ValueError(f"not an interruption: {interrupted[:80]!r}")
         trial = self.store.renew_lease(
@@ -216,7 +227,7 @@ class Coordinator:
         for point in points:  # as the HTTP server checks them, so both ways store the same
             if (problem := metric_name_problem(point.name)) is not None:
                 raise InvalidPointsError(f"metric {point.name[:80]!r}: {problem}")
-        now = self.clock()
+        now = self._now()
         trial = self.store.report_metrics(
             trial_id, lease_id, points, expires_at=now + self.lease_seconds, now=now
         )
@@ -237,7 +248,7 @@ class Coordinator:
             trial_id,
             lease_id,
             outcome.state,
-            now=self.clock(),
+            now=self._now(),
             exit_code=outcome.exit_code,
             stderr_tail=outcome.stderr_tail,
             stop_reason=outcome.stop_reason,
@@ -321,13 +332,41 @@ class Coordinator:
         work (``sweeper status`` after the last agent was killed), a dead agent's trial would
         read "running" for ever. A store too busy for the write leaves it to the next pass."""
         try:
-            self._expire_leases(self.clock())
+            self._expire_leases(self._now())
         except Exception as exc:  # a busy store, a read-only role or standby: the read goes on
             log.debug("lease expiry skipped: %s", exc)
 
     def expire_leases(self) -> None:
         """Mark trials whose agents stopped heartbeating as lost (the server calls this periodically)."""
-        self._expire_leases(self.clock())
+        self._expire_leases(self._now())
+
+    def _now(self) -> float:
+        """The time for a lease decision, taken before looking for a pause: a pause that ends after
+        it is seen by the next decision, and one that ended before it first gives the leases time."""
+        now = self.clock()
+        if self._pauses is not None:
+            self._revive_after_pause()
+        return now
+
+    def _revive_after_pause(self) -> None:
+        """After this process slept or was stopped long enough for leases to run out unanswered, give
+        every running trial a lease period from now, as a restarted server does. Under a lock, so no
+        decision of another thread reads the leases before they have their time again."""
+        assert self._pauses is not None
+        with self._pause_lock:
+            longest, seen = self._pauses.longest_since(self._pauses_seen)
+            if longest >= max(_SHORTEST_REVIVING_PAUSE, self.lease_seconds / 5):
+                # A store that fails here fails the decision too; the next one tries again.
+                revived = self.store.extend_running_leases(expires_at=self.clock() + self.lease_seconds)
+                if revived:
+                    log.warning(
+                        "this process did not run for %.0fs (the machine slept, or the process was "
+                        "stopped): %d running trial(s) get %.0fs from now for their agents to be heard",
+                        longest,
+                        len(revived),
+                        self.lease_seconds,
+                    )
+            self._pauses_seen = seen
 
     def _finish_sweep_if_complete(self, sweep_id: str) -> None:
         if self.store.count_trials(sweep_id, states=[TrialState.RUNNING]):

@@ -35,6 +35,13 @@ def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 90.0) ->
         time.sleep(0.05)
 
 
+def short_lease_server(tmp_path: Path, stopped_at_end: list) -> ServerProcess:
+    """A server on SQLite with 3 s leases, stopped at the test's end."""
+    server = start_server(f"sqlite:///{tmp_path / 'sweeper.db'}", tmp_path / "server", extra_args=SHORT_LEASE)
+    stopped_at_end.append(server)
+    return server
+
+
 def create_sweep(server: ServerProcess, parameters: dict) -> str:
     raw = {
         "method": "grid",
@@ -142,8 +149,7 @@ def _trial_pids(pid_dir: Path) -> list[int]:
 def test_an_agent_killed_mid_trial_loses_it_and_its_config_runs_once_more(
     tmp_path: Path, stopped_at_end: list
 ) -> None:
-    server = start_server(f"sqlite:///{tmp_path / 'sweeper.db'}", tmp_path / "server", extra_args=SHORT_LEASE)
-    stopped_at_end.append(server)
+    server = short_lease_server(tmp_path, stopped_at_end)
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()
     sweep_id = create_sweep(
@@ -206,8 +212,7 @@ def test_an_agent_told_to_stop_gives_its_trials_back_and_they_run_again(
 def test_the_server_killed_mid_sweep_and_restarted_loses_nothing_and_repeats_nothing(
     tmp_path: Path, stopped_at_end: list
 ) -> None:
-    server = start_server(f"sqlite:///{tmp_path / 'sweeper.db'}", tmp_path / "server", extra_args=SHORT_LEASE)
-    stopped_at_end.append(server)
+    server = short_lease_server(tmp_path, stopped_at_end)
     sweep_id = create_sweep(
         server, {"x": {"values": [1, 2, 3, 4, 5, 6]}, "epochs": {"value": 4}, "sleep": {"value": 0.25}}
     )
@@ -281,6 +286,30 @@ def test_agents_cut_off_for_ten_seconds_deliver_every_metric_once_afterwards(
     assert seen == len(trials) == 4
 
 
+def test_a_server_stopped_for_longer_than_a_lease_keeps_the_trials_its_agents_kept_running(
+    tmp_path: Path, stopped_at_end: list
+) -> None:
+    # Ctrl-Z on the server, a VM paused, a laptop's lid closed: nobody answered the agents, so their
+    # leases ran out only on the server's clock. When it runs again, their trials go on.
+    server = short_lease_server(tmp_path, stopped_at_end)
+    sweep_id = create_sweep(
+        server, {"x": {"values": [1, 2, 3]}, "epochs": {"value": 24}, "sleep": {"value": 0.5}}
+    )
+    agent = AgentProcess(server, sweep_id, tmp_path / "agent", "--slots", "3")
+    stopped_at_end.append(agent)
+    wait_for(lambda: len(agent.trial_dirs()) == 3, "every trial to start")
+    time.sleep(1.0)
+    os.kill(server.process.pid, signal.SIGSTOP)  # 8 s: more than two leases of 3 s
+    try:
+        time.sleep(8)
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+    assert agent.wait() == 0, agent.output()
+    trials = trials_of(server, sweep_id)
+    assert sorted((t.config["x"], t.state) for t in trials) == [(x, TrialState.FINISHED) for x in (1, 2, 3)]
+    assert "did not run for" in server.log(), server.log()
+
+
 def _published_step(shared: Path, sweep_id: str, number: int) -> int:
     try:
         return json.loads((shared / sweep_id / str(number) / "state.json").read_text())["step"]
@@ -291,8 +320,7 @@ def _published_step(shared: Path, sweep_id: str, number: int) -> int:
 def test_population_members_lost_with_their_agent_go_on_from_their_own_last_checkpoint(
     tmp_path: Path, stopped_at_end: list
 ) -> None:
-    server = start_server(f"sqlite:///{tmp_path / 'sweeper.db'}", tmp_path / "server", extra_args=SHORT_LEASE)
-    stopped_at_end.append(server)
+    server = short_lease_server(tmp_path, stopped_at_end)
     shared, pid_dir = tmp_path / "shared", tmp_path / "pids"  # shared: a network file system
     pid_dir.mkdir()
     raw = {
@@ -342,8 +370,7 @@ def test_a_trial_whose_agent_is_killed_while_it_ends_an_interruption_runs_again_
     """Slurm or ``docker stop``: SIGTERM, then SIGKILL before the script has saved and exited.
     The agent says at once that it is interrupting the trial, so the lease that then runs out
     leaves it interrupted: its configuration runs again although no retry is allowed."""
-    server = start_server(f"sqlite:///{tmp_path / 'sweeper.db'}", tmp_path / "server", extra_args=SHORT_LEASE)
-    stopped_at_end.append(server)
+    server = short_lease_server(tmp_path, stopped_at_end)
     started, pid_file = tmp_path / "started", tmp_path / "trial.pid"
     script = tmp_path / "slow_save.sh"
     script.write_text(

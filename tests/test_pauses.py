@@ -1,0 +1,160 @@
+"""A coordinator that slept or was stopped longer than a lease keeps the trials its agents kept running.
+
+The watch is read with clocks set by hand; the coordinator end to end is a real process stopped
+with SIGSTOP while its agent's trial goes on in a process of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from process_support import wait_until
+
+from sweeper.coordinator import Coordinator
+from sweeper.pauses import PauseWatch
+from sweeper.protocol import CONTINUE, AgentInfo, Assignment, LeaseLostError
+from sweeper.spec import parse_sweep
+from sweeper.store import open_store
+from sweeper.trials import TrialState
+
+SCRIPTS = Path(__file__).parent / "scripts"
+AGENT = AgentInfo(name="agent-1", host="here")
+
+
+class Clocks:
+    """A wall clock and a monotonic one, moved by hand."""
+
+    def __init__(self) -> None:
+        self.wall = 1_000.0
+        self.monotonic = 50.0
+
+    def run(self, seconds: float) -> None:
+        self.wall += seconds
+        self.monotonic += seconds
+
+    def sleep(self, seconds: float) -> None:  # the machine suspended: the monotonic clock stands still
+        self.wall += seconds
+
+
+def watch_of(clocks: Clocks, *, watching: bool = False) -> PauseWatch:
+    return PauseWatch(wall=lambda: clocks.wall, monotonic=lambda: clocks.monotonic, watching=watching)
+
+
+def test_the_watch_tells_sleep_by_the_wall_clock_going_on_alone() -> None:
+    clocks = Clocks()
+    watch = watch_of(clocks)
+    clocks.run(100.0)  # a process that merely waited is not paused
+    assert watch.longest_since(0) == (0.0, 0)
+    clocks.sleep(42.0)
+    clocks.run(1.0)
+    longest, seen = watch.longest_since(0)
+    assert longest == pytest.approx(42.0) and seen == 1
+    assert watch.longest_since(seen) == (0.0, 1)  # each pause is told once to a reader that passes its number
+    clocks.sleep(7.0)
+    assert watch.longest_since(0) == (pytest.approx(42.0), 2)  # a reader that saw none gets the longest
+    assert watch.longest_since(1) == (pytest.approx(7.0), 2)
+
+
+def test_the_watch_tells_a_stopped_process_by_its_thread_not_getting_to_look() -> None:
+    clocks = Clocks()
+    watch = watch_of(clocks, watching=True)  # its thread looks every 0.25 s (the clocks stand still)
+    try:
+        clocks.run(0.2)
+        assert watch.longest_since(0) == (0.0, 0)
+        clocks.run(9.0)  # both clocks went on, and nobody looked: the process did not run
+        longest, seen = watch.longest_since(0)
+        assert longest == pytest.approx(9.0 - 0.25) and seen == 1
+    finally:
+        watch.stop()
+
+
+def leased(coordinator: Coordinator) -> Assignment:
+    raw = {"method": "grid", "program": "train.py", "parameters": {"x": {"values": [1, 2]}}}
+    sweep = coordinator.create_sweep(parse_sweep(raw))
+    assignment = coordinator.next_trial(sweep.id, AGENT)
+    assert isinstance(assignment, Assignment)
+    return assignment
+
+
+def coordinator_on(tmp_path: Path, clocks: Clocks) -> Coordinator:
+    store = open_store(f"sqlite:///{tmp_path / 'sweeper.db'}")
+    return Coordinator(store, clock=lambda: clocks.wall, lease_seconds=30.0, pauses=watch_of(clocks))
+
+
+def test_a_lease_that_ran_out_while_the_coordinator_slept_is_held_again(tmp_path: Path) -> None:
+    clocks = Clocks()
+    with coordinator_on(tmp_path, clocks) as coordinator:
+        assignment = leased(coordinator)
+        clocks.sleep(100.0)  # the laptop's lid closed with the lease 30 s long
+        coordinator.expire_leases()  # the first pass after waking loses nothing
+        assert coordinator.heartbeat(assignment.trial_id, assignment.lease_id) == CONTINUE
+        [trial] = coordinator.trials(assignment.sweep_id)
+        assert trial.state is TrialState.RUNNING
+        clocks.run(31.0)  # the agent went silent after all: its trial is lost a lease later
+        coordinator.expire_leases()
+        assert [t.state for t in coordinator.trials(assignment.sweep_id)] == [TrialState.LOST]
+
+
+@pytest.mark.parametrize("away", ["waited", "slept briefly"])
+def test_a_lease_that_ran_out_while_the_coordinator_ran_is_lost(tmp_path: Path, away: str) -> None:
+    clocks = Clocks()
+    with coordinator_on(tmp_path, clocks) as coordinator:
+        assignment = leased(coordinator)
+        if away == "slept briefly":  # shorter than a fifth of the lease: no lease was cut short by it
+            clocks.sleep(5.0)
+        clocks.run(40.0)
+        with pytest.raises(LeaseLostError):
+            coordinator.heartbeat(assignment.trial_id, assignment.lease_id)
+
+
+_PAUSED_AGENT = """
+import sys
+from pathlib import Path
+from sweeper.agents import Agent
+from sweeper.coordinator import Coordinator
+from sweeper.protocol import AgentInfo
+from sweeper.store import open_store
+
+db, sweep_id, workdir = sys.argv[1:]
+coordinator = Coordinator(open_store(db), lease_seconds=3.0)
+print(Agent(coordinator, sweep_id, info=AgentInfo(name="a", host="here"), workdir=Path(workdir)).run())
+"""
+
+
+def test_an_embedded_agent_stopped_longer_than_a_lease_goes_on_with_its_trial(tmp_path: Path) -> None:
+    # Ctrl-Z on `sweeper agent --db ...`: the trial, in a process group of its own, runs on; the
+    # agent and its coordinator are stopped. After `fg`, the trial's lease is held again.
+    db = f"sqlite:///{tmp_path / 'sweeper.db'}"
+    raw = {
+        "method": "grid",
+        "program": str(SCRIPTS / "e2e_trial.py"),
+        "metric": {"name": "score", "goal": "maximize"},
+        "parameters": {"x": {"value": 1}, "epochs": {"value": 20}, "sleep": {"value": 0.5}},
+    }
+    with Coordinator(open_store(db)) as coordinator:
+        sweep_id = coordinator.create_sweep(parse_sweep(raw)).id
+    workdir = tmp_path / "agent"
+    agent = subprocess.Popen(
+        [sys.executable, "-c", _PAUSED_AGENT, db, sweep_id, str(workdir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert wait_until(lambda: any(workdir.rglob("metrics.jsonl")), timeout=60), "the trial to start"
+        os.kill(agent.pid, signal.SIGSTOP)
+        time.sleep(8.0)  # more than two leases of 3 s
+        os.kill(agent.pid, signal.SIGCONT)
+        output, _ = agent.communicate(timeout=120)
+    finally:
+        agent.kill()
+    assert agent.returncode == 0, output
+    with Coordinator(open_store(db)) as coordinator:
+        assert [t.state for t in coordinator.trials(sweep_id)] == [TrialState.FINISHED], output
+    assert "did not run for" in output
