@@ -15,7 +15,8 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from sweeper.integrations.base import SafeTracker, Tracker
+from sweeper.integrations.base import Tracker
+from sweeper.integrations.safe import SafeTracker
 
 from sweeper.redact import redact_urls
 

@@ -13,7 +13,8 @@ import threading
 import time
 from typing import Any
 
-from sweeper.integrations.base import Leaderboard, LeaderRow, SafeTracker, SweepInfo
+from sweeper.integrations.base import Leaderboard, LeaderRow, SweepInfo
+from sweeper.integrations.safe import SafeTracker
 from sweeper.integrations.session import close_all, close_sweep, trackers_for, use_sweep
 
 from sweeper.spec.integrations import tracker_settings

@@ -17,7 +17,13 @@ from sweeper.trials import TrialState
 
 mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
-from trackers_support import TRIAL_SCRIPT, MlflowServer, captured_curve, run_sweep  # noqa: E402
+from sweeper.integrations.base import TrialEnd, TrialInfo  # noqa: E402
+from sweeper.integrations.mlflow import MlflowTracker  # noqa: E402
+from sweeper.integrations.safe import SafeTracker  # noqa: E402
+from sweeper.integrations.settings import mlflow_settings  # noqa: E402
+from trackers_support import TRIAL_SCRIPT, MlflowServer, SlowUplink, captured_curve, run_sweep  # noqa: E402
+
+from sweeper.trials import MetricPoint  # noqa: E402
 
 SCRIPTS = Path(__file__).parent / "scripts"
 SWEEPER = str(Path(sys.executable).with_name("sweeper"))
@@ -418,3 +424,34 @@ def test_tracker_flags_on_a_broken_file_list_every_problem_of_the_file(tmp_path:
     both = CliRunner().invoke(main, ["run", "b.yaml", "--wandb"])
     assert both.exit_code == 2 and "mlflw" in both.output and "parameters.lr" in both.output, both.output
     assert not (tmp_path / ".sweeper").exists()  # nothing was made
+
+
+def test_a_trials_start_does_not_wait_for_the_upload_of_the_trial_before(
+    mlflow_server: MlflowServer, tmp_path: Path
+) -> None:
+    # An agent whose uplink is slow: the last trial's checkpoint takes seconds to reach MLflow.
+    # The next trial's run is made meanwhile, so its script starts at once and logs into it.
+    uplink = SlowUplink(mlflow_server.port, rate=1_000_000)
+    settings = mlflow_settings({"tracking_uri": uplink.uri, "experiment": "beside-uploads"})
+    tracker = SafeTracker(MlflowTracker(settings))
+    first, second = (TrialInfo("lanes", n, n, {"lr": 0.1 * n}) for n in (1, 2))
+    try:
+        first_run = tracker.trial_started(first)["MLFLOW_RUN_ID"]
+        checkpoint = tmp_path / "model.bin"
+        checkpoint.write_bytes(os.urandom(8_000_000))  # 8 s at 1 MB/s
+        tracker.trial_ended(first, TrialEnd(TrialState.FINISHED, artifacts=(checkpoint,)))
+        second_run = tracker.trial_started(second)["MLFLOW_RUN_ID"]
+        client = MlflowClient(mlflow_server.uri)
+        assert client.get_run(first_run).info.status == "RUNNING"  # its checkpoint is still on its way
+        tracker.trial_metrics(second, [MetricPoint("loss", 0.5, step=0, seq=0, time=time.time())], "sweeper")
+        tracker.trial_ended(second, TrialEnd(TrialState.FINISHED))
+        assert tracker.flush(timeout=120)
+    finally:
+        tracker.close(timeout=5)
+        uplink.close()
+    assert client.get_run(first_run).info.status == "FINISHED"
+    [uploaded] = client.list_artifacts(first_run, "artifacts")
+    assert uploaded.file_size == 8_000_000
+    ended = client.get_run(second_run)
+    assert ended.info.status == "FINISHED" and ended.data.metrics == {"loss": 0.5}
+    assert ended.data.tags["mlflow.parentRunId"] == client.get_run(first_run).data.tags["mlflow.parentRunId"]

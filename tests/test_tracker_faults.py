@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 from sweeper.agents.events import TrialEnded, TrialStarted
-from sweeper.integrations.base import Leaderboard, SafeTracker, Tracker, TrialEnd, TrialInfo
+from sweeper.integrations.base import Leaderboard, SweepInfo, Tracker, TrialEnd, TrialInfo
+from sweeper.integrations.safe import SafeTracker
 from trackers_support import TRIAL_SCRIPT, MlflowServer, run_sweep
 
 from sweeper.trials import MetricPoint, TrialState
@@ -105,6 +106,87 @@ def test_a_trial_waits_for_a_slow_tracker_s_run_but_not_once_it_is_down() -> Non
     assert safe.trial_started(TRIAL) == {}
     assert safe.down and time.monotonic() - started < 15
     safe.close(timeout=0.1)
+
+
+class Gated(Tracker):
+    """Records its calls in the order they run; a call named in ``gates`` waits for its event."""
+
+    name = "Gated"
+
+    def __init__(self, *gated: str) -> None:
+        self.gates = {label: threading.Event() for label in gated}
+        self.calls: list[str] = []
+
+    def _call(self, label: str) -> None:
+        if label in self.gates:
+            assert self.gates[label].wait(30), f"{label} was never let through"
+        self.calls.append(label)
+
+    def sweep_started(self, sweep: SweepInfo) -> None:
+        self._call(f"sweep {sweep.sweep_id}")
+
+    def trial_started(self, trial: TrialInfo) -> dict[str, str]:
+        self._call(f"start {trial.trial_number}")
+        return {"RUN": str(trial.trial_number)}
+
+    def trial_metrics(self, trial: TrialInfo, points, source: str) -> None:  # type: ignore[no-untyped-def]
+        self._call(f"metrics {trial.trial_number}")
+
+    def trial_ended(self, trial: TrialInfo, end: TrialEnd) -> None:
+        self._call(f"end {trial.trial_number}")
+
+
+def trial(number: int) -> TrialInfo:
+    return TrialInfo(sweep_id="sw", trial_id=number, trial_number=number, config={})
+
+
+def test_a_trials_start_goes_beside_another_trials_end_not_behind_it() -> None:
+    gated = Gated("end 1")  # the first trial's end uploads its checkpoint for as long as the test likes
+    safe = SafeTracker(gated)
+    safe.trial_started(trial(1))
+    safe.trial_ended(trial(1), TrialEnd(state=TrialState.FINISHED))
+    assert safe.trial_started(trial(2)) == {"RUN": "2"}
+    assert gated.calls == ["start 1", "start 2"]
+    gated.gates["end 1"].set()
+    assert safe.flush(timeout=30)
+    assert gated.calls == ["start 1", "start 2", "end 1"]
+    safe.close(timeout=5)
+
+
+def test_a_trials_calls_wait_for_its_start_and_a_start_for_its_sweeps_record() -> None:
+    gated = Gated("sweep sw", "start 1")
+    safe = SafeTracker(gated)
+    safe.sweep_started(SweepInfo(sweep_id="sw", method="grid", spec={}))
+    started = safe.start_trial(trial(1))  # the trial's run is nested in the sweep's: made after it
+    safe.trial_metrics(trial(1), [point(0)], "sweeper")
+    safe.trial_ended(trial(1), TrialEnd(state=TrialState.FINISHED))
+    time.sleep(0.3)
+    assert gated.calls == [] and not started.done()
+    gated.gates["sweep sw"].set()
+    assert not safe.flush(timeout=0.3)
+    assert gated.calls == ["sweep sw"]  # the metrics and the end wait for the start
+    gated.gates["start 1"].set()
+    assert safe.flush(timeout=30)
+    assert gated.calls == ["sweep sw", "start 1", "metrics 1", "end 1"]
+    safe.close(timeout=5)
+
+
+def test_closing_gives_up_on_calls_that_wait_for_a_start_the_tracker_never_took(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    down = Flaky()
+    safe = SafeTracker(down, base_backoff=0.01, max_backoff=0.05)
+    safe.start_trial(TRIAL)
+    safe.trial_metrics(TRIAL, [point(0)], "sweeper")
+    safe.trial_ended(TRIAL, TrialEnd(state=TrialState.FINISHED))
+    with caplog.at_level(logging.WARNING, logger="sweeper.integrations"):
+        safe.close(timeout=0.5)
+    gave_up = [r.getMessage() for r in caplog.records if "gave up on" in r.getMessage()]
+    assert sorted(gave_up) == [
+        "Flaky: gave up on 1 call(s) at exit: the tracker stayed unreachable. start the flaky server",
+        "Flaky: gave up on 2 call(s) at exit: the tracker stayed unreachable. start the flaky server",
+    ]
+    assert not [r for r in caplog.records if "not sent at exit" in r.getMessage()]  # no thread was left
 
 
 def test_waiting_leaderboards_collapse_into_the_newest() -> None:

@@ -220,3 +220,44 @@ def write_grid_sweep(folder: Path, lrs: list[float], integrations: str) -> Path:
         f"integrations: {integrations}\n"
     )
     return path
+
+
+class SlowUplink:
+    """A TCP proxy on 127.0.0.1 to ``port`` that passes what clients send at ``rate`` bytes a second
+    on each connection, as a slow uplink would, and what the server sends back at full speed."""
+
+    def __init__(self, port: int, rate: float) -> None:
+        self.target = port
+        self.rate = rate
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.uri = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            server = socket.create_connection(("127.0.0.1", self.target))
+            threading.Thread(target=self._pump, args=(client, server, self.rate), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, None), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket, rate: float | None) -> None:
+        try:
+            while data := source.recv(16_384):
+                sink.sendall(data)
+                if rate is not None:
+                    time.sleep(len(data) / rate)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                try:
+                    end.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._listener.close()
