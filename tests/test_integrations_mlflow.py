@@ -432,6 +432,8 @@ def test_a_trials_start_does_not_wait_for_the_upload_of_the_trial_before(
     # An agent whose uplink is slow: the last trial's checkpoint takes seconds to reach MLflow.
     # The next trial's run is made meanwhile, so its script starts at once and logs into it.
     uplink = SlowUplink(mlflow_server.port, rate=1_000_000)
+    client = MlflowClient(mlflow_server.uri)  # artifacts go through the server, so up the slow link
+    client.create_experiment("beside-uploads", artifact_location="mlflow-artifacts:/beside-uploads")
     settings = mlflow_settings({"tracking_uri": uplink.uri, "experiment": "beside-uploads"})
     tracker = SafeTracker(MlflowTracker(settings))
     first, second = (TrialInfo("lanes", n, n, {"lr": 0.1 * n}) for n in (1, 2))
@@ -441,7 +443,6 @@ def test_a_trials_start_does_not_wait_for_the_upload_of_the_trial_before(
         checkpoint.write_bytes(os.urandom(8_000_000))  # 8 s at 1 MB/s
         tracker.trial_ended(first, TrialEnd(TrialState.FINISHED, artifacts=(checkpoint,)))
         second_run = tracker.trial_started(second)["MLFLOW_RUN_ID"]
-        client = MlflowClient(mlflow_server.uri)
         assert client.get_run(first_run).info.status == "RUNNING"  # its checkpoint is still on its way
         tracker.trial_metrics(second, [MetricPoint("loss", 0.5, step=0, seq=0, time=time.time())], "sweeper")
         tracker.trial_ended(second, TrialEnd(TrialState.FINISHED))
