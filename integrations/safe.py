@@ -53,6 +53,8 @@ class _Lane:
     queue: deque[_Call] = field(default_factory=deque)
     idle: bool = True
     attempts: int = 0  # failed tries of the head, for its backoff
+    down_since: float | None = None  # when the head's first try of the current run of failures failed
+    waiting: bool = False  # the head waits for a call of the other lane
 
 
 class SafeTracker:
@@ -78,7 +80,6 @@ class SafeTracker:
         self._cond = threading.Condition()
         self._closing = False
         self._deadline: float | None = None
-        self._down_since: float | None = None
         self.failures = 0  # calls that failed, for tests and status lines
         self.dropped = 0
         self._calls = _Lane("calls")
@@ -97,7 +98,14 @@ class SafeTracker:
 
     @property
     def down(self) -> bool:
-        return self._down_since is not None
+        """A lane's call failed for a passing reason and waits for its retry."""
+        return self._calls.down_since is not None or self._starts.down_since is not None
+
+    def _starts_held_up(self) -> bool:
+        """The starts are failing, or wait for a call of the other lane, which is failing. (The
+        other lane failing alone, an upload timing out say, holds up no start.)"""
+        starts, calls = self._starts, self._calls
+        return starts.down_since is not None or (starts.waiting and calls.down_since is not None)
 
     # -- the calls -----------------------------------------------------------------------------
 
@@ -133,7 +141,8 @@ class SafeTracker:
     ) -> Mapping[str, str]:
         """The env of a start (the run the script logs into): waited for while the tracker answers,
         however slowly, until ``deadline`` (``time.monotonic()``: a real wait, whatever the clock
-        given); not at all once it is down, nor once ``stopping`` is set (the trial will not run).
+        given); not at all once the starts are held up by a tracker that is down, nor once
+        ``stopping`` is set (the trial will not run).
         Without it, {}: the trial runs without the variables."""
         while True:
             if started.done():
@@ -142,7 +151,7 @@ class SafeTracker:
                 except Exception:  # refused, or cancelled by close()
                     return {}
             left = deadline - time.monotonic()
-            if self.down or left <= 0 or (stopping is not None and stopping.is_set()):
+            if self._starts_held_up() or left <= 0 or (stopping is not None and stopping.is_set()):
                 return {}
             # In short waits: a call that fails marks the tracker down meanwhile.
             futures.wait([started], timeout=min(left, _DOWN_POLL))
@@ -194,12 +203,13 @@ class SafeTracker:
 
     def _drop_one(self) -> None:
         """Drop a waiting call: a metric batch, as starts, ends and sweep records are worth more than
-        a curve's middle; else the oldest. Never a lane's head, which may be running."""
+        a curve's middle; else the first waiting call of the calls lane, then of the starts lane.
+        Never a lane's head, which may be running."""
         behind = [(lane, call) for lane in (self._calls, self._starts) for call in list(lane.queue)[1:]]
         metrics = ((lane, call) for lane, call in behind if call.label.endswith("metrics"))
         chosen = next(metrics, None) or (behind[0] if behind else None)
         if chosen is None:
-            return  # only heads wait: the bound is passed by one
+            return  # only the lanes' heads wait: the bound is passed by them
         lane, dropped = chosen
         lane.queue.remove(dropped)
         dropped.future.cancel()  # a call waiting for it goes on without it
@@ -228,7 +238,7 @@ class SafeTracker:
                     self._cond.notify_all()
                     return
                 call = lane.queue[0]
-            if call.after is not None and not self._waited_for(call.after):
+            if call.after is not None and not self._waited_for(call.after, lane):
                 with self._cond:
                     self._give_up(lane)
                 return
@@ -243,21 +253,26 @@ class SafeTracker:
                     return
                 self._cond.wait(delay)
 
-    def _waited_for(self, after: Future[Any]) -> bool:
+    def _waited_for(self, after: Future[Any], lane: _Lane) -> bool:
         """Wait until the other lane's call is done (run, refused or dropped); False once the close's
         deadline has passed first."""
-        while not after.done():
-            if self._closing and self._deadline is not None and self._clock() > self._deadline:
-                return False
-            futures.wait([after], timeout=_AFTER_POLL)
-        return True
+        lane.waiting = True
+        try:
+            while not after.done():
+                if self._closing and self._deadline is not None and self._clock() > self._deadline:
+                    return False
+                futures.wait([after], timeout=_AFTER_POLL)
+            return True
+        finally:
+            lane.waiting = False
 
     def _run(self, call: _Call, lane: _Lane) -> float | None:
         """Run one call; None when done with it, else seconds to wait before retrying it."""
         try:
             result = call.fn()
         except Exception as exc:
-            self.failures += 1
+            with self._cond:
+                self.failures += 1
             if not self.tracker.is_transient(exc):
                 log.error(
                     "%s: %s was refused and is skipped (%s: %s); %s",
@@ -270,10 +285,10 @@ class SafeTracker:
                 call.future.set_exception(exc)
                 lane.attempts = 0
                 return None
-            with self._cond:  # both lanes may find it down at once: it is said once
-                went_down = self._down_since is None
-                if went_down:
-                    self._down_since = self._clock()
+            with self._cond:  # both lanes may find it down: it is said once
+                went_down = not self.down
+                if lane.down_since is None:
+                    lane.down_since = self._clock()
             if went_down:
                 log.error(
                     "%s is unreachable (%s: %s). Trials go on; their records are kept (up to %d calls) "
@@ -288,9 +303,10 @@ class SafeTracker:
             return min(self.base_backoff * 2 ** (lane.attempts - 1), self.max_backoff)
         lane.attempts = 0
         with self._cond:
-            down_since, self._down_since = self._down_since, None
-            waiting = self._pending()
-        if down_since is not None:
+            down_since, lane.down_since = lane.down_since, None
+            back = down_since is not None and not self.down  # said once the last lane is through
+            waiting = self._pending() - 1  # the head is sent
+        if back and down_since is not None:
             log.warning(
                 "%s is reachable again after %.0fs; sending %d waiting call(s)",
                 self.name,
@@ -307,12 +323,8 @@ class SafeTracker:
             waiting.future.cancel()  # nothing waits for them any more: calls of the other lane neither
         lane.queue.clear()
         if left:
-            log.error(
-                "%s: gave up on %d call(s) at exit: the tracker stayed unreachable. %s",
-                self.name,
-                left,
-                self.tracker.help,
-            )
+            why = "the tracker stayed unreachable" if self.down else "it was still busy with earlier calls"
+            log.error("%s: gave up on %d call(s) at exit: %s. %s", self.name, left, why, self.tracker.help)
 
     # -- flush and close -----------------------------------------------------------------------
 

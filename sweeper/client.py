@@ -195,9 +195,17 @@ class HttpCoordinator:
         body = {"state": SweepState(state).value}
         return _sweep(self._call("POST", f"/sweeps/{_segment(sweep_id)}/state", body))
 
-    def trials(self, sweep_id: str, *, with_history: bool = False) -> list[Trial]:
-        query = "?history=true" if with_history else ""
-        return [_trial(t) for t in self._call("GET", f"/sweeps/{_segment(sweep_id)}/trials{query}")]
+    def trials(
+        self, sweep_id: str, *, with_history: bool = False, after: int = 0, limit: int | None = None
+    ) -> list[Trial]:
+        params = {"history": "true"} if with_history else {}
+        if after:
+            params["after"] = str(int(after))
+        if limit is not None:
+            params["limit"] = str(int(limit))
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        found = [_trial(t) for t in self._call("GET", f"/sweeps/{_segment(sweep_id)}/trials{query}")]
+        return [t for t in found if t.number > after]  # a server older than pages sends every trial
 
     def trial_counts(self, sweep_id: str) -> dict[TrialState, int]:
         try:

@@ -75,7 +75,7 @@ class Coordinator:
         self.clock = clock
         self.lease_seconds = lease_seconds
         self._pauses = pauses if pauses is not None else process_pauses() if clock is time.time else None
-        self._pauses_seen = self._pauses.longest_since(0)[1] if self._pauses is not None else 0
+        self._pauses_seen = self._pauses.since(0).seen if self._pauses is not None else 0
         self._pause_lock = threading.Lock()
         self._lock = threading.Lock()
         self._specs: OrderedDict[str, tuple[SweepSpec, Strategy, StoppingRule | None]] = OrderedDict()
@@ -259,9 +259,11 @@ class Coordinator:
 
     # --- reading ------------------------------------------------------------
 
-    def trials(self, sweep_id: str, *, with_history: bool = False) -> list[Trial]:
+    def trials(
+        self, sweep_id: str, *, with_history: bool = False, after: int = 0, limit: int | None = None
+    ) -> list[Trial]:
         self._expire_before_reading()
-        return self.store.list_trials(sweep_id, with_history=with_history)
+        return self.store.list_trials(sweep_id, with_history=with_history, after=after, limit=limit)
 
     def trial_counts(self, sweep_id: str) -> dict[TrialState, int]:
         # The store keeps what it read of a sweep, and counts it as it reads: nothing is sent.
@@ -349,24 +351,28 @@ class Coordinator:
         return now
 
     def _revive_after_pause(self) -> None:
-        """After this process slept or was stopped long enough for leases to run out unanswered, give
-        every running trial a lease period from now, as a restarted server does. Under a lock, so no
-        decision of another thread reads the leases before they have their time again."""
+        """After this process slept or was stopped long enough for leases to run out unanswered,
+        give the trials whose leases were held when it began a lease period from now, as a restarted
+        server does. Under a lock, so no decision of another thread reads the leases before they
+        have their time again (one that read the time before the pause keeps it: a renewal never
+        moves a lease earlier)."""
         assert self._pauses is not None
         with self._pause_lock:
-            longest, seen = self._pauses.longest_since(self._pauses_seen)
-            if longest >= max(_SHORTEST_REVIVING_PAUSE, self.lease_seconds / 5):
+            pauses = self._pauses.since(self._pauses_seen)
+            if pauses.longest >= max(_SHORTEST_REVIVING_PAUSE, self.lease_seconds / 5):
                 # A store that fails here fails the decision too; the next one tries again.
-                revived = self.store.extend_running_leases(expires_at=self.clock() + self.lease_seconds)
+                revived = self.store.extend_running_leases(
+                    expires_at=self.clock() + self.lease_seconds, held_at=pauses.began
+                )
                 if revived:
                     log.warning(
                         "this process did not run for %.0fs (the machine slept, or the process was "
                         "stopped): %d running trial(s) get %.0fs from now for their agents to be heard",
-                        longest,
+                        pauses.longest,
                         len(revived),
                         self.lease_seconds,
                     )
-            self._pauses_seen = seen
+            self._pauses_seen = pauses.seen
 
     def _finish_sweep_if_complete(self, sweep_id: str) -> None:
         if self.store.count_trials(sweep_id, states=[TrialState.RUNNING]):

@@ -21,9 +21,20 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 _SHORTEST = 0.5  # seconds: shorter gaps are a busy machine's scheduling, not a pause
 _KEPT = 64  # pauses remembered, the newest
+
+
+@dataclass(frozen=True)
+class Pauses:
+    """What a reader has not seen yet: the longest of the new pauses (0.0 when there are none), the
+    wall-clock time the earliest of them began, and the number to pass next time."""
+
+    longest: float
+    began: float | None
+    seen: int
 
 
 class PauseWatch:
@@ -37,21 +48,18 @@ class PauseWatch:
         monotonic: Callable[[], float] = time.monotonic,
         watching: bool = True,
     ) -> None:
-        """``watching=False`` starts no thread: gaps then show only sleep (tests look by hand)."""
+        """``watching=False`` starts no thread: gaps then show only sleep (tests look by hand).
+        The thread starts on the first :meth:`since`, so a process that never asks has none."""
         self._tick = tick
         self._wall = wall
         self._monotonic = monotonic
         self._watching = watching
         self._lock = threading.Lock()
         self._last = (wall(), monotonic())
-        self._pauses: deque[tuple[int, float]] = deque(maxlen=_KEPT)
+        self._pauses: deque[tuple[int, float, float]] = deque(maxlen=_KEPT)  # number, length, began
         self._count = 0
+        self._running = False  # the watching thread; until it runs, a gap between looks is no stop
         self._stopped = threading.Event()
-        if watching:
-            self._start()
-
-    def _start(self) -> None:
-        threading.Thread(target=self._watch, name="sweeper-pause-watch", daemon=True).start()
 
     def _watch(self) -> None:
         while not self._stopped.wait(self._tick):
@@ -68,26 +76,35 @@ class PauseWatch:
             last_wall, last_monotonic = self._last
             self._last = (wall, monotonic)
             asleep = (wall - last_wall) - (monotonic - last_monotonic)
-            stopped = (monotonic - last_monotonic) - self._tick if self._watching else 0.0
+            stopped = (monotonic - last_monotonic) - self._tick if self._running else 0.0
             length = max(asleep, stopped)
             if length >= _SHORTEST:
                 self._count += 1
-                self._pauses.append((self._count, length))
+                self._pauses.append((self._count, length, last_wall))
 
-    def longest_since(self, seen: int) -> tuple[float, int]:
-        """The longest pause after pause number ``seen`` (0.0 if none), and the number to pass next
-        time. Looks first, so a pause that has just ended counts even before the thread wakes."""
+    def since(self, seen: int) -> Pauses:
+        """The pauses after pause number ``seen``. Looks first, so a pause that has just ended
+        counts even before the thread wakes."""
+        if self._watching and not self._running:
+            with self._lock:
+                if not self._running:
+                    self._running = True
+                    self._last = (self._wall(), self._monotonic())
+                    threading.Thread(target=self._watch, name="sweeper-pause-watch", daemon=True).start()
         self.look()
         with self._lock:
-            longest = max((length for number, length in self._pauses if number > seen), default=0.0)
-            return longest, self._count
+            new = [(length, began) for number, length, began in self._pauses if number > seen]
+            return Pauses(
+                longest=max((length for length, _ in new), default=0.0),
+                began=min((began for _, began in new), default=None),
+                seen=self._count,
+            )
 
     def after_fork(self) -> None:
-        """A forked child has no watching thread: start its own, and forget the parent's clocks."""
+        """A forked child has no watching thread: it starts its own when asked, with fresh clocks."""
         self._lock = threading.Lock()
         self._last = (self._wall(), self._monotonic())
-        if self._watching:
-            self._start()
+        self._running = False
 
 
 _process_watch: PauseWatch | None = None
@@ -95,7 +112,7 @@ _process_lock = threading.Lock()
 
 
 def process_pauses() -> PauseWatch:
-    """The watch of this process, started on first use; one thread serves every coordinator."""
+    """The watch of this process; one thread serves every coordinator."""
     global _process_watch
     with _process_lock:
         if _process_watch is None:

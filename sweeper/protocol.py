@@ -175,7 +175,12 @@ class CoordinatorService(CoordinatorClient, Protocol):
 
     def set_sweep_state(self, sweep_id: str, state: SweepState) -> Sweep: ...
 
-    def trials(self, sweep_id: str, *, with_history: bool = False) -> list[Trial]: ...
+    def trials(
+        self, sweep_id: str, *, with_history: bool = False, after: int = 0, limit: int | None = None
+    ) -> list[Trial]:
+        """The sweep's trials in number order: those numbered above ``after``, at most ``limit``
+        (more only from a server older than pages, which sends them all)."""
+        ...
 
     def trial_counts(self, sweep_id: str) -> dict[TrialState, int]:
         """How many of the sweep's trials are in each state (absent: none)."""

@@ -489,6 +489,23 @@ class StoreConformance:
         assert listed[2].history == ()
         assert all(t.history is None for t in store.list_trials(sweep.id))
 
+    def test_list_trials_a_page_at_a_time(self, store: Store, sweep: Sweep) -> None:
+        trials = [self.started(store, sweep, config={"n": i}, lease_id=f"l{i}") for i in range(7)]
+        for i, trial in enumerate(trials):  # each its own curve, so a page's histories can be told apart
+            store.add_metrics(
+                trial.id, f"l{i}", [point("loss", i + s / 10, s, s + 1) for s in range(3)], now=3.0
+            )
+        whole = store.list_trials(sweep.id, with_history=True)
+        pages, after = [], 0
+        while page := store.list_trials(sweep.id, with_history=True, after=after, limit=3):
+            pages.append(page)
+            after = page[-1].number
+        assert [[t.number for t in page] for page in pages] == [[1, 2, 3], [4, 5, 6], [7]]
+        assert [t for page in pages for t in page] == whole
+        assert [t.number for t in store.list_trials(sweep.id, after=5)] == [6, 7]
+        running = store.list_trials(sweep.id, states=[TrialState.RUNNING], after=2, limit=2)
+        assert [t.number for t in running] == [3, 4]
+
     def test_list_trials_by_state(self, store: Store, sweep: Sweep) -> None:
         trials = [self.started(store, sweep, config={"n": i}, lease_id=f"l{i}") for i in range(4)]
         store.finish_trial(trials[1].id, None, TrialState.FAILED, now=3.0)
@@ -685,6 +702,29 @@ class StoreConformance:
             store.renew_lease(ran_out.id, "lease-1", expires_at=300.0, now=150.0).state is TrialState.RUNNING
         )
         assert store.get_trial(ended.id).lease_expires_at == 10.0
+
+    def test_extend_only_the_running_leases_held_at_a_time(self, store: Store, sweep: Sweep) -> None:
+        silent = self.started(store, sweep, expires_at=50.0)  # ran out before 60
+        held = self.started(store, sweep, lease_id="lease-2", expires_at=70.0)
+        extended = store.extend_running_leases(expires_at=200.0, held_at=60.0)
+        assert [(t.id, t.lease_expires_at) for t in extended] == [(held.id, 200.0)]
+        assert store.get_trial(silent.id).lease_expires_at == 50.0
+
+    def test_a_renewal_never_moves_a_lease_earlier(self, store: Store, sweep: Sweep) -> None:
+        # A renewal made with the time before its process slept comes after the leases were given
+        # time for the sleep: it keeps that time.
+        trial = self.started(store, sweep, expires_at=50.0)
+        store.extend_running_leases(expires_at=400.0)
+        assert store.renew_lease(trial.id, "lease-1", expires_at=70.0, now=40.0).lease_expires_at == 400.0
+        reported = store.report_metrics(
+            trial.id, "lease-1", [point("loss", 0.5, 0, 1)], expires_at=71.0, now=41.0
+        )
+        assert reported.lease_expires_at == 400.0
+        assert (
+            store.report_metrics(trial.id, "lease-1", [], expires_at=72.0, now=42.0).lease_expires_at == 400.0
+        )
+        assert store.expire_leases(now=300.0) == [] and store.get_trial(trial.id).lease_expires_at == 400.0
+        assert store.renew_lease(trial.id, "lease-1", expires_at=500.0, now=300.0).lease_expires_at == 500.0
 
     def test_metric_curves_of_a_sweep(self, store: Store, sweep: Sweep) -> None:
         first = self.started(store, sweep)

@@ -14,9 +14,12 @@ from server_helpers import TOKEN, serving
 from sqlalchemy.engine import make_url
 
 from sweeper.cli import main
-from sweeper.protocol import AgentInfo, Assignment
+from sweeper.cli.inspect import trial_to_json
+from sweeper.coordinator import Coordinator
+from sweeper.protocol import AgentInfo, Assignment, TrialOutcome
+from sweeper.spec import parse_sweep
 from sweeper.store import open_store
-from sweeper.trials import SweepState
+from sweeper.trials import MetricPoint, SweepState, TrialState
 
 SWEEP_FILE = """\
 method: grid
@@ -273,3 +276,34 @@ def test_the_trials_table_names_its_columns(sweep_file: Path, sqlite_store_url: 
     header, row = invoke("trials", sweep_id, "--db", sqlite_store_url).stdout.splitlines()
     assert header.split() == ["trial", "state", "config", "metrics"]
     assert row.startswith("    1  finished ") and row.endswith("  loss=0.25"), row
+
+
+def test_trials_in_json_come_a_page_at_a_time_and_whole(tmp_path: Path) -> None:
+    # More trials than two pages: every one once, in order, with its curves, embedded and remote.
+    db = f"sqlite:///{tmp_path / 'pages.db'}"
+    with Coordinator(open_store(db)) as coordinator:
+        raw = {"method": "grid", "program": "train.py", "parameters": {"x": {"values": list(range(45))}}}
+        sweep_id = coordinator.create_sweep(parse_sweep(raw)).id
+        for _ in range(45):
+            lease = coordinator.next_trial(sweep_id, AgentInfo(name="a", host="h"))
+            assert isinstance(lease, Assignment)
+            x = lease.config["x"]
+            points = [MetricPoint("loss", x + step / 10, step, step + 1, 0.0) for step in range(3)]
+            coordinator.report_metrics(lease.trial_id, lease.lease_id, points)
+            coordinator.finish_trial(lease.trial_id, lease.lease_id, TrialOutcome(TrialState.FINISHED, 0))
+        whole = [trial_to_json(t) for t in coordinator.trials(sweep_id, with_history=True)]
+    expected = json.dumps(whole, indent=2) + "\n"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWEEPER_")}
+    embedded = sweeper("trials", sweep_id, "--format", "json", "--db", db, env=env)
+    assert embedded.returncode == 0 and embedded.stdout == expected, embedded.stderr
+    assert [t["config"]["x"] for t in json.loads(embedded.stdout)] == list(range(45))
+    with serving(db, tmp_path / "server") as server:
+        remote = sweeper(
+            "trials",
+            sweep_id,
+            "--format",
+            "json",
+            env=env | {"SWEEPER_COORDINATOR": server.url, "SWEEPER_TOKEN": TOKEN},
+        )
+        assert remote.returncode == 0 and remote.stdout == expected, remote.stderr
+        assert server.log().count(f"GET /api/v1/sweeps/{sweep_id}/trials?history=true") == 3

@@ -17,7 +17,7 @@ import pytest
 from process_support import wait_until
 
 from sweeper.coordinator import Coordinator
-from sweeper.pauses import PauseWatch
+from sweeper.pauses import Pauses, PauseWatch
 from sweeper.protocol import CONTINUE, AgentInfo, Assignment, LeaseLostError
 from sweeper.spec import parse_sweep
 from sweeper.store import open_store
@@ -39,37 +39,48 @@ class Clocks:
         self.monotonic += seconds
 
     def sleep(self, seconds: float) -> None:  # the machine suspended: the monotonic clock stands still
+        if self.watch is not None:
+            self.watch.look()  # as its thread does every 0.25 s: the last look before the machine slept
         self.wall += seconds
+
+    watch: PauseWatch | None = None
 
 
 def watch_of(clocks: Clocks, *, watching: bool = False) -> PauseWatch:
-    return PauseWatch(wall=lambda: clocks.wall, monotonic=lambda: clocks.monotonic, watching=watching)
+    clocks.watch = PauseWatch(wall=lambda: clocks.wall, monotonic=lambda: clocks.monotonic, watching=watching)
+    return clocks.watch
 
 
 def test_the_watch_tells_sleep_by_the_wall_clock_going_on_alone() -> None:
     clocks = Clocks()
     watch = watch_of(clocks)
     clocks.run(100.0)  # a process that merely waited is not paused
-    assert watch.longest_since(0) == (0.0, 0)
-    clocks.sleep(42.0)
+    assert watch.since(0) == Pauses(0.0, None, 0)
     clocks.run(1.0)
-    longest, seen = watch.longest_since(0)
-    assert longest == pytest.approx(42.0) and seen == 1
-    assert watch.longest_since(seen) == (0.0, 1)  # each pause is told once to a reader that passes its number
+    clocks.sleep(42.0)  # from wall time 1101
+    clocks.run(1.0)
+    first = watch.since(0)
+    assert first == Pauses(pytest.approx(42.0), 1101.0, 1)
+    assert watch.since(first.seen) == Pauses(
+        0.0, None, 1
+    )  # each pause is told once to a reader that passes its number
     clocks.sleep(7.0)
-    assert watch.longest_since(0) == (pytest.approx(42.0), 2)  # a reader that saw none gets the longest
-    assert watch.longest_since(1) == (pytest.approx(7.0), 2)
+    assert watch.since(0) == Pauses(
+        pytest.approx(42.0), 1101.0, 2
+    )  # a reader that saw neither: the longest, the earliest
+    assert watch.since(1) == Pauses(pytest.approx(7.0), 1144.0, 2)
 
 
 def test_the_watch_tells_a_stopped_process_by_its_thread_not_getting_to_look() -> None:
     clocks = Clocks()
-    watch = watch_of(clocks, watching=True)  # its thread looks every 0.25 s (the clocks stand still)
+    watch = watch_of(clocks, watching=True)
     try:
+        clocks.run(30.0)  # before anyone asks, no thread watches: a gap is no stop
+        assert watch.since(0) == Pauses(0.0, None, 0)  # now its thread looks every 0.25 s
         clocks.run(0.2)
-        assert watch.longest_since(0) == (0.0, 0)
+        assert watch.since(0) == Pauses(0.0, None, 0)
         clocks.run(9.0)  # both clocks went on, and nobody looked: the process did not run
-        longest, seen = watch.longest_since(0)
-        assert longest == pytest.approx(9.0 - 0.25) and seen == 1
+        assert watch.since(0) == Pauses(pytest.approx(9.0 - 0.25), 1030.2, 1)
     finally:
         watch.stop()
 
@@ -97,6 +108,16 @@ def test_a_lease_that_ran_out_while_the_coordinator_slept_is_held_again(tmp_path
         [trial] = coordinator.trials(assignment.sweep_id)
         assert trial.state is TrialState.RUNNING
         clocks.run(31.0)  # the agent went silent after all: its trial is lost a lease later
+        coordinator.expire_leases()
+        assert [t.state for t in coordinator.trials(assignment.sweep_id)] == [TrialState.LOST]
+
+
+def test_a_lease_that_ran_out_before_the_coordinator_slept_stays_run_out(tmp_path: Path) -> None:
+    clocks = Clocks()
+    with coordinator_on(tmp_path, clocks) as coordinator:
+        assignment = leased(coordinator)
+        clocks.run(40.0)  # the agent died; no one has looked since its lease ran out
+        clocks.sleep(100.0)
         coordinator.expire_leases()
         assert [t.state for t in coordinator.trials(assignment.sweep_id)] == [TrialState.LOST]
 

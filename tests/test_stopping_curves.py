@@ -42,13 +42,14 @@ def store(sqlite_store_url: str) -> Iterator[Store]:
 def points_read(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """How many metric points the store has read (turned into MetricPoints) so far."""
     read = [0]
-    convert = rows.point_from_row
+    convert = rows.points_by
 
-    def counted(row: Any) -> MetricPoint:
-        read[0] += 1
-        return convert(row)
+    def counted(result: Any) -> dict[Any, list[MetricPoint]]:
+        grouped = convert(result)
+        read[0] += sum(map(len, grouped.values()))
+        return grouped
 
-    monkeypatch.setattr(rows, "point_from_row", counted)
+    monkeypatch.setattr(rows, "points_by", counted)
     return read
 
 

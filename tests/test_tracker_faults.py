@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from process_support import wait_until
 from sweeper.agents.events import TrialEnded, TrialStarted
 from sweeper.integrations.base import Leaderboard, SweepInfo, Tracker, TrialEnd, TrialInfo
 from sweeper.integrations.safe import SafeTracker
@@ -168,6 +169,41 @@ def test_a_trials_calls_wait_for_its_start_and_a_start_for_its_sweeps_record() -
     gated.gates["start 1"].set()
     assert safe.flush(timeout=30)
     assert gated.calls == ["sweep sw", "start 1", "metrics 1", "end 1"]
+    safe.close(timeout=5)
+
+
+class SlowUploads(Gated):
+    """Starts answer; each trial's end times out until ``up`` is set, as an upload on a slow link."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = threading.Event()
+
+    def trial_ended(self, trial: TrialInfo, end: TrialEnd) -> None:
+        if not self.up.is_set():
+            raise TimeoutError("the upload timed out")
+        super().trial_ended(trial, end)
+
+
+def test_ends_that_time_out_hold_up_no_start_and_are_said_once(caplog: pytest.LogCaptureFixture) -> None:
+    uploads = SlowUploads()
+    safe = SafeTracker(uploads, base_backoff=0.01, max_backoff=0.05)
+    with caplog.at_level(logging.WARNING, logger="sweeper.integrations"):
+        assert safe.trial_started(trial(1)) == {"RUN": "1"}
+        safe.trial_ended(trial(1), TrialEnd(state=TrialState.FINISHED))
+        assert wait_until(lambda: safe.down)
+        for number in (2, 3, 4):  # each start gets its run, though the first end still fails
+            assert safe.trial_started(trial(number)) == {"RUN": str(number)}
+        uploads.up.set()
+        assert safe.flush(timeout=30)
+    said = [r.getMessage() for r in caplog.records]
+    assert [m for m in said if "unreachable" in m] == [
+        "Gated is unreachable (TimeoutError: the upload timed out). Trials go on; their records are kept "
+        "(up to 10000 calls) and sent when it is back. check the tracker's settings"
+    ]
+    (back,) = [m for m in said if "reachable again" in m]
+    assert back.startswith("Gated is reachable again after ") and back.endswith("; sending 0 waiting call(s)")
+    assert uploads.calls == ["start 1", "start 2", "start 3", "start 4", "end 1"]
     safe.close(timeout=5)
 
 

@@ -6,7 +6,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,13 +20,14 @@ from sweeper.cli.common import (
     token_option,
 )
 from sweeper.cli.report import print_summary, state_counts
-from sweeper.protocol import SweepNotFoundError
+from sweeper.protocol import CoordinatorClient, SweepNotFoundError
 from sweeper.spec import SweepSpec, flatten_config
 from sweeper.trials import Trial
 
 # A listing of a large sweep (thousands of trials, their curves) takes the server a while to
 # build: long enough not to give up on it, short enough to end a wait on a server that hangs.
 READ_TIMEOUT = 600.0
+TRIALS_PER_PAGE = 20  # trials read at once with their curves: what `trials --format json` holds
 
 
 def _check_sweep(coordinator: Any, sweep_id: str) -> None:
@@ -87,15 +88,39 @@ def trials(
     coordinator = connect_or_fail(coordinator_url, token, db_url, existing=True, timeout=READ_TIMEOUT)
     with coordinator_errors():
         _check_sweep(coordinator, sweep_id)
-        rows = coordinator.trials(sweep_id, with_history=(fmt == "json"))
-    if fmt == "json":
-        click.echo(json.dumps([trial_to_json(t) for t in rows], indent=2, default=_json_default))
-    elif fmt == "csv":
+        if fmt == "json":  # curves can be millions of points: a page of trials at a time
+            _echo_json_list(trial_to_json(t) for t in trials_in_pages(coordinator, sweep_id))
+            return
+        rows = coordinator.trials(sweep_id)
+    if fmt == "csv":
         with coordinator_errors():
             spec = coordinator.spec_of(sweep_id)
         click.echo(trials_to_csv(rows, spec), nl=False)
     else:
         _print_table(rows)
+
+
+def trials_in_pages(
+    coordinator: CoordinatorClient, sweep_id: str, size: int = TRIALS_PER_PAGE
+) -> Iterator[Trial]:
+    """Every trial of the sweep with its history, read ``size`` trials at a time."""
+    after = 0
+    while True:
+        page = coordinator.trials(sweep_id, with_history=True, after=after, limit=size)
+        yield from page
+        if len(page) != size:  # fewer: the last page; more: a server older than pages sent them all
+            return
+        after = page[-1].number
+
+
+def _echo_json_list(items: Iterable[Any]) -> None:
+    """``json.dumps(list(items), indent=2)``, written an item at a time."""
+    sep = "[\n"
+    for item in items:
+        text = json.dumps(item, indent=2, default=_json_default)  # no blank lines: strings escape \n
+        click.echo(sep + "  " + text.replace("\n", "\n  "), nl=False)
+        sep = ",\n"
+    click.echo("[]" if sep == "[\n" else "\n]")
 
 
 def trial_to_json(trial: Trial) -> dict[str, Any]:

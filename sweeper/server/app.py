@@ -175,8 +175,14 @@ def create_app(
         return schemas.SweepOut.of(coordinator.set_sweep_state(sweep_id, body.state))
 
     @api.get("/sweeps/{sweep_id}/trials", response_model=list[schemas.TrialOut])
-    def list_trials(sweep_id: SweepId, history: Annotated[bool, Query()] = False) -> list[schemas.TrialOut]:
-        return [schemas.TrialOut.of(t) for t in coordinator.trials(sweep_id, with_history=history)]
+    def list_trials(
+        sweep_id: SweepId,
+        history: Annotated[bool, Query()] = False,
+        after: Annotated[int, Query(ge=0, le=2**53, description="Only trials numbered above it.")] = 0,
+        limit: Annotated[int | None, Query(ge=1, le=10_000, description="At most this many trials.")] = None,
+    ) -> list[schemas.TrialOut]:
+        found = coordinator.trials(sweep_id, with_history=history, after=after, limit=limit)
+        return [schemas.TrialOut.of(t) for t in found]
 
     @api.get("/sweeps/{sweep_id}/counts", response_model=dict[str, int])
     def trial_counts(sweep_id: SweepId) -> dict[str, int]:

@@ -175,8 +175,11 @@ class Store(ABC):
         *,
         with_history: bool = False,
         states: Sequence[TrialState] | None = None,
+        after: int = 0,
+        limit: int | None = None,
     ) -> list[Trial]:
-        """Trials of a sweep in number order."""
+        """Trials of a sweep in number order: those numbered above ``after``, at most ``limit`` of
+        them (a page, for a reader that must not hold every point of a large sweep at once)."""
 
     def count_trials(self, sweep_id: str, *, states: Sequence[TrialState] | None = None) -> int:
         """How many trials :meth:`list_trials` would return, without loading them."""
@@ -265,10 +268,12 @@ class Store(ABC):
         said it was interrupted (:meth:`renew_lease`) stays interrupted, and runs again unspent."""
 
     @abstractmethod
-    def extend_running_leases(self, *, expires_at: float) -> list[Trial]:
+    def extend_running_leases(self, *, expires_at: float, held_at: float | None = None) -> list[Trial]:
         """Move the lease end of every RUNNING trial to at least ``expires_at``, even one that ran
         out but was not expired yet; return those trials. A coordinator calls this when it starts,
-        so agents that kept running while it was down are not declared lost."""
+        so agents that kept running while it was down are not declared lost. With ``held_at``, only
+        the leases still held then (ending at ``held_at`` or later): a coordinator back from a pause
+        gives time to the agents it could not answer, not to those that had gone silent before."""
 
     # --- reading curves -----------------------------------------------------
 

@@ -8,7 +8,6 @@ only for the trials added since its last read and those running then: a range of
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Collection
 
 from sqlalchemy import Connection, bindparam, select
@@ -22,7 +21,7 @@ _CHOSEN = (trials.c.sweep_id == bindparam("sweep_id_")) & (
 )
 _TRIALS = select(trials).where(_CHOSEN).order_by(trials.c.number)
 _POINTS = (
-    select(trials.c.number, metrics)
+    select(trials.c.number, *rows.POINT_COLUMNS)
     .join(metrics, metrics.c.trial_id == trials.c.id)
     .where(_CHOSEN, metrics.c.name == bindparam("name_"))
     .order_by(trials.c.number, metrics.c.step, metrics.c.seq)
@@ -40,9 +39,7 @@ def read_trial_curves(
     left out (the next read finds it)."""
     params = {"sweep_id_": sweep_id, "after_": after, "numbers_": sorted(numbers), "name_": name}
     found = [rows.trial_from_row(row) for row in conn.execute(_TRIALS, params)]
-    curves: dict[int, list[MetricPoint]] = defaultdict(list)
-    for row in conn.execute(_POINTS, params):
-        curves[row.number].append(rows.point_from_row(row))
+    curves = rows.points_by(conn.execute(_POINTS, params))
     return [trial.with_history(curves.get(trial.number, ())) for trial in found]
 
 
@@ -50,12 +47,9 @@ def sweep_curves(conn: Connection, sweep_id: str, name: str) -> dict[int, list[M
     """The points of metric ``name`` of every trial of a sweep, by trial number, in step order."""
     # One indexed query: ix_metrics_curve serves (trial_id, name) and the (step, seq) order.
     query = (
-        select(trials.c.number, metrics)
+        select(trials.c.number, *rows.POINT_COLUMNS)
         .join(metrics, metrics.c.trial_id == trials.c.id)
         .where(trials.c.sweep_id == sweep_id, metrics.c.name == name)
         .order_by(trials.c.number, metrics.c.step, metrics.c.seq)
     )
-    curves: dict[int, list[MetricPoint]] = defaultdict(list)
-    for row in conn.execute(query):
-        curves[row.number].append(rows.point_from_row(row))
-    return dict(curves)
+    return dict(rows.points_by(conn.execute(query)))

@@ -3,7 +3,6 @@ and the sweeps left with nothing running."""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any
 
 from sqlalchemy import Connection, Select, func, select
@@ -25,12 +24,9 @@ def trials_of(conn: Connection, query: Select[Any], with_history: bool) -> list[
 def _histories(conn: Connection, trial_ids: Select[Any]) -> dict[int, list[MetricPoint]]:
     """The metric points of the trials whose ids ``trial_ids`` selects, by trial id, in one query."""
     chosen = trial_ids.subquery()
-    query = select(metrics).where(metrics.c.trial_id.in_(select(chosen.c.id)))
-    points = conn.execute(query.order_by(metrics.c.trial_id, metrics.c.step, metrics.c.seq, metrics.c.name))
-    history: dict[int, list[MetricPoint]] = defaultdict(list)
-    for point in points:
-        history[point.trial_id].append(rows.point_from_row(point))
-    return history
+    query = select(metrics.c.trial_id, *rows.POINT_COLUMNS).where(metrics.c.trial_id.in_(select(chosen.c.id)))
+    order = (metrics.c.trial_id, metrics.c.step, metrics.c.seq, metrics.c.name)
+    return rows.points_by(conn.execute(query.order_by(*order)))
 
 
 def idle_sweeps(conn: Connection) -> dict[str, tuple[int, float | None]]:

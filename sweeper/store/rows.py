@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 from sqlalchemy import Row
 
 from sweeper.protocol import SweepNotFoundError
+from sweeper.store.schema import metrics
 from sweeper.trials import MetricPoint, Sweep, SweepState, Trial, TrialState
 
 
@@ -74,10 +76,18 @@ def metric_value(stored: float | None) -> float:
     return math.nan if stored is None else stored
 
 
-def point_from_row(row: Row[Any]) -> MetricPoint:
-    return MetricPoint(
-        name=row.name, value=metric_value(row.value), step=row.step, seq=row.seq, time=row.time
-    )
+#: What a point is read from, after the column that groups the points (trial id or number).
+POINT_COLUMNS = (metrics.c.name, metrics.c.value, metrics.c.step, metrics.c.seq, metrics.c.time)
+
+
+def points_by(result: Iterable[Row[Any]]) -> dict[Any, list[MetricPoint]]:
+    """Rows of (key, *POINT_COLUMNS) as lists of points by key, in the rows' order. Unpacked as
+    tuples: reading each column by name costs more than the rest of the read (millions of points)."""
+    grouped: dict[Any, list[MetricPoint]] = defaultdict(list)
+    nan = math.nan  # SQLite stores NaN as NULL; the column is otherwise never NULL
+    for key, name, value, step, seq, at in result:
+        grouped[key].append(MetricPoint(name, nan if value is None else value, step, seq, at))
+    return grouped
 
 
 def point_to_row(trial_id: int, point: MetricPoint) -> dict[str, Any]:

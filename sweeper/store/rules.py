@@ -27,6 +27,14 @@ def check_lease(row: Row[Any], lease_id: str, now: float) -> None:
         raise LeaseLostError(f"{describe(row)}: lease expired at {row.lease_expires_at:.3f} (now {now:.3f})")
 
 
+def renewed(row: Row[Any], expires_at: float) -> float:
+    """The lease end a renewal writes: never earlier than the one stored. A renewal that took its
+    time before its process slept or was stopped would otherwise undo the time that a pause gave
+    the lease meanwhile (:meth:`Store.extend_running_leases`)."""
+    stored = row.lease_expires_at
+    return expires_at if stored is None else max(stored, expires_at)
+
+
 def check_trial_transition(row: Row[Any], state: TrialState) -> None:
     current = TrialState(row.state)
     if state not in TRIAL_TRANSITIONS[current]:

@@ -253,13 +253,19 @@ class SqlStore(Store):
         *,
         with_history: bool = False,
         states: Sequence[TrialState] | None = None,
+        after: int = 0,
+        limit: int | None = None,
     ) -> list[Trial]:
         keep: list[Callable[[], None]] = []
         with self._db.read() as conn:
-            if with_history or states is not None:
+            if with_history or states is not None or after or limit is not None:
                 query = select(trials).where(trials.c.sweep_id == sweep_id)
                 if states is not None:
                     query = query.where(trials.c.state.in_([TrialState(s).value for s in states]))
+                if after:
+                    query = query.where(trials.c.number > after)
+                if limit is not None:  # ordered here too: the histories' query selects the same page
+                    query = query.order_by(trials.c.number).limit(limit)
                 found = reads.trials_of(conn, query, with_history)
             else:  # every trial: what changed since the sweep was last read, not the whole sweep
                 found = self._known.read(conn, sweep_id, keep, self._drafts())
@@ -311,12 +317,11 @@ class SqlStore(Store):
     def renew_lease(
         self, trial_id: int, lease_id: str, *, expires_at: float, now: float, interrupted: str | None = None
     ) -> Trial:
-        changes: dict[str, Any] = {"lease_expires_at": expires_at}
-        if interrupted is not None:
-            changes["stop_reason"] = interrupted
-
         def renew(conn: Connection) -> Trial:
             row = self._leased_row(conn, trial_id, lease_id, now)
+            changes: dict[str, Any] = {"lease_expires_at": rules.renewed(row, expires_at)}
+            if interrupted is not None:
+                changes["stop_reason"] = interrupted
             statements.UPDATE_TRIAL.send(conn, {"trial_id_": trial_id, **changes})
             # The locked row plus what this call changed: no need to read it back.
             return dataclasses.replace(rows.trial_from_row(row), **changes)
@@ -345,11 +350,14 @@ class SqlStore(Store):
         """Both add_metrics and report_metrics: the points, and the lease renewed when ``expires_at``
         is given, in one transaction under the trial's lock."""
 
-        changes: dict[str, Any] = {} if expires_at is None else {"lease_expires_at": expires_at}
+        def changes_of(row: Row[Any]) -> dict[str, Any]:
+            return {} if expires_at is None else {"lease_expires_at": rules.renewed(row, expires_at)}
+
         if not points:
 
             def renew(conn: Connection) -> Trial:
-                trial = rows.trial_from_row(self._leased_row(conn, trial_id, lease_id, now))
+                row = self._leased_row(conn, trial_id, lease_id, now)
+                trial, changes = rows.trial_from_row(row), changes_of(row)
                 if changes:
                     statements.UPDATE_TRIAL.send(conn, {"trial_id_": trial_id, **changes})
                 return dataclasses.replace(trial, **changes)
@@ -361,7 +369,7 @@ class SqlStore(Store):
             # With the lock, what the new summary needs (see sweeper.store.summary).
             row, latest = self._locked_row_and(conn, latest_points, params)
             rules.check_lease(row, lease_id, now)
-            trial = rows.trial_from_row(row)
+            trial, changes = rows.trial_from_row(row), changes_of(row)
             found = summary.add_points(conn, self._insert_points, trial, latest, values, newest, changes)
             # The locked row plus what this call changed: no need to read it back.
             return dataclasses.replace(trial, **changes, summary=found)
@@ -444,16 +452,18 @@ class SqlStore(Store):
             self._wrote()
         return lost
 
-    def extend_running_leases(self, *, expires_at: float) -> list[Trial]:
+    def extend_running_leases(self, *, expires_at: float, held_at: float | None = None) -> list[Trial]:
         def extend(conn: Connection) -> list[Trial]:
-            running = trials.c.state == TrialState.RUNNING.value
+            chosen = trials.c.state == TrialState.RUNNING.value
+            if held_at is not None:
+                chosen = chosen & (trials.c.lease_expires_at >= held_at)
             conn.execute(
                 update(trials)
-                .where(running)
+                .where(chosen)
                 .where((trials.c.lease_expires_at < expires_at) | trials.c.lease_expires_at.is_(None))
                 .values(lease_expires_at=expires_at)
             )
-            return reads.trials_of(conn, select(trials).where(running).order_by(trials.c.sweep_id), False)
+            return reads.trials_of(conn, select(trials).where(chosen).order_by(trials.c.sweep_id), False)
 
         return self._write(extend)
 
