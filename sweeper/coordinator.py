@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 from sweeper.checkpoints import checkpoint_location
 from sweeper.checkpoints.retention import resume_points, unneeded_checkpoints
-from sweeper.pauses import PauseWatch, process_pauses
+from sweeper.pauses import Pauses, PauseWatch, process_pauses
 from sweeper.planning import Plan, completion, may_run_again, plan_next
 from sweeper.protocol import (
     CONTINUE,
@@ -146,7 +146,7 @@ class Coordinator:
     # --- the agent protocol -------------------------------------------------
 
     def next_trial(self, sweep_id: str, agent: AgentInfo) -> Assignment | NoTrial:
-        now = self._now()
+        now, pauses_seen = self._lease_time()
         self._expire_leases(now)
         # The sweep's state is read under new_trial's lock; a sweep that hands out no trials
         # is answered from a fresh read below.
@@ -175,6 +175,7 @@ class Coordinator:
             history_of=spec.metric.name if strategy.needs_history and spec.metric else None,
         )
         if trial is not None:
+            self._revive_after_late_pause(pauses_seen)
             # Worked out once the lease's transaction has ended, from the history it was made from.
             history, since = seen[-1]
             discard = _unneeded_checkpoints(spec, history, since)
@@ -343,36 +344,57 @@ class Coordinator:
         self._expire_leases(self._now())
 
     def _now(self) -> float:
-        """The time for a lease decision, taken before looking for a pause: a pause that ends after
-        it is seen by the next decision, and one that ended before it first gives the leases time."""
+        """The time for a lease decision, read before looking for a pause. A pause that ended
+        before the look first gives the leases their time; a decision with a time from before a
+        pause is safe to make after it: a renewal never moves a lease earlier, and a new lease looks
+        again once written (:meth:`_revive_after_late_pause`)."""
         now = self.clock()
         if self._pauses is not None:
             self._revive_after_pause()
         return now
 
+    def _lease_time(self) -> tuple[float, int]:
+        """:meth:`_now`, and the number of the last pause noticed before the time was read."""
+        seen = self._pauses.last_noticed() if self._pauses is not None else 0
+        return self._now(), seen
+
+    def _revive_after_late_pause(self, seen: int) -> None:
+        """A new lease whose time was read before a pause after number ``seen``, and written after
+        the leases held then got their time (perhaps by another thread): it gets its time now. A
+        store that fails here leaves it to the next decision (the lease handed out still stands)."""
+        if self._pauses is None:
+            return
+        try:
+            with self._pause_lock:
+                self._revive(self._pauses.since(seen))
+        except Exception as exc:
+            log.debug("leases not yet given time after a pause: %s", exc)
+
     def _revive_after_pause(self) -> None:
         """After this process slept or was stopped long enough for leases to run out unanswered,
         give the trials whose leases were held when it began a lease period from now, as a restarted
         server does. Under a lock, so no decision of another thread reads the leases before they
-        have their time again (one that read the time before the pause keeps it: a renewal never
-        moves a lease earlier)."""
+        have their time again."""
         assert self._pauses is not None
         with self._pause_lock:
             pauses = self._pauses.since(self._pauses_seen)
-            if pauses.longest >= max(_SHORTEST_REVIVING_PAUSE, self.lease_seconds / 5):
-                # A store that fails here fails the decision too; the next one tries again.
-                revived = self.store.extend_running_leases(
-                    expires_at=self.clock() + self.lease_seconds, held_at=pauses.began
-                )
-                if revived:
-                    log.warning(
-                        "this process did not run for %.0fs (the machine slept, or the process was "
-                        "stopped): %d running trial(s) get %.0fs from now for their agents to be heard",
-                        pauses.longest,
-                        len(revived),
-                        self.lease_seconds,
-                    )
+            self._revive(pauses)  # a store that fails here fails the decision; the next tries again
             self._pauses_seen = pauses.seen
+
+    def _revive(self, pauses: Pauses) -> None:
+        if pauses.longest < max(_SHORTEST_REVIVING_PAUSE, self.lease_seconds / 5):
+            return
+        revived = self.store.extend_running_leases(
+            expires_at=self.clock() + self.lease_seconds, held_at=pauses.began
+        )
+        if revived:
+            log.warning(
+                "this process did not run for %.0fs (the machine slept, or the process was stopped): "
+                "%d running trial(s) get %.0fs from now for their agents to be heard",
+                pauses.longest,
+                len(revived),
+                self.lease_seconds,
+            )
 
     def _finish_sweep_if_complete(self, sweep_id: str) -> None:
         if self.store.count_trials(sweep_id, states=[TrialState.RUNNING]):

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from process_support import wait_until
@@ -120,6 +121,29 @@ def test_a_lease_that_ran_out_before_the_coordinator_slept_stays_run_out(tmp_pat
         clocks.sleep(100.0)
         coordinator.expire_leases()
         assert [t.state for t in coordinator.trials(assignment.sweep_id)] == [TrialState.LOST]
+
+
+def test_a_lease_made_across_a_pause_gets_its_time_after_the_others_did(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The time of a new lease is read, the machine sleeps, another thread's decision gives the
+    # leases it finds their time (and looks for lost ones), and then the new lease is written.
+    clocks = Clocks()
+    with coordinator_on(tmp_path, clocks) as coordinator:
+        raw = {"method": "grid", "program": "train.py", "parameters": {"x": {"values": [1, 2]}}}
+        sweep = coordinator.create_sweep(parse_sweep(raw))
+        new_trial = coordinator.store.new_trial
+
+        def slept_midway(*args: Any, **kwargs: Any) -> Any:
+            clocks.sleep(100.0)
+            coordinator.expire_leases()  # the other thread
+            return new_trial(*args, **kwargs)
+
+        monkeypatch.setattr(coordinator.store, "new_trial", slept_midway)
+        assignment = coordinator.next_trial(sweep.id, AGENT)
+        assert isinstance(assignment, Assignment)
+        coordinator.expire_leases()
+        assert coordinator.heartbeat(assignment.trial_id, assignment.lease_id) == CONTINUE
 
 
 @pytest.mark.parametrize("away", ["waited", "slept briefly"])
