@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 from sweeper.checkpoints import checkpoint_location
 from sweeper.checkpoints.retention import resume_points, unneeded_checkpoints
-from sweeper.pauses import Pauses, PauseWatch, process_pauses
+from sweeper.pauses import PauseWatch, process_pauses
 from sweeper.planning import Plan, completion, may_run_again, plan_next
 from sweeper.protocol import (
     CONTINUE,
@@ -34,6 +34,7 @@ from sweeper.protocol import (
     metric_name_problem,
 )
 from sweeper.results import best_of
+from sweeper.revival import Revival
 from sweeper.spec import SweepSpec, parse_sweep
 from sweeper.spec.integrations import tracker_settings
 from sweeper.spec.model import DEFAULT_CHECKPOINTS, Pbt
@@ -44,9 +45,6 @@ from sweeper.trials import MetricPoint, Sweep, SweepState, Trial, TrialState, co
 
 DEFAULT_LEASE_SECONDS = 30.0
 _EXPIRY_INTERVAL = 1.0  # seconds between lease-expiry passes, at most
-# Seconds this process must have been away before leases get time again. Shorter pauses (or a fifth
-# of a lease, if longer) cut no lease short: an agent heartbeats at least three times a lease.
-_SHORTEST_REVIVING_PAUSE = 1.0
 _IDLE_LOOKS_PER_PASS = 8  # idle sweeps a pass asks whether they are complete, at most
 # Compiled specs kept, the most recently used: a long-lived server sees sweeps come and go, and one
 # that comes back after its entry was dropped is compiled again from its stored spec.
@@ -74,9 +72,10 @@ class Coordinator:
         self.store = store
         self.clock = clock
         self.lease_seconds = lease_seconds
-        self._pauses = pauses if pauses is not None else process_pauses() if clock is time.time else None
-        self._pauses_seen = self._pauses.since(0).seen if self._pauses is not None else 0
-        self._pause_lock = threading.Lock()
+        watch = pauses if pauses is not None else process_pauses() if clock is time.time else None
+        self._revival = (
+            Revival(store, watch, lease_seconds=lease_seconds, clock=clock) if watch is not None else None
+        )
         self._lock = threading.Lock()
         self._specs: OrderedDict[str, tuple[SweepSpec, Strategy, StoppingRule | None]] = OrderedDict()
         self._curves = KnownCurves()  # the curves of ended trials, which stopping rules judge by
@@ -146,7 +145,7 @@ class Coordinator:
     # --- the agent protocol -------------------------------------------------
 
     def next_trial(self, sweep_id: str, agent: AgentInfo) -> Assignment | NoTrial:
-        now, pauses_seen = self._lease_time()
+        now, mark = self._lease_time()
         self._expire_leases(now)
         # The sweep's state is read under new_trial's lock; a sweep that hands out no trials
         # is answered from a fresh read below.
@@ -175,7 +174,11 @@ class Coordinator:
             history_of=spec.metric.name if strategy.needs_history and spec.metric else None,
         )
         if trial is not None:
-            self._revive_after_late_pause(pauses_seen)
+            if self._revival is not None and self._revival.owes(mark):  # rare: after a pause
+                # The leases held when it began may have had their time without this one, new.
+                self.store.renew_lease(
+                    trial.id, lease.lease_id, expires_at=self.clock() + self.lease_seconds, now=now
+                )
             # Worked out once the lease's transaction has ended, from the history it was made from.
             history, since = seen[-1]
             discard = _unneeded_checkpoints(spec, history, since)
@@ -344,57 +347,13 @@ class Coordinator:
         self._expire_leases(self._now())
 
     def _now(self) -> float:
-        """The time for a lease decision, read before looking for a pause. A pause that ended
-        before the look first gives the leases their time; a decision with a time from before a
-        pause is safe to make after it: a renewal never moves a lease earlier, and a new lease looks
-        again once written (:meth:`_revive_after_late_pause`)."""
-        now = self.clock()
-        if self._pauses is not None:
-            self._revive_after_pause()
-        return now
+        return self._lease_time()[0]
 
     def _lease_time(self) -> tuple[float, int]:
-        """:meth:`_now`, and the number of the last pause noticed before the time was read."""
-        seen = self._pauses.last_noticed() if self._pauses is not None else 0
-        return self._now(), seen
-
-    def _revive_after_late_pause(self, seen: int) -> None:
-        """A new lease whose time was read before a pause after number ``seen``, and written after
-        the leases held then got their time (perhaps by another thread): it gets its time now. A
-        store that fails here leaves it to the next decision (the lease handed out still stands)."""
-        if self._pauses is None:
-            return
-        try:
-            with self._pause_lock:
-                self._revive(self._pauses.since(seen))
-        except Exception as exc:
-            log.debug("leases not yet given time after a pause: %s", exc)
-
-    def _revive_after_pause(self) -> None:
-        """After this process slept or was stopped long enough for leases to run out unanswered,
-        give the trials whose leases were held when it began a lease period from now, as a restarted
-        server does. Under a lock, so no decision of another thread reads the leases before they
-        have their time again."""
-        assert self._pauses is not None
-        with self._pause_lock:
-            pauses = self._pauses.since(self._pauses_seen)
-            self._revive(pauses)  # a store that fails here fails the decision; the next tries again
-            self._pauses_seen = pauses.seen
-
-    def _revive(self, pauses: Pauses) -> None:
-        if pauses.longest < max(_SHORTEST_REVIVING_PAUSE, self.lease_seconds / 5):
-            return
-        revived = self.store.extend_running_leases(
-            expires_at=self.clock() + self.lease_seconds, held_at=pauses.began
-        )
-        if revived:
-            log.warning(
-                "this process did not run for %.0fs (the machine slept, or the process was stopped): "
-                "%d running trial(s) get %.0fs from now for their agents to be heard",
-                pauses.longest,
-                len(revived),
-                self.lease_seconds,
-            )
+        """The time for a lease decision: the clock's, or after a pause of this process, the moment
+        it began until the leases have had the time it owes them (:mod:`sweeper.revival`); and a
+        mark for :meth:`Revival.owes`."""
+        return self._revival.time() if self._revival is not None else (self.clock(), 0)
 
     def _finish_sweep_if_complete(self, sweep_id: str) -> None:
         if self.store.count_trials(sweep_id, states=[TrialState.RUNNING]):

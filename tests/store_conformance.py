@@ -505,6 +505,8 @@ class StoreConformance:
         assert [t.number for t in store.list_trials(sweep.id, after=5)] == [6, 7]
         running = store.list_trials(sweep.id, states=[TrialState.RUNNING], after=2, limit=2)
         assert [t.number for t in running] == [3, 4]
+        with pytest.raises(ValueError, match="at least one"):
+            store.list_trials(sweep.id, limit=0)
 
     def test_list_trials_by_state(self, store: Store, sweep: Sweep) -> None:
         trials = [self.started(store, sweep, config={"n": i}, lease_id=f"l{i}") for i in range(4)]

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,16 @@ def test_the_watch_tells_a_stopped_process_by_its_thread_not_getting_to_look() -
         watch.stop()
 
 
+def lease_reaches(coordinator: Coordinator, assignment: Assignment, end: float) -> bool:
+    """Whether the trial's lease comes to end at ``end`` or later, within a few seconds."""
+
+    def reached() -> bool:
+        trial = next(t for t in coordinator.trials(assignment.sweep_id) if t.id == assignment.trial_id)
+        return trial.lease_expires_at is not None and trial.lease_expires_at >= end
+
+    return wait_until(reached, timeout=10)
+
+
 def leased(coordinator: Coordinator) -> Assignment:
     raw = {"method": "grid", "program": "train.py", "parameters": {"x": {"values": [1, 2]}}}
     sweep = coordinator.create_sweep(parse_sweep(raw))
@@ -106,6 +117,7 @@ def test_a_lease_that_ran_out_while_the_coordinator_slept_is_held_again(tmp_path
         clocks.sleep(100.0)  # the laptop's lid closed with the lease 30 s long
         coordinator.expire_leases()  # the first pass after waking loses nothing
         assert coordinator.heartbeat(assignment.trial_id, assignment.lease_id) == CONTINUE
+        assert lease_reaches(coordinator, assignment, clocks.wall + 30.0)  # given on a thread of its own
         [trial] = coordinator.trials(assignment.sweep_id)
         assert trial.state is TrialState.RUNNING
         clocks.run(31.0)  # the agent went silent after all: its trial is lost a lease later
@@ -130,20 +142,69 @@ def test_a_lease_made_across_a_pause_gets_its_time_after_the_others_did(
     # leases it finds their time (and looks for lost ones), and then the new lease is written.
     clocks = Clocks()
     with coordinator_on(tmp_path, clocks) as coordinator:
-        raw = {"method": "grid", "program": "train.py", "parameters": {"x": {"values": [1, 2]}}}
-        sweep = coordinator.create_sweep(parse_sweep(raw))
+        running = leased(coordinator)
         new_trial = coordinator.store.new_trial
 
         def slept_midway(*args: Any, **kwargs: Any) -> Any:
             clocks.sleep(100.0)
-            coordinator.expire_leases()  # the other thread
+            coordinator.expire_leases()  # the other thread, which has the running lease given its time
+            assert lease_reaches(coordinator, running, clocks.wall + 30.0)
             return new_trial(*args, **kwargs)
 
         monkeypatch.setattr(coordinator.store, "new_trial", slept_midway)
-        assignment = coordinator.next_trial(sweep.id, AGENT)
+        assignment = coordinator.next_trial(running.sweep_id, AGENT)
         assert isinstance(assignment, Assignment)
         coordinator.expire_leases()
         assert coordinator.heartbeat(assignment.trial_id, assignment.lease_id) == CONTINUE
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest) -> str:
+    return str(request.getfixturevalue(f"{request.param}_store_url"))
+
+
+def test_a_pause_noticed_while_another_thread_holds_a_batch_holds_up_neither(store_url: str) -> None:
+    # The server runs agents' calls in batches, one transaction each. The leases' time after a
+    # pause is written beside them: the batch, holding a trial's row, goes on, and so does the write.
+    clocks = Clocks()
+    store = open_store(store_url)
+    coordinator = Coordinator(store, clock=lambda: clocks.wall, lease_seconds=30.0, pauses=watch_of(clocks))
+    raw = {"method": "grid", "program": "train.py", "parameters": {"x": {"values": [1, 2]}}}
+    sweep_id = coordinator.create_sweep(parse_sweep(raw)).id
+    first, second = (coordinator.next_trial(sweep_id, AGENT) for _ in range(2))
+    assert isinstance(first, Assignment) and isinstance(second, Assignment)
+    holding, noticed, directives, errors = threading.Event(), threading.Event(), [], []
+
+    def batch() -> None:
+        with store.batch():
+            directives.append(coordinator.heartbeat(first.trial_id, first.lease_id))  # its row, held
+            holding.set()
+            noticed.wait(10)
+            time.sleep(0.3)  # the write of the leases' time is under way, waiting for this batch
+            directives.append(coordinator.heartbeat(second.trial_id, second.lease_id))
+
+    def expiry() -> None:
+        holding.wait(10)
+        clocks.sleep(100.0)
+        try:
+            coordinator.expire_leases()
+        except Exception as exc:  # a store that timed out waiting for the batch, say
+            errors.append(exc)
+        noticed.set()
+
+    threads = [threading.Thread(target=batch, daemon=True), threading.Thread(target=expiry, daemon=True)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert not any(thread.is_alive() for thread in threads)
+        assert directives == [CONTINUE, CONTINUE] and errors == []
+        assert lease_reaches(coordinator, first, clocks.wall + 30.0)
+        assert lease_reaches(coordinator, second, clocks.wall + 30.0)
+    finally:
+        if not any(thread.is_alive() for thread in threads):
+            coordinator.close()
 
 
 @pytest.mark.parametrize("away", ["waited", "slept briefly"])

@@ -136,6 +136,21 @@ def test_unknown_things_are_404_and_bad_transitions_409(server: ServerProcess) -
     assert isinstance(stopped, NoTrial) and stopped.reason is NoTrialReason.STOPPED
 
 
+def test_trial_ids_and_numbers_past_the_stores_columns_are_refused_not_a_fault(server: ServerProcess) -> None:
+    # PostgreSQL's columns are 32-bit: a larger number reached the database and came back as a 500.
+    client = server.client()
+    sweep = client.create_sweep(parse_sweep(GRID))
+    assert client.trials(sweep.id, after=2**31 - 1) == []
+    for call in (
+        lambda: client.trials(sweep.id, after=2**31),
+        lambda: client.heartbeat(2**31, "lease"),
+        lambda: client.report_metrics(2**40, "lease", [MetricPoint("loss", 1.0, 0, 1, 0.0)]),
+    ):
+        with pytest.raises(CoordinatorError) as caught:
+            call()
+        assert caught.value.status == 422, caught.value
+
+
 def test_an_invalid_sweep_lists_every_problem(server: ServerProcess) -> None:
     bad = {"method": "gird", "parameters": {"lr": {"min": 1, "max": 0}}}
     status, body = post(server, "/sweeps", bad)

@@ -20,7 +20,7 @@ from sweeper.cli.common import (
     token_option,
 )
 from sweeper.cli.report import print_summary, state_counts
-from sweeper.protocol import CoordinatorClient, SweepNotFoundError
+from sweeper.protocol import CoordinatorService, SweepNotFoundError
 from sweeper.spec import SweepSpec, flatten_config
 from sweeper.trials import Trial
 
@@ -101,7 +101,7 @@ def trials(
 
 
 def trials_in_pages(
-    coordinator: CoordinatorClient, sweep_id: str, size: int = TRIALS_PER_PAGE
+    coordinator: CoordinatorService, sweep_id: str, size: int = TRIALS_PER_PAGE
 ) -> Iterator[Trial]:
     """Every trial of the sweep with its history, read ``size`` trials at a time."""
     after = 0

@@ -38,7 +38,7 @@ SweepId = Annotated[
     str, Path(pattern=schemas.ID_PATTERN, description="A sweep id, as `sweeper sweep` prints")
 ]
 _BEARER = HTTPBearer(auto_error=False)  # module level: route annotations are resolved in this namespace
-TrialId = Annotated[int, Path(ge=1, le=schemas.INT64_MAX)]
+TrialId = Annotated[int, Path(ge=1, le=schemas.INT32_MAX)]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut, "description": text}
@@ -178,7 +178,9 @@ def create_app(
     def list_trials(
         sweep_id: SweepId,
         history: Annotated[bool, Query()] = False,
-        after: Annotated[int, Query(ge=0, le=2**53, description="Only trials numbered above it.")] = 0,
+        after: Annotated[
+            int, Query(ge=0, le=schemas.INT32_MAX, description="Only trials numbered above it.")
+        ] = 0,
         limit: Annotated[int | None, Query(ge=1, le=10_000, description="At most this many trials.")] = None,
     ) -> list[schemas.TrialOut]:
         found = coordinator.trials(sweep_id, with_history=history, after=after, limit=limit)

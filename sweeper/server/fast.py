@@ -134,7 +134,7 @@ class AgentRoutes:
             lease = lambda: coordinator.next_trial(key, agent)  # noqa: E731
             return lambda: (200, _dump(schemas.NextTrialOut.of(lease()))), LeaseCall(key)
         trial_id = int(key)
-        if not 1 <= trial_id <= schemas.INT64_MAX:
+        if not 1 <= trial_id <= schemas.INT32_MAX:
             return None
         if isinstance(body, schemas.LeaseIn):
             note, lease_id = body.interrupted, body.lease_id

@@ -27,6 +27,8 @@ from sweeper.spec.problems import join
 from sweeper.trials import MetricPoint, Sweep, SweepState, Trial, TrialState
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# Trial ids and numbers: the store's columns are 32-bit integers on PostgreSQL (beyond, a 500).
+INT32_MAX = 2**31 - 1
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # sweep ids and lease ids
 MAX_NAME = MAX_METRIC_NAME
 MAX_TAIL = 65536

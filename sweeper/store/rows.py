@@ -84,7 +84,7 @@ def points_by(result: Iterable[Row[Any]]) -> dict[Any, list[MetricPoint]]:
     """Rows of (key, *POINT_COLUMNS) as lists of points by key, in the rows' order. Unpacked as
     tuples: reading each column by name costs more than the rest of the read (millions of points)."""
     grouped: dict[Any, list[MetricPoint]] = defaultdict(list)
-    nan = math.nan  # SQLite stores NaN as NULL; the column is otherwise never NULL
+    nan = math.nan  # as metric_value: SQLite stores NaN as NULL; the column is otherwise never NULL
     for key, name, value, step, seq, at in result:
         grouped[key].append(MetricPoint(name, nan if value is None else value, step, seq, at))
     return grouped

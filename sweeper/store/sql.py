@@ -256,6 +256,8 @@ class SqlStore(Store):
         after: int = 0,
         limit: int | None = None,
     ) -> list[Trial]:
+        if limit is not None and limit < 1:
+            raise ValueError(f"a page of trials holds at least one, not {limit}")
         keep: list[Callable[[], None]] = []
         with self._db.read() as conn:
             if with_history or states is not None or after or limit is not None:
