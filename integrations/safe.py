@@ -50,8 +50,7 @@ class _Lane:
     """Calls run in order by one thread; the head is the call running or being retried."""
 
     name: str
-    queue: deque[_Call] = field(default_factory=deque)
-    idle: bool = True
+    queue: deque[_Call] = field(default_factory=deque)  # the head leaves once done with: empty is idle
     attempts: int = 0  # failed tries of the head, for its backoff
     down_since: float | None = None  # when the head's first try of the current run of failures failed
     waiting: bool = False  # the head waits for a call of the other lane
@@ -194,7 +193,6 @@ class SafeTracker:
             if self._pending() >= self.max_pending:
                 self._drop_one()
             lane.queue.append(call)
-            lane.idle = False
             self._cond.notify_all()
         return call
 
@@ -230,11 +228,9 @@ class SafeTracker:
         while True:
             with self._cond:
                 while not lane.queue and not self._closing:
-                    lane.idle = True
-                    self._cond.notify_all()
+                    self._cond.notify_all()  # for flush
                     self._cond.wait()
                 if not lane.queue:
-                    lane.idle = True
                     self._cond.notify_all()
                     return
                 call = lane.queue[0]
@@ -332,7 +328,7 @@ class SafeTracker:
         """Wait until every queued call is done; False if the time ran out."""
         end = self._clock() + timeout
         with self._cond:
-            while not all(lane.idle and not lane.queue for lane in (self._calls, self._starts)):
+            while self._pending():
                 left = end - self._clock()
                 if left <= 0:
                     return False

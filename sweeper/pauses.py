@@ -100,13 +100,6 @@ class PauseWatch:
                 seen=self._count,
             )
 
-    def last_noticed(self) -> int:
-        """The number of the last pause noticed, after a look: what :meth:`since` takes, to be told
-        of the pauses that end after now."""
-        self.look()
-        with self._lock:
-            return self._count
-
     def after_fork(self) -> None:
         """A forked child has no watching thread: it starts its own when asked, with fresh clocks."""
         self._lock = threading.Lock()
