@@ -186,9 +186,9 @@ def select_gpus(
     inherited = inherited_devices(environ)
     if inherited is not None:
         return _select_visible(choice, inherited, found, environ, without_gpus)
+    why = "; ".join(problems) or "neither NVML nor nvidia-smi reports one"  # when none is found
     if choice.lower() == "all":
         if not found:
-            why = "; ".join(problems) or "neither NVML nor nvidia-smi reports one"
             raise GpuSelectionError(
                 f"--gpus all: no NVIDIA GPU found ({why}); "
                 f"use {without_gpus} N to run N trials at once without GPUs"
@@ -196,7 +196,6 @@ def select_gpus(
         return list(found)
     wanted = _indices(choice)
     if not found:
-        why = "; ".join(problems) or "neither NVML nor nvidia-smi reports one"
         log.warning(
             "--gpus %s: no NVIDIA GPU found (%s); taking the indices as given, as a container may hide "
             "NVML: each trial gets CUDA_VISIBLE_DEVICES set to one of them",

@@ -152,7 +152,7 @@ def agent_place(spec: SweepSpec, sweep_file: str, coordinator: Any, db_url: str 
     )
     where = f"in {shlex.quote(str(folder))} " if program_there else ""
     store = store_shown(coordinator)
-    typed = bool(db_url) and not from_environment("db_url", "SWEEPER_DB")
+    typed = bool(db_url) and not _set_by_environment("db_url")
     if not store or not (typed or program_there):
         return where, ""
     return where, f" --db {shlex.quote(store) if store.startswith('sqlite:///') else store}"
@@ -210,12 +210,15 @@ def open_store_or_fail(db_url: str | None) -> Any:
 def from_environment(param: str, variable: str) -> str:
     """`` (from SWEEPER_DB)`` when the command's ``param`` came from that variable, not the
     command line: an error about a value the person never typed says where it is set."""
+    return f" (from {variable})" if _set_by_environment(param) else ""
+
+
+def _set_by_environment(param: str) -> bool:
+    """The command's ``param`` came from its environment variable, not the command line."""
     from click.core import ParameterSource
 
     ctx = click.get_current_context(silent=True)
-    if ctx is not None and ctx.get_parameter_source(param) is ParameterSource.ENVIRONMENT:
-        return f" (from {variable})"
-    return ""
+    return ctx is not None and ctx.get_parameter_source(param) is ParameterSource.ENVIRONMENT
 
 
 def resolve_program(spec: SweepSpec, sweep_file: str) -> str | None:
@@ -249,12 +252,9 @@ def find_program(spec: SweepSpec, folders: Sequence[Path], *, where: str, advice
     """The sweep's ``program`` in the first of ``folders`` that holds it, for a command that runs
     ``${program}`` as a file; None when the command runs no program file. A program the command
     starts as its executable may also be a command on PATH."""
-    if "${program}" not in spec.command:  # only a whole chunk is expanded, as in W&B
-        return None
-    if spec.program is None:
-        # Valid for sweeper.agent(function=...), but a command needs something to run.
+    if lacks_program(spec):  # valid for sweeper.agent(function=...), but a command needs something to run
         raise click.ClickException(f"program: required because the command uses ${{program}} ({where})")
-    if runs_program_as_module(spec.command):
+    if spec.program is None or "${program}" not in spec.command or runs_program_as_module(spec.command):
         return None
     candidates = [folder / spec.program for folder in folders]
     for candidate in candidates:

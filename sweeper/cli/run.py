@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 import threading
 import time
@@ -29,7 +28,7 @@ from sweeper.cli.interrupt import EXIT_INTERRUPTED, run_until_done_or_interrupte
 from sweeper.cli.report import print_summary
 from sweeper.integrations.cli import mlflow_option, wandb_option, with_trackers
 from sweeper.spec import Problem, SpecError, SweepSpec
-from sweeper.trials import SweepState, TrialState
+from sweeper.trials import Sweep, SweepState, TrialState
 
 
 @click.command()
@@ -86,8 +85,8 @@ def run(
     check_trackers(spec, sweep_file)
     store = open_store_or_fail(db_url)
     coordinator = Coordinator(store)
-    stopped_before = _stopped_sweeps_of(coordinator, spec)
     sweep = coordinator.create_sweep(spec)
+    stopped_before = _stopped_sweeps_like(coordinator, sweep)
     click.echo(f"sweep {sweep.id}: {describe(spec)}")
     # How agents here would take a stopped sweep up again, with this command's parallelism.
     place = agent_place(spec, sweep_file, coordinator, db_url)
@@ -128,13 +127,15 @@ def run(
     )
     reasons, interrupted = run_until_done_or_interrupted(agents, grace)
     # This command owns the sweep: it leaves none running behind (`sweeper resume` takes it up again).
+    can_go_on = False  # stopped here, not done: `sweeper resume` goes on with it
     if interrupted or agents.gave_up:
-        if not coordinator.get_sweep(sweep.id).state.is_terminal:
+        can_go_on = not coordinator.get_sweep(sweep.id).state.is_terminal
+        if can_go_on:
             coordinator.set_sweep_state(sweep.id, SweepState.STOPPED)
     if interrupted:
         with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP): the exit code still says it
             print_summary(coordinator, sweep.id)
-            if coordinator.get_sweep(sweep.id).state is SweepState.STOPPED:
+            if can_go_on:
                 click.echo(
                     f"to go on: {_going_on(sweep.id, place, parallel)} (the trials cut short run again)",
                     err=True,
@@ -145,7 +146,7 @@ def run(
     print_summary(coordinator, sweep.id)
     if agents.gave_up:
         click.echo(f"error: {reasons[0]}", err=True)
-        if coordinator.get_sweep(sweep.id).state is SweepState.STOPPED:  # not done: it can go on
+        if can_go_on:
             click.echo(
                 f"once it is fixed: {_going_on(sweep.id, place, parallel)} (the configurations that "
                 "failed run again)",
@@ -170,17 +171,16 @@ def check_trackers(spec: SweepSpec, sweep_file: str) -> None:
         raise SpecFileError(sweep_file, SpecError([Problem("", p) for p in [*problems, advice]]))
 
 
-def _stopped_sweeps_of(coordinator: Any, spec: SweepSpec) -> list[str]:
-    """The ids of the store's stopped sweeps made from the same sweep configuration as ``spec``
-    (the same keys and values, as stored), newest first."""
-    try:  # as the store writes it and reads it back: keys as strings, so any file compares
-        same = json.dumps(json.loads(json.dumps(dict(spec.raw), default=str)), sort_keys=True)
-    except (TypeError, ValueError):
-        return []
+def _stopped_sweeps_like(coordinator: Any, new: Sweep) -> list[str]:
+    """The ids of the store's stopped sweeps made from the same sweep configuration as ``new``
+    (the same keys and values, as the store keeps them), newest first."""
+    from sweeper.store.rows import config_key
+
+    same = config_key(new.spec)
     return [
-        sweep.id
-        for sweep in coordinator.list_sweeps()
-        if sweep.state is SweepState.STOPPED and json.dumps(sweep.spec, sort_keys=True, default=str) == same
+        s.id
+        for s in coordinator.list_sweeps()
+        if s.state is SweepState.STOPPED and config_key(s.spec) == same
     ]
 
 

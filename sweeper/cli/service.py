@@ -93,13 +93,15 @@ def server(
         log_level=log_level,
     )
     try:
-        from sweeper.server.main import check_bind
+        from sweeper.server.main import TlsFilesError, check_bind, check_tls
 
         check_bind(options)  # before the store is touched
         if bool(ssl_certfile) != bool(ssl_keyfile):
             raise click.UsageError("TLS needs both --ssl-certfile and --ssl-keyfile")
-        if ssl_certfile and ssl_keyfile:
-            _check_certificate(ssl_certfile, ssl_keyfile)
+        try:
+            check_tls(options)
+        except TlsFilesError as exc:
+            raise click.ClickException(str(exc)) from None
         store = open_store_or_fail(db_url)
         with store:
             serve(store, options)
@@ -107,20 +109,6 @@ def server(
         raise click.ClickException(str(exc)) from None
     except OSError as exc:  # the port is taken, the certificate cannot be read, ...
         raise click.ClickException(f"cannot serve on {host}:{port}: {exc}") from None
-
-
-def _check_certificate(certfile: str, keyfile: str) -> None:
-    """Load the certificate and its key as the server will, before the store is touched: OpenSSL's
-    own message ("PEM lib") names neither file."""
-    import ssl
-
-    try:
-        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
-    except ssl.SSLError as exc:
-        raise click.ClickException(
-            f"--ssl-certfile {certfile} and --ssl-keyfile {keyfile}: not a PEM certificate and the private "
-            f"key that goes with it ({exc.reason or exc})"
-        ) from None
 
 
 @click.command()

@@ -44,6 +44,28 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
+class TlsFilesError(ValueError):
+    """The TLS files given cannot serve: one without the other, or not a certificate and its key."""
+
+
+def check_tls(options: ServerOptions) -> None:
+    """Both TLS files or neither, and the certificate and its key load as the server will load
+    them: checked before the store is touched, as OpenSSL's own message ("PEM lib") names neither."""
+    certfile, keyfile = options.ssl_certfile, options.ssl_keyfile
+    if bool(certfile) != bool(keyfile):
+        raise TlsFilesError("TLS needs both --ssl-certfile and --ssl-keyfile")
+    if certfile and keyfile:
+        import ssl
+
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
+        except ssl.SSLError as exc:
+            raise TlsFilesError(
+                f"--ssl-certfile {certfile} and --ssl-keyfile {keyfile}: not a PEM certificate and the "
+                f"private key that goes with it ({exc.reason or exc})"
+            ) from None
+
+
 def check_bind(options: ServerOptions) -> None:
     if options.token is not None:
         check_token(options.token)
@@ -117,8 +139,7 @@ def serve(store: Store, options: ServerOptions) -> None:
     import uvicorn
 
     check_bind(options)
-    if bool(options.ssl_certfile) != bool(options.ssl_keyfile):
-        raise ValueError("TLS needs both --ssl-certfile and --ssl-keyfile")
+    check_tls(options)
     revived = revive_leases(store, options.lease_seconds, now=time.time())
     # The sweep-level tracker records (MLflow parent run, W&B sweep run), kept off the request path.
     records = SweepRecords()
