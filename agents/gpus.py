@@ -213,6 +213,32 @@ def select_gpus(
     return [by_index[w] for w in wanted]
 
 
+def gpu_groups(chosen: list[Gpu], per_trial: int) -> tuple[list[list[Gpu]], list[Gpu]]:
+    """``chosen`` in groups of ``per_trial`` GPUs, one group per trial (a data-parallel job:
+    ``torchrun --nproc-per-node=gpu``), in the order given, so that neighbours, which usually
+    share the fastest links, train together; and the GPUs left over, fewer than a group."""
+    if per_trial < 1:
+        raise ValueError(f"a trial needs at least one GPU, not {per_trial}")
+    if len(chosen) < per_trial:
+        have = ", ".join(str(g) for g in chosen) or "none"
+        raise GpuSelectionError(
+            f"--gpus-per-trial {per_trial}: only {len(chosen)} GPU(s) to use here ({have})"
+        )
+    whole = len(chosen) - len(chosen) % per_trial
+    groups = [chosen[at : at + per_trial] for at in range(0, whole, per_trial)]
+    return groups, chosen[whole:]
+
+
+def visible_devices(group: list[Gpu]) -> str:
+    """``CUDA_VISIBLE_DEVICES`` for a trial on ``group``."""
+    return ",".join(g.index for g in group)
+
+
+def described_devices(entry: str) -> str:
+    """A trial slot's ``CUDA_VISIBLE_DEVICES`` for people: ``GPU 3``, ``GPUs 0,1``."""
+    return f"GPUs {entry}" if "," in entry else f"GPU {entry}"
+
+
 def _indices(choice: str) -> list[str]:
     wanted = [part.strip() for part in choice.split(",")]
     if not all(_is_index(w) for w in wanted):

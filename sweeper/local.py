@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeper.agents import Agent, AgentEvent
+from sweeper.agents.gpus import described_devices
 from sweeper.agents.logcap import DEFAULT_MAX_BYTES as DEFAULT_MAX_LOG_BYTES
 from sweeper.agents.orphans import end_orphans
 from sweeper.agents.reporting import deliver_leftovers
@@ -91,7 +92,7 @@ class LocalAgents:
     function: Callable[[], object] | None = None
     grace_period: float = 10.0
     on_event: Callable[[AgentEvent], None] | None = None
-    # One agent per entry, each seeing only that GPU (CUDA_VISIBLE_DEVICES); replaces ``agents``.
+    # One agent per entry, each seeing only those GPUs (a CUDA_VISIBLE_DEVICES value); replaces ``agents``.
     gpus: Sequence[str] | None = None
     max_backoff: float = 30.0  # longest wait between retries while the coordinator is unreachable
     max_failures: int = DEFAULT_MAX_FAILURES  # an agent stops after this many failed trials in a row
@@ -151,7 +152,8 @@ class LocalAgents:
             self._reasons.append((agent.gave_up, reason))
             if agent.gave_up and not all(d.is_set() for d in self._done if d is not done):
                 # Said now, not when the other slots end, maybe hours later.
-                where = f"GPU {agent.info.gpu}" if agent.info.gpu is not None else "one of the slots"
+                gpu = agent.info.gpu
+                where = described_devices(gpu) if gpu is not None else "one of the slots"
                 log.warning(
                     "%s stops taking trials: %s",
                     where,

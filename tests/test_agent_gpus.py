@@ -27,6 +27,7 @@ from sweeper.agents.gpus import (
     Gpu,
     GpuSelectionError,
     discover_gpus,
+    gpu_groups,
     inherited_devices,
     parse_smi_csv,
     select_gpus,
@@ -214,6 +215,25 @@ def _sweep(tmp_path: Path, n: int) -> tuple[str, str]:
     return db, sweep.id
 
 
+def _sweep_file(tmp_path: Path, n: int) -> None:
+    """``sweep.yaml``: an n-point grid of the script that writes what each trial saw."""
+    raw = {
+        "method": "grid",
+        "program": str(SCRIPTS / "dump_env.py"),
+        "parameters": {"i": {"values": list(range(n))}},
+    }
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(raw))
+
+
+def _gpus_by_agent(db: str, sweep_id: str, seen: dict[int, str]) -> dict[str, set[str]]:
+    """The CUDA_VISIBLE_DEVICES values each agent slot's trials saw."""
+    by_agent: dict[str, set[str]] = {}
+    with open_store(db) as store:
+        for trial in store.list_trials(sweep_id):
+            by_agent.setdefault(trial.agent or "", set()).add(seen[trial.number])
+    return by_agent
+
+
 def _seen_env(tmp_path: Path, sweep_id: str) -> dict[int, dict[str, str]]:
     seen = {}
     for path in (tmp_path / ".sweeper" / "trials" / sweep_id).glob("*/seen.json"):
@@ -236,10 +256,7 @@ def test_gpus_all_runs_each_trial_on_one_gpu(fake_smi: Path, tmp_path: Path, mon
     seen = _seen_gpus(tmp_path, sweep_id)
     assert len(seen) == 6
     assert set(seen.values()) <= {"0", "1", "2"} and all(v for v in seen.values())
-    with open_store(db) as store:
-        by_agent: dict[str, set[str]] = {}
-        for trial in store.list_trials(sweep_id):
-            by_agent.setdefault(trial.agent or "", set()).add(seen[trial.number])
+    by_agent = _gpus_by_agent(db, sweep_id, seen)
     # Each slot keeps its own GPU for every trial it runs.
     assert all(len(gpus) == 1 for gpus in by_agent.values())
     # ... numbered as nvidia-smi numbers them, whatever CUDA's default order would be.
@@ -302,12 +319,7 @@ def test_slots_without_gpus_set_no_cuda_variable(tmp_path: Path, monkeypatch) ->
 def test_sweeper_run_with_gpus_runs_one_trial_per_gpu(fake_smi: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    raw = {
-        "method": "grid",
-        "program": str(SCRIPTS / "dump_env.py"),
-        "parameters": {"i": {"values": [0, 1, 2, 3]}},
-    }
-    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(raw))
+    _sweep_file(tmp_path, 4)
     result = CliRunner().invoke(main, ["run", "sweep.yaml", "--gpus", "0,2"])
     assert result.exit_code == 0, result.output
     assert "using 2 GPU(s): GPU 0 (NVIDIA A100-SXM4-40GB), GPU 2" in result.output
@@ -342,11 +354,79 @@ def test_trials_per_gpu_shares_each_gpu_between_slots(fake_smi: Path, tmp_path: 
     assert "2 trials on each at once" in result.output and "4 trial(s) at a time" in result.output
     seen = _seen_gpus(tmp_path, sweep_id)
     assert len(seen) == 8 and set(seen.values()) == {"0", "1"}
-    with open_store(db) as store:
-        by_agent: dict[str, set[str]] = {}
-        for trial in store.list_trials(sweep_id):
-            by_agent.setdefault(trial.agent or "", set()).add(seen[trial.number])
+    by_agent = _gpus_by_agent(db, sweep_id, seen)
     assert len(by_agent) <= 4 and all(len(gpus) == 1 for gpus in by_agent.values())
+
+
+def test_gpu_groups_keep_neighbours_together_and_say_what_is_left() -> None:
+    found = [Gpu(str(i)) for i in range(7)]
+    groups, left = gpu_groups(found, 2)
+    assert [[g.index for g in group] for group in groups] == [["0", "1"], ["2", "3"], ["4", "5"]]
+    assert left == [Gpu("6")]
+    assert gpu_groups(found, 1) == ([[g] for g in found], [])
+    with pytest.raises(GpuSelectionError, match=r"--gpus-per-trial 8: only 7 GPU\(s\) to use here \(GPU 0, "):
+        gpu_groups(found, 8)
+
+
+@needs_no_nvml
+def test_gpus_per_trial_gives_each_trial_gpus_of_its_own(fake_smi: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,2,1,0")  # a job given four GPUs
+    db, sweep_id = _sweep(tmp_path, 6)
+    result = CliRunner().invoke(
+        main, ["agent", sweep_id, "--db", db, "--gpus", "all", "--gpus-per-trial", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "using 4 GPU(s)" in result.output and "2 per trial: 2 trial(s) at once" in result.output
+    assert "2 trial(s) at a time" in result.output
+    seen = _seen_gpus(tmp_path, sweep_id)
+    assert len(seen) == 6 and set(seen.values()) == {"3,2", "1,0"}
+    by_agent = _gpus_by_agent(db, sweep_id, seen)
+    # Each slot keeps its GPUs for every trial it runs.
+    assert len(by_agent) == 2 and all(len(gpus) == 1 for gpus in by_agent.values())
+
+
+@needs_no_nvml
+def test_gpus_per_trial_says_which_gpus_it_leaves_unused(fake_smi: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    _sweep_file(tmp_path, 3)
+    result = CliRunner().invoke(main, ["run", "sweep.yaml", "--gpus", "all", "--gpus-per-trial", "2"])
+    assert result.exit_code == 0, result.output
+    assert (
+        "2 per trial: 1 trial(s) at once; GPU 2 (NVIDIA GeForce RTX 4090, Founders) left unused"
+        in result.output
+    )
+    seen = _seen_env(tmp_path, sweep_id_of(result.output))
+    assert len(seen) == 3 and {env["CUDA_VISIBLE_DEVICES"] for env in seen.values()} == {"0,1"}
+    assert {env.get("CUDA_DEVICE_ORDER") for env in seen.values()} == {"PCI_BUS_ID"}
+
+
+@needs_no_nvml
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--gpus-per-trial", "2"], "--gpus-per-trial needs --gpus"),
+        (
+            ["--gpus", "all", "--gpus-per-trial", "2", "--trials-per-gpu", "2"],
+            "pass either --trials-per-gpu or",
+        ),
+        (
+            ["--gpus", "0,1", "--gpus-per-trial", "3"],
+            "--gpus-per-trial 3: only 2 GPU(s) to use here (GPU 0 (",
+        ),
+    ],
+)
+def test_gpus_per_trial_that_cannot_be_met_is_a_usage_error(
+    fake_smi: Path, tmp_path: Path, monkeypatch, args: list[str], said: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    db, sweep_id = _sweep(tmp_path, 1)
+    result = CliRunner().invoke(main, ["agent", sweep_id, "--db", db, *args])
+    assert result.exit_code == 2 and said in result.output, result.output
+    with open_store(db) as store:
+        assert store.list_trials(sweep_id) == []  # nothing was leased
 
 
 def test_trials_per_gpu_without_gpus_is_a_usage_error(tmp_path: Path, monkeypatch) -> None:
@@ -407,3 +487,18 @@ def test_a_population_larger_than_the_gpus_is_told_how_to_fit(
     assert result.exit_code == 0, result.output
     assert "population of 3 with 2 trial(s) at a time" in result.output
     assert "pass --trials-per-gpu 2 (or start more agents" in result.output  # --agents is refused with --gpus
+
+    result = CliRunner().invoke(
+        main, ["run", "sweep.yaml", "--gpus", "all", "--gpus-per-trial", "2", "--count", "1"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "population of 3 with 1 trial(s) at a time" in result.output
+    assert "pass --gpus with 6 GPUs (or start more agents" in result.output
+
+
+def test_the_agent_command_to_go_on_keeps_the_gpu_options() -> None:
+    from sweeper.cli.run import _parallel_flags
+
+    assert _parallel_flags("all", None, 2, None) == " --gpus all --gpus-per-trial 2"
+    assert _parallel_flags("0,1", 2, None, None) == " --gpus 0,1 --trials-per-gpu 2"
+    assert _parallel_flags(None, None, None, 3) == " --slots 3"

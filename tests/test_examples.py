@@ -37,6 +37,7 @@ class Example:
     standalone_args: tuple[str, ...] = field(default=())
     curve_length: int = 1  # metric values each smoke trial logs
     needs: tuple[str, ...] = ("sklearn",)  # modules the script imports beyond sweeper
+    says: str = ""  # what each smoke trial's stdout.log holds
 
 
 EXAMPLES = [
@@ -60,6 +61,15 @@ EXAMPLES = [
         "wandb",
         ("--epochs=1", "--bidirectional=True"),
         needs=("torch", "wandb"),
+    ),
+    Example(
+        "ddp-digits",
+        "grid.yaml",
+        {"epochs": 2},
+        "sweeper",
+        curve_length=2,
+        needs=("torch", "sklearn"),
+        says="training on 2 process(es)",  # torchrun started both
     ),
     Example(
         "sklearn-classic",
@@ -187,6 +197,9 @@ def test_example_smoke_runs_two_trials(example: Example, tmp_path: Path) -> None
         for key, value in example.tiny.items():
             assert trial["config"][key] == value
     metric = yaml.safe_load(sweep_file.read_text())["metric"]["name"]
+    for trial in trials:
+        stdout = tmp_path / ".sweeper" / "trials" / sweep_id / str(trial["number"]) / "stdout.log"
+        assert example.says in stdout.read_text()
 
     if example.api == "sweeper":
         for trial in trials:

@@ -1,5 +1,6 @@
 """The GPU paths on real NVIDIA hardware: discovery, one trial per GPU, CUDA_VISIBLE_DEVICES as CUDA
-reads it, GPU memory given back when a trial is stopped, and the PyTorch examples training on the GPU.
+reads it, GPU memory given back when a trial is stopped, and the PyTorch examples training on the GPU;
+on a machine with two GPUs or more, trials of two GPUs each (``--gpus-per-trial 2``, the torchrun example).
 
 Skipped where no GPU is found or PyTorch cannot use one (CI machines have none); on a GPU machine,
 ``pytest tests/test_gpu_hardware.py`` runs them. Each trial (``scripts/cuda_probe.py``) writes what
@@ -46,6 +47,7 @@ pytestmark = [
 needs_cuda_torch = pytest.mark.skipif(
     not torch_name(), reason="PyTorch here cannot use the GPU (a CPU build, or no driver)"
 )
+needs_two_gpus = pytest.mark.skipif(len(GPUS) < 2, reason="one GPU here; a trial on two needs two")
 
 
 def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
@@ -147,6 +149,26 @@ def test_trials_per_gpu_share_one_gpu_at_once(tmp_path: Path) -> None:
 
 
 @needs_cuda_torch
+@needs_two_gpus
+def test_gpus_per_trial_gives_each_trial_gpus_of_its_own(tmp_path: Path) -> None:
+    groups = len(GPUS) // 2
+    probe_sweep(tmp_path, 2 * groups + 1, work_s=1.5)
+    db = f"sqlite:///{tmp_path / 'sweeper.db'}"
+    out = sweeper(tmp_path, "run", "sweep.yaml", "--db", db, "--gpus", "all", "--gpus-per-trial", "2")
+    assert f"2 per trial: {groups} trial(s) at once" in out
+    seen = probes(tmp_path, sweep_id_of(out))
+    assert len(seen) == 2 * groups + 1
+    pairs = {f"{GPUS[2 * i].index},{GPUS[2 * i + 1].index}" for i in range(groups)}
+    assert {s["visible"] for s in seen.values()} == pairs
+    for s in seen.values():
+        assert s["count"] == 2 and s["finite"]
+        assert gpu_of(s).index == s["visible"].split(",")[0]  # CUDA's device 0 is the pair's first
+    for pair in pairs:  # never two trials on one pair at once
+        spans = sorted((s["start"], s["end"]) for s in seen.values() if s["visible"] == pair)
+        assert all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:], strict=False)), spans
+
+
+@needs_cuda_torch
 def test_an_inherited_cuda_visible_devices_uuid_is_what_the_trial_sees(tmp_path: Path) -> None:
     chosen = GPUS[-1]
     probe_sweep(tmp_path, 2, work_s=0.2)
@@ -212,6 +234,33 @@ def test_the_cnn_example_trains_on_the_gpu(tmp_path: Path) -> None:
     for t in trials:
         stdout = (tmp_path / ".sweeper" / "trials" / sweep_id / str(t["number"]) / "stdout.log").read_text()
         assert f"training on cuda ({torch_name()})" in stdout, stdout
+        assert [step for step, _ in t["curves"]["val_acc"]] == [0, 1, 2]
+
+
+@needs_cuda_torch
+@needs_two_gpus
+def test_the_data_parallel_example_trains_on_two_gpus_a_trial(tmp_path: Path) -> None:
+    example_copy(tmp_path, "ddp-digits", "grid.yaml", epochs=3)
+    db = f"sqlite:///{tmp_path / 'sweeper.db'}"
+    out = sweeper(
+        tmp_path,
+        "run",
+        "ddp-digits.yaml",
+        "--db",
+        db,
+        "--gpus",
+        "all",
+        "--gpus-per-trial",
+        "2",
+        "--count",
+        "2",
+    )
+    sweep_id = sweep_id_of(out)
+    trials = json.loads(sweeper(tmp_path, "trials", sweep_id, "--db", db, "--format", "json"))
+    assert [t["state"] for t in trials] == ["finished", "finished"], out
+    for t in trials:
+        stdout = (tmp_path / ".sweeper" / "trials" / sweep_id / str(t["number"]) / "stdout.log").read_text()
+        assert "training on 2 process(es), cuda" in stdout, stdout
         assert [step for step, _ in t["curves"]["val_acc"]] == [0, 1, 2]
 
 

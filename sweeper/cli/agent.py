@@ -16,6 +16,7 @@ from sweeper.cli.common import (
     coordinator_option,
     db_option,
     gpus_option,
+    gpus_per_trial_option,
     grace_option,
     max_failures_option,
     max_log_option,
@@ -37,6 +38,7 @@ _START_BACKOFF = 0.5
 )
 @gpus_option
 @trials_per_gpu_option
+@gpus_per_trial_option
 @click.option(
     "--slots",
     default=None,
@@ -61,6 +63,7 @@ def agent(
     count: int | None,
     gpus: str | None,
     trials_per_gpu: int | None,
+    gpus_per_trial: int | None,
     slots: int | None,
     coordinator_url: str | None,
     token: str | None,
@@ -82,7 +85,7 @@ def agent(
     from sweeper.local import LocalAgents
     from sweeper.trials import SweepState
 
-    gpu_list = chosen_gpus(gpus, trials_per_gpu, slots, "--slots")
+    gpu_list = chosen_gpus(gpus, trials_per_gpu, gpus_per_trial, slots, "--slots")
     logging.basicConfig(level=logging.WARNING, format="sweeper agent: %(message)s")
     client = connect_or_fail(coordinator_url, token, db_url, existing=True)
     sweep, spec = _check_sweep(client, sweep_id, coordinator_url)

@@ -71,7 +71,7 @@ gpus_option = click.option(
     default=None,
     metavar="all|0,1,...",
     help="Run trials on these GPUs, each seeing only its own (CUDA_VISIBLE_DEVICES): one per GPU at a "
-    "time, or --trials-per-gpu.",
+    "time, or --trials-per-gpu, or --gpus-per-trial.",
 )
 
 trials_per_gpu_option = click.option(
@@ -81,35 +81,60 @@ trials_per_gpu_option = click.option(
     help="With --gpus: trials that share each GPU at once, for models too small to fill one [default: 1].",
 )
 
+gpus_per_trial_option = click.option(
+    "--gpus-per-trial",
+    default=None,
+    type=click.IntRange(min=1),
+    help="With --gpus: GPUs each trial gets, for data-parallel training (torchrun --nproc-per-node=gpu) "
+    "[default: 1].",
+)
+
 
 def chosen_gpus(
-    gpus: str | None, trials_per_gpu: int | None, parallel: int | None, parallel_flag: str
+    gpus: str | None,
+    trials_per_gpu: int | None,
+    gpus_per_trial: int | None,
+    parallel: int | None,
+    parallel_flag: str,
 ) -> list[str] | None:
-    """One GPU entry per trial slot, as ``--gpus`` and ``--trials-per-gpu`` ask, announced on one
-    line; None without ``--gpus``.
+    """One ``CUDA_VISIBLE_DEVICES`` value per trial slot, as ``--gpus``, ``--trials-per-gpu`` and
+    ``--gpus-per-trial`` ask, announced on one line; None without ``--gpus``.
 
     ``parallel`` is the other way to say how many trials run at once (``--slots``, ``--agents``):
     the two cannot be combined, since with GPUs the GPUs set it."""
-    from sweeper.agents.gpus import GpuSelectionError, select_gpus
+    from sweeper.agents.gpus import GpuSelectionError, gpu_groups, select_gpus, visible_devices
 
     if gpus is None:
-        if trials_per_gpu is not None:
-            raise click.UsageError("--trials-per-gpu needs --gpus (all, or indices like 0,1)")
+        for flag, value in (("--trials-per-gpu", trials_per_gpu), ("--gpus-per-trial", gpus_per_trial)):
+            if value is not None:
+                raise click.UsageError(f"{flag} needs --gpus (all, or indices like 0,1)")
         return None
     if parallel is not None:
         raise click.UsageError(
             f"pass either --gpus or {parallel_flag}, not both: with --gpus the number of GPUs "
-            "(times --trials-per-gpu) is the number of trials at once"
+            "(times --trials-per-gpu, or divided by --gpus-per-trial) is the number of trials at once"
+        )
+    per_gpu, per_trial = trials_per_gpu or 1, gpus_per_trial or 1
+    if per_gpu > 1 and per_trial > 1:
+        raise click.UsageError(
+            "pass either --trials-per-gpu or --gpus-per-trial, not both: trials share GPUs, or "
+            "each trial has several to itself"
         )
     try:
         chosen = select_gpus(gpus, without_gpus=parallel_flag)
+        groups, left_out = gpu_groups(chosen, per_trial)
     except GpuSelectionError as exc:
         raise click.UsageError(str(exc)) from None
-    per_gpu = trials_per_gpu or 1
-    sharing = f", {per_gpu} trials on each at once" if per_gpu > 1 else ""
-    click.echo(f"using {len(chosen)} GPU(s): " + ", ".join(str(g) for g in chosen) + sharing)
+    if per_gpu > 1:
+        how = f", {per_gpu} trials on each at once"
+    elif per_trial > 1:
+        unused = f"; {', '.join(str(g) for g in left_out)} left unused" if left_out else ""
+        how = f", {per_trial} per trial: {len(groups)} trial(s) at once{unused}"
+    else:
+        how = ""
+    click.echo(f"using {len(chosen)} GPU(s): " + ", ".join(str(g) for g in chosen) + how)
     # Round by round, so the first trials spread over every GPU before any GPU takes a second.
-    return [g.index for _ in range(per_gpu) for g in chosen]
+    return [visible_devices(group) for _ in range(per_gpu) for group in groups]
 
 
 class SpecFileError(click.ClickException):

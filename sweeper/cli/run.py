@@ -16,6 +16,7 @@ from sweeper.cli.common import (
     chosen_gpus,
     db_option,
     gpus_option,
+    gpus_per_trial_option,
     grace_option,
     load_spec,
     max_failures_option,
@@ -42,6 +43,7 @@ from sweeper.trials import Sweep, SweepState, TrialState
 )
 @gpus_option
 @trials_per_gpu_option
+@gpus_per_trial_option
 @click.option(
     "--count",
     default=None,
@@ -59,6 +61,7 @@ def run(
     n_agents: int | None,
     gpus: str | None,
     trials_per_gpu: int | None,
+    gpus_per_trial: int | None,
     count: int | None,
     grace: float,
     max_failures: int,
@@ -79,7 +82,7 @@ def run(
     from sweeper.local import LocalAgents
     from sweeper.spec import describe
 
-    gpu_list = chosen_gpus(gpus, trials_per_gpu, n_agents, "--agents")
+    gpu_list = chosen_gpus(gpus, trials_per_gpu, gpus_per_trial, n_agents, "--agents")
     spec = load_spec(sweep_file, lambda raw: with_trackers(raw, mlflow_uri, wandb_on))
     program = resolve_program(spec, sweep_file)
     check_trackers(spec, sweep_file)
@@ -90,7 +93,7 @@ def run(
     click.echo(f"sweep {sweep.id}: {describe(spec)}")
     # How agents here would take a stopped sweep up again, with this command's parallelism.
     place = agent_place(spec, sweep_file, coordinator, db_url)
-    parallel = _parallel_flags(gpus, trials_per_gpu, n_agents)
+    parallel = _parallel_flags(gpus, trials_per_gpu, gpus_per_trial, n_agents)
     if stopped_before:  # a new sweep starts over; going on with the last one may be what was meant
         more = f" (and {len(stopped_before) - 1} older)" if len(stopped_before) > 1 else ""
         click.echo(
@@ -104,8 +107,12 @@ def run(
     slots = len(gpu_list) if gpu_list else n_agents or 1
     if spec.options.pbt is not None and slots < (population := spec.options.pbt.population):
         # A member copies only from members training beside it: in waves, PBT never exploits.
-        gpus_used = len(set(gpu_list or ()))
-        more = f"--trials-per-gpu {-(-population // gpus_used)}" if gpus_used else f"--agents {population}"
+        if gpus_per_trial and gpus_per_trial > 1:
+            more = f"--gpus with {population * gpus_per_trial} GPUs"
+        elif gpus_used := len(set(gpu_list or ())):
+            more = f"--trials-per-gpu {-(-population // gpus_used)}"
+        else:
+            more = f"--agents {population}"
         click.echo(
             f"note: a population of {population} with {slots} trial(s) at a time trains in waves, and a "
             f"member only copies from members training beside it; pass {more} (or start more agents "
@@ -184,10 +191,14 @@ def _stopped_sweeps_like(coordinator: Any, new: Sweep) -> list[str]:
     ]
 
 
-def _parallel_flags(gpus: str | None, trials_per_gpu: int | None, n_agents: int | None) -> str:
+def _parallel_flags(
+    gpus: str | None, trials_per_gpu: int | None, gpus_per_trial: int | None, n_agents: int | None
+) -> str:
     """``sweeper agent``'s options for as many trials at once as ``sweeper run`` was given."""
     if gpus:
-        return f" --gpus {gpus}" + (f" --trials-per-gpu {trials_per_gpu}" if trials_per_gpu else "")
+        per_gpu = f" --trials-per-gpu {trials_per_gpu}" if trials_per_gpu else ""
+        per_trial = f" --gpus-per-trial {gpus_per_trial}" if gpus_per_trial else ""
+        return f" --gpus {gpus}{per_gpu}{per_trial}"
     return f" --slots {n_agents}" if n_agents and n_agents > 1 else ""
 
 
