@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime
 import random
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,28 @@ def test_every_problem_is_reported_together() -> None:
     }
     text = str(exc.value)
     assert text.startswith("multi.yaml: 7 problem(s)") and "run_cap: expected an integer > 0, got -3" in text
+
+
+def test_values_a_sweep_cannot_store_are_named_alone() -> None:
+    # Through the Python API: a date, a NumPy integer (np.float64 is a float), a set. Before, the
+    # sweep was refused by the store with a TypeError and no key path.
+    np = pytest.importorskip("numpy")
+    data = top(
+        run_cap="x",  # a problem of another kind is left for once these are plain
+        parameters={
+            "day": {"value": datetime.date(2024, 1, 1)},
+            "n": {"values": [np.int64(1), np.float64(0.5)]},
+        },
+        sweeper={"tags": {"a"}},
+    )
+    with pytest.raises(SpecError) as exc:
+        parse_sweep(data)
+    assert [(p.path, p.message.split(",")[0]) for p in exc.value.problems] == [
+        ("parameters.day.value", "2024-01-01 is a datetime.date"),
+        ("parameters.n.values[0]", "1 is a numpy.int64"),
+        ("sweeper.tags", "{'a'} is a set"),
+    ]
+    assert "which a sweep cannot store; expected a string, a number" in exc.value.problems[0].message
 
 
 @pytest.mark.parametrize(

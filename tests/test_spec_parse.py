@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 from pathlib import Path
 
@@ -144,6 +145,21 @@ def test_yaml_12_floats_are_numbers(tmp_path: Path) -> None:
     assert spec.metric.target == 1e-3
     # The plain SafeLoader keeps its YAML 1.1 reading.
     assert yaml.safe_load("x: 1e-5") == {"x": "1e-5"}
+
+
+def test_yaml_dates_are_read_as_the_text_written(tmp_path: Path) -> None:
+    # W&B sends a sweep file on as YAML text, and its scripts get a date as written; a date object
+    # could be neither stored nor passed as an argument.
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "method: grid\nprogram: t.py\nparameters:\n"
+        "  day: {value: 2024-01-01}\n"
+        "  at: {values: [2024-01-01 10:00:00, 2024-01-01t10:00:00Z]}\n"
+    )
+    spec = load_sweep_file(path)
+    assert spec.parameter("day").value == "2024-01-01"
+    assert spec.parameter("at").values == ("2024-01-01 10:00:00", "2024-01-01t10:00:00Z")
+    assert yaml.safe_load("x: 2024-01-01") == {"x": datetime.date(2024, 1, 1)}  # SafeLoader unchanged
 
 
 def test_anchors_and_merge_keys_read_as_yaml_safe_load_reads_them(tmp_path: Path) -> None:

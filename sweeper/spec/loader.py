@@ -52,8 +52,15 @@ class SweepLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-# add_implicit_resolver copies the parent's table first, so plain SafeLoader is left untouched.
+def _timestamp_as_written(loader: SweepLoader, node: yaml.ScalarNode) -> str:
+    # A date reaches a W&B sweep's script as the text written (W&B sends the file on as YAML
+    # text); a date object could not be stored, nor passed as an argument as written.
+    return loader.construct_scalar(node)
+
+
+# These copy the parent's tables first, so plain SafeLoader is left untouched.
 SweepLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
+SweepLoader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp_as_written)
 
 
 def load_yaml(text: str) -> Any:
