@@ -57,7 +57,7 @@ CASES = [
     (top(command=["${foo}"]), "command[0]", "unknown macro ${foo} (allowed: ${env}, ${interpreter}, "),
     (top(command=["--x=${args}"]), "command[0]", "${args} must be a whole item of the list, got '--x=${args}'"),
     (top(command=["${envvar:}"]), "command[0]", "${envvar:NAME} needs a variable name, got '${envvar:}'"),
-    (top(command=["python", 1.5]), "command[1]", "expected a string, got 1.5"),
+    (top(command=["python", {"a": 1}]), "command[1]", "expected a string, got {'a': 1}"),
     # metric
     (top(metric="loss"), "metric", "expected a mapping such as {name: val_loss, goal: minimize}, got 'loss'"),
     (top(metric={"goal": "minimize"}), "metric.name", "required"),

@@ -201,16 +201,28 @@ def test_numeric_strings_in_numeric_fields() -> None:
     assert spec.early_terminate == Hyperband(max_iter=27, s=2, eta=2)
 
 
-def test_command_macros_and_ints() -> None:
+def test_command_macros_numbers_and_booleans() -> None:
     names = (
         "env interpreter program args args_no_hyphens args_no_boolean_flags args_no_equals args_json "
         "args_json_file args_append_hydra args_override_hydra"
     )
     macros = [f"${{{name}}}" for name in names.split()]
     spec = parse_sweep(
-        {**sweep(a={"value": 1}), "command": [*macros, "--port", 8080, "${envvar:A}-${envvar:B_2}"]}
+        {
+            **sweep(a={"value": 1}),
+            "command": [*macros, "--port", 8080, "--scale", 1.5, "--fast", True, "${envvar:A}-${envvar:B_2}"],
+        }
     )
-    assert spec.command[-3:] == ("--port", "8080", "${envvar:A}-${envvar:B_2}")
+    # Numbers and booleans as W&B's agent writes them: str(value).
+    assert spec.command[-7:] == (
+        "--port",
+        "8080",
+        "--scale",
+        "1.5",
+        "--fast",
+        "True",
+        "${envvar:A}-${envvar:B_2}",
+    )
     # No ${program} in the command: no program needed.
     spec = parse_sweep(
         {"method": "grid", "command": ["python", "-m", "train", "${args}"], "parameters": {"a": {"value": 1}}}

@@ -353,7 +353,8 @@ def parse_options(raw: Any, problems: list[Problem]) -> Options:
 
 
 def parse_command(raw: Any, problems: list[Problem]) -> tuple[str, ...] | None:
-    """The command as strings (ints become strings). Macros are checked, not expanded."""
+    """The command as strings (numbers and booleans become strings, as W&B's agent makes them:
+    ``str(value)``). Macros are checked, not expanded."""
     if not isinstance(raw, list) or not raw:
         problems.append(
             Problem(
@@ -367,7 +368,7 @@ def parse_command(raw: Any, problems: list[Problem]) -> tuple[str, ...] | None:
     before = len(problems)
     for i, item in enumerate(raw):
         path = f"command[{i}]"
-        if isinstance(item, int) and not isinstance(item, bool):
+        if isinstance(item, int | float):  # bool is an int: True -> "True"
             item = str(item)
         if not isinstance(item, str):
             problems.append(Problem(path, f"expected a string, got {show(item)}"))
