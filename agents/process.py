@@ -16,6 +16,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from typing import BinaryIO
 
 #: Exit code for a command that could not be started, as a shell reports it.
 EXIT_CANNOT_START = 127
@@ -246,21 +247,44 @@ def _each_process(entry: str) -> list[tuple[int, bytes]] | None:
 
 
 def stderr_tail(path: str | os.PathLike[str], max_lines: int = 40, max_bytes: int = 8192) -> str:
-    """The last lines of a log file (at most ``max_lines`` lines and about ``max_bytes`` bytes)."""
+    """The last lines of a log file (at most ``max_lines`` lines and about ``max_bytes`` bytes).
+    A last line longer than that (an exception whose message holds a whole tensor) keeps its
+    start, where the exception's name is, and its end."""
     try:
         with open(path, "rb") as fh:
             size = fh.seek(0, os.SEEK_END)
             start = max(0, size - max_bytes)
             fh.seek(start)
             data = fh.read()
+            if start > 0:
+                # Drop the first, probably partial, line, unless it is all there is.
+                newline = data.find(b"\n")
+                rest = data[newline + 1 :] if newline >= 0 else b""
+                data = rest if rest.strip() else _long_line(fh, start, data, max_bytes)
     except FileNotFoundError:
         return ""
-    if start > 0:
-        # Drop the first, probably partial, line.
-        newline = data.find(b"\n")
-        data = data[newline + 1 :] if newline >= 0 else data
     lines = data.decode("utf-8", errors="replace").splitlines()
     return "\n".join(lines[-max_lines:]) if max_lines > 0 else ""
+
+
+_LINE_SEARCH = 1 << 20  # how far back a long last line's start is looked for
+
+
+def _long_line(fh: BinaryIO, start: int, end: bytes, max_bytes: int) -> bytes:
+    """The file's last line, which begins before ``start`` (``end`` is the rest of it): its first
+    quarter of ``max_bytes`` and its last three quarters, with what is cut between them said."""
+    back = max(0, start - _LINE_SEARCH)
+    fh.seek(back)
+    before = fh.read(start - back)
+    newline = before.rfind(b"\n")
+    head = before[newline + 1 :] if newline >= 0 else before
+    line = head + end
+    keep = max_bytes // 4
+    if len(line) <= max_bytes:
+        return line
+    cut = len(line) - keep - (max_bytes - keep)
+    far = "" if newline >= 0 or back == 0 else "at least "
+    return line[:keep] + f" [... {far}{cut} bytes cut ...] ".encode() + line[-(max_bytes - keep) :]
 
 
 def describe_exit(code: int) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -181,6 +182,19 @@ def test_python_traceback_reaches_the_tail(tmp_path: Path) -> None:
     outcome = client.finished[101]
     assert outcome.state is TrialState.FAILED and outcome.exit_code == 1
     assert (outcome.stderr_tail or "").splitlines()[-1] == "ValueError: bad learning rate"
+
+
+def test_a_traceback_line_longer_than_the_tail_keeps_its_start_and_end(tmp_path: Path) -> None:
+    # An exception whose message holds a whole tensor: before, the tail dropped its only line and
+    # the trial read as failing with nothing on stderr.
+    script = tmp_path / "boom.py"
+    script.write_text("raise ValueError('shape mismatch: ' + 'z' * 20000 + ' (end)')\n")
+    client = MemoryCoordinator([assignment(1, {}, program=str(script))])
+    make_agent(client, tmp_path).run()
+    tail = client.finished[101].stderr_tail or ""
+    assert tail.startswith("ValueError: shape mismatch: zzz") and tail.endswith("zzz (end)"), tail[:100]
+    assert re.search(r"zzz \[\.\.\. \d+ bytes cut \.\.\.\] zzz", tail)
+    assert 8000 < len(tail) < 9000
 
 
 def test_missing_program_fails_with_127(tmp_path: Path) -> None:
