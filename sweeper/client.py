@@ -35,6 +35,7 @@ from sweeper.protocol import (
     TrialOutcome,
 )
 from sweeper.redact import redact_urls
+from sweeper.tokens import token_problem
 from sweeper.transport import transport_for
 from sweeper.trials import MetricPoint, Sweep, SweepState, Trial, TrialState, count_states
 
@@ -62,8 +63,36 @@ class CoordinatorTimeoutError(CoordinatorUnavailableError):
     """The coordinator took a connection and gave no answer in time: down, busy, or a large answer."""
 
 
+class CoordinatorSetupError(ValueError):
+    """The client's own settings cannot work: a malformed URL (``about`` "url"), a token no HTTP
+    header can carry ("token"), a CA file that holds no certificate ("ca_file")."""
+
+    def __init__(self, message: str, about: str) -> None:
+        super().__init__(message)
+        self.about = about
+
+
 class AuthenticationError(PermissionError):
     """The coordinator wants a token this client did not give, or a different one."""
+
+
+def _tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """Trusting ``ca_file`` or SWEEPER_CA_FILE (the certificate, or CA, a self-signed server is
+    trusted by, for every command), else the system's store (and SSL_CERT_FILE)."""
+    named = "" if ca_file else " (SWEEPER_CA_FILE)"
+    ca_file = ca_file or os.environ.get("SWEEPER_CA_FILE") or None
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except FileNotFoundError:
+        raise CoordinatorSetupError(f"CA file {ca_file!r}{named}: no such file", "ca_file") from None
+    except ssl.SSLError as exc:  # before OSError, which it is
+        raise CoordinatorSetupError(
+            f"CA file {ca_file!r}{named} holds no certificate that can be read ({exc.reason or exc}): "
+            "give the server's certificate, or its CA's, in PEM",
+            "ca_file",
+        ) from None
+    except OSError as exc:  # a folder, no permission
+        raise CoordinatorSetupError(f"CA file {ca_file!r}{named}: {exc.strerror or exc}", "ca_file") from None
 
 
 def encode_float(value: float) -> float | str:
@@ -89,19 +118,25 @@ class HttpCoordinator:
         try:
             parsed.port  # noqa: B018  (raises for a port that is not a number from 0 to 65535)
         except ValueError as exc:
-            raise ValueError(f"coordinator URL {redact_urls(url)!r}: {exc}") from None
+            raise CoordinatorSetupError(f"coordinator URL {redact_urls(url)!r}: {exc}", "url") from None
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise ValueError(
+            raise CoordinatorSetupError(
                 "coordinator URL must look like http://host:port or https://host:port, got "
-                f"{redact_urls(url)!r}"
+                f"{redact_urls(url)!r}",
+                "url",
             )
+        if parsed.username is not None or parsed.password is not None:
+            raise CoordinatorSetupError(
+                f"coordinator URL {redact_urls(url)!r} holds a user or password, which sweeper does not "
+                "send: give the server's token with --token or SWEEPER_TOKEN, and the URL without it",
+                "url",
+            )
+        if token and (problem := token_problem(token)) is not None:
+            raise CoordinatorSetupError(problem, "token")
         self.url = url.rstrip("/")
         self.timeout = timeout
         self._token = token or None
-        # SWEEPER_CA_FILE: the certificate (or CA) a self-signed server is trusted by, for every
-        # command; the system's store (and SSL_CERT_FILE) otherwise.
-        ca_file = ca_file or os.environ.get("SWEEPER_CA_FILE") or None
-        context = ssl.create_default_context(cafile=ca_file) if parsed.scheme == "https" else None
+        context = _tls_context(ca_file) if parsed.scheme == "https" else None
         self._transport = transport_for(self.url, timeout=timeout, context=context)
 
     def __repr__(self) -> str:  # never shows the token

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ from click.testing import CliRunner
 from server_helpers import TOKEN, serving
 from sqlalchemy.engine import make_url
 
-from sweeper.cli import main
+from sweeper.cli import inspect, main
 from sweeper.cli.inspect import trial_to_json
 from sweeper.coordinator import Coordinator
 from sweeper.protocol import AgentInfo, Assignment, TrialOutcome
@@ -160,6 +162,56 @@ def test_an_unreachable_coordinator_is_one_clear_line(sweep_file: Path) -> None:
     result = invoke("sweep", str(sweep_file), "--coordinator", "http://127.0.0.1:9")
     assert result.exit_code == 1
     assert "coordinator http://127.0.0.1:9 unreachable" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("command", [["status"], ["trials", "abc"]])
+def test_a_server_that_never_answers_is_given_up_on_with_a_message(
+    command: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A server stopped with Ctrl-Z takes connections and answers nothing: before, the listings
+    # waited 10 minutes in silence.
+    monkeypatch.setattr(inspect, "READ_TIMEOUT", 1.0)
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        started = time.monotonic()
+        result = invoke(*command, "--coordinator", url)
+        took = time.monotonic() - started
+    assert result.exit_code == 1 and "no answer within 1s" in result.output, result.output
+    assert took < 30, took  # a bound on the wait, not a timing of it
+
+
+@pytest.mark.parametrize("command", [["status"], ["agent", "abcd1234"]])
+def test_client_settings_that_cannot_work_are_one_line_before_any_call(
+    command: list[str], tmp_path: Path
+) -> None:
+    # Before, each of these was a traceback (FileNotFoundError, ssl.SSLError, ValueError,
+    # UnicodeEncodeError); a URL's password was shown, and never sent.
+    (tmp_path / "junk.pem").write_text("not a certificate\n")
+    url = "https://127.0.0.1:9"
+    cases = [
+        ({"SWEEPER_CA_FILE": str(tmp_path / "nope.pem")}, [], "nope.pem' (SWEEPER_CA_FILE): no such file"),
+        (
+            {"SWEEPER_CA_FILE": str(tmp_path / "junk.pem")},
+            [],
+            "junk.pem' (SWEEPER_CA_FILE) holds no certificate",
+        ),
+        (
+            {"SWEEPER_TOKEN": "s3cret\r"},
+            [],
+            "an HTTP header cannot carry (spaces, control characters such as a",
+        ),
+        ({}, ["--token", "токен"], "an HTTP header cannot carry"),
+    ]
+    for env, args, said in cases:
+        result = invoke(*command, "--coordinator", url, *args, env=env)
+        assert result.exit_code == 1 and said in result.output and "Traceback" not in result.output, (
+            result.output
+        )
+    from_env = invoke(*command, "--coordinator", url, env={"SWEEPER_TOKEN": "s3cret\r"})
+    assert from_env.output.rstrip().endswith("(from SWEEPER_TOKEN)"), from_env.output
+    result = invoke(*command, "--coordinator", "http://user:hunter2@127.0.0.1:9")
+    assert result.exit_code == 1 and "holds a user or password, which sweeper does not send" in result.output
+    assert "hunter2" not in result.output
 
 
 def test_a_bad_value_from_the_environment_names_the_variable(tmp_path: Path) -> None:

@@ -338,6 +338,7 @@ def connect_or_fail(
     ``existing``: the command works on sweeps already made, so an embedded SQLite store that is not
     there is an error (a misspelt ``--db`` would otherwise make a new, empty one). ``timeout``:
     seconds a remote coordinator has to answer each call."""
+    from sweeper.client import CoordinatorSetupError
     from sweeper.connect import connect
     from sweeper.store import StoreError
 
@@ -345,9 +346,14 @@ def connect_or_fail(
         return connect(coordinator_url, token=token, db=db_url, create=not existing, timeout=timeout)
     except StoreError as exc:
         raise click.ClickException(f"{exc}{from_environment('db_url', 'SWEEPER_DB')}") from None
-    except ValueError as exc:  # a malformed coordinator URL
-        where = from_environment("coordinator_url", "SWEEPER_COORDINATOR")
+    except CoordinatorSetupError as exc:  # a malformed URL, a token no header can carry, ...
+        where = {
+            "url": from_environment("coordinator_url", "SWEEPER_COORDINATOR"),
+            "token": from_environment("token", "SWEEPER_TOKEN"),
+        }.get(exc.about, "")
         raise click.ClickException(f"{exc}{where}") from None
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @contextlib.contextmanager

@@ -24,9 +24,10 @@ from sweeper.protocol import CoordinatorService, SweepNotFoundError
 from sweeper.spec import SweepSpec, flatten_config
 from sweeper.trials import Trial
 
-# A listing of a large sweep (thousands of trials, their curves) takes the server a while to
-# build: long enough not to give up on it, short enough to end a wait on a server that hangs.
-READ_TIMEOUT = 600.0
+# Seconds a server has to answer each call of a listing: a page of trials with their curves, or
+# every trial of a large sweep without them, takes it seconds; a server that hangs (stopped with
+# Ctrl-Z, say) is given up on with a message, not waited for in silence.
+READ_TIMEOUT = 60.0
 TRIALS_PER_PAGE = 20  # trials read at once with their curves: what `trials --format json` holds
 
 

@@ -15,6 +15,7 @@ from sweeper.integrations.sweep import SweepRecords
 from sweeper.server.app import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, create_app
 from sweeper.server.fast import AgentRoutes
 from sweeper.store import Store, StoreError
+from sweeper.tokens import token_problem
 
 
 class UnsafeBindError(Exception):
@@ -79,17 +80,10 @@ def check_bind(options: ServerOptions) -> None:
 
 
 def check_token(token: str) -> None:
-    """A token clients can send in an HTTP header: printable ASCII, not blank. Another one starts
-    a server that no agent can reach (an HTTP client cannot encode it, or it guards nothing)."""
-    if not token.strip():
-        raise UnsafeBindError(
-            "the token is blank: give a token of printable characters, such as `openssl rand -hex 32`"
-        )
-    if not all(" " < c <= "~" for c in token):
-        raise UnsafeBindError(
-            "the token holds characters an HTTP header cannot carry (spaces, control characters or "
-            "non-ASCII): use printable ASCII, such as `openssl rand -hex 32`"
-        )
+    """A token clients can send in an HTTP header. Another one starts a server that no agent can
+    reach (an HTTP client cannot encode it, or it guards nothing)."""
+    if (problem := token_problem(token)) is not None:
+        raise UnsafeBindError(problem)
 
 
 def revive_leases(store: Store, lease_seconds: float, *, now: float) -> int:
