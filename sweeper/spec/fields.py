@@ -29,15 +29,20 @@ def show(value: Any) -> str:
 
 
 def not_plain_data(value: Any, path: str, problems: list[Problem]) -> None:
-    """Note every value under ``value`` that a sweep cannot store (it is kept as JSON): a date
-    or a NumPy number given through the Python API, say. Strings, numbers, booleans, null, lists
-    and mappings are plain data; a YAML file's dates are read as their text (:mod:`.loader`)."""
+    """Note every value under ``value`` that a sweep cannot store (it is kept as JSON): NaN or
+    infinity, a date or a NumPy number given through the Python API, say. Strings, finite
+    numbers, booleans, null, lists and mappings are plain data; a YAML file's dates are read as
+    their text (:mod:`.loader`)."""
     if isinstance(value, Mapping):
         for key, item in value.items():
             not_plain_data(item, join(path, str(key)), problems)
     elif isinstance(value, list | tuple):
         for i, item in enumerate(value):
             not_plain_data(item, f"{path}[{i}]", problems)
+    elif isinstance(value, float) and not math.isfinite(value):
+        problems.append(
+            Problem(path, f"{value} is not a number a sweep can store (it is kept as JSON, which has none)")
+        )
     elif value is not None and not isinstance(value, str | int | float):  # bool is an int
         kind = f"{type(value).__module__}.{type(value).__qualname__}".removeprefix("builtins.")
         problems.append(
