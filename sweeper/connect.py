@@ -27,8 +27,11 @@ def connect(
     embedded one on the store ``db`` (or env SWEEPER_DB, or ``./.sweeper/sweeper.db``).
     The token comes from ``token`` or env SWEEPER_TOKEN. Raises ``StoreError`` when the store
     cannot be opened (``create=False``: also when a SQLite store is not there); an HTTP
-    coordinator is not contacted until the first call."""
-    url = coordinator or os.environ.get("SWEEPER_COORDINATOR") or None
+    coordinator is not contacted until the first call. A ``db`` given wins over the environment's
+    coordinator; ``coordinator`` and ``db`` both given is a ValueError."""
+    if coordinator and db:
+        raise ValueError("give either coordinator (a server's URL) or db (a store), not both")
+    url = coordinator or (None if db else os.environ.get("SWEEPER_COORDINATOR")) or None
     if url:
         from sweeper.client import HttpCoordinator
 

@@ -214,6 +214,20 @@ def test_client_settings_that_cannot_work_are_one_line_before_any_call(
     assert "hunter2" not in result.output
 
 
+def test_what_is_typed_wins_over_the_environment(sweep_file: Path, sqlite_store_url: str) -> None:
+    sweep_id = invoke("sweep", str(sweep_file), "--db", sqlite_store_url).stdout.strip()
+    # Before, SWEEPER_COORDINATOR won over a typed --db, and the sweep was looked for on the server.
+    nowhere = {"SWEEPER_COORDINATOR": "http://127.0.0.1:9"}
+    result = invoke("status", sweep_id, "--db", sqlite_store_url, env=nowhere)
+    assert result.exit_code == 0 and f"sweep {sweep_id}" in result.output, result.output
+    typed = invoke(
+        "status", sweep_id, "--coordinator", "http://127.0.0.1:9", env={"SWEEPER_DB": sqlite_store_url}
+    )
+    assert typed.exit_code == 1 and "127.0.0.1:9 unreachable" in typed.output, typed.output
+    both = invoke("status", sweep_id, "--coordinator", "http://127.0.0.1:9", "--db", sqlite_store_url)
+    assert both.exit_code == 2 and "pass either --coordinator (a server) or --db" in both.output
+
+
 def test_a_bad_value_from_the_environment_names_the_variable(tmp_path: Path) -> None:
     result = invoke("status", env={"SWEEPER_DB": "foo://x"})
     assert result.exit_code == 1 and "unsupported store URL 'foo://x'" in result.output

@@ -129,6 +129,13 @@ def test_connect_picks_http_or_embedded(monkeypatch: pytest.MonkeyPatch, tmp_pat
     other = connect(db=f"sqlite:///{tmp_path / 'arg.db'}")
     assert isinstance(other, Coordinator) and (tmp_path / "arg.db").exists()
     other.close()
+    # A store given wins over the environment's coordinator; both given is a mistake.
+    monkeypatch.setenv("SWEEPER_COORDINATOR", "https://coord.example:8765")
+    given = connect(db=f"sqlite:///{tmp_path / 'arg.db'}")
+    assert isinstance(given, Coordinator)
+    given.close()
+    with pytest.raises(ValueError, match="either coordinator"):
+        connect("http://127.0.0.1:9", db=f"sqlite:///{tmp_path / 'arg.db'}")
 
 
 def open_files_under(folder: Path) -> list[str]:

@@ -334,6 +334,8 @@ def connect_or_fail(
     timeout: float = 10.0,
 ) -> Any:
     """A coordinator for the CLI: remote when a URL is given, else embedded; failures as ClickException.
+    A ``--db`` typed on the command line wins over SWEEPER_COORDINATOR, as ``--coordinator`` does
+    over SWEEPER_DB; with both set in the environment the coordinator is used.
 
     ``existing``: the command works on sweeps already made, so an embedded SQLite store that is not
     there is an error (a misspelt ``--db`` would otherwise make a new, empty one). ``timeout``:
@@ -342,6 +344,14 @@ def connect_or_fail(
     from sweeper.connect import connect
     from sweeper.store import StoreError
 
+    if coordinator_url and db_url:  # what was typed wins over the environment
+        by_env = _set_by_environment("coordinator_url"), _set_by_environment("db_url")
+        if by_env == (False, False):
+            raise click.UsageError("pass either --coordinator (a server) or --db (a store here), not both")
+        if by_env == (True, False):
+            coordinator_url = None
+        else:
+            db_url = None
     try:
         return connect(coordinator_url, token=token, db=db_url, create=not existing, timeout=timeout)
     except StoreError as exc:
