@@ -59,6 +59,15 @@ class CoordinatorUnavailableError(ConnectionError):
     """The coordinator could not be reached or failed to answer; worth retrying later."""
 
 
+class WrongSchemeError(CoordinatorUnavailableError):
+    """The server may speak plain HTTP where the URL says https, or TLS where it says http; the
+    message says what to change. ``certain``: it does (retrying cannot help)."""
+
+    def __init__(self, message: str, *, certain: bool) -> None:
+        super().__init__(message)
+        self.certain = certain
+
+
 class CoordinatorTimeoutError(CoordinatorUnavailableError):
     """The coordinator took a connection and gave no answer in time: down, busy, or a large answer."""
 
@@ -74,6 +83,21 @@ class CoordinatorSetupError(ValueError):
 
 class AuthenticationError(PermissionError):
     """The coordinator wants a token this client did not give, or a different one."""
+
+
+def _wrong_scheme(reason: object) -> bool:
+    """The client spoke TLS to a server that answers in plain HTTP."""
+    return "WRONG_VERSION_NUMBER" in str(reason)
+
+
+def _scheme_hint(reason: object, url: str) -> str | None:
+    """What to change when the URL's scheme may not be the one the server speaks, or None."""
+    if _wrong_scheme(reason):
+        return "the server there speaks plain HTTP, not TLS: use an http:// URL"
+    if url.startswith("http://") and isinstance(reason, http.client.RemoteDisconnected):
+        # A TLS server hangs up on a request in plain HTTP; a server restarting does the same.
+        return "if that server was started with --ssl-certfile, use an https:// URL"
+    return None
 
 
 def _tls_context(ca_file: str | None) -> ssl.SSLContext:
@@ -288,7 +312,10 @@ class HttpCoordinator:
                     f"{where}: no answer within {self.timeout:g}s (the coordinator is down or busy, or "
                     "the answer is large)"
                 ) from exc
-            raise CoordinatorUnavailableError(f"coordinator {self.url} unreachable: {reason}") from exc
+            said = f"coordinator {self.url} unreachable: {reason}"
+            if (hint := _scheme_hint(reason, self.url)) is not None:
+                raise WrongSchemeError(f"{said} ({hint})", certain=_wrong_scheme(reason)) from exc
+            raise CoordinatorUnavailableError(said) from exc
         if status >= 300:  # the API never redirects: a 3xx is not an answer to this call
             raise self._refusal(status, reason, raw, where)
         if not raw:  # only a trial's end answers with nothing (204); no answer is not an answer

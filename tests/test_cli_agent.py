@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from process_support import alive, wait_until
+from server_helpers import serving
 
 import sweeper.cli.agent as agent_cli
 from sweeper.cli import main
@@ -130,14 +131,44 @@ def test_gpus_and_slots_together_are_refused(here: Path, sqlite_store_url: str) 
     assert result.exit_code == 2 and "either --gpus or --slots" in result.output
 
 
-def test_unreachable_coordinator_at_start_fails_after_retries(here: Path, monkeypatch) -> None:
+def test_unreachable_coordinator_at_start_is_waited_for_then_fails(here: Path, monkeypatch) -> None:
     monkeypatch.setattr(agent_cli, "_START_BACKOFF", 0.01)
+    monkeypatch.setattr(agent_cli, "START_WAIT", 1.0)
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     result = CliRunner().invoke(main, ["agent", "abc", "--coordinator", f"http://127.0.0.1:{port}"])
     assert result.exit_code == 1
-    assert f"cannot reach the coordinator at http://127.0.0.1:{port} after 5 tries" in result.output
+    url = f"http://127.0.0.1:{port}"
+    assert result.output.count(f"cannot reach the coordinator at {url} yet") == 1, result.output  # said once
+    assert f"cannot reach the coordinator at {url} (tried for 1s)" in result.output
+
+
+def test_an_agent_started_before_its_server_waits_for_it(here: Path, sqlite_store_url: str) -> None:
+    # A job script that starts the server and its agents together: the agents may ask first.
+    sweep_id = make_sweep(sqlite_store_url, {"n": {"values": [1]}}, "trial.py")
+    with socket.socket() as s:  # a port nobody listens on yet
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    agent = subprocess.Popen(
+        [SWEEPER, "agent", sweep_id, "--coordinator", f"http://127.0.0.1:{port}"],
+        cwd=here,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("SWEEPER_")},
+    )
+    try:
+        time.sleep(2)  # the agent has been refused meanwhile
+        assert agent.poll() is None
+        with serving(sqlite_store_url, here / "server", token=None, port=port):
+            out, err = agent.communicate(timeout=120)
+    finally:
+        agent.kill()
+    assert agent.returncode == 0, out + err
+    assert "yet" in err and "trying for 60s" in err
+    with open_store(sqlite_store_url) as store:
+        assert [t.state for t in store.list_trials(sweep_id)] == [TrialState.FINISHED]
 
 
 def test_malformed_coordinator_url_is_refused(here: Path) -> None:

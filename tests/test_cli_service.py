@@ -276,6 +276,12 @@ def test_the_commands_against_a_server(sweep_file: Path, tmp_path: Path) -> None
         assert tls.returncode == 1 and "speaks plain HTTP, not TLS: use an http:// URL" in tls.stderr, (
             tls.stderr
         )
+        # An agent gives up at once, where it waits for a server that is not up yet.
+        agent = sweeper(
+            "agent", sweep_id, env={**env, "SWEEPER_COORDINATOR": server.url.replace("http:", "https:")}
+        )
+        assert agent.returncode == 1 and "speaks plain HTTP, not TLS: use an http:// URL" in agent.stderr
+        assert "yet" not in agent.stderr and "is `sweeper server` running" not in agent.stderr, agent.stderr
         assert not Path("nowhere.db").exists()  # the server's store was used, not a local one
         assert [s.id for s in server.client().list_sweeps()] == [sweep_id]
 

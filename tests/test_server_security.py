@@ -138,6 +138,10 @@ def test_tls(tmp_path: Path) -> None:
         plain = server.url.replace("https://", "http://")
         with pytest.raises(OSError):
             type(client)(plain, token=TOKEN, timeout=3).list_sweeps()
+        said = CliRunner().invoke(main, ["status"], env={**env, "SWEEPER_COORDINATOR": plain})
+        assert said.exit_code == 1 and said.output.rstrip().endswith(
+            "(if that server was started with --ssl-certfile, use an https:// URL)"
+        ), said.output
 
 
 def test_bodies_over_the_limit_are_refused(server: ServerProcess) -> None:

@@ -26,8 +26,7 @@ from sweeper.cli.common import (
 )
 from sweeper.cli.interrupt import EXIT_INTERRUPTED, run_until_done_or_interrupted
 
-# Tries (with backoff) before a coordinator that cannot be reached at start is reported.
-_START_TRIES = 5
+START_WAIT = 60.0  # seconds an agent waits for its coordinator to answer at start
 _START_BACKOFF = 0.5
 
 
@@ -119,12 +118,17 @@ def agent(
 def _check_sweep(client: Any, sweep_id: str, coordinator: str | None) -> tuple[Any, Any]:
     """The sweep and its spec; a clear error for an unknown sweep, a refused token or no coordinator."""
     from sweeper.agents.reporting import backoff_delay
-    from sweeper.client import CoordinatorError
+    from sweeper.client import CoordinatorError, WrongSchemeError
     from sweeper.protocol import SweepNotFoundError
 
     store = store_label(client)
     where = coordinator or (f"store {store}" if store else "the local store")
-    for attempt in range(1, _START_TRIES + 1):
+    # Agents started with their server (a job script, a Slurm array) may start first: it is
+    # waited for, said once, for START_WAIT seconds.
+    deadline = time.monotonic() + START_WAIT
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             return client.get_sweep(sweep_id), client.spec_of(sweep_id)
         except SweepNotFoundError:
@@ -136,13 +140,20 @@ def _check_sweep(client: Any, sweep_id: str, coordinator: str | None) -> tuple[A
         except CoordinatorError as exc:  # refused: a malformed id, an untrusted certificate, ...
             raise click.ClickException(f"the coordinator at {where} refused: {exc}") from None
         except OSError as exc:
-            if attempt == _START_TRIES:
+            if isinstance(exc, WrongSchemeError) and exc.certain:
+                raise click.ClickException(str(exc)) from None
+            delay = backoff_delay(attempt, base=_START_BACKOFF, cap=4.0)
+            if time.monotonic() + delay > deadline:
+                hint = "" if isinstance(exc, WrongSchemeError) else "; is `sweeper server` running there?"
                 raise click.ClickException(
-                    f"cannot reach the coordinator at {where} after {attempt} tries: {exc}; "
-                    "is `sweeper server` running there, and is the URL right?"
+                    f"cannot reach the coordinator at {where} (tried for {START_WAIT:g}s): {exc}{hint}"
                 ) from None
-            time.sleep(backoff_delay(attempt, base=_START_BACKOFF, cap=4.0))
-    raise AssertionError("unreachable")
+            if attempt == 1:
+                click.echo(
+                    f"cannot reach the coordinator at {where} yet ({exc}); trying for {START_WAIT:g}s",
+                    err=True,
+                )
+            time.sleep(delay)
 
 
 def _exit_line(reasons: list[str]) -> str:

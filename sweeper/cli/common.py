@@ -369,7 +369,12 @@ def connect_or_fail(
 @contextlib.contextmanager
 def coordinator_errors() -> Iterator[None]:
     """Turn a coordinator call that failed in a way a person can act on into a one-line error."""
-    from sweeper.client import AuthenticationError, CoordinatorError, CoordinatorTimeoutError
+    from sweeper.client import (
+        AuthenticationError,
+        CoordinatorError,
+        CoordinatorTimeoutError,
+        WrongSchemeError,
+    )
     from sweeper.protocol import SweepNotFoundError
     from sweeper.store import StoreError
 
@@ -380,7 +385,6 @@ def coordinator_errors() -> Iterator[None]:
     except BrokenPipeError:  # our own output was closed (`| head`): click ends quietly
         raise
     except OSError as exc:  # refused, timed out, 5xx
-        hint = "" if isinstance(exc, CoordinatorTimeoutError) else " (is `sweeper server` running there?)"
-        if "WRONG_VERSION_NUMBER" in str(exc):  # TLS spoken to a server that answers in plain HTTP
-            hint = " (the server there speaks plain HTTP, not TLS: use an http:// URL)"
+        said = isinstance(exc, CoordinatorTimeoutError | WrongSchemeError)  # what to change is said
+        hint = "" if said else " (is `sweeper server` running there?)"
         raise click.ClickException(f"{exc}{hint}") from None
