@@ -109,6 +109,9 @@ class Tracker:
     name = "tracker"
     #: One line telling a person what to check when calls fail.
     help = "check the tracker's settings"
+    #: Variables every trial gets, whether or not its start got through: where the script's own
+    #: logging goes, and the process's own values of settings the adapter changed for itself.
+    always_env: Mapping[str, str] = {}
 
     def sweep_started(self, sweep: SweepInfo) -> None: ...
 

@@ -50,6 +50,7 @@ _PERMANENT = {
     "RESOURCE_DOES_NOT_EXIST",
     "INVALID_STATE",
 }
+_EXPERIMENT = "sweeper"  # the experiment sweeps go to when none is named
 _MAX_METRICS, _MAX_PARAMS = 1000, 100  # per log_batch call, MLflow's own limits
 _BAD_KEY = re.compile(r"[^\w\-. /]")
 
@@ -70,7 +71,13 @@ class MlflowTracker(Tracker):
             f"check that the MLflow tracking server at {settings.tracking_uri} is up and that "
             "MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN are right"
         )
-        self._child_http = self._fail_fast()
+        # A trial whose run could not be made (MLflow down) still logs to this server, not to a
+        # ./mlflow.db of its own, with MLflow's own retries, not the agent's.
+        self.always_env = {"MLFLOW_TRACKING_URI": settings.tracking_uri, **self._fail_fast()}
+        if settings.experiment_id is not None:
+            self.always_env["MLFLOW_EXPERIMENT_ID"] = settings.experiment_id
+        else:
+            self.always_env["MLFLOW_EXPERIMENT_NAME"] = settings.experiment or _EXPERIMENT
         try:  # agents starting together on a new sqlite: store take turns creating it
             serialise_store_creation()
         except Exception as exc:  # an MLflow laid out otherwise: open it as it always opened
@@ -116,7 +123,7 @@ class MlflowTracker(Tracker):
         if self._experiment_id is None:
             from mlflow.exceptions import MlflowException
 
-            name = self.settings.experiment or "sweeper"
+            name = self.settings.experiment or _EXPERIMENT
             found = self.client.get_experiment_by_name(name)
             if found is None:
                 try:
@@ -219,12 +226,8 @@ class MlflowTracker(Tracker):
         params = [Param(_key(k), str(v)[:6000]) for k, v in flat(dict(trial.config)).items()]
         for i in range(0, len(params), _MAX_PARAMS):
             self.client.log_batch(run_id, params=params[i : i + _MAX_PARAMS])
-        return {
-            "MLFLOW_RUN_ID": run_id,
-            "MLFLOW_TRACKING_URI": self.settings.tracking_uri,
-            "MLFLOW_EXPERIMENT_ID": self.experiment_id(),
-            **self._child_http,
-        }
+        env = {k: v for k, v in self.always_env.items() if k != "MLFLOW_EXPERIMENT_NAME"}
+        return {**env, "MLFLOW_RUN_ID": run_id, "MLFLOW_EXPERIMENT_ID": self.experiment_id()}
 
     def trial_metrics(self, trial: TrialInfo, points: Sequence[MetricPoint], source: str) -> None:
         from mlflow.entities import Metric

@@ -142,16 +142,17 @@ class SafeTracker:
         however slowly, until ``deadline`` (``time.monotonic()``: a real wait, whatever the clock
         given); not at all once the starts are held up by a tracker that is down, nor once
         ``stopping`` is set (the trial will not run).
-        Without it, {}: the trial runs without the variables."""
+        Without it, the tracker's :attr:`~Tracker.always_env` only: the trial runs without its run."""
+        always = dict(self.tracker.always_env)
         while True:
             if started.done():
                 try:
-                    return dict(started.result() or {})
+                    return {**always, **(started.result() or {})}
                 except Exception:  # refused, or cancelled by close()
-                    return {}
+                    return always
             left = deadline - time.monotonic()
             if self._starts_held_up() or left <= 0 or (stopping is not None and stopping.is_set()):
-                return {}
+                return always
             # In short waits: a call that fails marks the tracker down meanwhile.
             futures.wait([started], timeout=min(left, _DOWN_POLL))
 

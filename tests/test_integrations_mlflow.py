@@ -21,7 +21,14 @@ from sweeper.integrations.base import TrialEnd, TrialInfo  # noqa: E402
 from sweeper.integrations.mlflow import MlflowTracker  # noqa: E402
 from sweeper.integrations.safe import SafeTracker  # noqa: E402
 from sweeper.integrations.settings import mlflow_settings  # noqa: E402
-from trackers_support import TRIAL_SCRIPT, MlflowServer, SlowUplink, captured_curve, run_sweep  # noqa: E402
+from trackers_support import (  # noqa: E402
+    TRIAL_SCRIPT,
+    MlflowServer,
+    SlowUplink,
+    captured_curve,
+    free_port,
+    run_sweep,
+)
 
 from sweeper.trials import MetricPoint  # noqa: E402
 
@@ -210,6 +217,27 @@ def test_trials_get_mlflows_own_http_settings_not_the_agents(tmp_path: Path) -> 
     sweeper_run(sweep_file, "--mlflow", cwd=tmp_path, env=env)
     seen = json.loads((tmp_path / "http.json").read_text())
     assert seen == {name: str(getattr(ev, name).default) for name in names}
+
+
+def test_a_trial_whose_run_could_not_be_made_still_logs_to_the_sweeps_server() -> None:
+    """MLflow down as a trial starts: its script's own logging goes to the sweep's server and
+    experiment, with the trials' HTTP settings; before, it had no tracking URI (MLflow then wrote
+    a ./mlflow.db of its own) and the agent's fail-fast settings."""
+    from sweeper.integrations import mlflow as adapter
+
+    port = free_port()  # nobody listens there
+    tracker = MlflowTracker.from_block({"tracking_uri": f"http://127.0.0.1:{port}", "experiment": "mine"})
+    safe = SafeTracker(tracker, start_timeout=10)
+    try:
+        env = safe.trial_started(TrialInfo(sweep_id="sw", trial_id=1, trial_number=1, config={"x": 1}))
+    finally:
+        safe.close(timeout=0.5)
+    assert "MLFLOW_RUN_ID" not in env
+    assert (
+        env["MLFLOW_TRACKING_URI"] == f"http://127.0.0.1:{port}" and env["MLFLOW_EXPERIMENT_NAME"] == "mine"
+    )
+    names = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+    assert {name: env[name] for name in names} == adapter._trial_http  # not the agent's own
 
 
 def test_a_bare_mlflow_flag_stores_no_uri_from_the_environment(tmp_path: Path, monkeypatch) -> None:
