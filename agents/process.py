@@ -267,6 +267,19 @@ def stderr_tail(path: str | os.PathLike[str], max_lines: int = 40, max_bytes: in
     return "\n".join(lines[-max_lines:]) if max_lines > 0 else ""
 
 
+# Lines trackers print for themselves as a script ends (W&B's "wandb: View run ... at:", its log
+# folder; MLflow's run and experiment links): never why a trial failed.
+_TRACKER_LINES = ("wandb: ", "\U0001f3c3 View run ", "\U0001f9ea View experiment ")
+
+
+def telling_line(tail: str | None) -> str | None:
+    """The line of a stderr tail that says why the trial ended: its last, leaving out the lines
+    trackers print for themselves; None when nothing else is there (``sys.exit(3)``)."""
+    told = [line for line in (tail or "").splitlines() if line.strip()]
+    told = [line for line in told if not line.lstrip().startswith(_TRACKER_LINES)]
+    return told[-1] if told else None
+
+
 _LINE_SEARCH = 1 << 20  # how far back a long last line's start is looked for
 
 

@@ -3,6 +3,8 @@ a machine whose GPU is gone would otherwise burn through the whole sweep, one fa
 
 from __future__ import annotations
 
+from sweeper.agents.process import telling_line
+
 from sweeper.protocol import TrialOutcome
 from sweeper.trials import TrialState
 
@@ -33,6 +35,6 @@ class FailureStreak:
         self.count += 1
         if not self.limit or self.count < self.limit:
             return None
-        last = (outcome.stderr_tail or "").strip().splitlines()[-1:] or ["no output on stderr"]
-        facts = f"{self.count} trials in a row failed (the last, trial {trial_number}: {last[0]})"
+        last = telling_line(outcome.stderr_tail) or "no error message on stderr"
+        facts = f"{self.count} trials in a row failed (the last, trial {trial_number}: {last})"
         return f"{facts}; {GIVE_UP_ADVICE}"

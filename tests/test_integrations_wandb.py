@@ -193,3 +193,39 @@ def test_each_sweep_in_one_process_writes_where_its_own_settings_say(
         expected = {f"{sweep_id}-{t.number}" for t in trials} | {f"{sweep_id}-sweep"}
         assert {r["run_id"] for r in runs} == expected, f"{name}: {[r['run_id'] for r in runs]}"
         assert {r["project"] for r in runs} == {f"project-{name}"}
+
+
+def test_a_failed_wandb_scripts_reason_is_never_one_of_wandbs_own_lines(tmp_path: Path) -> None:
+    # wandb prints its own lines (where the run's data is, how to view it) on stderr.
+    import os
+    import subprocess
+    import sys
+
+    program = tmp_path / "train.py"
+    program.write_text(
+        "import sys, wandb\nwandb.init()\n"
+        "if wandb.config.x == 1:\n    raise ValueError('bad learning rate')\nsys.exit(3)\n"
+    )
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(
+        f"program: {program}\nmethod: grid\nparameters: {{x: {{values: [1, 2]}}}}\n"
+        "sweeper: {max_retries: 0}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "SWEEPER_"))}
+    env.update(WANDB_MODE="offline", WANDB_DIR=str(tmp_path))
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("sweeper")), "run", str(sweep), "--max-failures", "2"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    tail = next((tmp_path / ".sweeper" / "trials").glob("*/2/stderr.log")).read_text()
+    assert tail.rstrip().splitlines()[-1].startswith("wandb: "), tail  # all it wrote is wandb's
+    assert "trial 1 failed    exit 1" in done.stdout and ": ValueError: bad learning rate" in done.stdout
+    assert "trial 2 failed    exit 3 after" in done.stdout, done.stdout
+    assert done.stdout.count("(no error message on stderr)") == 1 and "wandb: " not in done.stdout, (
+        done.stdout
+    )
+    assert "(the last, trial 2: no error message on stderr)" in done.stdout + done.stderr

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from sweeper.agents.process import telling_line
 from sweeper.results import best_of, format_config, ranked
 from sweeper.spec import SweepSpec
 from sweeper.trials import Trial, TrialState, count_states
@@ -30,8 +31,8 @@ def describe_event(spec: SweepSpec, event: Any) -> str | None:
         else:  # the search learns nothing from this trial: say so while it runs
             shown = f"  (no {metric} logged)" if metric else ""
         if outcome.state is TrialState.FAILED:
-            last = (outcome.stderr_tail or "").strip().splitlines()[-1:] or ["(no stderr)"]
-            return f"trial {number} failed    exit {outcome.exit_code} after {event.seconds:.1f}s: {last[0]}"
+            last = telling_line(outcome.stderr_tail) or "(no error message on stderr)"
+            return f"trial {number} failed    exit {outcome.exit_code} after {event.seconds:.1f}s: {last}"
         if outcome.state is TrialState.STOPPED:
             return f"trial {number} stopped   after {event.seconds:.1f}s ({outcome.stop_reason}){shown}"
         if outcome.state is TrialState.LOST:  # its agent was interrupted: no result, it may run again
