@@ -10,6 +10,7 @@ its id goes to the script as MLFLOW_RUN_ID, so ``mlflow.start_run()`` there logs
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -43,6 +44,8 @@ _AGENT_HTTP = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
 }
 _trial_http: dict[str, str] | None = None  # what trials get (see MlflowTracker._fail_fast)
+# ... kept in the environment too, for the processes this one starts (agents, tests' drivers).
+_TRIAL_HTTP_VARIABLE = "SWEEPER_MLFLOW_TRIAL_HTTP"
 _trial_http_lock = threading.Lock()
 _PERMANENT = {
     "INVALID_PARAMETER_VALUE",
@@ -103,9 +106,13 @@ class MlflowTracker(Tracker):
         global _trial_http
         with _trial_http_lock:
             if _trial_http is None:
-                _trial_http = {
-                    name: os.environ.get(name) or str(getattr(ev, name).default) for name in _AGENT_HTTP
-                }
+                try:  # a process an agent's process started inherits the agent's settings: not its own
+                    _trial_http = dict(json.loads(os.environ[_TRIAL_HTTP_VARIABLE]))
+                except (KeyError, ValueError, TypeError):
+                    _trial_http = {
+                        name: os.environ.get(name) or str(getattr(ev, name).default) for name in _AGENT_HTTP
+                    }
+                    os.environ[_TRIAL_HTTP_VARIABLE] = json.dumps(_trial_http)
                 for name, value in _AGENT_HTTP.items():
                     os.environ.setdefault(name, value)
             return dict(_trial_http)

@@ -216,7 +216,18 @@ def test_trials_get_mlflows_own_http_settings_not_the_agents(tmp_path: Path) -> 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "SWEEPER_"))}
     sweeper_run(sweep_file, "--mlflow", cwd=tmp_path, env=env)
     seen = json.loads((tmp_path / "http.json").read_text())
-    assert seen == {name: str(getattr(ev, name).default) for name in names}
+    own = {name: str(getattr(ev, name).default) for name in names}
+    assert seen == own
+    # Started by a process that runs an agent (sweeper.agent() in a notebook, a test), which set the
+    # agent's settings in its environment: the trials still get the settings from before that.
+    (tmp_path / "http.json").unlink()
+    inherited = {
+        **env,
+        **dict(zip(names, ("0", "10"), strict=True)),
+        "SWEEPER_MLFLOW_TRIAL_HTTP": json.dumps(own),
+    }
+    sweeper_run(sweep_file, "--mlflow", cwd=tmp_path, env=inherited)
+    assert json.loads((tmp_path / "http.json").read_text()) == own
 
 
 def test_a_trial_whose_run_could_not_be_made_still_logs_to_the_sweeps_server() -> None:
@@ -302,6 +313,40 @@ def test_a_script_logging_the_sweeps_params_itself_is_not_refused(tmp_path: Path
         "value 'fast'" in stderr
     )
     assert "'C'" not in stderr  # the same value, spelled otherwise: left out without a word
+
+
+def test_a_script_that_sets_its_own_experiment_runs_and_logs(tmp_path: Path) -> None:
+    """``mlflow.set_experiment("mine")`` then ``start_run()``: MLflow refuses to start the trial's run,
+    which is in the sweep's experiment, and every trial failed. Now the script's run is made in its
+    experiment, and the trial's run gets the same metrics from sweeper."""
+    script = tmp_path / "own.py"
+    script.write_text(
+        "import mlflow\nmlflow.set_experiment('mine')\n"
+        "with mlflow.start_run():\n    for step in range(3):\n"
+        "        mlflow.log_metric('loss', 1.0 / (step + 1), step=step)\n"
+    )
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(f"program: {script}\nmethod: grid\nparameters:\n  x: {{values: [1, 2]}}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "SWEEPER_"))}
+    uri = f"sqlite:///{tmp_path / 'ml.db'}"
+    sweeper_run(sweep_file, "--mlflow", uri, "--db", f"sqlite:///{tmp_path / 's.db'}", cwd=tmp_path, env=env)
+    store = open_store(f"sqlite:///{tmp_path / 's.db'}")
+    trials = store.list_trials(store.list_sweeps()[0].id)
+    assert [(t.state, t.metric("loss")) for t in trials] == [(TrialState.FINISHED, 1 / 3)] * 2
+    client = MlflowClient(uri)
+    _, children = runs_of(client, "sweeper")
+    mine = client.search_runs([client.get_experiment_by_name("mine").experiment_id])
+    assert len(children) == len(mine) == 2
+    for run in [*children, *mine]:  # the metrics once in each
+        assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "loss")] == [
+            (0, 1.0),
+            (1, 0.5),
+            (2, 1 / 3),
+        ]
+    stderr = next((tmp_path / ".sweeper" / "trials").rglob("stderr.log")).read_text()
+    assert (
+        "sweeper: the script set MLflow experiment" in stderr and "outside the sweep's experiment" in stderr
+    )
 
 
 def test_unchanged_mlflow_script_under_sweeper_run(mlflow_server: MlflowServer, tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ def patch(module: Any) -> None:
         step = kwargs.get("step", args[1] if len(args) > 1 else None)
         found = core.number(value)
         if found is not None:
-            core.emit("mlflow", int(step or 0), {str(key): found})
+            _emit(run_id, int(step or 0), {str(key): found})
         core.raise_if_stopped()
         return result
 
@@ -50,7 +50,7 @@ def patch(module: Any) -> None:
             if found is not None:
                 by_step.setdefault(int(getattr(metric, "step", 0) or 0), {})[str(metric.key)] = found
         for step, values in sorted(by_step.items()):
-            core.emit("mlflow", step, values)
+            _emit(run_id, step, values)
         core.raise_if_stopped()
         return result
 
@@ -61,6 +61,8 @@ def patch(module: Any) -> None:
 
     def patched_start_run(*args: Any, **kwargs: Any) -> Any:
         mlflow_params.remember_trial_run()  # start_run takes MLFLOW_RUN_ID out of the environment
+        if not args and not kwargs.get("run_id"):
+            _leave_the_trial_run_in_another_experiment()
         trial = core.current_trial()
         if trial is not None:
             trial.check_environment("mlflow.start_run()")
@@ -71,6 +73,30 @@ def patch(module: Any) -> None:
         serialise_store_creation()
     except Exception as exc:
         print(f"sweeper: MLflow's local database opens unserialised ({exc})", file=sys.stderr)
+
+
+def _emit(run_id: Any, step: int, values: dict[str, float]) -> None:
+    """Metrics logged into the trial's run (which trackers leave alone), or into another run the
+    script made itself: the trial's run gets those from sweeper's MLflow tracker."""
+    source = "mlflow" if mlflow_params.is_trial_run(run_id) else "script"
+    core.emit(source, step, values, seq=core.next_seq("mlflow"))
+
+
+def _leave_the_trial_run_in_another_experiment() -> None:
+    """A script that set an experiment of its own (``mlflow.set_experiment``) cannot start the
+    trial's run, which is in the sweep's experiment: MLflow refuses, and every trial failed. Its
+    run is then made in its experiment, as without sweeper, and said once."""
+    trial_run = os.environ.get("MLFLOW_RUN_ID")
+    chosen = getattr(sys.modules.get("mlflow.tracking.fluent"), "_active_experiment_id", None)
+    theirs = mlflow_params.trial_experiment
+    if not trial_run or chosen is None or theirs is None or str(chosen) == theirs:
+        return
+    del os.environ["MLFLOW_RUN_ID"]
+    print(
+        f"sweeper: the script set MLflow experiment {chosen}, so its run is made there, outside the "
+        f"sweep's experiment ({theirs}); the trial's run there gets its metrics from sweeper",
+        file=sys.stderr,
+    )
 
 
 def serialise_store_creation() -> None:

@@ -26,15 +26,24 @@ _warned: set[str] = set()
 _trial_runs: set[str] = {run for run in [os.environ.get("MLFLOW_RUN_ID")] if run}
 
 
+# The trial run's experiment, as the process starts: set_experiment() changes the variable.
+trial_experiment = os.environ.get("MLFLOW_EXPERIMENT_ID")
+
+
 def remember_trial_run() -> None:
     if run := os.environ.get("MLFLOW_RUN_ID"):
         _trial_runs.add(run)
 
 
+def is_trial_run(run_id: Any) -> bool:
+    """``run_id`` is a run the agent made for a trial (which it logs nothing into itself)."""
+    return bool(run_id) and (run_id in _trial_runs or run_id == os.environ.get("MLFLOW_RUN_ID"))
+
+
 def already_logged(run_id: Any, key: Any, value: Any) -> bool:
     """True when ``key`` is one of the sweep's params the agent logged into ``run_id``, the trial's
     own run: the call must leave it out."""
-    if not run_id or (run_id not in _trial_runs and run_id != os.environ.get("MLFLOW_RUN_ID")):
+    if not is_trial_run(run_id):
         return False
     logged = _sweep_params(os.environ.get("SWEEPER_CONFIG_PATH"))
     name = str(key)
