@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from server_helpers import TOKEN, serving
+from server_helpers import TOKEN, serving, start_server
 from sqlalchemy.engine import make_url
 
 from sweeper.cli import inspect, main
@@ -254,6 +255,8 @@ def test_the_commands_against_a_server(sweep_file: Path, tmp_path: Path) -> None
             "SWEEPER_TOKEN": TOKEN,
             "SWEEPER_DB": "sqlite:///nowhere.db",
         }
+        none = sweeper("status", env=env)
+        assert none.stdout == "no sweeps yet: create one with 'sweeper sweep FILE'\n", none.stdout
         created = sweeper("sweep", str(sweep_file), env=env)
         assert created.returncode == 0, created.stderr
         sweep_id = created.stdout.strip()
@@ -284,6 +287,15 @@ def test_the_commands_against_a_server(sweep_file: Path, tmp_path: Path) -> None
         assert "yet" not in agent.stderr and "is `sweeper server` running" not in agent.stderr, agent.stderr
         assert not Path("nowhere.db").exists()  # the server's store was used, not a local one
         assert [s.id for s in server.client().list_sweeps()] == [sweep_id]
+
+
+def test_ctrl_c_stops_a_server_cleanly_with_exit_130(tmp_path: Path) -> None:
+    # Before: uvicorn's shutdown, then click's "Aborted!" and exit 1.
+    server = start_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "server")
+    server.process.send_signal(signal.SIGINT)
+    assert server.process.wait(30) == 130
+    log = server.log()
+    assert log.rstrip().endswith("sweeper server: stopped") and "Aborted" not in log, log
 
 
 def test_trials_csv_names_each_column_once() -> None:

@@ -17,6 +17,7 @@ from sweeper.cli.common import (
     coordinator_errors,
     coordinator_option,
     db_option,
+    store_label,
     token_option,
 )
 from sweeper.cli.report import print_summary, state_counts
@@ -61,7 +62,9 @@ def _status(coordinator: Any, sweep_id: str | None, top: int) -> None:
     if sweep_id is None:
         sweeps = coordinator.list_sweeps()
         if not sweeps:
-            click.echo("no sweeps yet: create one with 'sweeper run FILE'")
+            # Run here, or made on a server for its agents.
+            how = "sweeper run FILE" if store_label(coordinator) else "sweeper sweep FILE"
+            click.echo(f"no sweeps yet: create one with '{how}'")
         for sweep in sweeps:
             created = datetime.fromtimestamp(sweep.created_at, UTC).strftime("%Y-%m-%d %H:%M")
             counts = coordinator.trial_counts(sweep.id)  # not the trials themselves

@@ -6,6 +6,7 @@ one, on the store ``--db`` directly: both go through :func:`sweeper.connect.conn
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -23,6 +24,7 @@ from sweeper.cli.common import (
     store_shown,
     token_option,
 )
+from sweeper.cli.interrupt import EXIT_INTERRUPTED
 from sweeper.trials import SweepState
 
 if TYPE_CHECKING:
@@ -105,6 +107,9 @@ def server(
         store = open_store_or_fail(db_url)
         with store:
             serve(store, options)
+    except KeyboardInterrupt:  # Ctrl-C: uvicorn shut down cleanly, then raised it again
+        click.echo("sweeper server: stopped", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     except UnsafeBindError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:  # the port is taken, the certificate cannot be read, ...
