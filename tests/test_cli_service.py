@@ -229,6 +229,31 @@ def test_what_is_typed_wins_over_the_environment(sweep_file: Path, sqlite_store_
     assert both.exit_code == 2 and "pass either --coordinator (a server) or --db" in both.output
 
 
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_commands_on_a_database_without_a_store_add_nothing_to_it(
+    database: str, tmp_path: Path, sweep_file: Path, request: pytest.FixtureRequest
+) -> None:
+    # Someone else's database, named by mistake: before, a status added sweeper's tables to it.
+    from sqlalchemy import create_engine, inspect, text
+
+    if database == "sqlite":
+        url = f"sqlite:///{tmp_path / 'theirs.db'}"
+    else:
+        url = request.getfixturevalue("postgres_store_url")
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE foo (x INTEGER)"))
+    for command in (["status"], ["trials", "abc"], ["agent", "abc"], ["stop", "abc"]):
+        result = invoke(*command, "--db", url)
+        assert result.exit_code == 1 and "no sweeper store in " in result.output, result.output
+        assert "holds none of sweeper's tables; check the URL" in result.output
+    assert inspect(engine).get_table_names() == ["foo"]
+    engine.dispose()
+    made = invoke("sweep", str(sweep_file), "--db", url)  # a command that makes sweeps makes the store
+    assert made.exit_code == 0, made.output
+    assert invoke("status", "--db", url).exit_code == 0
+
+
 def test_a_bad_value_from_the_environment_names_the_variable(tmp_path: Path) -> None:
     result = invoke("status", env={"SWEEPER_DB": "foo://x"})
     assert result.exit_code == 1 and "unsupported store URL 'foo://x'" in result.output

@@ -49,7 +49,8 @@ def open_store(
     ``None`` means ``./.sweeper/sweeper.db``. A plain file path or ``sqlite:///path`` opens a
     SQLite file; ``postgresql://`` or ``postgres://`` a PostgreSQL database (psycopg 3).
     ``migrations`` is the list of schema steps; tests replace it to prove upgrades. ``create=False``
-    refuses a SQLite file that is not there (see :func:`~sweeper.store.engine.resolve_url`).
+    refuses a SQLite file that is not there (see :func:`~sweeper.store.engine.resolve_url`), and a
+    database that holds no store.
     Raises :class:`StoreError` when the URL is unusable or the database cannot be reached.
     """
     from sweeper.store.sql import SqlStore
@@ -58,7 +59,7 @@ def open_store(
     label = mask(resolved.set(drivername=resolved.get_backend_name()))  # no driver name in messages
     engine = build_engine(resolved)
     try:
-        migrate(engine, migrations, label=label)
+        migrate(engine, migrations, label=label, create=create)
     except DBAPIError as exc:
         engine.dispose()
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)

@@ -98,14 +98,22 @@ def migrate(
     *,
     label: str = "the database",
     log: TextIO | None = None,
+    create: bool = True,
 ) -> int:
-    """Bring the database to the latest version of ``steps``; return that version."""
+    """Bring the database to the latest version of ``steps``; return that version. ``create=False``:
+    a database without a store is refused, not given one (a command pointed at the wrong database
+    must not add sweeper's tables to it)."""
     _check_steps(steps)
     latest = latest_version(steps)
     # A read first, so that opening an up-to-date database takes no write lock.
     with engine.connect().execution_options(**READ_ONLY) as conn:
         found = read_version(conn)
     _refuse_newer(found, latest)
+    if found == 0 and not create:
+        raise StoreError(
+            f"no sweeper store in {label}: the database holds none of sweeper's tables; check the URL "
+            "(a store is made by the first 'sweeper run', 'sweeper sweep' or 'sweeper server' on it)"
+        )
     if found == latest:
         return found
     with engine.begin() as conn:
