@@ -9,11 +9,26 @@ otherwise).
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("sweeper")
+
+
+def _say_failures(event: object) -> None:
+    """A trial that failed, said as it ends (as ``wandb.agent`` says a function that raised): the
+    agent goes on, and its return value is read by few."""
+    from sweeper.agents.events import TrialEnded
+    from sweeper.agents.process import telling_line
+    from sweeper.trials import TrialState
+
+    if isinstance(event, TrialEnded) and event.outcome.state is TrialState.FAILED:
+        said = telling_line(event.outcome.stderr_tail) or f"exit code {event.outcome.exit_code}"
+        log.warning("sweeper: trial %d failed: %s", event.assignment.trial_number, said)
 
 
 def _coordinator(db: str | None, *, create: bool = True) -> Any:
@@ -82,6 +97,7 @@ def agent(
             function=function,
             grace_period=grace_period,
             max_failures=max_failures,
+            on_event=_say_failures,
         )
         agents.start()
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from pathlib import Path
@@ -54,7 +55,7 @@ def test_sweep_and_agent_with_a_function(db: str) -> None:
     assert "complete" in reason and len(seen) == 4
 
 
-def test_a_raising_function_is_a_failed_trial(db: str) -> None:
+def test_a_raising_function_is_a_failed_trial_and_said(db: str, caplog: pytest.LogCaptureFixture) -> None:
     def train() -> None:
         sweeper.init()
         raise RuntimeError("diverged")
@@ -62,7 +63,10 @@ def test_a_raising_function_is_a_failed_trial(db: str) -> None:
     sweep_id = sweeper.sweep(
         {"method": "grid", "parameters": {"x": {"value": 1}}, "sweeper": {"max_retries": 0}}, db=db
     )
-    sweeper.agent(sweep_id, function=train, db=db)
+    with caplog.at_level(logging.WARNING, logger="sweeper"):
+        sweeper.agent(sweep_id, function=train, db=db)
+    # Said as it ends, as wandb.agent says it: a caller seldom reads the returned reason.
+    assert "sweeper: trial 1 failed: RuntimeError: diverged" in [r.getMessage() for r in caplog.records]
     with open_store(db) as store:
         (trial,) = store.list_trials(sweep_id)
     assert trial.state is TrialState.FAILED and "RuntimeError: diverged" in trial.stderr_tail
