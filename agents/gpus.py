@@ -219,6 +219,11 @@ def gpu_groups(chosen: list[Gpu], per_trial: int) -> tuple[list[list[Gpu]], list
     share the fastest links, train together; and the GPUs left over, fewer than a group."""
     if per_trial < 1:
         raise ValueError(f"a trial needs at least one GPU, not {per_trial}")
+    if per_trial > 1 and (mig := [g for g in chosen if g.index.startswith("MIG-")]):
+        raise GpuSelectionError(
+            f"--gpus-per-trial {per_trial}: {mig[0]} is a MIG instance, and CUDA shows a process one "
+            "MIG instance only; give each trial one (--gpus-per-trial 1)"
+        )
     if len(chosen) < per_trial:
         have = ", ".join(str(g) for g in chosen) or "none"
         raise GpuSelectionError(

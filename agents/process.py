@@ -260,7 +260,9 @@ def stderr_tail(path: str | os.PathLike[str], max_lines: int = 40, max_bytes: in
                 # Drop the first, probably partial, line, unless it is all there is.
                 newline = data.find(b"\n")
                 rest = data[newline + 1 :] if newline >= 0 else b""
-                data = rest if rest.strip() else _long_line(fh, start, data, max_bytes)
+                # All that follows it may be trackers' own lines (W&B's footer after an exception).
+                told = telling_line(rest.decode("utf-8", errors="replace"))
+                data = rest if told is not None else _long_line(fh, start, data, max_bytes)
     except FileNotFoundError:
         return ""
     lines = data.decode("utf-8", errors="replace").splitlines()
@@ -268,15 +270,21 @@ def stderr_tail(path: str | os.PathLike[str], max_lines: int = 40, max_bytes: in
 
 
 # Lines trackers print for themselves as a script ends (W&B's "wandb: View run ... at:", its log
-# folder; MLflow's run and experiment links): never why a trial failed.
-_TRACKER_LINES = ("wandb: ", "\U0001f3c3 View run ", "\U0001f9ea View experiment ")
+# folder, its history; MLflow's run and experiment links): never why a trial failed. W&B's own
+# errors ("wandb: ERROR ...") may be.
+_TRACKER_LINES = ("wandb: ", "wandb:", "\U0001f3c3 View run ", "\U0001f9ea View experiment ")
+_TRACKER_ERRORS = ("wandb: ERROR",)
 
 
 def telling_line(tail: str | None) -> str | None:
     """The line of a stderr tail that says why the trial ended: its last, leaving out the lines
     trackers print for themselves; None when nothing else is there (``sys.exit(3)``)."""
     told = [line for line in (tail or "").splitlines() if line.strip()]
-    told = [line for line in told if not line.lstrip().startswith(_TRACKER_LINES)]
+    told = [
+        line
+        for line in told
+        if not line.lstrip().startswith(_TRACKER_LINES) or line.lstrip().startswith(_TRACKER_ERRORS)
+    ]
     return told[-1] if told else None
 
 

@@ -109,8 +109,9 @@ class Tracker:
     name = "tracker"
     #: One line telling a person what to check when calls fail.
     help = "check the tracker's settings"
-    #: Variables every trial gets, whether or not its start got through: where the script's own
-    #: logging goes, and the process's own values of settings the adapter changed for itself.
+    #: Variables a trial gets when its start did not get through (``trial_started``'s answer is
+    #: the whole env otherwise): where the script's own logging goes, and the process's own values
+    #: of settings the adapter changed for itself.
     always_env: Mapping[str, str] = {}
 
     def sweep_started(self, sweep: SweepInfo) -> None: ...

@@ -107,8 +107,9 @@ class MlflowTracker(Tracker):
         with _trial_http_lock:
             if _trial_http is None:
                 try:  # a process an agent's process started inherits the agent's settings: not its own
-                    _trial_http = dict(json.loads(os.environ[_TRIAL_HTTP_VARIABLE]))
-                except (KeyError, ValueError, TypeError):
+                    inherited = json.loads(os.environ[_TRIAL_HTTP_VARIABLE])
+                    _trial_http = {name: str(inherited[name]) for name in _AGENT_HTTP}
+                except (KeyError, ValueError, TypeError, AttributeError):
                     _trial_http = {
                         name: os.environ.get(name) or str(getattr(ev, name).default) for name in _AGENT_HTTP
                     }

@@ -147,7 +147,7 @@ class SafeTracker:
         while True:
             if started.done():
                 try:
-                    return {**always, **(started.result() or {})}
+                    return dict(started.result() or {})  # the whole of it (always_env is for its lack)
                 except Exception:  # refused, or cancelled by close()
                     return always
             left = deadline - time.monotonic()

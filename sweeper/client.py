@@ -142,7 +142,9 @@ class HttpCoordinator:
         try:
             parsed.port  # noqa: B018  (raises for a port that is not a number from 0 to 65535)
         except ValueError as exc:
-            raise CoordinatorSetupError(f"coordinator URL {redact_urls(url)!r}: {exc}", "url") from None
+            raise CoordinatorSetupError(
+                f"coordinator URL {redact_urls(url, keep_user=False)!r}: {exc}", "url"
+            ) from None
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise CoordinatorSetupError(
                 "coordinator URL must look like http://host:port or https://host:port, got "
@@ -151,7 +153,8 @@ class HttpCoordinator:
             )
         if parsed.username is not None or parsed.password is not None:
             raise CoordinatorSetupError(
-                f"coordinator URL {redact_urls(url)!r} holds a user or password, which sweeper does not "
+                f"coordinator URL {redact_urls(url, keep_user=False)!r} holds a user or password, which "
+                "sweeper does not "
                 "send: give the server's token with --token or SWEEPER_TOKEN, and the URL without it",
                 "url",
             )

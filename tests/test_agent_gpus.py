@@ -366,6 +366,10 @@ def test_gpu_groups_keep_neighbours_together_and_say_what_is_left() -> None:
     assert gpu_groups(found, 1) == ([[g] for g in found], [])
     with pytest.raises(GpuSelectionError, match=r"--gpus-per-trial 8: only 7 GPU\(s\) to use here \(GPU 0, "):
         gpu_groups(found, 8)
+    migs = [Gpu("MIG-aaaa"), Gpu("MIG-bbbb")]  # CUDA shows a process one MIG instance only
+    assert gpu_groups(migs, 1)[0] == [[migs[0]], [migs[1]]]
+    with pytest.raises(GpuSelectionError, match="MIG-aaaa is a MIG instance"):
+        gpu_groups(migs, 2)
 
 
 @needs_no_nvml

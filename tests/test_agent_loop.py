@@ -197,6 +197,22 @@ def test_a_traceback_line_longer_than_the_tail_keeps_its_start_and_end(tmp_path:
     assert 8000 < len(tail) < 9000
 
 
+def test_a_long_error_line_followed_by_a_trackers_own_lines_is_still_the_reason(tmp_path: Path) -> None:
+    # W&B prints its footer (the run's link, its log folder) on stderr after the script's error.
+    from sweeper.agents.process import telling_line
+
+    script = tmp_path / "boom.py"
+    script.write_text(
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('wandb: Find logs at: wandb/run/logs', file=sys.stderr))\n"
+        "raise RuntimeError('shape mismatch: ' + 'z' * 20000)\n"
+    )
+    client = MemoryCoordinator([assignment(1, {}, program=str(script))])
+    make_agent(client, tmp_path).run()
+    said = telling_line(client.finished[101].stderr_tail) or ""
+    assert said.startswith("RuntimeError: shape mismatch: zzz") and "bytes cut" in said, said[:100]
+
+
 def test_missing_program_fails_with_127(tmp_path: Path) -> None:
     client = MemoryCoordinator([assignment(1, {}, command=["./no-such-train", "${args}"])])
     make_agent(client, tmp_path).run()

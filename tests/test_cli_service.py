@@ -225,6 +225,11 @@ def test_what_is_typed_wins_over_the_environment(sweep_file: Path, sqlite_store_
         "status", sweep_id, "--coordinator", "http://127.0.0.1:9", env={"SWEEPER_DB": sqlite_store_url}
     )
     assert typed.exit_code == 1 and "127.0.0.1:9 unreachable" in typed.output, typed.output
+    # ... everywhere the command uses it: where the sweep went, what the hint says, what is looked for.
+    made = invoke("sweep", str(sweep_file), "--db", sqlite_store_url, env=nowhere)
+    assert made.exit_code == 0 and "--coordinator" not in made.stderr and "--db" in made.stderr, made.stderr
+    missing = invoke("agent", "nosuch", "--db", sqlite_store_url, env=nowhere)
+    assert missing.exit_code == 1 and "127.0.0.1:9" not in missing.output, missing.output
     both = invoke("status", sweep_id, "--coordinator", "http://127.0.0.1:9", "--db", sqlite_store_url)
     assert both.exit_code == 2 and "pass either --coordinator (a server) or --db" in both.output
 

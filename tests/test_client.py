@@ -106,9 +106,13 @@ def test_bad_urls_and_secret_tokens() -> None:
     with pytest.raises(ValueError, match="printable ASCII"):
         HttpCoordinator("http://127.0.0.1:1/caf\u00e9")  # each call would be refused as it is sent
     with pytest.raises(
-        ValueError, match=r"coordinator URL 'http://bob:\*\*\*@localhost:99999': Port out of range"
+        ValueError, match=r"coordinator URL 'http://\*\*\*@localhost:99999': Port out of range"
     ):
         HttpCoordinator("http://bob:hunter2@localhost:99999")
+    # A token written as the URL's user (as https://TOKEN@host carries one) is hidden too.
+    with pytest.raises(ValueError, match=r"'http://\*\*\*@host:8765' holds a user or password") as caught:
+        HttpCoordinator("http://s3cr3ttoken@host:8765")
+    assert "s3cr3ttoken" not in str(caught.value)
     client = HttpCoordinator("http://127.0.0.1:1/", token="s3cret")
     assert "s3cret" not in repr(client) and client.url == "http://127.0.0.1:1"
 

@@ -79,6 +79,15 @@ def test_a_sweep_runs_to_the_end_over_http(server: ServerProcess) -> None:
     assert client.spec_of(sweep.id).metric is not None
 
 
+def test_an_agent_slot_of_eight_gpus_named_by_uuid_gets_trials(server: ServerProcess) -> None:
+    # --gpus-per-trial 8 in a job that names its GPUs by UUID: over 300 characters.
+    client = server.client()
+    sweep = client.create_sweep(parse_sweep(GRID))
+    devices = ",".join(f"GPU-{i:08d}-aaaa-bbbb-cccc-000000000000" for i in range(8))
+    assert len(devices) > 300
+    assert isinstance(client.next_trial(sweep.id, AgentInfo("box-1:1:0", "box-1", devices)), Assignment)
+
+
 def test_lease_lost_answers_409_and_raises_lease_lost(server: ServerProcess) -> None:
     client = server.client()
     sweep = client.create_sweep(parse_sweep(GRID))

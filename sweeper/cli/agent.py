@@ -12,6 +12,7 @@ import click
 from sweeper.cli.common import (
     check_agent_program,
     chosen_gpus,
+    chosen_target,
     connect_or_fail,
     coordinator_option,
     db_option,
@@ -85,9 +86,13 @@ def agent(
     from sweeper.trials import SweepState
 
     gpu_list = chosen_gpus(gpus, trials_per_gpu, gpus_per_trial, slots, "--slots")
+    coordinator_url, db_url = chosen_target(coordinator_url, db_url)
     logging.basicConfig(level=logging.WARNING, format="sweeper agent: %(message)s")
     client = connect_or_fail(coordinator_url, token, db_url, existing=True)
-    sweep, spec = _check_sweep(client, sweep_id, coordinator_url)
+    try:
+        sweep, spec = _check_sweep(client, sweep_id, coordinator_url)
+    except KeyboardInterrupt:  # while waiting for the coordinator: no trial runs yet
+        sys.exit(EXIT_INTERRUPTED)
     if sweep.state in (SweepState.RUNNING, SweepState.PAUSED):  # else it says the sweep is over
         check_agent_program(spec, sweep_id)
 

@@ -325,6 +325,18 @@ token_option = click.option(
 )
 
 
+def chosen_target(coordinator_url: str | None, db_url: str | None) -> tuple[str | None, str | None]:
+    """The coordinator URL and the store URL a command works on, at most one of them: what was
+    typed wins over the environment (a ``--db`` over SWEEPER_COORDINATOR, a ``--coordinator`` over
+    SWEEPER_DB); with both from the environment, the coordinator. Both typed is a usage error."""
+    if not (coordinator_url and db_url):
+        return coordinator_url, db_url
+    by_env = _set_by_environment("coordinator_url"), _set_by_environment("db_url")
+    if by_env == (False, False):
+        raise click.UsageError("pass either --coordinator (a server) or --db (a store here), not both")
+    return (None, db_url) if by_env == (True, False) else (coordinator_url, None)
+
+
 def connect_or_fail(
     coordinator_url: str | None,
     token: str | None,
@@ -333,9 +345,8 @@ def connect_or_fail(
     existing: bool = False,
     timeout: float = 10.0,
 ) -> Any:
-    """A coordinator for the CLI: remote when a URL is given, else embedded; failures as ClickException.
-    A ``--db`` typed on the command line wins over SWEEPER_COORDINATOR, as ``--coordinator`` does
-    over SWEEPER_DB; with both set in the environment the coordinator is used.
+    """A coordinator for the CLI: remote when a URL is given, else embedded (:func:`chosen_target`
+    picks one); failures as ClickException.
 
     ``existing``: the command works on sweeps already made, so an embedded SQLite store that is not
     there is an error (a misspelt ``--db`` would otherwise make a new, empty one). ``timeout``:
@@ -344,14 +355,7 @@ def connect_or_fail(
     from sweeper.connect import connect
     from sweeper.store import StoreError
 
-    if coordinator_url and db_url:  # what was typed wins over the environment
-        by_env = _set_by_environment("coordinator_url"), _set_by_environment("db_url")
-        if by_env == (False, False):
-            raise click.UsageError("pass either --coordinator (a server) or --db (a store here), not both")
-        if by_env == (True, False):
-            coordinator_url = None
-        else:
-            db_url = None
+    coordinator_url, db_url = chosen_target(coordinator_url, db_url)
     try:
         return connect(coordinator_url, token=token, db=db_url, create=not existing, timeout=timeout)
     except StoreError as exc:

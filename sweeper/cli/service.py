@@ -14,6 +14,7 @@ import click
 from sweeper.cli.common import (
     agent_place,
     check_program_given,
+    chosen_target,
     connect_or_fail,
     coordinator_errors,
     coordinator_option,
@@ -123,6 +124,7 @@ def server(
 @db_option
 def sweep(file: str, coordinator_url: str | None, token: str | None, db_url: str | None) -> None:
     """Create a sweep from FILE and print its id; agents then run it (`sweeper agent ID`)."""
+    coordinator_url, db_url = chosen_target(coordinator_url, db_url)
     spec = load_spec(file)
     check_program_given(spec, file, remote=bool(coordinator_url))
     coordinator = connect_or_fail(coordinator_url, token, db_url)

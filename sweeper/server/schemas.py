@@ -206,10 +206,14 @@ class TrialOut(Model):
 # --- the agent protocol -------------------------------------------------------
 
 
+# An agent slot's CUDA_VISIBLE_DEVICES: a trial of 8 GPUs named by UUID is over 300 characters.
+Devices = Annotated[str, Field(min_length=1, max_length=4096, pattern=r"^[^\x00-\x1f\x7f]+$")]
+
+
 class AgentIn(Model):
     name: Name
     host: Name
-    gpu: Name | None = None
+    gpu: Devices | None = None
 
 
 class AssignmentOut(Model):

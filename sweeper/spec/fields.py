@@ -41,7 +41,11 @@ def not_plain_data(value: Any, path: str, problems: list[Problem]) -> None:
             not_plain_data(item, f"{path}[{i}]", problems)
     elif isinstance(value, float) and not math.isfinite(value):
         problems.append(
-            Problem(path, f"{value} is not a number a sweep can store (it is kept as JSON, which has none)")
+            Problem(
+                path,
+                f"{value} is not a number a sweep can hold: a sweeper server takes sweeps as JSON, "
+                "which has no NaN or infinity",
+            )
         )
     elif value is not None and not isinstance(value, str | int | float):  # bool is an int
         kind = f"{type(value).__module__}.{type(value).__qualname__}".removeprefix("builtins.")

@@ -7,7 +7,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from sweeper.spec.fields import INVALID, choice, integer, not_plain_data, show, string
+from sweeper.spec.fields import INVALID, choice, integer, show, string
 from sweeper.spec.integrations import MLFLOW_CHECKPOINTS, check_integrations, mlflow_checkpoint_root
 from sweeper.spec.model import DEFAULT_COMMAND, Options, Pbt, SweepSpec
 from sweeper.spec.parameters import parse_parameters
@@ -42,9 +42,6 @@ def parse_sweep(data: Mapping[str, Any], *, source: str = "<dict>") -> SweepSpec
             [Problem("", f"expected a mapping of sweep keys at the top level, got {what}")], source
         )
     problems: list[Problem] = []
-    not_plain_data(data, "", problems)
-    if problems:  # said alone: each would also read as the wrong kind of value below
-        raise SpecError(problems, source)
     for key in data:
         if key in UNSUPPORTED_KEYS:
             problems.append(Problem(str(key), UNSUPPORTED_KEYS[key]))

@@ -6,9 +6,10 @@ averages the gradients between them, so all of them keep the same weights. Rank 
 ``val_acc``, ``val_loss`` and ``train_loss`` to sweeper after every epoch; the others only train.
 
 With GPUs, ``--gpus all --gpus-per-trial 2`` gives each trial two GPUs of its own
-(``CUDA_VISIBLE_DEVICES``), and each process takes one of them (NCCL). Without GPUs the processes
-train on the CPU (gloo). ``--standalone`` gives each trial's processes a port of their own, so
-several trials run side by side on one machine.
+(``CUDA_VISIBLE_DEVICES``), and each process takes one of them (NCCL). With fewer GPUs visible than
+processes (none, or ``--gpus all`` alone: one a trial) they train on the CPU (gloo).
+``--standalone`` gives each trial's processes a port of their own, so several trials run side by
+side on one machine.
 
     python -m torch.distributed.run --standalone --nproc-per-node=2 train.py --epochs=3
     sweeper run sweeps/ddp-digits/random.yaml
@@ -45,12 +46,13 @@ DEFAULTS = {
 
 
 def start_process_group() -> torch.device:
-    """Join the trial's processes; this process's device: its own GPU, or the CPU."""
+    """Join the trial's processes; this process's device: a GPU of its own when the trial has one
+    for each of its processes (``--gpus-per-trial``), else the CPU."""
     if "LOCAL_RANK" not in os.environ:
         raise SystemExit(
             "run under torchrun: python -m torch.distributed.run --standalone --nproc-per-node=2 train.py"
         )
-    if torch.cuda.is_available():
+    if torch.cuda.device_count() >= int(os.environ["LOCAL_WORLD_SIZE"]):
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
         dist.init_process_group("nccl")

@@ -75,11 +75,15 @@ def patch(module: Any) -> None:
         print(f"sweeper: MLflow's local database opens unserialised ({exc})", file=sys.stderr)
 
 
+_left_trial_run = False  # the script's run is its own, in an experiment of its own
+
+
 def _emit(run_id: Any, step: int, values: dict[str, float]) -> None:
-    """Metrics logged into the trial's run (which trackers leave alone), or into another run the
-    script made itself: the trial's run gets those from sweeper's MLflow tracker."""
-    source = "mlflow" if mlflow_params.is_trial_run(run_id) else "script"
-    core.emit(source, step, values, seq=core.next_seq("mlflow"))
+    """Metrics logged into the trial's run or a run under it (which trackers leave alone), or,
+    where the script left the trial's run for an experiment of its own, into a run of that: the
+    trial's run gets those from sweeper's MLflow tracker."""
+    elsewhere = _left_trial_run and not mlflow_params.is_trial_run(run_id)
+    core.emit("script" if elsewhere else "mlflow", step, values, seq=core.next_seq("mlflow"))
 
 
 def _leave_the_trial_run_in_another_experiment() -> None:
@@ -91,6 +95,8 @@ def _leave_the_trial_run_in_another_experiment() -> None:
     theirs = mlflow_params.trial_experiment
     if not trial_run or chosen is None or theirs is None or str(chosen) == theirs:
         return
+    global _left_trial_run
+    _left_trial_run = True
     del os.environ["MLFLOW_RUN_ID"]
     print(
         f"sweeper: the script set MLflow experiment {chosen}, so its run is made there, outside the "
