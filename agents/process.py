@@ -272,7 +272,7 @@ def stderr_tail(path: str | os.PathLike[str], max_lines: int = 40, max_bytes: in
 # Lines trackers print for themselves as a script ends (W&B's "wandb: View run ... at:", its log
 # folder, its history; MLflow's run and experiment links): never why a trial failed. W&B's own
 # errors ("wandb: ERROR ...") may be.
-_TRACKER_LINES = ("wandb: ", "wandb:", "\U0001f3c3 View run ", "\U0001f9ea View experiment ")
+_TRACKER_LINES = ("wandb:", "\U0001f3c3 View run ", "\U0001f9ea View experiment ")
 _TRACKER_ERRORS = ("wandb: ERROR",)
 
 

@@ -154,8 +154,8 @@ class HttpCoordinator:
         if parsed.username is not None or parsed.password is not None:
             raise CoordinatorSetupError(
                 f"coordinator URL {redact_urls(url, keep_user=False)!r} holds a user or password, which "
-                "sweeper does not "
-                "send: give the server's token with --token or SWEEPER_TOKEN, and the URL without it",
+                "sweeper does not send: give the server's token with --token or SWEEPER_TOKEN, and the "
+                "URL without it",
                 "url",
             )
         if token and (problem := token_problem(token)) is not None:

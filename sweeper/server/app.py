@@ -28,6 +28,7 @@ from sweeper.protocol import AgentInfo, LeaseLostError, SweepNotFoundError, Tria
 from sweeper.server import schemas
 from sweeper.server.schemas import ErrorOut
 from sweeper.spec import Problem, SpecError, parse_sweep
+from sweeper.spec.storable import storable_problems
 from sweeper.store import InvalidTransitionError, StoreError, TrialNotFoundError
 from sweeper.trials import TrialState
 
@@ -157,7 +158,7 @@ def create_app(
 
     @api.post("/sweeps", status_code=201, response_model=schemas.SweepOut)
     def create_sweep(spec: Annotated[dict[str, Any], Body(description="the sweep file as JSON")]) -> Any:
-        if problems := schemas.spec_problems(spec):
+        if problems := storable_problems(spec):
             return error(422, "invalid_sweep", "the sweep file is not valid", problems)
         parsed = parse_sweep(spec, source="request body")
         return schemas.SweepOut.of(coordinator.create_sweep(parsed))

@@ -7,7 +7,6 @@ values travel as the strings "NaN", "Infinity" and "-Infinity": JSON has no such
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat
@@ -22,11 +21,9 @@ from sweeper.protocol import (
     is_interrupted,
     metric_name_problem,
 )
-from sweeper.spec import Problem
-from sweeper.spec.problems import join
+from sweeper.spec.storable import INT64_MAX, INT64_MIN, text_problem
 from sweeper.trials import MetricPoint, Sweep, SweepState, Trial, TrialState
 
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # Trial ids and numbers: the store's columns are 32-bit integers on PostgreSQL (beyond, a 500).
 INT32_MAX = 2**31 - 1
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # sweep ids and lease ids
@@ -36,10 +33,8 @@ MAX_TAIL = 65536
 
 def _storable(value: str) -> str:
     # A lone surrogate cannot be encoded, and PostgreSQL text cannot hold NUL: refuse both here.
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("text must be valid Unicode (no lone surrogates)") from None
+    if (problem := text_problem(value)) is not None:
+        raise ValueError(problem)
     return value
 
 
@@ -55,9 +50,8 @@ def _interruption(value: str) -> str:
 
 
 # A name people and tools read: printable, no control characters.
-Name = Annotated[
-    str, Field(min_length=1, max_length=MAX_NAME, pattern=r"^[^\x00-\x1f\x7f]+$"), AfterValidator(_storable)
-]
+_PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME, pattern=_PRINTABLE), AfterValidator(_storable)]
 
 
 def _metric_name(value: str) -> str:
@@ -207,7 +201,7 @@ class TrialOut(Model):
 
 
 # An agent slot's CUDA_VISIBLE_DEVICES: a trial of 8 GPUs named by UUID is over 300 characters.
-Devices = Annotated[str, Field(min_length=1, max_length=4096, pattern=r"^[^\x00-\x1f\x7f]+$")]
+Devices = Annotated[str, Field(min_length=1, max_length=4096, pattern=_PRINTABLE)]
 
 
 class AgentIn(Model):
@@ -316,30 +310,3 @@ class DirectiveOut(Model):
 class HealthOut(Model):
     status: Literal["ok"]
     version: str
-
-
-def spec_problems(value: Any, path: str = "") -> list[Problem]:
-    """What keeps a sweep file out of the store before it is parsed: NaN or infinite numbers
-    (JSON has none), integers past 64 bits (no database integer holds them), NUL characters and
-    lone surrogates (no database text column holds them)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return [Problem(path, f"{value} is not a number JSON can carry; write a finite value")]
-    if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
-        return [
-            Problem(path, "integer too large: it must fit in 64 bits (write it as a float if it is a bound)")
-        ]
-    if isinstance(value, str):
-        try:
-            _storable(value)
-        except ValueError as exc:
-            return [Problem(path, str(exc))]
-        return [Problem(path, "text must not contain NUL characters")] if "\x00" in value else []
-    found: list[Problem] = []
-    if isinstance(value, dict):
-        for key, item in value.items():
-            where = join(path, key)
-            found += spec_problems(key, where) + spec_problems(item, where)
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            found += spec_problems(item, f"{path}[{index}]")
-    return found

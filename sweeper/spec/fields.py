@@ -7,10 +7,9 @@ both hand us ``"1e-5"`` where a number was meant.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import Any
 
-from sweeper.spec.problems import Problem, did_you_mean, join
+from sweeper.spec.problems import Problem, did_you_mean
 
 # Returned when a value was invalid; the Problem is already recorded.
 INVALID: Any = object()
@@ -26,36 +25,6 @@ def show(value: Any) -> str:
         return text
     length = len(value) if isinstance(value, str) else len(text)
     return f"{text[: _SHOWN - 5]}...{text[-1]} ({length} characters)"
-
-
-def not_plain_data(value: Any, path: str, problems: list[Problem]) -> None:
-    """Note every value under ``value`` that a sweep cannot store (it is kept as JSON): NaN or
-    infinity, a date or a NumPy number given through the Python API, say. Strings, finite
-    numbers, booleans, null, lists and mappings are plain data; a YAML file's dates are read as
-    their text (:mod:`.loader`)."""
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            not_plain_data(item, join(path, str(key)), problems)
-    elif isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            not_plain_data(item, f"{path}[{i}]", problems)
-    elif isinstance(value, float) and not math.isfinite(value):
-        problems.append(
-            Problem(
-                path,
-                f"{value} is not a number a sweep can hold: a sweeper server takes sweeps as JSON, "
-                "which has no NaN or infinity",
-            )
-        )
-    elif value is not None and not isinstance(value, str | int | float):  # bool is an int
-        kind = f"{type(value).__module__}.{type(value).__qualname__}".removeprefix("builtins.")
-        problems.append(
-            Problem(
-                path,
-                f"{show(value)} is a {kind}, which a sweep cannot store; expected a string, a number, "
-                "true/false, null, a list or a mapping (convert it: str(), int(), float(), list())",
-            )
-        )
 
 
 def to_number(value: Any) -> int | float | None:

@@ -11,11 +11,11 @@ from typing import Any
 
 import yaml
 
-from sweeper.spec.fields import not_plain_data
 from sweeper.spec.model import SweepSpec
 from sweeper.spec.parse import parse_sweep
 from sweeper.spec.problems import Problem, SpecError
 from sweeper.spec.sections import checkpoint_scheme_problem
+from sweeper.spec.storable import storable_problems
 
 # YAML 1.2 floats that YAML 1.1 (PyYAML) leaves as strings: 1e-5, 1E+3, 2.e4, 1.0e5.
 _FLOAT_12 = re.compile(
@@ -129,9 +129,7 @@ def parse_new_sweep(raw: Any, source: str = "<dict>") -> SweepSpec:
     """:func:`parse_sweep` for a sweep about to be made, which also checks what only the machine
     making it can (a checkpoint URL's scheme); every problem is listed at once. Its values must be
     plain data, which a sweeper server can take (a sweep already stored is read as it is)."""
-    plain: list[Problem] = []
-    not_plain_data(raw, "", plain)
-    if plain:  # said alone: each would also read as the wrong kind of value in parse_sweep
+    if plain := storable_problems(raw):  # said alone: each would also read as the wrong kind in parse_sweep
         raise SpecError(plain, source=source)
     problems = [p for p in [checkpoint_scheme_problem(raw)] if p is not None]
     try:
