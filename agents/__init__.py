@@ -6,7 +6,8 @@ Importing this package must stay light: no numpy, SQLAlchemy, web framework, wan
 from sweeper.agents.agent import Agent
 from sweeper.agents.command import DEFAULT_COMMAND, expand_command
 from sweeper.agents.events import AgentEvent, TrialAbandoned, TrialEnded, TrialStarted
-from sweeper.agents.process import TrialProcess, stderr_tail
+from sweeper.agents.process import TrialProcess
+from sweeper.agents.stderr import stderr_tail
 from sweeper.agents.trialdir import TrialDir, trial_env
 
 __all__ = [

@@ -14,7 +14,8 @@ from sweeper.agents.limits import TrialLimits
 from sweeper.agents.logcap import BoundedLogs
 from sweeper.agents.metrics import MetricTailer
 from sweeper.agents.orphans import forget_process, record_process
-from sweeper.agents.process import TrialProcess, describe_exit, stderr_tail
+from sweeper.agents.process import TrialProcess, describe_exit
+from sweeper.agents.stderr import stderr_tail
 from sweeper.agents.trialdir import trial_env
 from sweeper.agents.trialrun import STDERR_TAIL_LINES, AbandonTrial, LeaseKeeper, TrialRun, start_hooks
 

@@ -3,7 +3,7 @@ a machine whose GPU is gone would otherwise burn through the whole sweep, one fa
 
 from __future__ import annotations
 
-from sweeper.agents.process import telling_line
+from sweeper.agents.stderr import telling_line
 
 from sweeper.protocol import TrialOutcome
 from sweeper.trials import TrialState

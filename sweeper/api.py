@@ -23,7 +23,7 @@ def _say_failures(event: object) -> None:
     """A trial that failed, said as it ends (as ``wandb.agent`` says a function that raised): the
     agent goes on, and its return value is read by few."""
     from sweeper.agents.events import TrialEnded
-    from sweeper.agents.process import telling_line
+    from sweeper.agents.stderr import telling_line
     from sweeper.trials import TrialState
 
     if isinstance(event, TrialEnded) and event.outcome.state is TrialState.FAILED:

@@ -199,7 +199,7 @@ def test_a_traceback_line_longer_than_the_tail_keeps_its_start_and_end(tmp_path:
 
 def test_a_long_error_line_followed_by_a_trackers_own_lines_is_still_the_reason(tmp_path: Path) -> None:
     # W&B prints its footer (the run's link, its log folder) on stderr after the script's error.
-    from sweeper.agents.process import telling_line
+    from sweeper.agents.stderr import telling_line
 
     script = tmp_path / "boom.py"
     script.write_text(

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 from process_support import alive, wait_until
-from sweeper.agents.process import EXIT_CANNOT_START, TrialProcess, describe_exit, group_members, stderr_tail
+from sweeper.agents.process import EXIT_CANNOT_START, TrialProcess, describe_exit, group_members
+from sweeper.agents.stderr import stderr_tail
 
 SCRIPTS = Path(__file__).parent / "scripts"
 IGNORES_SIGTERM = (

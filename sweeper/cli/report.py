@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from sweeper.agents.process import telling_line
+from sweeper.agents.stderr import telling_line
 from sweeper.results import best_of, format_config, ranked
 from sweeper.spec import SweepSpec
 from sweeper.trials import Trial, TrialState, count_states

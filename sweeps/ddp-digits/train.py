@@ -104,6 +104,9 @@ def main() -> None:
             print(f"epoch {epoch}: train_loss={train_loss:.4f} val_loss={val_loss:.4f} val_acc={val_acc:.4f}")
     if run is not None:
         run.finish()
+    # No process leaves while another still uses the group: a peer's closed connection can abort
+    # a process of gloo's that is still tearing down.
+    dist.barrier()
     dist.destroy_process_group()
 
 

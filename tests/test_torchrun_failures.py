@@ -1,0 +1,67 @@
+"""Why a trial launched with torchrun failed: the failed worker's words, not torchrun's report.
+
+torchrun ends a failed run with about 40 lines of its own (its launcher's traceback, a summary
+between rows of "="), the whole of a trial's stored stderr tail; the worker's error is above them.
+These run real torchrun with two workers on the CPU (gloo).
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from cli_support import SCRIPTS, SWEEPER, sweep_id_of
+from sweeper.agents.stderr import stderr_tail, telling_line
+from test_e2e_run import trials_json, write_sweep
+
+pytest.importorskip("torch.distributed.run")
+
+TORCHRUN = ["${interpreter}", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+
+
+@pytest.mark.slow
+def test_the_failed_workers_error_is_the_reason_and_the_tail_keeps_it(tmp_path) -> None:
+    sweep = write_sweep(
+        tmp_path,
+        {"mode": {"values": ["raise", "abort", "exit", "import"]}},
+        program=str(SCRIPTS / "torchrun_worker.py"),
+        command=[*TORCHRUN, "${program}", "${args}"],
+    )
+    ran = subprocess.run(
+        [SWEEPER, "run", str(sweep), "--agents", "4", "--count", "4"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    sweep_id = sweep_id_of(ran.stdout)
+    trials = {t["config"]["mode"]: t for t in trials_json(tmp_path, sweep_id)}
+    said = {
+        mode: next(line for line in ran.stdout.splitlines() if f"trial {t['number']} failed" in line)
+        for mode, t in trials.items()
+    }
+
+    assert said["raise"].endswith(": [rank1]: ValueError: worker one cannot go on"), said["raise"]
+    assert said["abort"].endswith(": worker rank 1 was killed by SIGABRT (exit code -6)"), said["abort"]
+    # No words of its own: how it ended; the worker's warning is not taken for its reason.
+    assert said["exit"].endswith(": worker rank 1 ended with exit code 3"), said["exit"]
+    assert (
+        "ModuleNotFoundError: No module named 'no_such_module_for_this_trial' (worker rank" in said["import"]
+    )
+    for mode, trial in trials.items():
+        tail = trial["stderr_tail"]
+        # The launcher's own traceback and log lines are left out, its summary kept.
+        assert (
+            "launcher/api.py" not in tail and "torch/distributed/elastic/multiprocessing/api.py" not in tail
+        )
+        assert "Root Cause (first observed failure):" in tail and "ChildFailedError" in tail, tail
+        assert "a warning of the worker's own" in tail or mode == "import", tail
+    assert "Traceback (most recent call last):" in trials["raise"]["stderr_tail"]
+
+    # A window that begins inside the launcher's traceback leaves its frames out all the same.
+    log = tmp_path / ".sweeper" / "trials" / sweep_id / str(trials["exit"]["number"]) / "stderr.log"
+    text = log.read_text()
+    inside = len(text) - text.index("launcher/api.py") + 10
+    cut = stderr_tail(log, max_bytes=inside)
+    assert "launcher/api.py" not in cut and "  File " not in cut, cut
+    assert telling_line(cut) == "worker rank 1 ended with exit code 3"
