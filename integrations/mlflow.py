@@ -54,6 +54,7 @@ _PERMANENT = {
     "INVALID_STATE",
 }
 _EXPERIMENT = "sweeper"  # the experiment sweeps go to when none is named
+_GOING_ON = ("running", "paused")  # sweep states that hand out trials again without being resumed
 _MAX_METRICS, _MAX_PARAMS = 1000, 100  # per log_batch call, MLflow's own limits
 _BAD_KEY = re.compile(r"[^\w\-. /]")
 
@@ -172,8 +173,10 @@ class MlflowTracker(Tracker):
         params = [Param("method", sweep.method)]
         if sweep.metric_name:
             params += [Param("metric", sweep.metric_name), Param("goal", sweep.goal)]
-        tags = [RunTag("sweeper.method", sweep.method)]
+        tags = [RunTag("sweeper.method", sweep.method), RunTag("sweeper.state", "running")]
         self.client.log_batch(run_id, params=params, tags=tags)
+        if self.client.get_run(run_id).info.status != "RUNNING":  # a stopped sweep taken up again
+            self.client.update_run(run_id, status="RUNNING")
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "sweep.yaml"
             path.write_text(yaml.safe_dump(dict(sweep.spec), sort_keys=False), encoding="utf-8")
@@ -206,10 +209,12 @@ class MlflowTracker(Tracker):
             self.client.log_artifacts(run_id, tmp)
 
     def sweep_ended(self, sweep_id: str, state: str) -> None:
+        """The record's end here. A sweep that goes on (``--count`` reached, agents elsewhere at
+        work) keeps its run RUNNING, as ``sweeper status`` shows the sweep."""
         run_id = self.parent_run(sweep_id)
-        status = "KILLED" if state in ("stopped", "cancelled") else "FINISHED"
         self.client.set_tag(run_id, "sweeper.state", state)
-        self.client.set_terminated(run_id, status)
+        if state not in _GOING_ON:
+            self.client.set_terminated(run_id, "KILLED" if state in ("stopped", "cancelled") else "FINISHED")
 
     # -- trials --------------------------------------------------------------------------------
 

@@ -94,7 +94,8 @@ class WandbTracker(Tracker):
         return run
 
     def sweep_started(self, sweep: SweepInfo) -> None:
-        self._sweep_run(sweep.sweep_id, {"sweep": dict(sweep.spec), "method": sweep.method}, sweep.name)
+        run = self._sweep_run(sweep.sweep_id, {"sweep": dict(sweep.spec), "method": sweep.method}, sweep.name)
+        run.summary["sweeper_state"] = "running"  # a stopped sweep taken up again
 
     def _progress(self, sweep_id: str) -> SweepRunProgress:
         progress = self._board_progress.get(sweep_id)

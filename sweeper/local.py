@@ -33,7 +33,7 @@ from sweeper.protocol import (
     NoTrialReason,
     TrialOutcome,
 )
-from sweeper.trials import MetricPoint
+from sweeper.trials import MetricPoint, SweepState
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,9 @@ class LocalAgents:
     max_backoff: float = 30.0  # longest wait between retries while the coordinator is unreachable
     max_failures: int = DEFAULT_MAX_FAILURES  # an agent stops after this many failed trials in a row
     max_log_bytes: int = DEFAULT_MAX_LOG_BYTES  # a trial's stdout.log or stderr.log is cut back past this
+    # The caller owns the sweep (`sweeper run`): when every agent gave up, the sweep is stopped
+    # (`sweeper resume` takes it up again) before its tracker record ends, which then says so.
+    stop_when_given_up: bool = False
     _agents: list[Agent] = field(default_factory=list, init=False)
     _threads: list[threading.Thread] = field(default_factory=list, init=False)
     _reasons: list[tuple[bool, str]] = field(default_factory=list, init=False)  # (gave up, why)
@@ -172,6 +175,10 @@ class LocalAgents:
             time.sleep(poll)
         for thread in self._threads:
             thread.join()
+        if self.stop_when_given_up and self.gave_up:
+            state = self.client.get_sweep(self.sweep_id).state
+            if not state.is_terminal and state is not SweepState.STOPPED:
+                self.client.set_sweep_state(self.sweep_id, SweepState.STOPPED)
         self._end_tracking()
         if self._errors:
             raise self._errors[0]

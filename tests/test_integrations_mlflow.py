@@ -529,3 +529,49 @@ def test_a_trials_start_does_not_wait_for_the_upload_of_the_trial_before(
     ended = client.get_run(second_run)
     assert ended.info.status == "FINISHED" and ended.data.metrics == {"loss": 0.5}
     assert ended.data.tags["mlflow.parentRunId"] == client.get_run(first_run).data.tags["mlflow.parentRunId"]
+
+
+def sweeper_command(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([SWEEPER, *args], cwd=cwd, capture_output=True, text=True, timeout=240)
+
+
+def parent_run_of(client: MlflowClient, experiment: str) -> tuple[str, str]:
+    """The sweep's MLflow run: its status and its ``sweeper.state`` tag."""
+    parent, _ = runs_of(client, experiment)
+    return parent.info.status, parent.data.tags["sweeper.state"]
+
+
+def test_the_sweeps_run_is_running_while_the_sweep_is(mlflow_server: MlflowServer, tmp_path: Path) -> None:
+    """Its status follows the sweep's: RUNNING after --count (more can run), FINISHED at the end,
+    KILLED when `sweeper run` stopped it as its agents gave up, RUNNING again once taken up."""
+    client = MlflowClient(mlflow_server.uri)
+    program = tmp_path / "train.py"
+    program.write_text(TRIAL_SCRIPT)
+    sweep = {
+        "program": str(program),
+        "method": "grid",
+        "metric": {"name": "loss", "goal": "minimize"},
+        "parameters": {"lr": {"values": [0.1, 0.2]}, "mode": {"value": "ok"}},
+        "integrations": {"mlflow": {"tracking_uri": mlflow_server.uri, "experiment": "goes-on"}},
+    }
+    (tmp_path / "sweep.yaml").write_text(json.dumps(sweep))
+    ran = sweeper_command("run", "sweep.yaml", "--count", "1", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    sweep_id = ran.stdout.split()[1].rstrip(":")
+    assert parent_run_of(client, "goes-on") == ("RUNNING", "running")
+    went_on = sweeper_command("agent", sweep_id, cwd=tmp_path)
+    assert went_on.returncode == 0, went_on.stdout + went_on.stderr
+    assert parent_run_of(client, "goes-on") == ("FINISHED", "finished")
+
+    sweep["parameters"]["mode"] = {"value": "fail"}
+    sweep["integrations"]["mlflow"]["experiment"] = "gives-up"
+    (tmp_path / "failing.yaml").write_text(json.dumps(sweep))
+    ran = sweeper_command("run", "failing.yaml", "--max-failures", "1", cwd=tmp_path)
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    sweep_id = ran.stdout.split()[1].rstrip(":")
+    assert parent_run_of(client, "gives-up") == ("KILLED", "stopped")
+    assert sweeper_command("resume", sweep_id, cwd=tmp_path).returncode == 0
+    # Taken up again by an agent, which gives up too but leaves the sweep to others.
+    again = sweeper_command("agent", sweep_id, "--max-failures", "1", cwd=tmp_path)
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert parent_run_of(client, "gives-up") == ("RUNNING", "running")

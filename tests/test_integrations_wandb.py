@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ pytest.importorskip("wandb")
 from trackers_support import TRIAL_SCRIPT, captured_curve, offline_runs, run_sweep  # noqa: E402
 
 SCRIPTS = Path(__file__).parent / "scripts"
+SWEEPER = str(Path(sys.executable).with_name("sweeper"))
 
 
 @pytest.fixture
@@ -83,6 +86,31 @@ def test_sweep_logs_one_run_per_trial_and_a_sweep_run(wandb_env: Path) -> None:
     assert sweep_run["config"]["method"] == "grid"
     assert sweep_run["summary"]["best_loss"] == pytest.approx(0.5 / 3)
     assert sweep_run["summary"]["leaderboard"]["_type"] == "table-file"
+
+
+def test_the_sweep_run_of_a_sweep_stopped_as_its_agents_gave_up_says_stopped(wandb_env: Path) -> None:
+    program = wandb_env / "train.py"
+    program.write_text(TRIAL_SCRIPT)
+    sweep = {
+        "program": str(program),
+        "method": "grid",
+        "metric": {"name": "loss", "goal": "minimize"},
+        "parameters": {"mode": {"value": "fail"}, "lr": {"values": [0.5, 0.25]}},
+        "integrations": {"wandb": {"project": "gives-up", "mode": "offline"}},
+    }
+    (wandb_env / "sweep.yaml").write_text(json.dumps(sweep))
+    ran = subprocess.run(
+        [SWEEPER, "run", "sweep.yaml", "--max-failures", "1"],
+        cwd=wandb_env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    assert "sweeper resume" in ran.stderr  # stopped, so it can be taken up again
+    (sweep_run,) = [run for run in offline_runs(wandb_env) if run["run"].get("job_type") == "sweep"]
+    assert sweep_run["summary"]["sweeper_state"] == "stopped"
+    assert sweep_run["exit_code"] == 1
 
 
 def test_unchanged_wandb_script_feeds_the_coordinator(wandb_env: Path) -> None:

@@ -131,13 +131,15 @@ def run(
         on_event=progress.on_event,
         max_failures=max_failures,
         max_log_bytes=max_log_bytes,
+        stop_when_given_up=True,
     )
     reasons, interrupted = run_until_done_or_interrupted(agents, grace)
     # This command owns the sweep: it leaves none running behind (`sweeper resume` takes it up again).
     can_go_on = False  # stopped here, not done: `sweeper resume` goes on with it
     if interrupted or agents.gave_up:
-        can_go_on = not coordinator.get_sweep(sweep.id).state.is_terminal
-        if can_go_on:
+        state = coordinator.get_sweep(sweep.id).state
+        can_go_on = not state.is_terminal
+        if can_go_on and state is not SweepState.STOPPED:  # agents that gave up stopped it already
             coordinator.set_sweep_state(sweep.id, SweepState.STOPPED)
     if interrupted:
         with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP): the exit code still says it
