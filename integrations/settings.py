@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sweeper.spec.integrations import mlflow_uri_problem
+
 #: ``sweeper run --mlflow`` with no URI and no MLFLOW_TRACKING_URI: the file ``mlflow ui`` opens by default.
 DEFAULT_MLFLOW_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "sweeper"
@@ -53,6 +55,8 @@ def absolute_uri(uri: str, base: Path | None = None) -> str:
 def mlflow_settings(block: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> MlflowSettings:
     env = os.environ if environ is None else environ
     uri = block.get("tracking_uri") or env.get("MLFLOW_TRACKING_URI") or DEFAULT_MLFLOW_URI
+    if not block.get("tracking_uri") and (wrong := mlflow_uri_problem(uri)):  # the sweep file's is checked
+        raise ValueError(f"MLFLOW_TRACKING_URI: {wrong}")
     name = block.get("experiment") or env.get("MLFLOW_EXPERIMENT_NAME")
     experiment_id = None if name else env.get("MLFLOW_EXPERIMENT_ID")
     if not name and not experiment_id:

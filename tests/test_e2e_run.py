@@ -241,6 +241,28 @@ def test_a_tracker_that_cannot_be_set_up_is_refused_before_anything_runs(tmp_pat
     assert not (tmp_path / ".sweeper").exists()  # no store, so no sweep and no trial
 
 
+def test_an_mlflow_server_address_without_its_scheme_is_refused_with_the_uri_meant(tmp_path: Path) -> None:
+    """MLflow takes 127.0.0.1:5000 for a folder and fails on its file store's deprecation."""
+    pytest.importorskip("mlflow")
+    path = write_sweep(tmp_path, {"x": {"values": [1]}})
+    typed = sweeper_cmd(tmp_path, "run", str(path), "--mlflow", "127.0.0.1:5000")
+    assert typed.returncode == 2, typed.stdout + typed.stderr
+    assert "integrations.mlflow.tracking_uri: expected a URI such as http://127.0.0.1:5000" in typed.stderr
+    env = {**os.environ, "MLFLOW_TRACKING_URI": "localhost:5000"}
+    done = subprocess.run(
+        [SWEEPER, "run", str(path), "--mlflow"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "MLFLOW_TRACKING_URI: expected a URI such as http://localhost:5000" in done.stderr, done.stderr
+    assert "Traceback" not in typed.stderr + done.stderr
+    assert not (tmp_path / ".sweeper").exists() and not (tmp_path / "localhost:5000").exists()
+
+
 def test_missing_program_is_refused_before_anything_runs(tmp_path: Path) -> None:
     path = tmp_path / "sweep.yaml"
     path.write_text("method: grid\nprogram: nowhere.py\nparameters: {x: {values: [1]}}\n")

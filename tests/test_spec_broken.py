@@ -59,6 +59,10 @@ CASES = [
     (top(kind="job"), "kind", "expected one of sweep, got 'job'"),
     (top(controller={"type": "remote"}), "controller.type", "expected one of local, cloud, got 'remote'"),
     (top(integrations="mlflow"), "integrations", "expected a mapping such as {mlflow: true}, got 'mlflow'"),
+    (top(integrations={"mlflow": {"tracking_uri": "127.0.0.1:5000"}}), "integrations.mlflow.tracking_uri", "expected a URI such as http://127.0.0.1:5000, got '127.0.0.1:5000' (without a scheme it names a local folder)"),
+    (top(integrations={"mlflow": {"tracking_uri": "localhost:5000/"}}), "integrations.mlflow.tracking_uri", "expected a URI such as http://localhost:5000/, got "),
+    (top(integrations={"mlflow": {"tracking_uri": "http:/mlflow:5000"}}), "integrations.mlflow.tracking_uri", "expected http://host:port, got 'http:/mlflow:5000'"),
+    (top(integrations={"mlflow": {"tracking_uri": "htp://bob:pw@mlflow:5000"}}), "integrations.mlflow.tracking_uri", "expected http://..., got 'htp://***@mlflow:5000' (no tracking store has the scheme 'htp')"),
     # command
     (top(command="python train.py"), "command", "expected a non-empty list"),
     (top(command=[]), "command", "expected a non-empty list"),

@@ -13,9 +13,12 @@ A missing value falls back to the tracker's own environment variables where the 
 
 from __future__ import annotations
 
+import difflib
+import re
 from collections.abc import Mapping
 from typing import Any
 
+from sweeper.redact import redact_urls
 from sweeper.spec.fields import boolean, choice, show, string
 from sweeper.spec.problems import Problem, join, unknown_key
 
@@ -55,6 +58,32 @@ def check_integrations(raw: Any, problems: list[Problem], path: str = "integrati
                 _tags(value, at, problems)
             elif string(value, at, problems) is value and not value.strip():
                 problems.append(Problem(at, "expected a non-empty string"))
+            elif key == "tracking_uri" and isinstance(value, str) and (wrong := mlflow_uri_problem(value)):
+                problems.append(Problem(at, wrong))
+
+
+# "127.0.0.1:5000", "localhost:5000/", "[::1]:5000": a server's address without "http://", which
+# MLflow would take for a folder of that name.
+_HOST_PORT = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9.-]*|\[[0-9A-Fa-f:.]+\]):\d{1,5}(?:/.*)?")
+
+
+def mlflow_uri_problem(uri: str) -> str | None:
+    """What is wrong with an MLflow tracking URI that is plainly mistyped; None for the rest
+    (a folder, ``sqlite:///mlflow.db``, ``http(s)://host:port``, a database, a plugin's scheme)."""
+    uri = uri.strip()
+    shown = repr(redact_urls(uri, keep_user=False))  # a password in the URL stays out of messages
+    if _HOST_PORT.fullmatch(uri):
+        return f"expected a URI such as http://{uri}, got {shown} (without a scheme it names a local folder)"
+    scheme, colon, rest = uri.partition(":")
+    scheme = scheme.lower()
+    if not colon or len(scheme) < 2:  # a path (a single letter: a Windows drive)
+        return None
+    if scheme in ("http", "https") and not re.match(r"//[^/]", rest):
+        return f"expected {scheme}://host:port, got {shown}"
+    near = difflib.get_close_matches(scheme, ("http", "https"), n=1, cutoff=0.75)
+    if near and scheme not in ("http", "https") and rest.startswith("//"):
+        return f"expected {near[0]}://..., got {shown} (no tracking store has the scheme {scheme!r})"
+    return None
 
 
 MLFLOW_CHECKPOINTS = "mlflow"
