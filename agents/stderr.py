@@ -7,7 +7,7 @@ import os
 from typing import BinaryIO
 
 from sweeper.agents.process import describe_exit
-from sweeper.agents.torchrun_report import TorchrunReport, torchrun_report
+from sweeper.agents.torchrun_report import TorchrunReport, last_exception, torchrun_report
 
 
 def stderr_tail(path: str | os.PathLike[str], max_lines: int = 40, max_bytes: int = 8192) -> str:
@@ -72,21 +72,11 @@ def _worker_failure(report: TorchrunReport) -> str | None:
     if own is not None:
         return own
     code, rank = report.exit_code, report.rank
-    raised = _last_exception(report.workers)
+    raised = last_exception(report.workers)
     if code is None or rank is None:  # a summary cut off, or of another form
         return raised or _last_told(report.workers) or _last_told(report.summary)
     ended = f"worker rank {rank} {'was ' if code < 0 else 'ended with '}{describe_exit(code)}"
     return f"{raised} ({ended})" if raised and code > 0 else ended
-
-
-def _last_exception(lines: list[str]) -> str | None:
-    """The line that ends the last Python traceback in ``lines`` (the exception), if any."""
-    begun = max(
-        (i for i, line in enumerate(lines) if line == "Traceback (most recent call last):"), default=None
-    )
-    if begun is None:
-        return None
-    return next((line for line in lines[begun + 1 :] if line[:1] not in ("", " ", "\t")), None)
 
 
 _LINE_SEARCH = 1 << 20  # how far back a long last line's start is looked for

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 _CHILD_FAILED = "torch.distributed.elastic.multiprocessing.errors.ChildFailedError:"
-_TRACEBACK = "Traceback (most recent call last):"
+TRACEBACK = "Traceback (most recent call last):"
 _ROOT_CAUSE = "Root Cause (first observed failure):"
 # torchrun's own lines above the report: its elastic agent's log ("E1129 04:26:31.226000 14909
 # torch/distributed/elastic/..."), and the banner between rows of "*" saying it set OMP_NUM_THREADS.
@@ -24,6 +24,11 @@ _LAUNCHER_LINE = re.compile(
     r"[IWE]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ torch/distributed/.*|\*{20,}|Setting OMP_NUM_THREADS environment .*"
 )
 _FIELD = re.compile(r"\s+(\w+)\s*:\s?(.*)")
+_ENTRY = re.compile(r"\[\d+\]:")  # "[1]:", a failure of the summary
+_RULE = re.compile(r"={10,}")  # the summary's first and last line
+
+
+_FAILURES_SHOWN = 3  # other failed workers the kept summary names, one line each (8 GPUs: 7)
 
 
 @dataclass(frozen=True)
@@ -32,7 +37,7 @@ class TorchrunReport:
 
     workers: list[str]  # the lines above the report (the workers' own), without torchrun's
     failed: str  # the launcher's exception line, which marks the report
-    summary: list[str]  # the report's summary, from its first row of "=" to the end
+    summary: list[str]  # the report's summary, its other failures one line each
     root_cause: dict[str, str] = field(default_factory=dict)  # rank, exitcode, traceback, ...
 
     @property
@@ -55,30 +60,67 @@ class TorchrunReport:
         return [*self.workers, self.failed, *self.summary]
 
     def own_words(self) -> str | None:
-        """The last line the first failed worker printed with its rank (its uncaught exception)."""
+        """The exception the first failed worker did not catch, as torch's hook printed it: each
+        line after ``[rankN]: `` (torch's own log lines follow ``[rankN]:`` with no space)."""
         if self.rank is None:
             return None
-        prefix = f"[rank{self.rank}]:"
-        return next((line for line in reversed(self.workers) if line.startswith(prefix)), None)
+        prefix = f"[rank{self.rank}]: "
+        raised = last_exception([line[len(prefix) :] for line in self.workers if line.startswith(prefix)])
+        return prefix + raised if raised is not None else None
 
 
 def torchrun_report(lines: Sequence[str]) -> TorchrunReport | None:
-    """The report at the end of ``lines``, or None when they hold none."""
+    """The report at the end of ``lines``, or None when they do not end with one."""
     failed_at = next((i for i in range(len(lines) - 1, -1, -1) if lines[i].startswith(_CHILD_FAILED)), None)
-    if failed_at is None:
-        return None
+    summary = [line for line in lines[failed_at + 1 :] if line.strip()] if failed_at is not None else []
+    if failed_at is None or not summary or not _RULE.fullmatch(summary[-1].strip()):
+        return None  # none, or something was printed after it (a script that ran torchrun went on)
     # The launcher's traceback: its header and the indented frames above the exception's line.
     start = failed_at
     while start > 0 and lines[start - 1][:1].isspace():
         start -= 1
-    if start > 0 and lines[start - 1] == _TRACEBACK:
+    if start > 0 and lines[start - 1] == TRACEBACK:
         start -= 1
     workers = [line for line in lines[:start] if not _LAUNCHER_LINE.fullmatch(line.rstrip())]
-    summary = [line for line in lines[failed_at + 1 :] if line.strip()]
     root_cause: dict[str, str] = {}
     if _ROOT_CAUSE in summary:
         for line in summary[summary.index(_ROOT_CAUSE) + 1 :]:
             found = _FIELD.fullmatch(line)
             if found:
                 root_cause.setdefault(found[1], found[2].strip())
-    return TorchrunReport(workers, lines[failed_at], summary, root_cause)
+    return TorchrunReport(workers, lines[failed_at], _condensed(summary), root_cause)
+
+
+def last_exception(lines: Sequence[str]) -> str | None:
+    """The line that ends the last Python traceback in ``lines`` (the exception), if any."""
+    begun = max((i for i, line in enumerate(lines) if line == TRACEBACK), default=None)
+    if begun is None:
+        return None
+    return next((line for line in lines[begun + 1 :] if line[:1] not in ("", " ", "\t")), None)
+
+
+def _condensed(summary: list[str]) -> list[str]:
+    """The summary with each of its other failures on one line, the first few of them: seven
+    lines each for the seven other workers of an 8-GPU trial would fill a trial's tail alone."""
+    out: list[str] = []
+    others: list[tuple[str, dict[str, str]]] = []  # "[1]:", its fields
+    in_failures = False
+    for line in summary:
+        if line == "Failures:":
+            in_failures = True
+        elif in_failures and (line.startswith("---") or _RULE.fullmatch(line.strip())):
+            in_failures = False
+            for head, fields in others[:_FAILURES_SHOWN]:
+                out.append(f"{head} rank {fields.get('rank', '?')}, exitcode {fields.get('exitcode', '?')}")
+            if len(others) > _FAILURES_SHOWN:
+                out.append(f"... and {len(others) - _FAILURES_SHOWN} more")
+        elif in_failures:
+            if _ENTRY.fullmatch(line):
+                others.append((line, {}))
+            elif others and (found := _FIELD.fullmatch(line)):
+                others[-1][1][found[1]] = found[2].strip()
+            elif not others:
+                out.append(line)  # "<NO_OTHER_FAILURES>"
+            continue
+        out.append(line)
+    return out

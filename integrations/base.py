@@ -94,6 +94,15 @@ def _a_result(row: LeaderRow) -> bool:
     return TrialState(row.state).gives_a_result and row.value is not None and math.isfinite(row.value)
 
 
+#: Sweep states that hand out trials again without being resumed: a record that ends in one of
+#: these ends only here (``--count`` reached); the sweep goes on.
+GOING_ON = ("running", "paused")
+
+
+class TrackerRefusedError(Exception):
+    """A tracker's answer to its settings that will not change by itself (see :meth:`Tracker.check`)."""
+
+
 class Tracker:
     """What an adapter implements. Every method may raise; the SafeTracker it sits behind deals with it.
 
@@ -130,5 +139,10 @@ class Tracker:
     def is_transient(self, exc: BaseException) -> bool:
         """True when a retry may succeed (network, server down); False drops the call."""
         return isinstance(exc, OSError | TimeoutError)
+
+    def check(self) -> None:
+        """Ask the tracker whether it takes these settings, before a sweep runs: raise for an answer
+        that will not change by itself (credentials refused, no tracking API at that address). A
+        tracker that does not answer passes: it may be up by the time trials end."""
 
     def close(self) -> None: ...

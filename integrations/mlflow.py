@@ -23,10 +23,19 @@ from typing import Any
 
 import yaml
 from sweeper.agents.pythonpath._sweeper_capture.mlflow_client import serialise_store_creation
-from sweeper.integrations.base import Leaderboard, SweepInfo, Tracker, TrialEnd, TrialInfo
+from sweeper.integrations.base import (
+    GOING_ON,
+    Leaderboard,
+    SweepInfo,
+    Tracker,
+    TrackerRefusedError,
+    TrialEnd,
+    TrialInfo,
+)
 from sweeper.integrations.leaderboard import flat, write_board_files
 from sweeper.integrations.settings import MlflowSettings, mlflow_settings
 
+from sweeper.redact import redact_urls
 from sweeper.trials import MetricPoint, TrialState
 
 log = logging.getLogger("sweeper.integrations")
@@ -53,8 +62,14 @@ _PERMANENT = {
     "RESOURCE_DOES_NOT_EXIST",
     "INVALID_STATE",
 }
+# Answers of a server that will not change by themselves, and what to do about each.
+_REFUSALS = {
+    "UNAUTHENTICATED": "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN",
+    "PERMISSION_DENIED": "this user may not read or write experiments there; ask its administrator",
+    "ENDPOINT_NOT_FOUND": "no MLflow tracking API there; the tracking URI is the address `mlflow server` "
+    "prints, with no path unless the server is served under one",
+}
 _EXPERIMENT = "sweeper"  # the experiment sweeps go to when none is named
-_GOING_ON = ("running", "paused")  # sweep states that hand out trials again without being resumed
 _MAX_METRICS, _MAX_PARAMS = 1000, 100  # per log_batch call, MLflow's own limits
 _BAD_KEY = re.compile(r"[^\w\-. /]")
 
@@ -119,6 +134,24 @@ class MlflowTracker(Tracker):
                     os.environ.setdefault(name, value)
             return dict(_trial_http)
 
+    def check(self) -> None:
+        """A server that refuses these credentials, or has no MLflow API at this address (a URI
+        with a path the server does not serve), is said now rather than retried as unreachable."""
+        from mlflow.exceptions import MlflowException
+
+        if not self.settings.tracking_uri.startswith(("http://", "https://")):
+            return  # a local store: nothing to ask, and asking would create it
+        try:
+            self.client.search_experiments(max_results=1)
+        except MlflowException as exc:
+            fix = _REFUSALS.get(exc.error_code)
+            if fix is None:
+                return  # down or busy: the sweep runs, and its records wait for the server
+            uri, status = redact_urls(self.settings.tracking_uri, keep_user=False), exc.get_http_status_code()
+            raise TrackerRefusedError(f"the server at {uri} answered {status}: {fix}") from exc
+        except Exception:  # cannot connect: the same
+            return
+
     def is_transient(self, exc: BaseException) -> bool:
         from mlflow.exceptions import MlflowException
 
@@ -176,7 +209,7 @@ class MlflowTracker(Tracker):
         tags = [RunTag("sweeper.method", sweep.method), RunTag("sweeper.state", "running")]
         self.client.log_batch(run_id, params=params, tags=tags)
         if self.client.get_run(run_id).info.status != "RUNNING":  # a stopped sweep taken up again
-            self.client.update_run(run_id, status="RUNNING")
+            self.client.update_run(run_id, status="RUNNING")  # MLflow keeps its end time meanwhile
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "sweep.yaml"
             path.write_text(yaml.safe_dump(dict(sweep.spec), sort_keys=False), encoding="utf-8")
@@ -213,7 +246,7 @@ class MlflowTracker(Tracker):
         work) keeps its run RUNNING, as ``sweeper status`` shows the sweep."""
         run_id = self.parent_run(sweep_id)
         self.client.set_tag(run_id, "sweeper.state", state)
-        if state not in _GOING_ON:
+        if state not in GOING_ON:
             self.client.set_terminated(run_id, "KILLED" if state in ("stopped", "cancelled") else "FINISHED")
 
     # -- trials --------------------------------------------------------------------------------

@@ -76,7 +76,11 @@ def tracker_problems(block: Mapping[str, Any] | None) -> list[str]:
     problems = []
     for name, settings in enabled_trackers(block or {}).items():
         try:
-            BUILDERS[name](settings).close()
+            tracker = BUILDERS[name](settings)
+            try:
+                tracker.check()
+            finally:
+                tracker.close()
         except Exception as exc:
             problems.append(f"{name}: cannot log{_why_not(name, settings, exc)}")
     return problems

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sweeper.integrations.base import Leaderboard, SweepInfo, Tracker, TrialEnd, TrialInfo
+from sweeper.integrations.base import GOING_ON, Leaderboard, SweepInfo, Tracker, TrialEnd, TrialInfo
 from sweeper.integrations.leaderboard import board_rows, plot_best_so_far
 from sweeper.integrations.settings import WandbSettings, wandb_settings
 from sweeper.integrations.wandb_progress import SweepRunProgress, progress_path
@@ -143,7 +143,7 @@ class WandbTracker(Tracker):
     def sweep_ended(self, sweep_id: str, state: str) -> None:
         run = self._sweep_run(sweep_id)
         run.summary["sweeper_state"] = state
-        run.finish(exit_code=0 if state in ("finished", "running") else 1)
+        run.finish(exit_code=0 if state == "finished" or state in GOING_ON else 1)
         self._sweeps.pop(sweep_id, None)
         self._board_progress.pop(sweep_id, None)
 

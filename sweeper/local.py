@@ -6,6 +6,7 @@ them talking to one in-process :class:`~sweeper.coordinator.Coordinator`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -33,6 +34,7 @@ from sweeper.protocol import (
     NoTrialReason,
     TrialOutcome,
 )
+from sweeper.store.base import InvalidTransitionError
 from sweeper.trials import MetricPoint, SweepState
 
 log = logging.getLogger(__name__)
@@ -175,11 +177,14 @@ class LocalAgents:
             time.sleep(poll)
         for thread in self._threads:
             thread.join()
-        if self.stop_when_given_up and self.gave_up:
-            state = self.client.get_sweep(self.sweep_id).state
-            if not state.is_terminal and state is not SweepState.STOPPED:
-                self.client.set_sweep_state(self.sweep_id, SweepState.STOPPED)
-        self._end_tracking()
+        try:
+            if self.stop_when_given_up and self.gave_up:
+                state = self.client.get_sweep(self.sweep_id).state
+                if not state.is_terminal and state is not SweepState.STOPPED:
+                    with contextlib.suppress(InvalidTransitionError):  # cancelled meanwhile
+                        self.client.set_sweep_state(self.sweep_id, SweepState.STOPPED)
+        finally:
+            self._end_tracking()
         if self._errors:
             raise self._errors[0]
         # A slot that gave up (a broken GPU) says least about the sweep: the others' reasons first.

@@ -531,8 +531,10 @@ def test_a_trials_start_does_not_wait_for_the_upload_of_the_trial_before(
     assert ended.data.tags["mlflow.parentRunId"] == client.get_run(first_run).data.tags["mlflow.parentRunId"]
 
 
-def sweeper_command(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([SWEEPER, *args], cwd=cwd, capture_output=True, text=True, timeout=240)
+def sweeper_command(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([SWEEPER, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
 
 
 def parent_run_of(client: MlflowClient, experiment: str) -> tuple[str, str]:
@@ -575,3 +577,45 @@ def test_the_sweeps_run_is_running_while_the_sweep_is(mlflow_server: MlflowServe
     again = sweeper_command("agent", sweep_id, "--max-failures", "1", cwd=tmp_path)
     assert again.returncode == 1, again.stdout + again.stderr
     assert parent_run_of(client, "gives-up") == ("RUNNING", "running")
+
+
+def test_a_server_that_refuses_the_settings_is_said_before_anything_runs(
+    mlflow_server: MlflowServer, tmp_path: Path
+) -> None:
+    """Credentials refused (401) or no MLflow API at the URI's path (404): said at once, where
+    every record would otherwise be retried as if the server were down, then dropped at exit."""
+    guarded = MlflowServer(tmp_path / "auth", admin_password="s3cret-Pa55word")
+    guarded.start()
+    try:
+        program = tmp_path / "train.py"
+        program.write_text(TRIAL_SCRIPT)
+        (tmp_path / "sweep.yaml").write_text(
+            json.dumps({"program": str(program), "method": "grid", "parameters": {"lr": {"values": [0.1]}}})
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        refused = sweeper_command("run", "sweep.yaml", "--mlflow", guarded.uri, cwd=tmp_path, env=env)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert f"the server at {guarded.uri} answered 401: set MLFLOW_TRACKING_USERNAME" in refused.stderr
+        assert not (tmp_path / ".sweeper").exists()  # nothing ran
+
+        wrong_path = sweeper_command(
+            "run", "sweep.yaml", "--mlflow", f"{mlflow_server.uri}/mlflow", cwd=tmp_path, env=env
+        )
+        assert wrong_path.returncode == 2, wrong_path.stdout + wrong_path.stderr
+        assert "answered 404: no MLflow tracking API there" in wrong_path.stderr, wrong_path.stderr
+
+        # With the credentials, the sweep and its trial log there.
+        allowed = {**env, "MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": "s3cret-Pa55word"}
+        ran = sweeper_command("run", "sweep.yaml", "--mlflow", guarded.uri, cwd=tmp_path, env=allowed)
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        client = MlflowClient(guarded.uri)
+        os.environ.update(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD="s3cret-Pa55word")
+        try:
+            parent, children = runs_of(client, "sweeper")
+        finally:
+            for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+                os.environ.pop(name, None)
+        assert parent.info.status == "FINISHED"
+        assert [c.data.metrics["loss"] for c in children] == [pytest.approx(0.1 / 3)]
+    finally:
+        guarded.stop()

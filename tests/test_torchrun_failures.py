@@ -43,7 +43,7 @@ def test_the_failed_workers_error_is_the_reason_and_the_tail_keeps_it(tmp_path) 
 
     assert said["raise"].endswith(": [rank1]: ValueError: worker one cannot go on"), said["raise"]
     assert said["abort"].endswith(": worker rank 1 was killed by SIGABRT (exit code -6)"), said["abort"]
-    # No words of its own: how it ended; the worker's warning is not taken for its reason.
+    # No words of its own: how it ended; neither its warnings nor torch's are taken for its reason.
     assert said["exit"].endswith(": worker rank 1 ended with exit code 3"), said["exit"]
     assert (
         "ModuleNotFoundError: No module named 'no_such_module_for_this_trial' (worker rank" in said["import"]
@@ -55,7 +55,7 @@ def test_the_failed_workers_error_is_the_reason_and_the_tail_keeps_it(tmp_path) 
             "launcher/api.py" not in tail and "torch/distributed/elastic/multiprocessing/api.py" not in tail
         )
         assert "Root Cause (first observed failure):" in tail and "ChildFailedError" in tail, tail
-        assert "a warning of the worker's own" in tail or mode == "import", tail
+        assert "a warning of the script's own" in tail or mode == "import", tail
     assert "Traceback (most recent call last):" in trials["raise"]["stderr_tail"]
 
     # A window that begins inside the launcher's traceback leaves its frames out all the same.
@@ -65,3 +65,31 @@ def test_the_failed_workers_error_is_the_reason_and_the_tail_keeps_it(tmp_path) 
     cut = stderr_tail(log, max_bytes=inside)
     assert "launcher/api.py" not in cut and "  File " not in cut, cut
     assert telling_line(cut) == "worker rank 1 ended with exit code 3"
+    # A report that is not the last thing printed (a script that ran torchrun went on) is not the reason.
+    went_on = trials["raise"]["stderr_tail"] + "\nRuntimeError: the fallback failed too"
+    assert telling_line(went_on) == "RuntimeError: the fallback failed too"
+
+
+@pytest.mark.slow
+def test_the_reason_survives_the_summary_of_many_workers(tmp_path) -> None:
+    """torchrun's summary gives each other failed worker seven lines: with five workers, more than
+    a trial's stored tail; each is kept as one line, the first few of them."""
+    sweep = write_sweep(
+        tmp_path,
+        {"mode": {"value": "raise"}},
+        program=str(SCRIPTS / "torchrun_worker.py"),
+        command=[*TORCHRUN[:-1], "--nproc-per-node=5", "${program}", "${args}"],
+    )
+    ran = subprocess.run(
+        [SWEEPER, "run", str(sweep), "--count", "1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert ": [rank1]: ValueError: worker one cannot go on" in ran.stdout, ran.stdout + ran.stderr
+    (trial,) = trials_json(tmp_path, sweep_id_of(ran.stdout))
+    tail = trial["stderr_tail"].splitlines()
+    assert "[rank1]: ValueError: worker one cannot go on" in tail
+    assert sum(line.startswith("[") and ", exitcode -15" in line for line in tail) == 3, tail
+    assert "... and 1 more" in tail

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -101,10 +102,12 @@ def free_port() -> int:
 
 
 class MlflowServer:
-    """``mlflow server`` on 127.0.0.1 with a SQLite backend and a local artifact root."""
+    """``mlflow server`` on 127.0.0.1 with a SQLite backend and a local artifact root; with
+    ``admin_password``, MLflow's basic-auth app, whose user ``admin`` has that password."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, admin_password: str | None = None) -> None:
         self.folder = folder
+        self.admin_password = admin_password
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -127,8 +130,20 @@ class MlflowServer:
             "--workers",
             "1",
         ]
+        env = dict(os.environ)
+        if self.admin_password is not None:
+            cmd += ["--app-name", "basic-auth"]
+            config = self.folder / "basic_auth.ini"  # its users in this folder; each password hashed once
+            config.write_text(
+                f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{self.folder / 'auth.db'}\n"
+                "admin_username = admin\nauth_cache_ttl_seconds = 600\n"
+                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+            )
+            env["MLFLOW_AUTH_CONFIG_PATH"] = str(config)
+            env["MLFLOW_AUTH_ADMIN_PASSWORD"] = self.admin_password
+            env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = secrets.token_hex(16)  # its CSRF protection asks for one
         log = open(self.folder / "server.log", "ab")
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True, env=env)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

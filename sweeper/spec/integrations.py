@@ -58,8 +58,6 @@ def check_integrations(raw: Any, problems: list[Problem], path: str = "integrati
                 _tags(value, at, problems)
             elif string(value, at, problems) is value and not value.strip():
                 problems.append(Problem(at, "expected a non-empty string"))
-            elif key == "tracking_uri" and isinstance(value, str) and (wrong := mlflow_uri_problem(value)):
-                problems.append(Problem(at, wrong))
 
 
 # "127.0.0.1:5000", "localhost:5000/", "[::1]:5000": a server's address without "http://", which
@@ -67,22 +65,34 @@ def check_integrations(raw: Any, problems: list[Problem], path: str = "integrati
 _HOST_PORT = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9.-]*|\[[0-9A-Fa-f:.]+\]):\d{1,5}(?:/.*)?")
 
 
+def tracking_uri_problem(raw: Any) -> Problem | None:
+    """A mistyped ``integrations.mlflow.tracking_uri`` in a sweep's unchecked mapping. Asked of a
+    sweep as it is made, not of stored sweeps, which are read as they were made."""
+    block = raw.get("integrations") if isinstance(raw, Mapping) else None
+    mlflow = block.get("mlflow") if isinstance(block, Mapping) else None
+    uri = mlflow.get("tracking_uri") if isinstance(mlflow, Mapping) else None
+    wrong = mlflow_uri_problem(uri) if isinstance(uri, str) else None
+    return Problem("integrations.mlflow.tracking_uri", wrong) if wrong else None
+
+
 def mlflow_uri_problem(uri: str) -> str | None:
     """What is wrong with an MLflow tracking URI that is plainly mistyped; None for the rest
-    (a folder, ``sqlite:///mlflow.db``, ``http(s)://host:port``, a database, a plugin's scheme)."""
+    (a folder, ``sqlite:///mlflow.db``, ``http(s)://host:port``, a database, a plugin's scheme).
+    The URI meant is shown, its password and secrets hidden; the one typed is not echoed."""
     uri = uri.strip()
-    shown = repr(redact_urls(uri, keep_user=False))  # a password in the URL stays out of messages
     if _HOST_PORT.fullmatch(uri):
-        return f"expected a URI such as http://{uri}, got {shown} (without a scheme it names a local folder)"
+        return f"expected a URI such as http://{uri.split('/')[0]}: without a scheme it names a local folder"
     scheme, colon, rest = uri.partition(":")
     scheme = scheme.lower()
     if not colon or len(scheme) < 2:  # a path (a single letter: a Windows drive)
         return None
     if scheme in ("http", "https") and not re.match(r"//[^/]", rest):
-        return f"expected {scheme}://host:port, got {shown}"
+        meant = redact_urls(f"{scheme}://{rest.lstrip('/')}", keep_user=False)
+        return f"expected {scheme}://host:port, such as {meant}"
     near = difflib.get_close_matches(scheme, ("http", "https"), n=1, cutoff=0.75)
     if near and scheme not in ("http", "https") and rest.startswith("//"):
-        return f"expected {near[0]}://..., got {shown} (no tracking store has the scheme {scheme!r})"
+        meant = redact_urls(f"{near[0]}:{rest}", keep_user=False)
+        return f"expected {meant}: no tracking store has the scheme {scheme!r}"
     return None
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from sweeper.spec.integrations import tracking_uri_problem
 from sweeper.spec.model import SweepSpec
 from sweeper.spec.parse import parse_sweep
 from sweeper.spec.problems import Problem, SpecError
@@ -127,11 +128,12 @@ def load_sweep_file(
 
 def parse_new_sweep(raw: Any, source: str = "<dict>") -> SweepSpec:
     """:func:`parse_sweep` for a sweep about to be made, which also checks what only the machine
-    making it can (a checkpoint URL's scheme); every problem is listed at once. Its values must be
-    plain data, which a sweeper server can take (a sweep already stored is read as it is)."""
+    making it can (a checkpoint URL's scheme) and what older sweeps were made with (a mistyped
+    MLflow URI); every problem is listed at once. Its values must be plain data, which a sweeper
+    server can take (a sweep already stored is read as it is)."""
     if plain := storable_problems(raw):  # said alone: each would also read as the wrong kind in parse_sweep
         raise SpecError(plain, source=source)
-    problems = [p for p in [checkpoint_scheme_problem(raw)] if p is not None]
+    problems = [p for p in [checkpoint_scheme_problem(raw), tracking_uri_problem(raw)] if p is not None]
     try:
         spec = parse_sweep(raw, source=source)
     except SpecError as exc:
