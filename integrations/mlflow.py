@@ -47,12 +47,14 @@ STATUS = {
     TrialState.LOST: "KILLED",
     TrialState.RUNNING: "RUNNING",
 }
-# The agent's own calls fail fast and are retried by SafeTracker; the trial gets MLflow's defaults.
-_AGENT_HTTP = {
+# The agent's own calls fail fast and are retried by SafeTracker, and print no "View run" links
+# among its progress lines; the trial gets the settings the process had (MLflow's defaults).
+_AGENT_SETTINGS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
-_trial_http: dict[str, str] | None = None  # what trials get (see MlflowTracker._fail_fast)
+_trial_http: dict[str, str] | None = None  # what trials get (see MlflowTracker._agent_settings)
 # ... kept in the environment too, for the processes this one starts (agents, tests' drivers).
 _TRIAL_HTTP_VARIABLE = "SWEEPER_MLFLOW_TRIAL_HTTP"
 _trial_http_lock = threading.Lock()
@@ -92,7 +94,7 @@ class MlflowTracker(Tracker):
         )
         # A trial whose run could not be made (MLflow down) still logs to this server, not to a
         # ./mlflow.db of its own, with MLflow's own retries, not the agent's.
-        self.always_env = {"MLFLOW_TRACKING_URI": settings.tracking_uri, **self._fail_fast()}
+        self.always_env = {"MLFLOW_TRACKING_URI": settings.tracking_uri, **self._agent_settings()}
         if settings.experiment_id is not None:
             self.always_env["MLFLOW_EXPERIMENT_ID"] = settings.experiment_id
         else:
@@ -113,24 +115,28 @@ class MlflowTracker(Tracker):
         return cls(mlflow_settings(block))
 
     @staticmethod
-    def _fail_fast() -> dict[str, str]:
-        """Set the agent's HTTP settings in this process, once; returns the ones trials get: the
+    def _agent_settings() -> dict[str, str]:
+        """Set the agent's MLflow settings in this process, once; returns the ones trials get: the
         process's own, read before the first tracker set the agent's (later trackers would read
         the agent's back)."""
         from mlflow import environment_variables as ev
+
+        def default(name: str) -> str:
+            return str(getattr(ev, name).default)
 
         global _trial_http
         with _trial_http_lock:
             if _trial_http is None:
                 try:  # a process an agent's process started inherits the agent's settings: not its own
                     inherited = json.loads(os.environ[_TRIAL_HTTP_VARIABLE])
-                    _trial_http = {name: str(inherited[name]) for name in _AGENT_HTTP}
-                except (KeyError, ValueError, TypeError, AttributeError):
-                    _trial_http = {
-                        name: os.environ.get(name) or str(getattr(ev, name).default) for name in _AGENT_HTTP
-                    }
+                    if not isinstance(inherited, dict):
+                        raise ValueError(inherited)
+                    # One the marking process did not set (an older sweeper's) is MLflow's default.
+                    _trial_http = {name: str(inherited.get(name, default(name))) for name in _AGENT_SETTINGS}
+                except (KeyError, ValueError):
+                    _trial_http = {name: os.environ.get(name) or default(name) for name in _AGENT_SETTINGS}
                     os.environ[_TRIAL_HTTP_VARIABLE] = json.dumps(_trial_http)
-                for name, value in _AGENT_HTTP.items():
+                for name, value in _AGENT_SETTINGS.items():
                     os.environ.setdefault(name, value)
             return dict(_trial_http)
 

@@ -206,7 +206,11 @@ def test_trials_get_mlflows_own_http_settings_not_the_agents(tmp_path: Path) -> 
     MLflow's retries and timeout, however many trackers the process has built."""
     from mlflow import environment_variables as ev
 
-    names = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+    names = (
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT",
+        "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT",
+    )
     script = tmp_path / "http.py"
     script.write_text(
         f"import json, os\njson.dump({{k: os.environ.get(k) for k in {names!r}}}, open('http.json', 'w'))\n"
@@ -223,7 +227,7 @@ def test_trials_get_mlflows_own_http_settings_not_the_agents(tmp_path: Path) -> 
     (tmp_path / "http.json").unlink()
     inherited = {
         **env,
-        **dict(zip(names, ("0", "10"), strict=True)),
+        **dict(zip(names, ("0", "10", "true"), strict=True)),
         "SWEEPER_MLFLOW_TRIAL_HTTP": json.dumps(own),
     }
     sweeper_run(sweep_file, "--mlflow", cwd=tmp_path, env=inherited)
@@ -247,8 +251,9 @@ def test_a_trial_whose_run_could_not_be_made_still_logs_to_the_sweeps_server() -
     assert (
         env["MLFLOW_TRACKING_URI"] == f"http://127.0.0.1:{port}" and env["MLFLOW_EXPERIMENT_NAME"] == "mine"
     )
-    names = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
-    assert {name: env[name] for name in names} == adapter._trial_http  # not the agent's own
+    trials_get = adapter._trial_http or {}
+    assert "MLFLOW_HTTP_REQUEST_TIMEOUT" in trials_get
+    assert {name: env[name] for name in trials_get} == trials_get  # not the agent's own
 
 
 def test_a_bare_mlflow_flag_stores_no_uri_from_the_environment(tmp_path: Path, monkeypatch) -> None:
@@ -559,6 +564,7 @@ def test_the_sweeps_run_is_running_while_the_sweep_is(mlflow_server: MlflowServe
     (tmp_path / "sweep.yaml").write_text(json.dumps(sweep))
     ran = sweeper_command("run", "sweep.yaml", "--count", "1", cwd=tmp_path)
     assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "View run" not in ran.stdout + ran.stderr  # MLflow's links among the progress lines
     sweep_id = ran.stdout.split()[1].rstrip(":")
     assert parent_run_of(client, "goes-on") == ("RUNNING", "running")
     went_on = sweeper_command("agent", sweep_id, cwd=tmp_path)
