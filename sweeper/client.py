@@ -370,8 +370,12 @@ def _seconds(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def _segment(value: str) -> str:
-    return urllib.parse.quote(str(value), safe="")
+def _segment(sweep_id: str) -> str:
+    """A sweep id as a path segment. One a URL cannot hold as a segment ('', '.', '..': the
+    server would be asked for another path, '/sweeps/' say) names no sweep."""
+    if str(sweep_id) in ("", ".", ".."):
+        raise SweepNotFoundError(f"no sweep {sweep_id!r}")
+    return urllib.parse.quote(str(sweep_id), safe="")
 
 
 def _directive(answer: Mapping[str, Any]) -> Directive:

@@ -303,6 +303,10 @@ def test_the_commands_against_a_server(sweep_file: Path, tmp_path: Path) -> None
         for typo in (f"{sweep_id}/", "../x"):  # the server redirects the first, has no route for the second
             wrong = sweeper("status", typo, env=env)
             assert wrong.returncode == 1 and "(is the id right" in wrong.stderr, wrong.stderr
+        for empty in ("", "."):  # no segment of a URL: said so, where the server was asked for /sweeps/
+            wrong = sweeper("agent", empty, env=env)
+            assert wrong.returncode == 1 and f"no sweep '{empty}'" in wrong.stderr, wrong.stderr
+            assert "redirect" not in wrong.stderr
         no_token = sweeper("status", env={**env, "SWEEPER_TOKEN": ""})
         assert no_token.returncode == 1 and "--token or the SWEEPER_TOKEN" in no_token.stderr
         tls = sweeper("status", env={**env, "SWEEPER_COORDINATOR": server.url.replace("http:", "https:")})
