@@ -35,6 +35,7 @@ from sweeper.protocol import (
     NoTrial,
     SweepNotFoundError,
     TrialOutcome,
+    interrupted_reason,
 )
 from sweeper.trials import TrialState
 
@@ -175,7 +176,10 @@ class Agent:
         if self.stopping:
             self._give_back(assignment)
             return None
-        outcome = self._run_assignment(assignment)
+        try:
+            outcome = self._run_assignment(assignment)
+        except _CannotPrepare as exc:
+            return str(exc)
         if outcome is None:
             return None
         return self.failures.record(assignment.trial_number, outcome)
@@ -188,10 +192,15 @@ class Agent:
         try:
             trial_dir, spool = self._prepare(assignment)
         except OSError as exc:
-            message = f"sweeper: cannot prepare the trial folder: {exc}"
-            outcome = TrialOutcome(TrialState.FAILED, stderr_tail=message)
+            # This agent's own folder, not the trial: every trial here would fail alike. The trial
+            # runs again elsewhere or later, as one cut short (no attempt used), and the agent stops.
+            why = f"cannot prepare the trial folder: {exc}"
+            outcome = TrialOutcome(TrialState.LOST, stop_reason=interrupted_reason(why))
             self._finish(assignment, self._reporter(assignment), outcome, started)
-            return outcome
+            raise _CannotPrepare(
+                f"{why}; this agent stops (trial {assignment.trial_number} runs again). Fix the folder, "
+                "or start the agent in another one"
+            ) from exc
         trial = TrialRun(
             assignment,
             trial_dir,
@@ -283,6 +292,10 @@ class Agent:
             self.on_event(event)
         except Exception:  # a broken progress printer must not end the sweep
             log.exception("on_event callback failed for %r", event)
+
+
+class _CannotPrepare(Exception):
+    """The agent cannot make trial folders where it runs: the line it stops with."""
 
 
 WAIT_NOTICE_AFTER = 10.0  # seconds an agent waits for one reason before it says why (a paused sweep)

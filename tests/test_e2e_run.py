@@ -124,6 +124,32 @@ def test_an_agent_gives_up_after_three_failed_trials_in_a_row(tmp_path: Path) ->
     assert trials_json(tmp_path, sweep_id)[3]["retry_of"] == 2
 
 
+def test_an_agent_that_cannot_make_trial_folders_stops_and_uses_no_attempt(tmp_path: Path) -> None:
+    """Its own folder is at fault, not the trial: one trial is given back (lost, no attempt used)
+    and the agent stops, where each trial used to fail in turn and use up its configuration."""
+    db = f"sqlite:///{tmp_path / 'store.db'}"  # the store lives elsewhere: only trial folders fail
+    (tmp_path / ".sweeper").write_text("not a folder")
+    path = write_sweep(tmp_path, {"x": {"values": [1, 2, 3]}})
+    result = sweeper_cmd(tmp_path, "run", str(path), "--db", db)
+    assert result.returncode == 1, result.stdout + result.stderr
+    said = "error: cannot prepare the trial folder: [Errno 20] Not a directory"
+    assert said in result.stderr and "this agent stops (trial 1 runs again)" in result.stderr, result.stderr
+    sweep_id = sweep_id_of(result.stdout)
+    assert "is stopped: 1 lost" in result.stdout, result.stdout
+    (tmp_path / ".sweeper").unlink()
+    assert sweeper_cmd(tmp_path, "resume", sweep_id, "--db", db).returncode == 0
+    agent = sweeper_cmd(tmp_path, "agent", sweep_id, "--db", db)
+    assert agent.returncode == 0, agent.stdout + agent.stderr
+    listed = sweeper_cmd(tmp_path, "trials", sweep_id, "--db", db, "--format", "json")
+    trials = json.loads(listed.stdout)
+    assert [(t["state"], t["config"]["x"]) for t in trials] == [
+        ("lost", 1),
+        ("finished", 1),
+        ("finished", 2),
+        ("finished", 3),
+    ]
+
+
 def test_a_sweep_whose_every_trial_failed_exits_1(tmp_path: Path) -> None:
     path = write_sweep(tmp_path, {"x": {"values": [2]}, "fail_when": {"value": 2}})
     result = sweeper_cmd(tmp_path, "run", str(path), "--max-failures", "0")
