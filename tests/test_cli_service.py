@@ -343,7 +343,7 @@ def test_trials_csv_names_each_column_once() -> None:
     trial = Trial(1, "sw", 1, {"lr": 0.1, "state": "warm"}, TrialState.FINISHED, 0.0, summary={"lr": 0.05})
     member = Trial(2, "sw", 2, {"lr": 0.08}, TrialState.RUNNING, 0.0, member=1, restore_from="ckpt/sw/1")
     header, row, pbt_row = list(csv.reader(io.StringIO(trials_to_csv([trial, member]))))
-    assert pbt_row[-2:] == ["1", "ckpt/sw/1"]  # the PBT lineage
+    assert pbt_row[-3:-1] == ["1", "ckpt/sw/1"]  # the PBT lineage
     # A parameter whose values are dicts is one column, beside a dotted name it would flatten onto.
     from sweeper.spec import parse_sweep
 
@@ -366,6 +366,7 @@ def test_trials_csv_names_each_column_once() -> None:
         "retry_of": "",
         "member": "",
         "restore_from": "",
+        "reason": "",
     }
 
 

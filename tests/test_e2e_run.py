@@ -96,6 +96,11 @@ def test_crashing_trial_is_recorded_and_retried_once_and_the_sweep_goes_on(tmp_p
     assert by_state == {"finished": 2, "failed": 2}  # x=2 failed, was retried once, failed again
     failed = [t for t in trials if t["state"] == "failed"]
     assert all(t["exit_code"] == 3 and "refusing x=2" in t["stderr_tail"] for t in failed)
+    assert [t["reason"] for t in failed] == ["refusing x=2"] * 2  # the line the progress showed
+    table = sweeper_cmd(tmp_path, "trials", sweep_id_of(result.stdout)).stdout
+    assert table.count("why: refusing x=2") == 2 and "why:" not in table.replace("why: refusing x=2", ""), (
+        table
+    )
     assert failed[1]["retry_of"] == failed[0]["number"]
     assert f"fail_when=2 x=2  (retry of trial {failed[0]['number']})" in result.stdout
 
@@ -148,6 +153,11 @@ def test_an_agent_that_cannot_make_trial_folders_stops_and_uses_no_attempt(tmp_p
         ("finished", 2),
         ("finished", 3),
     ]
+    # Where nothing finished, the hint to see why names the store, as it was given.
+    failing = write_sweep(tmp_path, {"x": {"values": [2]}, "fail_when": {"value": 2}})
+    failed = sweeper_cmd(tmp_path, "run", str(failing), "--db", db, "--max-failures", "0")
+    hint = f"error: no trial finished; 'sweeper trials {sweep_id_of(failed.stdout)} --db {db}' shows why"
+    assert hint in failed.stderr, failed.stderr  # the store named, as it was given
 
 
 def test_a_sweep_whose_every_trial_failed_exits_1(tmp_path: Path) -> None:

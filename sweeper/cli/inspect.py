@@ -20,7 +20,7 @@ from sweeper.cli.common import (
     store_label,
     token_option,
 )
-from sweeper.cli.report import print_summary, state_counts
+from sweeper.cli.report import print_summary, state_counts, why_it_ended
 from sweeper.protocol import CoordinatorService, SweepNotFoundError
 from sweeper.spec import SweepSpec, flatten_config
 from sweeper.trials import Trial
@@ -139,6 +139,7 @@ def trial_to_json(trial: Trial) -> dict[str, Any]:
         "curves": curves,
         "exit_code": trial.exit_code,
         "stop_reason": trial.stop_reason,
+        "reason": _reason(trial),
         "stderr_tail": trial.stderr_tail,
         "retry_of": trial.retry_of,
         "member": trial.member,
@@ -150,7 +151,9 @@ def trial_to_json(trial: Trial) -> dict[str, Any]:
     }
 
 
-_FIXED_COLUMNS = ("number", "state", "exit_code", "stop_reason", "retry_of", "member", "restore_from")
+_FIXED_COLUMNS = (
+    "number", "state", "exit_code", "stop_reason", "retry_of", "member", "restore_from", "reason"
+)  # fmt: skip
 
 
 def trials_to_csv(rows: Sequence[Trial], spec: SweepSpec | None = None) -> str:
@@ -178,6 +181,7 @@ def trials_to_csv(rows: Sequence[Trial], spec: SweepSpec | None = None) -> str:
                 "" if t.retry_of is None else t.retry_of,
                 "" if t.member is None else t.member,  # a PBT member, and the checkpoint it started from
                 t.restore_from or "",
+                _reason(t) or "",
             ]
         )
     return out.getvalue()
@@ -193,7 +197,20 @@ def _print_table(rows: Sequence[Trial]) -> None:
     click.echo(f"{'trial':>{width}}  {'state':<9} config  metrics")
     for t in rows:
         metrics = " ".join(f"{k}={v:.6g}" for k, v in t.summary.items())
-        click.echo(f"{t.number:>{width}}  {t.state.value:<9} {format_config(t.config, limit=8)}  {metrics}")
+        reason = _reason(t)
+        why = f"  why: {_shortened(reason)}" if reason else ""
+        click.echo(
+            f"{t.number:>{width}}  {t.state.value:<9} {format_config(t.config, limit=8)}  {metrics}{why}"
+        )
+
+
+def _reason(trial: Trial) -> str | None:
+    """Why it did not finish, as its progress line said (the rest of stderr: ``stderr_tail``)."""
+    return why_it_ended(trial.state, trial.stderr_tail, trial.stop_reason)
+
+
+def _shortened(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _cell(value: Any) -> Any:

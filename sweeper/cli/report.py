@@ -31,7 +31,7 @@ def describe_event(spec: SweepSpec, event: Any) -> str | None:
         else:  # the search learns nothing from this trial: say so while it runs
             shown = f"  (no {metric} logged)" if metric else ""
         if outcome.state is TrialState.FAILED:
-            last = telling_line(outcome.stderr_tail) or "(no error message on stderr)"
+            last = why_it_ended(outcome.state, outcome.stderr_tail, outcome.stop_reason)
             return f"trial {number} failed    exit {outcome.exit_code} after {event.seconds:.1f}s: {last}"
         if outcome.state is TrialState.STOPPED:
             return f"trial {number} stopped   after {event.seconds:.1f}s ({outcome.stop_reason}){shown}"
@@ -99,3 +99,13 @@ def metric_never_logged(metric: str, trials: Sequence[Trial]) -> str | None:
         f"none of the {len(ended)} trial(s) that ended logged the sweep's metric {metric!r} ({seen}); "
         "fix metric.name in the sweep file, or log it from the script"
     )
+
+
+def why_it_ended(state: TrialState, stderr_tail: str | None, stop_reason: str | None) -> str | None:
+    """Why a trial did not finish, in one line: a failed trial's telling line of stderr, a
+    stopped or lost trial's reason; None for the rest."""
+    if state is TrialState.FAILED:
+        return telling_line(stderr_tail) or "(no error message on stderr)"
+    if state in (TrialState.STOPPED, TrialState.LOST):
+        return stop_reason
+    return None

@@ -164,7 +164,11 @@ def run(
         sys.exit(1)
     states = {trial.state for trial in coordinator.trials(sweep.id)}
     if TrialState.FAILED in states and TrialState.FINISHED not in states:
-        click.echo(f"error: no trial finished; 'sweeper trials {sweep.id}' shows why they failed", err=True)
+        where, db = place
+        click.echo(
+            f"error: no trial finished; {where}'sweeper trials {sweep.id}{db}' shows why they failed",
+            err=True,
+        )
         sys.exit(1)
 
 
