@@ -110,6 +110,7 @@ class Agent:
         self.hooks = TrialHooks(default_hooks() if hooks is None else hooks)
         self.trials_run = 0
         self.failures = FailureStreak(max_failures)
+        self._unprepared = 0  # trials in a row whose folder could not be made
         self.gave_up = False  # it stopped because too many trials in a row failed
         self._stop = StopSignal()
 
@@ -179,7 +180,16 @@ class Agent:
         try:
             outcome = self._run_assignment(assignment)
         except _CannotPrepare as exc:
-            return str(exc)
+            again = f"trial {assignment.trial_number} runs again"
+            if self.failures.limit:
+                return f"{exc}; this agent stops ({again}). Fix the folder, or start the agent in another one"
+            # Asked never to stop (--max-failures 0): the disk may free up.
+            self._unprepared += 1
+            delay = backoff_delay(self._unprepared, base=1.0, cap=max(self.max_backoff, 1.0))
+            log.error("%s: %s; %s, and this agent tries again in %.0fs", self.info.name, exc, again, delay)
+            self._stop.wait(delay)
+            return None
+        self._unprepared = 0
         if outcome is None:
             return None
         return self.failures.record(assignment.trial_number, outcome)
@@ -197,10 +207,7 @@ class Agent:
             why = f"cannot prepare the trial folder: {exc}"
             outcome = TrialOutcome(TrialState.LOST, stop_reason=interrupted_reason(why))
             self._finish(assignment, self._reporter(assignment), outcome, started)
-            raise _CannotPrepare(
-                f"{why}; this agent stops (trial {assignment.trial_number} runs again). Fix the folder, "
-                "or start the agent in another one"
-            ) from exc
+            raise _CannotPrepare(why) from exc
         trial = TrialRun(
             assignment,
             trial_dir,
@@ -295,7 +302,7 @@ class Agent:
 
 
 class _CannotPrepare(Exception):
-    """The agent cannot make trial folders where it runs: the line it stops with."""
+    """The agent cannot make trial folders where it runs (its trial was given back)."""
 
 
 WAIT_NOTICE_AFTER = 10.0  # seconds an agent waits for one reason before it says why (a paused sweep)

@@ -26,6 +26,9 @@ _LAUNCHER_LINE = re.compile(
 _FIELD = re.compile(r"\s+(\w+)\s*:\s?(.*)")
 _ENTRY = re.compile(r"\[\d+\]:")  # "[1]:", a failure of the summary
 _RULE = re.compile(r"={10,}")  # the summary's first and last line
+# After the summary, lines a process's shutdown prints (multiprocessing's resource_tracker warning)
+# leave it the report; an exception there is a script that ran torchrun and went on.
+_EXCEPTION = re.compile(r"[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b:?")
 
 
 _FAILURES_SHOWN = 3  # other failed workers the kept summary names, one line each (8 GPUs: 7)
@@ -65,7 +68,9 @@ class TorchrunReport:
         if self.rank is None:
             return None
         prefix = f"[rank{self.rank}]: "
-        raised = last_exception([line[len(prefix) :] for line in self.workers if line.startswith(prefix)])
+        said = [line[len(prefix) :] for line in self.workers if line.startswith(prefix)]
+        # A deep traceback's header may be above the tail: its last line that is not a frame's.
+        raised = last_exception(said) or next((line for line in reversed(said) if not _indented(line)), None)
         return prefix + raised if raised is not None else None
 
 
@@ -73,8 +78,11 @@ def torchrun_report(lines: Sequence[str]) -> TorchrunReport | None:
     """The report at the end of ``lines``, or None when they do not end with one."""
     failed_at = next((i for i in range(len(lines) - 1, -1, -1) if lines[i].startswith(_CHILD_FAILED)), None)
     summary = [line for line in lines[failed_at + 1 :] if line.strip()] if failed_at is not None else []
-    if failed_at is None or not summary or not _RULE.fullmatch(summary[-1].strip()):
-        return None  # none, or something was printed after it (a script that ran torchrun went on)
+    last_rule = max((i for i, line in enumerate(summary) if _RULE.fullmatch(line.strip())), default=None)
+    if failed_at is None or last_rule is None:
+        return None
+    if any(line == TRACEBACK or _EXCEPTION.match(line) for line in summary[last_rule + 1 :]):
+        return None  # a script that ran torchrun went on, and failed itself
     # The launcher's traceback: its header and the indented frames above the exception's line.
     start = failed_at
     while start > 0 and lines[start - 1][:1].isspace():
@@ -96,7 +104,12 @@ def last_exception(lines: Sequence[str]) -> str | None:
     begun = max((i for i, line in enumerate(lines) if line == TRACEBACK), default=None)
     if begun is None:
         return None
-    return next((line for line in lines[begun + 1 :] if line[:1] not in ("", " ", "\t")), None)
+    return next((line for line in lines[begun + 1 :] if not _indented(line)), None)
+
+
+def _indented(line: str) -> bool:
+    """A traceback's frame line (or a blank one), not its exception's."""
+    return line[:1] in ("", " ", "\t")
 
 
 def _condensed(summary: list[str]) -> list[str]:

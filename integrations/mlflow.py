@@ -121,8 +121,9 @@ class MlflowTracker(Tracker):
         the agent's back)."""
         from mlflow import environment_variables as ev
 
-        def default(name: str) -> str:
-            return str(getattr(ev, name).default)
+        def default(name: str) -> str:  # MLflow's, where this MLflow knows the setting (2.x lacks some)
+            setting = getattr(ev, name, None)
+            return str(setting.default) if setting is not None else "false"
 
         global _trial_http
         with _trial_http_lock:
@@ -145,10 +146,13 @@ class MlflowTracker(Tracker):
         with a path the server does not serve), is said now rather than retried as unreachable."""
         from mlflow.exceptions import MlflowException
 
-        if not self.settings.tracking_uri.startswith(("http://", "https://")):
+        if not self.settings.tracking_uri.lower().startswith(("http://", "https://")):
             return  # a local store: nothing to ask, and asking would create it
-        try:
-            self.client.search_experiments(max_results=1)
+        try:  # the tracker's own first call, which a proxy that lets the tracking calls through allows
+            if self.settings.experiment_id is not None:
+                self.client.get_experiment(self.settings.experiment_id)
+            else:
+                self.client.get_experiment_by_name(self.settings.experiment or _EXPERIMENT)
         except MlflowException as exc:
             fix = _REFUSALS.get(exc.error_code)
             if fix is None:

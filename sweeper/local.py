@@ -162,7 +162,7 @@ class LocalAgents:
                 log.warning(
                     "%s stops taking trials: %s",
                     where,
-                    reason.removesuffix(GIVE_UP_ADVICE) + "the others go on",
+                    _others_go_on(reason),
                 )
         except BaseException as exc:  # surfaced by wait(), never lost in a thread
             self._errors.append(exc)
@@ -244,3 +244,11 @@ def _sweep_recorder(client: object, sweep_id: str) -> Any:
     except Exception as exc:  # trackers never stop a sweep
         log.error("sweep %s: tracker logging is off: %s: %s", sweep_id, type(exc).__name__, exc)
         return None
+
+
+def _others_go_on(reason: str) -> str:
+    """An agent's give-up line when the other agents here go on: its advice to start it again
+    (meant for a lone agent) replaced."""
+    if reason.endswith(GIVE_UP_ADVICE):
+        return reason.removesuffix(GIVE_UP_ADVICE) + "the others go on"
+    return f"{reason}; the others go on"

@@ -160,6 +160,36 @@ def test_an_agent_that_cannot_make_trial_folders_stops_and_uses_no_attempt(tmp_p
     assert hint in failed.stderr, failed.stderr  # the store named, as it was given
 
 
+def test_an_agent_told_never_to_stop_waits_for_its_folder_to_be_fixed(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'store.db'}"
+    (tmp_path / ".sweeper").write_text("not a folder")
+    path = write_sweep(tmp_path, {"x": {"values": [1, 2]}})
+    run = subprocess.Popen(
+        [SWEEPER, "run", str(path), "--db", db, "--max-failures", "0"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not _a_trial_lost(db) and time.monotonic() < deadline:  # a try has failed
+        time.sleep(0.2)
+    (tmp_path / ".sweeper").unlink()  # the disk freed up, say
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 0, out + err
+    assert "cannot prepare the trial folder" in err and "this agent tries again in" in err, err
+    assert "is finished: 2 finished" in out, out
+
+
+def _a_trial_lost(db: str) -> bool:
+    from sweeper.store import open_store
+
+    if not Path(db.removeprefix("sqlite:///")).exists():
+        return False
+    with open_store(db) as store:
+        return any(t.state.value == "lost" for s in store.list_sweeps() for t in store.list_trials(s.id))
+
+
 def test_a_sweep_whose_every_trial_failed_exits_1(tmp_path: Path) -> None:
     path = write_sweep(tmp_path, {"x": {"values": [2]}, "fail_when": {"value": 2}})
     result = sweeper_cmd(tmp_path, "run", str(path), "--max-failures", "0")

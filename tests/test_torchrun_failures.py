@@ -55,8 +55,9 @@ def test_the_failed_workers_error_is_the_reason_and_the_tail_keeps_it(tmp_path) 
             "launcher/api.py" not in tail and "torch/distributed/elastic/multiprocessing/api.py" not in tail
         )
         assert "Root Cause (first observed failure):" in tail and "ChildFailedError" in tail, tail
-        assert "a warning of the script's own" in tail or mode == "import", tail
-    assert "Traceback (most recent call last):" in trials["raise"]["stderr_tail"]
+        assert "a warning of the script's own" in tail or mode in ("import", "raise"), tail  # raise: too deep
+    raised = trials["raise"]["stderr_tail"]
+    assert "[rank1]:     deeper(n - 1)" in raised and "[rank1]: Traceback" not in raised  # cut off above
 
     # A window that begins inside the launcher's traceback leaves its frames out all the same.
     log = tmp_path / ".sweeper" / "trials" / sweep_id / str(trials["exit"]["number"]) / "stderr.log"
@@ -68,6 +69,14 @@ def test_the_failed_workers_error_is_the_reason_and_the_tail_keeps_it(tmp_path) 
     # A report that is not the last thing printed (a script that ran torchrun went on) is not the reason.
     went_on = trials["raise"]["stderr_tail"] + "\nRuntimeError: the fallback failed too"
     assert telling_line(went_on) == "RuntimeError: the fallback failed too"
+    # What a process's shutdown prints after the report leaves it the report.
+    shutdown = (
+        "/usr/lib/python3.11/multiprocessing/resource_tracker.py:254: UserWarning: resource_tracker: "
+        "There appear to be 1 leaked semaphore objects to clean up at shutdown\n"
+        "  warnings.warn('resource_tracker: There appear to be %d '"
+    )
+    after = trials["raise"]["stderr_tail"] + "\n" + shutdown
+    assert telling_line(after) == "[rank1]: ValueError: worker one cannot go on"
 
 
 @pytest.mark.slow

@@ -210,6 +210,7 @@ def _reason(trial: Trial) -> str | None:
 
 
 def _shortened(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())  # one row a trial
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -25,7 +25,17 @@ print("a warning of the script's own", file=sys.stderr, flush=True)
 if dist.get_rank() != 1:
     time.sleep(60)  # torchrun ends it when rank 1 has failed
 elif mode == "raise":
-    raise ValueError("worker one cannot go on")
+    # A traceback longer than a trial's stored tail: two functions in turn, which Python does not
+    # fold into "[Previous line repeated ...]" as it folds one calling itself.
+    def deep(n: int) -> None:
+        if n:
+            deeper(n - 1)
+        raise ValueError("worker one cannot go on")
+
+    def deeper(n: int) -> None:
+        deep(n)
+
+    deep(15)
 elif mode == "abort":
     os.abort()  # as a native library's uncaught exception does
 elif mode == "exit":
