@@ -22,6 +22,7 @@ import yaml
 from click.testing import CliRunner
 
 from sweeper.cli import main
+from sweeper.stopping.pbt import exploited_trial
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 SWEEP_FILES = sorted([*SWEEPS.glob("*/*.yaml"), *SWEEPS.glob("*/*.yml")])
@@ -256,7 +257,15 @@ def test_pbt_example_restarts_members_from_a_better_members_checkpoint(tmp_path:
     assert {state for _, state in states} <= {"finished", "stopped"}, states
     exploited = [t for t in trials if t["state"] == "stopped" and t["stop_reason"].startswith("pbt: exploit")]
     restarted = [t for t in trials if t["restore_from"]]
-    assert exploited and len(restarted) == len(exploited)
+    assert exploited and restarted
+    # Each exploited member restarts from its donor's checkpoint, unless the donor had finished by
+    # then (its last epoch's checkpoint leaves nothing to train; the member stands as it is). On
+    # a loaded machine that happens to the last exploit.
+    by_number = {t["number"]: t for t in trials}
+    for stopped in exploited:
+        again = [t for t in restarted if t["member"] == stopped["member"] and t["number"] > stopped["number"]]
+        donor = by_number[exploited_trial(stopped["stop_reason"])]
+        assert again or donor["ended_at"] <= stopped["ended_at"] + 30, (stopped, donor)
     assert {t["member"] for t in trials} == {0, 1, 2}
     # A restarted member that had epochs left carried on from the copied checkpoint, not from epoch 0.
     resumed = [t for t in restarted if t["curves"].get("val_acc")]
