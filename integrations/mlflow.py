@@ -54,10 +54,10 @@ _AGENT_SETTINGS = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
-_trial_http: dict[str, str] | None = None  # what trials get (see MlflowTracker._agent_settings)
+_trial_settings: dict[str, str] | None = None  # what trials get (see MlflowTracker._agent_settings)
 # ... kept in the environment too, for the processes this one starts (agents, tests' drivers).
-_TRIAL_HTTP_VARIABLE = "SWEEPER_MLFLOW_TRIAL_HTTP"
-_trial_http_lock = threading.Lock()
+_TRIAL_SETTINGS_VARIABLE = "SWEEPER_MLFLOW_TRIAL_HTTP"
+_trial_settings_lock = threading.Lock()
 _PERMANENT = {
     "INVALID_PARAMETER_VALUE",
     "RESOURCE_ALREADY_EXISTS",
@@ -125,21 +125,25 @@ class MlflowTracker(Tracker):
             setting = getattr(ev, name, None)
             return str(setting.default) if setting is not None else "false"
 
-        global _trial_http
-        with _trial_http_lock:
-            if _trial_http is None:
+        global _trial_settings
+        with _trial_settings_lock:
+            if _trial_settings is None:
                 try:  # a process an agent's process started inherits the agent's settings: not its own
-                    inherited = json.loads(os.environ[_TRIAL_HTTP_VARIABLE])
+                    inherited = json.loads(os.environ[_TRIAL_SETTINGS_VARIABLE])
                     if not isinstance(inherited, dict):
                         raise ValueError(inherited)
                     # One the marking process did not set (an older sweeper's) is MLflow's default.
-                    _trial_http = {name: str(inherited.get(name, default(name))) for name in _AGENT_SETTINGS}
+                    _trial_settings = {
+                        name: str(inherited.get(name, default(name))) for name in _AGENT_SETTINGS
+                    }
                 except (KeyError, ValueError):
-                    _trial_http = {name: os.environ.get(name) or default(name) for name in _AGENT_SETTINGS}
-                    os.environ[_TRIAL_HTTP_VARIABLE] = json.dumps(_trial_http)
+                    _trial_settings = {
+                        name: os.environ.get(name) or default(name) for name in _AGENT_SETTINGS
+                    }
+                    os.environ[_TRIAL_SETTINGS_VARIABLE] = json.dumps(_trial_settings)
                 for name, value in _AGENT_SETTINGS.items():
                     os.environ.setdefault(name, value)
-            return dict(_trial_http)
+            return dict(_trial_settings)
 
     def check(self) -> None:
         """A server that refuses these credentials, or has no MLflow API at this address (a URI

@@ -178,11 +178,9 @@ class LocalAgents:
         for thread in self._threads:
             thread.join()
         try:
-            if self.stop_when_given_up and self.gave_up:
-                state = self.client.get_sweep(self.sweep_id).state
-                if not state.is_terminal and state is not SweepState.STOPPED:
-                    with contextlib.suppress(InvalidTransitionError):  # cancelled meanwhile
-                        self.client.set_sweep_state(self.sweep_id, SweepState.STOPPED)
+            if self.stop_when_given_up and self.gave_up:  # a stopped sweep stays as it is
+                with contextlib.suppress(InvalidTransitionError):  # it ended, or was cancelled, meanwhile
+                    self.client.set_sweep_state(self.sweep_id, SweepState.STOPPED)
         finally:
             self._end_tracking()
         if self._errors:

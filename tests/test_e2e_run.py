@@ -34,8 +34,12 @@ def write_sweep(tmp_path: Path, parameters: dict, **extra: object) -> Path:
     return path
 
 
-def sweeper_cmd(tmp_path: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([SWEEPER, *args], cwd=tmp_path, capture_output=True, text=True, timeout=timeout)
+def sweeper_cmd(
+    tmp_path: Path, *args: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [SWEEPER, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def trials_json(tmp_path: Path, sweep_id: str) -> list[dict]:
@@ -315,14 +319,7 @@ def test_an_mlflow_server_address_without_its_scheme_is_refused_with_the_uri_mea
     assert typed.returncode == 2, typed.stdout + typed.stderr
     assert "integrations.mlflow.tracking_uri: expected a URI such as http://127.0.0.1:5000" in typed.stderr
     env = {**os.environ, "MLFLOW_TRACKING_URI": "localhost:5000"}
-    done = subprocess.run(
-        [SWEEPER, "run", str(path), "--mlflow"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = sweeper_cmd(tmp_path, "run", str(path), "--mlflow", env=env)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "MLFLOW_TRACKING_URI: expected a URI such as http://localhost:5000" in done.stderr, done.stderr
     assert "Traceback" not in typed.stderr + done.stderr

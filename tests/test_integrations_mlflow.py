@@ -28,6 +28,8 @@ from trackers_support import (  # noqa: E402
     captured_curve,
     free_port,
     run_sweep,
+    sweeper_cli,
+    trial_script_sweep,
 )
 
 from sweeper.trials import MetricPoint  # noqa: E402
@@ -251,7 +253,7 @@ def test_a_trial_whose_run_could_not_be_made_still_logs_to_the_sweeps_server() -
     assert (
         env["MLFLOW_TRACKING_URI"] == f"http://127.0.0.1:{port}" and env["MLFLOW_EXPERIMENT_NAME"] == "mine"
     )
-    trials_get = adapter._trial_http or {}
+    trials_get = adapter._trial_settings or {}
     assert "MLFLOW_HTTP_REQUEST_TIMEOUT" in trials_get
     assert {name: env[name] for name in trials_get} == trials_get  # not the agent's own
 
@@ -536,12 +538,6 @@ def test_a_trials_start_does_not_wait_for_the_upload_of_the_trial_before(
     assert ended.data.tags["mlflow.parentRunId"] == client.get_run(first_run).data.tags["mlflow.parentRunId"]
 
 
-def sweeper_command(
-    *args: str, cwd: Path, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([SWEEPER, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
-
-
 def parent_run_of(client: MlflowClient, experiment: str) -> tuple[str, str]:
     """The sweep's MLflow run: its status and its ``sweeper.state`` tag."""
     parent, _ = runs_of(client, experiment)
@@ -552,35 +548,27 @@ def test_the_sweeps_run_is_running_while_the_sweep_is(mlflow_server: MlflowServe
     """Its status follows the sweep's: RUNNING after --count (more can run), FINISHED at the end,
     KILLED when `sweeper run` stopped it as its agents gave up, RUNNING again once taken up."""
     client = MlflowClient(mlflow_server.uri)
-    program = tmp_path / "train.py"
-    program.write_text(TRIAL_SCRIPT)
-    sweep = {
-        "program": str(program),
-        "method": "grid",
-        "metric": {"name": "loss", "goal": "minimize"},
-        "parameters": {"lr": {"values": [0.1, 0.2]}, "mode": {"value": "ok"}},
-        "integrations": {"mlflow": {"tracking_uri": mlflow_server.uri, "experiment": "goes-on"}},
-    }
-    (tmp_path / "sweep.yaml").write_text(json.dumps(sweep))
-    ran = sweeper_command("run", "sweep.yaml", "--count", "1", cwd=tmp_path)
+    tracking = {"tracking_uri": mlflow_server.uri, "experiment": "goes-on"}
+    parameters = {"lr": {"values": [0.1, 0.2]}, "mode": {"value": "ok"}}
+    trial_script_sweep(tmp_path, parameters, integrations={"mlflow": tracking})
+    ran = sweeper_cli("run", "sweep.yaml", "--count", "1", cwd=tmp_path)
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert "View run" not in ran.stdout + ran.stderr  # MLflow's links among the progress lines
     sweep_id = ran.stdout.split()[1].rstrip(":")
     assert parent_run_of(client, "goes-on") == ("RUNNING", "running")
-    went_on = sweeper_command("agent", sweep_id, cwd=tmp_path)
+    went_on = sweeper_cli("agent", sweep_id, cwd=tmp_path)
     assert went_on.returncode == 0, went_on.stdout + went_on.stderr
     assert parent_run_of(client, "goes-on") == ("FINISHED", "finished")
 
-    sweep["parameters"]["mode"] = {"value": "fail"}
-    sweep["integrations"]["mlflow"]["experiment"] = "gives-up"
-    (tmp_path / "failing.yaml").write_text(json.dumps(sweep))
-    ran = sweeper_command("run", "failing.yaml", "--max-failures", "1", cwd=tmp_path)
+    parameters["mode"] = {"value": "fail"}
+    trial_script_sweep(tmp_path, parameters, integrations={"mlflow": {**tracking, "experiment": "gives-up"}})
+    ran = sweeper_cli("run", "sweep.yaml", "--max-failures", "1", cwd=tmp_path)
     assert ran.returncode == 1, ran.stdout + ran.stderr
     sweep_id = ran.stdout.split()[1].rstrip(":")
     assert parent_run_of(client, "gives-up") == ("KILLED", "stopped")
-    assert sweeper_command("resume", sweep_id, cwd=tmp_path).returncode == 0
+    assert sweeper_cli("resume", sweep_id, cwd=tmp_path).returncode == 0
     # Taken up again by an agent, which gives up too but leaves the sweep to others.
-    again = sweeper_command("agent", sweep_id, "--max-failures", "1", cwd=tmp_path)
+    again = sweeper_cli("agent", sweep_id, "--max-failures", "1", cwd=tmp_path)
     assert again.returncode == 1, again.stdout + again.stderr
     assert parent_run_of(client, "gives-up") == ("RUNNING", "running")
 
@@ -593,18 +581,14 @@ def test_a_server_that_refuses_the_settings_is_said_before_anything_runs(
     guarded = MlflowServer(tmp_path / "auth", admin_password="s3cret-Pa55word")
     guarded.start()
     try:
-        program = tmp_path / "train.py"
-        program.write_text(TRIAL_SCRIPT)
-        (tmp_path / "sweep.yaml").write_text(
-            json.dumps({"program": str(program), "method": "grid", "parameters": {"lr": {"values": [0.1]}}})
-        )
+        trial_script_sweep(tmp_path, {"lr": {"values": [0.1]}})
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-        refused = sweeper_command("run", "sweep.yaml", "--mlflow", guarded.uri, cwd=tmp_path, env=env)
+        refused = sweeper_cli("run", "sweep.yaml", "--mlflow", guarded.uri, cwd=tmp_path, env=env)
         assert refused.returncode == 2, refused.stdout + refused.stderr
         assert f"the server at {guarded.uri} answered 401: set MLFLOW_TRACKING_USERNAME" in refused.stderr
         assert not (tmp_path / ".sweeper").exists()  # nothing ran
 
-        wrong_path = sweeper_command(
+        wrong_path = sweeper_cli(
             "run", "sweep.yaml", "--mlflow", f"{mlflow_server.uri}/mlflow", cwd=tmp_path, env=env
         )
         assert wrong_path.returncode == 2, wrong_path.stdout + wrong_path.stderr
@@ -612,7 +596,7 @@ def test_a_server_that_refuses_the_settings_is_said_before_anything_runs(
 
         # With the credentials, the sweep and its trial log there.
         allowed = {**env, "MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": "s3cret-Pa55word"}
-        ran = sweeper_command("run", "sweep.yaml", "--mlflow", guarded.uri, cwd=tmp_path, env=allowed)
+        ran = sweeper_cli("run", "sweep.yaml", "--mlflow", guarded.uri, cwd=tmp_path, env=allowed)
         assert ran.returncode == 0, ran.stdout + ran.stderr
         client = MlflowClient(guarded.uri)
         os.environ.update(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD="s3cret-Pa55word")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,10 +11,16 @@ from sweeper.integrations.settings import wandb_settings
 from sweeper.trials import TrialState
 
 pytest.importorskip("wandb")
-from trackers_support import TRIAL_SCRIPT, captured_curve, offline_runs, run_sweep  # noqa: E402
+from trackers_support import (  # noqa: E402
+    TRIAL_SCRIPT,
+    captured_curve,
+    offline_runs,
+    run_sweep,
+    sweeper_cli,
+    trial_script_sweep,
+)
 
 SCRIPTS = Path(__file__).parent / "scripts"
-SWEEPER = str(Path(sys.executable).with_name("sweeper"))
 
 
 @pytest.fixture
@@ -89,23 +93,12 @@ def test_sweep_logs_one_run_per_trial_and_a_sweep_run(wandb_env: Path) -> None:
 
 
 def test_the_sweep_run_of_a_sweep_stopped_as_its_agents_gave_up_says_stopped(wandb_env: Path) -> None:
-    program = wandb_env / "train.py"
-    program.write_text(TRIAL_SCRIPT)
-    sweep = {
-        "program": str(program),
-        "method": "grid",
-        "metric": {"name": "loss", "goal": "minimize"},
-        "parameters": {"mode": {"value": "fail"}, "lr": {"values": [0.5, 0.25]}},
-        "integrations": {"wandb": {"project": "gives-up", "mode": "offline"}},
-    }
-    (wandb_env / "sweep.yaml").write_text(json.dumps(sweep))
-    ran = subprocess.run(
-        [SWEEPER, "run", "sweep.yaml", "--max-failures", "1"],
-        cwd=wandb_env,
-        capture_output=True,
-        text=True,
-        timeout=240,
+    trial_script_sweep(
+        wandb_env,
+        {"mode": {"value": "fail"}, "lr": {"values": [0.5, 0.25]}},
+        integrations={"wandb": {"project": "gives-up", "mode": "offline"}},
     )
+    ran = sweeper_cli("run", "sweep.yaml", "--max-failures", "1", cwd=wandb_env)
     assert ran.returncode == 1, ran.stdout + ran.stderr
     assert "sweeper resume" in ran.stderr  # stopped, so it can be taken up again
     (sweep_run,) = [run for run in offline_runs(wandb_env) if run["run"].get("job_type") == "sweep"]

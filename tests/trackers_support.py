@@ -46,6 +46,30 @@ if cfg.mode == "hang":
 """
 
 
+def sweeper_cli(
+    *args: str, cwd: Path, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The installed ``sweeper ARGS`` in ``cwd``, as a user runs it; any exit status."""
+    sweeper = str(Path(sys.executable).with_name("sweeper"))
+    return subprocess.run([sweeper, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
+
+
+def trial_script_sweep(folder: Path, parameters: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
+    """``folder/sweep.yaml``: a grid over :data:`TRIAL_SCRIPT` (written as ``folder/train.py``),
+    minimizing ``loss``; ``extra`` keys added (an ``integrations`` block). The sweep, as written."""
+    program = folder / "train.py"
+    program.write_text(TRIAL_SCRIPT)
+    sweep = {
+        "program": str(program),
+        "method": "grid",
+        "metric": {"name": "loss", "goal": "minimize"},
+        "parameters": dict(parameters),
+        **extra,
+    }
+    (folder / "sweep.yaml").write_text(json.dumps(sweep))
+    return sweep
+
+
 def read_run(run_dir: Path) -> dict[str, Any]:
     """What an offline run wrote: its summary view, its run record, and its history rows."""
     summary = subprocess.run(

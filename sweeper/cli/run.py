@@ -136,10 +136,9 @@ def run(
     reasons, interrupted = run_until_done_or_interrupted(agents, grace)
     # This command owns the sweep: it leaves none running behind (`sweeper resume` takes it up again).
     can_go_on = False  # stopped here, not done: `sweeper resume` goes on with it
-    if interrupted or agents.gave_up:
-        state = coordinator.get_sweep(sweep.id).state
-        can_go_on = not state.is_terminal
-        if can_go_on and state is not SweepState.STOPPED:  # agents that gave up stopped it already
+    if interrupted or agents.gave_up:  # (agents that gave up stopped it already: a stopped one stays)
+        can_go_on = not coordinator.get_sweep(sweep.id).state.is_terminal
+        if can_go_on:
             coordinator.set_sweep_state(sweep.id, SweepState.STOPPED)
     if interrupted:
         with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP): the exit code still says it
