@@ -140,6 +140,12 @@ class Tracker:
         """True when a retry may succeed (network, server down); False drops the call."""
         return isinstance(exc, OSError | TimeoutError)
 
+    def refusal(self, exc: BaseException) -> str | None:
+        """What to do about a failed call that the tracker refused for its settings (credentials,
+        permissions, address), which a retry may cure only once someone fixes them; None for
+        a failure that looks like the tracker being down."""
+        return None
+
     def check(self) -> None:
         """Ask the tracker whether it takes these settings, before a sweep runs: raise for an answer
         that will not change by itself (credentials refused, no tracking API at that address). A

@@ -148,8 +148,6 @@ class MlflowTracker(Tracker):
     def check(self) -> None:
         """A server that refuses these credentials, or has no MLflow API at this address (a URI
         with a path the server does not serve), is said now rather than retried as unreachable."""
-        from mlflow.exceptions import MlflowException
-
         if not self.settings.tracking_uri.lower().startswith(("http://", "https://")):
             return  # a local store: nothing to ask, and asking would create it
         try:  # the tracker's own first call, which a proxy that lets the tracking calls through allows
@@ -157,14 +155,20 @@ class MlflowTracker(Tracker):
                 self.client.get_experiment(self.settings.experiment_id)
             else:
                 self.client.get_experiment_by_name(self.settings.experiment or _EXPERIMENT)
-        except MlflowException as exc:
-            fix = _REFUSALS.get(exc.error_code)
-            if fix is None:
-                return  # down or busy: the sweep runs, and its records wait for the server
-            uri, status = redact_urls(self.settings.tracking_uri, keep_user=False), exc.get_http_status_code()
-            raise TrackerRefusedError(f"the server at {uri} answered {status}: {fix}") from exc
-        except Exception:  # cannot connect: the same
-            return
+        except Exception as exc:
+            refused = self.refusal(exc)
+            if refused is not None:
+                raise TrackerRefusedError(refused) from exc
+            # Down, busy or not answering: the sweep runs, and its records wait for the server.
+
+    def refusal(self, exc: BaseException) -> str | None:
+        from mlflow.exceptions import MlflowException
+
+        fix = _REFUSALS.get(exc.error_code) if isinstance(exc, MlflowException) else None
+        if fix is None:
+            return None
+        uri = redact_urls(self.settings.tracking_uri, keep_user=False)
+        return f"the server at {uri} answered {exc.get_http_status_code()}: {fix}"
 
     def is_transient(self, exc: BaseException) -> bool:
         from mlflow.exceptions import MlflowException

@@ -54,6 +54,7 @@ class _Lane:
     attempts: int = 0  # failed tries of the head, for its backoff
     down_since: float | None = None  # when the head's first try of the current run of failures failed
     waiting: bool = False  # the head waits for a call of the other lane
+    refused: str | None = None  # the head's last failure was a refusal: what to do about it
 
 
 class SafeTracker:
@@ -286,7 +287,16 @@ class SafeTracker:
                 went_down = not self.down
                 if lane.down_since is None:
                     lane.down_since = self._clock()
-            if went_down:
+            refused = lane.refused = self.tracker.refusal(exc)
+            if went_down and refused is not None:  # retried all the same: it may be fixed meanwhile
+                log.error(
+                    "%s refused a call: %s. Trials go on; their records are kept (up to %d calls) "
+                    "and sent once it takes them.",
+                    self.name,
+                    refused,
+                    self.max_pending,
+                )
+            elif went_down:
                 log.error(
                     "%s is unreachable (%s: %s). Trials go on; their records are kept (up to %d calls) "
                     "and sent when it is back. %s",
@@ -298,7 +308,7 @@ class SafeTracker:
                 )
             lane.attempts += 1
             return min(self.base_backoff * 2 ** (lane.attempts - 1), self.max_backoff)
-        lane.attempts = 0
+        lane.attempts, lane.refused = 0, None
         with self._cond:
             down_since, lane.down_since = lane.down_since, None
             back = down_since is not None and not self.down  # said once the last lane is through
@@ -319,7 +329,9 @@ class SafeTracker:
         for waiting in lane.queue:
             waiting.future.cancel()  # nothing waits for them any more: calls of the other lane neither
         lane.queue.clear()
-        if left:
+        if left and lane.refused:
+            log.error("%s: gave up on %d call(s) at exit: %s", self.name, left, lane.refused)
+        elif left:
             why = "the tracker stayed unreachable" if self.down else "it was still busy with earlier calls"
             log.error("%s: gave up on %d call(s) at exit: %s. %s", self.name, left, why, self.tracker.help)
 

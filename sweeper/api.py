@@ -89,6 +89,7 @@ def agent(
 
     # A sweep to run is in a store already made; the store is closed once the agent is done.
     with _coordinator(db, create=False) as coordinator:
+        _check_trackers(coordinator, sweep_id)
         agents = LocalAgents(
             coordinator,
             sweep_id,
@@ -107,3 +108,17 @@ def agent(
             agents.wait()
             raise
     return reasons[0] if reasons else "done"
+
+
+def _check_trackers(coordinator: Any, sweep_id: str) -> None:
+    """Raise :class:`~sweeper.integrations.base.TrackerRefusedError` before any trial runs when
+    this process cannot log where the sweep logs (see ``sweeper agent``)."""
+    from sweeper.integrations.base import TrackerRefusedError
+    from sweeper.integrations.session import agent_tracker_problem
+    from sweeper.trials import SweepState
+
+    if coordinator.get_sweep(sweep_id).state not in (SweepState.RUNNING, SweepState.PAUSED):
+        return  # the agent says the sweep is over
+    problem = agent_tracker_problem(coordinator.spec_of(sweep_id), sweep_id)
+    if problem:
+        raise TrackerRefusedError(problem)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from sweeper.trials import TrialState
 
 mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
-from sweeper.integrations.base import TrialEnd, TrialInfo  # noqa: E402
+from sweeper.integrations.base import SweepInfo, TrialEnd, TrialInfo  # noqa: E402
 from sweeper.integrations.mlflow import MlflowTracker  # noqa: E402
 from sweeper.integrations.safe import SafeTracker  # noqa: E402
 from sweeper.integrations.settings import mlflow_settings  # noqa: E402
@@ -574,7 +575,7 @@ def test_the_sweeps_run_is_running_while_the_sweep_is(mlflow_server: MlflowServe
 
 
 def test_a_server_that_refuses_the_settings_is_said_before_anything_runs(
-    mlflow_server: MlflowServer, tmp_path: Path
+    mlflow_server: MlflowServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Credentials refused (401) or no MLflow API at the URI's path (404): said at once, where
     every record would otherwise be retried as if the server were down, then dropped at exit."""
@@ -593,6 +594,50 @@ def test_a_server_that_refuses_the_settings_is_said_before_anything_runs(
         )
         assert wrong_path.returncode == 2, wrong_path.stdout + wrong_path.stderr
         assert "answered 404: no MLflow tracking API there" in wrong_path.stderr, wrong_path.stderr
+
+        # An agent on a machine without the credentials, on a sweep made elsewhere: said before it
+        # takes a trial, by the command and by the Python agent alike.
+        trial_script_sweep(
+            tmp_path, {"lr": {"values": [0.1]}}, integrations={"mlflow": {"tracking_uri": guarded.uri}}
+        )
+        made = sweeper_cli("sweep", "sweep.yaml", cwd=tmp_path, env=env)
+        assert made.returncode == 0, made.stdout + made.stderr
+        sweep_id = made.stdout.split()[-1]
+        agent = sweeper_cli("agent", sweep_id, cwd=tmp_path, env=env)
+        assert agent.returncode == 1, agent.stdout + agent.stderr
+        assert (
+            f"Error: this agent cannot log where sweep {sweep_id} logs, so it takes no trial: mlflow: "
+            in agent.stderr
+        )
+        assert f"the server at {guarded.uri} answered 401: set MLFLOW_TRACKING_USERNAME" in agent.stderr
+        python_agent = subprocess.run(
+            [sys.executable, "-c", f"import sweeper; sweeper.agent({sweep_id!r})"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert python_agent.returncode == 1
+        assert "TrackerRefusedError: this agent cannot log where sweep" in python_agent.stderr, (
+            python_agent.stderr
+        )
+        assert "answered 401" in python_agent.stderr
+        listed = sweeper_cli("trials", sweep_id, "--format", "json", cwd=tmp_path, env=env)
+        assert json.loads(listed.stdout) == [], listed.stdout  # no trial was taken
+
+        # Refused later on (credentials revoked mid-sweep): said as refused, with what to set, not
+        # as the server being down; the records are kept in case someone fixes it.
+        refusing = SafeTracker(MlflowTracker.from_block({"tracking_uri": guarded.uri}), base_backoff=0.1)
+        with caplog.at_level(logging.ERROR, logger="sweeper.integrations"):
+            refusing.sweep_started(SweepInfo(sweep_id, "grid", {}))
+            assert not refusing.flush(timeout=2)
+            refusing.close(timeout=0.1)
+        assert (
+            f"MLflow refused a call: the server at {guarded.uri} answered 401: set MLFLOW_TRACKING_USERNAME"
+        ) in caplog.text, caplog.text
+        assert "unreachable" not in caplog.text
+        assert f"gave up on 1 call(s) at exit: the server at {guarded.uri} answered 401" in caplog.text
 
         # With the credentials, the sweep and its trial log there.
         allowed = {**env, "MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": "s3cret-Pa55word"}

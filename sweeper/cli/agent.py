@@ -11,6 +11,7 @@ import click
 
 from sweeper.cli.common import (
     check_agent_program,
+    check_agent_trackers,
     chosen_gpus,
     chosen_target,
     connect_or_fail,
@@ -95,6 +96,7 @@ def agent(
         sys.exit(EXIT_INTERRUPTED)
     if sweep.state in (SweepState.RUNNING, SweepState.PAUSED):  # else it says the sweep is over
         check_agent_program(spec, sweep_id)
+        check_agent_trackers(spec, sweep_id)
 
     from sweeper.cli.run import Progress
 

@@ -273,6 +273,15 @@ def check_agent_program(spec: SweepSpec, sweep_id: str) -> None:
     )
 
 
+def check_agent_trackers(spec: SweepSpec, sweep_id: str) -> None:
+    """Refuse to start an agent that cannot log where its sweep logs (see :func:`agent_tracker_problem`)."""
+    from sweeper.integrations.session import agent_tracker_problem
+
+    problem = agent_tracker_problem(spec, sweep_id)
+    if problem:
+        raise click.ClickException(problem)
+
+
 def find_program(spec: SweepSpec, folders: Sequence[Path], *, where: str, advice: str) -> str | None:
     """The sweep's ``program`` in the first of ``folders`` that holds it, for a command that runs
     ``${program}`` as a file; None when the command runs no program file. A program the command
