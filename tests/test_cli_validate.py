@@ -168,3 +168,26 @@ def test_grid_values_made_twice_and_yaml_booleans_among_them_are_pointed_out(tmp
     ]
     # In a random search a repeat weighs a value, as in W&B: no warning.
     assert run(write(tmp_path, "random.yaml", text.replace("grid", "random"))).stderr == ""
+
+
+def test_hyperband_s_beside_min_iter_is_taken_as_w_and_b_takes_it(tmp_path: Path) -> None:
+    """A common copy of W&B's examples: min_iter, eta and s, no max_iter. W&B runs it on min_iter
+    and leaves s unused; so does sweeper, saying so. With max_iter too, max_iter and s count."""
+    text = (
+        "method: random\nprogram: t.py\nmetric: {name: loss, goal: minimize}\n"
+        "parameters:\n  lr: {min: 0.001, max: 0.1}\n"
+        "early_terminate: {type: hyperband, min_iter: 5, eta: 3, s: 2}\n"
+    )
+    path = write(tmp_path, "hb.yaml", text)
+    result = run(path)
+    assert result.exit_code == 0, result.output
+    assert "hyperband early termination (min_iter 5, eta 3)" in result.stdout
+    assert result.stderr.splitlines() == [
+        f"warning: {path}: early_terminate.s: not used without max_iter: hyperband stops trials at "
+        "min_iter, min_iter*eta, min_iter*eta^2, ... (as W&B does); give max_iter and s instead to count "
+        "brackets down from max_iter"
+    ]
+    both = write(tmp_path, "both.yaml", text.replace("s: 2}", "s: 1, max_iter: 1000}"))
+    result = run(both)
+    assert result.exit_code == 0 and result.stderr == "", result.output
+    assert "hyperband early termination (max_iter 1000, s 1, eta 3)" in result.stdout

@@ -65,6 +65,7 @@ CASES = [
     (top(command=["${env}", "${prog}"]), "command[1]", "unknown macro ${prog}; did you mean ${program}? (allowed: ${env}, "),
     (top(command=["${foo}"]), "command[0]", "unknown macro ${foo} (allowed: ${env}, ${interpreter}, "),
     (top(command=["--x=${args}"]), "command[0]", "${args} must be a whole item of the list, got '--x=${args}'"),
+    (top(command=["${program}", "--out=${progam}"]), "command[1]", "unknown macro ${progam}; did you mean ${program}?"),
     (top(command=["${envvar:}"]), "command[0]", "${envvar:NAME} needs a variable name, got '${envvar:}'"),
     (top(command=["python", {"a": 1}]), "command[1]", "expected a string, got {'a': 1}"),
     # metric
@@ -101,7 +102,9 @@ CASES = [
     (top(sweeper={"sample_without_replacement": "no"}), "sweeper.sample_without_replacement", "expected true or false, got 'no'"),
     (top(sweeper={"seeds": 1}), "sweeper.seeds", "unknown key; did you mean 'seed'?"),
     # parameters
-    (top(parameters={"9lr": {"value": 1}}), "parameters.9lr", "invalid parameter name '9lr'; names must match ^[A-Za-z_][A-Za-z0-9_.-]*$"),
+    (top(parameters={"": {"value": 1}}), "parameters", "expected a parameter name, got ''"),
+    (top(parameters={"a\nb": {"value": 1}}), "parameters.a\nb", "a parameter name may not hold control characters, got 'a\\nb'"),
+    (top(parameters={1: {"value": 1}}), "parameters.1", "the name 1 is not text (YAML reads bare numbers, booleans and null as such): quote it"),
     (top(parameters={"lr": 0.1}), "parameters.lr", "expected a mapping such as {value: ...}, {values: [...]} or {min: ..., max: ...}, got 0.1"),
     (param(vaules=[1, 2]), "parameters.p.vaules", "unknown key; did you mean 'values'?"),
     (param(distribution="categorial", values=[1]), "parameters.p.distribution", "unknown distribution 'categorial'; did you mean 'categorical'?"),

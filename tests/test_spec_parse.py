@@ -230,6 +230,53 @@ def test_command_macros_numbers_and_booleans() -> None:
     assert spec.program is None
 
 
+def test_hydra_override_names_and_shell_text_run_as_w_and_b_runs_them(tmp_path: Path) -> None:
+    """Names outside W&B's schema pattern (W&B warns and runs them) and ``${...}`` text that is not
+    a macro (passed on as written) are taken: Hydra sweeps name their parameters as overrides."""
+    from sweeper.agents.command import expand_command
+
+    data = {
+        "method": "grid",
+        "program": "train.py",
+        "command": [
+            "${env}",
+            "bash",
+            "-c",
+            "cd ${HOME} && exec python ${0} $@",
+            "${program}",
+            "${args_no_hyphens}",
+        ],
+        "parameters": {
+            "+experiment": {"values": ["IRM", "DANN"]},
+            "model/optimizer": {"value": "adam"},
+            "~db": {"value": None},
+            "out": {"value": "runs/${wandb.run.id}"},
+        },
+    }
+    spec = parse_sweep(data)
+    assert [p.name for p in spec.parameters] == ["+experiment", "model/optimizer", "~db", "out"]
+    assert spec.command[3] == "cd ${HOME} && exec python ${0} $@"
+    argv = expand_command(
+        spec.command,
+        config=build_config(spec, {("+experiment",): "IRM"}),  # the rest are constants
+        program="train.py",
+        args_json_path=tmp_path / "args.json",
+        interpreter="python",
+        environ={},
+    )
+    assert argv == [
+        "/usr/bin/env",
+        "bash",
+        "-c",
+        "cd ${HOME} && exec python ${0} $@",
+        "train.py",
+        "+experiment=IRM",
+        "model/optimizer=adam",
+        "~db=None",
+        "out=runs/${wandb.run.id}",
+    ]
+
+
 def test_accepted_w_and_b_keys() -> None:
     data = {
         **sweep(a={"value": 1}),

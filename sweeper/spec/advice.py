@@ -19,7 +19,22 @@ _EXPONENT_BOUNDS = (D.LOG_UNIFORM, D.INV_LOG_UNIFORM, D.Q_LOG_UNIFORM)
 
 def spec_advice(spec: SweepSpec) -> list[str]:
     """One line per likely mistake, each naming the key path and what to write instead."""
-    return _exponent_bounds(spec) + _repeated_values(spec)
+    return _exponent_bounds(spec) + _repeated_values(spec) + _unused_hyperband_s(spec)
+
+
+def _unused_hyperband_s(spec: SweepSpec) -> list[str]:
+    """``s`` beside ``min_iter`` without ``max_iter``: W&B (and sweeper) build the brackets from
+    min_iter and eta, and s counts brackets only below max_iter."""
+    rule = spec.raw.get("early_terminate")
+    if not isinstance(rule, dict) or rule.get("type") != "hyperband":
+        return []
+    if "s" in rule and "min_iter" in rule and "max_iter" not in rule:
+        return [
+            "early_terminate.s: not used without max_iter: hyperband stops trials at min_iter, "
+            "min_iter*eta, min_iter*eta^2, ... (as W&B does); give max_iter and s instead to "
+            "count brackets down from max_iter"
+        ]
+    return []
 
 
 def _repeated_values(spec: SweepSpec) -> list[str]:

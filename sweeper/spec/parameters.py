@@ -13,8 +13,9 @@ from sweeper.spec.problems import Problem, did_you_mean, join, unknown_key
 
 D = Distribution
 
-NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
-_NAME_RE = re.compile(NAME_PATTERN)
+# W&B's schema flags names outside ^[A-Za-z_][A-Za-z0-9_.-]*$ but runs them: Hydra overrides
+# (+experiment, ~db, model/optimizer) are common. Refused here: what would break a command line or a log.
+_BAD_NAME_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 # The keys each distribution takes besides ``distribution`` (W&B's schemas forbid any other).
 KEYS: dict[Distribution, tuple[str, ...]] = {
@@ -60,10 +61,18 @@ def parse_parameters(
     for raw_name, body in data.items():
         name = str(raw_name)
         path = join(key_path, name)
-        if not isinstance(raw_name, str) or not _NAME_RE.match(name):
+        if not isinstance(raw_name, str):
             problems.append(
-                Problem(path, f"invalid parameter name {name!r}; names must match {NAME_PATTERN}")
+                Problem(
+                    path,
+                    f"the name {raw_name!r} is not text (YAML reads bare numbers, booleans and null "
+                    "as such): quote it",
+                )
             )
+        elif not raw_name.strip():
+            problems.append(Problem(path, f"expected a parameter name, got {show(raw_name)}"))
+        elif _BAD_NAME_RE.search(name):
+            problems.append(Problem(path, f"a parameter name may not hold control characters, got {name!r}"))
         out.extend(_parse_one(prefix + (name,), body, path, problems))
     if not prefix:
         _check_unique_names(out, problems)

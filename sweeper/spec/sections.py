@@ -106,7 +106,7 @@ def parse_early_terminate(raw: Any, problems: list[Problem]) -> Hyperband | Asha
     # W&B uses max_iter and s whenever max_iter is given, min_iter otherwise.
     if "max_iter" in raw and "s" not in raw:
         problems.append(Problem("early_terminate.s", "required with max_iter (or give min_iter alone)"))
-    elif "s" in raw and "max_iter" not in raw:
+    elif "s" in raw and "max_iter" not in raw and "min_iter" not in raw:
         problems.append(Problem("early_terminate.max_iter", "required with s (or give min_iter instead)"))
     elif "min_iter" not in raw and "max_iter" not in raw:
         problems.append(Problem(path, "hyperband needs min_iter, or max_iter and s"))
@@ -393,5 +393,7 @@ def _check_macros(chunk: str, path: str, problems: list[Problem]) -> None:
             problems.append(Problem(path, f"${{envvar:NAME}} needs a variable name, got {match.group(0)!r}"))
             continue
         near = closest(inner, MACROS)
+        if chunk != match.group(0) and not near:
+            continue  # passed on as written, as W&B's agent does: `bash -c "cd ${HOME} && ..."`
         hint = f"; did you mean ${{{near}}}?" if near else ""
         problems.append(Problem(path, f"unknown macro {match.group(0)}{hint} (allowed: {_ALLOWED_MACROS})"))

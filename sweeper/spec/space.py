@@ -227,11 +227,12 @@ def describe(spec: SweepSpec) -> str:
         parts.append("no metric")
     if spec.early_terminate is not None:
         rule = spec.early_terminate
-        when = (
-            f"min_iter {rule.min_iter}"
-            if rule.min_iter is not None
-            else f"max_iter {rule.max_iter}, s {getattr(rule, 's', None)}"
-        )
+        if rule.type == "hyperband" and rule.max_iter is not None:  # W&B's rule: max_iter wins
+            when = f"max_iter {rule.max_iter}, s {getattr(rule, 's', None)}"
+        elif rule.max_iter is not None:
+            when = f"min_iter {rule.min_iter}, max_iter {rule.max_iter}"
+        else:
+            when = f"min_iter {rule.min_iter}"
         parts.append(f"{rule.type} early termination ({when}, eta {rule.eta:g})")
     if spec.run_cap is not None:
         parts.append(f"run_cap {spec.run_cap}")
