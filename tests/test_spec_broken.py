@@ -103,6 +103,8 @@ CASES = [
     (top(sweeper={"seeds": 1}), "sweeper.seeds", "unknown key; did you mean 'seed'?"),
     # parameters
     (top(parameters={"": {"value": 1}}), "parameters", "expected a parameter name, got ''"),
+    (top(epochs={"value": 5}), "epochs", "unknown key; a parameter goes under parameters:"),
+    (top(optimizer={"parameters": {"lr": {"value": 1}}}), "optimizer", "unknown key; a parameter goes under parameters:"),
     (top(parameters={"a\nb": {"value": 1}}), "parameters.a\nb", "a parameter name may not hold control characters, got 'a\\nb'"),
     (top(parameters={1: {"value": 1}}), "parameters.1", "the name 1 is not text (YAML reads bare numbers, booleans and null as such): quote it"),
     (top(parameters={"lr": 0.1}), "parameters.lr", "expected a mapping such as {value: ...}, {values: [...]} or {min: ..., max: ...}, got 0.1"),

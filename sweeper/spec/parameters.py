@@ -79,6 +79,12 @@ def parse_parameters(
     return out
 
 
+def looks_like_a_parameter(body: Any) -> bool:
+    """A mapping of a parameter's keys only (``{values: [...]}``, ``{min: 0, max: 1}``), as
+    written when a parameter is put beside ``parameters:`` instead of under it."""
+    return isinstance(body, Mapping) and bool(body) and all(k in _ALL_KEYS for k in body)
+
+
 def _check_unique_names(params: list[Parameter], problems: list[Problem]) -> None:
     # A dotted flat name ("opt.lr") and a nested one (opt: {parameters: {lr}}) would share a name.
     seen: dict[str, Parameter] = {}

@@ -10,7 +10,7 @@ from typing import Any
 from sweeper.spec.fields import INVALID, choice, integer, show, string
 from sweeper.spec.integrations import MLFLOW_CHECKPOINTS, check_integrations, mlflow_checkpoint_root
 from sweeper.spec.model import DEFAULT_COMMAND, Options, Pbt, SweepSpec
-from sweeper.spec.parameters import parse_parameters
+from sweeper.spec.parameters import looks_like_a_parameter, parse_parameters
 from sweeper.spec.problems import Problem, SpecError, closest, join, unknown_key
 from sweeper.spec.sections import mapping, parse_command, parse_early_terminate, parse_metric, parse_options
 
@@ -45,6 +45,8 @@ def parse_sweep(data: Mapping[str, Any], *, source: str = "<dict>") -> SweepSpec
     for key in data:
         if key in UNSUPPORTED_KEYS:
             problems.append(Problem(str(key), UNSUPPORTED_KEYS[key]))
+        elif key not in TOP_LEVEL_KEYS and looks_like_a_parameter(data[key]):
+            problems.append(Problem(str(key), "unknown key; a parameter goes under parameters:"))
         elif key not in TOP_LEVEL_KEYS:
             problems.append(Problem(str(key), unknown_key(str(key), TOP_LEVEL_KEYS)))
 
