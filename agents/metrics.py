@@ -1,6 +1,14 @@
 """Reading a trial's ``metrics.jsonl`` while the trial writes it.
 
 Each line is one ``run.log`` call: ``{"seq": 0, "step": 0, "time": 1700000000.1, "metrics": {"loss": 0.5}}``.
+
+Every process of the trial appends to the one file (a shell script that runs two Python stages,
+a training script's worker processes), each numbering its lines from its own start. The store
+keeps one point per (trial, seq, name), so the reader numbers the points itself: a line's seq is
+its place in the file. Points stay unique whichever process wrote them, a later line wins over an
+earlier one at the same step, and reading the file again gives every line the seq it had. A
+record its writer may write twice (a run's summary, sent again when a stop interrupts the first
+send) carries a ``once`` key, and is read once.
 """
 
 from __future__ import annotations
@@ -36,14 +44,17 @@ class MetricTailer:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._offset = 0
+        self._lines = 0  # complete lines before _offset: the next line's seq
         self._bad_lines = 0
+        self._once: set[str] = set()  # the ``once`` keys read
 
     def read_records(self) -> list[dict[str, Any]]:
         try:
             with open(self.path, "rb") as fh:
                 size = os.fstat(fh.fileno()).st_size
                 if size < self._offset:  # the file was replaced: start over (seqs make resends harmless)
-                    self._offset = 0
+                    self._offset = self._lines = 0
+                    self._once.clear()
                 fh.seek(self._offset)
                 data = fh.read(size - self._offset)
         except FileNotFoundError:
@@ -53,16 +64,22 @@ class MetricTailer:
             return []
         self._offset += end + 1
         records = []
-        for raw in data[: end + 1].splitlines():
+        for raw in data[:end].split(b"\n"):
+            seq = self._lines
+            self._lines += 1
             if not raw.strip():
                 continue
             try:
-                record = json.loads(raw)
+                record = {**json.loads(raw), "seq": seq}
                 points_from_record(record)  # validates the shape
             except (ValueError, KeyError, TypeError):
                 self._bad_lines += 1
                 log.warning("skipping a malformed line in %s: %r", self.path, raw[:200])
                 continue
+            if "once" in record:
+                if str(record["once"]) in self._once:
+                    continue
+                self._once.add(str(record["once"]))
             records.append(record)
         return records
 

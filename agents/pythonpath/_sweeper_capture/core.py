@@ -165,6 +165,7 @@ def emit(source: str, step: int, metrics: dict[str, float], seq: int | None = No
     if current is None and (agent_process or not path):
         return  # in the agent's process, only its trials' threads are followed
     try:
+        again = seq is not None  # the record may be written twice: the reader keeps it once
         if seq is None:
             seq = next_seq(source)
         with _lock:
@@ -175,6 +176,8 @@ def emit(source: str, step: int, metrics: dict[str, float], seq: int | None = No
                 "metrics": metrics,
                 "source": source,
             }
+            if again:
+                record["once"] = f"{os.getpid()}-{seq}"
             if current is None and path:
                 if _fd is None:
                     _fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

@@ -137,7 +137,7 @@ def _send(state: _Written) -> None:
     """One record per run, at its last logged step: as the newest point, it is the trial's value.
 
     Marked sent only once written: a stop's SystemExit in between sends it again at exit, under
-    the same seq, which the store keeps once."""
+    the same seq, which the agent reads once (and the store keeps once, in a function trial)."""
     try:
         with _sent_lock:
             if state.sent:

@@ -1,0 +1,83 @@
+"""A trial made of several processes (a pipeline of stages, worker processes): what each logs
+reaches the coordinator, once, and the last value logged is the trial's."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from sweeper.trials import TrialState
+
+pytest.importorskip("wandb")
+from trackers_support import run_sweep  # noqa: E402
+
+# Four stages run one after the other, each numbering its own logging calls from 0: two log with
+# sweeper, then two with W&B (offline), all at steps 0, 1, 2.
+PIPELINE = f"""
+import subprocess, sys
+
+STAGE = '''
+import sys
+scale = float(sys.argv[1])
+if sys.argv[2] == "sweeper":
+    import sweeper
+    run = sweeper.init()
+    for epoch in range(3):
+        sweeper.log({{"acc": scale + epoch / 100}}, step=epoch)
+else:
+    import wandb
+    run = wandb.init()
+    for epoch in range(3):
+        wandb.log({{"acc": scale + epoch / 100}}, step=epoch)
+    run.summary["best_acc"] = scale + 0.02
+    run.finish()
+'''
+for scale, library in ((0.1, "sweeper"), (0.2, "sweeper"), (0.3, "wandb"), (0.4, "wandb")):
+    subprocess.run([{sys.executable!r}, "-c", STAGE, str(scale), library], check=True)
+"""
+
+
+def test_every_process_of_a_trial_counts_and_the_last_logged_value_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    program = tmp_path / "pipeline.py"
+    program.write_text(PIPELINE)
+    sweep = {
+        "method": "grid",
+        "metric": {"name": "acc", "goal": "maximize"},
+        "parameters": {"x": {"value": 1}},
+    }
+    _, _, (trial,) = run_sweep(tmp_path, sweep, program, agents=1)
+    assert trial.state is TrialState.FINISHED, trial
+    # Before, each stage's points had the first's seqs, and the store kept the first's only.
+    scales = (0.1, 0.2, 0.3, 0.4)
+    logged = [(step, pytest.approx(scale + step / 100)) for step in range(3) for scale in scales]
+    assert trial.curve("acc") == logged
+    assert trial.metric("acc") == pytest.approx(0.42)  # the last stage's, at the same step
+    # Each W&B stage's summary, read once.
+    assert trial.curve("best_acc") == [(2, pytest.approx(0.32)), (2, pytest.approx(0.42))]
+
+
+def test_the_reader_numbers_lines_by_their_place_and_reads_a_resent_record_once(tmp_path: Path) -> None:
+    from sweeper.agents.metrics import MetricTailer
+
+    path = tmp_path / "metrics.jsonl"
+    line = '{{"seq": 0, "step": {step}, "time": 1.0, "metrics": {{"m": {value}}}{once}}}\n'
+    summary = line.format(step=1, value=9, once=', "once": "41-7"')
+    path.write_text(line.format(step=0, value=1, once="") + line.format(step=1, value=2, once="") + summary)
+    tailer = MetricTailer(path)
+    assert [(p.seq, p.step, p.value) for p in tailer.read_points()] == [(0, 0, 1.0), (1, 1, 2.0), (2, 1, 9.0)]
+    with path.open("a") as fh:  # the summary again (a stop cut its first send short), then a partial line
+        fh.write(summary + "\n" + line.format(step=2, value=3, once="")[:20])
+    assert tailer.read_points() == []
+    with path.open("a") as fh:
+        fh.write(line.format(step=2, value=3, once="")[20:])
+    assert [(p.seq, p.value) for p in tailer.read_points()] == [(5, 3.0)]  # its place, blank lines counted
+    # Read again from the start (a new reader of the same file): every line keeps its seq.
+    again = MetricTailer(path).read_points()
+    assert [(p.seq, p.value) for p in again] == [(0, 1.0), (1, 2.0), (2, 9.0), (5, 3.0)]
