@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sweeper.trials import TrialState
+from sweeper.trials import Trial, TrialState
 
 pytest.importorskip("wandb")
 from trackers_support import run_sweep  # noqa: E402
@@ -39,21 +39,30 @@ for scale, library in ((0.1, "sweeper"), (0.2, "sweeper"), (0.3, "wandb"), (0.4,
 """
 
 
-def test_every_process_of_a_trial_counts_and_the_last_logged_value_wins(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def one_trial(folder: Path, script: str, metric: str) -> Trial:
+    """The trial of a one-point sweep of ``script`` (W&B offline), which must finish."""
+    program = folder / "train.py"
+    program.write_text(script)
+    sweep = {
+        "method": "grid",
+        "metric": {"name": metric, "goal": "maximize"},
+        "parameters": {"x": {"value": 1}},
+    }
+    _, _, (trial,) = run_sweep(folder, sweep, program, agents=1)
+    assert trial.state is TrialState.FINISHED, trial
+    return trial
+
+
+@pytest.fixture
+def wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
-    program = tmp_path / "pipeline.py"
-    program.write_text(PIPELINE)
-    sweep = {
-        "method": "grid",
-        "metric": {"name": "acc", "goal": "maximize"},
-        "parameters": {"x": {"value": 1}},
-    }
-    _, _, (trial,) = run_sweep(tmp_path, sweep, program, agents=1)
-    assert trial.state is TrialState.FINISHED, trial
+    return tmp_path
+
+
+def test_every_process_of_a_trial_counts_and_the_last_logged_value_wins(wandb_offline: Path) -> None:
+    trial = one_trial(wandb_offline, PIPELINE, "acc")
     # Before, each stage's points had the first's seqs, and the store kept the first's only.
     scales = (0.1, 0.2, 0.3, 0.4)
     logged = [(step, pytest.approx(scale + step / 100)) for step in range(3) for scale in scales]
@@ -81,3 +90,42 @@ def test_the_reader_numbers_lines_by_their_place_and_reads_a_resent_record_once(
     # Read again from the start (a new reader of the same file): every line keeps its seq.
     again = MetricTailer(path).read_points()
     assert [(p.seq, p.value) for p in again] == [(0, 1.0), (1, 2.0), (2, 9.0), (5, 3.0)]
+
+
+# W&B's cross-validation example, shortened: each fold trains in a worker process that clears
+# W&B's variables and opens a run of its own, outside the sweep; the trial's run logs their mean.
+CROSS_VALIDATION = """
+import multiprocessing, os
+import wandb
+
+def fold(number, results):
+    for key in [k for k in os.environ if k.startswith("WANDB_")]:
+        if key not in ("WANDB_PROJECT", "WANDB_ENTITY", "WANDB_API_KEY", "WANDB_MODE", "WANDB_DIR"):
+            del os.environ[key]
+    run = wandb.init(group="cv", job_type="fold", name=f"fold-{number}")
+    for epoch in range(3):
+        run.log({"val_accuracy": 0.9 - number / 10 - (2 - epoch) / 100})
+    run.summary["val_accuracy"] = 0.9 - number / 10
+    run.finish()
+    results.put(0.9 - number / 10)
+
+if __name__ == "__main__":
+    results = multiprocessing.Queue()
+    workers = [multiprocessing.Process(target=fold, args=(n, results)) for n in range(2)]
+    for worker in workers:
+        worker.start()
+    sweep_run = wandb.init()
+    scores = [results.get() for _ in workers]
+    for worker in workers:
+        worker.join()
+    sweep_run.log({"val_accuracy": sum(scores) / len(scores)})
+    sweep_run.finish()
+"""
+
+
+def test_runs_a_script_takes_out_of_the_sweep_are_not_the_trials(wandb_offline: Path) -> None:
+    trial = one_trial(wandb_offline, CROSS_VALIDATION, "val_accuracy")
+    # As W&B's sweep reads it: the trial's run only. Before, the folds' epochs were the trial's
+    # curve and the last fold's summary (0.8) its value.
+    assert trial.curve("val_accuracy") == [(0, pytest.approx(0.85))]
+    assert trial.metric("val_accuracy") == pytest.approx(0.85)

@@ -57,6 +57,9 @@ class InProcess:
 
 #: Set once this process runs trials as functions: it is the agent's, not a trial's own.
 agent_process = False
+#: The W&B run of the trial this process belongs to, as the agent named it when the process (or
+#: the one it was forked from) started; None outside a command trial.
+TRIAL_WANDB_RUN = os.environ.get("WANDB_RUN_ID") if os.environ.get("SWEEPER_METRICS_PATH") else None
 _here = threading.local()  # .trial: the in-process trial this thread runs
 _running: list[InProcess] = []
 _not_followed = threading.local()

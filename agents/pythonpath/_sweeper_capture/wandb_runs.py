@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import json
 import math
+import os
 import re
 import sys
 import threading
@@ -34,6 +35,7 @@ class _Written:
         self.seq: int | None = None  # the record's, once one is made: sent again, it counts once
         self.sent = False
         self.aggregates = _Aggregates()
+        self.detached = False  # a run the script took out of the sweep: not the trial's to record
 
     def summary(self) -> dict[str, float]:
         return {**self.aggregates.values(), **self.values}  # a value the script wrote itself wins
@@ -140,7 +142,7 @@ def _send(state: _Written) -> None:
     the same seq, which the agent reads once (and the store keeps once, in a function trial)."""
     try:
         with _sent_lock:
-            if state.sent:
+            if state.sent or state.detached:
                 return
             if state.seq is None:
                 state.seq = core.next_seq("wandb")
@@ -183,7 +185,7 @@ def patch(module: Any) -> None:
         except Exception:
             current = at = 0
         result = original(self, data, step, commit)
-        if at < current:
+        if at < current or getattr(self, "_sweeper_detached", False):
             return result  # W&B drops values logged at a step below the run's current one
         try:
             logged = core.flat(data)
@@ -257,6 +259,8 @@ def patch(module: Any) -> None:
         run = init(*args, **kwargs)
         if trial is not None:
             _check_trial_run(trial, run)
+        if _detached(run):
+            return run
         # Tells the agent's W&B adapter that the script keeps its own run for this trial.
         core.mark(
             "wandb-run.json", json.dumps({"id": getattr(run, "id", None), "dir": getattr(run, "dir", None)})
@@ -271,6 +275,25 @@ def patch(module: Any) -> None:
         return run
 
     module.init = wandb_init
+
+
+def _detached(run: Any) -> bool:
+    """A run opened after the script took W&B's variables away (W&B's cross-validation example:
+    each fold's worker process clears ``WANDB_*`` and opens a run of its own, outside the sweep):
+    W&B's sweep reads only the trial's run, so what this one logs is not the trial's. Marked so."""
+    trial_run = core.TRIAL_WANDB_RUN
+    if (
+        trial_run is None
+        or os.environ.get("WANDB_RUN_ID") == trial_run
+        or getattr(run, "id", None) == trial_run
+    ):
+        return False
+    try:
+        object.__setattr__(run, "_sweeper_detached", True)
+        _written(run.summary).detached = True
+    except Exception:
+        return False
+    return True
 
 
 def _exit_cleanly_on_sigterm() -> None:
