@@ -39,21 +39,28 @@ def _coordinator(db: str | None, *, create: bool = True) -> Any:
 
 
 def sweep(
-    config: Mapping[str, Any] | str | os.PathLike[str],
+    sweep: Mapping[str, Any] | str | os.PathLike[str] | Callable[[], Mapping[str, Any]],
+    entity: str | None = None,
+    project: str | None = None,
+    prior_runs: list[str] | None = None,
     *,
     db: str | None = None,
-    project: str | None = None,
-    entity: str | None = None,
 ) -> str:
-    """Create a sweep from a config dict or a sweep file; return its id.
+    """Create a sweep from a config dict (or a function that returns one) or a sweep file; return its id.
 
-    ``project`` and ``entity`` are W&B's, as ``wandb.sweep`` takes them: they become the
-    sweep's own keys (its W&B runs go there). Raises :class:`sweeper.spec.SpecError` listing every
-    problem when the config is invalid.
+    Takes ``wandb.sweep``'s arguments: ``entity`` and ``project`` become the sweep's own keys
+    (its W&B runs go there); ``prior_runs`` (W&B runs to count as the sweep's) cannot be taken.
+    Raises :class:`sweeper.spec.SpecError` listing every problem when the config is invalid.
     """
     from sweeper.spec import load_sweep_file, parse_new_sweep, parse_sweep
     from sweeper.spec.advice import spec_advice
 
+    if prior_runs:
+        raise ValueError(
+            "prior_runs: sweeper cannot count W&B runs made outside it as a sweep's trials; "
+            "leave prior_runs out"
+        )
+    config = sweep() if callable(sweep) else sweep
     spec = parse_new_sweep(config) if isinstance(config, Mapping) else load_sweep_file(Path(config))
     given = {k: v for k, v in (("project", project), ("entity", entity)) if v}
     if given:  # the call's own, as wandb.sweep's arguments win over the file
@@ -67,23 +74,39 @@ def sweep(
 def agent(
     sweep_id: str,
     function: Callable[[], object] | None = None,
+    entity: str | None = None,
+    project: str | None = None,
     count: int | None = None,
+    forward_signals: bool = False,
+    term_timeout: float | None = None,
+    max_consecutive_failed_runs: int | None = None,
     *,
     db: str | None = None,
     grace_period: float = 10.0,
     max_failures: int = 3,
-    project: str | None = None,
-    entity: str | None = None,
 ) -> str:
     """Run trials of ``sweep_id`` here until the sweep is done or ``count`` trials have run.
 
     With ``function``, each trial calls it in this process (it takes no arguments and calls
     ``sweeper.init()``, or ``wandb.init()``, for its config); without, each trial runs the
     sweep's command. It stops once ``max_failures`` trials in a row have failed (0: never).
-    Returns the one-line reason the agent stopped. ``project`` and ``entity`` are accepted as
-    ``wandb.agent`` takes them; the sweep's id names the sweep.
+    Returns the one-line reason the agent stopped.
+
+    Takes ``wandb.agent``'s arguments: ``entity`` and ``project`` are accepted (the sweep's id
+    names the sweep), ``term_timeout`` is ``grace_period`` (seconds between SIGTERM and SIGKILL
+    of a trial's processes) and ``max_consecutive_failed_runs`` is ``max_failures``;
+    ``forward_signals`` is what this agent always does (Ctrl-C and SIGTERM stop its trials).
     """
-    del project, entity  # the sweep was made with them (see sweep())
+    if entity is not None and not isinstance(entity, str):  # agent(ID, train, 5) meant count=5
+        raise TypeError(
+            f"entity: expected a str, got {entity!r} (as in wandb.agent, the third argument is "
+            "entity; give count=N)"
+        )
+    del entity, project, forward_signals  # the sweep was made with them (see sweep())
+    if term_timeout is not None:
+        grace_period = float(term_timeout)
+    if max_consecutive_failed_runs is not None:
+        max_failures = max_consecutive_failed_runs
     from sweeper.local import LocalAgents
     from sweeper.protocol import interrupted_reason
 

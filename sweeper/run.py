@@ -34,8 +34,12 @@ __all__ = ["Config", "Run", "TrialStopped", "finish", "init", "log", "log_artifa
 log_ = logging.getLogger(__name__)
 
 
-class TrialStopped(Exception):
-    """Raised by ``run.log`` in function mode once the coordinator has asked the trial to stop."""
+class TrialStopped(BaseException):
+    """Raised by ``run.log`` in function mode once the coordinator has asked the trial to stop.
+
+    Not an ``Exception``, as SIGTERM ends a command trial whatever it catches: a function that
+    guards its logging with ``except Exception`` still stops (``wandb.agent`` ends its function's
+    process too)."""
 
     def __init__(self, reason: str | None = None) -> None:
         super().__init__(reason or "trial stopped")

@@ -82,6 +82,25 @@ def test_a_metric_no_trial_logs_is_pointed_out(tmp_path: Path) -> None:
     assert status.returncode == 0 and hint in status.stderr, status.stderr
 
 
+def test_wandb_switched_off_is_named_when_no_metric_arrives(tmp_path: Path) -> None:
+    """WANDB_MODE=disabled: wandb.init() gives a run whose log() does nothing, for W&B and for
+    sweeper alike; the hint names the setting rather than the sweep file."""
+    pytest.importorskip("wandb")
+    program = tmp_path / "train.py"
+    program.write_text("import wandb\nrun = wandb.init()\nrun.log({'score': 1.0})\nrun.finish()\n")
+    sweep = {
+        "method": "grid",
+        "program": str(program),
+        "metric": {"name": "score"},
+        "parameters": {"x": {"value": 1}},
+    }
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    result = sweeper_cmd(tmp_path, "run", "sweep.yaml", env={**os.environ, "WANDB_MODE": "disabled"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "(they logged no metric at all); fix metric.name" in result.stderr, result.stderr
+    assert "WANDB_MODE=disabled makes wandb.log do nothing: use WANDB_MODE=offline" in result.stderr
+
+
 def test_a_metric_never_finite_is_pointed_out(tmp_path: Path) -> None:
     path = write_sweep(tmp_path, {"x": {"values": ["nan", "inf"]}})  # a score of NaN, then infinity
     result = sweeper_cmd(tmp_path, "run", str(path))

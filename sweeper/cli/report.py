@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -95,9 +96,15 @@ def metric_never_logged(metric: str, trials: Sequence[Trial]) -> str | None:
         )
     logged = sorted({name for t in ended for name in t.summary if not name.startswith("_")})
     seen = f"they logged {', '.join(logged)}" if logged else "they logged no metric at all"
+    disabled = ""
+    if not logged and os.environ.get("WANDB_MODE", "").lower() == "disabled":
+        # wandb.init() then gives a run whose log() does nothing, which sweeper cannot see either.
+        disabled = (
+            "; WANDB_MODE=disabled makes wandb.log do nothing: use WANDB_MODE=offline to keep runs local"
+        )
     return (
         f"none of the {len(ended)} trial(s) that ended logged the sweep's metric {metric!r} ({seen}); "
-        "fix metric.name in the sweep file, or log it from the script"
+        f"fix metric.name in the sweep file, or log it from the script{disabled}"
     )
 
 
