@@ -3,6 +3,7 @@ reaches the coordinator, once, and the last value logged is the trial's."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -68,8 +69,12 @@ def test_every_process_of_a_trial_counts_and_the_last_logged_value_wins(wandb_of
     logged = [(step, pytest.approx(scale + step / 100)) for step in range(3) for scale in scales]
     assert trial.curve("acc") == logged
     assert trial.metric("acc") == pytest.approx(0.42)  # the last stage's, at the same step
-    # Each W&B stage's summary, read once.
+    # Each W&B stage's summary, read once: the only records a writer marks to be read once.
     assert trial.curve("best_acc") == [(2, pytest.approx(0.32)), (2, pytest.approx(0.42))]
+    lines = (wandb_offline / ".sweeper" / "trials" / trial.sweep_id / "1" / "metrics.jsonl").read_text()
+    marked = [json.loads(line) for line in lines.splitlines() if '"once"' in line]
+    assert [record["metrics"]["best_acc"] for record in marked] == [pytest.approx(0.32), pytest.approx(0.42)]
+    assert marked[0]["once"] != marked[1]["once"]  # two processes, though their seqs are the same
 
 
 def test_the_reader_numbers_lines_by_their_place_and_reads_a_resent_record_once(tmp_path: Path) -> None:
@@ -129,3 +134,23 @@ def test_runs_a_script_takes_out_of_the_sweep_are_not_the_trials(wandb_offline: 
     # curve and the last fold's summary (0.8) its value.
     assert trial.curve("val_accuracy") == [(0, pytest.approx(0.85))]
     assert trial.metric("val_accuracy") == pytest.approx(0.85)
+
+
+# A script that names its run itself (to resume it after a preemption, as W&B's docs suggest)
+# stays in the sweep: its W&B run still belongs to the sweep, and the trial records what it logs.
+OWN_RUN_ID = """
+import os
+import wandb
+
+os.environ["WANDB_RUN_ID"] = "my-own-run"
+run = wandb.init()
+for epoch in range(3):
+    run.log({"val_accuracy": 0.5 + epoch / 10})
+run.finish()
+"""
+
+
+def test_a_run_the_script_names_itself_stays_the_trials(wandb_offline: Path) -> None:
+    trial = one_trial(wandb_offline, OWN_RUN_ID, "val_accuracy")
+    assert trial.metric("val_accuracy") == pytest.approx(0.7)
+    assert len(trial.curve("val_accuracy")) == 3

@@ -271,8 +271,10 @@ def test_function_mode_context_feeds_the_sink_and_stops() -> None:
     assert run.history == []  # in function mode the agent holds the history
 
 
-def test_trial_stopped_is_exported() -> None:
-    assert issubclass(sweeper.run.TrialStopped, Exception)
+def test_trial_stopped_is_exported_and_not_caught_as_an_error() -> None:
+    # Like SystemExit: a guard around logging (except Exception) lets the stop through.
+    assert issubclass(sweeper.run.TrialStopped, BaseException)
+    assert not issubclass(sweeper.run.TrialStopped, Exception)
     assert "TrialStopped" in sweeper.run.__all__
 
 

@@ -242,7 +242,7 @@ def test_hydra_override_names_and_shell_text_run_as_w_and_b_runs_them(tmp_path: 
             "${env}",
             "bash",
             "-c",
-            "cd ${HOME} && exec python ${0} $@",
+            "cd ${HOME} && ${ENV} ${PROG} ${program_dir} exec python ${0} $@",
             "${program}",
             "${args_no_hyphens}",
         ],
@@ -255,7 +255,7 @@ def test_hydra_override_names_and_shell_text_run_as_w_and_b_runs_them(tmp_path: 
     }
     spec = parse_sweep(data)
     assert [p.name for p in spec.parameters] == ["+experiment", "model/optimizer", "~db", "out"]
-    assert spec.command[3] == "cd ${HOME} && exec python ${0} $@"
+    assert spec.command[3] == "cd ${HOME} && ${ENV} ${PROG} ${program_dir} exec python ${0} $@"
     argv = expand_command(
         spec.command,
         config=build_config(spec, {("+experiment",): "IRM"}),  # the rest are constants
@@ -268,7 +268,7 @@ def test_hydra_override_names_and_shell_text_run_as_w_and_b_runs_them(tmp_path: 
         "/usr/bin/env",
         "bash",
         "-c",
-        "cd ${HOME} && exec python ${0} $@",
+        "cd ${HOME} && ${ENV} ${PROG} ${program_dir} exec python ${0} $@",
         "train.py",
         "+experiment=IRM",
         "model/optimizer=adam",

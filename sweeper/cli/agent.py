@@ -92,11 +92,11 @@ def agent(
     client = connect_or_fail(coordinator_url, token, db_url, existing=True)
     try:
         sweep, spec = _check_sweep(client, sweep_id, coordinator_url)
-    except KeyboardInterrupt:  # while waiting for the coordinator: no trial runs yet
+        if sweep.state in (SweepState.RUNNING, SweepState.PAUSED):  # else it says the sweep is over
+            check_agent_program(spec, sweep_id)
+            check_agent_trackers(spec, sweep_id)
+    except KeyboardInterrupt:  # while waiting for the coordinator or a tracker: no trial runs yet
         sys.exit(EXIT_INTERRUPTED)
-    if sweep.state in (SweepState.RUNNING, SweepState.PAUSED):  # else it says the sweep is over
-        check_agent_program(spec, sweep_id)
-        check_agent_trackers(spec, sweep_id)
 
     from sweeper.cli.run import Progress
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import shlex
 import shutil
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from sweeper.spec import Problem, SpecError, SweepSpec, load_sweep_file
 
 # A user mistake in a sweep file exits 2 (like click's usage errors); a runtime failure exits 1.
 EXIT_SPEC_ERROR = 2
+_SAY_WAITING_AFTER = 2.0  # seconds a tracker's check runs before the agent says it waits for it
 
 grace_option = click.option(
     "--grace",
@@ -274,12 +276,23 @@ def check_agent_program(spec: SweepSpec, sweep_id: str) -> None:
 
 
 def check_agent_trackers(spec: SweepSpec, sweep_id: str) -> None:
-    """Refuse to start an agent that cannot log where its sweep logs (see :func:`agent_tracker_problem`)."""
+    """Refuse to start an agent that cannot log where its sweep logs (see :func:`agent_tracker_problem`).
+    A tracker slow to answer (with MLflow's own timeouts and retries) is said to be waited for."""
     from sweeper.integrations.session import agent_tracker_problem
+    from sweeper.spec.integrations import enabled_trackers, tracker_settings
 
-    problem = agent_tracker_problem(spec, sweep_id)
-    if problem:
-        raise click.ClickException(problem)
+    trackers = enabled_trackers(tracker_settings(spec) or {})
+    if not trackers:
+        return
+    found: list[str | None] = []
+    asking = threading.Thread(target=lambda: found.append(agent_tracker_problem(spec, sweep_id)), daemon=True)
+    asking.start()
+    asking.join(_SAY_WAITING_AFTER)
+    if asking.is_alive():
+        click.echo(f"waiting for {' and '.join(trackers)} to answer before taking a trial...", err=True)
+        asking.join()
+    if found and found[0]:
+        raise click.ClickException(found[0])
 
 
 def find_program(spec: SweepSpec, folders: Sequence[Path], *, where: str, advice: str) -> str | None:

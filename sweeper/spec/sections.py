@@ -378,6 +378,16 @@ def parse_command(raw: Any, problems: list[Problem]) -> tuple[str, ...] | None:
     return tuple(out) if len(problems) == before else None
 
 
+def _one_edit_apart(a: str, b: str) -> bool:
+    """``a`` is ``b`` with one character added, dropped or changed: a typo (``${progam}``)."""
+    if abs(len(a) - len(b)) > 1 or a == b:
+        return False
+    if len(a) == len(b):
+        return sum(x != y for x, y in zip(a, b, strict=True)) == 1
+    short, long = sorted((a, b), key=len)
+    return any(long[:i] + long[i + 1 :] == short for i in range(len(long)))
+
+
 def _check_macros(chunk: str, path: str, problems: list[Problem]) -> None:
     for match in _MACRO_RE.finditer(chunk):
         inner = match.group(1)
@@ -392,8 +402,8 @@ def _check_macros(chunk: str, path: str, problems: list[Problem]) -> None:
         if inner.startswith("envvar:"):
             problems.append(Problem(path, f"${{envvar:NAME}} needs a variable name, got {match.group(0)!r}"))
             continue
+        if chunk != match.group(0) and not any(_one_edit_apart(inner, macro) for macro in MACROS):
+            continue  # passed on as written, as W&B's agent does: `bash -c "cd ${HOME} && ${ENV}"`
         near = closest(inner, MACROS)
-        if chunk != match.group(0) and not near:
-            continue  # passed on as written, as W&B's agent does: `bash -c "cd ${HOME} && ..."`
         hint = f"; did you mean ${{{near}}}?" if near else ""
         problems.append(Problem(path, f"unknown macro {match.group(0)}{hint} (allowed: {_ALLOWED_MACROS})"))

@@ -21,6 +21,18 @@ _SEQ_BASE = {"wandb": 1 << 40, "mlflow": 2 << 40}
 _lock = threading.Lock()
 _seq = {"wandb": 0, "mlflow": 0}
 _fd: int | None = None
+_process_token = ""
+
+
+def _new_process_token() -> None:
+    """A name of this process for ``once`` keys: its seqs are its own, and a pid may be another
+    process's (a stage in a container of its own is PID 1 too)."""
+    global _process_token
+    _process_token = os.urandom(6).hex()
+
+
+_new_process_token()
+os.register_at_fork(after_in_child=_new_process_token)  # a forked child counts on from its parent's seqs
 
 
 class InProcess:
@@ -57,9 +69,11 @@ class InProcess:
 
 #: Set once this process runs trials as functions: it is the agent's, not a trial's own.
 agent_process = False
-#: The W&B run of the trial this process belongs to, as the agent named it when the process (or
-#: the one it was forked from) started; None outside a command trial.
-TRIAL_WANDB_RUN = os.environ.get("WANDB_RUN_ID") if os.environ.get("SWEEPER_METRICS_PATH") else None
+#: The W&B sweep and run of the trial this process belongs to, as the agent named them when the
+#: process (or the one it was forked from) started; None outside a command trial.
+_in_command_trial = bool(os.environ.get("SWEEPER_METRICS_PATH"))
+TRIAL_WANDB_SWEEP = os.environ.get("WANDB_SWEEP_ID") if _in_command_trial else None
+TRIAL_WANDB_RUN = os.environ.get("WANDB_RUN_ID") if _in_command_trial else None
 _here = threading.local()  # .trial: the in-process trial this thread runs
 _running: list[InProcess] = []
 _not_followed = threading.local()
@@ -158,8 +172,11 @@ def next_seq(source: str) -> int:
     return seq
 
 
-def emit(source: str, step: int, metrics: dict[str, float], seq: int | None = None) -> None:
-    """Record one logging call's numbers (under ``seq``, given or new); never raises."""
+def emit(
+    source: str, step: int, metrics: dict[str, float], seq: int | None = None, once: bool = False
+) -> None:
+    """Record one logging call's numbers (under ``seq``, given or new); never raises. A record
+    the caller may send again (``once``) is marked so that the agent reads it once."""
     global _fd
     if not metrics or not followed():
         return
@@ -168,7 +185,6 @@ def emit(source: str, step: int, metrics: dict[str, float], seq: int | None = No
     if current is None and (agent_process or not path):
         return  # in the agent's process, only its trials' threads are followed
     try:
-        again = seq is not None  # the record may be written twice: the reader keeps it once
         if seq is None:
             seq = next_seq(source)
         with _lock:
@@ -179,8 +195,8 @@ def emit(source: str, step: int, metrics: dict[str, float], seq: int | None = No
                 "metrics": metrics,
                 "source": source,
             }
-            if again:
-                record["once"] = f"{os.getpid()}-{seq}"
+            if once:
+                record["once"] = f"{_process_token}-{seq}"
             if current is None and path:
                 if _fd is None:
                     _fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

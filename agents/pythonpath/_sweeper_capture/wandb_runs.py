@@ -147,7 +147,7 @@ def _send(state: _Written) -> None:
             if state.seq is None:
                 state.seq = core.next_seq("wandb")
         values = state.summary()
-        core.emit("wandb", state.summary_step(values), values, seq=state.seq)
+        core.emit("wandb", state.summary_step(values), values, seq=state.seq, once=True)
         state.sent = True
         if state in _unsent:
             _unsent.remove(state)
@@ -278,15 +278,12 @@ def patch(module: Any) -> None:
 
 
 def _detached(run: Any) -> bool:
-    """A run opened after the script took W&B's variables away (W&B's cross-validation example:
-    each fold's worker process clears ``WANDB_*`` and opens a run of its own, outside the sweep):
-    W&B's sweep reads only the trial's run, so what this one logs is not the trial's. Marked so."""
-    trial_run = core.TRIAL_WANDB_RUN
-    if (
-        trial_run is None
-        or os.environ.get("WANDB_RUN_ID") == trial_run
-        or getattr(run, "id", None) == trial_run
-    ):
+    """A run opened after the script took the sweep's variables away (W&B's cross-validation
+    example: each fold's worker process clears ``WANDB_*`` and opens a run of its own): outside
+    the sweep for W&B too, which reads only the trial's run, so what it logs is not the trial's.
+    Marked so. A run whose id the script chose (``WANDB_RUN_ID`` set to resume one) stays in."""
+    sweep, trial_run = core.TRIAL_WANDB_SWEEP, core.TRIAL_WANDB_RUN
+    if sweep is None or os.environ.get("WANDB_SWEEP_ID") == sweep or getattr(run, "id", None) == trial_run:
         return False
     try:
         object.__setattr__(run, "_sweeper_detached", True)
