@@ -135,7 +135,9 @@ class WandbTracker(Tracker):
                 extra["best_so_far"] = wandb.Image(os.fspath(png))
         run.log(extra, step=step)
         if board.metric_name and best:
+            # The sweep's value is its best trial's (W&B's summary would keep the last one logged).
             run.summary[f"best_{board.metric_name}"] = list(best.values())[-1]
+            run.summary[board.metric_name] = list(best.values())[-1]
         progress.trials.update(row.number for row in new_rows)
         progress.next_step = step + 1
         progress.save()

@@ -40,14 +40,17 @@ def test_the_sweep_files_own_project_and_entity_apply_where_the_wandb_block_name
         "project": "top-level-project",
         "entity": "top-level-entity",
         "metric": {"name": "loss", "goal": "minimize"},
-        "parameters": {"mode": {"value": "ok"}, "lr": {"values": [0.5, 0.25]}},
+        "parameters": {"mode": {"value": "ok"}, "lr": {"values": [0.25, 0.5]}},
         "integrations": {"wandb": {"mode": "offline"}},
     }
-    _, _, trials = run_sweep(wandb_env, sweep, program)
+    _, _, trials = run_sweep(wandb_env, sweep, program, agents=1)
     assert [t.state for t in trials] == [TrialState.FINISHED, TrialState.FINISHED]
     runs = offline_runs(wandb_env)
     assert len(runs) == 3  # two trials and the sweep's own run
     assert {(r["project"], r["entity"]) for r in runs} == {("top-level-project", "top-level-entity")}
+    # The sweep's run sums the sweep up with its best value, not the last trial's (0.5 / 3).
+    (sweep_run,) = [r for r in runs if r["run"].get("job_type") == "sweep"]
+    assert sweep_run["summary"]["loss"] == sweep_run["summary"]["best_loss"] == pytest.approx(0.25 / 3)
 
 
 def test_sweep_logs_one_run_per_trial_and_a_sweep_run(wandb_env: Path) -> None:
