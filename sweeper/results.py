@@ -46,8 +46,13 @@ def ranked(spec: SweepSpec, trials: Sequence[Trial]) -> list[Trial]:
 
 def format_config(config: Mapping[str, Any], limit: int = 6) -> str:
     """``lr=0.01 batch_size=32 optimizer.name=adam ...`` for progress lines."""
-    parts = [
-        f"{'.'.join(path)}={value:.4g}" if isinstance(value, float) else f"{'.'.join(path)}={value}"
-        for path, value in flatten_config(config).items()
-    ]
+    parts = [f"{'.'.join(path)}={_shown(value)}" for path, value in flatten_config(config).items()]
     return " ".join(parts[:limit]) + (" ..." if len(parts) > limit else "")
+
+
+def _shown(value: Any) -> str:
+    """A value short, a float still a float (``280.0``, as the script gets it, not ``280``)."""
+    if not isinstance(value, float):
+        return str(value)
+    text = f"{value:.4g}"
+    return text if any(c in text for c in ".ein") else f"{text}.0"

@@ -453,3 +453,19 @@ def test_describe() -> None:
         "continuous space, metric val_loss (minimize), "
         "hyperband early termination (min_iter 3, eta 3), run_cap 50" in describe(spec)
     )
+
+
+def test_progress_lines_show_a_float_as_a_float() -> None:
+    """A q_uniform value is 280.0 in the script (q written as a float): not shown as 280."""
+    from sweeper.results import format_config
+
+    config = {
+        "size": 280.0,
+        "lr": 0.1,
+        "big": 12345.0,
+        "n": 3,
+        "neg": -2.0,
+        "tiny": 1e-7,
+        "inf": float("inf"),
+    }
+    assert format_config(config, limit=7) == "size=280.0 lr=0.1 big=1.234e+04 n=3 neg=-2.0 tiny=1e-07 inf=inf"
