@@ -25,6 +25,7 @@ _LAUNCHER_LINE = re.compile(
 )
 _FIELD = re.compile(r"\s+(\w+)\s*:\s?(.*)")
 _ENTRY = re.compile(r"\[\d+\]:")  # "[1]:", a failure of the summary
+_TEE = re.compile(r"\[[A-Za-z_]+\d+\]:(?=\[rank)")  # "[default1]:", what torchrun --tee puts first
 _RULE = re.compile(r"={10,}")  # the summary's first and last line
 # After the summary, lines a process's shutdown prints (multiprocessing's resource_tracker warning)
 # leave it the report; an exception there is a script that ran torchrun and went on.
@@ -68,7 +69,8 @@ class TorchrunReport:
         if self.rank is None:
             return None
         prefix = f"[rank{self.rank}]: "
-        said = [line[len(prefix) :] for line in self.workers if line.startswith(prefix)]
+        lines = (_TEE.sub("", line, count=1) for line in self.workers)
+        said = [line[len(prefix) :] for line in lines if line.startswith(prefix)]
         # A deep traceback's header may be above the tail: its last line that is not a frame's.
         raised = last_exception(said) or next((line for line in reversed(said) if not _indented(line)), None)
         return prefix + raised if raised is not None else None

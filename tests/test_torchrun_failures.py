@@ -77,6 +77,11 @@ def test_the_failed_workers_error_is_the_reason_and_the_tail_keeps_it(tmp_path) 
     )
     after = trials["raise"]["stderr_tail"] + "\n" + shutdown
     assert telling_line(after) == "[rank1]: ValueError: worker one cannot go on"
+    # torchrun --tee puts each worker's role and local rank before its lines.
+    teed = "\n".join(
+        f"[default1]:{line}" if line.startswith("[rank1]") else line for line in raised.splitlines()
+    )
+    assert telling_line(teed) == "[rank1]: ValueError: worker one cannot go on"
 
 
 @pytest.mark.slow
