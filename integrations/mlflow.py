@@ -1,6 +1,7 @@
 """MLflow adapter: a parent run per sweep, a nested child run per trial.
 
-Parent run: the sweep file (``sweep.yaml``), the method, ``best_<metric>`` with step = trial number,
+Parent run: the sweep file (``sweep.yaml``), the method, ``best_<metric>`` and ``<metric>`` (both the
+best so far) with step = trial number,
 ``leaderboard.csv``/``.json`` and ``best_so_far.png``. Child run (tag ``mlflow.parentRunId``): every
 parameter (nested names joined with dots), every metric at its step (``log_batch``), the sweep and
 trial tags, the trial's stdout/stderr under ``logs/``, the files the script marked under
@@ -246,12 +247,11 @@ class MlflowTracker(Tracker):
                 history = self.client.get_metric_history(run_id, f"best_{name}")
                 self._logged_best[board.sweep_id] = {m.step for m in history}
             logged = self._logged_best[board.sweep_id]
-            values = {r.number: r.value for r in board.rows}
             for number, best in board.best_so_far():
                 if number not in logged:
-                    metrics.append(Metric(f"best_{name}", best, now, number))
-                    if values.get(number) is not None:
-                        metrics.append(Metric(name, values[number], now, number))
+                    # Under the metric's own name too: the runs table shows a run's latest value,
+                    # which for a sweep is its best so far (each trial's own is in its child run).
+                    metrics.extend(Metric(key, best, now, number) for key in (f"best_{name}", name))
         for i in range(0, len(metrics), _MAX_METRICS):
             self.client.log_batch(run_id, metrics=metrics[i : i + _MAX_METRICS])
         logged.update(m.step for m in metrics)

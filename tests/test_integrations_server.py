@@ -83,6 +83,8 @@ def test_server_records_the_sweep_of_remote_agents(mlflow_server: MlflowServer, 
         expected.append((trial.number, pytest.approx(best)))
     logged = [(m.step, m.value) for m in client.get_metric_history(run_id, "best_loss")]
     assert sorted(logged) == sorted(expected)
+    # The runs table's value of the sweep's run is its best, not its last trial's (0.2 / 3).
+    assert parent.data.metrics["loss"] == parent.data.metrics["best_loss"] == pytest.approx(0.1 / 3)
 
     experiment = client.get_experiment_by_name("served").experiment_id
     children = client.search_runs([experiment], "tags.`sweeper.role` = 'trial'", max_results=10)
