@@ -184,9 +184,17 @@ def select_gpus(
     problems: list[str] = []
     found = discover_gpus(problems) if available is None else available
     inherited = inherited_devices(environ)
-    if inherited is not None:
-        return _select_visible(choice, inherited, found, environ, without_gpus)
     why = "; ".join(problems) or "neither NVML nor nvidia-smi reports one"  # when none is found
+    if inherited is not None:
+        if inherited and not found:
+            log.warning(
+                "--gpus %s: no NVIDIA GPU found (%s); taking CUDA_VISIBLE_DEVICES=%r as given, as a "
+                "container may hide NVML",
+                choice,
+                why,
+                environ["CUDA_VISIBLE_DEVICES"],
+            )
+        return _select_visible(choice, inherited, found, environ, without_gpus)
     if choice.lower() == "all":
         if not found:
             raise GpuSelectionError(

@@ -36,5 +36,8 @@ class FailureStreak:
         if not self.limit or self.count < self.limit:
             return None
         last = telling_line(outcome.stderr_tail) or "no error message on stderr"
-        facts = f"{self.count} trials in a row failed (the last, trial {trial_number}: {last})"
+        if self.count == 1:  # --max-failures 1
+            facts = f"trial {trial_number} failed ({last})"
+        else:
+            facts = f"{self.count} trials in a row failed (the last, trial {trial_number}: {last})"
         return f"{facts}; {GIVE_UP_ADVICE}"

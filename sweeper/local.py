@@ -52,7 +52,10 @@ class TrialBudget:
     def next_trial(self, sweep_id: str, agent: AgentInfo) -> Assignment | NoTrial:
         with self._lock:  # held across the call so concurrent agents cannot overshoot
             if self._count is not None and self._given >= self._count:
-                return NoTrial(NoTrialReason.DONE, f"the requested count of {self._count} trials has run")
+                return NoTrial(
+                    NoTrialReason.DONE,
+                    f"the requested count of {self._count} trial{'s' if self._count != 1 else ''} has run",
+                )
             result = self._client.next_trial(sweep_id, agent)
             if isinstance(result, Assignment):
                 self._given += 1

@@ -169,6 +169,15 @@ def test_indices_named_where_no_gpu_is_found_are_taken_as_given_and_said(
     assert said.startswith("--gpus 0,1: no NVIDIA GPU found (neither NVML nor nvidia-smi reports one); "), (
         said
     )
+    # So is an inherited CUDA_VISIBLE_DEVICES that nothing here confirms.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sweeper.agents.gpus"):
+        assert [g.index for g in select_gpus("all", [], {"CUDA_VISIBLE_DEVICES": "0"})] == ["0"]
+    (said,) = [r.getMessage() for r in caplog.records]
+    assert said.startswith("--gpus all: no NVIDIA GPU found (neither NVML nor nvidia-smi reports one); "), (
+        said
+    )
+    assert "taking CUDA_VISIBLE_DEVICES='0' as given" in said
 
 
 def test_inherited_cuda_visible_devices_is_read_as_cuda_reads_it() -> None:

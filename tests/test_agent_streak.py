@@ -22,6 +22,11 @@ def test_the_third_failure_in_a_row_gives_up_with_the_last_error() -> None:
     )
 
 
+def test_a_limit_of_one_names_the_trial_in_the_singular() -> None:
+    line = FailureStreak(1).record(7, FAILED)
+    assert line is not None and line.startswith("trial 7 failed (ValueError: bad lr); "), line
+
+
 @pytest.mark.parametrize(
     ("between", "gives_up"),
     [

@@ -290,7 +290,9 @@ def test_the_commands_against_a_server(sweep_file: Path, tmp_path: Path) -> None
         created = sweeper("sweep", str(sweep_file), env=env)
         assert created.returncode == 0, created.stderr
         sweep_id = created.stdout.strip()
-        assert f"sweeper agent {sweep_id}" in created.stderr
+        # Where the token goes is named; the token itself is not printed.
+        hint = f"sweeper agent {sweep_id} --coordinator {server.url} --token TOKEN (the server's, or SWEEPER_"
+        assert hint in created.stderr and TOKEN not in created.stderr, created.stderr
         assert sweeper("pause", sweep_id, env=env).stdout == f"sweep {sweep_id} is paused\n"
         status = sweeper("status", sweep_id, env=env)
         assert status.returncode == 0 and f"sweep {sweep_id} (grid) is paused: no trials yet" in status.stdout

@@ -457,7 +457,14 @@ def test_count_limits_the_trials_run(tmp_path: Path) -> None:
     path = write_sweep(tmp_path, {"x": {"values": [1, 2, 3, 4, 5]}})
     result = sweeper_cmd(tmp_path, "run", str(path), "--count", "2", "--agents", "2")
     assert result.returncode == 0, result.stderr
-    assert len(trials_json(tmp_path, sweep_id_of(result.stdout))) == 2
+    sweep_id = sweep_id_of(result.stdout)
+    assert len(trials_json(tmp_path, sweep_id)) == 2
+    # The sweep is left running, and says how to go on with it.
+    hint = f"more to run: 'sweeper agent {sweep_id} --slots 2'"
+    assert result.stdout.splitlines()[-1] == hint, result.stdout
+    went_on = sweeper_cmd(tmp_path, *hint.split("'")[1].split()[1:], "--count", "1")
+    assert went_on.returncode == 0, went_on.stderr
+    assert len(trials_json(tmp_path, sweep_id)) == 3
 
 
 def test_random_sweep_honours_run_cap_and_seed(tmp_path: Path) -> None:

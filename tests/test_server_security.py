@@ -81,6 +81,23 @@ def test_a_public_bind_without_a_token_is_refused(tmp_path: Path) -> None:
     assert "refusing to listen on 0.0.0.0 without a token" in result.output
     assert "--token" in result.output and "--insecure" in result.output
     assert not (tmp_path / "s.db").exists()  # refused before touching the store
+    # With --insecure it is done as asked, and said (here, then refused for a TLS key left out).
+    (cert := tmp_path / "c.pem").touch()
+    args = [
+        "server",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "0",
+        "--db",
+        db,
+        "--insecure",
+        "--ssl-certfile",
+        str(cert),
+    ]
+    said = CliRunner().invoke(main, args, env={})
+    assert said.exit_code == 2 and "TLS needs both" in said.output, said.output
+    assert "warning: listening on 0.0.0.0 without a token (--insecure): whoever reaches" in said.output
 
 
 def test_a_certificate_that_is_no_pem_names_both_files(tmp_path: Path) -> None:

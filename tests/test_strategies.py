@@ -275,6 +275,13 @@ def test_grid_skips_taken_combinations_in_any_state_then_is_done() -> None:
     off_grid = [*trials[:-1], make_trial({"x": 9, "y": "a"}, TrialState.FINISHED, 8)]
     assert strategy.suggest(off_grid, rng).config == grid[5]
     assert strategy.completion(off_grid, rng) is None
+    # One combination: said in the singular.
+    single = strategy_class("grid")(parse_sweep({"method": "grid", "parameters": {"x": {"value": 1}}}))
+    (one,) = [make_trial({"x": 1}, TrialState.RUNNING, 1)]
+    assert single.suggest([one], rng).reason == "the grid's one combination has run or is running"
+    assert single.suggest([make_trial({"x": 1}, TrialState.FINISHED, 1)], rng).reason == (
+        "the grid's one combination has run"
+    )
 
 
 def test_grid_rejects_continuous_parameters() -> None:

@@ -161,6 +161,9 @@ def run(
                 err=True,
             )
         sys.exit(1)
+    if count is not None and coordinator.get_sweep(sweep.id).state is SweepState.RUNNING:
+        where, db = place  # --count reached with more to run: the sweep waits for agents
+        click.echo(f"more to run: {where}'sweeper agent {sweep.id}{db}{parallel}'")
     states = {trial.state for trial in coordinator.trials(sweep.id)}
     if TrialState.FAILED in states and TrialState.FINISHED not in states:
         where, db = place

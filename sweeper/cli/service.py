@@ -96,9 +96,15 @@ def server(
         log_level=log_level,
     )
     try:
-        from sweeper.server.main import TlsFilesError, check_bind, check_tls
+        from sweeper.server.main import TlsFilesError, check_bind, check_tls, is_loopback
 
         check_bind(options)  # before the store is touched
+        if options.insecure and not options.token and not is_loopback(options.host):
+            click.echo(
+                f"warning: listening on {options.host} without a token (--insecure): whoever reaches "
+                "this port can create sweeps, and so run commands on your agents",
+                err=True,
+            )
         if bool(ssl_certfile) != bool(ssl_keyfile):
             raise click.UsageError("TLS needs both --ssl-certfile and --ssl-keyfile")
         try:
@@ -131,9 +137,8 @@ def sweep(file: str, coordinator_url: str | None, token: str | None, db_url: str
     with coordinator_errors():
         created = coordinator.create_sweep(spec)
     click.echo(created.id)
-    click.echo(
-        f"start agents {_agent_hint(created.id, spec, file, coordinator_url, coordinator, db_url)}", err=True
-    )
+    hint = _agent_hint(created.id, spec, file, coordinator_url, coordinator, db_url, bool(token))
+    click.echo(f"start agents {hint}", err=True)
 
 
 def _agent_hint(
@@ -143,6 +148,7 @@ def _agent_hint(
     coordinator_url: str | None,
     coordinator: Any,
     db_url: str | None,
+    needs_token: bool,
 ) -> str:
     """How to start an agent on the sweep just made, from the folder its program is in and with a
     store path that works from there (:func:`agent_place`)."""
@@ -152,7 +158,9 @@ def _agent_hint(
         return f"from Python with: sweeper.agent({sweep_id!r}, function=train{db})"
     where, db = agent_place(spec, file, coordinator, db_url)
     if coordinator_url:
-        return f"{where}with: sweeper agent {sweep_id} --coordinator {coordinator_url}"
+        # The token is not printed (terminals and job logs keep it): where it goes is named.
+        token = " --token TOKEN (the server's, or SWEEPER_TOKEN)" if needs_token else ""
+        return f"{where}with: sweeper agent {sweep_id} --coordinator {coordinator_url}{token}"
     return f"{where}with: sweeper agent {sweep_id}{db}"
 
 

@@ -73,9 +73,12 @@ class GridSearch(Strategy):
         for index in range(self.size):
             if self.key_at(index) not in taken:
                 return Suggestion.run(self.config_at(index))
+        every = (
+            f"all {self.size} grid combinations have" if self.size > 1 else "the grid's one combination has"
+        )
         if any(t.state is TrialState.RUNNING for t in trials):  # the agents wait for them
-            return Suggestion.done(f"all {self.size} grid combinations have run or are running")
-        return Suggestion.done(f"all {self.size} grid combinations have run")
+            return Suggestion.done(f"{every} run or {'are' if self.size > 1 else 'is'} running")
+        return Suggestion.done(f"{every} run")
 
     def completion(self, trials: Sequence[Trial], rng: random.Random) -> str | None:
         # Fewer configurations taken than combinations: one is left, without walking the grid.
