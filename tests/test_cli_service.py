@@ -397,6 +397,7 @@ def test_the_trials_table_names_its_columns(sweep_file: Path, sqlite_store_url: 
     header, row = invoke("trials", sweep_id, "--db", sqlite_store_url).stdout.splitlines()
     assert header.split() == ["trial", "state", "config", "metrics"]
     assert row.startswith("    1  finished ") and row.endswith("  loss=0.25"), row
+    assert row.index("loss=") == header.index("metrics")  # under its header
 
 
 def test_trials_in_json_come_a_page_at_a_time_and_whole(tmp_path: Path) -> None:

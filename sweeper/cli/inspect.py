@@ -194,14 +194,18 @@ def _print_table(rows: Sequence[Trial]) -> None:
         click.echo("no trials yet")
         return
     width = max(len("trial"), *(len(str(t.number)) for t in rows))
-    click.echo(f"{'trial':>{width}}  {'state':<9} config  metrics")
-    for t in rows:
-        metrics = " ".join(f"{k}={v:.6g}" for k, v in t.summary.items())
+    configs = [format_config(t.config, limit=8) for t in rows]
+    # Configs as wide as the widest (up to a line's worth), so the metrics line up under their header.
+    config_width = min(max(len("config"), *(len(c) for c in configs)), _CONFIG_COLUMN)
+    click.echo(f"{'trial':>{width}}  {'state':<9} {'config':<{config_width}}  metrics")
+    for t, config in zip(rows, configs, strict=True):
+        metrics = " ".join(f"{k}={v:.6g}" for k, v in t.summary.items()) or "-"
         reason = _reason(t)
         why = f"  why: {_shortened(reason)}" if reason else ""
-        click.echo(
-            f"{t.number:>{width}}  {t.state.value:<9} {format_config(t.config, limit=8)}  {metrics}{why}"
-        )
+        click.echo(f"{t.number:>{width}}  {t.state.value:<9} {config:<{config_width}}  {metrics}{why}")
+
+
+_CONFIG_COLUMN = 80  # characters: a wider config pushes its row's metrics along
 
 
 def _reason(trial: Trial) -> str | None:
