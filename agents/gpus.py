@@ -186,7 +186,8 @@ def select_gpus(
     inherited = inherited_devices(environ)
     why = "; ".join(problems) or "neither NVML nor nvidia-smi reports one"  # when none is found
     if inherited is not None:
-        if inherited and not found:
+        chosen = _select_visible(choice, inherited, found, environ, without_gpus)
+        if not found:
             log.warning(
                 "--gpus %s: no NVIDIA GPU found (%s); taking CUDA_VISIBLE_DEVICES=%r as given, as a "
                 "container may hide NVML",
@@ -194,7 +195,7 @@ def select_gpus(
                 why,
                 environ["CUDA_VISIBLE_DEVICES"],
             )
-        return _select_visible(choice, inherited, found, environ, without_gpus)
+        return chosen
     if choice.lower() == "all":
         if not found:
             raise GpuSelectionError(

@@ -72,9 +72,10 @@ def _worker_failure(report: TorchrunReport) -> str | None:
     if own is not None:
         return own
     code, rank = report.exit_code, report.rank
-    raised = last_exception(report.workers)
+    words = report.worker_words()
+    raised = last_exception(words)
     if code is None or rank is None:  # a summary cut off, or of another form
-        return raised or _last_told(report.workers) or _last_told(report.summary)
+        return raised or _last_told(words) or _last_told(report.summary)
     ended = f"worker rank {rank} {'was ' if code < 0 else 'ended with '}{describe_exit(code)}"
     return f"{raised} ({ended})" if raised and code > 0 else ended
 

@@ -25,7 +25,8 @@ _LAUNCHER_LINE = re.compile(
 )
 _FIELD = re.compile(r"\s+(\w+)\s*:\s?(.*)")
 _ENTRY = re.compile(r"\[\d+\]:")  # "[1]:", a failure of the summary
-_TEE = re.compile(r"\[[A-Za-z_]+\d+\]:(?=\[rank)")  # "[default1]:", what torchrun --tee puts first
+# "[default1]:", the role and local rank torchrun's --tee puts first (torch's own "[rank1]:" stays).
+_TEE = re.compile(r"^\[(?!rank\d+\])[A-Za-z_][\w-]*?\d+\]:")
 _RULE = re.compile(r"={10,}")  # the summary's first and last line
 # After the summary, lines a process's shutdown prints (multiprocessing's resource_tracker warning)
 # leave it the report; an exception there is a script that ran torchrun and went on.
@@ -63,14 +64,18 @@ class TorchrunReport:
         so the report is still known as one)."""
         return [*self.workers, self.failed, *self.summary]
 
+    def worker_words(self) -> list[str]:
+        """The workers' lines as they printed them, without the ``[default1]:`` that torchrun's
+        ``--tee`` puts first."""
+        return [_TEE.sub("", line, count=1) for line in self.workers]
+
     def own_words(self) -> str | None:
         """The exception the first failed worker did not catch, as torch's hook printed it: each
         line after ``[rankN]: `` (torch's own log lines follow ``[rankN]:`` with no space)."""
         if self.rank is None:
             return None
         prefix = f"[rank{self.rank}]: "
-        lines = (_TEE.sub("", line, count=1) for line in self.workers)
-        said = [line[len(prefix) :] for line in lines if line.startswith(prefix)]
+        said = [line[len(prefix) :] for line in self.worker_words() if line.startswith(prefix)]
         # A deep traceback's header may be above the tail: its last line that is not a frame's.
         raised = last_exception(said) or next((line for line in reversed(said) if not _indented(line)), None)
         return prefix + raised if raised is not None else None

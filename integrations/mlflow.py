@@ -1,7 +1,7 @@
 """MLflow adapter: a parent run per sweep, a nested child run per trial.
 
 Parent run: the sweep file (``sweep.yaml``), the method, ``best_<metric>`` and ``<metric>`` (both the
-best so far) with step = trial number,
+best so far) with step = trials ended,
 ``leaderboard.csv``/``.json`` and ``best_so_far.png``. Child run (tag ``mlflow.parentRunId``): every
 parameter (nested names joined with dots), every metric at its step (``log_batch``), the sweep and
 trial tags, the trial's stdout/stderr under ``logs/``, the files the script marked under
@@ -247,11 +247,12 @@ class MlflowTracker(Tracker):
                 history = self.client.get_metric_history(run_id, f"best_{name}")
                 self._logged_best[board.sweep_id] = {m.step for m in history}
             logged = self._logged_best[board.sweep_id]
-            for number, best in board.best_so_far():
-                if number not in logged:
-                    # Under the metric's own name too: the runs table shows a run's latest value,
-                    # which for a sweep is its best so far (each trial's own is in its child run).
-                    metrics.extend(Metric(key, best, now, number) for key in (f"best_{name}", name))
+            # Step: trials ended so far, so that the latest value, which the runs table shows, is
+            # the sweep's best (trials end out of their numbers' order). Under the metric's own
+            # name too, as the sweep's value; each trial's own is in its child run.
+            for ended, (_, best) in enumerate(board.best_so_far(), 1):
+                if ended not in logged:
+                    metrics.extend(Metric(key, best, now, ended) for key in (f"best_{name}", name))
         for i in range(0, len(metrics), _MAX_METRICS):
             self.client.log_batch(run_id, metrics=metrics[i : i + _MAX_METRICS])
         logged.update(m.step for m in metrics)

@@ -291,7 +291,7 @@ def test_the_commands_against_a_server(sweep_file: Path, tmp_path: Path) -> None
         assert created.returncode == 0, created.stderr
         sweep_id = created.stdout.strip()
         # Where the token goes is named; the token itself is not printed.
-        hint = f"sweeper agent {sweep_id} --coordinator {server.url} --token TOKEN (the server's, or SWEEPER_"
+        hint = f"sweeper agent {sweep_id} --coordinator {server.url}, and the server's token in --token or"
         assert hint in created.stderr and TOKEN not in created.stderr, created.stderr
         assert sweeper("pause", sweep_id, env=env).stdout == f"sweep {sweep_id} is paused\n"
         status = sweeper("status", sweep_id, env=env)

@@ -461,7 +461,7 @@ def test_count_limits_the_trials_run(tmp_path: Path) -> None:
     assert len(trials_json(tmp_path, sweep_id)) == 2
     # The sweep is left running, and says how to go on with it.
     hint = f"more to run: 'sweeper agent {sweep_id} --slots 2'"
-    assert result.stdout.splitlines()[-1] == hint, result.stdout
+    assert result.stderr.splitlines()[-1] == hint, result.stderr
     went_on = sweeper_cmd(tmp_path, *hint.split("'")[1].split()[1:], "--count", "1")
     assert went_on.returncode == 0, went_on.stderr
     assert len(trials_json(tmp_path, sweep_id)) == 3

@@ -507,6 +507,29 @@ def test_tracker_flags_on_a_broken_file_list_every_problem_of_the_file(tmp_path:
     assert not (tmp_path / ".sweeper").exists()  # nothing was made
 
 
+def test_the_sweeps_run_shows_its_best_when_trials_end_out_of_order(mlflow_server: MlflowServer) -> None:
+    """Trial 2 ends first (0.5), then trial 1 (0.1), then trial 3 (0.3): the runs table shows a
+    run's value at its highest step, which must be the sweep's best, 0.1."""
+    from sweeper.integrations.base import Leaderboard, LeaderRow
+
+    tracker = MlflowTracker.from_block({"tracking_uri": mlflow_server.uri, "experiment": "out-of-order"})
+    tracker.sweep_started(SweepInfo("ooo", "random", {}, metric_name="loss"))
+    rows = [
+        LeaderRow(2, "finished", 0.5, {}),
+        LeaderRow(1, "finished", 0.1, {}),
+        LeaderRow(3, "finished", 0.3, {}),
+    ]
+    tracker.leaderboard(Leaderboard("ooo", "loss", "minimize", tuple(rows[:2])))
+    tracker.leaderboard(Leaderboard("ooo", "loss", "minimize", tuple(rows)))  # logs trial 3 alone
+    run_id = tracker.parent_run("ooo")
+    tracker.close()
+    client = MlflowClient(mlflow_server.uri)
+    for name in ("loss", "best_loss"):
+        history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, name))
+        assert history == [(1, 0.5), (2, 0.1), (3, 0.1)], name
+    assert client.get_run(run_id).data.metrics == {"loss": 0.1, "best_loss": 0.1}
+
+
 def test_a_trials_start_does_not_wait_for_the_upload_of_the_trial_before(
     mlflow_server: MlflowServer, tmp_path: Path
 ) -> None:

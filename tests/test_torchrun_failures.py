@@ -77,11 +77,18 @@ def test_the_failed_workers_error_is_the_reason_and_the_tail_keeps_it(tmp_path) 
     )
     after = trials["raise"]["stderr_tail"] + "\n" + shutdown
     assert telling_line(after) == "[rank1]: ValueError: worker one cannot go on"
-    # torchrun --tee puts each worker's role and local rank before its lines.
+    # torchrun --tee puts each worker's role and local rank before its lines, also before the
+    # lines of an exception raised before the process group was made (no [rankN] there).
     teed = "\n".join(
         f"[default1]:{line}" if line.startswith("[rank1]") else line for line in raised.splitlines()
     )
     assert telling_line(teed) == "[rank1]: ValueError: worker one cannot go on"
+    early = trials["import"]["stderr_tail"].splitlines()
+    report = early.index(next(line for line in early if line.startswith("torch.distributed.elastic")))
+    early_teed = "\n".join([*(f"[trainer-a1]:{line}" for line in early[:report]), *early[report:]])
+    assert "ModuleNotFoundError: No module named 'no_such_module_for_this_trial' (worker rank" in (
+        telling_line(early_teed) or ""
+    ), early_teed
 
 
 @pytest.mark.slow

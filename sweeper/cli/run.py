@@ -161,17 +161,17 @@ def run(
                 err=True,
             )
         sys.exit(1)
-    if count is not None and coordinator.get_sweep(sweep.id).state is SweepState.RUNNING:
-        where, db = place  # --count reached with more to run: the sweep waits for agents
-        click.echo(f"more to run: {where}'sweeper agent {sweep.id}{db}{parallel}'")
     states = {trial.state for trial in coordinator.trials(sweep.id)}
+    where, db = place
     if TrialState.FAILED in states and TrialState.FINISHED not in states:
-        where, db = place
         click.echo(
             f"error: no trial finished; {where}'sweeper trials {sweep.id}{db}' shows why they failed",
             err=True,
         )
         sys.exit(1)
+    if count is not None and coordinator.get_sweep(sweep.id).state is SweepState.RUNNING:
+        # --count reached with more to run: the sweep waits for agents
+        click.echo(f"more to run: {where}'sweeper agent {sweep.id}{db}{parallel}'", err=True)
 
 
 def check_trackers(spec: SweepSpec, sweep_file: str) -> None:

@@ -159,7 +159,7 @@ def _agent_hint(
     where, db = agent_place(spec, file, coordinator, db_url)
     if coordinator_url:
         # The token is not printed (terminals and job logs keep it): where it goes is named.
-        token = " --token TOKEN (the server's, or SWEEPER_TOKEN)" if needs_token else ""
+        token = ", and the server's token in --token or SWEEPER_TOKEN" if needs_token else ""
         return f"{where}with: sweeper agent {sweep_id} --coordinator {coordinator_url}{token}"
     return f"{where}with: sweeper agent {sweep_id}{db}"
 
