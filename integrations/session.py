@@ -86,13 +86,18 @@ def tracker_problems(block: Mapping[str, Any] | None) -> list[str]:
     return problems
 
 
+def sweep_tracker_problems(spec: Any) -> list[str]:
+    """:func:`tracker_problems` of the trackers a sweep logs to (its ``integrations`` block)."""
+    from sweeper.spec.integrations import tracker_settings
+
+    return tracker_problems(tracker_settings(spec))
+
+
 def agent_tracker_problem(spec: Any, sweep_id: str) -> str | None:
     """Why an agent here cannot log where its sweep logs (a tracker package not installed here,
     credentials missing or refused), checked before it takes a trial: each trial would run
     unrecorded, or its records be retried as if the tracker were down until the agent exits."""
-    from sweeper.spec.integrations import tracker_settings
-
-    problems = tracker_problems(tracker_settings(spec))
+    problems = sweep_tracker_problems(spec)
     if not problems:
         return None
     return f"this agent cannot log where sweep {sweep_id} logs, so it takes no trial: {'; '.join(problems)}"

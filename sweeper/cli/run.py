@@ -177,10 +177,9 @@ def run(
 def check_trackers(spec: SweepSpec, sweep_file: str) -> None:
     """Refuse, before anything runs, a sweep whose trackers cannot be set up here: the logging it
     asks for would be off for every trial."""
-    from sweeper.integrations.session import tracker_problems
-    from sweeper.spec.integrations import tracker_settings
+    from sweeper.integrations.session import sweep_tracker_problems
 
-    problems = tracker_problems(tracker_settings(spec))
+    problems = sweep_tracker_problems(spec)
     if problems:
         advice = "fix the integrations block (or --mlflow, --wandb), or leave it out to run without logging"
         raise SpecFileError(sweep_file, SpecError([Problem("", p) for p in [*problems, advice]]))

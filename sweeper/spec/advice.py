@@ -11,7 +11,7 @@ import math
 
 from sweeper.spec.fields import show
 from sweeper.spec.model import Distribution as D
-from sweeper.spec.model import SweepSpec
+from sweeper.spec.model import Hyperband, SweepSpec
 from sweeper.spec.space import distinct
 
 _EXPONENT_BOUNDS = (D.LOG_UNIFORM, D.INV_LOG_UNIFORM, D.Q_LOG_UNIFORM)
@@ -25,10 +25,13 @@ def spec_advice(spec: SweepSpec) -> list[str]:
 def _unused_hyperband_s(spec: SweepSpec) -> list[str]:
     """``s`` beside ``min_iter`` without ``max_iter``: W&B (and sweeper) build the brackets from
     min_iter and eta, and s counts brackets only below max_iter."""
-    rule = spec.raw.get("early_terminate")
-    if not isinstance(rule, dict) or rule.get("type") != "hyperband":
-        return []
-    if "s" in rule and "min_iter" in rule and "max_iter" not in rule:
+    rule = spec.early_terminate
+    if (
+        isinstance(rule, Hyperband)
+        and rule.s is not None
+        and rule.min_iter is not None
+        and rule.max_iter is None
+    ):
         return [
             "early_terminate.s: not used without max_iter: hyperband stops trials at min_iter, "
             "min_iter*eta, min_iter*eta^2, ... (as W&B does); give max_iter and s instead to "

@@ -185,12 +185,14 @@ def patch(module: Any) -> None:
         except Exception:
             current = at = 0
         result = original(self, data, step, commit)
-        if at < current or getattr(self, "_sweeper_detached", False):
+        if at < current:
             return result  # W&B drops values logged at a step below the run's current one
         try:
+            state = _written(self.summary)
+            if state.detached:
+                return result
             logged = core.flat(data)
             core.emit("wandb", at, logged)
-            state = _written(self.summary)
             state.step = max(state.step, at)
             state.logged_at.update(dict.fromkeys(logged, at))
             state.aggregates.add(logged, at)
@@ -286,7 +288,6 @@ def _detached(run: Any) -> bool:
     if sweep is None or os.environ.get("WANDB_SWEEP_ID") == sweep or getattr(run, "id", None) == trial_run:
         return False
     try:
-        object.__setattr__(run, "_sweeper_detached", True)
         _written(run.summary).detached = True
     except Exception:
         return False
