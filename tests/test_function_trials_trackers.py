@@ -259,11 +259,43 @@ def test_wandb_functions_side_by_side_in_one_process_are_refused_not_mixed_up(tm
             assert trial["summary"]["loss"] == pytest.approx(trial["config"]["lr"])
 
 
-def test_a_wandb_function_with_sweepers_own_wandb_tracking_is_refused_with_a_reason(tmp_path: Path) -> None:
-    sweep = {**GRID, "parameters": {"lr": {"values": [0.1]}}, "integrations": {"wandb": {"mode": "offline"}}}
-    proc, _ = _run_driver(tmp_path, WANDB_TRAIN, sweep)
-    trial = _result(proc)["trials"][0]
-    assert trial["state"] == "failed"
-    assert "sweeper's W&B tracking keeps the sweep's run open" in trial["stderr"], trial["stderr"]
-    sweep_runs = [run for run in offline_runs(tmp_path) if run["run_id"].endswith("-sweep")]
-    assert sweep_runs and all(run["config"].get("lr") is None for run in sweep_runs)  # not the trial's
+# As written for wandb.agent, with a project and a config of its own, which the sweep overrides.
+WANDB_TRAIN_OWN_SETTINGS = """
+import wandb
+
+def train():
+    wandb.init(project="elsewhere", config={"lr": 9.0, "batch": 32})
+    assert wandb.run is not None and wandb.config.batch == 32
+    for epoch in range(3):
+        wandb.log({"loss": wandb.config.lr * (3 - epoch)})
+"""
+
+
+def test_a_wandb_function_runs_beside_sweepers_own_wandb_tracking(tmp_path: Path) -> None:
+    """sweeper's W&B tracking keeps the sweep's run open in the agent's process, so wandb cannot
+    be set up afresh for the trial: the trial's run is opened beside it, with what wandb.agent
+    would have given it (its id, the sweep's parameters over the function's config, the project)."""
+    sweep = {**GRID, "integrations": {"wandb": {"mode": "offline", "project": "digits"}}}
+    proc, _ = _run_driver(tmp_path, WANDB_TRAIN_OWN_SETTINGS, sweep)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out[-3000:] + err[-5000:]
+    result = json.loads(out.strip().splitlines()[-1])
+    trials = result["trials"]
+    assert [t["state"] for t in trials] == ["finished"] * 3, trials
+    assert "environment variables will be ignored" not in err  # wandb would say so, wrongly
+    assert "Ignoring project" not in err
+    runs = {run["run_id"]: run for run in offline_runs(tmp_path)}
+    sweep_id = result["sweep_id"]
+    assert set(runs) == {f"{sweep_id}-sweep", *(run_id_for(sweep_id, t["number"]) for t in trials)}
+    for trial in trials:
+        lr = trial["config"]["lr"]
+        assert trial["summary"]["loss"] == pytest.approx(lr)  # wandb.log reached the coordinator
+        run = runs[run_id_for(sweep_id, trial["number"])]
+        assert run["config"]["lr"] == lr and run["config"]["batch"] == 32
+        assert run["run"]["project"] == "digits" and run["run"]["sweep_id"] == sweep_id
+        assert run["run"]["run_group"] == sweep_id and "sweeper" in run["run"]["tags"]
+        assert [row["loss"] for row in run["history"]] == pytest.approx([3 * lr, 2 * lr, lr])
+        assert run["state"] == "finished" and run["exit_code"] == 0
+    sweep_run = runs[f"{sweep_id}-sweep"]
+    assert sweep_run["config"].get("lr") is None  # no trial logged into the sweep's run
+    assert sweep_run["summary"]["best_loss"] == pytest.approx(0.1)  # what sweeper's tracking logs there

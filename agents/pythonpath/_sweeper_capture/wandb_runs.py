@@ -257,8 +257,11 @@ def patch(module: Any) -> None:
     def wandb_init(*args: Any, **kwargs: Any) -> Any:
         trial = core.current_trial()
         if trial is not None:
-            _check_trial_can_init(trial)
-        run = init(*args, **kwargs)
+            trial.check_environment("wandb.init()")
+        if trial is not None and not trial.wandb_reset:
+            run = _init_beside_open_run(init, trial, args, kwargs)
+        else:
+            run = init(*args, **kwargs)
         if trial is not None:
             _check_trial_run(trial, run)
         if _detached(run):
@@ -327,7 +330,7 @@ def reset_for_trial(trial: core.InProcess) -> None:
     wandb reads its environment once, when first set up; ``wandb agent`` tears that down before
     each function it calls, and so does this, unless a W&B run is open in the process (sweeper's
     own W&B tracking keeps a sweep's run open, say), which a teardown would end: then the trial's
-    ``wandb.init()`` fails with a message that says so."""
+    ``wandb.init()`` is given the trial's settings (:func:`_init_beside_open_run`)."""
     if not core.alone(trial):  # the environment holds another trial's variables: nothing to read
         trial.wandb_reset = False
         return
@@ -348,15 +351,60 @@ def reset_for_trial(trial: core.InProcess) -> None:
         print(f"sweeper: cannot make wandb read the trial's settings: {exc!r}", file=sys.stderr)
 
 
-def _check_trial_can_init(trial: core.InProcess) -> None:
-    trial.check_environment("wandb.init()")
-    if not trial.wandb_reset:
+def _init_beside_open_run(init: Any, trial: core.InProcess, args: Any, kwargs: dict[str, Any]) -> Any:
+    """``wandb.init()`` in a function trial while another W&B run is open in this process (sweeper's
+    W&B tracking keeps the sweep's run open): wandb set itself up before the trial's variables were
+    in the environment, and the teardown that would make it read them would end that run.
+
+    The trial's variables are given to ``init`` as settings instead, for a run beside the open one
+    (``reinit="create_new"``), with the trial's parameters over the function's own config, and
+    the trial's project, entity and run id over any given to ``init``, as under ``wandb.agent``."""
+    from wandb.sdk import wandb_setup
+
+    import wandb
+
+    if not _creates_runs_beside(wandb.__version__):
         raise RuntimeError(
             "sweeper: wandb.init() in a function trial while another W&B run is open in this "
-            "process (sweeper's W&B tracking keeps the sweep's run open): wandb reads its settings "
-            "once per process and would give this trial that run; run the sweep's trials as a "
-            "command, or leave integrations.wandb out of the sweep file"
+            f"process (sweeper's W&B tracking keeps the sweep's run open) needs wandb 0.19.10 or "
+            f"later (this is {wandb.__version__}) to open the trial's run beside it; upgrade wandb, "
+            "run the sweep's trials as a command, or leave integrations.wandb out of the sweep file"
         )
+    variables = {name: value for name, value in trial.environment.items() if name.startswith("WANDB_")}
+    settings = wandb.Settings()
+    settings.update_from_env_vars(variables)
+    given = kwargs.get("settings")
+    if isinstance(given, dict):
+        given = wandb.Settings(**given)
+    if given is not None:
+        where = {name: getattr(settings, name) for name in ("run_id", "project", "entity")}
+        settings.update_from_settings(given)
+        settings.update_from_dict(where)  # the sweep decides where the run goes, as wandb does
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("project", "entity", "id")}
+    kwargs.update(settings=settings, reinit="create_new")
+    # wandb reads the sweep's parameters from the setup's path, and compares the environment with
+    # the one it was set up in (it would warn that the trial's variables are ignored: they are not).
+    setup = wandb_setup.singleton()
+    before = (setup.settings.sweep_param_path, setup._sweep_config, setup._settings_environ)
+    setup.settings.sweep_param_path = variables.get("WANDB_SWEEP_PARAM_PATH")
+    setup._sweep_config = None
+    setup._settings_environ = os.environ.copy()
+    try:
+        run = init(*args, **kwargs)
+    finally:
+        setup.settings.sweep_param_path, setup._sweep_config, setup._settings_environ = before
+    # A run beside another is not wandb's global one; the trial's is, as under wandb.agent
+    # (``wandb.log``, ``wandb.config``); finishing it clears that again.
+    from wandb.sdk.wandb_init import _set_global_run
+
+    _set_global_run(run)
+    return run
+
+
+def _creates_runs_beside(version: str) -> bool:
+    """Whether this wandb opens a run beside another (``reinit="create_new"``, from 0.19.10)."""
+    numbers = [int(part) for part in re.findall(r"\d+", version)[:3]]
+    return numbers >= [0, 19, 10]
 
 
 def _check_trial_run(trial: core.InProcess, run: Any) -> None:
