@@ -230,8 +230,7 @@ class SafeTracker:
         while True:
             with self._cond:
                 while not lane.queue and not self._closing:
-                    self._cond.notify_all()  # for flush
-                    self._cond.wait()
+                    self._cond.wait()  # woken by a call queued, or the close (never by the other lane idling)
                 if not lane.queue:
                     self._cond.notify_all()
                     return
@@ -245,6 +244,7 @@ class SafeTracker:
                 if delay is None:
                     if lane.queue and lane.queue[0] is call:
                         lane.queue.popleft()
+                        self._cond.notify_all()  # for flush
                     continue
                 if self._closing and self._deadline is not None and self._clock() + delay > self._deadline:
                     self._give_up(lane)

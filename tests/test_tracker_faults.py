@@ -81,6 +81,32 @@ def test_down_tracker_is_reported_once_buffers_and_catches_up(caplog: pytest.Log
     safe.close(timeout=5)
 
 
+class _CountingCondition(threading.Condition):
+    waits = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        _CountingCondition.waits += 1
+        return super().wait(timeout)
+
+
+def test_an_idle_tracker_s_threads_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With nothing to send, the lanes wait for a call: they do not wake each other (a lane that
+    woke the other on each idle look kept a CPU core busy for as long as a sweep ran)."""
+    with monkeypatch.context() as patched:
+        patched.setattr(threading, "Condition", _CountingCondition)
+        safe = SafeTracker(Flaky())
+    flaky = safe.tracker
+    flaky.up.set()  # type: ignore[attr-defined]
+    safe.trial_metrics(TRIAL, [point(0)], "sweeper")
+    assert safe.flush(10)
+    _CountingCondition.waits = 0
+    time.sleep(0.5)
+    assert _CountingCondition.waits <= 2  # at most a lane settling; a spin is thousands
+    safe.trial_metrics(TRIAL, [point(1)], "sweeper")  # and a call still wakes its lane
+    assert safe.flush(10) and flaky.calls == ["metrics:0", "metrics:1"]  # type: ignore[attr-defined]
+    safe.close(5)
+
+
 class Slow(Flaky):
     """Answers each call after ``delay`` seconds: with a refusal until ``up`` is set."""
 
