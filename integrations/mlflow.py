@@ -291,8 +291,9 @@ class MlflowTracker(Tracker):
         params = [Param(_key(k), str(v)[:6000]) for k, v in flat(dict(trial.config)).items()]
         for i in range(0, len(params), _MAX_PARAMS):
             self.client.log_batch(run_id, params=params[i : i + _MAX_PARAMS])
-        env = {k: v for k, v in self.always_env.items() if k != "MLFLOW_EXPERIMENT_NAME"}
-        return {**env, "MLFLOW_RUN_ID": run_id, "MLFLOW_EXPERIMENT_ID": self.experiment_id()}
+        # The experiment by id, and by name when named: an MLFLOW_EXPERIMENT_NAME the agent inherited
+        # that names another one would make MLflow refuse the script's next start_run().
+        return {**self.always_env, "MLFLOW_RUN_ID": run_id, "MLFLOW_EXPERIMENT_ID": self.experiment_id()}
 
     def trial_metrics(self, trial: TrialInfo, points: Sequence[MetricPoint], source: str) -> None:
         from mlflow.entities import Metric

@@ -357,6 +357,41 @@ def test_a_script_that_sets_its_own_experiment_runs_and_logs(tmp_path: Path) -> 
     )
 
 
+def test_an_experiment_named_in_the_shell_gives_way_to_the_sweeps(tmp_path: Path) -> None:
+    """MLFLOW_EXPERIMENT_NAME exported in the shell, another experiment in the sweep file: the trial's
+    run is in the sweep's, and so are the script's nested and next runs. MLflow refused each of
+    them (an experiment id that does not match the name), so every trial failed."""
+    script = tmp_path / "nested.py"
+    script.write_text(
+        "import mlflow\n"
+        "with mlflow.start_run():\n"
+        "    mlflow.log_metric('loss', 0.5)\n"
+        "    with mlflow.start_run(nested=True, run_name='fold'):\n"
+        "        mlflow.log_metric('fold_loss', 0.25)\n"
+        "with mlflow.start_run(run_name='after'):\n"
+        "    mlflow.log_metric('test_loss', 0.75)\n"
+    )
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(
+        f"program: {script}\nmethod: grid\nmetric: {{name: loss, goal: minimize}}\n"
+        "parameters:\n  x: {values: [1]}\nintegrations:\n  mlflow: {experiment: team}\n"
+    )
+    uri = f"sqlite:///{tmp_path / 'ml.db'}"
+    MlflowClient(uri).create_experiment("shell")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "SWEEPER_"))}
+    env["MLFLOW_EXPERIMENT_NAME"] = "shell"
+    sweeper_run(sweep_file, "--mlflow", uri, "--db", f"sqlite:///{tmp_path / 's.db'}", cwd=tmp_path, env=env)
+    store = open_store(f"sqlite:///{tmp_path / 's.db'}")
+    (trial,) = store.list_trials(store.list_sweeps()[0].id)
+    assert (trial.state, trial.metric("loss")) == (TrialState.FINISHED, 0.5), trial.stderr_tail
+    client = MlflowClient(uri)
+    parent, runs = runs_of(client, "team")
+    by_name = {run.info.run_name: run for run in runs}
+    assert set(by_name) == {f"{trial.sweep_id}-1", "fold", "after"}
+    assert by_name["fold"].data.tags["mlflow.parentRunId"] == by_name[f"{trial.sweep_id}-1"].info.run_id
+    assert client.search_runs([client.get_experiment_by_name("shell").experiment_id]) == []
+
+
 def test_unchanged_mlflow_script_under_sweeper_run(mlflow_server: MlflowServer, tmp_path: Path) -> None:
     """`sweeper run --mlflow URI` on a script that only knows mlflow: its metrics reach the coordinator
     step by step while it runs, and land once, in the trial's pre-created child run."""
