@@ -18,6 +18,7 @@ from sweeper.integrations.safe import SafeTracker
 from sweeper.integrations.session import close_all, close_sweep, trackers_for, use_sweep
 
 from sweeper.spec.integrations import tracker_settings
+from sweeper.trials import SweepState
 
 log = logging.getLogger("sweeper.integrations")
 # How long an ended sweep's last records may take to reach its trackers; other sweeps' records wait.
@@ -111,13 +112,15 @@ class SweepRecords:
     a sweep changes it builds the sweep's :class:`SweepRecorder` (none for a sweep without an
     ``integrations`` block) and starts it; each change brings the record up to date (several
     changes to one sweep while the thread is busy become one update); once the sweep is finished or
-    cancelled and no trial of it runs, its record ends.
+    cancelled and no trial of it runs, its record ends. A stopped sweep's record ends as stopped
+    once no trial of it runs, and runs again when the sweep is resumed.
     """
 
     def __init__(self) -> None:
         self._coordinator: Any = None
         self._recorders: dict[str, SweepRecorder | None] = {}
         self._ended: set[str] = set()
+        self._stopped: set[str] = set()  # sweeps whose record ended as stopped: a resume reopens it
         self._waiting: dict[str, None] = {}  # sweep ids in the order they changed, each once
         self._busy = False
         self._closing = False
@@ -193,16 +196,22 @@ class SweepRecords:
         if recorder is None:
             return
         state = self._coordinator.get_sweep(sweep_id).state
-        if (
-            state.is_terminal
-            and sweep_id not in self._ended
-            and not any(t.state.is_active for t in self._coordinator.trials(sweep_id))
-        ):
+        quiet = not any(t.state.is_active for t in self._coordinator.trials(sweep_id))
+        if state.is_terminal and quiet:
             recorder.finish(state.value)
             self._ended.add(sweep_id)
+            self._stopped.discard(sweep_id)
             del self._recorders[sweep_id]  # nothing more to hold for it
             # Its trackers (and their threads) go now, not when the server stops: a server runs
             # for months, one sweep after another.
             close_sweep(sweep_id, _CLOSE_ENDED)
+        elif state is SweepState.STOPPED and quiet:
+            if sweep_id not in self._stopped:  # ended as stopped; its trackers stay, for a resume
+                recorder.finish(state.value)
+                self._stopped.add(sweep_id)
+        elif sweep_id in self._stopped and state in (SweepState.RUNNING, SweepState.PAUSED):
+            self._stopped.discard(sweep_id)  # taken up again: the record runs again
+            recorder.start()
+            recorder.update()
         else:
             recorder.update()

@@ -241,3 +241,37 @@ def test_agents_of_the_sweep_ending_in_the_same_process_leave_the_record_open(
         assert not open_trackers(sweep_id)
         (parent,) = parent_runs(MlflowClient(mlflow_server.uri), "shared")
         assert parent.info.status == "FINISHED"
+
+
+def test_a_stopped_sweeps_record_ends_as_stopped_and_runs_again_on_resume(
+    mlflow_server: MlflowServer, tmp_path: Path
+) -> None:
+    """`sweeper stop` on a sweep the server serves: once its trials have ended, its MLflow run is
+    KILLED and says stopped (it stayed RUNNING, "running", for as long as the server ran);
+    `sweeper resume` makes it RUNNING again, and the sweep's end FINISHED."""
+    client = MlflowClient(mlflow_server.uri)
+
+    def parent() -> tuple[str, str]:
+        from sweeper.integrations import session
+
+        assert records.wait_idle()  # the record handed its calls to the trackers, which send them
+        assert all(tracker.flush() for key in open_trackers(sweep_id) for tracker in session._sessions[key])
+        (run,) = parent_runs(client, "stops")
+        return run.info.status, run.data.tags["sweeper.state"]
+
+    with recording(tmp_path) as (coordinator, records):
+        block = {"mlflow": {"tracking_uri": mlflow_server.uri, "experiment": "stops"}}
+        sweep_id = coordinator.create_sweep(parse_sweep(grid([1, 2, 3], integrations=block))).id
+        got = coordinator.next_trial(sweep_id, AGENT)
+        assert isinstance(got, Assignment)
+        coordinator.set_sweep_state(sweep_id, SweepState.STOPPED)
+        assert parent() == ("RUNNING", "running")  # its trial still runs
+        coordinator.finish_trial(got.trial_id, got.lease_id, TrialOutcome(TrialState.FINISHED))
+        assert parent() == ("KILLED", "stopped")
+        coordinator.set_sweep_state(sweep_id, SweepState.RUNNING)
+        assert parent() == ("RUNNING", "running")
+        finish_trials(coordinator, sweep_id, 2)
+        assert records.wait_idle()
+        assert not open_trackers(sweep_id)  # its record ended, and let go of its trackers
+        (run,) = parent_runs(client, "stops")
+        assert (run.info.status, run.data.tags["sweeper.state"]) == ("FINISHED", "finished")
