@@ -203,20 +203,26 @@ class MlflowTracker(Tracker):
         with self._lock:
             if sweep_id in self._parents:
                 return self._parents[sweep_id]
-            experiment = self.experiment_id()
-            query = f"tags.`sweeper.sweep_id` = '{sweep_id}' and tags.`sweeper.role` = 'sweep'"
-            found = self.client.search_runs(
-                [experiment], query, order_by=["attributes.start_time ASC"], max_results=1
-            )
-            if found:
-                run_id = found[0].info.run_id
-            else:
+            run_id = self._first_parent(sweep_id)
+            if run_id is None:
                 tags = {"sweeper.sweep_id": sweep_id, "sweeper.role": "sweep"}
-                run_id = self.client.create_run(
-                    experiment, tags=tags, run_name=name or f"sweep-{sweep_id}"
-                ).info.run_id
+                made = self.client.create_run(
+                    self.experiment_id(), tags=tags, run_name=name or f"sweep-{sweep_id}"
+                )
+                # Made at the same moment elsewhere too (the server and an agent started with the
+                # sweep, agents started together): every process keeps the first, the others go.
+                run_id = self._first_parent(sweep_id) or made.info.run_id
+                if run_id != made.info.run_id:
+                    self.client.delete_run(made.info.run_id)
             self._parents[sweep_id] = run_id
             return run_id
+
+    def _first_parent(self, sweep_id: str) -> str | None:
+        """The sweep's parent run made first (the same for every process that sees them all)."""
+        query = f"tags.`sweeper.sweep_id` = '{sweep_id}' and tags.`sweeper.role` = 'sweep'"
+        found = self.client.search_runs([self.experiment_id()], query, max_results=100)
+        first = min(found, key=lambda run: (run.info.start_time, run.info.run_id), default=None)
+        return first.info.run_id if first is not None else None
 
     def sweep_started(self, sweep: SweepInfo) -> None:
         from mlflow.entities import Param, RunTag

@@ -64,6 +64,27 @@ def mlflow_settings(block: Mapping[str, Any], environ: Mapping[str, str] | None 
     return MlflowSettings(tracking_uri=absolute_uri(uri), experiment=name, experiment_id=experiment_id)
 
 
+def with_experiment_named(raw: dict[str, Any], environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """A new sweep's mapping with its MLflow experiment named, when the sweep logs to MLflow and its
+    file names none: this process's MLFLOW_EXPERIMENT_NAME, else sweeper's default. Stored with the
+    sweep, so the server and every agent log into one experiment, under one sweep run, whatever
+    their own environments say. (Given by id alone, MLFLOW_EXPERIMENT_ID, it stays each process's.)"""
+    env = os.environ if environ is None else environ
+    given = raw.get("integrations")
+    block = given.get("mlflow") if isinstance(given, Mapping) else None
+    if block is not True and not (isinstance(block, Mapping) and block.get("enabled", True) is not False):
+        return raw  # no MLflow, or a malformed block: the file's own check says so
+    if isinstance(block, Mapping) and block.get("experiment"):
+        return raw
+    name = env.get("MLFLOW_EXPERIMENT_NAME") or (
+        None if env.get("MLFLOW_EXPERIMENT_ID") else DEFAULT_EXPERIMENT
+    )
+    if not name:
+        return raw
+    mlflow = {**(block if isinstance(block, Mapping) else {}), "experiment": name}
+    return {**raw, "integrations": {**given, "mlflow": mlflow}}  # type: ignore[dict-item]
+
+
 def wandb_settings(block: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> WandbSettings:
     env = os.environ if environ is None else environ
     return WandbSettings(

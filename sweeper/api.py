@@ -52,6 +52,7 @@ def sweep(
     (its W&B runs go there); ``prior_runs`` (W&B runs to count as the sweep's) cannot be taken.
     Raises :class:`sweeper.spec.SpecError` listing every problem when the config is invalid.
     """
+    from sweeper.integrations.settings import with_experiment_named
     from sweeper.spec import load_sweep_file, parse_new_sweep, parse_sweep
     from sweeper.spec.advice import spec_advice
 
@@ -61,7 +62,10 @@ def sweep(
             "leave prior_runs out"
         )
     config = sweep() if callable(sweep) else sweep
-    spec = parse_new_sweep(config) if isinstance(config, Mapping) else load_sweep_file(Path(config))
+    if isinstance(config, Mapping):
+        spec = parse_new_sweep(with_experiment_named(dict(config)))
+    else:
+        spec = load_sweep_file(Path(config), with_experiment_named)
     given = {k: v for k, v in (("project", project), ("entity", entity)) if v}
     if given:  # the call's own, as wandb.sweep's arguments win over the file
         spec = parse_sweep({**spec.raw, **given})

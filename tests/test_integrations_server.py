@@ -8,6 +8,8 @@ and a request that does not wait while the record is being written.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +28,7 @@ from sweeper.trials import SweepState, TrialState
 
 mlflow = pytest.importorskip("mlflow")
 pytest.importorskip("fastapi")
-from cli_support import sweeper_cli  # noqa: E402
+from cli_support import SWEEPER, sweeper_cli  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from server_helpers import TOKEN, serving  # noqa: E402
 from trackers_support import MlflowServer, write_grid_sweep  # noqa: E402
@@ -95,6 +97,69 @@ def test_server_records_the_sweep_of_remote_agents(mlflow_server: MlflowServer, 
     for child in children:
         assert child.data.tags["mlflow.parentRunId"] == run_id
         assert child.info.status == "FINISHED"
+
+
+def test_agents_with_experiments_of_their_own_log_into_the_sweeps(
+    mlflow_server: MlflowServer, tmp_path: Path
+) -> None:
+    """A sweep file that names no experiment, an agent whose shell exports MLFLOW_EXPERIMENT_NAME:
+    the experiment was each process's, so the agent made a second sweep run in its own experiment
+    (left RUNNING) and put its trials there, away from the server's. Now the experiment is settled
+    when the sweep is made (the creating shell's, else "sweeper") and stored with it."""
+    write_grid_sweep(tmp_path, [0.1, 0.2], f"{{mlflow: {{tracking_uri: '{mlflow_server.uri}'}}}}")
+    plain = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "SWEEPER_"))}
+    client = MlflowClient(mlflow_server.uri)
+    with serving(f"sqlite:///{tmp_path / 'sweeper.db'}", tmp_path / "server") as server:
+        where = ["--coordinator", server.url, "--token", TOKEN]
+        made = subprocess.run(
+            [SWEEPER, "sweep", "sweep.yaml", *where], cwd=tmp_path, env=plain, capture_output=True, text=True
+        )
+        assert made.returncode == 0, made.stderr
+        sweep_id = made.stdout.split()[0]
+        agent_dir = tmp_path / "agent"
+        agent_dir.mkdir()
+        agent = subprocess.run(
+            [SWEEPER, "agent", sweep_id, *where],
+            cwd=agent_dir,
+            env={**plain, "MLFLOW_EXPERIMENT_NAME": "agents-own"},
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert agent.returncode == 0, agent.stdout + agent.stderr
+        server.stop()  # what waits for the trackers is sent first
+    assert client.get_experiment_by_name("agents-own") is None
+    parents = parent_runs(client, "sweeper")
+    assert len(parents) == 1, [
+        (r.info.run_id, r.info.status, r.info.start_time, r.data.tags) for r in parents
+    ]
+    (parent,) = parents
+    assert parent.info.status == "FINISHED"
+    experiment = client.get_experiment_by_name("sweeper").experiment_id
+    children = client.search_runs([experiment], "tags.`sweeper.role` = 'trial'", max_results=10)
+    assert len(children) == 2
+    assert all(child.data.tags["mlflow.parentRunId"] == parent.info.run_id for child in children)
+
+
+@pytest.mark.parametrize(
+    ("block", "environ", "expected"),
+    [
+        ({"tracking_uri": "http://x:5000"}, {"MLFLOW_EXPERIMENT_NAME": "shell"}, "shell"),
+        (True, {}, "sweeper"),
+        ({"experiment": "file"}, {"MLFLOW_EXPERIMENT_NAME": "shell"}, "file"),
+        ({}, {"MLFLOW_EXPERIMENT_ID": "7"}, None),  # by id: each process's, as before
+        ({"enabled": False}, {"MLFLOW_EXPERIMENT_NAME": "shell"}, None),
+    ],
+)
+def test_a_new_sweep_stores_its_mlflow_experiment(block: object, environ: dict, expected: str | None) -> None:
+    from sweeper.integrations.settings import with_experiment_named
+
+    raw = {"method": "grid", "integrations": {"mlflow": block, "wandb": True}}
+    named = with_experiment_named(raw, environ)
+    mlflow = named["integrations"]["mlflow"]
+    assert (mlflow.get("experiment") if isinstance(mlflow, dict) else None) == expected
+    assert named["integrations"]["wandb"] is True
+    assert with_experiment_named({"method": "grid"}, environ) == {"method": "grid"}
 
 
 # --- in process -----------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from sweeper.cli.common import (
 from sweeper.cli.interrupt import EXIT_INTERRUPTED, run_until_done_or_interrupted
 from sweeper.cli.report import print_summary
 from sweeper.integrations.cli import mlflow_option, wandb_option, with_trackers
+from sweeper.integrations.settings import with_experiment_named
 from sweeper.spec import Problem, SpecError, SweepSpec
 from sweeper.trials import Sweep, SweepState, TrialState
 
@@ -83,7 +84,7 @@ def run(
     from sweeper.spec import describe
 
     gpu_list = chosen_gpus(gpus, trials_per_gpu, gpus_per_trial, n_agents, "--agents")
-    spec = load_spec(sweep_file, lambda raw: with_trackers(raw, mlflow_uri, wandb_on))
+    spec = load_spec(sweep_file, lambda raw: with_experiment_named(with_trackers(raw, mlflow_uri, wandb_on)))
     program = resolve_program(spec, sweep_file)
     check_trackers(spec, sweep_file)
     store = open_store_or_fail(db_url)

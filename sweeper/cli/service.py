@@ -130,8 +130,10 @@ def server(
 @db_option
 def sweep(file: str, coordinator_url: str | None, token: str | None, db_url: str | None) -> None:
     """Create a sweep from FILE and print its id; agents then run it (`sweeper agent ID`)."""
+    from sweeper.integrations.settings import with_experiment_named
+
     coordinator_url, db_url = chosen_target(coordinator_url, db_url)
-    spec = load_spec(file)
+    spec = load_spec(file, with_experiment_named)
     check_program_given(spec, file, remote=bool(coordinator_url))
     coordinator = connect_or_fail(coordinator_url, token, db_url)
     with coordinator_errors():
