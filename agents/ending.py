@@ -1,9 +1,11 @@
 """Reporting how a trial ended: its last points, then its outcome, retried while the coordinator is away.
 
-Policy: the outcome is written to the trial folder first, then retried for ``timeout`` seconds
-(default: twice the lease, at least 10 minutes), or 3 tries once the agent is stopping. A report
-still undelivered then stays on disk, and the next agent started in the same folder delivers it
-(:func:`~sweeper.agents.reporting.deliver_leftovers`).
+Policy: the outcome is written to the trial folder first, then retried for as long as the
+coordinator cannot be reached (the agent would wait as long for its next trial, and a coordinator
+restarted after any outage takes the end under the trial's lease), for ``timeout`` seconds
+(default: twice the lease, at least 10 minutes) while it answers with errors, or 3 tries once the
+agent is stopping. A report still undelivered then stays on disk, and the next agent started in
+the same folder delivers it (:func:`~sweeper.agents.reporting.deliver_leftovers`).
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ def report_end(
             return
         except Exception as exc:
             delay = reporter.record_failure(exc)
-            if clock() >= deadline or (stop.requested and tries >= _TRIES_WHEN_STOPPING):
+            timed_out = clock() >= deadline and not _unreachable(exc)
+            if timed_out or (stop.requested and tries >= _TRIES_WHEN_STOPPING):
                 kept = f"; kept in {spool.folder} for the next agent" if spool is not None else ""
                 emit(TrialAbandoned(assignment, f"could not report the end to the coordinator: {exc}{kept}"))
                 return
@@ -70,7 +73,9 @@ def report_end(
             waiting = tries >= 2 and (said_at is None or clock() - said_at >= _WAITING_NOTICE_EVERY)
             if waiting and not stop.requested:
                 said_at = clock()  # a wait of minutes, said now and then: the agent is not hung
-                _say_waiting(assignment, outcome, exc, deadline - said_at, spool)
+                _say_waiting(
+                    assignment, outcome, exc, None if _unreachable(exc) else deadline - said_at, spool
+                )
             stop.pause(delay)
     if spool is not None:
         spool.delivered()
@@ -84,20 +89,29 @@ def _keep_on_disk(spool: Spool, assignment: Assignment, outcome: TrialOutcome) -
         log.warning("trial %s: cannot keep the outcome on disk: %s", assignment.trial_number, exc)
 
 
+def _unreachable(exc: Exception) -> bool:
+    """The coordinator could not be reached, or failed to answer (down, restarting, cut off)."""
+    return isinstance(exc, ConnectionError | TimeoutError)
+
+
 def _say_waiting(
-    assignment: Assignment, outcome: TrialOutcome, exc: Exception, left: float, spool: Spool | None
+    assignment: Assignment, outcome: TrialOutcome, exc: Exception, left: float | None, spool: Spool | None
 ) -> None:
-    if spool is not None:
-        then = f"then it stays in {spool.folder} for the next agent here"
+    if left is None:
+        kept = f"; it is kept in {spool.folder} meanwhile" if spool is not None else ""
+        how_long = f"retrying until it answers{kept}"
     else:
-        then = "then it is given up, and the trial counts as lost"
+        then = (
+            f"stays in {spool.folder} for the next agent here"
+            if spool is not None
+            else "is given up (the trial counts as lost)"
+        )
+        how_long = f"retrying for up to {max(left, 0.0) / 60:.0f} min more, then it {then}"
     log.warning(
-        "trial %s ended (%s); the coordinator cannot take it yet (%s: %s): retrying for up to "
-        "%.0f min more, %s",
+        "trial %s ended (%s); the coordinator cannot take it yet (%s: %s): %s",
         assignment.trial_number,
         outcome.state.value,
         type(exc).__name__,
         exc,
-        max(left, 0.0) / 60,
-        then,
+        how_long,
     )
