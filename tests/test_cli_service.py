@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_support import SWEEPER
 from click.testing import CliRunner
 from server_helpers import TOKEN, serving, start_server
 from sqlalchemy.engine import make_url
@@ -323,6 +324,46 @@ def test_the_commands_against_a_server(sweep_file: Path, tmp_path: Path) -> None
         assert "yet" not in agent.stderr and "is `sweeper server` running" not in agent.stderr, agent.stderr
         assert not Path("nowhere.db").exists()  # the server's store was used, not a local one
         assert [s.id for s in server.client().list_sweeps()] == [sweep_id]
+
+
+@pytest.mark.parametrize("restarted", ["with another token", "on another database"])
+def test_an_agent_whose_server_changed_under_it_exits_with_one_line(
+    sweep_file: Path, tmp_path: Path, restarted: str
+) -> None:
+    """An agent waiting on a paused sweep; its server restarted with another token, or on another
+    database: it exits 1 with one line that says what changed (it ended in a traceback)."""
+    (tmp_path / "train.py").write_text("print('never runs: the sweep is paused')\n")
+    db = f"sqlite:///{tmp_path / 'server.db'}"
+    server = start_server(db, tmp_path / "server")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWEEPER_")}
+    env |= {"SWEEPER_COORDINATOR": server.url, "SWEEPER_TOKEN": TOKEN}
+    agent = None
+    try:
+        sweep_id = sweeper("sweep", str(sweep_file), env=env).stdout.strip()
+        assert sweeper("pause", sweep_id, env=env).returncode == 0
+        agent = subprocess.Popen(
+            [SWEEPER, "agent", sweep_id, "--max-backoff", "0.5"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(1.0)  # it asks, and is told to wait
+        server.stop()
+        if restarted == "with another token":
+            server = start_server(db, tmp_path / "server", port=server.port, token="another-token")
+            expected = "no longer takes this agent's token"
+        else:
+            server = start_server(f"sqlite:///{tmp_path / 'other.db'}", tmp_path / "server", port=server.port)
+            expected = f"no longer knows sweep {sweep_id}"
+        out, err = agent.communicate(timeout=120)
+    finally:
+        if agent is not None and agent.poll() is None:
+            agent.kill()
+        server.stop()
+    assert agent.returncode == 1, out + err
+    assert "Traceback" not in err and f"Error: the coordinator at {server.url} {expected}" in err, err
 
 
 def test_ctrl_c_stops_a_server_cleanly_with_exit_130(tmp_path: Path) -> None:

@@ -84,6 +84,7 @@ def agent(
     their configurations run again.
     """
     from sweeper.local import LocalAgents
+    from sweeper.protocol import SweepNotFoundError
     from sweeper.trials import SweepState
 
     gpu_list = chosen_gpus(gpus, trials_per_gpu, gpus_per_trial, slots, "--slots")
@@ -113,13 +114,30 @@ def agent(
         max_log_bytes=max_log_bytes,
     )
     click.echo(f"agent on sweep {sweep_id}: {len(gpu_list) if gpu_list else slots or 1} trial(s) at a time")
-    reasons, interrupted = run_until_done_or_interrupted(agents, grace)
+    try:
+        reasons, interrupted = run_until_done_or_interrupted(agents, grace)
+    except (PermissionError, SweepNotFoundError) as exc:  # the coordinator changed under the agent
+        raise click.ClickException(_refused_midway(exc, sweep_id, coordinator_url)) from None
     if interrupted:
         sys.exit(EXIT_INTERRUPTED)
     if agents.gave_up:
         click.echo(f"error: {reasons[0]}", err=True)
         sys.exit(1)
     click.echo(_exit_line(reasons))
+
+
+def _refused_midway(exc: Exception, sweep_id: str, coordinator: str | None) -> str:
+    """Why a coordinator that took this agent at its start refuses it now: it was restarted with
+    another token, or on another database (or the sweep was deleted)."""
+    where = coordinator or "the store"
+    if isinstance(exc, PermissionError):
+        return (
+            f"the coordinator at {where} no longer takes this agent's token (restarted with another "
+            f"one?): {exc}"
+        )
+    return (
+        f"the coordinator at {where} no longer knows sweep {sweep_id} (restarted on another database?): {exc}"
+    )
 
 
 def _check_sweep(client: Any, sweep_id: str, coordinator: str | None) -> tuple[Any, Any]:
