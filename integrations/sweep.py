@@ -183,7 +183,11 @@ class SweepRecords:
 
     def _bring_up_to_date(self, sweep_id: str) -> None:
         if sweep_id in self._ended:
-            return  # its record is closed; a late change (a lost lease) must not reopen it
+            # Its record is closed: a late change (a lost lease) must not reopen it; a finished
+            # sweep resumed (to run its failed configurations again) starts it again.
+            if self._coordinator.get_sweep(sweep_id).state is not SweepState.RUNNING:
+                return
+            self._ended.discard(sweep_id)
         if sweep_id not in self._recorders:
             recorder = SweepRecorder.for_sweep(self._coordinator, sweep_id)
             if recorder is not None:

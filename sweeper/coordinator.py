@@ -96,6 +96,8 @@ class Coordinator:
 
     def set_sweep_state(self, sweep_id: str, state: SweepState) -> Sweep:
         self._expire_before_reading()  # a trial whose agent died is lost, not left running
+        if state is SweepState.RUNNING:
+            self._check_finished_sweep_has_more(sweep_id)
         sweep = self.store.set_sweep_state(sweep_id, state, now=self.clock())
         if sweep.state.is_terminal:
             self._curves.forget(sweep_id)
@@ -107,6 +109,20 @@ class Coordinator:
             self._finish_sweep_if_complete(sweep_id)
             sweep = self.store.get_sweep(sweep_id)
         return sweep
+
+    def _check_finished_sweep_has_more(self, sweep_id: str) -> None:
+        """A finished sweep is resumed only to run again the configurations without a result
+        (every attempt failed or was lost: retries count afresh from a resume)."""
+        sweep = self.store.get_sweep(sweep_id)
+        if sweep.state is not SweepState.FINISHED:
+            return
+        spec, strategy, _ = self._compiled(sweep)
+        why = completion(spec, strategy, self.store.list_trials(sweep_id), sweep.seed, since=self.clock())
+        if why is not None:
+            raise InvalidTransitionError(
+                f"sweep {sweep_id} is finished, with a result for every configuration ({why}): "
+                "nothing would run again"
+            )
 
     def get_sweep(self, sweep_id: str) -> Sweep:
         self._expire_before_reading()  # the state read is the one after the dead agents' trials
@@ -207,15 +223,15 @@ class Coordinator:
         if plan is None:  # the sweep does not hand out trials (or stopped doing so since it was read)
             sweep = self.store.get_sweep(sweep_id)
             if sweep.state is SweepState.FINISHED:
-                why = completion(
-                    spec, strategy, self.store.list_trials(sweep_id), sweep.seed, resumed_at(sweep)
-                )
+                trials = self.store.list_trials(sweep_id)
+                why = completion(spec, strategy, trials, sweep.seed, resumed_at(sweep))
                 said = f"is complete: {why}" if why is not None else "is finished"
-                return NoTrial(NoTrialReason.DONE, f"sweep {sweep_id} {said}")
+                return NoTrial(NoTrialReason.DONE, f"sweep {sweep_id} {said}{_no_result(sweep_id, trials)}")
             return _refusal(sweep) or NoTrial(NoTrialReason.WAIT, "sweep busy")
         if plan.done:
             self._finish_sweep_if_complete(sweep_id)
-            return NoTrial(NoTrialReason.DONE, f"sweep {sweep_id} is complete: {plan.reason}")
+            said = f"is complete: {plan.reason}{_no_result(sweep_id, seen[-1][0])}"
+            return NoTrial(NoTrialReason.DONE, f"sweep {sweep_id} {said}")
         return NoTrial(NoTrialReason.WAIT, plan.reason, retry_after=1.0)
 
     def heartbeat(self, trial_id: int, lease_id: str, *, interrupted: str | None = None) -> Directive:
@@ -405,6 +421,16 @@ def _refusal(sweep: Sweep) -> NoTrial | None:
             return NoTrial(NoTrialReason.DONE, f"sweep {sweep.id} is finished")
         case _:
             return NoTrial(NoTrialReason.STOPPED, f"sweep {sweep.id} was {sweep.state.value}")
+
+
+def _no_result(sweep_id: str, trials: Sequence[Trial]) -> str:
+    """What a complete sweep says of its configurations without a result (every attempt failed or
+    was lost), which a resume runs again; nothing when there are none."""
+    missing = len(may_run_again(trials, 0, since=math.inf))
+    if not missing:
+        return ""
+    which = "1 configuration has" if missing == 1 else f"{missing} configurations have"
+    return f"; {which} no result: fix what failed, then 'sweeper resume {sweep_id}' runs them again"
 
 
 def resumed_at(sweep: Sweep) -> float:

@@ -79,7 +79,8 @@ SWEEP_TRANSITIONS: Mapping[SweepState, frozenset[SweepState]] = {
         {SweepState.RUNNING, SweepState.STOPPED, SweepState.CANCELLED, SweepState.FINISHED}
     ),
     SweepState.STOPPED: frozenset({SweepState.RUNNING, SweepState.CANCELLED, SweepState.FINISHED}),
-    SweepState.FINISHED: frozenset(),
+    # Resumed to run again the configurations that have no result (the coordinator checks there are some).
+    SweepState.FINISHED: frozenset({SweepState.RUNNING}),
     SweepState.CANCELLED: frozenset(),
 }
 

@@ -129,6 +129,52 @@ def test_state_commands_follow_the_sweep_state_machine(sweep_file: Path, sqlite_
     assert result.exit_code == 1 and "no sweep with id 'nosuch'" in result.output
 
 
+def test_a_grid_that_finished_with_a_broken_configuration_is_resumed_once_it_is_fixed(tmp_path: Path) -> None:
+    """The script fails for x=2 until it is fixed: the grid finishes (each combination has run),
+    says what has no result and how to run it again; `sweeper resume` on the finished sweep, then
+    an agent, runs x=2 again (it was refused: a finished sweep cannot become running)."""
+    (tmp_path / "train.py").write_text(
+        "import pathlib, sys, sweeper\n"
+        "run = sweeper.init()\n"
+        "if run.config.x == 2 and not pathlib.Path('fixed').exists():\n"
+        "    sys.exit('x=2 is broken')\n"
+        "run.log({'acc': run.config.x / 10})\n"
+    )
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text("program: train.py\nmethod: grid\nparameters:\n  x: {values: [1, 2]}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWEEPER_")}
+    env["SWEEPER_DB"] = f"sqlite:///{tmp_path / 'sweeps.db'}"
+
+    def sweeper_here(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [SWEEPER, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+        )
+
+    sweep_id = sweeper_here("sweep", str(sweep_file)).stdout.strip()
+    first = sweeper_here("agent", sweep_id)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert (
+        f"1 configuration has no result: fix what failed, then 'sweeper resume {sweep_id}' runs them again"
+        in first.stdout
+    ), first.stdout
+    (tmp_path / "fixed").write_text("")
+    resumed = sweeper_here("resume", sweep_id)
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout == f"sweep {sweep_id} is running\n"
+    assert f"run again: sweeper agent {sweep_id}" in resumed.stderr
+    second = sweeper_here("agent", sweep_id)
+    assert second.returncode == 0 and "no result" not in second.stdout, second.stdout + second.stderr
+    trials = json.loads(sweeper_here("trials", sweep_id, "--format", "json").stdout)
+    assert [(t["config"]["x"], t["state"]) for t in trials] == [
+        (1, "finished"),
+        (2, "failed"),
+        (2, "failed"),
+        (2, "finished"),
+    ]
+    again = sweeper_here("resume", sweep_id)  # every configuration has a result now
+    assert again.returncode == 1 and "nothing would run again" in again.stderr, again.stderr
+
+
 def test_cancel_stops_running_trials_at_their_next_heartbeat(sweep_file: Path, sqlite_store_url: str) -> None:
     from sweeper.connect import connect
 

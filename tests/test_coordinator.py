@@ -27,6 +27,7 @@ from sweeper.protocol import (
 from sweeper.results import ranked
 from sweeper.spec import parse_sweep
 from sweeper.store import open_store
+from sweeper.store.base import InvalidTransitionError
 from sweeper.trials import MetricPoint, SweepState, TrialState
 
 AGENT = AgentInfo(name="host:1:0", host="host")
@@ -155,6 +156,35 @@ def test_configurations_a_broken_script_failed_run_again_once_the_sweep_is_resum
     clock.now += 60
     coordinator.set_sweep_state(sweep.id, SweepState.RUNNING)
     assert lease(coordinator, sweep.id).config == {"x": 1}
+
+
+def test_a_finished_sweep_with_configurations_that_failed_says_so_and_resumes_to_run_them(
+    coordinator: Coordinator, clock: FakeClock
+) -> None:
+    """A grid whose x=1 failed on every attempt finishes (each combination has run); it says which
+    have no result, and `sweeper resume` runs those again, once the script is fixed. A finished
+    sweep with a result for each configuration stays finished."""
+    sweep = coordinator.create_sweep(parse_sweep(grid([1, 2])))
+    for _ in range(2):  # x=1 and its retry fail; x=2 finishes
+        finish(coordinator, lease(coordinator, sweep.id), TrialState.FAILED)
+    finish(coordinator, lease(coordinator, sweep.id))
+    done = coordinator.next_trial(sweep.id, AGENT)
+    assert isinstance(done, NoTrial) and done.reason is NoTrialReason.DONE, done
+    assert done.message.endswith(
+        f"; 1 configuration has no result: fix what failed, then 'sweeper resume {sweep.id}' runs them again"
+    ), done.message
+    assert coordinator.get_sweep(sweep.id).state is SweepState.FINISHED
+    clock.now += 60
+    assert coordinator.set_sweep_state(sweep.id, SweepState.RUNNING).state is SweepState.RUNNING
+    again = lease(coordinator, sweep.id)
+    assert again.config == {"x": 1} and coordinator.store.get_trial(again.trial_id).retry_of == 2
+    finish(coordinator, again)
+    done = coordinator.next_trial(sweep.id, AGENT)
+    assert isinstance(done, NoTrial) and "no result" not in done.message, done
+    assert coordinator.get_sweep(sweep.id).state is SweepState.FINISHED
+    with pytest.raises(InvalidTransitionError, match="nothing would run again"):
+        coordinator.set_sweep_state(sweep.id, SweepState.RUNNING)
+    assert coordinator.get_sweep(sweep.id).state is SweepState.FINISHED
 
 
 def test_a_retry_goes_to_another_agent_while_one_is_running_trials(coordinator: Coordinator) -> None:

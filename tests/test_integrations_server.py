@@ -250,6 +250,14 @@ def open_trackers(sweep_id: str) -> list[tuple[str, str]]:
     return [key for key in session._sessions if key[0] == sweep_id]
 
 
+def send_what_waits(records: SweepRecords, sweep_id: str) -> None:
+    """Wait until the record handed its calls to the sweep's trackers, and they sent them."""
+    from sweeper.integrations import session
+
+    assert records.wait_idle()
+    assert all(tracker.flush() for key in open_trackers(sweep_id) for tracker in session._sessions[key])
+
+
 def test_a_request_never_waits_for_the_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The record's thread is stuck (a tracker that hangs): the coordinator still answers."""
     release = threading.Event()
@@ -317,10 +325,7 @@ def test_a_stopped_sweeps_record_ends_as_stopped_and_runs_again_on_resume(
     client = MlflowClient(mlflow_server.uri)
 
     def parent() -> tuple[str, str]:
-        from sweeper.integrations import session
-
-        assert records.wait_idle()  # the record handed its calls to the trackers, which send them
-        assert all(tracker.flush() for key in open_trackers(sweep_id) for tracker in session._sessions[key])
+        send_what_waits(records, sweep_id)
         (run,) = parent_runs(client, "stops")
         return run.info.status, run.data.tags["sweeper.state"]
 
@@ -340,3 +345,32 @@ def test_a_stopped_sweeps_record_ends_as_stopped_and_runs_again_on_resume(
         assert not open_trackers(sweep_id)  # its record ended, and let go of its trackers
         (run,) = parent_runs(client, "stops")
         assert (run.info.status, run.data.tags["sweeper.state"]) == ("FINISHED", "finished")
+
+
+def test_a_finished_sweep_resumed_to_run_what_failed_records_again(
+    mlflow_server: MlflowServer, tmp_path: Path
+) -> None:
+    """A finished sweep with a configuration that failed, resumed: its record, ended when it
+    finished, runs again (MLflow run RUNNING) until the sweep finishes once more."""
+    client = MlflowClient(mlflow_server.uri)
+
+    def parent() -> tuple[str, str]:
+        (run,) = parent_runs(client, "resumed")
+        return run.info.status, run.data.tags["sweeper.state"]
+
+    with recording(tmp_path) as (coordinator, records):
+        block = {"mlflow": {"tracking_uri": mlflow_server.uri, "experiment": "resumed"}}
+        sweep_id = coordinator.create_sweep(parse_sweep(grid([1, 2], integrations=block))).id
+        failed = coordinator.next_trial(sweep_id, AGENT)
+        assert isinstance(failed, Assignment)
+        coordinator.finish_trial(failed.trial_id, failed.lease_id, TrialOutcome(TrialState.FAILED))
+        finish_trials(coordinator, sweep_id, 1)
+        assert records.wait_idle() and not open_trackers(sweep_id)
+        assert parent() == ("FINISHED", "finished")
+        coordinator.set_sweep_state(sweep_id, SweepState.RUNNING)
+        assert records.wait_idle() and open_trackers(sweep_id)
+        send_what_waits(records, sweep_id)
+        assert parent() == ("RUNNING", "running")
+        finish_trials(coordinator, sweep_id, 1)  # the failed configuration, run again
+        assert records.wait_idle() and not open_trackers(sweep_id)
+        assert parent() == ("FINISHED", "finished")

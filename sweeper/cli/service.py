@@ -175,8 +175,14 @@ def _state_command(name: str, state: SweepState, summary: str) -> click.Command:
     def command(sweep_id: str, coordinator_url: str | None, token: str | None, db_url: str | None) -> None:
         coordinator = connect_or_fail(coordinator_url, token, db_url, existing=True)
         with coordinator_errors():
+            before = coordinator.get_sweep(sweep_id).state
             changed = coordinator.set_sweep_state(sweep_id, state)
         click.echo(f"sweep {changed.id} is {changed.state.value}")
+        if before is SweepState.FINISHED and changed.state is SweepState.RUNNING:
+            where = f" --coordinator {coordinator_url}" if coordinator_url else ""
+            click.echo(
+                f"its configurations without a result run again: sweeper agent {sweep_id}{where}", err=True
+            )
 
     return command
 
@@ -193,7 +199,7 @@ resume = _state_command(
     "resume",
     SweepState.RUNNING,
     "Resume a paused or stopped SWEEP_ID. Configurations whose every attempt failed get their "
-    "retries again (also on a running sweep): run after fixing a broken script.",
+    "retries again (also on a running sweep, or a finished one): run after fixing a broken script.",
 )
 cancel = _state_command(
     "cancel",
