@@ -244,7 +244,7 @@ def test_the_server_killed_mid_sweep_and_restarted_loses_nothing_and_repeats_not
         for line in a.output().splitlines()
         if "the coordinator cannot take it yet" in line
     ]
-    assert waits and all("retrying for up to 10 min more, then it stays in " in line for line in waits), waits
+    assert waits and all("retrying until it answers; it is kept in " in line for line in waits), waits
 
 
 def _logged(trial_dir: Path) -> Counter:
