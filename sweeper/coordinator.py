@@ -419,6 +419,9 @@ def _refusal(sweep: Sweep) -> NoTrial | None:
             return NoTrial(NoTrialReason.WAIT, f"sweep {sweep.id} is paused", retry_after=2.0)
         case SweepState.FINISHED:
             return NoTrial(NoTrialReason.DONE, f"sweep {sweep.id} is finished")
+        case SweepState.STOPPED:
+            again = f"'sweeper resume {sweep.id}' takes it up again"
+            return NoTrial(NoTrialReason.STOPPED, f"sweep {sweep.id} was stopped ({again})")
         case _:
             return NoTrial(NoTrialReason.STOPPED, f"sweep {sweep.id} was {sweep.state.value}")
 

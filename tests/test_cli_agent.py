@@ -71,13 +71,20 @@ def test_count_caps_the_trials_of_this_process(here: Path, sqlite_store_url: str
         assert len(store.list_trials(sweep_id)) == 2
 
 
-def test_a_stopped_sweep_sends_the_agent_home(here: Path, sqlite_store_url: str) -> None:
+@pytest.mark.parametrize("state", [SweepState.CANCELLED, SweepState.STOPPED])
+def test_a_stopped_sweep_sends_the_agent_home(here: Path, sqlite_store_url: str, state: SweepState) -> None:
     sweep_id = make_sweep(sqlite_store_url, {"x": {"values": [1, 2]}})
     with open_store(sqlite_store_url) as store:
-        Coordinator(store).set_sweep_state(sweep_id, SweepState.CANCELLED)
+        Coordinator(store).set_sweep_state(sweep_id, state)
     result = CliRunner().invoke(main, ["agent", sweep_id, "--db", sqlite_store_url])
     assert result.exit_code == 0, result.output
-    assert last_line(result) == f"sweep {sweep_id} was cancelled"
+    if state is SweepState.STOPPED:  # which can be taken up again: how is said
+        assert (
+            last_line(result)
+            == f"sweep {sweep_id} was stopped ('sweeper resume {sweep_id}' takes it up again)"
+        )
+    else:
+        assert last_line(result) == f"sweep {sweep_id} was cancelled"
 
 
 def test_unknown_sweep_is_a_clear_error(here: Path, sqlite_store_url: str) -> None:

@@ -100,6 +100,18 @@ def test_a_public_bind_without_a_token_is_refused(tmp_path: Path) -> None:
     assert "warning: listening on 0.0.0.0 without a token (--insecure): whoever reaches" in said.output
 
 
+def test_a_token_over_plain_http_beyond_loopback_is_warned_about(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 's.db'}"
+    (cert := tmp_path / "c.pem").touch()
+    plain = ["server", "--host", "0.0.0.0", "--port", "0", "--db", db, "--ssl-keyfile", str(cert)]
+    said = CliRunner().invoke(main, plain, env={"SWEEPER_TOKEN": "t0ken"})
+    assert said.exit_code == 2 and "TLS needs both" in said.output, said.output  # stops before serving
+    assert "warning: listening on 0.0.0.0 over plain HTTP: the token" in said.output
+    with_tls = [*plain, "--ssl-certfile", str(cert)]
+    said = CliRunner().invoke(main, with_tls, env={"SWEEPER_TOKEN": "t0ken"})
+    assert "over plain HTTP" not in said.output, said.output
+
+
 def test_a_certificate_that_is_no_pem_names_both_files(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 's.db'}"
     cert, key = make_certificate(tmp_path)

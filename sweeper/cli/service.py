@@ -105,6 +105,13 @@ def server(
                 "this port can create sweeps, and so run commands on your agents",
                 err=True,
             )
+        if options.token and not ssl_certfile and not is_loopback(options.host):
+            click.echo(
+                f"warning: listening on {options.host} over plain HTTP: the token, and the configs and "
+                "metrics, cross the network readable; give --ssl-certfile/--ssl-keyfile, or put a "
+                "TLS proxy in front",
+                err=True,
+            )
         if bool(ssl_certfile) != bool(ssl_keyfile):
             raise click.UsageError("TLS needs both --ssl-certfile and --ssl-keyfile")
         try:
