@@ -392,6 +392,44 @@ def test_an_experiment_named_in_the_shell_gives_way_to_the_sweeps(tmp_path: Path
     assert client.search_runs([client.get_experiment_by_name("shell").experiment_id]) == []
 
 
+def test_what_a_script_logs_into_runs_of_its_own_reaches_the_trials_run(tmp_path: Path) -> None:
+    """A script that ends the trial's run and starts another, or logs through MlflowClient into a
+    run it made: those metrics were missing from the trial's run (taken to be in it already).
+    A run it nests in the trial's run keeps its own, as MLflow shows it under the trial's."""
+    script = tmp_path / "runs.py"
+    script.write_text(
+        "import mlflow\n"
+        "with mlflow.start_run():\n"
+        "    mlflow.log_metric('loss', 1.0, step=0)\n"
+        "    with mlflow.start_run(nested=True, run_name='fold'):\n"
+        "        mlflow.log_metric('fold_loss', 0.25)\n"
+        "with mlflow.start_run(run_name='second'):\n"
+        "    mlflow.log_metric('loss', 0.5, step=1)\n"
+        "client = mlflow.MlflowClient()\n"
+        "made = client.create_run(mlflow.get_experiment_by_name('sweeper').experiment_id, run_name='made')\n"
+        "client.log_metric(made.info.run_id, 'acc', 0.75, step=2)\n"
+        "client.set_terminated(made.info.run_id)\n"
+    )
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(f"program: {script}\nmethod: grid\nparameters:\n  x: {{values: [1]}}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "SWEEPER_"))}
+    uri = f"sqlite:///{tmp_path / 'ml.db'}"
+    sweeper_run(sweep_file, "--mlflow", uri, "--db", f"sqlite:///{tmp_path / 's.db'}", cwd=tmp_path, env=env)
+    client = MlflowClient(uri)
+    _, runs = runs_of(client, "sweeper")
+    by_name = {run.info.run_name: run for run in runs}
+    assert set(by_name) >= {"fold", "second", "made"}, set(by_name)
+    (trial_run,) = [run for run in runs if run.data.tags.get("sweeper.role") == "trial"]
+
+    def history(run_id: str, name: str) -> list[tuple[int, float]]:
+        return sorted((m.step, m.value) for m in client.get_metric_history(run_id, name))
+
+    assert history(trial_run.info.run_id, "loss") == [(0, 1.0), (1, 0.5)]  # each once
+    assert history(trial_run.info.run_id, "acc") == [(2, 0.75)]
+    assert history(trial_run.info.run_id, "fold_loss") == []  # in the nested run, under the trial's
+    assert history(by_name["fold"].info.run_id, "fold_loss") == [(0, 0.25)]
+
+
 def test_unchanged_mlflow_script_under_sweeper_run(mlflow_server: MlflowServer, tmp_path: Path) -> None:
     """`sweeper run --mlflow URI` on a script that only knows mlflow: its metrics reach the coordinator
     step by step while it runs, and land once, in the trial's pre-created child run."""

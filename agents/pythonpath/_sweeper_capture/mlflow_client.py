@@ -66,7 +66,12 @@ def patch(module: Any) -> None:
         trial = core.current_trial()
         if trial is not None:
             trial.check_environment("mlflow.start_run()")
-        return start_run(*args, **kwargs)
+        parent = kwargs.get("parent_run_id") or (_active_run(module) if kwargs.get("nested") else None)
+        run = start_run(*args, **kwargs)
+        if parent is not None and _in_trial_run(parent):
+            with contextlib.suppress(Exception):
+                _under_trial_run.add(str(run.info.run_id))
+        return run
 
     module.start_run = patched_start_run
     try:  # last, so that a failure here leaves the metric capture in place
@@ -75,15 +80,28 @@ def patch(module: Any) -> None:
         print(f"sweeper: MLflow's local database opens unserialised ({exc})", file=sys.stderr)
 
 
-_left_trial_run = False  # the script's run is its own, in an experiment of its own
+_under_trial_run: set[str] = set()  # runs the script started nested in the trial's run, or in one of these
+
+
+def _active_run(module: Any) -> str | None:
+    with contextlib.suppress(Exception):
+        active = module.active_run()
+        return str(active.info.run_id) if active is not None else None
+    return None
+
+
+def _in_trial_run(run_id: Any) -> bool:
+    """The trial's run, or a run the script started nested in it: what the trial's MLflow record
+    holds (nested runs show under it)."""
+    return mlflow_params.is_trial_run(run_id) or str(run_id) in _under_trial_run
 
 
 def _emit(run_id: Any, step: int, values: dict[str, float]) -> None:
-    """Metrics logged into the trial's run or a run under it (which trackers leave alone), or,
-    where the script left the trial's run for an experiment of its own, into a run of that: the
-    trial's run gets those from sweeper's MLflow tracker."""
-    elsewhere = _left_trial_run and not mlflow_params.is_trial_run(run_id)
-    core.emit("script" if elsewhere else "mlflow", step, values, seq=core.next_seq("mlflow"))
+    """Metrics logged into the trial's run, or a run nested in it, are in the trial's MLflow record
+    already (trackers leave them alone); those logged into any other run (one started after the
+    script ended the trial's, one in an experiment of its own, one made with ``MlflowClient``)
+    reach the trial's run through sweeper's MLflow tracker."""
+    core.emit("mlflow" if _in_trial_run(run_id) else "script", step, values, seq=core.next_seq("mlflow"))
 
 
 def _leave_the_trial_run_in_another_experiment() -> None:
@@ -95,8 +113,6 @@ def _leave_the_trial_run_in_another_experiment() -> None:
     theirs = mlflow_params.trial_experiment
     if not trial_run or chosen is None or theirs is None or str(chosen) == theirs:
         return
-    global _left_trial_run
-    _left_trial_run = True
     del os.environ["MLFLOW_RUN_ID"]
     print(
         f"sweeper: the script set MLflow experiment {chosen}, so its run is made there, outside the "
