@@ -323,6 +323,21 @@ def test_a_script_logging_the_sweeps_params_itself_is_not_refused(tmp_path: Path
     assert "'C'" not in stderr  # the same value, spelled otherwise: left out without a word
 
 
+def run_script_sweep(tmp_path: Path, script: Path, *, sweep_extra: str = "", **env: str) -> str:
+    """`sweeper run --mlflow` of a grid over x in [1] running ``script``, logging to a fresh local
+    MLflow store in ``tmp_path``, from a shell with no MLFLOW_ or SWEEPER_ variables but ``env``;
+    returns the store's URI."""
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(
+        f"program: {script}\nmethod: grid\nparameters:\n  x: {{values: [1]}}\n{sweep_extra}"
+    )
+    shell = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "SWEEPER_"))}
+    uri = f"sqlite:///{tmp_path / 'ml.db'}"
+    db = f"sqlite:///{tmp_path / 's.db'}"
+    sweeper_run(sweep_file, "--mlflow", uri, "--db", db, cwd=tmp_path, env={**shell, **env})
+    return uri
+
+
 def test_a_script_that_sets_its_own_experiment_runs_and_logs(tmp_path: Path) -> None:
     """``mlflow.set_experiment("mine")`` then ``start_run()``: MLflow refuses to start the trial's run,
     which is in the sweep's experiment, and every trial failed. Now the script's run is made in its
@@ -371,16 +386,9 @@ def test_an_experiment_named_in_the_shell_gives_way_to_the_sweeps(tmp_path: Path
         "with mlflow.start_run(run_name='after'):\n"
         "    mlflow.log_metric('test_loss', 0.75)\n"
     )
-    sweep_file = tmp_path / "sweep.yaml"
-    sweep_file.write_text(
-        f"program: {script}\nmethod: grid\nmetric: {{name: loss, goal: minimize}}\n"
-        "parameters:\n  x: {values: [1]}\nintegrations:\n  mlflow: {experiment: team}\n"
-    )
-    uri = f"sqlite:///{tmp_path / 'ml.db'}"
-    MlflowClient(uri).create_experiment("shell")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "SWEEPER_"))}
-    env["MLFLOW_EXPERIMENT_NAME"] = "shell"
-    sweeper_run(sweep_file, "--mlflow", uri, "--db", f"sqlite:///{tmp_path / 's.db'}", cwd=tmp_path, env=env)
+    MlflowClient(f"sqlite:///{tmp_path / 'ml.db'}").create_experiment("shell")
+    extra = "metric: {name: loss, goal: minimize}\nintegrations:\n  mlflow: {experiment: team}\n"
+    uri = run_script_sweep(tmp_path, script, sweep_extra=extra, MLFLOW_EXPERIMENT_NAME="shell")
     store = open_store(f"sqlite:///{tmp_path / 's.db'}")
     (trial,) = store.list_trials(store.list_sweeps()[0].id)
     assert (trial.state, trial.metric("loss")) == (TrialState.FINISHED, 0.5), trial.stderr_tail
@@ -410,12 +418,7 @@ def test_what_a_script_logs_into_runs_of_its_own_reaches_the_trials_run(tmp_path
         "client.log_metric(made.info.run_id, 'acc', 0.75, step=2)\n"
         "client.set_terminated(made.info.run_id)\n"
     )
-    sweep_file = tmp_path / "sweep.yaml"
-    sweep_file.write_text(f"program: {script}\nmethod: grid\nparameters:\n  x: {{values: [1]}}\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "SWEEPER_"))}
-    uri = f"sqlite:///{tmp_path / 'ml.db'}"
-    sweeper_run(sweep_file, "--mlflow", uri, "--db", f"sqlite:///{tmp_path / 's.db'}", cwd=tmp_path, env=env)
-    client = MlflowClient(uri)
+    client = MlflowClient(run_script_sweep(tmp_path, script))
     _, runs = runs_of(client, "sweeper")
     by_name = {run.info.run_name: run for run in runs}
     assert set(by_name) >= {"fold", "second", "made"}, set(by_name)
