@@ -140,6 +140,11 @@ class Tracker:
         """True when a retry may succeed (network, server down); False drops the call."""
         return isinstance(exc, OSError | TimeoutError)
 
+    def failure(self, exc: BaseException) -> str:
+        """A failed call's error in one short line, for the line that says the tracker is down."""
+        text = str(exc)
+        return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
     def refusal(self, exc: BaseException) -> str | None:
         """What to do about a failed call that the tracker refused for its settings (credentials,
         permissions, address), which a retry may cure only once someone fixes them; None for

@@ -75,6 +75,10 @@ _REFUSALS = {
 _EXPERIMENT = "sweeper"  # the experiment sweeps go to when none is named
 _MAX_METRICS, _MAX_PARAMS = 1000, 100  # per log_batch call, MLflow's own limits
 _BAD_KEY = re.compile(r"[^\w\-. /]")
+_API_CALL = re.compile(r"(API request to \S+)")
+_CONNECTION_CAUSE = re.compile(
+    r"\[Errno -?\d+\] [^'\")]+|Read timed out|Connection aborted|Connection broken: \w+"
+)
 
 
 def _key(name: str) -> str:
@@ -89,10 +93,9 @@ class MlflowTracker(Tracker):
         from mlflow.tracking import MlflowClient
 
         self.settings = settings
-        self.help = (
-            f"check that the MLflow tracking server at {settings.tracking_uri} is up and that "
-            "MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN are right"
-        )
+        # Credentials are named where the server refuses them (refusal), not for a server down.
+        self.help = f"check that the MLflow tracking server at {settings.tracking_uri} is up"
+
         # A trial whose run could not be made (MLflow down) still logs to this server, not to a
         # ./mlflow.db of its own, with MLflow's own retries, not the agent's.
         self.always_env = {"MLFLOW_TRACKING_URI": settings.tracking_uri, **self._agent_settings()}
@@ -170,6 +173,14 @@ class MlflowTracker(Tracker):
             return None
         uri = redact_urls(self.settings.tracking_uri, keep_user=False)
         return f"the server at {uri} answered {exc.get_http_status_code()}: {fix}"
+
+    def failure(self, exc: BaseException) -> str:
+        # MLflow wraps a connection error in urllib3's whole story; its last words say what happened.
+        text = str(exc)
+        cause = _CONNECTION_CAUSE.search(text)
+        if cause is not None and (call := _API_CALL.match(text)) is not None:
+            return f"{call.group(1)} failed: {cause.group(0)}"
+        return super().failure(exc)
 
     def is_transient(self, exc: BaseException) -> bool:
         from mlflow.exceptions import MlflowException

@@ -298,11 +298,10 @@ class SafeTracker:
                 )
             elif went_down:
                 log.error(
-                    "%s is unreachable (%s: %s). Trials go on; their records are kept (up to %d calls) "
+                    "%s is unreachable (%s). Trials go on; their records are kept (up to %d calls) "
                     "and sent when it is back. %s",
                     self.name,
-                    type(exc).__name__,
-                    str(exc).splitlines()[0] if str(exc) else "",
+                    self.tracker.failure(exc),
                     self.max_pending,
                     self.tracker.help,
                 )

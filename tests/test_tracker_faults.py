@@ -4,6 +4,7 @@ down; records catch up."""
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import socket
 import subprocess
@@ -280,7 +281,9 @@ def test_the_bound_drops_metric_batches_first() -> None:
     safe.close(timeout=5)
 
 
-def test_mlflow_server_killed_mid_sweep_fails_no_trial_and_runs_complete(tmp_path: Path) -> None:
+def test_mlflow_server_killed_mid_sweep_fails_no_trial_and_runs_complete(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
 
@@ -309,6 +312,15 @@ def test_mlflow_server_killed_mid_sweep_fails_no_trial_and_runs_complete(tmp_pat
         _, sweep_id, trials = run_sweep(tmp_path, sweep, program, agents=1, on_event=on_event)
         assert restarted.is_set()
         assert [t.state for t in trials] == [TrialState.FINISHED] * 4  # the outage failed no trial
+        (down,) = [r.getMessage() for r in caplog.records if "is unreachable" in r.getMessage()]
+        # What failed, in a line: not urllib3's whole story, nor credentials for a server that is down.
+        assert re.match(
+            rf"MLflow is unreachable \(API request to {server.uri}/api/\S+ failed: "
+            r"(\[Errno 111\] Connection refused|Connection broken: \w+|Connection aborted)\)"
+            r"\. Trials go on; ",
+            down,
+        ), down
+        assert down.endswith(f"check that the MLflow tracking server at {server.uri} is up"), down
         client = MlflowClient(server.uri)
         exp = client.get_experiment_by_name("outage")
         runs = client.search_runs([exp.experiment_id])
