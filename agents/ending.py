@@ -90,8 +90,9 @@ def _keep_on_disk(spool: Spool, assignment: Assignment, outcome: TrialOutcome) -
 
 
 def _unreachable(exc: Exception) -> bool:
-    """The coordinator could not be reached, or failed to answer (down, restarting, cut off)."""
-    return isinstance(exc, ConnectionError | TimeoutError)
+    """Nothing answered (the coordinator is down, restarting, or cut off), as opposed to an answer
+    that is an error (a coordinator that answers 500 to every end is not waited for forever)."""
+    return isinstance(exc, ConnectionError | TimeoutError) and not getattr(exc, "answered", False)
 
 
 def _say_waiting(

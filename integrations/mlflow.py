@@ -94,7 +94,8 @@ class MlflowTracker(Tracker):
 
         self.settings = settings
         # Credentials are named where the server refuses them (refusal), not for a server down.
-        self.help = f"check that the MLflow tracking server at {settings.tracking_uri} is up"
+        uri = redact_urls(settings.tracking_uri, keep_user=False)
+        self.help = f"check that the MLflow tracking server at {uri} is up"
 
         # A trial whose run could not be made (MLflow down) still logs to this server, not to a
         # ./mlflow.db of its own, with MLflow's own retries, not the agent's.

@@ -249,7 +249,10 @@ class SafeTracker:
                 if self._closing and self._deadline is not None and self._clock() + delay > self._deadline:
                     self._give_up(lane)
                     return
-                self._cond.wait(delay)
+                # The whole backoff: the other lane's calls notify as they end; the close cuts it short.
+                retry_at = time.monotonic() + delay
+                while not self._closing and (left := retry_at - time.monotonic()) > 0:
+                    self._cond.wait(left)
 
     def _waited_for(self, after: Future[Any], lane: _Lane) -> bool:
         """Wait until the other lane's call is done (run, refused or dropped); False once the close's

@@ -71,9 +71,15 @@ def with_experiment_named(raw: dict[str, Any], environ: Mapping[str, str] | None
     their own environments say. (Given by id alone, MLFLOW_EXPERIMENT_ID, it stays each process's.)"""
     env = os.environ if environ is None else environ
     given = raw.get("integrations")
-    block = given.get("mlflow") if isinstance(given, Mapping) else None
-    if block is not True and not (isinstance(block, Mapping) and block.get("enabled", True) is not False):
-        return raw  # no MLflow, or a malformed block: the file's own check says so
+    if not isinstance(given, Mapping) or "mlflow" not in given:
+        return raw
+    block = given["mlflow"]  # `mlflow:` with nothing after it (None) is on, as `mlflow: true`
+    if (
+        block is not True
+        and block is not None
+        and not (isinstance(block, Mapping) and block.get("enabled", True) is not False)
+    ):
+        return raw  # MLflow off, or a malformed block: the file's own check says so
     if isinstance(block, Mapping) and block.get("experiment"):
         return raw
     name = env.get("MLFLOW_EXPERIMENT_NAME") or (

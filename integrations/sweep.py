@@ -182,12 +182,13 @@ class SweepRecords:
                 )
 
     def _bring_up_to_date(self, sweep_id: str) -> None:
-        if sweep_id in self._ended:
-            # Its record is closed: a late change (a lost lease) must not reopen it; a finished
-            # sweep resumed (to run its failed configurations again) starts it again.
-            if self._coordinator.get_sweep(sweep_id).state is not SweepState.RUNNING:
+        if sweep_id in self._ended or sweep_id in self._stopped:
+            # Its record is closed: a late change (a lost lease) must not reopen it; a resume
+            # (of a stopped sweep, or of a finished one to run its failed configurations) does.
+            if self._coordinator.get_sweep(sweep_id).state not in (SweepState.RUNNING, SweepState.PAUSED):
                 return
             self._ended.discard(sweep_id)
+            self._stopped.discard(sweep_id)
         if sweep_id not in self._recorders:
             recorder = SweepRecorder.for_sweep(self._coordinator, sweep_id)
             if recorder is not None:
@@ -201,21 +202,12 @@ class SweepRecords:
             return
         state = self._coordinator.get_sweep(sweep_id).state
         quiet = not any(t.state.is_active for t in self._coordinator.trials(sweep_id))
-        if state.is_terminal and quiet:
+        if quiet and (state.is_terminal or state is SweepState.STOPPED):
             recorder.finish(state.value)
-            self._ended.add(sweep_id)
-            self._stopped.discard(sweep_id)
+            (self._stopped if state is SweepState.STOPPED else self._ended).add(sweep_id)
             del self._recorders[sweep_id]  # nothing more to hold for it
             # Its trackers (and their threads) go now, not when the server stops: a server runs
             # for months, one sweep after another.
             close_sweep(sweep_id, _CLOSE_ENDED)
-        elif state is SweepState.STOPPED and quiet:
-            if sweep_id not in self._stopped:  # ended as stopped; its trackers stay, for a resume
-                recorder.finish(state.value)
-                self._stopped.add(sweep_id)
-        elif sweep_id in self._stopped and state in (SweepState.RUNNING, SweepState.PAUSED):
-            self._stopped.discard(sweep_id)  # taken up again: the record runs again
-            recorder.start()
-            recorder.update()
         else:
             recorder.update()

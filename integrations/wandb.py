@@ -58,18 +58,21 @@ class WandbTracker(Tracker):
         return not isinstance(exc, TypeError | ValueError | KeyError)
 
     def _init(self, **kwargs: Any) -> Any:
+        from sweeper.agents.pythonpath._sweeper_capture.wandb_runs import init_lock
+
         import wandb
 
         settings = wandb.Settings(console="off", silent=True, x_disable_stats=True)
-        return wandb.init(
-            project=self.settings.project,
-            entity=self.settings.entity,
-            mode=self.settings.mode,
-            dir=self.dir,
-            reinit="create_new",
-            settings=settings,
-            **kwargs,
-        )
+        with init_lock:  # not while a function trial's run is opened with wandb set up for it
+            return wandb.init(
+                project=self.settings.project,
+                entity=self.settings.entity,
+                mode=self.settings.mode,
+                dir=self.dir,
+                reinit="create_new",
+                settings=settings,
+                **kwargs,
+            )
 
     def _tags(self, sweep_id: str, *extra: str) -> list[str]:
         return ["sweeper", f"sweep-{sweep_id}", *self.settings.tags, *extra]

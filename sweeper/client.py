@@ -56,7 +56,13 @@ class CoordinatorError(Exception):
 
 
 class CoordinatorUnavailableError(ConnectionError):
-    """The coordinator could not be reached or failed to answer; worth retrying later."""
+    """The coordinator could not be reached or failed to answer; worth retrying later.
+    ``answered``: something answered, with an error (a 5xx, a busy store, no JSON), rather than
+    nothing at all (down, cut off, or a proxy saying its server is: 502, 504)."""
+
+    def __init__(self, message: str, *, answered: bool = False) -> None:
+        super().__init__(message)
+        self.answered = answered
 
 
 class WrongSchemeError(CoordinatorUnavailableError):
@@ -324,11 +330,15 @@ class HttpCoordinator:
         if not raw:  # only a trial's end answers with nothing (204); no answer is not an answer
             if status == 204:
                 return None
-            raise CoordinatorUnavailableError(f"{where}: {status} with an empty body, where JSON belongs")
+            raise CoordinatorUnavailableError(
+                f"{where}: {status} with an empty body, where JSON belongs", answered=True
+            )
         try:
             return json.loads(raw)
         except ValueError as exc:
-            raise CoordinatorUnavailableError(f"{where}: the answer is not JSON ({exc})") from None
+            raise CoordinatorUnavailableError(
+                f"{where}: the answer is not JSON ({exc})", answered=True
+            ) from None
 
     def _refusal(self, status: int, reason: str, raw: bytes, where: str) -> Exception:
         try:
@@ -345,7 +355,9 @@ class HttpCoordinator:
                 "SWEEPER_TOKEN environment variable"
             )
         if status >= 500 or status == 408 or status == 429:
-            return CoordinatorUnavailableError(f"{where}: {status} {detail}")
+            return CoordinatorUnavailableError(
+                f"{where}: {status} {detail}", answered=status not in (502, 504)
+            )
         if code == "lease_lost":
             return LeaseLostError(detail)
         if code == "sweep_not_found":

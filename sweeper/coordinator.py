@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from sweeper.checkpoints import checkpoint_location
 from sweeper.checkpoints.retention import resume_points, unneeded_checkpoints
 from sweeper.pauses import PauseWatch, process_pauses
-from sweeper.planning import Plan, completion, may_run_again, plan_next
+from sweeper.planning import Plan, completion, may_run_again, plan_next, target_reached_by, without_result
 from sweeper.protocol import (
     CONTINUE,
     AgentInfo,
@@ -116,13 +116,16 @@ class Coordinator:
         sweep = self.store.get_sweep(sweep_id)
         if sweep.state is not SweepState.FINISHED:
             return
-        spec, strategy, _ = self._compiled(sweep)
-        why = completion(spec, strategy, self.store.list_trials(sweep_id), sweep.seed, since=self.clock())
-        if why is not None:
-            raise InvalidTransitionError(
-                f"sweep {sweep_id} is finished, with a result for every configuration ({why}): "
-                "nothing would run again"
+        spec = self._compiled(sweep)[0]
+        trials = self.store.list_trials(sweep_id)
+        if not without_result(spec, trials):
+            reached = target_reached_by(spec, trials)
+            why = (
+                f"trial {reached.number} reached the metric target"
+                if reached
+                else "every configuration has a result"
             )
+            raise InvalidTransitionError(f"sweep {sweep_id} is finished and nothing would run again: {why}")
 
     def get_sweep(self, sweep_id: str) -> Sweep:
         self._expire_before_reading()  # the state read is the one after the dead agents' trials
@@ -226,11 +229,13 @@ class Coordinator:
                 trials = self.store.list_trials(sweep_id)
                 why = completion(spec, strategy, trials, sweep.seed, resumed_at(sweep))
                 said = f"is complete: {why}" if why is not None else "is finished"
-                return NoTrial(NoTrialReason.DONE, f"sweep {sweep_id} {said}{_no_result(sweep_id, trials)}")
+                return NoTrial(
+                    NoTrialReason.DONE, f"sweep {sweep_id} {said}{_no_result(spec, sweep_id, trials)}"
+                )
             return _refusal(sweep) or NoTrial(NoTrialReason.WAIT, "sweep busy")
         if plan.done:
             self._finish_sweep_if_complete(sweep_id)
-            said = f"is complete: {plan.reason}{_no_result(sweep_id, seen[-1][0])}"
+            said = f"is complete: {plan.reason}{_no_result(spec, sweep_id, seen[-1][0])}"
             return NoTrial(NoTrialReason.DONE, f"sweep {sweep_id} {said}")
         return NoTrial(NoTrialReason.WAIT, plan.reason, retry_after=1.0)
 
@@ -426,14 +431,16 @@ def _refusal(sweep: Sweep) -> NoTrial | None:
             return NoTrial(NoTrialReason.STOPPED, f"sweep {sweep.id} was {sweep.state.value}")
 
 
-def _no_result(sweep_id: str, trials: Sequence[Trial]) -> str:
-    """What a complete sweep says of its configurations without a result (every attempt failed or
-    was lost), which a resume runs again; nothing when there are none."""
-    missing = len(may_run_again(trials, 0, since=math.inf))
+def _no_result(spec: SweepSpec, sweep_id: str, trials: Sequence[Trial]) -> str:
+    """What a complete sweep says of its configurations without a result, which a resume runs
+    again (:func:`~sweeper.planning.without_result`); nothing when there are none."""
+    missing = len(without_result(spec, trials))
     if not missing:
         return ""
     which = "1 configuration has" if missing == 1 else f"{missing} configurations have"
-    return f"; {which} no result: fix what failed, then 'sweeper resume {sweep_id}' runs them again"
+    return (
+        f"; {which} no result: fix what failed, then 'sweeper resume {sweep_id}' and an agent run them again"
+    )
 
 
 def resumed_at(sweep: Sweep) -> float:

@@ -99,6 +99,15 @@ def find_retry(
     return None
 
 
+def without_result(spec: SweepSpec, trials: Sequence[Trial]) -> list[Trial]:
+    """The last attempt of each configuration that has no result (every attempt failed or was
+    lost), which a resume of the sweep runs again; none once the metric target was reached, which
+    ends the sweep whatever else would run."""
+    if target_reached_by(spec, trials) is not None:
+        return []
+    return may_run_again(trials, spec.options.max_retries, since=math.inf)
+
+
 def target_reached_by(spec: SweepSpec, trials: Sequence[Trial]) -> Trial | None:
     metric = spec.metric
     if metric is None or metric.target is None:

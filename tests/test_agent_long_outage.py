@@ -1,5 +1,6 @@
 """A coordinator away for longer than an agent retries errors: a trial that ended meanwhile is
-reported once it is back, by the agent that ran it, not left on disk while its lease runs out.
+reported once it is back, by the agent that ran it, not left on disk while its lease runs out;
+one that answers with errors is not waited for forever.
 
 Real parts: a `sweeper server` subprocess, killed mid-trial and started again on the same
 database, its HTTP client, and an agent running a real trial script.
@@ -16,6 +17,7 @@ import pytest
 from sweeper.agents.agent import Agent
 from sweeper.agents.events import TrialAbandoned, TrialEnded
 
+from sweeper.client import CoordinatorTimeoutError, CoordinatorUnavailableError
 from sweeper.protocol import AgentInfo
 from sweeper.spec import parse_sweep
 from sweeper.trials import TrialState
@@ -88,3 +90,71 @@ def test_an_end_waits_for_a_coordinator_that_is_away_longer_than_the_retry_time(
     assert trial.state is TrialState.FINISHED
     assert [(p.step, p.value) for p in trial.history or ()] == [(0, 1.0), (1, 0.5)]
     assert not (folder / "finish.json").exists()  # delivered: nothing left for another agent
+
+
+class _Reporter:
+    """What report_end uses of the trial's reporter: nothing left to send, and each failure's wait,
+    which moves the clock on by a minute."""
+
+    queue = None
+    summary: dict[str, float] = {}
+
+    def __init__(self, clock: list[float]) -> None:
+        self.clock = clock
+
+    def send_all(self) -> None:
+        pass
+
+    def record_failure(self, exc: BaseException) -> float:
+        self.clock[0] += 60.0
+        return 0.0
+
+
+class _Ends:
+    """A coordinator client whose end calls fail with ``errors``, one each, then succeed."""
+
+    def __init__(self, errors: list[Exception]) -> None:
+        self.errors = errors
+        self.finished = 0
+
+    def finish_trial(self, trial_id: int, lease_id: str, outcome: object) -> None:
+        if self.errors:
+            raise self.errors.pop(0)
+        self.finished += 1
+
+
+@pytest.mark.parametrize(
+    ("error", "delivered"),
+    [
+        (CoordinatorUnavailableError("coordinator unreachable: [Errno 111] Connection refused"), True),
+        (CoordinatorTimeoutError("no answer within 10s"), True),
+        (CoordinatorUnavailableError("502 Bad Gateway"), True),  # a proxy whose server is down
+        (CoordinatorUnavailableError("500 Internal Server Error", answered=True), False),
+    ],
+)
+def test_an_end_is_retried_while_nothing_answers_not_while_errors_do(
+    error: Exception, delivered: bool
+) -> None:
+    from sweeper.agents.ending import report_end
+    from sweeper.agents.trialrun import StopSignal
+
+    from sweeper.protocol import Assignment, TrialOutcome
+
+    clock = [0.0]
+    client = _Ends([error] * 30)  # half an hour of failures, past the 10 minutes given to errors
+    events: list[object] = []
+    assignment = Assignment("s", 1, 1, "lease", 30.0, {}, ["python"], "t.py", None)
+    report_end(
+        client,  # type: ignore[arg-type]
+        assignment,
+        _Reporter(clock),  # type: ignore[arg-type]
+        TrialOutcome(TrialState.FINISHED),
+        started=0.0,
+        clock=lambda: clock[0],
+        timeout=None,
+        stop=StopSignal(),
+        emit=events.append,
+    )
+    kinds = [type(event) for event in events]
+    assert kinds == ([TrialEnded] if delivered else [TrialAbandoned]), events
+    assert client.finished == (1 if delivered else 0)

@@ -154,7 +154,7 @@ def test_a_grid_that_finished_with_a_broken_configuration_is_resumed_once_it_is_
     first = sweeper_here("agent", sweep_id)
     assert first.returncode == 0, first.stdout + first.stderr
     assert (
-        f"1 configuration has no result: fix what failed, then 'sweeper resume {sweep_id}' runs them again"
+        f"1 configuration has no result: fix what failed, then 'sweeper resume {sweep_id}' and an agent"
         in first.stdout
     ), first.stdout
     (tmp_path / "fixed").write_text("")

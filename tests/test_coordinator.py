@@ -171,7 +171,8 @@ def test_a_finished_sweep_with_configurations_that_failed_says_so_and_resumes_to
     done = coordinator.next_trial(sweep.id, AGENT)
     assert isinstance(done, NoTrial) and done.reason is NoTrialReason.DONE, done
     assert done.message.endswith(
-        f"; 1 configuration has no result: fix what failed, then 'sweeper resume {sweep.id}' runs them again"
+        f"; 1 configuration has no result: fix what failed, then 'sweeper resume {sweep.id}' and an "
+        "agent run them again"
     ), done.message
     assert coordinator.get_sweep(sweep.id).state is SweepState.FINISHED
     clock.now += 60
@@ -182,9 +183,26 @@ def test_a_finished_sweep_with_configurations_that_failed_says_so_and_resumes_to
     done = coordinator.next_trial(sweep.id, AGENT)
     assert isinstance(done, NoTrial) and "no result" not in done.message, done
     assert coordinator.get_sweep(sweep.id).state is SweepState.FINISHED
-    with pytest.raises(InvalidTransitionError, match="nothing would run again"):
+    with pytest.raises(
+        InvalidTransitionError, match="nothing would run again: every configuration has a result"
+    ):
         coordinator.set_sweep_state(sweep.id, SweepState.RUNNING)
     assert coordinator.get_sweep(sweep.id).state is SweepState.FINISHED
+
+
+def test_a_sweep_that_reached_its_target_offers_no_resume_for_what_failed(coordinator: Coordinator) -> None:
+    spec = grid([1, 2, 3], metric={"name": "loss", "goal": "minimize", "target": 0.5})
+    sweep = coordinator.create_sweep(parse_sweep(spec))
+    for _ in range(2):  # x=1 and its retry fail
+        finish(coordinator, lease(coordinator, sweep.id), TrialState.FAILED)
+    hit = lease(coordinator, sweep.id)
+    coordinator.report_metrics(hit.trial_id, hit.lease_id, [MetricPoint("loss", 0.1, 0, 0, 1.0)])
+    finish(coordinator, hit)
+    done = coordinator.next_trial(sweep.id, AGENT)
+    assert isinstance(done, NoTrial) and "reached the metric target" in done.message, done
+    assert "no result" not in done.message  # the target ends the sweep: a resume would run nothing
+    with pytest.raises(InvalidTransitionError, match="nothing would run again: trial 3 reached the metric"):
+        coordinator.set_sweep_state(sweep.id, SweepState.RUNNING)
 
 
 def test_a_retry_goes_to_another_agent_while_one_is_running_trials(coordinator: Coordinator) -> None:

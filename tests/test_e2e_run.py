@@ -324,7 +324,11 @@ def test_a_tracker_that_cannot_be_set_up_is_refused_before_anything_runs(tmp_pat
     path = write_sweep(tmp_path, {"x": {"values": [1]}})
     result = sweeper_cmd(tmp_path, "run", str(path), "--mlflow", "ftp://nowhere")
     assert result.returncode == 2, result.stdout + result.stderr
-    said = f"{path}: mlflow: cannot log (integrations.mlflow.tracking_uri='ftp://nowhere'): "
+    # The experiment is the one stored with the sweep (none named: sweeper's default).
+    said = (
+        f"{path}: mlflow: cannot log (integrations.mlflow.tracking_uri='ftp://nowhere', "
+        "integrations.mlflow.experiment='sweeper'): "
+    )
     assert said in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / ".sweeper").exists()  # no store, so no sweep and no trial

@@ -146,6 +146,8 @@ def test_agents_with_experiments_of_their_own_log_into_the_sweeps(
     [
         ({"tracking_uri": "http://x:5000"}, {"MLFLOW_EXPERIMENT_NAME": "shell"}, "shell"),
         (True, {}, "sweeper"),
+        (None, {"MLFLOW_EXPERIMENT_NAME": "shell"}, "shell"),  # `mlflow:` and nothing after it
+        (False, {"MLFLOW_EXPERIMENT_NAME": "shell"}, None),
         ({"experiment": "file"}, {"MLFLOW_EXPERIMENT_NAME": "shell"}, "file"),
         ({}, {"MLFLOW_EXPERIMENT_ID": "7"}, None),  # by id: each process's, as before
         ({"enabled": False}, {"MLFLOW_EXPERIMENT_NAME": "shell"}, None),
@@ -337,6 +339,7 @@ def test_a_stopped_sweeps_record_ends_as_stopped_and_runs_again_on_resume(
         coordinator.set_sweep_state(sweep_id, SweepState.STOPPED)
         assert parent() == ("RUNNING", "running")  # its trial still runs
         coordinator.finish_trial(got.trial_id, got.lease_id, TrialOutcome(TrialState.FINISHED))
+        assert records.wait_idle() and not open_trackers(sweep_id)  # let go of until a resume
         assert parent() == ("KILLED", "stopped")
         coordinator.set_sweep_state(sweep_id, SweepState.RUNNING)
         assert parent() == ("RUNNING", "running")

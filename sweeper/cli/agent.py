@@ -83,6 +83,7 @@ def agent(
     process group, SIGKILL after --grace) and exits 130; those trials are recorded as lost, and
     their configurations run again.
     """
+    from sweeper.client import AuthenticationError
     from sweeper.local import LocalAgents
     from sweeper.protocol import SweepNotFoundError
     from sweeper.trials import SweepState
@@ -116,7 +117,7 @@ def agent(
     click.echo(f"agent on sweep {sweep_id}: {len(gpu_list) if gpu_list else slots or 1} trial(s) at a time")
     try:
         reasons, interrupted = run_until_done_or_interrupted(agents, grace)
-    except (PermissionError, SweepNotFoundError) as exc:  # the coordinator changed under the agent
+    except (AuthenticationError, SweepNotFoundError) as exc:  # the coordinator changed under the agent
         raise click.ClickException(_refused_midway(exc, sweep_id, coordinator_url)) from None
     if interrupted:
         sys.exit(EXIT_INTERRUPTED)
@@ -130,7 +131,7 @@ def _refused_midway(exc: Exception, sweep_id: str, coordinator: str | None) -> s
     """Why a coordinator that took this agent at its start refuses it now: it was restarted with
     another token, or on another database (or the sweep was deleted)."""
     where = coordinator or "the store"
-    if isinstance(exc, PermissionError):
+    if not isinstance(exc, LookupError):  # a token refused
         return (
             f"the coordinator at {where} no longer takes this agent's token (restarted with another "
             f"one?): {exc}"

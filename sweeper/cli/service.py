@@ -186,7 +186,12 @@ def _state_command(name: str, state: SweepState, summary: str) -> click.Command:
             changed = coordinator.set_sweep_state(sweep_id, state)
         click.echo(f"sweep {changed.id} is {changed.state.value}")
         if before is SweepState.FINISHED and changed.state is SweepState.RUNNING:
-            where = f" --coordinator {coordinator_url}" if coordinator_url else ""
+            store = store_shown(coordinator) if db_url else None
+            where = (
+                f" --coordinator {coordinator_url}"
+                if coordinator_url
+                else (f" --db {store}" if store else "")
+            )
             click.echo(
                 f"its configurations without a result run again: sweeper agent {sweep_id}{where}", err=True
             )

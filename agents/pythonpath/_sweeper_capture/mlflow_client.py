@@ -54,6 +54,20 @@ def patch(module: Any) -> None:
         core.raise_if_stopped()
         return result
 
+    create_run = TrackingServiceClient.create_run
+
+    def patched_create_run(self: Any, experiment_id: Any, *args: Any, **kwargs: Any) -> Any:
+        run = create_run(self, experiment_id, *args, **kwargs)
+        # Every run made nested (start_run(nested=True), autolog's child runs, a client's run
+        # tagged with a parent) names its parent in this tag.
+        with contextlib.suppress(Exception):
+            tags = kwargs.get("tags", args[1] if len(args) > 1 else None) or {}
+            parent = dict(tags).get("mlflow.parentRunId")
+            if parent is not None and _in_trial_run(parent):
+                _under_trial_run.add(str(run.info.run_id))
+        return run
+
+    TrackingServiceClient.create_run = patched_create_run
     TrackingServiceClient.log_metric = patched_metric
     TrackingServiceClient.log_batch = patched_batch
     TrackingServiceClient.log_param = patched_param
@@ -66,12 +80,7 @@ def patch(module: Any) -> None:
         trial = core.current_trial()
         if trial is not None:
             trial.check_environment("mlflow.start_run()")
-        parent = kwargs.get("parent_run_id") or (_active_run(module) if kwargs.get("nested") else None)
-        run = start_run(*args, **kwargs)
-        if parent is not None and _in_trial_run(parent):
-            with contextlib.suppress(Exception):
-                _under_trial_run.add(str(run.info.run_id))
-        return run
+        return start_run(*args, **kwargs)
 
     module.start_run = patched_start_run
     try:  # last, so that a failure here leaves the metric capture in place
@@ -81,13 +90,6 @@ def patch(module: Any) -> None:
 
 
 _under_trial_run: set[str] = set()  # runs the script started nested in the trial's run, or in one of these
-
-
-def _active_run(module: Any) -> str | None:
-    with contextlib.suppress(Exception):
-        active = module.active_run()
-        return str(active.info.run_id) if active is not None else None
-    return None
 
 
 def _in_trial_run(run_id: Any) -> bool:

@@ -23,6 +23,9 @@ from . import core
 # Set while wandb itself writes a run's summary (a resumed run's, or any ``wandb.log`` makes):
 # only the script's own writes are its summary values.
 _internal = threading.local()
+# Held while a function trial's run is opened with wandb's set-up patched for it (see
+# _init_beside_open_run), and by sweeper's W&B tracking opening its runs on its own threads.
+init_lock = threading.RLock()
 
 
 class _Written:
@@ -384,15 +387,16 @@ def _init_beside_open_run(init: Any, trial: core.InProcess, args: Any, kwargs: d
     kwargs.update(settings=settings, reinit="create_new")
     # wandb reads the sweep's parameters from the setup's path, and compares the environment with
     # the one it was set up in (it would warn that the trial's variables are ignored: they are not).
-    setup = wandb_setup.singleton()
-    before = (setup.settings.sweep_param_path, setup._sweep_config, setup._settings_environ)
-    setup.settings.sweep_param_path = variables.get("WANDB_SWEEP_PARAM_PATH")
-    setup._sweep_config = None
-    setup._settings_environ = os.environ.copy()
-    try:
-        run = init(*args, **kwargs)
-    finally:
-        setup.settings.sweep_param_path, setup._sweep_config, setup._settings_environ = before
+    with init_lock:
+        setup = wandb_setup.singleton()
+        before = (setup.settings.sweep_param_path, setup._sweep_config, setup._settings_environ)
+        setup.settings.sweep_param_path = variables.get("WANDB_SWEEP_PARAM_PATH")
+        setup._sweep_config = None
+        setup._settings_environ = os.environ.copy()
+        try:
+            run = init(*args, **kwargs)
+        finally:
+            setup.settings.sweep_param_path, setup._sweep_config, setup._settings_environ = before
     # A run beside another is not wandb's global one; the trial's is, as under wandb.agent
     # (``wandb.log``, ``wandb.config``); finishing it clears that again.
     from wandb.sdk.wandb_init import _set_global_run
