@@ -11,6 +11,7 @@ its id goes to the script as MLFLOW_RUN_ID, so ``mlflow.start_run()`` there logs
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -222,12 +223,21 @@ class MlflowTracker(Tracker):
                     self.experiment_id(), tags=tags, run_name=name or f"sweep-{sweep_id}"
                 )
                 # Made at the same moment elsewhere too (the server and an agent started with the
-                # sweep, agents started together): every process keeps the first, the others go.
+                # sweep, agents started together): every process that sees both keeps the first.
                 run_id = self._first_parent(sweep_id) or made.info.run_id
                 if run_id != made.info.run_id:
-                    self.client.delete_run(made.info.run_id)
+                    self._set_aside(made.info.run_id, run_id)
             self._parents[sweep_id] = run_id
             return run_id
+
+    def _set_aside(self, run_id: str, kept: str) -> None:
+        """Take a parent run made beside the one kept out of the sweep's runs: ended, and no longer
+        a sweep run (a process that took it meanwhile still logs into it, which a deleted run
+        would refuse). Left as it is where this user may not change it."""
+        with contextlib.suppress(Exception):
+            self.client.set_tag(run_id, "sweeper.role", "sweep-duplicate")
+            self.client.set_tag(run_id, "sweeper.duplicate_of", kept)
+            self.client.set_terminated(run_id, status="KILLED")
 
     def _first_parent(self, sweep_id: str) -> str | None:
         """The sweep's parent run made first (the same for every process that sees them all)."""

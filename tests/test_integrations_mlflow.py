@@ -589,6 +589,33 @@ def test_tracker_flags_on_a_broken_file_list_every_problem_of_the_file(tmp_path:
     assert not (tmp_path / ".sweeper").exists()  # nothing was made
 
 
+def test_sweep_runs_made_at_the_same_moment_become_one(
+    mlflow_server: MlflowServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes make the sweep's run at once (the server and an agent started with the sweep):
+    each looked before the other's run was there. The one that sees both keeps the first and sets
+    its own aside, ended and out of the sweep's runs, not deleted (a process may log into it)."""
+    settings = mlflow_settings({"tracking_uri": mlflow_server.uri, "experiment": "race"})
+    first, second = MlflowTracker(settings), MlflowTracker(settings)
+    kept = first.parent_run("sw")
+    look = second._first_parent
+    looks: list[str] = []
+
+    def late(sweep_id: str) -> str | None:
+        looks.append(sweep_id)
+        return None if len(looks) == 1 else look(sweep_id)  # the first look misses the first's run
+
+    monkeypatch.setattr(second, "_first_parent", late)
+    assert second.parent_run("sw") == kept and len(looks) == 2
+    client = MlflowClient(mlflow_server.uri)
+    experiment = client.get_experiment_by_name("race").experiment_id
+    assert [r.info.run_id for r in client.search_runs([experiment], "tags.`sweeper.role` = 'sweep'")] == [
+        kept
+    ]
+    (aside,) = client.search_runs([experiment], "tags.`sweeper.role` = 'sweep-duplicate'")
+    assert aside.info.status == "KILLED" and aside.data.tags["sweeper.duplicate_of"] == kept
+
+
 def test_the_sweeps_run_shows_its_best_when_trials_end_out_of_order(mlflow_server: MlflowServer) -> None:
     """Trial 2 ends first (0.5), then trial 1 (0.1), then trial 3 (0.3): the runs table shows a
     run's value at its highest step, which must be the sweep's best, 0.1."""
