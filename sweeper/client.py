@@ -125,6 +125,16 @@ def _tls_context(ca_file: str | None) -> ssl.SSLContext:
         raise CoordinatorSetupError(f"CA file {ca_file!r}{named}: {exc.strerror or exc}", "ca_file") from None
 
 
+def _trust_hint(trusted: str | None) -> str:
+    """What to do about a certificate that does not verify, given the CA file in use, if any."""
+    if trusted is None:
+        return "trust it with SWEEPER_CA_FILE=PATH (the certificate, or the CA that signed it)"
+    return (
+        f"the CA file in use ({trusted}) does not vouch for it: check that it is this server's "
+        "certificate (or its CA's), and that the URL's host is one the certificate names"
+    )
+
+
 def encode_float(value: float) -> float | str:
     """JSON has no NaN or infinity: send them as the strings the API names."""
     if math.isfinite(value):
@@ -170,6 +180,7 @@ class HttpCoordinator:
         self.timeout = timeout
         self._token = token or None
         context = _tls_context(ca_file) if parsed.scheme == "https" else None
+        self._trusted = ca_file or os.environ.get("SWEEPER_CA_FILE") or None  # said when it does not do
         self._transport = transport_for(self.url, timeout=timeout, context=context)
 
     def __repr__(self) -> str:  # never shows the token
@@ -312,7 +323,7 @@ class HttpCoordinator:
             if isinstance(reason, ssl.SSLCertVerificationError):  # a set-up mistake: retrying cannot help
                 raise CoordinatorError(
                     f"{where}: the server's certificate is not trusted ({reason.verify_message}); "
-                    "trust it with SWEEPER_CA_FILE=PATH (the certificate, or the CA that signed it)",
+                    + _trust_hint(self._trusted),
                     status=0,
                     code="untrusted_certificate",
                 ) from None

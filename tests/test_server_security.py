@@ -164,6 +164,11 @@ def test_tls(tmp_path: Path) -> None:
         env = {"SWEEPER_COORDINATOR": server.url, "SWEEPER_TOKEN": TOKEN, "SWEEPER_CA_FILE": str(cert)}
         listed = CliRunner().invoke(main, ["status"], env=env)
         assert listed.exit_code == 0 and sweep.id in listed.output, listed.output
+        # Trusted, but reached by a name the certificate does not hold: not "use SWEEPER_CA_FILE" again.
+        elsewhere = server.url.replace("127.0.0.1", "127.1")  # the same address, by a name not in it
+        misnamed = CliRunner().invoke(main, ["status"], env={**env, "SWEEPER_COORDINATOR": elsewhere})
+        assert misnamed.exit_code == 1, misnamed.output
+        assert f"the CA file in use ({cert}) does not vouch for it" in misnamed.output, misnamed.output
         plain = server.url.replace("https://", "http://")
         with pytest.raises(OSError):
             type(client)(plain, token=TOKEN, timeout=3).list_sweeps()
