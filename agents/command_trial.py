@@ -19,7 +19,7 @@ from sweeper.agents.stderr import stderr_tail
 from sweeper.agents.trialdir import trial_env
 from sweeper.agents.trialrun import STDERR_TAIL_LINES, AbandonTrial, LeaseKeeper, TrialRun, start_hooks
 
-from sweeper.protocol import LeaseLostError, TrialOutcome
+from sweeper.protocol import LeaseLostError, TrialOutcome, interrupted_reason
 from sweeper.trials import TrialState
 
 
@@ -159,8 +159,27 @@ class CommandTrial:
         trial.forward(tailer.read_records())
         if code == 0:
             return TrialOutcome(TrialState.FINISHED, exit_code=0)
+        if (lost_folder := _folder_lost(trial.trial_dir.path)) is not None:
+            # Not the script's failure (nor an attempt): its configuration runs again.
+            return TrialOutcome(TrialState.LOST, exit_code=code, stop_reason=interrupted_reason(lost_folder))
         note = f"the trial process was {describe_exit(code)}" if code < 0 else None
         return TrialOutcome(TrialState.FAILED, exit_code=code, stderr_tail=_tail(trial, note))
+
+
+_FULL_DISK = 64 * 1024  # bytes free below which a trial that failed is taken to have lacked room
+
+
+def _folder_lost(folder: Path) -> str | None:
+    """Why a trial whose process failed could not have run: its folder (its logs, its metrics
+    file, its checkpoints) was removed while it ran, or the disk holding it filled up."""
+    if not folder.is_dir():
+        return f"its folder {folder} was removed while it ran"
+    try:
+        disk = os.statvfs(folder)
+    except OSError:
+        return None
+    free = disk.f_bavail * disk.f_frsize
+    return f"the disk holding {folder} is full" if free < _FULL_DISK else None
 
 
 def _set_on_exit(proc: TrialProcess, event: threading.Event) -> None:

@@ -60,6 +60,46 @@ def test_runs_the_sweep_to_the_end_and_says_why_it_exits(here: Path, sqlite_stor
     assert not list(here.glob(".sweeper/trials/*/*/spool.jsonl"))
 
 
+def test_a_trial_whose_folder_was_removed_as_it_ran_runs_again_without_an_attempt(
+    here: Path, sqlite_store_url: str
+) -> None:
+    """Its logs and metrics file gone, the script failed, and its end read "failed (no error
+    message on stderr)", an attempt of the configuration. It is lost, cut short, and runs again."""
+    program = here / "cleans_up.py"
+    program.write_text(
+        "import os, pathlib, shutil, sys\n"
+        "once = pathlib.Path('removed-once')\n"
+        "if not once.exists():\n"
+        "    once.write_text('')\n"
+        "    shutil.rmtree(os.environ['SWEEPER_TRIAL_DIR'])\n"
+        "    sys.exit(1)\n"
+    )
+    sweep_id = make_sweep(
+        sqlite_store_url, {"x": {"values": [1]}}, program=str(program), sweeper={"max_retries": 0}
+    )
+    result = CliRunner().invoke(main, ["agent", sweep_id, "--db", sqlite_store_url])
+    assert result.exit_code == 0, result.output
+    with open_store(sqlite_store_url) as store:
+        first, again = store.list_trials(sweep_id)
+    assert (first.state, again.state, again.retry_of) == (TrialState.LOST, TrialState.FINISHED, 1)
+    folder = here / ".sweeper" / "trials" / sweep_id / "1"
+    assert first.stop_reason == f"interrupted (its folder {folder} was removed while it ran)"
+
+
+@pytest.mark.parametrize(("free", "lost"), [(0, True), (10**9, False)])
+def test_a_failed_trial_on_a_full_disk_is_not_the_scripts_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, free: int, lost: bool
+) -> None:
+    from sweeper.agents import command_trial
+
+    class Disk:
+        f_bavail, f_frsize = free, 1
+
+    monkeypatch.setattr(command_trial.os, "statvfs", lambda path: Disk())
+    said = command_trial._folder_lost(tmp_path)
+    assert said == (f"the disk holding {tmp_path} is full" if lost else None)
+
+
 def test_count_caps_the_trials_of_this_process(here: Path, sqlite_store_url: str) -> None:
     sweep_id = make_sweep(sqlite_store_url, {"x": {"values": [1, 2, 3, 4, 5]}})
     result = CliRunner().invoke(
