@@ -43,6 +43,7 @@ def report_end(
     emit: Callable[[AgentEvent], None],
 ) -> None:
     """Deliver the trial's end, then emit :class:`TrialEnded`; :class:`TrialAbandoned` if it cannot be."""
+    ran = clock() - started  # the trial's own time, not the wait for a coordinator that is away
     spool = reporter.queue if isinstance(reporter.queue, Spool) else None
     if spool is not None:
         _keep_on_disk(spool, assignment, outcome)
@@ -79,7 +80,7 @@ def report_end(
             stop.pause(delay)
     if spool is not None:
         spool.delivered()
-    emit(TrialEnded(assignment, outcome, clock() - started, dict(reporter.summary)))
+    emit(TrialEnded(assignment, outcome, ran, dict(reporter.summary)))
 
 
 def _keep_on_disk(spool: Spool, assignment: Assignment, outcome: TrialOutcome) -> None:
