@@ -228,6 +228,23 @@ def test_a_server_that_never_answers_is_given_up_on_with_a_message(
     assert took < 30, took  # a bound on the wait, not a timing of it
 
 
+def test_a_sweep_made_on_a_server_that_does_not_answer_in_time_may_yet_exist(
+    sweep_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that took the request and answered nothing in time (stopped, busy) may make the
+    sweep once it goes on: said, so that it is looked for before it is made twice."""
+    from sweeper.cli import common, service
+
+    monkeypatch.setattr(
+        service, "connect_or_fail", lambda *a, **k: common.connect_or_fail(*a, **{**k, "timeout": 1.0})
+    )
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        result = invoke("sweep", str(sweep_file), "--coordinator", url)
+    assert result.exit_code == 1 and "no answer within 1s" in result.output, result.output
+    assert "the server may still make the sweep: look with 'sweeper status'" in result.output
+
+
 @pytest.mark.parametrize("command", [["status"], ["agent", "abcd1234"]])
 def test_client_settings_that_cannot_work_are_one_line_before_any_call(
     command: list[str], tmp_path: Path

@@ -143,8 +143,17 @@ def sweep(file: str, coordinator_url: str | None, token: str | None, db_url: str
     spec = load_spec(file, with_experiment_named)
     check_program_given(spec, file, remote=bool(coordinator_url))
     coordinator = connect_or_fail(coordinator_url, token, db_url)
-    with coordinator_errors():
-        created = coordinator.create_sweep(spec)
+    from sweeper.client import CoordinatorTimeoutError
+
+    try:
+        with coordinator_errors():
+            created = coordinator.create_sweep(spec)
+    except click.ClickException as exc:
+        if isinstance(exc.__context__, CoordinatorTimeoutError):  # it may yet make the sweep
+            exc.message += (
+                "; the server may still make the sweep: look with 'sweeper status' before making it again"
+            )
+        raise
     click.echo(created.id)
     hint = _agent_hint(created.id, spec, file, coordinator_url, coordinator, db_url, bool(token))
     click.echo(f"start agents {hint}", err=True)
