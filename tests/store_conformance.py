@@ -330,7 +330,7 @@ class StoreConformance:
         done = store.finish_trial(trial.id, "lease-1", TrialState.FINISHED, now=5.0, exit_code=0)
         with pytest.raises(InvalidTransitionError) as caught:
             store.finish_trial(trial.id, None, TrialState.STOPPED, now=6.0, stop_reason="late")
-        for word in (f"trial {trial.id}", "finished", "stopped"):
+        for word in (f"trial {trial.number} of sweep {sweep.id}", "finished", "stopped"):
             assert word in str(caught.value)
         for call in (
             lambda: store.finish_trial(trial.id, "lease-1", TrialState.FAILED, now=6.0),

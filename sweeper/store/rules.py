@@ -12,7 +12,8 @@ from sweeper.trials import TRIAL_TRANSITIONS, TrialState
 
 
 def describe(row: Row[Any]) -> str:
-    return f"trial {row.id} (#{row.number} of sweep {row.sweep_id})"
+    """A trial as people know it: its number in its sweep (the store's own id is nobody's)."""
+    return f"trial {row.number} of sweep {row.sweep_id}"
 
 
 def check_lease(row: Row[Any], lease_id: str, now: float) -> None:
@@ -24,7 +25,7 @@ def check_lease(row: Row[Any], lease_id: str, now: float) -> None:
     if row.lease_id != lease_id:
         raise LeaseLostError(f"{describe(row)} is leased under another lease id, not {lease_id!r}")
     if row.lease_expires_at is not None and row.lease_expires_at < now:
-        raise LeaseLostError(f"{describe(row)}: lease expired at {row.lease_expires_at:.3f} (now {now:.3f})")
+        raise LeaseLostError(f"{describe(row)}: its lease expired {now - row.lease_expires_at:.1f}s ago")
 
 
 def renewed(row: Row[Any], expires_at: float) -> float:
