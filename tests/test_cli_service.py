@@ -407,12 +407,14 @@ def test_an_agent_whose_server_changed_under_it_exits_with_one_line(
         agent = subprocess.Popen(
             [SWEEPER, "agent", sweep_id, "--max-backoff", "0.5"],
             cwd=tmp_path,
-            env=env,
+            env={**env, "PYTHONUNBUFFERED": "1"},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        time.sleep(1.0)  # it asks, and is told to wait
+        assert agent.stdout is not None
+        started = agent.stdout.readline()  # said once its checks against this server passed
+        assert started.startswith(f"agent on sweep {sweep_id}"), started
         server.stop()
         if restarted == "with another token":
             server = start_server(db, tmp_path / "server", port=server.port, token="another-token")
@@ -421,6 +423,7 @@ def test_an_agent_whose_server_changed_under_it_exits_with_one_line(
             server = start_server(f"sqlite:///{tmp_path / 'other.db'}", tmp_path / "server", port=server.port)
             expected = f"no longer knows sweep {sweep_id}"
         out, err = agent.communicate(timeout=120)
+        out = started + out
     finally:
         if agent is not None and agent.poll() is None:
             agent.kill()
