@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sweeper.client import HttpCoordinator
 
@@ -226,3 +227,40 @@ def _certificate_with_cryptography(cert: Path, key: Path) -> None:
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
     )
+
+
+def one_trial_agent(
+    server: ServerProcess,
+    folder: Path,
+    script: str,
+    *,
+    name: str,
+    events: list[object],
+    client_timeout: float,
+    finish_timeout: float,
+) -> tuple[str, Any]:
+    """A new one-point grid sweep of ``script`` (written to ``folder/train.py``) on ``server``, and
+    an agent in this process, working in ``folder``, that runs its one trial with quick reports
+    and short backoffs and puts its events in ``events``; not started."""
+    from sweeper.agents.agent import Agent
+
+    from sweeper.protocol import AgentInfo
+    from sweeper.spec import parse_sweep
+
+    program = folder / "train.py"
+    program.write_text(script)
+    sweep = {"method": "grid", "program": str(program), "parameters": {"x": {"values": [1]}}}
+    sweep_id = server.client().create_sweep(parse_sweep(sweep)).id
+    agent = Agent(
+        server.client(timeout=client_timeout),
+        sweep_id,
+        info=AgentInfo(name=name, host="localhost"),
+        workdir=folder,
+        count=1,
+        report_interval=0.05,
+        heartbeat_interval=0.5,
+        max_backoff=0.5,
+        finish_timeout=finish_timeout,
+        on_event=events.append,
+    )
+    return sweep_id, agent

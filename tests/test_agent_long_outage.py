@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from sweeper.agents.agent import Agent
+from process_support import wait_until
 from sweeper.agents.events import TrialAbandoned, TrialEnded
 
 from sweeper.client import CoordinatorTimeoutError, CoordinatorUnavailableError
-from sweeper.protocol import AgentInfo
-from sweeper.spec import parse_sweep
 from sweeper.trials import TrialState
 
 pytest.importorskip("fastapi")
-from server_helpers import start_server  # noqa: E402
+from server_helpers import one_trial_agent, start_server  # noqa: E402
 
 # Logs a point, then waits until the test has killed the coordinator, logs another and ends.
 SCRIPT = """
@@ -41,42 +38,30 @@ run.log({"loss": 0.5}, step=1)
 FINISH_TIMEOUT = 1.0  # seconds an end is retried while the coordinator answers with errors
 
 
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def test_an_end_waits_for_a_coordinator_that_is_away_longer_than_the_retry_time(tmp_path: Path) -> None:
-    program = tmp_path / "train.py"
-    program.write_text(SCRIPT)
     db = f"sqlite:///{tmp_path / 'sweeper.db'}"
     server = start_server(db, tmp_path / "server")
     events: list[object] = []
     try:
-        sweep = {"method": "grid", "program": str(program), "parameters": {"x": {"values": [1]}}}
-        sweep_id = server.client().create_sweep(parse_sweep(sweep)).id
-        agent = Agent(
-            server.client(timeout=2.0),
-            sweep_id,
-            info=AgentInfo(name="outage-test", host="localhost"),
-            workdir=tmp_path,
-            count=1,
-            report_interval=0.05,
-            heartbeat_interval=0.5,
-            max_backoff=0.5,
+        sweep_id, agent = one_trial_agent(
+            server,
+            tmp_path,
+            SCRIPT,
+            name="outage-test",
+            events=events,
+            client_timeout=2.0,
             finish_timeout=FINISH_TIMEOUT,
-            on_event=events.append,
         )
         runner = threading.Thread(target=agent.run, daemon=True)
         began = time.monotonic()
         runner.start()
         folder = tmp_path / ".sweeper" / "trials" / sweep_id / "1"
-        wait_for(lambda: (folder / "ready").exists(), "the script's first step")
+        assert wait_until(lambda: (folder / "ready").exists(), 60), "the script's first step"
         server.kill()
         (folder / "go").write_text("1")
-        wait_for(lambda: (folder / "finish.json").exists(), "the script to end during the outage")
+        assert wait_until(lambda: (folder / "finish.json").exists(), 60), (
+            "the script to end during the outage"
+        )
         outage_began = time.monotonic()
         time.sleep(4 * FINISH_TIMEOUT)  # the agent gave its end up after FINISH_TIMEOUT, before
         assert runner.is_alive() and not [e for e in events if isinstance(e, TrialAbandoned | TrialEnded)]

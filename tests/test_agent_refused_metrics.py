@@ -11,12 +11,10 @@ import logging
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from sweeper.agents.agent import Agent
+from process_support import wait_until
 from sweeper.agents.events import TrialAbandoned, TrialEnded
 from sweeper.agents.reporting import deliver_leftovers
 from sweeper.agents.spool import Spool, leftover_spools
@@ -27,7 +25,7 @@ from sweeper.store import open_store
 from sweeper.trials import MetricPoint, TrialState
 
 pytest.importorskip("fastapi")
-from server_helpers import start_server  # noqa: E402
+from server_helpers import one_trial_agent, start_server  # noqa: E402
 
 BAD = "a_metric_name_far_too_long_" * 12  # over the coordinator's 256 characters
 STEPS = 6
@@ -48,44 +46,32 @@ for step in range({STEPS}):
 """
 
 
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def test_a_refused_metric_is_left_out_and_the_rest_arrives_once_through_an_outage(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    program = tmp_path / "train.py"
-    program.write_text(SCRIPT)
     db = f"sqlite:///{tmp_path / 'sweeper.db'}"
     server = start_server(db, tmp_path / "server")
     events: list[object] = []
     try:
-        sweep = {"method": "grid", "program": str(program), "parameters": {"x": {"values": [1]}}}
-        sweep_id = server.client().create_sweep(parse_sweep(sweep)).id
-        agent = Agent(
-            server.client(timeout=5.0),
-            sweep_id,
-            info=AgentInfo(name="refused-test", host="localhost"),
-            workdir=tmp_path,
-            count=1,
-            report_interval=0.05,
-            heartbeat_interval=0.5,
-            max_backoff=0.5,
+        sweep_id, agent = one_trial_agent(
+            server,
+            tmp_path,
+            SCRIPT,
+            name="refused-test",
+            events=events,
+            client_timeout=5.0,
             finish_timeout=60.0,  # a refused point retried until then would abandon the trial
-            on_event=events.append,
         )
         caplog.set_level(logging.WARNING, logger="sweeper.agents")
         runner = threading.Thread(target=agent.run, daemon=True)
         runner.start()
         folder = tmp_path / ".sweeper" / "trials" / sweep_id / "1"
-        wait_for(lambda: (folder / "ready").exists(), "the script's first steps")
+        assert wait_until(lambda: (folder / "ready").exists(), 60), "the script's first steps"
         server.kill()  # as a crash would: the agent's next reports fail to connect
         (folder / "go").write_text("1")
-        wait_for(lambda: (folder / "finish.json").exists(), "the script to end during the outage")
+        assert wait_until(lambda: (folder / "finish.json").exists(), 60), (
+            "the script to end during the outage"
+        )
         server = start_server(db, tmp_path / "server", port=server.port)
         runner.join(120)
         assert not runner.is_alive()
