@@ -65,8 +65,8 @@ def report_end(
             return
         except Exception as exc:
             delay = reporter.record_failure(exc)
-            timed_out = clock() >= deadline and not _unreachable(exc)
-            if timed_out or (stop.requested and tries >= _TRIES_WHEN_STOPPING):
+            away = _unreachable(exc)
+            if (clock() >= deadline and not away) or (stop.requested and tries >= _TRIES_WHEN_STOPPING):
                 kept = f"; kept in {spool.folder} for the next agent" if spool is not None else ""
                 emit(TrialAbandoned(assignment, f"could not report the end to the coordinator: {exc}{kept}"))
                 return
@@ -74,9 +74,7 @@ def report_end(
             waiting = tries >= 2 and (said_at is None or clock() - said_at >= _WAITING_NOTICE_EVERY)
             if waiting and not stop.requested:
                 said_at = clock()  # a wait of minutes, said now and then: the agent is not hung
-                _say_waiting(
-                    assignment, outcome, exc, None if _unreachable(exc) else deadline - said_at, spool
-                )
+                _say_waiting(assignment, outcome, exc, None if away else deadline - said_at, spool)
             stop.pause(delay)
     if spool is not None:
         spool.delivered()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sweeper.spec.integrations import mlflow_uri_problem
+from sweeper.spec.integrations import enabled_trackers, mlflow_uri_problem
 
 #: ``sweeper run --mlflow`` with no URI and no MLFLOW_TRACKING_URI: the file ``mlflow ui`` opens by default.
 DEFAULT_MLFLOW_URI = "sqlite:///mlflow.db"
@@ -71,23 +71,18 @@ def with_experiment_named(raw: dict[str, Any], environ: Mapping[str, str] | None
     their own environments say. (Given by id alone, MLFLOW_EXPERIMENT_ID, it stays each process's.)"""
     env = os.environ if environ is None else environ
     given = raw.get("integrations")
-    if not isinstance(given, Mapping) or "mlflow" not in given:
+    block = given.get("mlflow") if isinstance(given, Mapping) else False
+    # A well-formed block that switches MLflow on (`mlflow:` alone, or `true`, is on); a malformed
+    # one is left for the file's own check to report.
+    well_formed = block is None or block is True or isinstance(block, Mapping)
+    if not well_formed or "mlflow" not in enabled_trackers(given):
         return raw
-    block = given["mlflow"]  # `mlflow:` with nothing after it (None) is on, as `mlflow: true`
-    if (
-        block is not True
-        and block is not None
-        and not (isinstance(block, Mapping) and block.get("enabled", True) is not False)
-    ):
-        return raw  # MLflow off, or a malformed block: the file's own check says so
     if isinstance(block, Mapping) and block.get("experiment"):
         return raw
-    name = env.get("MLFLOW_EXPERIMENT_NAME") or (
-        None if env.get("MLFLOW_EXPERIMENT_ID") else DEFAULT_EXPERIMENT
-    )
-    if not name:
+    name = env.get("MLFLOW_EXPERIMENT_NAME")
+    if not name and env.get("MLFLOW_EXPERIMENT_ID"):
         return raw
-    mlflow = {**(block if isinstance(block, Mapping) else {}), "experiment": name}
+    mlflow = {**(block if isinstance(block, Mapping) else {}), "experiment": name or DEFAULT_EXPERIMENT}
     return {**raw, "integrations": {**given, "mlflow": mlflow}}  # type: ignore[dict-item]
 
 

@@ -119,8 +119,7 @@ class SweepRecords:
     def __init__(self) -> None:
         self._coordinator: Any = None
         self._recorders: dict[str, SweepRecorder | None] = {}
-        self._ended: set[str] = set()
-        self._stopped: set[str] = set()  # sweeps whose record ended as stopped: a resume reopens it
+        self._closed: set[str] = set()  # sweeps whose record ended (finished, stopped, cancelled)
         self._waiting: dict[str, None] = {}  # sweep ids in the order they changed, each once
         self._busy = False
         self._closing = False
@@ -182,13 +181,12 @@ class SweepRecords:
                 )
 
     def _bring_up_to_date(self, sweep_id: str) -> None:
-        if sweep_id in self._ended or sweep_id in self._stopped:
-            # Its record is closed: a late change (a lost lease) must not reopen it; a resume
-            # (of a stopped sweep, or of a finished one to run its failed configurations) does.
+        if sweep_id in self._closed:
+            # A late change (a lost lease) must not reopen it; a resume (of a stopped sweep, or of
+            # a finished one to run its failed configurations) does.
             if self._coordinator.get_sweep(sweep_id).state not in (SweepState.RUNNING, SweepState.PAUSED):
                 return
-            self._ended.discard(sweep_id)
-            self._stopped.discard(sweep_id)
+            self._closed.discard(sweep_id)
         if sweep_id not in self._recorders:
             recorder = SweepRecorder.for_sweep(self._coordinator, sweep_id)
             if recorder is not None:
@@ -204,7 +202,7 @@ class SweepRecords:
         quiet = not any(t.state.is_active for t in self._coordinator.trials(sweep_id))
         if quiet and (state.is_terminal or state is SweepState.STOPPED):
             recorder.finish(state.value)
-            (self._stopped if state is SweepState.STOPPED else self._ended).add(sweep_id)
+            self._closed.add(sweep_id)
             del self._recorders[sweep_id]  # nothing more to hold for it
             # Its trackers (and their threads) go now, not when the server stops: a server runs
             # for months, one sweep after another.

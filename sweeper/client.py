@@ -106,11 +106,15 @@ def _scheme_hint(reason: object, url: str) -> str | None:
     return None
 
 
+def _chosen_ca_file(ca_file: str | None) -> str | None:
+    return ca_file or os.environ.get("SWEEPER_CA_FILE") or None
+
+
 def _tls_context(ca_file: str | None) -> ssl.SSLContext:
     """Trusting ``ca_file`` or SWEEPER_CA_FILE (the certificate, or CA, a self-signed server is
     trusted by, for every command), else the system's store (and SSL_CERT_FILE)."""
     named = "" if ca_file else " (SWEEPER_CA_FILE)"
-    ca_file = ca_file or os.environ.get("SWEEPER_CA_FILE") or None
+    ca_file = _chosen_ca_file(ca_file)
     try:
         return ssl.create_default_context(cafile=ca_file)
     except FileNotFoundError:
@@ -180,7 +184,7 @@ class HttpCoordinator:
         self.timeout = timeout
         self._token = token or None
         context = _tls_context(ca_file) if parsed.scheme == "https" else None
-        self._trusted = ca_file or os.environ.get("SWEEPER_CA_FILE") or None  # said when it does not do
+        self._trusted = _chosen_ca_file(ca_file)  # named when it does not vouch for the server
         self._transport = transport_for(self.url, timeout=timeout, context=context)
 
     def __repr__(self) -> str:  # never shows the token

@@ -131,7 +131,7 @@ def _refused_midway(exc: Exception, sweep_id: str, coordinator: str | None) -> s
     """Why a coordinator that took this agent at its start refuses it now: it was restarted with
     another token, or on another database (or the sweep was deleted)."""
     where = coordinator or "the store"
-    if not isinstance(exc, LookupError):  # a token refused
+    if isinstance(exc, PermissionError):  # the token refused (AuthenticationError)
         return (
             f"the coordinator at {where} no longer takes this agent's token (restarted with another "
             f"one?): {exc}"

@@ -145,15 +145,12 @@ def sweep(file: str, coordinator_url: str | None, token: str | None, db_url: str
     coordinator = connect_or_fail(coordinator_url, token, db_url)
     from sweeper.client import CoordinatorTimeoutError
 
-    try:
-        with coordinator_errors():
+    with coordinator_errors():
+        try:
             created = coordinator.create_sweep(spec)
-    except click.ClickException as exc:
-        if isinstance(exc.__context__, CoordinatorTimeoutError):  # it may yet make the sweep
-            exc.message += (
-                "; the server may still make the sweep: look with 'sweeper status' before making it again"
-            )
-        raise
+        except CoordinatorTimeoutError as exc:  # it took the request: it may yet make the sweep
+            said = "the server may still make the sweep: look with 'sweeper status' before making it again"
+            raise click.ClickException(f"{exc}; {said}") from None
     click.echo(created.id)
     hint = _agent_hint(created.id, spec, file, coordinator_url, coordinator, db_url, bool(token))
     click.echo(f"start agents {hint}", err=True)
