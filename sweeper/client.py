@@ -17,7 +17,9 @@ import http.client
 import json
 import math
 import os
+import secrets
 import ssl
+import threading
 import urllib.error
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -186,6 +188,8 @@ class HttpCoordinator:
         context = _tls_context(ca_file) if parsed.scheme == "https" else None
         self._trusted = _chosen_ca_file(ca_file)  # named when it does not vouch for the server
         self._transport = transport_for(self.url, timeout=timeout, context=context)
+        self._unanswered: dict[tuple[str, str], str] = {}  # (sweep, agent name): request id
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:  # never shows the token
         return f"HttpCoordinator({self.url!r})"
@@ -204,8 +208,25 @@ class HttpCoordinator:
     # --- the agent protocol -------------------------------------------------
 
     def next_trial(self, sweep_id: str, agent: AgentInfo) -> Assignment | NoTrial:
-        body = {"name": agent.name, "host": agent.host, "gpu": agent.gpu}
-        answer = self._call("POST", f"/sweeps/{_segment(sweep_id)}/next", body)
+        # An ask whose answer never came may have leased a trial all the same: the next ask for
+        # the agent names it, and gets that trial rather than leave it running with nobody there.
+        asked = (sweep_id, agent.name)
+        with self._lock:
+            unanswered = self._unanswered.pop(asked, None)
+        request_id = unanswered or secrets.token_hex(16)
+        body = {
+            "name": agent.name,
+            "host": agent.host,
+            "gpu": agent.gpu,
+            "request_id": request_id,
+            "resent": unanswered is not None,
+        }
+        try:
+            answer = self._call("POST", f"/sweeps/{_segment(sweep_id)}/next", body)
+        except CoordinatorUnavailableError:  # timeouts too: the server may have leased one
+            with self._lock:
+                self._unanswered[asked] = request_id
+            raise
         if answer.get("no_trial") is not None:
             no = answer["no_trial"]
             return NoTrial(NoTrialReason(no["reason"]), no["message"], retry_after=float(no["retry_after"]))

@@ -27,6 +27,7 @@ from sweeper.protocol import (
     Assignment,
     Directive,
     InvalidPointsError,
+    LeaseLostError,
     NoTrial,
     NoTrialReason,
     TrialOutcome,
@@ -49,6 +50,7 @@ _IDLE_LOOKS_PER_PASS = 8  # idle sweeps a pass asks whether they are complete, a
 # Compiled specs kept, the most recently used: a long-lived server sees sweeps come and go, and one
 # that comes back after its entry was dropped is compiled again from its stored spec.
 _KNOWN_SPECS = 256
+_KNOWN_REQUESTS = 4096  # request ids of leases kept, the latest
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,9 @@ class Coordinator:
         # Idle sweeps, and their number of trials and last trial end when last looked at.
         self._idle_checked: dict[str, tuple[int, float | None]] = {}
         self._on_sweep_changed = tuple(on_sweep_changed)
+        # Request ids of the latest leases: one that comes again was sent again on a new
+        # connection after the answer was lost on the way, whether or not the agent knew.
+        self._requests: OrderedDict[str, None] = OrderedDict()
 
     # --- sweeps -------------------------------------------------------------
 
@@ -163,9 +168,21 @@ class Coordinator:
 
     # --- the agent protocol -------------------------------------------------
 
-    def next_trial(self, sweep_id: str, agent: AgentInfo) -> Assignment | NoTrial:
+    def next_trial(
+        self, sweep_id: str, agent: AgentInfo, *, request_id: str | None = None, resent: bool = False
+    ) -> Assignment | NoTrial:
+        """Lease the sweep's next trial to ``agent``, or say why there is none.
+
+        ``request_id`` makes asking again safe when an answer was lost on the way (a proxy that
+        dropped it, a client that stopped waiting): it becomes the lease's id, and an ask that
+        is ``resent`` with it gets the trial that ask leased, if that trial is still running
+        under the agent, instead of a second one left running with nobody at its end."""
         now, mark = self._lease_time()
         self._expire_leases(now)
+        if request_id is not None and (resent or self._asked_before(request_id)):
+            leased = self._leased_before(sweep_id, agent, request_id, now)
+            if leased is not None:
+                return leased
         # The sweep's state is read under new_trial's lock; a sweep that hands out no trials
         # is answered from a fresh read below.
         spec, strategy, _ = self._compiled_by_id(sweep_id)
@@ -182,7 +199,7 @@ class Coordinator:
         lease = Lease(
             agent=agent.name,
             host=agent.host,
-            lease_id=secrets.token_hex(8),
+            lease_id=request_id or secrets.token_hex(8),
             expires_at=now + self.lease_seconds,
         )
         trial = self.store.new_trial(
@@ -200,27 +217,8 @@ class Coordinator:
                 )
             # Worked out once the lease's transaction has ended, from the history it was made from.
             history, since = seen[-1]
-            discard = _unneeded_checkpoints(spec, history, since)
-            return Assignment(
-                sweep_id=sweep_id,
-                trial_id=trial.id,
-                trial_number=trial.number,
-                lease_id=lease.lease_id,
-                lease_seconds=self.lease_seconds,
-                config=trial.config,
-                command=spec.command,
-                program=spec.program,
-                metric_name=spec.metric.name if spec.metric else None,
-                integrations=tracker_settings(spec),
-                restore_from=trial.restore_from,
-                retry_of=trial.retry_of,
-                resume_from=_resume_from(spec, history, trial),
-                checkpoint_to=_checkpoint_to(spec, trial),
-                discard_checkpoints=tuple(discard),
-                project=spec.project,
-                entity=spec.entity,
-                time_limit=spec.options.trial_timeout,
-                stall_limit=spec.options.stall_timeout,
+            return self._assignment(
+                spec, trial, lease.lease_id, history, _unneeded_checkpoints(spec, history, since)
             )
         plan = plans[-1] if plans else None
         if plan is None:  # the sweep does not hand out trials (or stopped doing so since it was read)
@@ -238,6 +236,66 @@ class Coordinator:
             said = f"is complete: {plan.reason}{_no_result(spec, sweep_id, seen[-1][0])}"
             return NoTrial(NoTrialReason.DONE, f"sweep {sweep_id} {said}")
         return NoTrial(NoTrialReason.WAIT, plan.reason, retry_after=1.0)
+
+    def _asked_before(self, request_id: str) -> bool:
+        with self._lock:
+            if request_id in self._requests:
+                return True
+            self._requests[request_id] = None
+            if len(self._requests) > _KNOWN_REQUESTS:
+                self._requests.popitem(last=False)
+        return False
+
+    def _leased_before(
+        self, sweep_id: str, agent: AgentInfo, request_id: str, now: float
+    ) -> Assignment | None:
+        """The trial that an earlier ask with ``request_id`` leased to ``agent``, still running;
+        its lease starts afresh, as the agent starts it only now."""
+        for trial in self.store.list_trials(sweep_id, states=[TrialState.RUNNING]):
+            if trial.lease_id == request_id and trial.agent == agent.name:
+                break
+        else:
+            return None
+        try:
+            self.store.renew_lease(trial.id, request_id, expires_at=now + self.lease_seconds, now=now)
+        except LeaseLostError:  # it ended or expired since it was read: the ask leases another
+            return None
+        log.info(
+            "trial %d of sweep %s: %s asked again; it gets the trial it was given",
+            trial.number,
+            sweep_id,
+            agent.name,
+        )
+        spec, _, _ = self._compiled_by_id(sweep_id)
+        # The whole history only for a retry, whose checkpoints to resume from it names; the
+        # checkpoints to discard are left for the next lease to name.
+        history = self.store.list_trials(sweep_id) if trial.retry_of is not None else ()
+        return self._assignment(spec, trial, request_id, history, [])
+
+    def _assignment(
+        self, spec: SweepSpec, trial: Trial, lease_id: str, history: Sequence[Trial], discard: Sequence[str]
+    ) -> Assignment:
+        return Assignment(
+            sweep_id=trial.sweep_id,
+            trial_id=trial.id,
+            trial_number=trial.number,
+            lease_id=lease_id,
+            lease_seconds=self.lease_seconds,
+            config=trial.config,
+            command=spec.command,
+            program=spec.program,
+            metric_name=spec.metric.name if spec.metric else None,
+            integrations=tracker_settings(spec),
+            restore_from=trial.restore_from,
+            retry_of=trial.retry_of,
+            resume_from=_resume_from(spec, history, trial),
+            checkpoint_to=_checkpoint_to(spec, trial),
+            discard_checkpoints=tuple(discard),
+            project=spec.project,
+            entity=spec.entity,
+            time_limit=spec.options.trial_timeout,
+            stall_limit=spec.options.stall_timeout,
+        )
 
     def heartbeat(self, trial_id: int, lease_id: str, *, interrupted: str | None = None) -> Directive:
         now = self._now()

@@ -281,6 +281,30 @@ def test_an_expired_lease_makes_the_trial_lost_and_it_runs_again(
         coordinator.finish_trial(first.trial_id, first.lease_id, TrialOutcome(TrialState.FINISHED, 0))
 
 
+def test_an_ask_sent_again_gets_its_trial_only_while_that_trial_runs_under_the_asker(
+    coordinator: Coordinator, clock: FakeClock
+) -> None:
+    sweep = coordinator.create_sweep(parse_sweep(grid([1, 2, 3, 4])))
+    asked = "a" * 32
+    first = coordinator.next_trial(sweep.id, AGENT, request_id=asked)
+    assert isinstance(first, Assignment) and first.lease_id == asked
+    clock.now += 20
+    again = coordinator.next_trial(sweep.id, AGENT, request_id=asked, resent=True)
+    assert isinstance(again, Assignment)
+    assert (again.trial_id, again.config, again.lease_id) == (first.trial_id, first.config, asked)
+    clock.now += 20  # 40 s after the first lease, within 30 s of the second: held afresh
+    assert not coordinator.heartbeat(first.trial_id, asked).stop
+    other = AgentInfo(name="host:2:0", host="host")
+    elsewhere = coordinator.next_trial(sweep.id, other, request_id=asked, resent=True)
+    assert isinstance(elsewhere, Assignment) and elsewhere.trial_id != first.trial_id
+    finish(coordinator, again)
+    after_end = coordinator.next_trial(sweep.id, AGENT, request_id=asked, resent=True)
+    assert isinstance(after_end, Assignment), "an ended trial is not handed out again"
+    assert after_end.trial_id not in (first.trial_id, elsewhere.trial_id)
+    states = {t.number: t.state for t in coordinator.store.list_trials(sweep.id)}
+    assert states == {1: TrialState.FINISHED, 2: TrialState.RUNNING, 3: TrialState.RUNNING}
+
+
 def test_heartbeats_keep_the_lease(coordinator: Coordinator, clock: FakeClock) -> None:
     sweep = coordinator.create_sweep(parse_sweep(grid([1, 2])))
     a = lease(coordinator, sweep.id)

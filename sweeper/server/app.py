@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sweeper import __version__
 from sweeper.coordinator import Coordinator
-from sweeper.protocol import AgentInfo, LeaseLostError, SweepNotFoundError, TrialOutcome
+from sweeper.protocol import LeaseLostError, SweepNotFoundError, TrialOutcome
 from sweeper.server import schemas
 from sweeper.server.schemas import ErrorOut
 from sweeper.spec import Problem, SpecError, parse_sweep
@@ -196,7 +196,9 @@ def create_app(
 
     @api.post("/sweeps/{sweep_id}/next", response_model=schemas.NextTrialOut)
     def next_trial(sweep_id: SweepId, agent: schemas.AgentIn) -> Any:
-        answer = coordinator.next_trial(sweep_id, AgentInfo(name=agent.name, host=agent.host, gpu=agent.gpu))
+        answer = coordinator.next_trial(
+            sweep_id, agent.info(), request_id=agent.request_id, resent=agent.resent
+        )
         return _json(schemas.NextTrialOut.of(answer))
 
     @api.post("/trials/{trial_id}/heartbeat", response_model=schemas.DirectiveOut)

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sweeper.coordinator import Coordinator
-from sweeper.protocol import AgentInfo, Directive, TrialOutcome
+from sweeper.protocol import Directive, TrialOutcome
 from sweeper.server import schemas
 from sweeper.server.app import REFUSALS, error
 from sweeper.server.calls import LoopCalls, ThreadCalls
@@ -130,8 +130,8 @@ class AgentRoutes:
             return None
         coordinator = self._coordinator
         if isinstance(body, schemas.AgentIn):
-            agent = AgentInfo(name=body.name, host=body.host, gpu=body.gpu)
-            lease = lambda: coordinator.next_trial(key, agent)  # noqa: E731
+            agent, request_id, resent = body.info(), body.request_id, body.resent
+            lease = lambda: coordinator.next_trial(key, agent, request_id=request_id, resent=resent)  # noqa: E731
             return lambda: (200, _dump(schemas.NextTrialOut.of(lease()))), LeaseCall(key)
         trial_id = int(key)
         if not 1 <= trial_id <= schemas.INT32_MAX:

@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat
 from sweeper.client import decode_float, encode_float
 from sweeper.protocol import (
     MAX_METRIC_NAME,
+    AgentInfo,
     Assignment,
     Directive,
     NoTrial,
@@ -63,6 +64,8 @@ def _metric_name(value: str) -> str:
 # The coordinator's own rule for metric names (the embedded one applies the same).
 MetricName = Annotated[str, AfterValidator(_metric_name)]
 LeaseId = Annotated[str, Field(pattern=ID_PATTERN)]
+# Chosen by the agent, it becomes the lease's id: long enough that no two agents choose alike.
+RequestId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{16,64}$")]
 Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 NonFinite = Literal["NaN", "Infinity", "-Infinity"]
@@ -208,6 +211,13 @@ class AgentIn(Model):
     name: Name
     host: Name
     gpu: Devices | None = None
+    # Asking again after an answer was lost: the same request_id with resent true gets the trial
+    # that the first ask leased, not a second one.
+    request_id: RequestId | None = None
+    resent: bool = False
+
+    def info(self) -> AgentInfo:
+        return AgentInfo(name=self.name, host=self.host, gpu=self.gpu)
 
 
 class AssignmentOut(Model):

@@ -1,0 +1,185 @@
+"""An answer lost on its way back to the agent: the server leased a trial, and the agent never
+heard. Asking again gets that trial, not a second one left running with nobody at its end, which
+would hold its configuration until the lease ran out and then use up its retry.
+
+Real parts: a `sweeper server` subprocess, an HTTP proxy in front of it (a thread here) that
+drops the answer to a lease on the floor (the connection closes once the server has answered),
+the client, and a `sweeper agent` process running real trials through the proxy.
+"""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import os
+import subprocess
+import sys
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sweeper.client import CoordinatorUnavailableError
+from sweeper.protocol import AgentInfo, Assignment
+from sweeper.spec import parse_sweep
+from sweeper.trials import TrialState
+
+pytest.importorskip("fastapi")
+from server_helpers import TOKEN, ServerProcess, start_server  # noqa: E402
+
+SCRIPTS = Path(__file__).parent / "scripts"
+AGENT = AgentInfo(name="lost-answer-agent", host="localhost")
+
+
+class AnswerDroppingProxy(http.server.ThreadingHTTPServer):
+    """Forwards every request to ``upstream``; the answers to the first ``drops`` leases (POST
+    .../next) are read from the server and never passed on: the agent's connection just closes."""
+
+    daemon_threads = True
+
+    def __init__(self, upstream: str, drops: int) -> None:
+        parts = urllib.parse.urlsplit(upstream)
+        self.upstream = (parts.hostname, parts.port)
+        self.drops = drops
+        self.dropped: list[bytes] = []  # the answers the agent never saw
+        self.lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), _Forward)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def drop_this(self, method: str, path: str) -> bool:
+        with self.lock:
+            if method == "POST" and path.endswith("/next") and len(self.dropped) < self.drops:
+                self.dropped.append(b"")
+                return True
+            return False
+
+
+class _Forward(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # kept-alive connections, as the agent's client keeps them
+    server: AnswerDroppingProxy
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self._forward()
+
+    def do_POST(self) -> None:
+        self._forward()
+
+    def _forward(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        upstream = http.client.HTTPConnection(*self.server.upstream, timeout=30)
+        try:
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+            upstream.request(self.command, self.path, body=body or None, headers=headers)
+            answer = upstream.getresponse()
+            raw = answer.read()
+        finally:
+            upstream.close()
+        if self.server.drop_this(self.command, self.path):
+            self.server.dropped[-1] = raw
+            self.close_connection = True  # the server answered; the agent hears nothing
+            return
+        self.send_response(answer.status)
+        for name, value in answer.getheaders():
+            if name.lower() not in ("connection", "transfer-encoding", "content-length"):
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    server = start_server(
+        f"sqlite:///{tmp_path / 'sweeper.db'}", tmp_path / "server", extra_args=("--log-level", "warning")
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def grid_sweep(server: ServerProcess, points: int) -> str:
+    raw = {
+        "method": "grid",
+        "program": str(SCRIPTS / "e2e_trial.py"),
+        "metric": {"name": "score", "goal": "maximize"},
+        "parameters": {"x": {"values": list(range(points))}},
+    }
+    return server.client().create_sweep(parse_sweep(raw)).id
+
+
+def proxy_client(proxy: AnswerDroppingProxy):  # noqa: ANN201 - an HttpCoordinator
+    from sweeper.client import HttpCoordinator
+
+    return HttpCoordinator(proxy.url, token=TOKEN, timeout=10)
+
+
+def test_asking_again_after_a_lost_answer_gets_the_trial_that_ask_leased(server: ServerProcess) -> None:
+    sweep_id = grid_sweep(server, 3)
+    proxy = AnswerDroppingProxy(server.url, drops=1)
+    try:
+        with proxy_client(proxy) as client:
+            with pytest.raises(CoordinatorUnavailableError):  # a new connection: no quiet resend
+                client.next_trial(sweep_id, AGENT)
+            assert proxy.dropped and b'"trial_number":1' in proxy.dropped[0], "the server leased trial 1"
+            again = client.next_trial(sweep_id, AGENT)
+    finally:
+        proxy.shutdown()
+    assert isinstance(again, Assignment)
+    assert again.trial_number == 1, "the trial the lost answer held, not the next one"
+    running = server.client().trials(sweep_id)
+    assert [(t.number, t.state) for t in running] == [(1, TrialState.RUNNING)]
+    assert running[0].lease_id == again.lease_id
+
+
+def test_a_resend_the_agent_did_not_know_of_gets_the_same_trial(server: ServerProcess) -> None:
+    """A kept-alive connection that closes without an answer is used again on a new one,
+    unasked: the server tells it from a second ask by its request id."""
+    sweep_id = grid_sweep(server, 3)
+    proxy = AnswerDroppingProxy(server.url, drops=1)
+    try:
+        with proxy_client(proxy) as client:
+            client.get_sweep(sweep_id)  # the connection is kept, so the lease goes on a used one
+            got = client.next_trial(sweep_id, AGENT)
+            assert len(proxy.dropped) == 1, "the first answer was dropped and the request sent again"
+    finally:
+        proxy.shutdown()
+    assert isinstance(got, Assignment)
+    assert got.trial_number == 1
+    assert [t.number for t in server.client().trials(sweep_id)] == [1]
+
+
+def test_an_agent_whose_lease_answers_are_lost_runs_every_point_once(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    sweep_id = grid_sweep(server, 3)
+    proxy = AnswerDroppingProxy(server.url, drops=2)
+    folder = tmp_path / "agent"
+    folder.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWEEPER_")}
+    command = [sys.executable, "-m", "sweeper", "agent", sweep_id, "--coordinator", proxy.url]
+    try:
+        done = subprocess.run(
+            [*command, "--token", TOKEN, "--max-backoff", "1"],
+            cwd=folder,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+    finally:
+        proxy.shutdown()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(proxy.dropped) == 2
+    trials = server.client().trials(sweep_id)
+    assert sorted((t.config["x"], t.state) for t in trials) == [(x, TrialState.FINISHED) for x in range(3)]
+    assert [t.number for t in trials] == [1, 2, 3], "no trial was leased and left behind"
