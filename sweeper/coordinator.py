@@ -17,10 +17,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
-from sweeper.checkpoints import checkpoint_location
-from sweeper.checkpoints.retention import resume_points, unneeded_checkpoints
+from sweeper.assignments import assignment, unneeded_checkpoints
 from sweeper.pauses import PauseWatch, process_pauses
-from sweeper.planning import Plan, completion, may_run_again, plan_next, target_reached_by, without_result
+from sweeper.planning import Plan, completion, plan_next, target_reached_by, without_result
 from sweeper.protocol import (
     CONTINUE,
     AgentInfo,
@@ -37,8 +36,6 @@ from sweeper.protocol import (
 from sweeper.results import best_of
 from sweeper.revival import Revival
 from sweeper.spec import SweepSpec, parse_sweep
-from sweeper.spec.integrations import tracker_settings
-from sweeper.spec.model import DEFAULT_CHECKPOINTS, Pbt
 from sweeper.stopping import KnownCurves, StoppingRule, build_rule, decide_for
 from sweeper.store.base import InvalidTransitionError, Lease, Store, StoreError, TrialDraft, idle_mark
 from sweeper.strategies import Strategy, strategy_class
@@ -217,9 +214,8 @@ class Coordinator:
                 )
             # Worked out once the lease's transaction has ended, from the history it was made from.
             history, since = seen[-1]
-            return self._assignment(
-                spec, trial, lease.lease_id, history, _unneeded_checkpoints(spec, history, since)
-            )
+            discard = unneeded_checkpoints(spec, history, since)
+            return assignment(spec, trial, lease.lease_id, self.lease_seconds, history, discard)
         plan = plans[-1] if plans else None
         if plan is None:  # the sweep does not hand out trials (or stopped doing so since it was read)
             sweep = self.store.get_sweep(sweep_id)
@@ -270,32 +266,7 @@ class Coordinator:
         # The whole history only for a retry, whose checkpoints to resume from it names; the
         # checkpoints to discard are left for the next lease to name.
         history = self.store.list_trials(sweep_id) if trial.retry_of is not None else ()
-        return self._assignment(spec, trial, request_id, history, [])
-
-    def _assignment(
-        self, spec: SweepSpec, trial: Trial, lease_id: str, history: Sequence[Trial], discard: Sequence[str]
-    ) -> Assignment:
-        return Assignment(
-            sweep_id=trial.sweep_id,
-            trial_id=trial.id,
-            trial_number=trial.number,
-            lease_id=lease_id,
-            lease_seconds=self.lease_seconds,
-            config=trial.config,
-            command=spec.command,
-            program=spec.program,
-            metric_name=spec.metric.name if spec.metric else None,
-            integrations=tracker_settings(spec),
-            restore_from=trial.restore_from,
-            retry_of=trial.retry_of,
-            resume_from=_resume_from(spec, history, trial),
-            checkpoint_to=_checkpoint_to(spec, trial),
-            discard_checkpoints=tuple(discard),
-            project=spec.project,
-            entity=spec.entity,
-            time_limit=spec.options.trial_timeout,
-            stall_limit=spec.options.stall_timeout,
-        )
+        return assignment(spec, trial, request_id, self.lease_seconds, history, ())
 
     def heartbeat(self, trial_id: int, lease_id: str, *, interrupted: str | None = None) -> Directive:
         now = self._now()
@@ -506,46 +477,6 @@ def resumed_at(sweep: Sweep) -> float:
     before a resume use up no retries (:func:`sweeper.planning.may_run_again`)."""
     changed = sweep.state is SweepState.RUNNING and sweep.updated_at > sweep.created_at
     return sweep.updated_at if changed else -math.inf
-
-
-def _checkpoint_root(spec: SweepSpec) -> str | None:
-    """Where the trials of a sweep that keeps checkpoints (method pbt) publish them; else None."""
-    if spec.options.pbt is None and spec.method != "pbt":
-        return None
-    return spec.options.pbt.checkpoints if spec.options.pbt is not None else DEFAULT_CHECKPOINTS
-
-
-def _checkpoint_to(spec: SweepSpec, trial: Trial) -> str | None:
-    """Where ``trial`` publishes its checkpoint folder, in a sweep that keeps checkpoints."""
-    root = _checkpoint_root(spec)
-    return None if root is None else checkpoint_location(root, trial.sweep_id, trial.number)
-
-
-def _resume_from(spec: SweepSpec, trials: Sequence[Trial], trial: Trial) -> tuple[str, ...]:
-    """The checkpoints that the lost attempts ``trial`` retries published, newest first."""
-    root = _checkpoint_root(spec)
-    if root is None or trial.retry_of is None:
-        return ()
-    return tuple(resume_points(root, {t.number: t for t in trials}, trial.retry_of))
-
-
-def _unneeded_checkpoints(spec: SweepSpec, trials: Sequence[Trial], since: float) -> list[str]:
-    """The sweep's published checkpoints that nothing can restore from any more (method pbt).
-    Kept besides: those that trials to run again start from (a new lease's trial among them:
-    a retry starts from one of those, an exploit from a donor the history keeps), and the best
-    trial's, which people look for when the sweep is done."""
-    pbt = spec.options.pbt or Pbt()
-    if spec.method != "pbt" or pbt.keep_checkpoints == "all" or spec.metric is None:
-        return []
-    again = may_run_again(trials, spec.options.max_retries, since)
-    needed = {t.restore_from for t in again if t.restore_from}
-    if again:  # and what their retries resume from
-        by_number = {t.number: t for t in trials}
-        for trial in again:
-            needed.update(resume_points(pbt.checkpoints, by_number, trial.number))
-    if (best := best_of(spec, trials)) is not None:
-        needed.add(checkpoint_location(pbt.checkpoints, best.sweep_id, best.number))
-    return unneeded_checkpoints(trials, pbt.checkpoints, spec.metric.name, needed=needed)
 
 
 def _directive(trial: Trial) -> Directive:
