@@ -18,6 +18,7 @@ import json
 import math
 import os
 import secrets
+import socket
 import ssl
 import threading
 import urllib.error
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 
 API = "/api/v1"
 _NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+_PROBE_TIMEOUT = 3.0  # seconds for the TLS handshake that tells a TLS server from one going down
 
 
 class CoordinatorError(Exception):
@@ -93,19 +95,37 @@ class AuthenticationError(PermissionError):
     """The coordinator wants a token this client did not give, or a different one."""
 
 
-def _wrong_scheme(reason: object) -> bool:
-    """The client spoke TLS to a server that answers in plain HTTP."""
-    return "WRONG_VERSION_NUMBER" in str(reason)
-
-
-def _scheme_hint(reason: object, url: str) -> str | None:
-    """What to change when the URL's scheme may not be the one the server speaks, or None."""
-    if _wrong_scheme(reason):
-        return "the server there speaks plain HTTP, not TLS: use an http:// URL"
+def _scheme_problem(reason: object, url: str) -> tuple[str, bool] | None:
+    """What to change when the URL's scheme may not be the one the server speaks, and whether
+    it certainly is not (retrying cannot help); None when the scheme is not in question."""
+    if "WRONG_VERSION_NUMBER" in str(reason):  # TLS spoken to a server that answers in plain HTTP
+        return "the server there speaks plain HTTP, not TLS: use an http:// URL", True
     if url.startswith("http://") and isinstance(reason, http.client.RemoteDisconnected):
-        # A TLS server hangs up on a request in plain HTTP; a server restarting does the same.
-        return "if that server was started with --ssl-certfile, use an https:// URL"
+        # A TLS server hangs up on a request in plain HTTP; so does a server going down. A
+        # handshake tells them apart.
+        if _speaks_tls(url):
+            return (
+                "the server there speaks TLS: use an https:// URL",
+                True,
+            )
+        return "if that server was started with --ssl-certfile, use an https:// URL", False
     return None
+
+
+def _speaks_tls(url: str) -> bool:
+    """Whether the server at ``url`` completes a TLS handshake (whoever its certificate names)."""
+    parts = urllib.parse.urlsplit(url)
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # only whether it speaks TLS; nothing is sent
+    try:
+        with socket.create_connection(
+            (parts.hostname or "", parts.port or 80), timeout=_PROBE_TIMEOUT
+        ) as sock:
+            with context.wrap_socket(sock, server_hostname=parts.hostname):
+                return True
+    except (OSError, ValueError):  # ssl.SSLError is an OSError
+        return False
 
 
 def _chosen_ca_file(ca_file: str | None) -> str | None:
@@ -358,8 +378,9 @@ class HttpCoordinator:
                     "the answer is large)"
                 ) from exc
             said = f"coordinator {self.url} unreachable: {reason}"
-            if (hint := _scheme_hint(reason, self.url)) is not None:
-                raise WrongSchemeError(f"{said} ({hint})", certain=_wrong_scheme(reason)) from exc
+            if (problem := _scheme_problem(reason, self.url)) is not None:
+                hint, certain = problem
+                raise WrongSchemeError(f"{said} ({hint})", certain=certain) from exc
             raise CoordinatorUnavailableError(said) from exc
         if status >= 300:  # the API never redirects: a 3xx is not an answer to this call
             raise self._refusal(status, reason, raw, where)

@@ -19,7 +19,7 @@ import pytest
 from server_helpers import serving
 
 import sweeper
-from sweeper.client import CoordinatorError, CoordinatorUnavailableError, HttpCoordinator
+from sweeper.client import CoordinatorError, CoordinatorUnavailableError, HttpCoordinator, WrongSchemeError
 from sweeper.connect import connect
 from sweeper.coordinator import Coordinator
 from sweeper.protocol import AgentInfo, CoordinatorService, SweepNotFoundError, TrialOutcome
@@ -88,6 +88,27 @@ def test_a_refused_connection_names_the_url() -> None:
         url = f"http://127.0.0.1:{port}"
         with pytest.raises(ConnectionError, match=f"coordinator {url} unreachable"):
             HttpCoordinator(url).next_trial("abc", AgentInfo("a", "h"))
+
+
+def test_a_server_that_hangs_up_in_plain_tcp_may_be_going_down_not_speaking_tls() -> None:
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        url = f"http://127.0.0.1:{listening.getsockname()[1]}"
+
+        def hang_up() -> None:  # the request, then the TLS handshake: each closed unanswered
+            for _ in range(2):
+                conn, _ = listening.accept()
+                conn.recv(65536)
+                conn.close()
+
+        closer = threading.Thread(target=hang_up, daemon=True)
+        closer.start()
+        with pytest.raises(WrongSchemeError) as caught:
+            HttpCoordinator(url).list_sweeps()
+        closer.join(10)
+    assert not caught.value.certain, "it may come back: the agent waits for it"
+    assert "(if that server was started with --ssl-certfile, use an https:// URL)" in str(caught.value)
 
 
 def test_other_refusals_keep_the_servers_code(misbehaving: str) -> None:

@@ -174,8 +174,12 @@ def test_tls(tmp_path: Path) -> None:
             type(client)(plain, token=TOKEN, timeout=3).list_sweeps()
         said = CliRunner().invoke(main, ["status"], env={**env, "SWEEPER_COORDINATOR": plain})
         assert said.exit_code == 1 and said.output.rstrip().endswith(
-            "(if that server was started with --ssl-certfile, use an https:// URL)"
+            "(the server there speaks TLS: use an https:// URL)"
         ), said.output
+        # An agent gives up at once, where it waits for a server that is not up yet.
+        agent = CliRunner().invoke(main, ["agent", sweep.id], env={**env, "SWEEPER_COORDINATOR": plain})
+        assert agent.exit_code == 1 and "speaks TLS: use an https:// URL" in agent.output, agent.output
+        assert "trying for" not in agent.output, agent.output
 
 
 def test_bodies_over_the_limit_are_refused(server: ServerProcess) -> None:
