@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from signal import SIGHUP, SIGINT, SIGTERM
 
 from sweeper.agents.command_trial import CommandTrial
 from sweeper.agents.ending import report_end
@@ -246,6 +247,10 @@ class Agent:
         That holds too for a trial that the same signal reached first (Slurm signals every process
         of a job) and that exited, 0 or not, before the agent stopped it; a stop the coordinator
         decided (early termination, an exploit) stands."""
+        if not self.stopping and _stopped_by_signal(outcome):
+            # Signalled from outside, and the agent may be next (Slurm signals a job's processes
+            # one by one): such a death is a failure only if nothing stops the agent meanwhile.
+            self._stop.wait(SIGNAL_LAG)
         if not self.stopping or outcome.state is TrialState.LOST:
             return outcome
         if outcome.state is TrialState.STOPPED and outcome.stop_reason != self._stop.reason:
@@ -307,6 +312,14 @@ class _CannotPrepare(Exception):
 
 WAIT_NOTICE_AFTER = 10.0  # seconds an agent waits for one reason before it says why (a paused sweep)
 _NUMBER = re.compile(r"\d+")
+SIGNAL_LAG = 1.0  # seconds a trial killed by SIGTERM, SIGINT or SIGHUP waits for its agent's own
+# Killed by one of those (-N), or by a shell that exits 128 + N for them.
+_STOPPING_EXITS = {sign * s + base for s in (SIGHUP, SIGINT, SIGTERM) for sign, base in ((-1, 0), (1, 128))}
+
+
+def _stopped_by_signal(outcome: TrialOutcome) -> bool:
+    """The trial died of a signal that stops agents too, and the agent did not send it."""
+    return outcome.state is TrialState.FAILED and outcome.exit_code in _STOPPING_EXITS
 
 
 class _Waiting:

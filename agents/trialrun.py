@@ -13,6 +13,7 @@ from sweeper.agents.events import AgentEvent
 from sweeper.agents.hooks import TrialHooks
 from sweeper.agents.metrics import points_from_record
 from sweeper.agents.reporting import TrialReporter
+from sweeper.agents.signalled import stopping_signal
 from sweeper.agents.trialdir import TrialDir
 
 from sweeper import _context
@@ -64,11 +65,13 @@ class StopSignal:
 
     @property
     def requested(self) -> bool:
-        return self._event.is_set()
+        """Asked for, or a stopping signal has reached the process (its handler, which asks,
+        may not have run yet)."""
+        return self._event.is_set() or stopping_signal() is not None
 
     @property
     def reason(self) -> str:
-        return self._reason or "stopped"
+        return self._reason or stopping_signal() or "stopped"
 
     def wait(self, seconds: float) -> None:
         """Sleep up to ``seconds``; a stop request ends the sleep early."""

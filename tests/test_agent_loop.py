@@ -365,6 +365,16 @@ def test_a_trial_that_exits_as_its_agent_is_told_to_stop_is_lost_not_finished(tm
     assert 102 not in client.finished  # nothing more was taken
 
 
+def test_a_trial_killed_by_sigterm_while_its_agent_goes_on_has_failed(tmp_path: Path) -> None:
+    # The agent waits a moment for a signal of its own (Slurm's, one process after the other);
+    # none comes, so the trial's death is its own failure, as before.
+    kill_itself = ["${interpreter}", "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"]
+    client = MemoryCoordinator([assignment(1, {}, command=kill_itself, program=None)])
+    make_agent(client, tmp_path).run()
+    outcome = client.finished[101]
+    assert (outcome.state, outcome.exit_code, outcome.stop_reason) == (TrialState.FAILED, -15, None)
+
+
 def test_a_trial_that_exits_is_noticed_at_once_not_at_the_next_look(tmp_path: Path) -> None:
     # Between looks at its trial the agent sleeps a poll interval; the process's end wakes it, so
     # the GPU does not idle for the rest of the interval. With a 60 s interval, three short trials

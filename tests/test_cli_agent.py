@@ -259,6 +259,41 @@ def test_a_signal_stops_the_trials_and_exits_130(
 
 
 @pytest.mark.slow
+def test_trials_the_job_s_signal_reached_before_their_agent_are_lost_not_failed(
+    here: Path, sqlite_store_url: str
+) -> None:
+    """Slurm signals a job's processes one by one: a trial may die of the SIGTERM a moment before
+    its agent hears it. It did not fail: it is lost, and runs again without using an attempt."""
+    sweep_id = make_sweep(
+        sqlite_store_url,
+        {"n": {"values": [1, 2]}, "hang": {"value": True}, "write_pid": {"value": True}},
+        "trial.py",
+    )
+    agent = subprocess.Popen(
+        [SWEEPER, "agent", sweep_id, "--db", sqlite_store_url, "--slots", "2"],
+        cwd=here,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    pid_files = [here / ".sweeper" / "trials" / sweep_id / str(n) / "pid" for n in (1, 2)]
+    assert wait_until(lambda: all(p.exists() for p in pid_files), 60), agent.communicate(timeout=30)
+    time.sleep(0.5)  # the trials are past their start
+    for pid_file in pid_files:
+        os.kill(int(pid_file.read_text()), signal.SIGTERM)
+    time.sleep(0.3)  # the agent's turn comes a moment later
+    agent.send_signal(signal.SIGTERM)
+    out, err = agent.communicate(timeout=60)
+    assert agent.returncode == 130, out + err
+    with open_store(sqlite_store_url) as store:
+        trials = store.list_trials(sweep_id)
+    assert [(t.state, t.stop_reason) for t in trials] == [
+        (TrialState.LOST, "interrupted (SIGTERM)"),
+        (TrialState.LOST, "interrupted (SIGTERM)"),
+    ], out + err
+
+
+@pytest.mark.slow
 def test_configurations_an_interrupted_agent_was_running_run_again(here: Path, sqlite_store_url: str) -> None:
     """Preemption, `docker stop`, Slurm's SIGTERM: the trials it cut short are no result, and the
     next agent runs their configurations again, so a grid does not end with them half-trained."""

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import click
 
+from sweeper.agents.signalled import watching
 from sweeper.protocol import interrupted_reason
 
 EXIT_INTERRUPTED = 130
@@ -55,7 +56,7 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 def run_until_done_or_interrupted(agents: Stoppable, grace: float) -> tuple[list[str], bool]:
     """Start the agents and wait for them; returns (their exit reasons, whether a signal stopped them)."""
-    with signals_as_interrupt():
+    with signals_as_interrupt(), watching():  # the agents' threads see a signal before its handler runs
         try:
             agents.start()
             return agents.wait(), False

@@ -9,9 +9,21 @@ import time
 import sweeper
 
 run = sweeper.init(
-    {"steps": 3, "pause": 0.0, "exit_code": 0, "hang": False, "child": False, "session_child": False}
+    {
+        "steps": 3,
+        "pause": 0.0,
+        "exit_code": 0,
+        "hang": False,
+        "child": False,
+        "session_child": False,
+        "write_pid": False,
+    }
 )
 cfg = run.config
+if cfg.write_pid:  # for a test that signals the trial itself
+    with open(os.path.join(str(run.dir), "pid.tmp"), "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(os.path.join(str(run.dir), "pid.tmp"), os.path.join(str(run.dir), "pid"))
 
 if cfg.child or cfg.session_child:
     # A grandchild that ignores SIGTERM, as a stubborn dataloader worker would.
