@@ -38,6 +38,17 @@ def last_line(result: Any) -> str:
     return result.output.strip().splitlines()[-1]
 
 
+def start_agent(here: Path, sweep_id: str, db: str, *args: str) -> subprocess.Popen[str]:
+    """``sweeper agent`` on ``db`` in ``here``, its output kept."""
+    return subprocess.Popen(
+        [SWEEPER, "agent", sweep_id, "--db", db, *args],
+        cwd=here,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 @pytest.fixture
 def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
@@ -233,13 +244,7 @@ def test_a_signal_stops_the_trials_and_exits_130(
         {"n": {"values": [1, 2]}, "hang": {"value": True}, "child": {"value": True}},
         "trial.py",
     )
-    agent = subprocess.Popen(
-        [SWEEPER, "agent", sweep_id, "--db", sqlite_store_url, "--slots", "2", "--grace", "2"],
-        cwd=here,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    agent = start_agent(here, sweep_id, sqlite_store_url, "--slots", "2", "--grace", "2")
     pid_files = [here / ".sweeper" / "trials" / sweep_id / str(n) / "child.pid" for n in (1, 2)]
     deadline = time.monotonic() + 60
     while not all(p.exists() for p in pid_files):
@@ -269,13 +274,7 @@ def test_trials_the_job_s_signal_reached_before_their_agent_are_lost_not_failed(
         {"n": {"values": [1, 2]}, "hang": {"value": True}, "write_pid": {"value": True}},
         "trial.py",
     )
-    agent = subprocess.Popen(
-        [SWEEPER, "agent", sweep_id, "--db", sqlite_store_url, "--slots", "2"],
-        cwd=here,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    agent = start_agent(here, sweep_id, sqlite_store_url, "--slots", "2")
     pid_files = [here / ".sweeper" / "trials" / sweep_id / str(n) / "pid" for n in (1, 2)]
     assert wait_until(lambda: all(p.exists() for p in pid_files), 60), agent.communicate(timeout=30)
     time.sleep(0.5)  # the trials are past their start
@@ -303,13 +302,7 @@ def test_configurations_an_interrupted_agent_was_running_run_again(here: Path, s
         "trial.py",
         metric={"name": "loss", "goal": "minimize"},
     )
-    first = subprocess.Popen(
-        [SWEEPER, "agent", sweep_id, "--db", sqlite_store_url, "--slots", "2"],
-        cwd=here,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    first = start_agent(here, sweep_id, sqlite_store_url, "--slots", "2")
     metrics = [here / ".sweeper" / "trials" / sweep_id / str(n) / "metrics.jsonl" for n in (1, 2)]
     assert wait_until(lambda: all(m.exists() and m.stat().st_size for m in metrics), 60), first.communicate()
     first.send_signal(signal.SIGTERM)
