@@ -19,7 +19,7 @@ import socket
 import time
 from pathlib import Path
 
-from sweeper.agents.process import marked_processes, signal_pids
+from sweeper.agents.process import marked_processes, pid_exists, signal_pids
 from sweeper.agents.trialdir import trials_root
 
 from sweeper.files import write_atomic
@@ -55,7 +55,7 @@ def end_orphans(workdir: Path, grace: float) -> list[str]:
             mark, agent_pid = str(record["mark"]), int(record["agent_pid"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if record.get("host") == host and not _exists(agent_pid):  # else: another machine's, or watched
+        if record.get("host") == host and not pid_exists(agent_pid):  # else: another machine's, or watched
             orphaned[mark] = path.parent
     if not orphaned:
         return []
@@ -73,19 +73,9 @@ def end_orphans(workdir: Path, grace: float) -> list[str]:
     return ended
 
 
-def _exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive, and not ours to judge
-        return True
-    return True
-
-
 def _end(pids: list[int], grace: float) -> None:
     signal_pids(pids, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_exists(pid) for pid in pids):
+    while time.monotonic() < deadline and any(pid_exists(pid) for pid in pids):
         time.sleep(_POLL_S)
     signal_pids(pids, signal.SIGKILL)

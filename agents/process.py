@@ -206,6 +206,17 @@ def marked_processes(*marks: str) -> dict[str, list[int]]:
     return found
 
 
+def pid_exists(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (anyone's)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive, and not ours to judge
+        return True
+    return True
+
+
 def signal_pids(pids: Iterable[int], sig: signal.Signals) -> None:
     """Send ``sig`` to each of ``pids`` that is still there and ours to signal."""
     for pid in pids:

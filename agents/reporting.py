@@ -206,9 +206,10 @@ class TrialReporter:
 def deliver_leftovers(client: CoordinatorClient, workdir: Path, sweep_id: str | None = None) -> int:
     """Send what earlier agents in ``workdir`` left undelivered (points, then a kept end state).
 
-    Safe while other agents run in the same folder: points are idempotent, and a spool whose
-    trial has no kept end state is only drained, never finished. Returns the trials whose
-    reports were completed. Raises OSError while the coordinator is unreachable.
+    Safe while other agents run in the same folder: the spools of agents still running on this
+    machine are theirs (:attr:`Spool.in_use`), points are idempotent, and a spool whose trial has
+    no kept end state is only drained, never finished. Returns the trials whose reports were
+    completed. Raises OSError while the coordinator is unreachable.
     """
     from sweeper.agents.spool import leftover_spools
 

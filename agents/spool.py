@@ -15,6 +15,8 @@ from __future__ import annotations
 import glob
 import json
 import logging
+import os
+import socket
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeper.agents.batches import MemoryQueue
+from sweeper.agents.process import pid_exists
 from sweeper.agents.trialdir import sweep_folder_name, trials_root
 
 from sweeper.files import write_atomic
@@ -43,11 +46,19 @@ class Spool:
     otherwise keep all of them in the agent for as long as it runs. After a write fails (a full
     disk), memory is all there is: the file stops where it was."""
 
-    def __init__(self, folder: Path, trial_id: int, lease_id: str, sweep_id: str = "") -> None:
+    def __init__(
+        self,
+        folder: Path,
+        trial_id: int,
+        lease_id: str,
+        sweep_id: str = "",
+        owner: tuple[str, int] | None = None,
+    ) -> None:
         self.folder = Path(folder)
         self.trial_id = trial_id
         self.lease_id = lease_id
         self.sweep_id = sweep_id
+        self.owner = owner  # the host and process id of the agent that runs the trial
         self._lock = threading.Lock()
         self._unacked = MemoryQueue()
         self._acked = 0  # acknowledged so far, in all
@@ -58,11 +69,14 @@ class Spool:
     @classmethod
     def create(cls, folder: Path, assignment: Assignment) -> Spool:
         """A fresh spool for a new lease; whatever an earlier attempt left in the folder is dropped."""
-        spool = cls(folder, assignment.trial_id, assignment.lease_id, assignment.sweep_id)
+        owner = (socket.gethostname(), os.getpid())
+        spool = cls(folder, assignment.trial_id, assignment.lease_id, assignment.sweep_id, owner)
         header = {
             "trial_id": assignment.trial_id,
             "lease_id": assignment.lease_id,
             "sweep_id": assignment.sweep_id,
+            "host": owner[0],
+            "agent_pid": owner[1],
         }
         write_atomic(spool.path, json.dumps(header) + "\n")
         write_atomic(spool.acked_path, "0\n")
@@ -76,7 +90,10 @@ class Spool:
         folder = Path(folder)
         lines = (folder / SPOOL_NAME).read_bytes().split(b"\n")
         header = json.loads(lines[0])
-        spool = cls(folder, int(header["trial_id"]), str(header["lease_id"]), str(header.get("sweep_id", "")))
+        owner = (str(header["host"]), int(header["agent_pid"])) if "agent_pid" in header else None
+        spool = cls(
+            folder, int(header["trial_id"]), str(header["lease_id"]), str(header.get("sweep_id", "")), owner
+        )
         points = []
         for raw in lines[1:]:
             try:
@@ -183,6 +200,15 @@ class Spool:
     def is_abandoned(self) -> bool:
         return (self.folder / ABANDONED_NAME).exists()
 
+    @property
+    def in_use(self) -> bool:
+        """Its agent, another process on this machine, is running: the trial is no leftover, but
+        its own (agents of a Slurm array share the folder they were submitted from)."""
+        if self.owner is None:
+            return False
+        host, pid = self.owner
+        return host == socket.gethostname() and pid != os.getpid() and pid_exists(pid)
+
 
 def leftover_spools(workdir: Path, sweep_id: str | None = None) -> Iterator[Spool]:
     """Spools that an earlier agent in ``workdir`` did not finish delivering."""
@@ -195,10 +221,12 @@ def leftover_spools(workdir: Path, sweep_id: str | None = None) -> Iterator[Spoo
             continue
         try:
             spool = Spool.open(folder)
+        except FileNotFoundError:  # its agent delivered it meanwhile
+            continue
         except (OSError, ValueError, KeyError) as exc:
             log.warning("cannot read the spool in %s (%s); leaving it there", folder, exc)
             continue
-        if sweep_id is None or spool.sweep_id == sweep_id:
+        if (sweep_id is None or spool.sweep_id == sweep_id) and not spool.in_use:
             yield spool
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -168,6 +171,38 @@ def test_a_lost_lease_abandons_the_spool_keeps_its_file_and_says_so_once(
         "are not taken, as its lease had ended before they were sent: the coordinator counted it lost"
     ), said
     assert str(spool.folder) in said
+
+
+def owned_by(spool: Spool, pid: int) -> None:
+    """Make ``spool`` one that the agent with process id ``pid``, on this machine, writes."""
+    lines = spool.path.read_text().splitlines(keepends=True)
+    header = {**json.loads(lines[0]), "agent_pid": pid}
+    spool.path.write_text(json.dumps(header) + "\n" + "".join(lines[1:]))
+
+
+def test_the_trials_of_a_live_agent_sharing_the_folder_are_not_leftovers(
+    tmp_path: Path, coordinator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The agents of a Slurm array start in the folder they were submitted from: one that starts
+    while another's trial has just ended leaves that trial's end to its own agent."""
+    a, spool = leased_spool(tmp_path, coordinator)
+    spool.append(points(range(2)))
+    spool.keep_outcome(TrialOutcome(TrialState.FINISHED, exit_code=0))
+    other_agent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        owned_by(spool, other_agent.pid)
+        with caplog.at_level(logging.WARNING, logger="sweeper.agents.reporting"):
+            assert deliver_leftovers(coordinator, tmp_path, a.sweep_id) == 0
+        assert caplog.records == []
+        trial = coordinator.store.get_trial(a.trial_id, with_history=True)
+        assert trial.state is TrialState.RUNNING and not trial.history, "its agent sends them"
+        assert not spool.is_abandoned and spool.finish_path.exists()
+    finally:
+        other_agent.kill()
+        other_agent.wait()
+    # Once that agent is gone, they are leftovers like any other.
+    assert deliver_leftovers(coordinator, tmp_path, a.sweep_id) == 1
+    assert coordinator.store.get_trial(a.trial_id).state is TrialState.FINISHED
 
 
 def test_leftovers_of_other_sweeps_are_left_alone(tmp_path: Path, coordinator) -> None:
