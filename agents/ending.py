@@ -3,9 +3,10 @@
 Policy: the outcome is written to the trial folder first, then retried for as long as the
 coordinator cannot be reached (the agent would wait as long for its next trial, and a coordinator
 restarted after any outage takes the end under the trial's lease), for ``timeout`` seconds
-(default: twice the lease, at least 10 minutes) while it answers with errors, or 3 tries once the
-agent is stopping. A report still undelivered then stays on disk, and the next agent started in
-the same folder delivers it (:func:`~sweeper.agents.reporting.deliver_leftovers`).
+(default: twice the lease, at least 10 minutes) while it answers with errors, or 3 tries at most
+a second apart once the agent is stopping. A report still undelivered then stays on disk, and
+the next agent started in the same folder delivers it
+(:func:`~sweeper.agents.reporting.deliver_leftovers`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 # Calls made after a stop get this many tries, so Ctrl-C never waits on a dead coordinator for long.
 _TRIES_WHEN_STOPPING = 3
+_PAUSE_WHEN_STOPPING = 1.0  # seconds between those tries, at most
 # How long an undeliverable end report is retried at least, before it is left on disk.
 _FINISH_RETRY_SECONDS = 600.0
 # While an end waits for the coordinator, a line this often says so.
@@ -75,7 +77,9 @@ def report_end(
             if waiting and not stop.requested:
                 said_at = clock()  # a wait of minutes, said now and then: the agent is not hung
                 _say_waiting(assignment, outcome, exc, None if away else deadline - said_at, spool)
-            stop.pause(delay)
+            # Stopping, a blip gets its tries; an outage, whose backoff has grown meanwhile, is not
+            # waited out (a scheduler's SIGKILL may be near): the end stays on disk.
+            stop.pause(min(delay, _PAUSE_WHEN_STOPPING) if stop.requested else delay)
     if spool is not None:
         spool.delivered()
     emit(TrialEnded(assignment, outcome, ran, dict(reporter.summary)))

@@ -88,15 +88,16 @@ class _Reporter:
     queue = None
     summary: dict[str, float] = {}
 
-    def __init__(self, clock: list[float]) -> None:
+    def __init__(self, clock: list[float], backoff: float = 0.0) -> None:
         self.clock = clock
+        self.backoff = backoff
 
     def send_all(self) -> None:
         pass
 
     def record_failure(self, exc: BaseException) -> float:
         self.clock[0] += 60.0
-        return 0.0
+        return self.backoff
 
 
 class _Ends:
@@ -147,3 +148,38 @@ def test_an_end_is_retried_while_nothing_answers_not_while_errors_do(
     kinds = [type(event) for event in events]
     assert kinds == ([TrialEnded] if delivered else [TrialAbandoned]), events
     assert client.finished == (1 if delivered else 0)
+
+
+def test_a_stopping_agent_does_not_wait_out_the_backoff_an_outage_has_grown() -> None:
+    """Slurm's SIGKILL follows its SIGTERM within 30 s: an end the coordinator cannot take gets a
+    few quick tries, then stays on disk for the next agent."""
+    from sweeper.agents.ending import report_end
+    from sweeper.agents.trialrun import StopSignal
+
+    from sweeper.protocol import Assignment, TrialOutcome
+
+    class Pauses(StopSignal):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pauses: list[float] = []
+
+        def pause(self, seconds: float) -> None:
+            self.pauses.append(seconds)
+
+    clock = [0.0]
+    stop = Pauses()
+    stop.request("interrupted (SIGTERM)")
+    events: list[object] = []
+    report_end(
+        _Ends([CoordinatorUnavailableError("coordinator unreachable")] * 10),  # type: ignore[arg-type]
+        Assignment("s", 1, 1, "lease", 30.0, {}, ["python"], "t.py", None),
+        _Reporter(clock, backoff=20.0),  # type: ignore[arg-type]  # what minutes of outage grew it to
+        TrialOutcome(TrialState.LOST, stop_reason="interrupted (SIGTERM)"),
+        started=0.0,
+        clock=lambda: clock[0],
+        timeout=None,
+        stop=stop,
+        emit=events.append,
+    )
+    assert [type(event) for event in events] == [TrialAbandoned]
+    assert stop.pauses == [1.0, 1.0], "two short pauses between three tries"
