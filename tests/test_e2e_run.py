@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -146,7 +147,7 @@ def test_an_agent_gives_up_after_three_failed_trials_in_a_row(tmp_path: Path) ->
     assert said in again.stderr, again.stderr
     assert sweep_id_of(again.stdout) != sweep_id
     # Resumed (the script fixed, say), the first configuration runs again before anything new.
-    assert f"'sweeper resume {sweep_id}' then 'sweeper agent {sweep_id}'" in result.stderr
+    assert f"sweeper resume {sweep_id} && sweeper agent {sweep_id}\n" in result.stderr
     assert sweeper_cmd(tmp_path, "resume", sweep_id).returncode == 0
     sweeper_cmd(tmp_path, "agent", sweep_id, "--count", "1")
     assert trials_json(tmp_path, sweep_id)[3]["retry_of"] == 2
@@ -179,7 +180,7 @@ def test_an_agent_that_cannot_make_trial_folders_stops_and_uses_no_attempt(tmp_p
     # Where nothing finished, the hint to see why names the store, as it was given.
     failing = write_sweep(tmp_path, {"x": {"values": [2]}, "fail_when": {"value": 2}})
     failed = sweeper_cmd(tmp_path, "run", str(failing), "--db", db, "--max-failures", "0")
-    hint = f"error: no trial finished; 'sweeper trials {sweep_id_of(failed.stdout)} --db {db}' shows why"
+    hint = f"error: no trial finished; to see why: sweeper trials {sweep_id_of(failed.stdout)} --db {db}\n"
     assert hint in failed.stderr, failed.stderr  # the store named, as it was given
 
 
@@ -218,7 +219,7 @@ def test_a_sweep_whose_every_trial_failed_exits_1(tmp_path: Path) -> None:
     result = sweeper_cmd(tmp_path, "run", str(path), "--max-failures", "0")
     assert result.returncode == 1, result.stdout + result.stderr
     sweep_id = sweep_id_of(result.stdout)
-    assert f"error: no trial finished; 'sweeper trials {sweep_id}' shows why they failed" in result.stderr
+    assert f"error: no trial finished; to see why: sweeper trials {sweep_id}\n" in result.stderr
     assert [t["state"] for t in trials_json(tmp_path, sweep_id)] == ["failed", "failed"]  # tried, retried
 
 
@@ -269,7 +270,8 @@ def test_sigint_stops_every_trial_and_leaves_no_process(tmp_path: Path) -> None:
     assert "is stopped: 2 lost" in status.stdout
     sweep_id = sweep_id_of(out)
     going_on = (
-        f"to go on: 'sweeper resume {sweep_id}' then 'sweeper agent {sweep_id} --slots 2' (the trials cut"
+        f"to go on (the trials cut short run again): sweeper resume {sweep_id} && sweeper agent {sweep_id}"
+        " --slots 2\n"
     )
     assert going_on in err, err
 
@@ -277,25 +279,31 @@ def test_sigint_stops_every_trial_and_leaves_no_process(tmp_path: Path) -> None:
 def test_the_way_to_go_on_names_the_folder_the_store_and_the_parallelism(tmp_path: Path) -> None:
     """Run from above the sweep's folder (sweeper run finds the program beside the file): an agent
     must start where the program is, on this store, with as many trials at once."""
-    folder = tmp_path / "sub"
+    folder = tmp_path / "my sub"  # a name with a space: the commands are pasted into a shell
     folder.mkdir()
     (folder / "e2e_trial.py").write_text((SCRIPTS / "e2e_trial.py").read_text())
     parameters = {"x": {"value": 2}, "y": {"min": 0.0, "max": 1.0}, "fail_when": {"value": 2}}
     (folder / "sweep.yaml").write_text(
         yaml.safe_dump({"method": "random", "program": "e2e_trial.py", "parameters": parameters})
     )
-    result = sweeper_cmd(tmp_path, "run", "sub/sweep.yaml", "--agents", "2", "--max-failures", "1")
+    result = sweeper_cmd(tmp_path, "run", "my sub/sweep.yaml", "--agents", "2", "--max-failures", "1")
     assert result.returncode == 1, result.stdout + result.stderr
     sweep_id = sweep_id_of(result.stdout)
-    db = f"sqlite:///{tmp_path / '.sweeper' / 'sweeper.db'}"
-    assert (
-        f"once it is fixed: in {folder} 'sweeper resume {sweep_id} --db {db}' "
-        f"then 'sweeper agent {sweep_id} --db {db} --slots 2'"
-    ) in result.stderr, result.stderr
+    db = shlex.quote(f"sqlite:///{tmp_path / '.sweeper' / 'sweeper.db'}")
+    said = "once it is fixed (the configurations that failed run again): "
+    (line,) = [line.removeprefix(said) for line in result.stderr.splitlines() if line.startswith(said)]
+    assert line == (
+        f"cd {shlex.quote(str(folder))} && sweeper resume {sweep_id} --db {db} "
+        f"&& sweeper agent {sweep_id} --db {db} --slots 2"
+    ), result.stderr
+    # The commands work as printed, pasted into a shell anywhere (the agent left out: it would run).
+    resume = line.rsplit(" && ", 1)[0]
+    path = f"{Path(SWEEPER).parent}{os.pathsep}{os.environ['PATH']}"
     resumed = subprocess.run(
-        [SWEEPER, "resume", sweep_id, "--db", db], cwd=folder, capture_output=True, text=True, timeout=60
+        ["bash", "-c", resume], cwd="/", env={**os.environ, "PATH": path}, capture_output=True, text=True
     )
-    assert resumed.returncode == 0, resumed.stderr  # the commands work as printed, from there
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"sweep {sweep_id} is running" in resumed.stdout, resumed.stdout
 
 
 @pytest.mark.parametrize(
@@ -464,9 +472,9 @@ def test_count_limits_the_trials_run(tmp_path: Path) -> None:
     sweep_id = sweep_id_of(result.stdout)
     assert len(trials_json(tmp_path, sweep_id)) == 2
     # The sweep is left running, and says how to go on with it.
-    hint = f"more to run: 'sweeper agent {sweep_id} --slots 2'"
+    hint = f"more to run: sweeper agent {sweep_id} --slots 2"
     assert result.stderr.splitlines()[-1] == hint, result.stderr
-    went_on = sweeper_cmd(tmp_path, *hint.split("'")[1].split()[1:], "--count", "1")
+    went_on = sweeper_cmd(tmp_path, *hint.split(": ")[1].split()[1:], "--count", "1")
     assert went_on.returncode == 0, went_on.stderr
     assert len(trials_json(tmp_path, sweep_id)) == 3
 

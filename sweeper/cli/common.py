@@ -166,8 +166,8 @@ def store_shown(coordinator: Any) -> str | None:
 
 def agent_place(spec: SweepSpec, sweep_file: str, coordinator: Any, db_url: str | None) -> tuple[str, str]:
     """Where to start an agent of a sweep made here from ``sweep_file`` on an embedded store, and
-    the ``--db`` option it needs there: ``("in FOLDER ", " --db URL")``, each empty when not
-    needed. Agents look for a relative ``program`` in their working folder, and ``sweeper run``
+    the ``--db`` option it needs there: ``("FOLDER", " --db URL")``, each shell-quoted, and
+    empty when not needed. Agents look for a relative ``program`` in their working folder, and ``sweeper run``
     looks beside the sweep file too; a store named by SWEEPER_DB is left to the variable."""
     folder = Path(sweep_file).resolve().parent
     program = spec.program
@@ -177,7 +177,7 @@ def agent_place(spec: SweepSpec, sweep_file: str, coordinator: Any, db_url: str 
         and not Path(program).exists()
         and (folder / program).exists()
     )
-    where = f"in {shlex.quote(str(folder))} " if program_there else ""
+    where = shlex.quote(str(folder)) if program_there else ""
     store = store_shown(coordinator)
     typed = bool(db_url) and not _set_by_environment("db_url")
     if not store or not (typed or program_there):

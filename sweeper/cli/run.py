@@ -146,7 +146,7 @@ def run(
             print_summary(coordinator, sweep.id)
             if can_go_on:
                 click.echo(
-                    f"to go on: {_going_on(sweep.id, place, parallel)} (the trials cut short run again)",
+                    f"to go on (the trials cut short run again): {_going_on(sweep.id, place, parallel)}",
                     err=True,
                 )
         sys.exit(EXIT_INTERRUPTED)
@@ -157,22 +157,22 @@ def run(
         click.echo(f"error: {reasons[0]}", err=True)
         if can_go_on:
             click.echo(
-                f"once it is fixed: {_going_on(sweep.id, place, parallel)} (the configurations that "
-                "failed run again)",
+                "once it is fixed (the configurations that failed run again): "
+                + _going_on(sweep.id, place, parallel),
                 err=True,
             )
         sys.exit(1)
     states = {trial.state for trial in coordinator.trials(sweep.id)}
-    where, db = place
+    db = place[1]
     if TrialState.FAILED in states and TrialState.FINISHED not in states:
         click.echo(
-            f"error: no trial finished; {where}'sweeper trials {sweep.id}{db}' shows why they failed",
+            f"error: no trial finished; to see why: {_typed(place, f'sweeper trials {sweep.id}{db}')}",
             err=True,
         )
         sys.exit(1)
     if count is not None and coordinator.get_sweep(sweep.id).state is SweepState.RUNNING:
         # --count reached with more to run: the sweep waits for agents
-        click.echo(f"more to run: {where}'sweeper agent {sweep.id}{db}{parallel}'", err=True)
+        click.echo(f"more to run: {_typed(place, f'sweeper agent {sweep.id}{db}{parallel}')}", err=True)
 
 
 def check_trackers(spec: SweepSpec, sweep_file: str) -> None:
@@ -213,8 +213,14 @@ def _parallel_flags(
 def _going_on(sweep_id: str, place: tuple[str, str], parallel: str) -> str:
     """The commands that take a stopped sweep up again (:func:`agent_place`); running its file
     again would make a new sweep and start over."""
-    where, db = place
-    return f"{where}'sweeper resume {sweep_id}{db}' then 'sweeper agent {sweep_id}{db}{parallel}'"
+    db = place[1]
+    return _typed(place, f"sweeper resume {sweep_id}{db}", f"sweeper agent {sweep_id}{db}{parallel}")
+
+
+def _typed(place: tuple[str, str], *commands: str) -> str:
+    """``commands`` as one line to paste into a shell, run in the folder of ``place`` if it has one."""
+    folder = place[0]
+    return " && ".join([f"cd {folder}", *commands] if folder else commands)
 
 
 class Progress:

@@ -171,7 +171,8 @@ def _agent_hint(
         store = store_shown(coordinator)
         db = f", db={store!r}" if store and db_url else ""
         return f"from Python with: sweeper.agent({sweep_id!r}, function=train{db})"
-    where, db = agent_place(spec, file, coordinator, db_url)
+    folder, db = agent_place(spec, file, coordinator, db_url)
+    where = f"in {folder} " if folder else ""
     if coordinator_url:
         # The token is not printed (terminals and job logs keep it): where it goes is named.
         token = ", and the server's token in --token or SWEEPER_TOKEN" if needs_token else ""
