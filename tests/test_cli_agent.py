@@ -263,6 +263,26 @@ def test_a_signal_stops_the_trials_and_exits_130(
         assert wait_until(lambda pid=pid: not alive(pid), 10), f"trial grandchild {pid} outlived the agent"
 
 
+def test_an_agent_whose_standard_output_went_away_goes_on_and_exits_0(
+    here: Path, sqlite_store_url: str
+) -> None:
+    """``sweeper agent ... | head -1``, or a ``tee`` that died: the trials still run."""
+    sweep_id = make_sweep(sqlite_store_url, {"n": {"values": [1, 2, 3]}}, "trial.py")
+    agent = start_agent(here, sweep_id, sqlite_store_url)
+    assert agent.stdout is not None
+    assert agent.stdout.readline().startswith(f"agent on sweep {sweep_id}")
+    agent.stdout.close()  # as head does after its line
+    agent.wait(120)
+    err = agent.stderr.read() if agent.stderr is not None else ""
+    assert agent.returncode == 0, err
+    assert err.splitlines() == [
+        "progress lines cannot be written to standard output (BrokenPipeError); the trials go on "
+        "('sweeper status' follows them)"
+    ], err
+    with open_store(sqlite_store_url) as store:
+        assert [t.state for t in store.list_trials(sweep_id)] == [TrialState.FINISHED] * 3
+
+
 @pytest.mark.slow
 def test_trials_the_job_s_signal_reached_before_their_agent_are_lost_not_failed(
     here: Path, sqlite_store_url: str

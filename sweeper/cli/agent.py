@@ -100,7 +100,7 @@ def agent(
     except KeyboardInterrupt:  # while waiting for the coordinator or a tracker: no trial runs yet
         sys.exit(EXIT_INTERRUPTED)
 
-    from sweeper.cli.run import Progress
+    from sweeper.cli.report import Progress
 
     agents = LocalAgents(
         client,

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import sys
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -116,3 +120,43 @@ def why_it_ended(state: TrialState, stderr_tail: str | None, stop_reason: str | 
     if state in (TrialState.STOPPED, TrialState.LOST):
         return stop_reason
     return None
+
+
+class Progress:
+    """Prints one line when a trial starts and one when it ends, from any agent thread.
+
+    Where standard output goes away (``| head``, a ``tee`` that died, a closed terminal), the
+    agents go on: that is said once on stderr, and standard output goes to /dev/null from then
+    on, so later lines and the interpreter's last flush do not fail."""
+
+    def __init__(self, spec: SweepSpec) -> None:
+        self.spec = spec
+        self._lock = threading.Lock()
+        self._started = time.monotonic()
+        self._gone = False
+
+    def on_event(self, event: object) -> None:
+        line = describe_event(self.spec, event)
+        if not line:
+            return
+        with self._lock:
+            if self._gone:
+                return
+            try:
+                click.echo(f"[{time.monotonic() - self._started:7.1f}s] {line}")
+            except OSError as exc:
+                self._gone = True
+                _discard_stdout()
+                with contextlib.suppress(OSError):
+                    click.echo(
+                        f"progress lines cannot be written to standard output ({type(exc).__name__}); "
+                        "the trials go on ('sweeper status' follows them)",
+                        err=True,
+                    )
+
+
+def _discard_stdout() -> None:
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import threading
-import time
 from typing import Any
 
 import click
@@ -26,7 +24,7 @@ from sweeper.cli.common import (
     trials_per_gpu_option,
 )
 from sweeper.cli.interrupt import EXIT_INTERRUPTED, run_until_done_or_interrupted
-from sweeper.cli.report import print_summary
+from sweeper.cli.report import Progress, print_summary
 from sweeper.integrations.cli import mlflow_option, wandb_option, with_trackers
 from sweeper.integrations.settings import with_experiment_named
 from sweeper.spec import Problem, SpecError, SweepSpec
@@ -221,20 +219,3 @@ def _typed(place: tuple[str, str], *commands: str) -> str:
     """``commands`` as one line to paste into a shell, run in the folder of ``place`` if it has one."""
     folder = place[0]
     return " && ".join([f"cd {folder}", *commands] if folder else commands)
-
-
-class Progress:
-    """Prints one line when a trial starts and one when it ends, from any agent thread."""
-
-    def __init__(self, spec: object) -> None:
-        self.spec = spec
-        self._lock = threading.Lock()
-        self._started = time.monotonic()
-
-    def on_event(self, event: object) -> None:
-        from sweeper.cli.report import describe_event
-
-        line = describe_event(self.spec, event)  # type: ignore[arg-type]
-        if line:
-            with self._lock:
-                click.echo(f"[{time.monotonic() - self._started:7.1f}s] {line}")
