@@ -39,7 +39,7 @@ from sweeper.protocol import (
 )
 from sweeper.redact import redact_urls
 from sweeper.tokens import token_problem
-from sweeper.transport import transport_for
+from sweeper.transport import KeepAliveTransport, transport_for
 from sweeper.trials import MetricPoint, Sweep, SweepState, Trial, TrialState, count_states
 
 if TYPE_CHECKING:
@@ -95,15 +95,16 @@ class AuthenticationError(PermissionError):
     """The coordinator wants a token this client did not give, or a different one."""
 
 
-def _scheme_problem(reason: object, url: str) -> tuple[str, bool] | None:
+def _scheme_problem(reason: object, url: str, *, probe: bool) -> tuple[str, bool] | None:
     """What to change when the URL's scheme may not be the one the server speaks, and whether
-    it certainly is not (retrying cannot help); None when the scheme is not in question."""
+    it certainly is not (retrying cannot help); None when the scheme is not in question.
+    ``probe``: a TLS handshake may tell (not through a proxy, nor once the server answered)."""
     if "WRONG_VERSION_NUMBER" in str(reason):  # TLS spoken to a server that answers in plain HTTP
         return "the server there speaks plain HTTP, not TLS: use an http:// URL", True
     if url.startswith("http://") and isinstance(reason, http.client.RemoteDisconnected):
         # A TLS server hangs up on a request in plain HTTP; so does a server going down. A
         # handshake tells them apart.
-        if _speaks_tls(url):
+        if probe and _speaks_tls(url):
             return (
                 "the server there speaks TLS: use an https:// URL",
                 True,
@@ -209,7 +210,13 @@ class HttpCoordinator:
         self._trusted = _chosen_ca_file(ca_file)  # named when it does not vouch for the server
         self._transport = transport_for(self.url, timeout=timeout, context=context)
         self._unanswered: dict[tuple[str, str], str] = {}  # (sweep, agent name): request id
+        self._asks_plainly = False  # without request ids, which a server older than them refuses
+        self._heard = False  # the server has answered a call: its scheme is the URL's
         self._lock = threading.Lock()
+
+    @property
+    def _may_probe(self) -> bool:
+        return not self._heard and isinstance(self._transport, KeepAliveTransport)
 
     def __repr__(self) -> str:  # never shows the token
         return f"HttpCoordinator({self.url!r})"
@@ -234,19 +241,20 @@ class HttpCoordinator:
         with self._lock:
             unanswered = self._unanswered.pop(asked, None)
         request_id = unanswered or secrets.token_hex(16)
-        body = {
-            "name": agent.name,
-            "host": agent.host,
-            "gpu": agent.gpu,
-            "request_id": request_id,
-            "resent": unanswered is not None,
-        }
+        body: dict[str, Any] = {"name": agent.name, "host": agent.host, "gpu": agent.gpu}
+        if not self._asks_plainly:
+            body.update(request_id=request_id, resent=unanswered is not None)
         try:
             answer = self._call("POST", f"/sweeps/{_segment(sweep_id)}/next", body)
         except CoordinatorUnavailableError:  # timeouts too: the server may have leased one
             with self._lock:
                 self._unanswered[asked] = request_id
             raise
+        except CoordinatorError as exc:
+            if self._asks_plainly or not _older_server(exc, "request_id"):
+                raise
+            self._asks_plainly = True  # a server older than request ids: ask as it knows how
+            return self.next_trial(sweep_id, agent)
         if answer.get("no_trial") is not None:
             no = answer["no_trial"]
             return NoTrial(NoTrialReason(no["reason"]), no["message"], retry_after=float(no["retry_after"]))
@@ -378,10 +386,11 @@ class HttpCoordinator:
                     "the answer is large)"
                 ) from exc
             said = f"coordinator {self.url} unreachable: {reason}"
-            if (problem := _scheme_problem(reason, self.url)) is not None:
+            if (problem := _scheme_problem(reason, self.url, probe=self._may_probe)) is not None:
                 hint, certain = problem
                 raise WrongSchemeError(f"{said} ({hint})", certain=certain) from exc
             raise CoordinatorUnavailableError(said) from exc
+        self._heard = True
         if status >= 300:  # the API never redirects: a 3xx is not an answer to this call
             raise self._refusal(status, reason, raw, where)
         if not raw:  # only a trial's end answers with nothing (204); no answer is not an answer
@@ -433,6 +442,11 @@ class HttpCoordinator:
         if problems:
             detail += "".join(f"\n  {p.get('path') or '(top level)'}: {p.get('message')}" for p in problems)
         return CoordinatorError(f"{detail}", status=status, code=code or f"http_{status}")
+
+
+def _older_server(exc: CoordinatorError, field: str) -> bool:
+    """The server refused ``field`` in a request body as unknown to it: it is older than the field."""
+    return exc.status == 422 and f"body.{field}: Extra inputs are not permitted" in str(exc)
 
 
 def _seconds(value: Any) -> float | None:

@@ -2,8 +2,9 @@
 
 It implements :class:`sweeper.protocol.CoordinatorClient`, so embedded agents call it
 directly and the HTTP service only translates. It keeps no state of its own beyond caches
-of what a sweep's spec compiles to (a spec never changes once stored): everything else is
-read from, and written to, the store.
+of what a sweep's spec compiles to (a spec never changes once stored) and the request ids of
+the latest leases (which tell an ask sent again): everything else is read from, and written
+to, the store.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ _IDLE_LOOKS_PER_PASS = 8  # idle sweeps a pass asks whether they are complete, a
 # Compiled specs kept, the most recently used: a long-lived server sees sweeps come and go, and one
 # that comes back after its entry was dropped is compiled again from its stored spec.
 _KNOWN_SPECS = 256
-_KNOWN_REQUESTS = 4096  # request ids of leases kept, the latest
+_KNOWN_REQUESTS = 16384  # request ids of leases kept, the latest: a minute's at full load
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,9 @@ class Coordinator:
         # Idle sweeps, and their number of trials and last trial end when last looked at.
         self._idle_checked: dict[str, tuple[int, float | None]] = {}
         self._on_sweep_changed = tuple(on_sweep_changed)
-        # Request ids of the latest leases: one that comes again was sent again on a new
-        # connection after the answer was lost on the way, whether or not the agent knew.
+        # Request ids of the latest leases (and of the asks under way): one that comes again was
+        # sent again after its answer was lost on the way, whether or not the agent knew (a new
+        # connection, unasked), or while the first is under way still.
         self._requests: OrderedDict[str, None] = OrderedDict()
 
     # --- sweeps -------------------------------------------------------------
@@ -176,18 +178,23 @@ class Coordinator:
         under the agent, instead of a second one left running with nobody at its end."""
         now, mark = self._lease_time()
         self._expire_leases(now)
-        if request_id is not None and (resent or self._asked_before(request_id)):
-            leased = self._leased_before(sweep_id, agent, request_id, now)
-            if leased is not None:
-                return leased
+        # Looked for under the sweep's lock, where an ask with the same id still under way (the
+        # client stopped waiting for it; a batch holds it) has leased, or waits until this one has.
+        again = request_id is not None and (self._asked_before(request_id) or resent)
         # The sweep's state is read under new_trial's lock; a sweep that hands out no trials
         # is answered from a fresh read below.
         spec, strategy, _ = self._compiled_by_id(sweep_id)
         plans: list[Plan] = []
         seen: list[tuple[Sequence[Trial], float]] = []  # the history each plan was made from, and
         # when the sweep was last resumed
+        given: list[Trial] = []  # the trial an earlier ask with request_id leased, still running
 
         def decide(locked: Sweep, trials: Sequence[Trial]) -> TrialDraft | None:
+            given.clear()  # (a write that failed is tried again: what it decided then is void)
+            if again and (mine := _leased_to(trials, agent.name, request_id)) is not None:
+                given.append(mine)
+                seen.append((trials, -math.inf))
+                return None
             since = resumed_at(locked)
             plans.append(plan := plan_next(spec, strategy, trials, locked.seed, agent.name, since))
             seen.append((trials, since))
@@ -216,6 +223,12 @@ class Coordinator:
             history, since = seen[-1]
             discard = unneeded_checkpoints(spec, history, since)
             return assignment(spec, trial, lease.lease_id, self.lease_seconds, history, discard)
+        if given:
+            if (again_given := self._given_again(spec, given[-1], now, seen[-1][0])) is not None:
+                return again_given
+            return self.next_trial(sweep_id, agent)  # it ended meanwhile: a new lease, a new id
+        if request_id is not None:  # it leased nothing: its id need not be remembered
+            self._forget(request_id)
         plan = plans[-1] if plans else None
         if plan is None:  # the sweep does not hand out trials (or stopped doing so since it was read)
             sweep = self.store.get_sweep(sweep_id)
@@ -242,31 +255,23 @@ class Coordinator:
                 self._requests.popitem(last=False)
         return False
 
-    def _leased_before(
-        self, sweep_id: str, agent: AgentInfo, request_id: str, now: float
+    def _forget(self, request_id: str) -> None:
+        with self._lock:
+            self._requests.pop(request_id, None)
+
+    def _given_again(
+        self, spec: SweepSpec, trial: Trial, now: float, history: Sequence[Trial]
     ) -> Assignment | None:
-        """The trial that an earlier ask with ``request_id`` leased to ``agent``, still running;
-        its lease starts afresh, as the agent starts it only now."""
-        for trial in self.store.list_trials(sweep_id, states=[TrialState.RUNNING]):
-            if trial.lease_id == request_id and trial.agent == agent.name:
-                break
-        else:
-            return None
+        """``trial``, which an earlier ask with its lease id leased, for the agent asking again;
+        its lease starts afresh, as the agent starts it only now. None if it ended meanwhile."""
+        assert trial.lease_id is not None
         try:
-            self.store.renew_lease(trial.id, request_id, expires_at=now + self.lease_seconds, now=now)
-        except LeaseLostError:  # it ended or expired since it was read: the ask leases another
+            self.store.renew_lease(trial.id, trial.lease_id, expires_at=now + self.lease_seconds, now=now)
+        except LeaseLostError:
             return None
-        log.info(
-            "trial %d of sweep %s: %s asked again; it gets the trial it was given",
-            trial.number,
-            sweep_id,
-            agent.name,
-        )
-        spec, _, _ = self._compiled_by_id(sweep_id)
-        # The whole history only for a retry, whose checkpoints to resume from it names; the
-        # checkpoints to discard are left for the next lease to name.
-        history = self.store.list_trials(sweep_id) if trial.retry_of is not None else ()
-        return assignment(spec, trial, request_id, self.lease_seconds, history, ())
+        log.info("trial %s asked for again by %s: it gets the trial it was given", trial.number, trial.agent)
+        # The checkpoints to discard are left for the next lease to name.
+        return assignment(spec, trial, trial.lease_id, self.lease_seconds, history, ())
 
     def heartbeat(self, trial_id: int, lease_id: str, *, interrupted: str | None = None) -> Directive:
         now = self._now()
@@ -443,6 +448,14 @@ class Coordinator:
                 listener(sweep_id)
             except Exception:  # a listener never fails the write it follows
                 log.exception("sweep %s: a change listener failed", sweep_id)
+
+
+def _leased_to(trials: Sequence[Trial], agent: str, lease_id: str | None) -> Trial | None:
+    """The running trial that ``agent`` holds under ``lease_id``, if any."""
+    for trial in trials:
+        if trial.lease_id == lease_id and trial.agent == agent and trial.state is TrialState.RUNNING:
+            return trial
+    return None
 
 
 def _refusal(sweep: Sweep) -> NoTrial | None:

@@ -305,6 +305,42 @@ def test_an_ask_sent_again_gets_its_trial_only_while_that_trial_runs_under_the_a
     assert states == {1: TrialState.FINISHED, 2: TrialState.RUNNING, 3: TrialState.RUNNING}
 
 
+def test_an_ask_sent_again_while_the_first_is_under_way_gets_the_trial_the_first_leases(
+    coordinator: Coordinator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client stopped waiting (a slow database, a proxy's timeout) and asked again; the first
+    ask is still planning its lease, under the sweep's lock."""
+    sweep = coordinator.create_sweep(parse_sweep(grid([1, 2, 3])))
+    planning, go_on = threading.Event(), threading.Event()
+    plan_next = coordinator_module.plan_next
+
+    def slow_first_plan(*args: object, **kwargs: object) -> object:
+        if not planning.is_set():
+            planning.set()
+            assert go_on.wait(30)
+        return plan_next(*args, **kwargs)
+
+    monkeypatch.setattr(coordinator_module, "plan_next", slow_first_plan)
+    asked = "b" * 32
+    answers: dict[str, object] = {}
+
+    def ask(which: str, resent: bool) -> None:
+        answers[which] = coordinator.next_trial(sweep.id, AGENT, request_id=asked, resent=resent)
+
+    first = threading.Thread(target=ask, args=("first", False))
+    first.start()
+    assert planning.wait(30)
+    again = threading.Thread(target=ask, args=("again", True))
+    again.start()
+    again.join(0.5)  # it waits for the sweep's lock
+    go_on.set()
+    first.join(30)
+    again.join(30)
+    assert isinstance(answers["first"], Assignment) and isinstance(answers["again"], Assignment)
+    assert answers["again"].trial_id == answers["first"].trial_id
+    assert [t.number for t in coordinator.store.list_trials(sweep.id)] == [1]
+
+
 def test_heartbeats_keep_the_lease(coordinator: Coordinator, clock: FakeClock) -> None:
     sweep = coordinator.create_sweep(parse_sweep(grid([1, 2])))
     a = lease(coordinator, sweep.id)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import http.server
+import json
 import os
 import subprocess
 import sys
@@ -183,3 +184,67 @@ def test_an_agent_whose_lease_answers_are_lost_runs_every_point_once(
     trials = server.client().trials(sweep_id)
     assert sorted((t.config["x"], t.state) for t in trials) == [(x, TrialState.FINISHED) for x in range(3)]
     assert [t.number for t in trials] == [1, 2, 3], "no trial was leased and left behind"
+
+
+def test_the_way_a_server_refuses_a_field_it_does_not_know_is_the_way_the_client_tells_it_is_older(
+    server: ServerProcess,
+) -> None:
+    from sweeper.client import CoordinatorError, _older_server
+
+    sweep_id = grid_sweep(server, 1)
+    body = {"name": "a", "host": "h", "field_of_a_later_version": 1}
+    with server.client() as client, pytest.raises(CoordinatorError) as refused:
+        client._call("POST", f"/sweeps/{sweep_id}/next", body)
+    assert _older_server(refused.value, "field_of_a_later_version"), str(refused.value)
+    assert not _older_server(refused.value, "request_id")
+
+
+class OlderServer(http.server.BaseHTTPRequestHandler):
+    """Answers leases as a server older than request ids does: 422 for one that has them (the
+    body a sweeper server sends, checked above), 'wait' for one without."""
+
+    protocol_version = "HTTP/1.1"
+    asks: list[dict] = []
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        ask = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).asks.append(ask)
+        if "request_id" in ask:
+            status, answer = (
+                422,
+                {
+                    "code": "invalid_request",
+                    "detail": "the request is not valid",
+                    "problems": [
+                        {"path": "body.request_id", "message": "Extra inputs are not permitted"},
+                        {"path": "body.resent", "message": "Extra inputs are not permitted"},
+                    ],
+                },
+            )
+        else:
+            status, answer = 200, {"no_trial": {"reason": "wait", "message": "busy", "retry_after": 1.0}}
+        raw = json.dumps(answer).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+
+def test_an_agent_asks_a_server_older_than_request_ids_as_that_server_knows_how() -> None:
+    from sweeper.client import HttpCoordinator
+    from sweeper.protocol import NoTrial
+
+    older = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OlderServer)
+    threading.Thread(target=older.serve_forever, daemon=True).start()
+    try:
+        with HttpCoordinator(f"http://127.0.0.1:{older.server_address[1]}") as client:
+            for _ in range(2):
+                assert isinstance(client.next_trial("abc", AGENT), NoTrial)
+    finally:
+        older.shutdown()
+        older.server_close()
+    assert ["request_id" in ask for ask in OlderServer.asks] == [True, False, False], "asked once with it"
