@@ -318,7 +318,8 @@ _STOPPING_EXITS = {sign * s + base for s in (SIGHUP, SIGINT, SIGTERM) for sign, 
 
 
 def _stopped_by_signal(outcome: TrialOutcome) -> bool:
-    """The trial died of a signal that stops agents too, and the agent did not send it."""
+    """The trial failed of a signal that stops agents too (whoever sent it: a trial the agent
+    ended for its time or stall limit waits the lag as well, and stays failed)."""
     return outcome.state is TrialState.FAILED and outcome.exit_code in _STOPPING_EXITS
 
 

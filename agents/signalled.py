@@ -29,28 +29,51 @@ _reader: socket.socket | None = None
 def watching() -> Iterator[None]:
     """Within, :func:`stopping_signal` tells whether one of those signals has arrived (main
     thread only; elsewhere, and where the process has its own wakeup fd, it tells nothing)."""
-    global _reader
     if threading.current_thread() is not threading.main_thread() or _reader is not None:
         yield
         return
+    watch = None
+    try:
+        with _held():  # a signal meanwhile would find the watch half set up, or half taken down
+            watch = _start()
+        yield
+    finally:
+        if watch is not None:
+            with _held():
+                _stop(*watch)
+
+
+@contextlib.contextmanager
+def _held() -> Iterator[None]:
+    """The stopping signals wait (delivered once this ends) while the watch changes."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _NAMES)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _start() -> tuple[socket.socket, socket.socket] | None:
+    global _reader
     reader, writer = socket.socketpair()
     reader.setblocking(False)
     writer.setblocking(False)
     previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
-    if previous != -1:  # someone else's (an event loop): theirs to keep
+    if previous != -1:  # someone else's (an event loop's): theirs to keep, and no watch here
         signal.set_wakeup_fd(previous)
         reader.close()
         writer.close()
-        yield
-        return
+        return None
     _reader = reader
-    try:
-        yield
-    finally:
-        signal.set_wakeup_fd(-1)
-        _reader = None
-        reader.close()
-        writer.close()
+    return reader, writer
+
+
+def _stop(reader: socket.socket, writer: socket.socket) -> None:
+    global _reader
+    signal.set_wakeup_fd(-1)
+    _reader = None
+    reader.close()
+    writer.close()
 
 
 def stopping_signal() -> str | None:
