@@ -12,12 +12,14 @@ same folder can deliver what an earlier one left (:func:`leftover_spools`).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -37,6 +39,8 @@ SPOOL_NAME = "spool.jsonl"
 ACKED_NAME = "spool.acked"
 FINISH_NAME = "finish.json"
 ABANDONED_NAME = "spool.abandoned"
+# A spool another machine's agent wrote to this recently is taken for that agent's, in use.
+_FOREIGN_QUIET_SECONDS = 60.0
 
 
 class Spool:
@@ -202,12 +206,23 @@ class Spool:
 
     @property
     def in_use(self) -> bool:
-        """Its agent, another process on this machine, is running: the trial is no leftover, but
-        its own (agents of a Slurm array share the folder they were submitted from)."""
+        """Its agent, another process, is running: the trial is no leftover, but that agent's
+        (agents of a Slurm array share the folder they were submitted from). On this machine,
+        its process is asked; another machine's agent is taken for running while it wrote here
+        in the last minute (its end, just before it sends it)."""
         if self.owner is None:
             return False
         host, pid = self.owner
-        return host == socket.gethostname() and pid != os.getpid() and pid_exists(pid)
+        if host == socket.gethostname():
+            return pid != os.getpid() and pid_exists(pid)
+        return time.time() - self._last_written() < _FOREIGN_QUIET_SECONDS
+
+    def _last_written(self) -> float:
+        written = [0.0]
+        for path in (self.path, self.acked_path, self.finish_path):
+            with contextlib.suppress(OSError):
+                written.append(path.stat().st_mtime)
+        return max(written)
 
 
 def leftover_spools(workdir: Path, sweep_id: str | None = None) -> Iterator[Spool]:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import subprocess
 import sys
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -173,10 +176,11 @@ def test_a_lost_lease_abandons_the_spool_keeps_its_file_and_says_so_once(
     assert str(spool.folder) in said
 
 
-def owned_by(spool: Spool, pid: int) -> None:
-    """Make ``spool`` one that the agent with process id ``pid``, on this machine, writes."""
+def owned_by(spool: Spool, pid: int, host: str | None = None) -> None:
+    """Make ``spool`` one that the agent with process id ``pid`` on ``host`` (this machine by
+    default) writes."""
     lines = spool.path.read_text().splitlines(keepends=True)
-    header = {**json.loads(lines[0]), "agent_pid": pid}
+    header = {**json.loads(lines[0]), "agent_pid": pid, "host": host or socket.gethostname()}
     spool.path.write_text(json.dumps(header) + "\n" + "".join(lines[1:]))
 
 
@@ -201,6 +205,21 @@ def test_the_trials_of_a_live_agent_sharing_the_folder_are_not_leftovers(
         other_agent.kill()
         other_agent.wait()
     # Once that agent is gone, they are leftovers like any other.
+    assert deliver_leftovers(coordinator, tmp_path, a.sweep_id) == 1
+    assert coordinator.store.get_trial(a.trial_id).state is TrialState.FINISHED
+
+
+def test_the_trials_another_machine_s_agent_just_wrote_to_are_its_own(tmp_path: Path, coordinator) -> None:
+    """Agents on other nodes of the cluster, in the same shared folder: one that wrote to its
+    spool in the last minute is taken for running; a minute's quiet makes it a leftover."""
+    a, spool = leased_spool(tmp_path, coordinator)
+    spool.keep_outcome(TrialOutcome(TrialState.FINISHED, exit_code=0))
+    owned_by(spool, 1, host="another-node")
+    assert deliver_leftovers(coordinator, tmp_path, a.sweep_id) == 0
+    assert coordinator.store.get_trial(a.trial_id).state is TrialState.RUNNING
+    a_minute_ago = time.time() - 61
+    for path in spool.folder.iterdir():
+        os.utime(path, (a_minute_ago, a_minute_ago))
     assert deliver_leftovers(coordinator, tmp_path, a.sweep_id) == 1
     assert coordinator.store.get_trial(a.trial_id).state is TrialState.FINISHED
 
