@@ -283,6 +283,21 @@ def test_an_agent_whose_standard_output_went_away_goes_on_and_exits_0(
         assert [t.state for t in store.list_trials(sweep_id)] == [TrialState.FINISHED] * 3
 
 
+def test_an_agent_whose_standard_output_is_closed_from_the_start_runs_its_trials(
+    here: Path, sqlite_store_url: str
+) -> None:
+    sweep_id = make_sweep(sqlite_store_url, {"n": {"values": [1, 2]}}, "trial.py")
+    agent = start_agent(here, sweep_id, sqlite_store_url)
+    assert agent.stdout is not None
+    agent.stdout.close()  # before its first line
+    agent.wait(120)
+    err = agent.stderr.read() if agent.stderr is not None else ""
+    assert agent.returncode == 0, err
+    assert "Traceback" not in err, err
+    with open_store(sqlite_store_url) as store:
+        assert [t.state for t in store.list_trials(sweep_id)] == [TrialState.FINISHED] * 2
+
+
 @pytest.mark.slow
 def test_trials_the_job_s_signal_reached_before_their_agent_are_lost_not_failed(
     here: Path, sqlite_store_url: str

@@ -485,7 +485,7 @@ def test_the_agent_hint_of_a_postgresql_sweep_hides_the_password(
     result = invoke("sweep", str(sweep_file), "--db", postgres_store_url)
     assert result.exit_code == 0, result.output
     password = make_url(postgres_store_url).password
-    assert f"sweeper agent {result.stdout.strip()} --db postgresql://" in result.stderr
+    assert f"sweeper agent {result.stdout.strip()} --db 'postgresql://" in result.stderr
     assert ":***@" in result.stderr and f":{password}@" not in result.stderr, result.stderr
 
 

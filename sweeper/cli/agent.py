@@ -100,7 +100,7 @@ def agent(
     except KeyboardInterrupt:  # while waiting for the coordinator or a tracker: no trial runs yet
         sys.exit(EXIT_INTERRUPTED)
 
-    from sweeper.cli.report import Progress
+    from sweeper.cli.report import Progress, stdout_may_be_gone
 
     agents = LocalAgents(
         client,
@@ -114,7 +114,9 @@ def agent(
         max_failures=max_failures,
         max_log_bytes=max_log_bytes,
     )
-    click.echo(f"agent on sweep {sweep_id}: {len(gpu_list) if gpu_list else slots or 1} trial(s) at a time")
+    at_once = len(gpu_list) if gpu_list else slots or 1
+    with stdout_may_be_gone():
+        click.echo(f"agent on sweep {sweep_id}: {at_once} trial(s) at a time")
     try:
         reasons, interrupted = run_until_done_or_interrupted(agents, grace)
     except (AuthenticationError, SweepNotFoundError) as exc:  # the coordinator changed under the agent
@@ -124,7 +126,8 @@ def agent(
     if agents.gave_up:
         click.echo(f"error: {reasons[0]}", err=True)
         sys.exit(1)
-    click.echo(_exit_line(reasons))
+    with stdout_may_be_gone():
+        click.echo(_exit_line(reasons))
 
 
 def _refused_midway(exc: Exception, sweep_id: str, coordinator: str | None) -> str:

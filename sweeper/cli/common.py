@@ -182,7 +182,7 @@ def agent_place(spec: SweepSpec, sweep_file: str, coordinator: Any, db_url: str 
     typed = bool(db_url) and not _set_by_environment("db_url")
     if not store or not (typed or program_there):
         return where, ""
-    return where, f" --db {shlex.quote(store) if store.startswith('sqlite:///') else store}"
+    return where, f" --db {shlex.quote(store)}"
 
 
 def load_spec(path: str, amend: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> SweepSpec:

@@ -8,7 +8,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import click
@@ -153,6 +153,16 @@ class Progress:
                         "the trials go on ('sweeper status' follows them)",
                         err=True,
                     )
+
+
+@contextlib.contextmanager
+def stdout_may_be_gone() -> Iterator[None]:
+    """Lines to standard output that may find it gone (``| head``, a ``tee`` that died): they are
+    lost, the command goes on, and later lines go to /dev/null."""
+    try:
+        yield
+    except BrokenPipeError:
+        _discard_stdout()
 
 
 def _discard_stdout() -> None:

@@ -24,7 +24,7 @@ from sweeper.cli.common import (
     trials_per_gpu_option,
 )
 from sweeper.cli.interrupt import EXIT_INTERRUPTED, run_until_done_or_interrupted
-from sweeper.cli.report import Progress, print_summary
+from sweeper.cli.report import Progress, print_summary, stdout_may_be_gone
 from sweeper.integrations.cli import mlflow_option, wandb_option, with_trackers
 from sweeper.integrations.settings import with_experiment_named
 from sweeper.spec import Problem, SpecError, SweepSpec
@@ -148,9 +148,10 @@ def run(
                     err=True,
                 )
         sys.exit(EXIT_INTERRUPTED)
-    if reasons and not agents.gave_up:
-        click.echo(reasons[0])
-    print_summary(coordinator, sweep.id)
+    with stdout_may_be_gone():
+        if reasons and not agents.gave_up:
+            click.echo(reasons[0])
+        print_summary(coordinator, sweep.id)
     if agents.gave_up:
         click.echo(f"error: {reasons[0]}", err=True)
         if can_go_on:
