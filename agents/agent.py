@@ -122,6 +122,10 @@ class Agent:
         :meth:`_interrupted`) and make :meth:`run` return. Any thread."""
         self._stop.request(reason)
 
+    def hurry(self) -> None:
+        """After :meth:`stop`: kill the trial's processes now rather than at the grace period's end."""
+        self._stop.hurry()
+
     @property
     def stopping(self) -> bool:
         return self._stop.requested

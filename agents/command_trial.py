@@ -145,7 +145,7 @@ class CommandTrial:
         self, trial: TrialRun, proc: TrialProcess, tailer: MetricTailer, reason: str, *, failed: bool
     ) -> TrialOutcome:
         with LeaseKeeper(trial):  # the grace period may outlast the lease
-            code = proc.terminate(self.grace_period)
+            code = proc.terminate(self.grace_period, trial.stop.hurried)
         trial.forward(tailer.read_records())  # what it logged while shutting down
         if failed:  # hung: a failure, so its configuration runs again
             return TrialOutcome(TrialState.FAILED, exit_code=code, stderr_tail=_tail(trial, reason))

@@ -14,6 +14,7 @@ import os
 import secrets
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -114,9 +115,9 @@ class TrialProcess:
             return None
         return self.poll()
 
-    def terminate(self, grace: float) -> int:
-        """SIGTERM the script, then the rest of its group, SIGKILL the group after ``grace`` seconds;
-        the exit code.
+    def terminate(self, grace: float, hurry: threading.Event | None = None) -> int:
+        """SIGTERM the script, then the rest of its group, SIGKILL the group after ``grace`` seconds,
+        or as soon as ``hurry`` is set (a person who will not wait); the exit code.
 
         The script is signalled first and gets up to half the grace period alone, so helpers it
         relies on to shut down cleanly (a tracker's service process flushing the run, a launcher
@@ -127,23 +128,20 @@ class TrialProcess:
             return self._returncode if self._returncode is not None else EXIT_CANNOT_START
         code = self._popen.poll()
         if code is None:
-            deadline = time.monotonic() + max(grace, 0.0)
-            try:
-                self._popen.send_signal(signal.SIGTERM)
-                code = self._popen.wait(max(grace, 0.0) / 2)
-            except subprocess.TimeoutExpired:
-                code = None
+            began = time.monotonic()
+            deadline = began + max(grace, 0.0)
+            self._popen.send_signal(signal.SIGTERM)
+            code = self._wait_until(began + max(grace, 0.0) / 2, hurry)
             if code is None:  # the script is still shutting down: its helpers only, not it again
                 self._signal_helpers(signal.SIGTERM)
             else:
                 self._signal_group(signal.SIGTERM)
             if code is None:
-                try:
-                    code = self._popen.wait(max(deadline - time.monotonic(), 0.0))
-                except subprocess.TimeoutExpired:
-                    code = None
+                code = self._wait_until(deadline, hurry)
             # Children that handle SIGTERM get the rest of the grace period too.
             while code is not None and self._group_alive() and time.monotonic() < deadline:
+                if hurry is not None and hurry.is_set():
+                    break
                 time.sleep(_WAIT_STEP)
             if code is None:
                 self._signal_group(signal.SIGKILL)
@@ -151,6 +149,18 @@ class TrialProcess:
         self._returncode = code
         self._kill_group()
         return code
+
+    def _wait_until(self, deadline: float, hurry: threading.Event | None) -> int | None:
+        """The main process's exit code once it exits before ``deadline`` (monotonic) and before
+        ``hurry`` is set; else None."""
+        assert self._popen is not None
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return self._popen.wait(max(left if hurry is None else min(left, _WAIT_STEP), 0.0))
+            except subprocess.TimeoutExpired:
+                if left <= 0 or (hurry is not None and hurry.is_set()):
+                    return None
 
     def kill(self) -> int:
         """SIGKILL the whole group now."""

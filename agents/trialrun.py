@@ -36,6 +36,7 @@ class StopSignal:
 
     def __init__(self) -> None:
         self._event = threading.Event()
+        self.hurried = threading.Event()  # and the trial's processes are to be killed now
         self._reason: str | None = None
         self._context: _context.TrialContext | None = None
         self._wake: threading.Event | None = None
@@ -50,6 +51,10 @@ class StopSignal:
         wake = self._wake
         if wake is not None:
             wake.set()
+
+    def hurry(self) -> None:
+        """End the trial's processes now (SIGKILL), without the rest of their grace period."""
+        self.hurried.set()
 
     @contextmanager
     def waking(self, wake: threading.Event) -> Iterator[None]:

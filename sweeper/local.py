@@ -200,6 +200,10 @@ class LocalAgents:
         for agent in self._agents:
             agent.stop(reason)
 
+    def hurry(self) -> None:
+        for agent in self._agents:
+            agent.hurry()
+
     def _on_event(self, event: AgentEvent) -> None:
         if self.on_event is not None:
             self.on_event(event)

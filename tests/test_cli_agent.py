@@ -299,6 +299,28 @@ def test_an_agent_whose_standard_output_is_closed_from_the_start_runs_its_trials
 
 
 @pytest.mark.slow
+def test_a_second_ctrl_c_kills_the_trials_without_waiting_out_the_grace_period(
+    here: Path, sqlite_store_url: str
+) -> None:
+    stubborn = {"n": {"values": [1]}, "hang": {"value": True}, "child": {"value": True}}
+    sweep_id = make_sweep(sqlite_store_url, stubborn, "trial.py")
+    agent = start_agent(here, sweep_id, sqlite_store_url, "--grace", "600")
+    pid_file = here / ".sweeper" / "trials" / sweep_id / "1" / "child.pid"
+    assert wait_until(pid_file.exists, 60), agent.communicate(timeout=30)
+    grandchild = int(pid_file.read_text())  # it ignores SIGTERM: only SIGKILL ends it
+    agent.send_signal(signal.SIGINT)
+    assert not wait_until(lambda: not alive(grandchild), 1.0), "SIGTERM alone ended it"
+    agent.send_signal(signal.SIGINT)
+    out, err = agent.communicate(timeout=60)  # not the 600 s of the grace period
+    assert agent.returncode == 130, out + err
+    assert "Ctrl-C again kills them now" in err and "killing the trials' processes now (SIGKILL)" in err
+    assert wait_until(lambda: not alive(grandchild), 10)
+    with open_store(sqlite_store_url) as store:
+        (trial,) = store.list_trials(sweep_id)
+    assert (trial.state, trial.stop_reason) == (TrialState.LOST, "interrupted (Ctrl-C)")
+
+
+@pytest.mark.slow
 def test_trials_the_job_s_signal_reached_before_their_agent_are_lost_not_failed(
     here: Path, sqlite_store_url: str
 ) -> None:

@@ -1,7 +1,9 @@
 """Ctrl-C, SIGTERM and SIGHUP for commands that run local agents (``sweeper run``, ``sweeper agent``).
 
 The first signal stops every running trial (SIGTERM to its process group, SIGKILL after the
-grace period) and records it as lost, to run again; further signals only say that this is under way.
+grace period) and records it as lost, to run again; a second Ctrl-C kills their processes at once
+(SIGKILL), for a person who will not wait for the grace period (a second SIGTERM or SIGHUP only
+says that the stop is under way).
 SIGHUP (the terminal or ssh session went away) counts too: by default it would end the agent at
 once and leave its trials running, unwatched, on the GPUs, while their configurations run again
 elsewhere once the leases run out.
@@ -29,6 +31,8 @@ class Stoppable(Protocol):
     def wait(self) -> list[str]: ...
 
     def stop(self, reason: str) -> None: ...
+
+    def hurry(self) -> None: ...
 
 
 _STOPPING_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
@@ -64,16 +68,23 @@ def run_until_done_or_interrupted(agents: Stoppable, grace: float) -> tuple[list
             # Stop first: after a hangup, writing to the terminal fails.
             how = interrupt.args[0] if interrupt.args else "Ctrl-C"  # the signal's name, if one sent it
             agents.stop(interrupted_reason(how))
-            _say(f"\ninterrupted: stopping running trials (SIGKILL after {grace:g}s)...")
-            return _wait_ignoring_interrupts(agents), True
+            now = "; Ctrl-C again kills them now" if not interrupt.args else ""
+            _say(f"\ninterrupted: stopping running trials (SIGKILL after {grace:g}s{now})...")
+            return _wait_for_stopped_trials(agents), True
 
 
-def _wait_ignoring_interrupts(agents: Stoppable) -> list[str]:
+def _wait_for_stopped_trials(agents: Stoppable) -> list[str]:
+    hurried = False
     while True:
         try:
             return agents.wait()
-        except KeyboardInterrupt:
-            _say("still stopping trials; they are killed when the grace period ends")
+        except KeyboardInterrupt as again:
+            if again.args:  # SIGTERM or SIGHUP, which schedulers and terminals send, not people
+                _say("still stopping trials; they are killed when the grace period ends")
+            elif not hurried:
+                hurried = True
+                agents.hurry()
+                _say("killing the trials' processes now (SIGKILL)")
 
 
 def _say(line: str) -> None:
