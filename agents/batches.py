@@ -78,12 +78,18 @@ class BatchSender:
         self.max_batch = max(1, max_batch)
         self.refused: set[str] = set()  # names of the metrics whose points were left out
 
-    def send(self, queue: PointQueue, on_sent: Callable[[], None] | None = None) -> Directive:
+    def send(
+        self, queue: PointQueue, on_sent: Callable[[], None] | None = None, *, stop_early: bool = False
+    ) -> Directive:
         """Send until the queue is empty; returns a stop directive if any reply held one.
-        ``on_sent`` is called after each batch the coordinator took."""
+        ``on_sent`` is called after each batch the coordinator took. ``stop_early``: send only
+        the points queued now, and return at the first reply that says stop; else a trial that
+        logs faster than a report's round trip keeps this going, and its stop waiting, for as
+        long as it runs."""
         result = CONTINUE
         limit = self.max_batch
-        while batch := queue.unacked(limit):
+        left = queue.pending if stop_early else None  # points still to send, when counted
+        while batch := queue.unacked(limit if left is None else min(limit, left)):
             try:
                 directive = self._client.report_metrics(self._trial_id, self._lease_id, batch)
             except Exception as exc:
@@ -97,13 +103,17 @@ class BatchSender:
                     continue
                 self._leave_out(batch[0], exc)
                 queue.ack(1)
+                left = None if left is None else left - 1
                 continue
             queue.ack(len(batch))
+            left = None if left is None else left - len(batch)
             if on_sent is not None:
                 on_sent()
             limit = min(self.max_batch, limit * 2)
             if directive.stop:
                 result = directive
+                if stop_early:
+                    break
         return result
 
     def _leave_out(self, point: MetricPoint, exc: BaseException) -> None:

@@ -135,7 +135,7 @@ class TrialReporter:
         if self.pending and now - self._last_report >= self._report_interval:
             self._last_report = now
             try:
-                return self.send_all()
+                return self._sender.send(self._queue, on_sent=self._succeeded, stop_early=True)
             except LeaseLostError:
                 raise
             except Exception as exc:  # unreachable, failing, or refusing this batch: keep the trial going

@@ -270,6 +270,47 @@ def test_reporter_on_a_spool_delivers_each_point_once_after_an_outage(tmp_path: 
     assert sorted(p.seq for p in history) == list(range(6))
 
 
+class LoggingMeanwhile:
+    """The coordinator, while a trial logs a point during each of its metric reports (a function
+    trial logging every few milliseconds, faster than a report's round trip)."""
+
+    def __init__(self, coordinator: Coordinator, spool: Spool) -> None:
+        self.coordinator = coordinator
+        self.spool = spool
+        self.reports = 0
+        self.logging = True
+
+    def report_metrics(self, trial_id: int, lease_id: str, batch: list[MetricPoint]):  # noqa: ANN201
+        self.reports += 1
+        assert self.reports < 50, "the reports never end while the trial logs"
+        if self.logging:
+            self.spool.append(points(range(100 + self.reports, 101 + self.reports)))
+        return self.coordinator.report_metrics(trial_id, lease_id, batch)
+
+
+def test_a_stop_reaches_a_trial_that_logs_faster_than_its_reports_go(tmp_path: Path, coordinator) -> None:
+    a, spool = leased_spool(tmp_path, coordinator)
+    spool.append(points(range(3)))
+    coordinator.store.request_stop(a.trial_id, "hyperband: worse than the threshold")
+    client = LoggingMeanwhile(coordinator, spool)
+    reporter = TrialReporter(
+        client,  # type: ignore[arg-type]
+        a,
+        clock=lambda: 0.0,
+        report_interval=0.0,
+        heartbeat_interval=1.0,
+        queue=spool,
+        max_batch=2,
+    )
+    directive = reporter.pump()
+    assert directive is not None and directive.stop, directive
+    assert directive.reason == "hyperband: worse than the threshold"
+    assert client.reports == 1, "the stop is passed on at the first reply that says it"
+    client.logging = False  # the trial stopped: its end sends the rest
+    reporter.send_all()
+    assert spool.pending == 0
+
+
 def test_backoff_doubles_is_capped_and_jittered() -> None:
     import random
 
