@@ -4,7 +4,9 @@
     sweeper.agent(sweep_id, function=train, count=10)
 
 Both work on the embedded store (``./.sweeper/sweeper.db`` unless ``db`` or SWEEPER_DB says
-otherwise).
+otherwise), or with a ``sweeper server`` given as ``coordinator`` (its URL, or env
+SWEEPER_COORDINATOR) and ``token`` (or env SWEEPER_TOKEN), as ``sweeper sweep`` and ``sweeper
+agent`` do.
 """
 
 from __future__ import annotations
@@ -31,11 +33,10 @@ def _say_failures(event: object) -> None:
         log.warning("sweeper: trial %d failed: %s", event.assignment.trial_number, said)
 
 
-def _coordinator(db: str | None, *, create: bool = True) -> Any:
-    from sweeper.coordinator import Coordinator
-    from sweeper.store import open_store
+def _coordinator(coordinator: str | None, token: str | None, db: str | None, *, create: bool = True) -> Any:
+    from sweeper.connect import connect
 
-    return Coordinator(open_store(db or os.environ.get("SWEEPER_DB"), create=create))
+    return connect(coordinator, token=token, db=db, create=create)
 
 
 def sweep(
@@ -45,6 +46,8 @@ def sweep(
     prior_runs: list[str] | None = None,
     *,
     db: str | None = None,
+    coordinator: str | None = None,
+    token: str | None = None,
 ) -> str:
     """Create a sweep from a config dict (or a function that returns one) or a sweep file; return its id.
 
@@ -71,8 +74,8 @@ def sweep(
         spec = parse_sweep({**spec.raw, **given})
     for line in spec_advice(spec):  # valid, but likely not what was meant
         warnings.warn(line, UserWarning, stacklevel=2)
-    with _coordinator(db) as coordinator:
-        return coordinator.create_sweep(spec).id
+    with _coordinator(coordinator, token, db) as service:
+        return service.create_sweep(spec).id
 
 
 def agent(
@@ -86,6 +89,8 @@ def agent(
     max_consecutive_failed_runs: int | None = None,
     *,
     db: str | None = None,
+    coordinator: str | None = None,
+    token: str | None = None,
     grace_period: float = 10.0,
     max_failures: int = 3,
 ) -> str:
@@ -94,7 +99,9 @@ def agent(
     With ``function``, each trial calls it in this process (it takes no arguments and calls
     ``sweeper.init()``, or ``wandb.init()``, for its config); without, each trial runs the
     sweep's command. It stops once ``max_failures`` trials in a row have failed (0: never).
-    Returns the one-line reason the agent stopped.
+    Returns the one-line reason the agent stopped. The trials come from the ``sweeper server``
+    at ``coordinator`` (or env SWEEPER_COORDINATOR), with ``token`` (or env SWEEPER_TOKEN);
+    without one, from the store ``db``.
 
     Takes ``wandb.agent``'s arguments: ``entity`` and ``project`` are accepted (the sweep's id
     names the sweep), ``term_timeout`` is ``grace_period`` (seconds between SIGTERM and SIGKILL
@@ -114,11 +121,15 @@ def agent(
     from sweeper.local import LocalAgents
     from sweeper.protocol import interrupted_reason
 
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
+        raise TypeError(f"count: expected a whole number of trials, 0 or more, or None; got {count!r}")
+    if function is not None and not callable(function):
+        raise TypeError(f"function: expected a function that takes no arguments, got {function!r}")
     # A sweep to run is in a store already made; the store is closed once the agent is done.
-    with _coordinator(db, create=False) as coordinator:
-        _check_trackers(coordinator, sweep_id)
+    with _coordinator(coordinator, token, db, create=False) as service:
+        _check_trackers(service, sweep_id)
         agents = LocalAgents(
-            coordinator,
+            service,
             sweep_id,
             agents=1,
             count=count,
