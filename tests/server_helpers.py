@@ -26,6 +26,7 @@ from typing import Any
 from sweeper.client import HttpCoordinator
 
 TOKEN = "test-token-5f3a9c"
+QUIET = ("--log-level", "warning")  # a server that logs no request
 _READY = "sweeper server listening on "
 _COUNTER = itertools.count(1)
 _START_TIMEOUT = 60.0

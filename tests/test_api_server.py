@@ -17,7 +17,7 @@ from sweeper.connect import connect
 from sweeper.trials import TrialState
 
 pytest.importorskip("fastapi")
-from server_helpers import TOKEN, ServerProcess, start_server  # noqa: E402
+from server_helpers import QUIET, TOKEN, ServerProcess, serving  # noqa: E402
 
 GRID = {
     "method": "grid",
@@ -34,13 +34,8 @@ def train() -> None:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    server = start_server(
-        f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "server", extra_args=("--log-level", "warning")
-    )
-    try:
+    with serving(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "server", extra_args=QUIET) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from sweeper.spec import parse_sweep
 from sweeper.trials import TrialState
 
 pytest.importorskip("fastapi")
-from server_helpers import TOKEN, ServerProcess, start_server  # noqa: E402
+from server_helpers import QUIET, TOKEN, ServerProcess, serving  # noqa: E402
 
 SCRIPTS = Path(__file__).parent / "scripts"
 AGENT = AgentInfo(name="lost-answer-agent", host="localhost")
@@ -99,13 +99,8 @@ class _Forward(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    server = start_server(
-        f"sqlite:///{tmp_path / 'sweeper.db'}", tmp_path / "server", extra_args=("--log-level", "warning")
-    )
-    try:
+    with serving(f"sqlite:///{tmp_path / 'sweeper.db'}", tmp_path / "server", extra_args=QUIET) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def grid_sweep(server: ServerProcess, points: int) -> str:
