@@ -40,6 +40,7 @@ class FunctionTrial:
 
     def __init__(self, function: Callable[[], object]) -> None:
         self.function = function
+        self._said_returned = False  # that what the function returns is not recorded
 
     def run(self, trial: TrialRun) -> TrialOutcome:
         """Call the function to its end; raises :class:`AbandonTrial` when the lease was lost meanwhile."""
@@ -103,8 +104,17 @@ class FunctionTrial:
                 capture.follow_in_process(
                     lambda record: trial.forward([record]), lambda: run_api.raise_if_stopped(ctx), env
                 )
-            self.function()
+            result = self.function()
             returned = True
+            if result is not None and not self._said_returned:
+                self._said_returned = True  # once per agent: it returns the same kind each time
+                log.warning(
+                    "trial %s: %s returned %.80r, which sweeper does not record (nor does wandb.agent): "
+                    "log the metric with sweeper.log({...}) or run.log({...})",
+                    trial.assignment.trial_number,
+                    getattr(self.function, "__name__", "the function"),
+                    result,
+                )
         except run_api.TrialStopped as exc:
             stopped_by = exc
         except SystemExit as exc:

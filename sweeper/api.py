@@ -143,6 +143,11 @@ def agent(
             reasons = agents.wait()
         except KeyboardInterrupt:
             agents.stop(interrupted_reason("Ctrl-C"))
+            if function is not None:  # it may compute for a while before it logs again
+                log.warning(
+                    "sweeper: interrupted; the running trial ends at its next log call (Ctrl-C again "
+                    "leaves it: it counts as lost once its lease runs out)"
+                )
             agents.wait()
             raise
     return reasons[0] if reasons else "done"

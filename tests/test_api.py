@@ -73,6 +73,24 @@ def test_a_raising_function_is_a_failed_trial_and_said(db: str, caplog: pytest.L
     assert trial.exit_code == 1  # as the process running it would have exited
 
 
+def test_a_value_the_function_returns_is_said_to_go_unrecorded_once(
+    db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Optuna's objective returns its score; here the metric must be logged."""
+
+    def objective() -> float:
+        return sweeper.init().config.x / 2
+
+    sweep_id = sweeper.sweep({"method": "grid", "parameters": {"x": {"values": [1, 2]}}}, db=db)
+    with caplog.at_level(logging.WARNING, logger="sweeper"):
+        sweeper.agent(sweep_id, function=objective, db=db)
+    said = [r.getMessage() for r in caplog.records if "returned" in r.getMessage()]
+    assert said == [
+        "trial 1: objective returned 0.5, which sweeper does not record (nor does wandb.agent): log the "
+        "metric with sweeper.log({...}) or run.log({...})"
+    ]
+
+
 def test_a_function_that_exits_with_a_message_fails_with_exit_code_1(db: str) -> None:
     def train() -> None:
         sweeper.init()
