@@ -13,7 +13,7 @@ from sweeper.trials import TrialState
 DEFAULT_MAX_FAILURES = 3
 GIVE_UP_ADVICE = (
     "this agent stops. Fix the script, 'sweeper resume' the sweep (the configurations that failed run "
-    "again) and start the agent again, or pass --max-failures 0 to keep going"
+    "again) and start the agent again, or pass --max-failures 0 (max_failures=0 in Python) to keep going"
 )
 
 
