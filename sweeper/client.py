@@ -105,10 +105,7 @@ def _scheme_problem(reason: object, url: str, *, probe: bool) -> tuple[str, bool
         # A TLS server hangs up on a request in plain HTTP; so does a server going down. A
         # handshake tells them apart.
         if probe and _speaks_tls(url):
-            return (
-                "the server there speaks TLS: use an https:// URL",
-                True,
-            )
+            return "the server there speaks TLS: use an https:// URL", True
         return "if that server was started with --ssl-certfile, use an https:// URL", False
     return None
 
