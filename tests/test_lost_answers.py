@@ -97,9 +97,14 @@ class _Forward(http.server.BaseHTTPRequestHandler):
         self.wfile.write(raw)
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    with serving(f"sqlite:///{tmp_path / 'sweeper.db'}", tmp_path / "server", extra_args=QUIET) as server:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server on each store: on PostgreSQL, leases are taken in batches on a thread of their own."""
+    if request.param == "sqlite":
+        db = f"sqlite:///{tmp_path / 'sweeper.db'}"
+    else:
+        db = request.getfixturevalue("postgres_store_url")
+    with serving(db, tmp_path / "server", extra_args=QUIET) as server:
         yield server
 
 
