@@ -265,3 +265,16 @@ def one_trial_agent(
         on_event=events.append,
     )
     return sweep_id, agent
+
+
+def e2e_grid(server: ServerProcess, parameters: dict[str, Any]) -> str:
+    """A new grid sweep on ``server`` of scripts/e2e_trial.py over ``parameters``, maximizing its score."""
+    from sweeper.spec import parse_sweep
+
+    raw = {
+        "method": "grid",
+        "program": str(Path(__file__).parent / "scripts" / "e2e_trial.py"),
+        "metric": {"name": "score", "goal": "maximize"},
+        "parameters": parameters,
+    }
+    return server.client().create_sweep(parse_sweep(raw)).id

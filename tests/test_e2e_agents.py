@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from cli_support import restored_from
-from server_helpers import TOKEN, ServerProcess, start_server
+from server_helpers import TOKEN, ServerProcess, e2e_grid, start_server
 
 from sweeper.spec import parse_sweep
 from sweeper.trials import SweepState, Trial, TrialState
@@ -40,16 +40,6 @@ def short_lease_server(tmp_path: Path, stopped_at_end: list) -> ServerProcess:
     server = start_server(f"sqlite:///{tmp_path / 'sweeper.db'}", tmp_path / "server", extra_args=SHORT_LEASE)
     stopped_at_end.append(server)
     return server
-
-
-def create_sweep(server: ServerProcess, parameters: dict) -> str:
-    raw = {
-        "method": "grid",
-        "program": str(SCRIPTS / "e2e_trial.py"),
-        "metric": {"name": "score", "goal": "maximize"},
-        "parameters": parameters,
-    }
-    return server.client().create_sweep(parse_sweep(raw)).id
 
 
 class AgentProcess:
@@ -114,7 +104,7 @@ def stopped_at_end() -> list:
 def grid_of_20_with_three_agents(db_url: str, tmp_path: Path, started: list) -> None:
     server = start_server(db_url, tmp_path / "server", extra_args=SHORT_LEASE)
     started.append(server)
-    sweep_id = create_sweep(server, {"x": {"values": [1, 2, 3, 4]}, "y": {"values": [10, 20, 30, 40, 50]}})
+    sweep_id = e2e_grid(server, {"x": {"values": [1, 2, 3, 4]}, "y": {"values": [10, 20, 30, 40, 50]}})
     agents = [
         AgentProcess(server, sweep_id, tmp_path / "a1", "--slots", "2"),
         AgentProcess(server, sweep_id, tmp_path / "a2"),
@@ -152,7 +142,7 @@ def test_an_agent_killed_mid_trial_loses_it_and_its_config_runs_once_more(
     server = short_lease_server(tmp_path, stopped_at_end)
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()
-    sweep_id = create_sweep(
+    sweep_id = e2e_grid(
         server,
         {
             "x": {"values": [1, 2, 3]},
@@ -191,9 +181,7 @@ def test_an_agent_told_to_stop_gives_its_trials_back_and_they_run_again(
     without waiting for their leases, and another agent runs their configurations to the end."""
     server = start_server(f"sqlite:///{tmp_path / 'sweeper.db'}", tmp_path / "server")
     stopped_at_end.append(server)
-    sweep_id = create_sweep(
-        server, {"x": {"values": [1, 2]}, "epochs": {"value": 20}, "sleep": {"value": 0.2}}
-    )
+    sweep_id = e2e_grid(server, {"x": {"values": [1, 2]}, "epochs": {"value": 20}, "sleep": {"value": 0.2}})
     first = AgentProcess(server, sweep_id, tmp_path / "first", "--slots", "2")
     stopped_at_end.append(first)
     wait_for(lambda: len(first.trial_dirs()) == 2, "both trials to start")
@@ -213,7 +201,7 @@ def test_the_server_killed_mid_sweep_and_restarted_loses_nothing_and_repeats_not
     tmp_path: Path, stopped_at_end: list
 ) -> None:
     server = short_lease_server(tmp_path, stopped_at_end)
-    sweep_id = create_sweep(
+    sweep_id = e2e_grid(
         server, {"x": {"values": [1, 2, 3, 4, 5, 6]}, "epochs": {"value": 4}, "sleep": {"value": 0.25}}
     )
     # The default --max-backoff (30 s), ten times the lease.
@@ -262,7 +250,7 @@ def test_agents_cut_off_for_ten_seconds_deliver_every_metric_once_afterwards(
         f"sqlite:///{tmp_path / 'sweeper.db'}", tmp_path / "server", extra_args=("--lease-seconds", "30")
     )
     stopped_at_end.append(server)
-    sweep_id = create_sweep(
+    sweep_id = e2e_grid(
         server, {"x": {"values": [1, 2, 3, 4]}, "epochs": {"value": 8}, "sleep": {"value": 0.5}}
     )
     agents = [AgentProcess(server, sweep_id, tmp_path / f"a{i}", "--slots", "2") for i in (1, 2)]
@@ -292,7 +280,7 @@ def test_a_server_stopped_for_longer_than_a_lease_keeps_the_trials_its_agents_ke
     # Ctrl-Z on the server, a VM paused, a laptop's lid closed: nobody answered the agents, so their
     # leases ran out only on the server's clock. When it runs again, their trials go on.
     server = short_lease_server(tmp_path, stopped_at_end)
-    sweep_id = create_sweep(
+    sweep_id = e2e_grid(
         server, {"x": {"values": [1, 2, 3]}, "epochs": {"value": 24}, "sleep": {"value": 0.5}}
     )
     agent = AgentProcess(server, sweep_id, tmp_path / "agent", "--slots", "3")

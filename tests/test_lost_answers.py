@@ -24,13 +24,11 @@ import pytest
 
 from sweeper.client import CoordinatorUnavailableError
 from sweeper.protocol import AgentInfo, Assignment
-from sweeper.spec import parse_sweep
 from sweeper.trials import TrialState
 
 pytest.importorskip("fastapi")
-from server_helpers import QUIET, TOKEN, ServerProcess, serving  # noqa: E402
+from server_helpers import QUIET, TOKEN, ServerProcess, e2e_grid, serving  # noqa: E402
 
-SCRIPTS = Path(__file__).parent / "scripts"
 AGENT = AgentInfo(name="lost-answer-agent", host="localhost")
 
 
@@ -108,16 +106,6 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerPro
         yield server
 
 
-def grid_sweep(server: ServerProcess, points: int) -> str:
-    raw = {
-        "method": "grid",
-        "program": str(SCRIPTS / "e2e_trial.py"),
-        "metric": {"name": "score", "goal": "maximize"},
-        "parameters": {"x": {"values": list(range(points))}},
-    }
-    return server.client().create_sweep(parse_sweep(raw)).id
-
-
 def proxy_client(proxy: AnswerDroppingProxy):  # noqa: ANN201 - an HttpCoordinator
     from sweeper.client import HttpCoordinator
 
@@ -125,7 +113,7 @@ def proxy_client(proxy: AnswerDroppingProxy):  # noqa: ANN201 - an HttpCoordinat
 
 
 def test_asking_again_after_a_lost_answer_gets_the_trial_that_ask_leased(server: ServerProcess) -> None:
-    sweep_id = grid_sweep(server, 3)
+    sweep_id = e2e_grid(server, {"x": {"values": list(range(3))}})
     proxy = AnswerDroppingProxy(server.url, drops=1)
     try:
         with proxy_client(proxy) as client:
@@ -145,7 +133,7 @@ def test_asking_again_after_a_lost_answer_gets_the_trial_that_ask_leased(server:
 def test_a_resend_the_agent_did_not_know_of_gets_the_same_trial(server: ServerProcess) -> None:
     """A kept-alive connection that closes without an answer is used again on a new one,
     unasked: the server tells it from a second ask by its request id."""
-    sweep_id = grid_sweep(server, 3)
+    sweep_id = e2e_grid(server, {"x": {"values": list(range(3))}})
     proxy = AnswerDroppingProxy(server.url, drops=1)
     try:
         with proxy_client(proxy) as client:
@@ -162,7 +150,7 @@ def test_a_resend_the_agent_did_not_know_of_gets_the_same_trial(server: ServerPr
 def test_an_agent_whose_lease_answers_are_lost_runs_every_point_once(
     server: ServerProcess, tmp_path: Path
 ) -> None:
-    sweep_id = grid_sweep(server, 3)
+    sweep_id = e2e_grid(server, {"x": {"values": list(range(3))}})
     proxy = AnswerDroppingProxy(server.url, drops=2)
     folder = tmp_path / "agent"
     folder.mkdir()
@@ -191,7 +179,7 @@ def test_the_way_a_server_refuses_a_field_it_does_not_know_is_the_way_the_client
 ) -> None:
     from sweeper.client import CoordinatorError, _older_server
 
-    sweep_id = grid_sweep(server, 1)
+    sweep_id = e2e_grid(server, {"x": {"values": list(range(1))}})
     body = {"name": "a", "host": "h", "field_of_a_later_version": 1}
     with server.client() as client, pytest.raises(CoordinatorError) as refused:
         client._call("POST", f"/sweeps/{sweep_id}/next", body)
