@@ -33,12 +33,6 @@ def _say_failures(event: object) -> None:
         log.warning("sweeper: trial %d failed: %s", event.assignment.trial_number, said)
 
 
-def _coordinator(coordinator: str | None, token: str | None, db: str | None, *, create: bool = True) -> Any:
-    from sweeper.connect import connect
-
-    return connect(coordinator, token=token, db=db, create=create)
-
-
 def sweep(
     sweep: Mapping[str, Any] | str | os.PathLike[str] | Callable[[], Mapping[str, Any]],
     entity: str | None = None,
@@ -74,7 +68,9 @@ def sweep(
         spec = parse_sweep({**spec.raw, **given})
     for line in spec_advice(spec):  # valid, but likely not what was meant
         warnings.warn(line, UserWarning, stacklevel=2)
-    with _coordinator(coordinator, token, db) as service:
+    from sweeper.connect import connect
+
+    with connect(coordinator, token=token, db=db) as service:
         return service.create_sweep(spec).id
 
 
@@ -118,6 +114,7 @@ def agent(
         grace_period = float(term_timeout)
     if max_consecutive_failed_runs is not None:
         max_failures = max_consecutive_failed_runs
+    from sweeper.connect import connect
     from sweeper.local import LocalAgents
     from sweeper.protocol import interrupted_reason
 
@@ -126,7 +123,7 @@ def agent(
     if function is not None and not callable(function):
         raise TypeError(f"function: expected a function that takes no arguments, got {function!r}")
     # A sweep to run is in a store already made; the store is closed once the agent is done.
-    with _coordinator(coordinator, token, db, create=False) as service:
+    with connect(coordinator, token=token, db=db, create=False) as service:
         _check_trackers(service, sweep_id)
         agents = LocalAgents(
             service,

@@ -187,13 +187,13 @@ class Coordinator:
         plans: list[Plan] = []
         seen: list[tuple[Sequence[Trial], float]] = []  # the history each plan was made from, and
         # when the sweep was last resumed
-        given: list[Trial] = []  # the trial an earlier ask with request_id leased, still running
+        # The trial an earlier ask with request_id leased, still running, and the history it is in.
+        given: list[tuple[Trial, Sequence[Trial]]] = []
 
         def decide(locked: Sweep, trials: Sequence[Trial]) -> TrialDraft | None:
             given.clear()  # (a write that failed is tried again: what it decided then is void)
             if again and (mine := _leased_to(trials, agent.name, request_id)) is not None:
-                given.append(mine)
-                seen.append((trials, -math.inf))
+                given.append((mine, trials))
                 return None
             since = resumed_at(locked)
             plans.append(plan := plan_next(spec, strategy, trials, locked.seed, agent.name, since))
@@ -224,7 +224,7 @@ class Coordinator:
             discard = unneeded_checkpoints(spec, history, since)
             return assignment(spec, trial, lease.lease_id, self.lease_seconds, history, discard)
         if given:
-            if (again_given := self._given_again(spec, given[-1], now, seen[-1][0])) is not None:
+            if (again_given := self._given_again(spec, *given[-1], now)) is not None:
                 return again_given
             return self.next_trial(sweep_id, agent)  # it ended meanwhile: a new lease, a new id
         if request_id is not None:  # it leased nothing: its id need not be remembered
@@ -260,7 +260,7 @@ class Coordinator:
             self._requests.pop(request_id, None)
 
     def _given_again(
-        self, spec: SweepSpec, trial: Trial, now: float, history: Sequence[Trial]
+        self, spec: SweepSpec, trial: Trial, history: Sequence[Trial], now: float
     ) -> Assignment | None:
         """``trial``, which an earlier ask with its lease id leased, for the agent asking again;
         its lease starts afresh, as the agent starts it only now. None if it ended meanwhile."""
