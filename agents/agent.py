@@ -136,6 +136,7 @@ class Agent:
         waiting = _Waiting(self.monotonic)
         while True:
             if self.stopping:
+                self._end_unanswered()
                 return self._stop.reason
             if self.count is not None and self.trials_run >= self.count:
                 return f"ran {self.trials_run} trial(s), as many as asked for"
@@ -300,6 +301,27 @@ class Agent:
         lease, as lost: it never ran, and its configuration runs again."""
         outcome = TrialOutcome(TrialState.LOST, stop_reason=self._stop.reason)
         self._finish(assignment, self._reporter(assignment), outcome, self.clock())
+
+    def _end_unanswered(self) -> None:
+        """Give back the trial that an ask whose answer never arrived may have leased: left alone,
+        it would run out its lease and count as a lost attempt."""
+        try:
+            leased = self.client.unanswered_trial(self.sweep_id, self.info)
+        except Exception as exc:  # the coordinator is still away: nothing more to do from here
+            log.warning(
+                "%s: cannot ask whether the last unanswered ask leased a trial (%s); if it did, that "
+                "trial counts as lost once its lease runs out, and runs again",
+                self.info.name,
+                exc,
+            )
+            return
+        if leased is not None:
+            log.info(
+                "%s: trial %s, leased by an ask never answered, is given back",
+                self.info.name,
+                leased.trial_number,
+            )
+            self._give_back(leased)
 
     def _emit(self, event: AgentEvent) -> None:
         if self.on_event is None:

@@ -255,28 +255,22 @@ class HttpCoordinator:
         if answer.get("no_trial") is not None:
             no = answer["no_trial"]
             return NoTrial(NoTrialReason(no["reason"]), no["message"], retry_after=float(no["retry_after"]))
-        a = answer["assignment"]
-        return Assignment(
-            sweep_id=a["sweep_id"],
-            trial_id=int(a["trial_id"]),
-            trial_number=int(a["trial_number"]),
-            lease_id=a["lease_id"],
-            lease_seconds=float(a["lease_seconds"]),
-            config=a["config"],
-            command=tuple(a["command"]),
-            program=a["program"],
-            metric_name=a["metric_name"],
-            integrations=a.get("integrations"),
-            restore_from=a.get("restore_from"),
-            checkpoint_to=a.get("checkpoint_to"),
-            retry_of=a.get("retry_of"),
-            resume_from=tuple(a.get("resume_from") or ()),
-            discard_checkpoints=tuple(a.get("discard_checkpoints") or ()),
-            project=a.get("project"),
-            entity=a.get("entity"),
-            time_limit=_seconds(a.get("time_limit")),
-            stall_limit=_seconds(a.get("stall_limit")),
-        )
+        return _assignment(answer["assignment"])
+
+    def unanswered_trial(self, sweep_id: str, agent: AgentInfo) -> Assignment | None:
+        with self._lock:
+            request_id = self._unanswered.pop((sweep_id, agent.name), None)
+        if request_id is None or self._asks_plainly:  # (a server older than request ids cannot look)
+            return None
+        body = {"name": agent.name, "host": agent.host, "gpu": agent.gpu}
+        body.update(request_id=request_id, resent=True, new_lease=False)
+        try:
+            answer = self._call("POST", f"/sweeps/{_segment(sweep_id)}/next", body)
+        except CoordinatorError as exc:
+            if _older_server(exc, "new_lease"):  # it cannot look: the trial runs out its lease
+                return None
+            raise
+        return None if answer.get("no_trial") is not None else _assignment(answer["assignment"])
 
     def heartbeat(self, trial_id: int, lease_id: str, *, interrupted: str | None = None) -> Directive:
         body = (
@@ -439,6 +433,30 @@ class HttpCoordinator:
         if problems:
             detail += "".join(f"\n  {p.get('path') or '(top level)'}: {p.get('message')}" for p in problems)
         return CoordinatorError(f"{detail}", status=status, code=code or f"http_{status}")
+
+
+def _assignment(a: Mapping[str, Any]) -> Assignment:
+    return Assignment(
+        sweep_id=a["sweep_id"],
+        trial_id=int(a["trial_id"]),
+        trial_number=int(a["trial_number"]),
+        lease_id=a["lease_id"],
+        lease_seconds=float(a["lease_seconds"]),
+        config=a["config"],
+        command=tuple(a["command"]),
+        program=a["program"],
+        metric_name=a["metric_name"],
+        integrations=a.get("integrations"),
+        restore_from=a.get("restore_from"),
+        checkpoint_to=a.get("checkpoint_to"),
+        retry_of=a.get("retry_of"),
+        resume_from=tuple(a.get("resume_from") or ()),
+        discard_checkpoints=tuple(a.get("discard_checkpoints") or ()),
+        project=a.get("project"),
+        entity=a.get("entity"),
+        time_limit=_seconds(a.get("time_limit")),
+        stall_limit=_seconds(a.get("stall_limit")),
+    )
 
 
 def _older_server(exc: CoordinatorError, field: str) -> bool:

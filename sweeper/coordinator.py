@@ -168,14 +168,24 @@ class Coordinator:
     # --- the agent protocol -------------------------------------------------
 
     def next_trial(
-        self, sweep_id: str, agent: AgentInfo, *, request_id: str | None = None, resent: bool = False
+        self,
+        sweep_id: str,
+        agent: AgentInfo,
+        *,
+        request_id: str | None = None,
+        resent: bool = False,
+        new_lease: bool = True,
     ) -> Assignment | NoTrial:
         """Lease the sweep's next trial to ``agent``, or say why there is none.
 
         ``request_id`` makes asking again safe when an answer was lost on the way (a proxy that
         dropped it, a client that stopped waiting): it becomes the lease's id, and an ask that
         is ``resent`` with it gets the trial that ask leased, if that trial is still running
-        under the agent, instead of a second one left running with nobody at its end."""
+        under the agent, instead of a second one left running with nobody at its end.
+        ``new_lease`` false: that trial or none, never a new one (an agent that is stopping
+        asks so, to end the trial)."""
+        if not new_lease and request_id is None:
+            raise ValueError("new_lease=False needs the request_id of the ask whose trial it wants")
         now, mark = self._lease_time()
         self._expire_leases(now)
         # Looked for under the sweep's lock, where an ask with the same id still under way (the
@@ -194,6 +204,8 @@ class Coordinator:
             given.clear()  # (a write that failed is tried again: what it decided then is void)
             if again and (mine := _leased_to(trials, agent.name, request_id)) is not None:
                 given.append((mine, trials))
+                return None
+            if not new_lease:
                 return None
             since = resumed_at(locked)
             plans.append(plan := plan_next(spec, strategy, trials, locked.seed, agent.name, since))
@@ -226,9 +238,13 @@ class Coordinator:
         if given:
             if (again_given := self._given_again(spec, *given[-1], now)) is not None:
                 return again_given
+            if not new_lease:
+                return NoTrial(NoTrialReason.WAIT, f"trial {given[-1][0].number} ended meanwhile")
             return self.next_trial(sweep_id, agent)  # it ended meanwhile: a new lease, a new id
         if request_id is not None:  # it leased nothing: its id need not be remembered
             self._forget(request_id)
+        if not new_lease:
+            return NoTrial(NoTrialReason.WAIT, f"no trial of sweep {sweep_id} runs under lease {request_id}")
         plan = plans[-1] if plans else None
         if plan is None:  # the sweep does not hand out trials (or stopped doing so since it was read)
             sweep = self.store.get_sweep(sweep_id)
@@ -272,6 +288,9 @@ class Coordinator:
         log.info("trial %s asked for again by %s: it gets the trial it was given", trial.number, trial.agent)
         # The checkpoints to discard are left for the next lease to name.
         return assignment(spec, trial, trial.lease_id, self.lease_seconds, history, ())
+
+    def unanswered_trial(self, sweep_id: str, agent: AgentInfo) -> None:
+        return None  # called in process, every ask is answered
 
     def heartbeat(self, trial_id: int, lease_id: str, *, interrupted: str | None = None) -> Directive:
         now = self._now()

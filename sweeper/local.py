@@ -61,6 +61,9 @@ class TrialBudget:
                 self._given += 1
             return result
 
+    def unanswered_trial(self, sweep_id: str, agent: AgentInfo) -> Assignment | None:
+        return self._client.unanswered_trial(sweep_id, agent)  # given back at once: not counted
+
     def heartbeat(self, trial_id: int, lease_id: str, *, interrupted: str | None = None) -> Directive:
         return self._client.heartbeat(trial_id, lease_id, interrupted=interrupted)
 

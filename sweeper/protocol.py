@@ -155,6 +155,10 @@ class TrialNotFoundError(LookupError):
 class CoordinatorClient(Protocol):
     def next_trial(self, sweep_id: str, agent: AgentInfo) -> Assignment | NoTrial: ...
 
+    def unanswered_trial(self, sweep_id: str, agent: AgentInfo) -> Assignment | None:
+        """For an agent that will not ask again: the trial its last ask leased, if that ask's
+        answer never arrived (so the agent can end it, rather than leave its lease to run out)."""
+
     def heartbeat(self, trial_id: int, lease_id: str, *, interrupted: str | None = None) -> Directive:
         """Renew the lease. ``interrupted``: the agent was told to stop (:func:`interrupted_reason`)
         and is ending the trial; a lease that runs out before the end is reported keeps it."""

@@ -80,6 +80,9 @@ class MemoryCoordinator:
             return self.replies.pop(0)
         return NoTrial(NoTrialReason.DONE, "sweep sw1 is finished")
 
+    def unanswered_trial(self, sweep_id: str, agent: AgentInfo) -> None:
+        self.calls.append(("unanswered_trial", None))
+
     def _trial_call(self, name: str, trial_id: int) -> None:
         with self.lock:
             self.calls.append((name, trial_id))

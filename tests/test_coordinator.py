@@ -305,6 +305,32 @@ def test_an_ask_sent_again_gets_its_trial_only_while_that_trial_runs_under_the_a
     assert states == {1: TrialState.FINISHED, 2: TrialState.RUNNING, 3: TrialState.RUNNING}
 
 
+def test_an_ask_for_no_new_lease_gets_the_trial_its_request_leased_or_nothing(
+    coordinator: Coordinator, clock: FakeClock
+) -> None:
+    """What a stopping agent asks, to end a trial whose answer never reached it."""
+    sweep = coordinator.create_sweep(parse_sweep(grid([1, 2, 3])))
+    nothing = coordinator.next_trial(sweep.id, AGENT, request_id="c" * 32, resent=True, new_lease=False)
+    assert isinstance(nothing, NoTrial) and nothing.reason is NoTrialReason.WAIT
+    assert coordinator.store.list_trials(sweep.id) == [], "it leased nothing"
+    asked = "d" * 32
+    first = coordinator.next_trial(sweep.id, AGENT, request_id=asked)
+    assert isinstance(first, Assignment)
+    clock.now += 20
+    again = coordinator.next_trial(sweep.id, AGENT, request_id=asked, resent=True, new_lease=False)
+    assert isinstance(again, Assignment) and (again.trial_id, again.lease_id) == (first.trial_id, asked)
+    other = AgentInfo(name="host:2:0", host="host")
+    assert isinstance(
+        coordinator.next_trial(sweep.id, other, request_id=asked, resent=True, new_lease=False), NoTrial
+    ), "another agent's ask does not get it"
+    finish(coordinator, again)
+    ended = coordinator.next_trial(sweep.id, AGENT, request_id=asked, resent=True, new_lease=False)
+    assert isinstance(ended, NoTrial), "an ended trial is not handed out again, nor a new one"
+    assert [t.number for t in coordinator.store.list_trials(sweep.id)] == [1]
+    with pytest.raises(ValueError, match="request_id"):
+        coordinator.next_trial(sweep.id, AGENT, new_lease=False)
+
+
 def test_an_ask_sent_again_while_the_first_is_under_way_gets_the_trial_the_first_leases(
     coordinator: Coordinator, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -13,9 +13,11 @@ import http.client
 import http.server
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,7 +36,8 @@ AGENT = AgentInfo(name="lost-answer-agent", host="localhost")
 
 class AnswerDroppingProxy(http.server.ThreadingHTTPServer):
     """Forwards every request to ``upstream``; the answers to the first ``drops`` leases (POST
-    .../next) are read from the server and never passed on: the agent's connection just closes."""
+    .../next, not the asks of a stopping agent) are read from the server and never passed on:
+    the agent's connection just closes."""
 
     daemon_threads = True
 
@@ -51,9 +54,10 @@ class AnswerDroppingProxy(http.server.ThreadingHTTPServer):
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}"
 
-    def drop_this(self, method: str, path: str) -> bool:
+    def drop_this(self, method: str, path: str, body: bytes) -> bool:
         with self.lock:
-            if method == "POST" and path.endswith("/next") and len(self.dropped) < self.drops:
+            lease = method == "POST" and path.endswith("/next") and b'"new_lease"' not in body
+            if lease and len(self.dropped) < self.drops:
                 self.dropped.append(b"")
                 return True
             return False
@@ -82,7 +86,7 @@ class _Forward(http.server.BaseHTTPRequestHandler):
             raw = answer.read()
         finally:
             upstream.close()
-        if self.server.drop_this(self.command, self.path):
+        if self.server.drop_this(self.command, self.path, body):
             self.server.dropped[-1] = raw
             self.close_connection = True  # the server answered; the agent hears nothing
             return
@@ -172,6 +176,64 @@ def test_an_agent_whose_lease_answers_are_lost_runs_every_point_once(
     trials = server.client().trials(sweep_id)
     assert sorted((t.config["x"], t.state) for t in trials) == [(x, TrialState.FINISHED) for x in range(3)]
     assert [t.number for t in trials] == [1, 2, 3], "no trial was leased and left behind"
+
+
+def test_an_agent_stopped_after_a_lost_answer_gives_back_the_trial_that_ask_leased(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """Stopped (a preempted job) while it waits to ask again: the trial the lost answer held
+    ends at once, interrupted, and runs again; it is not left running until its lease runs out
+    and then counted as a lost attempt."""
+    sweep_id = e2e_grid(server, {"x": {"values": list(range(2))}})
+    proxy = AnswerDroppingProxy(server.url, drops=1000)  # every lease's answer is lost
+    folder = tmp_path / "agent"
+    folder.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWEEPER_")}
+
+    def agent_on(url: str) -> list[str]:
+        return [sys.executable, "-m", "sweeper", "agent", sweep_id, "--coordinator", url, "--token", TOKEN]
+
+    agent = subprocess.Popen(
+        [*agent_on(proxy.url), "--max-backoff", "30"],
+        cwd=folder,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not proxy.dropped and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proxy.dropped, "the agent asked for a trial"
+        agent.send_signal(signal.SIGTERM)
+        _, stderr = agent.communicate(timeout=60)
+    finally:
+        agent.kill()
+        proxy.shutdown()
+    assert agent.returncode == 130, stderr  # stopped by a signal
+    [trial] = server.client().trials(sweep_id)
+    assert (trial.number, trial.state, trial.stop_reason) == (1, TrialState.LOST, "interrupted (SIGTERM)")
+    # The configuration runs again, with its attempt not used up.
+    done = subprocess.run(
+        agent_on(server.url), cwd=folder, env=env, capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    trials = server.client().trials(sweep_id)
+    assert sorted((t.config["x"], t.state) for t in trials if t.number > 1) == [
+        (0, TrialState.FINISHED),
+        (1, TrialState.FINISHED),
+    ]
+
+
+def test_an_ask_for_no_new_lease_that_names_no_request_is_refused(server: ServerProcess) -> None:
+    from sweeper.client import CoordinatorError
+
+    sweep_id = e2e_grid(server, {"x": {"values": list(range(1))}})
+    body = {"name": "a", "host": "h", "new_lease": False}
+    with server.client() as client, pytest.raises(CoordinatorError) as refused:
+        client._call("POST", f"/sweeps/{sweep_id}/next", body)
+    assert refused.value.status == 422 and "name that ask's request_id" in str(refused.value)
+    assert server.client().trials(sweep_id) == []
 
 
 def test_the_way_a_server_refuses_a_field_it_does_not_know_is_the_way_the_client_tells_it_is_older(

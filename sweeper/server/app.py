@@ -196,9 +196,7 @@ def create_app(
 
     @api.post("/sweeps/{sweep_id}/next", response_model=schemas.NextTrialOut)
     def next_trial(sweep_id: SweepId, agent: schemas.AgentIn) -> Any:
-        answer = coordinator.next_trial(
-            sweep_id, agent.info(), request_id=agent.request_id, resent=agent.resent
-        )
+        answer = coordinator.next_trial(sweep_id, agent.info(), **agent.ask())
         return _json(schemas.NextTrialOut.of(answer))
 
     @api.post("/trials/{trial_id}/heartbeat", response_model=schemas.DirectiveOut)

@@ -130,8 +130,8 @@ class AgentRoutes:
             return None
         coordinator = self._coordinator
         if isinstance(body, schemas.AgentIn):
-            agent, request_id, resent = body.info(), body.request_id, body.resent
-            lease = lambda: coordinator.next_trial(key, agent, request_id=request_id, resent=resent)  # noqa: E731
+            agent, ask = body.info(), body.ask()
+            lease = lambda: coordinator.next_trial(key, agent, **ask)  # noqa: E731
             return lambda: (200, _dump(schemas.NextTrialOut.of(lease()))), LeaseCall(key)
         trial_id = int(key)
         if not 1 <= trial_id <= schemas.INT32_MAX:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, model_validator
 
 from sweeper.client import decode_float, encode_float
 from sweeper.protocol import (
@@ -215,9 +215,24 @@ class AgentIn(Model):
     # that the first ask leased, not a second one.
     request_id: RequestId | None = None
     resent: bool = False
+    # False: only the trial an ask with request_id leased, never a new one. A stopping agent asks
+    # so, to end a trial whose answer never reached it (it would otherwise run out its lease, lost).
+    new_lease: bool = True
+
+    @model_validator(mode="after")
+    def _names_its_ask(self) -> AgentIn:
+        if not self.new_lease and self.request_id is None:
+            raise ValueError(
+                "new_lease false asks for the trial an earlier ask leased: name that ask's request_id"
+            )
+        return self
 
     def info(self) -> AgentInfo:
         return AgentInfo(name=self.name, host=self.host, gpu=self.gpu)
+
+    def ask(self) -> dict[str, Any]:
+        """The keyword arguments of :meth:`Coordinator.next_trial` besides the agent."""
+        return {"request_id": self.request_id, "resent": self.resent, "new_lease": self.new_lease}
 
 
 class AssignmentOut(Model):
