@@ -10,10 +10,21 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Run", "TrialStopped", "agent", "init", "log", "log_artifact", "sweep", "__version__"]
+__all__ = [
+    "Run",
+    "TrialStopped",
+    "agent",
+    "best_trial",
+    "init",
+    "log",
+    "log_artifact",
+    "sweep",
+    "get_trials",
+    "__version__",
+]
 
 if TYPE_CHECKING:
-    from sweeper.api import agent, sweep
+    from sweeper.api import agent, best_trial, get_trials, sweep
     from sweeper.run import Run, TrialStopped, init, log, log_artifact
 
 
@@ -22,7 +33,7 @@ def __getattr__(name: str) -> Any:
         from sweeper import run
 
         return getattr(run, name)
-    if name in ("sweep", "agent"):
+    if name in ("sweep", "agent", "best_trial", "get_trials"):
         from sweeper import api
 
         return getattr(api, name)

@@ -2,6 +2,7 @@
 
     sweep_id = sweeper.sweep({"method": "grid", "parameters": {...}})
     sweeper.agent(sweep_id, function=train, count=10)
+    best = sweeper.best_trial(sweep_id)  # its .config and .summary
 
 Both work on the embedded store (``./.sweeper/sweeper.db`` unless ``db`` or SWEEPER_DB says
 otherwise), or with a ``sweeper server`` given as ``coordinator`` (its URL, or env
@@ -16,7 +17,10 @@ import os
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sweeper.trials import Trial
 
 log = logging.getLogger("sweeper")
 
@@ -148,6 +152,31 @@ def agent(
             agents.wait()
             raise
     return reasons[0] if reasons else "done"
+
+
+def best_trial(
+    sweep_id: str, *, db: str | None = None, coordinator: str | None = None, token: str | None = None
+) -> Trial | None:
+    """The sweep's best trial so far by its ``metric`` (as W&B's ``sweep.best_run()`` or
+    Optuna's ``study.best_trial``), among those that finished or were stopped early; None while
+    none has a finite value, or when the sweep names no metric. Its ``config`` holds the values
+    it ran with, ``summary`` each metric's last value. The sweep is found as :func:`agent` finds it.
+    """
+    from sweeper.connect import connect
+
+    with connect(coordinator, token=token, db=db, create=False) as service:
+        return service.best_trial(sweep_id)
+
+
+def get_trials(
+    sweep_id: str, *, db: str | None = None, coordinator: str | None = None, token: str | None = None
+) -> list[Trial]:
+    """Every trial of the sweep, in number order (as Optuna's ``study.get_trials()``): its ``state``,
+    ``config``, ``summary`` (each metric's last value) and, for one that ended early, ``stop_reason``."""
+    from sweeper.connect import connect
+
+    with connect(coordinator, token=token, db=db, create=False) as service:
+        return service.trials(sweep_id)
 
 
 def _check_trackers(coordinator: Any, sweep_id: str) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import sweeper
+from sweeper.protocol import SweepNotFoundError
 from sweeper.spec import SpecError
 from sweeper.store import open_store
 from sweeper.trials import TrialState
@@ -53,6 +54,39 @@ def test_sweep_and_agent_with_a_function(db: str) -> None:
     # The last combination, then the agent leaves by itself.
     reason = sweeper.agent(sweep_id, function=train, db=db)
     assert "complete" in reason and len(seen) == 4
+
+
+def test_the_best_trial_and_the_trials_of_a_sweep(db: str) -> None:
+    def train() -> None:
+        run = sweeper.init()
+        if run.config["x"] == 4:
+            raise RuntimeError("diverged")  # failed: not a result, however its value looks
+        for step in range(2):
+            run.log({"loss": (run.config["x"] - 2) ** 2 + 1 / (step + 1), "other": -run.config["x"]})
+
+    spec = {"method": "grid", "metric": {"name": "loss"}, "parameters": {"x": {"values": [1, 2, 3, 4]}}}
+    sweep_id = sweeper.sweep(spec, db=db)
+    assert sweeper.best_trial(sweep_id, db=db) is None, "no trial has run"
+    sweeper.agent(sweep_id, function=train, db=db)
+    best = sweeper.best_trial(sweep_id, db=db)
+    assert best is not None and (best.number, best.config["x"], best.summary) == (
+        2,
+        2,
+        {"loss": 0.5, "other": -2},
+    )
+    listed = sweeper.get_trials(sweep_id, db=db)
+    assert [(t.number, t.config["x"], t.state) for t in listed] == [
+        (1, 1, TrialState.FINISHED),
+        (2, 2, TrialState.FINISHED),
+        (3, 3, TrialState.FINISHED),
+        (4, 4, TrialState.FAILED),
+        (5, 4, TrialState.FAILED),  # its retry
+    ]
+    without_metric = sweeper.sweep({"method": "grid", "parameters": {"x": {"values": [1]}}}, db=db)
+    sweeper.agent(without_metric, function=train, db=db)
+    assert sweeper.best_trial(without_metric, db=db) is None, "nothing says which is best"
+    with pytest.raises(SweepNotFoundError, match="nosuchsweep"):
+        sweeper.best_trial("nosuchsweep", db=db)
 
 
 def test_a_raising_function_is_a_failed_trial_and_said(db: str, caplog: pytest.LogCaptureFixture) -> None:

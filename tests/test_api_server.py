@@ -58,6 +58,10 @@ def test_function_trials_take_their_configurations_from_a_server(
     trials = server.client().trials(sweep_id, with_history=True)
     assert sorted((t.config["x"], t.state) for t in trials) == [(x, TrialState.FINISHED) for x in (1, 2, 3)]
     assert all(len(t.history or ()) == 3 for t in trials)
+    best = sweeper.best_trial(sweep_id, coordinator=server.url, token=TOKEN)
+    assert best is not None and (best.config["x"], best.summary["loss"]) == (1, 1 / 3)
+    listed = sweeper.get_trials(sweep_id, coordinator=server.url, token=TOKEN)
+    assert [(t.number, t.config["x"]) for t in listed] == [(t.number, t.config["x"]) for t in trials]
     assert not (elsewhere / ".sweeper" / "sweeper.db").exists(), "no store of its own was made here"
 
 
