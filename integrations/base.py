@@ -56,6 +56,7 @@ class LeaderRow:
     value: float | None  # the sweep metric's final value
     config: Mapping[str, Any]
     ended_at: float | None = None
+    stop_reason: str | None = None  # why it was stopped or lost
 
 
 @dataclass(frozen=True)

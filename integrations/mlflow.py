@@ -114,6 +114,7 @@ class MlflowTracker(Tracker):
         self._parents: dict[str, str] = {}
         self._runs: dict[int, str] = {}
         self._logged_best: dict[str, set[int]] = {}
+        self._lost_seen: dict[str, set[int]] = {}  # by sweep: lost trials whose runs were ended
         self._lock = threading.Lock()
 
     @classmethod
@@ -287,6 +288,34 @@ class MlflowTracker(Tracker):
         with tempfile.TemporaryDirectory() as tmp:
             write_board_files(board, Path(tmp))
             self.client.log_artifacts(run_id, tmp)
+        self._end_lost_runs(board)
+
+    def _end_lost_runs(self, board: Leaderboard) -> None:
+        """End the runs of trials lost with their agent (killed, its machine gone): no agent is
+        left to end them, and MLflow would show them running for ever."""
+        from mlflow.entities import RunTag
+
+        seen = self._lost_seen.setdefault(board.sweep_id, set())
+        lost = {
+            row.number: row
+            for row in board.rows
+            if row.state == TrialState.LOST.value and row.number not in seen
+        }
+        if not lost:
+            return
+        query = (
+            f"tags.`sweeper.sweep_id` = '{board.sweep_id}' and tags.`sweeper.role` = 'trial' "
+            "and attributes.status = 'RUNNING'"
+        )
+        for run in self.client.search_runs([self.experiment_id()], query, max_results=1000):
+            row = lost.get(_number(run.data.tags.get("sweeper.trial_number")) or 0)
+            if row is not None:
+                tags = [RunTag("sweeper.state", row.state)]
+                if row.stop_reason:
+                    tags.append(RunTag("sweeper.stop_reason", row.stop_reason[:5000]))
+                self.client.log_batch(run.info.run_id, tags=tags)
+                self.client.set_terminated(run.info.run_id, STATUS[TrialState.LOST])
+        seen.update(lost)  # once every run found is ended: a failed call is retried whole
 
     def sweep_ended(self, sweep_id: str, state: str) -> None:
         """The record's end here. A sweep that goes on (``--count`` reached, agents elsewhere at
@@ -356,3 +385,10 @@ class MlflowTracker(Tracker):
         self.client.log_batch(run_id, tags=tags)
         self.client.set_terminated(run_id, STATUS[end.state])
         self._runs.pop(trial.trial_id, None)
+
+
+def _number(tag: str | None) -> int | None:
+    try:
+        return int(tag) if tag is not None else None
+    except ValueError:
+        return None

@@ -93,6 +93,7 @@ class SweepRecorder:
                 value=t.metric(metric.name) if metric else None,
                 config=t.config,
                 ended_at=t.ended_at,
+                stop_reason=t.stop_reason,
             )
             for t in ended
         )
