@@ -57,7 +57,11 @@ def report_end(
     while True:
         tries += 1
         try:
-            reporter.send_all()
+            try:
+                reporter.send_all()
+            except LeaseLostError:
+                if not outcome.interrupted:
+                    raise  # else its points count no more, and that it was interrupted still does
             client.finish_trial(assignment.trial_id, assignment.lease_id, outcome)
             break
         except LeaseLostError as exc:

@@ -218,7 +218,11 @@ def deliver_leftovers(client: CoordinatorClient, workdir: Path, sweep_id: str | 
         outcome = spool.kept_outcome()
         trial = _named(spool)
         try:
-            BatchSender(client, spool.trial_id, spool.lease_id, trial, 1000).send(spool)
+            try:
+                BatchSender(client, spool.trial_id, spool.lease_id, trial, 1000).send(spool)
+            except LeaseLostError:
+                if outcome is None or not outcome.interrupted:
+                    raise  # else its points count no more, and that it was interrupted still does
             if outcome is not None:
                 client.finish_trial(spool.trial_id, spool.lease_id, outcome)
                 spool.delivered()

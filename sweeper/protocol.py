@@ -98,6 +98,13 @@ class TrialOutcome:
     stderr_tail: str | None = None
     stop_reason: str | None = None
 
+    @property
+    def interrupted(self) -> bool:
+        """Cut short because its agent was told to stop (:func:`interrupted_reason`). The
+        coordinator takes such an end even after the trial's lease ran out (the agent could not
+        say it while the coordinator was away): the trial then runs again without using an attempt."""
+        return self.state is TrialState.LOST and is_interrupted(self.stop_reason)
+
 
 def interrupted_reason(how: str) -> str:
     """The stop reason of trials an agent cut short because it was told to stop (``how``: the

@@ -689,6 +689,37 @@ class StoreConformance:
             " before the trial ended"
         )
 
+    def test_an_interrupted_end_reported_after_the_lease_ran_out_is_taken(
+        self, store: Store, sweep: Sweep
+    ) -> None:
+        """Its agent was told to stop while the coordinator was away, and says so once it is back:
+        the trial stays lost, now as interrupted (no attempt used). Nothing else is taken late."""
+        trial = self.started(store, sweep, agent="gpu-3", expires_at=50.0)
+        other = self.started(store, sweep, lease_id="lease-2", expires_at=50.0)
+        store.expire_leases(now=60.0)
+        with pytest.raises(LeaseLostError):  # a result, late: not taken
+            store.finish_trial(trial.id, "lease-1", TrialState.FINISHED, now=70.0, exit_code=0)
+        with pytest.raises(LeaseLostError):  # under another lease
+            store.finish_trial(
+                other.id, "lease-9", TrialState.LOST, now=70.0, stop_reason="interrupted (SIGTERM)"
+            )
+        with pytest.raises(LeaseLostError):  # lost, but not as an interruption
+            store.finish_trial(other.id, "lease-2", TrialState.LOST, now=70.0, stop_reason="gone")
+        late = store.finish_trial(
+            trial.id, "lease-1", TrialState.LOST, now=70.0, exit_code=-15, stop_reason="interrupted (SIGTERM)"
+        )
+        assert (late.state, late.ended_at, late.exit_code) == (TrialState.LOST, 60.0, -15)
+        assert late.stop_reason == (
+            "interrupted (SIGTERM); lease expired (agent gpu-3 on box-1 stopped heartbeating)"
+            " before its end was reported"
+        )
+        assert store.get_trial(trial.id) == late
+        with pytest.raises(LeaseLostError):  # said once
+            store.finish_trial(
+                trial.id, "lease-1", TrialState.LOST, now=80.0, stop_reason="interrupted (SIGINT)"
+            )
+        assert store.get_trial(other.id).stop_reason.startswith("lease expired")
+
     def test_extend_running_leases(self, store: Store, sweep: Sweep) -> None:
         ran_out = self.started(store, sweep, expires_at=50.0)
         later = self.started(store, sweep, lease_id="lease-2", expires_at=500.0)

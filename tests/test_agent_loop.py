@@ -108,7 +108,12 @@ class MemoryCoordinator:
         return self._directive(trial_id)
 
     def finish_trial(self, trial_id: int, lease_id: str, outcome: TrialOutcome) -> None:
-        self._trial_call("finish_trial", trial_id)
+        if outcome.interrupted and (
+            trial_id in self.lost or self.lose_when(trial_id)
+        ):  # taken late, as the store takes it
+            self.calls.append(("finish_trial", trial_id))
+        else:
+            self._trial_call("finish_trial", trial_id)
         assert trial_id not in self.finished, "finished twice"
         self.finished[trial_id] = outcome
 
@@ -339,6 +344,35 @@ def test_agent_stop_ends_the_trial_and_run_returns(tmp_path: Path) -> None:
     # Interrupted, it did not end by itself: lost, so its configuration runs again later.
     assert outcome.state is TrialState.LOST and outcome.stop_reason == "interrupted (Ctrl-C)"
     assert 102 not in client.finished and agent.trials_run == 1
+
+
+@pytest.mark.parametrize("state", [TrialState.LOST, TrialState.FINISHED])
+def test_an_interrupted_end_is_reported_though_the_lease_ran_out_before_its_points_went(
+    state: TrialState,
+) -> None:
+    """The agent was told to stop while the coordinator was away, which counted the trial lost
+    meanwhile: the points it had left count no more, but the interruption reaches it, so the
+    trial uses no attempt. A result does not."""
+    from sweeper.agents.ending import report_end
+    from sweeper.agents.reporting import TrialReporter
+    from sweeper.agents.trialrun import StopSignal
+
+    client = MemoryCoordinator([])
+    client.lost.add(101)  # it is back, and the lease ran out meanwhile
+    a = assignment(1, {})
+    reporter = TrialReporter(client, a, clock=time.time, report_interval=0.0, heartbeat_interval=1.0)
+    reporter.add([MetricPoint("loss", 0.5, 3, 3, 0.0)])
+    events: list = []
+    outcome = TrialOutcome(state, stop_reason="interrupted (SIGTERM)" if state is TrialState.LOST else None)
+    stop = StopSignal()
+    stop.request("interrupted (SIGTERM)")
+    report_end(
+        client, a, reporter, outcome, started=0.0, clock=time.time, timeout=5.0, stop=stop, emit=events.append
+    )
+    if state is TrialState.LOST:
+        assert client.finished == {101: outcome} and isinstance(events[-1], TrialEnded)
+    else:
+        assert client.finished == {} and isinstance(events[-1], TrialAbandoned)
 
 
 def test_a_trial_that_exits_as_its_agent_is_told_to_stop_is_lost_not_finished(tmp_path: Path) -> None:

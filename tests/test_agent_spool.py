@@ -176,6 +176,32 @@ def test_a_lost_lease_abandons_the_spool_keeps_its_file_and_says_so_once(
     assert str(spool.folder) in said
 
 
+def test_an_interruption_kept_on_disk_is_taken_after_the_lease_ran_out(tmp_path: Path, coordinator) -> None:
+    """The agent was told to stop while the coordinator was away (a node drained with its
+    coordinator), kept the end on disk, and the lease ran out meanwhile: the next agent here
+    delivers it all the same, so the trial's configuration runs again without using an attempt."""
+    sweep = coordinator.create_sweep(
+        parse_sweep({"method": "grid", "parameters": {"x": {"values": [1]}}, "sweeper": {"max_retries": 0}})
+    )
+    a = coordinator.next_trial(sweep.id, INFO)
+    path = tmp_path / ".sweeper" / "trials" / a.sweep_id / str(a.trial_number)
+    path.mkdir(parents=True)
+    spool = Spool.create(path, a)
+    spool.append(points(range(2)))
+    spool.keep_outcome(TrialOutcome(TrialState.LOST, exit_code=-15, stop_reason="interrupted (SIGTERM)"))
+    coordinator.store.expire_leases(now=time.time() + 120)
+
+    assert deliver_leftovers(coordinator, tmp_path, a.sweep_id) == 1
+    trial = coordinator.store.get_trial(a.trial_id, with_history=True)
+    assert trial.state is TrialState.LOST and trial.stop_reason.startswith(
+        "interrupted (SIGTERM); lease expired"
+    )
+    assert trial.history == (), "its points came after the lease: not taken"
+    assert list(leftover_spools(tmp_path)) == []
+    again = coordinator.next_trial(sweep.id, INFO)
+    assert isinstance(again, Assignment) and again.retry_of == a.trial_number, "no attempt was used"
+
+
 def owned_by(spool: Spool, pid: int, host: str | None = None) -> None:
     """Make ``spool`` one that the agent with process id ``pid`` on ``host`` (this machine by
     default) writes."""

@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import Row
 
-from sweeper.protocol import LeaseLostError
+from sweeper.protocol import LeaseLostError, is_interrupted
 from sweeper.store.base import InvalidTransitionError
 from sweeper.trials import TRIAL_TRANSITIONS, TrialState
 
@@ -26,6 +26,24 @@ def check_lease(row: Row[Any], lease_id: str, now: float) -> None:
         raise LeaseLostError(f"{describe(row)} is leased under another lease id, not {lease_id!r}")
     if row.lease_expires_at is not None and row.lease_expires_at < now:
         raise LeaseLostError(f"{describe(row)}: its lease expired {now - row.lease_expires_at:.1f}s ago")
+
+
+def late_interruption(
+    row: Row[Any], lease_id: str | None, state: TrialState, stop_reason: str | None
+) -> str | None:
+    """The stop reason a trial lost when its lease ran out takes from an end reported since under
+    that lease, saying the trial was interrupted (its agent was told to stop while the coordinator
+    was away, and said so once it was back): the trial stays lost, and counts as interrupted, not
+    as an attempt. None for any other end (its lease is gone: :func:`check_lease` refuses it)."""
+    late = (
+        row.state == TrialState.LOST.value
+        and lease_id is not None
+        and row.lease_id == lease_id
+        and state is TrialState.LOST
+        and is_interrupted(stop_reason)
+        and not is_interrupted(row.stop_reason)
+    )
+    return f"{stop_reason}; {row.stop_reason} before its end was reported" if late else None
 
 
 def renewed(row: Row[Any], expires_at: float) -> float:

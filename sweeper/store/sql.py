@@ -403,6 +403,10 @@ class SqlStore(Store):
             ahead, ended = getattr(self._batch, "ahead", None), getattr(self._batch, "ended", None)
             counted_ahead = ahead is not None and read_key(count, params) in ahead
             row, (running,) = self._locked_row_and(conn, count, params)
+            if (late := rules.late_interruption(row, lease_id, state, stop_reason)) is not None:
+                update = {**changes, "ended_at": row.ended_at, "stop_reason": late}
+                statements.UPDATE_TRIAL.send(conn, {"trial_id_": trial_id, "state": state.value, **update})
+                return dataclasses.replace(rows.trial_from_row(row), **update), running
             if lease_id is not None:
                 rules.check_lease(row, lease_id, now)
             rules.check_trial_transition(row, state)
