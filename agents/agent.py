@@ -26,7 +26,7 @@ from sweeper.agents.logcap import DEFAULT_MAX_BYTES as DEFAULT_MAX_LOG_BYTES
 from sweeper.agents.reporting import TrialReporter, backoff_delay
 from sweeper.agents.spool import Spool
 from sweeper.agents.streak import DEFAULT_MAX_FAILURES, FailureStreak
-from sweeper.agents.trialdir import TrialDir
+from sweeper.agents.trialdir import TrialDir, unwritable
 from sweeper.agents.trialrun import AbandonTrial, LeaseKeeper, StopSignal, TrialRun
 
 from sweeper.protocol import (
@@ -134,6 +134,8 @@ class Agent:
         """Run trials; returns one line saying why the agent stopped."""
         failures = 0  # calls in a row that could not reach the coordinator
         waiting = _Waiting(self.monotonic)
+        if (unprepared := self._folder_usable()) is not None:
+            return unprepared
         while True:
             if self.stopping:
                 self._end_unanswered()
@@ -164,6 +166,23 @@ class Agent:
                 self.gave_up = True
                 return given_up
 
+    def _folder_usable(self) -> str | None:
+        """Wait until trial folders can be made here; the line to stop with instead (the agent
+        takes no trial it would have to give back). Asked never to stop (``max_failures`` 0), it
+        waits for the folder to be fixed."""
+        tries = 0
+        while (problem := unwritable(self.workdir)) is not None:
+            if self.failures.limit:
+                self.gave_up = True
+                return f"{problem}; this agent stops before it takes a trial. {_ANOTHER_FOLDER}"
+            tries += 1
+            delay = backoff_delay(tries, base=1.0, cap=max(self.max_backoff, 1.0))
+            log.error("%s: %s; this agent tries again in %.0fs", self.info.name, problem, delay)
+            self._stop.wait(delay)
+            if self.stopping:
+                return self._stop.reason
+        return None
+
     def _back_off(self, failures: int, exc: Exception) -> None:
         """Wait before asking an unreachable coordinator again."""
         # One line per outage, not one per try.
@@ -188,7 +207,7 @@ class Agent:
         except _CannotPrepare as exc:
             again = f"trial {assignment.trial_number} runs again"
             if self.failures.limit:
-                return f"{exc}; this agent stops ({again}). Fix the folder, or start the agent in another one"
+                return f"{exc}; this agent stops ({again}). {_ANOTHER_FOLDER}"
             # Asked never to stop (--max-failures 0): the disk may free up.
             self._unprepared += 1
             delay = backoff_delay(self._unprepared, base=1.0, cap=max(self.max_backoff, 1.0))
@@ -336,6 +355,11 @@ class _CannotPrepare(Exception):
     """The agent cannot make trial folders where it runs (its trial was given back)."""
 
 
+# Trials run in the agent's folder, and a relative ``program`` is found from there.
+_ANOTHER_FOLDER = (
+    "Fix the folder, or start the agent in one it can write to (a sweep's relative program path is "
+    "found from the folder the agent starts in)"
+)
 WAIT_NOTICE_AFTER = 10.0  # seconds an agent waits for one reason before it says why (a paused sweep)
 _NUMBER = re.compile(r"\d+")
 SIGNAL_LAG = 1.0  # seconds a trial killed by SIGTERM, SIGINT or SIGHUP waits for its agent's own

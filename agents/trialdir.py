@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,6 +159,20 @@ def _is_secret(name: str) -> bool:
 def trials_root(workdir: Path) -> Path:
     """The folder the trials of every sweep run in, one folder per sweep."""
     return Path(workdir) / ".sweeper" / "trials"
+
+
+def unwritable(workdir: Path) -> str | None:
+    """Why trial folders cannot be made under ``workdir`` (a read-only file system, a folder of
+    someone else's), found before any trial is taken; None when they can."""
+    root = trials_root(workdir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".writable-", dir=root)  # one of its own per agent
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        return f"cannot make trial folders in {root}: {exc.strerror or exc}"
+    return None
 
 
 def sweep_folder_name(sweep_id: str) -> str:

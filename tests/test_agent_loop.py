@@ -375,6 +375,27 @@ def test_an_interrupted_end_is_reported_though_the_lease_ran_out_before_its_poin
         assert client.finished == {} and isinstance(events[-1], TrialAbandoned)
 
 
+def test_a_folder_that_breaks_after_the_agent_started_gives_its_trial_back_and_stops_it(
+    tmp_path: Path,
+) -> None:
+    """A disk that fills up, a folder removed: the trial is not the script's failure (lost,
+    interrupted, no attempt used), and every trial after it would fail alike."""
+
+    class BreaksTheFolder(MemoryCoordinator):
+        def next_trial(self, sweep_id: str, agent: AgentInfo) -> Assignment | NoTrial:
+            (tmp_path / ".sweeper" / "trials" / "sw1").write_text("not a folder")
+            return super().next_trial(sweep_id, agent)
+
+    client = BreaksTheFolder([assignment(1, {"steps": 1}), assignment(2, {"steps": 1})])
+    agent = make_agent(client, tmp_path)
+    said = agent.run()
+    assert said.startswith("cannot prepare the trial folder: [Errno 20] Not a directory")
+    assert "this agent stops (trial 1 runs again)" in said and agent.gave_up
+    outcome = client.finished[101]
+    assert outcome.interrupted and "cannot prepare the trial folder" in outcome.stop_reason
+    assert 102 not in client.finished
+
+
 def test_a_trial_that_exits_as_its_agent_is_told_to_stop_is_lost_not_finished(tmp_path: Path) -> None:
     # Slurm signals every process of a job: a script that exits 0 on SIGTERM may end before its
     # agent stops it. Its values are cut short all the same: no result, and it runs again.

@@ -153,18 +153,19 @@ def test_an_agent_gives_up_after_three_failed_trials_in_a_row(tmp_path: Path) ->
     assert trials_json(tmp_path, sweep_id)[3]["retry_of"] == 2
 
 
-def test_an_agent_that_cannot_make_trial_folders_stops_and_uses_no_attempt(tmp_path: Path) -> None:
-    """Its own folder is at fault, not the trial: one trial is given back (lost, no attempt used)
-    and the agent stops, where each trial used to fail in turn and use up its configuration."""
+def test_an_agent_that_cannot_make_trial_folders_stops_before_it_takes_a_trial(tmp_path: Path) -> None:
+    """Its own folder is at fault, not the trial (a read-only file system, a container's root): it
+    says so and stops, where each trial used to fail in turn and use up its configuration."""
     db = f"sqlite:///{tmp_path / 'store.db'}"  # the store lives elsewhere: only trial folders fail
     (tmp_path / ".sweeper").write_text("not a folder")
     path = write_sweep(tmp_path, {"x": {"values": [1, 2, 3]}})
     result = sweeper_cmd(tmp_path, "run", str(path), "--db", db)
     assert result.returncode == 1, result.stdout + result.stderr
-    said = "error: cannot prepare the trial folder: [Errno 20] Not a directory"
-    assert said in result.stderr and "this agent stops (trial 1 runs again)" in result.stderr, result.stderr
+    said = f"error: cannot make trial folders in {tmp_path / '.sweeper' / 'trials'}: Not a directory; "
+    assert said in result.stderr and "this agent stops before it takes a trial" in result.stderr, (
+        result.stderr
+    )
     sweep_id = sweep_id_of(result.stdout)
-    assert "is stopped: 1 lost" in result.stdout, result.stdout
     (tmp_path / ".sweeper").unlink()
     assert sweeper_cmd(tmp_path, "resume", sweep_id, "--db", db).returncode == 0
     agent = sweeper_cmd(tmp_path, "agent", sweep_id, "--db", db)
@@ -172,7 +173,6 @@ def test_an_agent_that_cannot_make_trial_folders_stops_and_uses_no_attempt(tmp_p
     listed = sweeper_cmd(tmp_path, "trials", sweep_id, "--db", db, "--format", "json")
     trials = json.loads(listed.stdout)
     assert [(t["state"], t["config"]["x"]) for t in trials] == [
-        ("lost", 1),
         ("finished", 1),
         ("finished", 2),
         ("finished", 3),
@@ -188,30 +188,24 @@ def test_an_agent_told_never_to_stop_waits_for_its_folder_to_be_fixed(tmp_path: 
     db = f"sqlite:///{tmp_path / 'store.db'}"
     (tmp_path / ".sweeper").write_text("not a folder")
     path = write_sweep(tmp_path, {"x": {"values": [1, 2]}})
-    run = subprocess.Popen(
-        [SWEEPER, "run", str(path), "--db", db, "--max-failures", "0"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    errors = tmp_path / "stderr.txt"
+    with open(errors, "w") as stderr:
+        run = subprocess.Popen(
+            [SWEEPER, "run", str(path), "--db", db, "--max-failures", "0"],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
     deadline = time.monotonic() + 60
-    while not _a_trial_lost(db) and time.monotonic() < deadline:  # a try has failed
+    while "this agent tries again in" not in errors.read_text() and time.monotonic() < deadline:
         time.sleep(0.2)
-    (tmp_path / ".sweeper").unlink()  # the disk freed up, say
-    out, err = run.communicate(timeout=120)
+    (tmp_path / ".sweeper").unlink()  # fixed, say
+    out, _ = run.communicate(timeout=120)
+    err = errors.read_text()
     assert run.returncode == 0, out + err
-    assert "cannot prepare the trial folder" in err and "this agent tries again in" in err, err
+    assert "cannot make trial folders in" in err and "this agent tries again in" in err, err
     assert "is finished: 2 finished" in out, out
-
-
-def _a_trial_lost(db: str) -> bool:
-    from sweeper.store import open_store
-
-    if not Path(db.removeprefix("sqlite:///")).exists():
-        return False
-    with open_store(db) as store:
-        return any(t.state.value == "lost" for s in store.list_sweeps() for t in store.list_trials(s.id))
 
 
 def test_a_sweep_whose_every_trial_failed_exits_1(tmp_path: Path) -> None:
