@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
-import socket
 import time
 from pathlib import Path
 
-from sweeper.agents.process import marked_processes, pid_exists, signal_pids
+from sweeper.agents.process import marked_processes, pid_exists, seen_from_here, signal_pids, this_agent
 from sweeper.agents.trialdir import trials_root
 
 from sweeper.files import write_atomic
@@ -33,7 +31,7 @@ _POLL_S = 0.05
 def record_process(trial_dir: Path, mark: str) -> None:
     """Note that the processes carrying ``mark`` (:data:`~sweeper.agents.process.MARK_VARIABLE`)
     run the trial in ``trial_dir`` under this agent."""
-    record = {"mark": mark, "agent_pid": os.getpid(), "host": socket.gethostname()}
+    record = {"mark": mark, **this_agent()}
     try:
         write_atomic(trial_dir / RECORD_NAME, json.dumps(record) + "\n")
     except OSError as exc:  # a full disk must not stop the trial; only this safety net is lost
@@ -47,7 +45,6 @@ def forget_process(trial_dir: Path) -> None:
 def end_orphans(workdir: Path, grace: float) -> list[str]:
     """End the trial processes under ``workdir`` whose agent on this machine is gone (SIGTERM,
     SIGKILL after ``grace`` seconds, all trials together); one line for each trial ended."""
-    host = socket.gethostname()
     orphaned: dict[str, Path] = {}  # mark: trial folder
     for path in sorted(trials_root(workdir).glob(f"*/*/{RECORD_NAME}")):
         try:
@@ -55,7 +52,7 @@ def end_orphans(workdir: Path, grace: float) -> list[str]:
             mark, agent_pid = str(record["mark"]), int(record["agent_pid"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if record.get("host") == host and not pid_exists(agent_pid):  # else: another machine's, or watched
+        if seen_from_here(record) and not pid_exists(agent_pid):  # else: another machine's, or watched
             orphaned[mark] = path.parent
     if not orphaned:
         return []

@@ -10,13 +10,16 @@ processes that carry it are ended with the group.
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 #: Exit code for a command that could not be started, as a shell reports it.
 EXIT_CANNOT_START = 127
@@ -214,6 +217,29 @@ def marked_processes(*marks: str) -> dict[str, list[int]]:
             if entry.startswith(prefix) and entry[len(prefix) :] in wanted:
                 found.setdefault(entry[len(prefix) :].decode(), []).append(pid)
     return found
+
+
+def this_agent() -> dict[str, Any]:
+    """What a record this process writes says of it: its host, its process id, and the PID
+    namespace that id means something in."""
+    return {"host": socket.gethostname(), "agent_pid": os.getpid(), "pid_ns": pid_namespace()}
+
+
+def seen_from_here(record: Mapping[str, Any]) -> bool:
+    """Whether the process a record of :func:`this_agent` names can be looked up from here: it ran
+    on this machine, in this PID namespace (containers sharing a folder often share a hostname,
+    and a process id too, 1 or 2 under an init, each in a namespace of its own)."""
+    ns = record.get("pid_ns")
+    return record.get("host") == socket.gethostname() and (ns is None or ns == pid_namespace())
+
+
+@functools.cache
+def pid_namespace() -> str | None:
+    """This process's PID namespace ('pid:[4026531836]'); None where there are none to tell."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
 
 
 def pid_exists(pid: int) -> bool:

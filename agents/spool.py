@@ -17,7 +17,6 @@ import glob
 import json
 import logging
 import os
-import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeper.agents.batches import MemoryQueue
-from sweeper.agents.process import pid_exists
+from sweeper.agents.process import pid_exists, seen_from_here, this_agent
 from sweeper.agents.trialdir import sweep_folder_name, trials_root
 
 from sweeper.files import write_atomic
@@ -62,7 +61,7 @@ class Spool:
         self.trial_id = trial_id
         self.lease_id = lease_id
         self.sweep_id = sweep_id
-        self.owner = owner  # the host and process id of the agent that runs the trial
+        self.owner = owner  # the agent that runs the trial (see this_agent)
         self._lock = threading.Lock()
         self._unacked = MemoryQueue()
         self._acked = 0  # acknowledged so far, in all
@@ -73,14 +72,13 @@ class Spool:
     @classmethod
     def create(cls, folder: Path, assignment: Assignment) -> Spool:
         """A fresh spool for a new lease; whatever an earlier attempt left in the folder is dropped."""
-        owner = (socket.gethostname(), os.getpid())
+        owner = this_agent()
         spool = cls(folder, assignment.trial_id, assignment.lease_id, assignment.sweep_id, owner)
         header = {
             "trial_id": assignment.trial_id,
             "lease_id": assignment.lease_id,
             "sweep_id": assignment.sweep_id,
-            "host": owner[0],
-            "agent_pid": owner[1],
+            **owner,
         }
         write_atomic(spool.path, json.dumps(header) + "\n")
         write_atomic(spool.acked_path, "0\n")
@@ -94,7 +92,7 @@ class Spool:
         folder = Path(folder)
         lines = (folder / SPOOL_NAME).read_bytes().split(b"\n")
         header = json.loads(lines[0])
-        owner = (str(header["host"]), int(header["agent_pid"])) if "agent_pid" in header else None
+        owner = {k: header.get(k) for k in ("host", "agent_pid", "pid_ns")} if "agent_pid" in header else None
         spool = cls(
             folder, int(header["trial_id"]), str(header["lease_id"]), str(header.get("sweep_id", "")), owner
         )
@@ -212,8 +210,8 @@ class Spool:
         in the last minute (its end, just before it sends it)."""
         if self.owner is None:
             return False
-        host, pid = self.owner
-        if host == socket.gethostname():
+        if seen_from_here(self.owner):
+            pid = int(self.owner["agent_pid"])
             return pid != os.getpid() and pid_exists(pid)
         return time.time() - self._last_written() < _FOREIGN_QUIET_SECONDS
 

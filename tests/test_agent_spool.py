@@ -202,11 +202,13 @@ def test_an_interruption_kept_on_disk_is_taken_after_the_lease_ran_out(tmp_path:
     assert isinstance(again, Assignment) and again.retry_of == a.trial_number, "no attempt was used"
 
 
-def owned_by(spool: Spool, pid: int, host: str | None = None) -> None:
+def owned_by(spool: Spool, pid: int, host: str | None = None, pid_ns: str | None = None) -> None:
     """Make ``spool`` one that the agent with process id ``pid`` on ``host`` (this machine by
-    default) writes."""
+    default), in PID namespace ``pid_ns`` (this process's by default), writes."""
     lines = spool.path.read_text().splitlines(keepends=True)
     header = {**json.loads(lines[0]), "agent_pid": pid, "host": host or socket.gethostname()}
+    if pid_ns is not None:
+        header["pid_ns"] = pid_ns
     spool.path.write_text(json.dumps(header) + "\n" + "".join(lines[1:]))
 
 
@@ -235,12 +237,20 @@ def test_the_trials_of_a_live_agent_sharing_the_folder_are_not_leftovers(
     assert coordinator.store.get_trial(a.trial_id).state is TrialState.FINISHED
 
 
-def test_the_trials_another_machine_s_agent_just_wrote_to_are_its_own(tmp_path: Path, coordinator) -> None:
-    """Agents on other nodes of the cluster, in the same shared folder: one that wrote to its
-    spool in the last minute is taken for running; a minute's quiet makes it a leftover."""
+@pytest.mark.parametrize("elsewhere", ["another machine", "another container"])
+def test_the_trials_another_machine_s_agent_just_wrote_to_are_its_own(
+    tmp_path: Path, coordinator, elsewhere: str
+) -> None:
+    """Agents on other nodes of the cluster, in the same shared folder, or in containers of this
+    one that share the folder, the hostname and even this agent's process id (each in a PID
+    namespace of its own): one that wrote to its spool in the last minute is taken for running;
+    a minute's quiet makes it a leftover."""
     a, spool = leased_spool(tmp_path, coordinator)
     spool.keep_outcome(TrialOutcome(TrialState.FINISHED, exit_code=0))
-    owned_by(spool, 1, host="another-node")
+    if elsewhere == "another machine":
+        owned_by(spool, 1, host="another-node")
+    else:
+        owned_by(spool, os.getpid(), pid_ns="pid:[1]")
     assert deliver_leftovers(coordinator, tmp_path, a.sweep_id) == 0
     assert coordinator.store.get_trial(a.trial_id).state is TrialState.RUNNING
     a_minute_ago = time.time() - 61
@@ -248,6 +258,26 @@ def test_the_trials_another_machine_s_agent_just_wrote_to_are_its_own(tmp_path: 
         os.utime(path, (a_minute_ago, a_minute_ago))
     assert deliver_leftovers(coordinator, tmp_path, a.sweep_id) == 1
     assert coordinator.store.get_trial(a.trial_id).state is TrialState.FINISHED
+
+
+def test_the_trial_processes_of_an_agent_in_another_container_are_not_taken_for_orphans(
+    tmp_path: Path,
+) -> None:
+    """Its process id means nothing here: its trial is neither ended nor forgotten."""
+    from sweeper.agents.orphans import RECORD_NAME, end_orphans
+    from sweeper.agents.process import this_agent
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    folders = {}
+    for where, ns in (("here", this_agent()["pid_ns"]), ("elsewhere", "pid:[1]")):
+        folders[where] = tmp_path / ".sweeper" / "trials" / "sw" / where
+        folders[where].mkdir(parents=True)
+        record = {"mark": f"mark-{where}", **this_agent(), "agent_pid": dead.pid, "pid_ns": ns}
+        (folders[where] / RECORD_NAME).write_text(json.dumps(record))
+    end_orphans(tmp_path, grace=1.0)
+    assert not (folders["here"] / RECORD_NAME).exists(), "its agent is gone: forgotten"
+    assert (folders["elsewhere"] / RECORD_NAME).exists()
 
 
 def test_leftovers_of_other_sweeps_are_left_alone(tmp_path: Path, coordinator) -> None:
