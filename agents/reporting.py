@@ -185,12 +185,12 @@ class TrialReporter:
         hint = _UNKNOWN_TRIAL_HINT if isinstance(exc, TrialNotFoundError) else ""
         log.log(
             level,
-            "trial %s: coordinator call failed (%s: %s)%s; %d point(s) kept, retrying in %.1fs",
+            # (The points logged from now on wait too: a count taken now would say 0 at an outage's start.)
+            "trial %s: coordinator call failed (%s: %s)%s; its points wait meanwhile, retrying in %.1fs",
             self._assignment.trial_number,
             type(exc).__name__,
             exc,
             hint,
-            self.pending,
             delay,
         )
         return delay

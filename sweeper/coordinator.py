@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 from sweeper.assignments import assignment, unneeded_checkpoints
 from sweeper.pauses import PauseWatch, process_pauses
-from sweeper.planning import Plan, completion, plan_next, target_reached_by, without_result
+from sweeper.planning import Plan, completion, no_result_said, plan_next, target_reached_by, without_result
 from sweeper.protocol import (
     CONTINUE,
     AgentInfo,
@@ -493,15 +493,9 @@ def _refusal(sweep: Sweep) -> NoTrial | None:
 
 
 def _no_result(spec: SweepSpec, sweep_id: str, trials: Sequence[Trial]) -> str:
-    """What a complete sweep says of its configurations without a result, which a resume runs
-    again (:func:`~sweeper.planning.without_result`); nothing when there are none."""
-    missing = len(without_result(spec, trials))
-    if not missing:
-        return ""
-    which = "1 configuration has" if missing == 1 else f"{missing} configurations have"
-    return (
-        f"; {which} no result: fix what failed, then 'sweeper resume {sweep_id}' and an agent run them again"
-    )
+    """What a complete sweep says of its configurations without a result; nothing when there are none."""
+    said = no_result_said(spec, sweep_id, trials)
+    return f"; {said}" if said else ""
 
 
 def resumed_at(sweep: Sweep) -> float:

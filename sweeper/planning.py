@@ -99,6 +99,16 @@ def find_retry(
     return None
 
 
+def no_result_said(spec: SweepSpec, sweep_id: str, trials: Sequence[Trial]) -> str | None:
+    """What to tell people of the configurations of a complete sweep without a result, which a
+    resume runs again (:func:`without_result`); None when there are none."""
+    missing = len(without_result(spec, trials))
+    if not missing:
+        return None
+    which = "1 configuration has" if missing == 1 else f"{missing} configurations have"
+    return f"{which} no result: fix what failed, then 'sweeper resume {sweep_id}' and an agent run them again"
+
+
 def without_result(spec: SweepSpec, trials: Sequence[Trial]) -> list[Trial]:
     """The last attempt of each configuration that has no result (every attempt failed or was
     lost), which a resume of the sweep runs again; none once the metric target was reached, which

@@ -157,6 +157,8 @@ def test_a_grid_that_finished_with_a_broken_configuration_is_resumed_once_it_is_
         f"1 configuration has no result: fix what failed, then 'sweeper resume {sweep_id}' and an agent"
         in first.stdout
     ), first.stdout
+    status = sweeper_here("status", sweep_id).stdout
+    assert f"note: 1 configuration has no result: fix what failed, then 'sweeper resume {sweep_id}'" in status
     (tmp_path / "fixed").write_text("")
     resumed = sweeper_here("resume", sweep_id)
     assert resumed.returncode == 0, resumed.stderr

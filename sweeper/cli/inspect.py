@@ -74,7 +74,7 @@ def _status(coordinator: Any, sweep_id: str | None, top: int) -> None:
             )
         return
     _check_sweep(coordinator, sweep_id)
-    print_summary(coordinator, sweep_id, top=top)
+    print_summary(coordinator, sweep_id, top=top, say_missing=True)
 
 
 @click.command()

@@ -16,7 +16,7 @@ import click
 from sweeper.agents.stderr import telling_line
 from sweeper.results import best_of, format_config, ranked
 from sweeper.spec import SweepSpec
-from sweeper.trials import Trial, TrialState, count_states
+from sweeper.trials import SweepState, Trial, TrialState, count_states
 
 
 def describe_event(spec: SweepSpec, event: Any) -> str | None:
@@ -66,7 +66,9 @@ def leaderboard(spec: SweepSpec, trials: Sequence[Trial], top: int = 5) -> list[
     return lines
 
 
-def print_summary(coordinator: Any, sweep_id: str, top: int = 5) -> None:
+def print_summary(coordinator: Any, sweep_id: str, top: int = 5, *, say_missing: bool = False) -> None:
+    """The sweep's state, counts, best trial and leaderboard; with ``say_missing``, a finished
+    sweep's configurations without a result too (the last line of its agents said them already)."""
     sweep = coordinator.get_sweep(sweep_id)
     spec = coordinator.spec_of(sweep_id)
     trials = coordinator.trials(sweep_id)
@@ -83,6 +85,11 @@ def print_summary(coordinator: Any, sweep_id: str, top: int = 5) -> None:
         click.echo(f"warning: {hint}", err=True)
     for line in leaderboard(spec, trials, top=top):
         click.echo(line)
+    if say_missing and sweep.state is SweepState.FINISHED:
+        from sweeper.planning import no_result_said  # here: it pulls in the store, which agents do without
+
+        if said := no_result_said(spec, sweep.id, trials):
+            click.echo(f"note: {said}")
 
 
 def metric_never_logged(metric: str, trials: Sequence[Trial]) -> str | None:
