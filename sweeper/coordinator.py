@@ -199,9 +199,11 @@ class Coordinator:
         # when the sweep was last resumed
         # The trial an earlier ask with request_id leased, still running, and the history it is in.
         given: list[tuple[Trial, Sequence[Trial]]] = []
+        looked: list[bool] = []  # decide ran: the sweep hands out trials
 
         def decide(locked: Sweep, trials: Sequence[Trial]) -> TrialDraft | None:
             given.clear()  # (a write that failed is tried again: what it decided then is void)
+            looked.append(True)
             if again and (mine := _leased_to(trials, agent.name, request_id)) is not None:
                 given.append((mine, trials))
                 return None
@@ -235,6 +237,10 @@ class Coordinator:
             history, since = seen[-1]
             discard = unneeded_checkpoints(spec, history, since)
             return assignment(spec, trial, lease.lease_id, self.lease_seconds, history, discard)
+        if not new_lease and not looked:  # a paused or stopped sweep: its trials are looked at here
+            trials = self.store.list_trials(sweep_id)
+            if (mine := _leased_to(trials, agent.name, request_id)) is not None:
+                given.append((mine, trials))
         if given:
             if (again_given := self._given_again(spec, *given[-1], now)) is not None:
                 return again_given

@@ -323,6 +323,10 @@ def test_an_ask_for_no_new_lease_gets_the_trial_its_request_leased_or_nothing(
     assert isinstance(
         coordinator.next_trial(sweep.id, other, request_id=asked, resent=True, new_lease=False), NoTrial
     ), "another agent's ask does not get it"
+    coordinator.set_sweep_state(sweep.id, SweepState.PAUSED)  # it still gets the trial it holds
+    paused = coordinator.next_trial(sweep.id, AGENT, request_id=asked, resent=True, new_lease=False)
+    assert isinstance(paused, Assignment) and paused.trial_id == first.trial_id
+    coordinator.set_sweep_state(sweep.id, SweepState.RUNNING)
     finish(coordinator, again)
     ended = coordinator.next_trial(sweep.id, AGENT, request_id=asked, resent=True, new_lease=False)
     assert isinstance(ended, NoTrial), "an ended trial is not handed out again, nor a new one"
