@@ -135,6 +135,9 @@ def trial_env(
     for name, value in (("WANDB_PROJECT", assignment.project), ("WANDB_ENTITY", assignment.entity)):
         if value:
             env[name] = value
+    # W&B knows nothing of the sweep (the script's run names none): its runs are grouped by it
+    # instead, as sweeper's own W&B runs are.
+    env.setdefault("WANDB_RUN_GROUP", assignment.sweep_id)
     if gpu is not None:
         if "CUDA_VISIBLE_DEVICES" not in base:
             # The index is NVML's, in PCI bus order like nvidia-smi's; CUDA's own default order

@@ -157,7 +157,8 @@ def test_a_function_written_for_wandb_agent_runs_unchanged(tmp_path: Path) -> No
         run = runs[run_id_for(result["sweep_id"], trial["number"])]
         lr = trial["config"]["lr"]
         assert run["config"]["lr"] == lr
-        assert run["run"]["sweep_id"] == result["sweep_id"]
+        # Grouped by the sweep, which W&B does not know of: the run names none.
+        assert (run["run"].get("sweep_id"), run["run"].get("run_group")) == (None, result["sweep_id"])
         assert [row["loss"] for row in run["history"]] == pytest.approx([3 * lr, 2 * lr, lr])
         assert run["state"] == "finished" and run["exit_code"] == 0
 
@@ -292,7 +293,8 @@ def test_a_wandb_function_runs_beside_sweepers_own_wandb_tracking(tmp_path: Path
         assert trial["summary"]["loss"] == pytest.approx(lr)  # wandb.log reached the coordinator
         run = runs[run_id_for(sweep_id, trial["number"])]
         assert run["config"]["lr"] == lr and run["config"]["batch"] == 32
-        assert run["run"]["project"] == "digits" and run["run"]["sweep_id"] == sweep_id
+        assert run["run"]["project"] == "digits" and "sweep_id" not in run["run"]
+        assert run["run"].get("run_group") == sweep_id
         assert run["run"]["run_group"] == sweep_id and "sweeper" in run["run"]["tags"]
         assert [row["loss"] for row in run["history"]] == pytest.approx([3 * lr, 2 * lr, lr])
         assert run["state"] == "finished" and run["exit_code"] == 0

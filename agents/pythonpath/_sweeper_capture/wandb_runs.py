@@ -176,8 +176,9 @@ def _internally(method: Any) -> Any:
 
 
 def patch(module: Any) -> None:
-    from wandb.sdk import wandb_run, wandb_summary  # already imported by ``import wandb``
+    from wandb.sdk import wandb_run, wandb_settings, wandb_summary  # already imported by ``import wandb``
 
+    _unknown_to_wandb(wandb_settings.Settings)
     run_cls = wandb_run.Run
     original = _internally(run_cls._log)
 
@@ -264,7 +265,7 @@ def patch(module: Any) -> None:
         if trial is not None and not trial.wandb_reset:
             run = _init_beside_open_run(init, trial, args, kwargs)
         else:
-            run = init(*args, **kwargs)
+            run = init(*args, **_as_in_a_sweep(kwargs, trial is not None))
         if trial is not None:
             _check_trial_run(trial, run)
         if _detached(run):
@@ -283,6 +284,48 @@ def patch(module: Any) -> None:
         return run
 
     module.init = wandb_init
+
+
+def _unknown_to_wandb(settings_cls: Any) -> None:
+    """wandb records the sweep a run belongs to (``WANDB_SWEEP_ID``, which the trial's environment
+    holds for the script to read, as under ``wandb agent``), and W&B's server refuses a run that
+    names a sweep it does not know: when the run is made (online) or synced (``wandb sync``). A
+    sweeper sweep is not one of W&B's, so wandb is not told of it; what else ``wandb agent``'s
+    sweep id does is done by :func:`_as_in_a_sweep`, and the config locks come from the trial's
+    parameter file as before."""
+    from_env = getattr(settings_cls, "update_from_env_vars", None)
+    if from_env is None:  # a wandb older than pydantic settings (0.19) reads its environment otherwise
+        return
+
+    def update_from_env_vars(self: Any, environ: Any) -> Any:
+        return from_env(self, {k: v for k, v in dict(environ).items() if k != "WANDB_SWEEP_ID"})
+
+    settings_cls.update_from_env_vars = update_from_env_vars
+
+
+# What wandb.init() ignores in a sweep run, for the trial's own: the argument, and the variable of
+# the trial's environment that holds the trial's value.
+_SWEEP_DECIDES = (("id", "WANDB_RUN_ID"), ("project", "WANDB_PROJECT"), ("entity", "WANDB_ENTITY"))
+
+
+def _as_in_a_sweep(kwargs: dict[str, Any], function_trial: bool) -> dict[str, Any]:
+    """``wandb.init()``'s arguments for the trial's run: its id, project and entity are the trial's,
+    as under ``wandb agent``, where wandb ignores those given to ``init`` (and says so). A project
+    or entity the trial has none of (the sweep names none) is the script's own."""
+    if not function_trial and (
+        core.TRIAL_WANDB_SWEEP is None or os.environ.get("WANDB_SWEEP_ID") != core.TRIAL_WANDB_SWEEP
+    ):
+        return kwargs  # not a trial's run, or one the script took out of the sweep (see _detached)
+    kept = dict(kwargs)
+    for name, variable in _SWEEP_DECIDES:
+        if kept.get(name) is not None and os.environ.get(variable):
+            print(
+                f"sweeper: wandb.init({name}={kept[name]!r}) is ignored, as when running a W&B sweep: "
+                f"the trial's run has {variable}={os.environ[variable]!r}",
+                file=sys.stderr,
+            )
+            del kept[name]
+    return kept
 
 
 def _detached(run: Any) -> bool:
