@@ -120,8 +120,9 @@ def agent(
         max_failures = max_consecutive_failed_runs
     from sweeper.connect import connect
     from sweeper.local import LocalAgents
-    from sweeper.protocol import interrupted_reason
+    from sweeper.protocol import interrupted_reason, sweep_id_from
 
+    sweep_id = sweep_id_from(sweep_id)  # also as wandb.agent takes it: "entity/project/ID"
     if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
         raise TypeError(f"count: expected a whole number of trials, 0 or more, or None; got {count!r}")
     if function is not None and not callable(function):
@@ -163,9 +164,10 @@ def best_trial(
     it ran with, ``summary`` each metric's last value. The sweep is found as :func:`agent` finds it.
     """
     from sweeper.connect import connect
+    from sweeper.protocol import sweep_id_from
 
     with connect(coordinator, token=token, db=db, create=False) as service:
-        return service.best_trial(sweep_id)
+        return service.best_trial(sweep_id_from(sweep_id))
 
 
 def get_trials(
@@ -174,9 +176,10 @@ def get_trials(
     """Every trial of the sweep, in number order (as Optuna's ``study.get_trials()``): its ``state``,
     ``config``, ``summary`` (each metric's last value) and, for one that ended early, ``stop_reason``."""
     from sweeper.connect import connect
+    from sweeper.protocol import sweep_id_from
 
     with connect(coordinator, token=token, db=db, create=False) as service:
-        return service.trials(sweep_id)
+        return service.trials(sweep_id_from(sweep_id))
 
 
 def _check_trackers(coordinator: Any, sweep_id: str) -> None:

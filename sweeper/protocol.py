@@ -8,6 +8,7 @@ so an agent that imports this stays light.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, Self
@@ -153,6 +154,17 @@ def metric_name_problem(name: str) -> str | None:
     except UnicodeEncodeError:
         return "a metric name must be valid Unicode (no lone surrogates)"
     return None
+
+
+_WANDB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # an entity or project (not '..')
+
+
+def sweep_id_from(path: str) -> str:
+    """The sweep id in a W&B sweep path (``entity/project/ID``, ``project/ID``, as ``wandb sweep``
+    prints them and ``wandb agent`` takes them); a plain id as it is. A sweeper id holds no '/'."""
+    *names, last = str(path).split("/")
+    named = 1 <= len(names) <= 2 and all(_WANDB_NAME.fullmatch(name) for name in names)
+    return last if named and last else str(path)
 
 
 class TrialNotFoundError(LookupError):

@@ -87,6 +87,9 @@ def test_the_best_trial_and_the_trials_of_a_sweep(db: str) -> None:
     assert sweeper.best_trial(without_metric, db=db) is None, "nothing says which is best"
     with pytest.raises(SweepNotFoundError, match="nosuchsweep"):
         sweeper.best_trial("nosuchsweep", db=db)
+    # As W&B's API names sweeps, "entity/project/ID", too.
+    assert sweeper.best_trial(f"lab/vision/{sweep_id}", db=db) == best
+    assert [t.number for t in sweeper.get_trials(f"vision/{sweep_id}", db=db)] == [1, 2, 3, 4, 5]
 
 
 def test_a_raising_function_is_a_failed_trial_and_said(db: str, caplog: pytest.LogCaptureFixture) -> None:
@@ -287,7 +290,7 @@ def test_wandb_sweep_and_agent_calls_run_as_written(db: str) -> None:
 
     # Two failures in a row end this agent (sweeper's default is three): wandb.agent's name for it.
     reason = sweeper.agent(
-        sweep_id,
+        f"team/p/{sweep_id}",  # the sweep's path, as wandb.agent takes it
         fails,
         "team",
         "p",

@@ -111,6 +111,28 @@ def test_a_sweep_without_a_program_is_for_python_agents_and_refused_by_a_server(
         assert [s.id for s in store.list_sweeps()] == [sweep_id]
 
 
+def test_the_wandb_sweep_command_line_works_as_written(sweep_file: Path, sqlite_store_url: str) -> None:
+    """`wandb sweep --project P --entity E FILE` prints a path `E/P/ID`, which `wandb agent` takes:
+    the same lines work here."""
+    made = invoke(
+        "sweep", "--project", "vision", "--entity", "lab", str(sweep_file), "--db", sqlite_store_url
+    )
+    assert made.exit_code == 0, made.output
+    sweep_id = made.stdout.strip()
+    with open_store(sqlite_store_url) as store:
+        spec = store.get_sweep(sweep_id).spec
+    assert (spec["project"], spec["entity"]) == ("vision", "lab"), "over the file's own, as in W&B"
+    for path in (f"lab/vision/{sweep_id}", f"vision/{sweep_id}"):
+        paused = invoke("pause", path, "--db", sqlite_store_url)
+        assert (paused.exit_code, paused.output) == (0, f"sweep {sweep_id} is paused\n")
+        status = invoke("status", path, "--db", sqlite_store_url)
+        assert status.exit_code == 0 and f"sweep {sweep_id} (grid) is paused" in status.output
+        assert invoke("trials", path, "--db", sqlite_store_url).exit_code == 0
+        assert invoke("resume", path, "--db", sqlite_store_url).exit_code == 0
+    wrong = invoke("status", "a/b/c/d", "--db", sqlite_store_url)
+    assert wrong.exit_code == 1 and "no sweep with id 'a/b/c/d'" in wrong.output
+
+
 def test_state_commands_follow_the_sweep_state_machine(sweep_file: Path, sqlite_store_url: str) -> None:
     sweep_id = invoke("sweep", str(sweep_file), "--db", sqlite_store_url).stdout.strip()
     for command, state in [

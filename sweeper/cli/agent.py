@@ -23,6 +23,7 @@ from sweeper.cli.common import (
     max_failures_option,
     max_log_option,
     store_label,
+    sweep_id_argument,
     token_option,
     trials_per_gpu_option,
 )
@@ -33,7 +34,7 @@ _START_BACKOFF = 0.5
 
 
 @click.command()
-@click.argument("sweep_id")
+@sweep_id_argument()
 @click.option(
     "--count", default=None, type=click.IntRange(min=1), help="Run at most this many trials, then exit."
 )

@@ -414,3 +414,14 @@ def coordinator_errors() -> Iterator[None]:
         said = isinstance(exc, CoordinatorTimeoutError | WrongSchemeError)  # what to change is said
         hint = "" if said else " (is `sweeper server` running there?)"
         raise click.ClickException(f"{exc}{hint}") from None
+
+
+def sweep_id_argument(required: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The SWEEP_ID argument: a sweep's id, or a W&B sweep path ending in it (``entity/project/ID``)."""
+
+    def take(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        from sweeper.protocol import sweep_id_from
+
+        return None if value is None else sweep_id_from(value)
+
+    return click.argument("sweep_id", required=required, callback=take)

@@ -18,6 +18,7 @@ from sweeper.cli.common import (
     coordinator_option,
     db_option,
     store_label,
+    sweep_id_argument,
     token_option,
 )
 from sweeper.cli.report import print_summary, state_counts, why_it_ended
@@ -42,7 +43,7 @@ def _check_sweep(coordinator: Any, sweep_id: str) -> None:
 
 
 @click.command()
-@click.argument("sweep_id", required=False)
+@sweep_id_argument(required=False)
 @click.option(
     "--top", default=5, show_default=True, type=click.IntRange(min=1), help="Rows in the leaderboard."
 )
@@ -78,7 +79,7 @@ def _status(coordinator: Any, sweep_id: str | None, top: int) -> None:
 
 
 @click.command()
-@click.argument("sweep_id")
+@sweep_id_argument()
 @click.option(
     "--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True
 )

@@ -23,6 +23,7 @@ from sweeper.cli.common import (
     load_spec,
     open_store_or_fail,
     store_shown,
+    sweep_id_argument,
     token_option,
 )
 from sweeper.cli.interrupt import EXIT_INTERRUPTED
@@ -132,15 +133,33 @@ def server(
 
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False))
+@click.option(
+    "--project", help="The sweep's W&B project, over the file's `project` (as `wandb sweep --project`)."
+)
+@click.option(
+    "--entity", help="The sweep's W&B entity, over the file's `entity` (as `wandb sweep --entity`)."
+)
 @coordinator_option
 @token_option
 @db_option
-def sweep(file: str, coordinator_url: str | None, token: str | None, db_url: str | None) -> None:
+def sweep(
+    file: str,
+    project: str | None,
+    entity: str | None,
+    coordinator_url: str | None,
+    token: str | None,
+    db_url: str | None,
+) -> None:
     """Create a sweep from FILE and print its id; agents then run it (`sweeper agent ID`)."""
     from sweeper.integrations.settings import with_experiment_named
 
+    given = {key: value for key, value in (("project", project), ("entity", entity)) if value}
+
+    def amend(raw: dict[str, Any]) -> dict[str, Any]:
+        return with_experiment_named({**raw, **given})
+
     coordinator_url, db_url = chosen_target(coordinator_url, db_url)
-    spec = load_spec(file, with_experiment_named)
+    spec = load_spec(file, amend)
     check_program_given(spec, file, remote=bool(coordinator_url))
     coordinator = connect_or_fail(coordinator_url, token, db_url)
     from sweeper.client import CoordinatorTimeoutError
@@ -182,7 +201,7 @@ def _agent_hint(
 
 def _state_command(name: str, state: SweepState, summary: str) -> click.Command:
     @click.command(name=name, help=summary)
-    @click.argument("sweep_id")
+    @sweep_id_argument()
     @coordinator_option
     @token_option
     @db_option
