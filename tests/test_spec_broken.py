@@ -109,6 +109,7 @@ CASES = [
     (top(parameters={1: {"value": 1}}), "parameters.1", "the name 1 is not text (YAML reads bare numbers, booleans and null as such): quote it"),
     (top(parameters={"lr": 0.1}), "parameters.lr", "expected a mapping such as {value: ...}, {values: [...]} or {min: ..., max: ...}, got 0.1"),
     (param(vaules=[1, 2]), "parameters.p.vaules", "unknown key; did you mean 'values'?"),
+    (param(valuse=[1, 2]), "parameters.p.valuse", "unknown key; did you mean 'values'?"),
     (param(distribution="categorial", values=[1]), "parameters.p.distribution", "unknown distribution 'categorial'; did you mean 'categorical'?"),
     (param(distribution="gaussian"), "parameters.p.distribution", "unknown distribution 'gaussian'; expected one of constant, categorical,"),
     (param(mu=0, sigma=1), "parameters.p", "cannot infer the distribution from the keys (mu, sigma)"),

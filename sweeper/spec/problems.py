@@ -36,6 +36,11 @@ def closest(word: str, choices: Iterable[str]) -> str | None:
     begun = [c for c in choices if len(word) >= 3 and c.lower().startswith(word.lower())]
     if len(begun) == 1:
         return begun[0]
+    # Letters swapped ('valuse'): the choice with the same letters, which difflib may rank below
+    # one a letter shorter ('value').
+    swapped = [c for c in choices if sorted(c.lower()) == sorted(word.lower())]
+    if len(swapped) == 1:
+        return swapped[0]
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return close[0] if close else None
 
