@@ -697,6 +697,7 @@ class StoreConformance:
         trial = self.started(store, sweep, agent="gpu-3", expires_at=50.0)
         other = self.started(store, sweep, lease_id="lease-2", expires_at=50.0)
         store.expire_leases(now=60.0)
+        assert {t.state for t in store.list_trials(sweep.id)} == {TrialState.LOST}  # read, and kept
         with pytest.raises(LeaseLostError):  # a result, late: not taken
             store.finish_trial(trial.id, "lease-1", TrialState.FINISHED, now=70.0, exit_code=0)
         with pytest.raises(LeaseLostError):  # under another lease
@@ -714,6 +715,7 @@ class StoreConformance:
             " before its end was reported"
         )
         assert store.get_trial(trial.id) == late
+        assert [t for t in store.list_trials(sweep.id) if t.id == trial.id] == [late], "not the one kept"
         with pytest.raises(LeaseLostError):  # said once
             store.finish_trial(
                 trial.id, "lease-1", TrialState.LOST, now=80.0, stop_reason="interrupted (SIGINT)"

@@ -181,7 +181,9 @@ def test_an_interruption_kept_on_disk_is_taken_after_the_lease_ran_out(tmp_path:
     coordinator), kept the end on disk, and the lease ran out meanwhile: the next agent here
     delivers it all the same, so the trial's configuration runs again without using an attempt."""
     sweep = coordinator.create_sweep(
-        parse_sweep({"method": "grid", "parameters": {"x": {"values": [1]}}, "sweeper": {"max_retries": 0}})
+        parse_sweep(
+            {"method": "grid", "parameters": {"x": {"values": [1, 2]}}, "sweeper": {"max_retries": 0}}
+        )
     )
     a = coordinator.next_trial(sweep.id, INFO)
     path = tmp_path / ".sweeper" / "trials" / a.sweep_id / str(a.trial_number)
@@ -190,6 +192,8 @@ def test_an_interruption_kept_on_disk_is_taken_after_the_lease_ran_out(tmp_path:
     spool.append(points(range(2)))
     spool.keep_outcome(TrialOutcome(TrialState.LOST, exit_code=-15, stop_reason="interrupted (SIGTERM)"))
     coordinator.store.expire_leases(now=time.time() + 120)
+    other = coordinator.next_trial(sweep.id, AgentInfo(name="other", host="localhost"))  # reads the sweep
+    assert isinstance(other, Assignment) and other.config == {"x": 2}
 
     assert deliver_leftovers(coordinator, tmp_path, a.sweep_id) == 1
     trial = coordinator.store.get_trial(a.trial_id, with_history=True)

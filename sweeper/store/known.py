@@ -3,7 +3,9 @@ what changed.
 
 A lease reads every trial of its sweep under the sweep's lock. Ended trials never change again,
 so only the trials added since the last read, and those that were running then, are read again;
-and a running trial's row is converted again only where it changed.
+and a running trial's row is converted again only where it changed. The one exception, a lost
+trial's stop reason that a late interruption rewrites, makes its writer forget the sweep
+(:meth:`KnownTrials.forget`): the next read reads it whole.
 """
 
 from __future__ import annotations
@@ -75,7 +77,8 @@ def _since(dialect: str, sweep_id: str, last: int, running: Sequence[int]) -> tu
 class _SweepTrials:
     """What was read of one sweep: every trial up to the last number, by number."""
 
-    def __init__(self) -> None:
+    def __init__(self, generation: int = 0) -> None:
+        self.generation = generation  # KnownTrials' count of forgets of the sweep when first read
         self.by_number: dict[int, Trial] = {}
         self.running: dict[int, tuple[Any, ...]] = {}  # trial id: its row when last read
         self.states: Counter[TrialState] = Counter()  # of the trials in by_number
@@ -84,7 +87,7 @@ class _SweepTrials:
         self.shared = False
 
     def copy(self) -> _SweepTrials:
-        copied = _SweepTrials()
+        copied = _SweepTrials(self.generation)
         copied.by_number, copied.running = dict(self.by_number), dict(self.running)
         copied.states = self.states.copy()
         return copied
@@ -102,6 +105,7 @@ class KnownTrials:
     def __init__(self, dialect: str) -> None:
         self._dialect = dialect  # the database's: its form of the catch-up read
         self._sweeps: OrderedDict[str, _SweepTrials] = OrderedDict()  # never changed once kept
+        self._forgets: Counter[str] = Counter()  # by sweep: a read from before one is not kept
         self._lock = threading.Lock()
 
     def read(
@@ -138,8 +142,9 @@ class KnownTrials:
         its own there."""
         with self._lock:
             kept = self._sweeps.get(sweep_id)
+            generation = self._forgets[sweep_id]
         draft = drafts.get(sweep_id) if drafts is not None else None
-        known = draft or kept or _SweepTrials()
+        known = draft or kept or _SweepTrials(generation)
         if known.by_number:
             last = next(reversed(known.by_number))  # by_number is kept in number order
             statement, params = _since(self._dialect, sweep_id, last, sorted(known.running))
@@ -172,9 +177,20 @@ class KnownTrials:
         known.put(trial)
         known.running[trial.id] = ()  # no row read yet: the next read converts it again
 
+    def forget(self, sweep_id: str, drafts: dict[str, _SweepTrials] | None) -> None:
+        """Drop what was read of a sweep, an ended trial of which changed: the next read reads the
+        sweep whole. A read under way from what was kept before is not kept after it."""
+        with self._lock:
+            self._forgets[sweep_id] += 1
+            self._sweeps.pop(sweep_id, None)
+        if drafts is not None:
+            drafts.pop(sweep_id, None)
+
     def _keep(self, sweep_id: str, known: _SweepTrials) -> None:
         known.shared = True
         with self._lock:
+            if known.generation != self._forgets[sweep_id]:
+                return  # read before the sweep was forgotten
             self._sweeps[sweep_id] = known
             self._sweeps.move_to_end(sweep_id)
             while len(self._sweeps) > _KNOWN_SWEEPS:

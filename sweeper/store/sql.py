@@ -9,6 +9,7 @@ write lock at ``BEGIN IMMEDIATE`` (``with_for_update`` compiles to nothing there
 from __future__ import annotations
 
 import dataclasses
+import functools
 import secrets
 import string
 import threading
@@ -406,6 +407,12 @@ class SqlStore(Store):
             if (late := rules.late_interruption(row, lease_id, state, stop_reason)) is not None:
                 update = {**changes, "ended_at": row.ended_at, "stop_reason": late}
                 statements.UPDATE_TRIAL.send(conn, {"trial_id_": trial_id, "state": state.value, **update})
+                # An ended trial changed, which what was read of its sweep takes for final: forgotten
+                # now (this transaction's own reads), and once committed (reads under way meanwhile).
+                self._known.forget(row.sweep_id, self._drafts())
+                changed.append(row.sweep_id)
+                if ended is not None and counted_ahead:  # as below: counted before the batch's ends
+                    running -= ended[row.sweep_id]
                 return dataclasses.replace(rows.trial_from_row(row), **update), running
             if lease_id is not None:
                 rules.check_lease(row, lease_id, now)
@@ -419,7 +426,11 @@ class SqlStore(Store):
             # The locked row plus what this call changed: no need to read it back.
             return dataclasses.replace(rows.trial_from_row(row), state=state, **changes), running
 
-        return self._write(end)
+        changed: list[str] = []  # the sweep of an ended trial that changed (a late interruption)
+        result = self._write(end)
+        if changed:
+            self.after_commit(functools.partial(self._known.forget, changed[-1], None))
+        return result
 
     def request_stop(self, trial_id: int, reason: str) -> Trial:
         def stop(conn: Connection) -> Trial:
