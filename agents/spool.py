@@ -39,7 +39,7 @@ ACKED_NAME = "spool.acked"
 FINISH_NAME = "finish.json"
 ABANDONED_NAME = "spool.abandoned"
 # A spool another machine's agent wrote to this recently is taken for that agent's, in use.
-_FOREIGN_QUIET_SECONDS = 60.0
+FOREIGN_QUIET_SECONDS = 60.0
 
 
 class Spool:
@@ -212,8 +212,10 @@ class Spool:
             return False
         if seen_from_here(self.owner):
             pid = int(self.owner["agent_pid"])
-            return pid != os.getpid() and pid_exists(pid)
-        return time.time() - self._last_written() < _FOREIGN_QUIET_SECONDS
+            if self.owner.get("pid_ns") is None:  # written before namespaces were: pid 1 may be
+                return pid != os.getpid() and pid_exists(pid)  # a container's earlier life
+            return pid_exists(pid)  # this agent's own trials' too
+        return time.time() - self._last_written() < FOREIGN_QUIET_SECONDS
 
     def _last_written(self) -> float:
         written = [0.0]

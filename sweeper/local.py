@@ -24,6 +24,7 @@ from sweeper.agents.gpus import described_devices
 from sweeper.agents.logcap import DEFAULT_MAX_BYTES as DEFAULT_MAX_LOG_BYTES
 from sweeper.agents.orphans import end_orphans
 from sweeper.agents.reporting import deliver_leftovers
+from sweeper.agents.spool import FOREIGN_QUIET_SECONDS
 from sweeper.agents.streak import DEFAULT_MAX_FAILURES, GIVE_UP_ADVICE
 from sweeper.protocol import (
     AgentInfo,
@@ -74,6 +75,10 @@ class TrialBudget:
         self._client.finish_trial(trial_id, lease_id, outcome)
 
 
+# Seconds between looks for leftovers while agents run: a spool is another's until quiet this long.
+LEFTOVERS_AGAIN_SECONDS = FOREIGN_QUIET_SECONDS + 5.0
+
+
 def agent_info(slot: int, gpu: str | None = None) -> AgentInfo:
     host = socket.gethostname()
     return AgentInfo(name=f"{host}:{_process_tag(os.getpid())}:{slot}", host=host, gpu=gpu)
@@ -115,11 +120,13 @@ class LocalAgents:
     _done: list[threading.Event] = field(default_factory=list, init=False)
     _recorder: Any = field(default=None, init=False)  # the sweep's tracker record, if it names trackers
     _tracking: bool = field(default=False, init=False)  # started, and its trackers not closed yet
+    _all_done: threading.Event = field(default_factory=threading.Event, init=False)
 
     def start(self) -> None:
         if self.function is None:  # trials an agent that died here left running hold their GPUs
             end_orphans(self.workdir, self.grace_period)
         self._deliver_leftovers()
+        threading.Thread(target=self._deliver_leftovers_later, name="leftovers", daemon=True).start()
         budget = TrialBudget(self.client, self.count)
         self._recorder = _sweep_recorder(self.client, self.sweep_id)
         from sweeper.integrations.session import use_sweep
@@ -157,6 +164,13 @@ class LocalAgents:
                 "could not deliver reports an earlier agent left here yet (%s); they stay on disk", exc
             )
 
+    def _deliver_leftovers_later(self) -> None:
+        """Look again now and then while the agents run: a spool another agent was writing when
+        they started (on another machine, or in this container's earlier life: its quiet minute,
+        see Spool.in_use) is a leftover once quiet, and a coordinator that was away comes back."""
+        while not self._all_done.wait(LEFTOVERS_AGAIN_SECONDS):
+            self._deliver_leftovers()
+
     def _run(self, agent: Agent, done: threading.Event) -> None:
         try:
             reason = agent.run()
@@ -181,6 +195,7 @@ class LocalAgents:
         # is still running as ended, and the process would exit with its trial unreported.
         while not all(done.is_set() for done in self._done):
             time.sleep(poll)
+        self._all_done.set()
         for thread in self._threads:
             thread.join()
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from sweeper.store import open_store
 from sweeper.trials import MetricPoint, TrialState
 
 INFO = AgentInfo(name="spool-test", host="localhost")
+SCRIPTS = Path(__file__).parent / "scripts"
 
 
 def points(seqs: range) -> list[MetricPoint]:
@@ -46,11 +48,22 @@ def lease(coordinator: Coordinator, n: int = 3) -> Assignment:
 
 
 def leased_spool(workdir: Path, coordinator: Coordinator) -> tuple[Assignment, Spool]:
-    """A leased trial and a fresh spool in its folder, as an agent makes them."""
+    """A leased trial and a fresh spool in its folder, as an agent makes them, by an agent on this
+    machine that has died since (the spools of this process's own trials are in use)."""
     a = lease(coordinator)
     path = workdir / ".sweeper" / "trials" / a.sweep_id / str(a.trial_number)
     path.mkdir(parents=True)
-    return a, Spool.create(path, a)
+    spool = Spool.create(path, a)
+    owned_by(spool, dead_pid())
+    return a, spool
+
+
+@functools.cache
+def dead_pid() -> int:
+    """The process id of a process that has ended."""
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    return ended.pid
 
 
 def reporter_on(coordinator: Coordinator, a: Assignment, spool: Spool) -> TrialReporter:
@@ -189,6 +202,7 @@ def test_an_interruption_kept_on_disk_is_taken_after_the_lease_ran_out(tmp_path:
     path = tmp_path / ".sweeper" / "trials" / a.sweep_id / str(a.trial_number)
     path.mkdir(parents=True)
     spool = Spool.create(path, a)
+    owned_by(spool, dead_pid())
     spool.append(points(range(2)))
     spool.keep_outcome(TrialOutcome(TrialState.LOST, exit_code=-15, stop_reason="interrupted (SIGTERM)"))
     coordinator.store.expire_leases(now=time.time() + 120)
@@ -282,6 +296,52 @@ def test_the_trial_processes_of_an_agent_in_another_container_are_not_taken_for_
     end_orphans(tmp_path, grace=1.0)
     assert not (folders["here"] / RECORD_NAME).exists(), "its agent is gone: forgotten"
     assert (folders["elsewhere"] / RECORD_NAME).exists()
+
+
+def test_the_spools_of_this_agents_own_trials_are_not_leftovers(tmp_path: Path, coordinator) -> None:
+    """Leftovers are looked for again while the agent runs trials of its own."""
+    a = lease(coordinator)
+    path = tmp_path / ".sweeper" / "trials" / a.sweep_id / str(a.trial_number)
+    path.mkdir(parents=True)
+    spool = Spool.create(path, a)  # this process's, and so in use
+    spool.append(points(range(2)))
+    assert spool.in_use and list(leftover_spools(tmp_path)) == []
+    assert deliver_leftovers(coordinator, tmp_path, a.sweep_id) == 0
+    assert not coordinator.store.get_trial(a.trial_id, with_history=True).history
+
+
+def test_a_spool_quiet_only_after_the_agents_started_is_delivered_while_they_run(
+    tmp_path: Path, coordinator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A container restarted at once (a new PID namespace, the same hostname and folder): what its
+    earlier life kept on disk looks like a neighbour's until a quiet minute has passed, and the
+    agents look again while they run, so it is delivered then, not left for the next start."""
+    from sweeper.agents import spool as spool_module
+
+    from sweeper import local
+    from sweeper.local import LocalAgents
+
+    monkeypatch.setattr(spool_module, "FOREIGN_QUIET_SECONDS", 1.0)
+    monkeypatch.setattr(local, "LEFTOVERS_AGAIN_SECONDS", 0.5)
+    sweep = coordinator.create_sweep(
+        parse_sweep({"method": "grid", "parameters": {"x": {"values": [1, 2]}, "pause": {"value": 4.0}}})
+    )
+    earlier = coordinator.next_trial(sweep.id, INFO)
+    path = tmp_path / ".sweeper" / "trials" / sweep.id / str(earlier.trial_number)
+    path.mkdir(parents=True)
+    kept = Spool.create(path, earlier)
+    owned_by(kept, 1, pid_ns="pid:[1]")
+    kept.keep_outcome(TrialOutcome(TrialState.LOST, exit_code=-15, stop_reason="interrupted (SIGTERM)"))
+
+    agents = LocalAgents(
+        coordinator, sweep.id, count=1, workdir=tmp_path, program_override=str(SCRIPTS / "trial.py")
+    )
+    agents.start()
+    assert coordinator.store.get_trial(earlier.trial_id).state is TrialState.RUNNING, "not at the start"
+    agents.wait()
+    first = coordinator.store.get_trial(earlier.trial_id)
+    assert (first.state, first.stop_reason) == (TrialState.LOST, "interrupted (SIGTERM)")
+    assert [t.state for t in coordinator.trials(sweep.id)] == [TrialState.LOST, TrialState.FINISHED]
 
 
 def test_leftovers_of_other_sweeps_are_left_alone(tmp_path: Path, coordinator) -> None:

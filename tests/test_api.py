@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -232,6 +234,12 @@ def test_the_agent_first_delivers_what_a_killed_agent_left_in_its_folder(db: str
         folder = tmp_path / ".sweeper" / "trials" / sweep_id / str(got.trial_number)
         folder.mkdir(parents=True)
         spool = Spool.create(folder, got)
+        gone = subprocess.Popen([sys.executable, "-c", "pass"])  # the agent, since ended
+        gone.wait()
+        header, *rest = spool.path.read_text().splitlines(keepends=True)
+        spool.path.write_text(
+            json.dumps({**json.loads(header), "agent_pid": gone.pid}) + "\n" + "".join(rest)
+        )
         spool.append([MetricPoint("loss", 0.5, 0, 0, 1700000000.0)])
         spool.keep_outcome(TrialOutcome(TrialState.FINISHED, exit_code=0))
 
