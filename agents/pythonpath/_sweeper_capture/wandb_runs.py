@@ -293,14 +293,20 @@ def _unknown_to_wandb(settings_cls: Any) -> None:
     sweeper sweep is not one of W&B's, so wandb is not told of it; what else ``wandb agent``'s
     sweep id does is done by :func:`_as_in_a_sweep`, and the config locks come from the trial's
     parameter file as before."""
-    from_env = getattr(settings_cls, "update_from_env_vars", None)
-    if from_env is None:  # a wandb older than pydantic settings (0.19) reads its environment otherwise
-        return
+    # update_from_env_vars from wandb 0.19 (pydantic settings), _apply_env_vars before.
+    for name in ("update_from_env_vars", "_apply_env_vars"):
+        if (from_env := getattr(settings_cls, name, None)) is not None:
+            setattr(settings_cls, name, _without_sweep(from_env))
+            return
 
-    def update_from_env_vars(self: Any, environ: Any) -> Any:
-        return from_env(self, {k: v for k, v in dict(environ).items() if k != "WANDB_SWEEP_ID"})
 
-    settings_cls.update_from_env_vars = update_from_env_vars
+def _without_sweep(from_env: Any) -> Any:
+    def reads(self: Any, environ: Any, *args: Any, **kwargs: Any) -> Any:
+        return from_env(
+            self, {k: v for k, v in dict(environ).items() if k != "WANDB_SWEEP_ID"}, *args, **kwargs
+        )
+
+    return reads
 
 
 # What wandb.init() ignores in a sweep run, for the trial's own: the argument, and the variable of
@@ -309,9 +315,10 @@ _SWEEP_DECIDES = (("id", "WANDB_RUN_ID"), ("project", "WANDB_PROJECT"), ("entity
 
 
 def _as_in_a_sweep(kwargs: dict[str, Any], function_trial: bool) -> dict[str, Any]:
-    """``wandb.init()``'s arguments for the trial's run: its id, project and entity are the trial's,
-    as under ``wandb agent``, where wandb ignores those given to ``init`` (and says so). A project
-    or entity the trial has none of (the sweep names none) is the script's own."""
+    """``wandb.init()``'s arguments for the trial's run: its id, project and entity are those of the
+    trial's environment (the sweep's project and entity, else the agent's own WANDB_PROJECT and
+    WANDB_ENTITY), as under ``wandb agent``, where wandb ignores those given to ``init`` (and says
+    so). Where the environment has none, the script's own stands."""
     if not function_trial and (
         core.TRIAL_WANDB_SWEEP is None or os.environ.get("WANDB_SWEEP_ID") != core.TRIAL_WANDB_SWEEP
     ):
