@@ -19,7 +19,7 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -307,7 +307,7 @@ class MlflowTracker(Tracker):
             f"tags.`sweeper.sweep_id` = '{board.sweep_id}' and tags.`sweeper.role` = 'trial' "
             "and attributes.status = 'RUNNING'"
         )
-        for run in self.client.search_runs([self.experiment_id()], query, max_results=1000):
+        for run in self._every_run(query):
             row = lost.get(_number(run.data.tags.get("sweeper.trial_number")) or 0)
             if row is not None:
                 tags = [RunTag("sweeper.state", row.state)]
@@ -316,6 +316,16 @@ class MlflowTracker(Tracker):
                 self.client.log_batch(run.info.run_id, tags=tags)
                 self.client.set_terminated(run.info.run_id, STATUS[TrialState.LOST])
         seen.update(lost)  # once every run found is ended: a failed call is retried whole
+
+    def _every_run(self, query: str) -> Iterator[Any]:
+        """The runs of the experiment that ``query`` finds, a page at a time."""
+        token = None
+        while True:
+            page = self.client.search_runs([self.experiment_id()], query, max_results=1000, page_token=token)
+            yield from page
+            token = page.token
+            if not token:
+                return
 
     def sweep_ended(self, sweep_id: str, state: str) -> None:
         """The record's end here. A sweep that goes on (``--count`` reached, agents elsewhere at
