@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from process_support import wait_until
+from process_support import left_by_a_dead_agent, wait_until
 from sweeper.agents.events import TrialAbandoned, TrialEnded
 from sweeper.agents.reporting import deliver_leftovers
 from sweeper.agents.spool import Spool, leftover_spools
@@ -104,6 +104,7 @@ def test_leftovers_with_a_refused_point_deliver_the_rest_and_the_end(
         folder = tmp_path / ".sweeper" / "trials" / sweep_id / str(got.trial_number)
         folder.mkdir(parents=True)
         spool = Spool.create(folder, got)
+        left_by_a_dead_agent(spool)
         spool.append(
             MetricPoint(name, float(seq), seq, seq, 1_700_000_000.0 + seq)
             for seq in range(5)

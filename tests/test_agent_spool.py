@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -14,6 +13,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+from process_support import left_by_a_dead_agent, written_by
 from sweeper.agents.reporting import TrialReporter, backoff_delay, deliver_leftovers
 from sweeper.agents.spool import Spool, leftover_spools
 
@@ -54,16 +54,8 @@ def leased_spool(workdir: Path, coordinator: Coordinator) -> tuple[Assignment, S
     path = workdir / ".sweeper" / "trials" / a.sweep_id / str(a.trial_number)
     path.mkdir(parents=True)
     spool = Spool.create(path, a)
-    owned_by(spool, dead_pid())
+    left_by_a_dead_agent(spool)
     return a, spool
-
-
-@functools.cache
-def dead_pid() -> int:
-    """The process id of a process that has ended."""
-    ended = subprocess.Popen([sys.executable, "-c", "pass"])
-    ended.wait()
-    return ended.pid
 
 
 def reporter_on(coordinator: Coordinator, a: Assignment, spool: Spool) -> TrialReporter:
@@ -202,7 +194,7 @@ def test_an_interruption_kept_on_disk_is_taken_after_the_lease_ran_out(tmp_path:
     path = tmp_path / ".sweeper" / "trials" / a.sweep_id / str(a.trial_number)
     path.mkdir(parents=True)
     spool = Spool.create(path, a)
-    owned_by(spool, dead_pid())
+    left_by_a_dead_agent(spool)
     spool.append(points(range(2)))
     spool.keep_outcome(TrialOutcome(TrialState.LOST, exit_code=-15, stop_reason="interrupted (SIGTERM)"))
     coordinator.store.expire_leases(now=time.time() + 120)
@@ -223,11 +215,10 @@ def test_an_interruption_kept_on_disk_is_taken_after_the_lease_ran_out(tmp_path:
 def owned_by(spool: Spool, pid: int, host: str | None = None, pid_ns: str | None = None) -> None:
     """Make ``spool`` one that the agent with process id ``pid`` on ``host`` (this machine by
     default), in PID namespace ``pid_ns`` (this process's by default), writes."""
-    lines = spool.path.read_text().splitlines(keepends=True)
-    header = {**json.loads(lines[0]), "agent_pid": pid, "host": host or socket.gethostname()}
+    owner: dict[str, object] = {"agent_pid": pid, "host": host or socket.gethostname()}
     if pid_ns is not None:
-        header["pid_ns"] = pid_ns
-    spool.path.write_text(json.dumps(header) + "\n" + "".join(lines[1:]))
+        owner["pid_ns"] = pid_ns
+    written_by(spool, **owner)
 
 
 def test_the_trials_of_a_live_agent_sharing_the_folder_are_not_leftovers(

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from process_support import left_by_a_dead_agent
 
 import sweeper
 from sweeper.protocol import SweepNotFoundError
@@ -234,12 +233,7 @@ def test_the_agent_first_delivers_what_a_killed_agent_left_in_its_folder(db: str
         folder = tmp_path / ".sweeper" / "trials" / sweep_id / str(got.trial_number)
         folder.mkdir(parents=True)
         spool = Spool.create(folder, got)
-        gone = subprocess.Popen([sys.executable, "-c", "pass"])  # the agent, since ended
-        gone.wait()
-        header, *rest = spool.path.read_text().splitlines(keepends=True)
-        spool.path.write_text(
-            json.dumps({**json.loads(header), "agent_pid": gone.pid}) + "\n" + "".join(rest)
-        )
+        left_by_a_dead_agent(spool)
         spool.append([MetricPoint("loss", 0.5, 0, 0, 1700000000.0)])
         spool.keep_outcome(TrialOutcome(TrialState.FINISHED, exit_code=0))
 
