@@ -184,10 +184,12 @@ class Coordinator:
         under the agent, instead of a second one left running with nobody at its end.
         ``new_lease`` false: that trial or none, never a new one (an agent that is stopping
         asks so, to end the trial)."""
-        if not new_lease and request_id is None:
-            raise ValueError("new_lease=False needs the request_id of the ask whose trial it wants")
         now, mark = self._lease_time()
         self._expire_leases(now)
+        if not new_lease:
+            if request_id is None:
+                raise ValueError("new_lease=False needs the request_id of the ask whose trial it wants")
+            return self._leased_by(sweep_id, agent, request_id, now)
         # Looked for under the sweep's lock, where an ask with the same id still under way (the
         # client stopped waiting for it; a batch holds it) has leased, or waits until this one has.
         again = request_id is not None and (self._asked_before(request_id) or resent)
@@ -199,15 +201,11 @@ class Coordinator:
         # when the sweep was last resumed
         # The trial an earlier ask with request_id leased, still running, and the history it is in.
         given: list[tuple[Trial, Sequence[Trial]]] = []
-        looked: list[bool] = []  # decide ran: the sweep hands out trials
 
         def decide(locked: Sweep, trials: Sequence[Trial]) -> TrialDraft | None:
             given.clear()  # (a write that failed is tried again: what it decided then is void)
-            looked.append(True)
             if again and (mine := _leased_to(trials, agent.name, request_id)) is not None:
                 given.append((mine, trials))
-                return None
-            if not new_lease:
                 return None
             since = resumed_at(locked)
             plans.append(plan := plan_next(spec, strategy, trials, locked.seed, agent.name, since))
@@ -237,20 +235,12 @@ class Coordinator:
             history, since = seen[-1]
             discard = unneeded_checkpoints(spec, history, since)
             return assignment(spec, trial, lease.lease_id, self.lease_seconds, history, discard)
-        if not new_lease and not looked:  # a paused or stopped sweep: its trials are looked at here
-            trials = self.store.list_trials(sweep_id)
-            if (mine := _leased_to(trials, agent.name, request_id)) is not None:
-                given.append((mine, trials))
         if given:
             if (again_given := self._given_again(spec, *given[-1], now)) is not None:
                 return again_given
-            if not new_lease:
-                return NoTrial(NoTrialReason.WAIT, f"trial {given[-1][0].number} ended meanwhile")
             return self.next_trial(sweep_id, agent)  # it ended meanwhile: a new lease, a new id
         if request_id is not None:  # it leased nothing: its id need not be remembered
             self._forget(request_id)
-        if not new_lease:
-            return NoTrial(NoTrialReason.WAIT, f"no trial of sweep {sweep_id} runs under lease {request_id}")
         plan = plans[-1] if plans else None
         if plan is None:  # the sweep does not hand out trials (or stopped doing so since it was read)
             sweep = self.store.get_sweep(sweep_id)
@@ -267,6 +257,18 @@ class Coordinator:
             said = f"is complete: {plan.reason}{_no_result(spec, sweep_id, seen[-1][0])}"
             return NoTrial(NoTrialReason.DONE, f"sweep {sweep_id} {said}")
         return NoTrial(NoTrialReason.WAIT, plan.reason, retry_after=1.0)
+
+    def _leased_by(
+        self, sweep_id: str, agent: AgentInfo, request_id: str, now: float
+    ) -> Assignment | NoTrial:
+        """``new_lease`` false: the trial the ask with ``request_id`` leased to ``agent``, if it
+        still runs (in a paused or stopped sweep too); never a new one."""
+        trials = self.store.list_trials(sweep_id)
+        if (mine := _leased_to(trials, agent.name, request_id)) is not None:
+            spec = self._compiled_by_id(sweep_id)[0]
+            if (again := self._given_again(spec, mine, trials, now)) is not None:
+                return again
+        return NoTrial(NoTrialReason.WAIT, f"no trial of sweep {sweep_id} runs under lease {request_id}")
 
     def _asked_before(self, request_id: str) -> bool:
         with self._lock:
