@@ -102,6 +102,17 @@ def server_command(
     ]
 
 
+def without_sweeper_settings() -> dict[str, str]:
+    """This process's environment without SWEEPER_* variables: a server or agent started with it
+    takes its settings from its arguments only."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("SWEEPER_")}
+
+
+def agent_argv(url: str, sweep_id: str, *args: str) -> list[str]:
+    """``sweeper agent SWEEP_ID`` on the server at ``url``, with the tests' token."""
+    return [sys.executable, "-m", "sweeper", "agent", sweep_id, "--coordinator", url, "--token", TOKEN, *args]
+
+
 def start_server(
     db_url: str,
     workdir: Path,
@@ -114,7 +125,7 @@ def start_server(
 ) -> ServerProcess:
     """Start ``sweeper server`` (token through env SWEEPER_TOKEN) and wait until /health answers."""
     workdir.mkdir(parents=True, exist_ok=True)
-    child_env = {k: v for k, v in os.environ.items() if not k.startswith("SWEEPER_")}
+    child_env = without_sweeper_settings()
     child_env.update(env or {})
     if token:
         child_env["SWEEPER_TOKEN"] = token

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from cli_support import restored_from
-from server_helpers import TOKEN, ServerProcess, e2e_grid, start_server
+from server_helpers import ServerProcess, agent_argv, e2e_grid, start_server, without_sweeper_settings
 
 from sweeper.spec import parse_sweep
 from sweeper.trials import SweepState, Trial, TrialState
@@ -49,22 +49,10 @@ class AgentProcess:
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
         self.sweep_id = sweep_id
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SWEEPER_")}
         self.process = subprocess.Popen(
-            [
-                SWEEPER,
-                "agent",
-                sweep_id,
-                "--coordinator",
-                server.url,
-                "--token",
-                TOKEN,
-                "--max-backoff",
-                "1",
-                *args,
-            ],
+            agent_argv(server.url, sweep_id, "--max-backoff", "1", *args),
+            env=without_sweeper_settings(),
             cwd=folder,
-            env=env,
             stdout=open(folder / "agent.out", "w"),  # noqa: SIM115 - closed with the process
             stderr=open(folder / "agent.err", "w"),  # noqa: SIM115
         )

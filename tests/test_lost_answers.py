@@ -12,10 +12,8 @@ from __future__ import annotations
 import http.client
 import http.server
 import json
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -29,7 +27,15 @@ from sweeper.protocol import AgentInfo, Assignment
 from sweeper.trials import TrialState
 
 pytest.importorskip("fastapi")
-from server_helpers import QUIET, TOKEN, ServerProcess, e2e_grid, serving  # noqa: E402
+from server_helpers import (  # noqa: E402
+    QUIET,
+    TOKEN,
+    ServerProcess,
+    agent_argv,
+    e2e_grid,
+    serving,
+    without_sweeper_settings,
+)
 
 AGENT = AgentInfo(name="lost-answer-agent", host="localhost")
 
@@ -158,11 +164,10 @@ def test_an_agent_whose_lease_answers_are_lost_runs_every_point_once(
     proxy = AnswerDroppingProxy(server.url, drops=2)
     folder = tmp_path / "agent"
     folder.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWEEPER_")}
-    command = [sys.executable, "-m", "sweeper", "agent", sweep_id, "--coordinator", proxy.url]
+    env = without_sweeper_settings()
     try:
         done = subprocess.run(
-            [*command, "--token", TOKEN, "--max-backoff", "1"],
+            agent_argv(proxy.url, sweep_id, "--max-backoff", "1"),
             cwd=folder,
             env=env,
             capture_output=True,
@@ -188,13 +193,10 @@ def test_an_agent_stopped_after_a_lost_answer_gives_back_the_trial_that_ask_leas
     proxy = AnswerDroppingProxy(server.url, drops=1000)  # every lease's answer is lost
     folder = tmp_path / "agent"
     folder.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWEEPER_")}
-
-    def agent_on(url: str) -> list[str]:
-        return [sys.executable, "-m", "sweeper", "agent", sweep_id, "--coordinator", url, "--token", TOKEN]
+    env = without_sweeper_settings()
 
     agent = subprocess.Popen(
-        [*agent_on(proxy.url), "--max-backoff", "30"],
+        [*agent_argv(proxy.url, sweep_id), "--max-backoff", "30"],
         cwd=folder,
         env=env,
         stderr=subprocess.PIPE,
@@ -215,7 +217,7 @@ def test_an_agent_stopped_after_a_lost_answer_gives_back_the_trial_that_ask_leas
     assert (trial.number, trial.state, trial.stop_reason) == (1, TrialState.LOST, "interrupted (SIGTERM)")
     # The configuration runs again, with its attempt not used up.
     done = subprocess.run(
-        agent_on(server.url), cwd=folder, env=env, capture_output=True, text=True, timeout=180
+        agent_argv(server.url, sweep_id), cwd=folder, env=env, capture_output=True, text=True, timeout=180
     )
     assert done.returncode == 0, done.stdout + done.stderr
     trials = server.client().trials(sweep_id)

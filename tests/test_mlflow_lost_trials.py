@@ -7,10 +7,8 @@ MLflow record, and a `sweeper agent` process killed with SIGKILL while its trial
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from sweeper.trials import TrialState
 mlflow = pytest.importorskip("mlflow")
 pytest.importorskip("fastapi")
 from mlflow.tracking import MlflowClient  # noqa: E402
-from server_helpers import QUIET, TOKEN, serving  # noqa: E402
+from server_helpers import QUIET, agent_argv, serving, without_sweeper_settings  # noqa: E402
 from trackers_support import MlflowServer  # noqa: E402
 
 # Logs a value, then waits until its agent is gone (it never ends while one is there to end it).
@@ -72,21 +70,10 @@ def test_the_run_of_a_trial_lost_with_its_agent_is_ended(mlflow_server: MlflowSe
         sweep_id = server.client().create_sweep(parse_sweep(spec)).id
         folder = tmp_path / "agent"
         folder.mkdir()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SWEEPER_")}
         agent = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "sweeper",
-                "agent",
-                sweep_id,
-                "--coordinator",
-                server.url,
-                "--token",
-                TOKEN,
-            ],
+            agent_argv(server.url, sweep_id),
             cwd=folder,
-            env=env,
+            env=without_sweeper_settings(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
